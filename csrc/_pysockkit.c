@@ -1,0 +1,242 @@
+/*
+ * _pysockkit.c - the pysockkit._core module: multi-phase init, module state
+ * and the helpers every binding file shares (_pysockkit_util.h).
+ *
+ * The binding holds no protocol logic: it parses arguments, releases the GIL
+ * around blocking calls, runs signal handlers when the core asks (EINTR and
+ * every SKPY_SLICE_MS while waiting) and maps sk_err records onto the
+ * exception classes of pysockkit._errors.
+ */
+#include "_pysockkit_util.h"
+
+#include <errno.h>
+#include <math.h>
+
+#include "clock.h"
+
+/* ---------------------------------------------------------------- helpers */
+
+/* Contract: GIL held; mod is pysockkit._core. */
+skpy_state *skpy_get_state(PyObject *mod)
+{
+    return (skpy_state *)PyModule_GetState(mod);
+}
+
+/* Contract: GIL held; returns NULL with the exception set. */
+PyObject *skpy_raise(PyObject *mod, const sk_err *err, const char *hint)
+{
+    skpy_state *st = skpy_get_state(mod);
+    PyObject *cls, *py_exc = NULL, *py_msg = NULL;
+
+    switch (err->code) {
+    case SK_E_TOO_LARGE: cls = st->FrameTooLarge; break;
+    case SK_E_INCOMPLETE: cls = st->IncompleteFrame; break;
+    case SK_E_CLOSED: cls = st->ConnectionClosed; break;
+    case SK_E_RESET: cls = st->ConnectionReset; break;
+    case SK_E_TIMEOUT: cls = st->Timeout; break;
+    case SK_E_PEER_DEAD: cls = st->PeerDead; break;
+    case SK_E_NOMEM: return PyErr_NoMemory();
+    case SK_E_ARG: cls = PyExc_ValueError; break;
+    default: cls = st->Error; break;
+    }
+    if (hint != NULL && hint[0] != '\0')
+        py_msg = PyUnicode_FromFormat("%s; %s", err->msg, hint);
+    else
+        py_msg = PyUnicode_FromString(err->msg);
+    if (py_msg == NULL)
+        goto error;
+    if (err->sys_errno != 0)
+        py_exc = PyObject_CallFunction(cls, "iO", err->sys_errno, py_msg);
+    else
+        py_exc = PyObject_CallOneArg(cls, py_msg);
+    if (py_exc == NULL)
+        goto error;
+    if (err->code == SK_E_INCOMPLETE || err->code == SK_E_TOO_LARGE) {
+        PyObject *py_d = PyLong_FromUnsignedLongLong(err->detail);
+        if (py_d == NULL)
+            goto error;
+        if (PyObject_SetAttrString(py_exc,
+                                   err->code == SK_E_INCOMPLETE ? "missing"
+                                                                : "size",
+                                   py_d) < 0) {
+            Py_DECREF(py_d);
+            goto error;
+        }
+        Py_DECREF(py_d);
+    }
+    PyErr_SetObject(cls, py_exc);
+error:
+    Py_XDECREF(py_exc);
+    Py_XDECREF(py_msg);
+    return NULL;
+}
+
+/* Contract: GIL held; reads errno. */
+PyObject *skpy_oserror(const char *syscall)
+{
+    int e = errno;
+    PyObject *py_exc;
+
+    py_exc = PyObject_CallFunction(PyExc_OSError, "is", e, syscall);
+    if (py_exc != NULL) {
+        PyObject *py_msg = PyUnicode_FromFormat("%s: %s", syscall,
+                                                strerror(e));
+        if (py_msg != NULL) {
+            PyObject_SetAttrString(py_exc, "strerror", py_msg);
+            Py_DECREF(py_msg);
+        }
+        PyErr_SetObject(PyExc_OSError, py_exc);
+        Py_DECREF(py_exc);
+    }
+    return NULL;
+}
+
+/* Contract: GIL held. */
+int skpy_deadline(PyObject *timeout, int64_t *deadline)
+{
+    double t;
+
+    if (timeout == NULL || timeout == Py_None) {
+        *deadline = SK_NO_DEADLINE;
+        return 0;
+    }
+    t = PyFloat_AsDouble(timeout);
+    if (t == -1.0 && PyErr_Occurred())
+        return -1;
+    if (isnan(t) || t < 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "timeout must be None or a number of seconds >= 0");
+        return -1;
+    }
+    *deadline = sk_deadline_after(t);
+    return 0;
+}
+
+/* Contract: called WITHOUT the GIL from inside Py_BEGIN_ALLOW_THREADS;
+ * ctx points at that block's saved thread state.  Takes the GIL, runs the
+ * signal handlers, gives the GIL back; nonzero if a handler raised (the
+ * exception stays pending for the caller to see after the block). */
+int skpy_check_signals(void *ctx)
+{
+    PyThreadState **save = (PyThreadState **)ctx;
+    int r;
+
+    PyEval_RestoreThread(*save);
+    r = PyErr_CheckSignals();
+    *save = PyEval_SaveThread();
+    return r < 0;
+}
+
+/* ----------------------------------------------------------------- module */
+
+static int skpy_load_errors(PyObject *mod)
+{
+    skpy_state *st = skpy_get_state(mod);
+    PyObject *py_errs;
+    int rc = -1;
+
+    py_errs = PyImport_ImportModule("pysockkit._errors");
+    if (py_errs == NULL)
+        goto error;
+#define SKPY_LOAD(name)                                                   \
+    do {                                                                  \
+        st->name = PyObject_GetAttrString(py_errs, #name);                \
+        if (st->name == NULL)                                             \
+            goto error;                                                   \
+    } while (0)
+    SKPY_LOAD(Error);
+    SKPY_LOAD(Timeout);
+    SKPY_LOAD(FrameTooLarge);
+    SKPY_LOAD(IncompleteFrame);
+    SKPY_LOAD(ConnectionClosed);
+    SKPY_LOAD(ConnectionReset);
+    SKPY_LOAD(PeerDead);
+#undef SKPY_LOAD
+    rc = 0;
+error:
+    Py_XDECREF(py_errs);
+    return rc;
+}
+
+static int skpy_exec(PyObject *mod)
+{
+    int rc = -1;
+
+    if (skpy_load_errors(mod) < 0)
+        goto error;
+    if (skpy_add_conn(mod) < 0)
+        goto error;
+    if (skpy_add_tcpinfo(mod) < 0)
+        goto error;
+    if (skpy_add_diag(mod) < 0)
+        goto error;
+    rc = 0;
+error:
+    return rc;
+}
+
+static int skpy_traverse(PyObject *mod, visitproc visit, void *arg)
+{
+    skpy_state *st = skpy_get_state(mod);
+    Py_VISIT(st->Error);
+    Py_VISIT(st->Timeout);
+    Py_VISIT(st->FrameTooLarge);
+    Py_VISIT(st->IncompleteFrame);
+    Py_VISIT(st->ConnectionClosed);
+    Py_VISIT(st->ConnectionReset);
+    Py_VISIT(st->PeerDead);
+    Py_VISIT(st->ConnType);
+    return 0;
+}
+
+static int skpy_clear(PyObject *mod)
+{
+    skpy_state *st = skpy_get_state(mod);
+    Py_CLEAR(st->Error);
+    Py_CLEAR(st->Timeout);
+    Py_CLEAR(st->FrameTooLarge);
+    Py_CLEAR(st->IncompleteFrame);
+    Py_CLEAR(st->ConnectionClosed);
+    Py_CLEAR(st->ConnectionReset);
+    Py_CLEAR(st->PeerDead);
+    Py_CLEAR(st->ConnType);
+    return 0;
+}
+
+static void skpy_free(void *mod)
+{
+    skpy_clear((PyObject *)mod);
+}
+
+static PyModuleDef_Slot skpy_slots[] = {
+    {Py_mod_exec, (void *)skpy_exec},
+    {0, NULL},
+};
+
+PyDoc_STRVAR(skpy_doc,
+             "C core of pysockkit: framed TCP I/O, TCP_INFO and sock_diag.\n"
+             "\n"
+             "Private: use the public API in the pysockkit package.");
+
+static struct PyModuleDef skpy_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "pysockkit._core",
+    .m_doc = skpy_doc,
+    .m_size = sizeof(skpy_state),
+    .m_slots = skpy_slots,
+    .m_traverse = skpy_traverse,
+    .m_clear = skpy_clear,
+    .m_free = skpy_free,
+};
+
+PyMODINIT_FUNC PyInit__core(void)
+{
+    return PyModuleDef_Init(&skpy_module);
+}
+
+/* The binding files find the module (and its state) from a type they
+ * defined through this def. */
+PyModuleDef *skpy_module_def(void)
+{
+    return &skpy_module;
+}

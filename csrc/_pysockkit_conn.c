@@ -1,0 +1,1192 @@
+/*
+ * _pysockkit_conn.c - the Conn type (base of pysockkit.Connection) and the
+ * socket-setup functions listen/accept/connect.
+ *
+ * Locking: each Conn has a send lock and a receive lock (PyThread locks).
+ * send/send_many/flush/shutdown take the send lock, recv/recv_many the
+ * receive lock, request takes both (send, then receive: one fixed order, so
+ * no deadlock).  Frames from two sending threads therefore never interleave,
+ * and one thread may send while another receives.  Every blocking call runs
+ * with the GIL released; the core calls skpy_check_signals on EINTR and every
+ * SKPY_SLICE_MS, so Ctrl-C interrupts a wait promptly even with no timeout.
+ *
+ * Fast paths keep the GIL: a frame already in the read-ahead buffer is
+ * returned without any syscall, and a small send is first tried once
+ * without waiting.  The GIL is released only when the call may block.
+ */
+#include "_pysockkit_util.h"
+
+#include <structmember.h>
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "clock.h"
+#include "io.h"
+#include "sock.h"
+
+#define SKPY_SLICE_MS 50          /* longest wait between signal checks */
+#define SKPY_INLINE_SEND 65536    /* sends up to this many bytes try first with the GIL held */
+#define SKPY_BATCH 1024           /* send_many: payloads per core call */
+#define SKPY_RECV_MANY_DEFAULT 4096
+
+typedef struct {
+    PyObject_HEAD
+    sk_conn c;
+    int fd; /* -1 once closed */
+    PyThread_type_lock send_lock;
+    PyThread_type_lock recv_lock;
+    PyObject *mod;          /* borrowed: the type keeps the module alive */
+    PyObject *weakreflist;
+} ConnObject;
+
+/* ------------------------------------------------------------ arguments */
+
+/* Map positional and keyword arguments onto out[0..n) by name; the first
+ * nreq are required.  Returns 0, or -1 with TypeError set.  GIL held. */
+static int skpy_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
+                     PyObject *kwnames, const char *const *names, int nreq,
+                     int n, PyObject **out)
+{
+    Py_ssize_t i, nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    int k;
+
+    for (k = 0; k < n; k++)
+        out[k] = NULL;
+    if (nargs > n) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments (%zd given)",
+                     fname, n, nargs);
+        return -1;
+    }
+    for (i = 0; i < nargs; i++)
+        out[i] = args[i];
+    for (i = 0; i < nkw; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+        for (k = 0; k < n; k++)
+            if (PyUnicode_CompareWithASCIIString(key, names[k]) == 0)
+                break;
+        if (k == n) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R",
+                         fname, key);
+            return -1;
+        }
+        if (out[k] != NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'",
+                         fname, names[k]);
+            return -1;
+        }
+        out[k] = args[nargs + i];
+    }
+    for (k = 0; k < nreq; k++) {
+        if (out[k] == NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'",
+                         fname, names[k]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* --------------------------------------------------------------- errors */
+
+/* Raise Timeout for operation `op`.  `what` says what was kept. */
+static PyObject *skpy_timeout(PyObject *mod, const char *op, PyObject *timeout,
+                              const char *what)
+{
+    skpy_state *st = skpy_get_state(mod);
+
+    PyErr_Format(st->Timeout, "%s: timed out after %R s; %s", op,
+                 timeout ? timeout : Py_None, what);
+    return NULL;
+}
+
+/* Map a core result (not SK_OK) to an exception.  SK_INTR: a signal handler
+ * already raised (KeyboardInterrupt...).  GIL held.  Returns NULL. */
+static PyObject *skpy_fail(ConnObject *self, int rc, const sk_err *err,
+                           const char *op, PyObject *timeout, const char *what)
+{
+    if (rc == SK_TIMEOUT)
+        return skpy_timeout(self->mod, op, timeout, what);
+    if (rc == SK_INTR) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_InterruptedError, "interrupted by a signal");
+        return NULL;
+    }
+    return skpy_raise(self->mod, err, NULL);
+}
+
+static PyObject *skpy_closed(ConnObject *self)
+{
+    skpy_state *st = skpy_get_state(self->mod);
+
+    PyErr_SetString(st->ConnectionClosed,
+                    "this connection was closed locally (close() or abort() "
+                    "was called); open a new one");
+    return NULL;
+}
+
+/* ----------------------------------------------------------------- locks */
+
+/* Acquire lk before deadline, waiting without the GIL and running signal
+ * handlers if the wait is interrupted.  Returns 1 acquired, 0 timed out,
+ * -1 exception set.  GIL held on entry and exit. */
+static int skpy_lock(PyThread_type_lock lk, int64_t deadline)
+{
+    PyLockStatus r;
+    long long us;
+
+    if (PyThread_acquire_lock(lk, NOWAIT_LOCK))
+        return 1;
+    for (;;) {
+        if (deadline == SK_NO_DEADLINE) {
+            us = -1;
+        } else {
+            us = (deadline - sk_now_ns()) / 1000;
+            if (us < 0)
+                us = 0;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        r = PyThread_acquire_lock_timed(lk, us, 1);
+        Py_END_ALLOW_THREADS
+        if (r == PY_LOCK_ACQUIRED)
+            return 1;
+        if (r == PY_LOCK_FAILURE)
+            return 0;
+        if (PyErr_CheckSignals() < 0)
+            return -1;
+    }
+}
+
+/* Take a lock for op or raise (Timeout if another thread holds it past the
+ * deadline).  Returns 0 or -1.  GIL held. */
+static int skpy_lock_or_raise(ConnObject *self, PyThread_type_lock lk,
+                              int64_t deadline, const char *op,
+                              PyObject *timeout)
+{
+    int r = skpy_lock(lk, deadline);
+
+    if (r == 1)
+        return 0;
+    if (r == 0)
+        skpy_timeout(self->mod, op, timeout,
+                     "another thread held the connection for the whole "
+                     "time; nothing was sent or received");
+    return -1;
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+static PyObject *Conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    ConnObject *self;
+
+    (void)args;
+    (void)kwds;
+    self = (ConnObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->fd = -1;
+    self->c.fd = -1;
+    self->mod = PyType_GetModuleByDef(type, skpy_module_def());
+    if (self->mod == NULL)
+        goto error;
+    self->send_lock = PyThread_allocate_lock();
+    self->recv_lock = PyThread_allocate_lock();
+    if (self->send_lock == NULL || self->recv_lock == NULL) {
+        PyErr_NoMemory();
+        goto error;
+    }
+    return (PyObject *)self;
+error:
+    Py_DECREF(self);
+    return NULL;
+}
+
+PyDoc_STRVAR(Conn_doc,
+"Conn(fd, header_size=4, byteorder='big', max_frame=16777216)\n"
+"--\n\n"
+"A framed connection over a connected, non-blocking TCP socket fd, which it\n"
+"owns from now on.  Base class of pysockkit.Connection; use sk.connect()\n"
+"or Listener.accept() rather than this.\n");
+
+/* Contract: GIL held; takes ownership of fd on success. */
+static int Conn_init(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    /* PyArg_ParseTupleAndKeywords takes char *[] before Python 3.13 */
+    static char kw_fd[] = "fd", kw_hs[] = "header_size", kw_bo[] = "byteorder",
+                kw_mf[] = "max_frame";
+    static char *kwlist[] = {kw_fd, kw_hs, kw_bo, kw_mf,
+                             NULL};
+    ConnObject *self = (ConnObject *)op;
+    int fd, header_size = 4;
+    const char *byteorder = "big";
+    unsigned long long max_frame = 16ULL << 20;
+    sk_framing f;
+    sk_err err;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|isK", kwlist, &fd,
+                                     &header_size, &byteorder, &max_frame))
+        return -1;
+    if (self->fd >= 0) {
+        PyErr_SetString(PyExc_RuntimeError, "Conn is already initialised");
+        return -1;
+    }
+    if (fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "fd must be a file descriptor >= 0");
+        return -1;
+    }
+    if (strcmp(byteorder, "big") != 0 && strcmp(byteorder, "little") != 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "byteorder must be 'big' or 'little', not %s", byteorder);
+        return -1;
+    }
+    f.header_size = (unsigned)header_size;
+    f.little_endian = strcmp(byteorder, "little") == 0;
+    f.max_frame = max_frame;
+    if (sk_conn_init(&self->c, fd, &f, &err) != SK_OK) {
+        skpy_raise(self->mod, &err, NULL);
+        return -1;
+    }
+    self->fd = fd;
+    return 0;
+}
+
+/* Close the fd once both locks are ours.  Threads blocked in send/recv are
+ * woken first with shutdown(SHUT_RDWR) so close never waits on a peer.
+ * abort: SO_LINGER {1,0} so the kernel sends RST.  GIL held. */
+static PyObject *Conn_close_impl(ConnObject *self, int abort)
+{
+    int have_send, have_recv, fd, r = 0;
+    sk_err err;
+
+    if (self->fd < 0)
+        Py_RETURN_NONE;
+    have_send = PyThread_acquire_lock(self->send_lock, NOWAIT_LOCK);
+    have_recv = PyThread_acquire_lock(self->recv_lock, NOWAIT_LOCK);
+    if (!have_send || !have_recv) {
+        /* another thread is inside a call: wake it (it sees EOF/EPIPE) */
+        if (self->fd >= 0)
+            shutdown(self->fd, SHUT_RDWR);
+        Py_BEGIN_ALLOW_THREADS
+        if (!have_send)
+            PyThread_acquire_lock(self->send_lock, WAIT_LOCK);
+        if (!have_recv)
+            PyThread_acquire_lock(self->recv_lock, WAIT_LOCK);
+        Py_END_ALLOW_THREADS
+    }
+    fd = self->fd;
+    if (fd >= 0) {
+        self->fd = -1;
+        self->c.fd = -1;
+        if (abort) {
+            r = sk_abort(fd, &err);
+        } else {
+            /* last chance for a torn frame's tail; never wait in close */
+            self->c.fd = fd;
+            sk_conn_flush(&self->c, 0, NULL, &err);
+            self->c.fd = -1;
+            if (close(fd) != 0)
+                r = sk_err_sys(&err, "close", errno);
+        }
+        sk_conn_release(&self->c);
+    }
+    PyThread_release_lock(self->recv_lock);
+    PyThread_release_lock(self->send_lock);
+    if (r != SK_OK && err.sys_errno != EINTR)
+        return skpy_raise(self->mod, &err, NULL);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(Conn_close_doc,
+"close()\n--\n\n"
+"Orderly close: the kernel sends what is queued, then FIN.  Idempotent.\n"
+"A thread blocked in send/recv on this connection is woken and gets\n"
+"ConnectionClosed.\n");
+
+static PyObject *Conn_close(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    return Conn_close_impl((ConnObject *)op, 0);
+}
+
+PyDoc_STRVAR(Conn_abort_doc,
+"abort()\n--\n\n"
+"Abortive close: SO_LINGER {1, 0} then close, so the kernel sends RST,\n"
+"discards unsent data and keeps no TIME_WAIT.  Idempotent.\n");
+
+static PyObject *Conn_abort(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    return Conn_close_impl((ConnObject *)op, 1);
+}
+
+/* Contract: GIL held; warns about and closes a connection the program
+ * forgot to close (like socket.socket does). */
+static void Conn_finalize(PyObject *op)
+{
+    ConnObject *self = (ConnObject *)op;
+    PyObject *py_type, *py_value, *py_tb;
+
+    if (self->fd < 0)
+        return;
+    PyErr_Fetch(&py_type, &py_value, &py_tb);
+    if (PyErr_ResourceWarning(op, 1, "unclosed pysockkit connection fd=%d",
+                              self->fd) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_Warning))
+            PyErr_WriteUnraisable(op);
+        PyErr_Clear();
+    }
+    self->c.fd = -1;
+    close(self->fd);
+    self->fd = -1;
+    sk_conn_release(&self->c);
+    PyErr_Restore(py_type, py_value, py_tb);
+}
+
+static void Conn_dealloc(PyObject *op)
+{
+    ConnObject *self = (ConnObject *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+
+    if (PyObject_CallFinalizerFromDealloc(op) < 0)
+        return; /* resurrected */
+    if (self->weakreflist != NULL)
+        PyObject_ClearWeakRefs(op);
+    if (self->fd >= 0) {
+        close(self->fd);
+        self->fd = -1;
+        sk_conn_release(&self->c);
+    }
+    if (self->send_lock)
+        PyThread_free_lock(self->send_lock);
+    if (self->recv_lock)
+        PyThread_free_lock(self->recv_lock);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+/* ----------------------------------------------------------------- send */
+
+/* Send n frames with the send lock held: one non-blocking try with the GIL
+ * for small batches, then the rest without the GIL until deadline.
+ * *done accumulates frames taken.  GIL held on entry and exit. */
+static int Conn_send_locked(ConnObject *self, const sk_iov *iov, size_t n,
+                            size_t nbytes, int64_t deadline, size_t *done,
+                            sk_err *err)
+{
+    size_t d = 0;
+    int rc;
+
+    if (nbytes <= SKPY_INLINE_SEND && sk_buf_len(&self->c.out) == 0) {
+        rc = sk_conn_send(&self->c, iov, n, 0, NULL, &d, err);
+        *done += d;
+        if (rc != SK_TIMEOUT)
+            return rc;
+        iov += d;
+        n -= d;
+        if (n == 0 && sk_buf_len(&self->c.out) == 0)
+            return SK_OK;
+        if (deadline != SK_NO_DEADLINE && sk_now_ns() >= deadline) {
+            /* a zero timeout: what is left is not sent, a torn tail is kept */
+            return SK_TIMEOUT;
+        }
+    }
+    d = 0;
+    Py_BEGIN_ALLOW_THREADS
+    sk_intr intr = {skpy_check_signals, &_save, SKPY_SLICE_MS};
+    if (n > 0)
+        rc = sk_conn_send(&self->c, iov, n, deadline, &intr, &d, err);
+    else
+        rc = sk_conn_flush(&self->c, deadline, &intr, err);
+    Py_END_ALLOW_THREADS
+    *done += d;
+    return rc;
+}
+
+static const char SEND_KEPT[] =
+    "frames not yet begun were not sent; the tail of a frame already begun "
+    "is kept and sent first by the next send or flush, so the stream stays "
+    "intact";
+
+PyDoc_STRVAR(Conn_send_doc,
+"send(data, timeout=None)\n--\n\n"
+"Send one frame holding the bytes-like object data.\n\n"
+"Blocks while the peer's window and our send buffer are full; raises\n"
+"sk.Timeout after timeout seconds (nothing is torn: see PROTOCOL.md).\n\n"
+"    >>> conn.send(b'hello')\n");
+
+static PyObject *Conn_send(PyObject *op, PyObject *const *args,
+                           Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"data", "timeout"};
+    ConnObject *self = (ConnObject *)op;
+    PyObject *a[2], *py_ret = NULL;
+    Py_buffer view;
+    int64_t deadline;
+    size_t done = 0;
+    sk_iov iov;
+    sk_err err;
+    int rc;
+
+    if (skpy_args("send", args, nargs, kwnames, names, 1, 2, a) < 0)
+        return NULL;
+    if (skpy_deadline(a[1], &deadline) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(a[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (skpy_lock_or_raise(self, self->send_lock, deadline, "send", a[1]) < 0)
+        goto error_view;
+    if (self->fd < 0) {
+        skpy_closed(self);
+        goto error_lock;
+    }
+    iov.base = view.buf;
+    iov.len = (size_t)view.len;
+    rc = Conn_send_locked(self, &iov, 1, iov.len, deadline, &done, &err);
+    if (rc != SK_OK) {
+        skpy_fail(self, rc, &err, "send", a[1], SEND_KEPT);
+        goto error_lock;
+    }
+    py_ret = Py_NewRef(Py_None);
+error_lock:
+    PyThread_release_lock(self->send_lock);
+error_view:
+    PyBuffer_Release(&view);
+    return py_ret;
+}
+
+/* Attach `sent` (frames taken) to the pending exception, if it is ours. */
+static void skpy_note_sent(size_t done)
+{
+    PyObject *py_type, *py_value, *py_tb, *py_n;
+
+    PyErr_Fetch(&py_type, &py_value, &py_tb);
+    PyErr_NormalizeException(&py_type, &py_value, &py_tb);
+    if (py_value != NULL && PyObject_IsInstance(py_value, PyExc_OSError) == 1) {
+        py_n = PyLong_FromSize_t(done);
+        if (py_n != NULL) {
+            if (PyObject_SetAttrString(py_value, "sent", py_n) < 0)
+                PyErr_Clear();
+            Py_DECREF(py_n);
+        } else {
+            PyErr_Clear();
+        }
+    }
+    PyErr_Restore(py_type, py_value, py_tb);
+}
+
+PyDoc_STRVAR(Conn_send_many_doc,
+"send_many(frames, timeout=None) -> int\n--\n\n"
+"Send every bytes-like object of the iterable frames as its own frame,\n"
+"coalescing small ones so that thousands go out per syscall.  Returns the\n"
+"number of frames sent.  On Timeout, the exception's `sent` attribute says\n"
+"how many frames were taken; the others were not sent.\n\n"
+"    >>> conn.send_many([b'a', b'b', b'c'])\n    3\n");
+
+static PyObject *Conn_send_many(PyObject *op, PyObject *const *args,
+                                Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"frames", "timeout"};
+    ConnObject *self = (ConnObject *)op;
+    PyObject *a[2], *py_seq = NULL, *py_ret = NULL;
+    Py_buffer *views = NULL;
+    sk_iov *iov = NULL;
+    int64_t deadline;
+    Py_ssize_t total, i, base, nb, k;
+    size_t done = 0, nbytes;
+    int locked = 0, rc = SK_OK;
+    sk_err err;
+
+    if (skpy_args("send_many", args, nargs, kwnames, names, 1, 2, a) < 0)
+        return NULL;
+    if (skpy_deadline(a[1], &deadline) < 0)
+        return NULL;
+    py_seq = PySequence_Fast(a[0], "send_many() needs an iterable of "
+                                   "bytes-like objects");
+    if (py_seq == NULL)
+        return NULL;
+    total = PySequence_Fast_GET_SIZE(py_seq);
+    nb = total < SKPY_BATCH ? total : SKPY_BATCH;
+    views = PyMem_Calloc((size_t)(nb ? nb : 1), sizeof(Py_buffer));
+    iov = PyMem_Calloc((size_t)(nb ? nb : 1), sizeof(sk_iov));
+    if (views == NULL || iov == NULL) {
+        PyErr_NoMemory();
+        goto error;
+    }
+    if (skpy_lock_or_raise(self, self->send_lock, deadline, "send_many",
+                           a[1]) < 0)
+        goto error;
+    locked = 1;
+    if (self->fd < 0) {
+        skpy_closed(self);
+        goto error;
+    }
+    for (base = 0; base < total; base += nb) {
+        Py_ssize_t cnt = total - base < nb ? total - base : nb;
+        size_t d = 0;
+        nbytes = 0;
+        for (k = 0; k < cnt; k++) {
+            /* the sequence may be a list another thread mutates while the
+             * GIL is released: the views hold references, so each payload
+             * stays alive until it is released below */
+            if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(py_seq, base + k),
+                                   &views[k], PyBUF_SIMPLE) < 0) {
+                for (i = 0; i < k; i++)
+                    PyBuffer_Release(&views[i]);
+                skpy_note_sent(done);
+                goto error;
+            }
+            iov[k].base = views[k].buf;
+            iov[k].len = (size_t)views[k].len;
+            nbytes += iov[k].len;
+        }
+        rc = Conn_send_locked(self, iov, (size_t)cnt, nbytes, deadline, &d,
+                              &err);
+        done += d;
+        for (k = 0; k < cnt; k++)
+            PyBuffer_Release(&views[k]);
+        if (rc != SK_OK) {
+            if (rc == SK_ERR && err.code == SK_E_TOO_LARGE)
+                err.detail += (uint64_t)base;
+            skpy_fail(self, rc, &err, "send_many", a[1], SEND_KEPT);
+            skpy_note_sent(done);
+            goto error;
+        }
+    }
+    py_ret = PyLong_FromSize_t(done);
+error:
+    if (locked)
+        PyThread_release_lock(self->send_lock);
+    PyMem_Free(views);
+    PyMem_Free(iov);
+    Py_XDECREF(py_seq);
+    return py_ret;
+}
+
+PyDoc_STRVAR(Conn_flush_doc,
+"flush(timeout=None)\n--\n\n"
+"Finish sending the tail of a frame whose send timed out or was\n"
+"interrupted.  A no-op when nothing is pending.\n");
+
+static PyObject *Conn_flush(PyObject *op, PyObject *const *args,
+                            Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"timeout"};
+    ConnObject *self = (ConnObject *)op;
+    PyObject *a[1], *py_ret = NULL;
+    int64_t deadline;
+    sk_err err;
+    int rc;
+
+    if (skpy_args("flush", args, nargs, kwnames, names, 0, 1, a) < 0)
+        return NULL;
+    if (skpy_deadline(a[0], &deadline) < 0)
+        return NULL;
+    if (skpy_lock_or_raise(self, self->send_lock, deadline, "flush", a[0]) < 0)
+        return NULL;
+    if (self->fd < 0) {
+        skpy_closed(self);
+        goto error;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    sk_intr intr = {skpy_check_signals, &_save, SKPY_SLICE_MS};
+    rc = sk_conn_flush(&self->c, deadline, &intr, &err);
+    Py_END_ALLOW_THREADS
+    if (rc != SK_OK) {
+        skpy_fail(self, rc, &err, "flush", a[0],
+                  "the rest of the pending tail is still kept");
+        goto error;
+    }
+    py_ret = Py_NewRef(Py_None);
+error:
+    PyThread_release_lock(self->send_lock);
+    return py_ret;
+}
+
+/* ----------------------------------------------------------------- recv */
+
+/* Receive one frame as bytes, with the receive lock held.  Buffered frames
+ * come back without a syscall; otherwise waits without the GIL.  *rc gets
+ * the core result.  GIL held on entry and exit. */
+static PyObject *Conn_recv_locked(ConnObject *self, int64_t deadline, int *rc,
+                                  sk_err *err)
+{
+    sk_frame fr;
+
+    *rc = sk_conn_recv_buffered(&self->c, &fr, err);
+    if (*rc == SK_NEED_DATA) {
+        Py_BEGIN_ALLOW_THREADS
+        sk_intr intr = {skpy_check_signals, &_save, SKPY_SLICE_MS};
+        *rc = sk_conn_recv(&self->c, deadline, &intr, &fr, err);
+        Py_END_ALLOW_THREADS
+    }
+    if (*rc != SK_OK)
+        return NULL;
+    return PyBytes_FromStringAndSize((const char *)fr.data, (Py_ssize_t)fr.len);
+}
+
+static const char RECV_KEPT[] =
+    "no byte was lost: a partial frame stays buffered and the next recv "
+    "completes it";
+
+PyDoc_STRVAR(Conn_recv_doc,
+"recv(timeout=None) -> bytes\n--\n\n"
+"Receive one frame.  Raises sk.Timeout after timeout seconds without a\n"
+"complete frame (nothing is lost), sk.ConnectionClosed after the peer's\n"
+"last frame, sk.IncompleteFrame if the stream ended inside a frame and\n"
+"sk.FrameTooLarge if the peer announced more than max_frame.\n\n"
+"    >>> conn.recv(timeout=1.0)\n    b'hello'\n");
+
+static PyObject *Conn_recv(PyObject *op, PyObject *const *args,
+                           Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"timeout"};
+    ConnObject *self = (ConnObject *)op;
+    PyObject *a[1], *py_ret = NULL;
+    int64_t deadline;
+    sk_err err;
+    int rc;
+
+    if (skpy_args("recv", args, nargs, kwnames, names, 0, 1, a) < 0)
+        return NULL;
+    if (skpy_deadline(a[0], &deadline) < 0)
+        return NULL;
+    if (skpy_lock_or_raise(self, self->recv_lock, deadline, "recv", a[0]) < 0)
+        return NULL;
+    if (self->fd < 0) {
+        skpy_closed(self);
+        goto error;
+    }
+    py_ret = Conn_recv_locked(self, deadline, &rc, &err);
+    if (py_ret == NULL && rc != SK_OK)
+        skpy_fail(self, rc, &err, "recv", a[0], RECV_KEPT);
+error:
+    PyThread_release_lock(self->recv_lock);
+    return py_ret;
+}
+
+PyDoc_STRVAR(Conn_recv_many_doc,
+"recv_many(max_frames=4096, timeout=None) -> list[bytes]\n--\n\n"
+"Wait for at least one frame, then return every frame already received\n"
+"(up to max_frames) without waiting further.  An error after the first\n"
+"frame is raised by the next call, so no frame is lost.\n\n"
+"    >>> conn.recv_many(max_frames=100)\n    [b'a', b'b', b'c']\n");
+
+static PyObject *Conn_recv_many(PyObject *op, PyObject *const *args,
+                                Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"max_frames", "timeout"};
+    ConnObject *self = (ConnObject *)op;
+    PyObject *a[2], *py_list = NULL, *py_item;
+    Py_ssize_t maxn = SKPY_RECV_MANY_DEFAULT, n;
+    int64_t deadline;
+    sk_frame fr;
+    sk_err err;
+    int rc;
+
+    if (skpy_args("recv_many", args, nargs, kwnames, names, 0, 2, a) < 0)
+        return NULL;
+    if (a[0] != NULL && a[0] != Py_None) {
+        maxn = PyLong_AsSsize_t(a[0]);
+        if (maxn == -1 && PyErr_Occurred())
+            return NULL;
+        if (maxn < 1) {
+            PyErr_SetString(PyExc_ValueError, "max_frames must be >= 1");
+            return NULL;
+        }
+    }
+    if (skpy_deadline(a[1], &deadline) < 0)
+        return NULL;
+    if (skpy_lock_or_raise(self, self->recv_lock, deadline, "recv_many",
+                           a[1]) < 0)
+        return NULL;
+    if (self->fd < 0) {
+        skpy_closed(self);
+        goto error;
+    }
+    py_item = Conn_recv_locked(self, deadline, &rc, &err);
+    if (py_item == NULL) {
+        if (rc != SK_OK)
+            skpy_fail(self, rc, &err, "recv_many", a[1], RECV_KEPT);
+        goto error;
+    }
+    py_list = PyList_New(1);
+    if (py_list == NULL) {
+        Py_DECREF(py_item);
+        goto error;
+    }
+    PyList_SET_ITEM(py_list, 0, py_item);
+    for (n = 1; n < maxn; n++) {
+        rc = sk_conn_recv_nowait(&self->c, &fr, &err);
+        if (rc != SK_OK)
+            break; /* an error stays sticky: the next call raises it */
+        py_item = PyBytes_FromStringAndSize((const char *)fr.data,
+                                            (Py_ssize_t)fr.len);
+        if (py_item == NULL || PyList_Append(py_list, py_item) < 0) {
+            Py_XDECREF(py_item);
+            Py_CLEAR(py_list);
+            goto error;
+        }
+        Py_DECREF(py_item);
+    }
+error:
+    PyThread_release_lock(self->recv_lock);
+    return py_list;
+}
+
+PyDoc_STRVAR(Conn_request_doc,
+"request(data, timeout=None) -> bytes\n--\n\n"
+"Synchronous mode: send one frame and wait for the next frame as its\n"
+"reply, within one timeout for the whole exchange.  If the reply does not\n"
+"come in time, sk.Timeout is raised and the connection owes that reply:\n"
+"when it arrives it is discarded (counted in late_replies_dropped), so it\n"
+"is never taken for the answer to a later request or recv.  Concurrent\n"
+"requests from several threads are serialised.\n\n"
+"    >>> conn.request(b'ping', timeout=1.0)\n    b'pong'\n");
+
+static PyObject *Conn_request(PyObject *op, PyObject *const *args,
+                              Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"data", "timeout"};
+    ConnObject *self = (ConnObject *)op;
+    PyObject *a[2], *py_ret = NULL;
+    Py_buffer view;
+    int64_t deadline;
+    size_t done = 0;
+    sk_iov iov;
+    sk_err err;
+    int rc;
+
+    if (skpy_args("request", args, nargs, kwnames, names, 1, 2, a) < 0)
+        return NULL;
+    if (skpy_deadline(a[1], &deadline) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(a[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (skpy_lock_or_raise(self, self->send_lock, deadline, "request",
+                           a[1]) < 0)
+        goto error_view;
+    if (skpy_lock_or_raise(self, self->recv_lock, deadline, "request",
+                           a[1]) < 0)
+        goto error_send;
+    if (self->fd < 0) {
+        skpy_closed(self);
+        goto error_recv;
+    }
+    iov.base = view.buf;
+    iov.len = (size_t)view.len;
+    rc = Conn_send_locked(self, &iov, 1, iov.len, deadline, &done, &err);
+    if (rc != SK_OK) {
+        if (done > 0) /* the request went (or will go) out: owe its reply */
+            self->c.owed++;
+        skpy_fail(self, rc, &err, "request", a[1],
+                  "the request was not sent completely; if it was begun it "
+                  "will be completed and its reply discarded");
+        goto error_recv;
+    }
+    py_ret = Conn_recv_locked(self, deadline, &rc, &err);
+    if (py_ret == NULL && rc != SK_OK) {
+        if (rc == SK_TIMEOUT || rc == SK_INTR)
+            self->c.owed++;
+        skpy_fail(self, rc, &err, "request", a[1],
+                  "the request was sent; its reply, if it ever comes, will "
+                  "be discarded, so later requests stay in step");
+    }
+error_recv:
+    PyThread_release_lock(self->recv_lock);
+error_send:
+    PyThread_release_lock(self->send_lock);
+error_view:
+    PyBuffer_Release(&view);
+    return py_ret;
+}
+
+PyDoc_STRVAR(Conn_shutdown_doc,
+"_shutdown(how, timeout=None)\n--\n\n"
+"how: socket.SHUT_RD, SHUT_WR or SHUT_RDWR.  SHUT_WR first flushes a\n"
+"pending frame tail, then sends FIN.\n");
+
+static PyObject *Conn_shutdown(PyObject *op, PyObject *const *args,
+                               Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"how", "timeout"};
+    ConnObject *self = (ConnObject *)op;
+    PyObject *a[2], *py_ret = NULL;
+    int64_t deadline;
+    sk_err err;
+    int how, rc = SK_OK;
+
+    if (skpy_args("_shutdown", args, nargs, kwnames, names, 1, 2, a) < 0)
+        return NULL;
+    how = PyLong_AsLong(a[0]) ;
+    if (how == -1 && PyErr_Occurred())
+        return NULL;
+    if (how != SHUT_RD && how != SHUT_WR && how != SHUT_RDWR) {
+        PyErr_SetString(PyExc_ValueError, "how must be SHUT_RD, SHUT_WR or SHUT_RDWR");
+        return NULL;
+    }
+    if (skpy_deadline(a[1], &deadline) < 0)
+        return NULL;
+    if (skpy_lock_or_raise(self, self->send_lock, deadline, "shutdown", a[1]) < 0)
+        return NULL;
+    if (self->fd < 0) {
+        skpy_closed(self);
+        goto error;
+    }
+    if (how != SHUT_RD) {
+        Py_BEGIN_ALLOW_THREADS
+        sk_intr intr = {skpy_check_signals, &_save, SKPY_SLICE_MS};
+        rc = sk_conn_shutdown_write(&self->c, deadline, &intr, &err);
+        Py_END_ALLOW_THREADS
+        if (rc != SK_OK) {
+            skpy_fail(self, rc, &err, "shutdown", a[1],
+                      "the pending frame tail is still kept; FIN not sent");
+            goto error;
+        }
+    }
+    if (how != SHUT_WR && shutdown(self->fd, SHUT_RD) != 0) {
+        skpy_oserror("shutdown");
+        goto error;
+    }
+    py_ret = Py_NewRef(Py_None);
+error:
+    PyThread_release_lock(self->send_lock);
+    return py_ret;
+}
+
+static PyObject *Conn_fileno(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLong(((ConnObject *)op)->fd);
+}
+
+static PyObject *Conn_get_closed(PyObject *op, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(((ConnObject *)op)->fd < 0);
+}
+
+static PyObject *Conn_get_owed(PyObject *op, void *closure)
+{
+    (void)closure;
+    return PyLong_FromUnsignedLongLong(((ConnObject *)op)->c.owed);
+}
+
+static PyObject *Conn_get_discarded(PyObject *op, void *closure)
+{
+    (void)closure;
+    return PyLong_FromUnsignedLongLong(((ConnObject *)op)->c.discarded);
+}
+
+static PyObject *Conn_get_buffered(PyObject *op, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSize_t(sk_decoder_buffered(&((ConnObject *)op)->c.dec));
+}
+
+static PyObject *Conn_get_unsent(PyObject *op, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSize_t(sk_buf_len(&((ConnObject *)op)->c.out));
+}
+
+static PyMethodDef Conn_methods[] = {
+    {"send", (PyCFunction)(void (*)(void))Conn_send,
+     METH_FASTCALL | METH_KEYWORDS, Conn_send_doc},
+    {"send_many", (PyCFunction)(void (*)(void))Conn_send_many,
+     METH_FASTCALL | METH_KEYWORDS, Conn_send_many_doc},
+    {"flush", (PyCFunction)(void (*)(void))Conn_flush,
+     METH_FASTCALL | METH_KEYWORDS, Conn_flush_doc},
+    {"recv", (PyCFunction)(void (*)(void))Conn_recv,
+     METH_FASTCALL | METH_KEYWORDS, Conn_recv_doc},
+    {"recv_many", (PyCFunction)(void (*)(void))Conn_recv_many,
+     METH_FASTCALL | METH_KEYWORDS, Conn_recv_many_doc},
+    {"request", (PyCFunction)(void (*)(void))Conn_request,
+     METH_FASTCALL | METH_KEYWORDS, Conn_request_doc},
+    {"_shutdown", (PyCFunction)(void (*)(void))Conn_shutdown,
+     METH_FASTCALL | METH_KEYWORDS, Conn_shutdown_doc},
+    {"close", Conn_close, METH_NOARGS, Conn_close_doc},
+    {"abort", Conn_abort, METH_NOARGS, Conn_abort_doc},
+    {"fileno", Conn_fileno, METH_NOARGS,
+     "fileno() -> int\n--\n\nThe socket's file descriptor (-1 once closed)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Conn_getset[] = {
+    {"closed", Conn_get_closed, NULL, "True once close() or abort() ran.", NULL},
+    {"pending_replies", Conn_get_owed, NULL,
+     "Replies owed to timed-out requests, to be discarded on arrival.", NULL},
+    {"late_replies_dropped", Conn_get_discarded, NULL,
+     "Late replies discarded so far (see request()).", NULL},
+    {"buffered", Conn_get_buffered, NULL,
+     "Bytes received and not yet returned as frames.", NULL},
+    {"unsent", Conn_get_unsent, NULL,
+     "Bytes of a torn frame kept for the next send or flush.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef Conn_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(ConnObject, weakreflist),
+     READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot Conn_slots[] = {
+    {Py_tp_doc, (void *)Conn_doc},
+    {Py_tp_new, Conn_new},
+    {Py_tp_init, Conn_init},
+    {Py_tp_finalize, Conn_finalize},
+    {Py_tp_dealloc, Conn_dealloc},
+    {Py_tp_methods, Conn_methods},
+    {Py_tp_getset, Conn_getset},
+    {Py_tp_members, Conn_members},
+    {0, NULL},
+};
+
+static PyType_Spec Conn_spec = {
+    .name = "pysockkit._core.Conn",
+    .basicsize = sizeof(ConnObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = Conn_slots,
+};
+
+/* ------------------------------------------------------ socket set-up */
+
+/* Parse (host, port, family) into a sockaddr.  GIL held. */
+static int skpy_addr(PyObject *mod, PyObject *py_host, PyObject *py_port,
+                     PyObject *py_family, struct sockaddr_storage *ss,
+                     socklen_t *len)
+{
+    const char *host;
+    int port, family = AF_UNSPEC;
+    sk_err err;
+
+    host = PyUnicode_AsUTF8(py_host);
+    if (host == NULL)
+        return -1;
+    port = (int)PyLong_AsLong(py_port);
+    if (port == -1 && PyErr_Occurred())
+        return -1;
+    if (py_family != NULL && py_family != Py_None) {
+        family = (int)PyLong_AsLong(py_family);
+        if (family == -1 && PyErr_Occurred())
+            return -1;
+    }
+    if (sk_sockaddr(host, port, family, ss, len, &err) != SK_OK) {
+        skpy_raise(mod, &err, NULL);
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(skpy_listen_doc,
+"listen(host, port, family=None, backlog=128) -> int\n--\n\n"
+"Create a non-blocking listening socket (SO_REUSEADDR) on a numeric\n"
+"address and return its fd.\n");
+
+static PyObject *skpy_listen(PyObject *mod, PyObject *const *args,
+                             Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"host", "port", "family", "backlog"};
+    PyObject *a[4];
+    struct sockaddr_storage ss;
+    socklen_t len;
+    int fd = -1, backlog = 128, rc;
+    sk_err err;
+
+    if (skpy_args("listen", args, nargs, kwnames, names, 2, 4, a) < 0)
+        return NULL;
+    if (skpy_addr(mod, a[0], a[1], a[2], &ss, &len) < 0)
+        return NULL;
+    if (a[3] != NULL && a[3] != Py_None) {
+        backlog = (int)PyLong_AsLong(a[3]);
+        if (backlog == -1 && PyErr_Occurred())
+            return NULL;
+    }
+    rc = sk_listen((struct sockaddr *)&ss, len, backlog, &fd, &err);
+    if (rc != SK_OK)
+        return skpy_raise(mod, &err, err.sys_errno == EADDRINUSE
+                                         ? "another socket holds this "
+                                           "address; pick another port or "
+                                           "port 0 for a free one"
+                                         : NULL);
+    return PyLong_FromLong(fd);
+}
+
+PyDoc_STRVAR(skpy_connect_doc,
+"connect(host, port, family=None, timeout=None) -> int\n--\n\n"
+"Connect a non-blocking TCP socket (TCP_NODELAY) and return its fd.\n");
+
+static PyObject *skpy_connect(PyObject *mod, PyObject *const *args,
+                              Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"host", "port", "family", "timeout"};
+    skpy_state *st = skpy_get_state(mod);
+    PyObject *a[4];
+    struct sockaddr_storage ss;
+    socklen_t len;
+    int64_t deadline;
+    int fd = -1, rc;
+    sk_err err;
+
+    if (skpy_args("connect", args, nargs, kwnames, names, 2, 4, a) < 0)
+        return NULL;
+    if (skpy_addr(mod, a[0], a[1], a[2], &ss, &len) < 0)
+        return NULL;
+    if (skpy_deadline(a[3], &deadline) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    sk_intr intr = {skpy_check_signals, &_save, SKPY_SLICE_MS};
+    rc = sk_connect((struct sockaddr *)&ss, len, deadline, &intr, &fd, &err);
+    Py_END_ALLOW_THREADS
+    if (rc == SK_TIMEOUT) {
+        PyErr_Format(st->Timeout,
+                     "connect to %S port %S: no answer within %R s; is the "
+                     "server up, and its accept queue not full?",
+                     a[0], a[1], a[3]);
+        return NULL;
+    }
+    if (rc == SK_INTR)
+        return NULL;
+    if (rc != SK_OK)
+        return skpy_raise(mod, &err, err.sys_errno == ECONNREFUSED
+                                         ? "nothing listens on that address: "
+                                           "start the server first"
+                                         : NULL);
+    return PyLong_FromLong(fd);
+}
+
+PyDoc_STRVAR(skpy_accept_doc,
+"accept(fd, timeout=None) -> int\n--\n\n"
+"Accept one connection on listening fd; returns the new fd.\n");
+
+static PyObject *skpy_accept(PyObject *mod, PyObject *const *args,
+                             Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"fd", "timeout"};
+    skpy_state *st = skpy_get_state(mod);
+    PyObject *a[2];
+    int64_t deadline;
+    int lfd, fd = -1, rc;
+    sk_err err;
+
+    if (skpy_args("accept", args, nargs, kwnames, names, 1, 2, a) < 0)
+        return NULL;
+    lfd = (int)PyLong_AsLong(a[0]);
+    if (lfd == -1 && PyErr_Occurred())
+        return NULL;
+    if (skpy_deadline(a[1], &deadline) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    sk_intr intr = {skpy_check_signals, &_save, SKPY_SLICE_MS};
+    rc = sk_accept(lfd, deadline, &intr, &fd, &err);
+    Py_END_ALLOW_THREADS
+    if (rc == SK_TIMEOUT) {
+        PyErr_Format(st->Timeout,
+                     "accept: no client connected within %R s", a[1]);
+        return NULL;
+    }
+    if (rc == SK_INTR)
+        return NULL;
+    if (rc != SK_OK)
+        return skpy_raise(mod, &err, NULL);
+    return PyLong_FromLong(fd);
+}
+
+/* (host, port) of a sockaddr.  GIL held. */
+static PyObject *skpy_addr_tuple(const struct sockaddr_storage *ss)
+{
+    char host[INET6_ADDRSTRLEN];
+
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+        return Py_BuildValue("(si)", host, ntohs(a->sin_port));
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+        return Py_BuildValue("(si)", host, ntohs(a->sin6_port));
+    }
+    PyErr_Format(PyExc_ValueError, "unsupported address family %d",
+                 ss->ss_family);
+    return NULL;
+}
+
+static PyObject *skpy_name(PyObject *py_fd, int peer)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    int fd, r;
+
+    fd = (int)PyLong_AsLong(py_fd);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    memset(&ss, 0, sizeof(ss));
+    r = peer ? getpeername(fd, (struct sockaddr *)&ss, &len)
+             : getsockname(fd, (struct sockaddr *)&ss, &len);
+    if (r != 0)
+        return skpy_oserror(peer ? "getpeername" : "getsockname");
+    return skpy_addr_tuple(&ss);
+}
+
+static PyObject *skpy_sockname(PyObject *mod, PyObject *py_fd)
+{
+    (void)mod;
+    return skpy_name(py_fd, 0);
+}
+
+static PyObject *skpy_peername(PyObject *mod, PyObject *py_fd)
+{
+    (void)mod;
+    return skpy_name(py_fd, 1);
+}
+
+static PyObject *skpy_close_fd(PyObject *mod, PyObject *py_fd)
+{
+    int fd;
+
+    (void)mod;
+    fd = (int)PyLong_AsLong(py_fd);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (close(fd) != 0 && errno != EINTR)
+        return skpy_oserror("close");
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef skpy_conn_functions[] = {
+    {"listen", (PyCFunction)(void (*)(void))skpy_listen,
+     METH_FASTCALL | METH_KEYWORDS, skpy_listen_doc},
+    {"connect", (PyCFunction)(void (*)(void))skpy_connect,
+     METH_FASTCALL | METH_KEYWORDS, skpy_connect_doc},
+    {"accept", (PyCFunction)(void (*)(void))skpy_accept,
+     METH_FASTCALL | METH_KEYWORDS, skpy_accept_doc},
+    {"sockname", skpy_sockname, METH_O,
+     "sockname(fd) -> (host, port)\n--\n\nLocal address of fd."},
+    {"peername", skpy_peername, METH_O,
+     "peername(fd) -> (host, port)\n--\n\nRemote address of fd."},
+    {"close_fd", skpy_close_fd, METH_O,
+     "close_fd(fd)\n--\n\nclose(2) a file descriptor."},
+    {NULL, NULL, 0, NULL},
+};
+
+/* Contract: GIL held; called once from the module's exec slot. */
+int skpy_add_conn(PyObject *mod)
+{
+    skpy_state *st = skpy_get_state(mod);
+    int rc = -1;
+
+    st->ConnType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &Conn_spec,
+                                                            NULL);
+    if (st->ConnType == NULL)
+        goto error;
+    if (PyModule_AddObjectRef(mod, "Conn", (PyObject *)st->ConnType) < 0)
+        goto error;
+    if (PyModule_AddFunctions(mod, skpy_conn_functions) < 0)
+        goto error;
+    rc = 0;
+error:
+    return rc;
+}

@@ -1,0 +1,67 @@
+/*
+ * _pysockkit_util.h - shared pieces of the CPython binding.
+ *
+ * The extension is one module, pysockkit._core, built from every .c file in csrc/.
+ * _pysockkit.c does multi-phase init and keeps the exception classes and
+ * type objects in module state (skpy_state).  Each binding file for a core
+ * area provides one `int skpy_add_<area>(PyObject *mod)` called from the
+ * module's exec slot; it returns 0, or -1 with an exception set.
+ *
+ * Exception classes come from pysockkit._errors (imported at exec time) and
+ * live in module state: Error, Timeout, FrameTooLarge, IncompleteFrame,
+ * ConnectionClosed, ConnectionReset, PeerDead.
+ */
+#ifndef SK_PYSOCKKIT_UTIL_H
+#define SK_PYSOCKKIT_UTIL_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "io.h"
+#include "sk.h"
+
+typedef struct skpy_state {
+    PyObject *Error;
+    PyObject *Timeout;
+    PyObject *FrameTooLarge;
+    PyObject *IncompleteFrame;
+    PyObject *ConnectionClosed;
+    PyObject *ConnectionReset;
+    PyObject *PeerDead;
+    PyTypeObject *ConnType;
+} skpy_state;
+
+/* Module state of the module `mod`.  GIL held. */
+skpy_state *skpy_get_state(PyObject *mod);
+
+/* Raise the exception matching err (see sk.h codes), with err->msg plus
+ * `hint` (what to do), if given.  OSError subclasses get errno set from
+ * err->sys_errno.  Returns NULL.  GIL held. */
+PyObject *skpy_raise(PyObject *mod, const sk_err *err, const char *hint);
+
+/* Raise OSError(errno, "<syscall>: <strerror>") for a plain syscall failure
+ * (errno read at call time).  Returns NULL.  GIL held. */
+PyObject *skpy_oserror(const char *syscall);
+
+/* Turn a Python timeout (None, or a non-negative number of seconds) into a
+ * deadline (clock.h).  Returns 0, or -1 with ValueError/TypeError set. */
+int skpy_deadline(PyObject *timeout, int64_t *deadline);
+
+/* The interrupt callback for sk_intr: called WITHOUT the GIL from inside a
+ * Py_BEGIN_ALLOW_THREADS block; ctx is a PyThreadState ** holding the saved
+ * thread state.  It restores the thread, runs PyErr_CheckSignals(), saves
+ * the thread again and returns nonzero if a handler raised (the exception
+ * stays set, to be seen after Py_END_ALLOW_THREADS).  Only the main thread
+ * runs handlers, so in other threads it returns 0 cheaply. */
+int skpy_check_signals(void *ctx);
+
+/* Add functions/types for each area; 0 or -1 with an exception set. */
+int skpy_add_conn(PyObject *mod);
+int skpy_add_tcpinfo(PyObject *mod);
+int skpy_add_diag(PyObject *mod);
+
+
+
+/* The module definition, for PyType_GetModuleByDef. */
+PyModuleDef *skpy_module_def(void);
+#endif /* SK_PYSOCKKIT_UTIL_H */

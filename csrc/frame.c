@@ -1,0 +1,259 @@
+/* frame.c - sans-IO length-prefix codec (see frame.h). */
+#include "frame.h"
+
+#include <string.h>
+
+/* Contract: pure. */
+uint64_t sk_header_limit(unsigned header_size)
+{
+    switch (header_size) {
+    case 1: return 0xffu;
+    case 2: return 0xffffu;
+    case 4: return 0xffffffffu;
+    case 8: return UINT64_MAX;
+    default: return 0;
+    }
+}
+
+/* Contract: pure; err may be NULL. */
+int sk_framing_check(const sk_framing *f, sk_err *err)
+{
+    uint64_t limit = sk_header_limit(f->header_size);
+
+    if (limit == 0)
+        return sk_err_set(err, SK_E_ARG,
+                          "header_size must be 1, 2, 4 or 8, not %u",
+                          f->header_size);
+    if (f->max_frame == 0)
+        return sk_err_set(err, SK_E_ARG, "max_frame must be at least 1");
+    if (f->max_frame > limit)
+        return sk_err_set(err, SK_E_ARG,
+                          "max_frame %llu does not fit a %u-byte header "
+                          "(at most %llu)",
+                          (unsigned long long)f->max_frame, f->header_size,
+                          (unsigned long long)limit);
+    return SK_OK;
+}
+
+/* Contract: pure; out has header_size bytes. */
+void sk_encode_header(const sk_framing *f, uint64_t len, unsigned char *out)
+{
+    unsigned i, n = f->header_size;
+
+    if (f->little_endian) {
+        for (i = 0; i < n; i++)
+            out[i] = (unsigned char)(len >> (8 * i));
+    } else {
+        for (i = 0; i < n; i++)
+            out[n - 1 - i] = (unsigned char)(len >> (8 * i));
+    }
+}
+
+/* Contract: pure; in has header_size bytes. */
+uint64_t sk_decode_header(const sk_framing *f, const unsigned char *in)
+{
+    unsigned i, n = f->header_size;
+    uint64_t v = 0;
+
+    if (f->little_endian) {
+        for (i = n; i-- > 0;)
+            v = (v << 8) | in[i];
+    } else {
+        for (i = 0; i < n; i++)
+            v = (v << 8) | in[i];
+    }
+    return v;
+}
+
+/* Contract: pure; writes nothing unless every length is acceptable. */
+int sk_encode_headers(const sk_framing *f, const size_t *lens, size_t n,
+                      unsigned char *out, sk_err *err)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        if ((uint64_t)lens[i] > f->max_frame) {
+            sk_err_set(err, SK_E_TOO_LARGE,
+                       "frame %zu is %zu bytes, over max_frame %llu; split "
+                       "it or raise Framing.max_frame on both peers",
+                       i, lens[i], (unsigned long long)f->max_frame);
+            if (err)
+                err->detail = i;
+            return SK_ERR;
+        }
+    }
+    for (i = 0; i < n; i++)
+        sk_encode_header(f, lens[i], out + i * f->header_size);
+    return SK_OK;
+}
+
+/* Contract: no allocation. */
+void sk_decoder_init(sk_decoder *d, const sk_framing *f)
+{
+    memset(d, 0, sizeof(*d));
+    d->f = *f;
+    sk_buf_init(&d->buf);
+    sk_err_clear(&d->err);
+}
+
+/* Contract: frees the buffer. */
+void sk_decoder_free(sk_decoder *d)
+{
+    sk_buf_free(&d->buf);
+}
+
+/* Make the oversized-length error sticky. */
+static int sk_decoder_too_large(sk_decoder *d, uint64_t declared)
+{
+    sk_err_set(&d->err, SK_E_TOO_LARGE,
+               "peer announced a %llu-byte frame, over max_frame %llu; the "
+               "stream cannot be resynchronised: close the connection (or "
+               "raise Framing.max_frame if the peer is right)",
+               (unsigned long long)declared,
+               (unsigned long long)d->f.max_frame);
+    d->err.detail = declared;
+    return SK_ERR;
+}
+
+/* Contract: pure.  Bytes of the frame in progress still missing. */
+uint64_t sk_decoder_missing(const sk_decoder *d)
+{
+    size_t have = sk_buf_len(&d->buf);
+    unsigned h = d->f.header_size;
+    uint64_t len;
+
+    if (have == 0)
+        return 0;
+    if (have < h)
+        return h - have;
+    len = sk_decode_header(&d->f, sk_buf_rptr(&d->buf));
+    if (len > d->f.max_frame) /* not a frame we will ever complete */
+        return 0;
+    if ((uint64_t)(have - h) >= len)
+        return 0;
+    return len - (have - h);
+}
+
+/* Contract: may grow the buffer (x1.5) up to header + max_frame + min. */
+int sk_decoder_reserve(sk_decoder *d, size_t min, unsigned char **space,
+                       size_t *avail)
+{
+    size_t want = min;
+    size_t have = sk_buf_len(&d->buf);
+    unsigned h = d->f.header_size;
+
+    if (d->err.code != SK_E_NONE)
+        return SK_ERR;
+    if (have >= h) {
+        uint64_t len = sk_decode_header(&d->f, sk_buf_rptr(&d->buf));
+        if (len > d->f.max_frame)
+            return sk_decoder_too_large(d, len);
+        /* enough room for the whole frame in progress */
+        if (len + h > have && len + h - have > want)
+            want = (size_t)(len + h - have);
+    }
+    if (want == 0)
+        want = 1;
+    if (sk_buf_reserve(&d->buf, want) != 0)
+        return sk_err_set(&d->err, SK_E_NOMEM,
+                          "out of memory reserving %zu bytes for a frame",
+                          want);
+    *space = sk_buf_wptr(&d->buf);
+    *avail = sk_buf_spare(&d->buf);
+    return SK_OK;
+}
+
+/* Contract: n <= avail from the last reserve. */
+void sk_decoder_commit(sk_decoder *d, size_t n)
+{
+    sk_buf_commit(&d->buf, n);
+}
+
+/* Contract: copies p. */
+int sk_decoder_feed(sk_decoder *d, const void *p, size_t n)
+{
+    unsigned char *space;
+    size_t avail;
+
+    if (d->err.code != SK_E_NONE)
+        return SK_ERR;
+    if (n == 0)
+        return SK_OK;
+    /* reserve only what is fed: feeding must not allocate a declared size */
+    if (sk_buf_reserve(&d->buf, n) != 0)
+        return sk_err_set(&d->err, SK_E_NOMEM,
+                          "out of memory buffering %zu bytes", n);
+    space = sk_buf_wptr(&d->buf);
+    avail = sk_buf_spare(&d->buf);
+    (void)avail;
+    memcpy(space, p, n);
+    sk_buf_commit(&d->buf, n);
+    return SK_OK;
+}
+
+/* Contract: the frame views the buffer until the next feed/reserve/idle. */
+int sk_decoder_next(sk_decoder *d, sk_frame *out)
+{
+    size_t have = sk_buf_len(&d->buf);
+    unsigned h = d->f.header_size;
+    const unsigned char *p;
+    uint64_t len;
+
+    if (SK_UNLIKELY(d->err.code != SK_E_NONE))
+        return SK_ERR;
+    if (have < h)
+        return SK_NEED_DATA;
+    p = sk_buf_rptr(&d->buf);
+    len = sk_decode_header(&d->f, p);
+    if (SK_UNLIKELY(len > d->f.max_frame))
+        return sk_decoder_too_large(d, len);
+    if ((uint64_t)(have - h) < len)
+        return SK_NEED_DATA;
+    out->data = p + h;
+    out->len = (size_t)len;
+    /* consume without rewinding: the view must stay valid */
+    d->buf.start += h + (size_t)len;
+    d->frames++;
+    return SK_OK;
+}
+
+/* Contract: pure. */
+size_t sk_decoder_buffered(const sk_decoder *d)
+{
+    return sk_buf_len(&d->buf);
+}
+
+/* Contract: pure; err may be NULL. */
+int sk_decoder_finish(const sk_decoder *d, sk_err *err)
+{
+    size_t have = sk_buf_len(&d->buf);
+    uint64_t missing;
+
+    if (have == 0)
+        return SK_OK;
+    missing = sk_decoder_missing(d);
+    if (have < d->f.header_size)
+        sk_err_set(err, SK_E_INCOMPLETE,
+                   "connection closed inside a frame header: %zu of %u "
+                   "header bytes received, %llu missing; the peer sent a "
+                   "truncated frame",
+                   have, d->f.header_size, (unsigned long long)missing);
+    else
+        sk_err_set(err, SK_E_INCOMPLETE,
+                   "connection closed inside a frame: %llu of %llu payload "
+                   "bytes received, %llu missing; the peer sent a truncated "
+                   "frame",
+                   (unsigned long long)(have - d->f.header_size),
+                   (unsigned long long)sk_decode_header(&d->f,
+                                                        sk_buf_rptr(&d->buf)),
+                   (unsigned long long)missing);
+    if (err)
+        err->detail = missing;
+    return SK_ERR;
+}
+
+/* Contract: may free the buffer. */
+void sk_decoder_idle(sk_decoder *d)
+{
+    sk_buf_shrink(&d->buf);
+}

@@ -1,0 +1,453 @@
+/* io.c - framed send/receive with one deadline per operation (see io.h). */
+#include "io.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include "clock.h"
+
+/* Payloads up to this size are copied next to their header so that a batch
+ * of small frames goes out as one contiguous block; larger payloads are sent
+ * from the caller's memory by iovec. */
+#define SK_SMALL 1024
+/* Bytes of coalescing space per write batch. */
+#define SK_COAL_CAP (64 * 1024)
+/* Frames per write batch (bounds the stack arrays below). */
+#define SK_BATCH_FRAMES 1024
+/* iovecs per sendmsg (the kernel's UIO_MAXIOV is 1024). */
+#define SK_IOV_MAX 1024
+
+/* Scratch space for a batch, one per thread rather than per connection so
+ * that an idle connection holds no send memory.  glibc allocates a dlopen'ed
+ * module's TLS block lazily per thread and frees it at thread exit. */
+static __thread unsigned char sk_coal[SK_COAL_CAP];
+
+static int sk_intr_fire(const sk_intr *intr)
+{
+    return intr != NULL && intr->check != NULL && intr->check(intr->ctx);
+}
+
+/* Contract: no GIL needed; intr->check is called on EINTR and every
+ * intr->slice_ms.  Returns SK_OK also for POLLERR/POLLHUP so the caller's
+ * next syscall reports the real error. */
+int sk_wait(int fd, short events, int64_t deadline, const sk_intr *intr,
+            sk_err *err)
+{
+    struct pollfd p;
+    int cap, n, rc;
+
+    cap = (intr != NULL && intr->check != NULL && intr->slice_ms > 0)
+              ? intr->slice_ms
+              : -1;
+    for (;;) {
+        p.fd = fd;
+        p.events = events;
+        p.revents = 0;
+        n = poll(&p, 1, sk_poll_ms(deadline, cap));
+        if (n > 0) {
+            if (p.revents & POLLNVAL) {
+                rc = sk_err_sys(err, "poll", EBADF);
+                goto done;
+            }
+            rc = SK_OK;
+            goto done;
+        }
+        if (n == 0) {
+            if (deadline != SK_NO_DEADLINE && sk_now_ns() >= deadline) {
+                rc = SK_TIMEOUT;
+                goto done;
+            }
+        } else if (errno != EINTR) {
+            rc = sk_err_sys(err, "poll", errno);
+            goto done;
+        }
+        /* EINTR or a slice elapsed: let the owner run signal handlers */
+        if (sk_intr_fire(intr)) {
+            rc = SK_INTR;
+            goto done;
+        }
+    }
+done:
+    return rc;
+}
+
+/* Contract: no allocation, fd stays owned by the caller. */
+int sk_conn_init(sk_conn *c, int fd, const sk_framing *f, sk_err *err)
+{
+    if (sk_framing_check(f, err) != SK_OK)
+        return SK_ERR;
+    memset(c, 0, sizeof(*c));
+    c->fd = fd;
+    c->framing = *f;
+    sk_decoder_init(&c->dec, f);
+    sk_err_clear(&c->rd_err);
+    sk_buf_init(&c->out);
+    return SK_OK;
+}
+
+/* Contract: frees the buffers; the fd is the caller's to close. */
+void sk_conn_release(sk_conn *c)
+{
+    sk_decoder_free(&c->dec);
+    sk_buf_free(&c->out);
+}
+
+/* Write iov[0..niov) fully, advancing the entries in place.  *written
+ * accumulates the bytes written.  SK_OK, SK_TIMEOUT, SK_INTR or SK_ERR. */
+static int sk_write_all(int fd, struct iovec *iov, int niov, int64_t deadline,
+                        const sk_intr *intr, size_t *written, int *idx,
+                        sk_err *err)
+{
+    struct msghdr mh;
+    ssize_t r;
+    int rc = SK_OK;
+
+    while (*idx < niov) {
+        memset(&mh, 0, sizeof(mh));
+        mh.msg_iov = iov + *idx;
+        mh.msg_iovlen = (size_t)(niov - *idx);
+        /* sendmsg rather than writev: MSG_NOSIGNAL turns SIGPIPE into EPIPE
+         * for programs that did not ignore SIGPIPE (Python does). */
+        r = sendmsg(fd, &mh, MSG_NOSIGNAL);
+        if (r > 0) {
+            size_t left = (size_t)r;
+            *written += left;
+            while (left > 0 && *idx < niov) {
+                if (left >= iov[*idx].iov_len) {
+                    left -= iov[*idx].iov_len;
+                    (*idx)++;
+                } else {
+                    iov[*idx].iov_base = (char *)iov[*idx].iov_base + left;
+                    iov[*idx].iov_len -= left;
+                    left = 0;
+                }
+            }
+            while (*idx < niov && iov[*idx].iov_len == 0)
+                (*idx)++;
+            continue;
+        }
+        if (r < 0 && errno == EINTR) {
+            if (sk_intr_fire(intr)) {
+                rc = SK_INTR;
+                goto done;
+            }
+            continue;
+        }
+        if (r == 0 || errno == EAGAIN || errno == EWOULDBLOCK) {
+            rc = sk_wait(fd, POLLOUT, deadline, intr, err);
+            if (rc != SK_OK)
+                goto done;
+            continue;
+        }
+        rc = sk_err_sys(err, "sendmsg", errno);
+        goto done;
+    }
+done:
+    return rc;
+}
+
+/* Keep the unsent rest of the frame in progress: iov[idx..] holds exactly
+ * the unsent bytes of the batch, and `keep` of them belong to that frame. */
+static int sk_keep_tail(sk_conn *c, const struct iovec *iov, int idx, int niov,
+                        size_t keep, sk_err *err)
+{
+    int i;
+
+    for (i = idx; i < niov && keep > 0; i++) {
+        size_t n = iov[i].iov_len < keep ? iov[i].iov_len : keep;
+        if (sk_buf_append(&c->out, iov[i].iov_base, n) != 0)
+            return sk_err_set(err, SK_E_NOMEM,
+                              "out of memory keeping %zu unsent bytes", keep);
+        keep -= n;
+    }
+    return SK_OK;
+}
+
+/* Contract: no GIL needed; caller holds the send lock.  Payload memory is
+ * borrowed for the duration of the call. */
+int sk_conn_flush(sk_conn *c, int64_t deadline, const sk_intr *intr,
+                  sk_err *err)
+{
+    struct iovec iov;
+    size_t written = 0;
+    int idx = 0, rc;
+
+    if (sk_buf_len(&c->out) == 0)
+        return SK_OK;
+    iov.iov_base = sk_buf_rptr(&c->out);
+    iov.iov_len = sk_buf_len(&c->out);
+    rc = sk_write_all(c->fd, &iov, 1, deadline, intr, &written, &idx, err);
+    sk_buf_consume(&c->out, written);
+    if (sk_buf_len(&c->out) == 0)
+        sk_buf_shrink(&c->out);
+    return rc;
+}
+
+/* Contract: see io.h.  No GIL needed; caller holds the send lock. */
+int sk_conn_send(sk_conn *c, const sk_iov *frames, size_t n, int64_t deadline,
+                 const sk_intr *intr, size_t *done, sk_err *err)
+{
+    struct iovec iov[SK_IOV_MAX];
+    size_t ends[SK_BATCH_FRAMES];
+    const unsigned h = c->framing.header_size;
+    const uint64_t maxf = c->framing.max_frame;
+    size_t i = 0, j, k, total, written, coff, seg;
+    unsigned char *coal;
+    int niov, idx, rc = SK_OK;
+
+    *done = 0;
+    for (j = 0; j < n; j++) {
+        if ((uint64_t)frames[j].len > maxf) {
+            sk_err_set(err, SK_E_TOO_LARGE,
+                       "frame %zu is %zu bytes, over max_frame %llu; split "
+                       "it or raise Framing.max_frame on both peers",
+                       j, frames[j].len, (unsigned long long)maxf);
+            if (err != NULL)
+                err->detail = j;
+            rc = SK_ERR;
+            goto done;
+        }
+    }
+    if (c->wr_shut) {
+        rc = sk_err_set(err, SK_E_CLOSED,
+                        "cannot send after shutdown(\"write\"): this side "
+                        "already sent its FIN");
+        goto done;
+    }
+    rc = sk_conn_flush(c, deadline, intr, err);
+    if (rc != SK_OK)
+        goto done;
+    coal = sk_coal;
+    while (i < n) {
+        /* assemble one batch of frames i..j */
+        niov = 0;
+        coff = seg = total = 0;
+        for (j = i; j < n && j - i < SK_BATCH_FRAMES; j++) {
+            size_t len = frames[j].len;
+            int small = len <= SK_SMALL;
+            if (coff + h + (small ? len : 0) > SK_COAL_CAP)
+                break;
+            if (niov + 3 > SK_IOV_MAX)
+                break;
+            sk_encode_header(&c->framing, len, coal + coff);
+            coff += h;
+            if (small) {
+                if (len)
+                    memcpy(coal + coff, frames[j].base, len);
+                coff += len;
+            } else {
+                iov[niov].iov_base = coal + seg;
+                iov[niov].iov_len = coff - seg;
+                niov++;
+                iov[niov].iov_base = (void *)frames[j].base;
+                iov[niov].iov_len = len;
+                niov++;
+                seg = coff;
+            }
+            total += h + len;
+            ends[j - i] = total;
+        }
+        if (coff > seg) {
+            iov[niov].iov_base = coal + seg;
+            iov[niov].iov_len = coff - seg;
+            niov++;
+        }
+        written = 0;
+        idx = 0;
+        rc = sk_write_all(c->fd, iov, niov, deadline, intr, &written, &idx,
+                          err);
+        /* frames i..k-1 are fully written */
+        for (k = i; k < j && ends[k - i] <= written; k++)
+            ;
+        *done += k - i;
+        if (rc != SK_OK) {
+            if (rc != SK_ERR && k < j && written > (k > i ? ends[k - 1 - i] : 0)) {
+                /* frame k is torn: keep its tail, it counts as taken */
+                int r2 = sk_keep_tail(c, iov, idx, niov,
+                                      ends[k - i] - written, err);
+                if (r2 != SK_OK) {
+                    rc = r2;
+                    goto done;
+                }
+                *done += 1;
+            }
+            goto done;
+        }
+        i = j;
+    }
+done:
+    return rc;
+}
+
+/* One non-blocking recv into the decoder.  SK_OK (bytes or EOF recorded),
+ * SK_NEED_DATA (would block), SK_INTR, SK_ERR (sticky in c->rd_err). */
+static int sk_conn_fill(sk_conn *c, const sk_intr *intr, sk_err *err)
+{
+    unsigned char *space;
+    size_t avail;
+    ssize_t r;
+    int rc;
+
+    if (sk_decoder_reserve(&c->dec, SK_READ_AHEAD, &space, &avail) != SK_OK) {
+        c->rd_err = c->dec.err;
+        rc = SK_ERR;
+        goto done;
+    }
+    for (;;) {
+        r = recv(c->fd, space, avail, 0);
+        if (r > 0) {
+            sk_decoder_commit(&c->dec, (size_t)r);
+            rc = SK_OK;
+            goto done;
+        }
+        if (r == 0) {
+            c->rd_eof = 1;
+            rc = SK_OK;
+            goto done;
+        }
+        if (errno == EINTR) {
+            if (sk_intr_fire(intr)) {
+                rc = SK_INTR;
+                goto done;
+            }
+            continue;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            rc = SK_NEED_DATA;
+            goto done;
+        }
+        sk_err_sys(&c->rd_err, "recv", errno);
+        rc = SK_ERR;
+        goto done;
+    }
+done:
+    if (rc == SK_ERR && err != NULL)
+        *err = c->rd_err;
+    return rc;
+}
+
+/* Record the end of stream as a sticky receive error. */
+static int sk_conn_eof(sk_conn *c, sk_err *err)
+{
+    if (sk_decoder_finish(&c->dec, &c->rd_err) == SK_OK)
+        sk_err_set(&c->rd_err, SK_E_CLOSED,
+                   "connection closed by the peer (FIN) after %llu frames; "
+                   "no more frames will arrive",
+                   (unsigned long long)c->dec.frames);
+    if (err != NULL)
+        *err = c->rd_err;
+    return SK_ERR;
+}
+
+/* Next frame from the buffer, skipping owed replies.  SK_OK, SK_NEED_DATA or
+ * SK_ERR (sticky). */
+static int sk_conn_take(sk_conn *c, sk_frame *out, sk_err *err)
+{
+    int rc;
+
+    for (;;) {
+        rc = sk_decoder_next(&c->dec, out);
+        if (rc == SK_OK && c->owed > 0) {
+            c->owed--;
+            c->discarded++;
+            continue;
+        }
+        break;
+    }
+    if (rc == SK_ERR) {
+        c->rd_err = c->dec.err;
+        if (err != NULL)
+            *err = c->rd_err;
+    }
+    return rc;
+}
+
+/* Contract: see io.h.  No GIL needed; caller holds the receive lock. */
+int sk_conn_recv(sk_conn *c, int64_t deadline, const sk_intr *intr,
+                 sk_frame *out, sk_err *err)
+{
+    int rc;
+
+    if (SK_UNLIKELY(c->rd_err.code != SK_E_NONE)) {
+        if (err != NULL)
+            *err = c->rd_err;
+        return SK_ERR;
+    }
+    for (;;) {
+        rc = sk_conn_take(c, out, err);
+        if (rc != SK_NEED_DATA)
+            goto done;
+        if (c->rd_eof) {
+            rc = sk_conn_eof(c, err);
+            goto done;
+        }
+        rc = sk_conn_fill(c, intr, err);
+        if (rc == SK_OK)
+            continue;
+        if (rc != SK_NEED_DATA)
+            goto done;
+        sk_decoder_idle(&c->dec);
+        rc = sk_wait(c->fd, POLLIN, deadline, intr, err);
+        if (rc != SK_OK)
+            goto done;
+    }
+done:
+    return rc;
+}
+
+/* Contract: see io.h.  No GIL needed (one non-blocking syscall at most, so
+ * callers may also hold it); caller holds the receive lock. */
+int sk_conn_recv_nowait(sk_conn *c, sk_frame *out, sk_err *err)
+{
+    int rc;
+
+    if (c->rd_err.code != SK_E_NONE) {
+        if (err != NULL)
+            *err = c->rd_err;
+        return SK_ERR;
+    }
+    rc = sk_conn_take(c, out, err);
+    if (rc != SK_NEED_DATA || c->rd_eof)
+        goto done;
+    rc = sk_conn_fill(c, NULL, err);
+    if (rc != SK_OK)
+        goto done;
+    rc = sk_conn_take(c, out, err);
+done:
+    return rc;
+}
+
+/* Contract: pure (no syscall); caller holds the receive lock. */
+int sk_conn_recv_buffered(sk_conn *c, sk_frame *out, sk_err *err)
+{
+    if (c->rd_err.code != SK_E_NONE) {
+        if (err != NULL)
+            *err = c->rd_err;
+        return SK_ERR;
+    }
+    return sk_conn_take(c, out, err);
+}
+
+/* Contract: no GIL needed; caller holds the send lock. */
+int sk_conn_shutdown_write(sk_conn *c, int64_t deadline, const sk_intr *intr,
+                           sk_err *err)
+{
+    int rc;
+
+    if (c->wr_shut)
+        return SK_OK;
+    rc = sk_conn_flush(c, deadline, intr, err);
+    if (rc != SK_OK)
+        goto done;
+    if (shutdown(c->fd, SHUT_WR) != 0) {
+        rc = sk_err_sys(err, "shutdown", errno);
+        goto done;
+    }
+    c->wr_shut = 1;
+done:
+    return rc;
+}

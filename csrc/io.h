@@ -1,0 +1,110 @@
+/*
+ * io.h - framed, blocking-with-deadline send and receive on a socket.
+ *
+ * A sk_conn couples a non-blocking socket with a decoder (read-ahead
+ * buffer) and an output remainder.  Each operation takes one absolute
+ * monotonic deadline (clock.h) for the whole operation; waits are poll()
+ * calls whose timeout is recomputed from it.  On EINTR, and at least every
+ * intr->slice_ms while waiting, intr->check is called; if it returns
+ * nonzero the operation stops with SK_INTR.  The binding's check re-acquires
+ * the GIL and runs the signal handlers, so Ctrl-C interrupts a wait
+ * promptly even with no deadline.
+ *
+ * Nothing is lost on SK_TIMEOUT or SK_INTR:
+ *   - receive: every byte read stays in the decoder; the next call goes on;
+ *   - send: frames not begun are not sent (*done says how many were taken);
+ *     the unsent tail of a frame already begun is copied to c->out and is
+ *     written before anything else by the next send or sk_conn_flush, so the
+ *     peer never sees a torn frame followed by another frame.
+ *
+ * Thread-safety: none inside; the owner holds a send lock around sk_conn_send
+ * and sk_conn_flush, and a receive lock around the receive calls.  The two
+ * sides touch disjoint fields, so one sender and one receiver may run at
+ * once.  None of these functions needs the GIL.
+ */
+#ifndef SK_IO_H
+#define SK_IO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "frame.h"
+#include "sk.h"
+
+typedef struct sk_intr {
+    int (*check)(void *ctx); /* nonzero: stop with SK_INTR */
+    void *ctx;
+    int slice_ms; /* longest single poll when check is set (<=0: no cap) */
+} sk_intr;
+
+/* One payload to send (a borrowed pointer; never copied unless a send is
+ * cut short, see above). */
+typedef struct sk_iov {
+    const void *base;
+    size_t len;
+} sk_iov;
+
+/* Wait until fd is ready for `events` (POLLIN/POLLOUT) or the deadline.
+ * SK_OK (ready or error condition pending), SK_TIMEOUT, SK_INTR, SK_ERR. */
+int sk_wait(int fd, short events, int64_t deadline, const sk_intr *intr,
+            sk_err *err);
+
+typedef struct sk_conn {
+    int fd;
+    sk_framing framing;
+    /* receive side */
+    sk_decoder dec;
+    int rd_eof;          /* the peer's FIN was read */
+    sk_err rd_err;       /* sticky receive failure (reset, too large) */
+    uint64_t owed;       /* replies to timed-out requests still to discard */
+    uint64_t discarded;  /* frames discarded that way so far */
+    /* send side */
+    sk_buf out;          /* tail of a frame whose send was cut short */
+    int wr_shut;         /* shutdown(SHUT_WR) was done */
+} sk_conn;
+
+/* Set up c for fd (already non-blocking).  No allocation; the caller keeps
+ * owning fd. */
+int sk_conn_init(sk_conn *c, int fd, const sk_framing *f, sk_err *err);
+
+/* Free buffers.  Does not close fd. */
+void sk_conn_release(sk_conn *c);
+
+/* Send n frames.  Small payloads are coalesced into one buffer, large ones
+ * go by iovec without copying; writev batches up to IOV_MAX entries.
+ * *done = number of frames taken (fully written, or begun and completed
+ * later from c->out).  SK_OK, SK_TIMEOUT, SK_INTR, SK_ERR (too large: no
+ * byte of the batch is sent). */
+int sk_conn_send(sk_conn *c, const sk_iov *frames, size_t n, int64_t deadline,
+                 const sk_intr *intr, size_t *done, sk_err *err);
+
+/* Write what c->out holds.  SK_OK when empty. */
+int sk_conn_flush(sk_conn *c, int64_t deadline, const sk_intr *intr,
+                  sk_err *err);
+
+/* Receive one frame, waiting until deadline (deadline = now: do not wait).
+ * Frames owed to timed-out requests are discarded first.
+ * SK_OK: *out views the decoder buffer until the next receive call.
+ * SK_TIMEOUT / SK_INTR: nothing lost.  SK_ERR: err->code is
+ *   SK_E_CLOSED (orderly EOF at a frame boundary), SK_E_INCOMPLETE (EOF
+ *   inside a frame, detail = bytes missing), SK_E_TOO_LARGE, SK_E_RESET,
+ *   SK_E_SYS.  A failure is sticky for the receive side. */
+int sk_conn_recv(sk_conn *c, int64_t deadline, const sk_intr *intr,
+                 sk_frame *out, sk_err *err);
+
+/* Take a frame only from what is already buffered, plus at most one
+ * non-blocking recv() if nothing complete is buffered.  SK_OK,
+ * SK_NEED_DATA, or SK_ERR as sk_conn_recv (the error is returned only if no
+ * frame could be produced). */
+int sk_conn_recv_nowait(sk_conn *c, sk_frame *out, sk_err *err);
+
+/* Take a frame only from what is already buffered: no syscall.  SK_OK,
+ * SK_NEED_DATA or SK_ERR (a sticky receive failure or a bad header). */
+int sk_conn_recv_buffered(sk_conn *c, sk_frame *out, sk_err *err);
+
+/* shutdown(fd, SHUT_WR) after flushing c->out (until deadline). */
+int sk_conn_shutdown_write(sk_conn *c, int64_t deadline, const sk_intr *intr,
+                           sk_err *err);
+
+#endif /* SK_IO_H */

@@ -1,0 +1,57 @@
+"""pysockkit: framed TCP with a C core.
+
+Length-prefixed messages over TCP with timeouts that lose no data, and live
+observation of TCP connection state (TCP_INFO, sock_diag).
+
+Example::
+
+    import pysockkit as sk
+
+    with sk.listen(("127.0.0.1", 0)) as srv, sk.connect(srv.address) as cli:
+        peer = srv.accept()
+        cli.send(b"hello")
+        assert peer.recv(timeout=1.0) == b"hello"
+        peer.close()
+"""
+
+from ._version import __version__
+from ._errors import (
+    ConnectionClosed,
+    ConnectionReset,
+    Error,
+    FrameTooLarge,
+    IncompleteFrame,
+    PeerDead,
+    Timeout,
+)
+from ._types import Framing
+from ._conn import Address, Connection, Listener, call, connect, listen
+from ._enums import TcpState
+from ._observe import SocketEntry, TcpInfo, sockets, tcp_info
+
+__all__ = [
+    "__version__",
+    # configuration
+    "Framing",
+    # connections
+    "Address",
+    "Connection",
+    "Listener",
+    "listen",
+    "connect",
+    "call",
+    # observation
+    "TcpState",
+    "TcpInfo",
+    "SocketEntry",
+    "tcp_info",
+    "sockets",
+    # errors
+    "Error",
+    "Timeout",
+    "FrameTooLarge",
+    "IncompleteFrame",
+    "ConnectionClosed",
+    "ConnectionReset",
+    "PeerDead",
+]

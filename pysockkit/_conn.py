@@ -1,0 +1,356 @@
+"""Connections, listeners and short connections over the C core.
+
+``Connection`` subclasses the C type ``_core.Conn``: send/recv and friends
+are C methods called directly, with no Python frame in between.  This module
+adds what needs no speed: address handling, context management, shutdown
+names, TCP_INFO access and ``repr``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from collections.abc import Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+from . import _core
+from ._errors import Error, Timeout
+from ._types import Framing
+
+if TYPE_CHECKING:
+    from ._enums import TcpState
+    from ._observe import TcpInfo
+
+__all__ = ["Connection", "Listener", "connect", "listen", "call", "Address"]
+
+Address = tuple[str, int]
+_DEFAULT_FRAMING = Framing()
+_SHUT = {"read": socket.SHUT_RD, "write": socket.SHUT_WR, "both": socket.SHUT_RDWR}
+
+
+def _numeric(host: str) -> Optional[int]:
+    """The address family of a numeric host, or None for a name."""
+    if host == "":
+        return socket.AF_INET
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return None
+
+
+def _resolve(addr: Address) -> list[tuple[int, str, int]]:
+    """[(family, numeric host, port)] for addr; names go through getaddrinfo."""
+    host, port = addr[0], int(addr[1])
+    fam = _numeric(host)
+    if fam is not None:
+        return [(fam, host, port)]
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise Error(exc.errno, f"getaddrinfo({host!r}): {exc.strerror}; check the host name") from exc
+    out = []
+    for family, _t, _p, _c, sa in infos:
+        if family in (socket.AF_INET, socket.AF_INET6):
+            out.append((int(family), str(sa[0]), int(sa[1])))
+    return out
+
+
+class Connection(_core.Conn):
+    """A framed TCP connection.  Make one with :func:`connect` or
+    :meth:`Listener.accept`.
+
+    Every message is one frame ``[length][payload]`` (see
+    ``docs/PROTOCOL.md``).  ``send``/``recv``/``send_many``/``recv_many``/
+    ``request``/``flush`` are implemented in C and release the GIL while
+    they wait; one thread may send while another receives, and frames sent
+    by several threads never interleave.  Every blocking call takes a
+    ``timeout`` in seconds (None waits forever, Ctrl-C still works); a
+    timeout loses no byte and leaves the connection usable.
+
+    Example::
+
+        with sk.connect(srv.address) as conn:
+            conn.send(b"hello")
+            print(conn.recv(timeout=1.0))
+    """
+
+    __slots__ = ("_framing",)
+
+    def __init__(self, fd: int, framing: Framing = _DEFAULT_FRAMING) -> None:
+        super().__init__(fd, framing.header_size, framing.byteorder, framing.max_frame)
+        self._framing = framing
+
+    @property
+    def framing(self) -> Framing:
+        """The :class:`Framing` of this connection.
+
+        Example::
+
+            >>> conn.framing.header_size
+            4
+        """
+        return self._framing
+
+    @property
+    def local_address(self) -> Address:
+        """(host, port) of this end.
+
+        Example::
+
+            >>> conn.local_address
+            ('127.0.0.1', 51234)
+        """
+        return _core.sockname(self.fileno())  # type: ignore[no-any-return]
+
+    @property
+    def remote_address(self) -> Address:
+        """(host, port) of the peer.
+
+        Example::
+
+            >>> conn.remote_address
+            ('127.0.0.1', 9000)
+        """
+        return _core.peername(self.fileno())  # type: ignore[no-any-return]
+
+    def shutdown(self, how: str = "write", timeout: Optional[float] = None) -> None:
+        """Half-close.  ``"write"`` sends FIN after anything pending and keeps
+        reading (the peer's ``recv`` raises ``sk.ConnectionClosed`` after our
+        last frame); ``"read"`` stops receiving; ``"both"`` does both.
+
+        Example::
+
+            conn.send(b"last")
+            conn.shutdown("write")
+            reply = conn.recv()        # the peer can still answer
+        """
+        try:
+            code = _SHUT[how]
+        except KeyError:
+            raise ValueError(f"how must be 'read', 'write' or 'both', not {how!r}") from None
+        self._shutdown(code, timeout)
+
+    def info(self) -> "TcpInfo":
+        """The kernel's TCP_INFO for this socket as an :class:`sk.TcpInfo`.
+
+        Example::
+
+            >>> conn.info().rtt_us
+            41
+        """
+        from ._observe import tcp_info
+
+        return tcp_info(self.fileno())
+
+    @property
+    def state(self) -> "TcpState":
+        """The TCP state of this socket (:class:`sk.TcpState`); CLOSED once
+        this side closed it.
+
+        Example::
+
+            >>> conn.state
+            <TcpState.ESTABLISHED: 1>
+        """
+        from ._enums import TcpState
+
+        if self.closed:
+            return TcpState.CLOSED
+        return TcpState(_core.tcp_state(self.fileno()))
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Iterate over received frames until the peer closes.
+
+        Example::
+
+            for msg in conn:
+                print(msg)
+        """
+        from ._errors import ConnectionClosed
+
+        while True:
+            try:
+                yield self.recv()
+            except ConnectionClosed:
+                return
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return f"<{type(self).__module__}.Connection closed>"
+        try:
+            la, ra = self.local_address, self.remote_address
+            where = f"{la[0]}:{la[1]} -> {ra[0]}:{ra[1]}"
+        except OSError:
+            where = "not connected"
+        return f"<pysockkit.Connection fd={self.fileno()} {where}>"
+
+
+class Listener:
+    """A listening TCP socket that accepts framed connections.
+
+    Made by :func:`listen`; ``SO_REUSEADDR`` is set so a restarted server can
+    bind while its old connections sit in TIME_WAIT.
+
+    Example::
+
+        with sk.listen(("127.0.0.1", 0)) as srv:
+            print(srv.address)
+            conn = srv.accept(timeout=5.0)
+    """
+
+    __slots__ = ("_fd", "_framing", "address", "__weakref__")
+
+    def __init__(self, fd: int, framing: Framing) -> None:
+        self._fd = fd
+        self._framing = framing
+        self.address: Address = _core.sockname(fd)
+
+    @property
+    def framing(self) -> Framing:
+        """The :class:`Framing` given to accepted connections."""
+        return self._framing
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self._fd < 0
+
+    def fileno(self) -> int:
+        """The listening socket's file descriptor (-1 once closed)."""
+        return self._fd
+
+    def accept(self, timeout: Optional[float] = None) -> Connection:
+        """Wait for a client and return its :class:`Connection`.
+
+        Raises ``sk.Timeout`` after ``timeout`` seconds; Ctrl-C interrupts a
+        wait with no timeout too.
+
+        Example::
+
+            conn = srv.accept(timeout=5.0)
+        """
+        if self._fd < 0:
+            from ._errors import ConnectionClosed
+
+            raise ConnectionClosed("this listener was closed; call sk.listen() again")
+        fd = _core.accept(self._fd, timeout)
+        return Connection(fd, self._framing)
+
+    def close(self) -> None:
+        """Stop listening.  Idempotent.
+
+        Example::
+
+            srv.close()
+        """
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            _core.close_fd(fd)
+
+    def __enter__(self) -> "Listener":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            import warnings
+
+            warnings.warn(f"unclosed pysockkit listener {self.address}", ResourceWarning, stacklevel=2)
+            self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._fd < 0 else f"fd={self._fd}"
+        return f"<pysockkit.Listener {self.address[0]}:{self.address[1]} {state}>"
+
+
+def listen(
+    addr: Address = ("127.0.0.1", 0),
+    backlog: int = 128,
+    framing: Optional[Framing] = None,
+) -> Listener:
+    """Listen on ``addr`` (port 0 picks a free port; ``srv.address`` tells
+    which) and return a :class:`Listener`.
+
+    Example::
+
+        >>> srv = sk.listen(("127.0.0.1", 0))
+        >>> srv.address
+        ('127.0.0.1', 40123)
+    """
+    fam, host, port = _resolve(addr)[0]
+    fd = _core.listen(host, port, fam, backlog)
+    return Listener(fd, framing or _DEFAULT_FRAMING)
+
+
+def connect(
+    addr: Address,
+    timeout: Optional[float] = None,
+    framing: Optional[Framing] = None,
+) -> Connection:
+    """Connect to ``addr`` and return a :class:`Connection`.
+
+    ``timeout`` bounds the whole connect (all resolved addresses together).
+    Raises ``sk.Timeout``, or ``sk.Error`` with errno ECONNREFUSED when
+    nothing listens there.
+
+    Example::
+
+        with sk.connect(("127.0.0.1", 9000), timeout=2.0) as conn:
+            conn.send(b"hi")
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last: Optional[BaseException] = None
+    for fam, host, port in _resolve(addr):
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            fd = _core.connect(host, port, fam, left)
+        except Timeout:
+            raise
+        except OSError as exc:
+            last = exc
+            continue
+        return Connection(fd, framing or _DEFAULT_FRAMING)
+    assert last is not None
+    raise last
+
+
+def call(
+    addr: Address,
+    data: Union[bytes, bytearray, memoryview],
+    timeout: Optional[float] = None,
+    framing: Optional[Framing] = None,
+) -> bytes:
+    """A short connection: connect, send one frame, receive one reply frame,
+    close.  ``timeout`` bounds the whole exchange.
+
+    The client closes first, so the client's side of each short connection
+    waits in TIME_WAIT for 60 s (see docs/PROTOCOL.md); use a long
+    :class:`Connection` for many exchanges.
+
+    Example::
+
+        >>> sk.call(srv.address, b"ping", timeout=2.0)
+        b'pong'
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    conn = connect(addr, timeout, framing)
+    try:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return conn.request(data, left)  # type: ignore[no-any-return]
+    finally:
+        conn.close()

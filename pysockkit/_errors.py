@@ -1,0 +1,117 @@
+"""The exception hierarchy.  Every failure pysockkit raises is an sk.Error.
+
+``Error`` subclasses ``OSError`` so that code written for sockets (``except
+OSError``) keeps working; the more specific classes also subclass the
+matching builtin (``Timeout`` is a ``TimeoutError``, ``ConnectionReset`` a
+``ConnectionResetError``).  The C core raises these very classes: it looks
+them up in this module when it is imported.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "Error",
+    "Timeout",
+    "FrameTooLarge",
+    "IncompleteFrame",
+    "ConnectionClosed",
+    "ConnectionReset",
+    "PeerDead",
+]
+
+
+class Error(OSError):
+    """Base class of every pysockkit error.
+
+    Example::
+
+        try:
+            conn.recv(timeout=1.0)
+        except sk.Error as exc:
+            print("pysockkit failed:", exc)
+    """
+
+
+class Timeout(Error, TimeoutError):
+    """A deadline passed.  Nothing was lost and the connection stays usable.
+
+    On receive, a partial frame stays buffered and the next ``recv``
+    completes it.  On send, ``exc.sent`` (when present) counts the frames
+    taken; the tail of a frame already begun is sent first by the next
+    ``send``/``flush``.
+
+    Example::
+
+        try:
+            msg = conn.recv(timeout=0.5)
+        except sk.Timeout:
+            msg = None          # try again later: nothing was lost
+    """
+
+
+class FrameTooLarge(Error):
+    """A frame is longer than ``Framing.max_frame``.
+
+    Raised when sending (nothing of the batch is sent) or when a peer's
+    header announces more than ``max_frame`` (checked before anything is
+    allocated; the stream cannot be resynchronised, so close the
+    connection).  ``exc.size`` is the announced length (receive side) or
+    the index of the offending frame (send side).
+
+    Example::
+
+        try:
+            conn.recv()
+        except sk.FrameTooLarge as exc:
+            conn.abort()
+    """
+
+
+class IncompleteFrame(Error):
+    """The stream ended inside a frame; ``exc.missing`` bytes never came.
+
+    Example::
+
+        try:
+            conn.recv()
+        except sk.IncompleteFrame as exc:
+            print("peer died mid-frame,", exc.missing, "bytes missing")
+    """
+
+
+class ConnectionClosed(Error, ConnectionError):
+    """The connection is closed: the peer sent FIN after its last frame, or
+    this side already called ``close()``/``abort()``.
+
+    Example::
+
+        while True:
+            try:
+                msg = conn.recv()
+            except sk.ConnectionClosed:
+                break           # orderly end of the stream
+    """
+
+
+class ConnectionReset(ConnectionClosed, ConnectionResetError):
+    """The peer reset the connection (RST): ECONNRESET or EPIPE.
+
+    Example::
+
+        try:
+            conn.send(b"x")
+        except sk.ConnectionReset:
+            conn = sk.connect(addr)   # reconnect
+    """
+
+
+class PeerDead(Error):
+    """The peer stopped answering heartbeats within ``Heartbeat.timeout``.
+
+    Example::
+
+        try:
+            conn.recv()
+        except sk.PeerDead:
+            conn.abort()
+    """

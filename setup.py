@@ -1,0 +1,52 @@
+"""Build the C extension pysockkit._core from every csrc/*.c.
+
+Metadata lives in pyproject.toml; this file only describes the extension.
+
+Environment knobs:
+  PYSOCKKIT_WERROR=1    add -Werror (CI sets it)
+  PYSOCKKIT_SANITIZE=1  build with -fsanitize=address,undefined (run the
+                        interpreter with LD_PRELOAD of libasan, see .ci/run)
+  PYSOCKKIT_DEBUG=1     -O0 -g3
+"""
+import os
+from glob import glob
+
+from setuptools import Extension, setup
+
+sources = sorted(glob(os.path.join("csrc", "*.c")))
+depends = sorted(glob(os.path.join("csrc", "*.h")))
+
+cflags = [
+    "-std=c11",
+    "-Wall",
+    "-Wextra",
+    "-Wstrict-prototypes",
+    "-Wwrite-strings",
+]
+macros = [("_GNU_SOURCE", "1")]
+ldflags = []
+if os.environ.get("PYSOCKKIT_WERROR") == "1":
+    cflags.append("-Werror")
+if os.environ.get("PYSOCKKIT_DEBUG") == "1":
+    cflags += ["-O0", "-g3"]
+else:
+    cflags += ["-O2"]
+if os.environ.get("PYSOCKKIT_SANITIZE") == "1":
+    san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
+           "-fno-sanitize-recover=undefined"]
+    cflags += san + ["-g"]
+    ldflags += san
+
+setup(
+    ext_modules=[
+        Extension(
+            "pysockkit._core",
+            sources=sources,
+            depends=depends,
+            include_dirs=["csrc"],
+            define_macros=macros,
+            extra_compile_args=cflags,
+            extra_link_args=ldflags,
+        )
+    ],
+)
