@@ -166,6 +166,8 @@ static int skpy_exec(PyObject *mod)
         goto error;
     if (skpy_add_conn(mod) < 0)
         goto error;
+    if (skpy_add_frame(mod) < 0)
+        goto error;
     if (skpy_add_tcpinfo(mod) < 0)
         goto error;
     if (skpy_add_diag(mod) < 0)

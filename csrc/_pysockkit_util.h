@@ -57,6 +57,7 @@ int skpy_check_signals(void *ctx);
 
 /* Add functions/types for each area; 0 or -1 with an exception set. */
 int skpy_add_conn(PyObject *mod);
+int skpy_add_frame(PyObject *mod);
 int skpy_add_tcpinfo(PyObject *mod);
 int skpy_add_diag(PyObject *mod);
 

@@ -102,7 +102,7 @@ class Connection(_core.Conn):
             >>> conn.local_address
             ('127.0.0.1', 51234)
         """
-        return _core.sockname(self.fileno())  # type: ignore[no-any-return]
+        return _core.sockname(self.fileno())
 
     @property
     def remote_address(self) -> Address:
@@ -113,7 +113,7 @@ class Connection(_core.Conn):
             >>> conn.remote_address
             ('127.0.0.1', 9000)
         """
-        return _core.peername(self.fileno())  # type: ignore[no-any-return]
+        return _core.peername(self.fileno())
 
     def shutdown(self, how: str = "write", timeout: Optional[float] = None) -> None:
         """Half-close.  ``"write"`` sends FIN after anything pending and keeps
@@ -351,6 +351,6 @@ def call(
     conn = connect(addr, timeout, framing)
     try:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return conn.request(data, left)  # type: ignore[no-any-return]
+        return conn.request(data, left)
     finally:
         conn.close()

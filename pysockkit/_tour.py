@@ -1,0 +1,128 @@
+"""``python -m pysockkit tour``: a guided run on loopback, printing what
+happens at each step.  Every number printed is measured on the spot."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from . import _conn
+from ._errors import ConnectionClosed, ConnectionReset, Timeout
+from ._server import serve
+from ._types import Framing
+
+
+def _say(title: str) -> None:
+    print(f"\n== {title}")
+
+
+def _ms(t0: float) -> str:
+    return f"{(time.perf_counter() - t0) * 1e3:.2f} ms"
+
+
+def _handler(msg: bytes) -> bytes:
+    if msg.startswith(b"sleep "):
+        time.sleep(float(msg.split()[1]))
+    return msg.upper()
+
+
+def step_long_connection(addr: _conn.Address) -> None:
+    _say("1. A long connection: connect once, exchange many framed messages")
+    t0 = time.perf_counter()
+    with _conn.connect(addr, timeout=2.0) as conn:
+        print(f"   connected {conn.local_address} -> {conn.remote_address} in {_ms(t0)}")
+        frame = Framing().encode(b"hello")
+        print(f"   on the wire, b'hello' is one frame: {frame.hex(' ')} (4-byte big-endian length + payload)")
+        conn.send(b"hello")
+        print(f"   sent b'hello', got back {conn.recv(timeout=2.0)!r}")
+        n = 10_000
+        t0 = time.perf_counter()
+        conn.send_many([b"msg %d" % i for i in range(n)])
+        got = 0
+        while got < n:
+            got += len(conn.recv_many(timeout=2.0))
+        dt = time.perf_counter() - t0
+        print(f"   send_many/recv_many: {n} messages echoed in {dt * 1e3:.1f} ms ({n / dt:,.0f} msg/s round trip)")
+
+
+def step_request(addr: _conn.Address) -> None:
+    _say("2. Synchronous mode: request() waits for the reply, with a timeout")
+    with _conn.connect(addr, timeout=2.0) as conn:
+        t0 = time.perf_counter()
+        print(f"   request(b'ping') -> {conn.request(b'ping', timeout=1.0)!r} in {_ms(t0)}")
+        t0 = time.perf_counter()
+        try:
+            conn.request(b"sleep 0.3", timeout=0.1)
+        except Timeout:
+            print(f"   request(b'sleep 0.3', timeout=0.1) raised sk.Timeout after {_ms(t0)}")
+        print(f"   the connection now owes {conn.pending_replies} reply; it will be discarded when it comes")
+        t0 = time.perf_counter()
+        reply = conn.request(b"next", timeout=2.0)
+        print(f"   request(b'next') -> {reply!r} in {_ms(t0)}: its own reply, not the late one")
+        print(f"   late replies dropped so far: {conn.late_replies_dropped}")
+
+
+def step_short_connection(addr: _conn.Address) -> None:
+    _say("3. Short connections: connect, one exchange, close (sk.call)")
+    t0 = time.perf_counter()
+    reply = _conn.call(addr, b"one shot", timeout=2.0)
+    print(f"   sk.call(addr, b'one shot') -> {reply!r} in {_ms(t0)}")
+    n = 200
+    t0 = time.perf_counter()
+    for _ in range(n):
+        _conn.call(addr, b"x", timeout=2.0)
+    dt = time.perf_counter() - t0
+    print(f"   {n} short connections in {dt * 1e3:.0f} ms ({n / dt:,.0f} connections/s)")
+    print("   the side that closes first (here the client) keeps each one in TIME_WAIT for 60 s")
+
+
+def step_half_close(listener: _conn.Listener) -> None:
+    _say("4. Half-close: shutdown('write') sends FIN, the other direction stays open")
+    with _conn.connect(listener.address, timeout=2.0) as cli, listener.accept(timeout=2.0) as srv:
+        cli.send(b"last request")
+        cli.shutdown("write")
+        print("   client: sent b'last request', then shutdown('write')")
+        print(f"   server: recv -> {srv.recv(timeout=1.0)!r}")
+        try:
+            srv.recv(timeout=1.0)
+        except ConnectionClosed as exc:
+            print(f"   server: next recv raised sk.ConnectionClosed: {exc}")
+        srv.send(b"answer after your FIN")
+        print(f"   client: can still recv -> {cli.recv(timeout=1.0)!r}")
+
+
+def step_abort(listener: _conn.Listener) -> None:
+    _say("5. Abort: abort() sends RST instead of FIN")
+    with _conn.connect(listener.address, timeout=2.0) as cli, listener.accept(timeout=2.0) as srv:
+        cli.abort()
+        print("   client: abort() (SO_LINGER 0, close) - no TIME_WAIT is left behind")
+        try:
+            srv.recv(timeout=1.0)
+        except ConnectionReset as exc:
+            print(f"   server: recv raised sk.ConnectionReset: {exc}")
+
+
+STEPS: list[Callable[[], None]] = []
+
+
+def run() -> int:
+    """Run every step; returns the process exit code."""
+    t_all = time.perf_counter()
+    print("pysockkit tour: everything below runs on 127.0.0.1 and is measured live")
+    with serve(("127.0.0.1", 0), _handler) as server:
+        print(f"server listening on {server.address[0]}:{server.address[1]} (threaded, replies in upper case)")
+        step_long_connection(server.address)
+        step_request(server.address)
+        step_short_connection(server.address)
+    with _conn.listen(("127.0.0.1", 0)) as listener:
+        step_half_close(listener)
+        step_abort(listener)
+    for extra in STEPS:
+        extra()
+    print(f"\ntour finished in {time.perf_counter() - t_all:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(run())

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need,
+# builds the extension with -Werror, runs the C test runner (plain and under
+# ASan+UBSan), mypy, pytest against an editable install, and pytest against
+# a wheel built from the sdist in a separate virtualenv.
+#
+# Usage: bash tests/run_all.sh        (the README's test command; .ci/run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+PY=${PYTHON:-python3}
+venv="$root/.venv"
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "system packages"
+need=()
+command -v ss >/dev/null 2>&1 || need+=(iproute2)
+command -v cc >/dev/null 2>&1 || need+=(gcc)
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+    else
+        echo "missing ${need[*]}: install them (sudo apt-get install ${need[*]})" >&2
+        exit 1
+    fi
+fi
+
+step "virtualenv and Python packages"
+[ -x "$venv/bin/python" ] || "$PY" -m venv "$venv"
+"$venv/bin/python" -m pip install -q --upgrade pip
+"$venv/bin/python" -m pip install -q pytest mypy build setuptools wheel
+
+step "C core: test runner, plain and under ASan+UBSan"
+bash tests/c/run.sh
+
+step "extension build (-Werror) and editable install"
+PYSOCKKIT_WERROR=1 "$venv/bin/python" -m pip install -q --no-build-isolation -e .
+
+step "mypy --strict"
+"$venv/bin/python" -m mypy
+
+step "pytest (editable install)"
+"$venv/bin/python" -m pytest -q tests
+
+step "sdist: build, install into a clean virtualenv, run the tests against it"
+rm -rf dist
+"$venv/bin/python" -m build --sdist -o dist . >/dev/null
+sdist=$(ls dist/pysockkit-*.tar.gz)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+"$PY" -m venv "$tmp/venv"
+"$tmp/venv/bin/python" -m pip install -q pytest
+PYSOCKKIT_WERROR=1 "$tmp/venv/bin/python" -m pip install -q "$sdist"
+tar -xzf "$sdist" -C "$tmp"
+# run from the unpacked sdist's tests, outside any source tree, so that the
+# installed package (not a source checkout) is what gets imported
+(cd "$tmp" && "$tmp/venv/bin/python" -m pytest -q -p no:cacheprovider \
+    --rootdir "$tmp" -c /dev/null -W error "$tmp"/pysockkit-*/tests)
