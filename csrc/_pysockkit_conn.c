@@ -405,6 +405,26 @@ static int Conn_send_locked(ConnObject *self, const sk_iov *iov, size_t n,
     return rc;
 }
 
+/* Attach `sent` (frames taken) to the pending exception, if it is ours. */
+static void skpy_note_sent(size_t done)
+{
+    PyObject *py_type, *py_value, *py_tb, *py_n;
+
+    PyErr_Fetch(&py_type, &py_value, &py_tb);
+    PyErr_NormalizeException(&py_type, &py_value, &py_tb);
+    if (py_value != NULL && PyObject_IsInstance(py_value, PyExc_OSError) == 1) {
+        py_n = PyLong_FromSize_t(done);
+        if (py_n != NULL) {
+            if (PyObject_SetAttrString(py_value, "sent", py_n) < 0)
+                PyErr_Clear();
+            Py_DECREF(py_n);
+        } else {
+            PyErr_Clear();
+        }
+    }
+    PyErr_Restore(py_type, py_value, py_tb);
+}
+
 static const char SEND_KEPT[] =
     "frames not yet begun were not sent; the tail of a frame already begun "
     "is kept and sent first by the next send or flush, so the stream stays "
@@ -447,6 +467,7 @@ static PyObject *Conn_send(PyObject *op, PyObject *const *args,
     rc = Conn_send_locked(self, &iov, 1, iov.len, deadline, &done, &err);
     if (rc != SK_OK) {
         skpy_fail(self, rc, &err, "send", a[1], SEND_KEPT);
+        skpy_note_sent(done);
         goto error_lock;
     }
     py_ret = Py_NewRef(Py_None);
@@ -455,26 +476,6 @@ error_lock:
 error_view:
     PyBuffer_Release(&view);
     return py_ret;
-}
-
-/* Attach `sent` (frames taken) to the pending exception, if it is ours. */
-static void skpy_note_sent(size_t done)
-{
-    PyObject *py_type, *py_value, *py_tb, *py_n;
-
-    PyErr_Fetch(&py_type, &py_value, &py_tb);
-    PyErr_NormalizeException(&py_type, &py_value, &py_tb);
-    if (py_value != NULL && PyObject_IsInstance(py_value, PyExc_OSError) == 1) {
-        py_n = PyLong_FromSize_t(done);
-        if (py_n != NULL) {
-            if (PyObject_SetAttrString(py_value, "sent", py_n) < 0)
-                PyErr_Clear();
-            Py_DECREF(py_n);
-        } else {
-            PyErr_Clear();
-        }
-    }
-    PyErr_Restore(py_type, py_value, py_tb);
 }
 
 PyDoc_STRVAR(Conn_send_many_doc,
@@ -514,6 +515,30 @@ static PyObject *Conn_send_many(PyObject *op, PyObject *const *args,
     if (views == NULL || iov == NULL) {
         PyErr_NoMemory();
         goto error;
+    }
+    /* all or nothing: refuse an oversized frame before sending any batch */
+    for (i = 0; i < total; i++) {
+        PyObject *py_it = PySequence_Fast_GET_ITEM(py_seq, i);
+        Py_ssize_t len;
+        if (PyBytes_CheckExact(py_it)) {
+            len = PyBytes_GET_SIZE(py_it);
+        } else {
+            if (PyObject_GetBuffer(py_it, &views[0], PyBUF_SIMPLE) < 0)
+                goto error;
+            len = views[0].len;
+            PyBuffer_Release(&views[0]);
+        }
+        if ((uint64_t)len > self->c.framing.max_frame) {
+            sk_err_set(&err, SK_E_TOO_LARGE,
+                       "frame %zd is %zd bytes, over max_frame %llu; split it "
+                       "or raise Framing.max_frame on both peers; no frame "
+                       "was sent",
+                       i, len, (unsigned long long)self->c.framing.max_frame);
+            err.detail = (uint64_t)i;
+            skpy_raise(self->mod, &err, NULL);
+            skpy_note_sent(0);
+            goto error;
+        }
     }
     if (skpy_lock_or_raise(self, self->send_lock, deadline, "send_many",
                            a[1]) < 0)

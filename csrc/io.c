@@ -411,12 +411,18 @@ int sk_conn_recv_nowait(sk_conn *c, sk_frame *out, sk_err *err)
         return SK_ERR;
     }
     rc = sk_conn_take(c, out, err);
-    if (rc != SK_NEED_DATA || c->rd_eof)
+    if (rc != SK_NEED_DATA)
         goto done;
-    rc = sk_conn_fill(c, NULL, err);
-    if (rc != SK_OK)
-        goto done;
-    rc = sk_conn_take(c, out, err);
+    if (!c->rd_eof) {
+        rc = sk_conn_fill(c, NULL, err);
+        if (rc != SK_OK)
+            goto done;
+        rc = sk_conn_take(c, out, err);
+        if (rc != SK_NEED_DATA)
+            goto done;
+    }
+    if (c->rd_eof)
+        rc = sk_conn_eof(c, err);
 done:
     return rc;
 }

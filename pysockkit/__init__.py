@@ -26,8 +26,10 @@ from ._errors import (
 )
 from ._types import Framing
 from ._conn import Address, Connection, Listener, call, connect, listen
+from ._core import Decoder
+from ._server import Server, serve
 from ._enums import TcpState
-from ._observe import SocketEntry, TcpInfo, sockets, tcp_info
+from ._observe import SocketEntry, SocketList, TcpInfo, sockets, tcp_info
 
 __all__ = [
     "__version__",
@@ -40,10 +42,14 @@ __all__ = [
     "listen",
     "connect",
     "call",
+    "serve",
+    "Server",
+    "Decoder",
     # observation
     "TcpState",
     "TcpInfo",
     "SocketEntry",
+    "SocketList",
     "tcp_info",
     "sockets",
     # errors

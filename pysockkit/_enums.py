@@ -1,0 +1,162 @@
+"""TCP connection states, numbered as the Linux kernel numbers them.
+
+The member names are the classic RFC 793 / textbook names; ``kernel_name``
+gives Linux's own spelling (``include/net/tcp_states.h``) and ``ss_name``
+what ``ss -tan`` prints.  ``CLOSED`` is Linux's ``TCP_CLOSE`` (7).
+``NEW_SYN_RECV`` (12) is Linux's state for a request socket (a half-open
+connection that has no socket of its own yet); note that sock_diag
+reports such request sockets as ``SYN_RCVD`` (3) with inode 0.
+
+Example::
+
+    >>> from pysockkit import TcpState
+    >>> TcpState(10)
+    <TcpState.LISTEN: 10>
+    >>> TcpState.SYN_RCVD.kernel_name, TcpState.SYN_RCVD.ss_name
+    ('SYN_RECV', 'SYN-RECV')
+    >>> TcpState.TIME_WAIT.description
+    'closed by us first; waiting 2*MSL so stray segments of this connection die out'
+    >>> TcpState.from_name("estab") is TcpState.ESTABLISHED
+    True
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["TcpState"]
+
+
+class TcpState(enum.IntEnum):
+    """A TCP state, with Linux's numbering (``tcpi_state``, ``idiag_state``).
+
+    Example::
+
+        >>> import socket, pysockkit as sk
+        >>> s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+        >>> sk.TcpState(sk.tcp_info(s).state) is sk.TcpState.LISTEN
+        True
+        >>> s.close()
+    """
+
+    ESTABLISHED = 1
+    SYN_SENT = 2
+    SYN_RCVD = 3
+    FIN_WAIT_1 = 4
+    FIN_WAIT_2 = 5
+    TIME_WAIT = 6
+    CLOSED = 7
+    CLOSE_WAIT = 8
+    LAST_ACK = 9
+    LISTEN = 10
+    CLOSING = 11
+    NEW_SYN_RECV = 12
+
+    @property
+    def description(self) -> str:
+        """One line saying what this state means.
+
+        Example::
+
+            >>> TcpState.CLOSE_WAIT.description
+            'the peer closed its side (FIN received); waiting for us to close'
+        """
+        return _DESCRIPTIONS[self]
+
+    @property
+    def kernel_name(self) -> str:
+        """Linux's name for the state (``"SYN_RECV"``, ``"CLOSE"``, ...).
+
+        Example::
+
+            >>> TcpState.FIN_WAIT_1.kernel_name
+            'FIN_WAIT1'
+        """
+        return _KERNEL_NAMES[self]
+
+    @property
+    def ss_name(self) -> str:
+        """The name ``ss -tan`` prints (``"ESTAB"``, ``"SYN-RECV"``, ...).
+
+        Example::
+
+            >>> TcpState.ESTABLISHED.ss_name
+            'ESTAB'
+        """
+        return _SS_NAMES[self]
+
+    @classmethod
+    def from_name(cls, name: str) -> TcpState:
+        """Look a state up by any of its names, case-insensitively: the
+        member name (``"SYN_RCVD"``), the kernel name (``"SYN_RECV"``), the
+        ``ss`` name (``"SYN-RECV"``), or ``"CLOSE"``/``"UNCONN"`` for CLOSED.
+
+        Raises ``ValueError`` for an unknown name.
+
+        Example::
+
+            >>> TcpState.from_name("time-wait")
+            <TcpState.TIME_WAIT: 6>
+        """
+        key = name.strip().upper().replace("-", "_")
+        state = _BY_NAME.get(key)
+        if state is None:
+            raise ValueError(f"unknown TCP state name: {name!r}")
+        return state
+
+
+_DESCRIPTIONS = {
+    TcpState.ESTABLISHED: "connection open; data flows both ways",
+    TcpState.SYN_SENT: "our SYN is sent; waiting for the peer's SYN-ACK",
+    TcpState.SYN_RCVD: "a SYN was received and SYN-ACK sent; waiting for the final ACK",
+    TcpState.FIN_WAIT_1: "we closed (FIN sent); waiting for its ACK or the peer's FIN",
+    TcpState.FIN_WAIT_2: "our FIN is acknowledged; waiting for the peer's FIN",
+    TcpState.TIME_WAIT: (
+        "closed by us first; waiting 2*MSL so stray segments of this connection die out"
+    ),
+    TcpState.CLOSED: "no connection (fresh, reset, timed out, or fully closed)",
+    TcpState.CLOSE_WAIT: "the peer closed its side (FIN received); waiting for us to close",
+    TcpState.LAST_ACK: "both sides closed, peer first; waiting for the ACK of our FIN",
+    TcpState.LISTEN: "waiting for incoming connections",
+    TcpState.CLOSING: "both sides sent FIN at once; waiting for the ACK of ours",
+    TcpState.NEW_SYN_RECV: "Linux request socket: a half-open connection not yet accepted",
+}
+
+_KERNEL_NAMES = {
+    TcpState.ESTABLISHED: "ESTABLISHED",
+    TcpState.SYN_SENT: "SYN_SENT",
+    TcpState.SYN_RCVD: "SYN_RECV",
+    TcpState.FIN_WAIT_1: "FIN_WAIT1",
+    TcpState.FIN_WAIT_2: "FIN_WAIT2",
+    TcpState.TIME_WAIT: "TIME_WAIT",
+    TcpState.CLOSED: "CLOSE",
+    TcpState.CLOSE_WAIT: "CLOSE_WAIT",
+    TcpState.LAST_ACK: "LAST_ACK",
+    TcpState.LISTEN: "LISTEN",
+    TcpState.CLOSING: "CLOSING",
+    TcpState.NEW_SYN_RECV: "NEW_SYN_RECV",
+}
+
+# iproute2 misc/ss.c sstate_name[]; ss has no name of its own for 12.
+_SS_NAMES = {
+    TcpState.ESTABLISHED: "ESTAB",
+    TcpState.SYN_SENT: "SYN-SENT",
+    TcpState.SYN_RCVD: "SYN-RECV",
+    TcpState.FIN_WAIT_1: "FIN-WAIT-1",
+    TcpState.FIN_WAIT_2: "FIN-WAIT-2",
+    TcpState.TIME_WAIT: "TIME-WAIT",
+    TcpState.CLOSED: "UNCONN",
+    TcpState.CLOSE_WAIT: "CLOSE-WAIT",
+    TcpState.LAST_ACK: "LAST-ACK",
+    TcpState.LISTEN: "LISTEN",
+    TcpState.CLOSING: "CLOSING",
+    TcpState.NEW_SYN_RECV: "NEW-SYN-RECV",
+}
+
+_BY_NAME: dict[str, TcpState] = {}
+for _s in TcpState:
+    for _n in (_s.name, _KERNEL_NAMES[_s], _SS_NAMES[_s]):
+        _BY_NAME[_n.upper().replace("-", "_")] = _s
+_BY_NAME["CLOSE"] = TcpState.CLOSED
+_BY_NAME["SYN_RECEIVED"] = TcpState.SYN_RCVD
+del _s, _n

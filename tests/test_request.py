@@ -1,0 +1,277 @@
+"""request()/reply, late replies, and sk.call short connections."""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+import pysockkit as sk
+from helpers import STEP_TIMEOUT, start_thread
+
+
+def _echo(conn: sk.Connection, prefix: bytes = b"") -> int:
+    """Answer every frame with prefix + frame until the peer closes."""
+    n = 0
+    for msg in conn:
+        conn.send(prefix + msg, timeout=STEP_TIMEOUT)
+        n += 1
+    return n
+
+
+def test_request_reply_against_echo_thread(conn_pair):
+    cli, srv = conn_pair()
+    echo = start_thread(_echo, srv, b"re:", name="echo")
+    payloads = [b"", b"a", b"hello", bytes(range(256)) * 10, b"\x00" * (1 << 20)]
+    for p in payloads:
+        assert cli.request(p, timeout=STEP_TIMEOUT) == b"re:" + p
+    assert cli.pending_replies == 0
+    assert cli.late_replies_dropped == 0
+    cli.shutdown("write")
+    assert echo.join_result() == len(payloads)
+
+
+def _delaying_server(conn: sk.Connection, delays: dict[bytes, float]) -> list[bytes]:
+    """Reply b"reply:" + request, after delays.get(request, 0) seconds."""
+    seen = []
+    for msg in conn:
+        seen.append(msg)
+        time.sleep(delays.get(msg, 0.0))
+        conn.send(b"reply:" + msg, timeout=STEP_TIMEOUT)
+    return seen
+
+
+def test_late_reply_is_dropped_and_next_request_gets_its_own(conn_pair):
+    cli, srv = conn_pair()
+    server = start_thread(_delaying_server, srv, {b"one": 0.4}, name="slow-server")
+    t0 = time.monotonic()
+    with pytest.raises(sk.Timeout):
+        cli.request(b"one", timeout=0.15)
+    assert 0.14 <= time.monotonic() - t0 < 1.0
+    assert cli.pending_replies == 1
+    assert cli.late_replies_dropped == 0
+    # sent while the late reply is still on its way: must get its own reply
+    assert cli.request(b"two", timeout=STEP_TIMEOUT) == b"reply:two"
+    assert cli.pending_replies == 0
+    assert cli.late_replies_dropped == 1
+    assert cli.request(b"three", timeout=STEP_TIMEOUT) == b"reply:three"
+    assert cli.late_replies_dropped == 1
+    cli.shutdown("write")
+    assert server.join_result() == [b"one", b"two", b"three"]
+
+
+def test_late_reply_already_buffered_is_dropped(conn_pair):
+    cli, srv = conn_pair()
+    server = start_thread(_delaying_server, srv, {b"one": 0.25}, name="slow-server")
+    with pytest.raises(sk.Timeout):
+        cli.request(b"one", timeout=0.1)
+    time.sleep(0.4)  # the late reply has now arrived and sits in the kernel queue
+    assert cli.request(b"two", timeout=STEP_TIMEOUT) == b"reply:two"
+    assert cli.late_replies_dropped == 1
+    assert cli.pending_replies == 0
+    cli.shutdown("write")
+    server.join_result()
+
+
+def test_late_reply_is_not_returned_by_recv(conn_pair):
+    cli, srv = conn_pair()
+    with pytest.raises(sk.Timeout):
+        cli.request(b"q", timeout=0.1)
+    assert srv.recv(timeout=STEP_TIMEOUT) == b"q"
+    srv.send(b"late answer")
+    srv.send(b"unsolicited")
+    assert cli.recv(timeout=STEP_TIMEOUT) == b"unsolicited"
+    assert cli.late_replies_dropped == 1
+    assert cli.pending_replies == 0
+
+
+def test_several_late_replies(conn_pair):
+    cli, srv = conn_pair()
+    for i in range(3):
+        with pytest.raises(sk.Timeout):
+            cli.request(b"q%d" % i, timeout=0.05)
+    assert cli.pending_replies == 3
+    for i in range(3):
+        assert srv.recv(timeout=STEP_TIMEOUT) == b"q%d" % i
+        srv.send(b"late%d" % i)
+    srv.send(b"fresh")
+    assert cli.recv_many(timeout=STEP_TIMEOUT) == [b"fresh"]
+    assert cli.late_replies_dropped == 3
+    assert cli.pending_replies == 0
+
+
+def test_concurrent_requests_are_serialised(conn_pair):
+    cli, srv = conn_pair()
+    echo = start_thread(_echo, srv, b"", name="echo")
+    errors: list[str] = []
+
+    def worker(k: int) -> None:
+        for i in range(100):
+            msg = b"t%d-%d-" % (k, i) + bytes([k]) * (i * 37 % 3000)
+            reply = cli.request(msg, timeout=STEP_TIMEOUT)
+            if reply != msg:
+                errors.append(f"thread {k} request {i} got someone else's reply")
+
+    workers = [start_thread(worker, k, name=f"req{k}") for k in range(4)]
+    for w in workers:
+        w.join_result()
+    assert errors == []
+    cli.shutdown("write")
+    assert echo.join_result() == 400
+
+
+# ------------------------------------------------------------------- call
+
+
+class ShortServer:
+    """Accepts short connections in a thread: one request, one reply, then
+    waits for the client's FIN before closing (so the client closes first),
+    recording each client's port."""
+
+    def __init__(self, framing=None, reply_prefix: bytes = b"ok:"):
+        self.lst = sk.listen(("127.0.0.1", 0), framing=framing)
+        self.address = self.lst.address
+        self.prefix = reply_prefix
+        self.client_ports: list[int] = []
+        self.stop = threading.Event()
+        self.thread = start_thread(self._run, name="short-server")
+
+    def _run(self) -> int:
+        served = 0
+        while not self.stop.is_set():
+            try:
+                conn = self.lst.accept(timeout=0.05)
+            except sk.Timeout:
+                continue
+            with conn:
+                self.client_ports.append(conn.remote_address[1])
+                msg = conn.recv(timeout=STEP_TIMEOUT)
+                conn.send(self.prefix + msg, timeout=STEP_TIMEOUT)
+                with pytest.raises(sk.ConnectionClosed):
+                    conn.recv(timeout=STEP_TIMEOUT)
+            served += 1
+        return served
+
+    def close(self) -> int:
+        self.stop.set()
+        try:
+            return self.thread.join_result()
+        finally:
+            self.lst.close()
+
+
+@pytest.fixture
+def short_server():
+    servers = []
+
+    def make(**kw):
+        s = ShortServer(**kw)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+def test_call_many_short_connections(short_server):
+    server = short_server()
+    t0 = time.monotonic()
+    for i in range(200):
+        assert sk.call(server.address, b"%d" % i, timeout=STEP_TIMEOUT) == b"ok:%d" % i
+    elapsed = time.monotonic() - t0
+    assert server.close() == 200
+    assert len(set(server.client_ports)) == 200
+    assert elapsed < 20
+
+
+def test_call_with_framing(short_server):
+    f = sk.Framing(header_size=2, byteorder="little")
+    server = short_server(framing=f)
+    assert sk.call(server.address, b"x" * 1000, timeout=STEP_TIMEOUT, framing=f) == b"ok:" + b"x" * 1000
+
+
+def _time_wait_lines() -> list[str]:
+    out = subprocess.run(
+        ["ss", "-tanH", "state", "time-wait"],
+        capture_output=True, text=True, timeout=STEP_TIMEOUT, check=True,
+    ).stdout
+    return out.splitlines()
+
+
+def test_time_wait_lands_on_the_client(short_server):
+    server = short_server()
+    for i in range(3):
+        assert sk.call(server.address, b"tw%d" % i, timeout=STEP_TIMEOUT) == b"ok:tw%d" % i
+    server.close()
+    if shutil.which("ss") is None:
+        pytest.skip("iproute2 ss is not installed")
+    sport = server.address[1]
+    lines = _time_wait_lines()
+    # columns: Recv-Q Send-Q Local:Port Peer:Port [Process] (no State
+    # column when a single state is asked for)
+    pairs = set()
+    for line in lines:
+        cols = line.split()
+        if len(cols) >= 4:
+            pairs.add((cols[2], cols[3]))
+    for cport in server.client_ports:
+        client_side = (f"127.0.0.1:{cport}", f"127.0.0.1:{sport}")
+        server_side = (f"127.0.0.1:{sport}", f"127.0.0.1:{cport}")
+        assert client_side in pairs, f"client port {cport} is not in TIME_WAIT: {lines[:5]}"
+        assert server_side not in pairs, "the server side went to TIME_WAIT"
+
+
+def test_call_to_closed_port_is_refused():
+    # a bound socket that does not listen answers SYN with RST, and holding
+    # it keeps the port from being reused by anyone else meanwhile
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        addr = s.getsockname()
+        with pytest.raises(sk.Error) as ei:
+            sk.call(addr, b"hello", timeout=STEP_TIMEOUT)
+        assert ei.value.errno == errno.ECONNREFUSED
+        assert not isinstance(ei.value, sk.Timeout)
+        with pytest.raises(sk.Error) as ei2:
+            sk.connect(addr, timeout=STEP_TIMEOUT)
+        assert ei2.value.errno == errno.ECONNREFUSED
+
+
+def test_call_timeout_bounds_the_whole_exchange(closer):
+    lst = closer.add(sk.listen(("127.0.0.1", 0)))
+    holder: list[sk.Connection] = []
+
+    def silent() -> None:
+        conn = lst.accept(timeout=STEP_TIMEOUT)
+        holder.append(conn)
+        conn.recv(timeout=STEP_TIMEOUT)  # read the request, never answer
+
+    t = start_thread(silent, name="silent")
+    t0 = time.monotonic()
+    with pytest.raises(sk.Timeout):
+        sk.call(lst.address, b"anyone?", timeout=0.3)
+    assert 0.29 <= time.monotonic() - t0 < 1.0
+    t.join_result()
+    for c in holder:
+        c.close()
+
+
+def test_call_peer_closes_without_reply(closer):
+    lst = closer.add(sk.listen(("127.0.0.1", 0)))
+
+    def rude() -> None:
+        with lst.accept(timeout=STEP_TIMEOUT) as conn:
+            conn.recv(timeout=STEP_TIMEOUT)
+            conn.shutdown("write")
+            with pytest.raises(sk.ConnectionClosed):
+                conn.recv(timeout=STEP_TIMEOUT)
+
+    t = start_thread(rude, name="rude")
+    with pytest.raises(sk.ConnectionClosed):
+        sk.call(lst.address, b"hi", timeout=STEP_TIMEOUT)
+    t.join_result()
