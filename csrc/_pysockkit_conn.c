@@ -2,7 +2,8 @@
  * _pysockkit_conn.c - the Conn type (base of pysockkit.Connection) and the
  * socket-setup functions listen/accept/connect.
  *
- * Locking: each Conn has a send lock and a receive lock (PyThread locks).
+ * Locking: each Conn has a send lock and a receive lock (the core's
+ * pthread mutexes, so the hub thread can trylock them too).
  * send/send_many/flush/shutdown take the send lock, recv/recv_many the
  * receive lock, request takes both (send, then receive: one fixed order, so
  * no deadlock).  Frames from two sending threads therefore never interleave,
@@ -20,6 +21,7 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <sys/ioctl.h>
 #include <arpa/inet.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -27,6 +29,7 @@
 
 #include "clock.h"
 #include "io.h"
+#include "hub.h"
 #include "sock.h"
 
 #define SKPY_SLICE_MS 50          /* longest wait between signal checks */
@@ -38,8 +41,7 @@ typedef struct {
     PyObject_HEAD
     sk_conn c;
     int fd; /* -1 once closed */
-    PyThread_type_lock send_lock;
-    PyThread_type_lock recv_lock;
+    int initialized;        /* sk_conn_init ran: the mutexes exist */
     PyObject *mod;          /* borrowed: the type keeps the module alive */
     PyObject *weakreflist;
 } ConnObject;
@@ -131,46 +133,56 @@ static PyObject *skpy_closed(ConnObject *self)
 
 /* ----------------------------------------------------------------- locks */
 
-/* Acquire lk before deadline, waiting without the GIL and running signal
- * handlers if the wait is interrupted.  Returns 1 acquired, 0 timed out,
- * -1 exception set.  GIL held on entry and exit. */
-static int skpy_lock(PyThread_type_lock lk, int64_t deadline)
+/* Acquire lk before deadline, waiting without the GIL in slices so that
+ * signal handlers run (Ctrl-C) while another thread holds it.  Returns 1
+ * acquired, 0 timed out, -1 exception set.  GIL held on entry and exit. */
+static int skpy_lock(pthread_mutex_t *lk, int64_t deadline)
 {
-    PyLockStatus r;
-    long long us;
+    struct timespec ts;
+    int64_t until;
+    int r;
 
-    if (PyThread_acquire_lock(lk, NOWAIT_LOCK))
+    if (pthread_mutex_trylock(lk) == 0)
         return 1;
     for (;;) {
-        if (deadline == SK_NO_DEADLINE) {
-            us = -1;
-        } else {
-            us = (deadline - sk_now_ns()) / 1000;
-            if (us < 0)
-                us = 0;
-        }
+        until = sk_now_ns() + (int64_t)SKPY_SLICE_MS * 1000000;
+        if (deadline != SK_NO_DEADLINE && deadline < until)
+            until = deadline;
+        ts.tv_sec = until / 1000000000;
+        ts.tv_nsec = until % 1000000000;
         Py_BEGIN_ALLOW_THREADS
-        r = PyThread_acquire_lock_timed(lk, us, 1);
+        r = pthread_mutex_clocklock(lk, CLOCK_MONOTONIC, &ts);
         Py_END_ALLOW_THREADS
-        if (r == PY_LOCK_ACQUIRED)
+        if (r == 0)
             return 1;
-        if (r == PY_LOCK_FAILURE)
+        if (deadline != SK_NO_DEADLINE && sk_now_ns() >= deadline)
             return 0;
         if (PyErr_CheckSignals() < 0)
             return -1;
     }
 }
 
-/* Take a lock for op or raise (Timeout if another thread holds it past the
- * deadline).  Returns 0 or -1.  GIL held. */
-static int skpy_lock_or_raise(ConnObject *self, PyThread_type_lock lk,
+/* Take a lock for op or raise: ConnectionClosed if the connection is
+ * closed (before or while waiting), Timeout if another thread holds it past
+ * the deadline.  Returns 0 (locked, open) or -1.  GIL held. */
+static int skpy_lock_or_raise(ConnObject *self, pthread_mutex_t *lk,
                               int64_t deadline, const char *op,
                               PyObject *timeout)
 {
-    int r = skpy_lock(lk, deadline);
+    int r;
 
-    if (r == 1)
-        return 0;
+    if (self->fd < 0) {
+        skpy_closed(self);
+        return -1;
+    }
+    r = skpy_lock(lk, deadline);
+    if (r == 1) {
+        if (self->fd >= 0)
+            return 0;
+        pthread_mutex_unlock(lk);
+        skpy_closed(self);
+        return -1;
+    }
     if (r == 0)
         skpy_timeout(self->mod, op, timeout,
                      "another thread held the connection for the whole "
@@ -194,12 +206,6 @@ static PyObject *Conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->mod = PyType_GetModuleByDef(type, skpy_module_def());
     if (self->mod == NULL)
         goto error;
-    self->send_lock = PyThread_allocate_lock();
-    self->recv_lock = PyThread_allocate_lock();
-    if (self->send_lock == NULL || self->recv_lock == NULL) {
-        PyErr_NoMemory();
-        goto error;
-    }
     return (PyObject *)self;
 error:
     Py_DECREF(self);
@@ -207,7 +213,7 @@ error:
 }
 
 PyDoc_STRVAR(Conn_doc,
-"Conn(fd, header_size=4, byteorder='big', max_frame=16777216)\n"
+"Conn(fd, header_size=4, byteorder='big', max_frame=16777216, control=False)\n"
 "--\n\n"
 "A framed connection over a connected, non-blocking TCP socket fd, which it\n"
 "owns from now on.  Base class of pysockkit.Connection; use sk.connect()\n"
@@ -218,20 +224,20 @@ static int Conn_init(PyObject *op, PyObject *args, PyObject *kwds)
 {
     /* PyArg_ParseTupleAndKeywords takes char *[] before Python 3.13 */
     static char kw_fd[] = "fd", kw_hs[] = "header_size", kw_bo[] = "byteorder",
-                kw_mf[] = "max_frame";
-    static char *kwlist[] = {kw_fd, kw_hs, kw_bo, kw_mf,
-                             NULL};
+                kw_mf[] = "max_frame", kw_ct[] = "control";
+    static char *kwlist[] = {kw_fd, kw_hs, kw_bo, kw_mf, kw_ct, NULL};
     ConnObject *self = (ConnObject *)op;
-    int fd, header_size = 4;
+    int fd, header_size = 4, control = 0;
     const char *byteorder = "big";
     unsigned long long max_frame = 16ULL << 20;
     sk_framing f;
     sk_err err;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|isK", kwlist, &fd,
-                                     &header_size, &byteorder, &max_frame))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|isKp", kwlist, &fd,
+                                     &header_size, &byteorder, &max_frame,
+                                     &control))
         return -1;
-    if (self->fd >= 0) {
+    if (self->initialized) {
         PyErr_SetString(PyExc_RuntimeError, "Conn is already initialised");
         return -1;
     }
@@ -247,55 +253,86 @@ static int Conn_init(PyObject *op, PyObject *args, PyObject *kwds)
     f.header_size = (unsigned)header_size;
     f.little_endian = strcmp(byteorder, "little") == 0;
     f.max_frame = max_frame;
+    if (control)
+        f.flags |= SK_FRAMING_CONTROL;
     if (sk_conn_init(&self->c, fd, &f, &err) != SK_OK) {
         skpy_raise(self->mod, &err, NULL);
         return -1;
     }
+    self->initialized = 1;
     self->fd = fd;
     return 0;
 }
 
+/* Leave the hub, if registered (synchronous: the hub stops touching c).
+ * Returns the hub it was registered with, or NULL. */
+static sk_hub *Conn_leave_hub(ConnObject *self)
+{
+    sk_hub *hub = self->c.hub;
+
+    if (hub != NULL)
+        sk_hub_remove(hub, &self->c);
+    return hub;
+}
+
 /* Close the fd once both locks are ours.  Threads blocked in send/recv are
  * woken first with shutdown(SHUT_RDWR) so close never waits on a peer.
- * abort: SO_LINGER {1,0} so the kernel sends RST.  GIL held. */
+ * abort: SO_LINGER {1,0} so the kernel sends RST.  The mutexes live on
+ * until dealloc, for threads still queued on them.  GIL held. */
 static PyObject *Conn_close_impl(ConnObject *self, int abort)
 {
-    int have_send, have_recv, fd, r = 0;
+    int fd, r = SK_OK, outq = 0;
+    sk_hub *hub;
     sk_err err;
 
     if (self->fd < 0)
         Py_RETURN_NONE;
-    have_send = PyThread_acquire_lock(self->send_lock, NOWAIT_LOCK);
-    have_recv = PyThread_acquire_lock(self->recv_lock, NOWAIT_LOCK);
-    if (!have_send || !have_recv) {
+    hub = Conn_leave_hub(self);
+    if (pthread_mutex_trylock(&self->c.send_mu) != 0) {
         /* another thread is inside a call: wake it (it sees EOF/EPIPE) */
+        shutdown(self->fd, SHUT_RDWR);
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&self->c.send_mu);
+        Py_END_ALLOW_THREADS
+    }
+    if (pthread_mutex_trylock(&self->c.recv_mu) != 0) {
         if (self->fd >= 0)
             shutdown(self->fd, SHUT_RDWR);
         Py_BEGIN_ALLOW_THREADS
-        if (!have_send)
-            PyThread_acquire_lock(self->send_lock, WAIT_LOCK);
-        if (!have_recv)
-            PyThread_acquire_lock(self->recv_lock, WAIT_LOCK);
+        pthread_mutex_lock(&self->c.recv_mu);
         Py_END_ALLOW_THREADS
     }
     fd = self->fd;
     if (fd >= 0) {
-        self->fd = -1;
-        self->c.fd = -1;
         if (abort) {
             r = sk_abort(fd, &err);
         } else {
             /* last chance for a torn frame's tail; never wait in close */
-            self->c.fd = fd;
             sk_conn_flush(&self->c, 0, NULL, &err);
-            self->c.fd = -1;
-            if (close(fd) != 0)
+            /* Linux answers close() with RST - discarding whatever we sent
+             * that the peer has not read yet - if unread bytes sit in our
+             * receive queue (late replies, heartbeats).  Read them away so
+             * close stays orderly. */
+            sk_conn_drain(&self->c);
+            if (hub != NULL && !SK_LOAD(&self->c.hb.dead) &&
+                ioctl(fd, TIOCOUTQ, &outq) == 0 && outq > 0 &&
+                shutdown(fd, SHUT_WR) == 0) {
+                /* the peer's heartbeats keep coming while our last bytes
+                 * are in flight: let the hub drain them until all is
+                 * acknowledged (bounded), then close */
+                sk_hub_linger(hub, fd, sk_now_ns() + 4 * self->c.hb.timeout_ns +
+                                           1000000000LL);
+            } else if (close(fd) != 0) {
                 r = sk_err_sys(&err, "close", errno);
+            }
         }
-        sk_conn_release(&self->c);
+        self->fd = -1;
+        self->c.fd = -1;
+        sk_decoder_free(&self->c.dec);
+        sk_buf_free(&self->c.out);
     }
-    PyThread_release_lock(self->recv_lock);
-    PyThread_release_lock(self->send_lock);
+    pthread_mutex_unlock(&self->c.recv_mu);
+    pthread_mutex_unlock(&self->c.send_mu);
     if (r != SK_OK && err.sys_errno != EINTR)
         return skpy_raise(self->mod, &err, NULL);
     Py_RETURN_NONE;
@@ -338,10 +375,10 @@ static void Conn_finalize(PyObject *op)
             PyErr_WriteUnraisable(op);
         PyErr_Clear();
     }
-    self->c.fd = -1;
+    Conn_leave_hub(self);
     close(self->fd);
     self->fd = -1;
-    sk_conn_release(&self->c);
+    self->c.fd = -1;
     PyErr_Restore(py_type, py_value, py_tb);
 }
 
@@ -354,15 +391,13 @@ static void Conn_dealloc(PyObject *op)
         return; /* resurrected */
     if (self->weakreflist != NULL)
         PyObject_ClearWeakRefs(op);
-    if (self->fd >= 0) {
-        close(self->fd);
+    if (self->initialized) {
+        Conn_leave_hub(self);
+        if (self->fd >= 0)
+            close(self->fd);
         self->fd = -1;
         sk_conn_release(&self->c);
     }
-    if (self->send_lock)
-        PyThread_free_lock(self->send_lock);
-    if (self->recv_lock)
-        PyThread_free_lock(self->recv_lock);
     tp->tp_free(op);
     Py_DECREF(tp);
 }
@@ -456,7 +491,7 @@ static PyObject *Conn_send(PyObject *op, PyObject *const *args,
         return NULL;
     if (PyObject_GetBuffer(a[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    if (skpy_lock_or_raise(self, self->send_lock, deadline, "send", a[1]) < 0)
+    if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "send", a[1]) < 0)
         goto error_view;
     if (self->fd < 0) {
         skpy_closed(self);
@@ -472,7 +507,7 @@ static PyObject *Conn_send(PyObject *op, PyObject *const *args,
     }
     py_ret = Py_NewRef(Py_None);
 error_lock:
-    PyThread_release_lock(self->send_lock);
+    pthread_mutex_unlock(&self->c.send_mu);
 error_view:
     PyBuffer_Release(&view);
     return py_ret;
@@ -540,7 +575,7 @@ static PyObject *Conn_send_many(PyObject *op, PyObject *const *args,
             goto error;
         }
     }
-    if (skpy_lock_or_raise(self, self->send_lock, deadline, "send_many",
+    if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "send_many",
                            a[1]) < 0)
         goto error;
     locked = 1;
@@ -583,7 +618,7 @@ static PyObject *Conn_send_many(PyObject *op, PyObject *const *args,
     py_ret = PyLong_FromSize_t(done);
 error:
     if (locked)
-        PyThread_release_lock(self->send_lock);
+        pthread_mutex_unlock(&self->c.send_mu);
     PyMem_Free(views);
     PyMem_Free(iov);
     Py_XDECREF(py_seq);
@@ -609,7 +644,7 @@ static PyObject *Conn_flush(PyObject *op, PyObject *const *args,
         return NULL;
     if (skpy_deadline(a[0], &deadline) < 0)
         return NULL;
-    if (skpy_lock_or_raise(self, self->send_lock, deadline, "flush", a[0]) < 0)
+    if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "flush", a[0]) < 0)
         return NULL;
     if (self->fd < 0) {
         skpy_closed(self);
@@ -626,7 +661,7 @@ static PyObject *Conn_flush(PyObject *op, PyObject *const *args,
     }
     py_ret = Py_NewRef(Py_None);
 error:
-    PyThread_release_lock(self->send_lock);
+    pthread_mutex_unlock(&self->c.send_mu);
     return py_ret;
 }
 
@@ -678,7 +713,7 @@ static PyObject *Conn_recv(PyObject *op, PyObject *const *args,
         return NULL;
     if (skpy_deadline(a[0], &deadline) < 0)
         return NULL;
-    if (skpy_lock_or_raise(self, self->recv_lock, deadline, "recv", a[0]) < 0)
+    if (skpy_lock_or_raise(self, &self->c.recv_mu, deadline, "recv", a[0]) < 0)
         return NULL;
     if (self->fd < 0) {
         skpy_closed(self);
@@ -688,7 +723,7 @@ static PyObject *Conn_recv(PyObject *op, PyObject *const *args,
     if (py_ret == NULL && rc != SK_OK)
         skpy_fail(self, rc, &err, "recv", a[0], RECV_KEPT);
 error:
-    PyThread_release_lock(self->recv_lock);
+    pthread_mutex_unlock(&self->c.recv_mu);
     return py_ret;
 }
 
@@ -724,7 +759,7 @@ static PyObject *Conn_recv_many(PyObject *op, PyObject *const *args,
     }
     if (skpy_deadline(a[1], &deadline) < 0)
         return NULL;
-    if (skpy_lock_or_raise(self, self->recv_lock, deadline, "recv_many",
+    if (skpy_lock_or_raise(self, &self->c.recv_mu, deadline, "recv_many",
                            a[1]) < 0)
         return NULL;
     if (self->fd < 0) {
@@ -757,7 +792,7 @@ static PyObject *Conn_recv_many(PyObject *op, PyObject *const *args,
         Py_DECREF(py_item);
     }
 error:
-    PyThread_release_lock(self->recv_lock);
+    pthread_mutex_unlock(&self->c.recv_mu);
     return py_list;
 }
 
@@ -790,10 +825,10 @@ static PyObject *Conn_request(PyObject *op, PyObject *const *args,
         return NULL;
     if (PyObject_GetBuffer(a[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    if (skpy_lock_or_raise(self, self->send_lock, deadline, "request",
+    if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "request",
                            a[1]) < 0)
         goto error_view;
-    if (skpy_lock_or_raise(self, self->recv_lock, deadline, "request",
+    if (skpy_lock_or_raise(self, &self->c.recv_mu, deadline, "request",
                            a[1]) < 0)
         goto error_send;
     if (self->fd < 0) {
@@ -820,9 +855,9 @@ static PyObject *Conn_request(PyObject *op, PyObject *const *args,
                   "be discarded, so later requests stay in step");
     }
 error_recv:
-    PyThread_release_lock(self->recv_lock);
+    pthread_mutex_unlock(&self->c.recv_mu);
 error_send:
-    PyThread_release_lock(self->send_lock);
+    pthread_mutex_unlock(&self->c.send_mu);
 error_view:
     PyBuffer_Release(&view);
     return py_ret;
@@ -854,7 +889,7 @@ static PyObject *Conn_shutdown(PyObject *op, PyObject *const *args,
     }
     if (skpy_deadline(a[1], &deadline) < 0)
         return NULL;
-    if (skpy_lock_or_raise(self, self->send_lock, deadline, "shutdown", a[1]) < 0)
+    if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "shutdown", a[1]) < 0)
         return NULL;
     if (self->fd < 0) {
         skpy_closed(self);
@@ -877,8 +912,137 @@ static PyObject *Conn_shutdown(PyObject *op, PyObject *const *args,
     }
     py_ret = Py_NewRef(Py_None);
 error:
-    PyThread_release_lock(self->send_lock);
+    pthread_mutex_unlock(&self->c.send_mu);
     return py_ret;
+}
+
+/* ------------------------------------------------------------ heartbeat */
+
+/* The process's hub: one reactor thread for every heartbeating connection
+ * of every interpreter.  It is a process resource (a thread), not module
+ * state; it lives until the process exits.  A forked child starts without
+ * the thread, so the child handler forgets the parent's hub (its memory is
+ * left alone: the parent's connections in the child lose their beats). */
+static sk_hub *skpy_hub = NULL;
+static pthread_once_t skpy_hub_once = PTHREAD_ONCE_INIT;
+
+static void skpy_hub_forget(void)
+{
+    skpy_hub = NULL;
+}
+
+static void skpy_hub_atfork(void)
+{
+    pthread_atfork(NULL, NULL, skpy_hub_forget);
+}
+
+/* The hub, started on first use.  GIL held (serialises the creation). */
+static sk_hub *skpy_get_hub(PyObject *mod)
+{
+    sk_err err;
+
+    pthread_once(&skpy_hub_once, skpy_hub_atfork);
+    if (skpy_hub == NULL && sk_hub_new(&skpy_hub, &err) != SK_OK) {
+        skpy_hub = NULL;
+        skpy_raise(mod, &err, NULL);
+    }
+    return skpy_hub;
+}
+
+PyDoc_STRVAR(Conn_heartbeat_doc,
+"_start_heartbeat(interval, timeout)\n--\n\n"
+"Start heartbeats on this connection (made with control=True): the hub\n"
+"thread sends a PING after `interval` seconds without sending, and declares\n"
+"the peer dead after `timeout` seconds without receiving.\n");
+
+static PyObject *Conn_heartbeat(PyObject *op, PyObject *const *args,
+                                Py_ssize_t nargs)
+{
+    ConnObject *self = (ConnObject *)op;
+    double interval, timeout;
+    sk_hub *hub;
+    sk_err err;
+
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_start_heartbeat(interval, timeout)");
+        return NULL;
+    }
+    interval = PyFloat_AsDouble(args[0]);
+    if (interval == -1.0 && PyErr_Occurred())
+        return NULL;
+    timeout = PyFloat_AsDouble(args[1]);
+    if (timeout == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (!(interval > 0) || !(timeout > 0) || interval > 1e6 || timeout > 1e6) {
+        PyErr_SetString(PyExc_ValueError,
+                        "heartbeat interval and timeout must be > 0 s");
+        return NULL;
+    }
+    if (self->fd < 0)
+        return skpy_closed(self);
+    if (self->c.hub != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "heartbeats are already on");
+        return NULL;
+    }
+    if (sk_conn_heartbeat(&self->c, (int64_t)(interval * 1e9),
+                          (int64_t)(timeout * 1e9), &err) != SK_OK)
+        return skpy_raise(self->mod, &err, NULL);
+    hub = skpy_get_hub(self->mod);
+    if (hub == NULL)
+        return NULL;
+    if (sk_hub_add(hub, &self->c, &err) != SK_OK)
+        return skpy_raise(self->mod, &err, NULL);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Conn_get_latency(PyObject *op, void *closure)
+{
+    int64_t rtt = SK_LOAD(&((ConnObject *)op)->c.hb.rtt_ns);
+
+    (void)closure;
+    if (rtt < 0)
+        Py_RETURN_NONE;
+    return PyFloat_FromDouble((double)rtt / 1e9);
+}
+
+static PyObject *Conn_get_hb_stats(PyObject *op, void *closure)
+{
+    const sk_hb *hb = &((ConnObject *)op)->c.hb;
+
+    (void)closure;
+    return Py_BuildValue(
+        "{s:K,s:K,s:K,s:K,s:K,s:O,s:d,s:d}",
+        "pings_sent", (unsigned long long)hb->pings_sent,
+        "pongs_sent", (unsigned long long)hb->pongs_sent,
+        "pings_received", (unsigned long long)hb->pings_recv,
+        "pongs_received", (unsigned long long)hb->pongs_recv,
+        "unknown_control", (unsigned long long)hb->unknown_ctl,
+        "peer_dead", SK_LOAD(&hb->dead) ? Py_True : Py_False,
+        "idle_rx_s", (double)(sk_now_ns() - SK_LOAD(&hb->last_rx_ns)) / 1e9,
+        "idle_tx_s", (double)(sk_now_ns() - SK_LOAD(&hb->last_tx_ns)) / 1e9);
+}
+
+PyDoc_STRVAR(skpy_hub_stats_doc,
+"hub_stats() -> dict | None\n--\n\n"
+"Counters of the heartbeat hub thread (None before it started): conns,\n"
+"wakeups, pings, reads, dead, cpu_s.\n");
+
+static PyObject *skpy_hub_stats(PyObject *mod, PyObject *Py_UNUSED(ignored))
+{
+    sk_hub_stats st;
+
+    (void)mod;
+    if (skpy_hub == NULL)
+        Py_RETURN_NONE;
+    sk_hub_get_stats(skpy_hub, &st);
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:d}",
+                         "conns", (unsigned long long)st.conns,
+                         "lingering", (unsigned long long)st.lingering,
+                         "wakeups", (unsigned long long)st.wakeups,
+                         "pings", (unsigned long long)st.pings,
+                         "reads", (unsigned long long)st.reads,
+                         "dead", (unsigned long long)st.dead,
+                         "cpu_s", (double)st.cpu_ns / 1e9);
 }
 
 static PyObject *Conn_fileno(PyObject *op, PyObject *Py_UNUSED(ignored))
@@ -931,6 +1095,8 @@ static PyMethodDef Conn_methods[] = {
      METH_FASTCALL | METH_KEYWORDS, Conn_request_doc},
     {"_shutdown", (PyCFunction)(void (*)(void))Conn_shutdown,
      METH_FASTCALL | METH_KEYWORDS, Conn_shutdown_doc},
+    {"_start_heartbeat", (PyCFunction)(void (*)(void))Conn_heartbeat, METH_FASTCALL,
+     Conn_heartbeat_doc},
     {"close", Conn_close, METH_NOARGS, Conn_close_doc},
     {"abort", Conn_abort, METH_NOARGS, Conn_abort_doc},
     {"fileno", Conn_fileno, METH_NOARGS,
@@ -948,6 +1114,11 @@ static PyGetSetDef Conn_getset[] = {
      "Bytes received and not yet returned as frames.", NULL},
     {"unsent", Conn_get_unsent, NULL,
      "Bytes of a torn frame kept for the next send or flush.", NULL},
+    {"latency", Conn_get_latency, NULL,
+     "Last measured heartbeat round trip in seconds (None before the first "
+     "PONG).", NULL},
+    {"heartbeat_stats", Conn_get_hb_stats, NULL,
+     "Heartbeat counters of this connection (a dict).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1181,7 +1352,26 @@ static PyObject *skpy_close_fd(PyObject *mod, PyObject *py_fd)
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(skpy_set_keepalive_doc,
+"set_keepalive(fd, idle, interval, count, user_timeout_ms)\n--\n\n"
+"SO_KEEPALIVE on, TCP_KEEPIDLE/KEEPINTVL/KEEPCNT (whole seconds; <= 0\n"
+"leaves the system default) and TCP_USER_TIMEOUT in ms (< 0: unchanged).\n");
+
+static PyObject *skpy_set_keepalive(PyObject *mod, PyObject *args)
+{
+    int fd, idle, interval, count, uto;
+    sk_err err;
+
+    if (!PyArg_ParseTuple(args, "iiiii:set_keepalive", &fd, &idle, &interval,
+                          &count, &uto))
+        return NULL;
+    if (sk_set_keepalive(fd, idle, interval, count, uto, &err) != SK_OK)
+        return skpy_raise(mod, &err, NULL);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef skpy_conn_functions[] = {
+    {"set_keepalive", skpy_set_keepalive, METH_VARARGS, skpy_set_keepalive_doc},
     {"listen", (PyCFunction)(void (*)(void))skpy_listen,
      METH_FASTCALL | METH_KEYWORDS, skpy_listen_doc},
     {"connect", (PyCFunction)(void (*)(void))skpy_connect,
@@ -1192,6 +1382,7 @@ static PyMethodDef skpy_conn_functions[] = {
      "sockname(fd) -> (host, port)\n--\n\nLocal address of fd."},
     {"peername", skpy_peername, METH_O,
      "peername(fd) -> (host, port)\n--\n\nRemote address of fd."},
+    {"hub_stats", skpy_hub_stats, METH_NOARGS, skpy_hub_stats_doc},
     {"close_fd", skpy_close_fd, METH_O,
      "close_fd(fd)\n--\n\nclose(2) a file descriptor."},
     {NULL, NULL, 0, NULL},

@@ -55,7 +55,7 @@ static PyObject *Decoder_new(PyTypeObject *type, PyObject *args,
                              PyObject *kwds)
 {
     DecoderObject *self;
-    sk_framing f = {4, 0, 16ULL << 20};
+    sk_framing f = {4, 0, 16ULL << 20, 0};
 
     (void)args;
     (void)kwds;

@@ -15,10 +15,24 @@ uint64_t sk_header_limit(unsigned header_size)
     }
 }
 
+/* Contract: pure. */
+uint64_t sk_framing_limit(const sk_framing *f)
+{
+    uint64_t limit = sk_header_limit(f->header_size);
+
+    return (f->flags & SK_FRAMING_CONTROL) ? limit >> 1 : limit;
+}
+
+/* Contract: pure. */
+uint64_t sk_control_header(const sk_framing *f, size_t n)
+{
+    return (1ULL << (8 * f->header_size - 1)) | (uint64_t)n;
+}
+
 /* Contract: pure; err may be NULL. */
 int sk_framing_check(const sk_framing *f, sk_err *err)
 {
-    uint64_t limit = sk_header_limit(f->header_size);
+    uint64_t limit = sk_framing_limit(f);
 
     if (limit == 0)
         return sk_err_set(err, SK_E_ARG,
@@ -29,9 +43,12 @@ int sk_framing_check(const sk_framing *f, sk_err *err)
     if (f->max_frame > limit)
         return sk_err_set(err, SK_E_ARG,
                           "max_frame %llu does not fit a %u-byte header "
-                          "(at most %llu)",
+                          "(at most %llu%s)",
                           (unsigned long long)f->max_frame, f->header_size,
-                          (unsigned long long)limit);
+                          (unsigned long long)limit,
+                          (f->flags & SK_FRAMING_CONTROL)
+                              ? " with the top bit kept for control frames"
+                              : "");
     return SK_OK;
 }
 
@@ -102,6 +119,12 @@ void sk_decoder_free(sk_decoder *d)
     sk_buf_free(&d->buf);
 }
 
+/* Parse the header at p: the payload length, and whether it is a control
+ * frame.  Returns SK_OK, or SK_ERR (sticky) for a length over max_frame or
+ * an oversized control frame. */
+static int sk_decoder_header(sk_decoder *d, const unsigned char *p,
+                             uint64_t *len, int *control);
+
 /* Make the oversized-length error sticky. */
 static int sk_decoder_too_large(sk_decoder *d, uint64_t declared)
 {
@@ -115,6 +138,46 @@ static int sk_decoder_too_large(sk_decoder *d, uint64_t declared)
     return SK_ERR;
 }
 
+static int sk_decoder_header(sk_decoder *d, const unsigned char *p,
+                             uint64_t *len, int *control)
+{
+    uint64_t v = sk_decode_header(&d->f, p);
+    uint64_t top;
+
+    *control = 0;
+    if (d->f.flags & SK_FRAMING_CONTROL) {
+        top = 1ULL << (8 * d->f.header_size - 1);
+        if (v & top) {
+            v &= ~top;
+            *control = 1;
+            if (v == 0 || v > SK_CONTROL_MAX) {
+                sk_err_set(&d->err, SK_E_PROTOCOL,
+                           "peer sent a control frame of %llu bytes (must "
+                           "be 1..%d): it does not speak the heartbeat "
+                           "extension, or the stream is corrupt; close the "
+                           "connection",
+                           (unsigned long long)v, SK_CONTROL_MAX);
+                d->err.detail = v;
+                return SK_ERR;
+            }
+        }
+    }
+    *len = v;
+    if (!*control && v > d->f.max_frame)
+        return sk_decoder_too_large(d, v);
+    return SK_OK;
+}
+
+/* Length of the frame whose header is at p, ignoring errors (0 then). */
+static uint64_t sk_peek_len(const sk_decoder *d, const unsigned char *p)
+{
+    uint64_t v = sk_decode_header(&d->f, p);
+
+    if (d->f.flags & SK_FRAMING_CONTROL)
+        v &= ~(1ULL << (8 * d->f.header_size - 1));
+    return v;
+}
+
 /* Contract: pure.  Bytes of the frame in progress still missing. */
 uint64_t sk_decoder_missing(const sk_decoder *d)
 {
@@ -126,7 +189,7 @@ uint64_t sk_decoder_missing(const sk_decoder *d)
         return 0;
     if (have < h)
         return h - have;
-    len = sk_decode_header(&d->f, sk_buf_rptr(&d->buf));
+    len = sk_peek_len(d, sk_buf_rptr(&d->buf));
     if (len > d->f.max_frame) /* not a frame we will ever complete */
         return 0;
     if ((uint64_t)(have - h) >= len)
@@ -145,12 +208,23 @@ int sk_decoder_reserve(sk_decoder *d, size_t min, unsigned char **space,
     if (d->err.code != SK_E_NONE)
         return SK_ERR;
     if (have >= h) {
-        uint64_t len = sk_decode_header(&d->f, sk_buf_rptr(&d->buf));
-        if (len > d->f.max_frame)
-            return sk_decoder_too_large(d, len);
-        /* enough room for the whole frame in progress */
-        if (len + h > have && len + h - have > want)
-            want = (size_t)(len + h - have);
+        uint64_t len;
+        int control;
+        if (sk_decoder_header(d, sk_buf_rptr(&d->buf), &len, &control) !=
+            SK_OK)
+            return SK_ERR;
+        /* enough room for the whole frame in progress (written so that a
+         * length near 2^64 cannot wrap around) */
+        if ((uint64_t)(have - h) < len) {
+            uint64_t need = len - (uint64_t)(have - h);
+            if (need > (uint64_t)(SIZE_MAX / 2))
+                return sk_err_set(&d->err, SK_E_NOMEM,
+                                  "cannot buffer a %llu-byte frame; lower "
+                                  "Framing.max_frame",
+                                  (unsigned long long)len);
+            if (need > want)
+                want = (size_t)need;
+        }
     }
     if (want == 0)
         want = 1;
@@ -204,16 +278,18 @@ int sk_decoder_next(sk_decoder *d, sk_frame *out)
     if (have < h)
         return SK_NEED_DATA;
     p = sk_buf_rptr(&d->buf);
-    len = sk_decode_header(&d->f, p);
-    if (SK_UNLIKELY(len > d->f.max_frame))
-        return sk_decoder_too_large(d, len);
+    if (SK_UNLIKELY(sk_decoder_header(d, p, &len, &out->control) != SK_OK))
+        return SK_ERR;
     if ((uint64_t)(have - h) < len)
         return SK_NEED_DATA;
     out->data = p + h;
     out->len = (size_t)len;
     /* consume without rewinding: the view must stay valid */
     d->buf.start += h + (size_t)len;
-    d->frames++;
+    d->scanned = d->scanned > h + (size_t)len ? d->scanned - h - (size_t)len
+                                               : 0;
+    if (!out->control)
+        d->frames++;
     return SK_OK;
 }
 
@@ -244,12 +320,50 @@ int sk_decoder_finish(const sk_decoder *d, sk_err *err)
                    "bytes received, %llu missing; the peer sent a truncated "
                    "frame",
                    (unsigned long long)(have - d->f.header_size),
-                   (unsigned long long)sk_decode_header(&d->f,
-                                                        sk_buf_rptr(&d->buf)),
+                   (unsigned long long)sk_peek_len(d, sk_buf_rptr(&d->buf)),
                    (unsigned long long)missing);
     if (err)
         err->detail = missing;
     return SK_ERR;
+}
+
+/* Contract: no allocation; moves buffered bytes down over each control
+ * frame taken out (control frames are rare, so the moves are short). */
+int sk_decoder_scan(sk_decoder *d,
+                    void (*on_control)(void *ctx, const sk_frame *fr),
+                    void *ctx)
+{
+    const unsigned h = d->f.header_size;
+    unsigned char *base;
+    size_t have, size;
+    uint64_t len;
+    sk_frame fr;
+
+    if (d->err.code != SK_E_NONE)
+        return SK_ERR;
+    for (;;) {
+        base = sk_buf_rptr(&d->buf);
+        have = sk_buf_len(&d->buf);
+        if (have - d->scanned < h)
+            break;
+        if (sk_decoder_header(d, base + d->scanned, &len, &fr.control) !=
+            SK_OK)
+            return SK_ERR;
+        if ((uint64_t)(have - d->scanned - h) < len)
+            break;
+        size = h + (size_t)len;
+        if (!fr.control) {
+            d->scanned += size;
+            continue;
+        }
+        fr.data = base + d->scanned + h;
+        fr.len = (size_t)len;
+        on_control(ctx, &fr);
+        memmove(base + d->scanned, base + d->scanned + size,
+                have - d->scanned - size);
+        d->buf.end -= size;
+    }
+    return SK_OK;
 }
 
 /* Contract: may free the buffer. */

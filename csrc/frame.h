@@ -25,10 +25,20 @@
 
 #define SK_READ_AHEAD (64 * 1024) /* spare space asked for before each recv */
 
+/* Framing flags.
+ * SK_FRAMING_CONTROL: the extended format of docs/PROTOCOL.md.  The top bit
+ * of the length field marks a control frame (heartbeat ping/pong ...), whose
+ * payload is one type byte and at most SK_CONTROL_MAX bytes in all.  Data
+ * frames are unchanged (they cost nothing extra); their length may use all
+ * bits but the top one. */
+#define SK_FRAMING_CONTROL 1u
+#define SK_CONTROL_MAX 64
+
 typedef struct sk_framing {
     unsigned header_size; /* 1, 2, 4 or 8 */
     int little_endian;    /* 0: big endian (network order), the default */
     uint64_t max_frame;   /* largest payload accepted or sent, in bytes */
+    unsigned flags;       /* SK_FRAMING_* */
 } sk_framing;
 
 /* One decoded frame: a view into the decoder's buffer, valid until the next
@@ -36,10 +46,18 @@ typedef struct sk_framing {
 typedef struct sk_frame {
     const unsigned char *data;
     size_t len;
+    int control; /* 1: a control frame (only with SK_FRAMING_CONTROL) */
 } sk_frame;
 
 /* Largest length a header of `header_size` bytes can carry (0 if invalid). */
 uint64_t sk_header_limit(unsigned header_size);
+
+/* Largest data-frame length a framing can carry: the header's limit, less
+ * the top bit when SK_FRAMING_CONTROL reserves it. */
+uint64_t sk_framing_limit(const sk_framing *f);
+
+/* The length field value marking a control frame of body length n. */
+uint64_t sk_control_header(const sk_framing *f, size_t n);
 
 /* Validate a framing: header size in {1,2,4,8}, max_frame >= 1 and
  * representable in the header.  Returns SK_OK or SK_ERR (SK_E_ARG). */
@@ -64,6 +82,8 @@ typedef struct sk_decoder {
     sk_buf buf;
     sk_err err;      /* sticky error, code SK_E_NONE while healthy */
     uint64_t frames; /* frames decoded so far */
+    size_t scanned;  /* bytes from the read position known to hold only
+                        complete data frames (see sk_decoder_scan) */
 } sk_decoder;
 
 /* Set up an empty decoder (no allocation). f must pass sk_framing_check. */
@@ -103,6 +123,14 @@ uint64_t sk_decoder_missing(const sk_decoder *d);
  * with SK_E_INCOMPLETE (detail = bytes missing), which does not make the
  * decoder's state sticky: the buffered bytes stay for inspection. */
 int sk_decoder_finish(const sk_decoder *d, sk_err *err);
+
+/* Take every complete control frame out of the buffer, wherever it is,
+ * leaving data frames in place and in order: on_control is called for each
+ * one.  Scanning resumes where the previous call stopped, so each byte is
+ * looked at once.  SK_OK or SK_ERR (sticky error). */
+int sk_decoder_scan(sk_decoder *d,
+                    void (*on_control)(void *ctx, const sk_frame *fr),
+                    void *ctx);
 
 /* Called when the owner is about to go idle (block): compacts, and frees a
  * large buffer that holds nothing. */

@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -86,6 +87,10 @@ int sk_conn_init(sk_conn *c, int fd, const sk_framing *f, sk_err *err)
     sk_decoder_init(&c->dec, f);
     sk_err_clear(&c->rd_err);
     sk_buf_init(&c->out);
+    pthread_mutex_init(&c->send_mu, NULL);
+    pthread_mutex_init(&c->recv_mu, NULL);
+    sk_hb_init(&c->hb, 0, 0, sk_now_ns());
+    c->hub_slot = -1;
     return SK_OK;
 }
 
@@ -94,13 +99,49 @@ void sk_conn_release(sk_conn *c)
 {
     sk_decoder_free(&c->dec);
     sk_buf_free(&c->out);
+    pthread_mutex_destroy(&c->send_mu);
+    pthread_mutex_destroy(&c->recv_mu);
+}
+
+/* Contract: no allocation; call before the connection is shared. */
+int sk_conn_heartbeat(sk_conn *c, int64_t interval_ns, int64_t timeout_ns,
+                      sk_err *err)
+{
+    if (!(c->framing.flags & SK_FRAMING_CONTROL))
+        return sk_err_set(err, SK_E_ARG,
+                          "heartbeats need the control-frame extension "
+                          "(SK_FRAMING_CONTROL) on both peers");
+    if (interval_ns <= 0 || timeout_ns <= 0)
+        return sk_err_set(err, SK_E_ARG,
+                          "heartbeat interval and timeout must be > 0");
+    sk_hb_init(&c->hb, interval_ns, timeout_ns, sk_now_ns());
+    return SK_OK;
+}
+
+/* Replace err by the dead-peer error if the hub declared the peer dead
+ * (the shutdown that woke us is only the messenger). */
+static int sk_conn_dead_err(sk_conn *c, sk_err *err)
+{
+    sk_err_set(err, SK_E_PEER_DEAD,
+               "the peer sent nothing for %.3g s (heartbeat timeout) and "
+               "was declared dead; the connection is shut down: reconnect",
+               (double)c->hb.timeout_ns / 1e9);
+    return SK_ERR;
+}
+
+/* Contract: any thread; idempotent. */
+void sk_conn_declare_dead(sk_conn *c)
+{
+    if (__atomic_exchange_n(&c->hb.dead, 1, __ATOMIC_ACQ_REL))
+        return;
+    shutdown(c->fd, SHUT_RDWR);
 }
 
 /* Write iov[0..niov) fully, advancing the entries in place.  *written
  * accumulates the bytes written.  SK_OK, SK_TIMEOUT, SK_INTR or SK_ERR. */
 static int sk_write_all(int fd, struct iovec *iov, int niov, int64_t deadline,
                         const sk_intr *intr, size_t *written, int *idx,
-                        sk_err *err)
+                        sk_hb *hb, sk_err *err)
 {
     struct msghdr mh;
     ssize_t r;
@@ -116,6 +157,8 @@ static int sk_write_all(int fd, struct iovec *iov, int niov, int64_t deadline,
         if (r > 0) {
             size_t left = (size_t)r;
             *written += left;
+            if (hb->interval_ns)
+                SK_STORE(&hb->last_tx_ns, sk_now_ns());
             while (left > 0 && *idx < niov) {
                 if (left >= iov[*idx].iov_len) {
                     left -= iov[*idx].iov_len;
@@ -180,7 +223,8 @@ int sk_conn_flush(sk_conn *c, int64_t deadline, const sk_intr *intr,
         return SK_OK;
     iov.iov_base = sk_buf_rptr(&c->out);
     iov.iov_len = sk_buf_len(&c->out);
-    rc = sk_write_all(c->fd, &iov, 1, deadline, intr, &written, &idx, err);
+    rc = sk_write_all(c->fd, &iov, 1, deadline, intr, &written, &idx, &c->hb,
+                      err);
     sk_buf_consume(&c->out, written);
     if (sk_buf_len(&c->out) == 0)
         sk_buf_shrink(&c->out);
@@ -211,6 +255,10 @@ int sk_conn_send(sk_conn *c, const sk_iov *frames, size_t n, int64_t deadline,
             rc = SK_ERR;
             goto done;
         }
+    }
+    if (SK_UNLIKELY(SK_LOAD(&c->hb.dead))) {
+        rc = sk_conn_dead_err(c, err);
+        goto done;
     }
     if (c->wr_shut) {
         rc = sk_err_set(err, SK_E_CLOSED,
@@ -259,7 +307,7 @@ int sk_conn_send(sk_conn *c, const sk_iov *frames, size_t n, int64_t deadline,
         written = 0;
         idx = 0;
         rc = sk_write_all(c->fd, iov, niov, deadline, intr, &written, &idx,
-                          err);
+                          &c->hb, err);
         /* frames i..k-1 are fully written */
         for (k = i; k < j && ends[k - i] <= written; k++)
             ;
@@ -279,8 +327,51 @@ int sk_conn_send(sk_conn *c, const sk_iov *frames, size_t n, int64_t deadline,
         }
         i = j;
     }
+    sk_conn_send_pending(c);
 done:
+    if (rc == SK_ERR && SK_LOAD(&c->hb.dead))
+        rc = sk_conn_dead_err(c, err);
     return rc;
+}
+
+/* Contract: caller holds send_mu; never waits. */
+int sk_conn_send_control(sk_conn *c, int type, int64_t ts, sk_err *err)
+{
+    unsigned char frame[8 + SK_CTL_PING_LEN];
+    struct iovec iov;
+    size_t n, written = 0;
+    int idx = 0, rc;
+
+    if (SK_LOAD(&c->hb.dead) || c->wr_shut)
+        return SK_TIMEOUT;
+    if (sk_conn_flush(c, 0, NULL, err) != SK_OK || sk_buf_len(&c->out) > 0)
+        return SK_TIMEOUT;
+    n = sk_hb_encode(&c->framing, type, ts, frame);
+    iov.iov_base = frame;
+    iov.iov_len = n;
+    rc = sk_write_all(c->fd, &iov, 1, 0, NULL, &written, &idx, &c->hb, err);
+    if (rc == SK_TIMEOUT && written > 0) {
+        /* torn: the rest goes out first with the next write */
+        if (sk_buf_append(&c->out, frame + written, n - written) != 0)
+            return sk_err_set(err, SK_E_NOMEM, "out of memory");
+        rc = SK_OK;
+    }
+    return rc;
+}
+
+/* Contract: caller holds send_mu; never waits. */
+void sk_conn_send_pending(sk_conn *c)
+{
+    int64_t ts = SK_LOAD(&c->hb.pong_ts);
+    sk_err err;
+
+    if (SK_LIKELY(ts == 0))
+        return;
+    if (sk_conn_send_control(c, SK_CTL_PONG, ts, &err) == SK_OK) {
+        __atomic_compare_exchange_n(&c->hb.pong_ts, &ts, 0, 0,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+        c->hb.pongs_sent++;
+    }
 }
 
 /* One non-blocking recv into the decoder.  SK_OK (bytes or EOF recorded),
@@ -301,6 +392,8 @@ static int sk_conn_fill(sk_conn *c, const sk_intr *intr, sk_err *err)
         r = recv(c->fd, space, avail, 0);
         if (r > 0) {
             sk_decoder_commit(&c->dec, (size_t)r);
+            if (c->hb.interval_ns)
+                SK_STORE(&c->hb.last_rx_ns, sk_now_ns());
             rc = SK_OK;
             goto done;
         }
@@ -333,7 +426,9 @@ done:
 /* Record the end of stream as a sticky receive error. */
 static int sk_conn_eof(sk_conn *c, sk_err *err)
 {
-    if (sk_decoder_finish(&c->dec, &c->rd_err) == SK_OK)
+    if (SK_LOAD(&c->hb.dead))
+        sk_conn_dead_err(c, &c->rd_err);
+    else if (sk_decoder_finish(&c->dec, &c->rd_err) == SK_OK)
         sk_err_set(&c->rd_err, SK_E_CLOSED,
                    "connection closed by the peer (FIN) after %llu frames; "
                    "no more frames will arrive",
@@ -341,6 +436,24 @@ static int sk_conn_eof(sk_conn *c, sk_err *err)
     if (err != NULL)
         *err = c->rd_err;
     return SK_ERR;
+}
+
+/* A control frame arrived (caller holds recv_mu): handle it, and answer a
+ * PING at once if the send side is free (else the send side or the hub
+ * answers it on its next pass). */
+static void sk_conn_on_control(sk_conn *c, const sk_frame *fr)
+{
+    sk_hb_on_control(&c->hb, fr, sk_now_ns());
+    if (SK_LOAD(&c->hb.pong_ts) != 0 &&
+        pthread_mutex_trylock(&c->send_mu) == 0) {
+        sk_conn_send_pending(c);
+        pthread_mutex_unlock(&c->send_mu);
+    }
+}
+
+static void sk_conn_on_control_cb(void *ctx, const sk_frame *fr)
+{
+    sk_conn_on_control((sk_conn *)ctx, fr);
 }
 
 /* Next frame from the buffer, skipping owed replies.  SK_OK, SK_NEED_DATA or
@@ -351,7 +464,13 @@ static int sk_conn_take(sk_conn *c, sk_frame *out, sk_err *err)
 
     for (;;) {
         rc = sk_decoder_next(&c->dec, out);
-        if (rc == SK_OK && c->owed > 0) {
+        if (rc != SK_OK)
+            break;
+        if (SK_UNLIKELY(out->control)) {
+            sk_conn_on_control(c, out);
+            continue;
+        }
+        if (c->owed > 0) {
             c->owed--;
             c->discarded++;
             continue;
@@ -372,6 +491,8 @@ int sk_conn_recv(sk_conn *c, int64_t deadline, const sk_intr *intr,
 {
     int rc;
 
+    if (SK_UNLIKELY(SK_LOAD(&c->hb.dead)) && c->rd_err.code == SK_E_NONE)
+        sk_conn_dead_err(c, &c->rd_err);
     if (SK_UNLIKELY(c->rd_err.code != SK_E_NONE)) {
         if (err != NULL)
             *err = c->rd_err;
@@ -436,6 +557,49 @@ int sk_conn_recv_buffered(sk_conn *c, sk_frame *out, sk_err *err)
         return SK_ERR;
     }
     return sk_conn_take(c, out, err);
+}
+
+/* Contract: caller holds recv_mu; never waits.  Frees the read-ahead
+ * buffer when nothing is left in it, so an idle connection holds none. */
+int sk_conn_pump(sk_conn *c, size_t limit)
+{
+    int rc = 0, r;
+
+    if (c->rd_err.code != SK_E_NONE || c->rd_eof)
+        return -1;
+    for (;;) {
+        if (sk_decoder_buffered(&c->dec) >= limit) {
+            rc = 1;
+            break;
+        }
+        r = sk_conn_fill(c, NULL, NULL);
+        if (r == SK_NEED_DATA)
+            break;
+        if (r != SK_OK || c->rd_eof) {
+            rc = -1;
+            break;
+        }
+        if (sk_decoder_scan(&c->dec, sk_conn_on_control_cb, c) != SK_OK) {
+            c->rd_err = c->dec.err;
+            rc = -1;
+            break;
+        }
+    }
+    if (sk_decoder_buffered(&c->dec) == 0)
+        sk_decoder_idle(&c->dec);
+    return rc;
+}
+
+/* Contract: caller holds recv_mu; never waits; bounded by what the kernel
+ * holds (each recv empties part of a finite queue). */
+void sk_conn_drain(sk_conn *c)
+{
+    unsigned char sink[16384];
+    ssize_t r;
+
+    do {
+        r = recv(c->fd, sink, sizeof(sink), MSG_DONTWAIT);
+    } while (r > 0 || (r < 0 && errno == EINTR));
 }
 
 /* Contract: no GIL needed; caller holds the send lock. */

@@ -17,10 +17,12 @@
  *     written before anything else by the next send or sk_conn_flush, so the
  *     peer never sees a torn frame followed by another frame.
  *
- * Thread-safety: none inside; the owner holds a send lock around sk_conn_send
- * and sk_conn_flush, and a receive lock around the receive calls.  The two
- * sides touch disjoint fields, so one sender and one receiver may run at
- * once.  None of these functions needs the GIL.
+ * Thread-safety: the connection carries two mutexes.  Callers hold send_mu
+ * around sk_conn_send / sk_conn_flush / sk_conn_shutdown_write /
+ * sk_conn_send_control, and recv_mu around the receive calls; the two sides
+ * touch disjoint fields (the heartbeat clocks are atomics), so one sender
+ * and one receiver may run at once.  The hub thread (hub.h) only ever
+ * trylocks them.  None of these functions needs the GIL.
  */
 #ifndef SK_IO_H
 #define SK_IO_H
@@ -28,8 +30,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <pthread.h>
+
 #include "buf.h"
 #include "frame.h"
+#include "heartbeat.h"
 #include "sk.h"
 
 typedef struct sk_intr {
@@ -62,14 +67,48 @@ typedef struct sk_conn {
     /* send side */
     sk_buf out;          /* tail of a frame whose send was cut short */
     int wr_shut;         /* shutdown(SHUT_WR) was done */
+    /* shared */
+    pthread_mutex_t send_mu;
+    pthread_mutex_t recv_mu;
+    sk_hb hb;            /* heartbeat state (off unless enabled) */
+    struct sk_hub *hub;  /* the hub it is registered with, or NULL */
+    int hub_slot;        /* index in that hub */
 } sk_conn;
 
 /* Set up c for fd (already non-blocking).  No allocation; the caller keeps
  * owning fd. */
 int sk_conn_init(sk_conn *c, int fd, const sk_framing *f, sk_err *err);
 
-/* Free buffers.  Does not close fd. */
+/* Free buffers and destroy the mutexes (nobody may hold them).  Does not
+ * close fd. */
 void sk_conn_release(sk_conn *c);
+
+/* Turn heartbeats on (the framing must have SK_FRAMING_CONTROL).  Register
+ * the connection with a hub (hub.h) for the timers to run. */
+int sk_conn_heartbeat(sk_conn *c, int64_t interval_ns, int64_t timeout_ns,
+                      sk_err *err);
+
+/* Send one control frame without waiting (caller holds send_mu): SK_OK if
+ * it was written (a torn tail is kept in c->out like any frame), SK_TIMEOUT
+ * if the socket buffer or a pending tail leaves no room (nothing sent). */
+int sk_conn_send_control(sk_conn *c, int type, int64_t ts, sk_err *err);
+
+/* Send an owed PONG, if any, without waiting (caller holds send_mu). */
+void sk_conn_send_pending(sk_conn *c);
+
+/* For the hub (caller holds recv_mu): read what the socket holds without
+ * waiting, up to `limit` buffered bytes, and take out control frames.
+ * Returns 0 (read all there was), 1 (stopped at the limit: the application
+ * is not reading), -1 (end of stream or a receive error, now sticky). */
+int sk_conn_pump(sk_conn *c, size_t limit);
+
+/* Read and discard what the socket holds, without waiting (caller holds
+ * recv_mu), so that a following close() sends FIN rather than RST. */
+void sk_conn_drain(sk_conn *c);
+
+/* The peer missed its heartbeats: mark the connection dead and shut the
+ * socket down so that threads blocked in it wake up.  Any thread. */
+void sk_conn_declare_dead(sk_conn *c);
 
 /* Send n frames.  Small payloads are coalesced into one buffer, large ones
  * go by iovec without copying; writev batches up to IOV_MAX entries.

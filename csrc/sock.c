@@ -176,6 +176,42 @@ done:
     return rc;
 }
 
+/* Contract: no GIL needed. */
+int sk_set_keepalive(int fd, int idle_s, int interval_s, int count,
+                     int user_timeout_ms, sk_err *err)
+{
+    int one = 1, rc = SK_ERR;
+
+    if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) != 0) {
+        sk_err_sys(err, "setsockopt(SO_KEEPALIVE)", errno);
+        goto done;
+    }
+    if (idle_s > 0 && setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle_s,
+                                 sizeof(idle_s)) != 0) {
+        sk_err_sys(err, "setsockopt(TCP_KEEPIDLE)", errno);
+        goto done;
+    }
+    if (interval_s > 0 && setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL,
+                                     &interval_s, sizeof(interval_s)) != 0) {
+        sk_err_sys(err, "setsockopt(TCP_KEEPINTVL)", errno);
+        goto done;
+    }
+    if (count > 0 && setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count,
+                                sizeof(count)) != 0) {
+        sk_err_sys(err, "setsockopt(TCP_KEEPCNT)", errno);
+        goto done;
+    }
+    if (user_timeout_ms >= 0 &&
+        setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms,
+                   sizeof(user_timeout_ms)) != 0) {
+        sk_err_sys(err, "setsockopt(TCP_USER_TIMEOUT)", errno);
+        goto done;
+    }
+    rc = SK_OK;
+done:
+    return rc;
+}
+
 /* Contract: no GIL needed; closes fd in every case. */
 int sk_abort(int fd, sk_err *err)
 {

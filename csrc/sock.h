@@ -38,6 +38,12 @@ int sk_accept(int lfd, int64_t deadline, const sk_intr *intr, int *fd_out,
 /* TCP_NODELAY on. */
 int sk_set_nodelay(int fd, sk_err *err);
 
+/* Kernel liveness checks: SO_KEEPALIVE with TCP_KEEPIDLE/KEEPINTVL/KEEPCNT
+ * (each set only when > 0) and TCP_USER_TIMEOUT in ms (set when >= 0;
+ * 0 restores the system default). */
+int sk_set_keepalive(int fd, int idle_s, int interval_s, int count,
+                     int user_timeout_ms, sk_err *err);
+
 /* Abort: SO_LINGER {1, 0} then close, so the kernel sends RST and keeps no
  * TIME_WAIT.  The fd is closed even on error. */
 int sk_abort(int fd, sk_err *err);

@@ -24,17 +24,19 @@ from ._errors import (
     PeerDead,
     Timeout,
 )
-from ._types import Framing
+from ._types import Framing, Heartbeat, Keepalive
 from ._conn import Address, Connection, Listener, call, connect, listen
 from ._core import Decoder
 from ._server import Server, serve
 from ._enums import TcpState
-from ._observe import SocketEntry, SocketList, TcpInfo, sockets, tcp_info
+from ._observe import SocketEntry, SocketList, TcpInfo, find_socket, sockets, tcp_info
 
 __all__ = [
     "__version__",
     # configuration
     "Framing",
+    "Heartbeat",
+    "Keepalive",
     # connections
     "Address",
     "Connection",
@@ -52,6 +54,7 @@ __all__ = [
     "SocketList",
     "tcp_info",
     "sockets",
+    "find_socket",
     # errors
     "Error",
     "Timeout",

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import _core
 from ._errors import Error, Timeout
-from ._types import Framing
+from ._types import Framing, Heartbeat, Keepalive
 
 if TYPE_CHECKING:
     from ._enums import TcpState
@@ -76,11 +76,39 @@ class Connection(_core.Conn):
             print(conn.recv(timeout=1.0))
     """
 
-    __slots__ = ("_framing",)
+    __slots__ = ("_framing", "_hb")
 
-    def __init__(self, fd: int, framing: Framing = _DEFAULT_FRAMING) -> None:
-        super().__init__(fd, framing.header_size, framing.byteorder, framing.max_frame)
+    def __init__(
+        self,
+        fd: int,
+        framing: Framing = _DEFAULT_FRAMING,
+        heartbeat: Optional[Heartbeat] = None,
+        keepalive: Optional[Keepalive] = None,
+    ) -> None:
+        super().__init__(
+            fd, framing.header_size, framing.byteorder, framing.max_frame, heartbeat is not None
+        )
         self._framing = framing
+        self._hb = heartbeat
+        try:
+            if keepalive is not None:
+                keepalive.apply(fd)
+            if heartbeat is not None:
+                self._start_heartbeat(heartbeat.interval, heartbeat.timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def heartbeat(self) -> Optional[Heartbeat]:
+        """The :class:`Heartbeat` settings, or None when heartbeats are off.
+
+        Example::
+
+            >>> conn.heartbeat
+            Heartbeat(interval=1.0, timeout=3.0)
+        """
+        return self._hb
 
     @property
     def framing(self) -> Framing:
@@ -211,11 +239,19 @@ class Listener:
             conn = srv.accept(timeout=5.0)
     """
 
-    __slots__ = ("_fd", "_framing", "address", "__weakref__")
+    __slots__ = ("_fd", "_framing", "_heartbeat", "_keepalive", "address", "__weakref__")
 
-    def __init__(self, fd: int, framing: Framing) -> None:
+    def __init__(
+        self,
+        fd: int,
+        framing: Framing,
+        heartbeat: Optional[Heartbeat] = None,
+        keepalive: Optional[Keepalive] = None,
+    ) -> None:
         self._fd = fd
         self._framing = framing
+        self._heartbeat = heartbeat
+        self._keepalive = keepalive
         self.address: Address = _core.sockname(fd)
 
     @property
@@ -247,7 +283,7 @@ class Listener:
 
             raise ConnectionClosed("this listener was closed; call sk.listen() again")
         fd = _core.accept(self._fd, timeout)
-        return Connection(fd, self._framing)
+        return Connection(fd, self._framing, self._heartbeat, self._keepalive)
 
     def close(self) -> None:
         """Stop listening.  Idempotent.
@@ -282,9 +318,12 @@ def listen(
     addr: Address = ("127.0.0.1", 0),
     backlog: int = 128,
     framing: Optional[Framing] = None,
+    heartbeat: Optional[Heartbeat] = None,
+    keepalive: Optional[Keepalive] = None,
 ) -> Listener:
     """Listen on ``addr`` (port 0 picks a free port; ``srv.address`` tells
-    which) and return a :class:`Listener`.
+    which) and return a :class:`Listener`.  Accepted connections get
+    ``framing``, ``heartbeat`` and ``keepalive``.
 
     Example::
 
@@ -294,15 +333,20 @@ def listen(
     """
     fam, host, port = _resolve(addr)[0]
     fd = _core.listen(host, port, fam, backlog)
-    return Listener(fd, framing or _DEFAULT_FRAMING)
+    return Listener(fd, framing or _DEFAULT_FRAMING, heartbeat, keepalive)
 
 
 def connect(
     addr: Address,
     timeout: Optional[float] = None,
     framing: Optional[Framing] = None,
+    heartbeat: Optional[Heartbeat] = None,
+    keepalive: Optional[Keepalive] = None,
 ) -> Connection:
-    """Connect to ``addr`` and return a :class:`Connection`.
+    """Connect to ``addr`` and return a :class:`Connection`.  With
+    ``heartbeat``, the C reactor keeps the connection's liveness checked
+    (the peer must use heartbeats too); ``keepalive`` sets the kernel's
+    keepalive and TCP_USER_TIMEOUT.
 
     ``timeout`` bounds the whole connect (all resolved addresses together).
     Raises ``sk.Timeout``, or ``sk.Error`` with errno ECONNREFUSED when
@@ -324,7 +368,7 @@ def connect(
         except OSError as exc:
             last = exc
             continue
-        return Connection(fd, framing or _DEFAULT_FRAMING)
+        return Connection(fd, framing or _DEFAULT_FRAMING, heartbeat, keepalive)
     assert last is not None
     raise last
 

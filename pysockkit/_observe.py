@@ -531,7 +531,7 @@ class SocketList(list[SocketEntry]):
 
         >>> import socket, pysockkit as sk
         >>> srv = socket.create_server(("127.0.0.1", 0))
-        >>> found = sk.sockets(local_port=srv.getsockname()[1])
+        >>> found = sk.sockets(state="LISTEN", local_port=srv.getsockname()[1])
         >>> print(found)  # doctest: +NORMALIZE_WHITESPACE +ELLIPSIS
         State      Recv-Q Send-Q   Local Address:Port    Peer Address:Port
         LISTEN     0      ...  127.0.0.1:... 0.0.0.0:*
@@ -674,9 +674,11 @@ def sockets(
         >>> port = srv.getsockname()[1]
         >>> cli = socket.create_connection(("127.0.0.1", port))
         >>> conn, _ = srv.accept()
+        >>> here = cli.getsockname()
         >>> cli.close(); conn.close()   # we closed first: TIME_WAIT is ours
-        >>> [e.state.name for e in sk.sockets(state="TIME_WAIT", remote_port=port)]
-        ['TIME_WAIT']
+        >>> tw = sk.sockets(state="TIME_WAIT", local_port=here[1], remote_port=port)
+        >>> [(e.state.name, e.local == here, e.timer) for e in tw]
+        [('TIME_WAIT', True, 'time_wait')]
         >>> sk.sockets(state=sk.TcpState.LISTEN, port=port)[0].local[1] == port
         True
         >>> srv.close()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
-__all__ = ["Framing"]
+__all__ = ["Framing", "Heartbeat", "Keepalive"]
 
 _DEFAULT_MAX_FRAME = 16 * 2**20
 _HEADER_LIMIT = {1: 2**8 - 1, 2: 2**16 - 1, 4: 2**32 - 1, 8: 2**64 - 1}
@@ -71,3 +71,78 @@ class Framing:
                 f"payload of {len(payload)} bytes exceeds max_frame {self.max_frame}"
             )
         return len(payload).to_bytes(self.header_size, self.byteorder) + bytes(payload)
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Application-level liveness for a long connection.
+
+    The reactor thread (in C, without the GIL) sends a PING control frame
+    when nothing was sent for ``interval`` seconds and declares the peer
+    dead when nothing at all was received for ``timeout`` seconds; blocked
+    and later calls then raise ``sk.PeerDead``.  Any received byte counts as
+    liveness.  Both peers must enable heartbeats: they use the control-frame
+    extension of docs/PROTOCOL.md (the top bit of the length field), which a
+    plain peer does not understand.
+
+    Example::
+
+        conn = sk.connect(addr, heartbeat=sk.Heartbeat(interval=1.0, timeout=3.0))
+        conn.latency        # last ping round trip in seconds, or None
+    """
+
+    interval: float = 1.0
+    timeout: float = 3.0
+
+    def __post_init__(self) -> None:
+        if not (self.interval > 0 and self.timeout > 0):
+            raise ValueError("Heartbeat interval and timeout must be > 0 seconds")
+        if self.timeout < self.interval:
+            raise ValueError(
+                f"Heartbeat timeout ({self.timeout} s) must be at least the interval "
+                f"({self.interval} s), or an idle but healthy peer would be declared dead"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Keepalive:
+    """Kernel-level liveness: TCP keepalive probes and TCP_USER_TIMEOUT.
+
+    ``idle``, ``interval`` (seconds) and ``count`` set TCP_KEEPIDLE,
+    TCP_KEEPINTVL and TCP_KEEPCNT: after ``idle`` seconds without traffic
+    the kernel probes every ``interval`` seconds and resets the connection
+    after ``count`` unanswered probes.  Keepalive does nothing while data is
+    unacknowledged; ``user_timeout`` (seconds, TCP_USER_TIMEOUT) covers
+    that case: the kernel aborts when sent data stays unacknowledged that
+    long.  None leaves the system default.  See docs/heartbeat.md.
+
+    Example::
+
+        conn = sk.connect(addr, keepalive=sk.Keepalive(idle=10, interval=2, count=3,
+                                                       user_timeout=15))
+    """
+
+    idle: Optional[int] = None
+    interval: Optional[int] = None
+    count: Optional[int] = None
+    user_timeout: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        for name in ("idle", "interval", "count"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"Keepalive.{name} must be a whole number >= 1, not {v!r}")
+        if self.user_timeout is not None and self.user_timeout < 0:
+            raise ValueError("Keepalive.user_timeout must be >= 0 seconds")
+
+    def apply(self, fd: int) -> None:
+        """Set the options on socket ``fd``.
+
+        Example::
+
+            sk.Keepalive(idle=5).apply(sock.fileno())
+        """
+        from . import _core
+
+        uto = -1 if self.user_timeout is None else int(self.user_timeout * 1000)
+        _core.set_keepalive(fd, self.idle or 0, self.interval or 0, self.count or 0, uto)

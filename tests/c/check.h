@@ -20,6 +20,8 @@
 #include <stdint.h>
 #include <string.h>
 
+struct sk_err;
+
 typedef struct sk_test {
     const char *name; /* the TEST() name */
     const char *file; /* __FILE__ of the TEST() */
@@ -60,24 +62,29 @@ unsigned long sk_check_failures(void);
     }                                                                       \
     static void test_##name(void)
 
+/* Each CHECK* expands to one call (keeps the test files quick to build,
+ * with sanitizers too); the operands are evaluated exactly once. */
+void sk_check_int(int ok, long long a, long long b, const char *what,
+                  const char *file, int line);
+void sk_check_u64(int ok, unsigned long long a, unsigned long long b,
+                  const char *what, const char *file, int line);
+void sk_check_rc(int rc, int want, const struct sk_err *err,
+                 const char *what, const char *file, int line);
+void sk_check_mem(const void *a, const void *b, size_t n, const char *what,
+                  const char *file, int line);
+void sk_check_str(const char *a, const char *b, const char *what,
+                  const char *file, int line);
+
 #define CHECK(cond)                                                         \
-    do {                                                                    \
-        if (cond)                                                           \
-            sk_check_pass();                                                \
-        else                                                                \
-            sk_check_fail(__FILE__, __LINE__, "CHECK(%s) failed", #cond);   \
-    } while (0)
+    sk_check_int(!!(cond), 0, 0, "CHECK(" #cond ")", __FILE__, __LINE__)
 
 /* Signed integer comparison, e.g. CHECK_INT(rc, ==, SK_OK). */
 #define CHECK_INT(a, op, b)                                                 \
     do {                                                                    \
         long long check_a_ = (long long)(a), check_b_ = (long long)(b);     \
-        if (check_a_ op check_b_)                                           \
-            sk_check_pass();                                                \
-        else                                                                \
-            sk_check_fail(__FILE__, __LINE__,                               \
-                          "CHECK_INT(%s %s %s) failed: %lld vs %lld", #a,   \
-                          #op, #b, check_a_, check_b_);                     \
+        sk_check_int(check_a_ op check_b_, check_a_, check_b_,              \
+                     "CHECK_INT(" #a " " #op " " #b ")", __FILE__,          \
+                     __LINE__);                                             \
     } while (0)
 
 /* Unsigned 64-bit comparison (sizes, lengths, details). */
@@ -85,89 +92,27 @@ unsigned long sk_check_failures(void);
     do {                                                                    \
         unsigned long long check_a_ = (unsigned long long)(a);              \
         unsigned long long check_b_ = (unsigned long long)(b);              \
-        if (check_a_ op check_b_)                                           \
-            sk_check_pass();                                                \
-        else                                                                \
-            sk_check_fail(__FILE__, __LINE__,                               \
-                          "CHECK_U64(%s %s %s) failed: %llu (0x%llx) vs "   \
-                          "%llu (0x%llx)",                                  \
-                          #a, #op, #b, check_a_, check_a_, check_b_,        \
-                          check_b_);                                        \
+        sk_check_u64(check_a_ op check_b_, check_a_, check_b_,              \
+                     "CHECK_U64(" #a " " #op " " #b ")", __FILE__,          \
+                     __LINE__);                                             \
     } while (0)
 
-/* A result code, printing the sk_err (pointer) message on a mismatch. */
+/* A result code; on a mismatch the sk_err (a pointer, may be NULL) is
+ * printed too. */
 #define CHECK_RC(rc, want, errp)                                            \
-    do {                                                                    \
-        int check_rc_ = (rc), check_want_ = (want);                         \
-        const sk_err *check_e_ = (errp);                                    \
-        if (check_rc_ == check_want_)                                       \
-            sk_check_pass();                                                \
-        else                                                                \
-            sk_check_fail(__FILE__, __LINE__,                               \
-                          "CHECK_RC(%s == %s) failed: got %d (%s), want "   \
-                          "%d; err code %d errno %d msg \"%s\"",            \
-                          #rc, #want, check_rc_, sk_test_rc_name(check_rc_),\
-                          check_want_,                                      \
-                          check_e_ ? (int)check_e_->code : -1,              \
-                          check_e_ ? check_e_->sys_errno : 0,               \
-                          check_e_ ? check_e_->msg : "");                   \
-    } while (0)
+    sk_check_rc((rc), (want), (errp), "CHECK_RC(" #rc " == " #want ")",    \
+                __FILE__, __LINE__)
 
 /* Byte comparison; prints the first differing offset. */
 #define CHECK_MEM(a, b, n)                                                  \
-    do {                                                                    \
-        const unsigned char *check_a_ = (const unsigned char *)(a);         \
-        const unsigned char *check_b_ = (const unsigned char *)(b);         \
-        size_t check_n_ = (n), check_i_ = sk_test_memdiff(check_a_,         \
-                                                          check_b_,         \
-                                                          check_n_);        \
-        if (check_i_ == check_n_)                                           \
-            sk_check_pass();                                                \
-        else                                                                \
-            sk_check_fail(__FILE__, __LINE__,                               \
-                          "CHECK_MEM(%s, %s, %s) failed at offset %zu of "  \
-                          "%zu: 0x%02x vs 0x%02x",                          \
-                          #a, #b, #n, check_i_, check_n_,                   \
-                          check_a_[check_i_], check_b_[check_i_]);          \
-    } while (0)
+    sk_check_mem((a), (b), (n), "CHECK_MEM(" #a ", " #b ", " #n ")",        \
+                 __FILE__, __LINE__)
 
 /* C string equality (NULL-safe). */
 #define CHECK_STR(a, b)                                                     \
-    do {                                                                    \
-        const char *check_a_ = (a), *check_b_ = (b);                        \
-        if (check_a_ && check_b_ && strcmp(check_a_, check_b_) == 0)        \
-            sk_check_pass();                                                \
-        else                                                                \
-            sk_check_fail(__FILE__, __LINE__,                               \
-                          "CHECK_STR(%s, %s) failed: \"%s\" vs \"%s\"", #a, \
-                          #b, check_a_ ? check_a_ : "(null)",               \
-                          check_b_ ? check_b_ : "(null)");                  \
-    } while (0)
+    sk_check_str((a), (b), "CHECK_STR(" #a ", " #b ")", __FILE__, __LINE__)
 
 /* ---- helpers shared by the test files (all static inline) ------------- */
-
-static inline size_t sk_test_memdiff(const unsigned char *a,
-                                     const unsigned char *b, size_t n)
-{
-    size_t i;
-
-    for (i = 0; i < n; i++)
-        if (a[i] != b[i])
-            break;
-    return i;
-}
-
-static inline const char *sk_test_rc_name(int rc)
-{
-    switch (rc) {
-    case 0: return "SK_OK";
-    case -1: return "SK_ERR";
-    case 1: return "SK_NEED_DATA";
-    case 2: return "SK_TIMEOUT";
-    case 3: return "SK_INTR";
-    default: return "?";
-    }
-}
 
 /* xorshift64: small, seeded, reproducible (seed must not be 0). */
 typedef struct sk_rng {

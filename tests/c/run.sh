@@ -59,12 +59,31 @@ total_pass=0
 total_fail=0
 status=0
 
-# build NAME EXTRA-FLAGS... : compile into $out/NAME (in the background)
+jobs=$(nproc 2>/dev/null || echo 2)
+
+# build VARIANT EXTRA-FLAGS... : compile every source to $out/VARIANT/*.o
+# (in parallel, up to $jobs at once), then link $out/VARIANT/sk_ctest.
+# Returns nonzero, with the compiler output in $out/VARIANT.build.log.
 build() {
-    local name=$1
+    local v=$1 src obj rc=0
     shift
-    "$CC" "${CFLAGS[@]}" "$@" -o "$out/$name" "${srcs[@]}" "${tests[@]}" \
-        "${LIBS[@]}" >"$out/$name.build.log" 2>&1
+    mkdir -p "$out/$v"
+    for src in "${srcs[@]}" "${tests[@]}"; do
+        while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do
+            wait -n 2>/dev/null || true
+        done
+        obj="$out/$v/${src//\//_}.o"
+        ("$CC" "${CFLAGS[@]}" "$@" -c "$src" -o "$obj" >"$obj.log" 2>&1 ||
+            echo "$src" >>"$out/$v.failed") &
+    done
+    wait
+    cat "$out/$v"/*.log >"$out/$v.build.log" 2>/dev/null
+    if [ -s "$out/$v.failed" ]; then
+        return 1
+    fi
+    "$CC" "${CFLAGS[@]}" "$@" -o "$out/$v/sk_ctest" "$out/$v"/*.o \
+        "${LIBS[@]}" >>"$out/$v.build.log" 2>&1 || rc=1
+    return $rc
 }
 
 # run LABEL CMD... : run a test binary, add its "N passed, M failed" line
@@ -93,17 +112,13 @@ run() {
 }
 
 t0=$(date +%s)
-build plain &
-pid_plain=$!
-build asan "${SANFLAGS[@]}" &
-pid_asan=$!
-wait $pid_plain
+build plain
 rc_plain=$?
-wait $pid_asan
+build asan "${SANFLAGS[@]}"
 rc_asan=$?
 
 if [ $rc_plain -eq 0 ]; then
-    run plain "$out/plain"
+    run plain "$out/plain/sk_ctest"
 else
     echo "== plain: BUILD FAILED"
     cat "$out/plain.build.log"
@@ -114,7 +129,7 @@ fi
 if [ $rc_asan -eq 0 ]; then
     ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=1} \
         UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
-        run sanitizers "$out/asan"
+        run sanitizers "$out/asan/sk_ctest"
 else
     echo "== sanitizers: BUILD FAILED"
     cat "$out/asan.build.log"
@@ -131,7 +146,7 @@ if [ $use_valgrind -eq 1 ]; then
         SK_TEST_TIME_SCALE=${SK_TEST_TIME_SCALE:-20} \
             SK_TEST_TIMEOUT=${SK_TEST_TIMEOUT:-300} \
             run valgrind valgrind -q --error-exitcode=1 --leak-check=full \
-            "$out/plain"
+            "$out/plain/sk_ctest"
     fi
 fi
 

@@ -217,6 +217,13 @@ static void nl_put_error(nlbuf *nb, uint32_t seq, int32_t code)
 typedef struct rec {
     int n;
     int stop_after;   /* 0: never */
+    /* our own sockets, by (local port, remote port): n_mine counts entries
+     * among them (a dump also sees other processes' sockets, and a reused
+     * port may carry an old TIME_WAIT) */
+    int nwant;
+    uint16_t want[8][2];
+    int n_mine;
+    uint32_t states_seen;  /* bitmask of the states of all entries */
     sk_diag_entry last;
     sk_tcp_info last_info;
     int last_has_info;
@@ -227,7 +234,16 @@ static int rec_cb(void *ctx, const sk_diag_entry *e)
 {
     rec *r = ctx;
 
+    int i;
+
     r->n++;
+    for (i = 0; i < r->nwant; i++)
+        if (e->sport == r->want[i][0] && e->dport == r->want[i][1]) {
+            r->n_mine++;
+            break;
+        }
+    if (e->state > 0 && e->state < 32)
+        r->states_seen |= 1u << e->state;
     r->last = *e;
     r->last_has_info = e->info != NULL;
     if (e->info != NULL) {
@@ -436,7 +452,7 @@ TEST(timer_names)
 TEST(parse_entries_and_done)
 {
     nlbuf nb = {.n = 0};
-    rec r;
+    rec r = {0};
     int st = -1;
     sk_err err;
     char s[64];
@@ -494,7 +510,7 @@ TEST(parse_entries_and_done)
 TEST(parse_info_attribute)
 {
     nlbuf nb = {.n = 0};
-    rec r;
+    rec r = {0};
     int st;
     sk_err err;
     sk_diag_query q;
@@ -544,7 +560,7 @@ TEST(parse_info_attribute)
 TEST(parse_errors_and_seq)
 {
     nlbuf nb = {.n = 0};
-    rec r;
+    rec r = {0};
     int st;
     sk_err err;
 
@@ -625,7 +641,7 @@ TEST(parse_bad_lengths)
     unsigned char b[8192];
     struct nlmsghdr h;
     struct rtattr a;
-    rec r;
+    rec r = {0};
     int st;
     sk_err err;
     size_t attr_off = NLMSG_HDRLEN + NLMSG_ALIGN(sizeof(struct inet_diag_msg));
@@ -692,7 +708,7 @@ TEST(parse_every_truncation)
 {
     nlbuf nb = {.n = 0};
     size_t cut, boundaries[8], nbound = 0, i;
-    rec r;
+    rec r = {0};
     int st;
     sk_err err;
 
@@ -739,7 +755,7 @@ TEST(parse_fuzz)
     sk_rng rng = {0x5eed5eedULL};
     unsigned char *p;
     long iter, bad = 0;
-    rec r;
+    rec r = {0};
     int st;
     sk_err err;
 
@@ -807,7 +823,7 @@ TEST(parse_filters)
 {
     nlbuf nb = {.n = 0};
     sk_diag_query q;
-    rec r;
+    rec r = {0};
     int st;
     sk_err err;
 
@@ -957,9 +973,13 @@ static void dg_sleep_ms(int ms)
 static int dg_dump(sk_diag_query *q, rec *r)
 {
     sk_err err;
-    int rc;
+    int rc, nwant = r->nwant;
+    uint16_t want[8][2];
 
+    memcpy(want, r->want, sizeof(want));
     memset(r, 0, sizeof(*r));
+    r->nwant = nwant;
+    memcpy(r->want, want, sizeof(want));
     sk_err_clear(&err);
     rc = sk_diag_dump(q, rec_cb, r, &err);
     if (rc != SK_OK)
@@ -967,22 +987,33 @@ static int dg_dump(sk_diag_query *q, rec *r)
     return rc;
 }
 
+static void rec_want(rec *r, uint16_t sport, uint16_t dport)
+{
+    if (r->nwant < 8) {
+        r->want[r->nwant][0] = sport;
+        r->want[r->nwant][1] = dport;
+        r->nwant++;
+    }
+}
+
 TEST(dump_listener_and_pair)
 {
-    uint16_t port = 0;
+    uint16_t port = 0, cport = 0;
     int lfd = dg_listener(AF_INET, &port, 0), cli = -1, srv = -1;
     sk_diag_query q;
-    rec r;
+    rec r = {0};
     uint64_t cookie = 0;
     socklen_t cl = sizeof(cookie);
 
     CHECK(lfd >= 0);
     if (lfd < 0)
         return;
+    memset(&r, 0, sizeof(r));
     sk_diag_query_init(&q);
+    q.states = 1u << SK_TCP_LISTEN;
     q.sport = port;
     dg_dump(&q, &r);
-    CHECK_INT(r.n, ==, 1);
+    CHECK_INT(r.n, ==, 1); /* one listener per address and port */
     CHECK_INT(r.last.state, ==, SK_TCP_LISTEN);
     CHECK_INT(r.last.family, ==, AF_INET);
     CHECK_U64(r.last.inode, >, 0);
@@ -994,38 +1025,43 @@ TEST(dump_listener_and_pair)
     cli = dg_connect(AF_INET, port);
     srv = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
     CHECK(cli >= 0 && srv >= 0);
+    cport = cli >= 0 ? dg_local_port(cli) : 0;
+    memset(&r, 0, sizeof(r));
+    rec_want(&r, port, 0);      /* listener */
+    rec_want(&r, port, cport);  /* server end */
+    rec_want(&r, cport, port);  /* client end */
     sk_diag_query_init(&q);
     q.port = port;
     q.flags = SK_DIAG_WITH_INFO;
     dg_dump(&q, &r);
-    CHECK_INT(r.n, ==, 3);
+    CHECK_INT(r.n_mine, ==, 3);
     CHECK_INT(r.bad, ==, 0);
     q.states = 1u << SK_TCP_ESTABLISHED;
     dg_dump(&q, &r);
-    CHECK_INT(r.n, ==, 2);
+    CHECK_INT(r.n_mine, ==, 2);
+    CHECK_U64(r.states_seen, ==, 1u << SK_TCP_ESTABLISHED);
     CHECK(r.last_has_info);
     CHECK_INT(r.last_info.tcpi_state, ==, SK_TCP_ESTABLISHED);
     CHECK_U64(r.last_info.len, >=, 104);
-    /* the other family sees nothing */
+    /* the other family sees none of ours */
     q.family = AF_INET6;
     dg_dump(&q, &r);
-    CHECK_INT(r.n, ==, 0);
+    CHECK_INT(r.n_mine, ==, 0);
     /* local-port filter picks the client side only */
     sk_diag_query_init(&q);
-    q.sport = dg_local_port(cli);
+    q.sport = cport;
     dg_dump(&q, &r);
-    CHECK_INT(r.n, ==, 1);
-    CHECK_INT(r.last.dport, ==, port);
+    CHECK_INT(r.n_mine, ==, 1);
     /* address filters (in C) */
     sk_diag_query_init(&q);
     q.port = port;
     q.addr.family = AF_INET;
     inet_pton(AF_INET, "127.0.0.1", q.addr.addr);
     dg_dump(&q, &r);
-    CHECK_INT(r.n, ==, 3);
+    CHECK_INT(r.n_mine, ==, 3);
     inet_pton(AF_INET, "127.0.0.2", q.addr.addr);
     dg_dump(&q, &r);
-    CHECK_INT(r.n, ==, 0);
+    CHECK_INT(r.n_mine, ==, 0);
     /* the callback stops the dump */
     sk_diag_query_init(&q);
     q.port = port;
@@ -1049,7 +1085,7 @@ TEST(dump_time_wait)
     uint16_t port = 0, cport;
     int lfd = dg_listener(AF_INET, &port, 0), cli, srv, i;
     sk_diag_query q;
-    rec r;
+    rec r = {0};
 
     CHECK(lfd >= 0);
     if (lfd < 0)
@@ -1091,7 +1127,7 @@ TEST(dump_request_socket)
     uint16_t port = 0;
     int lfd = dg_listener(AF_INET, &port, 5), cli, i;
     sk_diag_query q;
-    rec r;
+    rec r = {0};
 
     CHECK(lfd >= 0);
     if (lfd < 0)
@@ -1128,7 +1164,7 @@ TEST(dump_bound_inactive)
     socklen_t len = sizeof(a);
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sk_diag_query q;
-    rec r;
+    rec r = {0};
 
     memset(&a, 0, sizeof(a));
     a.sin_family = AF_INET;
@@ -1154,7 +1190,7 @@ TEST(dump_ipv6)
     uint16_t port = 0;
     int lfd = dg_listener(AF_INET6, &port, 0), cli, srv;
     sk_diag_query q;
-    rec r;
+    rec r = {0};
     char s[64];
 
     if (lfd < 0) {
@@ -1164,17 +1200,26 @@ TEST(dump_ipv6)
     cli = dg_connect(AF_INET6, port);
     srv = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
     CHECK(cli >= 0 && srv >= 0);
+    memset(&r, 0, sizeof(r));
+    rec_want(&r, port, 0);
+    rec_want(&r, port, cli >= 0 ? dg_local_port(cli) : 0);
+    rec_want(&r, cli >= 0 ? dg_local_port(cli) : 0, port);
     sk_diag_query_init(&q);
     q.family = AF_INET6;
     q.port = port;
     dg_dump(&q, &r);
-    CHECK_INT(r.n, ==, 3);
+    CHECK_INT(r.n_mine, ==, 3);
+    q.states = 1u << SK_TCP_LISTEN;
+    dg_dump(&q, &r);
+    CHECK_INT(r.n, ==, 1);
     CHECK_INT(r.last.family, ==, AF_INET6);
     inet_ntop(AF_INET6, r.last.src, s, sizeof(s));
     CHECK_STR(s, "::1");
+    sk_diag_query_init(&q);
     q.family = AF_INET;
+    q.port = port;
     dg_dump(&q, &r);
-    CHECK_INT(r.n, ==, 0);
+    CHECK_INT(r.n_mine, ==, 0);
     if (cli >= 0)
         close(cli);
     if (srv >= 0)
@@ -1190,7 +1235,7 @@ static int raw_lookup(const sk_diag_lookup_req *lr, sk_diag_entry *out,
     unsigned char req[256], buf[8192];
     size_t len;
     struct sockaddr_nl k;
-    rec r;
+    rec r = {0};
     int fd, st, rc = -1;
     ssize_t n;
     sk_err err;

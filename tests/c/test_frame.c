@@ -691,6 +691,18 @@ TEST(decoder_enormous_allowed_frame_fails_cleanly)
     CHECK_RC(sk_decoder_feed(&d, "a", 1), SK_ERR, &d.err);
     CHECK_INT(d.err.code, ==, SK_E_NOMEM);
     sk_decoder_free(&d);
+
+    /* near 2^64: "what the frame still needs" must not wrap around to a
+     * small number (len + header_size overflows uint64_t) */
+    ref_put_len(hdr, 8, 0, UINT64_MAX - 2);
+    sk_decoder_init(&d, &f);
+    CHECK_RC(sk_decoder_feed(&d, hdr, 8), SK_OK, &d.err);
+    CHECK_RC(sk_decoder_next(&d, &fr), SK_NEED_DATA, &d.err);
+    CHECK_U64(sk_decoder_missing(&d), ==, UINT64_MAX - 2);
+    avail = 0;
+    CHECK_RC(sk_decoder_reserve(&d, 1, &space, &avail), SK_ERR, &d.err);
+    CHECK_INT(d.err.code, ==, SK_E_NOMEM);
+    sk_decoder_free(&d);
 }
 
 TEST(decoder_missing_and_finish)
@@ -826,6 +838,9 @@ TEST(decoder_idle_keeps_partial_frame)
         sk_decoder_idle(&d);
         CHECK_U64(sk_decoder_buffered(&d), ==, 5);
         CHECK_U64(sk_decoder_missing(&d), ==, 17);
+        /* frame.h: idle "compacts" - the taken frame's bytes are dropped */
+        CHECK_U64(d.buf.start, ==, 0);
+        CHECK_MEM(sk_buf_rptr(&d.buf), buf + 12, 5);
         CHECK_RC(sk_decoder_feed(&d, buf + 17, 17), SK_OK, &d.err);
         CHECK_RC(sk_decoder_next(&d, &fr), SK_OK, &d.err);
         CHECK_U64(fr.len, ==, 20);
@@ -932,4 +947,220 @@ TEST(decoder_garbage_input)
         }
     }
     free(g);
+}
+
+/* ---- SK_FRAMING_CONTROL: data frames unchanged, control frames apart ---- */
+
+TEST(control_framing_limits)
+{
+    size_t i;
+
+    for (i = 0; i < 4; i++) {
+        unsigned hs = hsizes[i];
+        sk_framing f = framing(hs, 0, 1);
+        uint64_t lim = sk_header_limit(hs) >> 1;
+        unsigned char hdr[8], ref[8];
+        sk_err err;
+
+        f.flags = SK_FRAMING_CONTROL;
+        CHECK_U64(sk_framing_limit(&f), ==, lim);
+        f.max_frame = lim;
+        CHECK_RC(sk_framing_check(&f, &err), SK_OK, &err);
+        f.max_frame = lim + 1;
+        sk_err_clear(&err);
+        CHECK_RC(sk_framing_check(&f, &err), SK_ERR, &err);
+        CHECK_INT(err.code, ==, SK_E_ARG);
+        f.flags = 0;
+        CHECK_U64(sk_framing_limit(&f), ==, sk_header_limit(hs));
+        CHECK_RC(sk_framing_check(&f, &err), SK_OK, &err);
+        /* the control marker is the top bit of the length field */
+        f.flags = SK_FRAMING_CONTROL;
+        CHECK_U64(sk_control_header(&f, 9), ==, (lim + 1) | 9);
+        sk_encode_header(&f, sk_control_header(&f, 9), hdr);
+        ref_put_len(ref, hs, 0, (lim + 1) | 9);
+        CHECK_MEM(hdr, ref, hs);
+    }
+}
+
+typedef struct ctl_log {
+    size_t n;
+    unsigned char first[64]; /* type byte of each control frame seen */
+    int bad;
+} ctl_log;
+
+static void ctl_collect(void *ctx, const sk_frame *fr)
+{
+    ctl_log *log = ctx;
+
+    if (!fr->control || fr->len < 1 || fr->len > SK_CONTROL_MAX)
+        log->bad = 1;
+    else if (log->n < sizeof(log->first))
+        log->first[log->n] = fr->data[0];
+    log->n++;
+}
+
+/* Data frames interleaved with control frames, fed in random splits:
+ * sk_decoder_scan takes every control frame out (in order), next() yields
+ * exactly the data frames, in order, intact. */
+TEST(control_frames_scanned_out_of_data_stream)
+{
+    static const uint64_t seeds[] = {21, 22, 23};
+    size_t si, i;
+
+    for (si = 0; si < 3; si++) {
+        for (i = 0; i < 4; i++) {
+            unsigned hs = hsizes[i];
+            sk_framing f = framing(hs, (int)(si & 1),
+                                   hs == 1 ? 127 : hs == 2 ? 32767 : 50000);
+            sk_rng r = {seeds[si] * 7919 + i + 1};
+            size_t nd = 300, nc = 0, k, off = 0, cap = 0, len = 0, taken = 0;
+            unsigned char *wire;
+            size_t *dlen = calloc(nd, sizeof(*dlen));
+            ctl_log log;
+            sk_decoder d;
+            int guard, bad = 0;
+
+            f.flags = SK_FRAMING_CONTROL;
+            for (k = 0; k < nd && dlen; k++) {
+                uint64_t pick = rng_below(&r, 10);
+                dlen[k] = pick < 2 ? 0 : pick < 8 ? (size_t)rng_below(&r, 100)
+                                                  : (size_t)rng_below(&r, 127);
+                cap += 2 * (hs + SK_CONTROL_MAX) + hs + dlen[k];
+            }
+            wire = dlen ? malloc(cap) : NULL;
+            if (!wire) {
+                free(dlen);
+                continue;
+            }
+            /* build: before each data frame, maybe a control frame */
+            for (k = 0; k < nd; k++) {
+                if (rng_below(&r, 3) == 0) {
+                    size_t body = 1 + (size_t)rng_below(&r, SK_CONTROL_MAX);
+                    sk_encode_header(&f, sk_control_header(&f, body),
+                                     wire + len);
+                    len += hs;
+                    memset(wire + len, 0, body);
+                    wire[len] = (unsigned char)(nc & 0xff);
+                    len += body;
+                    nc++;
+                }
+                ref_put_len(wire + len, hs, f.little_endian, dlen[k]);
+                len += hs;
+                ref_fill(wire + len, dlen[k], k);
+                len += dlen[k];
+            }
+            memset(&log, 0, sizeof(log));
+            sk_decoder_init(&d, &f);
+            k = 0;
+            for (guard = 0; guard < 100000 && off < len && !bad; guard++) {
+                size_t n = 1 + (size_t)rng_below(&r, rng_below(&r, 4) ? 8
+                                                                      : 400);
+                sk_frame fr;
+                int rc;
+
+                if (n > len - off)
+                    n = len - off;
+                if (sk_decoder_feed(&d, wire + off, n) != SK_OK) {
+                    CHECK_RC(SK_ERR, SK_OK, &d.err);
+                    break;
+                }
+                off += n;
+                if (sk_decoder_scan(&d, ctl_collect, &log) != SK_OK) {
+                    CHECK_RC(SK_ERR, SK_OK, &d.err);
+                    break;
+                }
+                while ((rc = sk_decoder_next(&d, &fr)) == SK_OK) {
+                    size_t b;
+                    if (fr.control || k >= nd || fr.len != dlen[k]) {
+                        sk_check_fail(__FILE__, __LINE__,
+                                      "hs %u seed %zu: data frame %zu: "
+                                      "control %d len %zu want %zu",
+                                      hs, si, k, fr.control, fr.len,
+                                      k < nd ? dlen[k] : 0);
+                        bad = 1;
+                        break;
+                    }
+                    for (b = 0; b < fr.len; b++)
+                        if (fr.data[b] != ref_byte(k, b))
+                            break;
+                    if (b != fr.len) {
+                        sk_check_fail(__FILE__, __LINE__,
+                                      "data frame %zu differs at %zu", k, b);
+                        bad = 1;
+                        break;
+                    }
+                    taken++;
+                    k++;
+                }
+                if (rc == SK_ERR) {
+                    CHECK_RC(rc, SK_NEED_DATA, &d.err);
+                    bad = 1;
+                }
+            }
+            if (!bad) {
+                CHECK_U64(k, ==, nd);
+                CHECK_U64(d.frames, ==, nd);
+                CHECK_U64(log.n, ==, nc);
+                CHECK_INT(log.bad, ==, 0);
+                for (k = 0; k < nc && k < sizeof(log.first); k++)
+                    if (log.first[k] != (unsigned char)k)
+                        break;
+                CHECK_U64(k, ==, nc < sizeof(log.first) ? nc
+                                                         : sizeof(log.first));
+                CHECK_U64(sk_decoder_buffered(&d), ==, 0);
+            }
+            (void)taken;
+            sk_decoder_free(&d);
+            free(wire);
+            free(dlen);
+        }
+    }
+}
+
+TEST(control_frame_bad_length_is_protocol_error)
+{
+    size_t i;
+
+    for (i = 0; i < 4; i++) {
+        unsigned hs = hsizes[i];
+        sk_framing f = framing(hs, 0, 100);
+        unsigned char buf[8 + SK_CONTROL_MAX + 1];
+        sk_decoder d;
+        sk_frame fr;
+        int which;
+
+        f.flags = SK_FRAMING_CONTROL;
+        for (which = 0; which < 2; which++) {
+            size_t body = which == 0 ? 0 : SK_CONTROL_MAX + 1;
+            memset(buf, 0, sizeof(buf));
+            sk_encode_header(&f, sk_control_header(&f, body), buf);
+            sk_decoder_init(&d, &f);
+            CHECK_RC(sk_decoder_feed(&d, buf, hs + body), SK_OK, &d.err);
+            CHECK_RC(sk_decoder_next(&d, &fr), SK_ERR, &d.err);
+            CHECK_INT(d.err.code, ==, SK_E_PROTOCOL);
+            CHECK_RC(sk_decoder_next(&d, &fr), SK_ERR, &d.err);
+            CHECK_RC(sk_decoder_feed(&d, buf, 1), SK_ERR, &d.err);
+            sk_decoder_free(&d);
+        }
+        /* exactly SK_CONTROL_MAX is fine, and next() flags it */
+        memset(buf, 0, sizeof(buf));
+        sk_encode_header(&f, sk_control_header(&f, SK_CONTROL_MAX), buf);
+        sk_decoder_init(&d, &f);
+        CHECK_RC(sk_decoder_feed(&d, buf, hs + SK_CONTROL_MAX), SK_OK,
+                 &d.err);
+        CHECK_RC(sk_decoder_next(&d, &fr), SK_OK, &d.err);
+        CHECK_INT(fr.control, ==, 1);
+        CHECK_U64(fr.len, ==, SK_CONTROL_MAX);
+        CHECK_U64(d.frames, ==, 0);
+        sk_decoder_free(&d);
+        /* without the flag the same header is just a (too large) length */
+        f.flags = 0;
+        if (hs > 1) {
+            sk_decoder_init(&d, &f);
+            CHECK_RC(sk_decoder_feed(&d, buf, hs), SK_OK, &d.err);
+            CHECK_RC(sk_decoder_next(&d, &fr), SK_ERR, &d.err);
+            CHECK_INT(d.err.code, ==, SK_E_TOO_LARGE);
+            sk_decoder_free(&d);
+        }
+    }
 }

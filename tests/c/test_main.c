@@ -12,6 +12,8 @@
  */
 #include "check.h"
 
+#include "sk.h"
+
 #include <dirent.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -88,6 +90,84 @@ void sk_check_fail(const char *file, int line, const char *fmt, ...)
     va_end(ap);
     fputc('\n', stdout);
     fflush(stdout);
+}
+
+void sk_check_int(int ok, long long a, long long b, const char *what,
+                  const char *file, int line)
+{
+    if (ok)
+        sk_check_pass();
+    else if (strncmp(what, "CHECK(", 6) == 0)
+        sk_check_fail(file, line, "%s failed", what);
+    else
+        sk_check_fail(file, line, "%s failed: %lld vs %lld", what, a, b);
+}
+
+void sk_check_u64(int ok, unsigned long long a, unsigned long long b,
+                  const char *what, const char *file, int line)
+{
+    if (ok)
+        sk_check_pass();
+    else
+        sk_check_fail(file, line,
+                      "%s failed: %llu (0x%llx) vs %llu (0x%llx)", what, a, a,
+                      b, b);
+}
+
+static const char *rc_name(int rc)
+{
+    switch (rc) {
+    case SK_OK: return "SK_OK";
+    case SK_ERR: return "SK_ERR";
+    case SK_NEED_DATA: return "SK_NEED_DATA";
+    case SK_TIMEOUT: return "SK_TIMEOUT";
+    case SK_INTR: return "SK_INTR";
+    default: return "?";
+    }
+}
+
+void sk_check_rc(int rc, int want, const sk_err *err, const char *what,
+                 const char *file, int line)
+{
+    if (rc == want) {
+        sk_check_pass();
+        return;
+    }
+    /* err is only meaningful after SK_ERR; the message is bounded anyway */
+    sk_check_fail(file, line,
+                  "%s failed: got %d (%s), want %d (%s); err code %d "
+                  "errno %d syscall %s msg \"%.*s\"",
+                  what, rc, rc_name(rc), want, rc_name(want),
+                  err ? (int)err->code : -1, err ? err->sys_errno : 0,
+                  err && rc == SK_ERR && err->syscall ? err->syscall : "-",
+                  err ? (int)sizeof(err->msg) : 0, err ? err->msg : "");
+}
+
+void sk_check_mem(const void *a, const void *b, size_t n, const char *what,
+                  const char *file, int line)
+{
+    const unsigned char *pa = a, *pb = b;
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        if (pa[i] != pb[i])
+            break;
+    if (i == n)
+        sk_check_pass();
+    else
+        sk_check_fail(file, line,
+                      "%s failed at offset %zu of %zu: 0x%02x vs 0x%02x",
+                      what, i, n, pa[i], pb[i]);
+}
+
+void sk_check_str(const char *a, const char *b, const char *what,
+                  const char *file, int line)
+{
+    if (a && b && strcmp(a, b) == 0)
+        sk_check_pass();
+    else
+        sk_check_fail(file, line, "%s failed: \"%s\" vs \"%s\"", what,
+                      a ? a : "(null)", b ? b : "(null)");
 }
 
 void sk_test_note(const char *fmt, ...)
