@@ -17,8 +17,8 @@ void sk_buf_free(sk_buf *b)
     sk_buf_init(b);
 }
 
-/* Move the readable bytes to the front. */
-static void sk_buf_compact(sk_buf *b)
+/* Contract: no allocation; moves the readable bytes to the front. */
+void sk_buf_compact(sk_buf *b)
 {
     size_t n = b->end - b->start;
 

@@ -47,6 +47,9 @@ void sk_buf_consume(sk_buf *b, size_t n);
 /* Append n bytes (copy).  Returns 0 or -1 on allocation failure. */
 int sk_buf_append(sk_buf *b, const void *p, size_t n);
 
+/* Move the readable bytes to the front of the storage (start becomes 0). */
+void sk_buf_compact(sk_buf *b);
+
 /* If empty: reset the offsets, and free storage bigger than SK_BUF_KEEP. */
 void sk_buf_shrink(sk_buf *b);
 

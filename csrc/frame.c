@@ -366,8 +366,13 @@ int sk_decoder_scan(sk_decoder *d,
     return SK_OK;
 }
 
-/* Contract: may free the buffer. */
+/* Contract: may free the buffer.  A small partial frame is moved to the
+ * front; a large one is left where it is (moving it on every wait would
+ * copy a big frame many times; sk_decoder_reserve compacts when it must). */
 void sk_decoder_idle(sk_decoder *d)
 {
-    sk_buf_shrink(&d->buf);
+    if (sk_buf_len(&d->buf) == 0)
+        sk_buf_shrink(&d->buf);
+    else if (sk_buf_len(&d->buf) <= SK_BUF_KEEP)
+        sk_buf_compact(&d->buf);
 }
