@@ -42,6 +42,7 @@ typedef struct {
     sk_conn c;
     int fd; /* -1 once closed */
     int initialized;        /* sk_conn_init ran: the mutexes exist */
+    int closing;            /* close()/abort() began: errors say so */
     PyObject *mod;          /* borrowed: the type keeps the module alive */
     PyObject *weakreflist;
 } ConnObject;
@@ -106,11 +107,23 @@ static PyObject *skpy_timeout(PyObject *mod, const char *op, PyObject *timeout,
     return NULL;
 }
 
+static PyObject *skpy_closed(ConnObject *self)
+{
+    skpy_state *st = skpy_get_state(self->mod);
+
+    PyErr_SetString(st->ConnectionClosed,
+                    "this connection was closed locally (close() or abort() "
+                    "was called); open a new one");
+    return NULL;
+}
+
 /* Map a core result (not SK_OK) to an exception.  SK_INTR: a signal handler
  * already raised (KeyboardInterrupt...).  GIL held.  Returns NULL. */
 static PyObject *skpy_fail(ConnObject *self, int rc, const sk_err *err,
                            const char *op, PyObject *timeout, const char *what)
 {
+    if (self->closing && rc == SK_ERR)
+        return skpy_closed(self); /* woken by our own close, not the peer */
     if (rc == SK_TIMEOUT)
         return skpy_timeout(self->mod, op, timeout, what);
     if (rc == SK_INTR) {
@@ -121,15 +134,6 @@ static PyObject *skpy_fail(ConnObject *self, int rc, const sk_err *err,
     return skpy_raise(self->mod, err, NULL);
 }
 
-static PyObject *skpy_closed(ConnObject *self)
-{
-    skpy_state *st = skpy_get_state(self->mod);
-
-    PyErr_SetString(st->ConnectionClosed,
-                    "this connection was closed locally (close() or abort() "
-                    "was called); open a new one");
-    return NULL;
-}
 
 /* ----------------------------------------------------------------- locks */
 
@@ -287,6 +291,7 @@ static PyObject *Conn_close_impl(ConnObject *self, int abort)
 
     if (self->fd < 0)
         Py_RETURN_NONE;
+    self->closing = 1;
     hub = Conn_leave_hub(self);
     if (pthread_mutex_trylock(&self->c.send_mu) != 0) {
         /* another thread is inside a call: wake it (it sees EOF/EPIPE) */
@@ -328,6 +333,7 @@ static PyObject *Conn_close_impl(ConnObject *self, int abort)
         }
         self->fd = -1;
         self->c.fd = -1;
+        self->closing = 0;
         sk_decoder_free(&self->c.dec);
         sk_buf_free(&self->c.out);
     }
@@ -491,8 +497,10 @@ static PyObject *Conn_send(PyObject *op, PyObject *const *args,
         return NULL;
     if (PyObject_GetBuffer(a[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "send", a[1]) < 0)
+    if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "send", a[1]) < 0) {
+        skpy_note_sent(0);
         goto error_view;
+    }
     if (self->fd < 0) {
         skpy_closed(self);
         goto error_lock;
@@ -576,8 +584,10 @@ static PyObject *Conn_send_many(PyObject *op, PyObject *const *args,
         }
     }
     if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "send_many",
-                           a[1]) < 0)
+                           a[1]) < 0) {
+        skpy_note_sent(0);
         goto error;
+    }
     locked = 1;
     if (self->fd < 0) {
         skpy_closed(self);
@@ -950,7 +960,7 @@ static sk_hub *skpy_get_hub(PyObject *mod)
 }
 
 PyDoc_STRVAR(Conn_heartbeat_doc,
-"_start_heartbeat(interval, timeout)\n--\n\n"
+"_start_heartbeat(interval, timeout, initiator)\n--\n\n"
 "Start heartbeats on this connection (made with control=True): the hub\n"
 "thread sends a PING after `interval` seconds without sending, and declares\n"
 "the peer dead after `timeout` seconds without receiving.\n");
@@ -960,13 +970,18 @@ static PyObject *Conn_heartbeat(PyObject *op, PyObject *const *args,
 {
     ConnObject *self = (ConnObject *)op;
     double interval, timeout;
+    int initiator;
     sk_hub *hub;
     sk_err err;
 
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "_start_heartbeat(interval, timeout)");
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_start_heartbeat(interval, timeout, initiator)");
         return NULL;
     }
+    initiator = PyObject_IsTrue(args[2]);
+    if (initiator < 0)
+        return NULL;
     interval = PyFloat_AsDouble(args[0]);
     if (interval == -1.0 && PyErr_Occurred())
         return NULL;
@@ -985,7 +1000,7 @@ static PyObject *Conn_heartbeat(PyObject *op, PyObject *const *args,
         return NULL;
     }
     if (sk_conn_heartbeat(&self->c, (int64_t)(interval * 1e9),
-                          (int64_t)(timeout * 1e9), &err) != SK_OK)
+                          (int64_t)(timeout * 1e9), initiator, &err) != SK_OK)
         return skpy_raise(self->mod, &err, NULL);
     hub = skpy_get_hub(self->mod);
     if (hub == NULL)
@@ -1370,7 +1385,23 @@ static PyObject *skpy_set_keepalive(PyObject *mod, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *skpy_shutdown_fd(PyObject *mod, PyObject *py_fd)
+{
+    int fd;
+
+    (void)mod;
+    fd = (int)PyLong_AsLong(py_fd);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    /* ENOTCONN (a listener on some kernels) is not an error here */
+    if (shutdown(fd, SHUT_RDWR) != 0 && errno != ENOTCONN)
+        return skpy_oserror("shutdown");
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef skpy_conn_functions[] = {
+    {"shutdown_fd", skpy_shutdown_fd, METH_O,
+     "shutdown_fd(fd)\n--\n\nshutdown(fd, SHUT_RDWR): wakes threads waiting on it."},
     {"set_keepalive", skpy_set_keepalive, METH_VARARGS, skpy_set_keepalive_doc},
     {"listen", (PyCFunction)(void (*)(void))skpy_listen,
      METH_FASTCALL | METH_KEYWORDS, skpy_listen_doc},

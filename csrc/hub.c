@@ -30,6 +30,7 @@ typedef struct sk_hub_slot {
     sk_conn *c;    /* NULL: free */
     uint32_t gen;  /* bumped on every reuse, so stale events are ignored */
     int heap;      /* position in the heap */
+    int armed;     /* EPOLLIN (one-shot) is armed */
     int64_t due;   /* next time the hub looks at this connection */
 } sk_hub_slot;
 
@@ -101,9 +102,13 @@ static void sk_heap_remove(sk_hub *h, int i)
 /* When to look at c next: the earlier of "ping due" and "peer overdue". */
 static int64_t sk_hub_next_due(const sk_conn *c, int64_t now)
 {
-    int64_t tx = SK_LOAD(&c->hb.last_tx_ns) + c->hb.interval_ns;
+    int64_t tx = SK_LOAD(&c->hb.last_tx_ns) + c->hb.ping_after_ns;
+    int64_t rtt = SK_LOAD(&c->hb.rtt_at_ns) + SK_HB_RTT_EVERY * c->hb.interval_ns;
     int64_t rx = SK_LOAD(&c->hb.last_rx_ns) + c->hb.timeout_ns;
     int64_t due = tx < rx ? tx : rx;
+
+    if (rtt < due)
+        due = rtt;
     int64_t min_step = c->hb.interval_ns / 8;
 
     if (SK_LOAD(&c->hb.dead))
@@ -119,6 +124,9 @@ static void sk_hub_arm(sk_hub *h, int idx)
 {
     struct epoll_event ev;
 
+    if (h->slots[idx].armed)
+        return;
+    h->slots[idx].armed = 1;
     ev.events = EPOLLIN | EPOLLRDHUP | EPOLLONESHOT;
     ev.data.u64 = ((uint64_t)h->slots[idx].gen << 32) | (uint32_t)idx;
     epoll_ctl(h->ep, EPOLL_CTL_MOD, h->slots[idx].c->fd, &ev);
@@ -153,7 +161,7 @@ static void sk_hub_on_event(sk_hub *h, int idx)
 static void sk_hub_tick(sk_hub *h, int idx, int64_t now)
 {
     sk_conn *c = h->slots[idx].c;
-    int pending = 0;
+    int pending = 0, rtt_due;
 
     if (SK_LOAD(&c->hb.dead))
         goto done;
@@ -171,12 +179,15 @@ static void sk_hub_tick(sk_hub *h, int idx, int64_t now)
             }
         }
     }
-    if (SK_LOAD(&c->hb.pong_ts) != 0 ||
-        now - SK_LOAD(&c->hb.last_tx_ns) >= c->hb.interval_ns) {
+    rtt_due = now - SK_LOAD(&c->hb.rtt_at_ns) >=
+              SK_HB_RTT_EVERY * c->hb.interval_ns;
+    if (SK_LOAD(&c->hb.pong_ts) != 0 || rtt_due ||
+        now - SK_LOAD(&c->hb.last_tx_ns) >= c->hb.ping_after_ns) {
         if (pthread_mutex_trylock(&c->send_mu) == 0) {
             sk_err err;
             sk_conn_send_pending(c);
-            if (now - SK_LOAD(&c->hb.last_tx_ns) >= c->hb.interval_ns &&
+            if ((rtt_due ||
+                 now - SK_LOAD(&c->hb.last_tx_ns) >= c->hb.ping_after_ns) &&
                 sk_conn_send_control(c, SK_CTL_PING, now, &err) == SK_OK) {
                 c->hb.pings_sent++;
                 h->st.pings++;
@@ -261,6 +272,7 @@ static void *sk_hub_main(void *arg)
             if (idx >= h->nslots || h->slots[idx].c == NULL ||
                 h->slots[idx].gen != (uint32_t)(tag >> 32))
                 continue; /* removed after epoll_wait returned */
+            h->slots[idx].armed = 0; /* one-shot: disarmed by the event */
             sk_hub_on_event(h, idx);
         }
         while (h->nheap > 0 && h->slots[h->heap[0]].due <= now)
@@ -397,6 +409,7 @@ int sk_hub_add(sk_hub *h, sk_conn *c, sk_err *err)
     }
     h->slots[idx].c = c;
     h->slots[idx].gen++;
+    h->slots[idx].armed = 1;
     ev.events = EPOLLIN | EPOLLRDHUP | EPOLLONESHOT;
     ev.data.u64 = ((uint64_t)h->slots[idx].gen << 32) | (uint32_t)idx;
     if (epoll_ctl(h->ep, EPOLL_CTL_ADD, c->fd, &ev) != 0) {

@@ -21,6 +21,8 @@
 #define SK_BATCH_FRAMES 1024
 /* iovecs per sendmsg (the kernel's UIO_MAXIOV is 1024). */
 #define SK_IOV_MAX 1024
+/* Room the hub reads into per recv: heartbeats are 13..17 bytes. */
+#define SK_PUMP_STEP 512
 
 /* Scratch space for a batch, one per thread rather than per connection so
  * that an idle connection holds no send memory.  glibc allocates a dlopen'ed
@@ -89,7 +91,7 @@ int sk_conn_init(sk_conn *c, int fd, const sk_framing *f, sk_err *err)
     sk_buf_init(&c->out);
     pthread_mutex_init(&c->send_mu, NULL);
     pthread_mutex_init(&c->recv_mu, NULL);
-    sk_hb_init(&c->hb, 0, 0, sk_now_ns());
+    sk_hb_init(&c->hb, 0, 0, 1, sk_now_ns());
     c->hub_slot = -1;
     return SK_OK;
 }
@@ -105,7 +107,7 @@ void sk_conn_release(sk_conn *c)
 
 /* Contract: no allocation; call before the connection is shared. */
 int sk_conn_heartbeat(sk_conn *c, int64_t interval_ns, int64_t timeout_ns,
-                      sk_err *err)
+                      int initiator, sk_err *err)
 {
     if (!(c->framing.flags & SK_FRAMING_CONTROL))
         return sk_err_set(err, SK_E_ARG,
@@ -114,7 +116,7 @@ int sk_conn_heartbeat(sk_conn *c, int64_t interval_ns, int64_t timeout_ns,
     if (interval_ns <= 0 || timeout_ns <= 0)
         return sk_err_set(err, SK_E_ARG,
                           "heartbeat interval and timeout must be > 0");
-    sk_hb_init(&c->hb, interval_ns, timeout_ns, sk_now_ns());
+    sk_hb_init(&c->hb, interval_ns, timeout_ns, initiator, sk_now_ns());
     return SK_OK;
 }
 
@@ -346,7 +348,7 @@ int sk_conn_send_control(sk_conn *c, int type, int64_t ts, sk_err *err)
         return SK_TIMEOUT;
     if (sk_conn_flush(c, 0, NULL, err) != SK_OK || sk_buf_len(&c->out) > 0)
         return SK_TIMEOUT;
-    n = sk_hb_encode(&c->framing, type, ts, frame);
+    n = sk_hb_encode(&c->framing, type, ts, SK_LOAD(&c->hb.rtt_ns), frame);
     iov.iov_base = frame;
     iov.iov_len = n;
     rc = sk_write_all(c->fd, &iov, 1, 0, NULL, &written, &idx, &c->hb, err);
@@ -374,16 +376,20 @@ void sk_conn_send_pending(sk_conn *c)
     }
 }
 
-/* One non-blocking recv into the decoder.  SK_OK (bytes or EOF recorded),
- * SK_NEED_DATA (would block), SK_INTR, SK_ERR (sticky in c->rd_err). */
-static int sk_conn_fill(sk_conn *c, const sk_intr *intr, sk_err *err)
+/* One non-blocking recv into the decoder, asking for at least `step`
+ * bytes of room.  SK_OK (bytes or EOF recorded; *full says whether the
+ * room was filled), SK_NEED_DATA (would block), SK_INTR, SK_ERR (sticky in
+ * c->rd_err). */
+static int sk_conn_fill_step(sk_conn *c, size_t step, const sk_intr *intr,
+                             int *full, sk_err *err)
 {
     unsigned char *space;
     size_t avail;
     ssize_t r;
     int rc;
 
-    if (sk_decoder_reserve(&c->dec, SK_READ_AHEAD, &space, &avail) != SK_OK) {
+    *full = 0;
+    if (sk_decoder_reserve(&c->dec, step, &space, &avail) != SK_OK) {
         c->rd_err = c->dec.err;
         rc = SK_ERR;
         goto done;
@@ -391,6 +397,7 @@ static int sk_conn_fill(sk_conn *c, const sk_intr *intr, sk_err *err)
     for (;;) {
         r = recv(c->fd, space, avail, 0);
         if (r > 0) {
+            *full = (size_t)r == avail;
             sk_decoder_commit(&c->dec, (size_t)r);
             if (c->hb.interval_ns)
                 SK_STORE(&c->hb.last_rx_ns, sk_now_ns());
@@ -421,6 +428,21 @@ done:
     if (rc == SK_ERR && err != NULL)
         *err = c->rd_err;
     return rc;
+}
+
+/* The receive path's fill: 64 KiB of read-ahead. */
+static int sk_conn_fill(sk_conn *c, const sk_intr *intr, sk_err *err)
+{
+    int full;
+
+    return sk_conn_fill_step(c, SK_READ_AHEAD, intr, &full, err);
+}
+
+/* The hub's fill: a small step, so that an idle connection's buffer stays
+ * within SK_BUF_KEEP and is not allocated and freed at every heartbeat. */
+static int sk_conn_fill_some(sk_conn *c, size_t step, int *full)
+{
+    return sk_conn_fill_step(c, step, NULL, full, NULL);
 }
 
 /* Record the end of stream as a sticky receive error. */
@@ -563,7 +585,7 @@ int sk_conn_recv_buffered(sk_conn *c, sk_frame *out, sk_err *err)
  * buffer when nothing is left in it, so an idle connection holds none. */
 int sk_conn_pump(sk_conn *c, size_t limit)
 {
-    int rc = 0, r;
+    int rc = 0, r, full;
 
     if (c->rd_err.code != SK_E_NONE || c->rd_eof)
         return -1;
@@ -572,7 +594,7 @@ int sk_conn_pump(sk_conn *c, size_t limit)
             rc = 1;
             break;
         }
-        r = sk_conn_fill(c, NULL, NULL);
+        r = sk_conn_fill_some(c, SK_PUMP_STEP, &full);
         if (r == SK_NEED_DATA)
             break;
         if (r != SK_OK || c->rd_eof) {
@@ -584,6 +606,10 @@ int sk_conn_pump(sk_conn *c, size_t limit)
             rc = -1;
             break;
         }
+        /* a short read emptied the socket: no second recv for EAGAIN (the
+         * hub's one-shot epoll registration reports anything newer) */
+        if (!full)
+            break;
     }
     if (sk_decoder_buffered(&c->dec) == 0)
         sk_decoder_idle(&c->dec);

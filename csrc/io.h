@@ -86,7 +86,7 @@ void sk_conn_release(sk_conn *c);
 /* Turn heartbeats on (the framing must have SK_FRAMING_CONTROL).  Register
  * the connection with a hub (hub.h) for the timers to run. */
 int sk_conn_heartbeat(sk_conn *c, int64_t interval_ns, int64_t timeout_ns,
-                      sk_err *err);
+                      int initiator, sk_err *err);
 
 /* Send one control frame without waiting (caller holds send_mu): SK_OK if
  * it was written (a torn tail is kept in c->out like any frame), SK_TIMEOUT

@@ -84,6 +84,8 @@ class Connection(_core.Conn):
         framing: Framing = _DEFAULT_FRAMING,
         heartbeat: Optional[Heartbeat] = None,
         keepalive: Optional[Keepalive] = None,
+        *,
+        initiator: bool = True,
     ) -> None:
         super().__init__(
             fd, framing.header_size, framing.byteorder, framing.max_frame, heartbeat is not None
@@ -94,7 +96,7 @@ class Connection(_core.Conn):
             if keepalive is not None:
                 keepalive.apply(fd)
             if heartbeat is not None:
-                self._start_heartbeat(heartbeat.interval, heartbeat.timeout)
+                self._start_heartbeat(heartbeat.interval, heartbeat.timeout, initiator)
         except BaseException:
             self.close()
             raise
@@ -282,8 +284,15 @@ class Listener:
             from ._errors import ConnectionClosed
 
             raise ConnectionClosed("this listener was closed; call sk.listen() again")
-        fd = _core.accept(self._fd, timeout)
-        return Connection(fd, self._framing, self._heartbeat, self._keepalive)
+        try:
+            fd = _core.accept(self._fd, timeout)
+        except Error as exc:
+            if self._fd < 0:
+                from ._errors import ConnectionClosed
+
+                raise ConnectionClosed("this listener was closed while accept() waited") from exc
+            raise
+        return Connection(fd, self._framing, self._heartbeat, self._keepalive, initiator=False)
 
     def close(self) -> None:
         """Stop listening.  Idempotent.
@@ -294,6 +303,9 @@ class Listener:
         """
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
+            # wake a thread blocked in accept() on it before the number can
+            # be reused (it then sees the listener closed)
+            _core.shutdown_fd(fd)
             _core.close_fd(fd)
 
     def __enter__(self) -> "Listener":

@@ -97,10 +97,11 @@ class Heartbeat:
     def __post_init__(self) -> None:
         if not (self.interval > 0 and self.timeout > 0):
             raise ValueError("Heartbeat interval and timeout must be > 0 seconds")
-        if self.timeout < self.interval:
+        if self.timeout < 2 * self.interval:
             raise ValueError(
-                f"Heartbeat timeout ({self.timeout} s) must be at least the interval "
-                f"({self.interval} s), or an idle but healthy peer would be declared dead"
+                f"Heartbeat timeout ({self.timeout} s) must be at least twice the interval "
+                f"({self.interval} s), or a healthy peer that lost one beat would be "
+                "declared dead"
             )
 
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 import pysockkit as sk
-from helpers import STEP_TIMEOUT, recv_all, recv_frame, start_thread, wait_until
+from helpers import STEP_TIMEOUT, recv_all, start_thread
 
 
 # ------------------------------------------------------------- half-close
@@ -62,6 +62,10 @@ def test_shutdown_write_flushes_a_torn_frame_first(conn_to_raw):
     frame = bytes(range(256)) * (32 * 1024)  # 8 MiB
     with pytest.raises(sk.Timeout):
         conn.send(frame, timeout=0.2)
+    assert conn.unsent > 0
+    # still stuck: shutdown times out, keeps the tail and sends no FIN
+    with pytest.raises(sk.Timeout):
+        conn.shutdown("write", timeout=0.1)
     assert conn.unsent > 0
     reader = start_thread(recv_all, raw, STEP_TIMEOUT, name="reader")
     conn.shutdown("write", timeout=STEP_TIMEOUT)
@@ -207,14 +211,15 @@ def _blocked_call(conn: sk.Connection, op: str):
     return ("returned", time.monotonic())
 
 
+@pytest.mark.parametrize("how", ["close", "abort"])
 @pytest.mark.parametrize("op", ["recv", "recv_many", "request", "send", "iterate"])
-def test_close_from_another_thread_wakes_a_blocked_call(conn_to_raw, op):
+def test_close_from_another_thread_wakes_a_blocked_call(conn_to_raw, op, how):
     conn, raw = conn_to_raw(rcvbuf=4096)  # raw never reads: a send blocks
     t = start_thread(_blocked_call, conn, op, name=f"blocked-{op}")
     time.sleep(0.2)
     assert t.is_alive(), f"{op} did not block"
     t_close = time.monotonic()
-    conn.close()
+    getattr(conn, how)()
     result, t_end = t.join_result(timeout=2.0)
     assert conn.closed
     assert time.monotonic() - t_close < 1.0, "close() itself took too long"

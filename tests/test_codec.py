@@ -392,3 +392,54 @@ def test_send_encodes_with_struct_layout(conn_to_raw, header_size, byteorder):
     for p in payloads:
         assert recv_frame(raw, header_size, byteorder) == p
     _assert_nothing_more(raw, 0.05)
+
+
+# ------------------------------------------------------ bytes-like inputs
+
+
+def test_send_accepts_bytes_like_objects(conn_pair):
+    cli, srv = conn_pair()
+    data = bytes(range(200))
+    cli.send(bytearray(data))
+    cli.send(memoryview(data)[10:20])
+    cli.send(memoryview(bytearray(b"xyz")))
+    assert cli.send_many([b"a", bytearray(b"b"), memoryview(b"--c--")[2:3]]) == 3
+    assert cli.send_many(b"%d" % i for i in range(5)) == 5  # any iterable
+    assert cli.send_many([]) == 0
+    want = [data, data[10:20], b"xyz", b"a", b"b", b"c"] + [b"%d" % i for i in range(5)]
+    assert [srv.recv(timeout=STEP_TIMEOUT) for _ in want] == want
+    with pytest.raises(TypeError):
+        cli.send("text is not bytes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        cli.send_many([b"ok", 12])  # type: ignore[list-item]
+    with pytest.raises((TypeError, BufferError, ValueError)):
+        cli.send(memoryview(data)[::2])  # not contiguous
+    with pytest.raises(ValueError):
+        cli.recv_many(max_frames=0)
+    # none of the refused calls put anything on the wire
+    cli.send(b"end")
+    assert srv.recv(timeout=STEP_TIMEOUT) == b"end"
+
+
+def test_largest_default_frame_round_trip(conn_pair):
+    cli, srv = conn_pair()
+    payload = bytes(range(256)) * (16 * 2**20 // 256)  # exactly max_frame
+    t = start_thread(cli.send, payload, STEP_TIMEOUT, name="big-send")
+    got = srv.recv(timeout=STEP_TIMEOUT)
+    t.join_result()
+    assert got == payload
+    with pytest.raises(sk.FrameTooLarge):
+        cli.send(payload + b"!")
+
+
+def test_iteration_raises_on_truncated_stream(raw_to_conn):
+    raw, conn = raw_to_conn()
+    raw.sendall(encode(b"one") + encode(b"two") + encode_header(10) + b"abc")
+    raw.shutdown(socket.SHUT_WR)
+    got = []
+    with pytest.raises(sk.IncompleteFrame) as ei:
+        for m in conn:
+            got.append(m)
+            assert len(got) <= 2
+    assert got == [b"one", b"two"]
+    assert ei.value.missing == 7

@@ -84,7 +84,7 @@ def test_idle_connection_stays_alive_and_measures_latency(hb_listener: sk.Listen
 
 def test_peer_busy_in_python_stays_alive(hb_listener: sk.Listener) -> None:
     """The peer's beats come from its C hub thread, not from Python code."""
-    peer, conn = _pair(hb_listener, "busy", "--max-seconds", "3")
+    peer, conn = _pair(hb_listener, "busy", "--max-seconds", "8")
     with conn:
         with pytest.raises(sk.Timeout):
             conn.recv(timeout=5 * TIMEOUT)  # nothing sent, but no PeerDead

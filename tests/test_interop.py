@@ -187,3 +187,41 @@ def test_framing_encode_is_what_stdlib_reads():
         f = sk.Framing(header_size=key[0], byteorder=key[1])
         for p in (b"", b"abc", bytes(200)):
             assert f.encode(p) == struct.pack(fmt, len(p)) + p
+
+
+# ------------------------------------------------------ addresses, IPv6
+
+
+def test_connect_by_host_name(std_server):
+    server = std_server(">I")
+    port = server.address[1]
+    # "localhost" may resolve to ::1 first; the IPv4 listener must still be found
+    with sk.connect(("localhost", port), timeout=TIMEOUT) as conn:
+        assert conn.remote_address == ("127.0.0.1", port)
+        assert conn.request(b"by name", timeout=TIMEOUT) == b"std:by name"
+    server.close()
+
+
+def _has_ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+def test_ipv6_loopback_with_stdlib_peer():
+    with sk.listen(("::1", 0)) as lst:
+        assert lst.address[0] == "::1"
+        with socket.create_connection(lst.address[:2], timeout=TIMEOUT) as s:
+            with lst.accept(timeout=TIMEOUT) as conn:
+                assert conn.local_address == lst.address
+                assert conn.remote_address[1] == s.getsockname()[1]
+                std_send(s, b"over v6")
+                assert conn.recv(timeout=TIMEOUT) == b"over v6"
+                conn.send(b"back")
+                assert std_recv(s) == b"back"

@@ -12,7 +12,7 @@ import time
 import pytest
 
 import pysockkit as sk
-from helpers import STEP_TIMEOUT, start_thread
+from helpers import STEP_TIMEOUT, recv_frame, start_thread
 
 
 def _echo(conn: sk.Connection, prefix: bytes = b"") -> int:
@@ -275,3 +275,51 @@ def test_call_peer_closes_without_reply(closer):
     with pytest.raises(sk.ConnectionClosed):
         sk.call(lst.address, b"hi", timeout=STEP_TIMEOUT)
     t.join_result()
+
+
+# ------------------------------------------- requests and a blocked pipe
+
+
+def test_request_not_sent_owes_no_reply(conn_to_raw):
+    """A request that timed out before any byte of it was taken was never
+    sent: no reply is owed, so the next real reply is not discarded."""
+    conn, raw = conn_to_raw(rcvbuf=4096)
+    big = bytes(8 << 20)
+    with pytest.raises(sk.Timeout):
+        conn.send(big, timeout=0.2)  # fills the pipe, keeps a torn tail
+    assert conn.unsent > 0
+    with pytest.raises(sk.Timeout):
+        conn.request(b"q", timeout=0.1)  # stuck behind the tail: not sent
+    assert conn.pending_replies == 0
+    raw_reader = start_thread(recv_frame, raw, 4, "big", STEP_TIMEOUT, name="reader")
+    conn.flush(timeout=STEP_TIMEOUT)
+    assert raw_reader.join_result() == big
+    raw.sendall(b"\x00\x00\x00\x05reply")
+    assert conn.recv(timeout=STEP_TIMEOUT) == b"reply"
+    assert conn.late_replies_dropped == 0
+
+
+def test_request_torn_in_send_still_owes_its_reply(conn_to_raw):
+    """A request cut short while being sent is completed later, so its reply
+    will come: it is owed and discarded, and the next request stays in step."""
+    conn, raw = conn_to_raw(rcvbuf=4096)
+    big = b"R" * (8 << 20)
+    with pytest.raises(sk.Timeout):
+        conn.request(big, timeout=0.2)
+    assert conn.unsent > 0
+    assert conn.pending_replies == 1
+
+    def server() -> list[int]:
+        sizes = []
+        for _ in range(2):
+            req = recv_frame(raw, 4, "big", STEP_TIMEOUT)
+            sizes.append(len(req))
+            reply = b"reply-to-%d" % len(req)
+            raw.sendall(len(reply).to_bytes(4, "big") + reply)
+        return sizes
+
+    t = start_thread(server, name="raw-server")
+    assert conn.request(b"small", timeout=STEP_TIMEOUT) == b"reply-to-5"
+    assert t.join_result() == [len(big), 5]
+    assert conn.late_replies_dropped == 1
+    assert conn.pending_replies == 0

@@ -22,8 +22,12 @@ import pytest
 from helpers import child_env
 
 CHILD = r"""
-import socket, sys, time
+import signal, socket, sys, time
 import pysockkit as sk
+
+# a shell's background job (cmd &) starts with SIGINT ignored, and Python
+# then installs no handler: restore the default one, Ctrl-C is what we test
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 case = sys.argv[1]
 keep = []
@@ -51,7 +55,8 @@ try:
         srv = sk.listen(("127.0.0.1", 0))
         keep.append(srv)
         ready()
-        srv.accept()
+        while True:  # a stray client (another program on this box) is not the point
+            srv.accept().close()
     elif case == "send":
         ls = socket.socket()
         ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -102,7 +107,6 @@ try:
     elif case == "usr1":
         # a handler that does not raise: the call goes on (PEP 475) and the
         # deadline is not extended by the interruptions
-        import signal
         hits = []
         signal.signal(signal.SIGUSR1, lambda *a: hits.append(1))
         srv = sk.listen(("127.0.0.1", 0))

@@ -4,13 +4,15 @@ thread may send while another receives."""
 from __future__ import annotations
 
 import random
+import socket
 import struct
 import threading
+import time
 
 import pytest
 
 import pysockkit as sk
-from helpers import STEP_TIMEOUT, start_thread
+from helpers import STEP_TIMEOUT, recv_frame, start_thread
 
 _TAG = struct.Struct(">BI")  # thread id, sequence number
 
@@ -158,3 +160,106 @@ def test_sender_thread_and_main_thread_receiving_other_direction(conn_pair):
         assert check_frame(srv.recv(timeout=STEP_TIMEOUT)) == (3, i)
     assert p.join_result() == n
     assert srv_sends.join_result() == n
+
+
+def test_threads_with_send_timeouts_keep_the_stream_intact(conn_to_raw):
+    """Two threads send big frames with short timeouts into a slow reader.
+    A torn frame's tail is completed by whichever thread sends next, so the
+    reader must see every frame exactly once, whole, and each thread's
+    frames in order.  A thread resends a frame only when its Timeout says
+    the frame was not taken (exc.sent == 0)."""
+    conn, raw = conn_to_raw(rcvbuf=4096)
+    per_thread, size = 4, 2 << 20
+    timeouts = [0, 0]
+    torn = [0, 0]
+
+    def sender(tid: int) -> int:
+        for seq in range(per_thread):
+            frame = make_frame(tid, seq, size)
+            for _attempt in range(1000):
+                try:
+                    conn.send(frame, timeout=0.03)
+                    break
+                except sk.Timeout as exc:
+                    timeouts[tid] += 1
+                    # taken: its tail goes out with the next send/flush.
+                    # (A Timeout waiting for the send lock sent nothing; it
+                    # is checked for .sent in the next test.)
+                    if getattr(exc, "sent", 0) == 1:
+                        torn[tid] += 1
+                        break
+            else:
+                raise AssertionError("frame never taken")
+        return per_thread
+
+    def slow_reader() -> list[bytes]:
+        frames = []
+        buf = bytearray()
+        want = 2 * per_thread
+        deadline = time.monotonic() + STEP_TIMEOUT
+        while len(frames) < want:
+            assert time.monotonic() < deadline, f"only {len(frames)} frames arrived"
+            raw.settimeout(0.2)
+            try:
+                chunk = raw.recv(256 * 1024)
+            except socket.timeout:
+                continue
+            assert chunk, "EOF"
+            buf += chunk
+            while len(buf) >= 4:
+                n = int.from_bytes(buf[:4], "big")
+                if len(buf) < 4 + n:
+                    break
+                frames.append(bytes(buf[4 : 4 + n]))
+                del buf[: 4 + n]
+        return frames
+
+    senders = [start_thread(sender, tid, name=f"sender{tid}") for tid in range(2)]
+    time.sleep(0.2)  # let the pipe fill and the timeouts start
+    reader = start_thread(slow_reader, name="slow-reader")
+    for s in senders:
+        assert s.join_result(timeout=STEP_TIMEOUT) == per_thread
+    conn.flush(timeout=STEP_TIMEOUT)  # the last torn tail, if any
+    assert conn.unsent == 0
+    frames = reader.join_result()
+    assert sum(timeouts) > 0, "the test never hit a send timeout"
+    assert sum(torn) > 0, "no frame was torn by a timeout"
+    seen = {0: [], 1: []}
+    for f in frames:
+        assert len(f) == _TAG.size + size
+        tid, seq = check_frame(f)
+        seen[tid].append(seq)
+    assert seen == {0: list(range(per_thread)), 1: list(range(per_thread))}
+
+
+@pytest.mark.parametrize("op", ["send", "send_many"])
+def test_timeout_waiting_for_the_send_lock_reports_nothing_sent(conn_to_raw, op):
+    """While one thread is stuck in a send, another thread's send times out
+    waiting for the connection: its Timeout says sent == 0, like any other
+    send timeout, and its frame never goes out."""
+    conn, raw = conn_to_raw(rcvbuf=4096)
+    big = make_frame(1, 0, 8 << 20)
+    stuck = start_thread(conn.send, big, 1.0, name="stuck-sender")
+    time.sleep(0.1)
+    assert stuck.is_alive()
+    with pytest.raises(sk.Timeout) as ei:
+        if op == "send":
+            conn.send(b"blocked", timeout=0.1)
+        else:
+            conn.send_many([b"blocked"], timeout=0.1)
+    assert getattr(ei.value, "sent", None) == 0
+    with pytest.raises(sk.Timeout):
+        stuck.join_result()
+    reader = start_thread(recv_frame_std, raw, name="reader")
+    conn.flush(timeout=STEP_TIMEOUT)
+    assert reader.join_result() == big
+
+
+def recv_frame_std(raw: socket.socket) -> bytes:
+    frame = recv_frame(raw)
+    raw.settimeout(0.1)
+    try:
+        extra = raw.recv(100)
+    except socket.timeout:
+        return frame
+    raise AssertionError(f"unexpected bytes after the frame: {extra!r}")

@@ -126,6 +126,9 @@ else
     status=1
 fi
 
+# allocator_may_return_null: the tests ask for impossible sizes on purpose
+# (the code must fail with -1/SK_E_NOMEM, not abort); ASan then prints a
+# "failed to allocate" WARNING line, which is expected.
 if [ $rc_asan -eq 0 ]; then
     ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=1} \
         UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \

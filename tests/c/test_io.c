@@ -2346,6 +2346,53 @@ TEST(listen_connect_accept_socket_options)
     close(lfd);
 }
 
+TEST(keepalive_options)
+{
+    tpair tp;
+    sk_err err;
+    int v;
+    socklen_t vl;
+
+    if (tpair_open(KIND_TCP4, &tp))
+        return;
+    CHECK_RC(sk_set_keepalive(tp.c, 30, 7, 4, 12000, &err), SK_OK, &err);
+#define GETOPT(level, name, want)                                           \
+    do {                                                                    \
+        v = -1;                                                             \
+        vl = sizeof(v);                                                     \
+        CHECK_INT(getsockopt(tp.c, level, name, &v, &vl), ==, 0);           \
+        CHECK_INT(v, ==, want);                                             \
+    } while (0)
+    GETOPT(SOL_SOCKET, SO_KEEPALIVE, 1);
+    GETOPT(IPPROTO_TCP, TCP_KEEPIDLE, 30);
+    GETOPT(IPPROTO_TCP, TCP_KEEPINTVL, 7);
+    GETOPT(IPPROTO_TCP, TCP_KEEPCNT, 4);
+    GETOPT(IPPROTO_TCP, TCP_USER_TIMEOUT, 12000);
+    /* zeros leave the timers alone; user timeout 0 = system default */
+    CHECK_RC(sk_set_keepalive(tp.c, 0, 0, 0, 0, &err), SK_OK, &err);
+    GETOPT(IPPROTO_TCP, TCP_KEEPIDLE, 30);
+    GETOPT(IPPROTO_TCP, TCP_KEEPCNT, 4);
+    GETOPT(IPPROTO_TCP, TCP_USER_TIMEOUT, 0);
+    /* negative user timeout: not touched */
+    CHECK_RC(sk_set_keepalive(tp.c, 0, 0, 0, 500, &err), SK_OK, &err);
+    CHECK_RC(sk_set_keepalive(tp.c, 0, 0, 0, -1, &err), SK_OK, &err);
+    GETOPT(IPPROTO_TCP, TCP_USER_TIMEOUT, 500);
+#undef GETOPT
+    /* not a TCP socket: an error naming the setsockopt */
+    {
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0) {
+            sk_err_clear(&err);
+            CHECK_RC(sk_set_keepalive(sv[0], 30, 0, 0, -1, &err), SK_ERR,
+                     &err);
+            CHECK(err.syscall != NULL);
+            close(sv[0]);
+            close(sv[1]);
+        }
+    }
+    tpair_close(&tp);
+}
+
 TEST(connect_refused)
 {
     struct sockaddr_in sin;
