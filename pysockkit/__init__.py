@@ -30,6 +30,9 @@ from ._core import Decoder
 from ._server import Server, serve
 from ._enums import TcpState
 from ._observe import SocketEntry, SocketList, TcpInfo, find_socket, sockets, tcp_info
+from ._watch import InfoSample, StateTrace, watch
+from ._diagram import StateDiagram, state_diagram
+from . import lab
 
 __all__ = [
     "__version__",
@@ -55,6 +58,12 @@ __all__ = [
     "tcp_info",
     "sockets",
     "find_socket",
+    "watch",
+    "StateTrace",
+    "InfoSample",
+    "state_diagram",
+    "StateDiagram",
+    "lab",
     # errors
     "Error",
     "Timeout",

@@ -1,12 +1,14 @@
-"""Command line: ``python -m pysockkit {tour,serve,ping}``."""
+"""Command line: ``python -m pysockkit {tour,serve,ping,ss,watch}``."""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import signal
+import socket
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from ._conn import Address
 
@@ -57,6 +59,194 @@ def _cmd_ping(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ ss
+
+_SS_INFO_HELP = (
+    "tcp_info fields on a second line, as `ss -tani`: rto, rtt/rttvar (ms), "
+    "mss, cwnd, ssthresh, bytes sent/acked/received, segments, last send/"
+    "receive/ack (ms ago), pacing and delivery rates, retransmits, unacked; "
+    "and the timer (TIME_WAIT countdown, retransmit, keepalive, probe)")
+
+
+def _ss_info_line(e: Any) -> str:
+    """The indented `ss -i`-like detail line of one SocketEntry."""
+    parts: list[str] = []
+    if e.timer != "none":
+        parts.append(f"timer:({e.timer},{e.expires_s:.3f}s,{e.retrans})")
+    ti = e.info
+    if ti is not None and e.state.name != "LISTEN":
+        def ms(us: Optional[int]) -> str:
+            return "-" if us is None else f"{us / 1000:g}"
+
+        def put(name: str, value: Any, fmt: str = "{}") -> None:
+            if value is not None:
+                parts.append(f"{name}:{fmt.format(value)}")
+
+        if ti.options is not None:
+            names = [n for n in ti.option_names if n in ("ts", "timestamps", "sack")]
+            if "wscale" in ti.option_names or ti.snd_wscale:
+                names.append(f"wscale:{ti.snd_wscale},{ti.rcv_wscale}")
+            parts.extend(names)
+        put("rto", None if ti.rto_us is None else ms(ti.rto_us))
+        if ti.rtt_us is not None:
+            parts.append(f"rtt:{ms(ti.rtt_us)}/{ms(ti.rttvar_us)}")
+        put("ato", None if ti.ato_us is None else ms(ti.ato_us))
+        put("mss", ti.snd_mss_bytes)
+        put("pmtu", ti.pmtu_bytes)
+        put("rcvmss", ti.rcv_mss_bytes)
+        put("advmss", ti.advmss_bytes)
+        put("cwnd", ti.snd_cwnd_segs)
+        if ti.snd_ssthresh_segs is not None and ti.snd_ssthresh_segs < 0xFFFF:
+            put("ssthresh", ti.snd_ssthresh_segs)
+        put("bytes_sent", ti.bytes_sent)
+        put("bytes_acked", ti.bytes_acked)
+        put("bytes_received", ti.bytes_received)
+        put("segs_out", ti.segs_out)
+        put("segs_in", ti.segs_in)
+        put("data_segs_out", ti.data_segs_out)
+        put("data_segs_in", ti.data_segs_in)
+        put("lastsnd", ti.last_data_sent_ms)
+        put("lastrcv", ti.last_data_recv_ms)
+        put("lastack", ti.last_ack_recv_ms)
+        if ti.pacing_rate_Bps is not None and ti.pacing_rate_Bps < 2**63:
+            parts.append(f"pacing_rate {_bps(ti.pacing_rate_Bps)}")
+        if ti.delivery_rate_Bps:
+            parts.append(f"delivery_rate {_bps(ti.delivery_rate_Bps)}")
+        if ti.unacked_segs:
+            put("unacked", ti.unacked_segs)
+        if ti.total_retrans_segs:
+            put("retrans", f"{ti.retransmits}/{ti.total_retrans_segs}")
+        put("rcv_space", ti.rcv_space_bytes)
+        put("rcv_ssthresh", ti.rcv_ssthresh_bytes)
+        put("minrtt", None if ti.min_rtt_us is None else ms(ti.min_rtt_us))
+        put("snd_wnd", ti.snd_wnd_bytes)
+    return "\t " + " ".join(parts) if parts else ""
+
+
+def _bps(bytes_per_s: int) -> str:
+    bits = bytes_per_s * 8.0
+    for unit, scale in (("Gbps", 1e9), ("Mbps", 1e6), ("Kbps", 1e3)):
+        if bits >= scale:
+            return f"{bits / scale:.1f}{unit}"
+    return f"{bits:.0f}bps"
+
+
+def _cmd_ss(args: argparse.Namespace) -> int:
+    from ._enums import TcpState
+    from ._observe import sockets
+
+    try:
+        states = None if not args.state or "all" in [s.lower() for s in args.state] else [
+            TcpState.from_name(s) for s in args.state]
+    except ValueError as exc:
+        print(f"ss: {exc}", file=sys.stderr)
+        return 2
+    family = 4 if args.ipv4 else (6 if args.ipv6 else None)
+    found = sockets(state=states, port=args.port, family=family, info=args.info)
+    lines = str(found).splitlines()
+    out = lines[:1]
+    for line, e in zip(lines[1:], found):
+        out.append(line)
+        detail = _ss_info_line(e) if args.info else ""
+        if detail:
+            out.append(detail)
+    print("\n".join(out))
+    return 0
+
+
+# --------------------------------------------------------------- watch
+
+
+def _watch_target(text: str) -> tuple[Optional[str], int]:
+    """HOST:PORT for `watch`: HOST may be empty or '*' (any address)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(
+            f"expected HOST:PORT (HOST may be * for any), got {text!r}")
+    host = host.strip("[]")
+    if host in ("", "*"):
+        return None, int(port)
+    try:
+        return str(ipaddress.ip_address(host)), int(port)
+    except ValueError:
+        pass
+    try:
+        return str(socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)[0][4][0]), int(port)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot resolve {host!r}: {exc}") from None
+
+
+def _same_host(a: str, b: Optional[str]) -> bool:
+    if b is None:
+        return True
+    x, y = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    if isinstance(x, ipaddress.IPv6Address) and x.ipv4_mapped is not None:
+        x = x.ipv4_mapped
+    if isinstance(y, ipaddress.IPv6Address) and y.ipv4_mapped is not None:
+        y = y.ipv4_mapped
+    return x == y or x.is_unspecified
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from ._enums import TcpState
+    from ._observe import sockets
+
+    host, port = args.target
+    where = f"{'*' if host is None else host}:{port}"
+    limit = "until Ctrl-C" if args.seconds is None else f"for {args.seconds:g} s"
+    print(f"watching TCP sockets on {where} {limit}, sampling every "
+          f"{args.interval * 1e3:g} ms", flush=True)
+    # key: (local, remote) -> (state, cookie)
+    seen: dict[tuple[tuple[str, int], tuple[str, int]], tuple[TcpState, int]] = {}
+    t0 = time.monotonic()
+    end = None if args.seconds is None else t0 + args.seconds
+    first = True
+    changes = 0
+
+    def show(t: float, local: tuple[str, int], remote: tuple[str, int], what: str) -> None:
+        peer = "*" if remote[1] == 0 else _hostport(*remote)
+        print(f"{t * 1e3:11.3f} ms  {_hostport(*local):>24} -> {peer:<24} {what}", flush=True)
+
+    try:
+        while True:
+            now = time.monotonic()
+            cur: dict[tuple[tuple[str, int], tuple[str, int]], tuple[TcpState, int]] = {}
+            for e in sockets(port=port):
+                if (e.local[1] == port and _same_host(e.local[0], host)) or (
+                        e.remote[1] == port and _same_host(e.remote[0], host)
+                        and not ipaddress.ip_address(e.remote[0]).is_unspecified):
+                    cur[(e.local, e.remote)] = (e.state, e.cookie)
+            t = now - t0
+            for key, (state, cookie) in cur.items():
+                old = seen.get(key)
+                if old is None or old[1] != cookie:
+                    what = state.name if first else f"new: {state.name}"
+                    show(t, *key, what)
+                    changes += 0 if first else 1
+                elif old[0] is not state:
+                    show(t, *key, f"{old[0].name} -> {state.name}")
+                    changes += 1
+            for key, (state, _) in seen.items():
+                if key not in cur:
+                    show(t, *key, f"{state.name} -> CLOSED (gone)")
+                    changes += 1
+            seen = cur
+            first = False
+            if end is not None and time.monotonic() >= end:
+                break
+            time.sleep(args.interval if end is None
+                       else max(0.0, min(args.interval, end - time.monotonic())))
+    except KeyboardInterrupt:
+        pass
+    print(f"{changes} change{'s' if changes != 1 else ''} in "
+          f"{time.monotonic() - t0:.1f} s", flush=True)
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``python -m pysockkit``."""
     p = argparse.ArgumentParser(prog="python -m pysockkit", description="framed TCP toolkit")
@@ -72,6 +262,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     s.add_argument("-n", "--count", type=int, default=10)
     s.add_argument("--timeout", type=float, default=2.0)
     s.set_defaults(func=_cmd_ping)
+    s = sub.add_parser("ss", help="list TCP sockets like `ss -tan` (sock_diag)",
+                       description="List the TCP sockets of this network namespace, "
+                       "like `ss -tan`, TIME_WAIT and request sockets included.")
+    s.add_argument("-s", "--state", action="append", metavar="STATE",
+                   help="only this state (repeatable): ESTABLISHED, time-wait, LISTEN, ... "
+                   "or 'all'")
+    s.add_argument("-p", "--port", type=int, default=None,
+                   help="only sockets with this port on either side")
+    fam = s.add_mutually_exclusive_group()
+    fam.add_argument("-4", dest="ipv4", action="store_true", help="IPv4 only")
+    fam.add_argument("-6", dest="ipv6", action="store_true", help="IPv6 only")
+    s.add_argument("-i", "--info", action="store_true", help=_SS_INFO_HELP)
+    s.set_defaults(func=_cmd_ss)
+    s = sub.add_parser("watch", help="print state changes of the TCP sockets on HOST:PORT",
+                       description="Watch the TCP connections to or from HOST:PORT "
+                       "(sock_diag) and print every state change as it happens.")
+    s.add_argument("target", type=_watch_target, metavar="HOST:PORT",
+                   help="address and port; HOST may be * for any address")
+    s.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    s.add_argument("--interval", type=float, default=0.002,
+                   help="seconds between two looks (default 0.002)")
+    s.set_defaults(func=_cmd_watch)
     args = p.parse_args(argv)
     return int(args.func(args))
 

@@ -1,0 +1,148 @@
+"""``python -m pysockkit ss`` and ``python -m pysockkit watch``, run as
+subprocesses against real loopback sockets; every run is time-bounded."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from helpers import child_env
+
+RUN_TIMEOUT = 30.0
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pysockkit", *args],
+        capture_output=True, text=True, timeout=RUN_TIMEOUT, env=child_env(),
+    )
+
+
+@contextlib.contextmanager
+def scene(family: int = socket.AF_INET) -> Iterator[tuple[int, socket.socket, socket.socket]]:
+    """A listener, one ESTABLISHED pair on it, and one TIME_WAIT socket."""
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    with socket.create_server((host, 0), family=family) as srv:
+        port = srv.getsockname()[1]
+        old = socket.create_connection((host, port))
+        peer, _ = srv.accept()
+        old.close()
+        peer.recv(1)
+        peer.close()                   # old: FIN_WAIT_2 -> TIME_WAIT
+        cli_sock = socket.create_connection((host, port))
+        acc, _ = srv.accept()
+        with cli_sock, acc:
+            cli_sock.sendall(b"hello")
+            acc.recv(5)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                if "TIME-WAIT" in cli("ss", "-p", str(port)).stdout:
+                    break
+                time.sleep(0.01)
+            yield port, cli_sock, acc
+
+
+def rows(out: str) -> list[list[str]]:
+    return [ln.split() for ln in out.splitlines()[1:] if ln and not ln.startswith("\t")]
+
+
+def test_ss_lists_like_ss_tan() -> None:
+    with scene() as (port, c, a):
+        r = cli("ss", "-p", str(port))
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0].split()[:3] == ["State", "Recv-Q", "Send-Q"]
+        states = sorted(row[0] for row in rows(r.stdout))
+        assert states == ["ESTAB", "ESTAB", "LISTEN", "TIME-WAIT"], r.stdout
+        here = f"127.0.0.1:{c.getsockname()[1]}"
+        assert any(row[0] == "ESTAB" and row[3] == here for row in rows(r.stdout))
+        # and it agrees with iproute2's ss where that is installed
+        try:
+            ref = subprocess.run(["ss", "-tanH", f"( sport = :{port} or dport = :{port} )"],
+                                 capture_output=True, text=True, timeout=RUN_TIMEOUT)
+        except FileNotFoundError:
+            return
+        assert sorted(ln.split()[0] for ln in ref.stdout.splitlines()) == states
+
+
+def test_ss_state_filter_and_info() -> None:
+    with scene() as (port, _c, _a):
+        r = cli("ss", "-s", "time-wait", "-p", str(port))
+        assert [row[0] for row in rows(r.stdout)] == ["TIME-WAIT"]
+        r = cli("ss", "-s", "ESTABLISHED", "-s", "LISTEN", "-p", str(port))
+        assert sorted(row[0] for row in rows(r.stdout)) == ["ESTAB", "ESTAB", "LISTEN"]
+        r = cli("ss", "-i", "-p", str(port))
+        assert r.returncode == 0, r.stderr
+        details = [ln for ln in r.stdout.splitlines() if ln.startswith("\t")]
+        assert len([d for d in details if "rtt:" in d and "cwnd:" in d]) == 2, r.stdout
+        assert any(re.search(r"timer:\(time_wait,\d+\.\d+s,0\)", d) for d in details), r.stdout
+        assert any("bytes_received:5" in d for d in details), r.stdout
+
+
+def test_ss_families_and_errors() -> None:
+    with scene(socket.AF_INET6) as (port, _c, _a):
+        assert rows(cli("ss", "-4", "-p", str(port)).stdout) == []
+        six = rows(cli("ss", "-6", "-p", str(port)).stdout)
+        assert len(six) == 4 and all(row[3].startswith("[::1]") for row in six)
+    r = cli("ss", "-s", "NOT_A_STATE")
+    assert r.returncode == 2 and "unknown TCP state" in r.stderr
+    assert cli("ss", "-4", "-6").returncode == 2
+
+
+def test_watch_prints_transitions() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        port = srv.getsockname()[1]
+        p = subprocess.Popen(
+            [sys.executable, "-m", "pysockkit", "watch", f"127.0.0.1:{port}",
+             "--seconds", "3", "--interval", "0.001"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
+        )
+        try:
+            assert p.stdout is not None
+            header = p.stdout.readline()
+            assert header.startswith(f"watching TCP sockets on 127.0.0.1:{port}"), header
+            first = p.stdout.readline()       # the listener, present at start
+            assert "LISTEN" in first and "new" not in first, first
+            a = socket.create_connection(("127.0.0.1", port))
+            b, _ = srv.accept()
+            time.sleep(0.1)
+            a.close()                         # a: FIN_WAIT_2, b: CLOSE_WAIT
+            time.sleep(0.1)
+            b.close()                         # a: TIME_WAIT, b: gone
+            out, err = p.communicate(timeout=RUN_TIMEOUT)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+        assert p.returncode == 0, err
+        assert out.count("new: ESTABLISHED") == 2, out
+        assert "-> FIN_WAIT_2" in out and "FIN_WAIT_2 -> TIME_WAIT" in out, out
+        assert "ESTABLISHED -> CLOSE_WAIT" in out, out
+        assert re.search(r"(CLOSE_WAIT|LAST_ACK) -> CLOSED \(gone\)", out), out
+        for ln in out.splitlines()[1:-1]:
+            assert re.match(r"\s*\d+\.\d{3} ms  ", ln), ln
+        assert re.fullmatch(r"\d+ changes in \d+\.\d s", out.splitlines()[-1]), out
+
+
+def test_watch_is_bounded_and_validates() -> None:
+    t0 = time.monotonic()
+    r = cli("watch", "*:1", "--seconds", "0.2")
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - t0 < 10
+    assert r.stdout.splitlines()[-1] == "0 changes in 0.2 s"
+    for bad in ("nonsense", "127.0.0.1:99999", "127.0.0.1:"):
+        r = cli("watch", bad, "--seconds", "0.1")
+        assert r.returncode == 2 and "HOST:PORT" in r.stderr, (bad, r.stderr)
+
+
+@pytest.mark.parametrize("args", [["ss", "--help"], ["watch", "--help"]])
+def test_help(args: list[str]) -> None:
+    r = cli(*args)
+    assert r.returncode == 0 and "usage:" in r.stdout
