@@ -118,10 +118,62 @@ def run() -> int:
     with _conn.listen(("127.0.0.1", 0)) as listener:
         step_half_close(listener)
         step_abort(listener)
+    step_heartbeat()
     for extra in STEPS:
         extra()
     print(f"\ntour finished in {time.perf_counter() - t_all:.2f} s")
     return 0
+
+
+_HB_PEER = """
+import sys, time
+import pysockkit as sk
+conn = sk.connect(("127.0.0.1", int(sys.argv[1])), timeout=5.0,
+                  heartbeat=sk.Heartbeat(float(sys.argv[2]), float(sys.argv[3])))
+print("ready", flush=True)
+time.sleep(30)          # never calls anything: only the C reactor beats
+"""
+
+
+def step_heartbeat() -> None:
+    """A heartbeating long connection to a peer process, which is then
+    frozen with SIGSTOP: the reactor notices within the heartbeat timeout."""
+    import signal
+    import subprocess
+    import sys
+
+    from ._errors import PeerDead
+    from ._types import Heartbeat
+
+    interval, timeout = 0.2, 0.6
+    _say(f"6. Long connection with heartbeats (interval {interval} s, timeout {timeout} s)")
+    with _conn.listen(("127.0.0.1", 0), heartbeat=Heartbeat(interval, timeout)) as listener:
+        peer = subprocess.Popen(
+            [sys.executable, "-c", _HB_PEER, str(listener.address[1]), str(interval), str(timeout)],
+            stdout=subprocess.PIPE, text=True,
+        )
+        try:
+            with listener.accept(timeout=10.0) as conn:
+                assert peer.stdout is not None
+                peer.stdout.readline()
+                print(f"   peer process {peer.pid} connected; neither side calls anything for 1 s")
+                time.sleep(1.0)
+                st = conn.heartbeat_stats
+                lat = conn.latency
+                print(f"   beats exchanged by the C reactor: {st['pings_received']} pings received, "
+                      f"{st['pongs_sent']} pongs sent; round trip "
+                      f"{'unknown' if lat is None else f'{lat * 1e6:.0f} us'}")
+                t0 = time.perf_counter()
+                peer.send_signal(signal.SIGSTOP)
+                print("   SIGSTOP the peer: its kernel still ACKs, TCP alone would not notice")
+                try:
+                    conn.recv(timeout=10.0)
+                except PeerDead as exc:
+                    print(f"   recv raised sk.PeerDead after {_ms(t0)}: {exc}")
+        finally:
+            peer.send_signal(signal.SIGCONT)
+            peer.kill()
+            peer.wait()
 
 
 if __name__ == "__main__":  # pragma: no cover
@@ -133,7 +185,7 @@ def step_state_lab() -> None:
     how it was seen and how long the kernel took to get there."""
     from . import lab
 
-    _say("6. The state lab: every TCP state, held live on 127.0.0.1 (sk.lab)")
+    _say("7. The state lab: every TCP state, held live on 127.0.0.1 (sk.lab)")
     t0 = time.perf_counter()
     table = lab.survey("ipv4")
     for line in str(table).splitlines():

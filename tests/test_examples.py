@@ -100,6 +100,7 @@ def test_tour_runs() -> None:
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     for marker in ("long connection", "sk.Timeout", "its own reply", "short connections",
-                   "shutdown('write')", "sk.ConnectionReset", "tour finished"):
+                   "shutdown('write')", "sk.ConnectionReset", "sk.PeerDead after",
+                   "13 of 13 reproduced", "tour finished"):
         assert marker in out, marker
     assert time.monotonic() - t0 < 120
