@@ -528,13 +528,23 @@ int sk_conn_recv(sk_conn *c, int64_t deadline, const sk_intr *intr,
             rc = sk_conn_eof(c, err);
             goto done;
         }
-        rc = sk_conn_fill(c, intr, err);
-        if (rc == SK_OK)
-            continue;
-        if (rc != SK_NEED_DATA)
-            goto done;
+        if (!c->rd_wait_first) {
+            rc = sk_conn_fill(c, intr, err);
+            if (rc == SK_OK)
+                continue;
+            if (rc != SK_NEED_DATA)
+                goto done;
+            c->rd_wait_first = 1;
+        }
         sk_decoder_idle(&c->dec);
         rc = sk_wait(c->fd, POLLIN, deadline, intr, err);
+        if (rc != SK_OK)
+            goto done;
+        rc = sk_conn_fill(c, intr, err);
+        if (rc == SK_NEED_DATA) { /* a spurious wake-up: streaming after all */
+            c->rd_wait_first = 0;
+            continue;
+        }
         if (rc != SK_OK)
             goto done;
     }

@@ -61,6 +61,9 @@ typedef struct sk_conn {
     /* receive side */
     sk_decoder dec;
     int rd_eof;          /* the peer's FIN was read */
+    int rd_wait_first;   /* the last receive had to wait: poll before the
+                            next recv instead of trying it (saves the
+                            EAGAIN syscall in request/reply traffic) */
     sk_err rd_err;       /* sticky receive failure (reset, too large) */
     uint64_t owed;       /* replies to timed-out requests still to discard */
     uint64_t discarded;  /* frames discarded that way so far */
