@@ -429,24 +429,21 @@ class SocketEntry:
 
     @classmethod
     def _from_core(cls, t: tuple[Any, ...]) -> SocketEntry:
+        # The hot loop of sockets(): thousands of entries per listing.  The
+        # frozen dataclass's keyword __init__ and Enum lookups dominated, so
+        # the slots are filled directly (same values, same invariants).
         (family, state, src, sport, dst, dport, inode, uid, timer, expires_ms,
          retrans, rqueue, wqueue, cookie, ifindex, info) = t
-        return cls(
-            family=socket.AddressFamily(family),
-            state=_state(state),
-            local=(src, sport),
-            remote=(dst, dport),
-            inode=inode,
-            uid=uid,
-            timer=_TIMER_NAMES.get(timer, f"unknown({timer})"),
-            expires_s=expires_ms / 1000.0,
-            retrans=retrans,
-            recv_q=rqueue,
-            send_q=wqueue,
-            cookie=cookie,
-            ifindex=ifindex,
-            info=None if info is None else TcpInfo._from_core(info),
-        )
+        e = _new_entry(cls)
+        for setter, value in zip(_ENTRY_SETTERS, (
+                _FAMILIES.get(family) or socket.AddressFamily(family),
+                _STATES.get(state) or _state(state),
+                (src, sport), (dst, dport), inode, uid,
+                _TIMER_NAMES.get(timer) or f"unknown({timer})",
+                expires_ms / 1000.0, retrans, rqueue, wqueue, cookie, ifindex,
+                None if info is None else TcpInfo._from_core(info))):
+            setter(e, value)
+        return e
 
     @property
     def is_request(self) -> bool:
@@ -522,6 +519,14 @@ def _html_table(entries: list[SocketEntry]) -> str:
         body.append("<tr>" + "".join(f"<td>{v}</td>" for v in vals) + "</tr>")
     return (f"<table><thead><tr>{head}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table>")
+
+
+_new_entry = object.__new__
+_ENTRY_SETTERS = tuple(
+    SocketEntry.__dict__[f.name].__set__ for f in dataclasses.fields(SocketEntry)
+)
+_FAMILIES = {int(f): f for f in (socket.AF_INET, socket.AF_INET6)}
+_STATES = {int(st): st for st in TcpState}
 
 
 class SocketList(list[SocketEntry]):

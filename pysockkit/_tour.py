@@ -176,10 +176,6 @@ def step_heartbeat() -> None:
             peer.wait()
 
 
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(run())
-
-
 def step_state_lab() -> None:
     """The state lab: every TCP state reproduced live, with how it was made,
     how it was seen and how long the kernel took to get there."""
@@ -197,3 +193,7 @@ def step_state_lab() -> None:
 
 
 STEPS.append(step_state_lab)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(run())
