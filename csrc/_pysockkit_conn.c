@@ -228,18 +228,19 @@ static int Conn_init(PyObject *op, PyObject *args, PyObject *kwds)
 {
     /* PyArg_ParseTupleAndKeywords takes char *[] before Python 3.13 */
     static char kw_fd[] = "fd", kw_hs[] = "header_size", kw_bo[] = "byteorder",
-                kw_mf[] = "max_frame", kw_ct[] = "control";
-    static char *kwlist[] = {kw_fd, kw_hs, kw_bo, kw_mf, kw_ct, NULL};
+                kw_mf[] = "max_frame", kw_ct[] = "control",
+                kw_id[] = "correlation";
+    static char *kwlist[] = {kw_fd, kw_hs, kw_bo, kw_mf, kw_ct, kw_id, NULL};
     ConnObject *self = (ConnObject *)op;
-    int fd, header_size = 4, control = 0;
+    int fd, header_size = 4, control = 0, correlation = 0;
     const char *byteorder = "big";
     unsigned long long max_frame = 16ULL << 20;
     sk_framing f;
     sk_err err;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|isKp", kwlist, &fd,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|isKpp", kwlist, &fd,
                                      &header_size, &byteorder, &max_frame,
-                                     &control))
+                                     &control, &correlation))
         return -1;
     if (self->initialized) {
         PyErr_SetString(PyExc_RuntimeError, "Conn is already initialised");
@@ -257,8 +258,11 @@ static int Conn_init(PyObject *op, PyObject *args, PyObject *kwds)
     f.header_size = (unsigned)header_size;
     f.little_endian = strcmp(byteorder, "little") == 0;
     f.max_frame = max_frame;
+    f.flags = 0;
     if (control)
         f.flags |= SK_FRAMING_CONTROL;
+    if (correlation)
+        f.flags |= SK_FRAMING_IDS;
     if (sk_conn_init(&self->c, fd, &f, &err) != SK_OK) {
         skpy_raise(self->mod, &err, NULL);
         return -1;
@@ -472,8 +476,9 @@ static const char SEND_KEPT[] =
     "intact";
 
 PyDoc_STRVAR(Conn_send_doc,
-"send(data, timeout=None)\n--\n\n"
-"Send one frame holding the bytes-like object data.\n\n"
+"send(data, timeout=None, id=None)\n--\n\n"
+"Send one frame holding the bytes-like object data.  With id (a\n"
+"connection made with correlation ids), send a correlated frame.\n\n"
 "Blocks while the peer's window and our send buffer are full; raises\n"
 "sk.Timeout after timeout seconds (nothing is torn: see PROTOCOL.md).\n\n"
 "    >>> conn.send(b'hello')\n");
@@ -481,18 +486,24 @@ PyDoc_STRVAR(Conn_send_doc,
 static PyObject *Conn_send(PyObject *op, PyObject *const *args,
                            Py_ssize_t nargs, PyObject *kwnames)
 {
-    static const char *const names[] = {"data", "timeout"};
+    static const char *const names[] = {"data", "timeout", "id"};
     ConnObject *self = (ConnObject *)op;
-    PyObject *a[2], *py_ret = NULL;
+    PyObject *a[3], *py_ret = NULL;
     Py_buffer view;
     int64_t deadline;
     size_t done = 0;
-    sk_iov iov;
+    sk_iov iov = {NULL, 0, 0, 0};
     sk_err err;
     int rc;
 
-    if (skpy_args("send", args, nargs, kwnames, names, 1, 2, a) < 0)
+    if (skpy_args("send", args, nargs, kwnames, names, 1, 3, a) < 0)
         return NULL;
+    if (a[2] != NULL && a[2] != Py_None) {
+        iov.id = PyLong_AsUnsignedLongLong(a[2]);
+        if (iov.id == (uint64_t)-1 && PyErr_Occurred())
+            return NULL;
+        iov.has_id = 1;
+    }
     if (skpy_deadline(a[1], &deadline) < 0)
         return NULL;
     if (PyObject_GetBuffer(a[0], &view, PyBUF_SIMPLE) < 0)
@@ -694,7 +705,7 @@ static PyObject *Conn_recv_locked(ConnObject *self, int64_t deadline, int *rc,
     }
     if (*rc != SK_OK)
         return NULL;
-    return PyBytes_FromStringAndSize((const char *)fr.data, (Py_ssize_t)fr.len);
+    return skpy_frame_obj(&fr);
 }
 
 static const char RECV_KEPT[] =
@@ -792,8 +803,7 @@ static PyObject *Conn_recv_many(PyObject *op, PyObject *const *args,
         rc = sk_conn_recv_nowait(&self->c, &fr, &err);
         if (rc != SK_OK)
             break; /* an error stays sticky: the next call raises it */
-        py_item = PyBytes_FromStringAndSize((const char *)fr.data,
-                                            (Py_ssize_t)fr.len);
+        py_item = skpy_frame_obj(&fr);
         if (py_item == NULL || PyList_Append(py_list, py_item) < 0) {
             Py_XDECREF(py_item);
             Py_CLEAR(py_list);
@@ -825,7 +835,7 @@ static PyObject *Conn_request(PyObject *op, PyObject *const *args,
     Py_buffer view;
     int64_t deadline;
     size_t done = 0;
-    sk_iov iov;
+    sk_iov iov = {NULL, 0, 0, 0};
     sk_err err;
     int rc;
 

@@ -55,6 +55,10 @@ int skpy_deadline(PyObject *timeout, int64_t *deadline);
  * runs handlers, so in other threads it returns 0 cheaply. */
 int skpy_check_signals(void *ctx);
 
+/* One decoded data frame as Python: bytes, or (id, bytes) for a correlated
+ * frame (SK_FRAMING_IDS).  GIL held. */
+PyObject *skpy_frame_obj(const sk_frame *fr);
+
 /* Add functions/types for each area; 0 or -1 with an exception set. */
 int skpy_add_conn(PyObject *mod);
 int skpy_add_frame(PyObject *mod);

@@ -20,7 +20,26 @@ uint64_t sk_framing_limit(const sk_framing *f)
 {
     uint64_t limit = sk_header_limit(f->header_size);
 
-    return (f->flags & SK_FRAMING_CONTROL) ? limit >> 1 : limit;
+    if (f->flags & SK_FRAMING_CONTROL)
+        limit >>= 1;
+    if (f->flags & SK_FRAMING_IDS) {
+        limit >>= 1;
+        limit = limit > SK_ID_LEN ? limit - SK_ID_LEN : 0;
+    }
+    return limit;
+}
+
+/* Contract: pure. */
+size_t sk_encode_header_id(const sk_framing *f, uint64_t len, uint64_t id,
+                           unsigned char *out)
+{
+    unsigned h = f->header_size;
+    int i;
+
+    sk_encode_header(f, (len + SK_ID_LEN) | (1ULL << (8 * h - 2)), out);
+    for (i = 0; i < SK_ID_LEN; i++)
+        out[h + i] = (unsigned char)(id >> (8 * (SK_ID_LEN - 1 - i)));
+    return h + SK_ID_LEN;
 }
 
 /* Contract: pure. */
@@ -34,9 +53,14 @@ int sk_framing_check(const sk_framing *f, sk_err *err)
 {
     uint64_t limit = sk_framing_limit(f);
 
-    if (limit == 0)
+    if (sk_header_limit(f->header_size) == 0)
         return sk_err_set(err, SK_E_ARG,
                           "header_size must be 1, 2, 4 or 8, not %u",
+                          f->header_size);
+    if (limit == 0)
+        return sk_err_set(err, SK_E_ARG,
+                          "a %u-byte header leaves no room for correlated "
+                          "frames: use header_size >= 2",
                           f->header_size);
     if (f->max_frame == 0)
         return sk_err_set(err, SK_E_ARG, "max_frame must be at least 1");
@@ -46,8 +70,8 @@ int sk_framing_check(const sk_framing *f, sk_err *err)
                           "(at most %llu%s)",
                           (unsigned long long)f->max_frame, f->header_size,
                           (unsigned long long)limit,
-                          (f->flags & SK_FRAMING_CONTROL)
-                              ? " with the top bit kept for control frames"
+                          (f->flags & (SK_FRAMING_CONTROL | SK_FRAMING_IDS))
+                              ? " with the top bits kept for extensions"
                               : "");
     return SK_OK;
 }
@@ -162,6 +186,24 @@ static int sk_decoder_header(sk_decoder *d, const unsigned char *p,
             }
         }
     }
+    if (!*control && (d->f.flags & SK_FRAMING_IDS)) {
+        top = 1ULL << (8 * d->f.header_size - 2);
+        if (v & top) {
+            v &= ~top;
+            if (v < SK_ID_LEN) {
+                sk_err_set(&d->err, SK_E_PROTOCOL,
+                           "peer sent a correlated frame of %llu bytes, "
+                           "shorter than its %d-byte id; close the "
+                           "connection",
+                           (unsigned long long)v, SK_ID_LEN);
+                return SK_ERR;
+            }
+            *len = v;
+            if (v - SK_ID_LEN > d->f.max_frame)
+                return sk_decoder_too_large(d, v - SK_ID_LEN);
+            return SK_OK;
+        }
+    }
     *len = v;
     if (!*control && v > d->f.max_frame)
         return sk_decoder_too_large(d, v);
@@ -175,6 +217,8 @@ static uint64_t sk_peek_len(const sk_decoder *d, const unsigned char *p)
 
     if (d->f.flags & SK_FRAMING_CONTROL)
         v &= ~(1ULL << (8 * d->f.header_size - 1));
+    if (d->f.flags & SK_FRAMING_IDS)
+        v &= ~(1ULL << (8 * d->f.header_size - 2));
     return v;
 }
 
@@ -284,6 +328,17 @@ int sk_decoder_next(sk_decoder *d, sk_frame *out)
         return SK_NEED_DATA;
     out->data = p + h;
     out->len = (size_t)len;
+    out->has_id = 0;
+    out->id = 0;
+    if ((d->f.flags & SK_FRAMING_IDS) && !out->control &&
+        (sk_decode_header(&d->f, p) & (1ULL << (8 * h - 2)))) {
+        unsigned i;
+        for (i = 0; i < SK_ID_LEN; i++)
+            out->id = (out->id << 8) | p[h + i];
+        out->has_id = 1;
+        out->data += SK_ID_LEN;
+        out->len -= SK_ID_LEN;
+    }
     /* consume without rewinding: the view must stay valid */
     d->buf.start += h + (size_t)len;
     d->scanned = d->scanned > h + (size_t)len ? d->scanned - h - (size_t)len

@@ -33,6 +33,13 @@
  * bits but the top one. */
 #define SK_FRAMING_CONTROL 1u
 #define SK_CONTROL_MAX 64
+/* SK_FRAMING_IDS: the correlation extension.  The second-highest bit of the
+ * length marks a correlated frame, whose payload starts with an 8-byte
+ * big-endian id (counted in the length).  The id's top bit tells a reply
+ * (set) from a request (clear).  Plain data frames are unchanged. */
+#define SK_FRAMING_IDS 2u
+#define SK_ID_LEN 8
+#define SK_ID_REPLY (1ULL << 63)
 
 typedef struct sk_framing {
     unsigned header_size; /* 1, 2, 4 or 8 */
@@ -47,6 +54,8 @@ typedef struct sk_frame {
     const unsigned char *data;
     size_t len;
     int control; /* 1: a control frame (only with SK_FRAMING_CONTROL) */
+    int has_id;  /* 1: a correlated frame (only with SK_FRAMING_IDS) */
+    uint64_t id; /* its id (SK_ID_REPLY set for a reply) */
 } sk_frame;
 
 /* Largest length a header of `header_size` bytes can carry (0 if invalid). */
@@ -66,6 +75,11 @@ int sk_framing_check(const sk_framing *f, sk_err *err);
 /* Write the header for a payload of `len` bytes to out[0..header_size).
  * The caller has checked len <= f->max_frame. */
 void sk_encode_header(const sk_framing *f, uint64_t len, unsigned char *out);
+
+/* Write the header of a correlated frame (SK_FRAMING_IDS) for a payload of
+ * `len` bytes with `id`: header_size + SK_ID_LEN bytes.  Returns that. */
+size_t sk_encode_header_id(const sk_framing *f, uint64_t len, uint64_t id,
+                           unsigned char *out);
 
 /* Read a header from in[0..header_size). */
 uint64_t sk_decode_header(const sk_framing *f, const unsigned char *in);

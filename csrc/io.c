@@ -247,6 +247,12 @@ int sk_conn_send(sk_conn *c, const sk_iov *frames, size_t n, int64_t deadline,
 
     *done = 0;
     for (j = 0; j < n; j++) {
+        if (frames[j].has_id && !(c->framing.flags & SK_FRAMING_IDS)) {
+            rc = sk_err_set(err, SK_E_ARG,
+                            "this connection was made without correlation "
+                            "ids; frames cannot carry one");
+            goto done;
+        }
         if ((uint64_t)frames[j].len > maxf) {
             sk_err_set(err, SK_E_TOO_LARGE,
                        "frame %zu is %zu bytes, over max_frame %llu; split "
@@ -279,12 +285,17 @@ int sk_conn_send(sk_conn *c, const sk_iov *frames, size_t n, int64_t deadline,
         for (j = i; j < n && j - i < SK_BATCH_FRAMES; j++) {
             size_t len = frames[j].len;
             int small = len <= SK_SMALL;
-            if (coff + h + (small ? len : 0) > SK_COAL_CAP)
+            size_t hl = h + (frames[j].has_id ? SK_ID_LEN : 0);
+            if (coff + hl + (small ? len : 0) > SK_COAL_CAP)
                 break;
             if (niov + 3 > SK_IOV_MAX)
                 break;
-            sk_encode_header(&c->framing, len, coal + coff);
-            coff += h;
+            if (frames[j].has_id)
+                sk_encode_header_id(&c->framing, len, frames[j].id,
+                                    coal + coff);
+            else
+                sk_encode_header(&c->framing, len, coal + coff);
+            coff += hl;
             if (small) {
                 if (len)
                     memcpy(coal + coff, frames[j].base, len);
@@ -298,7 +309,7 @@ int sk_conn_send(sk_conn *c, const sk_iov *frames, size_t n, int64_t deadline,
                 niov++;
                 seg = coff;
             }
-            total += h + len;
+            total += hl + len;
             ends[j - i] = total;
         }
         if (coff > seg) {

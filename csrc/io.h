@@ -48,6 +48,8 @@ typedef struct sk_intr {
 typedef struct sk_iov {
     const void *base;
     size_t len;
+    uint64_t id; /* correlated frame id, if has_id (SK_FRAMING_IDS) */
+    int has_id;
 } sk_iov;
 
 /* Wait until fd is ready for `events` (POLLIN/POLLOUT) or the deadline.

@@ -26,7 +26,7 @@ from ._errors import (
 )
 from ._types import Framing, Heartbeat, Keepalive
 from ._conn import Address, Connection, Listener, call, connect, listen
-from ._core import Decoder
+from ._core import Decoder, Encoder
 from ._server import Server, serve
 from ._enums import TcpState
 from ._observe import SocketEntry, SocketList, TcpInfo, find_socket, sockets, tcp_info
@@ -50,6 +50,7 @@ __all__ = [
     "serve",
     "Server",
     "Decoder",
+    "Encoder",
     # observation
     "TcpState",
     "TcpInfo",

@@ -88,7 +88,12 @@ class Connection(_core.Conn):
         initiator: bool = True,
     ) -> None:
         super().__init__(
-            fd, framing.header_size, framing.byteorder, framing.max_frame, heartbeat is not None
+            fd,
+            framing.header_size,
+            framing.byteorder,
+            framing.max_frame,
+            heartbeat is not None,
+            framing.correlation,
         )
         self._framing = framing
         self._hb = heartbeat

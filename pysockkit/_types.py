@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional
+
+if TYPE_CHECKING:
+    from . import _core
 
 __all__ = ["Framing", "Heartbeat", "Keepalive"]
 
@@ -17,7 +20,9 @@ class Framing:
 
     ``header_size`` is the width of the length field in bytes (1, 2, 4 or 8),
     ``byteorder`` its byte order, ``max_frame`` the largest payload accepted
-    or sent.  A peer announcing more than ``max_frame`` gets
+    or sent.  ``correlation=True`` enables correlated frames (an 8-byte id
+    after the header, docs/PROTOCOL.md) for the asynchronous modes; plain
+    frames stay plain.  A peer announcing more than ``max_frame`` gets
     ``sk.FrameTooLarge`` before anything is allocated.  When ``max_frame`` is
     left at its default it is clipped to what the header can carry (255 for
     a 1-byte header, 65535 for 2 bytes).
@@ -25,7 +30,7 @@ class Framing:
     Example::
 
         >>> sk.Framing()                      # Netty/Twisted Int32 style
-        Framing(header_size=4, byteorder='big', max_frame=16777216)
+        Framing(header_size=4, byteorder='big', max_frame=16777216, correlation=False)
         >>> sk.Framing(header_size=2, byteorder="little").max_frame
         65535
     """
@@ -33,6 +38,7 @@ class Framing:
     header_size: int = 4
     byteorder: Literal["big", "little"] = "big"
     max_frame: int = _DEFAULT_MAX_FRAME
+    correlation: bool = False
 
     def __post_init__(self) -> None:
         limit = _HEADER_LIMIT.get(self.header_size)
@@ -46,6 +52,11 @@ class Framing:
             )
         if not isinstance(self.max_frame, int) or self.max_frame < 1:
             raise ValueError(f"max_frame must be an int >= 1, not {self.max_frame!r}")
+        if self.correlation:
+            # the id flag takes the second-highest bit, and the id 8 bytes
+            limit = (limit >> 2) - 8
+            if limit < 1:
+                raise ValueError("correlated frames need header_size >= 2")
         if self.max_frame > limit:
             if self.max_frame == _DEFAULT_MAX_FRAME:
                 object.__setattr__(self, "max_frame", limit)
@@ -54,6 +65,32 @@ class Framing:
                     f"max_frame {self.max_frame} does not fit a "
                     f"{self.header_size}-byte header (at most {limit})"
                 )
+
+    def encoder(self, control: bool = False) -> "_core.Encoder":
+        """A C :class:`sk.Encoder` for this framing (for your own I/O).
+
+        Example::
+
+            >>> sk.Framing().encoder().encode(b"hi")
+            b'\\x00\\x00\\x00\\x02hi'
+        """
+        from . import _core
+
+        return _core.Encoder(self.header_size, self.byteorder, self.max_frame, control,
+                             self.correlation)
+
+    def decoder(self, control: bool = False) -> "_core.Decoder":
+        """A C :class:`sk.Decoder` for this framing (for your own I/O).
+
+        Example::
+
+            >>> sk.Framing().decoder().feed(b"\\x00\\x00\\x00\\x02hi")
+            [b'hi']
+        """
+        from . import _core
+
+        return _core.Decoder(self.header_size, self.byteorder, self.max_frame, control,
+                             self.correlation)
 
     def encode(self, payload: bytes) -> bytes:
         """Return ``payload`` as one frame (header + payload), for tests and

@@ -413,7 +413,7 @@ TEST(conn_init_validates_framing)
 static void one_frame(int kind)
 {
     sk_framing f = mkframing(4, 0, 1000);
-    sk_iov iov = {"hello", 5};
+    sk_iov iov = {"hello", 5, 0, 0};
     static const unsigned char wire[] = {0, 0, 0, 5, 'h', 'e', 'l', 'l', 'o'};
     unsigned char got[32];
     sk_conn c, pc;
@@ -1916,7 +1916,7 @@ TEST(shutdown_write_gives_peer_eof)
 
     for (kind = 0; kind < KIND_COUNT; kind++) {
         sk_framing f = mkframing(4, 0, 1000);
-        sk_iov iov = {"bye", 3};
+        sk_iov iov = {"bye", 3, 0, 0};
         unsigned char got[16];
         size_t done = 0;
         sk_conn c, pc;
@@ -1978,7 +1978,7 @@ TEST(shutdown_write_gives_peer_eof)
 static void reset_case(int kind, int recv_first)
 {
     sk_framing f = mkframing(4, 0, 1u << 20);
-    sk_iov iov = {"ping", 4};
+    sk_iov iov = {"ping", 4, 0, 0};
     size_t done = 0;
     sk_conn c;
     sk_frame fr;
@@ -2122,7 +2122,7 @@ TEST(send_to_closed_peer_with_default_sigpipe)
     }
     if (pid == 0) {
         sk_framing f = mkframing(4, 0, 1000);
-        sk_iov iov = {"x", 1};
+        sk_iov iov = {"x", 1, 0, 0};
         size_t done;
         sk_conn c;
         sk_err err;
