@@ -43,6 +43,9 @@ typedef struct {
     int fd; /* -1 once closed */
     int initialized;        /* sk_conn_init ran: the mutexes exist */
     int closing;            /* close()/abort() began: errors say so */
+    int worker;             /* a receive worker thread owns the receive side */
+    int worker_stop;        /* atomic: ask the worker to stop */
+    pthread_t worker_thread;
     PyObject *mod;          /* borrowed: the type keeps the module alive */
     PyObject *weakreflist;
 } ConnObject;
@@ -177,6 +180,12 @@ static int skpy_lock_or_raise(ConnObject *self, pthread_mutex_t *lk,
 
     if (self->fd < 0) {
         skpy_closed(self);
+        return -1;
+    }
+    if (lk == &self->c.recv_mu && self->worker) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "%s: a receive worker owns this connection's receive "
+                     "side; frames go to its handler (stop it first)", op);
         return -1;
     }
     r = skpy_lock(lk, deadline);
@@ -936,6 +945,156 @@ error:
     return py_ret;
 }
 
+/* ------------------------------------------------------- receive worker */
+
+/* The pending exception as an object (normalised, traceback attached), and
+ * cleared; NULL if none.  GIL held. */
+static PyObject *skpy_take_exception(void)
+{
+    PyObject *py_t, *py_v, *py_tb;
+
+    PyErr_Fetch(&py_t, &py_v, &py_tb);
+    PyErr_NormalizeException(&py_t, &py_v, &py_tb);
+    if (py_v != NULL && py_tb != NULL)
+        PyException_SetTraceback(py_v, py_tb);
+    Py_XDECREF(py_t);
+    Py_XDECREF(py_tb);
+    return py_v;
+}
+
+#define SKPY_WORKER_BATCH 1024
+#define SKPY_WORKER_SLICE_NS 50000000LL /* dispatch(None) at least this often */
+
+typedef struct {
+    ConnObject *self;   /* strong reference, dropped by the thread */
+    PyObject *dispatch; /* strong reference: dispatch(list | exception | None) */
+} skpy_worker_arg;
+
+/* The receive worker: a C thread that waits and decodes without the GIL,
+ * then takes the GIL once per batch to hand the frames to dispatch().
+ * dispatch(list) gets the frames (bytes, or (id, bytes) tuples),
+ * dispatch(None) is a tick every 50 ms while idle (for expiring requests),
+ * dispatch(exc) the receive error that ended the worker.  Frame views stay
+ * valid while the batch is built because only the first frame may read the
+ * socket; the rest come from what is already buffered. */
+static void *skpy_worker_main(void *p)
+{
+    skpy_worker_arg *arg = (skpy_worker_arg *)p;
+    ConnObject *self = arg->self;
+    sk_frame fr[SKPY_WORKER_BATCH];
+    PyGILState_STATE g;
+    PyObject *py_batch, *py_item, *py_r;
+    sk_err err;
+    int rc, n, i, done = 0;
+
+    while (!done) {
+        pthread_mutex_lock(&self->c.recv_mu);
+        n = 0;
+        rc = sk_conn_recv(&self->c, sk_now_ns() + SKPY_WORKER_SLICE_NS, NULL,
+                          &fr[0], &err);
+        if (rc == SK_OK) {
+            n = 1;
+            while (n < SKPY_WORKER_BATCH &&
+                   sk_conn_recv_buffered(&self->c, &fr[n], &err) == SK_OK)
+                n++;
+        }
+        g = PyGILState_Ensure();
+        py_batch = NULL;
+        if (n > 0) {
+            py_batch = PyList_New(n);
+            for (i = 0; py_batch != NULL && i < n; i++) {
+                py_item = skpy_frame_obj(&fr[i]);
+                if (py_item == NULL)
+                    Py_CLEAR(py_batch);
+                else
+                    PyList_SET_ITEM(py_batch, i, py_item);
+            }
+        } else if (rc == SK_TIMEOUT) {
+            py_batch = Py_NewRef(Py_None);
+        } else {
+            /* the receive side failed for good: hand over the error */
+            if (self->closing)
+                skpy_closed(self);
+            else
+                skpy_raise(self->mod, &err, NULL);
+            py_batch = skpy_take_exception();
+            done = 1;
+        }
+        pthread_mutex_unlock(&self->c.recv_mu);
+        if (SK_LOAD(&self->worker_stop))
+            done = 1;
+        if (py_batch == NULL) { /* out of memory building the batch */
+            py_batch = skpy_take_exception();
+            done = 1;
+        }
+        py_r = PyObject_CallOneArg(arg->dispatch, py_batch);
+        if (py_r == NULL)
+            PyErr_WriteUnraisable(arg->dispatch);
+        Py_XDECREF(py_r);
+        Py_DECREF(py_batch);
+        if (done) {
+            self->worker = 0;
+            Py_DECREF(arg->dispatch);
+            Py_DECREF(self);
+            PyMem_RawFree(arg);
+        }
+        PyGILState_Release(g);
+    }
+    return NULL;
+}
+
+PyDoc_STRVAR(Conn_start_worker_doc,
+"_start_worker(dispatch)\n--\n\n"
+"Start the receive worker thread (see pysockkit._duplex).  From then on\n"
+"recv/recv_many/request raise: the worker owns the receive side.\n");
+
+static PyObject *Conn_start_worker(PyObject *op, PyObject *dispatch)
+{
+    ConnObject *self = (ConnObject *)op;
+    skpy_worker_arg *arg;
+    pthread_attr_t attr;
+    int r;
+
+    if (self->fd < 0)
+        return skpy_closed(self);
+    if (self->worker) {
+        PyErr_SetString(PyExc_RuntimeError, "a receive worker already runs");
+        return NULL;
+    }
+    arg = PyMem_RawMalloc(sizeof(*arg));
+    if (arg == NULL)
+        return PyErr_NoMemory();
+    arg->self = (ConnObject *)Py_NewRef(op);
+    arg->dispatch = Py_NewRef(dispatch);
+    self->worker = 1;
+    SK_STORE(&self->worker_stop, 0);
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    r = pthread_create(&self->worker_thread, &attr, skpy_worker_main, arg);
+    pthread_attr_destroy(&attr);
+    if (r != 0) {
+        self->worker = 0;
+        Py_DECREF(arg->self);
+        Py_DECREF(arg->dispatch);
+        PyMem_RawFree(arg);
+        errno = r;
+        return skpy_oserror("pthread_create");
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Conn_stop_worker(PyObject *op, PyObject *Py_UNUSED(ig))
+{
+    SK_STORE(&((ConnObject *)op)->worker_stop, 1);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Conn_get_worker(PyObject *op, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(((ConnObject *)op)->worker);
+}
+
 /* ------------------------------------------------------------ heartbeat */
 
 /* The process's hub: one reactor thread for every heartbeating connection
@@ -1122,6 +1281,9 @@ static PyMethodDef Conn_methods[] = {
      METH_FASTCALL | METH_KEYWORDS, Conn_shutdown_doc},
     {"_start_heartbeat", (PyCFunction)(void (*)(void))Conn_heartbeat, METH_FASTCALL,
      Conn_heartbeat_doc},
+    {"_start_worker", Conn_start_worker, METH_O, Conn_start_worker_doc},
+    {"_stop_worker", Conn_stop_worker, METH_NOARGS,
+     "_stop_worker()\n--\n\nAsk the receive worker to stop (within 50 ms)."},
     {"close", Conn_close, METH_NOARGS, Conn_close_doc},
     {"abort", Conn_abort, METH_NOARGS, Conn_abort_doc},
     {"fileno", Conn_fileno, METH_NOARGS,
@@ -1139,6 +1301,8 @@ static PyGetSetDef Conn_getset[] = {
      "Bytes received and not yet returned as frames.", NULL},
     {"unsent", Conn_get_unsent, NULL,
      "Bytes of a torn frame kept for the next send or flush.", NULL},
+    {"_worker_running", Conn_get_worker, NULL,
+     "True while a receive worker owns the receive side.", NULL},
     {"latency", Conn_get_latency, NULL,
      "Last measured heartbeat round trip in seconds (None before the first "
      "PONG).", NULL},

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -20,6 +20,9 @@ from ._errors import Error, Timeout
 from ._types import Framing, Heartbeat, Keepalive
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    from ._duplex import Duplex
     from ._enums import TcpState
     from ._observe import TcpInfo
 
@@ -76,7 +79,7 @@ class Connection(_core.Conn):
             print(conn.recv(timeout=1.0))
     """
 
-    __slots__ = ("_framing", "_hb")
+    __slots__ = ("_framing", "_hb", "_duplex")
 
     def __init__(
         self,
@@ -97,6 +100,7 @@ class Connection(_core.Conn):
         )
         self._framing = framing
         self._hb = heartbeat
+        self._duplex: Optional["Duplex"] = None
         try:
             if keepalive is not None:
                 keepalive.apply(fd)
@@ -166,6 +170,50 @@ class Connection(_core.Conn):
         except KeyError:
             raise ValueError(f"how must be 'read', 'write' or 'both', not {how!r}") from None
         self._shutdown(code, timeout)
+
+    def start_receiver(
+        self,
+        on_message: Optional[Callable[[Any], None]] = None,
+        maxsize: int = 10_000,
+    ) -> "Duplex":
+        """Asynchronous duplex: start a receive worker (a C thread that
+        waits without the GIL) and return the :class:`Duplex` handle.
+        Replies resolve the futures of :meth:`request_async`; other frames
+        go to ``on_message`` or a bounded queue (``duplex.get()``).  From
+        then on ``recv``/``recv_many``/``request`` raise: the worker owns
+        the receive side.  Needs ``Framing(correlation=True)`` on both peers.
+
+        Example::
+
+            d = conn.start_receiver(on_message=print)
+            fut = d.request_async(b"hello", timeout=1.0)
+        """
+        from ._duplex import Duplex
+
+        if self._duplex is not None:
+            raise RuntimeError("the receive worker already runs (conn.duplex)")
+        self._duplex = Duplex(self, on_message, maxsize)
+        return self._duplex
+
+    @property
+    def duplex(self) -> Optional["Duplex"]:
+        """The :class:`Duplex` handle once a receive worker runs, else None."""
+        return self._duplex
+
+    def request_async(
+        self, data: Union[bytes, bytearray, memoryview], timeout: Optional[float] = None
+    ) -> "Future[bytes]":
+        """Send a request and return a ``concurrent.futures.Future`` for its
+        reply (matched by correlation id; many may be in flight).  Starts
+        the receive worker on first use.
+
+        Example::
+
+            futs = [conn.request_async(b"%d" % i, timeout=2.0) for i in range(100)]
+            print([f.result() for f in futs][:3])
+        """
+        d = self._duplex if self._duplex is not None else self.start_receiver()
+        return d.request_async(data, timeout)
 
     def info(self) -> "TcpInfo":
         """The kernel's TCP_INFO for this socket as an :class:`sk.TcpInfo`.

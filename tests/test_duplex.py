@@ -1,0 +1,220 @@
+"""Asynchronous duplex over threads: the C receive worker, request_async,
+correlated replies, messages to a callback or a bounded queue."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import pysockkit as sk
+from helpers import child_env
+
+F = sk.Framing(correlation=True)
+REPLY = 1 << 63
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[sk.Connection, sk.Connection]]:
+    with sk.listen(("127.0.0.1", 0), framing=F) as srv:
+        cli = sk.connect(srv.address, timeout=5, framing=F)
+        peer = srv.accept(timeout=5)
+        try:
+            yield cli, peer
+        finally:
+            cli.close()
+            peer.close()
+
+
+def _echo_server(peer: sk.Connection, delay: float = 0.0, reverse: bool = False) -> threading.Thread:
+    """Answer every request with its payload upper-cased; optionally in
+    reverse order per batch (replies out of order)."""
+
+    def run() -> None:
+        try:
+            while True:
+                batch = peer.recv_many(timeout=10)
+                if reverse:
+                    batch.reverse()
+                for rid, msg in batch:
+                    if delay:
+                        time.sleep(delay)
+                    peer.send(msg.upper(), id=rid | REPLY)
+        except sk.Error:
+            pass
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_many_requests_in_flight_out_of_order(pair: tuple[sk.Connection, sk.Connection]) -> None:
+    cli, peer = pair
+    _echo_server(peer, reverse=True)
+    futs = [cli.request_async(b"req %d" % i, timeout=10) for i in range(2000)]
+    assert [f.result(timeout=10) for f in futs] == [b"REQ %d" % i for i in range(2000)]
+    assert cli.duplex is not None
+    assert cli.duplex.stats["replies"] == 2000
+    assert cli.duplex.pending == 0
+
+
+def test_sends_from_many_threads_while_worker_receives(pair: tuple[sk.Connection, sk.Connection]) -> None:
+    cli, peer = pair
+    _echo_server(peer)
+    d = cli.start_receiver()
+    results: dict[int, list[bytes]] = {}
+
+    def client(k: int) -> None:
+        futs = [d.request_async(b"t%d-%d" % (k, i), timeout=10) for i in range(300)]
+        results[k] = [f.result(timeout=10) for f in futs]
+
+    ts = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(20)
+    for k in range(4):
+        assert results[k] == [b"T%d-%d" % (k, i) for i in range(300)]
+
+
+def test_worker_owns_the_receive_side(pair: tuple[sk.Connection, sk.Connection]) -> None:
+    cli, peer = pair
+    cli.start_receiver()
+    with pytest.raises(RuntimeError, match="receive worker"):
+        cli.recv(timeout=0.1)
+    with pytest.raises(RuntimeError):
+        cli.start_receiver()
+
+
+def test_unknown_duplicate_and_late_replies_are_counted(pair: tuple[sk.Connection, sk.Connection]) -> None:
+    cli, peer = pair
+    d = cli.start_receiver()
+    fut = d.request_async(b"slow", timeout=0.1)
+    rid, _ = peer.recv(timeout=5)
+    with pytest.raises(sk.Timeout):
+        fut.result(timeout=5)
+    peer.send(b"too late", id=rid | REPLY)          # after its timeout
+    peer.send(b"who?", id=987654 | REPLY)            # never asked
+    fut2 = d.request_async(b"fast", timeout=5)
+    rid2, _ = peer.recv(timeout=5)
+    peer.send(b"answer", id=rid2 | REPLY)
+    peer.send(b"answer again", id=rid2 | REPLY)      # duplicate
+    assert fut2.result(timeout=5) == b"answer"
+    deadline = time.monotonic() + 5
+    while d.stats["unknown"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert d.stats["late"] == 1
+    assert d.stats["unknown"] == 2  # the stranger and the duplicate
+    assert d.stats["replies"] == 1
+
+
+def test_messages_go_to_callback_or_queue(pair: tuple[sk.Connection, sk.Connection]) -> None:
+    cli, peer = pair
+    got: list[object] = []
+    ev = threading.Event()
+
+    def on_message(m: object) -> None:
+        got.append(m)
+        if len(got) == 3:
+            ev.set()
+
+    cli.start_receiver(on_message=on_message)
+    peer.send(b"plain")
+    peer.send(b"a request", id=42)
+    peer.send(b"another")
+    assert ev.wait(5)
+    assert got == [b"plain", (42, b"a request"), b"another"]
+
+    cli2, peer2 = pair[1], pair[0]  # the other direction uses the queue
+    d2 = cli2.start_receiver()
+    assert peer2.duplex is not None
+    peer2.duplex.reply(7, b"reply to 7")   # unknown id on cli2's side: counted
+    peer2.send(b"hello")
+    assert d2.get(timeout=5) == b"hello"
+    with pytest.raises(sk.Timeout):
+        d2.get(timeout=0.05)
+
+
+def test_bounded_queue_pushes_back(pair: tuple[sk.Connection, sk.Connection]) -> None:
+    cli, peer = pair
+    d = cli.start_receiver(maxsize=10)
+    payload = b"x" * 1000
+    sent = 0
+    with pytest.raises(sk.Timeout):
+        for _ in range(100_000):  # bounded: stops when TCP pushes back
+            peer.send(payload, timeout=0.5)
+            sent += 1
+    assert sent < 100_000
+    got = 0
+    while True:  # everything sent arrives, in order, once drained
+        try:
+            d.get(timeout=1.0)
+            got += 1
+        except sk.Timeout:
+            break
+    peer.flush(timeout=5)
+    while True:
+        try:
+            d.get(timeout=0.5)
+            got += 1
+        except sk.Timeout:
+            break
+    assert got >= sent
+
+
+def test_close_fails_pending_requests(pair: tuple[sk.Connection, sk.Connection]) -> None:
+    cli, peer = pair
+    futs = [cli.request_async(b"never answered", timeout=None) for _ in range(5)]
+    peer.recv(timeout=5)
+    peer.close()
+    for f in futs:
+        with pytest.raises(sk.ConnectionClosed):
+            f.result(timeout=5)
+    with pytest.raises(sk.ConnectionClosed):
+        cli.request_async(b"after")
+
+
+def test_requests_need_correlation() -> None:
+    with sk.listen(("127.0.0.1", 0)) as srv, sk.connect(srv.address) as cli, srv.accept():
+        with pytest.raises(sk.Error, match="correlation"):
+            cli.request_async(b"x")
+
+
+PEER = r"""
+import sys, pysockkit as sk
+F = sk.Framing(correlation=True)
+conn = sk.connect(("127.0.0.1", int(sys.argv[1])), framing=F)
+print("ready", flush=True)
+try:
+    while True:
+        for rid, msg in conn.recv_many():
+            conn.send(msg[::-1], id=rid | (1 << 63))
+except sk.ConnectionClosed:
+    pass
+"""
+
+
+def test_duplex_across_processes_and_peer_kill() -> None:
+    with sk.listen(("127.0.0.1", 0), framing=F) as srv:
+        p = subprocess.Popen([sys.executable, "-c", PEER, str(srv.address[1])],
+                             stdout=subprocess.PIPE, text=True, env=child_env())
+        try:
+            with srv.accept(timeout=10) as conn:
+                assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+                futs = [conn.request_async(b"abc%d" % i, timeout=10) for i in range(500)]
+                assert [f.result(timeout=10) for f in futs] == [(b"abc%d" % i)[::-1] for i in range(500)]
+                os.kill(p.pid, signal.SIGSTOP)
+                pending = [conn.request_async(b"frozen", timeout=None) for _ in range(3)]
+                os.kill(p.pid, signal.SIGKILL)
+                for f in pending:
+                    with pytest.raises(sk.ConnectionClosed):
+                        f.result(timeout=10)
+        finally:
+            p.kill()
+            p.communicate()
