@@ -543,7 +543,8 @@ error_view:
 
 PyDoc_STRVAR(Conn_send_many_doc,
 "send_many(frames, timeout=None) -> int\n--\n\n"
-"Send every bytes-like object of the iterable frames as its own frame,\n"
+"Send every bytes-like object of the iterable frames as its own frame\n"
+"(an (id, bytes-like) tuple is a correlated frame with that id),\n"
 "coalescing small ones so that thousands go out per syscall.  Returns the\n"
 "number of frames sent.  On Timeout, the exception's `sent` attribute says\n"
 "how many frames were taken; the others were not sent.\n\n"
@@ -583,6 +584,15 @@ static PyObject *Conn_send_many(PyObject *op, PyObject *const *args,
     for (i = 0; i < total; i++) {
         PyObject *py_it = PySequence_Fast_GET_ITEM(py_seq, i);
         Py_ssize_t len;
+        if (PyTuple_CheckExact(py_it)) { /* (id, payload): a correlated frame */
+            if (PyTuple_GET_SIZE(py_it) != 2) {
+                PyErr_SetString(PyExc_TypeError,
+                                "send_many() items are bytes-like or "
+                                "(id, bytes-like) tuples");
+                goto error;
+            }
+            py_it = PyTuple_GET_ITEM(py_it, 1);
+        }
         if (PyBytes_CheckExact(py_it)) {
             len = PyBytes_GET_SIZE(py_it);
         } else {
@@ -621,8 +631,20 @@ static PyObject *Conn_send_many(PyObject *op, PyObject *const *args,
             /* the sequence may be a list another thread mutates while the
              * GIL is released: the views hold references, so each payload
              * stays alive until it is released below */
-            if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(py_seq, base + k),
-                                   &views[k], PyBUF_SIMPLE) < 0) {
+            PyObject *py_it = PySequence_Fast_GET_ITEM(py_seq, base + k);
+            iov[k].has_id = 0;
+            if (PyTuple_CheckExact(py_it)) {
+                iov[k].id = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(py_it, 0));
+                if (iov[k].id == (uint64_t)-1 && PyErr_Occurred()) {
+                    for (i = 0; i < k; i++)
+                        PyBuffer_Release(&views[i]);
+                    skpy_note_sent(done);
+                    goto error;
+                }
+                iov[k].has_id = 1;
+                py_it = PyTuple_GET_ITEM(py_it, 1);
+            }
+            if (PyObject_GetBuffer(py_it, &views[k], PyBUF_SIMPLE) < 0) {
                 for (i = 0; i < k; i++)
                     PyBuffer_Release(&views[i]);
                 skpy_note_sent(done);

@@ -99,15 +99,16 @@ class Duplex:
             raise self._error
         fut: Future[bytes] = Future()
         rid = next(self._ids) & _ID_MASK
-        with self._lock:
-            self._pending[rid] = fut
-            if timeout is not None:
+        # dict and heap updates are atomic under the GIL, which the worker
+        # holds too while it dispatches: no extra lock on the hot path
+        self._pending[rid] = fut
+        if timeout is not None:
+            with self._lock:
                 heapq.heappush(self._deadlines, (time.monotonic() + timeout, rid))
         try:
             self._conn.send(data, timeout, rid)
         except BaseException:
-            with self._lock:
-                self._pending.pop(rid, None)
+            self._pending.pop(rid, None)
             raise
         return fut
 
@@ -181,8 +182,7 @@ class Duplex:
         for item in batch:
             if isinstance(item, tuple) and item[0] & REPLY:
                 rid = item[0] & _ID_MASK
-                with self._lock:
-                    fut = self._pending.pop(rid, None)
+                fut = self._pending.pop(rid, None)
                 if fut is None:
                     if rid in self._expired:
                         self.stats["late"] += 1
