@@ -42,9 +42,11 @@ def _echo_server(peer: sk.Connection, delay: float = 0.0, reverse: bool = False)
                 batch = peer.recv_many(timeout=10)
                 if reverse:
                     batch.reverse()
+                if not delay:  # replies in one batch: (id, payload) tuples
+                    peer.send_many([(rid | REPLY, msg.upper()) for rid, msg in batch])
+                    continue
                 for rid, msg in batch:
-                    if delay:
-                        time.sleep(delay)
+                    time.sleep(delay)
                     peer.send(msg.upper(), id=rid | REPLY)
         except sk.Error:
             pass
