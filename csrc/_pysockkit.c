@@ -172,6 +172,8 @@ static int skpy_exec(PyObject *mod)
         goto error;
     if (skpy_add_diag(mod) < 0)
         goto error;
+    if (skpy_add_proxy(mod) < 0)
+        goto error;
     if (skpy_add_watch(mod) < 0)
         goto error;
     rc = 0;

@@ -64,6 +64,7 @@ int skpy_add_conn(PyObject *mod);
 int skpy_add_frame(PyObject *mod);
 int skpy_add_tcpinfo(PyObject *mod);
 int skpy_add_diag(PyObject *mod);
+int skpy_add_proxy(PyObject *mod);
 int skpy_add_watch(PyObject *mod);
 
 

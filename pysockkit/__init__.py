@@ -33,6 +33,19 @@ from ._observe import SocketEntry, SocketList, TcpInfo, find_socket, sockets, tc
 from ._watch import InfoSample, StateTrace, watch
 from ._diagram import StateDiagram, state_diagram
 from . import lab
+from ._proxy import (
+    Bandwidth,
+    FaultHandle,
+    FaultProxy,
+    Latency,
+    LimitData,
+    ProxiedConnection,
+    ProxyStats,
+    ResetPeer,
+    Slicer,
+    SlowClose,
+    Stall,
+)
 
 __all__ = [
     "__version__",
@@ -65,6 +78,18 @@ __all__ = [
     "state_diagram",
     "StateDiagram",
     "lab",
+    # testing
+    "FaultProxy",
+    "FaultHandle",
+    "ProxyStats",
+    "ProxiedConnection",
+    "Latency",
+    "Bandwidth",
+    "Stall",
+    "ResetPeer",
+    "SlowClose",
+    "Slicer",
+    "LimitData",
     # errors
     "Error",
     "Timeout",

@@ -1,0 +1,402 @@
+"""Assertions for tests of networked code, usable with or without pytest.
+
+- :func:`assert_state` polls a socket's TCP state (TCP_INFO while there is
+  a descriptor, sock_diag after it is closed or for a bare address) until
+  it is the expected one, and on failure lists every transition it saw.
+- :func:`assert_frames` receives frames and checks that they are exactly
+  the expected ones, in order, with nothing more behind them.
+
+Both raise ``AssertionError`` with a readable message, so pytest shows
+them like any failed ``assert``.  The pytest plugin (fixtures, the fault
+proxy, leak checks) lives in ``pysockkit._pytest_plugin`` and needs
+pytest; this module does not.
+
+Example::
+
+    >>> import socket, pysockkit as sk
+    >>> from pysockkit.testing import assert_state, assert_frames
+    >>> srv = sk.listen()
+    >>> cli = sk.connect(srv.address, timeout=2.0)
+    >>> peer = srv.accept(timeout=2.0)
+    >>> cli.close()
+    >>> assert_state(peer, "CLOSE_WAIT", within=1.0)
+    <TcpState.CLOSE_WAIT: 8>
+    >>> peer.close(); srv.close()
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Optional, Union
+
+from . import _core
+from ._enums import TcpState
+from ._errors import Error, Timeout
+from ._types import Framing
+
+__all__ = ["assert_state", "assert_frames", "StateLike"]
+
+StateLike = Union[TcpState, int, str]
+
+_GONE = "gone"  # label for "the kernel no longer knows this socket"
+
+
+def _as_state(s: StateLike) -> TcpState:
+    if isinstance(s, TcpState):
+        return s
+    if isinstance(s, str):
+        return TcpState.from_name(s)
+    if isinstance(s, int) and not isinstance(s, bool):
+        return TcpState(s)
+    raise TypeError(f"a TCP state is a TcpState, a state number or a name, not {s!r}")
+
+
+def _hp(addr: Sequence[Any]) -> str:
+    host, port = str(addr[0]), int(addr[1])
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _fd_of(target: Any) -> Optional[int]:
+    """The descriptor of a socket-like target (-1 once closed), or None if
+    the target is not socket-like."""
+    if isinstance(target, int) and not isinstance(target, bool):
+        return target
+    fileno = getattr(target, "fileno", None)
+    if callable(fileno):
+        try:
+            return int(fileno())
+        except (OSError, ValueError):
+            return -1
+    return None
+
+
+Probe = Callable[[], dict[str, Optional[TcpState]]]
+
+
+def _diag_probe(local: Sequence[Any], remote: Sequence[Any], cookie: Optional[int]) -> Probe:
+    from ._observe import find_socket
+
+    label = f"{_hp(local)} -> {_hp(remote)}"
+    loc = (str(local[0]), int(local[1]))
+    rem = (str(remote[0]), int(remote[1]))
+
+    def probe() -> dict[str, Optional[TcpState]]:
+        e = find_socket(loc, rem, cookie=cookie)
+        return {label: None if e is None else e.state}
+
+    return probe
+
+
+def _prober(target: Any) -> tuple[str, Probe]:
+    """(description, probe) for a target; probe() maps a label per socket
+    to its state (None: the kernel forgot it, i.e. CLOSED)."""
+    fd = _fd_of(target)
+    if fd is not None:
+        if fd < 0:
+            desc = f"{type(target).__name__} (closed)"
+            return desc, lambda: {desc: TcpState.CLOSED}
+        tup: Optional[tuple[tuple[str, int], tuple[str, int]]] = None
+        try:
+            tup = (_core.sockname(fd), _core.peername(fd))
+        except OSError:
+            tup = None  # not connected (yet): a listener or a fresh socket
+        desc = f"{type(target).__name__} fd {fd}"
+        if tup is not None:
+            desc += f" {_hp(tup[0])} -> {_hp(tup[1])}"
+        diag = None if tup is None else _diag_probe(tup[0], tup[1], None)
+
+        def probe() -> dict[str, Optional[TcpState]]:
+            cur = _fd_of(target)
+            if cur is not None and cur >= 0:
+                try:
+                    st = TcpState(_core.tcp_state(cur))
+                    # a bare descriptor number may have been closed and
+                    # reused by another socket meanwhile
+                    if tup is None or (_core.sockname(cur), _core.peername(cur)) == tup:
+                        return {desc: st}
+                except (OSError, ValueError):
+                    pass
+            # closed by now: follow the same connection through sock_diag
+            if diag is not None:
+                return {desc: next(iter(diag().values()))}
+            return {desc: TcpState.CLOSED}
+
+        return desc, probe
+    four = getattr(target, "four_tuple", None)  # a lab Scene
+    if four is not None:
+        lh, lp, rh, rp = four
+        d = f"{_hp((lh, lp))} -> {_hp((rh, rp))}"
+        return d, _diag_probe((lh, lp), (rh, rp), None)
+    if hasattr(target, "local") and hasattr(target, "remote"):  # SocketEntry
+        d = f"{_hp(target.local)} -> {_hp(target.remote)}"
+        return d, _diag_probe(target.local, target.remote, getattr(target, "cookie", None))
+    if isinstance(target, (tuple, list)) and len(target) == 2:
+        a, b = target
+        if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+            d = f"{_hp(a)} -> {_hp(b)}"
+            return d, _diag_probe(a, b, None)
+        if isinstance(a, str) and isinstance(b, int):
+            return _local_prober((a, b))
+    raise TypeError(
+        "assert_state() needs a socket (a Connection, a stdlib socket, anything "
+        "with fileno(), a descriptor), a local address (host, port), a pair "
+        f"((local_host, local_port), (remote_host, remote_port)) or a SocketEntry; got {target!r}"
+    )
+
+
+def _local_prober(addr: tuple[str, int]) -> tuple[str, Probe]:
+    """Every TCP socket bound to a local address (a listener and its
+    accepted connections share one), labelled by their peer."""
+    from ._observe import sockets
+
+    desc = f"sockets on {_hp(addr)}"
+
+    def probe() -> dict[str, Optional[TcpState]]:
+        out: dict[str, Optional[TcpState]] = {}
+        for e in sockets(local_address=addr[0], local_port=addr[1]):
+            label = f"{_hp(e.local)} -> {_hp(e.remote)}"
+            if e.remote[1] == 0:
+                label = f"{_hp(e.local)} (listener)"
+            out[label] = e.state
+        return out
+
+    return desc, probe
+
+
+def _fmt_transitions(history: dict[str, list[tuple[float, Optional[TcpState]]]]) -> str:
+    lines: list[str] = []
+    for label, hist in history.items():
+        lines.append(f"  {label}")
+        for t, st in hist:
+            name = "CLOSED (gone from the kernel)" if st is None else st.name
+            lines.append(f"    {t * 1e3:9.1f} ms  {name}")
+    return "\n".join(lines) if lines else "  (no socket found)"
+
+
+def assert_state(
+    target: Any,
+    state: Union[StateLike, Iterable[StateLike]],
+    within: float = 1.0,
+    *,
+    interval: float = 0.001,
+) -> TcpState:
+    """Wait until ``target`` is in ``state`` (or in any of several states)
+    and return the state reached; fail with the observed transitions if it
+    is not reached within ``within`` seconds.
+
+    ``target`` is a pysockkit ``Connection``, a stdlib socket, anything with
+    ``fileno()`` or a descriptor (read by TCP_INFO; once closed, the same
+    connection is followed by its 4-tuple through sock_diag, so TIME_WAIT
+    and LAST_ACK of an orphan are seen, and a socket the kernel forgot is
+    ``CLOSED``); a local address ``(host, port)`` (every socket bound to it,
+    e.g. a server port: one of them must reach the state); a pair
+    ``((local_host, local_port), (remote_host, remote_port))``; a
+    ``SocketEntry``; or a lab scene.  States are ``TcpState`` members,
+    numbers or names (``"CLOSE_WAIT"``, ``"close-wait"``, ``"TIME-WAIT"``).
+
+    Example::
+
+        >>> cli.close()
+        >>> assert_state(peer, "CLOSE_WAIT", within=1.0)
+        <TcpState.CLOSE_WAIT: 8>
+        >>> assert_state(peer, "LISTEN", within=0.05)
+        Traceback (most recent call last):
+        AssertionError: Connection fd 7 127.0.0.1:40001 -> 127.0.0.1:52344 did
+        not reach LISTEN within 0.05 s; observed:
+          Connection fd 7 127.0.0.1:40001 -> 127.0.0.1:52344
+                0.0 ms  CLOSE_WAIT
+    """
+    __tracebackhide__ = True
+    if isinstance(state, (TcpState, int, str)):
+        wanted = {_as_state(state)}
+    else:
+        wanted = {_as_state(s) for s in state}
+        if not wanted:
+            raise ValueError("assert_state(): no state given")
+    if isinstance(within, bool) or not isinstance(within, (int, float)) or within < 0:
+        raise ValueError(f"within must be a number of seconds >= 0, not {within!r}")
+    desc, probe = _prober(target)
+    history: dict[str, list[tuple[float, Optional[TcpState]]]] = {}
+    t0 = time.monotonic()
+    deadline = t0 + within
+    while True:
+        now = time.monotonic()
+        seen = probe()
+        for label, st in seen.items():
+            hist = history.setdefault(label, [])
+            if not hist or hist[-1][1] is not st:
+                hist.append((now - t0, st))
+        for st in seen.values():
+            eff = TcpState.CLOSED if st is None else st
+            if eff in wanted:
+                return eff
+        if now >= deadline:
+            break
+        time.sleep(min(interval, max(0.0, deadline - now)))
+    names = " or ".join(sorted(s.name for s in wanted))
+    raise AssertionError(
+        f"{desc} did not reach {names} within {within} s; observed:\n"
+        f"{_fmt_transitions(history)}"
+    )
+
+
+# ---------------------------------------------------------------- frames
+
+
+def _short(b: bytes, limit: int = 60) -> str:
+    r = repr(b)
+    if len(r) > limit:
+        r = r[: limit - 5] + "...'" + f" ({len(b)} bytes)"
+    return r
+
+
+def _recv_exact_stdlib(sock: socket.socket, n: int, deadline: float) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Timeout(f"got {len(buf)} of {n} bytes of a frame in time")
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(n - len(buf))
+        except socket.timeout:
+            continue
+        if not chunk:
+            from ._errors import ConnectionClosed, IncompleteFrame
+
+            if buf:
+                exc = IncompleteFrame(f"stream ended {n - len(buf)} bytes short of a frame")
+                exc.missing = n - len(buf)  # type: ignore[attr-defined]
+                raise exc
+            raise ConnectionClosed("the peer closed the stream")
+        buf += chunk
+    return bytes(buf)
+
+
+def _stdlib_reader(sock: socket.socket, framing: Framing) -> Callable[[float], bytes]:
+    def read(deadline: float) -> bytes:
+        head = _recv_exact_stdlib(sock, framing.header_size, deadline)
+        n = int.from_bytes(head, framing.byteorder)
+        if n > framing.max_frame:
+            from ._errors import FrameTooLarge
+
+            raise FrameTooLarge(f"header announces {n} bytes > max_frame {framing.max_frame}")
+        try:
+            return _recv_exact_stdlib(sock, n, deadline)
+        except Error as exc:
+            if isinstance(exc, Timeout):
+                raise
+            from ._errors import IncompleteFrame
+
+            raise IncompleteFrame(f"stream ended inside a {n}-byte frame") from exc
+
+    return read
+
+
+def _stdlib_has_more(sock: socket.socket) -> int:
+    """Bytes already readable on sock without blocking (0 at EOF)."""
+    sock.settimeout(0.0)
+    try:
+        return len(sock.recv(65536, socket.MSG_PEEK))
+    except (BlockingIOError, socket.timeout):
+        return 0
+    except OSError:
+        return 0
+
+
+def assert_frames(
+    conn: Any,
+    expected: Sequence[Union[bytes, bytearray, memoryview]],
+    within: float = 1.0,
+    *,
+    exact: bool = True,
+    settle: float = 0.0,
+    framing: Optional[Framing] = None,
+) -> list[bytes]:
+    """Receive ``len(expected)`` frames on ``conn`` within ``within``
+    seconds and check they are ``expected``, in order; with ``exact``
+    (the default) also check that no further frame is already there, after
+    waiting ``settle`` seconds for one.  Returns the frames received.
+
+    ``conn`` is a pysockkit ``Connection`` or a stdlib socket (read with
+    ``framing``, by default ``sk.Framing()``).  The failure message shows
+    what arrived, where it first differs, and how the stream ended if it
+    did (``ConnectionClosed``, ``IncompleteFrame``, ``ConnectionReset``).
+
+    Example::
+
+        >>> cli.send_many([b"a", b"b"])
+        2
+        >>> assert_frames(peer, [b"a", b"b"], within=1.0)
+        [b'a', b'b']
+    """
+    __tracebackhide__ = True
+    want = [bytes(x) for x in expected]
+    deadline = time.monotonic() + within
+    is_stdlib = isinstance(conn, socket.socket)
+    old_timeout = conn.gettimeout() if is_stdlib else None
+    try:
+        return _assert_frames(conn, want, deadline, exact, settle, framing, is_stdlib)
+    finally:
+        if is_stdlib:
+            conn.settimeout(old_timeout)
+
+
+def _assert_frames(
+    conn: Any,
+    want: list[bytes],
+    deadline: float,
+    exact: bool,
+    settle: float,
+    framing: Optional[Framing],
+    is_stdlib: bool,
+) -> list[bytes]:
+    __tracebackhide__ = True
+    got: list[bytes] = []
+    problem: Optional[BaseException] = None
+    if is_stdlib:
+        read = _stdlib_reader(conn, framing or Framing())
+
+        def recv_one(dl: float) -> bytes:
+            return read(dl)
+    else:
+
+        def recv_one(dl: float) -> bytes:
+            return bytes(conn.recv(timeout=max(0.0, dl - time.monotonic())))
+
+    try:
+        while len(got) < len(want):
+            got.append(recv_one(deadline))
+    except (Error, OSError) as exc:
+        problem = exc
+    extra: Optional[str] = None
+    if problem is None and exact:
+        if settle > 0:
+            time.sleep(settle)
+        if is_stdlib:
+            n = _stdlib_has_more(conn)
+            if n:
+                extra = f"{n} more byte(s) already received after the last expected frame"
+        else:
+            try:
+                more = conn.recv(timeout=0)
+                extra = f"an extra frame {_short(bytes(more))} after the last expected one"
+            except Timeout:
+                pass
+            except Error:
+                pass  # closed or reset right after: no extra frame
+    if problem is None and extra is None and got == want:
+        return got
+    lines = [f"expected {len(want)} frame(s), received {len(got)}:"]
+    for i in range(max(len(want), len(got))):
+        w = _short(want[i]) if i < len(want) else "-"
+        g = _short(got[i]) if i < len(got) else "-"
+        mark = "  " if i < len(want) and i < len(got) and want[i] == got[i] else "!="
+        lines.append(f"  [{i}] {mark} expected {w}, got {g}")
+    if problem is not None:
+        lines.append(f"then: {type(problem).__name__}: {problem}")
+    if extra is not None:
+        lines.append(f"then: {extra}")
+    raise AssertionError("\n".join(lines))
