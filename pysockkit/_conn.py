@@ -8,7 +8,7 @@ names, TCP_INFO access and ``repr``.
 
 from __future__ import annotations
 
-import ipaddress
+import functools
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -33,14 +33,19 @@ _DEFAULT_FRAMING = Framing()
 _SHUT = {"read": socket.SHUT_RD, "write": socket.SHUT_WR, "both": socket.SHUT_RDWR}
 
 
+@functools.lru_cache(maxsize=256)
 def _numeric(host: str) -> Optional[int]:
-    """The address family of a numeric host, or None for a name."""
+    """The address family of a numeric host, or None for a name (cached:
+    short connections call this for every connection)."""
     if host == "":
         return socket.AF_INET
-    try:
-        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    except ValueError:
-        return None
+    for fam in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(fam, host)
+            return int(fam)
+        except OSError:
+            pass
+    return None
 
 
 def _resolve(addr: Address) -> list[tuple[int, str, int]]:
