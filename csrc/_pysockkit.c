@@ -192,6 +192,10 @@ static int skpy_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->ConnectionReset);
     Py_VISIT(st->PeerDead);
     Py_VISIT(st->ConnType);
+    Py_VISIT(st->EntryType);
+    Py_VISIT(st->entry_states);
+    Py_VISIT(st->entry_families);
+    Py_VISIT(st->entry_timers);
     return 0;
 }
 
@@ -206,6 +210,10 @@ static int skpy_clear(PyObject *mod)
     Py_CLEAR(st->ConnectionReset);
     Py_CLEAR(st->PeerDead);
     Py_CLEAR(st->ConnType);
+    Py_CLEAR(st->EntryType);
+    Py_CLEAR(st->entry_states);
+    Py_CLEAR(st->entry_families);
+    Py_CLEAR(st->entry_timers);
     return 0;
 }
 

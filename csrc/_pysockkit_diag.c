@@ -18,6 +18,8 @@
  */
 #include "_pysockkit_util.h"
 
+#include <structmember.h>
+
 #include <arpa/inet.h>
 #include <math.h>
 #include <stdlib.h>
@@ -210,6 +212,160 @@ error:
     return NULL;
 }
 
+/* ------------------------------------------------- entries built in C */
+
+#define SKPY_ENTRY_FIELDS 14 /* SocketEntry's fields (no separate ports) */
+
+PyDoc_STRVAR(diag_set_entry_type_doc,
+"diag_set_entry_type(cls, fields, states, families, timers)\n--\n\n"
+"Register pysockkit.SocketEntry so diag_dump(build=True) fills its slots\n"
+"in C: fields are its 14 slot names in order (family, state, local,\n"
+"remote, inode, uid, timer, expires_s, retrans, recv_q, send_q, cookie,\n"
+"ifindex, info); states maps a state number to its TcpState, families an\n"
+"AF_* number to socket.AddressFamily, timers a timer code to its name.\n");
+
+/* Contract: GIL held.  Keeps references to everything it is given. */
+static PyObject *Core_diag_set_entry_type(PyObject *mod, PyObject *args)
+{
+    skpy_state *st = skpy_get_state(mod);
+    PyObject *py_cls, *py_fields, *py_states, *py_fams, *py_timers;
+    Py_ssize_t i;
+
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!:diag_set_entry_type", &PyType_Type,
+                          &py_cls, &PyTuple_Type, &py_fields, &PyTuple_Type,
+                          &py_states, &PyDict_Type, &py_fams, &PyTuple_Type,
+                          &py_timers))
+        return NULL;
+    if (PyTuple_GET_SIZE(py_fields) != SKPY_ENTRY_FIELDS) {
+        PyErr_SetString(PyExc_ValueError, "fields must name the 14 slots");
+        return NULL;
+    }
+    for (i = 0; i < SKPY_ENTRY_FIELDS; i++) {
+        PyObject *py_d = PyObject_GetAttr(py_cls, PyTuple_GET_ITEM(py_fields, i));
+        if (py_d == NULL)
+            return NULL;
+        /* a slot is a member descriptor of an object-typed member: its
+         * offset is where the value lives inside each instance */
+        if (!Py_IS_TYPE(py_d, &PyMemberDescr_Type) ||
+            ((PyMemberDescrObject *)py_d)->d_member->type != T_OBJECT_EX) {
+            Py_DECREF(py_d);
+            PyErr_SetString(PyExc_TypeError, "the entry type must use __slots__");
+            return NULL;
+        }
+        st->entry_off[i] = ((PyMemberDescrObject *)py_d)->d_member->offset;
+        Py_DECREF(py_d);
+    }
+    Py_XSETREF(st->EntryType, (PyTypeObject *)Py_NewRef(py_cls));
+    Py_XSETREF(st->entry_states, Py_NewRef(py_states));
+    Py_XSETREF(st->entry_families, Py_NewRef(py_fams));
+    Py_XSETREF(st->entry_timers, Py_NewRef(py_timers));
+    Py_RETURN_NONE;
+}
+
+/* Store a new reference `v` (stolen) into slot i of obj.  v may be NULL
+ * (an error is pending then); returns 0 or -1. */
+static int entry_set(skpy_state *st, PyObject *obj, int i, PyObject *v)
+{
+    PyObject **slot;
+
+    if (v == NULL)
+        return -1;
+    slot = (PyObject **)((char *)obj + st->entry_off[i]);
+    Py_XSETREF(*slot, v);
+    return 0;
+}
+
+/* A one-entry cache per side: a listing repeats the same few addresses
+ * (127.0.0.1 ...), so their str objects are shared instead of rebuilt. */
+typedef struct {
+    char text[INET6_ADDRSTRLEN];
+    PyObject *obj; /* strong reference, or NULL */
+} addr_cache;
+
+/* (host, port) with host taken from the cache when it matches.  GIL held. */
+static PyObject *addr_pair(addr_cache *cache, const char *host, int port)
+{
+    PyObject *py_port, *py_pair;
+
+    if (cache->obj == NULL || strcmp(cache->text, host) != 0) {
+        PyObject *py_h = PyUnicode_FromString(host);
+        if (py_h == NULL)
+            return NULL;
+        Py_XSETREF(cache->obj, py_h);
+        snprintf(cache->text, sizeof(cache->text), "%s", host);
+    }
+    py_port = PyLong_FromLong(port);
+    if (py_port == NULL)
+        return NULL;
+    py_pair = PyTuple_Pack(2, cache->obj, py_port);
+    Py_DECREF(py_port);
+    return py_pair;
+}
+
+/* Contract: GIL held; a SocketEntry (new reference) or NULL with an
+ * exception set.  info (a tcp_info dict) is stored as is: the Python side
+ * wraps it in a TcpInfo. */
+static PyObject *entry_object(skpy_state *st, const sk_diag_entry *e,
+                              const sk_tcp_info *info, addr_cache *cache)
+{
+    char src[INET6_ADDRSTRLEN], dst[INET6_ADDRSTRLEN];
+    PyObject *obj, *py_v;
+    Py_ssize_t n;
+
+    if (inet_ntop(e->family, e->src, src, sizeof(src)) == NULL)
+        src[0] = '\0';
+    if (inet_ntop(e->family, e->dst, dst, sizeof(dst)) == NULL)
+        dst[0] = '\0';
+    obj = st->EntryType->tp_alloc(st->EntryType, 0);
+    if (obj == NULL)
+        return NULL;
+    py_v = PyLong_FromLong(e->family);
+    if (py_v == NULL)
+        goto error;
+    {
+        PyObject *py_f = PyDict_GetItemWithError(st->entry_families, py_v);
+        Py_DECREF(py_v);
+        if (py_f == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "unknown family %d", e->family);
+            goto error;
+        }
+        if (entry_set(st, obj, 0, Py_NewRef(py_f)) < 0)
+            goto error;
+    }
+    n = PyTuple_GET_SIZE(st->entry_states);
+    py_v = (e->state >= 0 && e->state < n)
+               ? PyTuple_GET_ITEM(st->entry_states, e->state) : Py_None;
+    if (py_v == Py_None) {
+        PyErr_Format(PyExc_ValueError, "unknown TCP state %d", e->state);
+        goto error;
+    }
+    if (entry_set(st, obj, 1, Py_NewRef(py_v)) < 0 ||
+        entry_set(st, obj, 2, addr_pair(&cache[0], src, (int)e->sport)) < 0 ||
+        entry_set(st, obj, 3, addr_pair(&cache[1], dst, (int)e->dport)) < 0 ||
+        entry_set(st, obj, 4, PyLong_FromUnsignedLong((unsigned long)e->inode)) < 0 ||
+        entry_set(st, obj, 5, PyLong_FromUnsignedLong((unsigned long)e->uid)) < 0)
+        goto error;
+    n = PyTuple_GET_SIZE(st->entry_timers);
+    py_v = (e->timer >= 0 && e->timer < n)
+               ? Py_NewRef(PyTuple_GET_ITEM(st->entry_timers, e->timer))
+               : PyUnicode_FromFormat("unknown(%d)", e->timer);
+    if (entry_set(st, obj, 6, py_v) < 0 ||
+        entry_set(st, obj, 7, PyFloat_FromDouble((double)e->expires_ms / 1000.0)) < 0 ||
+        entry_set(st, obj, 8, PyLong_FromUnsignedLong((unsigned long)e->retrans)) < 0 ||
+        entry_set(st, obj, 9, PyLong_FromUnsignedLong((unsigned long)e->rqueue)) < 0 ||
+        entry_set(st, obj, 10, PyLong_FromUnsignedLong((unsigned long)e->wqueue)) < 0 ||
+        entry_set(st, obj, 11, PyLong_FromUnsignedLongLong((unsigned long long)e->cookie)) < 0 ||
+        entry_set(st, obj, 12, PyLong_FromUnsignedLong((unsigned long)e->ifindex)) < 0 ||
+        entry_set(st, obj, 13, info != NULL ? skpy_tcp_info_dict(info)
+                                            : Py_NewRef(Py_None)) < 0)
+        goto error;
+    return obj;
+error:
+    Py_DECREF(obj);
+    return NULL;
+}
+
 /* ---------------------------------------------------------------- dump */
 
 PyDoc_STRVAR(diag_dump_doc,
@@ -236,25 +392,33 @@ static PyObject *Core_diag_dump(PyObject *mod, PyObject *args, PyObject *kw)
 {
     static const char *const kwlist[] = {
         "states", "family", "sport", "dport", "port", "src", "dst", "addr",
-        "with_info", "bound_inactive", "limit", "timeout", NULL};
+        "with_info", "bound_inactive", "limit", "timeout", "build", NULL};
     unsigned long states = SK_DIAG_ALL_STATES;
     int family = 0, sport = -1, dport = -1, port = -1;
-    int with_info = 0, bound_inactive = 0, rc;
+    int with_info = 0, bound_inactive = 0, build = 0, rc;
+    skpy_state *st = skpy_get_state(mod);
     Py_ssize_t limit = 0, i;
     PyObject *py_src = Py_None, *py_dst = Py_None, *py_addr = Py_None;
     PyObject *py_timeout = Py_None, *py_list = NULL;
+    addr_cache cache[2] = {{"", NULL}, {"", NULL}};
     collector c;
     sk_diag_query q;
     sk_err err;
 
     memset(&c, 0, sizeof(c));
     sk_err_clear(&err);
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|kiiiiOOOppnO:diag_dump",
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|kiiiiOOOppnOp:diag_dump",
                                      (char **)kwlist, &states, &family,
                                      &sport, &dport, &port, &py_src,
                                      &py_dst, &py_addr, &with_info,
-                                     &bound_inactive, &limit, &py_timeout))
+                                     &bound_inactive, &limit, &py_timeout,
+                                     &build))
         goto error;
+    if (build && st->EntryType == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "diag_dump(build=True) needs diag_set_entry_type()");
+        goto error;
+    }
     sk_diag_query_init(&q);
     if (states > 0xffffffffUL) {
         PyErr_SetString(PyExc_ValueError, "states must fit in 32 bits");
@@ -305,12 +469,19 @@ static PyObject *Core_diag_dump(PyObject *mod, PyObject *args, PyObject *kw)
         goto error;
     for (i = 0; i < (Py_ssize_t)c.n; i++) {
         const coll_item *it = &c.items[i];
-        PyObject *py_t = entry_tuple(
-            &it->e, it->info_idx == SIZE_MAX ? NULL : &c.infos[it->info_idx]);
-        if (py_t == NULL)
+        const sk_tcp_info *inf =
+            it->info_idx == SIZE_MAX ? NULL : &c.infos[it->info_idx];
+        PyObject *py_t = build ? entry_object(st, &it->e, inf, cache)
+                               : entry_tuple(&it->e, inf);
+        if (py_t == NULL) {
+            Py_CLEAR(cache[0].obj);
+            Py_CLEAR(cache[1].obj);
             goto error;
+        }
         PyList_SET_ITEM(py_list, i, py_t);
     }
+    Py_CLEAR(cache[0].obj);
+    Py_CLEAR(cache[1].obj);
     collector_free(&c);
     return py_list;  /* the success exit */
 error:
@@ -432,6 +603,8 @@ done:
 }
 
 static PyMethodDef diag_methods[] = {
+    {"diag_set_entry_type", Core_diag_set_entry_type, METH_VARARGS,
+     diag_set_entry_type_doc},
     {"diag_dump", (PyCFunction)(void (*)(void))Core_diag_dump,
      METH_VARARGS | METH_KEYWORDS, diag_dump_doc},
     {"diag_lookup", (PyCFunction)(void (*)(void))Core_diag_lookup,

@@ -29,6 +29,12 @@ typedef struct skpy_state {
     PyObject *ConnectionReset;
     PyObject *PeerDead;
     PyTypeObject *ConnType;
+    /* sockets(): SocketEntry objects built in C (diag_set_entry_type) */
+    PyTypeObject *EntryType;
+    PyObject *entry_states;   /* tuple: state number -> TcpState (or None) */
+    PyObject *entry_families; /* dict: AF_* number -> socket.AddressFamily */
+    PyObject *entry_timers;   /* tuple: timer code -> name */
+    Py_ssize_t entry_off[16]; /* slot offsets, in DIAG_ENTRY_FIELDS order */
 } skpy_state;
 
 /* Module state of the module `mod`.  GIL held. */

@@ -102,8 +102,12 @@ def diag_dump(
     states: int = 0x1FFE, family: int = 0, sport: int = -1, dport: int = -1, port: int = -1,
     src: Optional[str] = None, dst: Optional[str] = None, addr: Optional[str] = None,
     with_info: bool = False, bound_inactive: bool = False, limit: int = 0,
-    timeout: Optional[float] = 30.0,
-) -> list[_DiagEntry]: ...
+    timeout: Optional[float] = 30.0, build: bool = False,
+) -> list[Any]: ...
+def diag_set_entry_type(
+    cls: type, fields: tuple[str, ...], states: tuple[Any, ...], families: dict[int, Any],
+    timers: tuple[str, ...], /,
+) -> None: ...
 def diag_lookup(
     family: int, src: str, sport: int, dst: str, dport: int, cookie: Optional[int] = None,
     with_info: bool = False, timeout: Optional[float] = 5.0,

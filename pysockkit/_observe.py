@@ -527,6 +527,14 @@ _ENTRY_SETTERS = tuple(
 )
 _FAMILIES = {int(f): f for f in (socket.AF_INET, socket.AF_INET6)}
 _STATES = {int(st): st for st in TcpState}
+# sockets() gets its entries built by the C dump, straight into the slots
+_core.diag_set_entry_type(
+    SocketEntry,
+    tuple(f.name for f in dataclasses.fields(SocketEntry)),
+    tuple([None] + [_STATES.get(i, TcpState.CLOSED if i == 13 else None) for i in range(1, 14)]),
+    _FAMILIES,
+    tuple(_TIMER_NAMES[i] for i in range(len(_TIMER_NAMES))),
+)
 
 
 class SocketList(list[SocketEntry]):
@@ -703,8 +711,14 @@ def sockets(
         with_info=bool(info),
         bound_inactive=bound_inactive,
         limit=limit or 0,
+        build=True,
     )
-    return SocketList(SocketEntry._from_core(t) for t in rows)
+    out = SocketList(rows)  # SocketEntry objects, filled in C
+    if info:
+        for e in out:
+            if e.info is not None:
+                object.__setattr__(e, "info", TcpInfo._from_core(e.info))  # type: ignore[arg-type]
+    return out
 
 
 def find_socket(
