@@ -32,7 +32,7 @@ from ._enums import TcpState
 from ._observe import SocketEntry, SocketList, TcpInfo, find_socket, sockets, tcp_info
 from ._watch import InfoSample, StateTrace, watch
 from ._diagram import StateDiagram, state_diagram
-from . import lab
+from . import lab, simplex
 from ._proxy import (
     Bandwidth,
     FaultHandle,
@@ -78,6 +78,7 @@ __all__ = [
     "state_diagram",
     "StateDiagram",
     "lab",
+    "simplex",
     # testing
     "FaultProxy",
     "FaultHandle",
