@@ -220,3 +220,29 @@ def test_duplex_across_processes_and_peer_kill() -> None:
         finally:
             p.kill()
             p.communicate()
+
+
+# ------------------------------------------------------------------ docs
+
+def _section_blocks(heading: str) -> list[str]:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "modes.md").read_text()
+    start = text.index("\n" + heading + "\n") + 1
+    nxt = re.compile(r"^## ", re.M).search(text, start + len(heading))
+    section = text[start:nxt.start() if nxt else len(text)]
+    return re.findall(r"^```python\n(.*?)^```", section, re.M | re.S)
+
+
+@pytest.mark.parametrize("heading", [
+    "## Synchronous: `conn.request()`",
+    "## Asynchronous duplex over threads: `conn.request_async()`",
+])
+def test_modes_doc_examples_run(heading: str) -> None:
+    blocks = _section_blocks(heading)
+    assert blocks
+    for code in blocks:
+        proc = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True,
+                              text=True, timeout=60, env=child_env())
+        assert proc.returncode == 0, proc.stderr
