@@ -235,50 +235,40 @@ PyDoc_STRVAR(Conn_doc,
 /* Contract: GIL held; takes ownership of fd on success. */
 static int Conn_init(PyObject *op, PyObject *args, PyObject *kwds)
 {
-    /* PyArg_ParseTupleAndKeywords takes char *[] before Python 3.13 */
-    static char kw_fd[] = "fd", kw_hs[] = "header_size", kw_bo[] = "byteorder",
-                kw_mf[] = "max_frame", kw_ct[] = "control",
-                kw_id[] = "correlation";
-    static char *kwlist[] = {kw_fd, kw_hs, kw_bo, kw_mf, kw_ct, kw_id, NULL};
     ConnObject *self = (ConnObject *)op;
-    int fd, header_size = 4, control = 0, correlation = 0;
-    const char *byteorder = "big";
-    unsigned long long max_frame = 16ULL << 20;
+    PyObject *py_rest = NULL;
     sk_framing f;
     sk_err err;
+    int fd, rc = -1;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|isKpp", kwlist, &fd,
-                                     &header_size, &byteorder, &max_frame,
-                                     &control, &correlation))
-        return -1;
     if (self->initialized) {
         PyErr_SetString(PyExc_RuntimeError, "Conn is already initialised");
-        return -1;
+        goto done;
     }
+    if (PyTuple_GET_SIZE(args) < 1) {
+        PyErr_SetString(PyExc_TypeError, "Conn() needs the fd first");
+        goto done;
+    }
+    fd = (int)PyLong_AsLong(PyTuple_GET_ITEM(args, 0));
+    if (fd == -1 && PyErr_Occurred())
+        goto done;
     if (fd < 0) {
         PyErr_SetString(PyExc_ValueError, "fd must be a file descriptor >= 0");
-        return -1;
+        goto done;
     }
-    if (strcmp(byteorder, "big") != 0 && strcmp(byteorder, "little") != 0) {
-        PyErr_Format(PyExc_ValueError,
-                     "byteorder must be 'big' or 'little', not %s", byteorder);
-        return -1;
-    }
-    f.header_size = (unsigned)header_size;
-    f.little_endian = strcmp(byteorder, "little") == 0;
-    f.max_frame = max_frame;
-    f.flags = 0;
-    if (control)
-        f.flags |= SK_FRAMING_CONTROL;
-    if (correlation)
-        f.flags |= SK_FRAMING_IDS;
+    py_rest = PyTuple_GetSlice(args, 1, PyTuple_GET_SIZE(args));
+    if (py_rest == NULL || skpy_framing_args(self->mod, py_rest, kwds, &f) < 0)
+        goto done;
     if (sk_conn_init(&self->c, fd, &f, &err) != SK_OK) {
         skpy_raise(self->mod, &err, NULL);
-        return -1;
+        goto done;
     }
     self->initialized = 1;
     self->fd = fd;
-    return 0;
+    rc = 0;
+done:
+    Py_XDECREF(py_rest);
+    return rc;
 }
 
 /* Leave the hub, if registered (synchronous: the hub stops touching c).

@@ -20,9 +20,8 @@ typedef struct {
     PyObject *control; /* list of control-frame bodies not yet taken */
 } DecoderObject;
 
-/* Parse the framing keywords shared by Decoder and Encoder into *f.
- * Returns 0, or -1 with an exception set.  GIL held. */
-static int skpy_framing_args(PyObject *mod, PyObject *args, PyObject *kwds,
+/* Contract: GIL held; see _pysockkit_util.h. */
+int skpy_framing_args(PyObject *mod, PyObject *args, PyObject *kwds,
                              sk_framing *f)
 {
     /* PyArg_ParseTupleAndKeywords takes char *[] before Python 3.13 */

@@ -61,6 +61,12 @@ int skpy_deadline(PyObject *timeout, int64_t *deadline);
  * runs handlers, so in other threads it returns 0 cheaply. */
 int skpy_check_signals(void *ctx);
 
+/* Parse (header_size=4, byteorder='big', max_frame=16 MiB, control=False,
+ * correlation=False) from args/kwds into a checked *f: shared by Conn,
+ * Decoder and Encoder.  Returns 0, or -1 with an exception set. */
+int skpy_framing_args(PyObject *mod, PyObject *args, PyObject *kwds,
+                      sk_framing *f);
+
 /* One decoded data frame as Python: bytes, or (id, bytes) for a correlated
  * frame (SK_FRAMING_IDS).  GIL held. */
 PyObject *skpy_frame_obj(const sk_frame *fr);
