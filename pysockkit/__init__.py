@@ -32,7 +32,7 @@ from ._enums import TcpState
 from ._observe import SocketEntry, SocketList, TcpInfo, find_socket, sockets, tcp_info
 from ._watch import InfoSample, StateTrace, watch
 from ._diagram import StateDiagram, state_diagram
-from . import lab, simplex
+from . import aio, lab, simplex
 from ._proxy import (
     Bandwidth,
     FaultHandle,
@@ -77,6 +77,7 @@ __all__ = [
     "InfoSample",
     "state_diagram",
     "StateDiagram",
+    "aio",
     "lab",
     "simplex",
     # testing
