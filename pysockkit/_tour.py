@@ -238,6 +238,30 @@ def step_modes() -> None:
         t.join()
         srv.close()
 
+    import asyncio
+
+    from . import aio
+
+    async def aio_modes() -> tuple[int, float]:
+        async def answer(c: aio.Connection) -> None:
+            while True:
+                for item in await c.recv_many():
+                    rid, msg = item  # correlated frames come as (id, payload)
+                    c.reply_nowait(rid, bytes(msg).upper())
+                await c.drain()
+
+        async with await aio.serve(("127.0.0.1", 0), answer, framing=framing) as srv:
+            async with await aio.connect(srv.address, framing=framing, timeout=5.0) as c:
+                t0 = time.perf_counter()
+                replies = await asyncio.gather(
+                    *(c.request(b"aio %d" % i, timeout=5.0) for i in range(n)))
+                dt = time.perf_counter() - t0
+                return sum(r == b"AIO %d" % i for i, r in enumerate(replies)), dt
+
+    ok, dt = asyncio.run(aio_modes())
+    print(f"   async duplex  pysockkit.aio, asyncio.gather:       {ok} in {dt * 1e3:6.1f} ms "
+          f"({n / dt:9,.0f} req/s), same wire format")
+
     with simplex.Server(("127.0.0.1", 0), ("127.0.0.1", 0), lambda m: m.upper()) as ss:
         with simplex.Client(ss.request_address, ss.reply_address) as sc:
             t0 = time.perf_counter()

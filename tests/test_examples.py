@@ -101,6 +101,6 @@ def test_tour_runs() -> None:
     out = proc.stdout
     for marker in ("long connection", "sk.Timeout", "its own reply", "short connections",
                    "shutdown('write')", "sk.ConnectionReset", "sk.PeerDead after",
-                   "of 13 reproduced", "async duplex", "async simplex", "tour finished"):
+                   "of 13 reproduced", "async duplex", "pysockkit.aio", "async simplex", "tour finished"):
         assert marker in out, marker
     assert time.monotonic() - t0 < 120
