@@ -25,6 +25,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import resource
 import select
 import shutil
 import statistics
@@ -39,6 +40,8 @@ CONTENDERS = os.path.join(HERE, "contenders.py")
 CREF_SRC = os.path.join(HERE, "cref.c")
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror"]
 READY_TIMEOUT_S = 20.0
+DISTURB_SHARE = 0.10  # other work above this share of the CPUs spoils a trial
+DISTURB_RETRIES = 2
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Row:
     values: list = field(default_factory=list)  # metric per trial
     p99s: list = field(default_factory=list)  # rtt only
     error: str = ""
+    disturbed: int = 0  # trials kept although other work used the CPUs
 
 
 @dataclass
@@ -329,7 +333,8 @@ def render_section(sec: Section) -> str:
             ref = next(iter(refs.values()), None)
             x = ratio(m, med(ref.values)) if ref else None
             cells.append(f"{x:.2f}" if x is not None else "–")
-        cells.append(f"{len(r.values)}×{r.count}")
+        cells.append(f"{len(r.values)}×{r.count}"
+                     + (f" ({r.disturbed} disturbed)" if r.disturbed else ""))
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -377,7 +382,7 @@ def targets(sections) -> list[str]:
     return lines
 
 
-def environment(cref_cc: str) -> list[str]:
+def environment(cref_cc: str, load: str) -> list[str]:
     cpu = "?"
     try:
         with open("/proc/cpuinfo") as f:
@@ -402,8 +407,54 @@ def environment(cref_cc: str) -> list[str]:
         f"- {zv}",
         f"- pysockkit: {skv}",
         f"- C reference: {cref_cc}",
+        f"- {load}",
         "- command: `" + " ".join(["python", os.path.relpath(sys.argv[0])] + sys.argv[1:]) + "`",
     ]
+
+
+def cpu_snapshot() -> tuple[float, float, float, float]:
+    """(wall, busy s of the whole machine excluding irq/softirq, steal s,
+    CPU s used by this harness and its reaped children)."""
+    tck = os.sysconf("SC_CLK_TCK")
+    busy = steal = 0.0
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal ...
+        busy = (v[0] + v[1] + v[2]) / tck
+        steal = (v[7] if len(v) > 7 else 0) / tck
+    except (OSError, ValueError, IndexError):
+        pass
+    own = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        ru = resource.getrusage(who)
+        own += ru.ru_utime + ru.ru_stime
+    return time.monotonic(), busy, steal, own
+
+
+def background_load(a, b) -> tuple[float, float]:
+    """Share of the machine (0..1) busy with other work between two
+    snapshots, and the share stolen by the hypervisor.  Loopback softirq
+    time is left out of both sides, so this slightly overstates nothing."""
+    wall = max(1e-9, b[0] - a[0]) * (os.cpu_count() or 1)
+    other = max(0.0, (b[1] - a[1]) - (b[3] - a[3]))
+    return other / wall, (b[2] - a[2]) / wall
+
+
+def wait_quiet(limit_s: float, threshold: float = 0.10) -> float:
+    """Wait (at most limit_s) for three 2 s windows in a row in which other
+    work uses under `threshold` of the machine; returns the last share."""
+    deadline = time.monotonic() + limit_s
+    quiet = 0
+    while True:
+        a = cpu_snapshot()
+        time.sleep(2.0)
+        share, _ = background_load(a, cpu_snapshot())
+        quiet = quiet + 1 if share < threshold else 0
+        if quiet >= 3 or time.monotonic() >= deadline:
+            return share
+        if not quiet:
+            log(f"waiting for a quiet machine: {share:.0%} busy with other work")
 
 
 _SK = None
@@ -453,6 +504,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=1.0,
                     help="target duration of one measured trial (default 1.0)")
     ap.add_argument("--out", default="", help="also write the report (markdown) here")
+    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
+                    help="first wait up to S seconds for other work to use < 10%% of the CPUs")
     args = ap.parse_args()
 
     if len(os.sched_getaffinity(0)) < 2 or not {0, 1} <= os.sched_getaffinity(0):
@@ -470,8 +523,11 @@ def main() -> int:
     sk_ok, sk_why = sk_probe()
     if not sk_ok:
         log(f"pysockkit contenders skipped: {sk_why}")
+    if args.wait_quiet > 0:
+        wait_quiet(args.wait_quiet)
     tmp = tempfile.mkdtemp(prefix="pysockkit-bench-")
     t_start = time.monotonic()
+    snap0 = cpu_snapshot()
     try:
         cref, cref_cc = build_cref(tmp)
         for sec in sections:
@@ -503,8 +559,22 @@ def main() -> int:
                     if r.error:
                         continue
                     timeout = 30.0 if args.quick else max(60.0, 30 * args.seconds)
+                    # A trial during which other work used the CPUs is run
+                    # again (at most DISTURB_RETRIES times), then kept and
+                    # counted as disturbed.
                     try:
-                        res = run_trial(r, sec, r.count, cref, timeout=timeout)
+                        retries = 0 if args.quick else DISTURB_RETRIES
+                        for attempt in range(retries + 1):
+                            snap = cpu_snapshot()
+                            res = run_trial(r, sec, r.count, cref, timeout=timeout)
+                            bg, st = background_load(snap, cpu_snapshot())
+                            if bg + st < DISTURB_SHARE:
+                                break
+                            log(f"  {r.key:10s} trial {rep + 1}: disturbed "
+                                f"({bg:.0%} other work, {st:.0%} steal)"
+                                + ("; again" if attempt < retries else "; kept"))
+                        else:
+                            r.disturbed += 1
                     except TrialError as e:
                         r.error = f"error: {e}"
                         log(f"  {r.key:10s} trial {rep + 1} FAILED: {e}")
@@ -519,16 +589,24 @@ def main() -> int:
                         f"({res['elapsed_s']:.2f} s)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    bg, st = background_load(snap0, cpu_snapshot())
+    load = (f"other work on the machine during the run: {bg:.1%} of the CPUs; "
+            f"hypervisor steal: {st:.1%}")
+    if bg > 0.05 or st > 0.05:
+        load += " — **results are disturbed; rerun on a quiet machine**"
+        log("warning: " + load)
 
     report = ["# pysockkit benchmark results", ""]
-    report += environment(cref_cc)
+    report += environment(cref_cc, load)
     report += [f"- repeats: {repeat} per contender, interleaved; trial target "
                f"{'quick' if args.quick else f'{args.seconds:g} s'}; "
                f"wall time {time.monotonic() - t_start:.0f} s", ""]
     report += ["Values are the median over the trials, with min and max. Ratios are "
                "medians over medians, to the C reference of the same table (for "
                "rtt-64 a ratio below 1 is better). n = trials × messages (or "
-               "connections) per trial. † = diagnostic row (one pysockkit side "
+               "connections) per trial; a trial during which other work used "
+               f"over {DISTURB_SHARE:.0%} of the CPUs is run again up to "
+               f"{DISTURB_RETRIES} times, then kept and counted as disturbed. † = diagnostic row (one pysockkit side "
                "against the C reference's other side), not a contender of its own.", ""]
     for sec in sections:
         report += [render_section(sec), ""]
