@@ -423,7 +423,10 @@ static int Conn_send_locked(ConnObject *self, const sk_iov *iov, size_t n,
     size_t d = 0;
     int rc;
 
-    if (nbytes <= SKPY_INLINE_SEND && sk_buf_len(&self->c.out) == 0) {
+    /* with a receive worker running, the GIL is released for the send too:
+     * the worker needs it to hand replies over while we write */
+    if (nbytes <= SKPY_INLINE_SEND && sk_buf_len(&self->c.out) == 0 &&
+        !self->worker) {
         rc = sk_conn_send(&self->c, iov, n, 0, NULL, &d, err);
         *done += d;
         if (rc != SK_TIMEOUT)
