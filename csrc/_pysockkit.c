@@ -112,6 +112,18 @@ int skpy_deadline(PyObject *timeout, int64_t *deadline)
     return 0;
 }
 
+/* The thread that imported the module: the main thread, in practice. */
+static unsigned long skpy_main_ident;
+
+/* Contract: any thread, no GIL needed.  Only the main thread runs signal
+ * handlers, so only it wakes every SKPY_SLICE_MS to check for them; other
+ * threads sleep until their event or deadline (a server with a thousand
+ * idle threads would otherwise take the GIL thousands of times a second). */
+int skpy_slice_ms(void)
+{
+    return PyThread_get_thread_ident() == skpy_main_ident ? SKPY_SLICE_MS : 0;
+}
+
 /* Contract: called WITHOUT the GIL from inside Py_BEGIN_ALLOW_THREADS;
  * ctx points at that block's saved thread state.  Takes the GIL, runs the
  * signal handlers, gives the GIL back; nonzero if a handler raised (the
@@ -162,6 +174,7 @@ static int skpy_exec(PyObject *mod)
 {
     int rc = -1;
 
+    skpy_main_ident = PyThread_get_thread_ident();
     if (skpy_load_errors(mod) < 0)
         goto error;
     if (skpy_add_conn(mod) < 0)

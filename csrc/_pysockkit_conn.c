@@ -32,7 +32,6 @@
 #include "hub.h"
 #include "sock.h"
 
-#define SKPY_SLICE_MS 50          /* longest wait between signal checks */
 #define SKPY_INLINE_SEND 65536    /* sends up to this many bytes try first with the GIL held */
 #define SKPY_BATCH 1024           /* send_many: payloads per core call */
 #define SKPY_RECV_MANY_DEFAULT 4096
@@ -442,7 +441,7 @@ static int Conn_send_locked(ConnObject *self, const sk_iov *iov, size_t n,
     }
     d = 0;
     Py_BEGIN_ALLOW_THREADS
-    sk_intr intr = {skpy_check_signals, &_save, SKPY_SLICE_MS};
+    sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
     if (n > 0)
         rc = sk_conn_send(&self->c, iov, n, deadline, &intr, &d, err);
     else
@@ -696,7 +695,7 @@ static PyObject *Conn_flush(PyObject *op, PyObject *const *args,
         goto error;
     }
     Py_BEGIN_ALLOW_THREADS
-    sk_intr intr = {skpy_check_signals, &_save, SKPY_SLICE_MS};
+    sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
     rc = sk_conn_flush(&self->c, deadline, &intr, &err);
     Py_END_ALLOW_THREADS
     if (rc != SK_OK) {
@@ -723,7 +722,7 @@ static PyObject *Conn_recv_locked(ConnObject *self, int64_t deadline, int *rc,
     *rc = sk_conn_recv_buffered(&self->c, &fr, err);
     if (*rc == SK_NEED_DATA) {
         Py_BEGIN_ALLOW_THREADS
-        sk_intr intr = {skpy_check_signals, &_save, SKPY_SLICE_MS};
+        sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
         *rc = sk_conn_recv(&self->c, deadline, &intr, &fr, err);
         Py_END_ALLOW_THREADS
     }
@@ -941,7 +940,7 @@ static PyObject *Conn_shutdown(PyObject *op, PyObject *const *args,
     }
     if (how != SHUT_RD) {
         Py_BEGIN_ALLOW_THREADS
-        sk_intr intr = {skpy_check_signals, &_save, SKPY_SLICE_MS};
+        sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
         rc = sk_conn_shutdown_write(&self->c, deadline, &intr, &err);
         Py_END_ALLOW_THREADS
         if (rc != SK_OK) {
@@ -1437,7 +1436,7 @@ static PyObject *skpy_connect(PyObject *mod, PyObject *const *args,
     if (skpy_deadline(a[3], &deadline) < 0)
         return NULL;
     Py_BEGIN_ALLOW_THREADS
-    sk_intr intr = {skpy_check_signals, &_save, SKPY_SLICE_MS};
+    sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
     rc = sk_connect((struct sockaddr *)&ss, len, deadline, &intr, &fd, &err);
     Py_END_ALLOW_THREADS
     if (rc == SK_TIMEOUT) {
@@ -1479,7 +1478,7 @@ static PyObject *skpy_accept(PyObject *mod, PyObject *const *args,
     if (skpy_deadline(a[1], &deadline) < 0)
         return NULL;
     Py_BEGIN_ALLOW_THREADS
-    sk_intr intr = {skpy_check_signals, &_save, SKPY_SLICE_MS};
+    sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
     rc = sk_accept(lfd, deadline, &intr, &fd, &err);
     Py_END_ALLOW_THREADS
     if (rc == SK_TIMEOUT) {

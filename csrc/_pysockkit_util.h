@@ -71,6 +71,11 @@ int skpy_framing_args(PyObject *mod, PyObject *args, PyObject *kwds,
  * frame (SK_FRAMING_IDS).  GIL held. */
 PyObject *skpy_frame_obj(const sk_frame *fr);
 
+/* Longest single wait between signal checks for the calling thread: 50 ms
+ * in the main thread (Ctrl-C), 0 (no periodic wake) in others. */
+#define SKPY_SLICE_MS 50
+int skpy_slice_ms(void);
+
 /* Add functions/types for each area; 0 or -1 with an exception set. */
 int skpy_add_conn(PyObject *mod);
 int skpy_add_frame(PyObject *mod);

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
@@ -30,6 +31,7 @@ __all__ = ["Connection", "Listener", "connect", "listen", "call", "Address"]
 
 Address = tuple[str, int]
 _DEFAULT_FRAMING = Framing()
+_START_LOCK = threading.RLock()  # starting receive workers (rare, short)
 _SHUT = {"read": socket.SHUT_RD, "write": socket.SHUT_WR, "both": socket.SHUT_RDWR}
 
 
@@ -195,9 +197,10 @@ class Connection(_core.Conn):
         """
         from ._duplex import Duplex
 
-        if self._duplex is not None:
-            raise RuntimeError("the receive worker already runs (conn.duplex)")
-        self._duplex = Duplex(self, on_message, maxsize)
+        with _START_LOCK:
+            if self._duplex is not None:
+                raise RuntimeError("the receive worker already runs (conn.duplex)")
+            self._duplex = Duplex(self, on_message, maxsize)
         return self._duplex
 
     @property
@@ -217,7 +220,13 @@ class Connection(_core.Conn):
             futs = [conn.request_async(b"%d" % i, timeout=2.0) for i in range(100)]
             print([f.result() for f in futs][:3])
         """
-        d = self._duplex if self._duplex is not None else self.start_receiver()
+        d = self._duplex
+        if d is None:
+            with _START_LOCK:  # two threads' first requests start one worker
+                if self._duplex is None:
+                    self.start_receiver()
+            d = self._duplex
+            assert d is not None
         return d.request_async(data, timeout)
 
     def info(self) -> "TcpInfo":

@@ -110,6 +110,10 @@ class Duplex:
         except BaseException:
             self._pending.pop(rid, None)
             raise
+        if self._error is not None and self._pending.pop(rid, None) is fut:
+            # the receive side ended while we registered: nobody is left to
+            # resolve or expire this future
+            fut.set_exception(self._error)
         return fut
 
     def request(self, data: Union[bytes, bytearray, memoryview],
