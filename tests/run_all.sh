@@ -29,7 +29,7 @@ fi
 step "virtualenv and Python packages"
 [ -x "$venv/bin/python" ] || "$PY" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q pytest mypy build setuptools wheel nbclient nbformat ipykernel
+"$venv/bin/python" -m pip install -q pytest mypy build setuptools wheel nbclient nbformat ipykernel hypothesis
 
 step "C core: test runner, plain and under ASan+UBSan"
 bash tests/c/run.sh

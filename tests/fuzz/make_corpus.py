@@ -1,0 +1,227 @@
+"""Write the seed corpora of the libFuzzer harnesses (tests/fuzz/corpus/).
+
+    python tests/fuzz/make_corpus.py          # rewrite every seed
+
+The seeds are committed; rerun this only to change them.  Decoder seeds are
+real frame streams encoded with ``struct`` (independent of pysockkit),
+preceded by the harness's 10 configuration bytes (see fuzz_decoder.c).
+Diag seeds are real NETLINK_SOCK_DIAG replies captured from the running
+kernel (a dump of a few loopback sockets in various states, with
+INET_DIAG_INFO, and the error reply to a lookup of a socket that does not
+exist), preceded by the harness's 8 configuration bytes (fuzz_diag.c).
+Stdlib only; every socket opened here is closed; loopback only.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CORPUS = HERE / "corpus"
+
+# ------------------------------------------------------------- decoder
+
+_CODE = {1: "B", 2: "H", 4: "I", 8: "Q"}
+_HS_BITS = {1: 0, 2: 1, 4: 2, 8: 3}
+
+
+def frame(payload: bytes, hs: int = 4, little: bool = False) -> bytes:
+    return struct.pack(("<" if little else ">") + _CODE[hs], len(payload)) + payload
+
+
+def control(body: bytes, hs: int = 4, little: bool = False) -> bytes:
+    top = 1 << (8 * hs - 1)
+    return struct.pack(("<" if little else ">") + _CODE[hs], top | len(body)) + body
+
+
+def correlated(payload: bytes, cid: int, hs: int = 4, little: bool = False) -> bytes:
+    second = 1 << (8 * hs - 2)
+    body = struct.pack(">Q", cid) + payload
+    return struct.pack(("<" if little else ">") + _CODE[hs], second | len(body)) + body
+
+
+def ping(ts: int, rtt_us: int = 0xFFFFFFFF) -> bytes:
+    return bytes([1]) + struct.pack(">QI", ts, rtt_us)
+
+
+def pong(ts: int) -> bytes:
+    return bytes([2]) + struct.pack(">Q", ts)
+
+
+def dec_cfg(
+    hs: int = 4,
+    little: bool = False,
+    ctl: bool = False,
+    scan: bool = False,
+    mode: int = 0,
+    idle: bool = False,
+    max_frame: int = 65536,
+    seed: int = 1,
+    ids: bool = False,
+) -> bytes:
+    b0 = _HS_BITS[hs] | (4 if little else 0) | (8 if ctl else 0) | (16 if scan else 0)
+    b0 |= (mode & 3) << 5 | (128 if idle else 0)
+    # the harness reduces raw into 1..limit as 1 + raw % limit
+    return bytes([b0]) + struct.pack("<Q", max_frame - 1) + bytes([seed, 1 if ids else 0])
+
+
+def decoder_seeds() -> dict[str, bytes]:
+    msgs = [b"hello", b"", b"x" * 300, bytes(range(256)), b"last"]
+    s: dict[str, bytes] = {}
+    for hs in (1, 2, 4, 8):
+        for little in (False, True):
+            body = b"".join(frame(m, hs, little) for m in msgs if len(m) < (1 << (8 * hs)))
+            name = f"plain_h{hs}_{'le' if little else 'be'}"
+            s[name] = dec_cfg(hs, little, mode=(hs + little) % 4, max_frame=1000) + body
+    s["reserve_big_frame"] = dec_cfg(4, mode=1, max_frame=1 << 20) + frame(os.urandom(0) + b"\xab" * 3000)
+    s["too_large_4gib"] = dec_cfg(4, max_frame=1 << 20) + frame(b"ok") + b"\xff\xff\xff\xff" + b"junk"
+    s["too_large_top_bit"] = dec_cfg(4, max_frame=1 << 20) + b"\x80\x00\x00\x05hello"
+    s["truncated_payload"] = dec_cfg(2, mode=2) + frame(b"abc", 2) + b"\x00\x10partial"
+    s["truncated_header"] = dec_cfg(8, mode=3, idle=True) + frame(b"abc", 8) + b"\x00\x00\x00"
+    hb = (
+        frame(b"data1")
+        + control(ping(123456789, 41))
+        + frame(b"data2")
+        + control(pong(123456789))
+        + control(b"\x07unknown-type")
+        + frame(b"")
+    )
+    s["control_inline"] = dec_cfg(4, ctl=True, max_frame=1 << 16) + hb
+    s["control_scan"] = dec_cfg(4, ctl=True, scan=True, mode=2, max_frame=1 << 16) + hb
+    s["control_h1_le"] = (
+        dec_cfg(1, little=True, ctl=True, scan=True, max_frame=127)
+        + frame(b"a", 1)
+        + control(pong(5), 1)
+        + frame(b"b", 1)
+    )
+    s["control_bad_size"] = dec_cfg(2, ctl=True) + frame(b"a", 2) + b"\x80\x00"
+    s["correlated"] = (
+        dec_cfg(4, ids=True, mode=2, max_frame=1 << 16)
+        + frame(b"plain")
+        + correlated(b"request", 7)
+        + correlated(b"reply", 7 | 1 << 63)
+        + correlated(b"", 8)
+    )
+    s["correlated_control_le"] = (
+        dec_cfg(2, little=True, ctl=True, scan=True, ids=True, max_frame=1000)
+        + correlated(b"req", 1, 2, True)
+        + control(ping(5), 2, True)
+        + correlated(b"x" * 300, 2**63 + 1, 2, True)
+    )
+    s["correlated_short_id"] = dec_cfg(4, ids=True) + b"\x40\x00\x00\x04abcd"
+    return s
+
+
+# ---------------------------------------------------------------- diag
+
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+INET_DIAG_INFO = 2
+NLMSG_HDR = struct.Struct("=IHHII")
+
+
+def _diag_req(family: int, seq: int, dump: bool, sport: int = 0, dport: int = 0,
+              src: bytes = b"", dst: bytes = b"") -> bytes:
+    ext = 1 << (INET_DIAG_INFO - 1)
+    req = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, ext, 0, 0xFFFFFFFF if not dump else 0x1FFE)
+    req += struct.pack(">HH", sport, dport) + src.ljust(16, b"\0") + dst.ljust(16, b"\0")
+    req += struct.pack("=III", 0, 0xFFFFFFFF, 0xFFFFFFFF)
+    flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0)
+    return NLMSG_HDR.pack(NLMSG_HDR.size + len(req), SOCK_DIAG_BY_FAMILY, flags, seq, 0) + req
+
+
+def _netlink_exchange(req: bytes) -> list[bytes]:
+    """Send one request, return the datagrams until DONE/ERROR (max 50)."""
+    out = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 4) as nl:  # NETLINK_SOCK_DIAG
+        nl.settimeout(5.0)
+        nl.sendto(req, (0, 0))
+        for _ in range(50):
+            data = nl.recv(65536)
+            out.append(data)
+            types = [t for t, _ in _messages(data)]
+            if NLMSG_DONE in types or NLMSG_ERROR in types:
+                break
+    return out
+
+
+def _messages(data: bytes) -> list[tuple[int, bytes]]:
+    out = []
+    pos = 0
+    while pos + NLMSG_HDR.size <= len(data):
+        ln, typ, _f, _s, _p = NLMSG_HDR.unpack_from(data, pos)
+        if ln < NLMSG_HDR.size or pos + ln > len(data):
+            break
+        out.append((typ, data[pos : pos + ln]))
+        pos += (ln + 3) & ~3
+    return out
+
+
+def _ports_of(msg: bytes) -> tuple[int, int]:
+    sport, dport = struct.unpack_from(">HH", msg, NLMSG_HDR.size + 4)
+    return sport, dport
+
+
+def diag_cfg(seq: int, flags: int, port: int = 0, which: int = 0, states: int = 0) -> bytes:
+    return struct.pack("=I", seq) + bytes([flags]) + struct.pack("<H", port) + bytes([which | states << 2])
+
+
+def diag_seeds() -> dict[str, bytes]:
+    seq = 0x736B0001
+    seeds: dict[str, bytes] = {}
+    for fam, host, tag in ((socket.AF_INET, "127.0.0.1", "v4"), (socket.AF_INET6, "::1", "v6")):
+        with socket.socket(fam, socket.SOCK_STREAM) as ls:
+            ls.bind((host, 0))
+            ls.listen(4)
+            port = ls.getsockname()[1]
+            cli = socket.socket(fam, socket.SOCK_STREAM)
+            cli.connect((host, port))
+            srv, _ = ls.accept()
+            cli.sendall(b"x" * 1000)  # unread bytes: a nonzero rqueue
+            tw = socket.socket(fam, socket.SOCK_STREAM)
+            tw.connect((host, port))
+            tws, _ = ls.accept()
+            tw.close()  # the client side goes FIN_WAIT -> TIME_WAIT
+            tws.close()
+            time.sleep(0.05)
+            try:
+                keep = []
+                for dgram in _netlink_exchange(_diag_req(fam, seq, True)):
+                    for typ, msg in _messages(dgram):
+                        if typ == SOCK_DIAG_BY_FAMILY and port in _ports_of(msg):
+                            keep.append(msg)
+                        elif typ in (NLMSG_DONE, NLMSG_ERROR):
+                            keep.append(msg)
+                body = b"".join(m + b"\0" * (-len(m) % 4) for m in keep)
+                seeds[f"dump_{tag}_info"] = diag_cfg(seq, 0b10) + body
+                seeds[f"dump_{tag}_filtered"] = diag_cfg(seq, 0b11 | (1 << 3 if tag == "v4" else 2 << 3), port, 2) + body
+                seeds[f"dump_{tag}_stop"] = diag_cfg(seq, 0b111) + body
+            finally:
+                srv.close()
+                cli.close()
+        # an exact lookup of a socket that does not exist: NLMSG_ERROR -ENOENT
+        addr = socket.inet_pton(fam, host)
+        reply = _netlink_exchange(_diag_req(fam, seq + 1, False, 1, 1, addr, addr))
+        seeds[f"lookup_{tag}_enoent"] = diag_cfg(seq + 1, 0) + b"".join(reply)
+    seeds["done_only"] = diag_cfg(7, 0) + NLMSG_HDR.pack(20, NLMSG_DONE, 2, 7, 0) + b"\0\0\0\0"
+    return seeds
+
+
+def write(name: str, seeds: dict[str, bytes]) -> None:
+    d = CORPUS / name
+    d.mkdir(parents=True, exist_ok=True)
+    for old in d.iterdir():
+        old.unlink()
+    for k, v in sorted(seeds.items()):
+        (d / k).write_bytes(v)
+    print(f"{d.relative_to(HERE.parent.parent)}: {len(seeds)} seeds, {sum(map(len, seeds.values()))} bytes")
+
+
+if __name__ == "__main__":
+    write("fuzz_decoder", decoder_seeds())
+    write("fuzz_diag", diag_seeds())

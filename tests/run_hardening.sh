@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# run_hardening.sh - the hardening checks of issue 7, for CI (tests/run_all.sh
+# calls it) and by hand.  See docs/reliability.md.
+#
+#   tests/run_hardening.sh [--no-fuzz] [--no-valgrind] [--no-sanitize] [PYTEST ARGS...]
+#
+#   1. fuzz:      tests/fuzz/run.sh $FUZZ_SECONDS (default 60 s in all),
+#                 libFuzzer + ASan + UBSan on the decoder and the sock_diag
+#                 parser;
+#   2. valgrind:  tests/c/run.sh --valgrind (the C tests under memcheck,
+#                 after the plain and ASan+UBSan runs);
+#   3. sanitize:  the extension built with PYSOCKKIT_SANITIZE=1 in a copy of
+#                 the tree (the normal build is left alone), then pytest on
+#                 the whole suite (or PYTEST ARGS) with libasan preloaded.
+#                 ASan and UBSan write their reports to files; any report,
+#                 from the test process or a child, fails the step.
+#
+# Environment: PYTHON (default: .venv/bin/python if present, else python3)
+# must have pytest (and hypothesis for tests/test_fuzz_stream.py) and
+# setuptools.  clang and valgrind are installed with apt-get when missing and
+# running as root.  Exit status 1 if any step fails; every step runs.
+set -uo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/.." && pwd)
+cd "$root" || exit 1
+
+do_fuzz=1 do_valgrind=1 do_sanitize=1
+pytest_args=()
+for a in "$@"; do
+    case $a in
+    --no-fuzz) do_fuzz=0 ;;
+    --no-valgrind) do_valgrind=0 ;;
+    --no-sanitize) do_sanitize=0 ;;
+    -h | --help)
+        sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+    *) pytest_args+=("$a") ;;
+    esac
+done
+if [ -n "${PYTHON:-}" ]; then
+    PY=$PYTHON
+elif [ -x "$root/.venv/bin/python" ]; then
+    PY=$root/.venv/bin/python
+else
+    PY=python3
+fi
+
+step() { printf '\n=== hardening: %s\n' "$*"; }
+status=0
+declare -A result
+
+need=()
+[ $do_fuzz -eq 1 ] && ! command -v clang >/dev/null 2>&1 && need+=(clang)
+[ $do_valgrind -eq 1 ] && ! command -v valgrind >/dev/null 2>&1 && need+=(valgrind)
+if [ ${#need[@]} -gt 0 ]; then
+    step "installing ${need[*]}"
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+        echo "missing ${need[*]}: sudo apt-get install ${need[*]}" >&2
+    fi
+fi
+
+# ---------------------------------------------------------------- fuzzing
+if [ $do_fuzz -eq 1 ]; then
+    step "libFuzzer (${FUZZ_SECONDS:-60} s in all)"
+    t0=$(date +%s)
+    if bash tests/fuzz/run.sh "${FUZZ_SECONDS:-60}"; then
+        result[fuzz]="ok"
+    else
+        result[fuzz]="FAILED"
+        status=1
+    fi
+    result[fuzz]+=" ($(($(date +%s) - t0)) s)"
+fi
+
+# --------------------------------------------------------------- valgrind
+if [ $do_valgrind -eq 1 ]; then
+    step "C tests under valgrind memcheck"
+    t0=$(date +%s)
+    if bash tests/c/run.sh --valgrind >"${TMPDIR:-/tmp}/sk-valgrind.$$.log" 2>&1; then
+        result[valgrind]="ok"
+    else
+        result[valgrind]="FAILED"
+        status=1
+    fi
+    grep -E '^== (plain|sanitizers|valgrind): exit|passed, [0-9]+ failed$|ERROR SUMMARY' \
+        "${TMPDIR:-/tmp}/sk-valgrind.$$.log" | tail -n 8
+    if [ "${result[valgrind]}" = FAILED ]; then
+        tail -n 80 "${TMPDIR:-/tmp}/sk-valgrind.$$.log"
+    fi
+    rm -f "${TMPDIR:-/tmp}/sk-valgrind.$$.log"
+    result[valgrind]+=" ($(($(date +%s) - t0)) s)"
+fi
+
+# ------------------------------------------------- sanitizer build + pytest
+if [ $do_sanitize -eq 1 ]; then
+    step "ASan+UBSan build of the extension, pytest with libasan preloaded"
+    t0=$(date +%s)
+    work=$(mktemp -d "${TMPDIR:-/tmp}/sk-sanitize.XXXXXX")
+    trap 'rm -rf "$work"' EXIT
+    # a copy of the tree as it is (tracked and new files, not ignored ones),
+    # so the normal in-place/editable build is never touched
+    if git -C "$root" rev-parse >/dev/null 2>&1; then
+        git -C "$root" ls-files -z -co --exclude-standard |
+            tar -C "$root" --null -T - -cf - 2>/dev/null | tar -C "$work" -xf -
+    else
+        tar -C "$root" --exclude=.venv --exclude=build --exclude='*.so' -cf - . | tar -C "$work" -xf -
+    fi
+    libasan=$(gcc -print-file-name=libasan.so)
+    # libstdc++ too: C++ extensions loaded later (matplotlib) need ASan's
+    # __cxa_throw interceptor to find the real one at startup
+    libstdcxx=$(gcc -print-file-name=libstdc++.so)
+    reports="$work/.reports"
+    mkdir -p "$reports"
+    if ! (cd "$work" && PYSOCKKIT_SANITIZE=1 PYSOCKKIT_WERROR=1 "$PY" setup.py -q build_ext --inplace \
+        >"$work/.build.log" 2>&1); then
+        cat "$work/.build.log"
+        result[sanitize]="FAILED (build)"
+        status=1
+    elif ! ldd "$work"/pysockkit/_core*.so | grep -q libasan; then
+        echo "the sanitizer build did not link libasan" >&2
+        result[sanitize]="FAILED (build)"
+        status=1
+    else
+        (
+            cd "$work" &&
+                LD_PRELOAD="$libasan $libstdcxx" \
+                    ASAN_OPTIONS="detect_leaks=0:log_path=$reports/asan:${SK_ASAN_OPTIONS:-}" \
+                    UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$reports/ubsan" \
+                    PYTHONPATH="$work" PYTHONDONTWRITEBYTECODE=1 \
+                    "$PY" -c 'import pysockkit, sys; assert pysockkit.__file__.startswith(sys.argv[1]), pysockkit.__file__' "$work" &&
+                LD_PRELOAD="$libasan $libstdcxx" \
+                    ASAN_OPTIONS="detect_leaks=0:log_path=$reports/asan:${SK_ASAN_OPTIONS:-}" \
+                    UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$reports/ubsan" \
+                    PYTHONPATH="$work" PYTHONDONTWRITEBYTECODE=1 \
+                    PYSOCKKIT_LEAK_SHORT=${PYSOCKKIT_LEAK_SHORT:-5000} \
+                    "$PY" -m pytest -q -p no:cacheprovider --durations=10 \
+                    "${pytest_args[@]:-tests}"
+        )
+        rc=$?
+        nrep=$(find "$reports" -type f | wc -l)
+        if [ "$nrep" -gt 0 ]; then
+            echo "=== $nrep sanitizer report(s):"
+            for f in "$reports"/*; do
+                echo "--- $f"
+                head -n 60 "$f"
+            done
+        fi
+        if [ $rc -ne 0 ] || [ "$nrep" -gt 0 ]; then
+            result[sanitize]="FAILED (pytest exit $rc, $nrep sanitizer reports)"
+            status=1
+        else
+            result[sanitize]="ok (0 sanitizer reports)"
+        fi
+    fi
+    result[sanitize]+=" ($(($(date +%s) - t0)) s)"
+fi
+
+step "summary"
+for k in fuzz valgrind sanitize; do
+    [ -n "${result[$k]:-}" ] && echo "$k: ${result[$k]}"
+done
+exit $status
