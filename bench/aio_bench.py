@@ -39,6 +39,7 @@ import asyncio
 import json
 import os
 import platform
+import resource
 import statistics
 import struct
 import subprocess
@@ -314,7 +315,14 @@ def child(role: str, impl: str, loop: str, scen: str, count: int, port: Optional
         else:
             assert port is not None
             coro = aio_rr_client(count, port) if impl.startswith("aio") else streams_rr_client(count, port)
+    if impl.startswith("aio"):
+        import pysockkit.aio  # noqa: F401  (imported before the CPU clock starts)
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     asyncio.run(coro)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    msgs = count if scen == "stream" else 2 * (count // INFLIGHT) * INFLIGHT  # + warm-up round
+    print(f"CPU {cpu:.6f} {msgs}", flush=True)
 
 
 # ------------------------------------------------------------------ driver
@@ -329,6 +337,7 @@ class Row:
     scen: str
     guess: float  # msg/s, for the pilot-free first count
     values: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # CPU µs per message, both processes
     error: str = ""
 
 
@@ -365,7 +374,8 @@ def pin(cpu: int) -> Any:
     return f
 
 
-def trial(row: Row, count: int, timeout: float) -> float:
+def trial(row: Row, count: int, timeout: float) -> tuple[float, float]:
+    """(messages/s, CPU µs per message of both processes together)."""
     me = [sys.executable, str(Path(__file__).resolve()), "child"]
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -385,12 +395,19 @@ def trial(row: Row, count: int, timeout: float) -> float:
         sout, serr = srv.communicate(timeout=timeout)
         if cli.returncode or srv.returncode:
             raise RuntimeError(f"exit {srv.returncode}/{cli.returncode}: {(serr + cerr)[-400:]}")
+        rate = None
+        cpu_us = 0.0
         for text in (sout, cout):
             for ln in text.splitlines():
                 if ln.startswith("RESULT "):
                     res = json.loads(ln[7:])
-                    return float(res["count"]) / float(res["elapsed_s"])
-        raise RuntimeError("no RESULT line")
+                    rate = float(res["count"]) / float(res["elapsed_s"])
+                elif ln.startswith("CPU "):
+                    _, sec, msgs = ln.split()
+                    cpu_us += float(sec) / int(msgs) * 1e6
+        if rate is None:
+            raise RuntimeError("no RESULT line")
+        return rate, cpu_us
     finally:
         for p in (srv, cli):
             if p is not None and p.poll() is None:
@@ -437,6 +454,12 @@ def ratio(a: Optional[Row], b: Optional[Row]) -> Optional[float]:
     return None if ma is None or mb is None else ma / mb
 
 
+def cpu_ratio(a: Optional[Row], b: Optional[Row]) -> Optional[float]:
+    if a is None or b is None or not a.cpu or not b.cpu:
+        return None
+    return statistics.median(a.cpu) / statistics.median(b.cpu)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=5)
@@ -461,7 +484,7 @@ def main() -> int:
     for row in table:
         n = max(INFLIGHT * 20, int(row.guess * seconds / 4) // INFLIGHT * INFLIGHT)
         try:
-            rate = trial(row, n, 120)
+            rate, _ = trial(row, n, 120)
         except Exception as exc:  # report, keep going
             row.error = str(exc)[:200]
             continue
@@ -477,7 +500,9 @@ def main() -> int:
             if row.error:
                 continue
             try:
-                row.values.append(trial(row, counts[row.key], 120))
+                rate, cpu_us = trial(row, counts[row.key], 120)
+                row.values.append(rate)
+                row.cpu.append(cpu_us)
             except Exception as exc:
                 row.error = str(exc)[:200]
         print(f"round {rnd + 1}/{repeat} done", file=sys.stderr, flush=True)
@@ -505,16 +530,17 @@ def main() -> int:
                               ("rr", "rr-64x100: pipelined request/reply, 64 bytes, 100 in flight",
                                "requests/s at the client")):
         lines.append(f"### {title}\n")
-        lines.append(f"| contender | loop | median {unit} | min | max | n |")
-        lines.append("|---|---|---:|---:|---:|---:|")
+        lines.append(f"| contender | loop | median {unit} | min | max | CPU µs/msg, both processes | n |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|")
         for row in table:
             if row.scen != scen:
                 continue
             if row.error:
-                lines.append(f"| {row.label} | {row.loop} | error: {row.error} | | | |")
+                lines.append(f"| {row.label} | {row.loop} | error: {row.error} | | | | |")
                 continue
             lines.append(f"| {row.label} | {row.loop} | {fmt(median(row))} | "
                          f"{fmt(min(row.values))} | {fmt(max(row.values))} | "
+                         f"{statistics.median(row.cpu):.2f} | "
                          f"{len(row.values)}×{counts.get(row.key, 0)} |")
         lines.append("")
     targets = [
@@ -528,6 +554,10 @@ def main() -> int:
         ("stream-64: aio (default loop) vs uvloop streams", ratio(by.get("s-aio"), by.get("s-streams-uv"))),
         ("rr-64x100: aio, simple server handler vs asyncio streams", ratio(by.get("r-aio-simple"), by.get("r-streams"))),
         ("rr-64x100: aio on uvloop vs uvloop streams", ratio(by.get("r-aio-uv"), by.get("r-streams-uv"))),
+        ("stream-64: CPU per message, asyncio streams / aio", cpu_ratio(by.get("s-streams"), by.get("s-aio"))),
+        ("rr-64x100: CPU per request, asyncio streams / aio", cpu_ratio(by.get("r-streams"), by.get("r-aio"))),
+        ("rr-64x100: CPU per request, uvloop streams / aio (default loop)",
+         cpu_ratio(by.get("r-streams-uv"), by.get("r-aio"))),
     ]
     lines.append("### Ratios (median over median)\n")
     lines.append("| target | ratio | goal | met |")
