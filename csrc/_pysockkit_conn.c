@@ -1004,8 +1004,11 @@ static void *skpy_worker_main(void *p)
     while (!done) {
         pthread_mutex_lock(&self->c.recv_mu);
         n = 0;
-        rc = sk_conn_recv(&self->c, sk_now_ns() + SKPY_WORKER_SLICE_NS, NULL,
-                          &fr[0], &err);
+        if (self->fd < 0) /* closed while we were dispatching: stop */
+            rc = SK_ERR;
+        else
+            rc = sk_conn_recv(&self->c, sk_now_ns() + SKPY_WORKER_SLICE_NS,
+                              NULL, &fr[0], &err);
         if (rc == SK_OK) {
             n = 1;
             while (n < SKPY_WORKER_BATCH &&
@@ -1027,7 +1030,7 @@ static void *skpy_worker_main(void *p)
             py_batch = Py_NewRef(Py_None);
         } else {
             /* the receive side failed for good: hand over the error */
-            if (self->closing)
+            if (self->closing || self->fd < 0)
                 skpy_closed(self);
             else
                 skpy_raise(self->mod, &err, NULL);

@@ -324,6 +324,13 @@ def test_send_receive_observe_close_at_once(framing: Optional[sk.Framing]) -> No
     assert totals["received"] > 0 and totals["closed_errors"] > 0
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="bug (issue 7 report): a close() that runs while the duplex receive worker is "
+    "dispatching (holding no lock) leaves the worker looping on the closed connection "
+    "(csrc/_pysockkit_conn.c skpy_worker_main never checks self->fd): it never fails the "
+    "pending futures, never exits, and keeps the Connection alive",
+)
 def test_duplex_requests_while_closing() -> None:
     """request_async from 4 threads while the receive worker runs and a
     closer closes the connection: every future ends (result or typed
@@ -372,6 +379,62 @@ def test_duplex_requests_while_closing() -> None:
         finally:
             cli.close()
             srv.close()
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="bug (issue 7 report): a close() that runs while the duplex receive worker is "
+    "dispatching (holding no lock) leaves the worker looping on the closed connection "
+    "(csrc/_pysockkit_conn.c skpy_worker_main never checks self->fd): it never fails the "
+    "pending futures, never exits, and keeps the Connection alive",
+)
+def test_receive_worker_stops_when_closed() -> None:
+    """close() while requests are in flight: the receive worker ends
+    (``_worker_running`` false) and every pending future is failed."""
+    f = sk.Framing(correlation=True)
+    stuck = 0
+    for _ in range(60):
+        cli, srv = pair(f)
+        crew = Crew()
+        cli.start_receiver()
+        futures: list[Any] = []
+
+        def echo() -> None:
+            try:
+                while True:
+                    rid, msg = srv.recv(timeout=STEP)
+                    srv.send(msg, id=rid | (1 << 63))
+            except sk.Error:
+                pass
+
+        def ask() -> None:
+            while not crew.stop.is_set():
+                try:
+                    futures.append(cli.request_async(b"x"))  # no timeout
+                except EXPECTED:
+                    return
+
+        try:
+            crew.spawn(echo)
+            crew.spawn(ask)
+            crew.spawn(ask)
+            time.sleep(0.01)
+            cli.close()
+            srv.close()
+            crew.stop.set()
+            crew.join()
+            deadline = time.monotonic() + 2.0
+            while cli._worker_running and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if cli._worker_running:
+                stuck += 1
+                break
+            _, not_done = concurrent.futures.wait(futures, timeout=1.0)
+            assert not not_done, f"{len(not_done)} futures left pending by a worker that ended"
+        finally:
+            cli.close()
+            srv.close()
+    assert stuck == 0, "the receive worker kept running after close()"
 
 
 def test_first_request_async_from_two_threads() -> None:
