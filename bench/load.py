@@ -178,7 +178,9 @@ def phase_long(n: int) -> None:
 def phase_idle(n: int) -> None:
     raise_nofile(n + 200)
     with ChildServer(max_frame=1 << 20, max_seconds=300) as srv:
+        base = srv.stats()
         good = sk.connect(srv.address, timeout=STEP)
+        assert good.request(b"hello", timeout=STEP) == b"hello"
         lat: list[float] = []
         fails: list[str] = []
         stop = threading.Event()
@@ -197,7 +199,6 @@ def phase_idle(n: int) -> None:
                 i += 1
                 stop.wait(0.01)
 
-        base = srv.stats()
         t0 = time.monotonic()
         th = threading.Thread(target=well_behaved, daemon=True)
         th.start()

@@ -976,6 +976,16 @@ static PyObject *skpy_take_exception(void)
     return py_v;
 }
 
+/* Every receive worker of the process, so that they can all be stopped and
+ * waited for before the interpreter finalises (a detached thread that
+ * takes the GIL after Py_Finalize would be killed inside CPython).  The
+ * count is process-wide because threads are; it is touched only under
+ * skpy_workers_mu and never dereferences a Conn. */
+static pthread_mutex_t skpy_workers_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t skpy_workers_cv = PTHREAD_COND_INITIALIZER;
+static int skpy_workers_live;      /* guarded by skpy_workers_mu */
+static int skpy_workers_finalising; /* atomic: no new worker, all stop */
+
 #define SKPY_WORKER_BATCH 1024
 #define SKPY_WORKER_SLICE_NS 50000000LL /* dispatch(None) at least this often */
 
@@ -1038,7 +1048,7 @@ static void *skpy_worker_main(void *p)
             done = 1;
         }
         pthread_mutex_unlock(&self->c.recv_mu);
-        if (SK_LOAD(&self->worker_stop))
+        if (SK_LOAD(&self->worker_stop) || SK_LOAD(&skpy_workers_finalising))
             done = 1;
         if (py_batch == NULL) { /* out of memory building the batch */
             py_batch = skpy_take_exception();
@@ -1057,6 +1067,11 @@ static void *skpy_worker_main(void *p)
         }
         PyGILState_Release(g);
     }
+    /* past this point the thread never touches Python or the Conn */
+    pthread_mutex_lock(&skpy_workers_mu);
+    skpy_workers_live--;
+    pthread_cond_broadcast(&skpy_workers_cv);
+    pthread_mutex_unlock(&skpy_workers_mu);
     return NULL;
 }
 
@@ -1078,6 +1093,12 @@ static PyObject *Conn_start_worker(PyObject *op, PyObject *dispatch)
         PyErr_SetString(PyExc_RuntimeError, "a receive worker already runs");
         return NULL;
     }
+    if (SK_LOAD(&skpy_workers_finalising)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "the interpreter is shutting down: no new receive "
+                        "worker can start");
+        return NULL;
+    }
     arg = PyMem_RawMalloc(sizeof(*arg));
     if (arg == NULL)
         return PyErr_NoMemory();
@@ -1087,7 +1108,11 @@ static PyObject *Conn_start_worker(PyObject *op, PyObject *dispatch)
     SK_STORE(&self->worker_stop, 0);
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_mutex_lock(&skpy_workers_mu);
     r = pthread_create(&self->worker_thread, &attr, skpy_worker_main, arg);
+    if (r == 0)
+        skpy_workers_live++;
+    pthread_mutex_unlock(&skpy_workers_mu);
     pthread_attr_destroy(&attr);
     if (r != 0) {
         self->worker = 0;
@@ -1104,6 +1129,46 @@ static PyObject *Conn_stop_worker(PyObject *op, PyObject *Py_UNUSED(ig))
 {
     SK_STORE(&((ConnObject *)op)->worker_stop, 1);
     Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(skpy_stop_workers_doc,
+"stop_workers(timeout) -> int\n--\n\n"
+"Stop every receive worker of the process and wait up to timeout seconds\n"
+"for their threads to end; no worker can start afterwards.  Returns how\n"
+"many are still running.  Registered with atexit by pysockkit._duplex.\n");
+
+/* Contract: GIL held on entry, released while waiting (each worker needs
+ * it to finish its last dispatch).  Idempotent. */
+static PyObject *skpy_stop_workers(PyObject *mod, PyObject *py_timeout)
+{
+    double timeout;
+    int64_t deadline;
+    struct timespec ts;
+    int live;
+
+    (void)mod;
+    timeout = PyFloat_AsDouble(py_timeout);
+    if (timeout == -1.0 && PyErr_Occurred())
+        return NULL;
+    SK_STORE(&skpy_workers_finalising, 1);
+    deadline = sk_now_ns() + (int64_t)(timeout > 0 ? timeout * 1e9 : 0);
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&skpy_workers_mu);
+    while (skpy_workers_live > 0 && sk_now_ns() < deadline) {
+        /* the condvar runs on CLOCK_REALTIME; wake at least every 10 ms
+         * and re-check the monotonic deadline */
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 10000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&skpy_workers_cv, &skpy_workers_mu, &ts);
+    }
+    live = skpy_workers_live;
+    pthread_mutex_unlock(&skpy_workers_mu);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(live);
 }
 
 static PyObject *Conn_get_worker(PyObject *op, void *closure)
@@ -1281,6 +1346,82 @@ static PyObject *Conn_get_unsent(PyObject *op, void *closure)
     return PyLong_FromSize_t(sk_buf_len(&((ConnObject *)op)->c.out));
 }
 
+/* (host, port) of a sockaddr.  GIL held. */
+static PyObject *skpy_addr_tuple(const struct sockaddr_storage *ss)
+{
+    char host[INET6_ADDRSTRLEN];
+
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+        return Py_BuildValue("(si)", host, ntohs(a->sin_port));
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+        return Py_BuildValue("(si)", host, ntohs(a->sin6_port));
+    }
+    PyErr_Format(PyExc_ValueError, "unsupported address family %d",
+                 ss->ss_family);
+    return NULL;
+}
+
+/* getsockname/getpeername of fd as (host, port).  GIL held. */
+static PyObject *skpy_fd_name(int fd, int peer)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    int r;
+
+    memset(&ss, 0, sizeof(ss));
+    r = peer ? getpeername(fd, (struct sockaddr *)&ss, &len)
+             : getsockname(fd, (struct sockaddr *)&ss, &len);
+    if (r != 0)
+        return skpy_oserror(peer ? "getpeername" : "getsockname");
+    return skpy_addr_tuple(&ss);
+}
+
+PyDoc_STRVAR(Conn_query_doc,
+"_query(what) -> object\n--\n\n"
+"A fact about this socket, read with the GIL held so that close() cannot\n"
+"free the descriptor number in between: what is 'sockname', 'peername',\n"
+"'state' (the TCP state number) or 'info' (the tcp_info dict).  Raises\n"
+"sk.ConnectionClosed once close() ran.\n");
+
+/* Contract: GIL held throughout, never released: close() changes self->fd
+ * and closes it with the GIL held, so the number read here names this
+ * connection's socket until the syscall returns (each call is one
+ * non-blocking getsockopt/getsockname).  Returns a new reference. */
+static PyObject *Conn_query(PyObject *op, PyObject *py_what)
+{
+    ConnObject *self = (ConnObject *)op;
+    sk_tcp_info ti;
+    const char *what;
+    sk_err err;
+    int state;
+
+    what = PyUnicode_AsUTF8(py_what);
+    if (what == NULL)
+        return NULL;
+    if (self->fd < 0)
+        return skpy_closed(self);
+    if (strcmp(what, "state") == 0) {
+        if (sk_tcp_state(self->fd, &state, &err) != SK_OK)
+            return skpy_raise(self->mod, &err, NULL);
+        return PyLong_FromLong(state);
+    }
+    if (strcmp(what, "info") == 0) {
+        if (sk_tcp_info_get(self->fd, &ti, &err) != SK_OK)
+            return skpy_raise(self->mod, &err, NULL);
+        return skpy_tcp_info_dict(&ti);
+    }
+    if (strcmp(what, "sockname") != 0 && strcmp(what, "peername") != 0) {
+        PyErr_Format(PyExc_ValueError, "_query: unknown fact %R", py_what);
+        return NULL;
+    }
+    return skpy_fd_name(self->fd, what[0] == 'p');
+}
+
 static PyMethodDef Conn_methods[] = {
     {"send", (PyCFunction)(void (*)(void))Conn_send,
      METH_FASTCALL | METH_KEYWORDS, Conn_send_doc},
@@ -1303,6 +1444,7 @@ static PyMethodDef Conn_methods[] = {
      "_stop_worker()\n--\n\nAsk the receive worker to stop (within 50 ms)."},
     {"close", Conn_close, METH_NOARGS, Conn_close_doc},
     {"abort", Conn_abort, METH_NOARGS, Conn_abort_doc},
+    {"_query", Conn_query, METH_O, Conn_query_doc},
     {"fileno", Conn_fileno, METH_NOARGS,
      "fileno() -> int\n--\n\nThe socket's file descriptor (-1 once closed)."},
     {NULL, NULL, 0, NULL},
@@ -1496,41 +1638,14 @@ static PyObject *skpy_accept(PyObject *mod, PyObject *const *args,
     return PyLong_FromLong(fd);
 }
 
-/* (host, port) of a sockaddr.  GIL held. */
-static PyObject *skpy_addr_tuple(const struct sockaddr_storage *ss)
-{
-    char host[INET6_ADDRSTRLEN];
-
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
-        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
-        return Py_BuildValue("(si)", host, ntohs(a->sin_port));
-    }
-    if (ss->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
-        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
-        return Py_BuildValue("(si)", host, ntohs(a->sin6_port));
-    }
-    PyErr_Format(PyExc_ValueError, "unsupported address family %d",
-                 ss->ss_family);
-    return NULL;
-}
-
 static PyObject *skpy_name(PyObject *py_fd, int peer)
 {
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof(ss);
-    int fd, r;
+    int fd;
 
     fd = (int)PyLong_AsLong(py_fd);
     if (fd == -1 && PyErr_Occurred())
         return NULL;
-    memset(&ss, 0, sizeof(ss));
-    r = peer ? getpeername(fd, (struct sockaddr *)&ss, &len)
-             : getsockname(fd, (struct sockaddr *)&ss, &len);
-    if (r != 0)
-        return skpy_oserror(peer ? "getpeername" : "getsockname");
-    return skpy_addr_tuple(&ss);
+    return skpy_fd_name(fd, peer);
 }
 
 static PyObject *skpy_sockname(PyObject *mod, PyObject *py_fd)
@@ -1605,6 +1720,7 @@ static PyMethodDef skpy_conn_functions[] = {
     {"peername", skpy_peername, METH_O,
      "peername(fd) -> (host, port)\n--\n\nRemote address of fd."},
     {"hub_stats", skpy_hub_stats, METH_NOARGS, skpy_hub_stats_doc},
+    {"stop_workers", skpy_stop_workers, METH_O, skpy_stop_workers_doc},
     {"close_fd", skpy_close_fd, METH_O,
      "close_fd(fd)\n--\n\nclose(2) a file descriptor."},
     {NULL, NULL, 0, NULL},

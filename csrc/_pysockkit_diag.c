@@ -29,10 +29,6 @@
 #include "diag.h"
 #include "tcpinfo.h"
 
-/* Provided by _pysockkit_tcpinfo.c (one binding file per core area; this
- * prototype lives here because _pysockkit_util.h belongs to the module). */
-PyObject *skpy_tcp_info_dict(const sk_tcp_info *ti);
-
 #define ENTRY_FIELDS                                                     \
     "family", "state", "src", "sport", "dst", "dport", "inode", "uid",  \
     "timer", "expires_ms", "retrans", "rqueue", "wqueue", "cookie",     \

@@ -31,13 +31,19 @@ int skpy_framing_args(PyObject *mod, PyObject *args, PyObject *kwds,
     static char *kwlist[] = {kw_hs, kw_bo, kw_mf, kw_ct, kw_id, NULL};
     int header_size = 4, control = 0, correlation = 0;
     const char *byteorder = "big";
+    PyObject *py_max = NULL;
     unsigned long long max_frame = 16ULL << 20;
     sk_err err;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|isKpp", kwlist,
-                                     &header_size, &byteorder, &max_frame,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|isOpp", kwlist,
+                                     &header_size, &byteorder, &py_max,
                                      &control, &correlation))
         return -1;
+    if (py_max != NULL && py_max != Py_None) {
+        max_frame = PyLong_AsUnsignedLongLong(py_max);
+        if (max_frame == (unsigned long long)-1 && PyErr_Occurred())
+            return -1;
+    }
     if (strcmp(byteorder, "big") != 0 && strcmp(byteorder, "little") != 0) {
         PyErr_Format(PyExc_ValueError,
                      "byteorder must be 'big' or 'little', not %s", byteorder);
@@ -48,6 +54,11 @@ int skpy_framing_args(PyObject *mod, PyObject *args, PyObject *kwds,
     f->max_frame = max_frame;
     f->flags = (control ? SK_FRAMING_CONTROL : 0) |
                (correlation ? SK_FRAMING_IDS : 0);
+    /* the default (16 MiB) shrinks to what a short header can carry, as
+     * sk.Framing does; an explicit max_frame is checked as given */
+    if ((py_max == NULL || py_max == Py_None) &&
+        f->max_frame > sk_framing_limit(f) && sk_framing_limit(f) > 0)
+        f->max_frame = sk_framing_limit(f);
     if (sk_framing_check(f, &err) != SK_OK) {
         skpy_raise(mod, &err, NULL);
         return -1;
@@ -111,7 +122,8 @@ PyDoc_STRVAR(Decoder_feed_doc,
 "feed(data) -> list[bytes]\n--\n\n"
 "Add bytes received from the peer; return every frame now complete.\n"
 "Raises sk.FrameTooLarge (sticky) if a header announces more than\n"
-"max_frame.\n\n"
+"max_frame.  Frames complete before such a header are returned first;\n"
+"the call after raises, and so does every later one.\n\n"
 "    >>> d = sk.Decoder()\n"
 "    >>> d.feed(b'\\x00\\x00\\x00\\x02h')\n    []\n"
 "    >>> d.feed(b'i')\n    [b'hi']\n");
@@ -158,13 +170,13 @@ static PyObject *Decoder_feed(PyObject *op, PyObject *arg)
         }
         Py_DECREF(py_item);
     }
-    if (rc == SK_ERR) {
-        /* frames before the bad header were returned by earlier calls or
-         * are dropped with the stream: the error is what matters now */
+    if (rc == SK_ERR && PyList_GET_SIZE(py_list) == 0) {
         Py_CLEAR(py_list);
         skpy_raise(self->mod, &self->d.err, NULL);
         goto error;
     }
+    /* frames complete before a bad header are delivered now; the error is
+     * sticky, so the next feed() (or next_frame()) raises it */
     if (sk_decoder_buffered(&self->d) == 0)
         sk_decoder_idle(&self->d);
 error:

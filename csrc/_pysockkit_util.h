@@ -19,6 +19,7 @@
 
 #include "io.h"
 #include "sk.h"
+#include "tcpinfo.h"
 
 typedef struct skpy_state {
     PyObject *Error;
@@ -75,6 +76,10 @@ PyObject *skpy_frame_obj(const sk_frame *fr);
  * in the main thread (Ctrl-C), 0 (no periodic wake) in others. */
 #define SKPY_SLICE_MS 50
 int skpy_slice_ms(void);
+
+/* A tcp_info as a dict of the fields the kernel returned, plus '_len'
+ * (_pysockkit_tcpinfo.c).  GIL held; a new reference or NULL. */
+PyObject *skpy_tcp_info_dict(const sk_tcp_info *ti);
 
 /* Add functions/types for each area; 0 or -1 with an exception set. */
 int skpy_add_conn(PyObject *mod);

@@ -143,98 +143,114 @@ void sk_decoder_free(sk_decoder *d)
     sk_buf_free(&d->buf);
 }
 
-/* Parse the header at p: the payload length, and whether it is a control
- * frame.  Returns SK_OK, or SK_ERR (sticky) for a length over max_frame or
- * an oversized control frame. */
-static int sk_decoder_header(sk_decoder *d, const unsigned char *p,
-                             uint64_t *len, int *control);
+/* What a header says, before any error is made sticky. */
+enum sk_hdr_kind {
+    SK_HDR_OK = 0,
+    SK_HDR_BAD_CONTROL, /* control frame of 0 or > SK_CONTROL_MAX bytes */
+    SK_HDR_SHORT_ID,    /* correlated frame shorter than its id */
+    SK_HDR_TOO_LARGE    /* payload over max_frame */
+};
 
-/* Make the oversized-length error sticky. */
-static int sk_decoder_too_large(sk_decoder *d, uint64_t declared)
+/* Contract: pure.  Classify the header at p.  *len is the wire length
+ * after the header (id included for a correlated frame), *payload the
+ * length the max_frame limit applies to, *control whether it is a control
+ * frame.  One place decides which frames are acceptable, so that next(),
+ * reserve() and missing() never disagree. */
+static enum sk_hdr_kind sk_header_classify(const sk_framing *f,
+                                           const unsigned char *p,
+                                           uint64_t *len, uint64_t *payload,
+                                           int *control)
 {
-    sk_err_set(&d->err, SK_E_TOO_LARGE,
-               "peer announced a %llu-byte frame, over max_frame %llu; the "
-               "stream cannot be resynchronised: close the connection (or "
-               "raise Framing.max_frame if the peer is right)",
-               (unsigned long long)declared,
-               (unsigned long long)d->f.max_frame);
-    d->err.detail = declared;
-    return SK_ERR;
-}
-
-static int sk_decoder_header(sk_decoder *d, const unsigned char *p,
-                             uint64_t *len, int *control)
-{
-    uint64_t v = sk_decode_header(&d->f, p);
+    uint64_t v = sk_decode_header(f, p);
     uint64_t top;
 
     *control = 0;
-    if (d->f.flags & SK_FRAMING_CONTROL) {
-        top = 1ULL << (8 * d->f.header_size - 1);
+    if (f->flags & SK_FRAMING_CONTROL) {
+        top = 1ULL << (8 * f->header_size - 1);
         if (v & top) {
             v &= ~top;
             *control = 1;
-            if (v == 0 || v > SK_CONTROL_MAX) {
-                sk_err_set(&d->err, SK_E_PROTOCOL,
-                           "peer sent a control frame of %llu bytes (must "
-                           "be 1..%d): it does not speak the heartbeat "
-                           "extension, or the stream is corrupt; close the "
-                           "connection",
-                           (unsigned long long)v, SK_CONTROL_MAX);
-                d->err.detail = v;
-                return SK_ERR;
-            }
+            *len = *payload = v;
+            if (v == 0 || v > SK_CONTROL_MAX)
+                return SK_HDR_BAD_CONTROL;
+            return SK_HDR_OK;
         }
     }
-    if (!*control && (d->f.flags & SK_FRAMING_IDS)) {
-        top = 1ULL << (8 * d->f.header_size - 2);
+    if (f->flags & SK_FRAMING_IDS) {
+        top = 1ULL << (8 * f->header_size - 2);
         if (v & top) {
             v &= ~top;
-            if (v < SK_ID_LEN) {
-                sk_err_set(&d->err, SK_E_PROTOCOL,
-                           "peer sent a correlated frame of %llu bytes, "
-                           "shorter than its %d-byte id; close the "
-                           "connection",
-                           (unsigned long long)v, SK_ID_LEN);
-                return SK_ERR;
-            }
             *len = v;
-            if (v - SK_ID_LEN > d->f.max_frame)
-                return sk_decoder_too_large(d, v - SK_ID_LEN);
-            return SK_OK;
+            if (v < SK_ID_LEN) {
+                *payload = 0;
+                return SK_HDR_SHORT_ID;
+            }
+            *payload = v - SK_ID_LEN;
+            return *payload > f->max_frame ? SK_HDR_TOO_LARGE : SK_HDR_OK;
         }
     }
-    *len = v;
-    if (!*control && v > d->f.max_frame)
-        return sk_decoder_too_large(d, v);
-    return SK_OK;
+    *len = *payload = v;
+    return v > f->max_frame ? SK_HDR_TOO_LARGE : SK_HDR_OK;
 }
 
-/* Length of the frame whose header is at p, ignoring errors (0 then). */
-static uint64_t sk_peek_len(const sk_decoder *d, const unsigned char *p)
+/* Parse the header at p: the wire length, and whether it is a control
+ * frame.  Returns SK_OK, or SK_ERR (sticky) for a length over max_frame,
+ * a malformed control frame or a correlated frame shorter than its id. */
+static int sk_decoder_header(sk_decoder *d, const unsigned char *p,
+                             uint64_t *len, int *control)
 {
-    uint64_t v = sk_decode_header(&d->f, p);
+    uint64_t payload;
+    int rc = SK_OK;
 
-    if (d->f.flags & SK_FRAMING_CONTROL)
-        v &= ~(1ULL << (8 * d->f.header_size - 1));
-    if (d->f.flags & SK_FRAMING_IDS)
-        v &= ~(1ULL << (8 * d->f.header_size - 2));
-    return v;
+    switch (sk_header_classify(&d->f, p, len, &payload, control)) {
+    case SK_HDR_OK:
+        break;
+    case SK_HDR_BAD_CONTROL:
+        sk_err_set(&d->err, SK_E_PROTOCOL,
+                   "peer sent a control frame of %llu bytes (must be "
+                   "1..%d): it does not speak the heartbeat extension, or "
+                   "the stream is corrupt; close the connection",
+                   (unsigned long long)*len, SK_CONTROL_MAX);
+        d->err.detail = *len;
+        rc = SK_ERR;
+        break;
+    case SK_HDR_SHORT_ID:
+        sk_err_set(&d->err, SK_E_PROTOCOL,
+                   "peer sent a correlated frame of %llu bytes, shorter "
+                   "than its %d-byte id; close the connection",
+                   (unsigned long long)*len, SK_ID_LEN);
+        rc = SK_ERR;
+        break;
+    case SK_HDR_TOO_LARGE:
+        sk_err_set(&d->err, SK_E_TOO_LARGE,
+                   "peer announced a %llu-byte frame, over max_frame %llu; "
+                   "the stream cannot be resynchronised: close the "
+                   "connection (or raise Framing.max_frame if the peer is "
+                   "right)",
+                   (unsigned long long)payload,
+                   (unsigned long long)d->f.max_frame);
+        d->err.detail = payload;
+        rc = SK_ERR;
+        break;
+    }
+    return rc;
 }
 
-/* Contract: pure.  Bytes of the frame in progress still missing. */
+/* Contract: pure.  Bytes of the frame in progress still missing (0 when
+ * the header in the buffer announces a frame that will never be taken). */
 uint64_t sk_decoder_missing(const sk_decoder *d)
 {
     size_t have = sk_buf_len(&d->buf);
     unsigned h = d->f.header_size;
-    uint64_t len;
+    uint64_t len, payload;
+    int control;
 
     if (have == 0)
         return 0;
     if (have < h)
         return h - have;
-    len = sk_peek_len(d, sk_buf_rptr(&d->buf));
-    if (len > d->f.max_frame) /* not a frame we will ever complete */
+    if (sk_header_classify(&d->f, sk_buf_rptr(&d->buf), &len, &payload,
+                           &control) != SK_HDR_OK)
         return 0;
     if ((uint64_t)(have - h) >= len)
         return 0;
@@ -354,12 +370,28 @@ size_t sk_decoder_buffered(const sk_decoder *d)
     return sk_buf_len(&d->buf);
 }
 
+/* Length after the header of the frame in progress (header complete). */
+static uint64_t sk_wire_len(const sk_decoder *d)
+{
+    uint64_t len, payload;
+    int control;
+
+    (void)sk_header_classify(&d->f, sk_buf_rptr(&d->buf), &len, &payload,
+                             &control);
+    return len;
+}
+
 /* Contract: pure; err may be NULL. */
 int sk_decoder_finish(const sk_decoder *d, sk_err *err)
 {
     size_t have = sk_buf_len(&d->buf);
     uint64_t missing;
 
+    if (d->err.code != SK_E_NONE) { /* the stream already failed */
+        if (err)
+            *err = d->err;
+        return SK_ERR;
+    }
     if (have == 0)
         return SK_OK;
     missing = sk_decoder_missing(d);
@@ -375,7 +407,7 @@ int sk_decoder_finish(const sk_decoder *d, sk_err *err)
                    "bytes received, %llu missing; the peer sent a truncated "
                    "frame",
                    (unsigned long long)(have - d->f.header_size),
-                   (unsigned long long)sk_peek_len(d, sk_buf_rptr(&d->buf)),
+                   (unsigned long long)sk_wire_len(d),
                    (unsigned long long)missing);
     if (err)
         err->detail = missing;

@@ -129,13 +129,15 @@ int sk_decoder_next(sk_decoder *d, sk_frame *out);
 size_t sk_decoder_buffered(const sk_decoder *d);
 
 /* Bytes still missing to complete the frame in progress (0 when the buffer
- * holds no partial frame).  While the header itself is incomplete this is
- * the number of header bytes missing. */
+ * holds no partial frame, or a header the decoder refuses).  While the
+ * header itself is incomplete this is the number of header bytes missing.
+ * A control or correlated frame is measured against its own limit. */
 uint64_t sk_decoder_missing(const sk_decoder *d);
 
 /* The stream ended.  SK_OK if no partial frame is buffered; otherwise SK_ERR
  * with SK_E_INCOMPLETE (detail = bytes missing), which does not make the
- * decoder's state sticky: the buffered bytes stay for inspection. */
+ * decoder's state sticky: the buffered bytes stay for inspection.  A decoder
+ * whose stream already failed returns that (sticky) error instead. */
 int sk_decoder_finish(const sk_decoder *d, sk_err *err);
 
 /* Take every complete control frame out of the buffer, wherever it is,

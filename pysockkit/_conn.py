@@ -12,12 +12,13 @@ import functools
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import _core
-from ._errors import Error, Timeout
+from ._errors import ConnectionClosed, Error, Timeout
 from ._types import Framing, Heartbeat, Keepalive
 
 if TYPE_CHECKING:
@@ -148,7 +149,7 @@ class Connection(_core.Conn):
             >>> conn.local_address
             ('127.0.0.1', 51234)
         """
-        return _core.sockname(self.fileno())
+        return self._query("sockname")  # type: ignore[no-any-return]
 
     @property
     def remote_address(self) -> Address:
@@ -159,7 +160,7 @@ class Connection(_core.Conn):
             >>> conn.remote_address
             ('127.0.0.1', 9000)
         """
-        return _core.peername(self.fileno())
+        return self._query("peername")  # type: ignore[no-any-return]
 
     def shutdown(self, how: str = "write", timeout: Optional[float] = None) -> None:
         """Half-close.  ``"write"`` sends FIN after anything pending and keeps
@@ -237,9 +238,9 @@ class Connection(_core.Conn):
             >>> conn.info().rtt_us
             41
         """
-        from ._observe import tcp_info
+        from ._observe import TcpInfo
 
-        return tcp_info(self.fileno())
+        return TcpInfo._from_core(self._query("info"))
 
     @property
     def state(self) -> "TcpState":
@@ -253,9 +254,10 @@ class Connection(_core.Conn):
         """
         from ._enums import TcpState
 
-        if self.closed:
+        try:
+            return TcpState(self._query("state"))
+        except ConnectionClosed:  # closed here, maybe by another thread
             return TcpState.CLOSED
-        return TcpState(_core.tcp_state(self.fileno()))
 
     def __enter__(self) -> "Connection":
         return self
@@ -383,8 +385,6 @@ class Listener:
 
     def __del__(self) -> None:
         if getattr(self, "_fd", -1) >= 0:
-            import warnings
-
             warnings.warn(f"unclosed pysockkit listener {self.address}", ResourceWarning, stacklevel=2)
             self.close()
 

@@ -10,6 +10,7 @@ Any thread may send meanwhile; many requests can be in flight.
 
 from __future__ import annotations
 
+import atexit
 import heapq
 import itertools
 import queue
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Optional, Union
 
+from . import _core
 from ._errors import ConnectionClosed, Error, Timeout
 
 if TYPE_CHECKING:
@@ -29,6 +31,10 @@ __all__ = ["Duplex"]
 
 REPLY = 1 << 63
 _ID_MASK = REPLY - 1
+# Receive workers are C threads that take the GIL to dispatch: stop them and
+# wait for them (bounded) before the interpreter finalises.
+atexit.register(_core.stop_workers, 1.0)
+
 _EXPIRED_KEEP = 65536  # ids of timed-out requests remembered, to count late replies
 Message = Union[bytes, tuple[int, bytes]]
 

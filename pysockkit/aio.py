@@ -352,7 +352,7 @@ class Connection:
         try:
             frames = dec.feed(self._rmv[:n])
         except Error as exc:
-            self._on_bad_stream(exc, n, b0)
+            self._on_bad_stream(exc)
             return
         if self._hb is not None:
             self._last_rx = self._loop.time()
@@ -361,6 +361,13 @@ class Connection:
                 self._on_control(ctl)
         if frames:
             self._queue(frames, b0 + n - dec.buffered)
+        if dec.buffered and not dec.missing:
+            # a complete header the decoder refused, after the frames it
+            # delivered: the error is sticky, take it now
+            try:
+                dec.feed(b"")
+            except Error as exc:
+                self._on_bad_stream(exc)
 
     def _queue(self, frames: list[Message], nbytes: int) -> None:
         """Route replies, queue the other frames (nbytes on the wire), wake
@@ -387,31 +394,10 @@ class Connection:
         if self._rwaiters:
             _wake(self._rwaiters)
 
-    def _on_bad_stream(self, exc: Error, n: int, b0: int) -> None:
-        """The decoder refused this read (an oversized header).  Decoder.feed
-        raises without the complete frames that came before the bad header
-        in the same read; when the read began at a frame boundary, decode
-        the longest prefix that does not fail with a fresh decoder, so those
-        frames are still delivered before the error."""
-        if b0 == 0:
-            data = self._rmv[:n]
-            control = self._hb is not None
-            lo, hi = 0, n  # data[:lo] decodes, data[:hi] fails
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                try:
-                    self._framing.decoder(control).feed(data[:mid])
-                    lo = mid
-                except Error:
-                    hi = mid
-            fresh = self._framing.decoder(control)
-            frames = fresh.feed(data[:lo])
-            if control:
-                ctl = fresh.take_control()
-                if ctl:
-                    self._on_control(ctl)
-            if frames:
-                self._queue(frames, lo)
+    def _on_bad_stream(self, exc: Error) -> None:
+        """The decoder refused a header (oversized, or a malformed control
+        or correlated frame): the frames before it were delivered, nothing
+        after it can be."""
         self._fail_read(exc)
 
     def _trim(self) -> None:

@@ -156,10 +156,14 @@ def test_using_a_closed_connection_raises_connection_closed(conn_pair):
         "request": lambda: cli.request(b"x", timeout=0.1),
         "flush": lambda: cli.flush(timeout=0.1),
         "shutdown": lambda: cli.shutdown("write"),
+        "info": cli.info,
+        "local_address": lambda: cli.local_address,
+        "remote_address": lambda: cli.remote_address,
     }
     for name, call in calls.items():
         with pytest.raises(sk.ConnectionClosed):
             call()
+    assert cli.state is sk.TcpState.CLOSED  # a fact, not an error
     cli.close()  # idempotent
     cli.abort()
     assert list(cli) == []

@@ -443,3 +443,26 @@ def test_iteration_raises_on_truncated_stream(raw_to_conn):
             assert len(got) <= 2
     assert got == [b"one", b"two"]
     assert ei.value.missing == 7
+
+
+@pytest.mark.parametrize("header_size", [1, 2])
+def test_core_codec_default_max_frame_fits_a_short_header(header_size):
+    # like sk.Framing, the 16 MiB default shrinks to what the header carries
+    limit = (1 << (8 * header_size)) - 1
+    dec = sk.Decoder(header_size=header_size)
+    enc = sk.Encoder(header_size=header_size)
+    frame = b"x" * limit
+    wire = enc.encode(frame)
+    assert dec.feed(wire) == [frame]
+    with pytest.raises(ValueError, match="does not fit"):  # bad argument
+        sk.Decoder(header_size=header_size, max_frame=limit + 1)
+
+
+def test_decoder_returns_frames_before_an_oversized_header_then_raises():
+    dec = sk.Decoder(max_frame=10)
+    wire = b"\0\0\0\2hi" + b"\0\0\0\3abc" + b"\0\0\1\0" + b"junk"
+    assert dec.feed(wire) == [b"hi", b"abc"]
+    for _ in range(2):  # sticky
+        with pytest.raises(sk.FrameTooLarge) as ei:
+            dec.feed(b"")
+        assert ei.value.args and "256-byte" in str(ei.value)

@@ -246,3 +246,72 @@ def test_modes_doc_examples_run(heading: str) -> None:
         proc = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True,
                               text=True, timeout=60, env=child_env())
         assert proc.returncode == 0, proc.stderr
+
+
+_EXIT_WITH_WORKERS = r"""
+import atexit, os, sys, time, threading
+
+def tasks():
+    return len(os.listdir("/proc/self/task"))
+
+def after_pysockkit_hook():
+    # registered before pysockkit's own hook, so it runs after it: every
+    # worker thread must be gone by now (the OS thread count is back)
+    end = time.monotonic() + 2
+    while tasks() > base and time.monotonic() < end:
+        time.sleep(0.005)
+    print("left over threads", tasks() - base, flush=True)
+
+atexit.register(after_pysockkit_hook)
+import pysockkit as sk
+base = tasks()
+f = sk.Framing(correlation=True)
+lst = sk.listen(("127.0.0.1", 0), framing=f)
+peers = []
+def accept():
+    for _ in range(4):
+        peers.append(lst.accept(timeout=10))
+threading.Thread(target=accept, daemon=True).start()
+conns = [sk.connect(lst.address, framing=f, timeout=10) for _ in range(4)]
+futs = [c.request_async(b"never answered") for c in conns]
+print("workers", sum(c._worker_running for c in conns), flush=True)
+# no close(): the interpreter exits with four workers blocked in recv
+"""
+
+
+def test_interpreter_exit_stops_and_waits_for_receive_workers() -> None:
+    # the atexit hook stops every worker and waits for it, so no C thread
+    # takes the GIL while the interpreter finalises
+    for _ in range(3):
+        t0 = time.monotonic()
+        r = subprocess.run([sys.executable, "-c", _EXIT_WITH_WORKERS],
+                           capture_output=True, text=True, timeout=60, env=child_env())
+        took = time.monotonic() - t0
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split("\n")[:2] == ["workers 4", "left over threads 0"], r.stdout
+        assert "Fatal" not in r.stderr and "ERROR" not in r.stderr, r.stderr
+        assert took < 30, f"exit took {took:.1f} s"
+
+
+def test_stop_workers_then_no_worker_starts() -> None:
+    code = r"""
+import pysockkit as sk
+from pysockkit import _core
+f = sk.Framing(correlation=True)
+lst = sk.listen(("127.0.0.1", 0), framing=f)
+c = sk.connect(lst.address, framing=f, timeout=10)
+p = lst.accept(timeout=10)
+fut = c.request_async(b"x")
+assert c._worker_running
+print("left", _core.stop_workers(5.0))
+print("running", c._worker_running)
+d = sk.connect(lst.address, framing=f, timeout=10)
+try:
+    d.request_async(b"y")
+except RuntimeError as e:
+    print("refused:", "shutting down" in str(e))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60, env=child_env())
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:3] == ["left 0", "running False", "refused: True"], r.stdout

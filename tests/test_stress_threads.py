@@ -324,13 +324,6 @@ def test_send_receive_observe_close_at_once(framing: Optional[sk.Framing]) -> No
     assert totals["received"] > 0 and totals["closed_errors"] > 0
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="bug (issue 7 report): a close() that runs while the duplex receive worker is "
-    "dispatching (holding no lock) leaves the worker looping on the closed connection "
-    "(csrc/_pysockkit_conn.c skpy_worker_main never checks self->fd): it never fails the "
-    "pending futures, never exits, and keeps the Connection alive",
-)
 def test_duplex_requests_while_closing() -> None:
     """request_async from 4 threads while the receive worker runs and a
     closer closes the connection: every future ends (result or typed
@@ -381,13 +374,6 @@ def test_duplex_requests_while_closing() -> None:
             srv.close()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="bug (issue 7 report): a close() that runs while the duplex receive worker is "
-    "dispatching (holding no lock) leaves the worker looping on the closed connection "
-    "(csrc/_pysockkit_conn.c skpy_worker_main never checks self->fd): it never fails the "
-    "pending futures, never exits, and keeps the Connection alive",
-)
 def test_receive_worker_stops_when_closed() -> None:
     """close() while requests are in flight: the receive worker ends
     (``_worker_running`` false) and every pending future is failed."""
@@ -469,12 +455,6 @@ def _first_requests(f: sk.Framing) -> None:
             srv.close()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="core bug (issue 7 report): info()/state/local_address read fileno() and then "
-    "make the syscall outside any lock, so a concurrent close() can let the fd number "
-    "be reused by another socket in between",
-)
 def test_info_never_reads_a_reused_descriptor() -> None:
     """A thread reads info() while another closes the connection and opens
     a listening socket, which takes the freed descriptor number: info() must
@@ -489,13 +469,20 @@ def test_info_never_reads_a_reused_descriptor() -> None:
                 srv = lst.accept(timeout=STEP)
                 stop = threading.Event()
                 states: list[Any] = []
+                other: list[BaseException] = []
 
                 def read() -> None:
                     while not stop.is_set():
                         try:
                             states.append(cli.info().state)
-                        except (OSError, ValueError):
-                            pass
+                            states.append(cli.state)
+                            cli.local_address
+                            cli.remote_address
+                        except sk.ConnectionClosed:
+                            states.append(cli.state)  # CLOSED, never raises
+                        except BaseException as exc:  # anything else is a bug
+                            other.append(exc)
+                            return
 
                 t = threading.Thread(target=read, daemon=True)
                 t.start()
@@ -510,5 +497,7 @@ def test_info_never_reads_a_reused_descriptor() -> None:
                 foreign.close()
                 srv.close()
                 assert sk.TcpState.LISTEN not in states, "info() of a closed Connection described another socket"
+                assert not other, f"after close: {other[0]!r} instead of sk.ConnectionClosed"
+                assert states and states[-1] is sk.TcpState.CLOSED
     finally:
         sys.setswitchinterval(old)

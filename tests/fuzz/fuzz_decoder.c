@@ -414,15 +414,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         REQUIRE(ref.outcome == 0 || ref.outcome == 1);
         REQUIRE(ru.next_data == ref.n_data);
         REQUIRE(ru.next_control == ref.n_control);
-        /* KNOWN BUG in frame.c (reported with issue 7): sk_decoder_missing
-         * compares the length of a partial control or correlated frame
-         * with max_frame, not with that kind's own limit (SK_CONTROL_MAX;
-         * max_frame + SK_ID_LEN), so it reports 0 missing (and
-         * sk_decoder_finish an IncompleteFrame with detail 0).  Delete
-         * `known_bug` once frame.c is fixed. */
-        int known_bug = ref.outcome == 1 && ref.tail_ext
-                     && ref.tail_len > f.max_frame;
-        uint64_t want_missing = ref.outcome == 1 && !known_bug ? ref.detail : 0;
+        uint64_t want_missing = ref.outcome == 1 ? ref.detail : 0;
         REQUIRE(sk_decoder_missing(&d) == want_missing);
         memset(&err, 0, sizeof(err));
         rc = sk_decoder_finish(&d, &err);

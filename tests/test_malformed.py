@@ -1,0 +1,532 @@
+"""The malformed-input catalogue (issue 7), each case against a running
+``sk.serve`` echo server in a child process (tests/serve_child.py), while
+a well-behaved client keeps making requests on a long connection and short
+``sk.call``s next to it.
+
+For every case the expectation is: the misbehaving peer gets a typed error
+on the server side (``FrameTooLarge``, ``IncompleteFrame``) or a clean close,
+its connection goes away, the server's memory stays bounded by max_frame
+per connection, and the well-behaved client is served throughout (asserted
+after every case).
+
+What ``sk.serve`` lacks (docs/reliability.md): a read timeout (a slowloris
+peer keeps its thread for as long as it dribbles) and a write timeout (a
+peer that never reads keeps its thread blocked in send).  The read-timeout
+case is therefore tested with the pattern a server should use instead: a
+``Connection.recv(timeout=...)`` loop with a per-frame deadline.
+
+Bounded: every socket operation has a timeout, every loop a count; about
+20 s in all.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, Optional
+
+import pytest
+
+import pysockkit as sk
+from hardening import ChildServer, error_delta, under_sanitizer
+from helpers import decode_stream, encode, encode_header
+
+# max_frame per header size: small enough that any header with the top bit
+# set announces more than max_frame
+MAX_FRAME = {1: 100, 2: 30_000, 4: 1 << 20, 8: 1 << 20}
+STEP = 5.0  # bound of one socket step
+
+
+# ----------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[dict[int, ChildServer]]:
+    """One child sk.serve per header size, started on first use."""
+    started: dict[int, ChildServer] = {}
+
+    class Lazy(dict):  # type: ignore[type-arg]
+        def __missing__(self, hs: int) -> ChildServer:
+            srv = ChildServer(header_size=hs, max_frame=MAX_FRAME[hs], max_seconds=600)
+            started[hs] = srv
+            self[hs] = srv
+            return srv
+
+    lazy = Lazy()
+    try:
+        yield lazy
+    finally:
+        for srv in started.values():
+            srv.close()
+
+
+class GoodClient:
+    """Requests on a long connection every 10 ms and a short sk.call every
+    10th turn, in a thread, until stop(); records every failure."""
+
+    def __init__(self, srv: ChildServer) -> None:
+        self.framing = sk.Framing(header_size=srv.header_size, max_frame=MAX_FRAME[srv.header_size])
+        self.addr = srv.address
+        self.conn = sk.connect(self.addr, timeout=STEP, framing=self.framing)
+        # the server has accepted (and counts) this connection once it has
+        # answered; earlier tests' connections are gone once it counts 1:
+        # only then may a test take its baseline
+        assert self.conn.request(b"hello", timeout=STEP) == b"hello"
+        st = srv.wait_for(lambda st: st["conns"] == 1, STEP)
+        assert st["conns"] == 1, f"the server still holds {st['conns'] - 1} connections of earlier tests"
+        self.ok = 0
+        self.failures: list[str] = []
+        self.worst = 0.0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, name="good-client", daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            msg = b"good %d" % i
+            t0 = time.monotonic()
+            try:
+                if i % 10 == 9:
+                    got = sk.call(self.addr, msg, timeout=STEP, framing=self.framing)
+                else:
+                    got = self.conn.request(msg, timeout=STEP)
+                if got != msg:
+                    self.failures.append(f"turn {i}: wrong reply {got!r}")
+                else:
+                    self.ok += 1
+            except Exception as exc:  # recorded, asserted by the test
+                self.failures.append(f"turn {i}: {type(exc).__name__}: {exc}")
+                if len(self.failures) > 5:
+                    return
+            self.worst = max(self.worst, time.monotonic() - t0)
+            i += 1
+            self._stop.wait(0.01)
+
+    def check(self) -> None:
+        """Assert that it was served (and still is: one more request)."""
+        assert not self.failures, self.failures
+        before = self.ok
+        deadline = time.monotonic() + STEP
+        while self.ok == before and time.monotonic() < deadline and not self.failures:
+            time.sleep(0.01)
+        assert not self.failures, self.failures
+        assert self.ok > before, "the well-behaved client got no reply"
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._t.join(STEP * 3)
+        self.conn.close()
+
+
+@pytest.fixture
+def good(servers: dict[int, ChildServer]) -> Iterator[Any]:
+    """good(hs) -> a GoodClient of that header size's server; each is
+    checked (served throughout) and stopped after the test."""
+    clients: list[GoodClient] = []
+
+    def make(hs: int = 4) -> GoodClient:
+        c = GoodClient(servers[hs])
+        clients.append(c)
+        return c
+
+    yield make
+    try:
+        for c in clients:
+            c.check()
+    finally:
+        for c in clients:
+            c.stop()
+
+
+def raw(addr: tuple[str, int]) -> socket.socket:
+    s = socket.create_connection(addr, timeout=STEP)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def read_to_end(s: socket.socket, timeout: float = STEP) -> tuple[bytes, str]:
+    """Read until the server closes: (bytes read, "eof" or "reset")."""
+    buf = bytearray()
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, f"the server did not close the connection in {timeout} s (read {len(buf)} bytes)"
+        s.settimeout(left)
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            return bytes(buf), "reset"
+        if not chunk:
+            return bytes(buf), "eof"
+        buf += chunk
+
+
+def send_and_read(addr: tuple[str, int], wire: bytes, half_close: bool = False) -> tuple[bytes, str]:
+    """One raw peer: send wire (then FIN if half_close), read until the
+    server closes; (bytes read, "eof" or "reset")."""
+    s = raw(addr)
+    try:
+        s.sendall(wire)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        return read_to_end(s)
+    finally:
+        s.close()
+
+
+def abort(s: socket.socket) -> None:
+    """Close with RST (SO_LINGER 0)."""
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+def settle_conns(srv: ChildServer, conns: int, timeout: float = STEP) -> dict[str, Any]:
+    """Wait until the server holds `conns` connections; return its stats."""
+    st = srv.wait_for(lambda s: s["conns"] == conns, timeout)
+    assert st["conns"] == conns, f"server still holds {st['conns']} connections, expected {conns}"
+    return st
+
+
+def details(before: dict[str, Any], after: dict[str, Any], kind: str) -> list[Any]:
+    """The `missing`/`size` of the errors of type `kind` that appeared since
+    `before` (the child keeps the last 200)."""
+    n = after["errors"].get(kind, 0) - before["errors"].get(kind, 0)
+    got = [d for t, d in after["details"] if t == kind]
+    return got[len(got) - n :] if n else []
+
+
+HEADER_SIZES = [1, 2, 4, 8]
+
+
+# -------------------------------------------------------------- oversized
+
+
+@pytest.mark.parametrize("hs", [4, 8])
+def test_header_announcing_4gib(servers: dict[int, ChildServer], good: Any, hs: int) -> None:
+    srv = servers[hs]
+    g = good(hs)
+    base = srv.stats()
+    data, how = send_and_read(srv.address, encode_header(2**32 - (1 if hs == 4 else 0), hs) + b"some payload")
+    assert data == b""
+    after = settle_conns(srv, base["conns"])
+    assert error_delta(base, after) == {"FrameTooLarge": 1}
+    assert details(base, after, "FrameTooLarge") == [2**32 - (1 if hs == 4 else 0)]
+    if not under_sanitizer():  # nothing was allocated for the announced size
+        assert after["rss_kib"] - base["rss_kib"] < 4096
+    g.check()
+
+
+@pytest.mark.parametrize("hs", HEADER_SIZES)
+def test_header_with_top_bit_set(servers: dict[int, ChildServer], good: Any, hs: int) -> None:
+    srv = servers[hs]
+    g = good(hs)
+    base = srv.stats()
+    announced = (1 << (8 * hs - 1)) | 5
+    data, _ = send_and_read(srv.address, encode_header(announced, hs) + b"hello")
+    assert data == b""
+    after = settle_conns(srv, base["conns"])
+    assert error_delta(base, after) == {"FrameTooLarge": 1}
+    assert details(base, after, "FrameTooLarge") == [announced]
+    g.check()
+
+
+def test_frame_of_exactly_max_frame_is_served(servers: dict[int, ChildServer], good: Any) -> None:
+    """The boundary: max_frame is accepted, max_frame + 1 is refused."""
+    for hs in HEADER_SIZES:
+        srv = servers[hs]
+        base = srv.stats()
+        payload = os.urandom(MAX_FRAME[hs])
+        data, _ = send_and_read(srv.address, encode(payload, hs) + encode_header(MAX_FRAME[hs] + 1, hs))
+        assert data == encode(payload, hs)
+        after = settle_conns(srv, base["conns"])
+        assert details(base, after, "FrameTooLarge") == [MAX_FRAME[hs] + 1]
+    good(4).check()
+
+
+# -------------------------------------------------------------- truncated
+
+
+@pytest.mark.parametrize("hs", HEADER_SIZES)
+def test_every_header_size_truncated_at_every_byte(servers: dict[int, ChildServer], good: Any, hs: int) -> None:
+    srv = servers[hs]
+    g = good(hs)
+    base = srv.stats()
+    header = encode_header(5, hs)
+    for k in range(hs + 1):  # k header bytes, then FIN (k = 0: a clean close)
+        data, how = send_and_read(srv.address, header[:k], half_close=True)
+        assert data == b""
+        assert how == "eof"
+    # then every payload length short of the frame
+    for j in range(5):
+        data, how = send_and_read(srv.address, header + b"abcde"[:j], half_close=True)
+        assert data == b"" and how == "eof"
+    after = settle_conns(srv, base["conns"])
+    # header cut after k = 1..hs-1 bytes: hs-k missing; k = hs is a header
+    # with no payload: 5 missing; then 5-j missing
+    want = [hs - k for k in range(1, hs)] + [5] + [5 - j for j in range(5)]
+    assert error_delta(base, after) == {"IncompleteFrame": len(want)}
+    assert details(base, after, "IncompleteFrame") == want
+    g.check()
+
+
+def test_large_payload_truncated_then_fin(servers: dict[int, ChildServer], good: Any) -> None:
+    srv = servers[4]
+    g = good(4)
+    base = srv.stats()
+    data, how = send_and_read(srv.address, encode_header(800_000) + os.urandom(300_000), half_close=True)
+    assert data == b"" and how == "eof"
+    after = settle_conns(srv, base["conns"])
+    assert details(base, after, "IncompleteFrame") == [500_000]
+    g.check()
+
+
+@pytest.mark.parametrize("where", ["header", "payload", "after-frame"])
+def test_rst_mid_frame(servers: dict[int, ChildServer], good: Any, where: str) -> None:
+    srv = servers[4]
+    g = good(4)
+    base = srv.stats()
+    for _ in range(20):
+        s = raw(srv.address)
+        if where == "header":
+            s.sendall(b"\x00\x00")
+        elif where == "payload":
+            s.sendall(encode_header(1000) + b"x" * 300)
+        else:
+            s.sendall(encode(b"ping"))
+            s.settimeout(STEP)
+            assert s.recv(100) == encode(b"ping")
+        time.sleep(0.005)
+        abort(s)
+    after = settle_conns(srv, base["conns"])
+    # a reset is a clean end for that peer (ConnectionReset is a
+    # ConnectionClosed: sk.serve drops the connection without logging)
+    assert set(error_delta(base, after)) <= {"ConnectionReset"}
+    g.check()
+
+
+# --------------------------------------------------------------- garbage
+
+
+@pytest.mark.parametrize("hs", HEADER_SIZES)
+def test_random_garbage(servers: dict[int, ChildServer], good: Any, hs: int) -> None:
+    """Random byte streams: whatever decodes as frames is echoed exactly,
+    the rest ends in the error the reference decoder predicts."""
+    srv = servers[hs]
+    g = good(hs)
+    rng = random.Random(7000 + hs)
+    base = srv.stats()
+    expect_errors: dict[str, int] = {}
+    for i in range(40):
+        garbage = rng.randbytes(rng.randint(1, 3000))
+        if hs > 2 and i % 2:  # make long headers plausible half of the time
+            garbage = encode_header(rng.randint(0, 50), hs) + garbage
+        frames, outcome, _ = decode_stream(garbage, hs, "big", MAX_FRAME[hs])
+        data, how = send_and_read(srv.address, garbage, half_close=True)
+        echo = b"".join(encode(f, hs) for f in frames)
+        if how == "eof":
+            assert data == echo
+        else:  # the server closed with our garbage unread: RST, some echo lost
+            assert echo.startswith(data)
+            assert outcome == "too_large"
+        kind = {"too_large": "FrameTooLarge", "incomplete": "IncompleteFrame"}.get(outcome)
+        if kind:
+            expect_errors[kind] = expect_errors.get(kind, 0) + 1
+    after = settle_conns(srv, base["conns"])
+    assert error_delta(base, after) == expect_errors
+    g.check()
+
+
+# -------------------------------------------------------------- slowloris
+
+
+def test_slowloris_against_a_read_timeout() -> None:
+    """One byte a second, against a server loop with a per-frame deadline
+    (what sk.serve lacks): the peer is dropped at the deadline, the bytes it
+    did send were kept across every timed-out recv, and no frame is ever
+    produced from a partial one."""
+    frame_deadline = 2.5
+    with sk.listen(("127.0.0.1", 0)) as lst:
+        s = raw(lst.address)
+        conn = lst.accept(timeout=STEP)
+        stop = threading.Event()
+
+        def drip() -> None:
+            for b in encode(b"never completes"):
+                if stop.wait(1.0):
+                    return
+                try:
+                    s.send(bytes([b]))
+                except OSError:
+                    return
+
+        t = threading.Thread(target=drip, daemon=True)
+        try:
+            t.start()
+            start = time.monotonic()
+            deadline = start + frame_deadline
+            timeouts = 0
+            buffered = []
+            with pytest.raises(sk.Timeout):
+                while True:
+                    try:
+                        conn.recv(timeout=min(0.3, max(0.0, deadline - time.monotonic())))
+                        pytest.fail("a frame came out of a partial one")
+                    except sk.Timeout:
+                        timeouts += 1
+                        buffered.append(conn.buffered)
+                        if time.monotonic() >= deadline:
+                            raise
+            elapsed = time.monotonic() - start
+            conn.close()  # drop the slow peer
+            assert frame_deadline <= elapsed < frame_deadline + 1.0
+            assert timeouts >= 5
+            # one byte a second: 2 or 3 bytes by the deadline, all kept
+            assert buffered == sorted(buffered) and 2 <= buffered[-1] <= 4
+            _, how = read_to_end(s)
+        finally:
+            stop.set()
+            t.join(STEP)
+            conn.close()
+            s.close()
+
+
+def test_slowloris_peers_hold_threads_but_others_are_served(servers: dict[int, ChildServer], good: Any) -> None:
+    """sk.serve has no read timeout: 50 peers dribbling a byte a second each
+    keep a server thread, and the well-behaved client is served alongside;
+    they go away when they close."""
+    srv = servers[4]
+    g = good(4)
+    base = srv.stats()
+    peers = [raw(srv.address) for _ in range(50)]
+    try:
+        wire = encode(b"slow")
+        for i in range(3):
+            for p in peers:
+                p.send(wire[i : i + 1])
+            time.sleep(1.0)
+        st = settle_conns(srv, base["conns"] + 50)
+        assert st["threads"] >= base["threads"] + 50
+        g.check()
+    finally:
+        for p in peers:
+            p.close()
+    after = settle_conns(srv, base["conns"])
+    assert error_delta(base, after) == {"IncompleteFrame": 50}
+
+
+# ------------------------------------------------------ idle and no-read
+
+
+IDLE_FLOOD = int(os.environ.get("PYSOCKKIT_IDLE_FLOOD", "2000"))
+
+
+def test_connections_that_send_nothing() -> None:
+    """IDLE_FLOOD (default 2,000; bench/load.py does 10,000) connections
+    that connect and send nothing: the server accepts them all, keeps
+    serving, and drops them when they close.  A server of its own, so a
+    failure leaves the other cases alone."""
+    with ChildServer(header_size=4, max_frame=MAX_FRAME[4], max_seconds=120) as srv:
+        g = GoodClient(srv)
+        peers: list[socket.socket] = []
+        try:
+            base = srv.stats()
+            t0 = time.monotonic()
+            for i in range(IDLE_FLOOD):
+                peers.append(socket.create_connection(srv.address, timeout=STEP))
+                if i % 500 == 499:
+                    assert not g.failures, g.failures  # fail fast
+            st = srv.wait_for(lambda s: s["conns"] >= base["conns"] + IDLE_FLOOD, timeout=10)
+            accepted = st["conns"] - base["conns"]
+            assert accepted >= IDLE_FLOOD, f"accepted {accepted} of {IDLE_FLOOD} in {time.monotonic() - t0:.1f} s"
+            g.check()
+            assert sk.call(srv.address, b"new client", timeout=STEP) == b"new client"
+            for p in peers:
+                p.close()
+            settle_conns(srv, base["conns"], timeout=30)
+            g.check()
+        finally:
+            for p in peers:
+                p.close()
+            g.stop()
+
+
+def test_client_that_never_reads_replies(servers: dict[int, ChildServer], good: Any) -> None:
+    """A client sends 400 requests of 64 KiB and never reads the replies:
+    the server's thread for it blocks in send once the client's window is
+    full (no write timeout in sk.serve), its memory stays bounded by the
+    socket buffers, everyone else is served, and the client's reset frees
+    the thread."""
+    srv = servers[4]
+    g = good(4)
+    base = srv.stats(trim=True)
+    s = raw(srv.address)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    payload = encode(b"r" * 65536)
+    sent = 0
+    try:
+        s.setblocking(False)
+        deadline = time.monotonic() + 10
+        while sent < 400 and time.monotonic() < deadline:
+            try:
+                s.sendall(payload)  # EAGAIN once both directions are full
+                sent += 1
+            except BlockingIOError:
+                break
+        time.sleep(0.5)
+        st = srv.stats()
+        assert st["conns"] == base["conns"] + 1
+        if not under_sanitizer():  # bounded: socket buffers, not 400 replies
+            assert st["rss_kib"] - base["rss_kib"] < 16 * 1024, st
+        g.check()
+    finally:
+        abort(s)
+    after = settle_conns(srv, base["conns"])
+    assert set(error_delta(base, after)) <= {"ConnectionReset"}
+    assert sent >= 2
+
+
+# ---------------------------------------------------------- bounded memory
+
+
+def test_memory_bounded_by_what_peers_send(servers: dict[int, ChildServer], good: Any) -> None:
+    """40 peers announce a max_frame (1 MiB) frame: those that send nothing
+    more cost the server next to nothing (the frame is reserved, not
+    touched); those that send half of it cost about that half each, never
+    more than max_frame.  All of it comes back when they close."""
+    if under_sanitizer():
+        pytest.skip("RSS means nothing under ASan (quarantine, shadow memory)")
+    srv = servers[4]
+    g = good(4)
+    mf = MAX_FRAME[4]
+    base = srv.stats(trim=True)
+    quiet = [raw(srv.address) for _ in range(40)]
+    for p in quiet:
+        p.sendall(encode_header(mf))
+    st_quiet = srv.wait_for(lambda s: s["conns"] >= base["conns"] + 40)
+    time.sleep(0.3)
+    st_quiet = srv.stats()
+    half = [raw(srv.address) for _ in range(40)]
+    chunk = os.urandom(mf // 2)
+    for p in half:
+        p.sendall(encode_header(mf) + chunk)
+    time.sleep(0.5)
+    st_half = srv.stats()
+    try:
+        per_quiet = (st_quiet["rss_kib"] - base["rss_kib"]) / 40
+        per_half = (st_half["rss_kib"] - st_quiet["rss_kib"]) / 40
+        assert per_quiet < 256, f"{per_quiet:.0f} KiB per connection that sent a header"
+        assert per_half < (mf + 256 * 1024) / 1024, f"{per_half:.0f} KiB per half-sent frame"
+        g.check()
+    finally:
+        for p in quiet + half:
+            p.close()
+    after = settle_conns(srv, base["conns"], timeout=10)
+    after = srv.stats(trim=True)
+    assert error_delta(base, after) == {"IncompleteFrame": 80}
+    assert after["rss_kib"] - base["rss_kib"] < 8 * 1024, (base["rss_kib"], after["rss_kib"])
