@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need,
-# builds the extension with -Werror, runs the C test runner (plain and under
-# ASan+UBSan), mypy, pytest against an editable install, and pytest against
-# a wheel built from the sdist in a separate virtualenv.
+# builds the extension with -Werror, runs the C test runner (plain, under
+# ASan+UBSan and under valgrind memcheck), mypy, pytest against an editable
+# install, the hardening checks (tests/run_hardening.sh: 60 s of libFuzzer
+# on the decoder and the sock_diag parser, then the whole pytest suite
+# against an ASan+UBSan build of the extension), and pytest against a wheel
+# built from the sdist in a separate virtualenv.
 #
 # Usage: bash tests/run_all.sh        (the README's test command; .ci/run)
 set -euo pipefail
@@ -17,9 +20,18 @@ step "system packages"
 need=()
 command -v ss >/dev/null 2>&1 || need+=(iproute2)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
+# clang with its libFuzzer runtime (a Recommends of clang, which some
+# images skip): the package is named after clang's major version
+if ! command -v clang >/dev/null 2>&1; then
+    need+=(clang)
+elif [ ! -e "$(clang -print-runtime-dir)/libclang_rt.fuzzer-x86_64.a" ]; then
+    need+=("libclang-rt-$(clang -dumpversion | cut -d. -f1)-dev")
+fi
+command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            --install-recommends "${need[@]}"
     else
         echo "missing ${need[*]}: install them (sudo apt-get install ${need[*]})" >&2
         exit 1
@@ -31,8 +43,8 @@ step "virtualenv and Python packages"
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q pytest mypy build setuptools wheel nbclient nbformat ipykernel hypothesis
 
-step "C core: test runner, plain and under ASan+UBSan"
-bash tests/c/run.sh
+step "C core: test runner, plain, under ASan+UBSan and under valgrind"
+bash tests/c/run.sh --valgrind
 
 step "extension build (-Werror) and editable install"
 PYSOCKKIT_WERROR=1 "$venv/bin/python" -m pip install -q --no-build-isolation -e .
@@ -42,6 +54,9 @@ step "mypy --strict"
 
 step "pytest (editable install)"
 "$venv/bin/python" -m pytest -q tests
+
+step "hardening: bounded fuzzing, pytest against an ASan+UBSan build"
+PYTHON="$venv/bin/python" bash tests/run_hardening.sh --no-valgrind
 
 step "sdist: build, install into a clean virtualenv, run the tests against it"
 rm -rf dist

@@ -13,7 +13,11 @@
 #                 the tree (the normal build is left alone), then pytest on
 #                 the whole suite (or PYTEST ARGS) with libasan preloaded.
 #                 ASan and UBSan write their reports to files; any report,
-#                 from the test process or a child, fails the step.
+#                 from the test process or a child, fails the step.  Load
+#                 sizes are cut (PYSOCKKIT_LEAK_SHORT=5000 short connections,
+#                 PYSOCKKIT_IDLE_FLOOD=500 idle ones): under ASan a thread
+#                 start costs ~10x, and these runs look for memory errors;
+#                 the full sizes run in the plain pytest step.
 #
 # Environment: PYTHON (default: .venv/bin/python if present, else python3)
 # must have pytest (and hypothesis for tests/test_fuzz_stream.py) and
@@ -32,7 +36,7 @@ for a in "$@"; do
     --no-valgrind) do_valgrind=0 ;;
     --no-sanitize) do_sanitize=0 ;;
     -h | --help)
-        sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *) pytest_args+=("$a") ;;
@@ -136,6 +140,7 @@ if [ $do_sanitize -eq 1 ]; then
                     UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$reports/ubsan" \
                     PYTHONPATH="$work" PYTHONDONTWRITEBYTECODE=1 \
                     PYSOCKKIT_LEAK_SHORT=${PYSOCKKIT_LEAK_SHORT:-5000} \
+                    PYSOCKKIT_IDLE_FLOOD=${PYSOCKKIT_IDLE_FLOOD:-500} \
                     "$PY" -m pytest -q -p no:cacheprovider --durations=10 \
                     "${pytest_args[@]:-tests}"
         )

@@ -25,6 +25,7 @@ import pytest
 
 import pysockkit as sk
 from pysockkit import simplex
+from hardening import under_sanitizer
 from helpers import child_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -338,7 +339,8 @@ def test_reply_flood_is_counted_and_a_server_that_does_not_read_times_out(closer
     wait_until(lambda: cli.pending == 0)  # the others timed out
     assert cli.stats.timed_out >= 2
     assert cli.reply_link.buffered < 1 << 20  # the flood was read and dropped, not kept
-    assert rss() - rss0 < 16 << 20
+    if not under_sanitizer():  # ASan's quarantine and shadow make RSS meaningless
+        assert rss() - rss0 < 16 << 20
 
 
 def test_server_drops_a_client_that_does_not_read_and_serves_the_others(closer) -> None:
