@@ -34,15 +34,37 @@ class Server:
     connection; the others are served on.  ``errors`` lists what happened
     to such clients.
 
+    Limits (all off by default): ``read_timeout`` is how long a client may
+    take to deliver each whole frame, counted from when the server starts
+    waiting for it (so an idle client and a slowloris client that dribbles
+    bytes are both dropped); ``write_timeout`` bounds sending each reply (a
+    client that never reads is dropped once its window is full for that
+    long); ``max_connections`` caps the clients served at once, and a
+    client over the cap is reset at once.  A dropped client is aborted
+    (RST) and its ``sk.Timeout`` is recorded in ``errors``; ``rejected``
+    counts the clients turned away by the cap.
+
     Example::
 
         with sk.serve(("127.0.0.1", 0), lambda m: m.upper()) as srv:
             print(sk.call(srv.address, b"hi", timeout=1.0))   # b'HI'
     """
 
-    def __init__(self, listener: Listener, handler: Handler) -> None:
+    def __init__(self, listener: Listener, handler: Handler,
+                 read_timeout: Optional[float] = None,
+                 write_timeout: Optional[float] = None,
+                 max_connections: Optional[int] = None) -> None:
+        for name, v in (("read_timeout", read_timeout), ("write_timeout", write_timeout)):
+            if v is not None and not v > 0:
+                raise ValueError(f"{name} must be > 0 seconds or None, not {v!r}")
+        if max_connections is not None and max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1 or None, not {max_connections!r}")
         self._listener = listener
         self._handler = handler
+        self._read_timeout = read_timeout
+        self._write_timeout = write_timeout
+        self._max_conns = max_connections
+        self.rejected = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._conns: set[Connection] = set()
@@ -72,6 +94,10 @@ class Server:
                 if self._stop.is_set():
                     conn.close()
                     return
+                if self._max_conns is not None and len(self._conns) >= self._max_conns:
+                    self.rejected += 1
+                    conn.abort()  # RST: the client learns at once
+                    continue
                 self._conns.add(conn)
                 t = threading.Thread(target=self._serve_one, args=(conn,), name="pysockkit-conn", daemon=True)
                 self._threads = [x for x in self._threads if x.is_alive()]
@@ -79,22 +105,27 @@ class Server:
             t.start()
 
     def _serve_one(self, conn: Connection) -> None:
+        give_up = False
         try:
             while True:
-                msg = conn.recv()
+                msg = conn.recv(timeout=self._read_timeout)
                 reply = self._handler(msg)
                 self.served += 1
                 if reply is not None:
-                    conn.send(reply)
+                    conn.send(reply, timeout=self._write_timeout)
         except ConnectionClosed:
             pass
         except Error as exc:
+            give_up = isinstance(exc, Timeout)
             if not self._stop.is_set():
                 self.errors.append(exc)
         finally:
             with self._lock:
                 self._conns.discard(conn)
-            conn.close()
+            if give_up:
+                conn.abort()  # a half-sent reply or a dribbling client: RST
+            else:
+                conn.close()
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop accepting, close every client connection, join the threads.
@@ -126,9 +157,17 @@ def serve(
     handler: Optional[Handler] = None,
     framing: Optional[Framing] = None,
     backlog: int = 128,
+    *,
+    read_timeout: Optional[float] = None,
+    write_timeout: Optional[float] = None,
+    max_connections: Optional[int] = None,
 ) -> Server:
     """Start a threaded framed server on ``addr`` that answers each frame
     with ``handler(frame)`` (echo by default) and return it at once.
+
+    ``read_timeout``, ``write_timeout`` and ``max_connections`` protect it
+    from clients that dribble, never read, or come in floods (see
+    :class:`Server`); all are off by default.
 
     Example::
 
@@ -136,5 +175,8 @@ def serve(
         >>> sk.call(srv.address, b"ping", timeout=1.0)
         b'pong'
         >>> srv.close()
+        >>> guarded = sk.serve(read_timeout=30.0, write_timeout=10.0, max_connections=1000)
+        >>> guarded.close()
     """
-    return Server(listen(addr, backlog=backlog, framing=framing), handler or _echo)
+    return Server(listen(addr, backlog=backlog, framing=framing), handler or _echo,
+                  read_timeout, write_timeout, max_connections)

@@ -2,7 +2,8 @@
 (tests/test_malformed.py, tests/test_leaks.py) and bench/load.py.
 
     python serve_child.py [--mode serve|hold] [--header-size H] [--max-frame N]
-                          [--max-seconds S]
+                          [--max-seconds S] [--read-timeout S]
+                          [--write-timeout S] [--max-connections N]
 
 --mode serve (the default) runs ``sk.serve`` (echo, a thread a client);
 --mode hold runs one thread that accepts each client, echoes its first
@@ -12,7 +13,7 @@ long connections without 10,000 threads).
 Prints ``port N`` once listening on 127.0.0.1, then answers commands read
 from stdin, one per line, with one JSON line on stdout:
 
-  stats   {"rss_kib", "fds", "threads", "conns", "served",
+  stats   {"rss_kib", "fds", "threads", "conns", "served", "rejected",
            "errors": {type: count}, "details": [[type, missing or size], ...
            for the last 200 errors], "first_errors": [messages]}
   trim    malloc_trim(0), then stats (glibc keeps freed memory otherwise)
@@ -99,6 +100,7 @@ def stats(srv: "sk.Server | Holder") -> dict:
         "threads": int(status["Threads"]),
         "conns": len(srv._conns),
         "served": srv.served,
+        "rejected": getattr(srv, "rejected", 0),
         "errors": dict(collections.Counter(type(e).__name__ for e in errors)),
         "details": [
             [type(e).__name__, getattr(e, "missing", getattr(e, "size", None))] for e in errors[-200:]
@@ -113,13 +115,17 @@ def main() -> int:
     p.add_argument("--header-size", type=int, default=4)
     p.add_argument("--max-frame", type=int, default=16 * 2**20)
     p.add_argument("--max-seconds", type=float, default=300.0)
+    p.add_argument("--read-timeout", type=float, default=None)
+    p.add_argument("--write-timeout", type=float, default=None)
+    p.add_argument("--max-connections", type=int, default=None)
     a = p.parse_args()
     framing = sk.Framing(header_size=a.header_size, max_frame=a.max_frame)
     srv: "sk.Server | Holder"
     if a.mode == "hold":
         srv = Holder(sk.listen(("127.0.0.1", 0), framing=framing, backlog=4096))
     else:
-        srv = sk.serve(("127.0.0.1", 0), framing=framing, backlog=4096)
+        srv = sk.serve(("127.0.0.1", 0), framing=framing, backlog=4096, read_timeout=a.read_timeout,
+                       write_timeout=a.write_timeout, max_connections=a.max_connections)
     timer = threading.Timer(a.max_seconds, lambda: os._exit(3))
     timer.daemon = True
     timer.start()

@@ -530,3 +530,109 @@ def test_memory_bounded_by_what_peers_send(servers: dict[int, ChildServer], good
     after = srv.stats(trim=True)
     assert error_delta(base, after) == {"IncompleteFrame": 80}
     assert after["rss_kib"] - base["rss_kib"] < 8 * 1024, (base["rss_kib"], after["rss_kib"])
+
+
+# ------------------------------------------- sk.serve with its limits on
+
+
+def test_serve_read_timeout_drops_idle_and_dribbling_clients() -> None:
+    """sk.serve(read_timeout=1): a client that sends nothing and three that
+    dribble a byte every 0.3 s are reset after about a second each (the
+    deadline is per frame, so dribbling does not extend it); their
+    sk.Timeout is recorded, and the well-behaved client is served
+    throughout."""
+    with ChildServer(header_size=4, max_frame=MAX_FRAME[4], max_seconds=120, read_timeout=1.0) as srv:
+        g = GoodClient(srv)
+        peers: list[socket.socket] = []
+        try:
+            base = srv.stats()
+            idle = raw(srv.address)
+            drippers = [raw(srv.address) for _ in range(3)]
+            peers.extend([idle, *drippers])
+            wire = encode(b"x" * 100)
+            t0 = time.monotonic()
+            ended: dict[int, float] = {}
+            for i in range(len(wire)):
+                if len(ended) == len(drippers) or time.monotonic() - t0 > STEP:
+                    break
+                for k, p in enumerate(drippers):
+                    if k in ended:
+                        continue
+                    try:
+                        p.send(wire[i : i + 1])
+                    except OSError:  # reset by the server
+                        ended[k] = time.monotonic() - t0
+                time.sleep(0.3)
+            assert len(ended) == len(drippers), "a dribbling client was never dropped"
+            assert all(0.9 <= t < 1.0 + 2.0 for t in ended.values()), ended
+            _, how = read_to_end(idle)
+            assert how in ("reset", "eof")
+            after = settle_conns(srv, base["conns"])
+            assert error_delta(base, after) == {"Timeout": 4}
+            g.check()
+        finally:
+            for p in peers:
+                p.close()
+            g.stop()
+
+
+def test_serve_write_timeout_drops_a_client_that_never_reads() -> None:
+    """sk.serve(write_timeout=1): a client that sends 64 KiB requests and
+    never reads is reset once a reply could not be sent for a second; the
+    server thread is freed and the others are served."""
+    with ChildServer(header_size=4, max_frame=MAX_FRAME[4], max_seconds=120, write_timeout=1.0) as srv:
+        g = GoodClient(srv)
+        peers: list[socket.socket] = []
+        try:
+            base = srv.stats()
+            s = raw(srv.address)
+            peers.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            payload = encode(b"r" * 65536)
+            s.setblocking(False)
+            sent, reset = 0, False
+            deadline = time.monotonic() + STEP
+            while sent < 400 and time.monotonic() < deadline:
+                try:
+                    s.sendall(payload)
+                    sent += 1
+                except BlockingIOError:
+                    time.sleep(0.05)  # full both ways: wait for the server to give up
+                except (ConnectionResetError, BrokenPipeError):
+                    reset = True
+                    break
+            s.close()
+            assert reset, f"not reset after {sent} requests"
+            after = settle_conns(srv, base["conns"])
+            assert error_delta(base, after) == {"Timeout": 1}
+            g.check()
+        finally:
+            for p in peers:
+                p.close()
+            g.stop()
+
+
+def test_serve_max_connections_resets_clients_over_the_cap() -> None:
+    """sk.serve(max_connections=8): with 8 clients held, the 9th is reset
+    at once and counted in `rejected`; once one leaves, a new client is
+    served."""
+    with ChildServer(header_size=4, max_frame=MAX_FRAME[4], max_seconds=120, max_connections=8) as srv:
+        held = [raw(srv.address) for _ in range(8)]
+        try:
+            st = srv.wait_for(lambda st: st["conns"] == 8, STEP)
+            assert st["conns"] == 8
+            try:
+                extra = raw(srv.address)
+            except ConnectionResetError:  # the RST can beat connect() back to us
+                how = "reset"
+            else:
+                _, how = read_to_end(extra)
+                extra.close()
+            assert how == "reset"
+            assert srv.stats()["rejected"] == 1
+            held.pop().close()
+            srv.wait_for(lambda st: st["conns"] == 7, STEP)
+            assert sk.call(srv.address, b"room again", timeout=STEP) == b"room again"
+        finally:
+            for p in held:
+                p.close()
