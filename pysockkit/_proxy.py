@@ -131,7 +131,17 @@ class Fault:
 
     def _core_params(self) -> dict[str, int]:
         """Keyword arguments for ``_core.Proxy.add`` (raw ns and bytes)."""
-        raise NotImplementedError
+        raise _not_ours(self)
+
+
+def _not_ours(fault: Fault) -> TypeError:
+    """Only this module's fault types are implemented by the proxy's C
+    reactor: a subclass of one's own has nothing to run."""
+    return TypeError(
+        f"{type(fault).__name__} is not a fault the proxy implements: use one "
+        "of sk.Latency, sk.Bandwidth, sk.Stall, sk.ResetPeer, sk.SlowClose, "
+        "sk.Slicer or sk.LimitData"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +399,8 @@ class ProxiedConnection:
 
 def _make_fault(fault: Union[str, Fault], params: dict[str, Any]) -> Fault:
     if isinstance(fault, Fault):
+        if type(fault) not in FAULTS.values():
+            raise _not_ours(fault)
         if params:
             raise TypeError(
                 f"pass parameters either in the {type(fault).__name__} or as "

@@ -574,3 +574,16 @@ def test_ipv6_loopback() -> None:
         with sk.connect(proxy.address, timeout=T) as c, lst.accept(timeout=T) as s:
             c.send(b"six")
             assert s.recv(timeout=T) == b"six"
+
+
+def test_a_fault_subclass_of_ones_own_is_refused_clearly(echo_proxy: FaultProxy) -> None:
+    from pysockkit._proxy import Fault
+
+    @dataclass(frozen=True)
+    class Mine(Fault):
+        pass
+
+    with pytest.raises(TypeError, match="not a fault the proxy implements"):
+        echo_proxy.add(Mine())
+    assert echo_proxy.faults == []
+    assert sk.call(echo_proxy.address, b"still proxied", timeout=5) == b"still proxied"
