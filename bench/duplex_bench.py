@@ -3,7 +3,10 @@
 100 requests in flight, client and server in two processes pinned to the two
 CPUs.  pysockkit (request_async futures, C receive worker; the server answers
 with recv_many/send_many) against pyzmq DEALER/ROUTER (the same pipelining,
-the server answering each message).  Median of 5 trials, min/max, ratio.
+the server answering each message: pyzmq has no batched receive or send).
+Median of 5 trials, min/max, ratio, and the CPU time each side spent per
+request (client: the measured loop, all threads; server: the whole trial),
+so a reader can see which side bounds each contender.
 
     python bench/duplex_bench.py [--requests 200000] [--repeat 5]
 """
@@ -40,7 +43,14 @@ def sk_server() -> None:
                 pass
 
 
-def sk_client(port: int, n: int) -> float:
+def _cpu_s(pid: int) -> float:
+    """utime + stime of a process, all threads, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sk_client(port: int, n: int) -> tuple[float, float]:
     os.sched_setaffinity(0, {1})
     sys.path.insert(0, ROOT)
     import pysockkit as sk
@@ -54,14 +64,14 @@ def sk_client(port: int, n: int) -> float:
                 q.popleft().result()
         while q:
             q.popleft().result()
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         for _ in range(n):
             q.append(d.request_async(MSG))
             if len(q) >= INFLIGHT:
                 assert q.popleft().result() == MSG
         while q:
             assert q.popleft().result() == MSG
-        return n / (time.perf_counter() - t0)
+        return n / (time.perf_counter() - t0), time.process_time() - c0
 
 
 def zmq_server() -> None:
@@ -83,7 +93,7 @@ def zmq_server() -> None:
     ctx.term()
 
 
-def zmq_client(port: int, n: int) -> float:
+def zmq_client(port: int, n: int) -> tuple[float, float]:
     import zmq
 
     os.sched_setaffinity(0, {1})
@@ -95,7 +105,7 @@ def zmq_client(port: int, n: int) -> float:
         s.send(MSG)
     for _ in range(1000):
         s.recv()
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     sent = recvd = 0
     while recvd < n:
         while sent < n and sent - recvd < INFLIGHT:
@@ -104,23 +114,28 @@ def zmq_client(port: int, n: int) -> float:
         assert s.recv() == MSG
         recvd += 1
     rate = n / (time.perf_counter() - t0)
+    cpu = time.process_time() - c0
     s.close(0)
     ctx.term()
     del out
-    return rate
+    return rate, cpu
 
 
-def trial(kind: str, n: int) -> float:
+def trial(kind: str, n: int) -> tuple[float, float, float]:
+    """(requests/s, client CPU s in the measured loop, server CPU s)."""
     srv = subprocess.Popen([sys.executable, __file__, "--role", f"{kind}-server"],
                            stdout=subprocess.PIPE, text=True)
     try:
         assert srv.stdout is not None
         port = srv.stdout.readline().strip()
+        s0 = _cpu_s(srv.pid)
         out = subprocess.run([sys.executable, __file__, "--role", f"{kind}-client", "--port", port,
                               "--requests", str(n)], capture_output=True, text=True, timeout=300)
+        s1 = _cpu_s(srv.pid)
         if out.returncode != 0:
             raise RuntimeError(out.stderr)
-        return float(out.stdout.split()[-1])
+        rate, ccpu = (float(x) for x in out.stdout.split()[-2:])
+        return rate, ccpu, s1 - s0
     finally:
         srv.kill()
         srv.communicate()
@@ -140,24 +155,26 @@ def main() -> int:
         zmq_server()
         return 0
     if a.role == "sk-client":
-        print(sk_client(a.port, a.requests))
+        print(*sk_client(a.port, a.requests))
         return 0
     if a.role == "zmq-client":
-        print(zmq_client(a.port, a.requests))
+        print(*zmq_client(a.port, a.requests))
         return 0
-    res: dict[str, list[float]] = {"sk": [], "zmq": []}
+    res: dict[str, list[tuple[float, float, float]]] = {"sk": [], "zmq": []}
     for _ in range(a.repeat):  # interleaved, so drift hits both alike
         for kind in ("sk", "zmq"):
             res[kind].append(trial(kind, a.requests))
     print(f"pipelined request/reply, 64 B, {INFLIGHT} in flight, {a.requests} requests x {a.repeat}")
-    print("| contender | median req/s | min | max | x pyzmq |")
-    print("|---|---:|---:|---:|---:|")
-    zmed = statistics.median(res["zmq"])
+    print("| contender | median req/s | min | max | x pyzmq | client CPU us/req | server CPU us/req |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    zmed = statistics.median(r for r, _, _ in res["zmq"])
     for kind, label in (("sk", "pysockkit threaded duplex (request_async)"),
                         ("zmq", "pyzmq DEALER/ROUTER")):
-        v = res[kind]
+        v = [r for r, _, _ in res[kind]]
+        ccpu = statistics.median(c for _, c, _ in res[kind]) / a.requests * 1e6
+        scpu = statistics.median(s for _, _, s in res[kind]) / (a.requests + 1000) * 1e6
         print(f"| {label} | {statistics.median(v):,.0f} | {min(v):,.0f} | {max(v):,.0f} | "
-              f"{statistics.median(v) / zmed:.2f} |")
+              f"{statistics.median(v) / zmed:.2f} | {ccpu:.2f} | {scpu:.2f} |")
     return 0
 
 

@@ -177,6 +177,8 @@ static int skpy_exec(PyObject *mod)
     skpy_main_ident = PyThread_get_thread_ident();
     if (skpy_load_errors(mod) < 0)
         goto error;
+    if (skpy_add_future(mod) < 0)
+        goto error;
     if (skpy_add_conn(mod) < 0)
         goto error;
     if (skpy_add_frame(mod) < 0)
@@ -205,6 +207,10 @@ static int skpy_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->ConnectionReset);
     Py_VISIT(st->PeerDead);
     Py_VISIT(st->ConnType);
+    Py_VISIT(st->FutureType);
+    Py_VISIT(st->FutureClass);
+    Py_VISIT(st->cf_base);
+    Py_VISIT(st->Condition);
     Py_VISIT(st->EntryType);
     Py_VISIT(st->entry_states);
     Py_VISIT(st->entry_families);
@@ -223,6 +229,10 @@ static int skpy_clear(PyObject *mod)
     Py_CLEAR(st->ConnectionReset);
     Py_CLEAR(st->PeerDead);
     Py_CLEAR(st->ConnType);
+    Py_CLEAR(st->FutureType);
+    Py_CLEAR(st->FutureClass);
+    Py_CLEAR(st->cf_base);
+    Py_CLEAR(st->Condition);
     Py_CLEAR(st->EntryType);
     Py_CLEAR(st->entry_states);
     Py_CLEAR(st->entry_families);

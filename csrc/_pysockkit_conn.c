@@ -14,6 +14,17 @@
  * Fast paths keep the GIL: a frame already in the read-ahead buffer is
  * returned without any syscall, and a small send is first tried once
  * without waiting.  The GIL is released only when the call may block.
+ *
+ * Asynchronous duplex (pysockkit/_duplex.py): _start_worker starts a
+ * receive worker thread and a request table (corr.h).  _request_async
+ * registers a future (_pysockkit_future.c) and queues the request in the
+ * write-behind buffer c->out (under send_mu, so ordering with send() from
+ * other threads is kept); the worker writes that buffer before each wait
+ * and wakes for it on an eventfd, which request_async writes only when the
+ * worker sleeps.  Replies settle their futures in the worker without the
+ * GIL; the worker takes the GIL only for other frames (messages), futures
+ * with callbacks, errors, and to drop the table's references to settled
+ * futures (a batch at a time).
  */
 #include "_pysockkit_util.h"
 
@@ -21,6 +32,8 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <arpa/inet.h>
 #include <string.h>
@@ -28,13 +41,28 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "corr.h"
 #include "io.h"
 #include "hub.h"
+#include "promise.h"
 #include "sock.h"
 
 #define SKPY_INLINE_SEND 65536    /* sends up to this many bytes try first with the GIL held */
 #define SKPY_BATCH 1024           /* send_many: payloads per core call */
 #define SKPY_RECV_MANY_DEFAULT 4096
+/* request_async: requests up to this size are copied into the write-behind
+ * buffer; larger ones are sent at once (after what is queued) */
+#define SKPY_WB_DIRECT (64 * 1024)
+/* request_async that finds this much queued writes it out first, waiting
+ * (with its timeout) if the peer does not read: memory stays bounded */
+#define SKPY_WB_MAX (256 * 1024)
+
+/* what the receive worker is doing (ConnObject.wphase) */
+enum {
+    SKPY_W_BUSY = 0,  /* in C: it writes the queue before it sleeps */
+    SKPY_W_SLEEP = 1, /* in poll (or about to be): kick the eventfd */
+    SKPY_W_PY = 2,    /* running Python code, maybe for long: write yourself */
+};
 
 typedef struct {
     PyObject_HEAD
@@ -45,9 +73,22 @@ typedef struct {
     int worker;             /* a receive worker thread owns the receive side */
     int worker_stop;        /* atomic: ask the worker to stop */
     pthread_t worker_thread;
+    /* asynchronous duplex; corr and retired under corr->mu */
+    sk_corr *corr;          /* request table, made by the first _start_worker */
+    sk_plist retired;       /* settled promises whose future still holds the
+                               table's reference (dropped with the GIL) */
+    PyObject *req_err_type; /* the receive side ended: request_async raises */
+    PyObject *req_err_args; /*   req_err_type(*req_err_args) (under corr->mu) */
+    int efd;                /* eventfd that wakes the worker; -1: none */
+    int wphase;             /* atomic: SKPY_W_* */
+    int64_t wake_at;        /* the sleeping worker's latest wake-up (corr->mu) */
+    int wb_failed;          /* the worker's write failed (under send_mu) */
     PyObject *mod;          /* borrowed: the type keeps the module alive */
     PyObject *weakreflist;
 } ConnObject;
+
+static void skpy_conn_fail_closed(ConnObject *self, const char *why);
+static void skpy_conn_free_requests(ConnObject *self);
 
 /* ------------------------------------------------------------ arguments */
 
@@ -215,6 +256,8 @@ static PyObject *Conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     self->fd = -1;
     self->c.fd = -1;
+    self->efd = -1;
+    sk_plist_init(&self->retired);
     self->mod = PyType_GetModuleByDef(type, skpy_module_def());
     if (self->mod == NULL)
         goto error;
@@ -341,6 +384,11 @@ static PyObject *Conn_close_impl(ConnObject *self, int abort)
     }
     pthread_mutex_unlock(&self->c.recv_mu);
     pthread_mutex_unlock(&self->c.send_mu);
+    /* a running worker sees the close and fails the pending requests;
+     * without one nobody would */
+    if (self->corr != NULL && !self->worker)
+        skpy_conn_fail_closed(self, "this connection was closed locally "
+                                    "(close() or abort()) before the reply");
     if (r != SK_OK && err.sys_errno != EINTR)
         return skpy_raise(self->mod, &err, NULL);
     Py_RETURN_NONE;
@@ -406,6 +454,10 @@ static void Conn_dealloc(PyObject *op)
         self->fd = -1;
         sk_conn_release(&self->c);
     }
+    if (self->corr != NULL)
+        skpy_conn_free_requests(self);
+    Py_CLEAR(self->req_err_type);
+    Py_CLEAR(self->req_err_args);
     tp->tp_free(op);
     Py_DECREF(tp);
 }
@@ -987,83 +1039,370 @@ static int skpy_workers_live;      /* guarded by skpy_workers_mu */
 static int skpy_workers_finalising; /* atomic: no new worker, all stop */
 
 #define SKPY_WORKER_BATCH 1024
-#define SKPY_WORKER_SLICE_NS 50000000LL /* dispatch(None) at least this often */
+#define SKPY_WORKER_SLICE_NS 50000000LL /* looks at the stop flags this often */
+#define SKPY_WORKER_RETRY_NS 2000000LL  /* send lock busy: look again this soon */
+#define SKPY_RETIRED_MAX 4096 /* settled futures kept before the worker drops
+                                 the table's references itself */
 
 typedef struct {
     ConnObject *self;   /* strong reference, dropped by the thread */
-    PyObject *dispatch; /* strong reference: dispatch(list | exception | None) */
+    PyObject *dispatch; /* strong reference: dispatch(list | exception) */
 } skpy_worker_arg;
 
-/* The receive worker: a C thread that waits and decodes without the GIL,
- * then takes the GIL once per batch to hand the frames to dispatch().
- * dispatch(list) gets the frames (bytes, or (id, bytes) tuples),
- * dispatch(None) is a tick every 50 ms while idle (for expiring requests),
- * dispatch(exc) the receive error that ended the worker.  Frame views stay
- * valid while the batch is built because only the first frame may read the
- * socket; the rest come from what is already buffered. */
-static void *skpy_worker_main(void *p)
+/* Drop the references a list of promises holds on their futures.  GIL
+ * held; no lock held (a dealloc may run Python code). */
+static void skpy_release_list(sk_plist *l)
 {
-    skpy_worker_arg *arg = (skpy_worker_arg *)p;
-    ConnObject *self = arg->self;
-    sk_frame fr[SKPY_WORKER_BATCH];
-    PyGILState_STATE g;
-    PyObject *py_batch, *py_item, *py_r;
+    sk_promise *p, *next;
+
+    for (p = l->head; p != NULL; p = next) {
+        next = p->next;
+        Py_DECREF(skpy_future_of(p));
+    }
+    sk_plist_init(l);
+}
+
+/* Drop the table's references to settled futures.  GIL held. */
+static void skpy_drain_retired(ConnObject *self)
+{
+    sk_plist l;
+
+    sk_plist_init(&l);
+    pthread_mutex_lock(&self->corr->mu);
+    sk_plist_splice(&l, &self->retired);
+    pthread_mutex_unlock(&self->corr->mu);
+    skpy_release_list(&l);
+}
+
+/* Fail every pending request with py_exc (later request_async calls raise
+ * one like it) and drop the table's references.  GIL held; runs callbacks. */
+static void skpy_conn_fail_pending(ConnObject *self, PyObject *py_exc)
+{
+    PyObject *py_args, *py_fut;
+    sk_plist all;
+    sk_promise *p, *next;
+
+    py_args = PyObject_GetAttrString(py_exc, "args");
+    if (py_args != NULL && !PyTuple_Check(py_args))
+        Py_CLEAR(py_args);
+    if (py_args == NULL) {
+        PyErr_Clear();
+        py_args = PyTuple_New(0);
+    }
+    sk_plist_init(&all);
+    pthread_mutex_lock(&self->corr->mu);
+    if (self->req_err_type == NULL && py_args != NULL) {
+        self->req_err_type = Py_NewRef((PyObject *)Py_TYPE(py_exc));
+        self->req_err_args = py_args;
+        py_args = NULL;
+    }
+    sk_corr_take_all(self->corr, &all);
+    pthread_mutex_unlock(&self->corr->mu);
+    Py_XDECREF(py_args);
+    for (p = all.head; p != NULL; p = next) {
+        next = p->next;
+        py_fut = skpy_future_of(p);
+        skpy_future_fail(py_fut, py_exc);
+        Py_DECREF(py_fut);
+    }
+    skpy_drain_retired(self);
+}
+
+/* Fail the pending requests with ConnectionClosed(why).  GIL held; keeps
+ * a pending exception; self may be in dealloc (so it is never handed to
+ * Python). */
+static void skpy_conn_fail_closed(ConnObject *self, const char *why)
+{
+    skpy_state *st = skpy_get_state(self->mod);
+    PyObject *py_t, *py_v, *py_tb, *py_exc, *py_cls;
+    size_t pending;
+
+    pthread_mutex_lock(&self->corr->mu);
+    pending = self->corr->pending;
+    pthread_mutex_unlock(&self->corr->mu);
+    if (pending == 0)
+        return;
+    PyErr_Fetch(&py_t, &py_v, &py_tb);
+    /* at interpreter exit the module state may be cleared already */
+    py_cls = st->ConnectionClosed ? st->ConnectionClosed : PyExc_ConnectionError;
+    py_exc = PyObject_CallFunction(py_cls, "s", why);
+    if (py_exc == NULL)
+        PyErr_WriteUnraisable(NULL);
+    else
+        skpy_conn_fail_pending(self, py_exc);
+    Py_XDECREF(py_exc);
+    PyErr_Restore(py_t, py_v, py_tb);
+}
+
+/* Contract: GIL held, from dealloc (no worker runs: it holds a reference).
+ * Fails what is pending, frees the table. */
+static void skpy_conn_free_requests(ConnObject *self)
+{
+    skpy_conn_fail_closed(self, "the connection object was deallocated "
+                                "before the reply");
+    skpy_drain_retired(self);
+    sk_corr_free(self->corr);
+    PyMem_RawFree(self->corr);
+    self->corr = NULL;
+    if (self->efd >= 0)
+        close(self->efd);
+    self->efd = -1;
+}
+
+/* Raise the error that ended the receive side, fresh (no traceback kept
+ * between calls).  GIL held; the caller holds no lock.  NULL. */
+static PyObject *skpy_raise_req_error(PyObject *py_type, PyObject *py_args)
+{
+    PyObject *py_exc = PyObject_Call(py_type, py_args, NULL);
+
+    if (py_exc != NULL) {
+        PyErr_SetObject(py_type, py_exc);
+        Py_DECREF(py_exc);
+    }
+    return NULL;
+}
+
+/* Wake the worker if it sleeps: it writes the queue, then sleeps again.
+ * GIL held (the worker closes efd only with it). */
+static void skpy_worker_kick(ConnObject *self)
+{
+    uint64_t one = 1;
+
+    if (self->efd >= 0 && SK_LOAD(&self->wphase) == SKPY_W_SLEEP &&
+        __atomic_exchange_n(&self->wphase, SKPY_W_BUSY, __ATOMIC_SEQ_CST) ==
+            SKPY_W_SLEEP &&
+        write(self->efd, &one, sizeof(one)) < 0) {
+        /* EAGAIN: the counter is full, so the worker is woken anyway */
+    }
+}
+
+/* Before the worker sleeps: announce it (SKPY_W_SLEEP), then write the
+ * queue without waiting.  An enqueuer that takes the send lock after us
+ * sees the announcement and kicks; one before us had its bytes written
+ * here.  Returns POLLOUT while bytes remain (the socket is full), 0, or -1
+ * when another thread holds the send lock (it writes the queue before its
+ * own frames, but a heartbeat may leave bytes: look again soon).  No GIL;
+ * caller holds no lock. */
+static int skpy_worker_flush(ConnObject *self)
+{
     sk_err err;
-    int rc, n, i, done = 0;
+    int r = 0;
+
+    __atomic_store_n(&self->wphase, SKPY_W_SLEEP, __ATOMIC_SEQ_CST);
+    if (pthread_mutex_trylock(&self->c.send_mu) != 0)
+        return -1;
+    if (self->fd >= 0 && !self->wb_failed && sk_conn_queued(&self->c) > 0) {
+        if (sk_conn_flush(&self->c, 0, NULL, &err) == SK_ERR)
+            self->wb_failed = 1; /* the next send raises it; receive goes on */
+        else if (sk_conn_queued(&self->c) > 0)
+            r = POLLOUT;
+    }
+    pthread_mutex_unlock(&self->c.send_mu);
+    return r;
+}
+
+/* The receive worker: a C thread that waits and decodes without the GIL.
+ * Each pass: write the request queue, wait (poll on the socket, the
+ * eventfd, and POLLOUT while the queue is stuck) until a frame, a kick or
+ * the next request deadline; take a batch of frames (only the first may
+ * read the socket, so the views stay valid); settle replies and expired
+ * requests in the table without the GIL, waking their waiters.  The GIL is
+ * taken only when there is Python work: frames that are not replies go to
+ * dispatch(list) in arrival order, interleaved with the callbacks of
+ * settled futures that have some; dispatch(exc) gets the error that ended
+ * the receive side; and the table's references to settled futures are
+ * dropped (when idle, or past SKPY_RETIRED_MAX). */
+static void *skpy_worker_main(void *vp)
+{
+    skpy_worker_arg *arg = (skpy_worker_arg *)vp;
+    ConnObject *self = arg->self;
+    sk_corr *t = self->corr;
+    sk_frame fr[SKPY_WORKER_BATCH];
+    sk_promise *note[SKPY_WORKER_BATCH]; /* frame i settled it; it wants the GIL */
+    sk_promise *wake[SKPY_WORKER_BATCH];
+    PyObject *msg[SKPY_WORKER_BATCH];    /* frame i as a message, or NULL */
+    unsigned char ismsg[SKPY_WORKER_BATCH];
+    sk_plist expired, plain, notex;
+    sk_promise *p, *next;
+    PyGILState_STATE g;
+    PyObject *py_list, *py_exc, *py_r, *py_fut;
+    int64_t now, wake_at, dl;
+    size_t nretired;
+    sk_err err, werr;
+    int rc, n, i, nmsg, nnote, nwake, out_ev, fatal, stop, done = 0;
 
     while (!done) {
+        out_ev = skpy_worker_flush(self);
         pthread_mutex_lock(&self->c.recv_mu);
         n = 0;
-        if (self->fd < 0) /* closed while we were dispatching: stop */
+        if (self->fd < 0) { /* closed while we were dispatching: stop */
             rc = SK_ERR;
-        else
-            rc = sk_conn_recv(&self->c, sk_now_ns() + SKPY_WORKER_SLICE_NS,
-                              NULL, &fr[0], &err);
+        } else {
+            now = sk_now_ns();
+            wake_at = now + (out_ev < 0 ? SKPY_WORKER_RETRY_NS
+                                        : SKPY_WORKER_SLICE_NS);
+            pthread_mutex_lock(&t->mu);
+            dl = sk_corr_next_deadline(t);
+            if (dl != SK_NO_DEADLINE && dl < wake_at)
+                wake_at = dl;
+            self->wake_at = wake_at;
+            pthread_mutex_unlock(&t->mu);
+            rc = sk_conn_recv_wake(&self->c, wake_at, self->efd,
+                                   (short)(out_ev > 0 ? out_ev : 0), &fr[0],
+                                   &err);
+        }
+        SK_STORE(&self->wphase, SKPY_W_BUSY);
         if (rc == SK_OK) {
             n = 1;
             while (n < SKPY_WORKER_BATCH &&
                    sk_conn_recv_buffered(&self->c, &fr[n], &err) == SK_OK)
                 n++;
         }
-        g = PyGILState_Ensure();
-        py_batch = NULL;
-        if (n > 0) {
-            py_batch = PyList_New(n);
-            for (i = 0; py_batch != NULL && i < n; i++) {
-                py_item = skpy_frame_obj(&fr[i]);
-                if (py_item == NULL)
-                    Py_CLEAR(py_batch);
-                else
-                    PyList_SET_ITEM(py_batch, i, py_item);
+        /* replies and deadlines: settled here, without the GIL */
+        sk_plist_init(&expired);
+        sk_plist_init(&plain);
+        sk_plist_init(&notex);
+        nmsg = nnote = nwake = 0;
+        pthread_mutex_lock(&t->mu);
+        for (i = 0; i < n; i++) {
+            note[i] = NULL;
+            ismsg[i] = !(fr[i].has_id && (fr[i].id & SK_ID_REPLY));
+            if (ismsg[i]) {
+                nmsg++;
+                continue;
             }
-        } else if (rc == SK_TIMEOUT) {
-            py_batch = Py_NewRef(Py_None);
-        } else {
+            p = sk_corr_reply(t, fr[i].id, fr[i].data, fr[i].len);
+            if (p == NULL)
+                continue; /* late or unknown: counted, dropped */
+            if (p->prev & SK_P_WAITING)
+                wake[nwake++] = p;
+            if (p->prev & SK_P_NOTIFY) {
+                note[i] = p;
+                nnote++;
+            } else {
+                sk_plist_push(&plain, p);
+            }
+        }
+        dl = sk_corr_next_deadline(t);
+        if (dl != SK_NO_DEADLINE && dl <= (now = sk_now_ns()))
+            sk_corr_expire(t, now, &expired);
+        pthread_mutex_unlock(&t->mu);
+        /* wake after unlocking, so that the woken do not run into the lock */
+        for (i = 0; i < nwake; i++)
+            sk_promise_wake(wake[i]);
+        for (p = expired.head; p != NULL; p = next) {
+            next = p->next;
+            if (p->prev & SK_P_WAITING)
+                sk_promise_wake(p);
+            if (p->prev & SK_P_NOTIFY)
+                sk_plist_push(&notex, p);
+            else
+                sk_plist_push(&plain, p);
+        }
+        pthread_mutex_lock(&t->mu);
+        sk_plist_splice(&self->retired, &plain);
+        nretired = self->retired.n;
+        pthread_mutex_unlock(&t->mu);
+
+        fatal = rc == SK_ERR;
+        stop = SK_LOAD(&self->worker_stop) || SK_LOAD(&skpy_workers_finalising);
+        if (!nmsg && !nnote && !notex.n && !fatal && !stop &&
+            nretired < SKPY_RETIRED_MAX && !(rc == SK_TIMEOUT && nretired)) {
+            pthread_mutex_unlock(&self->c.recv_mu);
+            continue;
+        }
+
+        /* Python work, which may take long (a callback, a full queue):
+         * from now on request_async writes its own requests, and what was
+         * queued before is written here first (best effort: a sender that
+         * holds the send lock writes the queue before its own frames) */
+        __atomic_store_n(&self->wphase, SKPY_W_PY, __ATOMIC_SEQ_CST);
+        if (pthread_mutex_trylock(&self->c.send_mu) == 0) {
+            if (self->fd >= 0 && !self->wb_failed &&
+                sk_conn_queued(&self->c) > 0 &&
+                sk_conn_flush(&self->c, 0, NULL, &werr) == SK_ERR)
+                self->wb_failed = 1;
+            pthread_mutex_unlock(&self->c.send_mu);
+        }
+        g = PyGILState_Ensure();
+        py_exc = NULL;
+        for (i = 0; i < n; i++) {
+            msg[i] = NULL;
+            if (ismsg[i] && py_exc == NULL) {
+                msg[i] = skpy_frame_obj(&fr[i]);
+                if (msg[i] == NULL) /* out of memory: end with it */
+                    py_exc = skpy_take_exception();
+            }
+        }
+        if (fatal) {
             /* the receive side failed for good: hand over the error */
             if (self->closing || self->fd < 0)
                 skpy_closed(self);
             else
                 skpy_raise(self->mod, &err, NULL);
-            py_batch = skpy_take_exception();
-            done = 1;
+            py_exc = skpy_take_exception();
         }
         pthread_mutex_unlock(&self->c.recv_mu);
-        if (SK_LOAD(&self->worker_stop) || SK_LOAD(&skpy_workers_finalising))
+        if (py_exc != NULL || stop)
             done = 1;
-        if (py_batch == NULL) { /* out of memory building the batch */
-            py_batch = skpy_take_exception();
-            done = 1;
+        /* in arrival order: runs of messages to dispatch, settled futures
+         * to notify */
+        py_list = NULL;
+        for (i = 0; i <= n; i++) {
+            if (i < n && msg[i] != NULL) {
+                if (py_list == NULL && (py_list = PyList_New(0)) == NULL)
+                    PyErr_WriteUnraisable(arg->dispatch);
+                if (py_list != NULL && PyList_Append(py_list, msg[i]) < 0)
+                    PyErr_WriteUnraisable(arg->dispatch);
+                Py_CLEAR(msg[i]);
+                continue;
+            }
+            if (py_list != NULL && (i == n || note[i] != NULL)) {
+                py_r = PyObject_CallOneArg(arg->dispatch, py_list);
+                if (py_r == NULL)
+                    PyErr_WriteUnraisable(arg->dispatch);
+                Py_XDECREF(py_r);
+                Py_CLEAR(py_list);
+            }
+            if (i < n && note[i] != NULL) {
+                py_fut = skpy_future_of(note[i]);
+                skpy_future_notify(py_fut);
+                Py_DECREF(py_fut);
+            }
         }
-        py_r = PyObject_CallOneArg(arg->dispatch, py_batch);
-        if (py_r == NULL)
-            PyErr_WriteUnraisable(arg->dispatch);
-        Py_XDECREF(py_r);
-        Py_DECREF(py_batch);
+        for (p = notex.head; p != NULL; p = next) {
+            next = p->next;
+            py_fut = skpy_future_of(p);
+            skpy_future_notify(py_fut);
+            Py_DECREF(py_fut);
+        }
+        skpy_drain_retired(self);
         if (done) {
+            if (py_exc != NULL) {
+                py_r = PyObject_CallOneArg(arg->dispatch, py_exc);
+                if (py_r == NULL)
+                    PyErr_WriteUnraisable(arg->dispatch);
+                Py_XDECREF(py_r);
+                Py_DECREF(py_exc);
+            }
             self->worker = 0;
+            /* stopped: write what is queued if the socket takes it; the
+             * rest goes with the next send or flush */
+            if (self->fd >= 0 && pthread_mutex_trylock(&self->c.send_mu) == 0) {
+                if (self->fd >= 0 && !self->wb_failed)
+                    sk_conn_flush(&self->c, 0, NULL, &werr);
+                pthread_mutex_unlock(&self->c.send_mu);
+            }
+            skpy_drain_retired(self);
+            if (self->efd >= 0)
+                close(self->efd);
+            self->efd = -1;
+            SK_STORE(&self->wphase, SKPY_W_BUSY);
             Py_DECREF(arg->dispatch);
             Py_DECREF(self);
             PyMem_RawFree(arg);
+        } else {
+            SK_STORE(&self->wphase, SKPY_W_BUSY);
         }
         PyGILState_Release(g);
     }
@@ -1077,14 +1416,17 @@ static void *skpy_worker_main(void *p)
 
 PyDoc_STRVAR(Conn_start_worker_doc,
 "_start_worker(dispatch)\n--\n\n"
-"Start the receive worker thread (see pysockkit._duplex).  From then on\n"
-"recv/recv_many/request raise: the worker owns the receive side.\n");
+"Start the receive worker thread and the request table (see\n"
+"pysockkit._duplex).  From then on recv/recv_many/request raise: the\n"
+"worker owns the receive side.  dispatch(list) gets frames that are not\n"
+"replies, dispatch(exc) the error that ended the receive side.\n");
 
 static PyObject *Conn_start_worker(PyObject *op, PyObject *dispatch)
 {
     ConnObject *self = (ConnObject *)op;
     skpy_worker_arg *arg;
     pthread_attr_t attr;
+    sk_err err;
     int r;
 
     if (self->fd < 0)
@@ -1099,6 +1441,21 @@ static PyObject *Conn_start_worker(PyObject *op, PyObject *dispatch)
                         "worker can start");
         return NULL;
     }
+    if (self->corr == NULL) {
+        self->corr = PyMem_RawCalloc(1, sizeof(*self->corr));
+        if (self->corr == NULL)
+            return PyErr_NoMemory();
+        if (sk_corr_init(self->corr, &err) != SK_OK) {
+            PyMem_RawFree(self->corr);
+            self->corr = NULL;
+            return skpy_raise(self->mod, &err, NULL);
+        }
+    }
+    if (self->efd < 0) {
+        self->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (self->efd < 0)
+            return skpy_oserror("eventfd");
+    }
     arg = PyMem_RawMalloc(sizeof(*arg));
     if (arg == NULL)
         return PyErr_NoMemory();
@@ -1106,6 +1463,7 @@ static PyObject *Conn_start_worker(PyObject *op, PyObject *dispatch)
     arg->dispatch = Py_NewRef(dispatch);
     self->worker = 1;
     SK_STORE(&self->worker_stop, 0);
+    SK_STORE(&self->wphase, SKPY_W_BUSY);
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     pthread_mutex_lock(&skpy_workers_mu);
@@ -1125,9 +1483,17 @@ static PyObject *Conn_start_worker(PyObject *op, PyObject *dispatch)
     Py_RETURN_NONE;
 }
 
+/* Contract: GIL held.  The worker ends within its slice (at once if it
+ * sleeps: the eventfd wakes it). */
 static PyObject *Conn_stop_worker(PyObject *op, PyObject *Py_UNUSED(ig))
 {
-    SK_STORE(&((ConnObject *)op)->worker_stop, 1);
+    ConnObject *self = (ConnObject *)op;
+    uint64_t one = 1;
+
+    SK_STORE(&self->worker_stop, 1);
+    if (self->efd >= 0 && write(self->efd, &one, sizeof(one)) < 0) {
+        /* EAGAIN: the counter is full, the worker is woken anyway */
+    }
     Py_RETURN_NONE;
 }
 
@@ -1169,6 +1535,190 @@ static PyObject *skpy_stop_workers(PyObject *mod, PyObject *py_timeout)
     pthread_mutex_unlock(&skpy_workers_mu);
     Py_END_ALLOW_THREADS
     return PyLong_FromLong(live);
+}
+
+/* ------------------------------------------------------------- requests */
+
+PyDoc_STRVAR(Conn_request_async_doc,
+"_request_async(data, timeout=None) -> Future\n--\n\n"
+"Register a future with the next correlation id, then queue the request\n"
+"(write-behind: the receive worker writes the queue; requests over 64 KiB,\n"
+"or with no worker running, are sent at once).  The future fails with\n"
+"sk.Timeout once timeout seconds pass without the reply.  A request that\n"
+"finds 256 KiB queued first writes the queue out, waiting up to timeout\n"
+"(a peer that does not read blocks it).  Raises, and sends nothing, if it\n"
+"cannot be queued or sent in time, or if the receive side already ended.\n");
+
+static const char REQUEST_KEPT[] =
+    "this request was not sent (its future is dropped); requests queued "
+    "before it stay queued, in order";
+
+/* Contract: GIL held; released only to wait for the send lock or, under
+ * backpressure, to write the queue.  Returns a new reference. */
+static PyObject *Conn_request_async(PyObject *op, PyObject *const *args,
+                                    Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"data", "timeout"};
+    ConnObject *self = (ConnObject *)op;
+    PyObject *a[2], *py_fut = NULL, *py_ret = NULL, *py_et = NULL,
+             *py_ea = NULL;
+    sk_plist retired;
+    sk_promise *p = NULL;
+    Py_buffer view;
+    int64_t deadline;
+    size_t done = 0;
+    sk_iov iov;
+    sk_err err, e2;
+    int rc = SK_OK, locked = 0, registered = 0, kick;
+
+    if (skpy_args("request_async", args, nargs, kwnames, names, 1, 2, a) < 0)
+        return NULL;
+    if (skpy_deadline(a[1], &deadline) < 0)
+        return NULL;
+    if (self->fd < 0)
+        return skpy_closed(self);
+    if (self->corr == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "request_async: no receive worker "
+                        "(start_receiver() starts one)");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(a[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    py_fut = skpy_future_new(self->mod);
+    if (py_fut == NULL)
+        goto error;
+    p = skpy_future_promise(py_fut);
+    sk_plist_init(&retired);
+    pthread_mutex_lock(&self->corr->mu);
+    if (self->req_err_type != NULL) {
+        py_et = Py_NewRef(self->req_err_type);
+        py_ea = Py_NewRef(self->req_err_args);
+        rc = SK_ERR;
+    } else {
+        rc = sk_corr_add(self->corr, p, deadline, &err);
+        registered = rc == SK_OK;
+    }
+    kick = registered && deadline != SK_NO_DEADLINE && deadline < self->wake_at;
+    sk_plist_splice(&retired, &self->retired);
+    pthread_mutex_unlock(&self->corr->mu);
+    if (registered)
+        Py_INCREF(py_fut); /* the table's reference */
+    skpy_release_list(&retired);
+    if (py_et != NULL) {
+        skpy_raise_req_error(py_et, py_ea);
+        goto error;
+    }
+    if (rc != SK_OK) {
+        skpy_raise(self->mod, &err, NULL);
+        goto error;
+    }
+    if (kick && self->worker) /* it must wake earlier to expire this one */
+        skpy_worker_kick(self);
+
+    iov.base = view.buf;
+    iov.len = (size_t)view.len;
+    iov.id = p->id;
+    iov.has_id = 1;
+    if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "request_async",
+                           a[1]) < 0)
+        goto error;
+    locked = 1;
+    if (self->fd < 0) {
+        skpy_closed(self);
+        goto error;
+    }
+    if (self->worker && iov.len <= SKPY_WB_DIRECT && !self->wb_failed) {
+        if (sk_conn_queued(&self->c) >= SKPY_WB_MAX) {
+            /* backpressure: the peer is slow to read; write the queue out
+             * before adding to it */
+            Py_BEGIN_ALLOW_THREADS
+            sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
+            rc = sk_conn_flush(&self->c, deadline, &intr, &err);
+            Py_END_ALLOW_THREADS
+        }
+        if (rc == SK_OK)
+            rc = sk_conn_enqueue(&self->c, &iov, &err);
+        if (rc == SK_OK && SK_LOAD(&self->wphase) == SKPY_W_PY) {
+            /* the worker runs Python code (a callback, a full queue...) and
+             * may not be back soon: write now, without waiting; an error
+             * stays for the next send to raise */
+            sk_conn_flush(&self->c, 0, NULL, &e2);
+        }
+    } else {
+        rc = Conn_send_locked(self, &iov, 1, iov.len, deadline, &done, &err);
+    }
+    if (rc != SK_OK) {
+        skpy_fail(self, rc, &err, "request_async", a[1], REQUEST_KEPT);
+        goto error;
+    }
+    pthread_mutex_unlock(&self->c.send_mu);
+    locked = 0;
+    if (self->worker)
+        skpy_worker_kick(self);
+    py_ret = py_fut;
+    py_fut = NULL;
+error:
+    if (locked)
+        pthread_mutex_unlock(&self->c.send_mu);
+    if (py_ret == NULL && registered) {
+        pthread_mutex_lock(&self->corr->mu);
+        registered = sk_corr_remove(self->corr, p);
+        pthread_mutex_unlock(&self->corr->mu);
+        if (registered) /* else the worker settled it (expired): its ref */
+            Py_DECREF(py_fut);
+    }
+    Py_XDECREF(py_fut);
+    Py_XDECREF(py_et);
+    Py_XDECREF(py_ea);
+    PyBuffer_Release(&view);
+    return py_ret;
+}
+
+PyDoc_STRVAR(Conn_fail_requests_doc,
+"_fail_requests(exc)\n--\n\n"
+"Fail every pending request future with exc; later _request_async calls\n"
+"raise one like it.  Called by pysockkit._duplex when the receive side\n"
+"ended.\n");
+
+/* Contract: GIL held (the worker's dispatch calls it); runs the callbacks
+ * of the failed futures. */
+static PyObject *Conn_fail_requests(PyObject *op, PyObject *py_exc)
+{
+    ConnObject *self = (ConnObject *)op;
+
+    if (!PyExceptionInstance_Check(py_exc)) {
+        PyErr_SetString(PyExc_TypeError, "_fail_requests() needs an exception");
+        return NULL;
+    }
+    if (self->corr != NULL)
+        skpy_conn_fail_pending(self, py_exc);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(Conn_request_stats_doc,
+"_request_stats() -> dict\n--\n\n"
+"Counters of the request table: replies, unknown, late, timeouts, and\n"
+"pending (requests waiting for their reply).\n");
+
+/* Contract: GIL held; takes the table's lock for the copy only. */
+static PyObject *Conn_request_stats(PyObject *op, PyObject *Py_UNUSED(ig))
+{
+    ConnObject *self = (ConnObject *)op;
+    unsigned long long replies = 0, unknown = 0, late = 0, timeouts = 0;
+    size_t pending = 0;
+
+    if (self->corr != NULL) {
+        pthread_mutex_lock(&self->corr->mu);
+        replies = self->corr->replies;
+        unknown = self->corr->unknown;
+        late = self->corr->late;
+        timeouts = self->corr->timeouts;
+        pending = self->corr->pending;
+        pthread_mutex_unlock(&self->corr->mu);
+    }
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:n}", "replies", replies,
+                         "unknown", unknown, "late", late, "timeouts",
+                         timeouts, "pending", (Py_ssize_t)pending);
 }
 
 static PyObject *Conn_get_worker(PyObject *op, void *closure)
@@ -1442,6 +1992,10 @@ static PyMethodDef Conn_methods[] = {
     {"_start_worker", Conn_start_worker, METH_O, Conn_start_worker_doc},
     {"_stop_worker", Conn_stop_worker, METH_NOARGS,
      "_stop_worker()\n--\n\nAsk the receive worker to stop (within 50 ms)."},
+    {"_request_async", (PyCFunction)(void (*)(void))Conn_request_async,
+     METH_FASTCALL | METH_KEYWORDS, Conn_request_async_doc},
+    {"_fail_requests", Conn_fail_requests, METH_O, Conn_fail_requests_doc},
+    {"_request_stats", Conn_request_stats, METH_NOARGS, Conn_request_stats_doc},
     {"close", Conn_close, METH_NOARGS, Conn_close_doc},
     {"abort", Conn_abort, METH_NOARGS, Conn_abort_doc},
     {"_query", Conn_query, METH_O, Conn_query_doc},
@@ -1459,7 +2013,9 @@ static PyGetSetDef Conn_getset[] = {
     {"buffered", Conn_get_buffered, NULL,
      "Bytes received and not yet returned as frames.", NULL},
     {"unsent", Conn_get_unsent, NULL,
-     "Bytes of a torn frame kept for the next send or flush.", NULL},
+     "Bytes kept for the next send or flush: a torn frame's tail, and "
+     "requests queued by request_async for the receive worker to write.",
+     NULL},
     {"_worker_running", Conn_get_worker, NULL,
      "True while a receive worker owns the receive side.", NULL},
     {"latency", Conn_get_latency, NULL,

@@ -30,6 +30,11 @@ typedef struct skpy_state {
     PyObject *ConnectionReset;
     PyObject *PeerDead;
     PyTypeObject *ConnType;
+    /* request futures (_pysockkit_future.c) */
+    PyTypeObject *FutureType;  /* the C base, _core.Future */
+    PyObject *FutureClass;     /* what request_async makes (set_future_class) */
+    PyObject *cf_base;         /* concurrent.futures._base, imported lazily */
+    PyObject *Condition;       /* threading.Condition, looked up lazily */
     /* sockets(): SocketEntry objects built in C (diag_set_entry_type) */
     PyTypeObject *EntryType;
     PyObject *entry_states;   /* tuple: state number -> TcpState (or None) */
@@ -81,7 +86,22 @@ int skpy_slice_ms(void);
  * (_pysockkit_tcpinfo.c).  GIL held; a new reference or NULL. */
 PyObject *skpy_tcp_info_dict(const sk_tcp_info *ti);
 
+/* Request futures (_pysockkit_future.c).  All need the GIL unless said.
+ * skpy_future_new: a new pending future (of the set_future_class class);
+ * skpy_future_promise / skpy_future_of: its promise and back (no GIL);
+ * skpy_future_notify: after a settle, tell the concurrent.futures waiters
+ *   and run the callbacks (for promises settled with SK_P_NOTIFY set);
+ * skpy_future_fail: settle a pending future with an exception (wakes,
+ *   notifies); 1 if it settled it, 0 if it was already settled. */
+struct sk_promise;
+PyObject *skpy_future_new(PyObject *mod);
+struct sk_promise *skpy_future_promise(PyObject *fut);
+PyObject *skpy_future_of(struct sk_promise *p);
+void skpy_future_notify(PyObject *fut);
+int skpy_future_fail(PyObject *fut, PyObject *exc);
+
 /* Add functions/types for each area; 0 or -1 with an exception set. */
+int skpy_add_future(PyObject *mod);
 int skpy_add_conn(PyObject *mod);
 int skpy_add_frame(PyObject *mod);
 int skpy_add_tcpinfo(PyObject *mod);

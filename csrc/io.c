@@ -8,6 +8,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include "clock.h"
 
@@ -347,6 +348,46 @@ done:
     return rc;
 }
 
+/* Contract: see io.h.  Caller holds send_mu; no syscall; may grow c->out
+ * (the bound on it is the caller's: see the binding's request_async). */
+int sk_conn_enqueue(sk_conn *c, const sk_iov *f, sk_err *err)
+{
+    const size_t hl = c->framing.header_size + (f->has_id ? SK_ID_LEN : 0);
+    unsigned char *w;
+
+    if (f->has_id && !(c->framing.flags & SK_FRAMING_IDS))
+        return sk_err_set(err, SK_E_ARG,
+                          "this connection was made without correlation "
+                          "ids; frames cannot carry one");
+    if ((uint64_t)f->len > c->framing.max_frame) {
+        sk_err_set(err, SK_E_TOO_LARGE,
+                   "frame is %zu bytes, over max_frame %llu; split it or "
+                   "raise Framing.max_frame on both peers",
+                   f->len, (unsigned long long)c->framing.max_frame);
+        if (err != NULL)
+            err->detail = 0;
+        return SK_ERR;
+    }
+    if (SK_UNLIKELY(SK_LOAD(&c->hb.dead)))
+        return sk_conn_dead_err(c, err);
+    if (c->wr_shut)
+        return sk_err_set(err, SK_E_CLOSED,
+                          "cannot send after shutdown(\"write\"): this side "
+                          "already sent its FIN");
+    if (sk_buf_reserve(&c->out, hl + f->len) != 0)
+        return sk_err_set(err, SK_E_NOMEM, "out of memory queueing %zu bytes",
+                          hl + f->len);
+    w = sk_buf_wptr(&c->out);
+    if (f->has_id)
+        sk_encode_header_id(&c->framing, f->len, f->id, w);
+    else
+        sk_encode_header(&c->framing, f->len, w);
+    if (f->len)
+        memcpy(w + hl, f->base, f->len);
+    sk_buf_commit(&c->out, hl + f->len);
+    return SK_OK;
+}
+
 /* Contract: caller holds send_mu; never waits. */
 int sk_conn_send_control(sk_conn *c, int type, int64_t ts, sk_err *err)
 {
@@ -558,6 +599,95 @@ int sk_conn_recv(sk_conn *c, int64_t deadline, const sk_intr *intr,
         }
         if (rc != SK_OK)
             goto done;
+    }
+done:
+    return rc;
+}
+
+/* Contract: see io.h.  No GIL needed; caller holds the receive lock.
+ * wake_fd must be non-blocking (it is read to drain it). */
+int sk_conn_recv_wake(sk_conn *c, int64_t deadline, int wake_fd,
+                      short out_events, sk_frame *out, sk_err *err)
+{
+    struct pollfd p[2];
+    uint64_t junk;
+    int rc, n, np, woke;
+
+    if (SK_UNLIKELY(SK_LOAD(&c->hb.dead)) && c->rd_err.code == SK_E_NONE)
+        sk_conn_dead_err(c, &c->rd_err);
+    if (SK_UNLIKELY(c->rd_err.code != SK_E_NONE)) {
+        if (err != NULL)
+            *err = c->rd_err;
+        return SK_ERR;
+    }
+    for (;;) {
+        rc = sk_conn_take(c, out, err);
+        if (rc != SK_NEED_DATA)
+            goto done;
+        if (c->rd_eof) {
+            rc = sk_conn_eof(c, err);
+            goto done;
+        }
+        if (!c->rd_wait_first) {
+            rc = sk_conn_fill(c, NULL, err);
+            if (rc == SK_OK)
+                continue;
+            if (rc != SK_NEED_DATA)
+                goto done;
+            c->rd_wait_first = 1;
+        }
+        sk_decoder_idle(&c->dec);
+        p[0].fd = c->fd;
+        p[0].events = (short)(POLLIN | out_events);
+        p[0].revents = 0;
+        np = 1;
+        if (wake_fd >= 0) {
+            p[1].fd = wake_fd;
+            p[1].events = POLLIN;
+            p[1].revents = 0;
+            np = 2;
+        }
+        n = poll(p, (nfds_t)np, sk_poll_ms(deadline, -1));
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            rc = sk_err_sys(err, "poll", errno);
+            goto done;
+        }
+        if (n == 0) {
+            if (deadline != SK_NO_DEADLINE && sk_now_ns() >= deadline) {
+                rc = SK_TIMEOUT;
+                goto done;
+            }
+            continue;
+        }
+        if ((p[0].revents | (np == 2 ? p[1].revents : 0)) & POLLNVAL) {
+            rc = sk_err_sys(err, "poll", EBADF);
+            goto done;
+        }
+        woke = (p[0].revents & out_events) != 0;
+        if (np == 2 && p[1].revents) {
+            /* drain the eventfd; EAGAIN: another reader got there first */
+            while (read(wake_fd, &junk, sizeof(junk)) < 0 && errno == EINTR)
+                ;
+            woke = 1;
+        }
+        if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+            rc = sk_conn_fill(c, NULL, err);
+            if (rc == SK_NEED_DATA) { /* a spurious wake-up */
+                c->rd_wait_first = 0;
+                if (woke)
+                    goto done;
+                continue;
+            }
+            if (rc != SK_OK)
+                goto done;
+            continue;
+        }
+        if (woke) {
+            rc = SK_NEED_DATA;
+            goto done;
+        }
     }
 done:
     return rc;

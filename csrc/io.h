@@ -16,10 +16,13 @@
  *     the unsent tail of a frame already begun is copied to c->out and is
  *     written before anything else by the next send or sk_conn_flush, so the
  *     peer never sees a torn frame followed by another frame.
+ *   - write-behind: sk_conn_enqueue appends whole frames to c->out without a
+ *     syscall; they go out, in order, with the next flush or send.
  *
  * Thread-safety: the connection carries two mutexes.  Callers hold send_mu
- * around sk_conn_send / sk_conn_flush / sk_conn_shutdown_write /
- * sk_conn_send_control, and recv_mu around the receive calls; the two sides
+ * around sk_conn_send / sk_conn_flush / sk_conn_enqueue /
+ * sk_conn_shutdown_write / sk_conn_send_control, and recv_mu around the
+ * receive calls (sk_conn_recv_wake included); the two sides
  * touch disjoint fields (the heartbeat clocks are atomics), so one sender
  * and one receiver may run at once.  The hub thread (hub.h) only ever
  * trylocks them.  None of these functions needs the GIL.
@@ -70,7 +73,8 @@ typedef struct sk_conn {
     uint64_t owed;       /* replies to timed-out requests still to discard */
     uint64_t discarded;  /* frames discarded that way so far */
     /* send side */
-    sk_buf out;          /* tail of a frame whose send was cut short */
+    sk_buf out;          /* tail of a frame whose send was cut short, then
+                            frames queued by sk_conn_enqueue */
     int wr_shut;         /* shutdown(SHUT_WR) was done */
     /* shared */
     pthread_mutex_t send_mu;
@@ -127,6 +131,19 @@ int sk_conn_send(sk_conn *c, const sk_iov *frames, size_t n, int64_t deadline,
 int sk_conn_flush(sk_conn *c, int64_t deadline, const sk_intr *intr,
                   sk_err *err);
 
+/* Write-behind: encode one frame (header, id, payload) at the end of c->out
+ * without any syscall; the next flush or send writes it, after everything
+ * queued before it.  The caller holds send_mu.  SK_OK, or SK_ERR (too
+ * large, no id extension, after shutdown("write"), peer dead, out of
+ * memory): nothing queued. */
+int sk_conn_enqueue(sk_conn *c, const sk_iov *frame, sk_err *err);
+
+/* Bytes queued in c->out (caller holds send_mu). */
+static inline size_t sk_conn_queued(const sk_conn *c)
+{
+    return sk_buf_len(&c->out);
+}
+
 /* Receive one frame, waiting until deadline (deadline = now: do not wait).
  * Frames owed to timed-out requests are discarded first.
  * SK_OK: *out views the decoder buffer until the next receive call.
@@ -142,6 +159,14 @@ int sk_conn_recv(sk_conn *c, int64_t deadline, const sk_intr *intr,
  * SK_NEED_DATA, or SK_ERR as sk_conn_recv (the error is returned only if no
  * frame could be produced). */
 int sk_conn_recv_nowait(sk_conn *c, sk_frame *out, sk_err *err);
+
+/* For a receive worker that also writes (caller holds recv_mu): like
+ * sk_conn_recv without an interrupt check, but the wait also ends, with
+ * SK_NEED_DATA and nothing taken, when wake_fd (an eventfd, or -1) is
+ * readable, which is then drained, or when out_events (POLLOUT, or 0) is
+ * ready on the socket. */
+int sk_conn_recv_wake(sk_conn *c, int64_t deadline, int wake_fd,
+                      short out_events, sk_frame *out, sk_err *err);
 
 /* Take a frame only from what is already buffered: no syscall.  SK_OK,
  * SK_NEED_DATA or SK_ERR (a sticky receive failure or a bad header). */

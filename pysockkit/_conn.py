@@ -214,7 +214,10 @@ class Connection(_core.Conn):
     ) -> "Future[bytes]":
         """Send a request and return a ``concurrent.futures.Future`` for its
         reply (matched by correlation id; many may be in flight).  Starts
-        the receive worker on first use.
+        the receive worker on first use.  The future is a
+        ``pysockkit._duplex.Future``, settled by the worker in C without the
+        GIL; the request is queued and written by the worker with the
+        others (see :meth:`Duplex.request_async`).
 
         Example::
 

@@ -1,24 +1,26 @@
 """Asynchronous duplex over threads: a receive worker and correlated requests.
 
 The worker is a C thread (csrc/_pysockkit_conn.c, ``_start_worker``) that
-waits for and decodes frames without the GIL and hands them over in batches
-to :meth:`Duplex._dispatch`, which runs with the GIL: replies (correlated
-frames whose id has the top bit set) resolve the future of their request;
-every other frame goes to the ``on_message`` callback or a bounded queue.
-Any thread may send meanwhile; many requests can be in flight.
+waits for and decodes frames without the GIL.  Requests and their replies
+never need Python there: ``request_async`` registers a C future in the
+connection's request table and queues the frame in a write-behind buffer
+that the worker writes out (one ``sendmsg`` for many requests); a reply
+(a correlated frame whose id has the top bit set) settles its future in the
+worker, without the GIL, waking whoever waits in ``result()``.  The worker
+takes the GIL only for Python work, handed to :meth:`Duplex._dispatch` in
+batches: frames that are not replies go to the ``on_message`` callback or
+a bounded queue; futures with done-callbacks run them; the error that ended
+the receive side fails every pending request.  Any thread may send
+meanwhile; many requests can be in flight.
 """
 
 from __future__ import annotations
 
 import atexit
-import heapq
-import itertools
+import concurrent.futures
 import queue
 import threading
-import time
-from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import _core
@@ -27,7 +29,7 @@ from ._errors import ConnectionClosed, Error, Timeout
 if TYPE_CHECKING:
     from ._conn import Connection
 
-__all__ = ["Duplex"]
+__all__ = ["Duplex", "Future"]
 
 REPLY = 1 << 63
 _ID_MASK = REPLY - 1
@@ -35,8 +37,32 @@ _ID_MASK = REPLY - 1
 # wait for them (bounded) before the interpreter finalises.
 atexit.register(_core.stop_workers, 1.0)
 
-_EXPIRED_KEEP = 65536  # ids of timed-out requests remembered, to count late replies
 Message = Union[bytes, tuple[int, bytes]]
+
+
+class Future(_core.Future, concurrent.futures.Future[bytes]):
+    """The future of a threaded-duplex request (``request_async``).
+
+    A ``concurrent.futures.Future`` (a subclass: ``isinstance`` checks,
+    ``concurrent.futures.wait``/``as_completed`` and ``asyncio.wrap_future``
+    accept it) whose methods are implemented in C: the receive worker
+    settles it without the GIL, and ``result()``/``exception()`` wait
+    without the GIL.  ``result``, ``exception``, ``done``, ``cancel``,
+    ``cancelled``, ``running`` (always False: a request is pending or
+    settled), ``add_done_callback`` (called in the worker thread, or at once
+    if already settled), ``set_result``/``set_exception`` behave as in
+    ``concurrent.futures``.  Cancelling drops the reply when it comes; the
+    request is not recalled.
+
+    Example::
+
+        fut = conn.request_async(b"ping", timeout=1.0)
+        fut.add_done_callback(lambda f: print("got", f.result()))
+        print(fut.result(), fut.done(), isinstance(fut, concurrent.futures.Future))
+    """
+
+
+_core.set_future_class(Future)
 
 
 class Duplex:
@@ -44,13 +70,17 @@ class Duplex:
 
     Made by ``conn.start_receiver()`` (or on the first
     ``conn.request_async()``).  ``request_async(data, timeout)`` returns a
-    ``concurrent.futures.Future`` resolved by the worker when the reply with
-    the same correlation id arrives; a reply with an unknown id, a second
-    reply, or a reply after its request timed out is dropped and counted in
-    ``stats``, never misdelivered.  Frames that are not replies go to
-    ``on_message`` (called in the worker thread, with the GIL) or, without a
-    callback, to a bounded queue read with ``get()``; when it is full the
-    worker stops reading and TCP's window pushes back on the peer.
+    :class:`Future` (a ``concurrent.futures.Future``) settled by the worker
+    when the reply with the same correlation id arrives; a reply with an
+    unknown id, a second reply, or a reply after its request timed out is
+    dropped and counted in ``stats``, never misdelivered.  Requests are
+    written by the worker in batches (write-behind), so a burst of requests
+    costs one syscall; a burst that outruns the peer blocks once 256 KiB
+    are queued (backpressure, up to the request's timeout).  Frames that
+    are not replies go to ``on_message`` (called in the worker thread, with
+    the GIL) or, without a callback, to a bounded queue read with
+    ``get()``; when it is full the worker stops reading and TCP's window
+    pushes back on the peer.
 
     The connection must use ``sk.Framing(correlation=True)`` on both peers.
 
@@ -75,52 +105,32 @@ class Duplex:
         self._conn = conn
         self._on_message = on_message
         self._queue: "queue.Queue[Union[Message, BaseException]]" = queue.Queue(maxsize)
-        self._lock = threading.Lock()
-        self._pending: dict[int, Future[bytes]] = {}
-        self._deadlines: list[tuple[float, int]] = []
-        self._expired: "OrderedDict[int, None]" = OrderedDict()
-        self._ids = itertools.count(1)
         self._error: Optional[BaseException] = None
         self._stopped = threading.Event()
-        self.stats = {"replies": 0, "unknown": 0, "late": 0, "messages": 0,
-                      "callback_errors": 0, "timeouts": 0}
+        self._counts = {"messages": 0, "callback_errors": 0}
         conn._start_worker(self._dispatch)
 
     # ------------------------------------------------------------- requests
 
     def request_async(self, data: Union[bytes, bytearray, memoryview],
-                      timeout: Optional[float] = None) -> "Future[bytes]":
-        """Send ``data`` as a request and return a future for its reply.
+                      timeout: Optional[float] = None) -> "concurrent.futures.Future[bytes]":
+        """Send ``data`` as a request and return a :class:`Future` for its
+        reply (a ``concurrent.futures.Future``).
 
         ``timeout`` (seconds) fails the future with ``sk.Timeout`` when no
         reply came; the reply, if it comes later, is dropped and counted in
-        ``stats["late"]``.
+        ``stats["late"]``.  The request is queued and written by the
+        receive worker with the others queued meanwhile; if 256 KiB are
+        already queued (the peer reads slowly) this call first writes them
+        out, waiting up to ``timeout``, and raises ``sk.Timeout`` (nothing of
+        this request sent) if it cannot.
 
         Example::
 
             fut = conn.request_async(b"ping", timeout=1.0)
             print(fut.result())
         """
-        if self._error is not None:
-            raise self._error
-        fut: Future[bytes] = Future()
-        rid = next(self._ids) & _ID_MASK
-        # dict and heap updates are atomic under the GIL, which the worker
-        # holds too while it dispatches: no extra lock on the hot path
-        self._pending[rid] = fut
-        if timeout is not None:
-            with self._lock:
-                heapq.heappush(self._deadlines, (time.monotonic() + timeout, rid))
-        try:
-            self._conn.send(data, timeout, rid)
-        except BaseException:
-            self._pending.pop(rid, None)
-            raise
-        if self._error is not None and self._pending.pop(rid, None) is fut:
-            # the receive side ended while we registered: nobody is left to
-            # resolve or expire this future
-            fut.set_exception(self._error)
-        return fut
+        return self._conn._request_async(data, timeout)
 
     def request(self, data: Union[bytes, bytearray, memoryview],
                 timeout: Optional[float] = None) -> bytes:
@@ -146,7 +156,24 @@ class Duplex:
     @property
     def pending(self) -> int:
         """Requests in flight (sent, no reply yet, not timed out)."""
-        return len(self._pending)
+        return int(self._conn._request_stats()["pending"])
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters (a fresh dict): ``replies`` matched, ``unknown`` (no such
+        request, or a second reply), ``late`` (after the request timed out),
+        ``timeouts``, ``messages`` (frames that are not replies) and
+        ``callback_errors`` (``on_message`` raised).
+
+        Example::
+
+            print(conn.duplex.stats["late"])
+        """
+        st = self._conn._request_stats()
+        return {"replies": st["replies"], "unknown": st["unknown"], "late": st["late"],
+                "messages": self._counts["messages"],
+                "callback_errors": self._counts["callback_errors"],
+                "timeouts": st["timeouts"]}
 
     # ------------------------------------------------------------- messages
 
@@ -180,35 +207,20 @@ class Duplex:
     # ------------------------------------------------------- worker side
 
     def _dispatch(self, batch: Union[list[Message], BaseException, None]) -> None:
-        """Called by the C worker with the GIL: a batch of frames, None (an
-        idle tick) or the exception that ended the receive side."""
+        """Called by the C worker with the GIL: a batch of frames that are
+        not replies, or the exception that ended the receive side."""
         if isinstance(batch, BaseException):
             self._fail_all(batch)
             return
-        if self._deadlines:
-            self._expire()
         if not batch:
             return
         for item in batch:
-            if isinstance(item, tuple) and item[0] & REPLY:
-                rid = item[0] & _ID_MASK
-                fut = self._pending.pop(rid, None)
-                if fut is None:
-                    if rid in self._expired:
-                        self.stats["late"] += 1
-                    else:
-                        self.stats["unknown"] += 1
-                    continue
-                self.stats["replies"] += 1
-                if not fut.done():
-                    fut.set_result(item[1])
-                continue
-            self.stats["messages"] += 1
+            self._counts["messages"] += 1
             if self._on_message is not None:
                 try:
                     self._on_message(item)
                 except Exception:
-                    self.stats["callback_errors"] += 1
+                    self._counts["callback_errors"] += 1
                 continue
             while not self._stopped.is_set():
                 try:
@@ -218,34 +230,11 @@ class Duplex:
                     if self._conn.closed:
                         return
 
-    def _expire(self) -> None:
-        now = time.monotonic()
-        expired = []
-        with self._lock:
-            while self._deadlines and self._deadlines[0][0] <= now:
-                _, rid = heapq.heappop(self._deadlines)
-                fut = self._pending.pop(rid, None)
-                if fut is not None:
-                    expired.append(fut)
-                    self._expired[rid] = None
-                    if len(self._expired) > _EXPIRED_KEEP:
-                        self._expired.popitem(last=False)
-        for fut in expired:
-            self.stats["timeouts"] += 1
-            if not fut.done():
-                fut.set_exception(Timeout("request_async: no reply in time; a late reply "
-                                          "will be dropped (stats['late'])"))
-
     def _fail_all(self, exc: BaseException) -> None:
         if not isinstance(exc, Error):
             exc = ConnectionClosed(f"receive worker stopped: {exc!r}")
         self._error = exc
-        with self._lock:
-            pending, self._pending = self._pending, {}
-            self._deadlines.clear()
-        for fut in pending.values():
-            if not fut.done():
-                fut.set_exception(exc)
+        self._conn._fail_requests(exc)
         self._stopped.set()
         try:
             self._queue.put_nowait(exc)

@@ -9,7 +9,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+import concurrent.futures
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -315,3 +316,302 @@ except RuntimeError as e:
                        timeout=60, env=child_env())
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:3] == ["left 0", "running False", "refused: True"], r.stdout
+
+
+# ------------------------------------------- write-behind and C futures
+
+def _wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return cond()
+
+
+def _small_buffers(cli: sk.Connection, peer: sk.Connection) -> None:
+    """Fixed, small socket buffers (no autotuning), so that a full socket
+    stays full while the peer does not read."""
+    import socket
+
+    for conn, opt in ((cli, socket.SO_SNDBUF), (peer, socket.SO_RCVBUF)):
+        s = socket.socket(fileno=os.dup(conn.fileno()))
+        try:
+            s.setsockopt(socket.SOL_SOCKET, opt, 16384)
+        finally:
+            s.close()
+
+
+def test_worker_writes_queued_requests_nobody_waits_for(pair: tuple[sk.Connection, sk.Connection]) -> None:
+    """request_async only queues the frame: the receive worker writes the
+    queue, without anyone calling result() or flush()."""
+    cli, peer = pair
+    d = cli.start_receiver()
+    futs = [d.request_async(b"q%d" % i) for i in range(50)]
+    got: list[tuple[int, bytes]] = []
+    while len(got) < 50:
+        got += peer.recv_many(timeout=5)
+    assert [m for _, m in got] == [b"q%d" % i for i in range(50)]
+    assert [rid for rid, _ in got] == sorted(rid for rid, _ in got)
+    assert _wait_until(lambda: cli.unsent == 0)  # the worker's bookkeeping follows
+    peer.send_many([(rid | REPLY, m) for rid, m in got])
+    assert [f.result(timeout=5) for f in futs] == [b"q%d" % i for i in range(50)]
+
+
+def test_write_behind_keeps_order_with_send(pair: tuple[sk.Connection, sk.Connection]) -> None:
+    """Queued requests and frames sent with conn.send() reach the peer in
+    the order of the calls."""
+    cli, peer = pair
+    d = cli.start_receiver()
+    want = []
+    for i in range(300):
+        if i % 3 == 0:
+            cli.send(b"plain %d" % i, timeout=5)
+            want.append(b"plain %d" % i)
+        else:
+            d.request_async(b"req %d" % i)
+            want.append(b"req %d" % i)
+    got: list[object] = []
+    while len(got) < len(want):
+        got += peer.recv_many(timeout=5)
+    assert [m[1] if isinstance(m, tuple) else m for m in got] == want
+
+
+def test_request_async_backpressure_bounds_the_queue(pair: tuple[sk.Connection, sk.Connection]) -> None:
+    """A peer that does not read: requests fill the socket buffers, then at
+    most 256 KiB of queue; the next request_async waits for room up to its
+    timeout and raises sk.Timeout without sending anything.  Once the peer
+    reads, the worker writes the rest of the queue: every accepted request
+    arrives once, in order."""
+    cli, peer = pair
+    d = cli.start_receiver()
+    payload = b"p" * 1000
+    accepted: list[bytes] = []
+    most = 0
+    t0 = 0.0
+    with pytest.raises(sk.Timeout):
+        for i in range(100_000):  # bounded: the queue bound stops it first
+            data = payload + b"%08d" % i
+            t0 = time.monotonic()
+            d.request_async(data, timeout=0.5)
+            accepted.append(data)
+            most = max(most, cli.unsent)
+    assert time.monotonic() - t0 >= 0.4  # it waited for room
+    assert len(accepted) < 100_000
+    assert 0 < most <= 256 * 1024 + 1100
+    got: list[bytes] = []
+    while len(got) < len(accepted):
+        got += [m for _, m in peer.recv_many(timeout=5)]
+    assert got == accepted
+    with pytest.raises(sk.Timeout):
+        peer.recv(timeout=0.2)  # the refused request was not sent
+    assert cli.unsent == 0
+
+
+def test_result_waits_while_the_request_is_still_queued(pair: tuple[sk.Connection, sk.Connection]) -> None:
+    """result() on a request whose bytes are still queued (the socket is
+    full) does not hang: the worker writes the queue as soon as the socket
+    takes it, and the reply settles the future."""
+    cli, peer = pair
+    _small_buffers(cli, peer)
+    d = cli.start_receiver()
+    with pytest.raises(sk.Timeout):
+        for _ in range(10_000):  # fill every socket buffer on the way
+            cli.send(b"f" * 60_000, timeout=0.2)
+    fut = d.request_async(b"stuck", timeout=10)
+    time.sleep(0.1)
+    assert cli.unsent > 0  # still queued: the socket takes nothing
+
+    def answer() -> None:
+        time.sleep(0.3)  # result() waits before a byte of the request left
+        try:
+            while True:
+                for m in peer.recv_many(timeout=5):
+                    if isinstance(m, tuple):
+                        peer.send(m[1].upper(), id=m[0] | REPLY)
+        except sk.Error:
+            pass
+
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    assert fut.result(timeout=10) == b"STUCK"
+    assert cli.unsent == 0
+
+
+def test_result_waits_while_the_worker_runs_a_callback(pair: tuple[sk.Connection, sk.Connection]) -> None:
+    """While the worker runs Python code (an on_message callback that
+    blocks), a request is written by request_async itself."""
+    cli, peer = pair
+    release = threading.Event()
+    entered = threading.Event()
+
+    def on_message(m: object) -> None:
+        entered.set()
+        release.wait(10)
+
+    d = cli.start_receiver(on_message=on_message)
+    peer.send(b"hold the worker")
+    assert entered.wait(5)
+    fut = d.request_async(b"meanwhile", timeout=10)
+    rid, msg = peer.recv(timeout=5)  # sent though the worker is busy
+    assert msg == b"meanwhile"
+    peer.send(b"answer", id=rid | REPLY)
+    release.set()
+    assert fut.result(timeout=10) == b"answer"
+
+
+def test_done_callbacks_run_in_the_worker_or_at_once(
+    pair: tuple[sk.Connection, sk.Connection], caplog: pytest.LogCaptureFixture
+) -> None:
+    cli, peer = pair
+    d = cli.start_receiver()
+    seen: list[object] = []
+    ev = threading.Event()
+
+    def cb(f: "concurrent.futures.Future[bytes]") -> None:
+        seen.append((threading.current_thread() is threading.main_thread(), f.result()))
+        ev.set()
+
+    fut = d.request_async(b"cb", timeout=5)
+    fut.add_done_callback(cb)
+    rid, msg = peer.recv(timeout=5)
+    peer.send(msg.upper(), id=rid | REPLY)
+    assert ev.wait(5)
+    assert seen == [(False, b"CB")]  # called in the worker thread
+    fut.add_done_callback(lambda f: seen.append("at once"))
+    assert seen[-1] == "at once"  # settled already: called here, now
+
+    # a raising callback is logged as concurrent.futures does; the next runs
+    after = threading.Event()
+    fut2 = d.request_async(b"boom", timeout=0.1)
+    fut2.add_done_callback(lambda f: 1 / 0)
+    fut2.add_done_callback(lambda f: after.set())
+    assert after.wait(5)  # the timeout settled it
+    assert isinstance(fut2.exception(), sk.Timeout)
+    assert any("exception calling callback" in r.getMessage() for r in caplog.records)
+
+
+def test_close_fails_pending_c_futures_and_wakes_waiters(pair: tuple[sk.Connection, sk.Connection]) -> None:
+    cli, peer = pair
+    d = cli.start_receiver()
+    futs = [d.request_async(b"never %d" % i) for i in range(100)]
+    assert peer.recv(timeout=5)[1] == b"never 0"
+    cbs: list[object] = []
+    futs[0].add_done_callback(lambda f: cbs.append(type(f.exception())))
+    errors: list[object] = []
+
+    def wait(f: "concurrent.futures.Future[bytes]") -> None:
+        try:
+            f.result(timeout=10)
+        except BaseException as e:  # noqa: BLE001 - recorded for the assert
+            errors.append(type(e))
+
+    ts = [threading.Thread(target=wait, args=(futs[i],)) for i in (1, 50, 99)]
+    for t in ts:
+        t.start()
+    time.sleep(0.05)
+    cli.close()
+    for t in ts:
+        t.join(10)
+    assert errors == [sk.ConnectionClosed] * 3
+    for f in futs:
+        with pytest.raises(sk.ConnectionClosed):
+            f.result(timeout=5)
+    assert _wait_until(lambda: not cli._worker_running)
+    assert cbs == [sk.ConnectionClosed]
+    assert d.pending == 0
+    with pytest.raises(sk.ConnectionClosed):
+        d.request_async(b"after")
+
+
+def test_close_after_stop_fails_pending_c_futures(pair: tuple[sk.Connection, sk.Connection]) -> None:
+    """With the worker stopped, close() itself fails what is pending."""
+    cli, peer = pair
+    d = cli.start_receiver()
+    fut = d.request_async(b"pending")
+    d.stop()
+    assert _wait_until(lambda: not cli._worker_running)
+    assert not fut.done()
+    fut2 = d.request_async(b"direct")  # no worker: sent at once
+    got: list[bytes] = []
+    while len(got) < 2:
+        got += [m for _, m in peer.recv_many(timeout=5)]
+    assert got == [b"pending", b"direct"]  # the stopping worker wrote the queue
+    cli.close()
+    for f in (fut, fut2):
+        with pytest.raises(sk.ConnectionClosed):
+            f.result(timeout=5)
+
+
+def test_request_timeout_wakes_the_waiter_on_time(pair: tuple[sk.Connection, sk.Connection]) -> None:
+    cli, peer = pair
+    d = cli.start_receiver()
+    t0 = time.monotonic()
+    fut = d.request_async(b"slow", timeout=0.2)
+    with pytest.raises(sk.Timeout):
+        fut.result()  # no limit here: the request's own timeout ends it
+    assert 0.19 <= time.monotonic() - t0 < 2.0
+    assert d.stats["timeouts"] == 1
+
+
+def test_futures_are_concurrent_futures(pair: tuple[sk.Connection, sk.Connection]) -> None:
+    """isinstance, concurrent.futures.wait/as_completed and
+    asyncio.wrap_future take the C futures."""
+    import asyncio
+    import concurrent.futures as cf
+
+    cli, peer = pair
+    _echo_server(peer, delay=0.002)
+    d = cli.start_receiver()
+    futs = [d.request_async(b"w%d" % i, timeout=10) for i in range(30)]
+    assert all(isinstance(f, cf.Future) for f in futs)
+    first = cf.wait(futs, timeout=10, return_when=cf.FIRST_COMPLETED)
+    assert first.done
+    done, not_done = cf.wait(futs, timeout=10)
+    assert not not_done and done == set(futs)
+    more = [d.request_async(b"a%d" % i, timeout=10) for i in range(30)]
+    assert sorted(f.result() for f in cf.as_completed(more, timeout=10)) == sorted(
+        b"A%d" % i for i in range(30))
+
+    async def main() -> bytes:
+        return await asyncio.wrap_future(d.request_async(b"aio", timeout=5))
+
+    assert asyncio.run(main()) == b"AIO"
+
+
+def test_cancel_set_result_and_plain_futures(pair: tuple[sk.Connection, sk.Connection]) -> None:
+    import concurrent.futures as cf
+
+    from pysockkit._duplex import Future
+
+    cli, peer = pair
+    d = cli.start_receiver()
+    fut = d.request_async(b"c", timeout=5)
+    called: list[object] = []
+    fut.add_done_callback(called.append)
+    assert fut.cancel() and fut.cancelled() and fut.done() and not fut.running()
+    assert fut.cancel()  # again: still True
+    assert called == [fut]
+    with pytest.raises(cf.CancelledError):
+        fut.result()
+    rid, _ = peer.recv(timeout=5)  # the request was sent all the same
+    peer.send(b"dropped", id=rid | REPLY)
+    assert _wait_until(lambda: d.stats["replies"] == 1)
+    assert fut.cancelled() and d.pending == 0
+
+    fut2 = d.request_async(b"s", timeout=5)
+    fut2.set_result(b"mine")
+    assert fut2.result() == b"mine"
+    with pytest.raises(cf.InvalidStateError):
+        fut2.set_result(b"again")
+    assert not fut2.cancel()
+    rid, _ = peer.recv(timeout=5)
+    peer.send(b"theirs", id=rid | REPLY)
+    assert _wait_until(lambda: d.stats["replies"] == 2)
+    assert fut2.result() == b"mine"  # the real reply does not replace it
+
+    plain = Future()  # usable like any concurrent.futures.Future
+    plain.set_exception(ValueError("x"))
+    assert isinstance(plain.exception(), ValueError)
+    with pytest.raises(ValueError):
+        plain.result()
+    with pytest.raises(cf.TimeoutError):
+        Future().result(timeout=0.01)

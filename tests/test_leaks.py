@@ -387,6 +387,21 @@ def _correlated_timeout(p: Pair) -> None:
     assert fut.result(STEP) == b"t"
 
 
+def _correlated_callback_wait(p: Pair) -> None:
+    # the slow path of the C futures: a done-callback run by the worker,
+    # and concurrent.futures.wait (the _condition/_waiters compatibility)
+    import concurrent.futures
+
+    ran = threading.Event()
+    fut = p.cli.request_async(b"c", timeout=STEP)
+    fut.add_done_callback(lambda f: ran.set())
+    rid, msg = p.srv.recv(timeout=STEP)
+    p.srv.send(msg, id=rid | REPLY)
+    done, _ = concurrent.futures.wait([fut], timeout=STEP)
+    assert done == {fut} and fut.result() == b"c"
+    assert ran.wait(STEP)
+
+
 def _start_receiver(_: Any) -> None:
     p = Pair(sk.Framing(correlation=True))
     try:
@@ -470,6 +485,7 @@ RECIPES: dict[str, tuple[str, Callable[[Any], None]]] = {
     "lifecycle abort": ("none", _lifecycle("abort")),
     "request_async": ("cpair", _correlated),
     "request_async with timeout": ("cpair", _correlated_timeout),
+    "request_async callback, wait": ("cpair", _correlated_callback_wait),
     "start_receiver": ("none", _start_receiver),
     "Decoder": ("none", _decoder),
     "Decoder control": ("none", _decoder_control),

@@ -67,6 +67,16 @@ try:
         keep += [ls, cli, raw]
         ready()
         cli.send(bytes(8 << 20))
+    elif case == "future":
+        # the result of a request_async whose reply never comes
+        f = sk.Framing(correlation=True)
+        srv = sk.listen(("127.0.0.1", 0), framing=f)
+        cli = sk.connect(srv.address, timeout=5, framing=f)
+        peer = srv.accept(timeout=5)
+        keep += [srv, cli, peer]
+        fut = cli.request_async(b"unanswered")
+        ready()
+        fut.result()
     elif case == "connect":
         # backlog 0 with one queued, never accepted client: the next SYN is
         # dropped and connect() waits in SYN_SENT (shared/STATES.md)
@@ -131,7 +141,8 @@ except KeyboardInterrupt:
     raise
 """
 
-BLOCKING_CASES = ["recv", "recv_many", "iterate", "request", "accept", "send", "connect"]
+BLOCKING_CASES = ["recv", "recv_many", "iterate", "request", "accept", "send", "connect",
+                  "future"]
 
 
 class Child:

@@ -1,0 +1,361 @@
+/* corr.c - correlation table of asynchronous requests (see corr.h). */
+#include "corr.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "clock.h"
+
+#define SK_CORR_MIN_CAP 64
+
+/* The value of an expired id's slot: not a promise. */
+static char sk_corr_expired_mark;
+#define SK_EXPIRED ((void *)&sk_corr_expired_mark)
+
+/* Fibonacci hashing: consecutive ids spread over the whole table. */
+static inline size_t sk_corr_home(const sk_corr *t, uint64_t id)
+{
+    return (size_t)((id * 0x9E3779B97F4A7C15ULL) >> 32) & (t->cap - 1);
+}
+
+/* Slot of id, or of the empty slot where it would go.  t->cap > 0. */
+static size_t sk_corr_find(const sk_corr *t, uint64_t id)
+{
+    size_t i = sk_corr_home(t, id);
+
+    while (t->keys[i] != 0 && t->keys[i] != id)
+        i = (i + 1) & (t->cap - 1);
+    return i;
+}
+
+/* Rebuild the map with `cap` slots (a power of two > used).  SK_OK or
+ * SK_ERR (out of memory; the map is unchanged). */
+static int sk_corr_resize(sk_corr *t, size_t cap)
+{
+    uint64_t *keys = calloc(cap, sizeof(*keys)), *okeys = t->keys;
+    void **vals = calloc(cap, sizeof(*vals)), **ovals = t->vals;
+    size_t i, j, ocap = t->cap;
+
+    if (keys == NULL || vals == NULL) {
+        free(keys);
+        free(vals);
+        return SK_ERR;
+    }
+    t->keys = keys;
+    t->vals = vals;
+    t->cap = cap;
+    for (i = 0; i < ocap; i++) {
+        if (okeys[i] == 0)
+            continue;
+        j = sk_corr_find(t, okeys[i]);
+        keys[j] = okeys[i];
+        vals[j] = ovals[i];
+    }
+    free(okeys);
+    free(ovals);
+    return SK_OK;
+}
+
+/* Insert id -> val (id absent).  SK_OK or SK_ERR (out of memory). */
+static int sk_corr_put(sk_corr *t, uint64_t id, void *val)
+{
+    size_t i;
+
+    if ((t->used + 1) * 2 > t->cap &&
+        sk_corr_resize(t, t->cap ? t->cap * 2 : SK_CORR_MIN_CAP) != SK_OK)
+        return SK_ERR;
+    i = sk_corr_find(t, id);
+    t->keys[i] = id;
+    t->vals[i] = val;
+    t->used++;
+    return SK_OK;
+}
+
+/* Empty slot i, shifting later entries of its cluster back so that every
+ * key stays reachable from its home slot without tombstones. */
+static void sk_corr_erase(sk_corr *t, size_t i)
+{
+    size_t mask = t->cap - 1, j = i, k;
+
+    for (;;) {
+        j = (j + 1) & mask;
+        if (t->keys[j] == 0)
+            break;
+        k = sk_corr_home(t, t->keys[j]);
+        /* the entry at j may move to i unless its home lies in (i, j] */
+        if (i <= j ? (i < k && k <= j) : (i < k || k <= j))
+            continue;
+        t->keys[i] = t->keys[j];
+        t->vals[i] = t->vals[j];
+        i = j;
+    }
+    t->keys[i] = 0;
+    t->vals[i] = NULL;
+    t->used--;
+    if (t->cap > SK_CORR_MIN_CAP && t->used * 8 < t->cap)
+        sk_corr_resize(t, t->cap / 2); /* best effort: fine if it fails */
+}
+
+/* ------------------------------------------------------------ the heap */
+
+static inline int sk_corr_before(const sk_promise *a, const sk_promise *b)
+{
+    return a->deadline < b->deadline ||
+           (a->deadline == b->deadline && a->id < b->id);
+}
+
+static inline void sk_corr_heap_set(sk_corr *t, size_t i, sk_promise *p)
+{
+    t->heap[i] = p;
+    p->heap_idx = i;
+}
+
+static void sk_corr_sift_up(sk_corr *t, size_t i)
+{
+    sk_promise *p = t->heap[i];
+
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (!sk_corr_before(p, t->heap[parent]))
+            break;
+        sk_corr_heap_set(t, i, t->heap[parent]);
+        i = parent;
+    }
+    sk_corr_heap_set(t, i, p);
+}
+
+static void sk_corr_sift_down(sk_corr *t, size_t i)
+{
+    sk_promise *p = t->heap[i];
+    size_t n = t->heap_len, c;
+
+    for (;;) {
+        c = 2 * i + 1;
+        if (c >= n)
+            break;
+        if (c + 1 < n && sk_corr_before(t->heap[c + 1], t->heap[c]))
+            c++;
+        if (!sk_corr_before(t->heap[c], p))
+            break;
+        sk_corr_heap_set(t, i, t->heap[c]);
+        i = c;
+    }
+    sk_corr_heap_set(t, i, p);
+}
+
+static int sk_corr_heap_push(sk_corr *t, sk_promise *p)
+{
+    if (t->heap_len == t->heap_cap) {
+        size_t cap = t->heap_cap ? t->heap_cap * 2 : SK_CORR_MIN_CAP;
+        sk_promise **h = realloc(t->heap, cap * sizeof(*h));
+        if (h == NULL)
+            return SK_ERR;
+        t->heap = h;
+        t->heap_cap = cap;
+    }
+    sk_corr_heap_set(t, t->heap_len++, p);
+    sk_corr_sift_up(t, t->heap_len - 1);
+    return SK_OK;
+}
+
+static void sk_corr_heap_remove(sk_corr *t, sk_promise *p)
+{
+    size_t i = p->heap_idx;
+    sk_promise *last;
+
+    if (i == SIZE_MAX)
+        return;
+    p->heap_idx = SIZE_MAX;
+    last = t->heap[--t->heap_len];
+    if (i == t->heap_len)
+        return;
+    sk_corr_heap_set(t, i, last);
+    if (i > 0 && sk_corr_before(last, t->heap[(i - 1) / 2]))
+        sk_corr_sift_up(t, i);
+    else
+        sk_corr_sift_down(t, i);
+}
+
+/* ------------------------------------------------------ expired ids */
+
+/* Remember that id expired, forgetting the oldest one beyond
+ * SK_CORR_EXPIRED_KEEP.  Best effort: out of memory, id is not remembered
+ * (its late reply will count as unknown). */
+static void sk_corr_remember(sk_corr *t, uint64_t id)
+{
+    size_t i;
+
+    if (t->ring_len == t->ring_cap && t->ring_cap < SK_CORR_EXPIRED_KEEP) {
+        size_t cap = t->ring_cap ? t->ring_cap * 2 : SK_CORR_MIN_CAP;
+        uint64_t *r = malloc(cap * sizeof(*r));
+        if (r != NULL) {
+            for (i = 0; i < t->ring_len; i++)
+                r[i] = t->ring[(t->ring_head + i) % t->ring_cap];
+            free(t->ring);
+            t->ring = r;
+            t->ring_cap = cap;
+            t->ring_head = 0;
+        }
+    }
+    if (t->ring_cap == 0)
+        return;
+    if (t->ring_len == t->ring_cap) { /* full: forget the oldest */
+        uint64_t old = t->ring[t->ring_head];
+        t->ring_head = (t->ring_head + 1) % t->ring_cap;
+        t->ring_len--;
+        i = sk_corr_find(t, old);
+        if (t->keys[i] == old && t->vals[i] == SK_EXPIRED)
+            sk_corr_erase(t, i);
+    }
+    if (sk_corr_put(t, id, SK_EXPIRED) != SK_OK)
+        return;
+    t->ring[(t->ring_head + t->ring_len) % t->ring_cap] = id;
+    t->ring_len++;
+}
+
+/* ------------------------------------------------------------- public */
+
+/* Contract: no allocation. */
+int sk_corr_init(sk_corr *t, sk_err *err)
+{
+    int r;
+
+    memset(t, 0, sizeof(*t));
+    t->next_id = 1;
+    r = pthread_mutex_init(&t->mu, NULL);
+    if (r != 0)
+        return sk_err_sys(err, "pthread_mutex_init", r);
+    return SK_OK;
+}
+
+/* Contract: nobody holds or waits for mu. */
+void sk_corr_free(sk_corr *t)
+{
+    free(t->keys);
+    free(t->vals);
+    free(t->heap);
+    free(t->ring);
+    pthread_mutex_destroy(&t->mu);
+    memset(t, 0, sizeof(*t));
+}
+
+/* Contract: mu held. */
+int sk_corr_add(sk_corr *t, sk_promise *p, int64_t deadline, sk_err *err)
+{
+    uint64_t id = t->next_id++ & SK_CORR_ID_MASK;
+
+    if (SK_UNLIKELY(id == 0)) /* wrapped after 2**63 requests: 0 is "empty" */
+        id = t->next_id++ & SK_CORR_ID_MASK;
+    p->id = id;
+    p->deadline = deadline;
+    p->heap_idx = SIZE_MAX;
+    if (sk_corr_put(t, id, p) != SK_OK)
+        return sk_err_set(err, SK_E_NOMEM, "out of memory registering a request");
+    if (deadline != SK_NO_DEADLINE && sk_corr_heap_push(t, p) != SK_OK) {
+        sk_corr_erase(t, sk_corr_find(t, id));
+        return sk_err_set(err, SK_E_NOMEM, "out of memory registering a request");
+    }
+    t->pending++;
+    return SK_OK;
+}
+
+/* Contract: mu held; p is the caller's once appended. */
+static void sk_corr_detach(sk_corr *t, sk_promise *p, size_t slot)
+{
+    sk_corr_erase(t, slot);
+    sk_corr_heap_remove(t, p);
+    t->pending--;
+}
+
+/* Contract: mu held; the payload is copied (it is the caller's). */
+sk_promise *sk_corr_reply(sk_corr *t, uint64_t id, const void *data,
+                          size_t len)
+{
+    sk_promise *p;
+    size_t i;
+
+    id &= SK_CORR_ID_MASK;
+    if (t->cap == 0 || id == 0) {
+        t->unknown++;
+        return NULL;
+    }
+    i = sk_corr_find(t, id);
+    if (t->keys[i] == 0) {
+        t->unknown++;
+        return NULL;
+    }
+    if (t->vals[i] == SK_EXPIRED) {
+        t->late++;
+        return NULL;
+    }
+    p = t->vals[i];
+    sk_corr_detach(t, p, i);
+    t->replies++;
+    if (sk_promise_state(p) != SK_P_PENDING) {
+        p->prev = 0; /* cancelled: nothing to store, nobody to wake */
+    } else if (sk_promise_set_payload(p, data, len) != SK_OK) {
+        if (!sk_promise_settle(p, SK_P_FAILED, SK_PF_NOMEM))
+            p->prev = 0;
+    } else if (!sk_promise_settle(p, SK_P_DONE, SK_PF_NONE)) {
+        p->prev = 0;
+    }
+    return p;
+}
+
+/* Contract: mu held. */
+size_t sk_corr_expire(sk_corr *t, int64_t now, sk_plist *out)
+{
+    sk_promise *p;
+    size_t n = 0;
+
+    while (t->heap_len > 0 && t->heap[0]->deadline <= now) {
+        p = t->heap[0];
+        sk_corr_detach(t, p, sk_corr_find(t, p->id));
+        sk_corr_remember(t, p->id);
+        t->timeouts++;
+        if (!sk_promise_settle(p, SK_P_FAILED, SK_PF_TIMEOUT))
+            p->prev = 0;
+        sk_plist_push(out, p);
+        n++;
+    }
+    return n;
+}
+
+/* Contract: mu held. */
+int64_t sk_corr_next_deadline(const sk_corr *t)
+{
+    return t->heap_len > 0 ? t->heap[0]->deadline : SK_NO_DEADLINE;
+}
+
+/* Contract: mu held. */
+int sk_corr_remove(sk_corr *t, sk_promise *p)
+{
+    size_t i;
+
+    if (t->cap == 0)
+        return 0;
+    i = sk_corr_find(t, p->id);
+    if (t->keys[i] != p->id || t->vals[i] != p)
+        return 0;
+    sk_corr_detach(t, p, i);
+    return 1;
+}
+
+/* Contract: mu held. */
+void sk_corr_take_all(sk_corr *t, sk_plist *out)
+{
+    sk_plist taken;
+    sk_promise *p, *next;
+    size_t i;
+
+    sk_plist_init(&taken);
+    for (i = 0; i < t->cap; i++)
+        if (t->keys[i] != 0 && t->vals[i] != SK_EXPIRED)
+            sk_plist_push(&taken, t->vals[i]);
+    /* erasing shifts entries around: find each again */
+    for (p = taken.head; p != NULL; p = next) {
+        next = p->next;
+        sk_corr_detach(t, p, sk_corr_find(t, p->id));
+    }
+    sk_plist_splice(out, &taken);
+}

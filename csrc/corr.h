@@ -1,0 +1,125 @@
+/*
+ * corr.h - the correlation table of asynchronous requests: id -> promise.
+ *
+ * A request registers its promise (promise.h) with sk_corr_add, which gives
+ * it the next id and, with a deadline, a place in a min-heap of deadlines.
+ * The receive side hands each reply to sk_corr_reply, which takes the
+ * promise out, copies the payload in and settles it; a reply whose id is
+ * not pending is dropped and counted: `late` when its request timed out
+ * (the last SK_CORR_EXPIRED_KEEP expired ids are remembered), `unknown`
+ * otherwise (a stranger, or a second reply).  sk_corr_expire fails every
+ * promise whose deadline passed.  So a reply is never handed to another
+ * request, and a request settles once.
+ *
+ * Promises taken out and settled are handed to the caller, who owns them
+ * from then on (the binding keeps them in a list until it can release its
+ * Python references with the GIL).
+ *
+ * Locking: the table has one mutex, `mu`; every function below except
+ * init/free must be called with it held.  No allocation on the reply path
+ * except for payloads longer than SK_PROMISE_INLINE; no Python; no
+ * syscalls.
+ */
+#ifndef SK_CORR_H
+#define SK_CORR_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "promise.h"
+#include "sk.h"
+
+#define SK_CORR_ID_MASK (~(1ULL << 63)) /* ids use 63 bits; the top marks a reply */
+#define SK_CORR_EXPIRED_KEEP 65536      /* expired ids remembered for `late` */
+
+/* A FIFO list of promises linked through their `next`. */
+typedef struct sk_plist {
+    sk_promise *head;
+    sk_promise **tail; /* &head when empty */
+    size_t n;
+} sk_plist;
+
+static inline void sk_plist_init(sk_plist *l)
+{
+    l->head = NULL;
+    l->tail = &l->head;
+    l->n = 0;
+}
+
+static inline void sk_plist_push(sk_plist *l, sk_promise *p)
+{
+    p->next = NULL;
+    *l->tail = p;
+    l->tail = &p->next;
+    l->n++;
+}
+
+/* Move every promise of src to the end of dst; src becomes empty. */
+static inline void sk_plist_splice(sk_plist *dst, sk_plist *src)
+{
+    if (src->head == NULL)
+        return;
+    *dst->tail = src->head;
+    dst->tail = src->tail;
+    dst->n += src->n;
+    sk_plist_init(src);
+}
+
+typedef struct sk_corr {
+    pthread_mutex_t mu;
+    /* id -> promise, or the expired mark: open addressing, linear probing,
+     * key 0 = empty slot (ids are never 0) */
+    uint64_t *keys;
+    void **vals;
+    size_t cap;           /* power of two, or 0 before the first add */
+    size_t used;          /* slots holding a key */
+    /* deadline min-heap of pending promises (p->heap_idx is their index) */
+    sk_promise **heap;
+    size_t heap_len, heap_cap;
+    /* ids of expired requests, oldest first (a ring) */
+    uint64_t *ring;
+    size_t ring_cap, ring_head, ring_len;
+    uint64_t next_id;
+    size_t pending;       /* promises in the table */
+    /* counters */
+    uint64_t replies, unknown, late, timeouts;
+} sk_corr;
+
+/* Set up an empty table (no allocation).  SK_OK or SK_ERR (the mutex). */
+int sk_corr_init(sk_corr *t, sk_err *err);
+
+/* Free the storage and the mutex.  The promises still in the table are
+ * not touched: take them out first (sk_corr_take_all). */
+void sk_corr_free(sk_corr *t);
+
+/* Register pending promise p with the next id (p->id) and deadline
+ * (SK_NO_DEADLINE: none).  SK_OK, or SK_ERR (SK_E_NOMEM; p not added). */
+int sk_corr_add(sk_corr *t, sk_promise *p, int64_t deadline, sk_err *err);
+
+/* A reply (the id's top bit may be set) with its payload arrived: take its
+ * promise out, store the payload and settle it DONE.  Returns the promise,
+ * now the caller's (also when it had been cancelled: then p->prev is 0, as
+ * nobody is to be woken or told), or NULL when the id is not pending
+ * (counted late or unknown; the payload is dropped).  A payload that
+ * cannot be stored fails the promise with SK_PF_NOMEM instead. */
+sk_promise *sk_corr_reply(sk_corr *t, uint64_t id, const void *data,
+                          size_t len);
+
+/* Fail (SK_PF_TIMEOUT) every promise whose deadline is <= now, remember
+ * its id, and append it to *out (p->prev as for sk_corr_reply).  Returns
+ * how many expired. */
+size_t sk_corr_expire(sk_corr *t, int64_t now, sk_plist *out);
+
+/* The earliest deadline of a pending promise, or SK_NO_DEADLINE. */
+int64_t sk_corr_next_deadline(const sk_corr *t);
+
+/* Take p out if it is still registered (not settled by the table).
+ * Returns 1 if it was, 0 if not. */
+int sk_corr_remove(sk_corr *t, sk_promise *p);
+
+/* Take every pending promise out, unsettled, onto *out (in no particular
+ * order); the table stays usable. */
+void sk_corr_take_all(sk_corr *t, sk_plist *out);
+
+#endif /* SK_CORR_H */
