@@ -13,7 +13,7 @@ long connections without 10,000 threads).
 Prints ``port N`` once listening on 127.0.0.1, then answers commands read
 from stdin, one per line, with one JSON line on stdout:
 
-  stats   {"rss_kib", "fds", "threads", "conns", "served", "rejected",
+  stats   {"rss_kib", "heap_bytes", "fds", "threads", "conns", "served", "rejected",
            "errors": {type: count}, "details": [[type, missing or size], ...
            for the last 200 errors], "first_errors": [messages]}
   trim    malloc_trim(0), then stats (glibc keeps freed memory otherwise)
@@ -37,6 +37,7 @@ import sys
 import threading
 
 import pysockkit as sk
+from hardening import c_heap_bytes
 
 
 class Holder:
@@ -96,6 +97,7 @@ def stats(srv: "sk.Server | Holder") -> dict:
     errors = list(srv.errors)
     return {
         "rss_kib": int(status["VmRSS"].split()[0]),
+        "heap_bytes": c_heap_bytes(),
         "fds": len(os.listdir("/proc/self/fd")),
         "threads": int(status["Threads"]),
         "conns": len(srv._conns),

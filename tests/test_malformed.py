@@ -529,7 +529,11 @@ def test_memory_bounded_by_what_peers_send(servers: dict[int, ChildServer], good
     after = settle_conns(srv, base["conns"], timeout=10)
     after = srv.stats(trim=True)
     assert error_delta(base, after) == {"IncompleteFrame": 80}
-    assert after["rss_kib"] - base["rss_kib"] < 8 * 1024, (base["rss_kib"], after["rss_kib"])
+    # every buffer is given back to the allocator...
+    assert after["heap_bytes"] - base["heap_bytes"] < 1 << 20, (base["heap_bytes"], after["heap_bytes"])
+    # ...and most of it to the kernel: glibc keeps some in the 80 threads'
+    # arenas (its mmap threshold grows after a large free), so RSS is loose
+    assert after["rss_kib"] - base["rss_kib"] < 24 * 1024, (base["rss_kib"], after["rss_kib"])
 
 
 # ------------------------------------------- sk.serve with its limits on
