@@ -601,7 +601,8 @@ class Connection:
                     "await conn.drain() (or use await conn.send()) before queueing more")
 
     def send_nowait(self, data: _Buffer) -> None:
-        """Queue one frame without waiting (written at the next loop iteration).
+        """Queue one frame without waiting (written when the loop iteration ends,
+        or at once in a big batch: see the module docstring).
 
         Raises ``sk.FrameTooLarge`` (nothing queued) for a payload over
         ``max_frame``, the error that ended the connection, or ``sk.Error``

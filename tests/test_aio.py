@@ -12,6 +12,7 @@ import asyncio
 import errno
 import os
 import random
+import selectors
 import signal
 import socket
 import struct
@@ -655,6 +656,49 @@ def test_corked_frames_go_out_early_in_growing_writes() -> None:
         await conn.wait_closed()
 
     run(main())
+
+
+def test_answers_of_woken_tasks_leave_in_the_same_loop_iteration() -> None:
+    """A read that wakes tasks (a frame for a recv, a reply for a request)
+    schedules the flush behind them: whatever they queue is written before
+    the loop polls again.  Seen from the selector: no poll ever finds
+    frames corked."""
+    seen: list[int] = []
+    conns: list[aio.Connection] = []
+
+    class Spy(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+        def select(self, timeout: Optional[float] = None) -> Any:
+            seen.extend(c.write_buffer_size for c in conns)
+            return super().select(timeout)
+
+    async def main() -> None:
+        cli, srv = await pair(framing=F)
+        conns.extend((cli, srv))
+
+        async def server() -> None:
+            async for msg in srv:
+                if isinstance(msg, tuple):
+                    srv.reply_nowait(msg[0], msg[1])
+                else:
+                    srv.send_nowait(msg)
+
+        task = asyncio.create_task(server())
+        srv.send_nowait(b"start")
+        assert await cli.recv(timeout=5) == b"start"
+        seen.clear()  # from here on, every step of this task follows a read
+        for i in range(20):
+            assert await cli.request(b"r%d" % i, timeout=5) == b"r%d" % i
+            cli.send_nowait(b"p%d" % i)  # queued by a task woken by a reply
+            assert await cli.recv(timeout=5) == b"p%d" % i
+        assert len(seen) > 40 and not any(seen), seen
+        task.cancel()
+        await close_all(cli, srv)
+
+    loop = asyncio.SelectorEventLoop(Spy())
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), 20))
+    finally:
+        loop.close()
 
 
 def test_request_needs_correlation() -> None:
