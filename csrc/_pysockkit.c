@@ -191,6 +191,8 @@ static int skpy_exec(PyObject *mod)
         goto error;
     if (skpy_add_watch(mod) < 0)
         goto error;
+    if (skpy_add_reply(mod) < 0)
+        goto error;
     rc = 0;
 error:
     return rc;
@@ -215,6 +217,9 @@ static int skpy_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->entry_states);
     Py_VISIT(st->entry_families);
     Py_VISIT(st->entry_timers);
+    Py_VISIT(st->str_set_result);
+    Py_VISIT(st->str_done);
+    Py_VISIT(st->str_cancel);
     return 0;
 }
 
@@ -237,6 +242,9 @@ static int skpy_clear(PyObject *mod)
     Py_CLEAR(st->entry_states);
     Py_CLEAR(st->entry_families);
     Py_CLEAR(st->entry_timers);
+    Py_CLEAR(st->str_set_result);
+    Py_CLEAR(st->str_done);
+    Py_CLEAR(st->str_cancel);
     return 0;
 }
 

@@ -69,11 +69,29 @@ int skpy_framing_args(PyObject *mod, PyObject *args, PyObject *kwds,
 /* Contract: GIL held; a new reference or NULL with an exception set. */
 PyObject *skpy_frame_obj(const sk_frame *fr)
 {
-    PyObject *py_b = PyBytes_FromStringAndSize((const char *)fr->data,
-                                               (Py_ssize_t)fr->len);
-    if (py_b == NULL || !fr->has_id)
-        return py_b;
-    return Py_BuildValue("(KN)", (unsigned long long)fr->id, py_b);
+    PyObject *py_b = NULL, *py_id = NULL, *py_t = NULL;
+
+    py_b = PyBytes_FromStringAndSize((const char *)fr->data,
+                                     (Py_ssize_t)fr->len);
+    if (py_b == NULL || !fr->has_id) {
+        py_t = py_b;
+        py_b = NULL;
+        goto error;
+    }
+    /* built directly, not by Py_BuildValue: this runs once per frame */
+    py_id = PyLong_FromUnsignedLongLong((unsigned long long)fr->id);
+    if (py_id == NULL)
+        goto error;
+    py_t = PyTuple_New(2);
+    if (py_t == NULL)
+        goto error;
+    PyTuple_SET_ITEM(py_t, 0, py_id); /* steals */
+    PyTuple_SET_ITEM(py_t, 1, py_b);
+    py_id = py_b = NULL;
+error:
+    Py_XDECREF(py_id);
+    Py_XDECREF(py_b);
+    return py_t;
 }
 
 static int Decoder_init(PyObject *op, PyObject *args, PyObject *kwds)

@@ -41,6 +41,10 @@ typedef struct skpy_state {
     PyObject *entry_families; /* dict: AF_* number -> socket.AddressFamily */
     PyObject *entry_timers;   /* tuple: timer code -> name */
     Py_ssize_t entry_off[16]; /* slot offsets, in DIAG_ENTRY_FIELDS order */
+    /* resolve_replies(): interned method names */
+    PyObject *str_set_result;
+    PyObject *str_done;
+    PyObject *str_cancel;
 } skpy_state;
 
 /* Module state of the module `mod`.  GIL held. */
@@ -108,6 +112,7 @@ int skpy_add_tcpinfo(PyObject *mod);
 int skpy_add_diag(PyObject *mod);
 int skpy_add_proxy(PyObject *mod);
 int skpy_add_watch(PyObject *mod);
+int skpy_add_reply(PyObject *mod);
 
 
 

@@ -9,9 +9,14 @@ and a cancelled or timed-out wait never takes a frame out of the queue, so
 cancelling a ``recv`` loses no byte.
 
 Writes are corked for one loop iteration: frames queued by any task during
-an iteration go out in one ``transport.write`` at the next (or at once past
-64 KiB), so pipelined requests and replies cost one syscall per batch, not
-per message.  The transport's write buffer has an explicit high-water mark
+an iteration go out in one ``transport.write`` when it ends, so pipelined
+requests and replies cost one syscall per batch, not per message.  A big
+batch does not wait for the end: its first 4 KiB are written at once, then
+every time twice as much is corked (up to 64 KiB), so the peer starts on
+the first requests while the rest are queued and both processes work at
+the same time instead of taking turns.  A read that wakes tasks schedules
+the flush behind them: the replies they queue leave in the same iteration.
+The transport's write buffer has an explicit high-water mark
 (``send_limit``); ``await send()``/``drain()`` wait while it is above it, so
 a peer that stops reading blocks its senders and memory stays bounded.  The
 receive queue is bounded too (``recv_limit``): above it the transport stops
@@ -115,9 +120,11 @@ _Buffer = Union[bytes, bytearray, memoryview]
 
 REPLY = 1 << 63  # correlation id flag: this frame answers the request with id & ~REPLY
 _ID_MASK = REPLY - 1
+_resolve_replies = _core.resolve_replies
 _DEFAULT_FRAMING = Framing()
 _READ_CHUNK = 256 * 1024  # the receive buffer handed to the transport (one per thread)
-_FLUSH_AT = 64 * 1024  # corked frames past this are written at once
+_FLUSH_FIRST = 4 * 1024  # the first write of a loop iteration goes out at this size,
+_FLUSH_MAX = 64 * 1024  # each later one at twice the last, up to this (see _write)
 _DEFAULT_RECV_LIMIT = 1 << 20
 _DEFAULT_SEND_LIMIT = 1 << 20
 _HARD_FACTOR = 16  # send_nowait refuses beyond send_limit * this (and 16 MiB)
@@ -242,7 +249,7 @@ class Connection:
         "_rmv", "_q", "_in_total", "_batches", "_qbytes", "_recv_limit",
         "_rpaused", "_rwaiters", "_rerr", "_werr", "_eof", "_lost", "_closing",
         "_discard", "_closed_fut",
-        "_wbuf", "_wbytes", "_flush_scheduled", "_wpaused", "_dwaiters",
+        "_wbuf", "_wbytes", "_flush_at", "_flush_scheduled", "_wpaused", "_dwaiters",
         "_send_limit", "_hard_limit",
         "_pending", "_timers", "_expired", "_next_id", "_stats", "_new_future",
         "_hb_handle", "_last_rx", "_last_tx", "_ping_after", "_rtt_ns", "_rtt_at",
@@ -297,6 +304,7 @@ class Connection:
         self._closed_fut: asyncio.Future[None] = loop.create_future()
         self._wbuf: list[bytes] = []
         self._wbytes = 0
+        self._flush_at = _FLUSH_FIRST
         self._flush_scheduled = False
         self._wpaused = False
         self._dwaiters: list[asyncio.Future[bool]] = []
@@ -393,6 +401,15 @@ class Connection:
                 self._transport.pause_reading()
         if self._rwaiters:
             _wake(self._rwaiters)
+            self._flush_behind()
+
+    def _flush_behind(self) -> None:
+        """Schedule the flush behind the tasks a read just woke: what they
+        queue in answer goes out at the end of this loop iteration, not
+        one iteration later."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_cb)
 
     def _on_bad_stream(self, exc: Error) -> None:
         """The decoder refused a header (oversized, or a malformed control
@@ -416,31 +433,22 @@ class Connection:
 
     def _route(self, frames: list[Message]) -> list[Message]:
         """Correlation mode: resolve replies, return the other frames."""
-        pend = self._pending
-        timers = self._timers
+        # the per-frame loop is C (csrc/_pysockkit_reply.c): pop the
+        # future, cancel its timer, set_result; what it leaves is ours
+        rest, replies, late = _resolve_replies(frames, self._pending, self._timers)
+        if late:
+            self._stats["late"] += late
+        if replies:
+            self._stats["replies"] += replies
+            self._flush_behind()
+        if not rest:
+            return rest
         out: list[Message] = []
-        replies = 0
-        for f in frames:
-            if f.__class__ is tuple:
-                rid = f[0]
-                if rid & REPLY:
-                    rid ^= REPLY
-                    fut = pend.pop(rid, None)
-                    if fut is None:
-                        self._stray(rid)
-                        continue
-                    if timers:
-                        h = timers.pop(rid, None)
-                        if h is not None:
-                            h.cancel()
-                    try:
-                        fut.set_result(f[1])
-                        replies += 1
-                    except asyncio.InvalidStateError:  # cancelled by its caller
-                        self._stats["late"] += 1
-                    continue
-            out.append(f)
-        self._stats["replies"] += replies
+        for f in rest:
+            if f.__class__ is tuple and f[0] & REPLY:
+                self._stray(f[0] ^ REPLY)
+            else:
+                out.append(f)
         return out
 
     def _stray(self, rid: int) -> None:
@@ -534,18 +542,36 @@ class Connection:
     # ----------------------------------------------------------- writing
 
     def _write(self, frame: bytes) -> None:
-        """Queue one encoded frame; it is written at the next loop
-        iteration, or now when 64 KiB are queued."""
+        """Queue one encoded frame.  Frames are corked while the loop
+        iteration lasts and written in one ``transport.write`` when it
+        ends (``_flush_cb``), except that the first 4 KiB corked in an
+        iteration go out at once, and then each time twice as much is
+        corked (up to 64 KiB): the peer starts working on the first
+        requests (or replies) while later ones are still being queued, so
+        the two processes work in parallel instead of taking turns, and a
+        long burst still costs few syscalls.  send_nowait, request and
+        reply_nowait inline this."""
         self._wbuf.append(frame)
         self._wbytes += len(frame)
-        if self._wbytes >= _FLUSH_AT:
-            self._flush()
+        if self._wbytes >= self._flush_at:
+            self._flush_early()
         elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_cb)
+
+    def _flush_early(self) -> None:
+        """Write what is corked now (it reached _flush_at); the next early
+        write in this iteration waits for twice as much."""
+        self._flush()
+        if self._flush_at < _FLUSH_MAX:
+            self._flush_at *= 2
+        if not self._flush_scheduled:  # the end of the iteration resets it
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_cb)
 
     def _flush_cb(self) -> None:
         self._flush_scheduled = False
+        self._flush_at = _FLUSH_FIRST
         self._flush()
 
     def _flush(self) -> None:
@@ -575,7 +601,8 @@ class Connection:
                     "await conn.drain() (or use await conn.send()) before queueing more")
 
     def send_nowait(self, data: _Buffer) -> None:
-        """Queue one frame without waiting (written at the next loop iteration).
+        """Queue one frame without waiting (written when the loop iteration ends,
+        or at once in a big batch: see the module docstring).
 
         Raises ``sk.FrameTooLarge`` (nothing queued) for a payload over
         ``max_frame``, the error that ended the connection, or ``sk.Error``
@@ -593,8 +620,8 @@ class Connection:
         frame = self._encode(data)
         self._wbuf.append(frame)
         self._wbytes += len(frame)
-        if self._wbytes >= _FLUSH_AT:
-            self._flush()
+        if self._wbytes >= self._flush_at:
+            self._flush_early()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_cb)
@@ -870,8 +897,8 @@ class Connection:
             self._timers[rid] = self._loop.call_later(timeout, self._expire, rid, timeout)
         self._wbuf.append(frame)
         self._wbytes += len(frame)
-        if self._wbytes >= _FLUSH_AT:
-            self._flush()
+        if self._wbytes >= self._flush_at:
+            self._flush_early()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_cb)
@@ -932,8 +959,8 @@ class Connection:
         frame = self._encode(data, (request_id & _ID_MASK) | REPLY)
         self._wbuf.append(frame)
         self._wbytes += len(frame)
-        if self._wbytes >= _FLUSH_AT:
-            self._flush()
+        if self._wbytes >= self._flush_at:
+            self._flush_early()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush_cb)

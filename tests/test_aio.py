@@ -12,6 +12,7 @@ import asyncio
 import errno
 import os
 import random
+import selectors
 import signal
 import socket
 import struct
@@ -565,6 +566,139 @@ def test_unknown_duplicate_and_late_replies_are_dropped_and_counted() -> None:
         await close_all(cli, srv)
 
     run(main())
+
+
+def test_resolve_replies_hands_each_reply_to_its_future() -> None:
+    """_core.resolve_replies, the C loop behind request(): pending futures
+    are resolved in frame order and their timers cancelled; a future its
+    caller already cancelled counts as late; every other frame (plain,
+    requests, replies nobody waits for) is left for the caller, in order."""
+    from pysockkit import _core
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        futs: dict[int, asyncio.Future[bytes]] = {i: loop.create_future() for i in (1, 2, 3, 4)}
+        order: list[int] = []
+        for i in (1, 2, 4):
+            futs[i].add_done_callback(lambda _f, i=i: order.append(i))
+        cancelled = futs[3]
+        cancelled.cancel()
+        timer = loop.call_later(60, lambda: None)
+        timers = {2: timer}
+        frames: list[Any] = [b"plain", (5, b"request"), (2 | REPLY, b"two"), (9 | REPLY, b"stray"),
+                             (1 | REPLY, b"one"), (3 | REPLY, b"too late"), b"tail"]
+        f1, f2 = futs[1], futs[2]
+        rest, resolved, late = _core.resolve_replies(frames, futs, timers)
+        assert rest == [b"plain", (5, b"request"), (9 | REPLY, b"stray"), b"tail"]
+        assert (resolved, late) == (2, 1)
+        assert list(futs) == [4] and timers == {} and timer.cancelled()
+        assert f1.result() == b"one" and f2.result() == b"two" and cancelled.cancelled()
+        await asyncio.sleep(0)
+        assert order == [2, 1]  # callbacks scheduled in the order of the frames
+        # nothing to do: the same answer, nothing touched
+        assert _core.resolve_replies([b"a", (7, b"b")], futs, {}) == ([b"a", (7, b"b")], 0, 0)
+        assert _core.resolve_replies([], {}, {}) == ([], 0, 0)
+
+        class Broken:
+            def set_result(self, value: bytes) -> None:
+                raise ValueError("broken future")
+
+            def done(self) -> bool:
+                return False
+
+        with pytest.raises(ValueError, match="broken future"):
+            _core.resolve_replies([(1 | REPLY, b"x")], {1: Broken()}, {})
+        with pytest.raises(TypeError):
+            _core.resolve_replies((), {}, {})  # type: ignore[arg-type]
+        futs[4].cancel()
+
+    run(main())
+
+
+def test_corked_frames_go_out_early_in_growing_writes() -> None:
+    """Frames queued without yielding are written once 4 KiB are corked
+    (so the peer starts on them while more are queued: the pipelining of
+    request/reply traffic), then each time twice as much is corked; the
+    rest goes out when the loop iteration ends, and the next iteration
+    starts again at 4 KiB."""
+    async def main() -> None:
+        with socket.socket() as ls:
+            ls.bind(("127.0.0.1", 0))
+            ls.listen(1)
+            conn = await aio.connect(ls.getsockname(), timeout=5)
+            raw, _ = ls.accept()
+        with raw:
+            raw.setblocking(False)
+            frame = struct.pack(">I", 60) + b"x" * 60  # 64 bytes on the wire
+
+            def take() -> bytes:
+                data = b""
+                while True:
+                    try:
+                        data += raw.recv(1 << 20)
+                    except BlockingIOError:
+                        return data
+
+            for _ in range(100):  # 6400 bytes, no await in between
+                conn.send_nowait(b"x" * 60)
+            assert take() == frame * 64  # the first 4 KiB are in our kernel already
+            assert conn.write_buffer_size == 36 * 64
+            await asyncio.sleep(0)  # the iteration ends: the rest is written
+            assert conn.write_buffer_size == 0
+            assert take() == frame * 36
+            for _ in range(400):  # 25600 bytes: early writes of 4 KiB and 8 KiB
+                conn.send_nowait(b"x" * 60)
+            assert take() == frame * (64 + 128)
+            assert conn.write_buffer_size == 208 * 64
+            await asyncio.sleep(0)
+            assert take() == frame * 208
+        conn.abort()
+        await conn.wait_closed()
+
+    run(main())
+
+
+def test_answers_of_woken_tasks_leave_in_the_same_loop_iteration() -> None:
+    """A read that wakes tasks (a frame for a recv, a reply for a request)
+    schedules the flush behind them: whatever they queue is written before
+    the loop polls again.  Seen from the selector: no poll ever finds
+    frames corked."""
+    seen: list[int] = []
+    conns: list[aio.Connection] = []
+
+    class Spy(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+        def select(self, timeout: Optional[float] = None) -> Any:
+            seen.extend(c.write_buffer_size for c in conns)
+            return super().select(timeout)
+
+    async def main() -> None:
+        cli, srv = await pair(framing=F)
+        conns.extend((cli, srv))
+
+        async def server() -> None:
+            async for msg in srv:
+                if isinstance(msg, tuple):
+                    srv.reply_nowait(msg[0], msg[1])
+                else:
+                    srv.send_nowait(msg)
+
+        task = asyncio.create_task(server())
+        srv.send_nowait(b"start")
+        assert await cli.recv(timeout=5) == b"start"
+        seen.clear()  # from here on, every step of this task follows a read
+        for i in range(20):
+            assert await cli.request(b"r%d" % i, timeout=5) == b"r%d" % i
+            cli.send_nowait(b"p%d" % i)  # queued by a task woken by a reply
+            assert await cli.recv(timeout=5) == b"p%d" % i
+        assert len(seen) > 40 and not any(seen), seen
+        task.cancel()
+        await close_all(cli, srv)
+
+    loop = asyncio.SelectorEventLoop(Spy())
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), 20))
+    finally:
+        loop.close()
 
 
 def test_request_needs_correlation() -> None:

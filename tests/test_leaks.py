@@ -34,6 +34,7 @@ from typing import Any, Optional
 import pytest
 
 import pysockkit as sk
+from pysockkit import _core
 from hardening import (
     ChildServer,
     c_heap_bytes,
@@ -442,6 +443,52 @@ def _decoder_correlated(_: Any) -> None:
     assert d.feed(e.encode(b"x", id=5) + e.encode(b"plain")) == [(5, b"x"), b"plain"]
 
 
+class _Future:
+    """The part of a future resolve_replies uses: set_result refuses a
+    second result, as asyncio's does."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: Optional[bytes] = None
+
+    def set_result(self, value: bytes) -> None:
+        if self.value is not None:
+            raise RuntimeError("already done")
+        self.value = value
+
+    def done(self) -> bool:
+        return self.value is not None
+
+
+class _Broken(_Future):
+    """set_result fails although the future is not done."""
+
+    __slots__ = ()
+
+    def done(self) -> bool:
+        return False
+
+
+class _Timer:
+    def cancel(self) -> None:
+        pass
+
+
+def _resolve_replies(_: Any) -> None:
+    reply = 1 << 63
+    f1, f2 = _Future(), _Future()
+    pending: dict[int, Any] = {1: f1, 2: f2, 3: _Future()}
+    frames: list[Any] = [b"p", (4, b"req"), (1 | reply, b"a"), (2 | reply, b"b"), (9 | reply, b"?")]
+    rest, resolved, late = _core.resolve_replies(frames, pending, {2: _Timer()})
+    assert rest == [b"p", (4, b"req"), (9 | reply, b"?")] and (resolved, late) == (2, 0)
+    assert _core.resolve_replies([(2 | reply, b"c")], {2: f2}, {}) == ([], 0, 1)  # late
+    broken = _Broken()
+    broken.value = b"x"
+    with pytest.raises(RuntimeError):  # a failing future: the error, nothing leaked
+        _core.resolve_replies([(5 | reply, b"d")], {5: broken}, {})
+
+
 def _encoder(_: Any) -> None:
     # max_frame given: Encoder(header_size=2) alone raises (reported bug)
     e = sk.Encoder(header_size=2, max_frame=65535)
@@ -492,6 +539,7 @@ RECIPES: dict[str, tuple[str, Callable[[Any], None]]] = {
     "Decoder correlated": ("none", _decoder_correlated),
     "Encoder": ("none", _encoder),
     "Framing": ("none", _framing),
+    "resolve_replies": ("none", _resolve_replies),
 }
 
 COVERED = {

@@ -1,0 +1,216 @@
+/*
+ * _pysockkit_reply.c - resolve_replies(): hands correlated replies to the
+ * futures waiting for them, the per-frame loop of pysockkit.aio's
+ * request() (and of anything else that keeps {id: future}).
+ *
+ *   resolve_replies(frames, pending, timers) -> (rest, resolved, late)
+ *
+ * frames is a list from Decoder.feed (correlation=True): bytes, or
+ * (id, payload) tuples.  A tuple whose id has the reply bit (SK_ID_REPLY)
+ * and whose request id (the id without the bit) is a key of the dict
+ * `pending` is consumed: the future is popped from `pending`, the timer
+ * handle with the same key, if any, is popped from `timers` and cancelled,
+ * and future.set_result(payload) is called.  A future that is already done
+ * (its caller cancelled it) gets nothing and counts as `late`.  Every other
+ * frame (plain, requests, replies whose id is not pending) is returned in
+ * `rest`, in order, for the caller to queue or count.
+ *
+ * It calls only the methods set_result, done and cancel, so any
+ * asyncio-compatible future works; the order of the callbacks the futures
+ * schedule is the order of the frames.  No protocol state lives here.
+ */
+#include "_pysockkit_util.h"
+
+#include "frame.h"
+
+/* Pop `key` from the dict d: a new reference, NULL if absent (no error
+ * set), or NULL with an exception set (*err = 1).
+ * Contract: GIL held; the caller owns the result. */
+static PyObject *reply_pop(PyObject *d, PyObject *key, int *err)
+{
+    PyObject *py_v = PyDict_GetItemWithError(d, key); /* borrowed */
+
+    if (py_v == NULL) {
+        *err = PyErr_Occurred() != NULL;
+        return NULL;
+    }
+    Py_INCREF(py_v);
+    if (PyDict_DelItem(d, key) < 0) {
+        Py_DECREF(py_v);
+        *err = 1;
+        return NULL;
+    }
+    return py_v;
+}
+
+/* Deliver payload to fut; a future already done counts in *late.
+ * Contract: GIL held; fut and payload are borrowed; 0, or -1 with an
+ * exception set (one raised by set_result on a future not done). */
+static int reply_deliver(skpy_state *st, PyObject *fut, PyObject *payload,
+                         Py_ssize_t *resolved, Py_ssize_t *late)
+{
+    PyObject *stack[2] = {fut, payload};
+    PyObject *py_r = NULL, *py_type = NULL, *py_val = NULL, *py_tb = NULL;
+    int rc = -1, done;
+
+    py_r = PyObject_VectorcallMethod(st->str_set_result, stack,
+                                     2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (py_r != NULL) {
+        ++*resolved;
+        rc = 0;
+        goto error;
+    }
+    /* InvalidStateError, when the caller cancelled the future: asking
+     * done() only now keeps the common path at one call per reply */
+#if PY_VERSION_HEX >= 0x030C0000
+    py_val = PyErr_GetRaisedException(); /* PyErr_Fetch is deprecated */
+#else
+    PyErr_Fetch(&py_type, &py_val, &py_tb);
+#endif
+    py_r = PyObject_VectorcallMethod(st->str_done, stack,
+                                     1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (py_r == NULL)
+        goto error;
+    done = PyObject_IsTrue(py_r);
+    if (done < 0)
+        goto error;
+    if (!done) { /* a real failure of set_result: raise it */
+#if PY_VERSION_HEX >= 0x030C0000
+        PyErr_SetRaisedException(py_val);
+#else
+        PyErr_Restore(py_type, py_val, py_tb);
+#endif
+        py_type = py_val = py_tb = NULL;
+        goto error;
+    }
+    ++*late;
+    rc = 0;
+error:
+    Py_XDECREF(py_r);
+    Py_XDECREF(py_type);
+    Py_XDECREF(py_val);
+    Py_XDECREF(py_tb);
+    return rc;
+}
+
+PyDoc_STRVAR(resolve_replies_doc,
+"resolve_replies(frames, pending, timers, /) -> (rest, resolved, late)\n--\n\n"
+"Resolve the futures of `pending` ({request id: future}) with the reply\n"
+"frames ((id | REPLY, payload) tuples) among `frames`; cancel and drop the\n"
+"matching `timers` handles.  Returns the frames left over, in order, and\n"
+"the counts of futures resolved and of replies whose future was already\n"
+"done.  Internal to pysockkit.aio.\n");
+
+/* Contract: GIL held (the event loop's thread); returns a new tuple owned
+ * by the caller, or NULL with an exception set.  Futures and timer handles
+ * popped from the dicts are released here after use; the frames list is
+ * only read. */
+static PyObject *Core_resolve_replies(PyObject *mod, PyObject *const *args,
+                                      Py_ssize_t nargs)
+{
+    skpy_state *st = skpy_get_state(mod);
+    PyObject *frames, *pending, *timers;
+    PyObject *py_rest = NULL, *py_key = NULL, *py_fut = NULL, *py_h = NULL;
+    PyObject *py_r = NULL, *py_out = NULL;
+    Py_ssize_t i, n, resolved = 0, late = 0;
+    int err = 0;
+
+    if (nargs != 3 || !PyList_Check(args[0]) || !PyDict_Check(args[1]) ||
+        !PyDict_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "resolve_replies(frames: list, pending: dict, "
+                        "timers: dict)");
+        goto error;
+    }
+    frames = args[0];
+    pending = args[1];
+    timers = args[2];
+    py_rest = PyList_New(0);
+    if (py_rest == NULL)
+        goto error;
+    n = PyList_GET_SIZE(frames);
+    for (i = 0; i < n && i < PyList_GET_SIZE(frames); i++) {
+        /* (the second bound: a callback could shrink the list) */
+        PyObject *f = PyList_GET_ITEM(frames, i); /* borrowed */
+        unsigned long long id;
+
+        if (!PyTuple_CheckExact(f) || PyTuple_GET_SIZE(f) != 2 ||
+            !PyLong_CheckExact(PyTuple_GET_ITEM(f, 0)))
+            goto keep;
+        id = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(f, 0));
+        if (id == (unsigned long long)-1 && PyErr_Occurred())
+            goto error;
+        if (!(id & SK_ID_REPLY))
+            goto keep;
+        py_key = PyLong_FromUnsignedLongLong(id & ~SK_ID_REPLY);
+        if (py_key == NULL)
+            goto error;
+        py_fut = reply_pop(pending, py_key, &err);
+        if (py_fut == NULL) {
+            if (err)
+                goto error;
+            Py_CLEAR(py_key);
+            goto keep; /* late, duplicate or unknown: the caller counts */
+        }
+        if (PyDict_GET_SIZE(timers) > 0) {
+            py_h = reply_pop(timers, py_key, &err);
+            if (py_h == NULL && err)
+                goto error;
+            if (py_h != NULL) {
+                py_r = PyObject_CallMethodNoArgs(py_h, st->str_cancel);
+                if (py_r == NULL)
+                    goto error;
+                Py_CLEAR(py_r);
+                Py_CLEAR(py_h);
+            }
+        }
+        Py_CLEAR(py_key);
+        Py_INCREF(f); /* set_result may run code that changes the list */
+        err = reply_deliver(st, py_fut, PyTuple_GET_ITEM(f, 1), &resolved,
+                            &late);
+        Py_DECREF(f);
+        Py_CLEAR(py_fut);
+        if (err < 0)
+            goto error;
+        continue;
+    keep:
+        if (PyList_Append(py_rest, f) < 0)
+            goto error;
+    }
+    py_out = Py_BuildValue("(Onn)", py_rest, resolved, late);
+error:
+    Py_XDECREF(py_rest);
+    Py_XDECREF(py_key);
+    Py_XDECREF(py_fut);
+    Py_XDECREF(py_h);
+    Py_XDECREF(py_r);
+    return py_out;
+}
+
+static PyMethodDef reply_methods[] = {
+    {"resolve_replies", (PyCFunction)(void (*)(void))Core_resolve_replies,
+     METH_FASTCALL, resolve_replies_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+/* Contract: GIL held; called once from the module's exec slot. */
+int skpy_add_reply(PyObject *mod)
+{
+    skpy_state *st = skpy_get_state(mod);
+    int rc = -1;
+
+    st->str_set_result = PyUnicode_InternFromString("set_result");
+    if (st->str_set_result == NULL)
+        goto error;
+    st->str_done = PyUnicode_InternFromString("done");
+    if (st->str_done == NULL)
+        goto error;
+    st->str_cancel = PyUnicode_InternFromString("cancel");
+    if (st->str_cancel == NULL)
+        goto error;
+    if (PyModule_AddFunctions(mod, reply_methods) < 0)
+        goto error;
+    rc = 0;
+error:
+    return rc;
+}
