@@ -32,14 +32,14 @@ static PyObject *reply_pop(PyObject *d, PyObject *key, int *err)
 
     if (py_v == NULL) {
         *err = PyErr_Occurred() != NULL;
-        return NULL;
+        goto error;
     }
     Py_INCREF(py_v);
     if (PyDict_DelItem(d, key) < 0) {
-        Py_DECREF(py_v);
+        Py_CLEAR(py_v);
         *err = 1;
-        return NULL;
     }
+error:
     return py_v;
 }
 
