@@ -105,7 +105,7 @@ int skpy_deadline(PyObject *timeout, int64_t *deadline)
         return -1;
     if (isnan(t) || t < 0) {
         PyErr_SetString(PyExc_ValueError,
-                        "timeout must be None or a number of seconds >= 0");
+                        "timeout must be None (wait forever) or a number of seconds >= 0");
         return -1;
     }
     *deadline = sk_deadline_after(t);

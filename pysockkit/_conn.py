@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import _core
 from ._errors import ConnectionClosed, Error, Timeout
+from ._net import Address
 from ._types import Framing, Heartbeat, Keepalive
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Connection", "Listener", "connect", "listen", "call", "Address"]
 
-Address = tuple[str, int]
 _DEFAULT_FRAMING = Framing()
 _START_LOCK = threading.RLock()  # starting receive workers (rare, short)
 _SHUT = {"read": socket.SHUT_RD, "write": socket.SHUT_WR, "both": socket.SHUT_RDWR}
