@@ -28,9 +28,24 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 _STRUCT_CODE = {1: "B", 2: "H", 4: "I", 8: "Q"}
 _STRUCT_ORDER = {"big": ">", "little": "<"}
 
+# One time scale for the whole suite: every timing bound in a test is
+# written as scaled(seconds), so a slow or loaded machine (or the sanitizer
+# pass, which sets it higher) stretches them all at once.  Set
+# PYSOCKKIT_TIME_SCALE=3 to triple every bound.  Lower bounds (something
+# must take at least N s) are not scaled.
+TIME_SCALE = float(os.environ.get("PYSOCKKIT_TIME_SCALE", "1") or "1")
+if not TIME_SCALE >= 1.0:
+    raise ValueError(f"PYSOCKKIT_TIME_SCALE must be a number >= 1, not {TIME_SCALE!r}")
+
+
+def scaled(seconds: float) -> float:
+    """An upper time bound of ``seconds``, stretched by PYSOCKKIT_TIME_SCALE."""
+    return seconds * TIME_SCALE
+
+
 # Upper bound for any single blocking step in a test; a failure shows up as
 # an exception after this long instead of a hung suite.
-STEP_TIMEOUT = 10.0
+STEP_TIMEOUT = scaled(10.0)
 
 
 # ------------------------------------------------------------------ codec
