@@ -14,6 +14,34 @@ Example::
         peer.close()
 """
 
+try:
+    from ._core import Decoder, Encoder
+except ModuleNotFoundError as _exc:
+    # The C extension is missing: most often Python runs in the root of a
+    # clone, where the source folder pysockkit/ (never built) comes first on
+    # sys.path and hides any installed copy.  Say so, instead of the
+    # "partially initialized module" error that the next import would give.
+    if _exc.name != __name__ + "._core":
+        raise
+    import glob as _glob
+    import os as _os
+    import sysconfig as _sysconfig
+
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    _suffix = _sysconfig.get_config_var("EXT_SUFFIX")
+    _other = sorted(_os.path.basename(p) for p in _glob.glob(_os.path.join(_here, "_core*.so")))
+    _msg = f"pysockkit's C extension (pysockkit._core{_suffix}) is not built in {_here}"
+    if _other:
+        _msg += f" (only {', '.join(_other)}, built for another Python)"
+    if _os.path.exists(_os.path.join(_here, _os.pardir, "setup.py")):
+        _msg += (". This is a source folder: you are probably running Python from the root"
+                 " of a clone, where pysockkit/ comes first on sys.path and hides any installed"
+                 " pysockkit. Build the extension in place with `pip install -e .` (or"
+                 " `python setup.py build_ext --inplace`), or run Python from another directory.")
+    else:
+        _msg += ". The installation is incomplete: reinstall pysockkit with this Python."
+    raise ImportError(_msg, name=__name__) from None
+
 from ._version import __version__
 from ._errors import (
     ConnectionClosed,
@@ -26,7 +54,6 @@ from ._errors import (
 )
 from ._types import Framing, Heartbeat, Keepalive
 from ._conn import Address, Connection, Listener, call, connect, listen
-from ._core import Decoder, Encoder
 from ._server import Server, serve
 from ._enums import TcpState
 from ._observe import SocketEntry, SocketList, TcpInfo, find_socket, sockets, tcp_info
