@@ -16,6 +16,11 @@ trial so that a measured trial takes about --seconds; the repeats of all
 contenders of a scenario are interleaved (round-robin) so slow drift of the
 machine hits everyone alike.  The C reference (bench/cref.c) is compiled
 into a temporary directory with cc -O2 -Wall -Wextra -Werror.
+
+PYSOCKKIT_BENCH_SMOKE=1 (CI sets it to run bench/README.md's commands as
+written) turns any command line into a smoke run: --quick with a twentieth of
+its counts and one repeat, and exit status 1 if any row failed.  Its figures
+mean nothing; it only shows that every contender runs and checks its data.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ CONTENDERS = os.path.join(HERE, "contenders.py")
 CREF_SRC = os.path.join(HERE, "cref.c")
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror"]
 READY_TIMEOUT_S = 20.0
+SMOKE = os.environ.get("PYSOCKKIT_BENCH_SMOKE") == "1"
 DISTURB_SHARE = 0.10  # other work above this share of the CPUs spoils a trial
 DISTURB_RETRIES = 2
 
@@ -507,6 +513,9 @@ def main() -> int:
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                     help="first wait up to S seconds for other work to use < 10%% of the CPUs")
     args = ap.parse_args()
+    if SMOKE:
+        log("PYSOCKKIT_BENCH_SMOKE=1: a smoke run (tiny counts, one repeat); the figures mean nothing")
+        args.quick, args.repeat = True, 1
 
     if len(os.sched_getaffinity(0)) < 2 or not {0, 1} <= os.sched_getaffinity(0):
         log(f"warning: CPUs 0 and 1 are not both available (affinity "
@@ -541,6 +550,9 @@ def main() -> int:
             # Size each contender's trials: a pilot run (also a warm-up and a
             # correctness check), or the hint alone with --quick.
             for r in live:
+                if SMOKE:
+                    r.count = max(sec.min_count // 80, int(r.hint * 0.015))
+                    continue
                 if args.quick:
                     r.count = max(sec.min_count // 4, int(r.hint * 0.3))
                     continue
@@ -599,7 +611,7 @@ def main() -> int:
     report = ["# pysockkit benchmark results", ""]
     report += environment(cref_cc, load)
     report += [f"- repeats: {repeat} per contender, interleaved; trial target "
-               f"{'quick' if args.quick else f'{args.seconds:g} s'}; "
+               f"{'smoke (PYSOCKKIT_BENCH_SMOKE=1: the figures mean nothing)' if SMOKE else 'quick' if args.quick else f'{args.seconds:g} s'}; "
                f"wall time {time.monotonic() - t_start:.0f} s", ""]
     report += ["Values are the median over the trials, with min and max. Ratios are "
                "medians over medians, to the C reference of the same table (for "
@@ -619,6 +631,11 @@ def main() -> int:
         with open(args.out, "w") as f:
             f.write(text)
         log(f"wrote {args.out}")
+    failed = [f"{sec.title}: {r.label}: {r.error}" for sec in sections for r in sec.rows
+              if r.error]
+    if SMOKE and failed:
+        log("smoke run: rows failed:\n  " + "\n  ".join(failed))
+        return 1
     return 0
 
 

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need,
+# runs the README's first command and bench/README.md's commands as written
+# there, each in a fresh clone and virtualenv (tests/docblocks.py),
 # builds the extension with -Werror, runs the C test runner (plain, under
 # ASan+UBSan and under valgrind memcheck), mypy, pytest against an editable
 # install, the hardening checks (tests/run_hardening.sh: 60 s of libFuzzer
@@ -20,6 +22,7 @@ step "system packages"
 need=()
 command -v ss >/dev/null 2>&1 || need+=(iproute2)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
+command -v git >/dev/null 2>&1 || need+=(git)
 # clang with its libFuzzer runtime (a Recommends of clang, which some
 # images skip): the package is named after clang's major version
 if ! command -v clang >/dev/null 2>&1; then
@@ -37,6 +40,9 @@ if [ ${#need[@]} -gt 0 ]; then
         exit 1
     fi
 fi
+
+step "first contact: README.md's first command and bench/README.md's, verbatim, fresh clone and venv"
+"$PY" tests/docblocks.py readme bench
 
 step "virtualenv and Python packages"
 [ -x "$venv/bin/python" ] || "$PY" -m venv "$venv"
