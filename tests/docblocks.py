@@ -50,12 +50,15 @@ _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 @dataclass(frozen=True)
 class Block:
     """One fenced block: its file, the line of its first code line (1-based),
-    the fence's tag ("" for a bare fence) and its text."""
+    the fence's tag ("" for a bare fence), its text, and where the block
+    (fences included) starts and ends in the file (character offsets)."""
 
     path: Path
     line: int
     tag: str
     text: str
+    start: int
+    end: int
 
     @property
     def where(self) -> str:
@@ -70,8 +73,8 @@ class Block:
 def blocks(path: Path) -> list[Block]:
     """Every fenced block of a markdown file, in order."""
     text = path.read_text()
-    return [Block(path, text.count("\n", 0, m.start()) + 2, m.group(1), m.group(2))
-            for m in _FENCE.finditer(text)]
+    return [Block(path, text.count("\n", 0, m.start()) + 2, m.group(1), m.group(2),
+                  m.start(), m.end()) for m in _FENCE.finditer(text)]
 
 
 def commands(block: Block) -> list[str]:

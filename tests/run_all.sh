@@ -71,7 +71,9 @@ sdist=$(ls dist/pysockkit-*.tar.gz)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 "$PY" -m venv "$tmp/venv"
-"$tmp/venv/bin/python" -m pip install -q pytest
+# mypy: tests/test_docs_examples.py type-checks the docs' examples against
+# the installed package
+"$tmp/venv/bin/python" -m pip install -q pytest mypy
 PYSOCKKIT_WERROR=1 "$tmp/venv/bin/python" -m pip install -q "$sdist"
 tar -xzf "$sdist" -C "$tmp"
 # run from the unpacked sdist's tests, outside any source tree, so that the
