@@ -77,6 +77,27 @@ def commented_output(code: str) -> list[str]:
     return out
 
 
+def test_links_stay_in_the_repository() -> None:
+    """Every relative link of the docs names a file of the repository (a
+    clone or an sdist has nothing outside it); web links are left alone.
+    The sdist leaves bench/ out: links into a top-level folder that is not
+    here are only checked to stay inside."""
+    bad = []
+    for doc in [*DOCS, ROOT / "bench" / "README.md"]:
+        if not doc.exists():
+            continue
+        for m in re.finditer(r"\]\(([^)\s]+)\)", doc.read_text()):
+            target = m.group(1).split("#")[0]
+            if not target or re.match(r"[a-z]+:", target):
+                continue
+            path = (doc.parent / target).resolve()
+            if not path.is_relative_to(ROOT):
+                bad.append(f"{doc.relative_to(ROOT)}: {m.group(1)} (outside the repository)")
+            elif not path.exists() and (ROOT / path.relative_to(ROOT).parts[0]).exists():
+                bad.append(f"{doc.relative_to(ROOT)}: {m.group(1)} (no such file)")
+    assert not bad, "links that leave the repository or name no file:\n" + "\n".join(bad)
+
+
 def test_docs_have_python_examples() -> None:
     assert len(SCRIPTS) >= 15
     assert any(b.path == README for b in SCRIPTS)
