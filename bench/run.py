@@ -18,8 +18,8 @@ machine hits everyone alike.  The C reference (bench/cref.c) is compiled
 into a temporary directory with cc -O2 -Wall -Wextra -Werror.
 
 PYSOCKKIT_BENCH_SMOKE=1 (CI sets it to run bench/README.md's commands as
-written) turns any command line into a smoke run: --quick with a twentieth of
-its counts and one repeat, and exit status 1 if any row failed.  Its figures
+written) turns any command line into a smoke run: --quick with a twentieth
+of its counts and one repeat, and exit status 1 if any row failed.  Its figures
 mean nothing; it only shows that every contender runs and checks its data.
 """
 
@@ -610,8 +610,9 @@ def main() -> int:
 
     report = ["# pysockkit benchmark results", ""]
     report += environment(cref_cc, load)
-    report += [f"- repeats: {repeat} per contender, interleaved; trial target "
-               f"{'smoke (PYSOCKKIT_BENCH_SMOKE=1: the figures mean nothing)' if SMOKE else 'quick' if args.quick else f'{args.seconds:g} s'}; "
+    target = ("smoke (PYSOCKKIT_BENCH_SMOKE=1: the figures mean nothing)" if SMOKE
+              else "quick" if args.quick else f"{args.seconds:g} s")
+    report += [f"- repeats: {repeat} per contender, interleaved; trial target {target}; "
                f"wall time {time.monotonic() - t_start:.0f} s", ""]
     report += ["Values are the median over the trials, with min and max. Ratios are "
                "medians over medians, to the C reference of the same table (for "

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pysockkit
 
+from docblocks import commands, missing_lines, readme_tour
 from helpers import scaled
 
 PACKAGE = Path(pysockkit.__file__).resolve().parent
@@ -74,3 +75,20 @@ def test_import_error_is_an_import_error(tmp_path: Path) -> None:
     proc = _run(tmp_path, "-c", code)
     assert proc.returncode == 0, proc
     assert proc.stdout == "ImportError pysockkit\n"
+
+
+def test_readme_first_command_and_its_output_are_found() -> None:
+    """What tests/run_all.sh runs (tests/docblocks.py readme): the README's
+    first command, with its venv step, and the excerpt of the tour's output
+    that it checks (numbers stand for any number, '...' lines for anything)."""
+    block, expected = readme_tour()
+    script = commands(block)
+    assert script[0].startswith("python3 -m venv ") and "activate" in script[0]
+    assert script[-1].endswith("python -m pysockkit tour")
+    assert expected[0].startswith("pysockkit tour")
+    assert sum(line.startswith("== ") for line in expected) >= 8
+    assert expected[-1] == "tour finished in 2.75 s"
+    out = "\n".join([expected[0], "anything", *expected[1:-1], "tour finished in 31 s", ""])
+    assert missing_lines(expected, out) == []
+    assert missing_lines(expected, out.replace("Short connections", "Shirt connections")) == [expected[3]]
+    assert missing_lines(["b", "a"], "a\nb\n") == ["a"]  # in order
