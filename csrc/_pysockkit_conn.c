@@ -503,14 +503,17 @@ static int Conn_send_locked(ConnObject *self, const sk_iov *iov, size_t n,
     return rc;
 }
 
-/* Attach `sent` (frames taken) to the pending exception, if it is ours. */
+/* Attach `sent` (frames taken) to the pending exception: ours (Timeout,
+ * ...) or the one a signal handler raised (KeyboardInterrupt), so that a
+ * program that survives Ctrl-C knows which frames went (the torn one is
+ * counted: its tail is kept).  GIL held. */
 static void skpy_note_sent(size_t done)
 {
     PyObject *py_type, *py_value, *py_tb, *py_n;
 
     PyErr_Fetch(&py_type, &py_value, &py_tb);
     PyErr_NormalizeException(&py_type, &py_value, &py_tb);
-    if (py_value != NULL && PyObject_IsInstance(py_value, PyExc_OSError) == 1) {
+    if (py_value != NULL && PyExceptionInstance_Check(py_value)) {
         py_n = PyLong_FromSize_t(done);
         if (py_n != NULL) {
             if (PyObject_SetAttrString(py_value, "sent", py_n) < 0)

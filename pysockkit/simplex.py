@@ -551,9 +551,16 @@ class Client:
                 failure = self._failure
             assert failure is not None
             raise failure.make("the request was not sent") from exc
-        except BaseException:
-            with self._lock:  # bad data type, KeyboardInterrupt: nothing went out
-                self._pending.pop(rid, None)
+        except BaseException as exc:
+            if getattr(exc, "sent", 0):
+                # Ctrl-C half-way through the frame: its tail goes out with
+                # the next send and the server will answer it, so the id is
+                # remembered as expired (that reply then counts as late)
+                self._expire_one(rid, fail=False)
+            else:
+                with self._lock:  # bad data type, Ctrl-C before any byte: nothing went out
+                    self._pending.pop(rid, None)
+            with self._lock:
                 self._unsent += 1
             raise
         return rid
