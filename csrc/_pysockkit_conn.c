@@ -161,7 +161,10 @@ static PyObject *skpy_closed(ConnObject *self)
 }
 
 /* Map a core result (not SK_OK) to an exception.  SK_INTR: a signal handler
- * already raised (KeyboardInterrupt...).  GIL held.  Returns NULL. */
+ * already raised (KeyboardInterrupt...).  ETIMEDOUT from the socket is the
+ * kernel's verdict (keepalive, TCP_USER_TIMEOUT, retransmissions), not our
+ * deadline: a plain sk.Error that says the connection is dead.  GIL held.
+ * Returns NULL. */
 static PyObject *skpy_fail(ConnObject *self, int rc, const sk_err *err,
                            const char *op, PyObject *timeout, const char *what)
 {
@@ -174,6 +177,12 @@ static PyObject *skpy_fail(ConnObject *self, int rc, const sk_err *err,
             PyErr_SetString(PyExc_InterruptedError, "interrupted by a signal");
         return NULL;
     }
+    if (err->code == SK_E_SYS && err->sys_errno == ETIMEDOUT)
+        return skpy_raise(self->mod, err,
+                          "the kernel gave up on the peer (keepalive probes, "
+                          "TCP_USER_TIMEOUT or retransmissions went "
+                          "unanswered): this connection is dead, open a new "
+                          "one");
     return skpy_raise(self->mod, err, NULL);
 }
 

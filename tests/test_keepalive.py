@@ -121,6 +121,8 @@ def assert_dead_by_kernel(o: dict) -> None:
     assert o["errno"] == errno.ETIMEDOUT, o
     assert o["is_timeout_error"] is False, o
     assert o["message"].startswith("[Errno 110] recv: "), o
+    assert "the kernel gave up on the peer" in o["message"], o
+    assert "open a new one" in o["message"], o
 
 
 def test_keepalive_resets_a_connection_whose_peer_stopped_answering() -> None:
