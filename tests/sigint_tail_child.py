@@ -71,20 +71,22 @@ def run(case: str, argv: list[str]) -> None:
     if case in ("send", "send_many", "flush", "shutdown", "call_reply", "call_mid_frame"):
         addr = (argv[0], int(argv[1]))
     if case == "send":
+        a = payload("A", BIG)
         with sk.connect(addr, timeout=STEP) as conn:
             _ready()
             try:
-                conn.send(payload("A", BIG))
+                conn.send(a)
             except KeyboardInterrupt as exc:
                 _interrupted()
                 kept, sent = conn.unsent, _sent(exc)
             conn.send(payload("B", 100), timeout=STEP)  # the tail of A first
             _result(kept=kept, sent=sent, unsent_after=conn.unsent)
     elif case == "send_many":
+        parts = many()
         with sk.connect(addr, timeout=STEP) as conn:
             _ready()
             try:
-                conn.send_many(many())
+                conn.send_many(parts)
             except KeyboardInterrupt as exc:
                 _interrupted()
                 kept, sent = conn.unsent, _sent(exc)
@@ -129,9 +131,10 @@ def run(case: str, argv: list[str]) -> None:
                     got=got.decode())
     elif case == "call_reply":
         # the request is sent whole; Ctrl-C comes while the reply is awaited
+        r = payload("R", 1000)
         _ready()
         try:
-            sk.call(addr, payload("R", 1000))
+            sk.call(addr, r)
         except KeyboardInterrupt:
             _interrupted()
         reply = sk.call(addr, payload("R2", 1000), timeout=STEP)
@@ -140,9 +143,10 @@ def run(case: str, argv: list[str]) -> None:
         # Ctrl-C while the request is half-written: call() closes its
         # connection, and close() never waits, so the peer gets a torn
         # frame and then FIN (it raises sk.IncompleteFrame)
+        a = payload("A", BIG)
         _ready()
         try:
-            sk.call(addr, payload("A", BIG))
+            sk.call(addr, a)
         except KeyboardInterrupt:
             _interrupted()
         reply = sk.call(addr, payload("R2", 1000), timeout=STEP)

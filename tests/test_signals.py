@@ -361,6 +361,16 @@ def sigint_mid_call(child: Child, before=None) -> float:
     return latency
 
 
+def bytes_arrive(sock: socket.socket):
+    """A ``before`` hook: wait until the child's first bytes reached sock
+    (so its call is under way, far from the end of the frame)."""
+
+    def wait() -> None:
+        assert select.select([sock], [], [], scaled(20))[0], "the child sent nothing"
+
+    return wait
+
+
 def child_result(child: Child) -> dict:
     out, err = child.finish(timeout=scaled(60))
     assert child.proc.returncode == 0, (out, err[-3000:])
@@ -383,7 +393,7 @@ def test_sigint_mid_send_keeps_the_tail(tail_spawn, slow_peer) -> None:
     addr, accept = slow_peer
     child = tail_spawn("send", *map(str, addr))
     raw = accept()
-    sigint_mid_call(child)
+    sigint_mid_call(child, before=bytes_arrive(raw))
     data = recv_all(raw, timeout=scaled(60))  # until the child closes
     res = child_result(child)
     assert_frames(data, [tail.payload("A", tail.BIG), tail.payload("B", 100)])
@@ -398,7 +408,7 @@ def test_sigint_mid_send_many_keeps_the_tail_and_says_how_many(tail_spawn, slow_
     addr, accept = slow_peer
     child = tail_spawn("send_many", *map(str, addr))
     raw = accept()
-    sigint_mid_call(child)
+    sigint_mid_call(child, before=bytes_arrive(raw))
     data = recv_all(raw, timeout=scaled(60))
     res = child_result(child)
     k = res["sent"]  # frames taken, the torn one included
@@ -466,7 +476,7 @@ def test_sigint_in_call_mid_request_ends_in_a_documented_incomplete_frame(
     addr, accept = slow_peer
     child = tail_spawn("call_mid_frame", *map(str, addr))
     first = accept()
-    sigint_mid_call(child)
+    sigint_mid_call(child, before=bytes_arrive(first))
     # call() closes its connection at once (close never waits), so the
     # rest of the frame is dropped: the peer sees a frame cut short by FIN
     # (docs/PROTOCOL.md "End of stream": sk.IncompleteFrame), never a torn
