@@ -65,39 +65,38 @@ def _sent(exc: BaseException) -> Any:
     return getattr(exc, "sent", None)
 
 
+def _torn(sk: Any, conn: Any) -> Any:
+    """Begin frame A and time out half-way: its tail stays in conn.
+    Returns the Timeout's ``sent``."""
+    try:
+        conn.send(payload("A", BIG), timeout=0.3)
+    except sk.Timeout as exc:
+        return _sent(exc)
+    raise AssertionError("a send of BIG bytes to a peer that does not read completed")
+
+
 def run(case: str, argv: list[str]) -> None:
     import pysockkit as sk
 
     if case in ("send", "send_many", "flush", "shutdown", "call_reply", "call_mid_frame"):
         addr = (argv[0], int(argv[1]))
-    if case == "send":
-        a = payload("A", BIG)
+    if case in ("send", "send_many"):
+        frames = [payload("A", BIG)] if case == "send" else many()
         with sk.connect(addr, timeout=STEP) as conn:
             _ready()
             try:
-                conn.send(a)
+                if case == "send":
+                    conn.send(frames[0])
+                else:
+                    conn.send_many(frames)
             except KeyboardInterrupt as exc:
                 _interrupted()
                 kept, sent = conn.unsent, _sent(exc)
-            conn.send(payload("B", 100), timeout=STEP)  # the tail of A first
-            _result(kept=kept, sent=sent, unsent_after=conn.unsent)
-    elif case == "send_many":
-        parts = many()
-        with sk.connect(addr, timeout=STEP) as conn:
-            _ready()
-            try:
-                conn.send_many(parts)
-            except KeyboardInterrupt as exc:
-                _interrupted()
-                kept, sent = conn.unsent, _sent(exc)
-            conn.send(payload("B", 100), timeout=STEP)
+            conn.send(payload("B", 100), timeout=STEP)  # the kept tail goes first
             _result(kept=kept, sent=sent, unsent_after=conn.unsent)
     elif case == "flush":
         with sk.connect(addr, timeout=STEP) as conn:
-            try:
-                conn.send(payload("A", BIG), timeout=0.3)
-            except sk.Timeout as exc:
-                timeout_sent = _sent(exc)
+            timeout_sent = _torn(sk, conn)
             _ready()
             try:
                 conn.flush()
@@ -110,10 +109,7 @@ def run(case: str, argv: list[str]) -> None:
             _result(kept=kept, timeout_sent=timeout_sent, unsent_after=flushed)
     elif case == "shutdown":
         with sk.connect(addr, timeout=STEP) as conn:
-            try:
-                conn.send(payload("A", BIG), timeout=0.3)
-            except sk.Timeout as exc:
-                timeout_sent = _sent(exc)
+            timeout_sent = _torn(sk, conn)
             _ready()
             try:
                 conn.shutdown("write")
@@ -129,24 +125,15 @@ def run(case: str, argv: list[str]) -> None:
             got = conn.recv(timeout=STEP)  # the read side still works
             _result(kept=kept, timeout_sent=timeout_sent, after_fin=after_fin,
                     got=got.decode())
-    elif case == "call_reply":
-        # the request is sent whole; Ctrl-C comes while the reply is awaited
-        r = payload("R", 1000)
+    elif case in ("call_reply", "call_mid_frame"):
+        # call_reply: the request is sent whole, Ctrl-C comes while the
+        # reply is awaited.  call_mid_frame: Ctrl-C while the request is
+        # half-written; call() closes its connection and close() never
+        # waits, so the peer gets a torn frame, then FIN (sk.IncompleteFrame)
+        request = payload("R", 1000) if case == "call_reply" else payload("A", BIG)
         _ready()
         try:
-            sk.call(addr, r)
-        except KeyboardInterrupt:
-            _interrupted()
-        reply = sk.call(addr, payload("R2", 1000), timeout=STEP)
-        _result(reply=reply.decode())
-    elif case == "call_mid_frame":
-        # Ctrl-C while the request is half-written: call() closes its
-        # connection, and close() never waits, so the peer gets a torn
-        # frame and then FIN (it raises sk.IncompleteFrame)
-        a = payload("A", BIG)
-        _ready()
-        try:
-            sk.call(addr, a)
+            sk.call(addr, request)
         except KeyboardInterrupt:
             _interrupted()
         reply = sk.call(addr, payload("R2", 1000), timeout=STEP)

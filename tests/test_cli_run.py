@@ -8,9 +8,7 @@ Every run is bounded in time; every process is stopped by its pid.
 
 from __future__ import annotations
 
-import os
 import re
-import select
 import signal
 import socket
 import subprocess
@@ -21,7 +19,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import pysockkit as sk
-from helpers import STEP_TIMEOUT, child_env, scaled
+from helpers import STEP_TIMEOUT, Spawned, child_env, scaled
 
 BANNER = re.compile(r"^echo server on (127\.0\.0\.1):(\d+); Ctrl-C stops it$")
 SUMMARY = re.compile(
@@ -38,43 +36,17 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=scaled(60), env=child_env())
 
 
-class Serve:
+class Serve(Spawned):
     """``python -m pysockkit serve ...`` in the background."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(cli("serve", *args), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=child_env())
-        self._buf = b""
-
-    def line(self, timeout: float = scaled(20)) -> str:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            assert left > 0, f"no line from serve in {timeout} s: {self._buf!r}"
-            if select.select([fd], [], [], left)[0]:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    break
-                self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line.decode()
+        super().__init__(cli("serve", *args), env=child_env())
 
     def address(self) -> tuple[str, int]:
-        line = self.line()
+        line = self.readline(scaled(20))
         m = BANNER.match(line)
-        assert m, line
+        assert m, (line, self.finish())
         return m.group(1), int(m.group(2))
-
-    def finish(self, timeout: float = scaled(20)) -> tuple[int, str, str]:
-        out, err = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, (self._buf + out).decode(), err.decode()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.communicate()
 
 
 @pytest.fixture
@@ -107,8 +79,8 @@ def test_ping_a_served_address_then_ctrl_c_stops_the_server(serve) -> None:
     with sk.connect((host, port), timeout=STEP_TIMEOUT) as conn:
         assert conn.request(b"echo?", timeout=STEP_TIMEOUT) == b"echo?"
     srv.proc.send_signal(signal.SIGINT)
-    code, out, err = srv.finish()
-    assert code == 0, err
+    out, err = srv.finish(scaled(20))
+    assert srv.proc.returncode == 0, err
     assert "Traceback" not in err, err
     assert out.splitlines() == ["served 6 messages"]
     # it closed its listener

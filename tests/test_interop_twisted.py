@@ -11,51 +11,30 @@ strings, and checks every byte, in order.
 from __future__ import annotations
 
 import json
-import os
-import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import pysockkit as sk
 import twisted_peer
-from helpers import STEP_TIMEOUT, child_env, scaled
+from helpers import STEP_TIMEOUT, Spawned, child_env, scaled
 
 PEER = str(Path(__file__).with_name("twisted_peer.py"))
 FRAMING = {"int32": sk.Framing(), "int16": sk.Framing(header_size=2)}
 KINDS = ["int32", "int16"]
 
 
-class TwistedServer:
+class TwistedServer(Spawned):
     def __init__(self, kind: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, PEER, "server", kind, str(scaled(60))],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env())
-        self._buf = b""
+        super().__init__([sys.executable, PEER, "server", kind, str(scaled(60))],
+                         env=child_env())
 
-    def line(self, timeout: float = scaled(30)) -> str:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise AssertionError(f"no line from the Twisted peer: {self._buf!r}")
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise AssertionError(f"the Twisted peer exited: {err[-2000:]}")
-            self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line.decode()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.communicate()
+    def line(self) -> str:
+        line = self.readline(scaled(30))
+        assert line, f"no line from the Twisted peer: {self.finish()}"
+        return line
 
 
 @pytest.fixture

@@ -20,11 +20,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
 import sigint_tail_child as tail
-from helpers import child_env, decode_stream, recv_all, recv_exact, scaled
+from helpers import Spawned, child_env, decode_stream, recv_all, recv_exact, scaled
 
 CHILD = r"""
 import signal, socket, sys, time
@@ -150,58 +151,27 @@ BLOCKING_CASES = ["recv", "recv_many", "iterate", "request", "accept", "send", "
                   "future"]
 
 
-class Child:
-    def __init__(self, case: str, cwd) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, case],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=child_env(),
-            cwd=str(cwd),
-        )
-        self._out = b""
+class Child(Spawned):
+    """The CHILD script with a case, or another script (``script=``) with
+    its arguments."""
 
-    def readline(self, timeout: float) -> str:
-        """One stdout line, read with os.read so nothing hides in a buffer."""
-        deadline = time.monotonic() + timeout
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in self._out:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return ""
-            r, _, _ = select.select([fd], [], [], left)
-            if not r:
-                return ""
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            self._out += chunk
-        line, _, self._out = self._out.partition(b"\n")
-        return line.decode()
-
-    def finish(self, timeout: float = 5.0) -> tuple[str, str]:
-        try:
-            out, err = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, err = self.proc.communicate()
-        return (self._out + out).decode(), err.decode()
+    def __init__(self, case: str, cwd, *args: str, script: Optional[str] = None) -> None:
+        argv = [script, case, *args] if script else ["-c", CHILD, case]
+        super().__init__([sys.executable, *argv], env=child_env(), cwd=str(cwd))
 
 
 @pytest.fixture
 def spawn(tmp_path):
     children: list[Child] = []
 
-    def make(case: str) -> Child:
-        c = Child(case, tmp_path)
+    def make(case: str, *args: str, script: Optional[str] = None) -> Child:
+        c = Child(case, tmp_path, *args, script=script)
         children.append(c)
         return c
 
     yield make
     for c in children:
-        if c.proc.poll() is None:
-            c.proc.kill()
-        c.finish()
+        c.stop()
 
 
 def interrupt(child: Child) -> tuple[float, float, str, str]:
@@ -288,34 +258,6 @@ TAIL_CHILD = str(Path(__file__).with_name("sigint_tail_child.py"))
 SIGINT_BOUND = scaled(0.5)  # the docs promise ~100 ms; this is the hard limit
 
 
-class TailChild(Child):
-    def __init__(self, args: list[str], cwd) -> None:  # noqa: D107
-        self.proc = subprocess.Popen(
-            [sys.executable, TAIL_CHILD, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=child_env(),
-            cwd=str(cwd),
-        )
-        self._out = b""
-
-
-@pytest.fixture
-def tail_spawn(tmp_path):
-    children: list[TailChild] = []
-
-    def make(*args: str) -> TailChild:
-        c = TailChild(list(args), tmp_path)
-        children.append(c)
-        return c
-
-    yield make
-    for c in children:
-        if c.proc.poll() is None:
-            c.proc.kill()
-        c.finish()
-
-
 @pytest.fixture
 def slow_peer():
     """A stdlib listener whose accepted sockets keep a 64 KiB receive window
@@ -389,9 +331,9 @@ def assert_frames(data: bytes, expected: list[bytes], outcome: str = "closed") -
         assert f == e, f"frame {i} differs"
 
 
-def test_sigint_mid_send_keeps_the_tail(tail_spawn, slow_peer) -> None:
+def test_sigint_mid_send_keeps_the_tail(spawn, slow_peer) -> None:
     addr, accept = slow_peer
-    child = tail_spawn("send", *map(str, addr))
+    child = spawn("send", *map(str, addr), script=TAIL_CHILD)
     raw = accept()
     sigint_mid_call(child, before=bytes_arrive(raw))
     data = recv_all(raw, timeout=scaled(60))  # until the child closes
@@ -404,9 +346,9 @@ def test_sigint_mid_send_keeps_the_tail(tail_spawn, slow_peer) -> None:
     assert res["unsent_after"] == 0
 
 
-def test_sigint_mid_send_many_keeps_the_tail_and_says_how_many(tail_spawn, slow_peer) -> None:
+def test_sigint_mid_send_many_keeps_the_tail_and_says_how_many(spawn, slow_peer) -> None:
     addr, accept = slow_peer
-    child = tail_spawn("send_many", *map(str, addr))
+    child = spawn("send_many", *map(str, addr), script=TAIL_CHILD)
     raw = accept()
     sigint_mid_call(child, before=bytes_arrive(raw))
     data = recv_all(raw, timeout=scaled(60))
@@ -417,9 +359,9 @@ def test_sigint_mid_send_many_keeps_the_tail_and_says_how_many(tail_spawn, slow_
     assert res["kept"] > 0 and res["unsent_after"] == 0
 
 
-def test_sigint_mid_flush_keeps_the_rest(tail_spawn, slow_peer) -> None:
+def test_sigint_mid_flush_keeps_the_rest(spawn, slow_peer) -> None:
     addr, accept = slow_peer
-    child = tail_spawn("flush", *map(str, addr))
+    child = spawn("flush", *map(str, addr), script=TAIL_CHILD)
     raw = accept()
     sigint_mid_call(child)
     data = recv_all(raw, timeout=scaled(60))
@@ -429,9 +371,9 @@ def test_sigint_mid_flush_keeps_the_rest(tail_spawn, slow_peer) -> None:
     assert res["kept"] > 0 and res["unsent_after"] == 0
 
 
-def test_sigint_mid_shutdown_keeps_the_tail_and_sends_fin_after_it(tail_spawn, slow_peer) -> None:
+def test_sigint_mid_shutdown_keeps_the_tail_and_sends_fin_after_it(spawn, slow_peer) -> None:
     addr, accept = slow_peer
-    child = tail_spawn("shutdown", *map(str, addr))
+    child = spawn("shutdown", *map(str, addr), script=TAIL_CHILD)
     raw = accept()
     sigint_mid_call(child)
     data = recv_all(raw, timeout=scaled(60))  # the FIN comes after the whole frame
@@ -449,9 +391,9 @@ def tail_frame(payload: bytes) -> bytes:
     return len(payload).to_bytes(4, "big") + payload
 
 
-def test_sigint_in_call_waiting_for_the_reply(tail_spawn, slow_peer) -> None:
+def test_sigint_in_call_waiting_for_the_reply(spawn, slow_peer) -> None:
     addr, accept = slow_peer
-    child = tail_spawn("call_reply", *map(str, addr))
+    child = spawn("call_reply", *map(str, addr), script=TAIL_CHILD)
     first = accept()
     request: list[bytes] = []
 
@@ -472,9 +414,9 @@ def test_sigint_in_call_waiting_for_the_reply(tail_spawn, slow_peer) -> None:
 
 
 def test_sigint_in_call_mid_request_ends_in_a_documented_incomplete_frame(
-        tail_spawn, slow_peer) -> None:
+        spawn, slow_peer) -> None:
     addr, accept = slow_peer
-    child = tail_spawn("call_mid_frame", *map(str, addr))
+    child = spawn("call_mid_frame", *map(str, addr), script=TAIL_CHILD)
     first = accept()
     sigint_mid_call(child, before=bytes_arrive(first))
     # call() closes its connection at once (close never waits), so the
@@ -493,8 +435,8 @@ def test_sigint_in_call_mid_request_ends_in_a_documented_incomplete_frame(
     assert child_result(child) == {"reply": "pong"}
 
 
-def test_sigint_in_duplex_get_loses_no_frame(tail_spawn) -> None:
-    child = tail_spawn("get")
+def test_sigint_in_duplex_get_loses_no_frame(spawn) -> None:
+    child = spawn("get", script=TAIL_CHILD)
     sigint_mid_call(child)
     res = child_result(child)
     assert res["first_ok"] is True  # the frame half-received at the interrupt
@@ -504,8 +446,8 @@ def test_sigint_in_duplex_get_loses_no_frame(tail_spawn) -> None:
 
 
 @pytest.mark.parametrize("case", ["simplex_wait", "simplex_send"])
-def test_sigint_in_simplex_request_keeps_the_links_in_step(tail_spawn, case) -> None:
-    child = tail_spawn(case)
+def test_sigint_in_simplex_request_keeps_the_links_in_step(spawn, case) -> None:
+    child = spawn(case, script=TAIL_CHILD)
     sigint_mid_call(child)
     res = child_result(child)
     big_len, big_sha = res["big"]
