@@ -161,7 +161,10 @@ static PyObject *skpy_closed(ConnObject *self)
 }
 
 /* Map a core result (not SK_OK) to an exception.  SK_INTR: a signal handler
- * already raised (KeyboardInterrupt...).  GIL held.  Returns NULL. */
+ * already raised (KeyboardInterrupt...).  ETIMEDOUT from the socket is the
+ * kernel's verdict (keepalive, TCP_USER_TIMEOUT, retransmissions), not our
+ * deadline: a plain sk.Error that says the connection is dead.  GIL held.
+ * Returns NULL. */
 static PyObject *skpy_fail(ConnObject *self, int rc, const sk_err *err,
                            const char *op, PyObject *timeout, const char *what)
 {
@@ -174,6 +177,12 @@ static PyObject *skpy_fail(ConnObject *self, int rc, const sk_err *err,
             PyErr_SetString(PyExc_InterruptedError, "interrupted by a signal");
         return NULL;
     }
+    if (err->code == SK_E_SYS && err->sys_errno == ETIMEDOUT)
+        return skpy_raise(self->mod, err,
+                          "the kernel gave up on the peer (keepalive probes, "
+                          "TCP_USER_TIMEOUT or retransmissions went "
+                          "unanswered): this connection is dead, open a new "
+                          "one");
     return skpy_raise(self->mod, err, NULL);
 }
 
@@ -503,14 +512,17 @@ static int Conn_send_locked(ConnObject *self, const sk_iov *iov, size_t n,
     return rc;
 }
 
-/* Attach `sent` (frames taken) to the pending exception, if it is ours. */
+/* Attach `sent` (frames taken) to the pending exception: ours (Timeout,
+ * ...) or the one a signal handler raised (KeyboardInterrupt), so that a
+ * program that survives Ctrl-C knows which frames went (the torn one is
+ * counted: its tail is kept).  GIL held. */
 static void skpy_note_sent(size_t done)
 {
     PyObject *py_type, *py_value, *py_tb, *py_n;
 
     PyErr_Fetch(&py_type, &py_value, &py_tb);
     PyErr_NormalizeException(&py_type, &py_value, &py_tb);
-    if (py_value != NULL && PyObject_IsInstance(py_value, PyExc_OSError) == 1) {
+    if (py_value != NULL && PyExceptionInstance_Check(py_value)) {
         py_n = PyLong_FromSize_t(done);
         if (py_n != NULL) {
             if (PyObject_SetAttrString(py_value, "sent", py_n) < 0)

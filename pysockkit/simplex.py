@@ -551,9 +551,16 @@ class Client:
                 failure = self._failure
             assert failure is not None
             raise failure.make("the request was not sent") from exc
-        except BaseException:
-            with self._lock:  # bad data type, KeyboardInterrupt: nothing went out
-                self._pending.pop(rid, None)
+        except BaseException as exc:
+            if getattr(exc, "sent", 0):
+                # Ctrl-C half-way through the frame: its tail goes out with
+                # the next send and the server will answer it, so the id is
+                # remembered as expired (that reply then counts as late)
+                self._expire_one(rid, fail=False)
+            else:
+                with self._lock:  # bad data type, Ctrl-C before any byte: nothing went out
+                    self._pending.pop(rid, None)
+            with self._lock:
                 self._unsent += 1
             raise
         return rid
@@ -1182,7 +1189,9 @@ class Server:
         token = self._read_hello(conn, _ROLE_REQUEST)
         with self._lock:
             sess = self._sessions.get(token)
-            if sess is None or sess.request is not None or sess.dead:
+            if sess is not None and sess.request is not None and not sess.dead:
+                raise _Refuse(_ST_DUPLICATE, "this session already has its request link")
+            if sess is None or sess.dead:
                 raise _Refuse(_ST_UNKNOWN_SESSION,
                               "no reply link registered with this token: open the reply "
                               "link first")
@@ -1222,13 +1231,18 @@ class Server:
     def _read_loop(self, sess: _Session, conn: Connection) -> None:
         """The request link of one client: read batches, hand them out."""
         max_n, max_b, cond = self._max_inflight, self._max_bytes, sess.cond
+        # bytes per request, as the last batch showed: a batch takes only
+        # what fits under max_inflight_bytes (recv_many takes every frame the
+        # kernel holds, megabytes once the window grew); one frame first
+        size = max_b
         while True:
             with cond:
                 while (sess.inflight >= max_n or sess.inflight_bytes >= max_b) and not sess.dead:
                     cond.wait(1.0)  # the writer notifies when replies went out
                 if sess.dead:
                     return
-                room = min(max_n - sess.inflight, 1024)
+                room = min(max_n - sess.inflight, 1024,
+                           max(1, (max_b - sess.inflight_bytes) // size))
             try:
                 # _core.pyi says list[bytes]: correlated frames come as (id, bytes)
                 frames = conn.recv_many(room, timeout=1.0)
@@ -1259,6 +1273,7 @@ class Server:
                     self._n["unexpected"] += bad
             if not reqs:
                 continue
+            size = max(1, nbytes // len(reqs))
             with cond:
                 sess.inflight += len(reqs)
                 sess.inflight_bytes += nbytes

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import site
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -274,6 +276,49 @@ def child_env() -> dict[str, str]:
         old = env.get("PYTHONPATH")
         env["PYTHONPATH"] = pkg_parent + (os.pathsep + old if old else "")
     return env
+
+
+class Spawned:
+    """A child process (``subprocess.Popen(argv, **kw)``, stdout and stderr
+    piped) whose stdout is read line by line with a deadline: os.read, so
+    that nothing hides in a buffer while the child blocks."""
+
+    def __init__(self, argv: list[str], **kw: Any) -> None:
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+        self._out = b""
+
+    def readline(self, timeout: float) -> str:
+        """The next stdout line, or "" after ``timeout`` seconds or at EOF."""
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._out:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return ""
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            self._out += chunk
+        line, _, self._out = self._out.partition(b"\n")
+        return line.decode()
+
+    def finish(self, timeout: float = 5.0) -> tuple[str, str]:
+        """Wait for the exit (killed after ``timeout``): (stdout not read
+        yet, stderr)."""
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        rest, self._out = self._out, b""
+        return (rest + out).decode(), err.decode()
+
+    def stop(self) -> None:
+        """Kill the child if it still runs, and reap it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.finish()
 
 
 PYTHON = sys.executable

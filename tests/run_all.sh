@@ -31,6 +31,8 @@ elif [ ! -e "$(clang -print-runtime-dir)/libclang_rt.fuzzer-x86_64.a" ]; then
     need+=("libclang-rt-$(clang -dumpversion | cut -d. -f1)-dev")
 fi
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
+# nft drops loopback packets inside `unshare -Urn` (tests/test_keepalive.py)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
@@ -47,13 +49,17 @@ step "first contact: README.md's first command and bench/README.md's, verbatim, 
 step "virtualenv and Python packages"
 [ -x "$venv/bin/python" ] || "$PY" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q pytest mypy build setuptools wheel nbclient nbformat ipykernel hypothesis
+# the build tools here; the test dependencies (pyproject's [test] extra:
+# pytest, mypy, hypothesis, the notebook kernel, matplotlib, uvloop,
+# Twisted) come with the editable install below, so no test skips for a
+# missing package
+"$venv/bin/python" -m pip install -q setuptools wheel
 
 step "C core: test runner, plain, under ASan+UBSan and under valgrind"
 bash tests/c/run.sh --valgrind
 
 step "extension build (-Werror) and editable install"
-PYSOCKKIT_WERROR=1 "$venv/bin/python" -m pip install -q --no-build-isolation -e .
+PYSOCKKIT_WERROR=1 "$venv/bin/python" -m pip install -q --no-build-isolation -e ".[test]"
 
 step "mypy --strict"
 "$venv/bin/python" -m mypy
@@ -71,10 +77,7 @@ sdist=$(ls dist/pysockkit-*.tar.gz)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 "$PY" -m venv "$tmp/venv"
-# mypy: tests/test_docs_examples.py type-checks the docs' examples against
-# the installed package
-"$tmp/venv/bin/python" -m pip install -q pytest mypy
-PYSOCKKIT_WERROR=1 "$tmp/venv/bin/python" -m pip install -q "$sdist"
+PYSOCKKIT_WERROR=1 "$tmp/venv/bin/python" -m pip install -q "pysockkit[test] @ file://$root/$sdist"
 tar -xzf "$sdist" -C "$tmp"
 # run from the unpacked sdist's tests, outside any source tree, so that the
 # installed package (not a source checkout) is what gets imported

@@ -1051,3 +1051,98 @@ def test_example_aio_echo_runs() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "echo: b'hello'" in proc.stdout
     assert "requests: 100 replies" in proc.stdout
+
+
+# ------------------------------------------ keepalive= and serve_forever()
+
+
+def keepalive_of(fd: int) -> tuple[int, int, int, int, int]:
+    """(SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT,
+    TCP_USER_TIMEOUT in ms) of socket fd, read with the stdlib."""
+    s = socket.socket(fileno=fd)
+    try:
+        return (s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                s.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+    finally:
+        s.detach()
+
+
+def test_keepalive_reaches_the_kernel_on_connect_listen_and_serve() -> None:
+    async def main() -> None:
+        ka_c = sk.Keepalive(idle=11, interval=3, count=4, user_timeout=2.5)
+        ka_l = sk.Keepalive(idle=12, interval=5, count=6, user_timeout=7)
+        ka_s = sk.Keepalive(idle=13, interval=2, count=9)
+        async with await aio.listen(LOCAL, keepalive=ka_l) as lst:
+            cli = await aio.connect(lst.address, keepalive=ka_c, timeout=5)
+            acc = await lst.accept(timeout=5)
+            assert keepalive_of(cli.fileno()) == (1, 11, 3, 4, 2500)
+            assert keepalive_of(acc.fileno()) == (1, 12, 5, 6, 7000)
+            await close_all(cli, acc)
+
+        seen: list[tuple[int, ...]] = []
+
+        async def handler(conn: aio.Connection) -> None:
+            seen.append(keepalive_of(conn.fileno()))
+            await conn.send(await conn.recv())
+
+        async with await aio.serve(LOCAL, handler, keepalive=ka_s) as srv:
+            c = await aio.connect(srv.address, timeout=5)
+            await c.send(b"x")
+            assert await c.recv(timeout=5) == b"x"
+            # no keepalive asked: the client's socket keeps the defaults
+            assert keepalive_of(c.fileno())[0] == 0
+            await close_all(c)
+        assert seen == [(1, 13, 2, 9, 0)]
+
+    run(main())
+
+
+def test_serve_forever_returns_when_closed_from_another_task() -> None:
+    async def main() -> None:
+        srv = await aio.serve(LOCAL, echo)
+        forever = asyncio.ensure_future(srv.serve_forever())
+        c = await aio.connect(srv.address, timeout=5)
+        await c.send(b"while serving")
+        assert await c.recv(timeout=5) == b"while serving"
+        assert not forever.done()
+
+        async def closer() -> None:
+            srv.close()
+
+        await asyncio.ensure_future(closer())
+        assert await asyncio.wait_for(forever, 5) is None
+        await asyncio.wait_for(srv.wait_closed(), 5)
+        with pytest.raises(sk.ConnectionClosed):  # the handler was ended, its connection closed
+            await c.recv(timeout=5)
+        with pytest.raises(sk.Error) as ei:  # and nothing listens any more
+            await aio.connect(srv.address, timeout=5)
+        assert ei.value.errno == errno.ECONNREFUSED
+        assert srv.errors == [] and srv.served == 1
+        await close_all(c)
+
+    run(main())
+
+
+def test_cancelling_serve_forever_closes_the_server() -> None:
+    async def main() -> None:
+        srv = await aio.serve(LOCAL, echo)
+        forever = asyncio.ensure_future(srv.serve_forever())
+        c = await aio.connect(srv.address, timeout=5)
+        await c.send(b"hi")
+        assert await c.recv(timeout=5) == b"hi"
+        forever.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await forever
+        await asyncio.wait_for(srv.wait_closed(), 5)
+        assert srv.connections == frozenset()
+        with pytest.raises(sk.ConnectionClosed):
+            await c.recv(timeout=5)
+        with pytest.raises(sk.Error) as ei:
+            await aio.connect(srv.address, timeout=5)
+        assert ei.value.errno == errno.ECONNREFUSED
+        await close_all(c)
+
+    run(main())

@@ -26,7 +26,7 @@ import pytest
 import pysockkit as sk
 from pysockkit import simplex
 from hardening import under_sanitizer
-from helpers import child_env
+from helpers import child_env, scaled
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -606,3 +606,115 @@ def test_docs_example_runs(line: int, code: str) -> None:
     assert proc.stderr == "", f"docs/modes.md:{line}\n{proc.stderr}"
     for comment in re.findall(r"#\s+(b'[^']*')", code):  # the printed values shown
         assert comment in proc.stdout, f"docs/modes.md:{line}: {comment} not printed"
+
+
+# ------------------------------------- the server's limits (docs/PROTOCOL.md)
+
+
+def test_max_sessions_refuses_with_status_3_and_frees_the_slot(closer) -> None:
+    srv = simplex.Server(LO, LO, bytes.upper, max_sessions=1)
+    closer(srv)
+    first = simplex.Client(srv.request_address, srv.reply_address, connect_timeout=STEP)
+    with pytest.raises(simplex.HandshakeError,
+                       match=r"reply link to .*: refused by the server: server busy "
+                             r"\(1 sessions \(max_sessions\)\)") as ei:
+        simplex.Client(srv.request_address, srv.reply_address, connect_timeout=STEP)
+    assert ei.value.status == 3
+    # by the book: ACK with status 3 and the reason, then FIN
+    raw = sk.connect(srv.reply_address, timeout=STEP, framing=FR)
+    closer(raw)
+    raw.send(hello(1, b"B" * 16))
+    ack = raw.recv(timeout=STEP)
+    assert ack[:8] == b"SKSX\x01\x03\x00\x00" and ack[8:] == b"1 sessions (max_sessions)"
+    with pytest.raises(sk.ConnectionClosed):
+        raw.recv(timeout=STEP)
+    wait_until(lambda: srv.stats.rejected == 2)
+    # the session in place is served on; once it ends, its slot is free
+    assert first.request(b"first", timeout=STEP) == b"FIRST"
+    first.close()
+    wait_until(lambda: srv.stats.sessions == 0)
+    deadline = time.monotonic() + STEP
+    while True:  # its two links are released when the server sees them close
+        try:
+            second = simplex.Client(srv.request_address, srv.reply_address,
+                                    connect_timeout=STEP)
+            break
+        except simplex.HandshakeError as exc:
+            assert exc.status == 3 and time.monotonic() < deadline, exc
+            time.sleep(0.01)
+    closer(second)
+    assert second.request(b"second", timeout=STEP) == b"SECOND"
+
+
+def test_duplicate_session_token_is_refused_with_status_4(closer) -> None:
+    srv, cli = pair(closer)
+    assert cli.request(b"a", timeout=STEP) == b"A"
+    # a reply link registering the token of a live session
+    token = bytes.fromhex(cli.session)
+    dup = sk.connect(srv.reply_address, timeout=STEP, framing=FR)
+    closer(dup)
+    dup.send(hello(1, token))
+    dup.shutdown("write")
+    ack = dup.recv(timeout=STEP)
+    assert ack[:8] == b"SKSX\x01\x04\x00\x00", ack
+    assert ack[8:] == b"a session with this token exists"
+    with pytest.raises(sk.ConnectionClosed):  # then FIN
+        dup.recv(timeout=STEP)
+    wait_until(lambda: srv.stats.rejected == 1)
+    # the session that owns the token is untouched
+    assert cli.request(b"b", timeout=STEP) == b"B"
+    assert srv.stats.sessions == 1
+    # and so is a second request link for it
+    req = sk.connect(srv.request_address, timeout=STEP, framing=FR)
+    closer(req)
+    req.send(hello(2, token))
+    ack = req.recv(timeout=STEP)
+    assert ack == b"SKSX\x01\x04\x00\x00this session already has its request link", ack
+    wait_until(lambda: srv.stats.rejected == 2)
+    assert cli.request(b"c", timeout=STEP) == b"C"
+
+
+def test_max_inflight_bytes_stops_reading_and_the_sender_blocks(closer) -> None:
+    size, limit, n = 64 << 10, 256 << 10, 256  # 16 MiB in all: more than TCP buffers
+    gate = threading.Event()
+
+    def handler(p: bytes) -> bytes:
+        gate.wait(STEP)
+        return p[:8]
+
+    srv, cli = pair(closer, handler, max_inflight_bytes=limit)
+    payloads = [i.to_bytes(8, "big") * (size // 8) for i in range(n)]
+    futs: list[Future[bytes]] = []
+
+    def sender() -> None:
+        for p in payloads:
+            futs.append(cli.request_async(p, timeout=scaled(60)))
+
+    t = threading.Thread(target=sender)
+    t.start()
+    try:
+        # the server reads requests until their bytes reach the limit, then
+        # stops: TCP's window closes and the sender blocks in send
+        last, since = -1, time.monotonic()
+        deadline = time.monotonic() + scaled(30)
+        while time.monotonic() - since < scaled(1.0):  # no progress for that long
+            assert time.monotonic() < deadline, "the sender never blocked"
+            sent = cli.stats.sent
+            if sent != last:
+                last, since = sent, time.monotonic()
+            time.sleep(0.02)
+        assert t.is_alive() and len(futs) < n
+        st = srv.stats
+        assert st.requests == st.inflight == limit // size, st  # exactly the bytes bound
+        # another request cannot be sent meanwhile: sk.Timeout, nothing sent
+        with pytest.raises(sk.Timeout, match="not sent within 0.2 s"):
+            cli.request_async(b"no room", timeout=0.2)
+        assert srv.stats.requests == limit // size
+    finally:
+        gate.set()
+        t.join(scaled(60))
+    assert not t.is_alive()
+    assert [f.result(scaled(30)) for f in futs] == [p[:8] for p in payloads]
+    wait_until(lambda: srv.stats.requests == n and srv.stats.inflight == 0)
+    st = cli.stats
+    assert (st.replied, st.late, st.unknown, st.duplicate) == (n, 0, 0, 0)
