@@ -1,6 +1,6 @@
 """Connections, listeners and short connections over the C core.
 
-``Connection`` subclasses the C type ``_core.Conn``: send/recv and friends
+``Connection`` subclasses the C type ``_core.Connection``: send/recv and friends
 are C methods called directly, with no Python frame in between.  This module
 adds what needs no speed: address handling, context management, shutdown
 names, TCP_INFO access and ``repr``.
@@ -68,7 +68,7 @@ def _resolve(addr: Address) -> list[tuple[int, str, int]]:
     return out
 
 
-class Connection(_core.Conn):
+class Connection(_core.Connection):
     """A framed TCP connection.  Make one with :func:`connect` or
     :meth:`Listener.accept`.
 
