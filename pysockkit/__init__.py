@@ -25,7 +25,7 @@ from ._errors import (
     Timeout,
 )
 from ._types import Framing, Heartbeat, Keepalive
-from ._conn import Address, Connection, Listener, call, connect, listen
+from ._conn import Address, AddressLike, Connection, Listener, call, connect, listen
 from ._core import Decoder, Encoder
 from ._server import Server, serve
 from ._enums import TcpState
@@ -55,6 +55,7 @@ __all__ = [
     "Keepalive",
     # connections
     "Address",
+    "AddressLike",
     "Connection",
     "Listener",
     "listen",
