@@ -1,5 +1,6 @@
-"""Error messages of the C core: never cut mid-word, and naming public
-classes (issue 11, items 7 and 8).
+"""What users read: error messages of the C core, never cut mid-word and
+naming public classes (issue 11, items 7 and 8), and TcpState printed by
+name (item 6).
 
 The core keeps each error in a fixed ``char[SK_ERRMSG_MAX]`` (csrc/sk.h).
 Every format string it passes to ``sk_err_set`` must fit with its longest
@@ -132,3 +133,16 @@ def test_messages_and_stubs_name_the_public_class(conn_pair) -> None:
         sk.Connection.send(5, b"x")  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="this Connection is already initialised"):
         cli.__init__(cli.fileno())  # type: ignore[misc]
+
+
+def test_tcp_state_prints_its_name(conn_pair) -> None:
+    """print(conn.state) shows ESTABLISHED, not 1 (issue 11, item 6)."""
+    cli, peer = conn_pair()
+    st = cli.state
+    assert str(st) == f"{st}" == "%s" % st == "ESTABLISHED"
+    assert repr(st) == "<TcpState.ESTABLISHED: 1>"
+    assert f"[{st:>12}]" == "[ ESTABLISHED]" and f"{st:d}" == "1" and f"{st:02x}" == "01"
+    assert st == 1 and int(st) == 1
+    cli.close()
+    assert str(peer.state) in ("CLOSE_WAIT", "ESTABLISHED")  # the FIN may still be on its way
+    assert str(sk.TcpState.from_name("time-wait")) == "TIME_WAIT"
