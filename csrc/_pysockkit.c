@@ -35,7 +35,7 @@ PyObject *skpy_raise(PyObject *mod, const sk_err *err, const char *hint)
     case SK_E_RESET: cls = st->ConnectionReset; break;
     case SK_E_TIMEOUT: cls = st->Timeout; break;
     case SK_E_PEER_DEAD: cls = st->PeerDead; break;
-    case SK_E_NOMEM: return PyErr_NoMemory();
+    case SK_E_NOMEM: cls = PyExc_MemoryError; break; /* keep the message */
     case SK_E_ARG: cls = PyExc_ValueError; break;
     default: cls = st->Error; break;
     }
@@ -91,25 +91,44 @@ PyObject *skpy_oserror(const char *syscall)
     return NULL;
 }
 
-/* Contract: GIL held. */
+/* Contract: GIL held.  The same rule and messages as pysockkit/_net.py
+ * check_timeout(): None waits forever, 0 polls once, a number of seconds
+ * >= 0 waits that long; negative or NaN is a ValueError, a non-number (or a
+ * bool) a TypeError.  The messages are built only on the error path. */
 int skpy_deadline(PyObject *timeout, int64_t *deadline)
 {
     double t;
+    int rc = -1;
 
     if (timeout == NULL || timeout == Py_None) {
         *deadline = SK_NO_DEADLINE;
-        return 0;
+        rc = 0;
+        goto done;
     }
+    if (PyBool_Check(timeout))
+        goto bad_type;
     t = PyFloat_AsDouble(timeout);
-    if (t == -1.0 && PyErr_Occurred())
-        return -1;
+    if (t == -1.0 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError))
+            goto bad_type;
+        goto done;
+    }
     if (isnan(t) || t < 0) {
-        PyErr_SetString(PyExc_ValueError,
-                        "timeout must be None (wait forever) or a number of seconds >= 0");
-        return -1;
+        PyErr_Format(PyExc_ValueError,
+                     "timeout must be None (wait forever) or a number of "
+                     "seconds >= 0, not %R", timeout);
+        goto done;
     }
     *deadline = sk_deadline_after(t);
-    return 0;
+    rc = 0;
+    goto done;
+bad_type:
+    PyErr_Clear();
+    PyErr_Format(PyExc_TypeError,
+                 "timeout must be None (wait forever) or a number of seconds "
+                 ">= 0, not %.100s", Py_TYPE(timeout)->tp_name);
+done:
+    return rc;
 }
 
 /* The thread that imported the module: the main thread, in practice. */

@@ -277,7 +277,7 @@ error:
 }
 
 PyDoc_STRVAR(Conn_doc,
-"Conn(fd, header_size=4, byteorder='big', max_frame=16777216, control=False)\n"
+"Connection(fd, header_size=4, byteorder='big', max_frame=16777216, control=False, correlation=False)\n"
 "--\n\n"
 "A framed connection over a connected, non-blocking TCP socket fd, which it\n"
 "owns from now on.  Base class of pysockkit.Connection; use sk.connect()\n"
@@ -293,11 +293,11 @@ static int Conn_init(PyObject *op, PyObject *args, PyObject *kwds)
     int fd, rc = -1;
 
     if (self->initialized) {
-        PyErr_SetString(PyExc_RuntimeError, "Conn is already initialised");
+        PyErr_SetString(PyExc_RuntimeError, "this Connection is already initialised");
         goto done;
     }
     if (PyTuple_GET_SIZE(args) < 1) {
-        PyErr_SetString(PyExc_TypeError, "Conn() needs the fd first");
+        PyErr_SetString(PyExc_TypeError, "Connection() needs the fd first");
         goto done;
     }
     fd = (int)PyLong_AsLong(PyTuple_GET_ITEM(args, 0));
@@ -2057,7 +2057,7 @@ static PyType_Slot Conn_slots[] = {
 };
 
 static PyType_Spec Conn_spec = {
-    .name = "pysockkit._core.Conn",
+    .name = "pysockkit._core.Connection",
     .basicsize = sizeof(ConnObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .slots = Conn_slots,
@@ -2092,6 +2092,25 @@ static int skpy_addr(PyObject *mod, PyObject *py_host, PyObject *py_port,
     return 0;
 }
 
+/* Write "host:port", or "[host]:port" for an IPv6 host, into buf: the one
+ * way addresses are printed (pysockkit/_net.py format_address).  GIL held;
+ * py_host and py_port already passed skpy_addr. */
+static void skpy_addr_text(PyObject *py_host, PyObject *py_port, char *buf,
+                           size_t n)
+{
+    const char *host = PyUnicode_AsUTF8(py_host);
+    long port = PyLong_AsLong(py_port);
+
+    if (host == NULL || (port == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        snprintf(buf, n, "that address");
+        goto done;
+    }
+    snprintf(buf, n, strchr(host, ':') ? "[%s]:%ld" : "%s:%ld", host, port);
+done:
+    return;
+}
+
 PyDoc_STRVAR(skpy_listen_doc,
 "listen(host, port, family=None, backlog=128) -> int\n--\n\n"
 "Create a non-blocking listening socket (SO_REUSEADDR) on a numeric\n"
@@ -2106,6 +2125,7 @@ static PyObject *skpy_listen(PyObject *mod, PyObject *const *args,
     socklen_t len;
     int fd = -1, backlog = 128, rc;
     sk_err err;
+    char where[96], hint[192];
 
     if (skpy_args("listen", args, nargs, kwnames, names, 2, 4, a) < 0)
         return NULL;
@@ -2117,12 +2137,16 @@ static PyObject *skpy_listen(PyObject *mod, PyObject *const *args,
             return NULL;
     }
     rc = sk_listen((struct sockaddr *)&ss, len, backlog, &fd, &err);
-    if (rc != SK_OK)
-        return skpy_raise(mod, &err, err.sys_errno == EADDRINUSE
-                                         ? "another socket holds this "
-                                           "address; pick another port or "
-                                           "port 0 for a free one"
-                                         : NULL);
+    if (rc != SK_OK) {
+        skpy_addr_text(a[0], a[1], where, sizeof(where));
+        snprintf(hint, sizeof(hint),
+                 err.sys_errno == EADDRINUSE
+                     ? "another socket holds %s: pick another port, or port "
+                       "0 for a free one"
+                     : "listening on %s",
+                 where);
+        return skpy_raise(mod, &err, hint);
+    }
     return PyLong_FromLong(fd);
 }
 
@@ -2141,6 +2165,7 @@ static PyObject *skpy_connect(PyObject *mod, PyObject *const *args,
     int64_t deadline;
     int fd = -1, rc;
     sk_err err;
+    char where[96], hint[192];
 
     if (skpy_args("connect", args, nargs, kwnames, names, 2, 4, a) < 0)
         return NULL;
@@ -2152,20 +2177,25 @@ static PyObject *skpy_connect(PyObject *mod, PyObject *const *args,
     sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
     rc = sk_connect((struct sockaddr *)&ss, len, deadline, &intr, &fd, &err);
     Py_END_ALLOW_THREADS
-    if (rc == SK_TIMEOUT) {
-        PyErr_Format(st->Timeout,
-                     "connect to %S port %S: no answer within %R s; is the "
-                     "server up, and its accept queue not full?",
-                     a[0], a[1], a[3]);
-        return NULL;
-    }
     if (rc == SK_INTR)
         return NULL;
     if (rc != SK_OK)
-        return skpy_raise(mod, &err, err.sys_errno == ECONNREFUSED
-                                         ? "nothing listens on that address: "
-                                           "start the server first"
-                                         : NULL);
+        skpy_addr_text(a[0], a[1], where, sizeof(where));
+    if (rc == SK_TIMEOUT) {
+        PyErr_Format(st->Timeout,
+                     "connect to %s: no answer within %R s; is the server "
+                     "up, and its accept queue not full?",
+                     where, a[3]);
+        return NULL;
+    }
+    if (rc != SK_OK) {
+        snprintf(hint, sizeof(hint),
+                 err.sys_errno == ECONNREFUSED
+                     ? "nothing listens on %s: start the server first"
+                     : "connecting to %s",
+                 where);
+        return skpy_raise(mod, &err, hint);
+    }
     return PyLong_FromLong(fd);
 }
 
@@ -2304,7 +2334,7 @@ int skpy_add_conn(PyObject *mod)
                                                             NULL);
     if (st->ConnType == NULL)
         goto error;
-    if (PyModule_AddObjectRef(mod, "Conn", (PyObject *)st->ConnType) < 0)
+    if (PyModule_AddObjectRef(mod, "Connection", (PyObject *)st->ConnType) < 0)
         goto error;
     if (PyModule_AddFunctions(mod, skpy_conn_functions) < 0)
         goto error;

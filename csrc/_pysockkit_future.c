@@ -187,23 +187,20 @@ static PyObject *skpy_future_raise(FutureObject *f)
 }
 
 /* Wait without the GIL until settled, or raise concurrent.futures'
- * TimeoutError after timeout seconds (None: no limit; negative: do not
- * wait).  0 or -1 with an exception set (also a signal handler's).  GIL
- * held on entry and exit. */
+ * TimeoutError after timeout seconds (None: no limit; 0: do not wait;
+ * negative or NaN: ValueError, see skpy_deadline).  0 or -1 with an
+ * exception set (also a signal handler's).  GIL held on entry and exit. */
 static int skpy_future_wait(FutureObject *f, PyObject *py_timeout)
 {
     int64_t deadline = SK_NO_DEADLINE;
-    double t;
     int rc;
 
+    /* checked first, so a bad timeout fails the same way whether or not
+     * the future is done yet */
+    if (skpy_deadline(py_timeout, &deadline) < 0)
+        return -1;
     if (sk_promise_state(&f->p) != SK_P_PENDING)
         return 0;
-    if (py_timeout != NULL && py_timeout != Py_None) {
-        t = PyFloat_AsDouble(py_timeout);
-        if (t == -1.0 && PyErr_Occurred())
-            return -1;
-        deadline = sk_deadline_after(t > 0 ? t : 0);
-    }
     Py_BEGIN_ALLOW_THREADS
     sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
     rc = sk_promise_wait(&f->p, deadline, &intr);

@@ -290,7 +290,8 @@ int sk_decoder_reserve(sk_decoder *d, size_t min, unsigned char **space,
         want = 1;
     if (sk_buf_reserve(&d->buf, want) != 0)
         return sk_err_set(&d->err, SK_E_NOMEM,
-                          "out of memory reserving %zu bytes for a frame",
+                          "out of memory reserving %zu bytes for a frame; "
+                          "lower Framing.max_frame to what the peer needs",
                           want);
     *space = sk_buf_wptr(&d->buf);
     *avail = sk_buf_spare(&d->buf);

@@ -4,7 +4,7 @@
  * The core never includes Python.h.  Every function that can fail returns one
  * of the SK_* result codes and, on SK_ERR, fills an sk_err that the caller
  * owns (usually embedded in a longer-lived object).  An sk_err is a plain
- * value: no allocation, a fixed 128-byte message, the syscall that failed and
+ * value: no allocation, a fixed-size message, the syscall that failed and
  * its errno, so a binding can turn it into a typed exception at a safe point.
  */
 #ifndef SK_SK_H
@@ -38,7 +38,12 @@ typedef enum {
     SK_E_PEER_DEAD,   /* heartbeat timeout */
 } sk_errcode;
 
-#define SK_ERRMSG_MAX 128
+/* Room for every message the core writes with its longest numbers (the
+ * longest, a too-large header with two 20-digit lengths, needs ~190 bytes;
+ * tests/test_messages.py checks every format string against this).  A
+ * message that still does not fit is cut at a word boundary and ends in
+ * "..." (sk_err_set), never mid-word. */
+#define SK_ERRMSG_MAX 256
 
 typedef struct sk_err {
     sk_errcode code;
@@ -50,7 +55,9 @@ typedef struct sk_err {
 
 /* Fill err with a code and a printf-style message.  Returns SK_ERR so a
  * failure is one line: `return sk_err_set(err, SK_E_ARG, "...")`.  err may be
- * NULL (the error is then only signalled by the return value). */
+ * NULL (the error is then only signalled by the return value).  A message
+ * longer than SK_ERRMSG_MAX - 1 bytes is cut at the last word boundary that
+ * leaves room for "...", which then ends it. */
 int sk_err_set(sk_err *err, sk_errcode code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -58,6 +65,12 @@ int sk_err_set(sk_err *err, sk_errcode code, const char *fmt, ...)
  * is "<syscall>: <strerror(e)>".  ECONNRESET and EPIPE map to SK_E_RESET,
  * everything else to SK_E_SYS.  Returns SK_ERR. */
 int sk_err_sys(sk_err *err, const char *syscall, int e);
+
+/* Make the first `len` bytes of the message in buf (capacity cap, len >= cap
+ * when vsnprintf truncated it) end cleanly: when it did not fit, cut at the
+ * last space (or, in a single overlong word, at a UTF-8 character boundary)
+ * and end with "...".  buf is always NUL-terminated afterwards. */
+void sk_err_fit(char *buf, size_t cap, size_t len);
 
 /* Reset err to SK_E_NONE. */
 void sk_err_clear(sk_err *err);

@@ -53,7 +53,7 @@ from ._errors import (
     Timeout,
 )
 from ._types import Framing, Heartbeat, Keepalive
-from ._conn import Address, Connection, Listener, call, connect, listen
+from ._conn import Address, AddressLike, Connection, Listener, call, connect, listen
 from ._server import Server, serve
 from ._enums import TcpState
 from ._observe import SocketEntry, SocketList, TcpInfo, find_socket, sockets, tcp_info
@@ -82,6 +82,7 @@ __all__ = [
     "Keepalive",
     # connections
     "Address",
+    "AddressLike",
     "Connection",
     "Listener",
     "listen",

@@ -1,23 +1,85 @@
-"""Command line: ``python -m pysockkit {tour,serve,ping,ss,watch}``."""
+"""Command line: ``python -m pysockkit {tour,serve,ping,ss,watch}``.
+
+Bad input is one line on stderr and exit code 2 (usage) or 1 (a runtime
+failure: a busy port, an unknown host, no server); never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import signal
 import socket
 import sys
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
-from ._conn import Address
+from ._net import FORMS, Address, check_timeout, format_address, parse_address
+
+_PROG = "python -m pysockkit"
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" after every option that has a real default (a
+    flag's False or a None that the help text explains is left out)."""
+
+    def _get_help_string(self, action: argparse.Action) -> Optional[str]:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (the usage text
+    is one ``--help`` away) and whose help shows every default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        one_line = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {one_line} (see {self.prog} --help)\n")
+
+
+def _parse_address(text: str, default_host: str) -> Address:
+    """parse_address for argparse: its message, without the argument name
+    (argparse puts "argument HOST:PORT:" first) and in the CLI's terms."""
+    try:
+        return parse_address(text, name="-", default_host=default_host)
+    except (TypeError, ValueError) as exc:
+        msg = str(exc).removeprefix("-: ").replace(FORMS, "HOST:PORT or [V6]:PORT")
+        raise argparse.ArgumentTypeError(msg) from None
 
 
 def _addr(text: str) -> Address:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return (host.strip("[]") or "127.0.0.1", int(port))
+    """HOST:PORT, [V6]:PORT or :PORT (host 127.0.0.1)."""
+    return _parse_address(text, "127.0.0.1")
+
+
+def _number(what: str, convert: Callable[[str], Any], low: float,
+            high: Optional[float] = None, above_low: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a number in low..high (> low with above_low)."""
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            value = math.nan
+        if not (low < value if above_low else low <= value) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """A duration in seconds >= 0 (the one timeout rule: _net.check_timeout)."""
+    try:
+        value = check_timeout(float(text), allow_none=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds >= 0") from None
+    return value
 
 
 def _cmd_tour(args: argparse.Namespace) -> int:
@@ -30,7 +92,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from ._server import serve
 
     with serve(args.address) as srv:
-        print(f"echo server on {srv.address[0]}:{srv.address[1]}; Ctrl-C stops it", flush=True)
+        print(f"echo server on {format_address(srv.address)}; Ctrl-C stops it", flush=True)
         try:
             signal.pause() if args.seconds is None else time.sleep(args.seconds)
         except KeyboardInterrupt:
@@ -41,20 +103,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_ping(args: argparse.Namespace) -> int:
     from ._conn import connect
-    from ._errors import Error
 
-    try:
-        with connect(args.address, timeout=args.timeout) as conn:
-            rtts = []
-            for i in range(args.count):
-                t0 = time.perf_counter()
-                conn.request(b"ping %d" % i, timeout=args.timeout)
-                rtts.append((time.perf_counter() - t0) * 1e6)
-    except Error as exc:
-        print(f"ping failed: {exc}", file=sys.stderr)
-        return 1
+    with connect(args.address, timeout=args.timeout) as conn:
+        rtts = []
+        for i in range(args.count):
+            t0 = time.perf_counter()
+            conn.request(b"ping %d" % i, timeout=args.timeout)
+            rtts.append((time.perf_counter() - t0) * 1e6)
     rtts.sort()
-    print(f"{len(rtts)} requests to {args.address[0]}:{args.address[1]}: "
+    print(f"{len(rtts)} requests to {format_address(args.address)}: "
           f"min {rtts[0]:.1f} us, median {rtts[len(rtts) // 2]:.1f} us, max {rtts[-1]:.1f} us")
     return 0
 
@@ -135,12 +192,8 @@ def _cmd_ss(args: argparse.Namespace) -> int:
     from ._enums import TcpState
     from ._observe import sockets
 
-    try:
-        states = None if not args.state or "all" in [s.lower() for s in args.state] else [
-            TcpState.from_name(s) for s in args.state]
-    except ValueError as exc:
-        print(f"ss: {exc}", file=sys.stderr)
-        return 2
+    states = None if not args.state or "all" in [s.lower() for s in args.state] else [
+        TcpState.from_name(s) for s in args.state]
     family = 4 if args.ipv4 else (6 if args.ipv6 else None)
     found = sockets(state=states, port=args.port, family=family, info=args.info)
     lines = str(found).splitlines()
@@ -159,19 +212,16 @@ def _cmd_ss(args: argparse.Namespace) -> int:
 
 def _watch_target(text: str) -> tuple[Optional[str], int]:
     """HOST:PORT for `watch`: HOST may be empty or '*' (any address)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(
-            f"expected HOST:PORT (HOST may be * for any), got {text!r}")
-    host = host.strip("[]")
-    if host in ("", "*"):
-        return None, int(port)
+    any_host = text.strip().startswith("*:")
+    host, port = _parse_address(text.strip()[1:] if any_host else text, "")
+    if host == "":
+        return None, port
     try:
-        return str(ipaddress.ip_address(host)), int(port)
+        return str(ipaddress.ip_address(host)), port
     except ValueError:
         pass
     try:
-        return str(socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)[0][4][0]), int(port)
+        return str(socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)[0][4][0]), port
     except OSError as exc:
         raise argparse.ArgumentTypeError(f"cannot resolve {host!r}: {exc}") from None
 
@@ -187,16 +237,12 @@ def _same_host(a: str, b: Optional[str]) -> bool:
     return x == y or x.is_unspecified
 
 
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _cmd_watch(args: argparse.Namespace) -> int:
     from ._enums import TcpState
     from ._observe import sockets
 
     host, port = args.target
-    where = f"{'*' if host is None else host}:{port}"
+    where = format_address(("*" if host is None else host, port))
     limit = "until Ctrl-C" if args.seconds is None else f"for {args.seconds:g} s"
     print(f"watching TCP sockets on {where} {limit}, sampling every "
           f"{args.interval * 1e3:g} ms", flush=True)
@@ -208,8 +254,9 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     changes = 0
 
     def show(t: float, local: tuple[str, int], remote: tuple[str, int], what: str) -> None:
-        peer = "*" if remote[1] == 0 else _hostport(*remote)
-        print(f"{t * 1e3:11.3f} ms  {_hostport(*local):>24} -> {peer:<24} {what}", flush=True)
+        peer = "*" if remote[1] == 0 else format_address(remote)
+        print(f"{t * 1e3:11.3f} ms  {format_address(local):>24} -> {peer:<24} {what}",
+              flush=True)
 
     try:
         while True:
@@ -248,28 +295,43 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``python -m pysockkit``."""
-    p = argparse.ArgumentParser(prog="python -m pysockkit", description="framed TCP toolkit")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    """Entry point of ``python -m pysockkit``: the exit code (0 ok, 1 a
+    runtime failure, 2 bad usage, 130 Ctrl-C).
+
+    Example::
+
+        >>> main(["ping", "127.0.0.1:9"])       # nothing listens there
+        1
+    """
+    p = _Parser(prog=_PROG, description="framed TCP toolkit")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     s = sub.add_parser("tour", help="guided run on loopback showing every feature")
     s.set_defaults(func=_cmd_tour)
     s = sub.add_parser("serve", help="run an echo server")
-    s.add_argument("address", type=_addr, nargs="?", default=("127.0.0.1", 9000))
-    s.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    s.add_argument("address", type=_addr, nargs="?", default="127.0.0.1:9000",
+                   metavar="HOST:PORT",
+                   help="where to listen ([::1]:PORT for IPv6, :PORT for 127.0.0.1, "
+                   "port 0 for a free one)")
+    s.add_argument("--seconds", type=_seconds, default=None,
+                   help="stop after this long (default: until Ctrl-C)")
     s.set_defaults(func=_cmd_serve)
     s = sub.add_parser("ping", help="send framed requests to an echo server, print round trips")
-    s.add_argument("address", type=_addr)
-    s.add_argument("-n", "--count", type=int, default=10)
-    s.add_argument("--timeout", type=float, default=2.0)
+    s.add_argument("address", type=_addr, metavar="HOST:PORT",
+                   help="the echo server ([::1]:PORT for IPv6)")
+    s.add_argument("-n", "--count", type=_number("a whole number >= 1", int, 1), default=10,
+                   help="requests to send")
+    s.add_argument("--timeout", type=_seconds, default=2.0,
+                   help="seconds to wait for the connect and for each reply")
     s.set_defaults(func=_cmd_ping)
     s = sub.add_parser("ss", help="list TCP sockets like `ss -tan` (sock_diag)",
                        description="List the TCP sockets of this network namespace, "
                        "like `ss -tan`, TIME_WAIT and request sockets included.")
     s.add_argument("-s", "--state", action="append", metavar="STATE",
                    help="only this state (repeatable): ESTABLISHED, time-wait, LISTEN, ... "
-                   "or 'all'")
-    s.add_argument("-p", "--port", type=int, default=None,
-                   help="only sockets with this port on either side")
+                   "or 'all' (default: all)")
+    s.add_argument("-p", "--port", type=_number("a port number (0..65535)", int, 0, 65535),
+                   default=None,
+                   help="only sockets with this port on either side (default: any)")
     fam = s.add_mutually_exclusive_group()
     fam.add_argument("-4", dest="ipv4", action="store_true", help="IPv4 only")
     fam.add_argument("-6", dest="ipv6", action="store_true", help="IPv6 only")
@@ -280,12 +342,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        "(sock_diag) and print every state change as it happens.")
     s.add_argument("target", type=_watch_target, metavar="HOST:PORT",
                    help="address and port; HOST may be * for any address")
-    s.add_argument("--seconds", type=float, default=None, help="stop after this long")
-    s.add_argument("--interval", type=float, default=0.002,
-                   help="seconds between two looks (default 0.002)")
+    s.add_argument("--seconds", type=_seconds, default=None,
+                   help="stop after this long (default: until Ctrl-C)")
+    s.add_argument("--interval", default=0.002, help="seconds between two looks",
+                   type=_number("a number of seconds in (0, 3600]", float, 0, 3600,
+                                above_low=True))
     s.set_defaults(func=_cmd_watch)
     args = p.parse_args(argv)
-    return int(args.func(args))
+    where = f"{_PROG} {args.cmd}"
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print(f"{where}: interrupted", file=sys.stderr)
+        return 130
+    except ValueError as exc:  # bad input found past parsing (a state name, ...)
+        print(f"{where}: error: {_one_line(exc)} (see {where} --help)", file=sys.stderr)
+        return 2
+    except OSError as exc:  # sk.Error included: a busy port, no server, no such host
+        print(f"{where}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of exc on one line (an OSError without its "[Errno N]")."""
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return " ".join(text.split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Connections, listeners and short connections over the C core.
 
-``Connection`` subclasses the C type ``_core.Conn``: send/recv and friends
+``Connection`` subclasses the C type ``_core.Connection``: send/recv and friends
 are C methods called directly, with no Python frame in between.  This module
 adds what needs no speed: address handling, context management, shutdown
 names, TCP_INFO access and ``repr``.
@@ -8,6 +8,7 @@ names, TCP_INFO access and ``repr``.
 
 from __future__ import annotations
 
+import errno
 import functools
 import socket
 import threading
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import _core
 from ._errors import ConnectionClosed, Error, Timeout
-from ._net import Address
+from ._net import Address, AddressLike, check_timeout, format_address, parse_address
 from ._types import Framing, Heartbeat, Keepalive
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from ._enums import TcpState
     from ._observe import TcpInfo
 
-__all__ = ["Connection", "Listener", "connect", "listen", "call", "Address"]
+__all__ = ["Connection", "Listener", "connect", "listen", "call", "Address", "AddressLike"]
 
 _DEFAULT_FRAMING = Framing()
 _START_LOCK = threading.RLock()  # starting receive workers (rare, short)
@@ -51,24 +52,30 @@ def _numeric(host: str) -> Optional[int]:
     return None
 
 
-def _resolve(addr: Address) -> list[tuple[int, str, int]]:
-    """[(family, numeric host, port)] for addr; names go through getaddrinfo."""
-    host, port = addr[0], int(addr[1])
+def _resolve(addr: Any, name: str = "addr") -> list[tuple[int, str, int]]:
+    """[(family, numeric host, port)] for a user-given address (checked by
+    parse_address, errors naming the argument ``name``); names go through
+    getaddrinfo."""
+    host, port = parse_address(addr, name=name)
     fam = _numeric(host)
     if fam is not None:
         return [(fam, host, port)]
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise Error(exc.errno, f"getaddrinfo({host!r}): {exc.strerror}; check the host name") from exc
+        raise Error(exc.errno, f"getaddrinfo({host!r}): {exc.strerror}; "
+                    "check the host name") from exc
     out = []
     for family, _t, _p, _c, sa in infos:
         if family in (socket.AF_INET, socket.AF_INET6):
             out.append((int(family), str(sa[0]), int(sa[1])))
+    if not out:
+        raise Error(errno.EAFNOSUPPORT, f"getaddrinfo({host!r}): no IPv4 or IPv6 address; "
+                    "check the host name")
     return out
 
 
-class Connection(_core.Conn):
+class Connection(_core.Connection):
     """A framed TCP connection.  Make one with :func:`connect` or
     :meth:`Listener.accept`.
 
@@ -294,7 +301,7 @@ class Connection(_core.Conn):
             return f"<{type(self).__module__}.Connection closed>"
         try:
             la, ra = self.local_address, self.remote_address
-            where = f"{la[0]}:{la[1]} -> {ra[0]}:{ra[1]}"
+            where = f"{format_address(la)} -> {format_address(ra)}"
         except OSError:
             where = "not connected"
         return f"<pysockkit.Connection fd={self.fileno()} {where}>"
@@ -388,16 +395,17 @@ class Listener:
 
     def __del__(self) -> None:
         if getattr(self, "_fd", -1) >= 0:
-            warnings.warn(f"unclosed pysockkit listener {self.address}", ResourceWarning, stacklevel=2)
+            warnings.warn(f"unclosed pysockkit listener {format_address(self.address)}",
+                          ResourceWarning, stacklevel=2)
             self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._fd < 0 else f"fd={self._fd}"
-        return f"<pysockkit.Listener {self.address[0]}:{self.address[1]} {state}>"
+        return f"<pysockkit.Listener {format_address(self.address)} {state}>"
 
 
 def listen(
-    addr: Address = ("127.0.0.1", 0),
+    addr: AddressLike = ("127.0.0.1", 0),
     backlog: int = 128,
     framing: Optional[Framing] = None,
     heartbeat: Optional[Heartbeat] = None,
@@ -406,6 +414,10 @@ def listen(
     """Listen on ``addr`` (port 0 picks a free port; ``srv.address`` tells
     which) and return a :class:`Listener`.  Accepted connections get
     ``framing``, ``heartbeat`` and ``keepalive``.
+
+    ``addr`` is ``(host, port)`` or ``"host:port"`` (``"[::1]:port"`` for
+    IPv6; host ``""`` in a tuple listens on every interface); anything else
+    is a TypeError or ValueError.
 
     Example::
 
@@ -419,7 +431,7 @@ def listen(
 
 
 def connect(
-    addr: Address,
+    addr: AddressLike,
     timeout: Optional[float] = None,
     framing: Optional[Framing] = None,
     heartbeat: Optional[Heartbeat] = None,
@@ -430,15 +442,19 @@ def connect(
     (the peer must use heartbeats too); ``keepalive`` sets the kernel's
     keepalive and TCP_USER_TIMEOUT.
 
-    ``timeout`` bounds the whole connect (all resolved addresses together).
-    Raises ``sk.Timeout``, or ``sk.Error`` with errno ECONNREFUSED when
-    nothing listens there.
+    ``addr`` is ``(host, port)`` or ``"host:port"`` (``"[::1]:port"`` for
+    IPv6); anything else is a TypeError or ValueError.  ``timeout`` bounds
+    the whole connect (all resolved addresses together): None waits
+    forever, 0 makes one try without waiting; negative or NaN is a
+    ValueError.  Raises ``sk.Timeout``, or ``sk.Error`` with errno
+    ECONNREFUSED when nothing listens there.
 
     Example::
 
         with sk.connect(("127.0.0.1", 9000), timeout=2.0) as conn:
             conn.send(b"hi")
     """
+    timeout = check_timeout(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
     last: Optional[BaseException] = None
     for fam, host, port in _resolve(addr):
@@ -456,7 +472,7 @@ def connect(
 
 
 def call(
-    addr: Address,
+    addr: AddressLike,
     data: Union[bytes, bytearray, memoryview],
     timeout: Optional[float] = None,
     framing: Optional[Framing] = None,
@@ -473,6 +489,7 @@ def call(
         >>> sk.call(srv.address, b"ping", timeout=2.0)
         b'pong'
     """
+    timeout = check_timeout(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
     conn = connect(addr, timeout, framing)
     try:

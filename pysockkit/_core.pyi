@@ -6,7 +6,7 @@ from typing import Any, Optional, Union
 _Buffer = Union[bytes, bytearray, memoryview]
 _Timeout = Optional[float]
 
-class Conn:
+class Connection:
     def __init__(
         self,
         fd: int,

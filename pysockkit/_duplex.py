@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import _core
 from ._errors import ConnectionClosed, Error, Timeout
+from ._net import check_timeout
 
 if TYPE_CHECKING:
     from ._conn import Connection
@@ -186,6 +187,7 @@ class Duplex:
 
             msg = conn.duplex.get(timeout=1.0)
         """
+        timeout = check_timeout(timeout)
         try:
             item = self._queue.get(timeout=timeout)
         except queue.Empty:

@@ -12,6 +12,8 @@ Example::
     >>> from pysockkit import TcpState
     >>> TcpState(10)
     <TcpState.LISTEN: 10>
+    >>> print(TcpState(10))
+    LISTEN
     >>> TcpState.SYN_RCVD.kernel_name, TcpState.SYN_RCVD.ss_name
     ('SYN_RECV', 'SYN-RECV')
     >>> TcpState.TIME_WAIT.description
@@ -51,6 +53,30 @@ class TcpState(enum.IntEnum):
     LISTEN = 10
     CLOSING = 11
     NEW_SYN_RECV = 12
+
+    def __str__(self) -> str:
+        """The member name, as ``print(state)`` and ``f"{state}"`` show it
+        (an IntEnum would print the number); ``repr`` keeps both.
+
+        Example::
+
+            >>> str(TcpState.ESTABLISHED), f"{TcpState.CLOSE_WAIT}"
+            ('ESTABLISHED', 'CLOSE_WAIT')
+        """
+        return self.name
+
+    def __format__(self, spec: str) -> str:
+        """The name, padded or cut as for a str (``f"{s:>12}"``); a numeric
+        format (``f"{s:d}"``, ``f"{s:02x}"``) formats the number.
+
+        Example::
+
+            >>> f"[{TcpState.LISTEN:<8}]", f"{TcpState.LISTEN:d}"
+            ('[LISTEN  ]', '10')
+        """
+        if spec and spec[-1] in "bcdoxXneEfFgG%":
+            return format(int(self), spec)
+        return format(self.name, spec)
 
     @property
     def description(self) -> str:

@@ -6,12 +6,19 @@ helpers, the command line) passes what the user gave through
 same clear error everywhere and nothing is ever misparsed, and every
 address a user reads is printed by :func:`format_address`.
 
-Accepted addresses:
+Accepted addresses (``AddressLike``):
 
 * ``(host, port)``: ``host`` a str (a name, an IPv4 or IPv6 literal, or
   ``""`` for every interface), ``port`` an int in 0..65535;
-* ``(host, port, flowinfo, scope_id)``: the stdlib's IPv6 form;
+* ``(host, port, flowinfo, scope_id)``: the stdlib's IPv6 form (scope_id 0:
+  link-local addresses with a scope are not supported);
 * ``"host:port"`` and ``"[v6-literal]:port"`` strings.
+
+Timeouts: ``None`` waits forever (Ctrl-C still interrupts), ``0`` does not
+wait (one try), a positive number of seconds waits that long; negative or
+NaN is a ValueError, anything that is not a number a TypeError.  The C
+core checks the timeouts of its own calls (``skpy_deadline``) with the same
+rule and the same message, so the hot paths pay nothing here.
 
 Example::
 
@@ -28,49 +35,91 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union, overload
 
 __all__ = ["Address", "AddressLike", "parse_address", "format_address", "check_timeout"]
 
 Address = tuple[str, int]
-AddressLike = Union[tuple[str, int], tuple[str, int, int, int], str]
+"""A parsed address: ``(host, port)``, as every ``.address`` returns it.
 
-_FORMS = "a (host, port) tuple or a 'host:port' / '[v6]:port' string"
+Example::
+
+    host, port = srv.address        # ('127.0.0.1', 40123)
+"""
+
+AddressLike = Union[tuple[str, int], tuple[str, int, int, int], str]
+"""What an argument that takes an address accepts: ``(host, port)``, the
+stdlib's IPv6 ``(host, port, flowinfo, scope_id)``, ``"host:port"`` or
+``"[v6]:port"``.
+
+Example::
+
+    def ping(addr: sk.AddressLike) -> bytes:
+        return sk.call(addr, b"ping", timeout=2.0)
+
+    ping("[::1]:9000"); ping(("127.0.0.1", 9000))
+"""
+
+FORMS = "a (host, port) tuple or a 'host:port' string ('[v6]:port' for IPv6)"
+"""The accepted forms, as every address error names them."""
+
+# C: sk_deadline_after() treats anything longer as forever too (and
+# threading/asyncio waits overflow on float("inf")).
+_FOREVER = 9.0e9
 
 
 def _port(value: Any, name: str, text: Any, from_text: bool = False) -> int:
     if from_text:
         if not value.isascii() or not value.isdigit():
-            raise ValueError(f"{name}: port {value!r} in {text!r} is not a number "
-                             f"(expected {_FORMS})")
-        value = int(value)
-    elif isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: port must be an int, not {type(value).__name__} "
-                        f"(expected {_FORMS})")
-    if not 0 <= value <= 65535:
-        raise ValueError(f"{name}: port {value} is out of range 0..65535")
-    return int(value)
+            raise ValueError(f"{name}: port {value!r} in {text!r} is not a number; "
+                             f"expected {FORMS}")
+        port = int(value)
+    else:
+        if isinstance(value, bool):
+            raise TypeError(f"{name}: port must be an int, not bool; expected {FORMS}")
+        try:
+            port = operator.index(value)
+        except TypeError:
+            raise TypeError(f"{name}: port must be an int, not {type(value).__name__}; "
+                            f"expected {FORMS}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{name}: port {port} is out of range 0..65535")
+    return port
+
+
+def _host(host: str, name: str, value: Any) -> str:
+    if "%" in host:
+        raise ValueError(f"{name}: {value!r}: IPv6 scope ids ('%zone') are not supported; "
+                         "use a global or loopback address")
+    if any(c.isspace() for c in host):
+        raise ValueError(f"{name}: host {host!r} contains white space; expected {FORMS}")
+    return host
 
 
 def _split(text: str, name: str, default_host: Optional[str]) -> Address:
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         if not sep or not rest.startswith(":"):
-            raise ValueError(f"{name}: {text!r} is not '[v6]:port' (expected {_FORMS})")
+            raise ValueError(f"{name}: {text!r} is not '[v6]:port'; expected {FORMS}")
         port = rest[1:]
+        if ":" not in host:
+            raise ValueError(f"{name}: {text!r}: only an IPv6 address goes in brackets; "
+                             f"expected {FORMS}")
     else:
         host, sep, port = text.rpartition(":")
         if not sep:
-            raise ValueError(f"{name}: {text!r} has no port (expected {_FORMS})")
+            what = "is only a port" if text.isdigit() else "has no port"
+            raise ValueError(f"{name}: {text!r} {what}; expected {FORMS}")
         if ":" in host:
             raise ValueError(f"{name}: {text!r} is ambiguous: write an IPv6 address in "
                              f"brackets, as in '[{host}]:{port}'")
     if not host:
         if default_host is None:
-            raise ValueError(f"{name}: {text!r} has no host (expected {_FORMS})")
+            raise ValueError(f"{name}: {text!r} has no host; expected {FORMS}")
         host = default_host
-    return host, _port(port, name, text, from_text=True)
+    return _host(host, name, text), _port(port, name, text, from_text=True)
 
 
 def parse_address(value: Any, *, name: str = "addr",
@@ -79,34 +128,46 @@ def parse_address(value: Any, *, name: str = "addr",
 
     Raises TypeError for a value of the wrong type and ValueError for a
     malformed one, both naming the argument ``name`` and the accepted
-    forms.  ``default_host`` fills in a string's empty host (``":9000"``).
+    forms.  ``default_host`` fills in a string's empty host (``":9000"``);
+    without it such a string is refused.
 
     Example::
 
         >>> parse_address(("127.0.0.1", 9000))
         ('127.0.0.1', 9000)
-        >>> parse_address("localhost:abc")
+        >>> parse_address("localhost:abc")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        ValueError: addr: port 'abc' in 'localhost:abc' is not a number (expected ...)
+        ValueError: addr: port 'abc' in 'localhost:abc' is not a number; expected ...
     """
     if isinstance(value, str):
         return _split(value.strip(), name, default_host)
-    if isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)) \
-            and len(value) in (2, 4):
-        host = value[0]
-        if not isinstance(host, str):
-            raise TypeError(f"{name}: host must be a str, not {type(host).__name__} "
-                            f"(expected {_FORMS})")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        return host, _port(value[1], name, value)
-    if isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):
-        raise ValueError(f"{name}: {value!r} has {len(value)} items; expected {_FORMS}")
-    raise TypeError(f"{name} must be {_FORMS}, not {type(value).__name__}")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{name} must be {FORMS}, not {type(value).__name__} "
+                        "(decode it first)")
+    if not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be {FORMS}, not {type(value).__name__}")
+    if len(value) not in (2, 4):
+        raise ValueError(f"{name}: {value!r} has {len(value)} item(s); expected {FORMS}")
+    host = value[0]
+    if not isinstance(host, str):
+        raise TypeError(f"{name}: host must be a str, not {type(host).__name__}; "
+                        f"expected {FORMS}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if len(value) == 4:
+        for what, v in (("flowinfo", value[2]), ("scope_id", value[3])):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{name}: {what} must be an int, not {type(v).__name__}; "
+                                f"expected {FORMS}")
+        if value[3] != 0:
+            raise ValueError(f"{name}: {value!r}: IPv6 scope ids are not supported; "
+                             "use a global or loopback address")
+    return _host(host, name, value), _port(value[1], name, value)
 
 
 def format_address(addr: Sequence[Any]) -> str:
-    """``host:port``, with an IPv6 host in brackets (``[::1]:9000``).
+    """``host:port``, with an IPv6 host in brackets (``[::1]:9000``): the
+    one way pysockkit prints an address (reprs, errors, the CLI).
 
     Example::
 
@@ -117,23 +178,39 @@ def format_address(addr: Sequence[Any]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def check_timeout(value: Any, name: str = "timeout") -> Optional[float]:
-    """Check a timeout: None waits forever, 0 does not wait, a positive
-    number of seconds waits that long; negative or NaN is a ValueError and
-    anything else a TypeError.  Returns None or a float.
+@overload
+def check_timeout(value: Any, name: str = ..., *, allow_none: Literal[False]) -> float: ...
+
+
+@overload
+def check_timeout(value: Any, name: str = ..., *, allow_none: bool = ...) -> Optional[float]: ...
+
+
+def check_timeout(value: Any, name: str = "timeout", *,
+                  allow_none: bool = True) -> Optional[float]:
+    """Check a timeout and return it as None (forever) or a float.
+
+    ``None`` waits forever (refused when ``allow_none`` is false, for a
+    duration that must end), ``0`` does not wait, a positive number of
+    seconds waits that long (more than ~285 years, ``inf`` included, is
+    forever).  Negative or NaN is a ValueError, anything else a TypeError;
+    both name the argument ``name``.
 
     Example::
 
-        >>> check_timeout(None), check_timeout(2)
-        (None, 2.0)
+        >>> check_timeout(None), check_timeout(2), check_timeout(float("inf"))
+        (None, 2.0, None)
     """
+    forms = "None (wait forever) or a number of seconds" if allow_none else "a number of seconds"
     if value is None:
-        return None
+        if allow_none:
+            return None
+        raise TypeError(f"{name} must be {forms} >= 0, not None")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be None or a number of seconds, "
-                        f"not {type(value).__name__}")
+        raise TypeError(f"{name} must be {forms} >= 0, not {type(value).__name__}")
     t = float(value)
     if math.isnan(t) or t < 0:
-        raise ValueError(f"{name} must be None (wait forever) or a number of seconds >= 0, "
-                         f"not {value!r}")
+        raise ValueError(f"{name} must be {forms} >= 0, not {value!r}")
+    if t > _FOREVER:
+        return None if allow_none else _FOREVER
     return t

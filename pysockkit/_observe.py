@@ -44,6 +44,7 @@ from typing import Any, Optional, Union
 
 from . import _core
 from ._enums import TcpState
+from ._net import format_address
 
 __all__ = [
     "TcpInfo",
@@ -469,10 +470,9 @@ class SocketEntry:
 
 
 def _ss_addr(family: int, host: str, port: int) -> str:
-    p = "*" if port == 0 else str(port)
-    if family == socket.AF_INET6:
-        return f"[{host}]:{p}"
-    return f"{host}:{p}"
+    """As ``ss`` prints it: port 0 is ``*`` (an AF_INET6 host always has a
+    colon, so format_address brackets it)."""
+    return format_address((host, "*" if port == 0 else port))
 
 
 _SS_HEADER = (

@@ -57,6 +57,7 @@ from typing import Any, ClassVar, Literal, Optional, Union
 from . import _core
 from ._conn import Address, _resolve
 from ._errors import Timeout
+from ._net import AddressLike, check_timeout, format_address
 
 __all__ = [
     "FaultProxy",
@@ -453,8 +454,8 @@ class FaultProxy:
 
     def __init__(
         self,
-        upstream_addr: Address,
-        listen_addr: Address = ("127.0.0.1", 0),
+        upstream_addr: AddressLike,
+        listen_addr: AddressLike = ("127.0.0.1", 0),
         *,
         buffer_size: int = int(_native.PROXY_DEFAULT_BUFFER),
         max_connections: int = 1024,
@@ -468,8 +469,8 @@ class FaultProxy:
             raise ValueError("max_connections is too large")
         if seed is not None:
             _count(seed, "seed", 0)
-        ufam, uhost, uport = _resolve(upstream_addr)[0]
-        lfam, lhost, lport = _resolve(listen_addr)[0]
+        ufam, uhost, uport = _resolve(upstream_addr, "upstream_addr")[0]
+        lfam, lhost, lport = _resolve(listen_addr, "listen_addr")[0]
         self._faults: dict[int, FaultHandle] = {}
         self._core: Optional[Any] = None
         self._core = _native.Proxy(
@@ -618,7 +619,8 @@ class FaultProxy:
         """
         return [ProxiedConnection(*row) for row in self._proxy().connections()]
 
-    def wait_connections(self, count: int, timeout: float = 5.0) -> list[ProxiedConnection]:
+    def wait_connections(self, count: int,
+                         timeout: Optional[float] = 5.0) -> list[ProxiedConnection]:
         """Wait until exactly ``count`` connections are open through the
         proxy, their upstream connects done (the proxy accepts clients in
         its own thread, a moment after their ``connect`` returned).
@@ -630,12 +632,13 @@ class FaultProxy:
             >>> [c.connecting for c in proxy.wait_connections(1)]
             [False]
         """
-        deadline = time.monotonic() + timeout
+        timeout = check_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             conns = self.connections
             if len(conns) == count and not any(c.connecting for c in conns):
                 return conns
-            if time.monotonic() >= deadline:
+            if deadline is not None and time.monotonic() >= deadline:
                 raise Timeout(
                     f"{len(conns)} connection(s) through the proxy after "
                     f"{timeout} s, expected {count}"
@@ -684,7 +687,8 @@ class FaultProxy:
     def __del__(self) -> None:
         if getattr(self, "_core", None) is not None:
             warnings.warn(
-                f"unclosed pysockkit FaultProxy {self.address}", ResourceWarning, stacklevel=2
+                f"unclosed pysockkit FaultProxy {format_address(self.address)}",
+                ResourceWarning, stacklevel=2,
             )
             self.close()
 
@@ -693,4 +697,4 @@ class FaultProxy:
             return "<pysockkit.FaultProxy closed>"
         a, u = self.address, self.upstream
         faults = ", ".join(f"{h.fault.name}/{h.direction}" for h in self.faults) or "no faults"
-        return f"<pysockkit.FaultProxy {a[0]}:{a[1]} -> {u[0]}:{u[1]} ({faults})>"
+        return f"<pysockkit.FaultProxy {format_address(a)} -> {format_address(u)} ({faults})>"

@@ -50,6 +50,7 @@ from typing import Any, Optional
 import pytest
 
 from ._conn import Address, Connection, connect, listen
+from ._net import format_address
 from ._proxy import FaultProxy
 from ._server import Handler, Server, serve
 from ._types import Framing
@@ -227,13 +228,11 @@ def _describe_socket(fd: int, inode: int) -> str:
     except (OSError, ValueError):
         return f"socket fd {fd}: socket inode {inode} (not a TCP socket)"
     try:
-        lh, lp = _core.sockname(fd)
-        where = f"{lh}:{lp}"
+        where = format_address(_core.sockname(fd))
     except (OSError, ValueError):
         where = "unbound"
     try:
-        rh, rp = _core.peername(fd)
-        where += f" -> {rh}:{rp}"
+        where += f" -> {format_address(_core.peername(fd))}"
     except (OSError, ValueError):
         pass
     return f"socket fd {fd}: TCP {state} {where}"

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from ._conn import Address, Connection, Listener, listen
 from ._errors import ConnectionClosed, Error, Timeout
+from ._net import AddressLike, check_timeout
 from ._types import Framing
 
 __all__ = ["Server", "serve"]
@@ -54,9 +55,11 @@ class Server:
                  read_timeout: Optional[float] = None,
                  write_timeout: Optional[float] = None,
                  max_connections: Optional[int] = None) -> None:
+        read_timeout = check_timeout(read_timeout, "read_timeout")
+        write_timeout = check_timeout(write_timeout, "write_timeout")
         for name, v in (("read_timeout", read_timeout), ("write_timeout", write_timeout)):
-            if v is not None and not v > 0:
-                raise ValueError(f"{name} must be > 0 seconds or None, not {v!r}")
+            if v == 0:
+                raise ValueError(f"{name} must be > 0 seconds or None, not 0")
         if max_connections is not None and max_connections < 1:
             raise ValueError(f"max_connections must be >= 1 or None, not {max_connections!r}")
         self._listener = listener
@@ -127,13 +130,14 @@ class Server:
             else:
                 conn.close()
 
-    def close(self, timeout: float = 2.0) -> None:
+    def close(self, timeout: Optional[float] = 2.0) -> None:
         """Stop accepting, close every client connection, join the threads.
 
         Example::
 
             srv.close()
         """
+        timeout = check_timeout(timeout)
         self._stop.set()
         self._acceptor.join(timeout)
         self._listener.close()
@@ -153,7 +157,7 @@ class Server:
 
 
 def serve(
-    addr: Address = ("127.0.0.1", 0),
+    addr: AddressLike = ("127.0.0.1", 0),
     handler: Optional[Handler] = None,
     framing: Optional[Framing] = None,
     backlog: int = 128,
@@ -178,5 +182,9 @@ def serve(
         >>> guarded = sk.serve(read_timeout=30.0, write_timeout=10.0, max_connections=1000)
         >>> guarded.close()
     """
-    return Server(listen(addr, backlog=backlog, framing=framing), handler or _echo,
-                  read_timeout, write_timeout, max_connections)
+    lst = listen(addr, backlog=backlog, framing=framing)
+    try:
+        return Server(lst, handler or _echo, read_timeout, write_timeout, max_connections)
+    except BaseException:  # a bad argument: do not leave the listener open
+        lst.close()
+        raise

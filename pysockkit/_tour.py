@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from . import _conn
 from ._errors import ConnectionClosed, ConnectionReset, Timeout
+from ._net import format_address
 from ._server import serve
 from ._types import Framing
 
@@ -111,7 +112,7 @@ def run() -> int:
     t_all = time.perf_counter()
     print("pysockkit tour: everything below runs on 127.0.0.1 and is measured live")
     with serve(("127.0.0.1", 0), _handler) as server:
-        print(f"server listening on {server.address[0]}:{server.address[1]} (threaded, replies in upper case)")
+        print(f"server listening on {format_address(server.address)} (threaded, replies in upper case)")
         step_long_connection(server.address)
         step_request(server.address)
         step_short_connection(server.address)

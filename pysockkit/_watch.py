@@ -61,6 +61,7 @@ from typing import Any, Iterable, Optional, Union
 from . import _core
 from ._diagram import StateDiagram, StateLike, state_diagram_svg
 from ._enums import TcpState
+from ._net import check_timeout, format_address
 
 __all__ = ["watch", "StateTrace", "InfoSample"]
 
@@ -132,10 +133,6 @@ def _tup5(t: Any) -> Optional[tuple[int, str, int, str, int]]:
         return None
     fam, lh, lp, rh, rp = t
     return (int(fam), str(lh), int(lp), str(rh), int(rp))
-
-
-def _addr_text(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class StateTrace:
@@ -431,6 +428,7 @@ class StateTrace:
             wanted = {_state_arg(state)}
         else:
             wanted = {_state_arg(s) for s in state}
+        timeout = check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if wanted.intersection(self.states):
@@ -447,7 +445,7 @@ class StateTrace:
         tup = self._current_tuple()
         if tup is None:
             return self._description
-        return f"{_addr_text(tup[1], tup[2])} → {_addr_text(tup[3], tup[4])}"
+        return f"{format_address(tup[1:3])} → {format_address(tup[3:5])}"
 
     def __str__(self) -> str:
         tr = self.transitions
@@ -646,7 +644,7 @@ def watch(
         desc = f"{type(target).__name__} fd {fd}"
     elif hasattr(target, "local") and hasattr(target, "remote"):
         tup = _tuple_arg(target.local, target.remote)
-        desc = f"{_addr_text(tup[1], tup[2])} → {_addr_text(tup[3], tup[4])}"
+        desc = f"{format_address(tup[1:3])} → {format_address(tup[3:5])}"
     elif isinstance(target, (tuple, list)) and len(target) == 2:
         local, remote = target
         if not (isinstance(local, (tuple, list)) and isinstance(remote, (tuple, list))
@@ -654,7 +652,7 @@ def watch(
             raise TypeError("a 4-tuple target is ((local_host, local_port), "
                             "(remote_host, remote_port))")
         tup = _tuple_arg(local, remote)
-        desc = f"{_addr_text(tup[1], tup[2])} → {_addr_text(tup[3], tup[4])}"
+        desc = f"{format_address(tup[1:3])} → {format_address(tup[3:5])}"
     else:
         raise TypeError(
             "watch() needs a socket (anything with fileno()), a file descriptor, "

@@ -77,6 +77,7 @@ from ._errors import (
     PeerDead,
     Timeout,
 )
+from ._net import AddressLike, check_timeout, format_address, parse_address
 from ._types import Framing, Heartbeat, Keepalive
 
 if TYPE_CHECKING:
@@ -637,6 +638,8 @@ class Connection:
 
             await conn.send(b"hello")
         """
+        if timeout is not None:
+            timeout = check_timeout(timeout)
         if self._werr is not None:
             raise self._werr
         self._write(self._encode(data))
@@ -652,6 +655,7 @@ class Connection:
 
             await conn.send_many([b"a", b"b", b"c"])
         """
+        timeout = check_timeout(timeout)
         if self._werr is not None:
             raise self._werr
         if not isinstance(payloads, list):
@@ -669,6 +673,7 @@ class Connection:
             conn.send_nowait(b"x")
             await conn.drain(timeout=5.0)
         """
+        timeout = check_timeout(timeout)
         self._flush()
         if self._werr is not None:
             raise self._werr
@@ -720,6 +725,8 @@ class Connection:
 
             msg = await conn.recv(timeout=1.0)
         """
+        if timeout is not None:
+            timeout = check_timeout(timeout)
         q = self._q
         if not q:
             await self._wait_frames(timeout)
@@ -738,6 +745,7 @@ class Connection:
             for msg in await conn.recv_many(timeout=1.0):
                 print(msg)
         """
+        timeout = check_timeout(timeout)
         if max_frames is not None and max_frames < 1:
             raise ValueError("max_frames must be >= 1")
         q = self._q
@@ -884,6 +892,8 @@ class Connection:
         """
         # _start_request and _write inlined: this is the hot path of
         # pipelined requests
+        if timeout is not None:
+            timeout = check_timeout(timeout)
         if not self._corr or self._werr is not None or self._rerr is not None:
             return await self.request_nowait(data, timeout)  # raises the reason
         # ids count up from 1 and never wrap: 2**63 of them last 29,000
@@ -920,6 +930,7 @@ class Connection:
             futs = [conn.request_nowait(b"%d" % i, timeout=2.0) for i in range(100)]
             replies = await asyncio.gather(*futs)
         """
+        timeout = check_timeout(timeout)
         self._check_send()
         rid, fut = self._start_request(data, timeout)
 
@@ -939,6 +950,7 @@ class Connection:
             async for rid, payload in conn:
                 await conn.reply(rid, payload.upper())
         """
+        timeout = check_timeout(timeout)
         if self._werr is not None:
             raise self._werr
         self._write(self._encode(data, (request_id & _ID_MASK) | REPLY))
@@ -1331,14 +1343,14 @@ class Connection:
         if self._lost or self._transport is None:
             return "<pysockkit.aio.Connection closed>"
         la, ra = self.local_address, self.remote_address
-        return f"<pysockkit.aio.Connection {la[0]}:{la[1]} -> {ra[0]}:{ra[1]}>"
+        return f"<pysockkit.aio.Connection {format_address(la)} -> {format_address(ra)}>"
 
 
 # --------------------------------------------------------------------- connect
 
 
 async def connect(
-    addr: Address,
+    addr: AddressLike,
     *,
     framing: Optional[Framing] = None,
     heartbeat: Optional[Heartbeat] = None,
@@ -1349,9 +1361,10 @@ async def connect(
 ) -> Connection:
     """Connect to ``addr`` and return an :class:`aio.Connection`.
 
-    ``framing``/``heartbeat``/``keepalive`` as for ``sk.connect`` (the peer
-    must use the same framing, and heartbeats too if we do).  ``timeout``
-    bounds the connect (``sk.Timeout``); nothing listening raises
+    ``addr``, ``timeout``, ``framing``/``heartbeat``/``keepalive`` as for
+    ``sk.connect`` (``"[::1]:9000"`` works too; the peer must use the same
+    framing, and heartbeats too if we do).  ``timeout`` bounds the connect
+    (``sk.Timeout``); nothing listening raises
     ``sk.Error`` with errno ECONNREFUSED.  ``recv_limit`` bounds the bytes
     of received frames waiting to be read (reading pauses above it);
     ``send_limit`` is the write buffer's high-water mark (``send`` waits
@@ -1361,22 +1374,24 @@ async def connect(
 
         conn = await aio.connect(("127.0.0.1", 9000), timeout=5.0)
     """
+    host, port = parse_address(addr)
+    timeout = check_timeout(timeout)
+    where = format_address((host, port))
     loop = asyncio.get_running_loop()
     conn = Connection(loop, framing or _DEFAULT_FRAMING, heartbeat, keepalive,
                       initiator=True, recv_limit=recv_limit, send_limit=send_limit)
-    host, port = addr[0], int(addr[1])
     try:
         await asyncio.wait_for(
             loop.create_connection(lambda: conn._proto, host, port), timeout)
     except asyncio.TimeoutError:
-        raise Timeout(f"connect: no connection to {host}:{port} within {timeout} s") from None
+        raise Timeout(f"connect to {where}: no answer within {timeout} s; is the server "
+                      "up, and its accept queue not full?") from None
     except Error:
         raise
     except OSError as exc:
         code = exc.errno or (errno.ECONNREFUSED if isinstance(exc, ConnectionRefusedError) else 0)
-        hint = ("; nothing listens on that address: start the server first"
-                if code == errno.ECONNREFUSED else "")
-        raise Error(code, f"connect to {host}:{port}: {exc.strerror or exc}{hint}") from exc
+        hint = ("; start the server first" if code == errno.ECONNREFUSED else "")
+        raise Error(code, f"connect to {where}: {exc.strerror or exc}{hint}") from exc
     return conn
 
 
@@ -1441,6 +1456,7 @@ class Listener:
 
             conn = await lst.accept(timeout=5.0)
         """
+        timeout = check_timeout(timeout)
         loop = self._loop
         deadline = None if timeout is None else loop.time() + timeout
         while True:
@@ -1563,10 +1579,10 @@ class Listener:
 
     def __repr__(self) -> str:
         state = "closed" if self._sock is None else f"fd={self._fd}"
-        return f"<pysockkit.aio.Listener {self.address[0]}:{self.address[1]} {state}>"
+        return f"<pysockkit.aio.Listener {format_address(self.address)} {state}>"
 
 
-def _listen_socket(addr: Address, backlog: int) -> socket.socket:
+def _listen_socket(addr: AddressLike, backlog: int) -> socket.socket:
     fam, host, port = _resolve(addr)[0]
     sock = socket.socket(fam, socket.SOCK_STREAM)
     try:
@@ -1576,12 +1592,15 @@ def _listen_socket(addr: Address, backlog: int) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        raise Error(exc.errno or 0, f"listen on {host}:{port}: {exc.strerror or exc}") from exc
+        hint = ("; another socket holds it: pick another port, or port 0 for a free one"
+                if exc.errno == errno.EADDRINUSE else "")
+        raise Error(exc.errno or 0, f"listen on {format_address((host, port))}: "
+                    f"{exc.strerror or exc}{hint}") from exc
     return sock
 
 
 async def listen(
-    addr: Address = ("127.0.0.1", 0),
+    addr: AddressLike = ("127.0.0.1", 0),
     *,
     framing: Optional[Framing] = None,
     heartbeat: Optional[Heartbeat] = None,
@@ -1768,11 +1787,11 @@ class Server:
         if self._server is None or self._closed.done():
             return "<pysockkit.aio.Server closed>"
         a = self.address
-        return f"<pysockkit.aio.Server {a[0]}:{a[1]} clients={len(self._conns)}>"
+        return f"<pysockkit.aio.Server {format_address(a)} clients={len(self._conns)}>"
 
 
 async def serve(
-    addr: Address,
+    addr: AddressLike,
     handler: Handler,
     *,
     framing: Optional[Framing] = None,

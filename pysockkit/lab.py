@@ -65,6 +65,7 @@ from typing import Any, Literal, Optional, TypeVar, Union
 from . import _core
 from ._enums import TcpState
 from ._errors import Error, Timeout
+from ._net import check_timeout, format_address
 from ._observe import SocketEntry, find_socket, tcp_info
 
 __all__ = [
@@ -493,7 +494,7 @@ class Scene:
         rows = [("state", f"{self.state.name} (observed {self.observed.name} by "
                           f"{self.observed_by} in {self.elapsed_s * 1e3:.3f} ms)"),
                 ("how", self.how), ("note", self.note),
-                ("4-tuple", f"{_hostport(lh, lp)} -> {_hostport(rh, rp)}"),
+                ("4-tuple", f"{format_address((lh, lp))} -> {format_address((rh, rp))}"),
                 ("diag", "-" if self.entry is None else str(self.entry)),
                 ("held", "no (closed)" if self.closed else "yes")]
         return _html(("", ""), rows)
@@ -502,12 +503,8 @@ class Scene:
         lh, lp, rh, rp = self.four_tuple
         return (f"<Scene {self.state.name}: observed {self.observed.name} by "
                 f"{self.observed_by} in {self.elapsed_s * 1e3:.3f} ms, "
-                f"{_hostport(lh, lp)} -> {_hostport(rh, rp)}"
+                f"{format_address((lh, lp))} -> {format_address((rh, rp))}"
                 f"{', closed' if self.closed else ''}>")
-
-
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # --------------------------------------------------------------------------
@@ -954,8 +951,9 @@ def reproduce(
     """
     st = _as_state(state)
     fam = _family(family)
-    if not timeout > 0:
-        raise ValueError(f"timeout must be > 0, not {timeout!r}")
+    timeout = check_timeout(timeout, allow_none=False)
+    if timeout == 0:
+        raise ValueError("timeout must be > 0 seconds: the state takes a moment to appear")
     if on_fd:
         if st in (TcpState.TIME_WAIT, TcpState.NEW_SYN_RECV):
             raise LabUnavailable(

@@ -71,6 +71,7 @@ from ._errors import (
     PeerDead,
     Timeout,
 )
+from ._net import AddressLike, check_timeout, format_address, parse_address
 from ._types import Framing, Heartbeat
 
 __all__ = [
@@ -140,11 +141,6 @@ _CHECK_EVERY = 0.05  # s: how often the receiver checks the request link
 # their deadline (an idle client wakes 20 times a second, in C, for ~10 us)
 _SLICE = 0.05
 _CORRELATED = Framing(correlation=True)
-
-
-def _fmt(addr: Address) -> str:
-    host = addr[0]
-    return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
 
 
 def _check_framing(framing: Optional[Framing]) -> Framing:
@@ -351,8 +347,8 @@ class Client:
 
     def __init__(
         self,
-        request_addr: Address,
-        reply_addr: Address,
+        request_addr: AddressLike,
+        reply_addr: AddressLike,
         framing: Optional[Framing] = None,
         heartbeat: Optional[Heartbeat] = None,
         *,
@@ -360,6 +356,9 @@ class Client:
         connect_timeout: Optional[float] = 10.0,
         batch: int = 1024,
     ) -> None:
+        request_addr = parse_address(request_addr, name="request_addr")
+        reply_addr = parse_address(reply_addr, name="reply_addr")
+        connect_timeout = check_timeout(connect_timeout, "connect_timeout")
         self._framing = _check_framing(framing)
         if max_pending < 1:
             raise ValueError("max_pending must be >= 1")
@@ -382,8 +381,7 @@ class Client:
         self._unsent = 0  # ids taken whose send failed: sent = next_id - 1 - unsent
         self._n = {"replied": 0, "late": 0, "unknown": 0, "duplicate": 0,
                    "unexpected": 0, "errors": 0, "timed_out": 0, "failed": 0}
-        self._addrs = (_fmt((request_addr[0], request_addr[1])),
-                       _fmt((reply_addr[0], reply_addr[1])))
+        self._addrs = (format_address(request_addr), format_address(reply_addr))
         self._names = {
             "request": f"simplex request link to {self._addrs[0]}",
             "reply": f"simplex reply link to {self._addrs[1]}",
@@ -485,6 +483,8 @@ class Client:
             futs = [cli.request_async(b"%d" % i, timeout=2.0) for i in range(1000)]
             replies = [f.result() for f in futs]
         """
+        if timeout is not None:
+            timeout = check_timeout(timeout)
         fut: Future[bytes] = Future()
         self._submit(data, timeout, fut)
         return fut
@@ -499,6 +499,8 @@ class Client:
 
             reply = cli.request(b"ping", timeout=1.0)
         """
+        if timeout is not None:
+            timeout = check_timeout(timeout)
         fut: Future[bytes] = Future()
         rid = self._submit(data, timeout, fut)
         if timeout is None:
@@ -835,6 +837,7 @@ class Client:
 
             cli.close()
         """
+        timeout = check_timeout(timeout)
         with self._lock:
             if self._closed:
                 return
@@ -926,8 +929,8 @@ class Server:
 
     def __init__(
         self,
-        request_addr: Address,
-        reply_addr: Address,
+        request_addr: AddressLike,
+        reply_addr: AddressLike,
         handler: Handler,
         framing: Optional[Framing] = None,
         heartbeat: Optional[Heartbeat] = None,
@@ -936,9 +939,13 @@ class Server:
         max_sessions: int = 64,
         max_inflight: int = 1024,
         max_inflight_bytes: int = 16 * 2**20,
-        handshake_timeout: float = 5.0,
-        send_timeout: float = 10.0,
+        handshake_timeout: Optional[float] = 5.0,
+        send_timeout: Optional[float] = 10.0,
     ) -> None:
+        request_addr = parse_address(request_addr, name="request_addr")
+        reply_addr = parse_address(reply_addr, name="reply_addr")
+        handshake_timeout = check_timeout(handshake_timeout, "handshake_timeout")
+        send_timeout = check_timeout(send_timeout, "send_timeout")
         self._framing = _check_framing(framing)
         if workers < 0 or max_sessions < 1 or max_inflight < 1 or max_inflight_bytes < 1:
             raise ValueError("workers >= 0, max_sessions, max_inflight and "
@@ -1021,6 +1028,7 @@ class Server:
 
             srv.close()
         """
+        timeout = check_timeout(timeout)
         with self._lock:
             if self._closing:
                 return
@@ -1056,8 +1064,8 @@ class Server:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"<pysockkit.simplex.Server request={_fmt(self.request_address)} "
-                f"reply={_fmt(self.reply_address)} sessions={len(self._sessions)}>")
+        return (f"<pysockkit.simplex.Server request={format_address(self.request_address)} "
+                f"reply={format_address(self.reply_address)} sessions={len(self._sessions)}>")
 
     # ----------------------------------------------------------- threads
 
@@ -1122,7 +1130,7 @@ class Server:
     @staticmethod
     def _peer(conn: Connection) -> str:
         try:
-            return _fmt(conn.remote_address)
+            return format_address(conn.remote_address)
         except OSError:
             return "a client"
 
@@ -1153,7 +1161,7 @@ class Server:
             raise _Refuse(
                 _ST_WRONG_LINK,
                 f"this is the {_ROLE_NAME[role]} link; the "
-                f"{_ROLE_NAME.get(got_role, '?')} link is at {_fmt(other)}",
+                f"{_ROLE_NAME.get(got_role, '?')} link is at {format_address(other)}",
             )
         if bool(flags & _FLAG_HEARTBEAT) != (self._hb is not None):
             raise _Refuse(_ST_HEARTBEAT, "the server uses heartbeats" if self._hb

@@ -34,6 +34,7 @@ from typing import Any, Optional, Union
 from . import _core
 from ._enums import TcpState
 from ._errors import Error, Timeout
+from ._net import check_timeout, format_address, parse_address
 from ._types import Framing
 
 __all__ = ["assert_state", "assert_frames", "StateLike"]
@@ -51,11 +52,6 @@ def _as_state(s: StateLike) -> TcpState:
     if isinstance(s, int) and not isinstance(s, bool):
         return TcpState(s)
     raise TypeError(f"a TCP state is a TcpState, a state number or a name, not {s!r}")
-
-
-def _hp(addr: Sequence[Any]) -> str:
-    host, port = str(addr[0]), int(addr[1])
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _fd_of(target: Any) -> Optional[int]:
@@ -78,7 +74,7 @@ Probe = Callable[[], dict[str, Optional[TcpState]]]
 def _diag_probe(local: Sequence[Any], remote: Sequence[Any], cookie: Optional[int]) -> Probe:
     from ._observe import find_socket
 
-    label = f"{_hp(local)} -> {_hp(remote)}"
+    label = f"{format_address(local)} -> {format_address(remote)}"
     loc = (str(local[0]), int(local[1]))
     rem = (str(remote[0]), int(remote[1]))
 
@@ -104,7 +100,7 @@ def _prober(target: Any) -> tuple[str, Probe]:
             tup = None  # not connected (yet): a listener or a fresh socket
         desc = f"{type(target).__name__} fd {fd}"
         if tup is not None:
-            desc += f" {_hp(tup[0])} -> {_hp(tup[1])}"
+            desc += f" {format_address(tup[0])} -> {format_address(tup[1])}"
         diag = None if tup is None else _diag_probe(tup[0], tup[1], None)
 
         def probe() -> dict[str, Optional[TcpState]]:
@@ -127,22 +123,26 @@ def _prober(target: Any) -> tuple[str, Probe]:
     four = getattr(target, "four_tuple", None)  # a lab Scene
     if four is not None:
         lh, lp, rh, rp = four
-        d = f"{_hp((lh, lp))} -> {_hp((rh, rp))}"
+        d = f"{format_address((lh, lp))} -> {format_address((rh, rp))}"
         return d, _diag_probe((lh, lp), (rh, rp), None)
     if hasattr(target, "local") and hasattr(target, "remote"):  # SocketEntry
-        d = f"{_hp(target.local)} -> {_hp(target.remote)}"
+        d = f"{format_address(target.local)} -> {format_address(target.remote)}"
         return d, _diag_probe(target.local, target.remote, getattr(target, "cookie", None))
+    if isinstance(target, str):
+        return _local_prober(parse_address(target, name="target"))
     if isinstance(target, (tuple, list)) and len(target) == 2:
         a, b = target
-        if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
-            d = f"{_hp(a)} -> {_hp(b)}"
-            return d, _diag_probe(a, b, None)
+        if isinstance(a, (tuple, list, str)) and isinstance(b, (tuple, list, str)):
+            a = parse_address(a, name="target[0] (the local address)")
+            b = parse_address(b, name="target[1] (the remote address)")
+            return f"{format_address(a)} -> {format_address(b)}", _diag_probe(a, b, None)
         if isinstance(a, str) and isinstance(b, int):
-            return _local_prober((a, b))
+            return _local_prober(parse_address(target, name="target"))
     raise TypeError(
         "assert_state() needs a socket (a Connection, a stdlib socket, anything "
-        "with fileno(), a descriptor), a local address (host, port), a pair "
-        f"((local_host, local_port), (remote_host, remote_port)) or a SocketEntry; got {target!r}"
+        "with fileno(), a descriptor), a local address ((host, port) or 'host:port'), "
+        "a pair ((local_host, local_port), (remote_host, remote_port)) or a SocketEntry; "
+        f"got {target!r}"
     )
 
 
@@ -151,14 +151,14 @@ def _local_prober(addr: tuple[str, int]) -> tuple[str, Probe]:
     accepted connections share one), labelled by their peer."""
     from ._observe import sockets
 
-    desc = f"sockets on {_hp(addr)}"
+    desc = f"sockets on {format_address(addr)}"
 
     def probe() -> dict[str, Optional[TcpState]]:
         out: dict[str, Optional[TcpState]] = {}
         for e in sockets(local_address=addr[0], local_port=addr[1]):
-            label = f"{_hp(e.local)} -> {_hp(e.remote)}"
+            label = f"{format_address(e.local)} -> {format_address(e.remote)}"
             if e.remote[1] == 0:
-                label = f"{_hp(e.local)} (listener)"
+                label = f"{format_address(e.local)} (listener)"
             out[label] = e.state
         return out
 
@@ -215,8 +215,8 @@ def assert_state(
         wanted = {_as_state(s) for s in state}
         if not wanted:
             raise ValueError("assert_state(): no state given")
-    if isinstance(within, bool) or not isinstance(within, (int, float)) or within < 0:
-        raise ValueError(f"within must be a number of seconds >= 0, not {within!r}")
+    within = check_timeout(within, "within", allow_none=False)
+    interval = check_timeout(interval, "interval", allow_none=False)
     desc, probe = _prober(target)
     history: dict[str, list[tuple[float, Optional[TcpState]]]] = {}
     t0 = time.monotonic()
@@ -333,6 +333,8 @@ def assert_frames(
         [b'a', b'b']
     """
     __tracebackhide__ = True
+    within = check_timeout(within, "within", allow_none=False)
+    settle = check_timeout(settle, "settle", allow_none=False)
     want = [bytes(x) for x in expected]
     deadline = time.monotonic() + within
     is_stdlib = isinstance(conn, socket.socket)

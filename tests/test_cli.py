@@ -155,3 +155,102 @@ def test_watch_is_bounded_and_validates() -> None:
 def test_help(args: list[str]) -> None:
     r = cli(*args)
     assert r.returncode == 0 and "usage:" in r.stdout
+
+
+# ----------------------------------------------- bad input: one line, no traceback
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def one_line_error(r: subprocess.CompletedProcess[str], code: int) -> str:
+    """Check the run failed with `code` and one line on stderr; return it."""
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("python -m pysockkit"), lines[0]
+    return lines[0]
+
+
+USAGE_ERRORS = [
+    (["ping", "127.0.0.1:70000"], "port 70000 is out of range"),
+    (["ping", "127.0.0.1:9", "-n", "0"], "'0' is not a whole number >= 1"),
+    (["ping", "127.0.0.1:9", "-n", "x"], "'x' is not a whole number >= 1"),
+    (["ping", "localhost:abc"], "port 'abc' in 'localhost:abc' is not a number"),
+    (["ping", "--timeout", "-1", "127.0.0.1:9"], "'-1' is not a number of seconds >= 0"),
+    (["ping", "--timeout", "nan", "127.0.0.1:9"], "'nan' is not a number of seconds >= 0"),
+    (["ping", "::1:9"], "ambiguous"),
+    (["ping", "9000"], "only a port"),
+    (["ping"], "required: HOST:PORT"),
+    (["ss", "-p", "99999"], "'99999' is not a port number"),
+    (["ss", "-p", "http"], "'http' is not a port number"),
+    (["ss", "-s", "NOT_A_STATE"], "unknown TCP state"),
+    (["ss", "-4", "-6"], "not allowed with"),
+    (["serve", "--seconds", "-1"], "'-1' is not a number of seconds >= 0"),
+    (["serve", "127.0.0.1"], "has no port"),
+    (["serve", "127.0.0.1:1", "extra"], "unrecognized arguments: extra"),
+    (["watch", "127.0.0.1:99999"], "out of range"),
+    (["watch", "*:80", "--interval", "0"], "'0' is not a number of seconds in (0, 3600]"),
+    (["watch", "*:80", "--interval", "inf"], "'inf' is not a number of seconds"),
+    (["watch", "*:80", "--seconds", "-2"], "'-2' is not a number of seconds >= 0"),
+    (["nosuch"], "invalid choice"),
+    ([], "required: COMMAND"),
+]
+
+
+@pytest.mark.parametrize("args, words", USAGE_ERRORS, ids=[" ".join(a) for a, _ in USAGE_ERRORS])
+def test_usage_errors_are_one_line(args: list[str], words: str) -> None:
+    line = one_line_error(cli(*args), 2)
+    assert words in line, line
+    assert "--help" in line, line
+
+
+def test_runtime_errors_are_one_line() -> None:
+    port = _free_port()
+    line = one_line_error(cli("ping", f"127.0.0.1:{port}", "--timeout", "5"), 1)
+    assert f"nothing listens on 127.0.0.1:{port}" in line, line
+    line = one_line_error(cli("serve", "nosuch.invalid:9001", "--seconds", "0.1"), 1)
+    assert "nosuch.invalid" in line and "host name" in line, line
+    with socket.create_server(("::1", 0), family=socket.AF_INET6) as busy:
+        port = busy.getsockname()[1]
+        line = one_line_error(cli("serve", f"[::1]:{port}", "--seconds", "0.1"), 1)
+        assert f"another socket holds [::1]:{port}" in line, line
+        line = one_line_error(cli("watch", "nosuch.invalid:80", "--seconds", "0.1"), 2)
+        assert "cannot resolve 'nosuch.invalid'" in line, line
+
+
+def test_serve_and_ping_print_bracketed_ipv6() -> None:
+    p = subprocess.Popen(
+        [sys.executable, "-m", "pysockkit", "serve", "[::1]:0", "--seconds", "20"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
+    )
+    try:
+        assert p.stdout is not None
+        first = p.stdout.readline()
+        m = re.fullmatch(r"echo server on \[::1\]:(\d+); Ctrl-C stops it\n", first)
+        assert m, first
+        r = cli("ping", f"[::1]:{m.group(1)}", "-n", "3")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith(f"3 requests to [::1]:{m.group(1)}: min "), r.stdout
+    finally:
+        p.terminate()
+        p.communicate(timeout=RUN_TIMEOUT)
+
+
+@pytest.mark.parametrize("cmd, shown", [
+    ("serve", ["(default: 127.0.0.1:9000)", "(default: until Ctrl-C)"]),
+    ("ping", ["(default: 10)", "(default: 2.0)"]),
+    ("watch", ["(default: 0.002)", "(default: until Ctrl-C)"]),
+    ("ss", ["(default: all)", "(default: any)"]),
+])
+def test_help_shows_defaults(cmd: str, shown: list[str]) -> None:
+    r = cli(cmd, "--help")
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    for s in shown:
+        assert s in text, (s, r.stdout)
+    assert "(default: None)" not in text and "(default: False)" not in text
