@@ -106,7 +106,7 @@ def test_ping_with_nothing_listening_fails_with_exit_code_1() -> None:
     r = run("ping", f"127.0.0.1:{port}", "-n", "1")
     assert r.returncode == 1
     assert r.stdout == ""
-    assert r.stderr.startswith("ping failed: ") and "refused" in r.stderr, r.stderr
+    assert r.stderr.startswith("python -m pysockkit ping: ") and "refused" in r.stderr, r.stderr
 
 
 def test_ping_a_server_that_never_answers_times_out_with_exit_code_1() -> None:
@@ -115,4 +115,4 @@ def test_ping_a_server_that_never_answers_times_out_with_exit_code_1() -> None:
         r = run("ping", f"127.0.0.1:{port}", "-n", "3", "--timeout", "0.3")
     assert r.returncode == 1
     assert r.stdout == ""
-    assert r.stderr.startswith("ping failed: ") and "0.3 s" in r.stderr, r.stderr
+    assert r.stderr.startswith("python -m pysockkit ping: ") and "0.3 s" in r.stderr, r.stderr
