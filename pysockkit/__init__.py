@@ -21,6 +21,7 @@ from ._errors import (
     Error,
     FrameTooLarge,
     IncompleteFrame,
+    OutOfStep,
     PeerDead,
     Timeout,
 )
@@ -95,6 +96,7 @@ __all__ = [
     # errors
     "Error",
     "Timeout",
+    "OutOfStep",
     "FrameTooLarge",
     "IncompleteFrame",
     "ConnectionClosed",

@@ -186,10 +186,11 @@ class Connection(_core.Conn):
     ) -> "Duplex":
         """Asynchronous duplex: start a receive worker (a C thread that
         waits without the GIL) and return the :class:`Duplex` handle.
-        Replies resolve the futures of :meth:`request_async`; other frames
-        go to ``on_message`` or a bounded queue (``duplex.get()``).  From
-        then on ``recv``/``recv_many``/``request`` raise: the worker owns
-        the receive side.  Needs ``Framing(correlation=True)`` on both peers.
+        Replies resolve the futures of :meth:`request_async` (matched by
+        id with ``Framing(correlation=True)``, in order on plain framing);
+        other frames go to ``on_message`` or a bounded queue
+        (``duplex.get()``).  From then on ``recv``/``recv_many``/``request``
+        raise: the worker owns the receive side.
 
         Example::
 
@@ -213,8 +214,12 @@ class Connection(_core.Conn):
         self, data: Union[bytes, bytearray, memoryview], timeout: Optional[float] = None
     ) -> "Future[bytes]":
         """Send a request and return a ``concurrent.futures.Future`` for its
-        reply (matched by correlation id; many may be in flight).  Starts
-        the receive worker on first use.  The future is a
+        reply; many may be in flight.  With ``Framing(correlation=True)`` on
+        both peers replies are matched by id and may come in any order; on
+        plain framing they are matched in order, as :meth:`request` does
+        (a late reply is dropped, never given to a later request; see
+        ``sk.OutOfStep`` for a peer that drops requests).  Starts the
+        receive worker on first use.  The future is a
         ``pysockkit._duplex.Future``, settled by the worker in C without the
         GIL; the request is queued and written by the worker with the
         others (see :meth:`Duplex.request_async`).

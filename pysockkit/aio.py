@@ -22,11 +22,16 @@ a peer that stops reading blocks its senders and memory stays bounded.  The
 receive queue is bounded too (``recv_limit``): above it the transport stops
 reading and TCP's window pushes back on the peer.
 
+``request()`` pipelines: many requests may be in flight on one connection.
 Correlated requests (``Framing(correlation=True)`` on both peers) carry an
 8-byte id (docs/PROTOCOL.md); ``request()`` allocates one, and the reply
 with the same id (top bit set) resolves it, in any order.  A reply whose id
 is unknown, already answered or timed out is dropped and counted in
-``conn.stats``, never handed to anyone else.
+``conn.stats``, never handed to anyone else.  On plain framing replies
+carry no id and come in order: the n-th frame that arrives while replies
+are owed answers the n-th request, and the reply owed to a request that
+timed out is dropped when it comes (the late-reply rule of the synchronous
+``request``; the matching loop is C, ``_core.resolve_in_order``).
 
 Heartbeats (``sk.Heartbeat``) run on the event loop with the rules of
 docs/heartbeat.md and are wire-compatible with the synchronous API's C
@@ -74,6 +79,7 @@ from ._errors import (
     ConnectionClosed,
     ConnectionReset,
     Error,
+    OutOfStep,
     PeerDead,
     Timeout,
 )
@@ -121,6 +127,7 @@ _Buffer = Union[bytes, bytearray, memoryview]
 REPLY = 1 << 63  # correlation id flag: this frame answers the request with id & ~REPLY
 _ID_MASK = REPLY - 1
 _resolve_replies = _core.resolve_replies
+_resolve_in_order = _core.resolve_in_order
 _DEFAULT_FRAMING = Framing()
 _READ_CHUNK = 256 * 1024  # the receive buffer handed to the transport (one per thread)
 _FLUSH_FIRST = 4 * 1024  # the first write of a loop iteration goes out at this size,
@@ -251,7 +258,8 @@ class Connection:
         "_discard", "_closed_fut",
         "_wbuf", "_wbytes", "_flush_at", "_flush_scheduled", "_wpaused", "_dwaiters",
         "_send_limit", "_hard_limit",
-        "_pending", "_timers", "_expired", "_next_id", "_stats", "_new_future",
+        "_pending", "_timers", "_expired", "_next_id", "_next_reply", "_stats",
+        "_new_future",
         "_hb_handle", "_last_rx", "_last_tx", "_ping_after", "_rtt_ns", "_rtt_at",
         "_hb_stats", "_peer_dead", "_linger_deadline", "__weakref__",
     )
@@ -314,6 +322,7 @@ class Connection:
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._expired: OrderedDict[int, None] = OrderedDict()
         self._next_id = 1
+        self._next_reply = 1  # plain framing: the request the next reply answers
         # the C Future constructor when the loop's create_future is asyncio's
         # own (a Python method around it); any other loop's factory otherwise
         self._new_future: Callable[[], asyncio.Future[Any]] = (
@@ -384,6 +393,10 @@ class Connection:
             frames = self._route(frames)
             if not frames:
                 return
+        elif self._next_reply != self._next_id:
+            frames = self._route_in_order(frames)
+            if not frames:
+                return
         q = self._q
         if not q:
             self._batches.clear()
@@ -450,6 +463,23 @@ class Connection:
             else:
                 out.append(f)
         return out
+
+    def _route_in_order(self, frames: list[Message]) -> list[Message]:
+        """Plain framing with replies owed: the first frames are those
+        replies, in the order of their requests; return the others."""
+        first = self._next_reply
+        owed = self._next_id - first
+        n = len(frames)
+        # the per-frame loop is C (csrc/_pysockkit_reply.c)
+        rest, replies, late = _resolve_in_order(frames, self._pending, self._timers,
+                                                first, owed)
+        self._next_reply = first + min(owed, n)
+        if late:
+            self._stats["late"] += late
+        if replies:
+            self._stats["replies"] += replies
+            self._flush_behind()
+        return rest
 
     def _stray(self, rid: int) -> None:
         if rid in self._expired:
@@ -825,23 +855,23 @@ class Connection:
     # ------------------------------------------------------ correlated
 
     def _start_request(self, data: _Buffer, timeout: Optional[float]) -> tuple[int, "asyncio.Future[bytes]"]:
-        if not self._corr:
-            raise Error("request() needs correlation ids: make both peers' connections "
-                        "with sk.Framing(correlation=True)")
         err = self._werr or self._rerr
         if err is not None:
             raise err
         rid = self._next_id
-        frame = self._encode(data, rid)
+        frame = self._encode(data, rid) if self._corr else self._encode(data)
         self._next_id = rid + 1
         fut: asyncio.Future[bytes] = self._new_future()
         self._pending[rid] = fut
         if timeout is not None:
-            self._timers[rid] = self._loop.call_later(timeout, self._expire, rid, timeout)
+            self._timers[rid] = self._loop.call_later(
+                timeout, self._expire, rid, timeout, self._stats["late"])
         self._write(frame)
         return rid, fut
 
-    def _expire(self, rid: int, timeout: float) -> None:
+    def _expire(self, rid: int, timeout: float, late0: int) -> None:
+        """Request rid got no reply within timeout; late0: the late count
+        when it was sent."""
         self._timers.pop(rid, None)
         fut = self._pending.pop(rid, None)
         if fut is None:
@@ -849,9 +879,39 @@ class Connection:
         self._remember_expired(rid)
         self._stats["timeouts"] += 1
         if not fut.done():
-            fut.set_exception(Timeout(
-                f"request: no reply within {timeout} s; a late reply will be dropped "
-                "(conn.stats['late'])"))
+            fut.set_exception(self._timeout_error(timeout, self._stats["late"] > late0))
+
+    def _owed(self) -> int:
+        """Plain framing: replies owed to requests that timed out or were
+        cancelled (dropped when they come)."""
+        return 0 if self._corr else self._next_id - self._next_reply - len(self._pending)
+
+    def _timeout_error(self, timeout: float, behind: bool) -> Timeout:
+        """The error of a request with no reply in time.  behind: a late
+        reply was dropped while it waited (plain framing: OutOfStep)."""
+        if self._corr:
+            return Timeout(f"request: no reply within {timeout} s; a late reply will be "
+                           "dropped (conn.stats['late'])")
+        owed = self._owed()
+        if behind:
+            exc: Timeout = OutOfStep(
+                f"request: no reply within {timeout} s, and meanwhile a reply arrived that "
+                "was dropped as the late reply of an earlier timed-out request: replies are "
+                f"arriving behind their requests ({owed} owed now). Either the peer answers "
+                "slower than the timeout, or it dropped a request without answering it, and "
+                "then no reply on this plain connection can be matched to its request any "
+                "more: reconnect, or use sk.Framing(correlation=True) on both peers (replies "
+                "matched by id)")
+        else:
+            exc = Timeout(
+                f"request: no reply within {timeout} s; its reply is owed ({owed} owed now) "
+                "and will be dropped when it arrives, never given to a later request. If the "
+                "peer only answers late, later requests stay matched; if it dropped the "
+                "request without answering (some servers drop a frame they refuse), later "
+                "replies arrive one place behind and later requests raise sk.OutOfStep: then "
+                "reconnect, or use sk.Framing(correlation=True) on both peers")
+        exc.owed = owed
+        return exc
 
     def _remember_expired(self, rid: int) -> None:
         ex = self._expired
@@ -868,14 +928,27 @@ class Connection:
             self._remember_expired(rid)
 
     async def request(self, data: _Buffer, timeout: Optional[float] = None) -> bytes:
-        """Send ``data`` as a correlated request and return its reply.
+        """Send ``data`` as a request and return its reply.
 
-        Many requests may be in flight on one connection (from many tasks);
-        the peer may answer in any order.  ``sk.Timeout`` after ``timeout``
-        seconds; a reply that comes later is dropped and counted in
-        ``conn.stats["late"]``, never returned to another request.
-        Cancelling the call forgets the request the same way.  Needs
-        ``sk.Framing(correlation=True)`` on both peers.
+        Many requests may be in flight on one connection (from many tasks).
+        With ``sk.Framing(correlation=True)`` on both peers each request
+        carries an id and the peer may answer in any order.  On plain
+        framing the peer answers in order (any length-prefixed server that
+        answers each request does): the n-th frame received while replies
+        are owed is the reply to the n-th request, and ``recv`` gets only
+        the frames that arrive when no reply is owed.
+
+        ``sk.Timeout`` after ``timeout`` seconds; a reply that comes later
+        is dropped and counted in ``conn.stats["late"]``, never returned to
+        another request.  Cancelling the call forgets the request the same
+        way.  On plain framing, a request that times out after a late
+        reply was dropped during its wait raises ``sk.OutOfStep`` (a
+        ``Timeout``): replies are arriving behind their requests, because
+        the peer is slower than the timeout or dropped a request (then no
+        later reply can be matched: reconnect, or use correlation ids).  A
+        peer that drops a request while others are in flight behind it
+        shifts their replies by one, which plain frames cannot reveal: use
+        correlation ids with such peers.
 
         Example::
 
@@ -884,17 +957,18 @@ class Connection:
         """
         # _start_request and _write inlined: this is the hot path of
         # pipelined requests
-        if not self._corr or self._werr is not None or self._rerr is not None:
+        if self._werr is not None or self._rerr is not None:
             return await self.request_nowait(data, timeout)  # raises the reason
         # ids count up from 1 and never wrap: 2**63 of them last 29,000
         # years at 10 million requests a second
         rid = self._next_id
-        frame = self._encode(data, rid)
+        frame = self._encode(data, rid) if self._corr else self._encode(data)
         self._next_id = rid + 1
         fut: asyncio.Future[bytes] = self._new_future()
         self._pending[rid] = fut
         if timeout is not None:
-            self._timers[rid] = self._loop.call_later(timeout, self._expire, rid, timeout)
+            self._timers[rid] = self._loop.call_later(
+                timeout, self._expire, rid, timeout, self._stats["late"])
         self._wbuf.append(frame)
         self._wbytes += len(frame)
         if self._wbytes >= self._flush_at:
@@ -911,8 +985,8 @@ class Connection:
             raise
 
     def request_nowait(self, data: _Buffer, timeout: Optional[float] = None) -> "asyncio.Future[bytes]":
-        """Send a correlated request and return an ``asyncio.Future`` for
-        its reply, without waiting (no backpressure: ``await conn.drain()``
+        """Send a request (see :meth:`request`) and return an
+        ``asyncio.Future`` for its reply, without waiting (no backpressure: ``await conn.drain()``
         now and then).  Cancelling the future forgets the request.
 
         Example::
@@ -1223,7 +1297,9 @@ class Connection:
         dropped as ``late`` (after their request timed out or was
         cancelled), ``duplicate`` (already answered) or ``unknown`` (an id
         never sent); ``read_pauses`` (the receive queue was full);
-        ``pending`` (requests in flight) and ``queued`` (frames received,
+        ``pending`` (requests in flight), ``owed`` (plain framing: replies
+        still to come for requests that timed out or were cancelled, to be
+        dropped; 0 with correlation ids) and ``queued`` (frames received,
         not yet read).
 
         Example::
@@ -1234,6 +1310,7 @@ class Connection:
         d = {"requests": self._next_id - 1}
         d.update(self._stats)
         d["pending"] = len(self._pending)
+        d["owed"] = self._owed()
         d["queued"] = len(self._q)
         return d
 
