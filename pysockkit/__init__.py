@@ -25,7 +25,7 @@ from ._errors import (
     PeerDead,
     Timeout,
 )
-from ._types import Framing, Heartbeat, Keepalive
+from ._types import Framing, Heartbeat, Keepalive, Message
 from ._conn import Address, Connection, Listener, call, connect, listen
 from ._core import Decoder, Encoder
 from ._server import Server, serve
@@ -54,6 +54,7 @@ __all__ = [
     "Framing",
     "Heartbeat",
     "Keepalive",
+    "Message",
     # connections
     "Address",
     "Connection",

@@ -15,12 +15,12 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Generic, Optional, Union, overload
 
 from . import _core
 from ._errors import ConnectionClosed, Error, Timeout
 from ._net import Address
-from ._types import Framing, Heartbeat, Keepalive
+from ._types import Framing, Heartbeat, Keepalive, M
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Connection", "Listener", "connect", "listen", "call", "Address"]
 
-_DEFAULT_FRAMING = Framing()
+_DEFAULT_FRAMING: "Framing[Any]" = Framing()
 _START_LOCK = threading.RLock()  # starting receive workers (rare, short)
 _SHUT = {"read": socket.SHUT_RD, "write": socket.SHUT_WR, "both": socket.SHUT_RDWR}
 
@@ -68,7 +68,7 @@ def _resolve(addr: Address) -> list[tuple[int, str, int]]:
     return out
 
 
-class Connection(_core.Conn):
+class Connection(_core.Conn, Generic[M]):
     """A framed TCP connection.  Make one with :func:`connect` or
     :meth:`Listener.accept`.
 
@@ -80,6 +80,12 @@ class Connection(_core.Conn):
     ``timeout`` in seconds (None waits forever, Ctrl-C still works); a
     timeout loses no byte and leaves the connection usable.
 
+    For type checkers it is generic in what ``recv`` returns:
+    ``sk.connect(addr)`` is a ``Connection[bytes]``, a connection with
+    ``Framing(correlation=True)`` a ``Connection[sk.Message]`` (plain
+    frames as ``bytes``, correlated requests as ``(id, payload)``); a bare
+    ``sk.Connection`` annotation means ``Connection[Any]``.
+
     Example::
 
         with sk.connect(srv.address) as conn:
@@ -89,10 +95,16 @@ class Connection(_core.Conn):
 
     __slots__ = ("_framing", "_hb", "_duplex")
 
+    if TYPE_CHECKING:
+        # the C methods, typed by the framing (see the class docstring)
+        def recv(self, timeout: Optional[float] = None) -> M: ...
+        def recv_many(self, max_frames: Optional[int] = 4096,
+                      timeout: Optional[float] = None) -> list[M]: ...
+
     def __init__(
         self,
         fd: int,
-        framing: Framing = _DEFAULT_FRAMING,
+        framing: "Framing[M]" = _DEFAULT_FRAMING,
         heartbeat: Optional[Heartbeat] = None,
         keepalive: Optional[Keepalive] = None,
         *,
@@ -130,7 +142,7 @@ class Connection(_core.Conn):
         return self._hb
 
     @property
-    def framing(self) -> Framing:
+    def framing(self) -> "Framing[M]":
         """The :class:`Framing` of this connection.
 
         Example::
@@ -267,7 +279,7 @@ class Connection(_core.Conn):
         except ConnectionClosed:  # closed here, maybe by another thread
             return TcpState.CLOSED
 
-    def __enter__(self) -> "Connection":
+    def __enter__(self) -> "Connection[M]":
         return self
 
     def __exit__(
@@ -278,7 +290,7 @@ class Connection(_core.Conn):
     ) -> None:
         self.close()
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[M]:
         """Iterate over received frames until the peer closes.
 
         Example::
@@ -305,8 +317,9 @@ class Connection(_core.Conn):
         return f"<pysockkit.Connection fd={self.fileno()} {where}>"
 
 
-class Listener:
-    """A listening TCP socket that accepts framed connections.
+class Listener(Generic[M]):
+    """A listening TCP socket that accepts framed connections (of the
+    message type of its framing, for type checkers).
 
     Made by :func:`listen`; ``SO_REUSEADDR`` is set so a restarted server can
     bind while its old connections sit in TIME_WAIT.
@@ -323,7 +336,7 @@ class Listener:
     def __init__(
         self,
         fd: int,
-        framing: Framing,
+        framing: "Framing[M]",
         heartbeat: Optional[Heartbeat] = None,
         keepalive: Optional[Keepalive] = None,
     ) -> None:
@@ -334,7 +347,7 @@ class Listener:
         self.address: Address = _core.sockname(fd)
 
     @property
-    def framing(self) -> Framing:
+    def framing(self) -> "Framing[M]":
         """The :class:`Framing` given to accepted connections."""
         return self._framing
 
@@ -347,7 +360,7 @@ class Listener:
         """The listening socket's file descriptor (-1 once closed)."""
         return self._fd
 
-    def accept(self, timeout: Optional[float] = None) -> Connection:
+    def accept(self, timeout: Optional[float] = None) -> Connection[M]:
         """Wait for a client and return its :class:`Connection`.
 
         Raises ``sk.Timeout`` after ``timeout`` seconds; Ctrl-C interrupts a
@@ -385,7 +398,7 @@ class Listener:
             _core.shutdown_fd(fd)
             _core.close_fd(fd)
 
-    def __enter__(self) -> "Listener":
+    def __enter__(self) -> "Listener[M]":
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -401,13 +414,27 @@ class Listener:
         return f"<pysockkit.Listener {self.address[0]}:{self.address[1]} {state}>"
 
 
+@overload
+def listen(addr: Address = ..., backlog: int = ..., framing: None = None,
+           heartbeat: Optional[Heartbeat] = None,
+           keepalive: Optional[Keepalive] = None) -> Listener[bytes]: ...
+@overload
+def listen(addr: Address = ..., backlog: int = ..., *, framing: "Framing[M]",
+           heartbeat: Optional[Heartbeat] = None,
+           keepalive: Optional[Keepalive] = None) -> Listener[M]: ...
+@overload
+def listen(addr: Address, backlog: int, framing: "Framing[M]",
+           heartbeat: Optional[Heartbeat] = None,
+           keepalive: Optional[Keepalive] = None) -> Listener[M]: ...
+
+
 def listen(
     addr: Address = ("127.0.0.1", 0),
     backlog: int = 128,
-    framing: Optional[Framing] = None,
+    framing: "Optional[Framing[Any]]" = None,
     heartbeat: Optional[Heartbeat] = None,
     keepalive: Optional[Keepalive] = None,
-) -> Listener:
+) -> "Listener[Any]":
     """Listen on ``addr`` (port 0 picks a free port; ``srv.address`` tells
     which) and return a :class:`Listener`.  Accepted connections get
     ``framing``, ``heartbeat`` and ``keepalive``.
@@ -423,19 +450,36 @@ def listen(
     return Listener(fd, framing or _DEFAULT_FRAMING, heartbeat, keepalive)
 
 
+@overload
+def connect(addr: Address, timeout: Optional[float] = None, framing: None = None,
+            heartbeat: Optional[Heartbeat] = None,
+            keepalive: Optional[Keepalive] = None) -> Connection[bytes]: ...
+@overload
+def connect(addr: Address, timeout: Optional[float] = None, *, framing: "Framing[M]",
+            heartbeat: Optional[Heartbeat] = None,
+            keepalive: Optional[Keepalive] = None) -> Connection[M]: ...
+@overload
+def connect(addr: Address, timeout: Optional[float], framing: "Framing[M]",
+            heartbeat: Optional[Heartbeat] = None,
+            keepalive: Optional[Keepalive] = None) -> Connection[M]: ...
+
+
 def connect(
     addr: Address,
     timeout: Optional[float] = None,
-    framing: Optional[Framing] = None,
+    framing: "Optional[Framing[Any]]" = None,
     heartbeat: Optional[Heartbeat] = None,
     keepalive: Optional[Keepalive] = None,
-) -> Connection:
+) -> "Connection[Any]":
     """Connect to ``addr`` and return a :class:`Connection`.  With
     ``heartbeat``, the C reactor keeps the connection's liveness checked
     (the peer must use heartbeats too); ``keepalive`` sets the kernel's
     keepalive and TCP_USER_TIMEOUT.
 
     ``timeout`` bounds the whole connect (all resolved addresses together).
+    The connection's ``recv`` returns ``bytes`` on plain framing, and
+    ``bytes`` or ``(id, payload)`` with ``Framing(correlation=True)``
+    (``Connection[bytes]`` and ``Connection[sk.Message]`` to type checkers).
     Raises ``sk.Timeout``, or ``sk.Error`` with errno ECONNREFUSED when
     nothing listens there.
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import _core
 from ._errors import ConnectionClosed, Error, Timeout
+from ._types import Message
 
 if TYPE_CHECKING:
     from ._conn import Connection
@@ -40,8 +41,6 @@ _ID_MASK = REPLY - 1
 # Receive workers are C threads that take the GIL to dispatch: stop them and
 # wait for them (bounded) before the interpreter finalises.
 atexit.register(_core.stop_workers, 1.0)
-
-Message = Union[bytes, tuple[int, bytes]]
 
 
 class Future(_core.Future, concurrent.futures.Future[bytes]):

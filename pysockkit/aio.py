@@ -71,7 +71,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Optional, Union, cast
+from typing import TYPE_CHECKING, Any, Generic, Optional, Union, cast, overload
 
 from . import _core
 from ._conn import Address, _resolve
@@ -83,7 +83,8 @@ from ._errors import (
     PeerDead,
     Timeout,
 )
-from ._types import Framing, Heartbeat, Keepalive
+from ._types import Framing, Heartbeat, Keepalive, M
+from ._types import Message as Message
 
 if TYPE_CHECKING:
     from ._enums import TcpState
@@ -99,18 +100,6 @@ __all__ = [
     "listen",
     "serve",
 ]
-
-Message = Union[bytes, tuple[int, bytes]]
-"""What ``recv`` returns: ``bytes`` for a plain frame, ``(id, payload)``
-for a correlated request sent by the peer's ``request()`` (answer it with
-``conn.reply(id, data)``).
-
-Example::
-
-    msg = await conn.recv()
-    if isinstance(msg, tuple):
-        await conn.reply(msg[0], b"answer")
-"""
 
 Handler = Callable[["Connection"], Awaitable[None]]
 """A :func:`serve` handler: ``async def handler(conn: aio.Connection)``.
@@ -128,7 +117,7 @@ REPLY = 1 << 63  # correlation id flag: this frame answers the request with id &
 _ID_MASK = REPLY - 1
 _resolve_replies = _core.resolve_replies
 _resolve_in_order = _core.resolve_in_order
-_DEFAULT_FRAMING = Framing()
+_DEFAULT_FRAMING: "Framing[Any]" = Framing()
 _READ_CHUNK = 256 * 1024  # the receive buffer handed to the transport (one per thread)
 _FLUSH_FIRST = 4 * 1024  # the first write of a loop iteration goes out at this size,
 _FLUSH_MAX = 64 * 1024  # each later one at twice the last, up to this (see _write)
@@ -233,13 +222,18 @@ def _timed_out(fut: "asyncio.Future[bool]") -> None:
         fut.set_result(False)
 
 
-class Connection:
+class Connection(Generic[M]):
     """A framed TCP connection on an asyncio event loop.
 
     Made by :func:`connect`, :meth:`Listener.accept` or :func:`serve`.
     Messages are frames ``[length][payload]`` (docs/PROTOCOL.md), the same
     wire format as the synchronous :class:`sk.Connection`, so either side
     may be synchronous.  Use it from the loop that made it only.
+
+    For type checkers it is generic in what ``recv`` returns:
+    ``await aio.connect(addr)`` is a ``Connection[bytes]``, a connection
+    with ``Framing(correlation=True)`` a ``Connection[aio.Message]``; a
+    bare ``aio.Connection`` annotation means ``Connection[Any]``.
 
     Example::
 
@@ -267,14 +261,14 @@ class Connection:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        framing: Framing = _DEFAULT_FRAMING,
+        framing: "Framing[M]" = _DEFAULT_FRAMING,
         heartbeat: Optional[Heartbeat] = None,
         keepalive: Optional[Keepalive] = None,
         *,
         initiator: bool = True,
         recv_limit: int = _DEFAULT_RECV_LIMIT,
         send_limit: int = _DEFAULT_SEND_LIMIT,
-        on_ready: Optional[Callable[["Connection"], None]] = None,
+        on_ready: Optional[Callable[["Connection[M]"], None]] = None,
     ) -> None:
         """Internal: use :func:`connect`, :meth:`Listener.accept` or :func:`serve`."""
         if recv_limit < 1 or send_limit < 1:
@@ -296,7 +290,7 @@ class Connection:
         self._rmv = _read_buffer()
         # receive queue: frames, plus (frames-ever-queued at its end, bytes)
         # per read so that the queued bytes are known without a per-frame cost
-        self._q: deque[Message] = deque()
+        self._q: deque[M] = deque()
         self._in_total = 0
         self._batches: deque[tuple[int, int]] = deque()
         self._qbytes = 0
@@ -386,7 +380,7 @@ class Connection:
             except Error as exc:
                 self._on_bad_stream(exc)
 
-    def _queue(self, frames: list[Message], nbytes: int) -> None:
+    def _queue(self, frames: list[Any], nbytes: int) -> None:
         """Route replies, queue the other frames (nbytes on the wire), wake
         the receivers, pause reading above recv_limit."""
         if self._corr:
@@ -735,7 +729,7 @@ class Connection:
 
     # ----------------------------------------------------------- receiving
 
-    async def recv(self, timeout: Optional[float] = None) -> Message:
+    async def recv(self, timeout: Optional[float] = None) -> M:
         """The next frame: ``bytes``, or ``(id, payload)`` for a correlated
         request (answer it with :meth:`reply`).
 
@@ -759,7 +753,7 @@ class Connection:
         return m
 
     async def recv_many(self, max_frames: Optional[int] = None,
-                        timeout: Optional[float] = None) -> list[Message]:
+                        timeout: Optional[float] = None) -> list[M]:
         """Every frame already queued (at least one; at most ``max_frames``),
         waiting like :meth:`recv` when none is.
 
@@ -783,7 +777,7 @@ class Connection:
             self._maybe_resume()
         return out
 
-    def recv_nowait(self) -> Optional[Message]:
+    def recv_nowait(self) -> Optional[M]:
         """The next queued frame, or None if none is queued; raises the
         error that ended the receive side once the queue is empty.
 
@@ -827,7 +821,7 @@ class Connection:
             if not ok and not self._q:
                 raise Timeout(f"recv: no frame within {timeout} s; nothing was lost")
 
-    def __aiter__(self) -> "Connection":
+    def __aiter__(self) -> "Connection[M]":
         """Iterate over received frames until the peer closes (orderly EOF).
         Other ends (reset, truncated frame, dead peer) raise.
 
@@ -838,7 +832,7 @@ class Connection:
         """
         return self
 
-    async def __anext__(self) -> Message:
+    async def __anext__(self) -> M:
         q = self._q
         if not q:
             try:
@@ -1255,7 +1249,7 @@ class Connection:
         """
         return self._closing or self._lost
 
-    async def __aenter__(self) -> "Connection":
+    async def __aenter__(self) -> "Connection[M]":
         return self
 
     async def __aexit__(
@@ -1270,7 +1264,7 @@ class Connection:
     # ------------------------------------------------------------ describing
 
     @property
-    def framing(self) -> Framing:
+    def framing(self) -> "Framing[M]":
         """The :class:`sk.Framing` of this connection.
 
         Example::
@@ -1414,16 +1408,27 @@ class Connection:
 # --------------------------------------------------------------------- connect
 
 
+@overload
+async def connect(addr: Address, *, framing: None = None, heartbeat: Optional[Heartbeat] = None,
+                  keepalive: Optional[Keepalive] = None, timeout: Optional[float] = None,
+                  recv_limit: int = ..., send_limit: int = ...) -> Connection[bytes]: ...
+@overload
+async def connect(addr: Address, *, framing: "Framing[M]",
+                  heartbeat: Optional[Heartbeat] = None, keepalive: Optional[Keepalive] = None,
+                  timeout: Optional[float] = None, recv_limit: int = ...,
+                  send_limit: int = ...) -> Connection[M]: ...
+
+
 async def connect(
     addr: Address,
     *,
-    framing: Optional[Framing] = None,
+    framing: "Optional[Framing[Any]]" = None,
     heartbeat: Optional[Heartbeat] = None,
     keepalive: Optional[Keepalive] = None,
     timeout: Optional[float] = None,
     recv_limit: int = _DEFAULT_RECV_LIMIT,
     send_limit: int = _DEFAULT_SEND_LIMIT,
-) -> Connection:
+) -> "Connection[Any]":
     """Connect to ``addr`` and return an :class:`aio.Connection`.
 
     ``framing``/``heartbeat``/``keepalive`` as for ``sk.connect`` (the peer
@@ -1432,7 +1437,9 @@ async def connect(
     ``sk.Error`` with errno ECONNREFUSED.  ``recv_limit`` bounds the bytes
     of received frames waiting to be read (reading pauses above it);
     ``send_limit`` is the write buffer's high-water mark (``send`` waits
-    above it).
+    above it).  Its ``recv`` returns ``bytes`` on plain framing
+    (``Connection[bytes]`` to type checkers), ``bytes`` or ``(id,
+    payload)`` with ``Framing(correlation=True)`` (``Connection[aio.Message]``).
 
     Example::
 
@@ -1460,7 +1467,7 @@ async def connect(
 # --------------------------------------------------------------------- listen
 
 
-class Listener:
+class Listener(Generic[M]):
     """A listening socket whose connections are accepted with ``await``.
 
     Made by :func:`listen`.  Connections wait in the kernel's backlog until
@@ -1481,7 +1488,7 @@ class Listener:
         self,
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
-        framing: Framing,
+        framing: "Framing[M]",
         heartbeat: Optional[Heartbeat],
         keepalive: Optional[Keepalive],
         limits: tuple[int, int],
@@ -1507,7 +1514,7 @@ class Listener:
             self._reading = False
             self._loop.remove_reader(self._fd)
 
-    async def accept(self, timeout: Optional[float] = None) -> Connection:
+    async def accept(self, timeout: Optional[float] = None) -> Connection[M]:
         """Wait for a client and return its :class:`aio.Connection`.
 
         ``sk.Timeout`` after ``timeout`` seconds; ``sk.ConnectionClosed``
@@ -1556,7 +1563,7 @@ class Listener:
                     if not self._waiters:
                         self._stop_reading()
 
-    async def _wrap(self, csock: socket.socket) -> Connection:
+    async def _wrap(self, csock: socket.socket) -> Connection[M]:
         csock.setblocking(False)
         conn = Connection(self._loop, self._framing, self._hb, self._keepalive,
                           initiator=False, recv_limit=self._limits[0], send_limit=self._limits[1])
@@ -1567,7 +1574,7 @@ class Listener:
             raise
         return conn
 
-    def __aiter__(self) -> "Listener":
+    def __aiter__(self) -> "Listener[M]":
         """Accept connections until the listener is closed.
 
         Example::
@@ -1577,7 +1584,7 @@ class Listener:
         """
         return self
 
-    async def __anext__(self) -> Connection:
+    async def __anext__(self) -> Connection[M]:
         try:
             return await self.accept()
         except ConnectionClosed:
@@ -1586,7 +1593,7 @@ class Listener:
             raise
 
     @property
-    def framing(self) -> Framing:
+    def framing(self) -> "Framing[M]":
         """The :class:`sk.Framing` given to accepted connections.
 
         Example::
@@ -1632,7 +1639,7 @@ class Listener:
         """
         await asyncio.sleep(0)
 
-    async def __aenter__(self) -> "Listener":
+    async def __aenter__(self) -> "Listener[M]":
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -1657,16 +1664,28 @@ def _listen_socket(addr: Address, backlog: int) -> socket.socket:
     return sock
 
 
+@overload
+async def listen(addr: Address = ..., *, framing: None = None,
+                 heartbeat: Optional[Heartbeat] = None, keepalive: Optional[Keepalive] = None,
+                 backlog: int = ..., recv_limit: int = ...,
+                 send_limit: int = ...) -> Listener[bytes]: ...
+@overload
+async def listen(addr: Address = ..., *, framing: "Framing[M]",
+                 heartbeat: Optional[Heartbeat] = None, keepalive: Optional[Keepalive] = None,
+                 backlog: int = ..., recv_limit: int = ...,
+                 send_limit: int = ...) -> Listener[M]: ...
+
+
 async def listen(
     addr: Address = ("127.0.0.1", 0),
     *,
-    framing: Optional[Framing] = None,
+    framing: "Optional[Framing[Any]]" = None,
     heartbeat: Optional[Heartbeat] = None,
     keepalive: Optional[Keepalive] = None,
     backlog: int = 128,
     recv_limit: int = _DEFAULT_RECV_LIMIT,
     send_limit: int = _DEFAULT_SEND_LIMIT,
-) -> Listener:
+) -> "Listener[Any]":
     """Listen on ``addr`` (port 0 picks a free port; ``lst.address`` tells
     which) and return a :class:`Listener`; accepted connections get
     ``framing``, ``heartbeat`` and ``keepalive`` and the limits of

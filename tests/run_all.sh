@@ -65,7 +65,7 @@ sdist=$(ls dist/pysockkit-*.tar.gz)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 "$PY" -m venv "$tmp/venv"
-"$tmp/venv/bin/python" -m pip install -q pytest
+"$tmp/venv/bin/python" -m pip install -q pytest mypy  # mypy: tests/test_typing.py
 PYSOCKKIT_WERROR=1 "$tmp/venv/bin/python" -m pip install -q "$sdist"
 tar -xzf "$sdist" -C "$tmp"
 # run from the unpacked sdist's tests, outside any source tree, so that the
