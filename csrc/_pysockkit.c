@@ -182,6 +182,7 @@ static int skpy_load_errors(PyObject *mod)
     SKPY_LOAD(ConnectionClosed);
     SKPY_LOAD(ConnectionReset);
     SKPY_LOAD(PeerDead);
+    SKPY_LOAD(OutOfStep);
 #undef SKPY_LOAD
     rc = 0;
 error:
@@ -227,6 +228,7 @@ static int skpy_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->ConnectionClosed);
     Py_VISIT(st->ConnectionReset);
     Py_VISIT(st->PeerDead);
+    Py_VISIT(st->OutOfStep);
     Py_VISIT(st->ConnType);
     Py_VISIT(st->FutureType);
     Py_VISIT(st->FutureClass);
@@ -252,6 +254,7 @@ static int skpy_clear(PyObject *mod)
     Py_CLEAR(st->ConnectionClosed);
     Py_CLEAR(st->ConnectionReset);
     Py_CLEAR(st->PeerDead);
+    Py_CLEAR(st->OutOfStep);
     Py_CLEAR(st->ConnType);
     Py_CLEAR(st->FutureType);
     Py_CLEAR(st->FutureClass);

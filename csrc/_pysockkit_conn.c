@@ -187,6 +187,53 @@ static PyObject *skpy_fail(ConnObject *self, int rc, const sk_err *err,
 }
 
 
+/* The timeout of a request (Conn_request), whose reply is now owed: say so,
+ * and what a peer that dropped a request means.  behind: a late reply was
+ * dropped while this request waited, so replies arrive behind their
+ * requests: OutOfStep.  GIL held.  Returns NULL. */
+static PyObject *skpy_request_timeout(ConnObject *self, PyObject *timeout,
+                                      int behind)
+{
+    skpy_state *st = skpy_get_state(self->mod);
+    unsigned long long owed = (unsigned long long)self->c.owed;
+    PyObject *py_msg, *py_exc = NULL, *py_owed = NULL;
+
+    if (behind)
+        py_msg = PyUnicode_FromFormat(
+            "request: timed out after %R s, and meanwhile a reply arrived that "
+            "was dropped as the late reply of an earlier timed-out request: "
+            "replies are arriving behind their requests (%llu owed now). Either "
+            "the peer answers slower than the timeout, or it dropped a request "
+            "without answering it, and then no reply on this plain connection "
+            "can be matched to its request any more: reconnect, or use "
+            "sk.Framing(correlation=True) on both peers (replies matched by id)",
+            timeout ? timeout : Py_None, owed);
+    else
+        py_msg = PyUnicode_FromFormat(
+            "request: timed out after %R s; the request was sent, so its reply "
+            "is owed (%llu owed now) and will be dropped when it arrives, never "
+            "taken for a later request's. If the peer only answers late, later "
+            "requests stay matched; if it dropped the request without answering "
+            "(some servers drop a frame they refuse), the next reply will be "
+            "dropped in its place and later requests raise sk.OutOfStep: then "
+            "reconnect, or use sk.Framing(correlation=True) on both peers",
+            timeout ? timeout : Py_None, owed);
+    if (py_msg == NULL)
+        goto error;
+    py_exc = PyObject_CallOneArg(behind ? st->OutOfStep : st->Timeout, py_msg);
+    if (py_exc == NULL)
+        goto error;
+    py_owed = PyLong_FromUnsignedLongLong(owed);
+    if (py_owed == NULL || PyObject_SetAttrString(py_exc, "owed", py_owed) < 0)
+        goto error;
+    PyErr_SetObject((PyObject *)Py_TYPE(py_exc), py_exc);
+error:
+    Py_XDECREF(py_msg);
+    Py_XDECREF(py_exc);
+    Py_XDECREF(py_owed);
+    return NULL;
+}
+
 /* ----------------------------------------------------------------- locks */
 
 /* Acquire lk before deadline, waiting without the GIL in slices so that
@@ -909,8 +956,12 @@ PyDoc_STRVAR(Conn_request_doc,
 "reply, within one timeout for the whole exchange.  If the reply does not\n"
 "come in time, sk.Timeout is raised and the connection owes that reply:\n"
 "when it arrives it is discarded (counted in late_replies_dropped), so it\n"
-"is never taken for the answer to a later request or recv.  Concurrent\n"
-"requests from several threads are serialised.\n\n"
+"is never taken for the answer to a later request or recv.  A peer that\n"
+"drops a request without answering puts every later reply one place\n"
+"behind: a request that times out after a late reply was dropped during\n"
+"its wait raises sk.OutOfStep (a Timeout); reconnect, or use\n"
+"Framing(correlation=True).  Concurrent requests from several threads\n"
+"are serialised.\n\n"
 "    >>> conn.request(b'ping', timeout=1.0)\n    b'pong'\n");
 
 static PyObject *Conn_request(PyObject *op, PyObject *const *args,
@@ -923,6 +974,7 @@ static PyObject *Conn_request(PyObject *op, PyObject *const *args,
     int64_t deadline;
     size_t done = 0;
     sk_iov iov = {NULL, 0, 0, 0};
+    uint64_t discarded0;
     sk_err err;
     int rc;
 
@@ -953,13 +1005,15 @@ static PyObject *Conn_request(PyObject *op, PyObject *const *args,
                   "will be completed and its reply discarded");
         goto error_recv;
     }
+    discarded0 = self->c.discarded;
     py_ret = Conn_recv_locked(self, deadline, &rc, &err);
     if (py_ret == NULL && rc != SK_OK) {
         if (rc == SK_TIMEOUT || rc == SK_INTR)
             self->c.owed++;
-        skpy_fail(self, rc, &err, "request", a[1],
-                  "the request was sent; its reply, if it ever comes, will "
-                  "be discarded, so later requests stay in step");
+        if (rc == SK_TIMEOUT)
+            skpy_request_timeout(self, a[1], self->c.discarded > discarded0);
+        else
+            skpy_fail(self, rc, &err, "request", a[1], "");
     }
 error_recv:
     pthread_mutex_unlock(&self->c.recv_mu);
@@ -1278,12 +1332,16 @@ static void *skpy_worker_main(void *vp)
         pthread_mutex_lock(&t->mu);
         for (i = 0; i < n; i++) {
             note[i] = NULL;
-            ismsg[i] = !(fr[i].has_id && (fr[i].id & SK_ID_REPLY));
+            if (t->in_order) /* plain framing: a frame is a reply when owed */
+                ismsg[i] = !sk_corr_owed(t);
+            else
+                ismsg[i] = !(fr[i].has_id && (fr[i].id & SK_ID_REPLY));
             if (ismsg[i]) {
                 nmsg++;
                 continue;
             }
-            p = sk_corr_reply(t, fr[i].id, fr[i].data, fr[i].len);
+            p = t->in_order ? sk_corr_reply_next(t, fr[i].data, fr[i].len)
+                            : sk_corr_reply(t, fr[i].id, fr[i].data, fr[i].len);
             if (p == NULL)
                 continue; /* late or unknown: counted, dropped */
             if (p->prev & SK_P_WAITING)
@@ -1457,7 +1515,9 @@ static PyObject *Conn_start_worker(PyObject *op, PyObject *dispatch)
         self->corr = PyMem_RawCalloc(1, sizeof(*self->corr));
         if (self->corr == NULL)
             return PyErr_NoMemory();
-        if (sk_corr_init(self->corr, &err) != SK_OK) {
+        if ((self->c.framing.flags & SK_FRAMING_IDS
+                 ? sk_corr_init(self->corr, &err)
+                 : sk_corr_init_in_order(self->corr, &err)) != SK_OK) {
             PyMem_RawFree(self->corr);
             self->corr = NULL;
             return skpy_raise(self->mod, &err, NULL);
@@ -1553,20 +1613,30 @@ static PyObject *skpy_stop_workers(PyObject *mod, PyObject *py_timeout)
 
 PyDoc_STRVAR(Conn_request_async_doc,
 "_request_async(data, timeout=None) -> Future\n--\n\n"
-"Register a future with the next correlation id, then queue the request\n"
+"Register a future for the request's reply, then queue the request\n"
 "(write-behind: the receive worker writes the queue; requests over 64 KiB,\n"
-"or with no worker running, are sent at once).  The future fails with\n"
-"sk.Timeout once timeout seconds pass without the reply.  A request that\n"
-"finds 256 KiB queued first writes the queue out, waiting up to timeout\n"
-"(a peer that does not read blocks it).  Raises, and sends nothing, if it\n"
-"cannot be queued or sent in time, or if the receive side already ended.\n");
+"or with no worker running, are sent at once).  With correlation ids the\n"
+"reply is the frame with the request's id; on plain framing it is the\n"
+"frame in the request's place in line (replies come in order).  The\n"
+"future fails with sk.Timeout once timeout seconds pass without the reply\n"
+"(sk.OutOfStep on plain framing when a late reply was dropped meanwhile).\n"
+"A request that finds 256 KiB queued first writes the queue out, waiting\n"
+"up to timeout (a peer that does not read blocks it).  Raises, and sends\n"
+"nothing, if it cannot be queued or sent in time, or if the receive side\n"
+"already ended.\n");
 
 static const char REQUEST_KEPT[] =
     "this request was not sent (its future is dropped); requests queued "
     "before it stay queued, in order";
+static const char REQUEST_BEGUN[] =
+    "this request was begun and will be completed; its future is dropped "
+    "and its reply will be dropped when it comes";
 
 /* Contract: GIL held; released only to wait for the send lock or, under
- * backpressure, to write the queue.  Returns a new reference. */
+ * backpressure, to write the queue.  The request is registered in the
+ * table under the send lock, so ids are handed out in the order requests
+ * go on the wire (what in-order tables, for plain framing, match by).
+ * Returns a new reference. */
 static PyObject *Conn_request_async(PyObject *op, PyObject *const *args,
                                     Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -1581,7 +1651,7 @@ static PyObject *Conn_request_async(PyObject *op, PyObject *const *args,
     size_t done = 0;
     sk_iov iov;
     sk_err err, e2;
-    int rc = SK_OK, locked = 0, registered = 0, kick;
+    int rc = SK_OK, locked = 0, registered = 0, taken;
 
     if (skpy_args("request_async", args, nargs, kwnames, names, 1, 2, a) < 0)
         return NULL;
@@ -1596,11 +1666,19 @@ static PyObject *Conn_request_async(PyObject *op, PyObject *const *args,
     }
     if (PyObject_GetBuffer(a[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
+    sk_plist_init(&retired);
     py_fut = skpy_future_new(self->mod);
     if (py_fut == NULL)
         goto error;
     p = skpy_future_promise(py_fut);
-    sk_plist_init(&retired);
+    if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "request_async",
+                           a[1]) < 0)
+        goto error;
+    locked = 1;
+    if (self->fd < 0) {
+        skpy_closed(self);
+        goto error;
+    }
     pthread_mutex_lock(&self->corr->mu);
     if (self->req_err_type != NULL) {
         py_et = Py_NewRef(self->req_err_type);
@@ -1610,12 +1688,10 @@ static PyObject *Conn_request_async(PyObject *op, PyObject *const *args,
         rc = sk_corr_add(self->corr, p, deadline, &err);
         registered = rc == SK_OK;
     }
-    kick = registered && deadline != SK_NO_DEADLINE && deadline < self->wake_at;
     sk_plist_splice(&retired, &self->retired);
     pthread_mutex_unlock(&self->corr->mu);
     if (registered)
         Py_INCREF(py_fut); /* the table's reference */
-    skpy_release_list(&retired);
     if (py_et != NULL) {
         skpy_raise_req_error(py_et, py_ea);
         goto error;
@@ -1624,21 +1700,11 @@ static PyObject *Conn_request_async(PyObject *op, PyObject *const *args,
         skpy_raise(self->mod, &err, NULL);
         goto error;
     }
-    if (kick && self->worker) /* it must wake earlier to expire this one */
-        skpy_worker_kick(self);
 
     iov.base = view.buf;
     iov.len = (size_t)view.len;
     iov.id = p->id;
-    iov.has_id = 1;
-    if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "request_async",
-                           a[1]) < 0)
-        goto error;
-    locked = 1;
-    if (self->fd < 0) {
-        skpy_closed(self);
-        goto error;
-    }
+    iov.has_id = !self->corr->in_order;
     if (self->worker && iov.len <= SKPY_WB_DIRECT && !self->wb_failed) {
         if (sk_conn_queued(&self->c) >= SKPY_WB_MAX) {
             /* backpressure: the peer is slow to read; write the queue out
@@ -1660,25 +1726,29 @@ static PyObject *Conn_request_async(PyObject *op, PyObject *const *args,
         rc = Conn_send_locked(self, &iov, 1, iov.len, deadline, &done, &err);
     }
     if (rc != SK_OK) {
-        skpy_fail(self, rc, &err, "request_async", a[1], REQUEST_KEPT);
+        skpy_fail(self, rc, &err, "request_async", a[1],
+                  done > 0 ? REQUEST_BEGUN : REQUEST_KEPT);
         goto error;
     }
-    pthread_mutex_unlock(&self->c.send_mu);
-    locked = 0;
-    if (self->worker)
-        skpy_worker_kick(self);
     py_ret = py_fut;
     py_fut = NULL;
 error:
-    if (locked)
-        pthread_mutex_unlock(&self->c.send_mu);
     if (py_ret == NULL && registered) {
+        /* under the send lock still: no later request took an id */
         pthread_mutex_lock(&self->corr->mu);
-        registered = sk_corr_remove(self->corr, p);
+        if (done > 0) /* it goes out whole: its reply will come, drop it */
+            taken = sk_corr_abandon(self->corr, p);
+        else
+            taken = sk_corr_unsend(self->corr, p);
         pthread_mutex_unlock(&self->corr->mu);
-        if (registered) /* else the worker settled it (expired): its ref */
+        if (taken) /* else the worker settled it (expired): its ref */
             Py_DECREF(py_fut);
     }
+    if (locked)
+        pthread_mutex_unlock(&self->c.send_mu);
+    if (py_ret != NULL && self->worker)
+        skpy_worker_kick(self);
+    skpy_release_list(&retired);
     Py_XDECREF(py_fut);
     Py_XDECREF(py_et);
     Py_XDECREF(py_ea);

@@ -155,7 +155,23 @@ static PyObject *skpy_future_exc(FutureObject *f)
         f->exc = PyObject_CallFunction(
             st->Timeout, "s",
             "request_async: no reply in time; a late reply will be dropped "
-            "(stats['late'])");
+            "(stats['late']), never given to another request. On plain "
+            "framing, if the peer dropped the request without answering, "
+            "later replies arrive one place behind and later requests raise "
+            "sk.OutOfStep: then reconnect, or use "
+            "sk.Framing(correlation=True) on both peers");
+        break;
+    case SK_PF_OUT_OF_STEP:
+        f->exc = PyObject_CallFunction(
+            st->OutOfStep, "s",
+            "request_async: no reply in time, and meanwhile a reply arrived "
+            "that was dropped as the late reply of an earlier timed-out "
+            "request: replies are arriving behind their requests. Either the "
+            "peer answers slower than the timeout, or it dropped a request "
+            "without answering it, and then no reply on this plain "
+            "connection can be matched to its request any more: reconnect, "
+            "or use sk.Framing(correlation=True) on both peers (replies "
+            "matched by id)");
         break;
     case SK_PF_NOMEM:
         f->exc = PyObject_CallFunction(
@@ -597,6 +613,7 @@ static PyObject *Future_repr(PyObject *op)
                                     Py_TYPE(op)->tp_name, op,
                                     f->exc ? Py_TYPE(f->exc)->tp_name
                                     : f->p.fail == SK_PF_TIMEOUT ? "Timeout"
+                                    : f->p.fail == SK_PF_OUT_OF_STEP ? "OutOfStep"
                                                                  : "Error");
     default:
         return PyUnicode_FromFormat("<%s at %p state=cancelled>",

@@ -15,6 +15,18 @@
  * frame (plain, requests, replies whose id is not pending) is returned in
  * `rest`, in order, for the caller to queue or count.
  *
+ *   resolve_in_order(frames, pending, timers, first, count)
+ *       -> (rest, resolved, late)
+ *
+ * is the same for plain framing, where replies carry no id and come in
+ * the order of their requests (the late-reply rule of the synchronous
+ * request, csrc/io.h `owed`, and of the threaded duplex, corr.h in-order
+ * tables): frames[k], for k < count, is the reply to request first + k.
+ * Its future (popped from `pending`, its timer cancelled) gets it; if the
+ * request is no longer pending (it timed out or was cancelled) the frame
+ * is dropped and counted `late`, never handed to a later request.  The
+ * frames after the first `count` are returned in `rest`.
+ *
  * It calls only the methods set_result, done and cancel, so any
  * asyncio-compatible future works; the order of the callbacks the futures
  * schedule is the order of the frames.  No protocol state lives here.
@@ -41,6 +53,28 @@ static PyObject *reply_pop(PyObject *d, PyObject *key, int *err)
     }
 error:
     return py_v;
+}
+
+/* Pop the timer handle of `key` from the dict `timers`, if any, and cancel
+ * it.  Contract: GIL held; key borrowed; 0, or -1 with an exception set. */
+static int reply_cancel_timer(skpy_state *st, PyObject *timers, PyObject *key)
+{
+    PyObject *py_h, *py_r = NULL;
+    int err = 0, rc = 0;
+
+    if (PyDict_GET_SIZE(timers) == 0)
+        goto error;
+    py_h = reply_pop(timers, key, &err);
+    if (py_h == NULL) {
+        rc = err ? -1 : 0;
+        goto error;
+    }
+    py_r = PyObject_CallMethodNoArgs(py_h, st->str_cancel);
+    rc = py_r == NULL ? -1 : 0;
+    Py_XDECREF(py_r);
+    Py_DECREF(py_h);
+error:
+    return rc;
 }
 
 /* Deliver payload to fut; a future already done counts in *late.
@@ -110,8 +144,8 @@ static PyObject *Core_resolve_replies(PyObject *mod, PyObject *const *args,
 {
     skpy_state *st = skpy_get_state(mod);
     PyObject *frames, *pending, *timers;
-    PyObject *py_rest = NULL, *py_key = NULL, *py_fut = NULL, *py_h = NULL;
-    PyObject *py_r = NULL, *py_out = NULL;
+    PyObject *py_rest = NULL, *py_key = NULL, *py_fut = NULL;
+    PyObject *py_out = NULL;
     Py_ssize_t i, n, resolved = 0, late = 0;
     int err = 0;
 
@@ -152,18 +186,8 @@ static PyObject *Core_resolve_replies(PyObject *mod, PyObject *const *args,
             Py_CLEAR(py_key);
             goto keep; /* late, duplicate or unknown: the caller counts */
         }
-        if (PyDict_GET_SIZE(timers) > 0) {
-            py_h = reply_pop(timers, py_key, &err);
-            if (py_h == NULL && err)
-                goto error;
-            if (py_h != NULL) {
-                py_r = PyObject_CallMethodNoArgs(py_h, st->str_cancel);
-                if (py_r == NULL)
-                    goto error;
-                Py_CLEAR(py_r);
-                Py_CLEAR(py_h);
-            }
-        }
+        if (reply_cancel_timer(st, timers, py_key) < 0)
+            goto error;
         Py_CLEAR(py_key);
         Py_INCREF(f); /* set_result may run code that changes the list */
         err = reply_deliver(st, py_fut, PyTuple_GET_ITEM(f, 1), &resolved,
@@ -182,12 +206,89 @@ error:
     Py_XDECREF(py_rest);
     Py_XDECREF(py_key);
     Py_XDECREF(py_fut);
-    Py_XDECREF(py_h);
-    Py_XDECREF(py_r);
+    return py_out;
+}
+
+PyDoc_STRVAR(resolve_in_order_doc,
+"resolve_in_order(frames, pending, timers, first, count, /)\n"
+"    -> (rest, resolved, late)\n--\n\n"
+"Plain framing, replies in order: frames[k] (k < count) is the reply to\n"
+"request first + k.  Resolve its future in `pending` ({request number:\n"
+"future}) and cancel its `timers` handle; a request no longer pending\n"
+"(timed out, cancelled) has its reply dropped and counted late.  Returns\n"
+"the frames after the first `count`, and the counts of futures resolved\n"
+"and of replies dropped.  Internal to pysockkit.aio.\n");
+
+/* Contract: GIL held (the event loop's thread); returns a new tuple owned
+ * by the caller, or NULL with an exception set.  Futures popped from
+ * `pending` are released here after use; the frames list is only read. */
+static PyObject *Core_resolve_in_order(PyObject *mod, PyObject *const *args,
+                                       Py_ssize_t nargs)
+{
+    skpy_state *st = skpy_get_state(mod);
+    PyObject *frames, *pending, *timers, *f;
+    PyObject *py_rest = NULL, *py_key = NULL, *py_fut = NULL, *py_out = NULL;
+    Py_ssize_t i, n, count, resolved = 0, late = 0;
+    unsigned long long first;
+    int err = 0;
+
+    if (nargs != 5 || !PyList_Check(args[0]) || !PyDict_Check(args[1]) ||
+        !PyDict_Check(args[2]) || !PyLong_Check(args[3]) ||
+        !PyLong_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "resolve_in_order(frames: list, pending: dict, "
+                        "timers: dict, first: int, count: int)");
+        goto error;
+    }
+    frames = args[0];
+    pending = args[1];
+    timers = args[2];
+    first = PyLong_AsUnsignedLongLong(args[3]);
+    if (first == (unsigned long long)-1 && PyErr_Occurred())
+        goto error;
+    count = PyLong_AsSsize_t(args[4]);
+    if (count == -1 && PyErr_Occurred())
+        goto error;
+    n = PyList_GET_SIZE(frames);
+    for (i = 0; i < count && i < n && i < PyList_GET_SIZE(frames); i++) {
+        /* (the last bound: a callback could shrink the list) */
+        py_key = PyLong_FromUnsignedLongLong(first + (unsigned long long)i);
+        if (py_key == NULL)
+            goto error;
+        py_fut = reply_pop(pending, py_key, &err);
+        if (py_fut == NULL && err)
+            goto error;
+        if (reply_cancel_timer(st, timers, py_key) < 0)
+            goto error;
+        Py_CLEAR(py_key);
+        if (py_fut == NULL) { /* timed out or cancelled: dropped */
+            late++;
+            continue;
+        }
+        f = Py_NewRef(PyList_GET_ITEM(frames, i)); /* set_result may run
+                                                       code that changes
+                                                       the list */
+        err = reply_deliver(st, py_fut, f, &resolved, &late);
+        Py_DECREF(f);
+        Py_CLEAR(py_fut);
+        if (err < 0)
+            goto error;
+    }
+    n = PyList_GET_SIZE(frames);
+    py_rest = PyList_GetSlice(frames, i < n ? i : n, n);
+    if (py_rest == NULL)
+        goto error;
+    py_out = Py_BuildValue("(Onn)", py_rest, resolved, late);
+error:
+    Py_XDECREF(py_rest);
+    Py_XDECREF(py_key);
+    Py_XDECREF(py_fut);
     return py_out;
 }
 
 static PyMethodDef reply_methods[] = {
+    {"resolve_in_order", (PyCFunction)(void (*)(void))Core_resolve_in_order,
+     METH_FASTCALL, resolve_in_order_doc},
     {"resolve_replies", (PyCFunction)(void (*)(void))Core_resolve_replies,
      METH_FASTCALL, resolve_replies_doc},
     {NULL, NULL, 0, NULL},

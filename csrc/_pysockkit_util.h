@@ -9,7 +9,7 @@
  *
  * Exception classes come from pysockkit._errors (imported at exec time) and
  * live in module state: Error, Timeout, FrameTooLarge, IncompleteFrame,
- * ConnectionClosed, ConnectionReset, PeerDead.
+ * ConnectionClosed, ConnectionReset, PeerDead, OutOfStep.
  */
 #ifndef SK_PYSOCKKIT_UTIL_H
 #define SK_PYSOCKKIT_UTIL_H
@@ -29,6 +29,7 @@ typedef struct skpy_state {
     PyObject *ConnectionClosed;
     PyObject *ConnectionReset;
     PyObject *PeerDead;
+    PyObject *OutOfStep;     /* a Timeout: plain replies arrive behind */
     PyTypeObject *ConnType;
     /* request futures (_pysockkit_future.c) */
     PyTypeObject *FutureType;  /* the C base, _core.Future */

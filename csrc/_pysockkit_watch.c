@@ -12,6 +12,10 @@
  *   .samples()       [(t_ns, state, rtt_us, rttvar_us, snd_cwnd,
  *                      snd_ssthresh, unacked, total_retrans), ...]
  *   .stats()         dict of counters (see Watcher_stats)
+ *   .follow(since_ns, timeout)
+ *                    sk_watch_follow: 0 not closing, 1 closed (or
+ *                    ended), 2 still closing after timeout s (None: no
+ *                    limit); waits without the GIL, Ctrl-C interrupts
  *
  * The sampler never takes the GIL; this file only copies its rings into
  * Python objects.  Pending errors of the sampler (a failed sock_diag
@@ -25,6 +29,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "clock.h"
 #include "watch.h"
 
 typedef struct WatcherObject {
@@ -211,6 +216,40 @@ static PyObject *Watcher_stop(PyObject *op, PyObject *noargs)
     sk_watch_stop(w);
     Py_END_ALLOW_THREADS
     py_res = Py_NewRef(Py_None);
+done:
+    return py_res;
+}
+
+/* Contract: GIL held on entry and exit, released while waiting, in slices
+ * of SKPY_SLICE_MS in the main thread so that signal handlers run. */
+static PyObject *Watcher_follow(PyObject *op, PyObject *args)
+{
+    WatcherObject *self = (WatcherObject *)op;
+    PyObject *py_timeout, *py_res = NULL;
+    long long since;
+    int64_t deadline, until;
+    int r;
+
+    if (!PyArg_ParseTuple(args, "LO:follow", &since, &py_timeout))
+        goto done;
+    if (check_started(self) < 0 || skpy_deadline(py_timeout, &deadline) < 0)
+        goto done;
+    for (;;) {
+        until = deadline;
+        if (skpy_slice_ms() > 0) {
+            int64_t slice = sk_now_ns() + (int64_t)skpy_slice_ms() * 1000000;
+            if (deadline == SK_NO_DEADLINE || slice < deadline)
+                until = slice;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        r = sk_watch_follow(self->w, (int64_t)since, until);
+        Py_END_ALLOW_THREADS
+        if (r != SK_WATCH_STILL_CLOSING || until == deadline)
+            break;
+        if (PyErr_CheckSignals() < 0)
+            goto done;
+    }
+    py_res = PyLong_FromLong(r);
 done:
     return py_res;
 }
@@ -408,6 +447,9 @@ static PyMethodDef Watcher_methods[] = {
      "snd_ssthresh, unacked, total_retrans), ...], oldest first."},
     {"stats", Watcher_stats, METH_NOARGS,
      "stats()\n--\n\nA dict of the sampler's counters and status."},
+    {"follow", Watcher_follow, METH_VARARGS,
+     "follow(since_ns, timeout)\n--\n\nWait for the close to end (watch.h "
+     "sk_watch_follow): 0 not closing, 1 closed, 2 still closing."},
     {NULL, NULL, 0, NULL},
 };
 

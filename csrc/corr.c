@@ -228,6 +228,18 @@ int sk_corr_init(sk_corr *t, sk_err *err)
     return SK_OK;
 }
 
+/* Contract: no allocation. */
+int sk_corr_init_in_order(sk_corr *t, sk_err *err)
+{
+    int rc = sk_corr_init(t, err);
+
+    if (rc == SK_OK) {
+        t->in_order = 1;
+        t->next_reply = t->next_id;
+    }
+    return rc;
+}
+
 /* Contract: nobody holds or waits for mu. */
 void sk_corr_free(sk_corr *t)
 {
@@ -247,6 +259,7 @@ int sk_corr_add(sk_corr *t, sk_promise *p, int64_t deadline, sk_err *err)
     if (SK_UNLIKELY(id == 0)) /* wrapped after 2**63 requests: 0 is "empty" */
         id = t->next_id++ & SK_CORR_ID_MASK;
     p->id = id;
+    p->late_mark = t->late;
     p->deadline = deadline;
     p->heap_idx = SIZE_MAX;
     if (sk_corr_put(t, id, p) != SK_OK)
@@ -302,18 +315,52 @@ sk_promise *sk_corr_reply(sk_corr *t, uint64_t id, const void *data,
     return p;
 }
 
+/* Contract: mu held; in-order table with sk_corr_owed(t). */
+sk_promise *sk_corr_reply_next(sk_corr *t, const void *data, size_t len)
+{
+    uint64_t id = t->next_reply++ & SK_CORR_ID_MASK;
+
+    if (SK_UNLIKELY(id == 0)) /* sk_corr_add skipped it too */
+        id = t->next_reply++ & SK_CORR_ID_MASK;
+    return sk_corr_reply(t, id, data, len);
+}
+
+/* Contract: mu held; the caller still holds the send lock it held for
+ * sk_corr_add, so no later id was handed out. */
+int sk_corr_unsend(sk_corr *t, sk_promise *p)
+{
+    int taken = sk_corr_remove(t, p);
+
+    if (taken && t->in_order && p->id + 1 == t->next_id)
+        t->next_id--;
+    return taken;
+}
+
+/* Contract: mu held. */
+int sk_corr_abandon(sk_corr *t, sk_promise *p)
+{
+    int taken = sk_corr_remove(t, p);
+
+    if (taken)
+        sk_corr_remember(t, p->id);
+    return taken;
+}
+
 /* Contract: mu held. */
 size_t sk_corr_expire(sk_corr *t, int64_t now, sk_plist *out)
 {
     sk_promise *p;
     size_t n = 0;
+    int fail;
 
     while (t->heap_len > 0 && t->heap[0]->deadline <= now) {
         p = t->heap[0];
         sk_corr_detach(t, p, sk_corr_find(t, p->id));
         sk_corr_remember(t, p->id);
         t->timeouts++;
-        if (!sk_promise_settle(p, SK_P_FAILED, SK_PF_TIMEOUT))
+        fail = t->in_order && t->late > p->late_mark ? SK_PF_OUT_OF_STEP
+                                                     : SK_PF_TIMEOUT;
+        if (!sk_promise_settle(p, SK_P_FAILED, fail))
             p->prev = 0;
         sk_plist_push(out, p);
         n++;

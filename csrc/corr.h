@@ -11,6 +11,19 @@
  * promise whose deadline passed.  So a reply is never handed to another
  * request, and a request settles once.
  *
+ * In-order tables (sk_corr_init_in_order), for plain framing, where no id
+ * travels on the wire: ids are still handed out by sk_corr_add, which the
+ * caller must call in the order the requests go on the wire (under its send
+ * lock), and the n-th reply frame is the reply of id n: sk_corr_reply_next
+ * takes the next one.  This is the late-reply rule of the synchronous
+ * request (io.h: `owed`), for many requests in flight: a reply whose
+ * request timed out is dropped and counted late, never handed to a later
+ * request.  If the peer drops a request without answering it, every later
+ * reply lands one place early; that cannot be detected from a plain frame,
+ * but a request that times out after a late reply was dropped during its
+ * wait is failed with SK_PF_OUT_OF_STEP instead of SK_PF_TIMEOUT, so the
+ * caller can say that replies are arriving behind their requests.
+ *
  * Promises taken out and settled are handed to the caller, who owns them
  * from then on (the binding keeps them in a list until it can release its
  * Python references with the GIL).
@@ -81,6 +94,8 @@ typedef struct sk_corr {
     uint64_t *ring;
     size_t ring_cap, ring_head, ring_len;
     uint64_t next_id;
+    int in_order;         /* plain framing: replies are matched by position */
+    uint64_t next_reply;  /* in-order: the id the next reply frame answers */
     size_t pending;       /* promises in the table */
     /* counters */
     uint64_t replies, unknown, late, timeouts;
@@ -88,6 +103,9 @@ typedef struct sk_corr {
 
 /* Set up an empty table (no allocation).  SK_OK or SK_ERR (the mutex). */
 int sk_corr_init(sk_corr *t, sk_err *err);
+
+/* The same, for an in-order table (plain framing). */
+int sk_corr_init_in_order(sk_corr *t, sk_err *err);
 
 /* Free the storage and the mutex.  The promises still in the table are
  * not touched: take them out first (sk_corr_take_all). */
@@ -106,7 +124,32 @@ int sk_corr_add(sk_corr *t, sk_promise *p, int64_t deadline, sk_err *err);
 sk_promise *sk_corr_reply(sk_corr *t, uint64_t id, const void *data,
                           size_t len);
 
-/* Fail (SK_PF_TIMEOUT) every promise whose deadline is <= now, remember
+/* In-order tables: is a reply owed (a request sent and not yet answered,
+ * pending or timed out)?  A frame that arrives while none is owed is not a
+ * reply. */
+static inline int sk_corr_owed(const sk_corr *t)
+{
+    return t->next_reply != t->next_id;
+}
+
+/* In-order tables: a reply frame arrived while sk_corr_owed: it answers
+ * the oldest unanswered request.  As sk_corr_reply for that id. */
+sk_promise *sk_corr_reply_next(sk_corr *t, const void *data, size_t len);
+
+/* In-order tables: request p (registered by the last sk_corr_add) could
+ * not be sent at all: take it out and give its id back, so that the next
+ * request's reply is not taken for its.  If it was sent in part (it will
+ * be completed, so its reply will come), call sk_corr_abandon instead.
+ * Returns 1 if p was still registered (taken out), 0 if not. */
+int sk_corr_unsend(sk_corr *t, sk_promise *p);
+
+/* Take p out as if it had timed out (its reply, when it comes, is dropped
+ * and counted late), without settling it.  Returns 1 if p was still
+ * registered, 0 if not. */
+int sk_corr_abandon(sk_corr *t, sk_promise *p);
+
+/* Fail (SK_PF_TIMEOUT; in-order tables: SK_PF_TIMEOUT, or SK_PF_OUT_OF_STEP
+ * when a late reply was dropped since the promise was added) every promise whose deadline is <= now, remember
  * its id, and append it to *out (p->prev as for sk_corr_reply).  Returns
  * how many expired. */
 size_t sk_corr_expire(sk_corr *t, int64_t now, sk_plist *out);

@@ -42,6 +42,9 @@ enum {
     SK_PF_TIMEOUT = 1, /* no reply before the deadline */
     SK_PF_NOMEM = 2,   /* the reply came but could not be stored */
     SK_PF_OWNER = 3,   /* failed by the owner (it keeps the details) */
+    SK_PF_OUT_OF_STEP = 4, /* no reply before the deadline, on plain
+                              framing, while a late reply to an earlier
+                              request was dropped (corr.h) */
 };
 
 #define SK_PROMISE_INLINE 128
@@ -51,6 +54,7 @@ typedef struct sk_promise {
     uint32_t prev;       /* the state word the last settle replaced (settler only) */
     int fail;            /* SK_PF_* once FAILED */
     uint64_t id;         /* correlation id (corr.h) */
+    uint64_t late_mark;  /* the table's late count when added (corr.h) */
     int64_t deadline;    /* monotonic ns, SK_NO_DEADLINE if none (corr.h) */
     size_t heap_idx;     /* position in the table's deadline heap (corr.h) */
     struct sk_promise *next; /* list link for whoever holds it (corr.h) */

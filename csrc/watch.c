@@ -52,6 +52,8 @@ struct sk_watch {
     /* guarded by mu */
     pthread_mutex_t mu;
     pthread_cond_t cv;        /* stop requests; CLOCK_MONOTONIC */
+    pthread_cond_t rec_cv;    /* a sample was recorded, or the sampler
+                                 ended (sk_watch_follow); CLOCK_MONOTONIC */
     int stop;
     int running;
     int finished;
@@ -452,12 +454,14 @@ static void *sampler_main(void *arg)
         if (handed_over)
             w->handover_ns = tk.t_ns;
         record(w, &tk);
+        pthread_cond_broadcast(&w->rec_cv);
         if (gone) {
             w->finished = 1;
             break;
         }
     }
     w->running = 0;
+    pthread_cond_broadcast(&w->rec_cv);
     pthread_mutex_unlock(&w->mu);
     return NULL;
 }
@@ -471,6 +475,7 @@ static void watch_destroy(sk_watch *w)
     if (w != NULL) {
         pthread_mutex_destroy(&w->mu);
         pthread_cond_destroy(&w->cv);
+        pthread_cond_destroy(&w->rec_cv);
         pthread_mutex_destroy(&w->join_mu);
         free(w->tr);
         free(w->sm);
@@ -529,12 +534,14 @@ int sk_watch_start(const sk_watch_target *t, const sk_watch_config *c,
     pthread_mutex_init(&w->join_mu, NULL);
     if (pthread_condattr_init(&ca) != 0) {
         pthread_cond_init(&w->cv, NULL);
+        pthread_cond_init(&w->rec_cv, NULL);
         sk_err_set(err, SK_E_NOMEM, "pthread_condattr_init failed");
         goto done;
     }
     ca_ok = 1;
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&w->cv, &ca);
+    pthread_cond_init(&w->rec_cv, &ca);
     w->fd = t->fd;
     w->is_fd_target = t->fd >= 0;
     w->interval_ns = c->interval_ns > 0 ? c->interval_ns
@@ -641,6 +648,53 @@ void sk_watch_stop(sk_watch *w)
     pthread_mutex_unlock(&w->join_mu);
 done:
     return;
+}
+
+/* Contract: pure.  The states of a connection whose close is under way
+ * (more is to come without the application doing anything). */
+static int is_closing(int state)
+{
+    return state == SK_TCP_FIN_WAIT1 || state == SK_TCP_FIN_WAIT2 ||
+           state == SK_TCP_CLOSING || state == SK_TCP_LAST_ACK;
+}
+
+/* Contract: see watch.h. */
+int sk_watch_follow(sk_watch *w, int64_t since_ns, int64_t deadline_ns)
+{
+    struct timespec ts;
+    int r = SK_WATCH_CLOSED;
+
+    if (w == NULL || getpid() != w->pid)
+        goto done; /* after fork() nothing samples here: over */
+    ts.tv_sec = (time_t)(deadline_ns / 1000000000LL);
+    ts.tv_nsec = (long)(deadline_ns % 1000000000LL);
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        if (w->samples > 0 && (w->state == SK_TCP_TIME_WAIT ||
+                               w->state == SK_TCP_CLOSE)) {
+            r = SK_WATCH_CLOSED;
+            break;
+        }
+        if (!w->running) {
+            r = SK_WATCH_CLOSED;
+            break;
+        }
+        if (w->samples > 0 && w->last_ns >= since_ns && !is_closing(w->state)) {
+            r = SK_WATCH_NOT_CLOSING;
+            break;
+        }
+        if (deadline_ns != SK_NO_DEADLINE && sk_now_ns() >= deadline_ns) {
+            r = SK_WATCH_STILL_CLOSING;
+            break;
+        }
+        if (deadline_ns == SK_NO_DEADLINE)
+            pthread_cond_wait(&w->rec_cv, &w->mu);
+        else
+            pthread_cond_timedwait(&w->rec_cv, &w->mu, &ts);
+    }
+    pthread_mutex_unlock(&w->mu);
+done:
+    return r;
 }
 
 /* Contract: see watch.h. */

@@ -148,6 +148,27 @@ int sk_watch_start(const sk_watch_target *t, const sk_watch_config *c,
  */
 void sk_watch_stop(sk_watch *w);
 
+/* What sk_watch_follow found. */
+enum {
+    SK_WATCH_NOT_CLOSING = 0, /* not closing: nothing more to follow */
+    SK_WATCH_CLOSED = 1,      /* TIME_WAIT or CLOSED recorded, or ended */
+    SK_WATCH_STILL_CLOSING = 2, /* the deadline came first */
+};
+
+/*
+ * Contract: follow the connection to the end of its close.  Wait until
+ * TIME_WAIT or CLOSED is recorded, or the sampler ends (then
+ * SK_WATCH_CLOSED), or until deadline_ns (CLOCK_MONOTONIC; SK_NO_DEADLINE:
+ * no limit) with the connection still in FIN_WAIT_1, FIN_WAIT_2, CLOSING
+ * or LAST_ACK (SK_WATCH_STILL_CLOSING).  It decides on samples taken at or
+ * after since_ns (a close just before the call shows): if such a sample
+ * finds the connection in any other state (ESTABLISHED, CLOSE_WAIT, ...),
+ * nothing is closing it and it returns SK_WATCH_NOT_CLOSING at once.  At
+ * the deadline with no such sample yet, SK_WATCH_STILL_CLOSING.  No GIL
+ * needed (it blocks: release it); any thread.
+ */
+int sk_watch_follow(sk_watch *w, int64_t since_ns, int64_t deadline_ns);
+
 /* Contract: stop (as above) and free everything; w may be NULL.  The
  * caller must ensure no other thread still uses w. */
 void sk_watch_free(sk_watch *w);

@@ -49,10 +49,11 @@ from ._errors import (
     Error,
     FrameTooLarge,
     IncompleteFrame,
+    OutOfStep,
     PeerDead,
     Timeout,
 )
-from ._types import Framing, Heartbeat, Keepalive
+from ._types import Framing, Heartbeat, Keepalive, Message
 from ._conn import Address, AddressLike, Connection, Listener, call, connect, listen
 from ._server import Server, serve
 from ._enums import TcpState
@@ -80,6 +81,7 @@ __all__ = [
     "Framing",
     "Heartbeat",
     "Keepalive",
+    "Message",
     # connections
     "Address",
     "AddressLike",
@@ -123,6 +125,7 @@ __all__ = [
     # errors
     "Error",
     "Timeout",
+    "OutOfStep",
     "FrameTooLarge",
     "IncompleteFrame",
     "ConnectionClosed",

@@ -16,12 +16,12 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Generic, Optional, Union, overload
 
 from . import _core
 from ._errors import ConnectionClosed, Error, Timeout
 from ._net import Address, AddressLike, check_timeout, format_address, parse_address
-from ._types import Framing, Heartbeat, Keepalive
+from ._types import Framing, Heartbeat, Keepalive, M
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Connection", "Listener", "connect", "listen", "call", "Address", "AddressLike"]
 
-_DEFAULT_FRAMING = Framing()
+_DEFAULT_FRAMING: "Framing[Any]" = Framing()
 _START_LOCK = threading.RLock()  # starting receive workers (rare, short)
 _SHUT = {"read": socket.SHUT_RD, "write": socket.SHUT_WR, "both": socket.SHUT_RDWR}
 
@@ -75,7 +75,7 @@ def _resolve(addr: Any, name: str = "addr") -> list[tuple[int, str, int]]:
     return out
 
 
-class Connection(_core.Connection):
+class Connection(_core.Connection, Generic[M]):
     """A framed TCP connection.  Make one with :func:`connect` or
     :meth:`Listener.accept`.
 
@@ -87,6 +87,12 @@ class Connection(_core.Connection):
     ``timeout`` in seconds (None waits forever, Ctrl-C still works); a
     timeout loses no byte and leaves the connection usable.
 
+    For type checkers it is generic in what ``recv`` returns:
+    ``sk.connect(addr)`` is a ``Connection[bytes]``, a connection with
+    ``Framing(correlation=True)`` a ``Connection[sk.Message]`` (plain
+    frames as ``bytes``, correlated requests as ``(id, payload)``); a bare
+    ``sk.Connection`` annotation means ``Connection[Any]``.
+
     Example::
 
         with sk.connect(srv.address) as conn:
@@ -96,10 +102,16 @@ class Connection(_core.Connection):
 
     __slots__ = ("_framing", "_hb", "_duplex")
 
+    if TYPE_CHECKING:
+        # the C methods, typed by the framing (see the class docstring)
+        def recv(self, timeout: Optional[float] = None) -> M: ...
+        def recv_many(self, max_frames: Optional[int] = 4096,
+                      timeout: Optional[float] = None) -> list[M]: ...
+
     def __init__(
         self,
         fd: int,
-        framing: Framing = _DEFAULT_FRAMING,
+        framing: "Framing[M]" = _DEFAULT_FRAMING,
         heartbeat: Optional[Heartbeat] = None,
         keepalive: Optional[Keepalive] = None,
         *,
@@ -137,7 +149,7 @@ class Connection(_core.Connection):
         return self._hb
 
     @property
-    def framing(self) -> Framing:
+    def framing(self) -> "Framing[M]":
         """The :class:`Framing` of this connection.
 
         Example::
@@ -193,10 +205,11 @@ class Connection(_core.Connection):
     ) -> "Duplex":
         """Asynchronous duplex: start a receive worker (a C thread that
         waits without the GIL) and return the :class:`Duplex` handle.
-        Replies resolve the futures of :meth:`request_async`; other frames
-        go to ``on_message`` or a bounded queue (``duplex.get()``).  From
-        then on ``recv``/``recv_many``/``request`` raise: the worker owns
-        the receive side.  Needs ``Framing(correlation=True)`` on both peers.
+        Replies resolve the futures of :meth:`request_async` (matched by
+        id with ``Framing(correlation=True)``, in order on plain framing);
+        other frames go to ``on_message`` or a bounded queue
+        (``duplex.get()``).  From then on ``recv``/``recv_many``/``request``
+        raise: the worker owns the receive side.
 
         Example::
 
@@ -220,8 +233,12 @@ class Connection(_core.Connection):
         self, data: Union[bytes, bytearray, memoryview], timeout: Optional[float] = None
     ) -> "Future[bytes]":
         """Send a request and return a ``concurrent.futures.Future`` for its
-        reply (matched by correlation id; many may be in flight).  Starts
-        the receive worker on first use.  The future is a
+        reply; many may be in flight.  With ``Framing(correlation=True)`` on
+        both peers replies are matched by id and may come in any order; on
+        plain framing they are matched in order, as :meth:`request` does
+        (a late reply is dropped, never given to a later request; see
+        ``sk.OutOfStep`` for a peer that drops requests).  Starts the
+        receive worker on first use.  The future is a
         ``pysockkit._duplex.Future``, settled by the worker in C without the
         GIL; the request is queued and written by the worker with the
         others (see :meth:`Duplex.request_async`).
@@ -269,7 +286,7 @@ class Connection(_core.Connection):
         except ConnectionClosed:  # closed here, maybe by another thread
             return TcpState.CLOSED
 
-    def __enter__(self) -> "Connection":
+    def __enter__(self) -> "Connection[M]":
         return self
 
     def __exit__(
@@ -280,7 +297,7 @@ class Connection(_core.Connection):
     ) -> None:
         self.close()
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[M]:
         """Iterate over received frames until the peer closes.
 
         Example::
@@ -307,8 +324,9 @@ class Connection(_core.Connection):
         return f"<pysockkit.Connection fd={self.fileno()} {where}>"
 
 
-class Listener:
-    """A listening TCP socket that accepts framed connections.
+class Listener(Generic[M]):
+    """A listening TCP socket that accepts framed connections (of the
+    message type of its framing, for type checkers).
 
     Made by :func:`listen`; ``SO_REUSEADDR`` is set so a restarted server can
     bind while its old connections sit in TIME_WAIT.
@@ -325,7 +343,7 @@ class Listener:
     def __init__(
         self,
         fd: int,
-        framing: Framing,
+        framing: "Framing[M]",
         heartbeat: Optional[Heartbeat] = None,
         keepalive: Optional[Keepalive] = None,
     ) -> None:
@@ -336,7 +354,7 @@ class Listener:
         self.address: Address = _core.sockname(fd)
 
     @property
-    def framing(self) -> Framing:
+    def framing(self) -> "Framing[M]":
         """The :class:`Framing` given to accepted connections."""
         return self._framing
 
@@ -349,7 +367,7 @@ class Listener:
         """The listening socket's file descriptor (-1 once closed)."""
         return self._fd
 
-    def accept(self, timeout: Optional[float] = None) -> Connection:
+    def accept(self, timeout: Optional[float] = None) -> Connection[M]:
         """Wait for a client and return its :class:`Connection`.
 
         Raises ``sk.Timeout`` after ``timeout`` seconds; Ctrl-C interrupts a
@@ -387,7 +405,7 @@ class Listener:
             _core.shutdown_fd(fd)
             _core.close_fd(fd)
 
-    def __enter__(self) -> "Listener":
+    def __enter__(self) -> "Listener[M]":
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -404,13 +422,27 @@ class Listener:
         return f"<pysockkit.Listener {format_address(self.address)} {state}>"
 
 
+@overload
+def listen(addr: AddressLike = ..., backlog: int = ..., framing: None = None,
+           heartbeat: Optional[Heartbeat] = None,
+           keepalive: Optional[Keepalive] = None) -> Listener[bytes]: ...
+@overload
+def listen(addr: AddressLike = ..., backlog: int = ..., *, framing: "Framing[M]",
+           heartbeat: Optional[Heartbeat] = None,
+           keepalive: Optional[Keepalive] = None) -> Listener[M]: ...
+@overload
+def listen(addr: AddressLike, backlog: int, framing: "Framing[M]",
+           heartbeat: Optional[Heartbeat] = None,
+           keepalive: Optional[Keepalive] = None) -> Listener[M]: ...
+
+
 def listen(
     addr: AddressLike = ("127.0.0.1", 0),
     backlog: int = 128,
-    framing: Optional[Framing] = None,
+    framing: "Optional[Framing[Any]]" = None,
     heartbeat: Optional[Heartbeat] = None,
     keepalive: Optional[Keepalive] = None,
-) -> Listener:
+) -> "Listener[Any]":
     """Listen on ``addr`` (port 0 picks a free port; ``srv.address`` tells
     which) and return a :class:`Listener`.  Accepted connections get
     ``framing``, ``heartbeat`` and ``keepalive``.
@@ -430,13 +462,27 @@ def listen(
     return Listener(fd, framing or _DEFAULT_FRAMING, heartbeat, keepalive)
 
 
+@overload
+def connect(addr: AddressLike, timeout: Optional[float] = None, framing: None = None,
+            heartbeat: Optional[Heartbeat] = None,
+            keepalive: Optional[Keepalive] = None) -> Connection[bytes]: ...
+@overload
+def connect(addr: AddressLike, timeout: Optional[float] = None, *, framing: "Framing[M]",
+            heartbeat: Optional[Heartbeat] = None,
+            keepalive: Optional[Keepalive] = None) -> Connection[M]: ...
+@overload
+def connect(addr: AddressLike, timeout: Optional[float], framing: "Framing[M]",
+            heartbeat: Optional[Heartbeat] = None,
+            keepalive: Optional[Keepalive] = None) -> Connection[M]: ...
+
+
 def connect(
     addr: AddressLike,
     timeout: Optional[float] = None,
-    framing: Optional[Framing] = None,
+    framing: "Optional[Framing[Any]]" = None,
     heartbeat: Optional[Heartbeat] = None,
     keepalive: Optional[Keepalive] = None,
-) -> Connection:
+) -> "Connection[Any]":
     """Connect to ``addr`` and return a :class:`Connection`.  With
     ``heartbeat``, the C reactor keeps the connection's liveness checked
     (the peer must use heartbeats too); ``keepalive`` sets the kernel's
@@ -446,8 +492,11 @@ def connect(
     IPv6); anything else is a TypeError or ValueError.  ``timeout`` bounds
     the whole connect (all resolved addresses together): None waits
     forever, 0 makes one try without waiting; negative or NaN is a
-    ValueError.  Raises ``sk.Timeout``, or ``sk.Error`` with errno
-    ECONNREFUSED when nothing listens there.
+    ValueError.  The connection's ``recv`` returns ``bytes`` on plain
+    framing, and ``bytes`` or ``(id, payload)`` with
+    ``Framing(correlation=True)`` (``Connection[bytes]`` and
+    ``Connection[sk.Message]`` to type checkers).  Raises ``sk.Timeout``,
+    or ``sk.Error`` with errno ECONNREFUSED when nothing listens there.
 
     Example::
 

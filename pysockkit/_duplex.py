@@ -1,12 +1,16 @@
-"""Asynchronous duplex over threads: a receive worker and correlated requests.
+"""Asynchronous duplex over threads: a receive worker and pipelined requests.
 
 The worker is a C thread (csrc/_pysockkit_conn.c, ``_start_worker``) that
 waits for and decodes frames without the GIL.  Requests and their replies
 never need Python there: ``request_async`` registers a C future in the
 connection's request table and queues the frame in a write-behind buffer
 that the worker writes out (one ``sendmsg`` for many requests); a reply
-(a correlated frame whose id has the top bit set) settles its future in the
-worker, without the GIL, waking whoever waits in ``result()``.  The worker
+settles its future in the worker, without the GIL, waking whoever waits in
+``result()``.  With ``Framing(correlation=True)`` a reply is the correlated
+frame whose id is the request's with the top bit set, in any order; on
+plain framing replies carry no id and come in order, so the n-th frame
+that arrives while replies are owed answers the n-th request (csrc/corr.h,
+in-order tables: the late-reply rule of the synchronous ``request``).  The worker
 takes the GIL only for Python work, handed to :meth:`Duplex._dispatch` in
 batches: frames that are not replies go to the ``on_message`` callback or
 a bounded queue; futures with done-callbacks run them; the error that ended
@@ -26,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 from . import _core
 from ._errors import ConnectionClosed, Error, Timeout
 from ._net import check_timeout
+from ._types import Message
 
 if TYPE_CHECKING:
     from ._conn import Connection
@@ -37,8 +42,6 @@ _ID_MASK = REPLY - 1
 # Receive workers are C threads that take the GIL to dispatch: stop them and
 # wait for them (bounded) before the interpreter finalises.
 atexit.register(_core.stop_workers, 1.0)
-
-Message = Union[bytes, tuple[int, bytes]]
 
 
 class Future(_core.Future, concurrent.futures.Future[bytes]):
@@ -74,7 +77,13 @@ class Duplex:
     :class:`Future` (a ``concurrent.futures.Future``) settled by the worker
     when the reply with the same correlation id arrives; a reply with an
     unknown id, a second reply, or a reply after its request timed out is
-    dropped and counted in ``stats``, never misdelivered.  Requests are
+    dropped and counted in ``stats``, never misdelivered.  On plain framing
+    (no ids) replies are matched in order: every frame that arrives while a
+    reply is owed is the reply of the oldest request still owed one (a
+    request that timed out still owes its reply, which is then dropped);
+    other frames are messages.  A peer that drops a request without
+    answering it shifts every later reply onto the request before: such
+    peers need correlation ids (see ``sk.OutOfStep``).  Requests are
     written by the worker in batches (write-behind), so a burst of requests
     costs one syscall; a burst that outruns the peer blocks once 256 KiB
     are queued (backpressure, up to the request's timeout).  Frames that
@@ -82,8 +91,6 @@ class Duplex:
     the GIL) or, without a callback, to a bounded queue read with
     ``get()``; when it is full the worker stops reading and TCP's window
     pushes back on the peer.
-
-    The connection must use ``sk.Framing(correlation=True)`` on both peers.
 
     Example::
 
@@ -98,11 +105,6 @@ class Duplex:
         on_message: Optional[Callable[[Message], None]] = None,
         maxsize: int = 10_000,
     ) -> None:
-        if not conn.framing.correlation:
-            raise Error(
-                "asynchronous requests need correlation ids: make the connection with "
-                "sk.Framing(correlation=True) on both peers"
-            )
         self._conn = conn
         self._on_message = on_message
         self._queue: "queue.Queue[Union[Message, BaseException]]" = queue.Queue(maxsize)
@@ -120,7 +122,10 @@ class Duplex:
 
         ``timeout`` (seconds) fails the future with ``sk.Timeout`` when no
         reply came; the reply, if it comes later, is dropped and counted in
-        ``stats["late"]``.  The request is queued and written by the
+        ``stats["late"]``.  On plain framing the future fails with
+        ``sk.OutOfStep`` (a ``Timeout``) instead when a late reply was
+        dropped while it waited: replies are arriving behind their
+        requests (the peer is slower than the timeout, or dropped one).  The request is queued and written by the
         receive worker with the others queued meanwhile; if 256 KiB are
         already queued (the peer reads slowly) this call first writes them
         out, waiting up to ``timeout``, and raises ``sk.Timeout`` (nothing of

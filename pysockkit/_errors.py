@@ -9,9 +9,12 @@ them up in this module when it is imported.
 
 from __future__ import annotations
 
+from typing import Optional
+
 __all__ = [
     "Error",
     "Timeout",
+    "OutOfStep",
     "FrameTooLarge",
     "IncompleteFrame",
     "ConnectionClosed",
@@ -38,7 +41,9 @@ class Timeout(Error, TimeoutError):
     On receive, a partial frame stays buffered and the next ``recv``
     completes it.  On send, ``exc.sent`` (when present) counts the frames
     taken; the tail of a frame already begun is sent first by the next
-    ``send``/``flush``.
+    ``send``/``flush``.  After a plain-framing ``request``, ``exc.owed``
+    counts the replies now owed to timed-out requests (each is dropped when
+    it arrives); it is None for other timeouts.
 
     Example::
 
@@ -46,6 +51,33 @@ class Timeout(Error, TimeoutError):
             msg = conn.recv(timeout=0.5)
         except sk.Timeout:
             msg = None          # try again later: nothing was lost
+    """
+
+    owed: Optional[int] = None
+
+
+class OutOfStep(Timeout):
+    """A plain-framing request timed out while a reply to an earlier,
+    timed-out request arrived and was dropped: replies are arriving behind
+    their requests.
+
+    On plain framing a reply carries no id; the n-th frame that comes back
+    is the reply to the n-th request, and a reply owed to a request that
+    timed out is dropped when it arrives.  Either the peer answers slower
+    than the timeout, or it dropped a request without answering it (some
+    servers drop a frame they refuse, e.g. one over their size limit), and
+    then no later reply on this connection can be matched to its request:
+    reconnect, or use ``sk.Framing(correlation=True)`` on both peers so
+    that replies are matched by id.  A subclass of :class:`Timeout`;
+    ``exc.owed`` is how many replies are owed.
+
+    Example::
+
+        try:
+            reply = conn.request(b"job", timeout=1.0)
+        except sk.OutOfStep:
+            conn.close()
+            conn = sk.connect(addr)     # start over in step
     """
 
 

@@ -223,7 +223,8 @@ def step_modes() -> None:
             try:
                 while True:
                     batch = srv.recv_many(timeout=5.0)
-                    srv.send_many([(rid | 1 << 63, msg.upper()) for rid, msg in batch])
+                    srv.send_many([(m[0] | 1 << 63, m[1].upper()) for m in batch
+                                   if isinstance(m, tuple)])
             except Error:
                 pass
 

@@ -3,19 +3,45 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import TYPE_CHECKING, Any, Generic, Literal, Optional, Union, overload
 
 if TYPE_CHECKING:
+    from typing_extensions import TypeVar
+
     from . import _core
 
-__all__ = ["Framing", "Heartbeat", "Keepalive"]
+    # what a connection's recv returns; a bare Framing/Connection means Any
+    M = TypeVar("M", covariant=True, default=Any)
+else:
+    from typing import TypeVar
+
+    M = TypeVar("M", covariant=True)
+
+__all__ = ["Framing", "Heartbeat", "Keepalive", "Message"]
+
+Message = Union[bytes, tuple[int, bytes]]
+"""What ``recv`` returns on a connection with ``Framing(correlation=True)``:
+``bytes`` for a plain frame, ``(id, payload)`` for a correlated request sent
+by the peer's ``request()`` (answer it with ``reply(id, data)``).  On plain
+framing ``recv`` returns ``bytes``.  The type parameter of
+``sk.Connection``/``aio.Connection`` and of ``sk.Framing``: type checkers
+see ``sk.connect(addr)`` as ``sk.Connection[bytes]`` and
+``sk.connect(addr, framing=sk.Framing(correlation=True))`` as
+``sk.Connection[sk.Message]`` (docs/modes.md, "Types").
+
+Example::
+
+    msg = await conn.recv()
+    if isinstance(msg, tuple):
+        await conn.reply(msg[0], b"answer")
+"""
 
 _DEFAULT_MAX_FRAME = 16 * 2**20
 _HEADER_LIMIT = {1: 2**8 - 1, 2: 2**16 - 1, 4: 2**32 - 1, 8: 2**64 - 1}
 
 
 @dataclass(frozen=True, slots=True)
-class Framing:
+class Framing(Generic[M]):
     """How frames are delimited on the wire: ``[length][payload]``.
 
     ``header_size`` is the width of the length field in bytes (1, 2, 4 or 8),
@@ -33,12 +59,42 @@ class Framing:
         Framing(header_size=4, byteorder='big', max_frame=16777216, correlation=False)
         >>> sk.Framing(header_size=2, byteorder="little").max_frame
         65535
+
+    For type checkers a Framing is generic in what ``recv`` returns on its
+    connections: ``Framing()`` is a ``Framing[bytes]``,
+    ``Framing(correlation=True)`` a ``Framing[sk.Message]``, and
+    ``connect``/``listen`` carry that type over to their connections.
     """
 
     header_size: int = 4
     byteorder: Literal["big", "little"] = "big"
     max_frame: int = _DEFAULT_MAX_FRAME
     correlation: bool = False
+
+    if TYPE_CHECKING:
+        # for type checkers only (the dataclass makes the real __init__):
+        # correlation picks the type of the messages recv returns
+        @overload
+        def __init__(self: "Framing[bytes]", header_size: int = 4,
+                     byteorder: Literal["big", "little"] = "big",
+                     max_frame: int = _DEFAULT_MAX_FRAME,
+                     correlation: Literal[False] = False) -> None: ...
+
+        @overload
+        def __init__(self: "Framing[Message]", header_size: int = 4,
+                     byteorder: Literal["big", "little"] = "big",
+                     max_frame: int = _DEFAULT_MAX_FRAME, *,
+                     correlation: Literal[True]) -> None: ...
+
+        @overload
+        def __init__(self: "Framing[Message]", header_size: int = 4,
+                     byteorder: Literal["big", "little"] = "big",
+                     max_frame: int = _DEFAULT_MAX_FRAME,
+                     correlation: bool = False) -> None: ...
+
+        def __init__(self, header_size: int = 4, byteorder: Literal["big", "little"] = "big",
+                     max_frame: int = _DEFAULT_MAX_FRAME, correlation: bool = False) -> None:
+            ...
 
     def __post_init__(self) -> None:
         limit = _HEADER_LIMIT.get(self.header_size)

@@ -20,6 +20,15 @@ forgets it.  A socket that was shut down and kept reads CLOSE through its
 descriptor while its TIME_WAIT lives on; the sampler asks sock_diag then
 too and records TIME_WAIT.
 
+Leaving a ``with watch(conn) as trace:`` block follows a connection whose
+close is under way (FIN_WAIT_1, FIN_WAIT_2, CLOSING or LAST_ACK, as after
+``conn.close()`` in the block) until TIME_WAIT or CLOSED is recorded, at
+most *follow* seconds (2 by default), then stops the sampler; a connection
+nobody is closing stops it at once.  So ``with sk.watch(conn) as trace:
+conn.close()`` records the whole active close.  A state too brief to be
+sampled (FIN_WAIT_1 lasts microseconds on loopback) is shown, marked
+inferred, in the timeline and dashed in the diagram.
+
 Memory is bounded: transitions go into a ring of *max_transitions*
 (default 4096; 16 bytes each) and rtt/cwnd samples into a ring of
 *max_samples* (default 65536; 40 bytes each, about 2.5 MiB, allocated only
@@ -59,7 +68,7 @@ from types import TracebackType
 from typing import Any, Iterable, Optional, Union
 
 from . import _core
-from ._diagram import StateDiagram, StateLike, state_diagram_svg
+from ._diagram import _NODES, StateDiagram, StateLike, _legs, state_diagram_svg
 from ._enums import TcpState
 from ._net import check_timeout, format_address
 
@@ -72,6 +81,8 @@ _native: Any = _core
 DEFAULT_MAX_TRANSITIONS = int(_native.WATCH_DEFAULT_TRANSITIONS)
 DEFAULT_MAX_SAMPLES = int(_native.WATCH_DEFAULT_SAMPLES)
 _MAX_RING = int(_native.WATCH_MAX_RING)
+DEFAULT_FOLLOW = 2.0  # seconds a with block follows a closing connection
+_NOT_CLOSING, _CLOSED = 0, 1  # Watcher.follow (csrc/watch.h sk_watch_follow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,14 +146,26 @@ def _tup5(t: Any) -> Optional[tuple[int, str, int, str, int]]:
     return (int(fam), str(lh), int(lp), str(rh), int(rp))
 
 
+def _missed(a: TcpState, b: TcpState) -> list[TcpState]:
+    """The states a connection went through between two samples that saw
+    a and then b, when one short way along the diagram explains the jump
+    (ESTABLISHED -> FIN_WAIT_2: FIN_WAIT_1); else none."""
+    legs, _ = _legs([a, b])
+    if len(legs) == 1 and legs[0][1] == "inferred":
+        return [_NODES[n][0] for n in legs[0][0][1:-1]]
+    return []
+
+
 class StateTrace:
     """The state transitions of one TCP connection, recorded by :func:`watch`.
 
     While it runs a C thread samples the connection; every attribute reads
-    the latest records.  Use it as a context manager (the sampler stops on
-    exit) or call :meth:`stop`.  The sampler also ends by itself once the
-    socket is gone for good (closed by the application and forgotten by
-    the kernel).
+    the latest records.  Use it as a context manager or call :meth:`stop`.
+    Leaving the ``with`` block (without an exception) first follows a
+    closing connection to the end of its close (:meth:`follow`, bounded by
+    the ``follow`` seconds given to :func:`watch`), then stops the sampler.
+    The sampler also ends by itself once the socket is gone for good
+    (closed by the application and forgotten by the kernel).
 
     - ``transitions``: ``[(t, TcpState), ...]``, t in seconds since the
       watch started (monotonic clock); the first entry is the state at
@@ -171,10 +194,12 @@ class StateTrace:
         >>> cli.close(); srv.close()
     """
 
-    def __init__(self, watcher: Any, description: str) -> None:
+    def __init__(self, watcher: Any, description: str,
+                 follow: Optional[float] = DEFAULT_FOLLOW) -> None:
         """Made by :func:`watch`; not meant to be called directly."""
         self._w = watcher
         self._description = description
+        self._follow = follow
         st = watcher.stats()
         self._start_ns: int = st["start_ns"]
         self._tuple = _tup5(st["tuple"])
@@ -191,6 +216,29 @@ class StateTrace:
         """
         self._w.stop()
 
+    def follow(self, timeout: Optional[float] = DEFAULT_FOLLOW) -> bool:
+        """Follow a closing connection to the end of its close: wait until
+        TIME_WAIT or CLOSED is recorded (or the sampler ended), at most
+        *timeout* seconds (None: no limit; an orphan in FIN_WAIT_2 lasts
+        up to the kernel's ``tcp_fin_timeout``, 60 s).  Returns True then,
+        False at the timeout.  A connection that nobody is closing (its
+        state is not FIN_WAIT_1, FIN_WAIT_2, CLOSING or LAST_ACK at the
+        first sample after the call) returns False at once.  Leaving a
+        ``with`` block calls it with the ``follow`` given to :func:`watch`.
+        Ctrl-C interrupts the wait.
+
+        Example::
+
+            >>> trace = sk.watch(conn)           # doctest: +SKIP
+            >>> conn.close()                     # doctest: +SKIP
+            >>> trace.follow(timeout=5.0)        # doctest: +SKIP
+            True
+            >>> trace.states[-1]                 # doctest: +SKIP
+            <TcpState.TIME_WAIT: 6>
+        """
+        timeout = check_timeout(timeout)
+        return int(self._w.follow(time.monotonic_ns(), timeout)) == _CLOSED
+
     def __enter__(self) -> StateTrace:
         return self
 
@@ -200,7 +248,11 @@ class StateTrace:
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> None:
-        self.stop()
+        try:
+            if exc_type is None and self._follow != 0:
+                self.follow(self._follow)
+        finally:
+            self.stop()
 
     @property
     def running(self) -> bool:
@@ -450,10 +502,13 @@ class StateTrace:
     def __str__(self) -> str:
         tr = self.transitions
         closed = self.closed_at
-        rows: list[tuple[float, int, str]] = [(t, 1, s.name) for t, s in tr]
+        rows: list[tuple[float, int, str]] = [(t, 2, s.name) for t, s in tr]
+        for (_, a), (t, b) in zip(tr, tr[1:]):
+            rows += [(t, 1, f"· {m.name} (too brief to be sampled: inferred)")
+                     for m in _missed(a, b)]
         if closed is not None:
             rows.append((closed, 0, "· descriptor closed: following the socket via sock_diag"))
-            rows.sort(key=lambda r: (r[0], r[1]))
+        rows.sort(key=lambda r: (r[0], r[1]))  # stable: missed states keep their order
         width = max([7] + [len(f"{t * 1e3:.3f}") for t, _, _ in rows])
         lines = [f"  {t * 1e3:{width}.3f} ms  {name}" for t, _, name in rows]
         if self.dropped:
@@ -578,6 +633,7 @@ def watch(
     target: Any,
     interval: float = 0.001,
     *,
+    follow: Optional[float] = DEFAULT_FOLLOW,
     sample_info: bool = False,
     max_transitions: int = DEFAULT_MAX_TRANSITIONS,
     max_samples: int = DEFAULT_MAX_SAMPLES,
@@ -596,6 +652,19 @@ def watch(
       as seen from the socket to watch (or a :class:`SocketEntry` from
       :func:`sockets`): followed through sock_diag only, including later
       connections that reuse the 4-tuple, until :meth:`StateTrace.stop`.
+
+    Used as a context manager, leaving the block follows a connection
+    whose close is under way until TIME_WAIT or CLOSED, at most *follow*
+    seconds (None: no limit; 0: stop at once), so that::
+
+        with sk.watch(conn) as trace:
+            conn.close()
+        print(trace)        # ESTABLISHED -> FIN_WAIT_1 [-> FIN_WAIT_2] -> TIME_WAIT
+
+    records the whole close when the peer closes too (a server that closes
+    on EOF).  A peer that closes at once sends its FIN with the (delayed)
+    ACK of ours, so there is no FIN_WAIT_2; FIN_WAIT_1 then lasts about a
+    millisecond and may show as inferred.  See :meth:`StateTrace.follow`.
 
     *interval* is the sampling period in seconds (1 ms: 1 kHz; at least
     20 µs).  The sampler is a C thread that never takes the GIL.  A state
@@ -626,6 +695,7 @@ def watch(
         >>> trace.states[0], trace.states[-1]
         (<TcpState.ESTABLISHED: 1>, <TcpState.TIME_WAIT: 6>)
     """
+    follow = check_timeout(follow, "follow")
     if isinstance(interval, bool) or not isinstance(interval, (int, float)):
         raise TypeError(f"interval must be a number of seconds, not {interval!r}")
     if not 20e-6 <= interval <= 3600:
@@ -662,4 +732,4 @@ def watch(
     w = _native.Watcher(fd=fd, tuple=tup, interval=float(interval),
                       sample_info=bool(sample_info), max_transitions=max_transitions,
                       max_samples=max_samples)
-    return StateTrace(w, desc)
+    return StateTrace(w, desc, follow)

@@ -22,11 +22,16 @@ a peer that stops reading blocks its senders and memory stays bounded.  The
 receive queue is bounded too (``recv_limit``): above it the transport stops
 reading and TCP's window pushes back on the peer.
 
+``request()`` pipelines: many requests may be in flight on one connection.
 Correlated requests (``Framing(correlation=True)`` on both peers) carry an
 8-byte id (docs/PROTOCOL.md); ``request()`` allocates one, and the reply
 with the same id (top bit set) resolves it, in any order.  A reply whose id
 is unknown, already answered or timed out is dropped and counted in
-``conn.stats``, never handed to anyone else.
+``conn.stats``, never handed to anyone else.  On plain framing replies
+carry no id and come in order: the n-th frame that arrives while replies
+are owed answers the n-th request, and the reply owed to a request that
+timed out is dropped when it comes (the late-reply rule of the synchronous
+``request``; the matching loop is C, ``_core.resolve_in_order``).
 
 Heartbeats (``sk.Heartbeat``) run on the event loop with the rules of
 docs/heartbeat.md and are wire-compatible with the synchronous API's C
@@ -66,7 +71,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Optional, Union, cast
+from typing import TYPE_CHECKING, Any, Generic, Optional, Union, cast, overload
 
 from . import _core
 from ._conn import Address, _resolve
@@ -74,11 +79,13 @@ from ._errors import (
     ConnectionClosed,
     ConnectionReset,
     Error,
+    OutOfStep,
     PeerDead,
     Timeout,
 )
 from ._net import AddressLike, check_timeout, format_address, parse_address
-from ._types import Framing, Heartbeat, Keepalive
+from ._types import Framing, Heartbeat, Keepalive, M
+from ._types import Message as Message
 
 if TYPE_CHECKING:
     from ._enums import TcpState
@@ -95,18 +102,6 @@ __all__ = [
     "serve",
 ]
 
-Message = Union[bytes, tuple[int, bytes]]
-"""What ``recv`` returns: ``bytes`` for a plain frame, ``(id, payload)``
-for a correlated request sent by the peer's ``request()`` (answer it with
-``conn.reply(id, data)``).
-
-Example::
-
-    msg = await conn.recv()
-    if isinstance(msg, tuple):
-        await conn.reply(msg[0], b"answer")
-"""
-
 Handler = Callable[["Connection"], Awaitable[None]]
 """A :func:`serve` handler: ``async def handler(conn: aio.Connection)``.
 
@@ -122,7 +117,8 @@ _Buffer = Union[bytes, bytearray, memoryview]
 REPLY = 1 << 63  # correlation id flag: this frame answers the request with id & ~REPLY
 _ID_MASK = REPLY - 1
 _resolve_replies = _core.resolve_replies
-_DEFAULT_FRAMING = Framing()
+_resolve_in_order = _core.resolve_in_order
+_DEFAULT_FRAMING: "Framing[Any]" = Framing()
 _READ_CHUNK = 256 * 1024  # the receive buffer handed to the transport (one per thread)
 _FLUSH_FIRST = 4 * 1024  # the first write of a loop iteration goes out at this size,
 _FLUSH_MAX = 64 * 1024  # each later one at twice the last, up to this (see _write)
@@ -227,13 +223,18 @@ def _timed_out(fut: "asyncio.Future[bool]") -> None:
         fut.set_result(False)
 
 
-class Connection:
+class Connection(Generic[M]):
     """A framed TCP connection on an asyncio event loop.
 
     Made by :func:`connect`, :meth:`Listener.accept` or :func:`serve`.
     Messages are frames ``[length][payload]`` (docs/PROTOCOL.md), the same
     wire format as the synchronous :class:`sk.Connection`, so either side
     may be synchronous.  Use it from the loop that made it only.
+
+    For type checkers it is generic in what ``recv`` returns:
+    ``await aio.connect(addr)`` is a ``Connection[bytes]``, a connection
+    with ``Framing(correlation=True)`` a ``Connection[aio.Message]``; a
+    bare ``aio.Connection`` annotation means ``Connection[Any]``.
 
     Example::
 
@@ -252,7 +253,8 @@ class Connection:
         "_discard", "_closed_fut",
         "_wbuf", "_wbytes", "_flush_at", "_flush_scheduled", "_wpaused", "_dwaiters",
         "_send_limit", "_hard_limit",
-        "_pending", "_timers", "_expired", "_next_id", "_stats", "_new_future",
+        "_pending", "_timers", "_expired", "_next_id", "_next_reply", "_stats",
+        "_new_future",
         "_hb_handle", "_last_rx", "_last_tx", "_ping_after", "_rtt_ns", "_rtt_at",
         "_hb_stats", "_peer_dead", "_linger_deadline", "__weakref__",
     )
@@ -260,14 +262,14 @@ class Connection:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        framing: Framing = _DEFAULT_FRAMING,
+        framing: "Framing[M]" = _DEFAULT_FRAMING,
         heartbeat: Optional[Heartbeat] = None,
         keepalive: Optional[Keepalive] = None,
         *,
         initiator: bool = True,
         recv_limit: int = _DEFAULT_RECV_LIMIT,
         send_limit: int = _DEFAULT_SEND_LIMIT,
-        on_ready: Optional[Callable[["Connection"], None]] = None,
+        on_ready: Optional[Callable[["Connection[M]"], None]] = None,
     ) -> None:
         """Internal: use :func:`connect`, :meth:`Listener.accept` or :func:`serve`."""
         if recv_limit < 1 or send_limit < 1:
@@ -289,7 +291,7 @@ class Connection:
         self._rmv = _read_buffer()
         # receive queue: frames, plus (frames-ever-queued at its end, bytes)
         # per read so that the queued bytes are known without a per-frame cost
-        self._q: deque[Message] = deque()
+        self._q: deque[M] = deque()
         self._in_total = 0
         self._batches: deque[tuple[int, int]] = deque()
         self._qbytes = 0
@@ -315,6 +317,7 @@ class Connection:
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._expired: OrderedDict[int, None] = OrderedDict()
         self._next_id = 1
+        self._next_reply = 1  # plain framing: the request the next reply answers
         # the C Future constructor when the loop's create_future is asyncio's
         # own (a Python method around it); any other loop's factory otherwise
         self._new_future: Callable[[], asyncio.Future[Any]] = (
@@ -378,11 +381,15 @@ class Connection:
             except Error as exc:
                 self._on_bad_stream(exc)
 
-    def _queue(self, frames: list[Message], nbytes: int) -> None:
+    def _queue(self, frames: list[Any], nbytes: int) -> None:
         """Route replies, queue the other frames (nbytes on the wire), wake
         the receivers, pause reading above recv_limit."""
         if self._corr:
             frames = self._route(frames)
+            if not frames:
+                return
+        elif self._next_reply != self._next_id:
+            frames = self._route_in_order(frames)
             if not frames:
                 return
         q = self._q
@@ -451,6 +458,23 @@ class Connection:
             else:
                 out.append(f)
         return out
+
+    def _route_in_order(self, frames: list[Message]) -> list[Message]:
+        """Plain framing with replies owed: the first frames are those
+        replies, in the order of their requests; return the others."""
+        first = self._next_reply
+        owed = self._next_id - first
+        n = len(frames)
+        # the per-frame loop is C (csrc/_pysockkit_reply.c)
+        rest, replies, late = _resolve_in_order(frames, self._pending, self._timers,
+                                                first, owed)
+        self._next_reply = first + min(owed, n)
+        if late:
+            self._stats["late"] += late
+        if replies:
+            self._stats["replies"] += replies
+            self._flush_behind()
+        return rest
 
     def _stray(self, rid: int) -> None:
         if rid in self._expired:
@@ -710,7 +734,7 @@ class Connection:
 
     # ----------------------------------------------------------- receiving
 
-    async def recv(self, timeout: Optional[float] = None) -> Message:
+    async def recv(self, timeout: Optional[float] = None) -> M:
         """The next frame: ``bytes``, or ``(id, payload)`` for a correlated
         request (answer it with :meth:`reply`).
 
@@ -736,7 +760,7 @@ class Connection:
         return m
 
     async def recv_many(self, max_frames: Optional[int] = None,
-                        timeout: Optional[float] = None) -> list[Message]:
+                        timeout: Optional[float] = None) -> list[M]:
         """Every frame already queued (at least one; at most ``max_frames``),
         waiting like :meth:`recv` when none is.
 
@@ -761,7 +785,7 @@ class Connection:
             self._maybe_resume()
         return out
 
-    def recv_nowait(self) -> Optional[Message]:
+    def recv_nowait(self) -> Optional[M]:
         """The next queued frame, or None if none is queued; raises the
         error that ended the receive side once the queue is empty.
 
@@ -805,7 +829,7 @@ class Connection:
             if not ok and not self._q:
                 raise Timeout(f"recv: no frame within {timeout} s; nothing was lost")
 
-    def __aiter__(self) -> "Connection":
+    def __aiter__(self) -> "Connection[M]":
         """Iterate over received frames until the peer closes (orderly EOF).
         Other ends (reset, truncated frame, dead peer) raise.
 
@@ -816,7 +840,7 @@ class Connection:
         """
         return self
 
-    async def __anext__(self) -> Message:
+    async def __anext__(self) -> M:
         q = self._q
         if not q:
             try:
@@ -833,23 +857,23 @@ class Connection:
     # ------------------------------------------------------ correlated
 
     def _start_request(self, data: _Buffer, timeout: Optional[float]) -> tuple[int, "asyncio.Future[bytes]"]:
-        if not self._corr:
-            raise Error("request() needs correlation ids: make both peers' connections "
-                        "with sk.Framing(correlation=True)")
         err = self._werr or self._rerr
         if err is not None:
             raise err
         rid = self._next_id
-        frame = self._encode(data, rid)
+        frame = self._encode(data, rid) if self._corr else self._encode(data)
         self._next_id = rid + 1
         fut: asyncio.Future[bytes] = self._new_future()
         self._pending[rid] = fut
         if timeout is not None:
-            self._timers[rid] = self._loop.call_later(timeout, self._expire, rid, timeout)
+            self._timers[rid] = self._loop.call_later(
+                timeout, self._expire, rid, timeout, self._stats["late"])
         self._write(frame)
         return rid, fut
 
-    def _expire(self, rid: int, timeout: float) -> None:
+    def _expire(self, rid: int, timeout: float, late0: int) -> None:
+        """Request rid got no reply within timeout; late0: the late count
+        when it was sent."""
         self._timers.pop(rid, None)
         fut = self._pending.pop(rid, None)
         if fut is None:
@@ -857,9 +881,39 @@ class Connection:
         self._remember_expired(rid)
         self._stats["timeouts"] += 1
         if not fut.done():
-            fut.set_exception(Timeout(
-                f"request: no reply within {timeout} s; a late reply will be dropped "
-                "(conn.stats['late'])"))
+            fut.set_exception(self._timeout_error(timeout, self._stats["late"] > late0))
+
+    def _owed(self) -> int:
+        """Plain framing: replies owed to requests that timed out or were
+        cancelled (dropped when they come)."""
+        return 0 if self._corr else self._next_id - self._next_reply - len(self._pending)
+
+    def _timeout_error(self, timeout: float, behind: bool) -> Timeout:
+        """The error of a request with no reply in time.  behind: a late
+        reply was dropped while it waited (plain framing: OutOfStep)."""
+        if self._corr:
+            return Timeout(f"request: no reply within {timeout} s; a late reply will be "
+                           "dropped (conn.stats['late'])")
+        owed = self._owed()
+        if behind:
+            exc: Timeout = OutOfStep(
+                f"request: no reply within {timeout} s, and meanwhile a reply arrived that "
+                "was dropped as the late reply of an earlier timed-out request: replies are "
+                f"arriving behind their requests ({owed} owed now). Either the peer answers "
+                "slower than the timeout, or it dropped a request without answering it, and "
+                "then no reply on this plain connection can be matched to its request any "
+                "more: reconnect, or use sk.Framing(correlation=True) on both peers (replies "
+                "matched by id)")
+        else:
+            exc = Timeout(
+                f"request: no reply within {timeout} s; its reply is owed ({owed} owed now) "
+                "and will be dropped when it arrives, never given to a later request. If the "
+                "peer only answers late, later requests stay matched; if it dropped the "
+                "request without answering (some servers drop a frame they refuse), later "
+                "replies arrive one place behind and later requests raise sk.OutOfStep: then "
+                "reconnect, or use sk.Framing(correlation=True) on both peers")
+        exc.owed = owed
+        return exc
 
     def _remember_expired(self, rid: int) -> None:
         ex = self._expired
@@ -876,14 +930,27 @@ class Connection:
             self._remember_expired(rid)
 
     async def request(self, data: _Buffer, timeout: Optional[float] = None) -> bytes:
-        """Send ``data`` as a correlated request and return its reply.
+        """Send ``data`` as a request and return its reply.
 
-        Many requests may be in flight on one connection (from many tasks);
-        the peer may answer in any order.  ``sk.Timeout`` after ``timeout``
-        seconds; a reply that comes later is dropped and counted in
-        ``conn.stats["late"]``, never returned to another request.
-        Cancelling the call forgets the request the same way.  Needs
-        ``sk.Framing(correlation=True)`` on both peers.
+        Many requests may be in flight on one connection (from many tasks).
+        With ``sk.Framing(correlation=True)`` on both peers each request
+        carries an id and the peer may answer in any order.  On plain
+        framing the peer answers in order (any length-prefixed server that
+        answers each request does): the n-th frame received while replies
+        are owed is the reply to the n-th request, and ``recv`` gets only
+        the frames that arrive when no reply is owed.
+
+        ``sk.Timeout`` after ``timeout`` seconds; a reply that comes later
+        is dropped and counted in ``conn.stats["late"]``, never returned to
+        another request.  Cancelling the call forgets the request the same
+        way.  On plain framing, a request that times out after a late
+        reply was dropped during its wait raises ``sk.OutOfStep`` (a
+        ``Timeout``): replies are arriving behind their requests, because
+        the peer is slower than the timeout or dropped a request (then no
+        later reply can be matched: reconnect, or use correlation ids).  A
+        peer that drops a request while others are in flight behind it
+        shifts their replies by one, which plain frames cannot reveal: use
+        correlation ids with such peers.
 
         Example::
 
@@ -894,17 +961,18 @@ class Connection:
         # pipelined requests
         if timeout is not None:
             timeout = check_timeout(timeout)
-        if not self._corr or self._werr is not None or self._rerr is not None:
+        if self._werr is not None or self._rerr is not None:
             return await self.request_nowait(data, timeout)  # raises the reason
         # ids count up from 1 and never wrap: 2**63 of them last 29,000
         # years at 10 million requests a second
         rid = self._next_id
-        frame = self._encode(data, rid)
+        frame = self._encode(data, rid) if self._corr else self._encode(data)
         self._next_id = rid + 1
         fut: asyncio.Future[bytes] = self._new_future()
         self._pending[rid] = fut
         if timeout is not None:
-            self._timers[rid] = self._loop.call_later(timeout, self._expire, rid, timeout)
+            self._timers[rid] = self._loop.call_later(
+                timeout, self._expire, rid, timeout, self._stats["late"])
         self._wbuf.append(frame)
         self._wbytes += len(frame)
         if self._wbytes >= self._flush_at:
@@ -921,8 +989,8 @@ class Connection:
             raise
 
     def request_nowait(self, data: _Buffer, timeout: Optional[float] = None) -> "asyncio.Future[bytes]":
-        """Send a correlated request and return an ``asyncio.Future`` for
-        its reply, without waiting (no backpressure: ``await conn.drain()``
+        """Send a request (see :meth:`request`) and return an
+        ``asyncio.Future`` for its reply, without waiting (no backpressure: ``await conn.drain()``
         now and then).  Cancelling the future forgets the request.
 
         Example::
@@ -1193,7 +1261,7 @@ class Connection:
         """
         return self._closing or self._lost
 
-    async def __aenter__(self) -> "Connection":
+    async def __aenter__(self) -> "Connection[M]":
         return self
 
     async def __aexit__(
@@ -1208,7 +1276,7 @@ class Connection:
     # ------------------------------------------------------------ describing
 
     @property
-    def framing(self) -> Framing:
+    def framing(self) -> "Framing[M]":
         """The :class:`sk.Framing` of this connection.
 
         Example::
@@ -1235,7 +1303,9 @@ class Connection:
         dropped as ``late`` (after their request timed out or was
         cancelled), ``duplicate`` (already answered) or ``unknown`` (an id
         never sent); ``read_pauses`` (the receive queue was full);
-        ``pending`` (requests in flight) and ``queued`` (frames received,
+        ``pending`` (requests in flight), ``owed`` (plain framing: replies
+        still to come for requests that timed out or were cancelled, to be
+        dropped; 0 with correlation ids) and ``queued`` (frames received,
         not yet read).
 
         Example::
@@ -1246,6 +1316,7 @@ class Connection:
         d = {"requests": self._next_id - 1}
         d.update(self._stats)
         d["pending"] = len(self._pending)
+        d["owed"] = self._owed()
         d["queued"] = len(self._q)
         return d
 
@@ -1349,16 +1420,27 @@ class Connection:
 # --------------------------------------------------------------------- connect
 
 
+@overload
+async def connect(addr: AddressLike, *, framing: None = None, heartbeat: Optional[Heartbeat] = None,
+                  keepalive: Optional[Keepalive] = None, timeout: Optional[float] = None,
+                  recv_limit: int = ..., send_limit: int = ...) -> Connection[bytes]: ...
+@overload
+async def connect(addr: AddressLike, *, framing: "Framing[M]",
+                  heartbeat: Optional[Heartbeat] = None, keepalive: Optional[Keepalive] = None,
+                  timeout: Optional[float] = None, recv_limit: int = ...,
+                  send_limit: int = ...) -> Connection[M]: ...
+
+
 async def connect(
     addr: AddressLike,
     *,
-    framing: Optional[Framing] = None,
+    framing: "Optional[Framing[Any]]" = None,
     heartbeat: Optional[Heartbeat] = None,
     keepalive: Optional[Keepalive] = None,
     timeout: Optional[float] = None,
     recv_limit: int = _DEFAULT_RECV_LIMIT,
     send_limit: int = _DEFAULT_SEND_LIMIT,
-) -> Connection:
+) -> "Connection[Any]":
     """Connect to ``addr`` and return an :class:`aio.Connection`.
 
     ``addr``, ``timeout``, ``framing``/``heartbeat``/``keepalive`` as for
@@ -1368,7 +1450,9 @@ async def connect(
     ``sk.Error`` with errno ECONNREFUSED.  ``recv_limit`` bounds the bytes
     of received frames waiting to be read (reading pauses above it);
     ``send_limit`` is the write buffer's high-water mark (``send`` waits
-    above it).
+    above it).  Its ``recv`` returns ``bytes`` on plain framing
+    (``Connection[bytes]`` to type checkers), ``bytes`` or ``(id,
+    payload)`` with ``Framing(correlation=True)`` (``Connection[aio.Message]``).
 
     Example::
 
@@ -1398,7 +1482,7 @@ async def connect(
 # --------------------------------------------------------------------- listen
 
 
-class Listener:
+class Listener(Generic[M]):
     """A listening socket whose connections are accepted with ``await``.
 
     Made by :func:`listen`.  Connections wait in the kernel's backlog until
@@ -1419,7 +1503,7 @@ class Listener:
         self,
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
-        framing: Framing,
+        framing: "Framing[M]",
         heartbeat: Optional[Heartbeat],
         keepalive: Optional[Keepalive],
         limits: tuple[int, int],
@@ -1445,7 +1529,7 @@ class Listener:
             self._reading = False
             self._loop.remove_reader(self._fd)
 
-    async def accept(self, timeout: Optional[float] = None) -> Connection:
+    async def accept(self, timeout: Optional[float] = None) -> Connection[M]:
         """Wait for a client and return its :class:`aio.Connection`.
 
         ``sk.Timeout`` after ``timeout`` seconds; ``sk.ConnectionClosed``
@@ -1495,7 +1579,7 @@ class Listener:
                     if not self._waiters:
                         self._stop_reading()
 
-    async def _wrap(self, csock: socket.socket) -> Connection:
+    async def _wrap(self, csock: socket.socket) -> Connection[M]:
         csock.setblocking(False)
         conn = Connection(self._loop, self._framing, self._hb, self._keepalive,
                           initiator=False, recv_limit=self._limits[0], send_limit=self._limits[1])
@@ -1506,7 +1590,7 @@ class Listener:
             raise
         return conn
 
-    def __aiter__(self) -> "Listener":
+    def __aiter__(self) -> "Listener[M]":
         """Accept connections until the listener is closed.
 
         Example::
@@ -1516,7 +1600,7 @@ class Listener:
         """
         return self
 
-    async def __anext__(self) -> Connection:
+    async def __anext__(self) -> Connection[M]:
         try:
             return await self.accept()
         except ConnectionClosed:
@@ -1525,7 +1609,7 @@ class Listener:
             raise
 
     @property
-    def framing(self) -> Framing:
+    def framing(self) -> "Framing[M]":
         """The :class:`sk.Framing` given to accepted connections.
 
         Example::
@@ -1571,7 +1655,7 @@ class Listener:
         """
         await asyncio.sleep(0)
 
-    async def __aenter__(self) -> "Listener":
+    async def __aenter__(self) -> "Listener[M]":
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -1599,16 +1683,28 @@ def _listen_socket(addr: AddressLike, backlog: int) -> socket.socket:
     return sock
 
 
+@overload
+async def listen(addr: AddressLike = ..., *, framing: None = None,
+                 heartbeat: Optional[Heartbeat] = None, keepalive: Optional[Keepalive] = None,
+                 backlog: int = ..., recv_limit: int = ...,
+                 send_limit: int = ...) -> Listener[bytes]: ...
+@overload
+async def listen(addr: AddressLike = ..., *, framing: "Framing[M]",
+                 heartbeat: Optional[Heartbeat] = None, keepalive: Optional[Keepalive] = None,
+                 backlog: int = ..., recv_limit: int = ...,
+                 send_limit: int = ...) -> Listener[M]: ...
+
+
 async def listen(
     addr: AddressLike = ("127.0.0.1", 0),
     *,
-    framing: Optional[Framing] = None,
+    framing: "Optional[Framing[Any]]" = None,
     heartbeat: Optional[Heartbeat] = None,
     keepalive: Optional[Keepalive] = None,
     backlog: int = 128,
     recv_limit: int = _DEFAULT_RECV_LIMIT,
     send_limit: int = _DEFAULT_SEND_LIMIT,
-) -> Listener:
+) -> "Listener[Any]":
     """Listen on ``addr`` (port 0 picks a free port; ``lst.address`` tells
     which) and return a :class:`Listener`; accepted connections get
     ``framing``, ``heartbeat`` and ``keepalive`` and the limits of

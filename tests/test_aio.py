@@ -701,12 +701,93 @@ def test_answers_of_woken_tasks_leave_in_the_same_loop_iteration() -> None:
         loop.close()
 
 
-def test_request_needs_correlation() -> None:
+# ------------------------------------------------ plain requests, in order
+
+
+def test_plain_requests_pipeline_in_order_against_sk_serve() -> None:
+    """request() on plain framing: 500 in flight from gather, against the
+    threaded sk.serve with a plain echo handler; every reply in order."""
+    payloads = [b"%d" % i * (i % 7 + 1) for i in range(500)]
+
+    async def main() -> None:
+        with sk.serve(LOCAL, handler=lambda m: m) as server:
+            conn = await aio.connect(server.address, timeout=5)
+            replies = await asyncio.gather(*(conn.request(x, timeout=10) for x in payloads))
+            assert replies == payloads
+            futs = [conn.request_nowait(x, timeout=10) for x in payloads]
+            assert await asyncio.gather(*futs) == payloads
+            st = conn.stats
+            assert st["replies"] == st["requests"] == 1000
+            assert st["pending"] == st["owed"] == st["late"] == 0
+            await close_all(conn)
+
+    run(main())
+
+
+def test_plain_requests_pipeline_in_order_against_aio_server() -> None:
+    """The same against an aio server (a connection handler echoing each
+    frame: the lead re-points this at aio.serve's message handler)."""
+    payloads = [b"%d" % i * (i % 7 + 1) for i in range(500)]
+
+    async def plain_echo(conn: aio.Connection) -> None:
+        async for msg in conn:
+            await conn.send(msg)
+
+    async def main() -> None:
+        async with await aio.serve(LOCAL, plain_echo) as server:
+            async with await aio.connect(server.address, timeout=5) as conn:
+                replies = await asyncio.gather(*(conn.request(x, timeout=10)
+                                                 for x in payloads))
+                assert replies == payloads
+
+    run(main())
+
+
+def test_plain_late_and_cancelled_replies_go_to_nobody() -> None:
+    """A plain request that timed out or was cancelled still owes its
+    reply: dropped when it comes, never given to a later request; frames
+    that arrive while nothing is owed go to recv()."""
     async def main() -> None:
         cli, srv = await pair()
-        with pytest.raises(sk.Error, match="correlation"):
-            await cli.request(b"x")
+        with pytest.raises(sk.Timeout):
+            await cli.request(b"t", timeout=0.05)
+        cancelled = asyncio.ensure_future(cli.request(b"c"))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        later = asyncio.ensure_future(cli.request(b"q", timeout=10))
+        assert [await srv.recv(timeout=5) for _ in range(3)] == [b"t", b"c", b"q"]
+        assert cli.stats["owed"] == 2 and cli.stats["pending"] == 1
+        await srv.send_many([b"late t", b"late c", b"answer q", b"unsolicited"])
+        assert await later == b"answer q"
+        assert await cli.recv(timeout=5) == b"unsolicited"
+        st = cli.stats
+        assert st["late"] == 2 and st["owed"] == 0 and st["timeouts"] == 1
         await close_all(cli, srv)
+
+    run(main())
+
+
+def test_resolve_in_order_hands_replies_by_position() -> None:
+    """_core.resolve_in_order, the C loop behind plain request(): frames[k]
+    answers request first + k; a request no longer pending has its reply
+    dropped (late); the frames after `count` are returned."""
+    from pysockkit import _core
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        futs = {i: loop.create_future() for i in (5, 7)}
+        done = loop.create_future()
+        done.cancel()
+        futs[8] = done
+        timer = loop.call_later(100, lambda: None)
+        rest, resolved, late = _core.resolve_in_order(
+            [b"r5", b"r6", b"r7", b"r8", b"m1", b"m2"], futs, {5: timer}, 5, 4)
+        assert rest == [b"m1", b"m2"] and (resolved, late) == (2, 2)
+        assert timer.cancelled() and futs == {}
+        with pytest.raises(TypeError):
+            _core.resolve_in_order([], {}, {}, "5", 1)
 
     run(main())
 

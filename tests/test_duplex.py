@@ -183,10 +183,14 @@ def test_close_fails_pending_requests(pair: tuple[sk.Connection, sk.Connection])
         cli.request_async(b"after")
 
 
-def test_requests_need_correlation() -> None:
-    with sk.listen(("127.0.0.1", 0)) as srv, sk.connect(srv.address) as cli, srv.accept():
-        with pytest.raises(sk.Error, match="correlation"):
-            cli.request_async(b"x")
+def test_plain_framing_requests_are_matched_in_order() -> None:
+    """Without correlation ids, request_async matches replies in order
+    (more in tests/test_request.py)."""
+    with sk.listen(("127.0.0.1", 0)) as srv, sk.connect(srv.address) as cli:
+        with srv.accept(timeout=5) as peer:
+            futs = [cli.request_async(b"x%d" % i, timeout=5) for i in range(3)]
+            peer.send_many([peer.recv(timeout=5).upper() for _ in range(3)])
+            assert [f.result(timeout=5) for f in futs] == [b"X0", b"X1", b"X2"]
 
 
 PEER = r"""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import shutil
 import socket
@@ -12,7 +13,7 @@ import time
 import pytest
 
 import pysockkit as sk
-from helpers import STEP_TIMEOUT, recv_frame, start_thread
+from helpers import STEP_TIMEOUT, recv_exact, recv_frame, scaled, start_thread
 
 
 def _echo(conn: sk.Connection, prefix: bytes = b"") -> int:
@@ -323,3 +324,169 @@ def test_request_torn_in_send_still_owes_its_reply(conn_to_raw):
     assert t.join_result() == [len(big), 5]
     assert conn.late_replies_dropped == 1
     assert conn.pending_replies == 0
+
+
+# --------------------------- request() in every mode, and a peer that drops
+
+
+class DroppingPeer:
+    """A stdlib-socket server in a thread that behaves like a Netty server
+    with LengthFieldBasedFrameDecoder(maxFrameLength) and Netty's default
+    handling of TooLongFrameException (logged, nothing answered, the
+    connection stays open): a frame over ``limit`` bytes is skipped
+    silently; every other frame is answered with its payload upper-cased,
+    in order.  Serves one client until it closes."""
+
+    def __init__(self, limit: int = 64) -> None:
+        self.limit = limit
+        self.lst = socket.create_server(("127.0.0.1", 0))
+        self.address = self.lst.getsockname()[:2]
+        self.dropped = 0
+        self.thread = start_thread(self._run, name="dropping-peer")
+
+    def _run(self) -> int:
+        self.lst.settimeout(STEP_TIMEOUT)
+        conn, _ = self.lst.accept()
+        answered = 0
+        with conn:
+            while True:
+                try:
+                    header = recv_exact(conn, 4, timeout=scaled(30))
+                except EOFError:
+                    return answered
+                payload = recv_exact(conn, int.from_bytes(header, "big"))
+                if len(payload) > self.limit:
+                    self.dropped += 1
+                    continue
+                conn.sendall(header + payload.upper())
+                answered += 1
+
+    def close(self) -> int:
+        try:
+            return int(self.thread.join_result())
+        finally:
+            self.lst.close()
+
+
+@pytest.fixture
+def dropping_peer():
+    peers: list[DroppingPeer] = []
+
+    def make(limit: int = 64) -> DroppingPeer:
+        peers.append(DroppingPeer(limit))
+        return peers[-1]
+
+    yield make
+    for p in peers:
+        p.thread.join(STEP_TIMEOUT)
+        p.lst.close()
+
+
+TOO_BIG = b"x" * 100
+LONG_ENOUGH = scaled(1.0)  # for a reply the peer sends at once
+
+
+def test_sync_request_to_a_peer_that_drops_a_request(dropping_peer):
+    """The dropped request times out owing its reply (the message says what
+    that means); the next request's reply is then dropped in its place,
+    and that request raises sk.OutOfStep, a Timeout that says replies are
+    behind and what to do.  It stays so: no later reply can be matched."""
+    peer = dropping_peer()
+    with sk.connect(peer.address, timeout=STEP_TIMEOUT) as conn:
+        assert conn.request(b"a", timeout=STEP_TIMEOUT) == b"A"
+        with pytest.raises(sk.Timeout) as first:
+            conn.request(TOO_BIG, timeout=0.2)
+        assert type(first.value) is sk.Timeout
+        assert first.value.owed == 1 and conn.pending_replies == 1
+        msg = str(first.value)
+        assert "1 owed" in msg and "dropped the request" in msg
+        assert "correlation=True" in msg and "in step" not in msg
+        for k, payload in enumerate([b"b", b"c"]):
+            with pytest.raises(sk.OutOfStep) as behind:
+                conn.request(payload, timeout=LONG_ENOUGH)
+            assert isinstance(behind.value, sk.Timeout)
+            assert behind.value.owed == 1
+            assert conn.late_replies_dropped == k + 1  # b"B", then b"C"
+            msg = str(behind.value)
+            assert "behind their requests" in msg and "reconnect" in msg
+            assert "correlation=True" in msg
+    assert peer.close() == 3 and peer.dropped == 1
+
+
+def test_aio_request_to_a_peer_that_drops_a_request(dropping_peer):
+    import pysockkit.aio as aio
+
+    peer = dropping_peer()
+
+    async def main() -> None:
+        conn = await aio.connect(peer.address, timeout=STEP_TIMEOUT)
+        try:
+            assert await conn.request(b"a", timeout=STEP_TIMEOUT) == b"A"
+            with pytest.raises(sk.Timeout) as first:
+                await conn.request(TOO_BIG, timeout=0.2)
+            assert type(first.value) is sk.Timeout and first.value.owed == 1
+            assert "1 owed" in str(first.value) and conn.stats["owed"] == 1
+            with pytest.raises(sk.OutOfStep) as behind:
+                await conn.request(b"b", timeout=LONG_ENOUGH)
+            assert behind.value.owed == 1 and conn.stats["late"] == 1
+            assert "behind their requests" in str(behind.value)
+        finally:
+            conn.close()
+            await conn.wait_closed()
+
+    asyncio.run(asyncio.wait_for(main(), STEP_TIMEOUT * 3))
+    assert peer.close() == 2 and peer.dropped == 1
+
+
+def test_threaded_request_async_to_a_peer_that_drops_a_request(dropping_peer):
+    peer = dropping_peer()
+    with sk.connect(peer.address, timeout=STEP_TIMEOUT) as conn:
+        assert conn.request_async(b"a", timeout=STEP_TIMEOUT).result() == b"A"
+        with pytest.raises(sk.Timeout) as first:
+            conn.request_async(TOO_BIG, timeout=0.2).result()
+        assert type(first.value) is sk.Timeout
+        with pytest.raises(sk.OutOfStep, match="behind their requests"):
+            conn.request_async(b"b", timeout=LONG_ENOUGH).result()
+        assert conn.duplex is not None and conn.duplex.stats["late"] == 1
+    assert peer.close() == 2 and peer.dropped == 1
+
+
+def test_a_late_reply_alone_is_not_out_of_step(conn_pair):
+    """A peer that was slow once: the late reply is dropped during the next
+    request, whose own reply then comes: no error, nothing owed."""
+    cli, srv = conn_pair()
+    server = start_thread(_delaying_server, srv, {b"one": 0.4}, name="slow-server")
+    with pytest.raises(sk.Timeout) as first:
+        cli.request(b"one", timeout=0.15)
+    assert type(first.value) is sk.Timeout
+    assert cli.request(b"two", timeout=STEP_TIMEOUT) == b"reply:two"
+    assert cli.late_replies_dropped == 1 and cli.pending_replies == 0
+    cli.shutdown("write")
+    server.join_result()
+
+
+def test_threaded_plain_requests_pipeline_in_order_against_sk_serve():
+    """request_async on plain framing: many in flight, replies in order."""
+    with sk.serve(("127.0.0.1", 0), handler=lambda m: b"re:" + m) as server:
+        with sk.connect(server.address, timeout=STEP_TIMEOUT) as conn:
+            futs = [conn.request_async(b"%d" % i, timeout=STEP_TIMEOUT) for i in range(500)]
+            assert [f.result() for f in futs] == [b"re:%d" % i for i in range(500)]
+            assert conn.duplex is not None
+            st = conn.duplex.stats
+            assert st["replies"] == 500 and st["late"] == st["unknown"] == 0
+
+
+def test_threaded_plain_late_reply_goes_to_nobody_and_messages_still_arrive(conn_pair):
+    """A timed-out plain request owes its reply: dropped when it comes, not
+    given to the next request; a frame while nothing is owed is a message."""
+    cli, srv = conn_pair()
+    with pytest.raises(sk.Timeout):
+        cli.request_async(b"q1", timeout=0.1).result()
+    fut = cli.request_async(b"q2", timeout=STEP_TIMEOUT)
+    assert srv.recv(timeout=STEP_TIMEOUT) == b"q1"
+    assert srv.recv(timeout=STEP_TIMEOUT) == b"q2"
+    srv.send_many([b"late answer to q1", b"answer to q2", b"unsolicited"])
+    assert fut.result() == b"answer to q2"
+    assert cli.duplex is not None
+    assert cli.duplex.get(timeout=STEP_TIMEOUT) == b"unsolicited"
+    assert cli.duplex.stats["late"] == 1

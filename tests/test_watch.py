@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import io
 import os
 import re
 import socket
@@ -19,6 +20,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -485,3 +487,125 @@ def test_fork_child_can_read_and_drop_a_running_watch() -> None:
             assert t.running                   # the parent's sampler goes on
         finally:
             t.stop()
+
+
+# ------------------------------------------- following the close after a block
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _closes_on_eof(lst: socket.socket) -> int:
+    """A stdlib server: accept one client, read until EOF, then close."""
+    lst.settimeout(STEP)
+    conn, _ = lst.accept()
+    with conn:
+        conn.settimeout(STEP)
+        return drain(conn)
+
+
+def test_readme_watch_example_prints_the_close_it_promises() -> None:
+    """README's two lines, taken verbatim from README.md, against a server
+    that closes on EOF: the trace follows the connection after the block
+    to TIME_WAIT, and print() shows the states of the comment (a state too
+    brief to be sampled is printed marked as inferred)."""
+    lines = [ln for ln in README.read_text().splitlines()
+             if ln.startswith(("with sk.watch(conn) as trace:", "print(trace)"))]
+    assert len(lines) == 2, lines
+    promise = lines[1].split("#", 1)[1].strip()
+    assert promise == "ESTABLISHED -> FIN_WAIT_1 [-> FIN_WAIT_2] -> TIME_WAIT"
+    with socket.create_server(("127.0.0.1", 0)) as lst:
+        server = threading.Thread(target=_closes_on_eof, args=(lst,), daemon=True)
+        server.start()
+        conn = sk.connect(lst.getsockname()[:2], timeout=STEP)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec("\n".join(lines), {"sk": sk, "conn": conn})
+        server.join(STEP)
+    printed = out.getvalue()
+    names = re.findall(r" ms  (?:· )?([A-Z][A-Z_0-9]+)", printed)
+    assert names in (["ESTABLISHED", "FIN_WAIT_1", "TIME_WAIT"],
+                     ["ESTABLISHED", "FIN_WAIT_1", "FIN_WAIT_2", "TIME_WAIT"]), printed
+    assert "descriptor closed" in printed
+
+
+def test_leaving_the_block_does_not_wait_for_a_connection_nobody_closes() -> None:
+    with tcp_pair() as (a, b):
+        t0 = time.monotonic()
+        with watch(a, follow=STEP * 6) as t:
+            pass
+        assert time.monotonic() - t0 < STEP * 3  # far from the follow bound
+        assert not t.running and t.states == [S.ESTABLISHED]
+        assert t.follow(timeout=STEP) is True  # stopped: nothing left to follow
+
+
+def test_follow_bound_and_the_peer_closing_later() -> None:
+    """Our FIN is ACKed but the peer keeps its side open: FIN_WAIT_2 lasts,
+    follow() gives up at its bound; once the peer closes it returns True
+    at TIME_WAIT."""
+    with tcp_pair() as (a, b):
+        t = watch(a)
+        try:
+            a.shutdown(socket.SHUT_WR)
+            wait(t, "FIN_WAIT_2")
+            assert t.follow(timeout=0.05) is False
+            assert t.running and t.state is S.FIN_WAIT_2
+            b.close()
+            assert t.follow(timeout=STEP) is True
+            assert t.state is S.TIME_WAIT
+        finally:
+            t.stop()
+
+
+def test_leaving_the_block_follows_a_passive_close_to_closed() -> None:
+    with tcp_pair() as (a, b):
+        with watch(b) as t:
+            a.close()
+            wait(t, "CLOSE_WAIT")
+            b.close()
+        assert t.states[0] is S.ESTABLISHED and t.states[-1] is S.CLOSED, str(t)
+        assert t.finished
+
+
+def test_an_exception_in_the_block_stops_at_once() -> None:
+    with tcp_pair() as (a, b):
+        with pytest.raises(RuntimeError):
+            with watch(a, follow=None) as t:
+                a.shutdown(socket.SHUT_WR)  # FIN_WAIT_2 for as long as b is open
+                wait(t, "FIN_WAIT_2")
+                raise RuntimeError("boom")
+        assert not t.running and t.state is S.FIN_WAIT_2
+
+
+def test_follow_argument_is_checked() -> None:
+    with tcp_pair() as (a, b):
+        with pytest.raises(ValueError, match="follow"):
+            watch(a, follow=-1)
+        with pytest.raises(TypeError, match="follow"):
+            watch(a, follow="2")  # type: ignore[arg-type]
+        t = watch(a)
+        with pytest.raises(ValueError):
+            t.follow(timeout=float("nan"))
+        t.stop()
+
+
+def test_timeline_marks_states_too_brief_to_sample() -> None:
+    """A jump the diagram explains by one unseen state prints that state
+    marked as inferred; the recorded states keep their plain lines."""
+    from pysockkit._watch import _missed
+
+    assert _missed(S.ESTABLISHED, S.FIN_WAIT_2) == [S.FIN_WAIT_1]
+    assert _missed(S.CLOSE_WAIT, S.CLOSED) == [S.LAST_ACK]
+    assert _missed(S.ESTABLISHED, S.FIN_WAIT_1) == []
+    with tcp_pair() as (a, b):
+        with watch(a) as t:
+            a.shutdown(socket.SHUT_WR)
+            wait(t, "FIN_WAIT_2")
+            b.close()
+            wait(t, "TIME_WAIT")
+        text = str(t)
+        seen = [s.name for s in t.states]
+        if "FIN_WAIT_1" not in seen:
+            assert "· FIN_WAIT_1 (too brief to be sampled: inferred)" in text, text
+        else:
+            assert "inferred" not in text, text

@@ -246,6 +246,56 @@ TEST(corr_expire_in_deadline_order_then_late)
     sk_corr_free(&t);
 }
 
+TEST(corr_in_order_matches_by_position_and_drops_late_replies)
+{
+    sk_corr t;
+    sk_err err;
+    sk_plist out;
+    sk_promise *p[4], *r;
+    int64_t now = sk_now_ns();
+    int i;
+
+    CHECK(sk_corr_init_in_order(&t, &err) == SK_OK);
+    CHECK(!sk_corr_owed(&t)); /* nothing sent: a frame is not a reply */
+    for (i = 0; i < 4; i++) {
+        p[i] = mkp();
+        CHECK(sk_corr_add(&t, p[i], i == 0 ? now + 100 : SK_NO_DEADLINE,
+                          &err) == SK_OK);
+    }
+    /* the first request times out before any reply: a plain timeout */
+    sk_plist_init(&out);
+    CHECK(sk_corr_expire(&t, now + 100, &out) == 1);
+    CHECK(out.head == p[0] && p[0]->fail == SK_PF_TIMEOUT);
+    /* its late reply is the first frame: dropped, not given to p[1] */
+    CHECK(sk_corr_owed(&t));
+    CHECK(sk_corr_reply_next(&t, "r0", 2) == NULL && t.late == 1);
+    r = sk_corr_reply_next(&t, "r1", 2);
+    CHECK(r == p[1] && r->len == 2 && memcmp(r->data, "r1", 2) == 0);
+    /* p[3] could not be sent at all: its id is given back */
+    CHECK(sk_corr_unsend(&t, p[3]) == 1 && t.next_id == p[3]->id);
+    CHECK(sk_corr_unsend(&t, p[3]) == 0);
+    /* p[2] was sent in part: abandoned, its reply is dropped when it comes */
+    CHECK(sk_corr_abandon(&t, p[2]) == 1 && t.pending == 0);
+    CHECK(sk_corr_owed(&t));
+    CHECK(sk_corr_reply_next(&t, "r2", 2) == NULL && t.late == 2);
+    CHECK(!sk_corr_owed(&t));
+    /* a request that times out after a late reply was dropped during its
+     * wait: replies are arriving behind their requests */
+    sk_promise_init(p[3]);
+    CHECK(sk_corr_add(&t, p[3], now + 200, &err) == SK_OK);
+    CHECK(sk_corr_add(&t, p[0] = mkp(), now + 300, &err) == SK_OK);
+    CHECK(sk_corr_expire(&t, now + 200, &out) == 1 && p[3]->fail == SK_PF_TIMEOUT);
+    CHECK(sk_corr_reply_next(&t, "r3", 2) == NULL && t.late == 3);
+    CHECK(sk_corr_expire(&t, now + 300, &out) == 1);
+    CHECK(p[0]->fail == SK_PF_OUT_OF_STEP);
+    CHECK(sk_corr_reply_next(&t, "r4", 2) == NULL && t.late == 4);
+    CHECK(!sk_corr_owed(&t) && t.unknown == 0);
+    freep(out.head); /* the first p[0] */
+    for (i = 0; i < 4; i++)
+        freep(p[i]);
+    sk_corr_free(&t);
+}
+
 TEST(corr_many_requests_grow_shrink_and_take_all)
 {
     enum { N = 20000 };

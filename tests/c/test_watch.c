@@ -117,6 +117,43 @@ TEST(active_close_followed_through_diag)
     sk_watch_free(w);
 }
 
+TEST(follow_waits_for_the_end_of_a_close_only)
+{
+    sk_watch_target t;
+    sk_watch_config c;
+    sk_watch *w = NULL;
+    sk_watch_stats st;
+    sk_err err;
+    int64_t step = (int64_t)(3e9 * sk_test_time_scale());
+    int a, b;
+
+    CHECK_INT(tcp_pair(&a, &b), ==, 0);
+    memset(&t, 0, sizeof(t));
+    memset(&c, 0, sizeof(c));
+    t.fd = a;
+    CHECK_RC(sk_watch_start(&t, &c, &w, &err), SK_OK, &err);
+    if (w == NULL)
+        return;
+    /* nobody closes it: decided by the first sample after the call */
+    CHECK_INT(sk_watch_follow(w, sk_now_ns(), SK_NO_DEADLINE), ==,
+              SK_WATCH_NOT_CLOSING);
+    /* our FIN is ACKed, the peer keeps its side open: still closing */
+    CHECK_INT(shutdown(a, SHUT_WR), ==, 0);
+    CHECK(wait_state(w, SK_TCP_FIN_WAIT2));
+    CHECK_INT(sk_watch_follow(w, sk_now_ns(), sk_now_ns() + 20000000), ==,
+              SK_WATCH_STILL_CLOSING);
+    close(b);                    /* the peer's FIN: TIME_WAIT, via diag */
+    CHECK_INT(sk_watch_follow(w, sk_now_ns(), sk_now_ns() + step), ==,
+              SK_WATCH_CLOSED);
+    sk_watch_get_stats(w, &st);
+    CHECK_INT(st.state, ==, SK_TCP_TIME_WAIT);
+    sk_watch_stop(w);            /* a stopped sampler: nothing to wait for */
+    CHECK_INT(sk_watch_follow(w, sk_now_ns(), SK_NO_DEADLINE), ==,
+              SK_WATCH_CLOSED);
+    sk_watch_free(w);
+    close(a);
+}
+
 TEST(kept_fd_reads_time_wait_and_passive_side_finishes)
 {
     sk_watch_target ta, tb;
