@@ -49,6 +49,7 @@
 
 #include "clock.h"
 #include "sock.h"
+#include "sys.h"
 
 #define SK_PX_NEVER INT64_MAX
 #define SK_PX_NOIDX ((size_t)-1)
@@ -920,11 +921,11 @@ static void sk_pair_new(sk_proxy *p, int cfd,
     sk_pxpair *c = NULL;
     int sfd = -1, s, d;
 
-    c = calloc(1, sizeof(*c));
+    c = sk_calloc(1, sizeof(*c));
     if (c == NULL)
         goto nomem;
     for (d = 0; d < 2; d++) {
-        c->dir[d].buf = malloc(p->bufsize);
+        c->dir[d].buf = sk_malloc(p->bufsize);
         if (c->dir[d].buf == NULL)
             goto nomem;
         c->dir[d].cap = p->bufsize;
@@ -1218,7 +1219,7 @@ int sk_proxy_start(const struct sockaddr *upstream, socklen_t upstream_len,
         sk_err_set(err, SK_E_ARG, "upstream must be an IPv4 or IPv6 address");
         goto error;
     }
-    p = calloc(1, sizeof(*p));
+    p = sk_calloc(1, sizeof(*p));
     if (p == NULL) {
         sk_err_set(err, SK_E_NOMEM, "out of memory for the proxy");
         goto error;
@@ -1237,7 +1238,7 @@ int sk_proxy_start(const struct sockaddr *upstream, socklen_t upstream_len,
                                                         : SK_PX_DEFAULT_CONNS;
     p->rng = opts != NULL && opts->seed != 0 ? opts->seed
                                              : (uint64_t)sk_now_ns();
-    p->heap = calloc(p->max_conns, sizeof(*p->heap));
+    p->heap = sk_calloc(p->max_conns, sizeof(*p->heap));
     if (p->heap == NULL) {
         sk_err_set(err, SK_E_NOMEM, "out of memory for the proxy");
         goto error;
@@ -1257,7 +1258,7 @@ int sk_proxy_start(const struct sockaddr *upstream, socklen_t upstream_len,
     cv_ok = 1;
     if (sk_listen(listen, listen_len, 128, &p->lfd, err) != SK_OK)
         goto error;
-    p->epfd = epoll_create1(EPOLL_CLOEXEC);
+    p->epfd = sk_epoll_create(EPOLL_CLOEXEC);
     if (p->epfd < 0) {
         sk_err_sys(err, "epoll_create1", errno);
         goto error;
@@ -1279,7 +1280,7 @@ int sk_proxy_start(const struct sockaddr *upstream, socklen_t upstream_len,
     p->running = 1;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    e = pthread_create(&p->thread, NULL, sk_px_main, p);
+    e = sk_thread_create(&p->thread, NULL, sk_px_main, p);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (e != 0) {
         sk_err_sys(err, "pthread_create", e);
