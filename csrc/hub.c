@@ -287,8 +287,8 @@ static void *sk_hub_main(void *arg)
     return NULL;
 }
 
-/* Wake the thread so it recomputes its timeout.  Any thread. */
-static void sk_hub_wake(sk_hub *h)
+/* Contract: any thread, no GIL needed. */
+void sk_hub_wake(sk_hub *h)
 {
     uint64_t one = 1;
 
