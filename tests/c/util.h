@@ -7,12 +7,16 @@
 #ifndef SK_TEST_UTIL_H
 #define SK_TEST_UTIL_H
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "check.h"
 
@@ -130,6 +134,41 @@ static inline int raw_readable(int fd, int ms)
     struct pollfd pfd = {fd, POLLIN, 0};
 
     return poll(&pfd, 1, ms) > 0 && (pfd.revents & (POLLIN | POLLHUP));
+}
+
+/* Connected IPv4 loopback pair (blocking): *a is the client, *b the
+ * accepted socket.  0, or -1 with nothing left open. */
+static inline int tcp_loopback_pair(int *a, int *b)
+{
+    struct sockaddr_in sa;
+    socklen_t len = sizeof(sa);
+    int ls, rc = -1;
+
+    *a = *b = -1;
+    ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (ls < 0)
+        return -1;
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(ls, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(ls, 1) < 0
+        || getsockname(ls, (struct sockaddr *)&sa, &len) < 0)
+        goto done;
+    *a = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (*a < 0 || connect(*a, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+        goto done;
+    *b = accept(ls, NULL, NULL);
+    if (*b < 0)
+        goto done;
+    rc = 0;
+done:
+    close(ls);
+    if (rc < 0) {
+        if (*a >= 0)
+            close(*a);
+        *a = -1;
+    }
+    return rc;
 }
 
 #endif /* SK_TEST_UTIL_H */
