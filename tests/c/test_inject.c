@@ -473,8 +473,11 @@ static int sc_diag(sk_err *err)
     getpeername(a, (struct sockaddr *)&ra, &len);
     sk_diag_query_init(&q);
     q.family = AF_INET;
-    q.states = 1u << 1; /* ESTABLISHED: not an old TIME_WAIT on the port */
+    /* ESTABLISHED (not an old TIME_WAIT), both ports: other processes may
+     * use the same ephemeral port towards another peer */
+    q.states = 1u << 1;
     q.sport = ntohs(la.sin_port);
+    q.dport = ntohs(ra.sin_port);
     rc = sk_diag_dump(&q, count_entries, &n, err);
     if (rc == SK_OK) {
         CHECK_INT(n, ==, 1);
