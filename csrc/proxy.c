@@ -432,6 +432,9 @@ static void sk_pair_apply(sk_proxy *p, sk_pxpair *c)
     }
     for (d = 0; d < 2; d++) {
         sk_pxdir *x = &c->dir[d];
+        /* a slice in progress ends: a new slicer's sizes apply at once
+         * (found by tests/fuzz/fuzz_proxy.c) */
+        x->slice_left = 0;
         if (x->limit_id != p->eff[d].limit_id) {
             x->limit_id = p->eff[d].limit_id;
             x->limit_base = atomic_load_explicit(&x->fwd,
