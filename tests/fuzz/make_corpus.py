@@ -290,6 +290,48 @@ def send_seeds() -> dict[str, bytes]:
     return s
 
 
+# ---------------------------------------------------------------- proxy
+
+P_FAULT, P_UNFAULT, P_OPEN, P_DATA, P_ERROR, P_WINDOW, P_TIME, P_FAIL = range(8)
+BOTH = 3 << 3  # fault directions, bits 3-4 of the kind byte
+
+
+def px(op: int, a: int = 0, b: int = 0, c: int = 0) -> bytes:
+    return bytes([op, a & 0xFF, b & 0xFF, c & 0xFF])
+
+
+def px_ms(ms: int) -> bytes:
+    """fuzz_proxy.c's time step of about ms milliseconds (10 ms units)."""
+    return px(P_TIME, 0x80 | min(ms // 10, 127), 0)
+
+
+def proxy_seeds() -> dict[str, bytes]:
+    cfg = bytes([1, 42])  # 2 KiB buffers
+    traffic = (
+        px(P_OPEN, 1) + px(P_DATA, 0, 0, 20) + px(P_DATA, 1, 0, 9) + px_ms(30)
+        + px(P_DATA, 0, 0, 200) + px_ms(100) + px(P_DATA, 2, 0) + px(P_DATA, 3, 0) + px_ms(500)
+    )
+    s: dict[str, bytes] = {}
+    s["latency_jitter"] = cfg + px(P_FAULT, 0 | BOTH, 20, 10) + traffic
+    s["bandwidth"] = cfg + px(P_FAULT, 1 | BOTH, 10, 10) + traffic + px_ms(1000)
+    s["stall_then_remove"] = cfg + px(P_FAULT, 2 | BOTH, 0) + traffic + px(P_UNFAULT, 0) + px_ms(10)
+    s["stall_timeout"] = cfg + px(P_FAULT, 2 | BOTH, 3) + traffic
+    s["reset_peer"] = cfg + px(P_FAULT, 3 | 1 << 3, 10) + traffic
+    s["slow_close"] = cfg + px(P_FAULT, 4 | BOTH, 30) + traffic + px_ms(100)
+    s["slicer"] = cfg + px(P_FAULT, 5 | BOTH | 1 << 5, 10, 3) + traffic + px_ms(300)
+    s["limit_data"] = cfg + px(P_FAULT, 6 | 2 << 3, 2, 0) + traffic
+    s["window_and_errors"] = (
+        cfg + px(P_OPEN, 0) + px(P_DATA, 0, 0, 100) + px(P_WINDOW, 1, 0, 3) + px_ms(10)
+        + px(P_WINDOW, 1, 0, 255) + px(P_ERROR, 1, 0) + px(P_OPEN, 1) + px(P_DATA, 1, 1, 5)
+        + px(P_ERROR, 4, 1) + px_ms(10)
+    )
+    s["connect_refused_and_nomem"] = cfg + px(P_OPEN, 6) + px(P_FAIL) + px(P_OPEN, 1) + px(P_FAIL) + px(
+        P_OPEN, 1) + px(P_DATA, 0, 0, 1)
+    s["many_faults"] = cfg + b"".join(px(P_FAULT, k | BOTH, 3, 2) for k in range(8)) + traffic + px(
+        P_UNFAULT, 3) + px(P_UNFAULT, 0) + px_ms(200)
+    return s
+
+
 def write(name: str, seeds: dict[str, bytes]) -> None:
     d = CORPUS / name
     d.mkdir(parents=True, exist_ok=True)
@@ -305,6 +347,7 @@ SEEDS = {
     "fuzz_diag": diag_seeds,
     "fuzz_corr": corr_seeds,
     "fuzz_send": send_seeds,
+    "fuzz_proxy": proxy_seeds,
 }
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@
 # fuzz_proxy; default every tests/fuzz/fuzz_*.c).  Each harness is built
 # with clang -fsanitize=fuzzer,address,undefined (UB aborts) from
 # tests/fuzz/NAME.c and every csrc/*.c but the CPython binding (plus the
-# link flags on its "FUZZ_LDFLAGS:" line, if any), then run on a scratch
+# link flags on its "FUZZ_LDFLAGS:" line, if any; without csrc/X.c when
+# its "FUZZ_UNITY: X" line says it includes that file), then run on a scratch
 # copy of its seed corpus tests/fuzz/corpus/NAME/ (the committed corpus is
 # never written).
 #
@@ -88,7 +89,15 @@ for name in "${names[@]}"; do
     fi
     # shellcheck disable=SC2207
     ldflags=($(sed -n 's/^ \* FUZZ_LDFLAGS: //p' "$src"))
-    "$CC" "${CFLAGS[@]}" "${EXEFLAGS[@]}" "$src" "${objs[@]}" -pthread \
+    # a harness that includes csrc/X.c itself ("FUZZ_UNITY: X") links the
+    # core without X.o
+    unity=$(sed -n 's/^ \* FUZZ_UNITY: //p' "$src")
+    link=()
+    for o in "${objs[@]}"; do
+        [ -n "$unity" ] && [ "$o" = "$out/$unity.o" ] && continue
+        link+=("$o")
+    done
+    "$CC" "${CFLAGS[@]}" "${EXEFLAGS[@]}" "$src" "${link[@]}" -pthread \
         "${ldflags[@]}" -o "$out/$name" ||
         { echo "run.sh: building $name failed" >&2; status=1; continue; }
     work="$out/$name.corpus"
