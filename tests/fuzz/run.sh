@@ -9,7 +9,8 @@
 # with clang -fsanitize=fuzzer,address,undefined (UB aborts) from
 # tests/fuzz/NAME.c and every csrc/*.c but the CPython binding (plus the
 # link flags on its "FUZZ_LDFLAGS:" line, if any; without csrc/X.c when
-# its "FUZZ_UNITY: X" line says it includes that file), then run on a scratch
+# its "FUZZ_UNITY: X" line says it includes that file; inputs up to its
+# "FUZZ_MAXLEN:" or 8192 bytes), then run on a scratch
 # copy of its seed corpus tests/fuzz/corpus/NAME/ (the committed corpus is
 # never written).
 #
@@ -92,6 +93,8 @@ for name in "${names[@]}"; do
     # a harness that includes csrc/X.c itself ("FUZZ_UNITY: X") links the
     # core without X.o
     unity=$(sed -n 's/^ \* FUZZ_UNITY: //p' "$src")
+    # a harness whose inputs are programs may ask for shorter ones
+    maxlen=$(sed -n 's/^ \* FUZZ_MAXLEN: //p' "$src")
     link=()
     for o in "${objs[@]}"; do
         [ -n "$unity" ] && [ "$o" = "$out/$unity.o" ] && continue
@@ -114,7 +117,7 @@ for name in "${names[@]}"; do
     # shellcheck disable=SC2086
     ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=0} \
         UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
-        "$out/$name" "${limit[@]}" -rss_limit_mb=2048 -max_len=8192 \
+        "$out/$name" "${limit[@]}" -rss_limit_mb=2048 -max_len="${maxlen:-8192}" \
         -print_final_stats=1 -artifact_prefix="$out/$name.artifacts/" \
         ${FUZZ_ARGS:-} "$work" "$here/corpus/$name" >"$out/$name.log" 2>&1
     rc=$?
