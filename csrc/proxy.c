@@ -1120,6 +1120,31 @@ done:
     return r;
 }
 
+/* Pump every pair whose timer is due.  Reactor.  The due pairs are taken
+ * out first, so a pair that is due again at once waits for the next turn
+ * instead of spinning here. */
+static void sk_px_run_timers(sk_proxy *p)
+{
+    sk_pxpair *due = NULL, *c;
+    int64_t now;
+
+    if (p->heap_len == 0 || p->heap[0]->wake_ns > sk_now_ns())
+        return;
+    now = sk_now_ns();
+    while (p->heap_len > 0 && p->heap[0]->wake_ns <= now) {
+        c = p->heap[0];
+        sk_timer_set(p, c, SK_PX_NEVER);
+        c->zombie_next = due; /* borrowed as a list link */
+        due = c;
+    }
+    while (due != NULL) {
+        c = due;
+        due = c->zombie_next;
+        c->zombie_next = NULL;
+        sk_pair_pump(p, c);
+    }
+}
+
 /* The reactor thread: loop until p->stop, then close every connection.
  * Owns everything marked "Reactor"; frees the pairs, not p. */
 static void *sk_px_main(void *arg)
@@ -1164,25 +1189,7 @@ static void *sk_px_main(void *arg)
                 sk_pair_event(p, e, evs[i].events);
             }
         }
-        /* timers: take the due pairs out first, so a pair that is due again
-         * at once waits for the next turn instead of spinning here */
-        if (p->heap_len > 0 && p->heap[0]->wake_ns <= sk_now_ns()) {
-            int64_t now = sk_now_ns();
-            sk_pxpair *due = NULL;
-
-            while (p->heap_len > 0 && p->heap[0]->wake_ns <= now) {
-                c = p->heap[0];
-                sk_timer_set(p, c, SK_PX_NEVER);
-                c->zombie_next = due; /* borrowed as a list link */
-                due = c;
-            }
-            while (due != NULL) {
-                c = due;
-                due = c->zombie_next;
-                c->zombie_next = NULL;
-                sk_pair_pump(p, c);
-            }
-        }
+        sk_px_run_timers(p);
         while (p->zombies != NULL) {
             c = p->zombies;
             p->zombies = c->zombie_next;

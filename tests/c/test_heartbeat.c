@@ -52,6 +52,21 @@ static sk_frame ctl_frame(const unsigned char *body, size_t n)
     return fr;
 }
 
+/* The peer's PING (reporting rtt_ns) or PONG (echoing ts) arrives at
+ * `now`: encoded by heartbeat.c, handed to the receive rule. */
+static void hb_receive(sk_hb *hb, int type, int64_t ts, int64_t rtt_ns,
+                       int64_t now)
+{
+    unsigned char w[8 + SK_CTL_PING_LEN];
+    sk_framing f = ctl_framing(4, 0);
+    sk_frame fr;
+
+    sk_hb_encode(&f, type, ts, rtt_ns, w);
+    fr = ctl_frame(w + 4, type == SK_CTL_PING ? SK_CTL_PING_LEN
+                                              : SK_CTL_PONG_LEN);
+    sk_hb_on_control(hb, &fr, now);
+}
+
 TEST(init_sets_the_documented_clocks)
 {
     sk_hb hb;
@@ -149,62 +164,44 @@ TEST(encoded_frames_decode_as_control_frames)
 
 TEST(ping_owes_a_pong_and_reports_the_peers_rtt)
 {
-    unsigned char w[8 + SK_CTL_PING_LEN];
-    sk_framing f = ctl_framing(4, 0);
     int64_t now = 500 * SEC;
-    sk_frame fr;
     sk_hb hb;
 
     sk_hb_init(&hb, SEC, 3 * SEC, 1, now);
     /* rtt unknown to the peer: ours stays unknown */
-    sk_hb_encode(&f, SK_CTL_PING, 4242, -1, w);
-    fr = ctl_frame(w + 4, SK_CTL_PING_LEN);
-    sk_hb_on_control(&hb, &fr, now + 1);
+    hb_receive(&hb, SK_CTL_PING, 4242, -1, now + 1);
     CHECK_U64(hb.pings_recv, ==, 1);
     CHECK_INT(hb.pong_ts, ==, 4242);
     CHECK_INT(hb.rtt_ns, ==, -1);
 
     /* the peer measured 5 ms: we learn it, and when */
-    sk_hb_encode(&f, SK_CTL_PING, 4343, 5 * 1000 * 1000, w);
-    fr = ctl_frame(w + 4, SK_CTL_PING_LEN);
-    sk_hb_on_control(&hb, &fr, now + 2);
+    hb_receive(&hb, SK_CTL_PING, 4343, 5 * 1000 * 1000, now + 2);
     CHECK_U64(hb.pings_recv, ==, 2);
     CHECK_INT(hb.pong_ts, ==, 4343); /* the newest ping is the one echoed */
     CHECK_INT(hb.rtt_ns, ==, 5 * 1000 * 1000);
     CHECK_INT(hb.rtt_at_ns, ==, now + 2);
 
     /* a peer whose clock reads 0 still gets a pong (0 means "none owed") */
-    sk_hb_encode(&f, SK_CTL_PING, 0, -1, w);
-    fr = ctl_frame(w + 4, SK_CTL_PING_LEN);
-    sk_hb_on_control(&hb, &fr, now + 3);
+    hb_receive(&hb, SK_CTL_PING, 0, -1, now + 3);
     CHECK_INT(hb.pong_ts, ==, 1);
     CHECK_U64(hb.unknown_ctl, ==, 0);
 }
 
 TEST(pong_measures_the_round_trip_from_our_own_timestamp)
 {
-    unsigned char w[8 + SK_CTL_PING_LEN];
-    sk_framing f = ctl_framing(1, 0);
     int64_t now = 500 * SEC;
-    sk_frame fr;
     sk_hb hb;
 
     sk_hb_init(&hb, SEC, 3 * SEC, 1, now);
-    sk_hb_encode(&f, SK_CTL_PONG, now - 7 * 1000 * 1000, -1, w);
-    fr = ctl_frame(w + 1, SK_CTL_PONG_LEN);
-    sk_hb_on_control(&hb, &fr, now);
+    hb_receive(&hb, SK_CTL_PONG, now - 7 * 1000 * 1000, -1, now);
     CHECK_U64(hb.pongs_recv, ==, 1);
     CHECK_INT(hb.rtt_ns, ==, 7 * 1000 * 1000);
     CHECK_INT(hb.rtt_at_ns, ==, now);
     CHECK_INT(hb.pong_ts, ==, 0); /* a pong owes nothing */
 
     /* a timestamp from the future or 0 is not ours: counted, ignored */
-    sk_hb_encode(&f, SK_CTL_PONG, now + 11, -1, w);
-    fr = ctl_frame(w + 1, SK_CTL_PONG_LEN);
-    sk_hb_on_control(&hb, &fr, now + 10);
-    sk_hb_encode(&f, SK_CTL_PONG, 0, -1, w);
-    fr = ctl_frame(w + 1, SK_CTL_PONG_LEN);
-    sk_hb_on_control(&hb, &fr, now + 10);
+    hb_receive(&hb, SK_CTL_PONG, now + 11, -1, now + 10);
+    hb_receive(&hb, SK_CTL_PONG, 0, -1, now + 10);
     CHECK_U64(hb.pongs_recv, ==, 3);
     CHECK_INT(hb.rtt_ns, ==, 7 * 1000 * 1000);
     CHECK_INT(hb.rtt_at_ns, ==, now);

@@ -740,76 +740,83 @@ static int wait_lingering(sk_hub *h, uint64_t want)
     return 0;
 }
 
+#define LINGER_DATA 100
+
+/* A socketpair whose sv[0] sent LINGER_DATA bytes and its FIN, then was
+ * handed to the hub for a lingering close until `deadline`; sv[1] is the
+ * peer's, the caller's to close.  0, or -1 (reported). */
+static int linger_start(hfix *x, int sv[2], int64_t deadline)
+{
+    unsigned char data[LINGER_DATA];
+
+    memset(data, 'd', sizeof(data));
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+        CHECK(!"socketpair");
+        return -1;
+    }
+    set_nonblock(sv[0], 1);
+    CHECK_INT(raw_write_all(sv[0], data, sizeof(data), 5), ==, 0);
+    shutdown(sv[0], SHUT_WR);
+    sk_hub_linger(x->hub, sv[0], deadline);
+    return 0;
+}
+
 TEST(linger_drains_until_acknowledged_then_closes)
 {
-    unsigned char data[100], buf[200], noise[40];
+    unsigned char buf[2 * LINGER_DATA], noise[40];
     int sv[2], eof = 0;
     size_t got;
     hfix x;
 
     if (fix_open(&x, 0) != 0)
         return;
-    memset(data, 'd', sizeof(data));
-    memset(noise, 'n', sizeof(noise));
-    CHECK_INT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
-    set_nonblock(sv[0], 1);
-    CHECK_INT(raw_write_all(sv[0], data, sizeof(data), 5), ==, 0);
-    shutdown(sv[0], SHUT_WR);
-    sk_hub_linger(x.hub, sv[0], T0 + 5 * SEC);
-    CHECK_INT(wait_lingering(x.hub, 1), ==, 0);
-    /* the peer still sends (heartbeats): drained, the socket stays */
-    CHECK_INT(raw_write_all(sv[1], noise, sizeof(noise), 5), ==, 0);
-    hub_sync(x.hub);
-    CHECK_U64(lingering(x.hub), ==, 1);
-    /* the peer reads our data: everything acknowledged, the hub closes */
-    got = raw_read(sv[1], buf, sizeof(buf), 5, &eof);
-    CHECK_U64(got, ==, sizeof(data));
-    CHECK_INT(eof, ==, 1);
-    CHECK_INT(wait_lingering(x.hub, 0), ==, 0);
-    close(sv[1]);
+    if (linger_start(&x, sv, T0 + 5 * SEC) == 0) {
+        CHECK_INT(wait_lingering(x.hub, 1), ==, 0);
+        /* the peer still sends (heartbeats): drained, the socket stays */
+        memset(noise, 'n', sizeof(noise));
+        CHECK_INT(raw_write_all(sv[1], noise, sizeof(noise), 5), ==, 0);
+        hub_sync(x.hub);
+        CHECK_U64(lingering(x.hub), ==, 1);
+        /* the peer reads our data: all acknowledged, the hub closes */
+        got = raw_read(sv[1], buf, sizeof(buf), 5, &eof);
+        CHECK_U64(got, ==, LINGER_DATA);
+        CHECK_INT(eof, ==, 1);
+        CHECK_INT(wait_lingering(x.hub, 0), ==, 0);
+        close(sv[1]);
+    }
     fix_close(&x);
 }
 
 TEST(linger_gives_up_at_the_deadline)
 {
-    unsigned char data[100];
     int sv[2];
     hfix x;
 
     if (fix_open(&x, 0) != 0)
         return;
-    memset(data, 'd', sizeof(data));
-    CHECK_INT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
-    set_nonblock(sv[0], 1);
-    CHECK_INT(raw_write_all(sv[0], data, sizeof(data), 5), ==, 0);
-    shutdown(sv[0], SHUT_WR);
-    sk_hub_linger(x.hub, sv[0], T0 + 5 * SEC);
-    fake_set(T0 + 5 * SEC - 1);
-    hub_sync(x.hub);
-    CHECK_U64(lingering(x.hub), ==, 1); /* the peer never reads */
-    fake_set(T0 + 5 * SEC);
-    CHECK_INT(wait_lingering(x.hub, 0), ==, 0);
-    close(sv[1]);
+    if (linger_start(&x, sv, T0 + 5 * SEC) == 0) {
+        fake_set(T0 + 5 * SEC - 1);
+        hub_sync(x.hub);
+        CHECK_U64(lingering(x.hub), ==, 1); /* the peer never reads */
+        fake_set(T0 + 5 * SEC);
+        CHECK_INT(wait_lingering(x.hub, 0), ==, 0);
+        close(sv[1]);
+    }
     fix_close(&x);
 }
 
 TEST(linger_ends_when_the_peer_closes)
 {
-    unsigned char data[100];
     int sv[2];
     hfix x;
 
     if (fix_open(&x, 0) != 0)
         return;
-    memset(data, 'd', sizeof(data));
-    CHECK_INT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
-    set_nonblock(sv[0], 1);
-    CHECK_INT(raw_write_all(sv[0], data, sizeof(data), 5), ==, 0);
-    shutdown(sv[0], SHUT_WR);
-    sk_hub_linger(x.hub, sv[0], T0 + 60 * SEC);
-    CHECK_INT(wait_lingering(x.hub, 1), ==, 0);
-    close(sv[1]);
-    CHECK_INT(wait_lingering(x.hub, 0), ==, 0);
+    if (linger_start(&x, sv, T0 + 60 * SEC) == 0) {
+        CHECK_INT(wait_lingering(x.hub, 1), ==, 0);
+        close(sv[1]);
+        CHECK_INT(wait_lingering(x.hub, 0), ==, 0);
+    }
     fix_close(&x);
 }
 

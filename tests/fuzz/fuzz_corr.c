@@ -50,15 +50,7 @@
 #include "corr.h"
 #include "promise.h"
 #include "sys.h"
-
-#define REQUIRE(cond)                                                       \
-    do {                                                                    \
-        if (!(cond)) {                                                      \
-            fprintf(stderr, "fuzz_corr: %s:%d: check failed: %s\n",         \
-                    __FILE__, __LINE__, #cond);                             \
-            abort();                                                        \
-        }                                                                   \
-    } while (0)
+#include "require.h"
 
 #define MAXP 1024 /* promises per input */
 

@@ -41,18 +41,10 @@
 #include "frame.h"
 #include "heartbeat.h"
 #include "ref_frame.h"
+#include "require.h"
 
 #define CFG_BYTES 11
 #define RESERVE_MAX_FRAME (1u << 20)
-
-#define REQUIRE(cond)                                                       \
-    do {                                                                    \
-        if (!(cond)) {                                                      \
-            fprintf(stderr, "fuzz_decoder: %s:%d: check failed: %s\n",      \
-                    __FILE__, __LINE__, #cond);                             \
-            abort();                                                        \
-        }                                                                   \
-    } while (0)
 
 /* ------------------------------------------------ checking the decoder */
 

@@ -43,19 +43,11 @@
 
 #include "diag.h"
 #include "tcpinfo.h"
+#include "require.h"
 
 #define CFG_BYTES 8
 
 static volatile uint64_t sink; /* keeps the field reads alive */
-
-#define REQUIRE(cond)                                                       \
-    do {                                                                    \
-        if (!(cond)) {                                                      \
-            fprintf(stderr, "fuzz_diag: %s:%d: check failed: %s\n",         \
-                    __FILE__, __LINE__, #cond);                             \
-            abort();                                                        \
-        }                                                                   \
-    } while (0)
 
 /* An entry as delivered (or as the reference decodes it), with a copy of
  * its INET_DIAG_INFO bytes. */

@@ -11,7 +11,7 @@
  * (readv, sendmsg, shutdown, recv, close, epoll_ctl, socket, connect,
  * getsockopt, getsockname, sk_abort, sk_set_nodelay), and runs the
  * reactor's own functions - sk_pair_new, sk_pair_event, sk_pair_pump,
- * sk_px_refresh and the timer loop of sk_px_main - on a proxy set up by
+ * sk_px_refresh and sk_px_run_timers - on a proxy set up by
  * hand, with time from a fake clock (clock.h's seam).  The input is a
  * program: add or remove a fault (any kind, directions and parameters,
  * valid or not), open a connection (its upstream connect succeeds or
@@ -58,16 +58,8 @@
 
 #include "clock.h"
 #include "sk.h"
+#include "require.h"
 #include "sys.h"
-
-#define REQUIRE(cond)                                                       \
-    do {                                                                    \
-        if (!(cond)) {                                                      \
-            fprintf(stderr, "fuzz_proxy: %s:%d: check failed: %s\n",        \
-                    __FILE__, __LINE__, #cond);                             \
-            abort();                                                        \
-        }                                                                   \
-    } while (0)
 
 struct sk_err;
 
@@ -773,26 +765,6 @@ static void epoll_loop(void)
     }
 }
 
-/* The timer part of sk_px_main's loop, at the fake time. */
-static void run_timers(void)
-{
-    sk_proxy *p = H.p;
-    sk_pxpair *due = NULL, *c;
-
-    while (p->heap_len > 0 && p->heap[0]->wake_ns <= H.now) {
-        c = p->heap[0];
-        sk_timer_set(p, c, SK_PX_NEVER);
-        c->zombie_next = due;
-        due = c;
-    }
-    while (due != NULL) {
-        c = due;
-        due = c->zombie_next;
-        c->zombie_next = NULL;
-        sk_pair_pump(p, c);
-    }
-}
-
 /* Free what ended (as the loop does after a batch); check how it ended. */
 static void reap(void)
 {
@@ -982,7 +954,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             H.now += (o[1] & 128) ? (int64_t)(o[1] & 127) * 10 * MS +
                                         (int64_t)o[2] * MS / 10
                                   : (int64_t)o[1] * MS / 10 + o[2];
-            run_timers();
+            sk_px_run_timers(H.p); /* the reactor's timer turn */
             timers = 1;
             break;
         default:

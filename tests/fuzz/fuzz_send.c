@@ -54,15 +54,7 @@
 #include "io.h"
 #include "ref_frame.h"
 #include "sys.h"
-
-#define REQUIRE(cond)                                                       \
-    do {                                                                    \
-        if (!(cond)) {                                                      \
-            fprintf(stderr, "fuzz_send: %s:%d: check failed: %s\n",         \
-                    __FILE__, __LINE__, #cond);                             \
-            abort();                                                        \
-        }                                                                   \
-    } while (0)
+#include "require.h"
 
 #define MAX_BYTES (256u << 10) /* expected bytes per input */
 
