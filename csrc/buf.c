@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sys.h"
+
 /* Contract: no allocation. */
 void sk_buf_init(sk_buf *b)
 {
@@ -61,7 +63,7 @@ int sk_buf_reserve(sk_buf *b, size_t n)
         cap = next;
     }
     sk_buf_compact(b);
-    p = realloc(b->data, cap);
+    p = sk_realloc(b->data, cap);
     if (p == NULL)
         goto done;
     b->data = p;

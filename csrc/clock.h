@@ -14,10 +14,22 @@
 
 #define SK_NO_DEADLINE ((int64_t)-1)
 
-/* Now, in ns on CLOCK_MONOTONIC.  Thread-safe, no GIL needed. */
+/* The clock seam: NULL (always, outside tests) reads CLOCK_MONOTONIC.  The
+ * C runner points it at a fake clock (tests/c/test_hub.c) so that timers
+ * and dead-peer decisions can be driven step by step; set it before
+ * creating the objects that read it and reset it after freeing them. */
+typedef int64_t (*sk_clock_fn)(void);
+extern sk_clock_fn sk_clock_hook; /* sys.c */
+
+/* Now, in ns on CLOCK_MONOTONIC (or the clock seam's).  Thread-safe, no
+ * GIL needed. */
 static inline int64_t sk_now_ns(void)
 {
+    sk_clock_fn fake = __atomic_load_n(&sk_clock_hook, __ATOMIC_RELAXED);
     struct timespec ts;
+
+    if (__builtin_expect(fake != NULL, 0))
+        return fake();
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "clock.h"
+#include "sys.h"
 
 #define SK_CORR_MIN_CAP 64
 
@@ -32,8 +33,8 @@ static size_t sk_corr_find(const sk_corr *t, uint64_t id)
  * SK_ERR (out of memory; the map is unchanged). */
 static int sk_corr_resize(sk_corr *t, size_t cap)
 {
-    uint64_t *keys = calloc(cap, sizeof(*keys)), *okeys = t->keys;
-    void **vals = calloc(cap, sizeof(*vals)), **ovals = t->vals;
+    uint64_t *keys = sk_calloc(cap, sizeof(*keys)), *okeys = t->keys;
+    void **vals = sk_calloc(cap, sizeof(*vals)), **ovals = t->vals;
     size_t i, j, ocap = t->cap;
 
     if (keys == NULL || vals == NULL) {
@@ -147,7 +148,7 @@ static int sk_corr_heap_push(sk_corr *t, sk_promise *p)
 {
     if (t->heap_len == t->heap_cap) {
         size_t cap = t->heap_cap ? t->heap_cap * 2 : SK_CORR_MIN_CAP;
-        sk_promise **h = realloc(t->heap, cap * sizeof(*h));
+        sk_promise **h = sk_realloc(t->heap, cap * sizeof(*h));
         if (h == NULL)
             return SK_ERR;
         t->heap = h;
@@ -187,7 +188,7 @@ static void sk_corr_remember(sk_corr *t, uint64_t id)
 
     if (t->ring_len == t->ring_cap && t->ring_cap < SK_CORR_EXPIRED_KEEP) {
         size_t cap = t->ring_cap ? t->ring_cap * 2 : SK_CORR_MIN_CAP;
-        uint64_t *r = malloc(cap * sizeof(*r));
+        uint64_t *r = sk_malloc(cap * sizeof(*r));
         if (r != NULL) {
             for (i = 0; i < t->ring_len; i++)
                 r[i] = t->ring[(t->ring_head + i) % t->ring_cap];

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "sys.h"
 
 #define SK_DIAG_RECV_BUF (64 * 1024)   /* kernel dump skbs are <= 32 KiB */
 #define SK_DIAG_MAX_RECVS 4000000      /* bounds a dump loop (~125 GB) */
@@ -613,7 +614,7 @@ int sk_diag_dump(const sk_diag_query *q, sk_diag_cb cb, void *ctx,
              + (int64_t)(q->timeout_ms > 0 ? q->timeout_ms
                                            : SK_DIAG_DEFAULT_DUMP_MS)
              * 1000000LL;
-    buf = malloc(SK_DIAG_RECV_BUF);
+    buf = sk_malloc(SK_DIAG_RECV_BUF);
     if (buf == NULL) {
         sk_err_set(err, SK_E_NOMEM, "sock_diag: out of memory");
         goto done;
@@ -711,7 +712,7 @@ int sk_diag_lookup(const sk_diag_lookup_req *r, sk_diag_entry *out,
              + (int64_t)(r->timeout_ms > 0 ? r->timeout_ms
                                            : SK_DIAG_DEFAULT_LOOKUP_MS)
              * 1000000LL;
-    buf = malloc(SK_DIAG_RECV_BUF);
+    buf = sk_malloc(SK_DIAG_RECV_BUF);
     if (buf == NULL) {
         sk_err_set(err, SK_E_NOMEM, "sock_diag: out of memory");
         goto done;

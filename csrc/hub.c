@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "sys.h"
 
 #define SK_HUB_EVENTS 256
 #define SK_HUB_WAKE_TAG UINT64_MAX
@@ -286,8 +287,8 @@ static void *sk_hub_main(void *arg)
     return NULL;
 }
 
-/* Wake the thread so it recomputes its timeout.  Any thread. */
-static void sk_hub_wake(sk_hub *h)
+/* Contract: any thread, no GIL needed. */
+void sk_hub_wake(sk_hub *h)
 {
     uint64_t one = 1;
 
@@ -302,12 +303,12 @@ int sk_hub_new(sk_hub **out, sk_err *err)
     sk_hub *h;
     int rc = SK_ERR;
 
-    h = calloc(1, sizeof(*h));
+    h = sk_calloc(1, sizeof(*h));
     if (h == NULL)
         return sk_err_set(err, SK_E_NOMEM, "out of memory for the hub");
     h->ep = h->wake_fd = -1;
     pthread_mutex_init(&h->mu, NULL);
-    h->ep = epoll_create1(EPOLL_CLOEXEC);
+    h->ep = sk_epoll_create(EPOLL_CLOEXEC);
     if (h->ep < 0) {
         sk_err_sys(err, "epoll_create1", errno);
         goto error;
@@ -323,7 +324,7 @@ int sk_hub_new(sk_hub **out, sk_err *err)
         sk_err_sys(err, "epoll_ctl", errno);
         goto error;
     }
-    errno = pthread_create(&h->thread, NULL, sk_hub_main, h);
+    errno = sk_thread_create(&h->thread, NULL, sk_hub_main, h);
     if (errno != 0) {
         sk_err_sys(err, "pthread_create", errno);
         goto error;
@@ -374,15 +375,15 @@ static int sk_hub_grow(sk_hub *h)
     sk_hub_slot *s;
     int *f, *hp;
 
-    s = realloc(h->slots, (size_t)cap * sizeof(*s));
+    s = sk_realloc(h->slots, (size_t)cap * sizeof(*s));
     if (s == NULL)
         return -1;
     h->slots = s;
-    f = realloc(h->free_list, (size_t)cap * sizeof(*f));
+    f = sk_realloc(h->free_list, (size_t)cap * sizeof(*f));
     if (f == NULL)
         return -1;
     h->free_list = f;
-    hp = realloc(h->heap, (size_t)cap * sizeof(*hp));
+    hp = sk_realloc(h->heap, (size_t)cap * sizeof(*hp));
     if (hp == NULL)
         return -1;
     h->heap = hp;
@@ -462,7 +463,7 @@ void sk_hub_linger(sk_hub *h, int fd, int64_t deadline)
     pthread_mutex_lock(&h->mu);
     if (h->nlinger == h->linger_cap) {
         cap = h->linger_cap ? h->linger_cap * 2 : 16;
-        p = realloc(h->lingers, (size_t)cap * sizeof(*p));
+        p = sk_realloc(h->lingers, (size_t)cap * sizeof(*p));
         if (p == NULL) {
             pthread_mutex_unlock(&h->mu);
             close(fd); /* no memory: close now, as a plain socket would */

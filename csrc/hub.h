@@ -63,6 +63,10 @@ void sk_hub_remove(sk_hub *h, sk_conn *c);
  * touch fd again.  If the hub cannot take it, fd is closed at once. */
 void sk_hub_linger(sk_hub *h, int fd, int64_t deadline);
 
+/* Wake the hub thread so that it reads the clock again and runs whatever
+ * is due (the C tests advance a fake clock, clock.h, then call this). */
+void sk_hub_wake(sk_hub *h);
+
 /* A snapshot of the counters. */
 void sk_hub_get_stats(sk_hub *h, sk_hub_stats *st);
 

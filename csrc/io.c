@@ -394,21 +394,28 @@ int sk_conn_send_control(sk_conn *c, int type, int64_t ts, sk_err *err)
     unsigned char frame[8 + SK_CTL_PING_LEN];
     struct iovec iov;
     size_t n, written = 0;
-    int idx = 0, rc;
+    int idx = 0, rc, had_room;
 
     if (SK_LOAD(&c->hb.dead) || c->wr_shut)
         return SK_TIMEOUT;
     if (sk_conn_flush(c, 0, NULL, err) != SK_OK || sk_buf_len(&c->out) > 0)
         return SK_TIMEOUT;
     n = sk_hb_encode(&c->framing, type, ts, SK_LOAD(&c->hb.rtt_ns), frame);
+    /* room for a torn tail before a byte goes out, so that keeping it
+     * cannot fail once the frame is begun (sk_conn_send_pending has no
+     * caller to tell; found by tests/fuzz/fuzz_send.c) */
+    had_room = c->out.cap > 0;
+    if (sk_buf_reserve(&c->out, n) != 0)
+        return sk_err_set(err, SK_E_NOMEM, "out of memory");
     iov.iov_base = frame;
     iov.iov_len = n;
     rc = sk_write_all(c->fd, &iov, 1, 0, NULL, &written, &idx, &c->hb, err);
     if (rc == SK_TIMEOUT && written > 0) {
         /* torn: the rest goes out first with the next write */
-        if (sk_buf_append(&c->out, frame + written, n - written) != 0)
-            return sk_err_set(err, SK_E_NOMEM, "out of memory");
+        sk_buf_append(&c->out, frame + written, n - written);
         rc = SK_OK;
+    } else if (!had_room) {
+        sk_buf_free(&c->out); /* an idle connection holds no send memory */
     }
     return rc;
 }

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "sys.h"
 
 /* Contract: no allocation. */
 void sk_promise_init(sk_promise *p)
@@ -37,7 +38,7 @@ int sk_promise_set_payload(sk_promise *p, const void *data, size_t len)
     unsigned char *dst = p->small;
 
     if (len > SK_PROMISE_INLINE) {
-        dst = malloc(len);
+        dst = sk_malloc(len);
         if (dst == NULL)
             return SK_ERR;
     }

@@ -49,6 +49,7 @@
 
 #include "clock.h"
 #include "sock.h"
+#include "sys.h"
 
 #define SK_PX_NEVER INT64_MAX
 #define SK_PX_NOIDX ((size_t)-1)
@@ -431,6 +432,9 @@ static void sk_pair_apply(sk_proxy *p, sk_pxpair *c)
     }
     for (d = 0; d < 2; d++) {
         sk_pxdir *x = &c->dir[d];
+        /* a slice in progress ends: a new slicer's sizes apply at once
+         * (found by tests/fuzz/fuzz_proxy.c) */
+        x->slice_left = 0;
         if (x->limit_id != p->eff[d].limit_id) {
             x->limit_id = p->eff[d].limit_id;
             x->limit_base = atomic_load_explicit(&x->fwd,
@@ -920,11 +924,11 @@ static void sk_pair_new(sk_proxy *p, int cfd,
     sk_pxpair *c = NULL;
     int sfd = -1, s, d;
 
-    c = calloc(1, sizeof(*c));
+    c = sk_calloc(1, sizeof(*c));
     if (c == NULL)
         goto nomem;
     for (d = 0; d < 2; d++) {
-        c->dir[d].buf = malloc(p->bufsize);
+        c->dir[d].buf = sk_malloc(p->bufsize);
         if (c->dir[d].buf == NULL)
             goto nomem;
         c->dir[d].cap = p->bufsize;
@@ -1116,6 +1120,31 @@ done:
     return r;
 }
 
+/* Pump every pair whose timer is due.  Reactor.  The due pairs are taken
+ * out first, so a pair that is due again at once waits for the next turn
+ * instead of spinning here. */
+static void sk_px_run_timers(sk_proxy *p)
+{
+    sk_pxpair *due = NULL, *c;
+    int64_t now;
+
+    if (p->heap_len == 0 || p->heap[0]->wake_ns > sk_now_ns())
+        return;
+    now = sk_now_ns();
+    while (p->heap_len > 0 && p->heap[0]->wake_ns <= now) {
+        c = p->heap[0];
+        sk_timer_set(p, c, SK_PX_NEVER);
+        c->zombie_next = due; /* borrowed as a list link */
+        due = c;
+    }
+    while (due != NULL) {
+        c = due;
+        due = c->zombie_next;
+        c->zombie_next = NULL;
+        sk_pair_pump(p, c);
+    }
+}
+
 /* The reactor thread: loop until p->stop, then close every connection.
  * Owns everything marked "Reactor"; frees the pairs, not p. */
 static void *sk_px_main(void *arg)
@@ -1160,25 +1189,7 @@ static void *sk_px_main(void *arg)
                 sk_pair_event(p, e, evs[i].events);
             }
         }
-        /* timers: take the due pairs out first, so a pair that is due again
-         * at once waits for the next turn instead of spinning here */
-        if (p->heap_len > 0 && p->heap[0]->wake_ns <= sk_now_ns()) {
-            int64_t now = sk_now_ns();
-            sk_pxpair *due = NULL;
-
-            while (p->heap_len > 0 && p->heap[0]->wake_ns <= now) {
-                c = p->heap[0];
-                sk_timer_set(p, c, SK_PX_NEVER);
-                c->zombie_next = due; /* borrowed as a list link */
-                due = c;
-            }
-            while (due != NULL) {
-                c = due;
-                due = c->zombie_next;
-                c->zombie_next = NULL;
-                sk_pair_pump(p, c);
-            }
-        }
+        sk_px_run_timers(p);
         while (p->zombies != NULL) {
             c = p->zombies;
             p->zombies = c->zombie_next;
@@ -1218,7 +1229,7 @@ int sk_proxy_start(const struct sockaddr *upstream, socklen_t upstream_len,
         sk_err_set(err, SK_E_ARG, "upstream must be an IPv4 or IPv6 address");
         goto error;
     }
-    p = calloc(1, sizeof(*p));
+    p = sk_calloc(1, sizeof(*p));
     if (p == NULL) {
         sk_err_set(err, SK_E_NOMEM, "out of memory for the proxy");
         goto error;
@@ -1237,7 +1248,7 @@ int sk_proxy_start(const struct sockaddr *upstream, socklen_t upstream_len,
                                                         : SK_PX_DEFAULT_CONNS;
     p->rng = opts != NULL && opts->seed != 0 ? opts->seed
                                              : (uint64_t)sk_now_ns();
-    p->heap = calloc(p->max_conns, sizeof(*p->heap));
+    p->heap = sk_calloc(p->max_conns, sizeof(*p->heap));
     if (p->heap == NULL) {
         sk_err_set(err, SK_E_NOMEM, "out of memory for the proxy");
         goto error;
@@ -1257,7 +1268,7 @@ int sk_proxy_start(const struct sockaddr *upstream, socklen_t upstream_len,
     cv_ok = 1;
     if (sk_listen(listen, listen_len, 128, &p->lfd, err) != SK_OK)
         goto error;
-    p->epfd = epoll_create1(EPOLL_CLOEXEC);
+    p->epfd = sk_epoll_create(EPOLL_CLOEXEC);
     if (p->epfd < 0) {
         sk_err_sys(err, "epoll_create1", errno);
         goto error;
@@ -1279,7 +1290,7 @@ int sk_proxy_start(const struct sockaddr *upstream, socklen_t upstream_len,
     p->running = 1;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    e = pthread_create(&p->thread, NULL, sk_px_main, p);
+    e = sk_thread_create(&p->thread, NULL, sk_px_main, p);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (e != 0) {
         sk_err_sys(err, "pthread_create", e);

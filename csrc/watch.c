@@ -23,6 +23,7 @@
 
 #include "clock.h"
 #include "tcpinfo.h"
+#include "sys.h"
 
 #ifndef SO_COOKIE
 #define SO_COOKIE 57 /* Linux >= 4.13, asm-generic/socket.h */
@@ -525,7 +526,7 @@ int sk_watch_start(const sk_watch_target *t, const sk_watch_config *c,
                    SK_WATCH_MAX_RING);
         goto done;
     }
-    w = calloc(1, sizeof(*w));
+    w = sk_calloc(1, sizeof(*w));
     if (w == NULL) {
         sk_err_set(err, SK_E_NOMEM, "watch: out of memory");
         goto done;
@@ -551,14 +552,14 @@ int sk_watch_start(const sk_watch_target *t, const sk_watch_config *c,
     w->state = -1;
     w->tr_cap = c->max_transitions ? c->max_transitions
                                    : SK_WATCH_DEFAULT_TRANSITIONS;
-    w->tr = calloc(w->tr_cap, sizeof(*w->tr));
+    w->tr = sk_calloc(w->tr_cap, sizeof(*w->tr));
     if (w->tr == NULL) {
         sk_err_set(err, SK_E_NOMEM, "watch: out of memory (transitions)");
         goto done;
     }
     if (w->sample_info) {
         w->sm_cap = c->max_samples ? c->max_samples : SK_WATCH_DEFAULT_SAMPLES;
-        w->sm = calloc(w->sm_cap, sizeof(*w->sm));
+        w->sm = sk_calloc(w->sm_cap, sizeof(*w->sm));
         if (w->sm == NULL) {
             sk_err_set(err, SK_E_NOMEM, "watch: out of memory (samples)");
             goto done;
@@ -607,7 +608,7 @@ int sk_watch_start(const sk_watch_target *t, const sk_watch_config *c,
     /* the sampler inherits a full signal mask: signals go elsewhere */
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    r = pthread_create(&w->thread, &ta, sampler_main, w);
+    r = sk_thread_create(&w->thread, &ta, sampler_main, w);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (r != 0) {
         w->running = 0;

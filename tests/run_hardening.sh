@@ -1,28 +1,38 @@
 #!/usr/bin/env bash
-# run_hardening.sh - the hardening checks of issue 7, for CI (tests/run_all.sh
-# calls it) and by hand.  See docs/reliability.md.
+# run_hardening.sh - the hardening checks of issues 7 and 17, for CI
+# (tests/run_all.sh calls it) and by hand.  See docs/reliability.md.
 #
 #   tests/run_hardening.sh [--no-fuzz] [--no-valgrind] [--no-sanitize] [PYTEST ARGS...]
 #
-#   1. fuzz:      tests/fuzz/run.sh $FUZZ_SECONDS (default 60 s in all),
-#                 libFuzzer + ASan + UBSan on the decoder and the sock_diag
-#                 parser;
+#   1. fuzz:      tests/fuzz/run.sh $FUZZ_SECONDS (default 120 s in all),
+#                 libFuzzer + ASan + UBSan on every tests/fuzz/fuzz_*.c
+#                 (decoder, sock_diag parser, send path, correlation table,
+#                 proxy scheduler);
 #   2. valgrind:  tests/c/run.sh --valgrind (the C tests under memcheck,
 #                 after the plain and ASan+UBSan runs);
 #   3. sanitize:  the extension built with PYSOCKKIT_SANITIZE=1 in a copy of
 #                 the tree (the normal build is left alone), then pytest on
-#                 the whole suite (or PYTEST ARGS) with libasan preloaded.
-#                 ASan and UBSan write their reports to files; any report,
-#                 from the test process or a child, fails the step.  Load
-#                 sizes are cut (PYSOCKKIT_LEAK_SHORT=5000 short connections,
-#                 PYSOCKKIT_IDLE_FLOOD=500 idle ones): under ASan a thread
-#                 start costs ~10x, and these runs look for memory errors;
-#                 the full sizes run in the plain pytest step.
+#                 the whole suite (or PYTEST ARGS) with libasan preloaded
+#                 and LeakSanitizer on in the pytest process, which runs with
+#                 PYTHONMALLOC=malloc so that every Python object is in the
+#                 heap LSan scans (a leaked reference is then reported) and
+#                 with tests/lsan.supp.  Child processes (servers started by
+#                 tests, the notebook kernel, system tools) run under ASan and
+#                 UBSan without leak detection: they exit with daemon threads
+#                 that CPython ends without cleanup (docs/reliability.md).
+#                 ASan, UBSan and LSan write their reports to files; any
+#                 report, from the test process or a child, fails the step.
+#                 Load sizes are cut (PYSOCKKIT_LEAK_SHORT=5000 short
+#                 connections, PYSOCKKIT_IDLE_FLOOD=500 idle ones): under ASan
+#                 a thread start costs ~10x, and these runs look for memory
+#                 errors; the full sizes run in the plain pytest step.
 #
 # Environment: PYTHON (default: .venv/bin/python if present, else python3)
 # must have pytest (and hypothesis for tests/test_fuzz_stream.py) and
 # setuptools.  clang and valgrind are installed with apt-get when missing and
-# running as root.  Exit status 1 if any step fails; every step runs.
+# running as root.  SK_ASAN_OPTIONS adds ASan options (e.g.
+# fast_unwind_on_malloc=0 for full leak stacks, much slower).  Exit status 1
+# if any step fails; every step runs.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -36,7 +46,7 @@ for a in "$@"; do
     --no-valgrind) do_valgrind=0 ;;
     --no-sanitize) do_sanitize=0 ;;
     -h | --help)
-        sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *) pytest_args+=("$a") ;;
@@ -68,9 +78,9 @@ fi
 
 # ---------------------------------------------------------------- fuzzing
 if [ $do_fuzz -eq 1 ]; then
-    step "libFuzzer (${FUZZ_SECONDS:-60} s in all)"
+    step "libFuzzer (${FUZZ_SECONDS:-120} s in all)"
     t0=$(date +%s)
-    if bash tests/fuzz/run.sh "${FUZZ_SECONDS:-60}"; then
+    if bash tests/fuzz/run.sh "${FUZZ_SECONDS:-120}"; then
         result[fuzz]="ok"
     else
         result[fuzz]="FAILED"
@@ -100,7 +110,7 @@ fi
 
 # ------------------------------------------------- sanitizer build + pytest
 if [ $do_sanitize -eq 1 ]; then
-    step "ASan+UBSan build of the extension, pytest with libasan preloaded"
+    step "ASan+UBSan build of the extension, pytest with libasan preloaded and LeakSanitizer on"
     t0=$(date +%s)
     work=$(mktemp -d "${TMPDIR:-/tmp}/sk-sanitize.XXXXXX")
     trap 'rm -rf "$work"' EXIT
@@ -128,20 +138,31 @@ if [ $do_sanitize -eq 1 ]; then
         result[sanitize]="FAILED (build)"
         status=1
     else
+        # LeakSanitizer in the pytest process only: the Python wrapper hands
+        # its children the same options without leak detection, and the
+        # default allocator (PYTHONMALLOC is read at start-up only)
+        asan="log_path=$reports/asan:${SK_ASAN_OPTIONS:-}"
         (
             cd "$work" &&
                 LD_PRELOAD="$libasan $libstdcxx" \
-                    ASAN_OPTIONS="detect_leaks=0:log_path=$reports/asan:${SK_ASAN_OPTIONS:-}" \
+                    ASAN_OPTIONS="detect_leaks=0:$asan" \
                     UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$reports/ubsan" \
                     PYTHONPATH="$work" PYTHONDONTWRITEBYTECODE=1 \
                     "$PY" -c 'import pysockkit, sys; assert pysockkit.__file__.startswith(sys.argv[1]), pysockkit.__file__' "$work" &&
                 LD_PRELOAD="$libasan $libstdcxx" \
-                    ASAN_OPTIONS="detect_leaks=0:log_path=$reports/asan:${SK_ASAN_OPTIONS:-}" \
+                    ASAN_OPTIONS="detect_leaks=1:$asan" \
+                    LSAN_OPTIONS="suppressions=$work/tests/lsan.supp:print_suppressions=0" \
+                    SK_CHILD_ASAN_OPTIONS="detect_leaks=0:$asan" \
+                    PYTHONMALLOC=malloc \
                     UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$reports/ubsan" \
                     PYTHONPATH="$work" PYTHONDONTWRITEBYTECODE=1 \
                     PYSOCKKIT_LEAK_SHORT=${PYSOCKKIT_LEAK_SHORT:-5000} \
                     PYSOCKKIT_IDLE_FLOOD=${PYSOCKKIT_IDLE_FLOOD:-500} \
-                    "$PY" -m pytest -q -p no:cacheprovider --durations=10 \
+                    "$PY" -c 'import os, sys
+os.environ["ASAN_OPTIONS"] = os.environ.pop("SK_CHILD_ASAN_OPTIONS")
+del os.environ["PYTHONMALLOC"]
+import pytest
+sys.exit(pytest.main(sys.argv[1:]))' -q -p no:cacheprovider --durations=10 \
                     "${pytest_args[@]:-tests}"
         )
         rc=$?

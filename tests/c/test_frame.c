@@ -982,6 +982,52 @@ TEST(control_framing_limits)
     }
 }
 
+/* With correlation ids, with or without control frames, every length -
+ * a plain frame's, and a correlated frame's id + payload - stays below the
+ * second-highest bit, which marks a correlated frame; the largest plain
+ * frame max_frame allows is sent with that bit clear and decodes plain. */
+TEST(correlation_framing_limits_keep_the_id_bit_clear)
+{
+    size_t i;
+    int ctl;
+
+    for (i = 1; i < 4; i++) {
+        for (ctl = 0; ctl < 2; ctl++) {
+            unsigned hs = hsizes[i];
+            uint64_t second = 1ULL << (8 * hs - 2);
+            sk_framing f = framing(hs, 0, 1);
+            unsigned char hdr[8 + SK_ID_LEN];
+            sk_err err;
+
+            f.flags = SK_FRAMING_IDS | (ctl ? SK_FRAMING_CONTROL : 0);
+            CHECK_U64(sk_framing_limit(&f), ==, second - 1 - SK_ID_LEN);
+            f.max_frame = sk_framing_limit(&f);
+            CHECK_RC(sk_framing_check(&f, &err), SK_OK, &err);
+            sk_encode_header(&f, f.max_frame, hdr);
+            CHECK_U64(sk_decode_header(&f, hdr) & second, ==, 0);
+            sk_encode_header_id(&f, f.max_frame, 7, hdr);
+            CHECK_U64(sk_decode_header(&f, hdr), ==, second | (second - 1));
+            if (hs == 2) { /* the fuzzer's case, end to end */
+                sk_decoder d;
+                sk_frame fr;
+                unsigned char *buf = calloc(1, 2 + f.max_frame);
+
+                if (buf == NULL)
+                    continue;
+                sk_encode_header(&f, f.max_frame, buf);
+                sk_decoder_init(&d, &f);
+                CHECK_RC(sk_decoder_feed(&d, buf, 2 + f.max_frame), SK_OK,
+                         &d.err);
+                CHECK_RC(sk_decoder_next(&d, &fr), SK_OK, &d.err);
+                CHECK_INT(fr.has_id, ==, 0);
+                CHECK_U64(fr.len, ==, f.max_frame);
+                sk_decoder_free(&d);
+                free(buf);
+            }
+        }
+    }
+}
+
 typedef struct ctl_log {
     size_t n;
     unsigned char first[64]; /* type byte of each control frame seen */

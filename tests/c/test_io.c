@@ -26,6 +26,7 @@
 #include "frame.h"
 #include "io.h"
 #include "sock.h"
+#include "util.h"
 
 enum { KIND_UNIX, KIND_TCP4, KIND_TCP6, KIND_COUNT };
 static const char *const kind_names[KIND_COUNT] = {"socketpair", "tcp4",
@@ -40,29 +41,6 @@ static double elapsed_s(int64_t t0)
     return (double)(sk_now_ns() - t0) / 1e9;
 }
 
-static double tmax(double seconds)
-{
-    return seconds * sk_test_time_scale();
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
-static int set_nonblock(int fd, int on)
-{
-    int fl = fcntl(fd, F_GETFL);
-
-    if (fl < 0)
-        return -1;
-    fl = on ? fl | O_NONBLOCK : fl & ~O_NONBLOCK;
-    return fcntl(fd, F_SETFL, fl);
-}
-
 static sk_framing mkframing(unsigned hs, int le, uint64_t max)
 {
     sk_framing f;
@@ -72,78 +50,6 @@ static sk_framing mkframing(unsigned hs, int le, uint64_t max)
     f.little_endian = le;
     f.max_frame = max;
     return f;
-}
-
-/* Write all n bytes to a (non-blocking) fd within timeout. 0 or -1. */
-static int raw_write_all(int fd, const void *p, size_t n, double timeout)
-{
-    const unsigned char *b = p;
-    int64_t deadline = sk_deadline_after(tmax(timeout));
-
-    while (n > 0) {
-        ssize_t w = send(fd, b, n, MSG_NOSIGNAL);
-        if (w > 0) {
-            b += w;
-            n -= (size_t)w;
-            continue;
-        }
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0 && errno == EAGAIN) {
-            struct pollfd pfd = {fd, POLLOUT, 0};
-            int ms = sk_poll_ms(deadline, 100);
-            if (ms == 0 && sk_now_ns() >= deadline)
-                return -1;
-            poll(&pfd, 1, ms);
-            continue;
-        }
-        return -1;
-    }
-    return 0;
-}
-
-/* Read up to n bytes, stopping at EOF, error or timeout.  Returns the count
- * read; *eof is set when EOF was seen (may be NULL). */
-static size_t raw_read(int fd, void *p, size_t n, double timeout, int *eof)
-{
-    unsigned char *b = p;
-    size_t got = 0;
-    int64_t deadline = sk_deadline_after(tmax(timeout));
-
-    if (eof)
-        *eof = 0;
-    while (got < n) {
-        ssize_t r = recv(fd, b + got, n - got, 0);
-        if (r > 0) {
-            got += (size_t)r;
-            continue;
-        }
-        if (r == 0) {
-            if (eof)
-                *eof = 1;
-            break;
-        }
-        if (errno == EINTR)
-            continue;
-        if (errno == EAGAIN) {
-            struct pollfd pfd = {fd, POLLIN, 0};
-            int ms = sk_poll_ms(deadline, 100);
-            if (ms == 0 && sk_now_ns() >= deadline)
-                break;
-            poll(&pfd, 1, ms);
-            continue;
-        }
-        break;
-    }
-    return got;
-}
-
-/* Is there something to read (data or EOF) within ms? */
-static int raw_readable(int fd, int ms)
-{
-    struct pollfd pfd = {fd, POLLIN, 0};
-
-    return poll(&pfd, 1, ms) > 0 && (pfd.revents & (POLLIN | POLLHUP));
 }
 
 static void set_bufs(int fd, int snd, int rcv)

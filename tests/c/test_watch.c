@@ -15,41 +15,8 @@
 #include "clock.h"
 #include "sk.h"
 #include "tcpinfo.h"
+#include "util.h"
 #include "watch.h"
-
-/* Connected loopback pair: *a is the client, *b the accepted socket. */
-static int tcp_pair(int *a, int *b)
-{
-    struct sockaddr_in sa;
-    socklen_t len = sizeof(sa);
-    int ls, rc = -1;
-
-    *a = *b = -1;
-    ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (ls < 0)
-        return -1;
-    memset(&sa, 0, sizeof(sa));
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(ls, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(ls, 1) < 0
-        || getsockname(ls, (struct sockaddr *)&sa, &len) < 0)
-        goto done;
-    *a = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (*a < 0 || connect(*a, (struct sockaddr *)&sa, sizeof(sa)) < 0)
-        goto done;
-    *b = accept(ls, NULL, NULL);
-    if (*b < 0)
-        goto done;
-    rc = 0;
-done:
-    close(ls);
-    if (rc < 0) {
-        if (*a >= 0)
-            close(*a);
-        *a = -1;
-    }
-    return rc;
-}
 
 /* Wait until the watch's latest state is `state`; 1 if it got there. */
 static int wait_state(sk_watch *w, int state)
@@ -88,7 +55,7 @@ TEST(active_close_followed_through_diag)
     int a, b, s[8];
     size_t n;
 
-    CHECK_INT(tcp_pair(&a, &b), ==, 0);
+    CHECK_INT(tcp_loopback_pair(&a, &b), ==, 0);
     memset(&t, 0, sizeof(t));
     memset(&c, 0, sizeof(c));
     t.fd = a;
@@ -164,7 +131,7 @@ TEST(kept_fd_reads_time_wait_and_passive_side_finishes)
     int a, b, s[8];
     size_t n;
 
-    CHECK_INT(tcp_pair(&a, &b), ==, 0);
+    CHECK_INT(tcp_loopback_pair(&a, &b), ==, 0);
     memset(&ta, 0, sizeof(ta));
     memset(&tb, 0, sizeof(tb));
     memset(&c, 0, sizeof(c));
@@ -215,7 +182,7 @@ TEST(reused_fd_number_is_not_followed)
     size_t n, i;
     struct sockaddr_in sa;
 
-    CHECK_INT(tcp_pair(&a, &b), ==, 0);
+    CHECK_INT(tcp_loopback_pair(&a, &b), ==, 0);
     memset(&t, 0, sizeof(t));
     memset(&c, 0, sizeof(c));
     t.fd = a;
@@ -252,7 +219,7 @@ TEST(rings_are_bounded)
     int a, b;
     size_t n;
 
-    CHECK_INT(tcp_pair(&a, &b), ==, 0);
+    CHECK_INT(tcp_loopback_pair(&a, &b), ==, 0);
     memset(&t, 0, sizeof(t));
     memset(&c, 0, sizeof(c));
     t.fd = b;
@@ -293,7 +260,7 @@ TEST(stop_from_many_threads)
     pthread_t th[4];
     int a, b, i;
 
-    CHECK_INT(tcp_pair(&a, &b), ==, 0);
+    CHECK_INT(tcp_loopback_pair(&a, &b), ==, 0);
     memset(&t, 0, sizeof(t));
     memset(&c, 0, sizeof(c));
     t.fd = a;

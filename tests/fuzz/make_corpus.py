@@ -1,6 +1,7 @@
 """Write the seed corpora of the libFuzzer harnesses (tests/fuzz/corpus/).
 
     python tests/fuzz/make_corpus.py          # rewrite every seed
+    python tests/fuzz/make_corpus.py NAME...  # only these harnesses' seeds
 
 The seeds are committed; rerun this only to change them.  Decoder seeds are
 real frame streams encoded with ``struct`` (independent of pysockkit),
@@ -9,6 +10,8 @@ Diag seeds are real NETLINK_SOCK_DIAG replies captured from the running
 kernel (a dump of a few loopback sockets in various states, with
 INET_DIAG_INFO, and the error reply to a lookup of a socket that does not
 exist), preceded by the harness's 8 configuration bytes (fuzz_diag.c).
+The corr, send and proxy seeds are small programs in their harness's
+operation language (see the comment at the top of each harness).
 Stdlib only; every socket opened here is closed; loopback only.
 """
 
@@ -212,6 +215,123 @@ def diag_seeds() -> dict[str, bytes]:
     return seeds
 
 
+# ---------------------------------------------------------------- corr
+
+# operations of fuzz_corr.c: (code, takes an argument byte)
+C_ADD, C_REPLY, C_STRANGER, C_EXPIRE, C_REMOVE, C_CANCEL, C_TAKE_ALL, C_FAIL = range(8)
+
+
+def corr_prog(*ops: tuple[int, int] | int) -> bytes:
+    out = bytearray()
+    for op in ops:
+        if isinstance(op, tuple):
+            out += bytes([op[0], op[1] & 0xFF])
+        else:
+            out.append(op)
+    return bytes(out)
+
+
+def corr_seeds() -> dict[str, bytes]:
+    s: dict[str, bytes] = {}
+    s["add_reply_expire"] = corr_prog(
+        *[(C_ADD, 5 + i) for i in range(5)],
+        (C_REPLY, 0), (C_REPLY, 0x80 | 1), (C_EXPIRE, 20), (C_REPLY, 2),
+        C_STRANGER, (C_REPLY, 0), C_TAKE_ALL,
+    )
+    s["long_payloads"] = corr_prog(
+        (C_ADD, 0x80), (C_ADD, 0x80), (C_ADD, 3), (C_REPLY, 100), (C_REPLY, 0x80 | 43 + 1),
+        (C_REPLY, 2), C_TAKE_ALL,
+    )
+    s["cancel_remove"] = corr_prog(
+        (C_ADD, 9), (C_CANCEL, 0), (C_REPLY, 0), (C_ADD, 9), (C_CANCEL, 0), (C_EXPIRE, 31),
+        (C_ADD, 0x80), (C_REMOVE, 0), (C_REPLY, 0), (C_REMOVE, 0),
+    )
+    s["many"] = corr_prog(*[(C_ADD, i % 64) for i in range(200)], (C_EXPIRE, 31),
+                          (C_EXPIRE, 31), (C_EXPIRE, 31), *[(C_REPLY, i) for i in range(0, 200, 7)])
+    s["faults"] = corr_prog(
+        C_FAIL, (C_ADD, 1), *[(C_ADD, 2) for _ in range(70)], C_FAIL, (C_REPLY, 0x7F),
+        C_FAIL, (C_EXPIRE, 10), (C_REPLY, 3), C_FAIL, (C_REMOVE, 5), C_FAIL, C_TAKE_ALL,
+    )
+    return s
+
+
+# ---------------------------------------------------------------- send
+
+def send_cfg(hs: int = 4, little: bool = False, ctl: bool = False, ids: bool = False,
+             hb: bool = False, maxc: int = 0) -> bytes:
+    b0 = _HS_BITS[hs] | (4 if little else 0) | (8 if ctl else 0) | (16 if ids else 0)
+    return bytes([b0 | (32 if hb else 0) | maxc << 6])
+
+
+def send_len(n: int) -> int:
+    """fuzz_send.c's length byte for a frame of n bytes (n < 64)."""
+    return n << 2
+
+
+def send_seeds() -> dict[str, bytes]:
+    ALL = b"\xff"  # the fake kernel takes (nearly) everything
+    s: dict[str, bytes] = {}
+    # op 0x01: a batch of 1 without a deadline; 0x29: 6 frames; 0x00: with one
+    s["plain_h4"] = send_cfg() + bytes([0x01, send_len(10)]) + ALL * 2 + bytes([0x29]) + bytes(
+        [send_len(i) for i in range(6)]) + ALL * 4
+    s["torn_then_flush"] = send_cfg(2, True) + bytes([0x00, 0x02 | 0x3C, 0x04, 0x00, 0x03,
+                                                      0x0B]) + ALL * 8
+    s["enqueue_then_send"] = send_cfg(8) + bytes([0x02, send_len(3), 0x0A, send_len(60),
+                                                  0x01, 0x01]) + b"\x2c\x00\x10" + ALL * 4
+    s["control_pong_owed"] = send_cfg(4, ctl=True, hb=True) + bytes([0x05, 0x0C, 0x04, 0x01, send_len(5)]) + \
+        b"\x1c\x00\x1c\x01" + ALL * 4
+    s["ids_le"] = send_cfg(4, True, ids=True) + bytes([0x41, send_len(7), 0xC9]) + bytes(
+        [send_len(1), 0x03, 0x05, 0x07, 0x09, 0x0B]) + ALL * 6
+    s["too_large"] = send_cfg(2, maxc=1) + bytes([0x01, 0x03, 0x09, send_len(1), 0x03]) + ALL * 2
+    s["interrupt_and_reset"] = send_cfg(1, ctl=True) + bytes([0x41, send_len(40), 0x02, 0x02, 0x00,
+                                                               0x00, 0xFB])
+    s["fault_on_tail"] = send_cfg(4, ctl=True) + bytes([0x06, 0x00, 0x02 | 0xF0, 0x1C, 0x00, 0x06,
+                                                         0x05, 0x01, send_len(0), 0x1C, 0x00])
+    return s
+
+
+# ---------------------------------------------------------------- proxy
+
+P_FAULT, P_UNFAULT, P_OPEN, P_DATA, P_ERROR, P_WINDOW, P_TIME, P_FAIL = range(8)
+BOTH = 3 << 3  # fault directions, bits 3-4 of the kind byte
+
+
+def px(op: int, a: int = 0, b: int = 0, c: int = 0) -> bytes:
+    return bytes([op, a & 0xFF, b & 0xFF, c & 0xFF])
+
+
+def px_ms(ms: int) -> bytes:
+    """fuzz_proxy.c's time step of about ms milliseconds (10 ms units)."""
+    return px(P_TIME, 0x80 | min(ms // 10, 127), 0)
+
+
+def proxy_seeds() -> dict[str, bytes]:
+    cfg = bytes([1, 42])  # 2 KiB buffers
+    traffic = (
+        px(P_OPEN, 1) + px(P_DATA, 0, 0, 20) + px(P_DATA, 1, 0, 9) + px_ms(30)
+        + px(P_DATA, 0, 0, 200) + px_ms(100) + px(P_DATA, 2, 0) + px(P_DATA, 3, 0) + px_ms(500)
+    )
+    s: dict[str, bytes] = {}
+    s["latency_jitter"] = cfg + px(P_FAULT, 0 | BOTH, 20, 10) + traffic
+    s["bandwidth"] = cfg + px(P_FAULT, 1 | BOTH, 10, 10) + traffic + px_ms(1000)
+    s["stall_then_remove"] = cfg + px(P_FAULT, 2 | BOTH, 0) + traffic + px(P_UNFAULT, 0) + px_ms(10)
+    s["stall_timeout"] = cfg + px(P_FAULT, 2 | BOTH, 3) + traffic
+    s["reset_peer"] = cfg + px(P_FAULT, 3 | 1 << 3, 10) + traffic
+    s["slow_close"] = cfg + px(P_FAULT, 4 | BOTH, 30) + traffic + px_ms(100)
+    s["slicer"] = cfg + px(P_FAULT, 5 | BOTH | 1 << 5, 10, 3) + traffic + px_ms(300)
+    s["limit_data"] = cfg + px(P_FAULT, 6 | 2 << 3, 2, 0) + traffic
+    s["window_and_errors"] = (
+        cfg + px(P_OPEN, 0) + px(P_DATA, 0, 0, 100) + px(P_WINDOW, 1, 0, 3) + px_ms(10)
+        + px(P_WINDOW, 1, 0, 255) + px(P_ERROR, 1, 0) + px(P_OPEN, 1) + px(P_DATA, 1, 1, 5)
+        + px(P_ERROR, 4, 1) + px_ms(10)
+    )
+    s["connect_refused_and_nomem"] = cfg + px(P_OPEN, 6) + px(P_FAIL) + px(P_OPEN, 1) + px(P_FAIL) + px(
+        P_OPEN, 1) + px(P_DATA, 0, 0, 1)
+    s["many_faults"] = cfg + b"".join(px(P_FAULT, k | BOTH, 3, 2) for k in range(8)) + traffic + px(
+        P_UNFAULT, 3) + px(P_UNFAULT, 0) + px_ms(200)
+    return s
+
+
 def write(name: str, seeds: dict[str, bytes]) -> None:
     d = CORPUS / name
     d.mkdir(parents=True, exist_ok=True)
@@ -222,6 +342,16 @@ def write(name: str, seeds: dict[str, bytes]) -> None:
     print(f"{d.relative_to(HERE.parent.parent)}: {len(seeds)} seeds, {sum(map(len, seeds.values()))} bytes")
 
 
+SEEDS = {
+    "fuzz_decoder": decoder_seeds,
+    "fuzz_diag": diag_seeds,
+    "fuzz_corr": corr_seeds,
+    "fuzz_send": send_seeds,
+    "fuzz_proxy": proxy_seeds,
+}
+
 if __name__ == "__main__":
-    write("fuzz_decoder", decoder_seeds())
-    write("fuzz_diag", diag_seeds())
+    import sys
+
+    for harness in sys.argv[1:] or list(SEEDS):
+        write(harness, SEEDS[harness]())

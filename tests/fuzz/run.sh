@@ -3,35 +3,39 @@
 #
 #   tests/fuzz/run.sh [SECONDS] [NAME...]
 #
-# SECONDS (default 60) is the total budget, split evenly across the
-# harnesses run (NAME: fuzz_decoder, fuzz_diag; default both).  Each harness
-# is built with clang -fsanitize=fuzzer,address,undefined (UB aborts) from
-# tests/fuzz/NAME.c and every csrc/*.c but the CPython binding, then run on
-# a scratch copy of its seed corpus tests/fuzz/corpus/NAME/ (the committed
-# corpus is never written).
+# SECONDS (default 120) is the total budget, split evenly across the
+# harnesses run (NAME: fuzz_decoder, fuzz_diag, fuzz_corr, fuzz_send,
+# fuzz_proxy; default every tests/fuzz/fuzz_*.c).  Each harness is built
+# with clang -fsanitize=fuzzer,address,undefined (UB aborts) from
+# tests/fuzz/NAME.c and every csrc/*.c but the CPython binding (plus the
+# link flags on its "FUZZ_LDFLAGS:" line, if any; without csrc/X.c when
+# its "FUZZ_UNITY: X" line says it includes that file; inputs up to its
+# "FUZZ_MAXLEN:" or 8192 bytes), then run on a scratch
+# copy of its seed corpus tests/fuzz/corpus/NAME/ (the committed corpus is
+# never written).
 #
 # Environment:
 #   FUZZ_RUNS=N     run exactly N executions per harness instead of SECONDS
-#                   (the long run of docs/reliability.md uses 10000000)
+#                   (the long runs of docs/reliability.md use 10000000)
 #   FUZZ_ARGS=...   extra libFuzzer flags (e.g. "-jobs=2 -workers=2")
 #   CC=clang        the compiler (clang with libFuzzer)
 #
 # A crash, a sanitizer report or a failed check stops that harness; the
 # input is copied to tests/fuzz/artifacts/ and the exit status is 1.  The
-# last lines give the executions per harness.  Builds go to a temporary
-# directory.
+# last lines give the executions, time and coverage per harness.  Builds
+# go to a temporary directory.
 set -u
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cd "$root" || exit 1
 
-budget=60
+budget=120
 names=()
 for a in "$@"; do
     case $a in
     -h | --help)
-        sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     [0-9]*) budget=$a ;;
@@ -39,7 +43,9 @@ for a in "$@"; do
     esac
 done
 if [ ${#names[@]} -eq 0 ]; then
-    names=(fuzz_decoder fuzz_diag)
+    for f in "$here"/fuzz_*.c; do
+        names+=("$(basename "$f" .c)")
+    done
 fi
 
 CC=${CC:-clang}
@@ -82,10 +88,23 @@ for name in "${names[@]}"; do
         status=1
         continue
     fi
-    "$CC" "${CFLAGS[@]}" "${EXEFLAGS[@]}" "$src" "${objs[@]}" -pthread \
-        -o "$out/$name" || { echo "run.sh: building $name failed" >&2; status=1; continue; }
+    # shellcheck disable=SC2207
+    ldflags=($(sed -n 's/^ \* FUZZ_LDFLAGS: //p' "$src"))
+    # a harness that includes csrc/X.c itself ("FUZZ_UNITY: X") links the
+    # core without X.o
+    unity=$(sed -n 's/^ \* FUZZ_UNITY: //p' "$src")
+    # a harness whose inputs are programs may ask for shorter ones
+    maxlen=$(sed -n 's/^ \* FUZZ_MAXLEN: //p' "$src")
+    link=()
+    for o in "${objs[@]}"; do
+        [ -n "$unity" ] && [ "$o" = "$out/$unity.o" ] && continue
+        link+=("$o")
+    done
+    "$CC" "${CFLAGS[@]}" "${EXEFLAGS[@]}" "$src" "${link[@]}" -pthread \
+        "${ldflags[@]}" -o "$out/$name" ||
+        { echo "run.sh: building $name failed" >&2; status=1; continue; }
     work="$out/$name.corpus"
-    mkdir -p "$work" "$out/$name.artifacts"
+    mkdir -p "$work" "$out/$name.artifacts" "$here/corpus/$name"
     if [ -n "${FUZZ_RUNS:-}" ]; then
         limit=(-runs="$FUZZ_RUNS")
         what="$FUZZ_RUNS runs"
@@ -94,10 +113,11 @@ for name in "${names[@]}"; do
         what="$per s"
     fi
     echo "== $name ($what)"
+    t0=$(date +%s)
     # shellcheck disable=SC2086
     ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=0} \
         UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
-        "$out/$name" "${limit[@]}" -rss_limit_mb=2048 -max_len=8192 \
+        "$out/$name" "${limit[@]}" -rss_limit_mb=2048 -max_len="${maxlen:-8192}" \
         -print_final_stats=1 -artifact_prefix="$out/$name.artifacts/" \
         ${FUZZ_ARGS:-} "$work" "$here/corpus/$name" >"$out/$name.log" 2>&1
     rc=$?
@@ -115,7 +135,7 @@ for name in "${names[@]}"; do
     else
         grep -E "^#[0-9]+[[:space:]]+DONE" "$out/$name.log" | tail -n 1
     fi
-    summary+=("$name: $execs executions, $cov, exit $rc")
+    summary+=("$name: $execs executions in $(($(date +%s) - t0)) s, $cov, exit $rc")
 done
 
 echo "== summary"
