@@ -94,7 +94,7 @@ TEST(follow_waits_for_the_end_of_a_close_only)
     int64_t step = (int64_t)(3e9 * sk_test_time_scale());
     int a, b;
 
-    CHECK_INT(tcp_pair(&a, &b), ==, 0);
+    CHECK_INT(tcp_loopback_pair(&a, &b), ==, 0);
     memset(&t, 0, sizeof(t));
     memset(&c, 0, sizeof(c));
     t.fd = a;
