@@ -4,7 +4,8 @@
 #   tests/fuzz/run.sh [SECONDS] [NAME...]
 #
 # SECONDS (default 60) is the total budget, split evenly across the
-# harnesses run (NAME: fuzz_decoder, fuzz_diag; default both).  Each harness
+# harnesses run (NAME: fuzz_decoder, fuzz_diag, fuzz_capture; default every
+# tests/fuzz/fuzz_*.c).  Each harness
 # is built with clang -fsanitize=fuzzer,address,undefined (UB aborts) from
 # tests/fuzz/NAME.c and every csrc/*.c but the CPython binding, then run on
 # a scratch copy of its seed corpus tests/fuzz/corpus/NAME/ (the committed
@@ -39,7 +40,9 @@ for a in "$@"; do
     esac
 done
 if [ ${#names[@]} -eq 0 ]; then
-    names=(fuzz_decoder fuzz_diag)
+    for f in "$here"/fuzz_*.c; do
+        names+=("$(basename "$f" .c)")
+    done
 fi
 
 CC=${CC:-clang}
