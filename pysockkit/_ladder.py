@@ -125,11 +125,13 @@ def text_ladder(rec: Recording, numbers: str = "relative", width: int = 100) -> 
             out.append(f"-- connection {n + 1} of {len(conns)}")
         left = f"{conn.names[0]} {format_address(conn.addresses[0])}"
         right = f"{conn.names[1]} {format_address(conn.addresses[1])}"
-        if conn.names[0] not in ("client", "server"):
-            left, right = conn.names[0], conn.names[1]
+        if conn.names != ("client", "server"):
+            left, right = (format_address(x) for x in conn.addresses)
         lcol = tw + 1 + sw + 1            # the left lifeline's column
-        head = left[-(lcol + 1):].rjust(lcol + 1).ljust(lcol + 1 + aw)
-        out.append((head + right[:sw + aw // 2]).rstrip())
+        right = right[:width - lcol - aw // 2]
+        head = left[-(lcol + 1):].rjust(lcol + 1)
+        rcol = min(lcol + 1 + aw, width - len(right))   # the right lifeline's, or less
+        out.append(head.ljust(rcol) + right)
         for row in _rows(rec, conn, numbers):
             out.extend(_text_row(row, tw, sw, aw))
     foot = ("STATE: seen by the kernel (state sampler: TCP_INFO / sock_diag); (STATE): "
@@ -269,9 +271,11 @@ def _svg_connection(body: list[str], rec: Recording, conn: Connection, numbers: 
     rows = _rows(rec, conn, numbers)
     for x, name, addr, anchor in ((_XL, conn.names[0], conn.addresses[0], "middle"),
                                   (_XR, conn.names[1], conn.addresses[1], "middle")):
+        if conn.names != ("client", "server"):
+            name = format_address(addr)
         body.append(f'<text x="{x}" y="{y0 + 4}" text-anchor="{anchor}" font-weight="bold" '
                     f'fill="{_C_TEXT}">{html.escape(name)}</text>')
-        if name in ("client", "server"):
+        if conn.names == ("client", "server"):
             body.append(f'<text x="{x}" y="{y0 + 18}" text-anchor="{anchor}" font-size="11" '
                         f'fill="{_C_LABEL}">{html.escape(format_address(addr))}</text>')
     y = y0 + 34

@@ -887,9 +887,11 @@ class Recording:
                 f"<div>{self.svg()}</div><small>{_h.escape(self.summary)}</small></div>")
 
     def __repr__(self) -> str:
-        ends = "; ".join(f"{c.names[0]} {format_address(c.addresses[0])} <-> "
-                         f"{c.names[1]} {format_address(c.addresses[1])}"
-                         for c in self.connections) or "no connection"
+        ends = "; ".join(
+            (f"{c.names[0]} {format_address(c.addresses[0])} <-> "
+             f"{c.names[1]} {format_address(c.addresses[1])}") if c.names == ("client", "server")
+            else f"{format_address(c.addresses[0])} <-> {format_address(c.addresses[1])}"
+            for c in self.connections) or "no connection"
         state = ", recording" if self._source is not None else ""
         return (f"<Recording {self.name}: {len(self.segments)} segments, {ends}, "
                 f"{self.duration * 1e3:.1f} ms{state}>")
