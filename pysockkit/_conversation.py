@@ -87,6 +87,7 @@ class _Stage:
         self.heartbeat = heartbeat
         self.client_keepalive = client_keepalive
         self.timeout = timeout
+        self.deadline = time.monotonic() + timeout   # the whole scenario's
         self.lost: list[int] = []
         self.notes: dict[int, str] = {}
         # observations read by the scenario itself, per end (kept as they are)
@@ -135,15 +136,24 @@ class _Stage:
 
     # ------------------------------------------------------------ actions
 
+    def left(self, limit: Optional[float] = None) -> float:
+        """Seconds a wait may take: *limit* (or the rest), but never past
+        the scenario's deadline; Timeout once that has passed."""
+        rest = self.deadline - time.monotonic()
+        if rest <= 0:
+            raise Timeout(f"conversation: the scenario did not finish within "
+                          f"{self.timeout:g} s")
+        return rest if limit is None else min(limit, rest)
+
     def open(self) -> tuple[Connection, Connection]:
         """connect() + accept(): the three-way handshake."""
         assert self.listener is not None
-        self.client.settimeout(self.timeout)
+        self.client.settimeout(self.left())
         self.client.connect(self.server)
         fd = self.client.detach()           # the same descriptor: the sampler follows it
         cli = Connection(fd, _FRAMING, self.heartbeat, self.client_keepalive)
         self.conns.append(cli)
-        srv = self.listener.accept(timeout=self.timeout)
+        srv = self.listener.accept(timeout=self.left())
         self.conns.append(srv)
         return cli, srv
 
@@ -154,7 +164,7 @@ class _Stage:
                      timeout: Optional[float] = None, start: int = 0) -> int:
         """Wait until a captured segment (index >= start) satisfies *pred*;
         returns its index."""
-        limit = self.timeout if timeout is None else timeout
+        limit = self.left(timeout)
         deadline = time.monotonic() + limit
         seen = start
         while True:
@@ -164,12 +174,15 @@ class _Stage:
             seen = max(seen, int(self.cap.stats()["kept"]))
             left = deadline - time.monotonic()
             if left <= 0:
-                raise Timeout(f"conversation: {what} was not captured within {limit:g} s")
+                got = ", ".join(f"{'>' if _from(r, self.client_addr) else '<'}"
+                                f"{_raw_flags(r)}" for r in self.segments())
+                raise Timeout(f"conversation: {what} was not captured within {limit:g} s "
+                              f"(captured: {got or 'nothing'})")
             self.cap.wait(seen + 1, min(left, 0.05))
 
     def quiet(self, seconds: float = 0.03) -> None:
         """Wait until no segment has come for *seconds* (bounded)."""
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + self.left()
         n = int(self.cap.stats()["seen"])
         while time.monotonic() < deadline:
             m = int(self.cap.wait(n + 1, seconds))
@@ -180,7 +193,7 @@ class _Stage:
     def watched(self, w: Any, state: TcpState, what: str, timeout: Optional[float] = None) -> None:
         """Wait until the sampler *w* has recorded *state*."""
         _wait(lambda: any(s == int(state) for _t, s, _v in w.transitions()),
-              self.timeout if timeout is None else timeout, what)
+              self.left(timeout), what)
 
     # --------------------------------------------------------- the result
 
@@ -298,11 +311,11 @@ def _sc_close(st: _Stage) -> Optional[str]:
     st.quiet()
     cli.close()                                   # FIN
     st.wait_segment(lambda r: _from(r, st.server) and _raw_flags(r) == TcpFlags.ACK
-                    and int(r[10]) == 0, "the server's ACK of the FIN", timeout=2.0)
+                    and int(r[10]) == 0, "the server's ACK of the FIN")
     time.sleep(0.05)                              # the passive side takes its time
     srv.close()                                   # its own FIN, separate
     st.watched(st.cw, TcpState.TIME_WAIT, "the client's TIME_WAIT")
-    st.watched(st.sw, TcpState.CLOSED, "the server's CLOSED", timeout=2.0)
+    st.watched(st.sw, TcpState.CLOSED, "the server's CLOSED")
     st.quiet()
     return None
 
@@ -312,7 +325,7 @@ def _sc_close_combined(st: _Stage) -> Optional[str]:
     st.quiet()
     fd = srv.fileno()
     cli.close()                                   # FIN
-    _wait(lambda: _fd_state(fd) is TcpState.CLOSE_WAIT, 2.0, "the server's CLOSE_WAIT")
+    _wait(lambda: _fd_state(fd) is TcpState.CLOSE_WAIT, st.left(), "the server's CLOSE_WAIT")
     srv.close()                                   # at once: the ACK is still delayed
     st.watched(st.cw, TcpState.TIME_WAIT, "the client's TIME_WAIT")
     st.quiet()
@@ -352,8 +365,8 @@ def _sc_simultaneous_close(st: _Stage) -> Optional[str]:
         k = st.wait_segment(first_fin, f"the {who}'s first FIN", start=start)
         st.lost.append(k)
         st.notes[k] = "by the scenario's filter, so that the FINs cross"
-    st.watched(st.cw, TcpState.TIME_WAIT, "the client's TIME_WAIT", timeout=5.0)
-    st.watched(st.sw, TcpState.TIME_WAIT, "the server's TIME_WAIT", timeout=5.0)
+    st.watched(st.cw, TcpState.TIME_WAIT, "the client's TIME_WAIT")
+    st.watched(st.sw, TcpState.TIME_WAIT, "the server's TIME_WAIT")
     st.quiet()
     return None
 
@@ -369,15 +382,17 @@ def _sc_half_close(st: _Stage) -> Optional[str]:
     cli, srv = st.open()
     cli.send(b"request")
     cli.shutdown("write")                         # FIN: no more from the client
-    assert srv.recv(timeout=st.timeout) == b"request"
+    got = srv.recv(timeout=st.left())
+    if got != b"request":
+        raise Error(errno.EPROTO, f"conversation: the server read {got!r}, not b'request'")
     try:
-        srv.recv(timeout=st.timeout)
+        srv.recv(timeout=st.left())
     except ConnectionClosed:
         pass
     srv.send(b"reply")                            # the other direction still works
     srv.send(b"more, after your FIN")
-    cli.recv(timeout=st.timeout)
-    cli.recv(timeout=st.timeout)
+    cli.recv(timeout=st.left())
+    cli.recv(timeout=st.left())
     st.quiet()
     srv.close()
     st.watched(st.cw, TcpState.TIME_WAIT, "the client's TIME_WAIT")
@@ -388,7 +403,7 @@ def _sc_half_close(st: _Stage) -> Optional[str]:
 def _sc_abort(st: _Stage) -> Optional[str]:
     cli, srv = st.open()
     cli.send(b"hello")
-    srv.recv(timeout=st.timeout)
+    srv.recv(timeout=st.left())
     st.quiet()
     cli.abort()                                   # SO_LINGER {1, 0}: RST
     st.watched(st.sw, TcpState.CLOSED, "the server's CLOSED")
@@ -401,9 +416,9 @@ def _sc_lost_last_ack(st: _Stage) -> Optional[str]:
     st.quiet()
     cli.close()                                   # FIN
     fd = srv.fileno()
-    _wait(lambda: _fd_state(fd) is TcpState.CLOSE_WAIT, 2.0, "the server's CLOSE_WAIT")
+    _wait(lambda: _fd_state(fd) is TcpState.CLOSE_WAIT, st.left(), "the server's CLOSE_WAIT")
     st.wait_segment(lambda r: _from(r, st.server) and _raw_flags(r) == TcpFlags.ACK,
-                    "the server's ACK of the FIN", timeout=2.0)
+                    "the server's ACK of the FIN")
     _attach(srv, _DROP_PURE_ACK)                  # the next pure ACK will not arrive
     start = int(st.cap.stats()["kept"])
     srv.shutdown("write")                         # FIN; the descriptor stays ours
@@ -412,7 +427,7 @@ def _sc_lost_last_ack(st: _Stage) -> Optional[str]:
     _detach(srv)                                  # once only
     st.lost.append(k)
     st.notes[k] = "by the scenario's filter: the server never sees it"
-    _wait(lambda: _fd_state(fd) is TcpState.CLOSED, 10.0,
+    _wait(lambda: _fd_state(fd) is TcpState.CLOSED, st.left(10.0),
           "the server's CLOSED after its retransmitted FIN")
     st.quiet()
     return None
@@ -420,14 +435,14 @@ def _sc_lost_last_ack(st: _Stage) -> Optional[str]:
 
 def _exchange(st: _Stage, cli: Connection, srv: Connection, msg: bytes) -> None:
     cli.send(msg)
-    srv.send(srv.recv(timeout=st.timeout).upper())
-    cli.recv(timeout=st.timeout)
+    srv.send(srv.recv(timeout=st.left()).upper())
+    cli.recv(timeout=st.left())
 
 
 def _close_both(st: _Stage, cli: Connection, srv: Connection) -> None:
     cli.close()
     try:
-        srv.recv(timeout=st.timeout)
+        srv.recv(timeout=st.left())
     except ConnectionClosed:
         pass
     srv.close()
@@ -452,7 +467,7 @@ def _sc_long(st: _Stage) -> Optional[str]:
 
 
 def _sc_syn_to_closed_port(st: _Stage) -> Optional[str]:
-    st.client.settimeout(st.timeout)
+    st.client.settimeout(st.left())
     err = st.client.connect_ex(st.server)
     if err != errno.ECONNREFUSED:
         return f"connect() gave {os.strerror(err)}, not ECONNREFUSED"
@@ -470,12 +485,13 @@ def _sc_keepalive(st: _Stage) -> Optional[str]:
     for raw in st.segments():
         if _from(raw, st.client_addr):
             snd_nxt = int(raw[6]) + int(raw[10]) + (1 if TcpFlags.SYN in _raw_flags(raw) else 0)
-    assert snd_nxt is not None
+    if snd_nxt is None:
+        raise Error(errno.EPROTO, "conversation: no segment of the client was captured")
     probe = (snd_nxt - 1) & 0xFFFFFFFF
     k = int(st.cap.stats()["kept"])
     for _ in range(2):                            # two probes, one second apart
         k = st.wait_segment(lambda r: _from(r, st.client_addr) and int(r[6]) == probe,
-                            "a keepalive probe", timeout=5.0, start=k) + 1
+                            "a keepalive probe", start=k) + 1
     st.quiet()
     cli.close()
     srv.close()
@@ -527,7 +543,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "close (what sk.call does for every message)", _sc_short),
     Scenario("long", "a long connection: one handshake, three framed exchanges with "
              "heartbeats between them, one close",
-             _sc_long, heartbeat=Heartbeat(interval=0.1, timeout=2.0)),
+             _sc_long, heartbeat=Heartbeat(interval=0.1)),
     Scenario("syn-to-closed-port", "connect() to a port where nothing listens: the "
              "kernel answers the SYN with RST+ACK (ECONNREFUSED)",
              _sc_syn_to_closed_port, listening=False),
