@@ -168,10 +168,11 @@ class _Stage:
         deadline = time.monotonic() + limit
         seen = start
         while True:
-            for k, raw in enumerate(self.segments(seen)):
+            batch = self.segments(seen)
+            for k, raw in enumerate(batch):
                 if pred(raw):
                     return seen + k
-            seen = max(seen, int(self.cap.stats()["kept"]))
+            seen += len(batch)        # exactly what was looked at: none is skipped
             left = deadline - time.monotonic()
             if left <= 0:
                 got = ", ".join(f"{'>' if _from(r, self.client_addr) else '<'}"

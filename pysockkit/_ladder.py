@@ -123,15 +123,14 @@ def text_ladder(rec: Recording, numbers: str = "relative", width: int = 100) -> 
     for n, conn in enumerate(conns):
         if len(conns) > 1:
             out.append(f"-- connection {n + 1} of {len(conns)}")
-        left = f"{conn.names[0]} {format_address(conn.addresses[0])}"
-        right = f"{conn.names[1]} {format_address(conn.addresses[1])}"
-        if conn.names != ("client", "server"):
-            left, right = (format_address(x) for x in conn.addresses)
         lcol = tw + 1 + sw + 1            # the left lifeline's column
-        right = right[:width - lcol - aw // 2]
-        head = left[-(lcol + 1):].rjust(lcol + 1)
-        rcol = min(lcol + 1 + aw, width - len(right))   # the right lifeline's, or less
-        out.append(head.ljust(rcol) + right)
+        heads = [tuple(format_address(x) for x in conn.addresses)]
+        if conn.names == ("client", "server"):
+            heads.insert(0, conn.names)
+        for left, right in heads:
+            right = right[:width - lcol - aw // 2]
+            rcol = min(lcol + 1 + aw, width - len(right))   # the right lifeline's, or less
+            out.append(left[-(lcol + 1):].rjust(lcol + 1).ljust(rcol) + right)
         for row in _rows(rec, conn, numbers):
             out.extend(_text_row(row, tw, sw, aw))
     foot = ("STATE: seen by the kernel (state sampler: TCP_INFO / sock_diag); (STATE): "
@@ -174,8 +173,7 @@ def _text_row(row: _Row, tw: int, sw: int, aw: int) -> list[str]:
             arrow = body[:-3] + " X " if row.lost else body + ">"
             arrow = arrow.ljust(aw)
         else:
-            body = f"<--{label} ".ljust(aw, "-")
-            arrow = ("  X" + body[3:]) if row.lost else body
+            arrow = (f"  X -{label} " if row.lost else f"<--{label} ").ljust(aw, "-")
     else:
         arrow = " " * aw
     lines = [f"{t:>{tw}} {lefts[0]:>{sw}} |{arrow}| {rights[0]}".rstrip()]

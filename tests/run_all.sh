@@ -28,6 +28,8 @@ elif [ ! -e "$(clang -print-runtime-dir)/libclang_rt.fuzzer-x86_64.a" ]; then
     need+=("libclang-rt-$(clang -dumpversion | cut -d. -f1)-dev")
 fi
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
+# the outside witness of the segment capture (tests/test_conversation.py)
+command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
