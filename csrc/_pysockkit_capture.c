@@ -10,7 +10,8 @@
  *   .wait(count, timeout=None) -> seen
  *                        wait (GIL released, Ctrl-C works) until `count`
  *                        segments were seen, the thread ended, or timeout
- *   .stats()             dict of counters
+ *   .stats()             dict of counters; "error" is why the thread
+ *                        ended (text), or None
  *   capture_parse(data, ethertype=0, wire_len=0) -> segment tuple
  *                        the parser on its own (ValueError if malformed)
  *
@@ -353,46 +354,22 @@ done:
     return py_res;
 }
 
-/* Contract: GIL held.  The exception object err maps to (new ref), built
- * without leaving it raised; NULL with an exception set on failure. */
-static PyObject *err_to_exc(PyObject *mod, const sk_err *err)
-{
-    PyObject *py_val = NULL;
-
-    skpy_raise(mod, err, "the capture thread stopped");
-#if PY_VERSION_HEX >= 0x030C0000
-    py_val = PyErr_GetRaisedException();
-#else
-    {
-        PyObject *py_type = NULL, *py_tb = NULL;
-
-        PyErr_Fetch(&py_type, &py_val, &py_tb);
-        PyErr_NormalizeException(&py_type, &py_val, &py_tb);
-        Py_XDECREF(py_type);
-        Py_XDECREF(py_tb);
-    }
-#endif
-    return py_val;
-}
-
 /* Contract: GIL held; a new dict. */
 static PyObject *Capture_stats(PyObject *op, PyObject *noargs)
 {
     CaptureObject *self = (CaptureObject *)op;
-    PyObject *py_exc = NULL, *py_d = NULL;
+    PyObject *py_err = NULL, *py_d = NULL;
     sk_capture_stats st;
 
     (void)noargs;
     if (check_started(self) < 0)
         goto error;
     sk_capture_get_stats(self->c, &st);
-    if (st.err.code != SK_E_NONE) {
-        py_exc = err_to_exc(self->mod, &st.err);
-        if (py_exc == NULL)
-            goto error;
-    } else {
-        py_exc = Py_NewRef(Py_None);
-    }
+    /* why the thread ended, as text ("recvmmsg(AF_PACKET): ..."), or None */
+    py_err = st.err.code != SK_E_NONE ? PyUnicode_FromString(st.err.msg)
+                                      : Py_NewRef(Py_None);
+    if (py_err == NULL)
+        goto error;
     py_d = Py_BuildValue(
         "{s:L,s:L,s:K,s:K,s:K,s:K,s:K,s:n,s:n,s:O,s:O,s:O}",
         "start_ns", (long long)st.start_ns,
@@ -406,9 +383,9 @@ static PyObject *Capture_stats(PyObject *op, PyObject *noargs)
         "payload_bytes", (Py_ssize_t)st.payload_bytes,
         "running", st.running ? Py_True : Py_False,
         "timed_out", st.timed_out ? Py_True : Py_False,
-        "error", py_exc);
+        "error", py_err);
 error:
-    Py_XDECREF(py_exc);
+    Py_XDECREF(py_err);
     return py_d;
 }
 

@@ -13,7 +13,6 @@
 #include <net/if.h>
 #include <poll.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +22,7 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "thread.h"
 
 #ifndef PACKET_IGNORE_OUTGOING
 #define PACKET_IGNORE_OUTGOING 23 /* Linux >= 4.20, linux/if_packet.h */
@@ -326,14 +326,25 @@ static void emit(prog *p, uint16_t code, uint32_t k, int jt, int jf)
     p->n++;
 }
 
-/* Contract: pure.  "A == one of the ports ? ACCEPT : (last ? DROP : next)". */
-static void emit_ports(prog *p, const uint16_t *ports, size_t nports, int last)
+/* Contract: pure.  The TCP ports at `off` (mode BPF_ABS: from the packet's
+ * start; BPF_IND: from X, the IPv4 header length): ACCEPT if the source or
+ * the destination port is one of ports, else DROP (no ports: ACCEPT). */
+static void emit_ports(prog *p, const uint16_t *ports, size_t nports,
+                       uint16_t mode, uint32_t off)
 {
     size_t i;
+    int dir;
 
-    for (i = 0; i < nports; i++)
-        emit(p, BPF_JMP | BPF_JEQ | BPF_K, ports[i], L_ACCEPT,
-             (last && i + 1 == nports) ? L_DROP : L_NEXT);
+    if (nports == 0) {
+        emit(p, BPF_JMP | BPF_JEQ | BPF_K, 0, L_ACCEPT, L_ACCEPT);
+        return;
+    }
+    for (dir = 0; dir < 2; dir++) {     /* source port, then destination */
+        emit(p, BPF_LD | BPF_H | mode, off + 2u * (uint32_t)dir, L_NEXT, L_NEXT);
+        for (i = 0; i < nports; i++)
+            emit(p, BPF_JMP | BPF_JEQ | BPF_K, ports[i], L_ACCEPT,
+                 (dir == 1 && i + 1 == nports) ? L_DROP : L_NEXT);
+    }
 }
 
 /* Contract: pure.  Turn a label into a relative jump from instruction i;
@@ -402,28 +413,14 @@ int sk_capture_build_filter(const uint16_t *ports, size_t nports,
     emit(&p, BPF_LD | BPF_H | BPF_ABS, 6, L_NEXT, L_NEXT);
     emit(&p, BPF_JMP | BPF_JSET | BPF_K, 0x1fff, L_DROP, L_NEXT);
     emit(&p, BPF_LDX | BPF_B | BPF_MSH, 0, L_NEXT, L_NEXT);
-    if (nports == 0) {
-        emit(&p, BPF_JMP | BPF_JEQ | BPF_K, 0, L_ACCEPT, L_ACCEPT);
-    } else {
-        emit(&p, BPF_LD | BPF_H | BPF_IND, 0, L_NEXT, L_NEXT);
-        emit_ports(&p, ports, nports, 0);
-        emit(&p, BPF_LD | BPF_H | BPF_IND, 2, L_NEXT, L_NEXT);
-        emit_ports(&p, ports, nports, 1);
-    }
+    emit_ports(&p, ports, nports, BPF_IND, 0);
     /* IPv6: TCP right after the fixed header (loopback TCP never carries
      * extension headers); ports at 40 and 42 */
     ipv6 = p.n;
     emit(&p, BPF_JMP | BPF_JEQ | BPF_K, ETH_P_IPV6, L_NEXT, L_DROP);
     emit(&p, BPF_LD | BPF_B | BPF_ABS, 6, L_NEXT, L_NEXT);
     emit(&p, BPF_JMP | BPF_JEQ | BPF_K, IPPROTO_TCP, L_NEXT, L_DROP);
-    if (nports == 0) {
-        emit(&p, BPF_JMP | BPF_JEQ | BPF_K, 0, L_ACCEPT, L_ACCEPT);
-    } else {
-        emit(&p, BPF_LD | BPF_H | BPF_ABS, 40, L_NEXT, L_NEXT);
-        emit_ports(&p, ports, nports, 0);
-        emit(&p, BPF_LD | BPF_H | BPF_ABS, 42, L_NEXT, L_NEXT);
-        emit_ports(&p, ports, nports, 1);
-    }
+    emit_ports(&p, ports, nports, BPF_ABS, 40);
     accept = p.n;
     emit(&p, BPF_RET | BPF_K, snaplen, L_NEXT, L_NEXT);
     drop = p.n;
@@ -739,12 +736,9 @@ int sk_capture_start(const sk_capture_config *cfg, sk_capture **out,
                      sk_err *err)
 {
     sk_capture *c = NULL;
-    pthread_condattr_t ca;
-    pthread_attr_t ta;
-    sigset_t all, old;
     const char *ifname;
     unsigned ifindex;
-    int r, ca_ok = 0, ta_ok = 0, rc = SK_ERR;
+    int rc = SK_ERR;
 
     if (out != NULL)
         *out = NULL;
@@ -772,14 +766,8 @@ int sk_capture_start(const sk_capture_config *cfg, sk_capture **out,
     c->evfd = -1;
     pthread_mutex_init(&c->mu, NULL);
     pthread_mutex_init(&c->join_mu, NULL);
-    if (pthread_condattr_init(&ca) != 0) {
-        pthread_cond_init(&c->cv, NULL);
-        sk_err_set(err, SK_E_NOMEM, "pthread_condattr_init failed");
+    if (sk_cond_init_monotonic(&c->cv, err) != SK_OK)
         goto done;
-    }
-    ca_ok = 1;
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&c->cv, &ca);
     c->pid = getpid();
     c->cap = cfg->max_segments ? cfg->max_segments
                                : SK_CAPTURE_DEFAULT_SEGMENTS;
@@ -819,20 +807,8 @@ int sk_capture_start(const sk_capture_config *cfg, sk_capture **out,
     c->end_by_ns = cfg->max_duration_ns > 0 ? c->start_ns + cfg->max_duration_ns
                                             : SK_NO_DEADLINE;
     c->running = 1;
-    if (pthread_attr_init(&ta) != 0) {
-        sk_err_set(err, SK_E_NOMEM, "pthread_attr_init failed");
-        goto done;
-    }
-    ta_ok = 1;
-    pthread_attr_setstacksize(&ta, SK_CAPTURE_STACK);
-    /* the thread inherits a full signal mask: signals go elsewhere */
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    r = pthread_create(&c->thread, &ta, capture_main, c);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (r != 0) {
+    if (sk_thread_spawn(&c->thread, SK_CAPTURE_STACK, capture_main, c, err) != SK_OK) {
         c->running = 0;
-        sk_err_sys(err, "pthread_create", r);
         goto done;
     }
     c->thread_started = 1;
@@ -840,10 +816,6 @@ int sk_capture_start(const sk_capture_config *cfg, sk_capture **out,
     c = NULL;
     rc = SK_OK;
 done:
-    if (ta_ok)
-        pthread_attr_destroy(&ta);
-    if (ca_ok)
-        pthread_condattr_destroy(&ca);
     capture_destroy(c);
     return rc;
 }
