@@ -307,12 +307,19 @@ def _sc_handshake(st: _Stage) -> Optional[str]:
     return None
 
 
-def _sc_close(st: _Stage) -> Optional[str]:
+def _client_closes(st: _Stage) -> tuple[Connection, Connection]:
+    """Open, then the client closes (FIN); returns once the server has
+    ACKed the FIN on its own (its delayed ACK): it is in CLOSE_WAIT."""
     cli, srv = st.open()
     st.quiet()
     cli.close()                                   # FIN
     st.wait_segment(lambda r: _from(r, st.server) and _raw_flags(r) == TcpFlags.ACK
                     and int(r[10]) == 0, "the server's ACK of the FIN")
+    return cli, srv
+
+
+def _sc_close(st: _Stage) -> Optional[str]:
+    _cli, srv = _client_closes(st)
     time.sleep(0.05)                              # the passive side takes its time
     srv.close()                                   # its own FIN, separate
     st.watched(st.cw, TcpState.TIME_WAIT, "the client's TIME_WAIT")
@@ -413,13 +420,8 @@ def _sc_abort(st: _Stage) -> Optional[str]:
 
 
 def _sc_lost_last_ack(st: _Stage) -> Optional[str]:
-    cli, srv = st.open()
-    st.quiet()
-    cli.close()                                   # FIN
+    _cli, srv = _client_closes(st)
     fd = srv.fileno()
-    _wait(lambda: _fd_state(fd) is TcpState.CLOSE_WAIT, st.left(), "the server's CLOSE_WAIT")
-    st.wait_segment(lambda r: _from(r, st.server) and _raw_flags(r) == TcpFlags.ACK,
-                    "the server's ACK of the FIN")
     _attach(srv, _DROP_PURE_ACK)                  # the next pure ACK will not arrive
     start = int(st.cap.stats()["kept"])
     srv.shutdown("write")                         # FIN; the descriptor stays ours
@@ -697,20 +699,13 @@ def _helper_main() -> None:
     """Entry point of the ``unshare -Urn`` helper (argv: channel fd, name,
     family, timeout): bring lo up, play the scenario, send the recording
     back as JSON (in chunks), exit."""
-    from .lab import _lo_up, _send_report
+    from .lab import _helper_start, _send_report
 
-    fd, name, fam, timeout = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-    chan = socket.socket(fileno=fd)
-
-    def fail(kind: str, text: str, err: int = 0) -> None:
-        chan.send(json.dumps({"error": text, "kind": kind, "errno": err}).encode())
-
+    name, fam, timeout = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    chan, fail, up = _helper_start()
     try:
-        try:
-            _lo_up()
-        except OSError as exc:
-            return fail("unavailable", f"cannot bring lo up in the new netns: {exc}",
-                        exc.errno or 0)
+        if not up:
+            return
         host = "::1" if fam == socket.AF_INET6 else "127.0.0.1"
         _wait(lambda: _bindable(fam, host), 2.0, f"{host} on lo")
         rec = run_scenario(name, fam, timeout)

@@ -25,7 +25,7 @@ from ._enums import TcpState
 from ._net import format_address
 
 if TYPE_CHECKING:
-    from ._recording import Connection, Recording, StateChange
+    from ._recording import RecordedConnection, Recording, StateChange
 
 __all__ = ["text_ladder", "svg_ladder"]
 
@@ -46,7 +46,7 @@ class _Row:
     right: list[StateChange] = field(default_factory=list)
 
 
-def _rows(rec: Recording, conn: Connection, numbers: str) -> list[_Row]:
+def _rows(rec: Recording, conn: RecordedConnection, numbers: str) -> list[_Row]:
     segs = rec.segments
     notes = rec.notes
     states = rec.states
@@ -264,8 +264,8 @@ def svg_ladder(rec: Recording, numbers: str = "relative") -> str:
             + "".join(body) + "</svg>")
 
 
-def _svg_connection(body: list[str], rec: Recording, conn: Connection, numbers: str,
-                    y0: int) -> int:
+def _svg_connection(body: list[str], rec: Recording, conn: RecordedConnection,
+                    numbers: str, y0: int) -> int:
     rows = _rows(rec, conn, numbers)
     for x, name, addr, anchor in ((_XL, conn.names[0], conn.addresses[0], "middle"),
                                   (_XR, conn.names[1], conn.addresses[1], "middle")):

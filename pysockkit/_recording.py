@@ -46,7 +46,7 @@ from ._types import Framing
 if TYPE_CHECKING:
     from ._capture import _LiveSource
 
-__all__ = ["Recording", "StateChange", "SegmentTable"]
+__all__ = ["Recording", "RecordedConnection", "StateChange", "SegmentTable"]
 
 Address = tuple[str, int]
 Pair = tuple[Address, Address]          # (local, remote) of one end
@@ -462,14 +462,15 @@ class SegmentTable(list[Segment]):
 
 
 @dataclass(frozen=True)
-class Connection:
+class RecordedConnection:
     """One connection of a recording: its two ends, left (the one that
     opened it, or the client) and right, with their names, and the
     indices of its segments.
 
     Example::
 
-        >>> c = Connection(("client", "server"), (("127.0.0.1", 1), ("127.0.0.1", 2)), (0, 1))
+        >>> c = RecordedConnection(("client", "server"),
+        ...                        (("127.0.0.1", 1), ("127.0.0.1", 2)), (0, 1))
         >>> c.names[0], c.indices
         ('client', (0, 1))
     """
@@ -664,7 +665,7 @@ class Recording:
             return self._duration
         return self._segments[-1].time if self._segments else 0.0
 
-    def _analysis(self) -> tuple[list[Connection], dict[str, list[StateChange]],
+    def _analysis(self) -> tuple[list[RecordedConnection], dict[str, list[StateChange]],
                                  dict[int, str], dict[str, int]]:
         self._pull()
         n = len(self._segments)
@@ -692,7 +693,7 @@ class Recording:
             self._cache = (n, result)
         return result
 
-    def _connections(self) -> list[Connection]:
+    def _connections(self) -> list[RecordedConnection]:
         order: list[tuple[Address, Address]] = []
         members: dict[tuple[Address, Address], list[int]] = {}
         left: dict[tuple[Address, Address], Address] = {}
@@ -713,7 +714,7 @@ class Recording:
                     left[key] = s.src
                 elif s.src[1] in self.ports and s.dst[1] not in self.ports:
                     left[key] = s.dst
-        conns: list[Connection] = []
+        conns: list[RecordedConnection] = []
         counts: dict[Address, int] = {}
         for key in order:
             for addr in key:
@@ -721,7 +722,7 @@ class Recording:
         if not order and len(self._names) == 2:
             # nothing captured: the ends are still known by name
             (a, na), (b, nb) = sorted(self._names.items(), key=lambda kv: kv[1] != "client")
-            return [Connection((na, nb), (a, b), ())]
+            return [RecordedConnection((na, nb), (a, b), ())]
         for key in order:
             a = left.get(key, self._segments[members[key][0]].src)
             b = key[1] if a == key[0] else key[0]
@@ -733,11 +734,12 @@ class Recording:
                     if counts[addr] > 1:
                         nm = f"{nm} with {format_address(other)}"
                 names.append(nm)
-            conns.append(Connection((names[0], names[1]), (a, b), tuple(members[key])))
+            conns.append(RecordedConnection((names[0], names[1]), (a, b),
+                                            tuple(members[key])))
         return conns
 
     @property
-    def connections(self) -> list[Connection]:
+    def connections(self) -> list[RecordedConnection]:
         """The connections recorded, in order of their first segment.
 
         Example::
@@ -951,7 +953,8 @@ class Recording:
             stats=d["stats"], duration=d["duration"])
 
 
-def _guess_initial(segments: Sequence[Segment], c: Connection) -> dict[Address, TcpState]:
+def _guess_initial(segments: Sequence[Segment],
+                   c: RecordedConnection) -> dict[Address, TcpState]:
     """Where a connection starts when nobody said: a SYN first means its
     sender was CLOSED and its receiver LISTEN; anything else means the
     connection was open before the recording began."""

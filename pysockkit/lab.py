@@ -1139,25 +1139,38 @@ def _drop_synack_filter() -> bytes:
 _KEEP: list[Any] = []
 
 
-def _helper_main() -> None:
-    """Entry point of the ``unshare -Urn`` helper (argv: channel fd,
-    family, timeout).  Builds a SYN_RCVD socket by simultaneous open,
-    sends its descriptor and a JSON report back, then waits for EOF."""
-    fd, fam_num, timeout = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-    chan = socket.socket(fileno=fd)
-    fam = socket.AddressFamily(fam_num)
-    host = _loopback(fam)
-    sock: Optional[socket.socket] = None
+def _helper_start() -> tuple[socket.socket, Callable[..., None], bool]:
+    """The start of a netns helper (see :func:`_netns_helper`): its channel
+    to the parent (the descriptor in argv[1]), ``fail(kind, text,
+    errno=0)`` that reports an error on it (kind: ``"unavailable"``,
+    ``"timeout"`` or ``"error"``), and whether lo came up (if not, the
+    failure is already reported)."""
+    chan = socket.socket(fileno=int(sys.argv[1]))
 
     def fail(kind: str, text: str, err: int = 0) -> None:
         chan.send(json.dumps({"error": text, "kind": kind, "errno": err}).encode())
 
     try:
-        try:
-            _lo_up()
-        except OSError as exc:
-            return fail("unavailable", f"cannot bring lo up in the new netns: {exc}",
-                        exc.errno or 0)
+        _lo_up()
+    except OSError as exc:
+        fail("unavailable", f"cannot bring lo up in the new netns: {exc}", exc.errno or 0)
+        return chan, fail, False
+    return chan, fail, True
+
+
+def _helper_main() -> None:
+    """Entry point of the ``unshare -Urn`` helper (argv: channel fd,
+    family, timeout).  Builds a SYN_RCVD socket by simultaneous open,
+    sends its descriptor and a JSON report back, then waits for EOF."""
+    fam_num, timeout = int(sys.argv[2]), float(sys.argv[3])
+    chan, fail, up = _helper_start()
+    fam = socket.AddressFamily(fam_num)
+    host = _loopback(fam)
+    sock: Optional[socket.socket] = None
+
+    try:
+        if not up:
+            return
         sock = socket.socket(fam, socket.SOCK_STREAM)
         deadline = time.perf_counter() + timeout
         while True:  # ::1 appears on lo a moment after it is up

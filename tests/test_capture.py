@@ -312,7 +312,10 @@ except sk.Error as exc:
 """
 
 
-def test_record_without_cap_net_raw_is_a_typed_error() -> None:
+def as_nobody() -> tuple[list[str], str, dict[str, str]]:
+    """How to run this pysockkit as ``nobody`` (as we are, if not root):
+    the command prefix that drops privileges, an interpreter that user
+    can run, and its environment."""
     if os.geteuid() == 0:
         prefix = _drop_privileges_prefix(pwd.getpwnam("nobody"))
         assert prefix is not None, "setpriv or runuser (util-linux) is needed"
@@ -321,6 +324,11 @@ def test_record_without_cap_net_raw_is_a_typed_error() -> None:
     tried: list[str] = []
     python, env = _find_python(prefix, str(Path(sk.__file__).resolve().parent.parent), tried)
     assert python is not None, tried
+    return prefix, python, env
+
+
+def test_record_without_cap_net_raw_is_a_typed_error() -> None:
+    prefix, python, env = as_nobody()
     r = subprocess.run([*prefix, python, "-c", NOT_PERMITTED], capture_output=True, text=True,
                        env=env, cwd="/", timeout=scaled(30))
     assert r.returncode == 0, r.stderr

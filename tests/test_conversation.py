@@ -13,14 +13,11 @@ inferred from a segment).
 from __future__ import annotations
 
 import json
-import os
-import pwd
 import re
 import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,7 +25,7 @@ import pytest
 import pysockkit as sk
 from pysockkit import lab
 from helpers import child_env, scaled
-from test_lab import _drop_privileges_prefix, _find_python
+from test_capture import as_nobody
 
 NAMES = ["handshake", "close", "close-combined", "simultaneous-close", "half-close", "abort",
          "lost-last-ack", "short", "long", "syn-to-closed-port", "keepalive"]
@@ -279,14 +276,7 @@ print(json.dumps(out))
 
 
 def test_every_scenario_as_nobody() -> None:
-    if os.geteuid() == 0:
-        prefix = _drop_privileges_prefix(pwd.getpwnam("nobody"))
-        assert prefix is not None, "setpriv or runuser (util-linux) is needed"
-    else:
-        prefix = []
-    tried: list[str] = []
-    python, env = _find_python(prefix, str(Path(sk.__file__).resolve().parent.parent), tried)
-    assert python is not None, tried
+    prefix, python, env = as_nobody()
     env["T"] = str(scaled(30))
     r = subprocess.run([*prefix, python, "-W", "error", "-c", NOBODY, *NAMES],
                        capture_output=True, text=True, env=env, cwd="/",
