@@ -290,7 +290,8 @@ def _svg_connection(body: list[str], rec: Recording, conn: RecordedConnection,
             prev_t = row.time
         else:
             prev_t = 0.0
-        y += (_ROW + (14 if row.note else 0)) if row.kind == "segment" else 22
+        stacked = 14 * max(0, len(row.left) - 1, len(row.right) - 1)
+        y += ((_ROW + (14 if row.note else 0)) if row.kind == "segment" else 22) + stacked
     end_y = y
     # state bars and names, per side
     for side, x in ((0, _XL), (1, _XR)):
@@ -301,7 +302,7 @@ def _svg_connection(body: list[str], rec: Recording, conn: RecordedConnection,
             if row.kind == "segment" and ((row.direction > 0) == (side == 1)):
                 at = ry + _SLANT   # the receiver changes when the segment arrives
             for k, ch in enumerate(changes):
-                marks.append((at + 11 * k, ch))
+                marks.append((at + 14 * k, ch))
         for k, (my, ch) in enumerate(marks):
             ny = marks[k + 1][0] if k + 1 < len(marks) else end_y
             color = _COLORS.get(ch.state, "#e9ecef")
