@@ -1,4 +1,4 @@
-"""Command line: ``python -m pysockkit {tour,serve,ping,ss,watch,lab}``."""
+"""Command line: ``python -m pysockkit {tour,serve,ping,ss,watch}``."""
 
 from __future__ import annotations
 
@@ -247,37 +247,6 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
-# ----------------------------------------------------------------- lab
-
-
-def _cmd_lab(args: argparse.Namespace) -> int:
-    from . import lab
-
-    if not args.names:
-        print(lab.conversations())
-        return 0
-    for k, name in enumerate(args.names):
-        try:
-            rec = lab.conversation(name, family="ipv6" if args.ipv6 else "ipv4")
-        except ValueError as exc:
-            print(f"lab: {exc}", file=sys.stderr)
-            return 2
-        except lab.LabUnavailable as exc:
-            print(f"lab: {exc.strerror or exc}", file=sys.stderr)
-            return 1
-        if k:
-            print()
-        print(rec.ladder(args.numbers))
-        if args.table:
-            print()
-            print(rec.table())
-        if args.svg:
-            path = args.svg if len(args.names) == 1 else f"{name}-{args.svg}"
-            rec.save(path)
-            print(f"(SVG ladder written to {path})")
-    return 0
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``python -m pysockkit``."""
     p = argparse.ArgumentParser(prog="python -m pysockkit", description="framed TCP toolkit")
@@ -315,6 +284,44 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     s.add_argument("--interval", type=float, default=0.002,
                    help="seconds between two looks (default 0.002)")
     s.set_defaults(func=_cmd_watch)
+    _add_lab(sub)
+    args = p.parse_args(argv)
+    return int(args.func(args))
+
+
+# ----------------------------------------------------------------- lab
+
+
+def _cmd_lab(args: argparse.Namespace) -> int:
+    from . import lab
+
+    if not args.names:
+        print(lab.conversations())
+        return 0
+    for k, name in enumerate(args.names):
+        try:
+            rec = lab.conversation(name, family="ipv6" if args.ipv6 else "ipv4")
+        except ValueError as exc:
+            print(f"lab: {exc}", file=sys.stderr)
+            return 2
+        except lab.LabUnavailable as exc:
+            print(f"lab: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        if k:
+            print()
+        print(rec.ladder(args.numbers))
+        if args.table:
+            print()
+            print(rec.table())
+        if args.svg:
+            path = args.svg if len(args.names) == 1 else f"{name}-{args.svg}"
+            rec.save(path)
+            print(f"(SVG ladder written to {path})")
+    return 0
+
+
+def _add_lab(sub: Any) -> None:
+    """The ``lab`` subcommand (its parser)."""
     s = sub.add_parser("lab", help="play a TCP scenario on a private loopback and print its "
                        "ladder (segments and states)",
                        description="Play a scenario (handshake, close, lost-last-ack, ...) in a "
@@ -327,8 +334,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     s.add_argument("--table", action="store_true", help="also print one row per segment")
     s.add_argument("--svg", metavar="FILE", help="also write the SVG ladder to FILE")
     s.set_defaults(func=_cmd_lab)
-    args = p.parse_args(argv)
-    return int(args.func(args))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ step() { printf '\n=== %s\n' "$*"; }
 
 step "system packages"
 need=()
+# the outside witness of the segment capture (tests/test_conversation.py)
+command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 command -v ss >/dev/null 2>&1 || need+=(iproute2)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 # clang with its libFuzzer runtime (a Recommends of clang, which some
@@ -28,8 +30,6 @@ elif [ ! -e "$(clang -print-runtime-dir)/libclang_rt.fuzzer-x86_64.a" ]; then
     need+=("libclang-rt-$(clang -dumpversion | cut -d. -f1)-dev")
 fi
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
-# the outside witness of the segment capture (tests/test_conversation.py)
-command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
