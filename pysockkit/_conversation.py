@@ -41,6 +41,7 @@ from ._conn import Connection, Listener, listen
 from ._display import html_table, text_table
 from ._enums import TcpState
 from ._errors import ConnectionClosed, Error, Timeout
+from ._net import check_timeout
 from ._recording import Recording
 from ._types import Framing, Heartbeat, Keepalive
 
@@ -672,8 +673,11 @@ def conversation(name: str, *, family: Family = "ipv4", timeout: float = 30.0,
 
     sc = _scenario(name)
     fam = _family(family)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"timeout must be a number of seconds > 0, not {timeout!r}")
+    limit = check_timeout(timeout)
+    if limit is None or limit == 0:
+        raise ValueError(f"timeout must be a number of seconds > 0 (the scenario takes a "
+                         f"moment), not {timeout!r}")
+    timeout = limit
     what = (f"sk.lab.conversation({sc.name!r}) needs `unshare -Urn` (util-linux, with "
             f"unprivileged user namespaces enabled)")
     res, msg, _fds = _netns_helper("pysockkit._conversation:_helper_main",
