@@ -694,6 +694,7 @@ static int setup_socket(sk_capture *c, const sk_capture_config *cfg,
                                 code, SK_CAPTURE_FILTER_MAX, &ncode, err)
         != SK_OK)
         goto done;
+    memset(&fprog, 0, sizeof(fprog)); /* no uninitialised padding to the kernel */
     fprog.len = (unsigned short)ncode;
     fprog.filter = code;
     if (setsockopt(c->fd, SOL_SOCKET, SO_ATTACH_FILTER, &fprog,
