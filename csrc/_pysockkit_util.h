@@ -114,6 +114,7 @@ int skpy_add_diag(PyObject *mod);
 int skpy_add_proxy(PyObject *mod);
 int skpy_add_watch(PyObject *mod);
 int skpy_add_reply(PyObject *mod);
+int skpy_add_capture(PyObject *mod);
 
 
 

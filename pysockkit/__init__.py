@@ -60,6 +60,8 @@ from ._enums import TcpState
 from ._observe import SocketEntry, SocketList, TcpInfo, find_socket, sockets, tcp_info
 from ._watch import InfoSample, StateTrace, watch
 from ._diagram import StateDiagram, state_diagram
+from ._capture import CaptureNotPermitted, Segment, TcpFlags, TcpOptions, record
+from ._recording import Recording, StateChange
 from . import aio, lab, simplex
 from ._proxy import (
     Bandwidth,
@@ -107,6 +109,13 @@ __all__ = [
     "InfoSample",
     "state_diagram",
     "StateDiagram",
+    # packets
+    "record",
+    "Recording",
+    "Segment",
+    "TcpFlags",
+    "TcpOptions",
+    "StateChange",
     "aio",
     "lab",
     "simplex",
@@ -131,4 +140,5 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionReset",
     "PeerDead",
+    "CaptureNotPermitted",
 ]

@@ -348,6 +348,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    type=_number("a number of seconds in (0, 3600]", float, 0, 3600,
                                 above_low=True))
     s.set_defaults(func=_cmd_watch)
+    _add_lab(sub)
     args = p.parse_args(argv)
     where = f"{_PROG} {args.cmd}"
     try:
@@ -367,6 +368,53 @@ def _one_line(exc: BaseException) -> str:
     """The message of exc on one line (an OSError without its "[Errno N]")."""
     text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     return " ".join(text.split()) or type(exc).__name__
+
+
+# ----------------------------------------------------------------- lab
+
+
+def _cmd_lab(args: argparse.Namespace) -> int:
+    from . import lab
+
+    if not args.names:
+        print(lab.conversations())
+        return 0
+    for k, name in enumerate(args.names):
+        try:
+            rec = lab.conversation(name, family="ipv6" if args.ipv6 else "ipv4")
+        except ValueError as exc:
+            print(f"lab: {exc}", file=sys.stderr)
+            return 2
+        except lab.LabUnavailable as exc:
+            print(f"lab: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        if k:
+            print()
+        print(rec.ladder(args.numbers))
+        if args.table:
+            print()
+            print(rec.table())
+        if args.svg:
+            path = args.svg if len(args.names) == 1 else f"{name}-{args.svg}"
+            rec.save(path)
+            print(f"(SVG ladder written to {path})")
+    return 0
+
+
+def _add_lab(sub: Any) -> None:
+    """The ``lab`` subcommand (its parser)."""
+    s = sub.add_parser("lab", help="play a TCP scenario on a private loopback and print its "
+                       "ladder (segments and states)",
+                       description="Play a scenario (handshake, close, lost-last-ack, ...) in a "
+                       "private network namespace, unprivileged, and print every segment "
+                       "beside both ends' states.  No NAME: list the scenarios.")
+    s.add_argument("names", nargs="*", metavar="NAME", help="scenario(s) to play")
+    s.add_argument("-6", dest="ipv6", action="store_true", help="over ::1 instead of 127.0.0.1")
+    s.add_argument("--numbers", choices=("relative", "absolute", "symbolic"),
+                   default="relative", help="how seq/ack are shown (default relative)")
+    s.add_argument("--table", action="store_true", help="also print one row per segment")
+    s.add_argument("--svg", metavar="FILE", help="also write the SVG ladder to FILE")
+    s.set_defaults(func=_cmd_lab)
 
 
 if __name__ == "__main__":

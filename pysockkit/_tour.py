@@ -277,5 +277,30 @@ def step_modes() -> None:
 STEPS.append(step_modes)
 
 
+def step_packets() -> None:
+    """The handshake and the close, segment by segment, beside both ends'
+    states: sk.lab.conversation records them in a private network
+    namespace (no privileges), in textbook notation (x, y: the two ISNs)."""
+    from . import lab
+
+    _say("9. See the packets: the handshake and the close, segment by segment (sk.lab.conversation)")
+    for name in ("handshake", "close"):
+        t0 = time.perf_counter()
+        try:
+            rec = lab.conversation(name)
+        except lab.LabUnavailable as exc:
+            print(f"   not here: {exc.strerror or exc}")
+            return
+        print()
+        for line in rec.ladder("symbolic", width=96).splitlines():
+            print("   " + line)
+        print(f"   (recorded in {_ms(t0)}, helper start-up included)")
+    print("   each SYN and each FIN takes one sequence number: that is why ack = seq + 1;")
+    print("   python -m pysockkit lab NAME plays the others (lost-last-ack, keepalive, ...)")
+
+
+STEPS.append(step_packets)
+
+
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(run())

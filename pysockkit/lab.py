@@ -31,6 +31,12 @@ aborted (RST) where a FIN would leave an orphan behind.  A TIME_WAIT scene
 leaves its timewait sock for 60 s (the kernel's fixed 2*MSL; nothing an
 unprivileged process can shorten), which is the point of it.
 
+Conversations: ``conversation(name)`` plays a whole scenario -- the
+handshake, the four-way close, a lost final ACK, a keepalive probe, ...
+(``conversations()`` lists them) -- in a private network namespace and
+returns its :class:`pysockkit.Recording`: every segment, captured, beside
+both ends' states (``docs/packets.md``).
+
 Example::
 
     >>> import pysockkit as sk
@@ -48,7 +54,6 @@ Example::
 from __future__ import annotations
 
 import errno
-import html
 import json
 import os
 import select
@@ -64,18 +69,23 @@ from typing import Any, Literal, Optional, TypeVar, Union
 
 from . import _core
 from ._enums import TcpState
+from ._display import html_table as _html
+from ._display import text_table as _table
 from ._errors import Error, Timeout
 from ._net import check_timeout, format_address
 from ._observe import SocketEntry, find_socket, tcp_info
 
 __all__ = [
     "ALL_STATES",
+    "ConversationTable",
     "LabUnavailable",
     "Outcome",
     "Recipe",
     "RecipeTable",
     "Scene",
     "Survey",
+    "conversation",
+    "conversations",
     "reproduce",
     "states",
     "survey",
@@ -289,29 +299,6 @@ def states() -> RecipeTable:
         ['SYN_RCVD', 'TIME_WAIT', 'NEW_SYN_RECV']
     """
     return RecipeTable(_RECIPES)
-
-
-def _table(head: Sequence[str], rows: Sequence[Sequence[str]],
-           right: frozenset[int] = frozenset()) -> str:
-    """Plain-text table; columns in *right* are right-aligned, the last
-    column (free text) is not padded."""
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    widths[-1] = 0
-    lines = []
-    for row in (head, *rows):
-        cells = [str(v).rjust(w) if i in right else str(v).ljust(w)
-                 for i, (v, w) in enumerate(zip(row, widths))]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
-
-
-def _html(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """The same table as HTML, for Jupyter."""
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
-        for row in rows)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
 # --------------------------------------------------------------------------
@@ -975,13 +962,28 @@ def reproduce(
 # SYN_RCVD on a file descriptor: a helper in `unshare -Urn`
 
 
-def _syn_rcvd_on_fd(fam: socket.AddressFamily, timeout: float, unshare: str) -> Scene:
-    what = "SYN_RCVD on a file descriptor needs `unshare -Urn`"
+def _netns_helper(target: str, args: Sequence[str], what: str, timeout: float,
+                  unshare: str) -> tuple[_Resources, bytes, list[int]]:
+    """Run ``unshare -Urn PYTHON -c "import MODULE as m; m.FUNC()" FD ARGS...``:
+    a helper in a private user and network namespace (root there, so it
+    may bring lo up, attach socket filters and open packet sockets), with
+    a SEQPACKET channel on FD.  *target* is ``"module:function"``.
+    Returns the resources to release (helper process and channel), the
+    helper's report (a message, or the chunks of one: see
+    :func:`_send_report`) and the descriptors sent with it.
+
+    Raises :class:`LabUnavailable` when the helper cannot run (no
+    sys.executable, no *unshare* command, or unshare fails, as it does
+    where unprivileged user namespaces are disabled: the message says
+    *what* needs them), and :class:`pysockkit.Timeout` when it does not
+    report within *timeout* seconds plus its start-up time.
+    """
     if not sys.executable:
         raise LabUnavailable(errno.ENOENT, f"{what}: no sys.executable to run the helper with")
     exe = shutil.which(unshare)
     if exe is None:
         raise LabUnavailable(errno.ENOENT, f"{what} (util-linux): {unshare!r} not found")
+    module, _, func = target.partition(":")
     # SEQPACKET: one message per datagram, and EOF when the other end closes
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     res = _Resources()
@@ -992,8 +994,7 @@ def _syn_rcvd_on_fd(fam: socket.AddressFamily, timeout: float, unshare: str) -> 
         env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"]
                                           if env.get("PYTHONPATH") else "")
         cmd = [exe, "-Urn", sys.executable, "-c",
-               "import pysockkit.lab as m; m._helper_main()",
-               str(child.fileno()), str(int(fam)), repr(timeout)]
+               f"import {module} as m; m.{func}()", str(child.fileno()), *args]
         try:
             res.proc = subprocess.Popen(
                 cmd, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL,
@@ -1003,12 +1004,12 @@ def _syn_rcvd_on_fd(fam: socket.AddressFamily, timeout: float, unshare: str) -> 
                                  f"{what}: cannot run {exe}: {exc}") from exc
         finally:
             child.close()
-        parent.settimeout(timeout + _HELPER_STARTUP_S)
+        limit = timeout + _HELPER_STARTUP_S
         try:
-            msg, fds, _, _ = socket.recv_fds(parent, 65536, 1)
+            msg, fds = _recv_report(parent, limit)
         except socket.timeout:
             raise Timeout(f"lab: the {_NS} helper did not report within "
-                          f"{timeout + _HELPER_STARTUP_S:g} s") from None
+                          f"{limit:g} s") from None
         for fd in fds:
             res.add(socket.socket(fileno=fd))
         if not msg:
@@ -1020,6 +1021,48 @@ def _syn_rcvd_on_fd(fam: socket.AddressFamily, timeout: float, unshare: str) -> 
                 errno.EPERM,
                 f"{what}: `{exe} -Urn` exited with status {proc.returncode}"
                 + (f": {text[-1]}" if text else ""))
+        return res, msg, fds
+    except BaseException:
+        res.close()
+        raise
+
+
+_CHUNK = 60000  # bytes per SEQPACKET message of a long report
+
+
+def _send_report(chan: socket.socket, data: bytes) -> None:
+    """Send a report of any length as chunks: ``+`` before each but the
+    last, ``.`` before the last (:func:`_recv_report` joins them)."""
+    for i in range(0, max(1, len(data)), _CHUNK):
+        last = i + _CHUNK >= len(data)
+        chan.send((b"." if last else b"+") + data[i:i + _CHUNK])
+
+
+def _recv_report(chan: socket.socket, limit: float) -> tuple[bytes, list[int]]:
+    """One report from a helper: a single message (with the descriptors
+    sent with it), or the chunks of :func:`_send_report` joined.  b""
+    if the helper closed its end without a word.  Raises socket.timeout
+    after *limit* seconds."""
+    deadline = time.monotonic() + limit
+    chan.settimeout(limit)
+    msg, fds, _, _ = socket.recv_fds(chan, 65536, 4)
+    if msg[:1] not in (b"+", b"."):
+        return msg, list(fds)
+    parts = [msg[1:]]
+    while msg[:1] == b"+":
+        chan.settimeout(max(0.001, deadline - time.monotonic()))
+        msg = chan.recv(_CHUNK + 1)
+        if not msg:
+            break
+        parts.append(msg[1:])
+    return b"".join(parts), list(fds)
+
+
+def _syn_rcvd_on_fd(fam: socket.AddressFamily, timeout: float, unshare: str) -> Scene:
+    what = "SYN_RCVD on a file descriptor needs `unshare -Urn`"
+    res, msg, fds = _netns_helper("pysockkit.lab:_helper_main",
+                                  [str(int(fam)), repr(timeout)], what, timeout, unshare)
+    try:
         report = json.loads(msg)
         if "error" in report:
             if report.get("kind") == "timeout":
@@ -1066,49 +1109,66 @@ def _lo_up() -> None:
         fcntl.ioctl(s, 0x8914, struct.pack("16sh", b"lo", flags | 0x1))     # SIOCSIFFLAGS
 
 
-def _drop_synack_filter() -> bytes:
-    """A classic BPF socket filter that drops TCP segments with SYN and ACK
-    both set and accepts the rest.  A TCP socket filter sees the segment
-    from its TCP header: byte 13 holds the flags.  Returns the
-    ``struct sock_fprog`` for SO_ATTACH_FILTER; the code buffer is kept
-    alive on the module for the life of the process (the kernel copies it
-    during setsockopt, but keep it simple and safe)."""
+def _sock_fprog(code: Sequence[tuple[int, int, int, int]]) -> bytes:
+    """The ``struct sock_fprog`` for SO_ATTACH_FILTER of a classic BPF
+    program given as (code, jt, jf, k) rows.  The code buffer is kept alive
+    on the module for the life of the process (the kernel copies it during
+    setsockopt, but keep it simple and safe)."""
     import ctypes
 
-    code = [
-        (0x30, 0, 0, 13),          # ldb [13]          TCP flags
-        (0x54, 0, 0, 0x12),        # and #SYN|ACK
-        (0x15, 0, 1, 0x12),        # jeq #SYN|ACK, drop, accept
-        (0x06, 0, 0, 0),           # drop: ret #0
-        (0x06, 0, 0, 0xFFFFFFFF),  # accept: ret #-1
-    ]
     buf = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *c) for c in code))
     _KEEP.append(buf)
     return struct.pack("HL", len(code), ctypes.addressof(buf))
 
 
+def _drop_synack_filter() -> bytes:
+    """A classic BPF socket filter that drops TCP segments with SYN and ACK
+    both set and accepts the rest.  A TCP socket filter sees the segment
+    from its TCP header: byte 13 holds the flags."""
+    return _sock_fprog([
+        (0x30, 0, 0, 13),          # ldb [13]          TCP flags
+        (0x54, 0, 0, 0x12),        # and #SYN|ACK
+        (0x15, 0, 1, 0x12),        # jeq #SYN|ACK, drop, accept
+        (0x06, 0, 0, 0),           # drop: ret #0
+        (0x06, 0, 0, 0xFFFFFFFF),  # accept: ret #-1
+    ])
+
+
 _KEEP: list[Any] = []
+
+
+def _helper_start() -> tuple[socket.socket, Callable[..., None], bool]:
+    """The start of a netns helper (see :func:`_netns_helper`): its channel
+    to the parent (the descriptor in argv[1]), ``fail(kind, text,
+    errno=0)`` that reports an error on it (kind: ``"unavailable"``,
+    ``"timeout"`` or ``"error"``), and whether lo came up (if not, the
+    failure is already reported)."""
+    chan = socket.socket(fileno=int(sys.argv[1]))
+
+    def fail(kind: str, text: str, err: int = 0) -> None:
+        chan.send(json.dumps({"error": text, "kind": kind, "errno": err}).encode())
+
+    try:
+        _lo_up()
+    except OSError as exc:
+        fail("unavailable", f"cannot bring lo up in the new netns: {exc}", exc.errno or 0)
+        return chan, fail, False
+    return chan, fail, True
 
 
 def _helper_main() -> None:
     """Entry point of the ``unshare -Urn`` helper (argv: channel fd,
     family, timeout).  Builds a SYN_RCVD socket by simultaneous open,
     sends its descriptor and a JSON report back, then waits for EOF."""
-    fd, fam_num, timeout = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-    chan = socket.socket(fileno=fd)
+    fam_num, timeout = int(sys.argv[2]), float(sys.argv[3])
+    chan, fail, up = _helper_start()
     fam = socket.AddressFamily(fam_num)
     host = _loopback(fam)
     sock: Optional[socket.socket] = None
 
-    def fail(kind: str, text: str, err: int = 0) -> None:
-        chan.send(json.dumps({"error": text, "kind": kind, "errno": err}).encode())
-
     try:
-        try:
-            _lo_up()
-        except OSError as exc:
-            return fail("unavailable", f"cannot bring lo up in the new netns: {exc}",
-                        exc.errno or 0)
+        if not up:
+            return
         sock = socket.socket(fam, socket.SOCK_STREAM)
         deadline = time.perf_counter() + timeout
         while True:  # ::1 appears on lo a moment after it is up
@@ -1286,3 +1346,7 @@ def survey(
             out.append(Outcome(st, fd, recipe.how, recipe.observed_by, None, None,
                                exc.strerror or str(exc)))
     return out
+
+
+# Conversations (pysockkit/_conversation.py): whole scenarios, recorded.
+from ._conversation import ConversationTable, conversation, conversations  # noqa: E402

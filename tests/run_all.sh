@@ -20,6 +20,8 @@ step() { printf '\n=== %s\n' "$*"; }
 
 step "system packages"
 need=()
+# the outside witness of the segment capture (tests/test_conversation.py)
+command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 command -v ss >/dev/null 2>&1 || need+=(iproute2)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v git >/dev/null 2>&1 || need+=(git)

@@ -5,7 +5,7 @@
 #
 # SECONDS (default 120) is the total budget, split evenly across the
 # harnesses run (NAME: fuzz_decoder, fuzz_diag, fuzz_corr, fuzz_send,
-# fuzz_proxy; default every tests/fuzz/fuzz_*.c).  Each harness is built
+# fuzz_proxy, fuzz_capture; default every tests/fuzz/fuzz_*.c).  Each harness is built
 # with clang -fsanitize=fuzzer,address,undefined (UB aborts) from
 # tests/fuzz/NAME.c and every csrc/*.c but the CPython binding (plus the
 # link flags on its "FUZZ_LDFLAGS:" line, if any; without csrc/X.c when
