@@ -42,6 +42,7 @@ enum {
     SK_PF_TIMEOUT = 1, /* no reply before the deadline */
     SK_PF_NOMEM = 2,   /* the reply came but could not be stored */
     SK_PF_OWNER = 3,   /* failed by the owner (it keeps the details) */
+    SK_PF_REMOTE = 4,  /* an error reply: the payload is the peer's error text */
 };
 
 #define SK_PROMISE_INLINE 128
