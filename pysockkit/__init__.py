@@ -22,11 +22,13 @@ from ._errors import (
     FrameTooLarge,
     IncompleteFrame,
     PeerDead,
+    RemoteError,
     Timeout,
 )
 from ._types import Framing, Heartbeat, Keepalive
 from ._conn import Address, Connection, Listener, call, connect, listen
 from ._core import Decoder, Encoder
+from ._handler import ServerExits
 from ._server import Server, serve
 from ._enums import TcpState
 from ._observe import SocketEntry, SocketList, TcpInfo, find_socket, sockets, tcp_info
@@ -62,6 +64,7 @@ __all__ = [
     "call",
     "serve",
     "Server",
+    "ServerExits",
     "Decoder",
     "Encoder",
     # observation
@@ -100,4 +103,5 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionReset",
     "PeerDead",
+    "RemoteError",
 ]

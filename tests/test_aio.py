@@ -164,7 +164,7 @@ def test_many_frames_in_order_with_large_ones() -> None:
 
 def test_serve_handler_and_server_lifecycle() -> None:
     async def main() -> None:
-        async with await aio.serve(LOCAL, echo) as server:
+        async with await aio.serve(LOCAL, on_connection=echo) as server:
             conns = [await aio.connect(server.address, timeout=5) for _ in range(5)]
             for i, c in enumerate(conns):
                 await c.send(b"hi %d" % i)
@@ -189,7 +189,7 @@ def test_server_close_ends_handlers_and_records_errors() -> None:
                 raise ValueError("handler failed")
             await asyncio.sleep(60)  # cancelled by close()
 
-        server = await aio.serve(LOCAL, bad)
+        server = await aio.serve(LOCAL, on_connection=bad)
         c1 = await aio.connect(server.address, timeout=5)
         c2 = await aio.connect(server.address, timeout=5)
         await c1.send(b"boom")
@@ -505,7 +505,7 @@ def test_1000_concurrent_requests_answered_out_of_order() -> None:
                     conn.reply_nowait(rid, data.upper())
                 await conn.drain()
 
-        async with await aio.serve(LOCAL, shuffled, framing=F) as server:
+        async with await aio.serve(LOCAL, on_connection=shuffled, framing=F) as server:
             async with await aio.connect(server.address, framing=F, timeout=5) as conn:
                 replies = await asyncio.gather(*(conn.request(b"req %d" % i, timeout=10)
                                                  for i in range(1000)))
@@ -1002,7 +1002,7 @@ def test_aio_client_sync_server_plain_and_correlated() -> None:
 
 def test_sync_client_aio_server_plain_and_correlated() -> None:
     async def main() -> None:
-        async with await aio.serve(LOCAL, echo, framing=F) as server:
+        async with await aio.serve(LOCAL, on_connection=echo, framing=F) as server:
             def client() -> list[bytes]:
                 with sk.connect(server.address, timeout=5, framing=F) as c:
                     c.send(b"plain")
@@ -1022,7 +1022,7 @@ def test_on_uvloop_when_installed() -> None:
     uvloop = pytest.importorskip("uvloop")
 
     async def main() -> None:
-        async with await aio.serve(LOCAL, echo, framing=F, heartbeat=HB) as server:
+        async with await aio.serve(LOCAL, on_connection=echo, framing=F, heartbeat=HB) as server:
             async with await aio.connect(server.address, framing=F, heartbeat=HB,
                                          timeout=5) as conn:
                 await conn.send(b"on uvloop")
@@ -1049,5 +1049,5 @@ def test_example_aio_echo_runs() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "aio_echo.py")],
                           capture_output=True, text=True, timeout=30, env=child_env())
     assert proc.returncode == 0, proc.stderr
-    assert "echo: b'hello'" in proc.stdout
+    assert "echo: b'HELLO'" in proc.stdout
     assert "requests: 100 replies" in proc.stdout
