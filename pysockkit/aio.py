@@ -39,14 +39,13 @@ Example::
     import pysockkit.aio as aio
 
     async def main():
-        async def echo(conn):
-            async for msg in conn:
-                await conn.send(msg)
+        async def upper(payload: bytes) -> bytes:   # the message handler
+            return payload.upper()
 
-        async with await aio.serve(("127.0.0.1", 0), echo) as srv:
+        async with await aio.serve(("127.0.0.1", 0), upper) as srv:
             async with await aio.connect(srv.address) as conn:
                 await conn.send(b"hello")
-                print(await conn.recv(timeout=1.0))     # b'hello'
+                print(await conn.recv(timeout=1.0))     # b'HELLO'
 
     asyncio.run(main())
 """

@@ -1,7 +1,7 @@
-"""Run the examples of docs/modes.md, section "asyncio: pysockkit.aio",
-so the documentation stays true.
+"""Run the examples of docs/modes.md, sections "asyncio: pysockkit.aio"
+and "Servers: one handler model", so the documentation stays true.
 
-Every ```python block under that heading (down to the next level-2
+Every ```python block under those headings (down to the next level-2
 heading) is a complete script: it runs in a child process with warnings
 turned into errors and must exit 0 within its time limit.  Other sections
 of the file belong to other modes and are run by their own tests.
@@ -19,30 +19,33 @@ import pytest
 from helpers import child_env
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "modes.md"
-HEADING = "## asyncio: pysockkit.aio"
+HEADINGS = ("## asyncio: pysockkit.aio", "## Servers: one handler model")
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.M | re.S)
 
 
-def _section() -> tuple[int, str]:
+def _section(heading: str) -> tuple[int, str]:
     """(line number of the heading, text of the section)."""
     text = DOC.read_text()
-    start = text.index("\n" + HEADING + "\n") + 1
-    nxt = re.compile(r"^## ", re.M).search(text, start + len(HEADING))
+    start = text.index("\n" + heading + "\n") + 1
+    nxt = re.compile(r"^## ", re.M).search(text, start + len(heading))
     end = nxt.start() if nxt else len(text)
     return text.count("\n", 0, start) + 1, text[start:end]
 
 
 def _blocks() -> list[tuple[int, str]]:
-    first, section = _section()
-    return [(first + section.count("\n", 0, m.start()) + 1, m.group(1))
-            for m in _BLOCK.finditer(section)]
+    out = []
+    for heading in HEADINGS:
+        first, section = _section(heading)
+        out += [(first + section.count("\n", 0, m.start()) + 1, m.group(1))
+                for m in _BLOCK.finditer(section)]
+    return out
 
 
 BLOCKS = _blocks()
 
 
-def test_the_section_has_examples() -> None:
-    assert len(BLOCKS) >= 5
+def test_the_sections_have_examples() -> None:
+    assert len(BLOCKS) >= 7
 
 
 @pytest.mark.parametrize("line,code", BLOCKS, ids=[f"line{line}" for line, _ in BLOCKS])
