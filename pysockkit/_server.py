@@ -131,7 +131,7 @@ class Server:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._conns: set[Connection] = set()
-        self._threads: list[threading.Thread] = []
+        self._threads: set[threading.Thread] = set()  # each leaves it when done
         self._acceptor = threading.Thread(target=self._accept_loop, name="pysockkit-accept", daemon=True)
         self._acceptor.start()
 
@@ -216,8 +216,7 @@ class Server:
                     continue
                 self._conns.add(conn)
                 t = threading.Thread(target=self._serve_one, args=(conn,), name="pysockkit-conn", daemon=True)
-                self._threads = [x for x in self._threads if x.is_alive()]
-                self._threads.append(t)
+                self._threads.add(t)
             t.start()
 
     def _serve_one(self, conn: Connection) -> None:
@@ -241,6 +240,8 @@ class Server:
                 conn.abort()  # a half-sent reply or a dribbling client: RST
             else:
                 conn.close()
+            with self._lock:
+                self._threads.discard(threading.current_thread())
 
     def _serve_messages(self, conn: Connection) -> None:
         """The message loop of one client; ends with the exception that
