@@ -464,3 +464,45 @@ def test_simplex_async_handler_runs_a_batch_concurrently() -> None:
         futs = [cli.request_async(b"a", timeout=STEP), cli.request_async(b"b", timeout=STEP)]
         assert sorted(f.result(STEP) for f in futs) == [b"a", b"b"]
     assert srv.errors == []
+
+
+# ------------------------------------------------------ the wire, by hand
+
+
+def test_an_error_reply_from_any_peer_is_a_remote_error() -> None:
+    """A hand-written peer answers with the documented bits (docs/PROTOCOL.md:
+    reply 1 << 63, error 1 << 62): the threaded and the aio client raise
+    sk.RemoteError with its text; an ordinary reply after it still works."""
+    assert (sk._core.ID_REPLY, sk._core.ID_ERROR) == (1 << 63, 1 << 62)
+
+    def peer(lst: sk.Listener) -> None:
+        with lst.accept(timeout=STEP) as c:
+            for _ in range(2):
+                rid, payload = c.recv(timeout=STEP)
+                if payload == b"fail":
+                    c.send("KeyError: 'clé'".encode(), timeout=STEP, id=rid | 1 << 63 | 1 << 62)
+                else:
+                    c.send(payload, timeout=STEP, id=rid | 1 << 63)
+            with pytest.raises(sk.ConnectionClosed):
+                c.recv(timeout=STEP)
+
+    with sk.listen(LOCAL, framing=F) as lst:
+        t = threading.Thread(target=peer, args=(lst,))
+        t.start()
+        with sk.connect(lst.address, framing=F, timeout=STEP) as conn:
+            with pytest.raises(sk.RemoteError, match="^KeyError: 'clé'$"):
+                conn.request_async(b"fail", timeout=STEP).result(STEP)
+            assert conn.request_async(b"ok", timeout=STEP).result(STEP) == b"ok"
+        t.join(STEP)
+
+        async def aio_client() -> None:
+            t2 = threading.Thread(target=peer, args=(lst,))
+            t2.start()
+            async with await aio.connect(lst.address, framing=F, timeout=STEP) as c:
+                with pytest.raises(sk.RemoteError, match="^KeyError: 'clé'$"):
+                    await c.request(b"fail", timeout=STEP)
+                assert await c.request(b"ok", timeout=STEP) == b"ok"
+                assert c.stats["replies"] == 2 and c.stats["unknown"] == 0
+            await asyncio.to_thread(t2.join, STEP)
+
+        run(aio_client())
