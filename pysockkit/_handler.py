@@ -324,6 +324,51 @@ class ExitBook:
             return ServerExits(**self._n)
 
 
+class ServerRecords:
+    """What sk.Server and aio.Server report the same way: ``errors``,
+    ``exits`` and ``served``, read from the server's ExitBook (``_book``)."""
+
+    __slots__ = ()
+    _book: ExitBook
+
+    @property
+    def errors(self) -> list[BaseException]:
+        """The exceptions of the handler and of the clients that ended
+        abnormally (see :class:`sk.ServerExits`), oldest first; the most
+        recent 1,000 are kept.
+
+        Example::
+
+            >>> [type(e).__name__ for e in srv.errors]
+            ['IncompleteFrame', 'ValueError']
+        """
+        return self._book.errors
+
+    @property
+    def exits(self) -> ServerExits:
+        """How the client connections ended so far: a count per reason
+        (a :class:`sk.ServerExits` snapshot).
+
+        Example::
+
+            >>> srv.exits.closed, srv.exits.total
+            (3, 4)
+        """
+        return self._book.snapshot()
+
+    @property
+    def served(self) -> int:
+        """Messages the handler handled without raising (those it answered
+        with None included).
+
+        Example::
+
+            >>> srv.served
+            12
+        """
+        return self._book.served
+
+
 def peer_name(conn: Any) -> str:
     """"host:port" of a connection's peer, for messages."""
     try:

@@ -19,7 +19,7 @@ from ._handler import (
     HandlerFailed,
     ID_REPLY,
     Reply,
-    ServerExits,
+    ServerRecords,
     check_handlers,
     check_reply,
     error_id,
@@ -60,7 +60,7 @@ def _echo(msg: bytes) -> bytes:
     return msg
 
 
-class Server:
+class Server(ServerRecords):
     """A framed server running its handler in background threads (one a
     client).  Made by :func:`serve`.
 
@@ -145,42 +145,6 @@ class Server:
             ('127.0.0.1', 40123)
         """
         return self._listener.address
-
-    @property
-    def errors(self) -> list[BaseException]:
-        """The exceptions of the handler and of the clients that ended
-        abnormally (see :class:`sk.ServerExits`), oldest first; the most
-        recent 1,000 are kept.
-
-        Example::
-
-            >>> [type(e).__name__ for e in srv.errors]
-            ['IncompleteFrame', 'ValueError']
-        """
-        return self._book.errors
-
-    @property
-    def exits(self) -> ServerExits:
-        """How the client connections ended so far: a count per reason
-        (a :class:`sk.ServerExits` snapshot).
-
-        Example::
-
-            >>> srv.exits
-            ServerExits(closed=3, reset=1, incomplete=0, ...)
-        """
-        return self._book.snapshot()
-
-    @property
-    def served(self) -> int:
-        """Messages the handler answered (without raising).
-
-        Example::
-
-            >>> srv.served
-            12
-        """
-        return self._book.served
 
     @property
     def rejected(self) -> int:

@@ -81,7 +81,7 @@ from ._handler import (
     ExitBook,
     HandlerFailed,
     Reply,
-    ServerExits,
+    ServerRecords,
     check_handlers,
     check_reply,
     error_id,
@@ -1638,7 +1638,7 @@ def _echo(payload: bytes) -> bytes:
     return payload
 
 
-class Server:
+class Server(ServerRecords):
     """A running :func:`serve`: one task per client.
 
     The **message handler** ``handler(payload) -> reply | None`` (plain or
@@ -1809,41 +1809,6 @@ class Server:
             2
         """
         return frozenset(self._conns)
-
-    @property
-    def errors(self) -> list[BaseException]:
-        """The exceptions of the handler and of the clients that ended
-        abnormally, oldest first (the most recent 1,000).
-
-        Example::
-
-            >>> [type(e).__name__ for e in srv.errors]
-            ['ValueError']
-        """
-        return self._book.errors
-
-    @property
-    def exits(self) -> ServerExits:
-        """How the client connections ended so far: a count per reason
-        (an ``sk.ServerExits`` snapshot).
-
-        Example::
-
-            >>> srv.exits.closed, srv.exits.total
-            (3, 3)
-        """
-        return self._book.snapshot()
-
-    @property
-    def served(self) -> int:
-        """Messages the handler answered (without raising).
-
-        Example::
-
-            >>> srv.served
-            30
-        """
-        return self._book.served
 
     def close(self) -> None:
         """Stop listening, cancel the handlers and close their connections.
