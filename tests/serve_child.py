@@ -16,9 +16,11 @@ from stdin, one per line, with one JSON line on stdout:
   stats   {"rss_kib", "heap_bytes", "fds", "threads", "conns", "served", "rejected",
            "errors": {type: count}, "details": [[type, missing or size], ...
            for the last 200 errors], "first_errors": [messages],
-           "exits": {reason: count} (sk.ServerExits; {} in hold mode),
-           "ports": [the peer port of each connection held, -1 if the peer
-           was gone before it could be read]}
+           "exits": {reason: count} (sk.ServerExits; {} in hold mode)}
+  ports   stats, plus "ports": [the peer port of each connection held, -1
+           if the peer was gone before it could be read] (a command of its
+           own: a caller that keeps the stats of 10,000 connections should
+           not hold 10,000 port numbers)
   trim    malloc_trim(0), then stats (glibc keeps freed memory otherwise)
   release (hold mode) close every held connection, then stats
   quit    close the server (joins its threads) and exit 0
@@ -113,19 +115,23 @@ def peer_ports(conns: list[sk.Connection]) -> list[int]:
     return sorted(out)
 
 
-def stats(srv: "sk.Server | Holder") -> dict:
+def stats(srv: "sk.Server | Holder", ports: bool = False) -> dict:
     with open("/proc/self/status") as f:
         status = dict(line.split(":", 1) for line in f if ":" in line)
-    errors = list(srv.errors)
+    # the connections first: one that is gone by now had its end recorded
+    # (sk.serve records it before letting go), so the errors and exits read
+    # next include it
     conns = list(srv._conns)
-    return {
+    extra = {"ports": peer_ports(conns)} if ports else {}
+    errors = list(srv.errors)
+    exits = dict(vars(srv.exits)) if isinstance(srv, sk.Server) else {}
+    return extra | {
         "rss_kib": int(status["VmRSS"].split()[0]),
         "heap_bytes": c_heap_bytes(),
         "fds": len(os.listdir("/proc/self/fd")),
         "threads": int(status["Threads"]),
         "conns": len(conns),
-        "ports": peer_ports(conns),
-        "exits": dict(vars(srv.exits)) if isinstance(srv, sk.Server) else {},
+        "exits": exits,
         "served": srv.served,
         "rejected": getattr(srv, "rejected", 0),
         "errors": dict(collections.Counter(type(e).__name__ for e in errors)),
@@ -166,7 +172,7 @@ def main() -> int:
                 srv.release()
             if cmd in ("trim", "release"):
                 ctypes.CDLL(None).malloc_trim(0)
-            print(json.dumps(stats(srv)), flush=True)
+            print(json.dumps(stats(srv, ports=cmd == "ports")), flush=True)
     finally:
         srv.close(timeout=10.0)
         timer.cancel()

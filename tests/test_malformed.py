@@ -219,7 +219,7 @@ def settle(srv: ChildServer, timeout: float = STEP) -> dict[str, Any]:
     Not a connection count: the good client's short calls come and go, so a
     baseline count may include one of them, and a later equal count may
     hide a peer still held."""
-    st = srv.wait_for(lambda s: not _held(s), timeout)
+    st = srv.wait_for(lambda s: not _held(s), timeout, ports=True)
     assert not _held(st), f"the server still holds peers {_held(st)} after {timeout} s"
     return st
 
@@ -227,7 +227,7 @@ def settle(srv: ChildServer, timeout: float = STEP) -> dict[str, Any]:
 def holds_all(srv: ChildServer, ports: list[int], timeout: float = STEP) -> dict[str, Any]:
     """Wait until the server holds every one of `ports`; return its stats."""
     want = set(ports)
-    st = srv.wait_for(lambda s: want <= set(s["ports"]), timeout)
+    st = srv.wait_for(lambda s: want <= set(s["ports"]), timeout, ports=True)
     assert want <= set(st["ports"]), f"the server holds {len(want & set(st['ports']))} of {len(want)} peers"
     return st
 
