@@ -203,7 +203,8 @@ async def aio_rr_server(simple: bool) -> None:
         finally:
             done.set_result(None)
 
-    server = await aio.serve((HOST, 0), handler, framing=sk.Framing(correlation=True))
+    server = await aio.serve((HOST, 0), on_connection=handler,
+                             framing=sk.Framing(correlation=True))
     print("READY", server.address[1], flush=True)
     await done
     server.close()

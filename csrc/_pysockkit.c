@@ -22,6 +22,23 @@ skpy_state *skpy_get_state(PyObject *mod)
     return (skpy_state *)PyModule_GetState(mod);
 }
 
+/* Contract: GIL held; a new reference owned by the caller, or NULL with an
+ * exception set. */
+PyObject *skpy_remote_error(PyObject *mod, const char *text, Py_ssize_t len)
+{
+    skpy_state *st = skpy_get_state(mod);
+    PyObject *py_msg, *py_exc = NULL;
+
+    py_msg = PyUnicode_DecodeUTF8(text != NULL ? text : "", text != NULL ? len : 0,
+                                  "replace");
+    if (py_msg == NULL)
+        goto error;
+    py_exc = PyObject_CallOneArg(st->RemoteError, py_msg);
+error:
+    Py_XDECREF(py_msg);
+    return py_exc;
+}
+
 /* Contract: GIL held; returns NULL with the exception set. */
 PyObject *skpy_raise(PyObject *mod, const sk_err *err, const char *hint)
 {
@@ -183,6 +200,7 @@ static int skpy_load_errors(PyObject *mod)
     SKPY_LOAD(ConnectionReset);
     SKPY_LOAD(PeerDead);
     SKPY_LOAD(OutOfStep);
+    SKPY_LOAD(RemoteError);
 #undef SKPY_LOAD
     rc = 0;
 error:
@@ -231,6 +249,7 @@ static int skpy_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->ConnectionReset);
     Py_VISIT(st->PeerDead);
     Py_VISIT(st->OutOfStep);
+    Py_VISIT(st->RemoteError);
     Py_VISIT(st->ConnType);
     Py_VISIT(st->FutureType);
     Py_VISIT(st->FutureClass);
@@ -241,6 +260,7 @@ static int skpy_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->entry_families);
     Py_VISIT(st->entry_timers);
     Py_VISIT(st->str_set_result);
+    Py_VISIT(st->str_set_exception);
     Py_VISIT(st->str_done);
     Py_VISIT(st->str_cancel);
     return 0;
@@ -257,6 +277,7 @@ static int skpy_clear(PyObject *mod)
     Py_CLEAR(st->ConnectionReset);
     Py_CLEAR(st->PeerDead);
     Py_CLEAR(st->OutOfStep);
+    Py_CLEAR(st->RemoteError);
     Py_CLEAR(st->ConnType);
     Py_CLEAR(st->FutureType);
     Py_CLEAR(st->FutureClass);
@@ -267,6 +288,7 @@ static int skpy_clear(PyObject *mod)
     Py_CLEAR(st->entry_families);
     Py_CLEAR(st->entry_timers);
     Py_CLEAR(st->str_set_result);
+    Py_CLEAR(st->str_set_exception);
     Py_CLEAR(st->str_done);
     Py_CLEAR(st->str_cancel);
     return 0;

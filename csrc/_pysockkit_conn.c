@@ -1779,7 +1779,8 @@ static PyObject *Conn_fail_requests(PyObject *op, PyObject *py_exc)
 
 PyDoc_STRVAR(Conn_request_stats_doc,
 "_request_stats() -> dict\n--\n\n"
-"Counters of the request table: replies, unknown, late, timeouts, and\n"
+"Counters of the request table: replies (remote_errors of them error\n"
+"replies), unknown, late, timeouts, and\n"
 "pending (requests waiting for their reply).\n");
 
 /* Contract: GIL held; takes the table's lock for the copy only. */
@@ -1787,20 +1788,23 @@ static PyObject *Conn_request_stats(PyObject *op, PyObject *Py_UNUSED(ig))
 {
     ConnObject *self = (ConnObject *)op;
     unsigned long long replies = 0, unknown = 0, late = 0, timeouts = 0;
+    unsigned long long remote = 0;
     size_t pending = 0;
 
     if (self->corr != NULL) {
         pthread_mutex_lock(&self->corr->mu);
         replies = self->corr->replies;
+        remote = self->corr->remote_errors;
         unknown = self->corr->unknown;
         late = self->corr->late;
         timeouts = self->corr->timeouts;
         pending = self->corr->pending;
         pthread_mutex_unlock(&self->corr->mu);
     }
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:n}", "replies", replies,
-                         "unknown", unknown, "late", late, "timeouts",
-                         timeouts, "pending", (Py_ssize_t)pending);
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:n}", "replies", replies,
+                         "remote_errors", remote, "unknown", unknown, "late",
+                         late, "timeouts", timeouts, "pending",
+                         (Py_ssize_t)pending);
 }
 
 static PyObject *Conn_get_worker(PyObject *op, void *closure)

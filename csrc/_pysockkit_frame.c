@@ -493,12 +493,33 @@ static PyType_Spec Encoder_spec = {
     .slots = Encoder_slots,
 };
 
-/* Contract: GIL held; called once from the module's exec slot. */
+/* Add the unsigned 64-bit constant `v` as `name`.  0 or -1 with an
+ * exception set.  GIL held. */
+static int skpy_add_u64(PyObject *mod, const char *name, unsigned long long v)
+{
+    PyObject *py_v = PyLong_FromUnsignedLongLong(v);
+    int rc = -1;
+
+    if (py_v == NULL)
+        goto error;
+    rc = PyModule_AddObjectRef(mod, name, py_v);
+error:
+    Py_XDECREF(py_v);
+    return rc;
+}
+
+/* Contract: GIL held; called once from the module's exec slot.  Adds the
+ * codec types and the correlation id bits of frame.h (ID_REPLY, ID_ERROR,
+ * ID_MASK), the one definition the Python modules read. */
 int skpy_add_frame(PyObject *mod)
 {
     PyObject *py_type = NULL;
     int rc = -1;
 
+    if (skpy_add_u64(mod, "ID_REPLY", SK_ID_REPLY) < 0 ||
+        skpy_add_u64(mod, "ID_ERROR", SK_ID_ERROR) < 0 ||
+        skpy_add_u64(mod, "ID_MASK", SK_ID_MASK) < 0)
+        goto error;
     py_type = PyType_FromModuleAndSpec(mod, &Decoder_spec, NULL);
     if (py_type == NULL)
         goto error;

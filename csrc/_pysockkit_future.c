@@ -177,6 +177,12 @@ static PyObject *skpy_future_exc(FutureObject *f)
         f->exc = PyObject_CallFunction(
             PyExc_MemoryError, "s", "the reply came but could not be stored");
         break;
+    case SK_PF_REMOTE: /* an error reply: the payload is the peer's text */
+        f->exc = skpy_remote_error(f->mod, (const char *)f->p.data,
+                                   (Py_ssize_t)f->p.len);
+        if (f->exc != NULL)
+            sk_promise_release(&f->p);
+        break;
     default:
         f->exc = PyObject_CallFunction(st->ConnectionClosed, "s",
                                        "the request was failed");
@@ -416,7 +422,8 @@ PyDoc_STRVAR(Future_result_doc,
 "result(timeout=None) -> bytes\n--\n\n"
 "The reply, waiting for it without the GIL up to timeout seconds (None:\n"
 "no limit).  Raises the request's exception (sk.Timeout when no reply came\n"
-"in time, sk.ConnectionClosed when the connection ended first),\n"
+"in time, sk.RemoteError when the peer's handler failed (an error reply),\n"
+"sk.ConnectionClosed when the connection ended first),\n"
 "concurrent.futures.CancelledError if cancelled, or\n"
 "concurrent.futures.TimeoutError if still pending after timeout.\n\n"
 "    >>> conn.request_async(b'ping', timeout=1.0).result()\n    b'pong'\n");
@@ -614,6 +621,7 @@ static PyObject *Future_repr(PyObject *op)
                                     f->exc ? Py_TYPE(f->exc)->tp_name
                                     : f->p.fail == SK_PF_TIMEOUT ? "Timeout"
                                     : f->p.fail == SK_PF_OUT_OF_STEP ? "OutOfStep"
+                                    : f->p.fail == SK_PF_REMOTE  ? "RemoteError"
                                                                  : "Error");
     default:
         return PyUnicode_FromFormat("<%s at %p state=cancelled>",

@@ -10,7 +10,9 @@
  * and whose request id (the id without the bit) is a key of the dict
  * `pending` is consumed: the future is popped from `pending`, the timer
  * handle with the same key, if any, is popped from `timers` and cancelled,
- * and future.set_result(payload) is called.  A future that is already done
+ * and future.set_result(payload) is called; for an error reply (the id
+ * also has SK_ID_ERROR: the peer's handler failed) it is
+ * future.set_exception(sk.RemoteError(payload text)).  A future that is already done
  * (its caller cancelled it) gets nothing and counts as `late`.  Every other
  * frame (plain, requests, replies whose id is not pending) is returned in
  * `rest`, in order, for the caller to queue or count.
@@ -27,7 +29,7 @@
  * is dropped and counted `late`, never handed to a later request.  The
  * frames after the first `count` are returned in `rest`.
  *
- * It calls only the methods set_result, done and cancel, so any
+ * It calls only the methods set_result, set_exception, done and cancel, so any
  * asyncio-compatible future works; the order of the callbacks the futures
  * schedule is the order of the frames.  No protocol state lives here.
  */
@@ -77,17 +79,35 @@ error:
     return rc;
 }
 
-/* Deliver payload to fut; a future already done counts in *late.
- * Contract: GIL held; fut and payload are borrowed; 0, or -1 with an
+/* Deliver payload to fut (set_result), or for an error reply (remote)
+ * sk.RemoteError(payload text) (set_exception); a future already done
+ * counts in *late.
+ * Contract: GIL held; mod, fut and payload are borrowed; 0, or -1 with an
  * exception set (one raised by set_result on a future not done). */
-static int reply_deliver(skpy_state *st, PyObject *fut, PyObject *payload,
-                         Py_ssize_t *resolved, Py_ssize_t *late)
+static int reply_deliver(PyObject *mod, PyObject *fut, PyObject *payload,
+                         int remote, Py_ssize_t *resolved, Py_ssize_t *late)
 {
+    skpy_state *st = skpy_get_state(mod);
     PyObject *stack[2] = {fut, payload};
     PyObject *py_r = NULL, *py_type = NULL, *py_val = NULL, *py_tb = NULL;
+    PyObject *py_exc = NULL;
     int rc = -1, done;
 
-    py_r = PyObject_VectorcallMethod(st->str_set_result, stack,
+    if (remote) {
+        if (!PyBytes_Check(payload)) {
+            PyErr_SetString(PyExc_TypeError, "resolve_replies: a reply payload "
+                                             "must be bytes");
+            goto error;
+        }
+        py_exc = skpy_remote_error(mod, PyBytes_AS_STRING(payload),
+                                   PyBytes_GET_SIZE(payload));
+        if (py_exc == NULL)
+            goto error;
+        stack[1] = py_exc;
+    }
+    py_r = PyObject_VectorcallMethod(remote ? st->str_set_exception
+                                            : st->str_set_result,
+                                     stack,
                                      2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     if (py_r != NULL) {
         ++*resolved;
@@ -120,6 +140,7 @@ static int reply_deliver(skpy_state *st, PyObject *fut, PyObject *payload,
     ++*late;
     rc = 0;
 error:
+    Py_XDECREF(py_exc);
     Py_XDECREF(py_r);
     Py_XDECREF(py_type);
     Py_XDECREF(py_val);
@@ -130,8 +151,9 @@ error:
 PyDoc_STRVAR(resolve_replies_doc,
 "resolve_replies(frames, pending, timers, /) -> (rest, resolved, late)\n--\n\n"
 "Resolve the futures of `pending` ({request id: future}) with the reply\n"
-"frames ((id | REPLY, payload) tuples) among `frames`; cancel and drop the\n"
-"matching `timers` handles.  Returns the frames left over, in order, and\n"
+"frames ((id | ID_REPLY, payload) tuples) among `frames` (an error reply,\n"
+"id | ID_REPLY | ID_ERROR, fails its future with sk.RemoteError); cancel\n"
+"and drop the matching `timers` handles.  Returns the frames left over, in order, and\n"
 "the counts of futures resolved and of replies whose future was already\n"
 "done.  Internal to pysockkit.aio.\n");
 
@@ -176,7 +198,7 @@ static PyObject *Core_resolve_replies(PyObject *mod, PyObject *const *args,
             goto error;
         if (!(id & SK_ID_REPLY))
             goto keep;
-        py_key = PyLong_FromUnsignedLongLong(id & ~SK_ID_REPLY);
+        py_key = PyLong_FromUnsignedLongLong(id & SK_ID_MASK);
         if (py_key == NULL)
             goto error;
         py_fut = reply_pop(pending, py_key, &err);
@@ -190,8 +212,8 @@ static PyObject *Core_resolve_replies(PyObject *mod, PyObject *const *args,
             goto error;
         Py_CLEAR(py_key);
         Py_INCREF(f); /* set_result may run code that changes the list */
-        err = reply_deliver(st, py_fut, PyTuple_GET_ITEM(f, 1), &resolved,
-                            &late);
+        err = reply_deliver(mod, py_fut, PyTuple_GET_ITEM(f, 1),
+                            (id & SK_ID_ERROR) != 0, &resolved, &late);
         Py_DECREF(f);
         Py_CLEAR(py_fut);
         if (err < 0)
@@ -268,7 +290,7 @@ static PyObject *Core_resolve_in_order(PyObject *mod, PyObject *const *args,
         f = Py_NewRef(PyList_GET_ITEM(frames, i)); /* set_result may run
                                                        code that changes
                                                        the list */
-        err = reply_deliver(st, py_fut, f, &resolved, &late);
+        err = reply_deliver(mod, py_fut, f, 0, &resolved, &late);
         Py_DECREF(f);
         Py_CLEAR(py_fut);
         if (err < 0)
@@ -302,6 +324,9 @@ int skpy_add_reply(PyObject *mod)
 
     st->str_set_result = PyUnicode_InternFromString("set_result");
     if (st->str_set_result == NULL)
+        goto error;
+    st->str_set_exception = PyUnicode_InternFromString("set_exception");
+    if (st->str_set_exception == NULL)
         goto error;
     st->str_done = PyUnicode_InternFromString("done");
     if (st->str_done == NULL)

@@ -9,7 +9,7 @@
  *
  * Exception classes come from pysockkit._errors (imported at exec time) and
  * live in module state: Error, Timeout, FrameTooLarge, IncompleteFrame,
- * ConnectionClosed, ConnectionReset, PeerDead, OutOfStep.
+ * ConnectionClosed, ConnectionReset, PeerDead, OutOfStep, RemoteError.
  */
 #ifndef SK_PYSOCKKIT_UTIL_H
 #define SK_PYSOCKKIT_UTIL_H
@@ -30,6 +30,7 @@ typedef struct skpy_state {
     PyObject *ConnectionReset;
     PyObject *PeerDead;
     PyObject *OutOfStep;     /* a Timeout: plain replies arrive behind */
+    PyObject *RemoteError;
     PyTypeObject *ConnType;
     /* request futures (_pysockkit_future.c) */
     PyTypeObject *FutureType;  /* the C base, _core.Future */
@@ -44,6 +45,7 @@ typedef struct skpy_state {
     Py_ssize_t entry_off[16]; /* slot offsets, in DIAG_ENTRY_FIELDS order */
     /* resolve_replies(): interned method names */
     PyObject *str_set_result;
+    PyObject *str_set_exception;
     PyObject *str_done;
     PyObject *str_cancel;
 } skpy_state;
@@ -77,6 +79,12 @@ int skpy_check_signals(void *ctx);
  * Decoder and Encoder.  Returns 0, or -1 with an exception set. */
 int skpy_framing_args(PyObject *mod, PyObject *args, PyObject *kwds,
                       sk_framing *f);
+
+/* sk.RemoteError(text) for an error reply (SK_ID_ERROR) whose payload is
+ * `text` (the peer's "ExcType: message", decoded as UTF-8 with
+ * replacement): a new reference, or NULL with an exception set.  GIL held;
+ * the caller owns the result. */
+PyObject *skpy_remote_error(PyObject *mod, const char *text, Py_ssize_t len);
 
 /* One decoded data frame as Python: bytes, or (id, bytes) for a correlated
  * frame (SK_FRAMING_IDS).  GIL held. */

@@ -287,6 +287,7 @@ sk_promise *sk_corr_reply(sk_corr *t, uint64_t id, const void *data,
 {
     sk_promise *p;
     size_t i;
+    int remote = (id & SK_ID_ERROR) != 0;
 
     id &= SK_CORR_ID_MASK;
     if (t->cap == 0 || id == 0) {
@@ -305,12 +306,15 @@ sk_promise *sk_corr_reply(sk_corr *t, uint64_t id, const void *data,
     p = t->vals[i];
     sk_corr_detach(t, p, i);
     t->replies++;
+    if (remote)
+        t->remote_errors++;
     if (sk_promise_state(p) != SK_P_PENDING) {
         p->prev = 0; /* cancelled: nothing to store, nobody to wake */
     } else if (sk_promise_set_payload(p, data, len) != SK_OK) {
         if (!sk_promise_settle(p, SK_P_FAILED, SK_PF_NOMEM))
             p->prev = 0;
-    } else if (!sk_promise_settle(p, SK_P_DONE, SK_PF_NONE)) {
+    } else if (!sk_promise_settle(p, remote ? SK_P_FAILED : SK_P_DONE,
+                                  remote ? SK_PF_REMOTE : SK_PF_NONE)) {
         p->prev = 0;
     }
     return p;

@@ -40,10 +40,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "frame.h"
 #include "promise.h"
 #include "sk.h"
 
-#define SK_CORR_ID_MASK (~(1ULL << 63)) /* ids use 63 bits; the top marks a reply */
+#define SK_CORR_ID_MASK SK_ID_MASK /* ids use 62 bits; the top two are flags (frame.h) */
 #define SK_CORR_EXPIRED_KEEP 65536      /* expired ids remembered for `late` */
 
 /* A FIFO list of promises linked through their `next`. */
@@ -99,6 +100,7 @@ typedef struct sk_corr {
     size_t pending;       /* promises in the table */
     /* counters */
     uint64_t replies, unknown, late, timeouts;
+    uint64_t remote_errors; /* replies with SK_ID_ERROR (among `replies`) */
 } sk_corr;
 
 /* Set up an empty table (no allocation).  SK_OK or SK_ERR (the mutex). */
@@ -115,12 +117,14 @@ void sk_corr_free(sk_corr *t);
  * (SK_NO_DEADLINE: none).  SK_OK, or SK_ERR (SK_E_NOMEM; p not added). */
 int sk_corr_add(sk_corr *t, sk_promise *p, int64_t deadline, sk_err *err);
 
-/* A reply (the id's top bit may be set) with its payload arrived: take its
- * promise out, store the payload and settle it DONE.  Returns the promise,
- * now the caller's (also when it had been cancelled: then p->prev is 0, as
- * nobody is to be woken or told), or NULL when the id is not pending
- * (counted late or unknown; the payload is dropped).  A payload that
- * cannot be stored fails the promise with SK_PF_NOMEM instead. */
+/* A reply (the id's flag bits may be set) with its payload arrived: take
+ * its promise out, store the payload and settle it DONE, or, when the id
+ * has SK_ID_ERROR (the peer's handler failed), FAILED with SK_PF_REMOTE
+ * and the error text as the payload.  Returns the promise, now the
+ * caller's (also when it had been cancelled: then p->prev is 0, as nobody
+ * is to be woken or told), or NULL when the id is not pending (counted
+ * late or unknown; the payload is dropped).  A payload that cannot be
+ * stored fails the promise with SK_PF_NOMEM instead. */
 sk_promise *sk_corr_reply(sk_corr *t, uint64_t id, const void *data,
                           size_t len);
 

@@ -39,7 +39,16 @@
  * (set) from a request (clear).  Plain data frames are unchanged. */
 #define SK_FRAMING_IDS 2u
 #define SK_ID_LEN 8
+/* The id's top two bits are flags; request ids use the 62 bits below them
+ * (docs/PROTOCOL.md, "Correlation ids").  A reply carries its request's id
+ * with SK_ID_REPLY set; a reply that reports that the peer's handler failed
+ * also sets SK_ID_ERROR, and its payload is the error text (UTF-8,
+ * "ExcType: message"), which the requester raises as sk.RemoteError.
+ * These are the only definitions: pysockkit._core exports them as ID_REPLY,
+ * ID_ERROR and ID_MASK for the Python modules. */
 #define SK_ID_REPLY (1ULL << 63)
+#define SK_ID_ERROR (1ULL << 62)
+#define SK_ID_MASK (SK_ID_ERROR - 1)
 
 typedef struct sk_framing {
     unsigned header_size; /* 1, 2, 4 or 8 */

@@ -45,6 +45,7 @@ enum {
     SK_PF_OUT_OF_STEP = 4, /* no reply before the deadline, on plain
                               framing, while a late reply to an earlier
                               request was dropped (corr.h) */
+    SK_PF_REMOTE = 5,  /* an error reply: the payload is the peer's error text */
 };
 
 #define SK_PROMISE_INLINE 128

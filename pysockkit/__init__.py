@@ -51,10 +51,12 @@ from ._errors import (
     IncompleteFrame,
     OutOfStep,
     PeerDead,
+    RemoteError,
     Timeout,
 )
 from ._types import Framing, Heartbeat, Keepalive, Message
 from ._conn import Address, AddressLike, Connection, Listener, call, connect, listen
+from ._handler import ServerExits
 from ._server import Server, serve
 from ._enums import TcpState
 from ._observe import SocketEntry, SocketList, TcpInfo, find_socket, sockets, tcp_info
@@ -94,6 +96,7 @@ __all__ = [
     "call",
     "serve",
     "Server",
+    "ServerExits",
     "Decoder",
     "Encoder",
     # observation
@@ -141,4 +144,5 @@ __all__ = [
     "ConnectionReset",
     "PeerDead",
     "CaptureNotPermitted",
+    "RemoteError",
 ]

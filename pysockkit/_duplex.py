@@ -37,8 +37,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Duplex", "Future"]
 
-REPLY = 1 << 63
-_ID_MASK = REPLY - 1
+REPLY = _core.ID_REPLY
+_ID_MASK = _core.ID_MASK
 # Receive workers are C threads that take the GIL to dispatch: stop them and
 # wait for them (bounded) before the interpreter finalises.
 atexit.register(_core.stop_workers, 1.0)
@@ -125,7 +125,9 @@ class Duplex:
         ``stats["late"]``.  On plain framing the future fails with
         ``sk.OutOfStep`` (a ``Timeout``) instead when a late reply was
         dropped while it waited: replies are arriving behind their
-        requests (the peer is slower than the timeout, or dropped one).  The request is queued and written by the
+        requests (the peer is slower than the timeout, or dropped one).  An
+        error reply (the peer's handler raised) fails it with
+        ``sk.RemoteError``.  The request is queued and written by the
         receive worker with the others queued meanwhile; if 256 KiB are
         already queued (the peer reads slowly) this call first writes them
         out, waiting up to ``timeout``, and raises ``sk.Timeout`` (nothing of
@@ -166,7 +168,8 @@ class Duplex:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters (a fresh dict): ``replies`` matched, ``unknown`` (no such
+        """Counters (a fresh dict): ``replies`` matched (``errors`` of them
+        error replies, raised as ``sk.RemoteError``), ``unknown`` (no such
         request, or a second reply), ``late`` (after the request timed out),
         ``timeouts``, ``messages`` (frames that are not replies) and
         ``callback_errors`` (``on_message`` raised).
@@ -176,7 +179,8 @@ class Duplex:
             print(conn.duplex.stats["late"])
         """
         st = self._conn._request_stats()
-        return {"replies": st["replies"], "unknown": st["unknown"], "late": st["late"],
+        return {"replies": st["replies"], "errors": st["remote_errors"],
+                "unknown": st["unknown"], "late": st["late"],
                 "messages": self._counts["messages"],
                 "callback_errors": self._counts["callback_errors"],
                 "timeouts": st["timeouts"]}

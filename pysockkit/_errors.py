@@ -20,6 +20,7 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionReset",
     "PeerDead",
+    "RemoteError",
 ]
 
 
@@ -146,4 +147,25 @@ class PeerDead(Error):
             conn.recv()
         except sk.PeerDead:
             conn.abort()
+    """
+
+
+class RemoteError(Error):
+    """The peer's handler raised while answering this request; the message
+    is the peer's error text (``"ExcType: message"``).
+
+    Raised for a correlated request whose reply is an error reply (id with
+    the REPLY and ERROR bits, docs/PROTOCOL.md) by every client that
+    matches replies by id: ``conn.request_async`` futures and
+    ``conn.duplex``, ``aio`` ``request()``, and ``simplex`` clients.  Only
+    this request failed: the connection stays usable.
+
+    Example::
+
+        srv = sk.serve(handler=lambda m: 1 // 0, framing=sk.Framing(correlation=True))
+        conn = sk.connect(srv.address, framing=sk.Framing(correlation=True))
+        try:
+            conn.request_async(b"x", timeout=1.0).result()
+        except sk.RemoteError as exc:
+            print("server said:", exc)    # ZeroDivisionError: integer division or modulo by zero
     """

@@ -334,8 +334,9 @@ def sk_server_factory() -> Iterator[Callable[..., Server]]:
     """Factory of framed servers: ``sk_server_factory(handler=None, *,
     framing=None, addr=("127.0.0.1", 0))`` starts ``sk.serve`` in
     background threads and returns the :class:`~pysockkit.Server`
-    (``.address``).  ``handler(frame) -> reply or None`` runs for each
-    frame (echo by default).  Every server is closed at teardown."""
+    (``.address``).  ``handler(payload) -> reply or None`` runs for each
+    frame (echo by default; with ``Framing(correlation=True)`` a request's
+    reply carries its id).  Every server is closed at teardown."""
     servers: list[Server] = []
 
     def make(

@@ -201,6 +201,7 @@ def step_modes() -> None:
     import threading
 
     from . import simplex
+    from ._core import ID_REPLY
     from ._errors import Error
     from ._types import Framing
 
@@ -223,7 +224,7 @@ def step_modes() -> None:
             try:
                 while True:
                     batch = srv.recv_many(timeout=5.0)
-                    srv.send_many([(m[0] | 1 << 63, m[1].upper()) for m in batch
+                    srv.send_many([(m[0] | ID_REPLY, m[1].upper()) for m in batch
                                    if isinstance(m, tuple)])
             except Error:
                 pass
@@ -245,14 +246,9 @@ def step_modes() -> None:
     from . import aio
 
     async def aio_modes() -> tuple[int, float]:
-        async def answer(c: aio.Connection) -> None:
-            while True:
-                for item in await c.recv_many():
-                    rid, msg = item  # correlated frames come as (id, payload)
-                    c.reply_nowait(rid, bytes(msg).upper())
-                await c.drain()
-
-        async with await aio.serve(("127.0.0.1", 0), answer, framing=framing) as srv:
+        # the same message handler as the threaded server's: each request
+        # is answered with its correlation id
+        async with await aio.serve(("127.0.0.1", 0), bytes.upper, framing=framing) as srv:
             async with await aio.connect(srv.address, framing=framing, timeout=5.0) as c:
                 t0 = time.perf_counter()
                 replies = await asyncio.gather(

@@ -44,14 +44,13 @@ Example::
     import pysockkit.aio as aio
 
     async def main():
-        async def echo(conn):
-            async for msg in conn:
-                await conn.send(msg)
+        async def upper(payload: bytes) -> bytes:   # the message handler
+            return payload.upper()
 
-        async with await aio.serve(("127.0.0.1", 0), echo) as srv:
+        async with await aio.serve(("127.0.0.1", 0), upper) as srv:
             async with await aio.connect(srv.address) as conn:
                 await conn.send(b"hello")
-                print(await conn.recv(timeout=1.0))     # b'hello'
+                print(await conn.recv(timeout=1.0))     # b'HELLO'
 
     asyncio.run(main())
 """
@@ -62,6 +61,7 @@ import asyncio
 import errno
 import fcntl
 import functools
+import inspect
 import os
 import socket
 import struct
@@ -83,6 +83,18 @@ from ._errors import (
     PeerDead,
     Timeout,
 )
+from ._handler import (
+    ExitBook,
+    HandlerFailed,
+    Reply,
+    ServerRecords,
+    check_handlers,
+    check_reply,
+    error_id,
+    error_text,
+    log,
+    peer_name,
+)
 from ._net import AddressLike, check_timeout, format_address, parse_address
 from ._types import Framing, Heartbeat, Keepalive, M
 from ._types import Message as Message
@@ -97,25 +109,16 @@ __all__ = [
     "Server",
     "Message",
     "Handler",
+    "ConnectionHandler",
     "connect",
     "listen",
     "serve",
 ]
 
-Handler = Callable[["Connection"], Awaitable[None]]
-"""A :func:`serve` handler: ``async def handler(conn: aio.Connection)``.
-
-Example::
-
-    async def handler(conn: aio.Connection) -> None:
-        async for msg in conn:
-            await conn.send(msg)
-"""
-
 _Buffer = Union[bytes, bytearray, memoryview]
 
-REPLY = 1 << 63  # correlation id flag: this frame answers the request with id & ~REPLY
-_ID_MASK = REPLY - 1
+REPLY = _core.ID_REPLY  # correlation id flag: this frame answers the request with id & _ID_MASK
+_ID_MASK = _core.ID_MASK
 _resolve_replies = _core.resolve_replies
 _resolve_in_order = _core.resolve_in_order
 _DEFAULT_FRAMING: "Framing[Any]" = Framing()
@@ -454,7 +457,7 @@ class Connection(Generic[M]):
         out: list[Message] = []
         for f in rest:
             if f.__class__ is tuple and f[0] & REPLY:
-                self._stray(f[0] ^ REPLY)
+                self._stray(f[0] & _ID_MASK)
             else:
                 out.append(f)
         return out
@@ -1723,31 +1726,79 @@ async def listen(
 
 # ---------------------------------------------------------------------- serve
 
+Handler = Callable[[bytes], Union[Reply, Awaitable[Reply]]]
+"""A :func:`serve` message handler: ``handler(payload) -> reply | None``,
+a plain function or an ``async def`` one (awaited).
 
-class Server:
-    """A running :func:`serve`: one task per client runs the handler.
+Example::
 
-    The handler is ``async def handler(conn)``; the connection is closed
-    when it returns.  A handler ending with ``sk.ConnectionClosed`` (the
-    client left) is normal; any other exception is appended to the list
-    ``errors`` and ends only that client's connection.  ``served`` counts
-    the clients whose handler finished.
+    async def handler(payload: bytes) -> bytes | None:
+        return payload.upper()
+"""
+
+ConnectionHandler = Callable[["Connection"], Awaitable[None]]
+"""A :func:`serve` ``on_connection`` handler:
+``async def on_connection(conn: aio.Connection)``.
+
+Example::
+
+    async def on_connection(conn: aio.Connection) -> None:
+        async for msg in conn:
+            await conn.send(msg)
+"""
+
+
+def _echo(payload: bytes) -> bytes:
+    return payload
+
+
+class Server(ServerRecords):
+    """A running :func:`serve`: one task per client.
+
+    The **message handler** ``handler(payload) -> reply | None`` (plain or
+    ``async def``, awaited) is called for every frame a client sends, one
+    after the other per client; a reply that is not None goes back as one
+    frame, None sends nothing.  With ``Framing(correlation=True)`` a
+    request that carries an id is answered with that id (the handler sees
+    only the payload) and plain frames with plain frames.  A plain handler
+    runs on the event loop: keep it short (or make it ``async`` and
+    offload with ``asyncio.to_thread``).  Alternatively
+    ``on_connection(conn)`` (``async def``) gets the whole
+    :class:`Connection`, in its own task; the connection is closed when it
+    returns.
+
+    **A handler that raises** is logged (logger ``"pysockkit"``, ERROR,
+    with the traceback) and kept in ``errors``; the other clients are
+    served on.  A correlated request gets an error reply that the client
+    raises as ``sk.RemoteError``, and its connection goes on; after a
+    plain request that client's connection is closed (FIN after the
+    replies already queued).  A reply that is not bytes-like or None, or
+    over ``max_frame``, counts as the handler raising.
+
+    **Every client's end is recorded** in ``exits`` (an ``sk.ServerExits``
+    count per reason: closed, reset, incomplete, too_large, peer_dead,
+    handler_error, finished, stopped, ...) and the exceptions of the
+    abnormal ones in ``errors`` (the most recent 1,000).  An
+    ``on_connection`` handler ending with an ``sk.Error`` is counted by
+    that error (``sk.ConnectionClosed``: closed); one returning, as
+    finished.  ``served`` counts the messages the handler answered.
 
     Example::
 
         async with await aio.serve(("127.0.0.1", 0), handler) as srv:
             print(srv.address)
             await srv.serve_forever()
-        print(srv.served, srv.errors)          # 3 []
+        print(srv.served, srv.exits.closed, srv.errors)      # 30 3 []
     """
 
-    __slots__ = ("_loop", "_handler", "_framing", "_hb", "_keepalive", "_limits",
-                 "_server", "_tasks", "_conns", "_closed", "_address", "errors", "served")
+    __slots__ = ("_loop", "_handler", "_on_connection", "_framing", "_hb", "_keepalive",
+                 "_limits", "_server", "_tasks", "_conns", "_closed", "_address", "_book")
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        handler: Handler,
+        handler: Optional[Handler],
+        on_connection: Optional[ConnectionHandler],
         framing: Framing,
         heartbeat: Optional[Heartbeat],
         keepalive: Optional[Keepalive],
@@ -1755,7 +1806,8 @@ class Server:
     ) -> None:
         """Internal: use :func:`serve`."""
         self._loop = loop
-        self._handler = handler
+        self._handler: Handler = handler or _echo
+        self._on_connection = on_connection
         self._framing = framing
         self._hb = heartbeat
         self._keepalive = keepalive
@@ -1765,8 +1817,7 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self._conns: set[Connection] = set()
         self._closed: asyncio.Future[None] = loop.create_future()
-        self.errors: list[BaseException] = []
-        self.served = 0
+        self._book = ExitBook("aio.serve")
 
     def _factory(self) -> asyncio.BaseProtocol:
         conn = Connection(self._loop, self._framing, self._hb, self._keepalive,
@@ -1784,14 +1835,19 @@ class Server:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, conn: Connection) -> None:
+        exc: Optional[BaseException] = None
         try:
-            await self._handler(conn)
-        except ConnectionClosed:
-            pass
-        except Exception as exc:
-            self.errors.append(exc)
+            if self._on_connection is not None:
+                await self._on_connection(conn)
+            else:
+                await self._serve_messages(conn)
+        except asyncio.CancelledError:  # close(): the server ends the connection
+            exc = ConnectionClosed("the server was closed")
+            raise
+        except Exception as e:
+            exc = e
         finally:
-            self.served += 1
+            self._book.ended(exc, self._closed.done(), conn)
             conn.close()
             try:
                 await conn.wait_closed()
@@ -1800,6 +1856,51 @@ class Server:
                 raise
             finally:
                 self._conns.discard(conn)
+
+    async def _serve_messages(self, conn: Connection) -> None:
+        """The message loop of one client: batches of frames through the
+        handler, replies queued, then one drain (backpressure) a batch.
+        Ends with the error that ended the connection (HandlerFailed for a
+        plain request whose handler raised)."""
+        handler, book = self._handler, self._book
+        max_frame = self._framing.max_frame
+        correlated = self._framing.correlation
+        while True:
+            batch = await conn.recv_many()
+            answered = 0
+            for msg in batch:
+                with_id = correlated and msg.__class__ is tuple
+                if with_id:
+                    rid, payload = cast("tuple[int, bytes]", msg)
+                    if rid & REPLY:  # we never ask: a stray reply
+                        log.info("aio.serve: dropped a reply frame (id %#x) from %s: a "
+                                 "server sends no requests", rid, peer_name(conn))
+                        continue
+                else:
+                    rid, payload = 0, cast(bytes, msg)
+                try:
+                    r = handler(payload)
+                    if r is not None and r.__class__ is not bytes and inspect.isawaitable(r):
+                        r = await r
+                    reply = check_reply("aio.serve", r, max_frame)
+                except Exception as exc:
+                    book.handled(answered)
+                    answered = 0
+                    book.handler_error(exc, peer_name(conn), with_id)
+                    if not with_id:
+                        raise HandlerFailed(exc) from None
+                    conn._check_send()
+                    conn._write(conn._encode(error_text(exc, max_frame), error_id(rid)))
+                    continue
+                answered += 1
+                if reply is not None:
+                    if with_id:
+                        conn.reply_nowait(rid, reply)
+                    else:
+                        conn.send_nowait(reply)
+            book.handled(answered)
+            if conn._wpaused:
+                await conn.drain()
 
     @property
     def address(self) -> Address:
@@ -1882,14 +1983,14 @@ class Server:
     def __repr__(self) -> str:
         if self._server is None or self._closed.done():
             return "<pysockkit.aio.Server closed>"
-        a = self.address
-        return f"<pysockkit.aio.Server {format_address(a)} clients={len(self._conns)}>"
+        return f"<pysockkit.aio.Server {format_address(self.address)} clients={len(self._conns)}>"
 
 
 async def serve(
     addr: AddressLike,
-    handler: Handler,
+    handler: Optional[Handler] = None,
     *,
+    on_connection: Optional[ConnectionHandler] = None,
     framing: Optional[Framing] = None,
     heartbeat: Optional[Heartbeat] = None,
     keepalive: Optional[Keepalive] = None,
@@ -1897,24 +1998,34 @@ async def serve(
     recv_limit: int = _DEFAULT_RECV_LIMIT,
     send_limit: int = _DEFAULT_SEND_LIMIT,
 ) -> Server:
-    """Listen on ``addr`` and run ``await handler(conn)`` in a task for each
-    client; return the running :class:`Server` at once.  The connection is
-    closed when the handler returns.
+    """Listen on ``addr`` and serve each client in a task; return the
+    running :class:`Server` at once.
 
-    For correlated requests (``Framing(correlation=True)``) the handler
-    receives ``(id, payload)`` tuples and answers with ``conn.reply``.
+    ``handler(payload) -> reply | None`` (plain or ``async def``; echo by
+    default) answers each frame; with ``Framing(correlation=True)`` a
+    request's reply carries its id, and a handler that raises answers it
+    with an error reply (``sk.RemoteError`` on the client).  Or
+    ``on_connection`` (``async def on_connection(conn)``) gets each
+    client's :class:`Connection`; the connection is closed when it
+    returns.  Giving both, a non-callable, or a plain function as
+    ``on_connection`` is a TypeError.  See :class:`Server` for errors and
+    ``exits``.
 
     Example::
 
-        async def upper(conn):
-            async for msg in conn:
-                await conn.send(msg.upper())
+        srv = await aio.serve(("127.0.0.1", 0), lambda m: m.upper())
 
-        srv = await aio.serve(("127.0.0.1", 0), upper)
+        async def chat(conn: aio.Connection) -> None:
+            await conn.send(b"welcome")
+            async for msg in conn:
+                await conn.send(b"you said " + msg)
+
+        srv2 = await aio.serve(("127.0.0.1", 0), on_connection=chat)
     """
+    check_handlers("aio.serve", handler, on_connection, async_ok=True)
     loop = asyncio.get_running_loop()
-    srv = Server(loop, handler, framing or _DEFAULT_FRAMING, heartbeat, keepalive,
-                 (recv_limit, send_limit))
+    srv = Server(loop, handler, on_connection, framing or _DEFAULT_FRAMING, heartbeat,
+                 keepalive, (recv_limit, send_limit))
     sock = _listen_socket(addr, backlog)
     srv._address = tuple(sock.getsockname()[:2])
     try:

@@ -46,7 +46,9 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import heapq
+import inspect
 import logging
 import os
 import select
@@ -61,6 +63,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Optional, Union, cast
 
+from . import _core
 from ._conn import Address, Connection, Listener, connect, listen
 from ._errors import (
     ConnectionClosed,
@@ -69,7 +72,18 @@ from ._errors import (
     FrameTooLarge,
     IncompleteFrame,
     PeerDead,
+    RemoteError,
     Timeout,
+)
+from ._handler import (
+    AsyncHandler,
+    ExitBook,
+    check_handlers,
+    check_reply,
+    error_id,
+    error_text,
+    is_async,
+    reply_id,
 )
 from ._net import AddressLike, check_timeout, format_address, parse_address
 from ._types import Framing, Heartbeat
@@ -90,17 +104,21 @@ __all__ = [
 _log = logging.getLogger("pysockkit.simplex")
 _log.addHandler(logging.NullHandler())  # a library: silent unless the program configures logging
 _Buffer = Union[bytes, bytearray, memoryview]
-Handler = Callable[[bytes], _Buffer]
-"""A server handler: called with one request payload, returns the reply
-(bytes-like).  Example: ``simplex.Server(req, rep, lambda b: b.upper())``."""
+Handler = AsyncHandler
+"""A server's message handler: ``handler(payload) -> reply | None``, a
+plain function (run in the worker threads) or an ``async def`` one (run on
+the server's event loop thread, concurrently); None sends no reply (the
+client's request then times out: use it for one-way messages).
+Example: ``simplex.Server(req, rep, lambda b: b.upper())``."""
 
-REPLY = 1 << 63
-"""Id bit set on every reply frame (docs/PROTOCOL.md, "Simplex links").
+REPLY: int = _core.ID_REPLY
+"""Id bit set on every reply frame (docs/PROTOCOL.md, "Simplex links"); the
+C core's constant (``pysockkit._core.ID_REPLY``).
 Example: a hand-written server answers ``conn.send(reply, id=rid | simplex.REPLY)``."""
-ERROR = 1 << 62
+ERROR: int = _core.ID_ERROR
 """Id bit set, with REPLY, on a reply whose handler failed; the payload is
 the error text.  Example: ``conn.send(b"ValueError: bad", id=rid | REPLY | ERROR)``."""
-ID_MASK = ERROR - 1
+ID_MASK: int = _core.ID_MASK
 """Request ids are 1 .. ID_MASK; ``reply_id & ID_MASK`` is the request's id.
 Example: ``request_id = reply_id & simplex.ID_MASK``."""
 
@@ -163,18 +181,9 @@ def _ack(status: int, heartbeat: bool, reason: str = "") -> bytes:
     return _ACK.pack(_MAGIC, _VERSION, status, flags, 0) + reason.encode()[:512]
 
 
-class RemoteError(Error):
-    """The server's handler raised; the message is the server's error text.
-
-    The connection stays usable: only this request failed.
-
-    Example::
-
-        try:
-            cli.request(b"bad input", timeout=1.0)
-        except simplex.RemoteError as exc:
-            print("server said:", exc)
-    """
+# RemoteError (the server's handler raised) is sk.RemoteError, the same
+# class for every client that matches replies by id; imported above and
+# exported here as simplex.RemoteError.
 
 
 class HandshakeError(Error):
@@ -869,6 +878,15 @@ class Client:
 # ----------------------------------------------------------------- server
 
 
+class _Raised:
+    """A handler's exception, carried as its outcome."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+
 class _Refuse(Exception):
     """Handshake refused: send this status and reason, then close."""
 
@@ -906,9 +924,17 @@ class Server:
     and answers on the reply link of the same client.
 
     Two listeners (``request_address``, ``reply_address``; port 0 picks a
-    free port).  ``handler(request: bytes) -> bytes`` runs in ``workers``
-    threads (0: in each client's reader thread); a handler that raises
-    sends an error reply (the client gets :class:`RemoteError`).
+    free port).  The message handler ``handler(payload) -> reply | None``
+    is the same model as ``sk.serve``'s and ``aio.serve``'s: a plain
+    function runs in ``workers`` threads (0: in each client's reader
+    thread); an ``async def`` one runs on an event loop in a server thread,
+    the requests of a batch concurrently.  None sends no reply (the
+    client's request times out: use it for one-way messages).  A handler
+    that raises (or returns something other than bytes-like or None, or a
+    reply over ``max_frame``) is logged (logger ``"pysockkit"``, ERROR),
+    kept in ``errors`` (the most recent 1,000) and answered with an error
+    reply: the client raises :class:`RemoteError` (``sk.RemoteError``).
+    ``handler=None`` or a non-callable is a TypeError.
 
     Per client a reader thread and a writer thread run; memory stays
     bounded: the reader stops reading (TCP pushes back on the client) while
@@ -942,6 +968,10 @@ class Server:
         handshake_timeout: Optional[float] = 5.0,
         send_timeout: Optional[float] = 10.0,
     ) -> None:
+        if handler is None:
+            raise TypeError("simplex.Server: a handler is needed: handler(payload) -> "
+                            "reply or None (simplex links carry only requests)")
+        check_handlers("simplex.Server", handler, None, async_ok=True)
         request_addr = parse_address(request_addr, name="request_addr")
         reply_addr = parse_address(reply_addr, name="reply_addr")
         handshake_timeout = check_timeout(handshake_timeout, "handshake_timeout")
@@ -951,6 +981,9 @@ class Server:
             raise ValueError("workers >= 0, max_sessions, max_inflight and "
                              "max_inflight_bytes >= 1")
         self._handler = handler
+        self._book = ExitBook("simplex.Server")
+        self._aloop: Optional[asyncio.AbstractEventLoop] = None
+        self._athread: Optional[threading.Thread] = None
         self._hb = heartbeat
         self._workers = workers
         self._max_sessions = max_sessions
@@ -975,7 +1008,9 @@ class Server:
         except BaseException:
             self._request_l.close()
             raise
-        for i in range(workers):
+        if is_async(handler):
+            self._start_loop()
+        for i in range(workers if self._aloop is None else 0):
             self._spawn(self._work_loop, f"pysockkit-simplex-worker-{i}")
         self._spawn(self._accept_loop, "pysockkit-simplex-accept-req", self._request_l,
                     _ROLE_REQUEST)
@@ -1019,6 +1054,18 @@ class Server:
             inflight = sum(s.inflight for s in self._sessions.values())
             return ServerStats(sessions=len(sessions), inflight=inflight, **self._n)
 
+    @property
+    def errors(self) -> list[BaseException]:
+        """The exceptions the handler raised (each answered with an error
+        reply), oldest first; the most recent 1,000 are kept.
+
+        Example::
+
+            >>> [str(e) for e in srv.errors]
+            ['bad input']
+        """
+        return self._book.errors
+
     def close(self, timeout: Optional[float] = 5.0) -> None:
         """Stop listening, close every client's links (their pending
         requests fail on the client side) and stop the threads, waiting up
@@ -1051,6 +1098,7 @@ class Server:
         for t in list(self._threads):
             if t is not me:
                 t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self._stop_loop(deadline)
 
     def __enter__(self) -> "Server":
         return self
@@ -1285,6 +1333,9 @@ class Server:
             with cond:
                 sess.inflight += len(reqs)
                 sess.inflight_bytes += nbytes
+            if self._aloop is not None:
+                asyncio.run_coroutine_threadsafe(self._handle_async(sess, reqs), self._aloop)
+                continue
             if self._workers == 0:
                 self._handle(sess, reqs)
                 continue
@@ -1307,36 +1358,106 @@ class Server:
             self._handle(*item)
 
     def _handle(self, sess: _Session, reqs: list[tuple[int, bytes]]) -> None:
-        """Run the handler on a batch and queue the replies for the writer."""
+        """Run a plain handler on a batch and queue the replies for the writer."""
         if sess.dead:
             return
+        handler = self._handler
+        outcomes: list[Any] = []
+        for _rid, payload in reqs:
+            try:
+                outcomes.append(handler(payload))
+            except Exception as exc:
+                outcomes.append(_Raised(exc))
+        self._finish(sess, reqs, outcomes)
+
+    async def _handle_async(self, sess: _Session, reqs: list[tuple[int, bytes]]) -> None:
+        """Run an async handler on a batch, the requests concurrently, on
+        the server's event loop; queue the replies for the writer."""
+        if sess.dead:
+            return
+        handler = self._handler
+
+        async def one(payload: bytes) -> Any:
+            try:
+                r = handler(payload)
+                return (await r) if inspect.isawaitable(r) else r
+            except Exception as exc:
+                return _Raised(exc)
+
+        outcomes = await asyncio.gather(*(one(p) for _, p in reqs))
+        self._finish(sess, reqs, outcomes)
+
+    def _finish(self, sess: _Session, reqs: list[tuple[int, bytes]], outcomes: list[Any]) -> None:
+        """Turn the handler's outcomes into replies (or error replies) for
+        the writer; a None outcome answers nothing."""
         out: list[tuple[int, _Buffer]] = []
         errors = 0
+        skipped = 0
         delta = 0
         max_frame = self._framing.max_frame
-        handler = self._handler
-        for rid, payload in reqs:
+        for (rid, payload), r in zip(reqs, outcomes):
             delta -= len(payload)
             try:
-                reply = handler(payload)
-                if not isinstance(reply, (bytes, bytearray, memoryview)):
-                    raise TypeError(f"the handler returned {type(reply).__name__}, not bytes")
-                if len(reply) > max_frame:
-                    raise FrameTooLarge(
-                        f"reply of {len(reply)} bytes exceeds max_frame {max_frame}")
-                out.append((rid | REPLY, reply))
-                delta += len(reply)
+                if r.__class__ is _Raised:
+                    raise r.exc
+                reply = check_reply("simplex.Server", r, max_frame)
             except Exception as exc:
                 errors += 1
-                msg = f"{type(exc).__name__}: {exc}".encode(errors="replace")[:1024]
-                out.append((rid | REPLY | ERROR, msg[:max_frame]))
+                self._book.handler_error(exc, sess.peer, True)
+                msg = error_text(exc, max_frame)
+                out.append((error_id(rid), msg))
                 delta += len(msg)
+                continue
+            if reply is None:
+                skipped += 1
+                continue
+            out.append((reply_id(rid), reply))
+            delta += len(reply)
         if errors:
             self._count("handler_errors", errors)
         with sess.cond:
             sess.out.extend(out)
+            sess.inflight -= skipped
             sess.inflight_bytes += delta
             sess.cond.notify_all()
+
+    def _start_loop(self) -> None:
+        """The event loop an async handler runs on, in its own thread."""
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+
+        self._aloop = loop
+        self._athread = threading.Thread(target=run, name="pysockkit-simplex-loop", daemon=True)
+        self._athread.start()
+        ready.wait(5.0)
+
+    def _stop_loop(self, deadline: Optional[float]) -> None:
+        """Cancel the async handlers still running, stop and close the loop."""
+        loop, thread = self._aloop, self._athread
+        if loop is None or thread is None or loop.is_closed():
+            return
+
+        async def cancel_all() -> None:
+            me = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not me]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        left = None if deadline is None else max(0.1, deadline - time.monotonic())
+        try:
+            asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(left)
+        except (_FutureTimeout, RuntimeError):
+            pass  # a handler that ignores cancellation: give up on it
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(None if deadline is None else max(0.1, deadline - time.monotonic()))
+        if not thread.is_alive():
+            loop.close()
 
     def _write_loop(self, sess: _Session) -> None:
         """The reply link of one client: write what the workers produced."""

@@ -174,19 +174,21 @@ class ChildServer:
             raise RuntimeError(f"serve_child exited (status {self.proc.poll()})")
         return json.loads(line)
 
-    def stats(self, trim: bool = False) -> dict[str, Any]:
-        return self._cmd("trim" if trim else "stats")
+    def stats(self, trim: bool = False, ports: bool = False) -> dict[str, Any]:
+        """The child's stats (serve_child.py); ``trim`` first gives free heap
+        back to the kernel, ``ports`` adds the held connections' peer ports."""
+        return self._cmd("trim" if trim else "ports" if ports else "stats")
 
     def release(self) -> dict[str, Any]:
         """Hold mode: close every held connection; returns stats."""
         return self._cmd("release")
 
     def wait_for(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 10.0,
-                 trim: bool = False) -> dict[str, Any]:
+                 trim: bool = False, ports: bool = False) -> dict[str, Any]:
         """Poll stats() until pred(stats) holds; returns the last stats."""
         deadline = time.monotonic() + timeout
         while True:
-            st = self.stats(trim)
+            st = self.stats(trim, ports)
             if pred(st) or time.monotonic() >= deadline:
                 return st
             time.sleep(0.05)

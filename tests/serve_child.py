@@ -15,7 +15,12 @@ from stdin, one per line, with one JSON line on stdout:
 
   stats   {"rss_kib", "heap_bytes", "fds", "threads", "conns", "served", "rejected",
            "errors": {type: count}, "details": [[type, missing or size], ...
-           for the last 200 errors], "first_errors": [messages]}
+           for the last 200 errors], "first_errors": [messages],
+           "exits": {reason: count} (sk.ServerExits; {} in hold mode)}
+  ports   stats, plus "ports": [the peer port of each connection held, -1
+           if the peer was gone before it could be read] (a command of its
+           own: a caller that keeps the stats of 10,000 connections should
+           not hold 10,000 port numbers)
   trim    malloc_trim(0), then stats (glibc keeps freed memory otherwise)
   release (hold mode) close every held connection, then stats
   quit    close the server (joins its threads) and exit 0
@@ -35,6 +40,7 @@ import json
 import os
 import sys
 import threading
+import weakref
 
 import pysockkit as sk
 from hardening import c_heap_bytes
@@ -91,16 +97,41 @@ class Holder:
         self.release()
 
 
-def stats(srv: "sk.Server | Holder") -> dict:
+# peer ports, learnt while the peer is still connected: getpeername fails
+# once a peer reset its connection, but the server may still hold it
+_PEER_PORTS: "weakref.WeakKeyDictionary[sk.Connection, int]" = weakref.WeakKeyDictionary()
+
+
+def peer_ports(conns: list[sk.Connection]) -> list[int]:
+    out = []
+    for c in conns:
+        port = _PEER_PORTS.get(c)
+        if port is None:
+            try:
+                port = _PEER_PORTS[c] = c.remote_address[1]
+            except OSError:
+                port = -1
+        out.append(port)
+    return sorted(out)
+
+
+def stats(srv: "sk.Server | Holder", ports: bool = False) -> dict:
     with open("/proc/self/status") as f:
         status = dict(line.split(":", 1) for line in f if ":" in line)
+    # the connections first: one that is gone by now had its end recorded
+    # (sk.serve records it before letting go), so the errors and exits read
+    # next include it
+    conns = list(srv._conns)
+    extra = {"ports": peer_ports(conns)} if ports else {}
     errors = list(srv.errors)
-    return {
+    exits = dict(vars(srv.exits)) if isinstance(srv, sk.Server) else {}
+    return extra | {
         "rss_kib": int(status["VmRSS"].split()[0]),
         "heap_bytes": c_heap_bytes(),
         "fds": len(os.listdir("/proc/self/fd")),
         "threads": int(status["Threads"]),
-        "conns": len(srv._conns),
+        "conns": len(conns),
+        "exits": exits,
         "served": srv.served,
         "rejected": getattr(srv, "rejected", 0),
         "errors": dict(collections.Counter(type(e).__name__ for e in errors)),
@@ -141,7 +172,7 @@ def main() -> int:
                 srv.release()
             if cmd in ("trim", "release"):
                 ctypes.CDLL(None).malloc_trim(0)
-            print(json.dumps(stats(srv)), flush=True)
+            print(json.dumps(stats(srv, ports=cmd == "ports")), flush=True)
     finally:
         srv.close(timeout=10.0)
         timer.cancel()

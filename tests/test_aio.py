@@ -164,7 +164,7 @@ def test_many_frames_in_order_with_large_ones() -> None:
 
 def test_serve_handler_and_server_lifecycle() -> None:
     async def main() -> None:
-        async with await aio.serve(LOCAL, echo) as server:
+        async with await aio.serve(LOCAL, on_connection=echo) as server:
             conns = [await aio.connect(server.address, timeout=5) for _ in range(5)]
             for i, c in enumerate(conns):
                 await c.send(b"hi %d" % i)
@@ -189,7 +189,7 @@ def test_server_close_ends_handlers_and_records_errors() -> None:
                 raise ValueError("handler failed")
             await asyncio.sleep(60)  # cancelled by close()
 
-        server = await aio.serve(LOCAL, bad)
+        server = await aio.serve(LOCAL, on_connection=bad)
         c1 = await aio.connect(server.address, timeout=5)
         c2 = await aio.connect(server.address, timeout=5)
         await c1.send(b"boom")
@@ -505,7 +505,7 @@ def test_1000_concurrent_requests_answered_out_of_order() -> None:
                     conn.reply_nowait(rid, data.upper())
                 await conn.drain()
 
-        async with await aio.serve(LOCAL, shuffled, framing=F) as server:
+        async with await aio.serve(LOCAL, on_connection=shuffled, framing=F) as server:
             async with await aio.connect(server.address, framing=F, timeout=5) as conn:
                 replies = await asyncio.gather(*(conn.request(b"req %d" % i, timeout=10)
                                                  for i in range(1000)))
@@ -725,8 +725,8 @@ def test_plain_requests_pipeline_in_order_against_sk_serve() -> None:
 
 
 def test_plain_requests_pipeline_in_order_against_aio_server() -> None:
-    """The same against an aio server (a connection handler echoing each
-    frame: the lead re-points this at aio.serve's message handler)."""
+    """The same against an aio server with a per-connection handler that
+    echoes each frame (the message-handler form is tested below)."""
     payloads = [b"%d" % i * (i % 7 + 1) for i in range(500)]
 
     async def plain_echo(conn: aio.Connection) -> None:
@@ -734,11 +734,33 @@ def test_plain_requests_pipeline_in_order_against_aio_server() -> None:
             await conn.send(msg)
 
     async def main() -> None:
-        async with await aio.serve(LOCAL, plain_echo) as server:
+        async with await aio.serve(LOCAL, on_connection=plain_echo) as server:
             async with await aio.connect(server.address, timeout=5) as conn:
                 replies = await asyncio.gather(*(conn.request(x, timeout=10)
                                                  for x in payloads))
                 assert replies == payloads
+
+    run(main())
+
+
+def test_500_gathered_requests_against_a_default_message_handler_server() -> None:
+    """Issue 11: `conn = await aio.connect(addr)` + gather of 500 requests
+    against a default `aio.serve(addr, handler)` returns every reply, in
+    order (plain framing: replies matched first in, first out)."""
+    payloads = [b"req %d " % i + b"x" * (i % 13) for i in range(500)]
+
+    async def handler(payload: bytes) -> bytes:
+        return payload[::-1]
+
+    async def main() -> None:
+        async with await aio.serve(LOCAL, handler) as server:
+            conn = await aio.connect(server.address)
+            try:
+                replies = await asyncio.gather(*(conn.request(x) for x in payloads))
+            finally:
+                await close_all(conn)
+        assert replies == [p[::-1] for p in payloads]
+        assert server.served == 500 and server.errors == []
 
     run(main())
 
@@ -1083,7 +1105,7 @@ def test_aio_client_sync_server_plain_and_correlated() -> None:
 
 def test_sync_client_aio_server_plain_and_correlated() -> None:
     async def main() -> None:
-        async with await aio.serve(LOCAL, echo, framing=F) as server:
+        async with await aio.serve(LOCAL, on_connection=echo, framing=F) as server:
             def client() -> list[bytes]:
                 with sk.connect(server.address, timeout=5, framing=F) as c:
                     c.send(b"plain")
@@ -1103,7 +1125,7 @@ def test_on_uvloop_when_installed() -> None:
     uvloop = pytest.importorskip("uvloop")
 
     async def main() -> None:
-        async with await aio.serve(LOCAL, echo, framing=F, heartbeat=HB) as server:
+        async with await aio.serve(LOCAL, on_connection=echo, framing=F, heartbeat=HB) as server:
             async with await aio.connect(server.address, framing=F, heartbeat=HB,
                                          timeout=5) as conn:
                 await conn.send(b"on uvloop")
@@ -1130,7 +1152,7 @@ def test_example_aio_echo_runs() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "aio_echo.py")],
                           capture_output=True, text=True, timeout=30, env=child_env())
     assert proc.returncode == 0, proc.stderr
-    assert "echo: b'hello'" in proc.stdout
+    assert "echo: b'HELLO'" in proc.stdout
     assert "requests: 100 replies" in proc.stdout
 
 
@@ -1169,7 +1191,7 @@ def test_keepalive_reaches_the_kernel_on_connect_listen_and_serve() -> None:
             seen.append(keepalive_of(conn.fileno()))
             await conn.send(await conn.recv())
 
-        async with await aio.serve(LOCAL, handler, keepalive=ka_s) as srv:
+        async with await aio.serve(LOCAL, on_connection=handler, keepalive=ka_s) as srv:
             c = await aio.connect(srv.address, timeout=5)
             await c.send(b"x")
             assert await c.recv(timeout=5) == b"x"
@@ -1183,7 +1205,7 @@ def test_keepalive_reaches_the_kernel_on_connect_listen_and_serve() -> None:
 
 def test_serve_forever_returns_when_closed_from_another_task() -> None:
     async def main() -> None:
-        srv = await aio.serve(LOCAL, echo)
+        srv = await aio.serve(LOCAL, on_connection=echo)
         forever = asyncio.ensure_future(srv.serve_forever())
         c = await aio.connect(srv.address, timeout=5)
         await c.send(b"while serving")
@@ -1201,7 +1223,7 @@ def test_serve_forever_returns_when_closed_from_another_task() -> None:
         with pytest.raises(sk.Error) as ei:  # and nothing listens any more
             await aio.connect(srv.address, timeout=5)
         assert ei.value.errno == errno.ECONNREFUSED
-        assert srv.errors == [] and srv.served == 1
+        assert srv.errors == [] and srv.exits.stopped == 1 and srv.exits.total == 1
         await close_all(c)
 
     run(main())
@@ -1209,7 +1231,7 @@ def test_serve_forever_returns_when_closed_from_another_task() -> None:
 
 def test_cancelling_serve_forever_closes_the_server() -> None:
     async def main() -> None:
-        srv = await aio.serve(LOCAL, echo)
+        srv = await aio.serve(LOCAL, on_connection=echo)
         forever = asyncio.ensure_future(srv.serve_forever())
         c = await aio.connect(srv.address, timeout=5)
         await c.send(b"hi")

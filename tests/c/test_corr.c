@@ -204,6 +204,36 @@ TEST(corr_reply_settles_and_counts)
     sk_corr_free(&t);
 }
 
+TEST(corr_error_reply_fails_remote_with_the_text)
+{
+    sk_corr t;
+    sk_err err;
+    sk_promise *a = mkp(), *b = mkp(), *r;
+
+    CHECK(sk_corr_init(&t, &err) == SK_OK);
+    CHECK(sk_corr_add(&t, a, SK_NO_DEADLINE, &err) == SK_OK);
+    CHECK(sk_corr_add(&t, b, SK_NO_DEADLINE, &err) == SK_OK);
+    /* the bits are the documented ones (docs/PROTOCOL.md) */
+    CHECK(SK_ID_REPLY == 1ULL << 63 && SK_ID_ERROR == 1ULL << 62);
+    CHECK(SK_ID_MASK == (1ULL << 62) - 1 && SK_CORR_ID_MASK == SK_ID_MASK);
+    /* an error reply fails its request with the peer's text */
+    r = sk_corr_reply(&t, a->id | SK_ID_REPLY | SK_ID_ERROR, "ValueError: x", 13);
+    CHECK(r == a && sk_promise_state(a) == SK_P_FAILED && a->fail == SK_PF_REMOTE);
+    CHECK(a->len == 13 && memcmp(a->data, "ValueError: x", 13) == 0);
+    CHECK(t.replies == 1 && t.remote_errors == 1 && t.pending == 1);
+    /* the error bit does not make a second reply or a stranger deliverable */
+    CHECK(sk_corr_reply(&t, a->id | SK_ID_REPLY | SK_ID_ERROR, "again", 5) == NULL);
+    CHECK(sk_corr_reply(&t, 77 | SK_ID_REPLY | SK_ID_ERROR, "who", 3) == NULL);
+    CHECK(t.unknown == 2 && t.remote_errors == 1);
+    /* an ordinary reply after it is unaffected */
+    r = sk_corr_reply(&t, b->id | SK_ID_REPLY, "ok", 2);
+    CHECK(r == b && sk_promise_state(b) == SK_P_DONE && b->fail == SK_PF_NONE);
+    CHECK(t.replies == 2 && t.remote_errors == 1 && t.pending == 0);
+    freep(a);
+    freep(b);
+    sk_corr_free(&t);
+}
+
 TEST(corr_expire_in_deadline_order_then_late)
 {
     sk_corr t;

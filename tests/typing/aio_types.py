@@ -17,7 +17,7 @@ async def echo(conn: aio.Connection[bytes]) -> None:
 
 
 async def plain(addr: sk.Address) -> list[bytes]:
-    async with await aio.serve(("127.0.0.1", 0), echo) as server:
+    async with await aio.serve(("127.0.0.1", 0), on_connection=echo) as server:
         conn = await aio.connect(server.address, timeout=5.0)
         reveal_type(conn)  # R: pysockkit.aio.Connection[bytes]
         first: bytes = await conn.recv(timeout=1.0)
