@@ -17,7 +17,8 @@
 #                 sizes are cut (PYSOCKKIT_LEAK_SHORT=5000 short connections,
 #                 PYSOCKKIT_IDLE_FLOOD=500 idle ones): under ASan a thread
 #                 start costs ~10x, and these runs look for memory errors;
-#                 the full sizes run in the plain pytest step.
+#                 the full sizes run in the plain pytest step.  Every
+#                 time bound is tripled (PYSOCKKIT_TIME_SCALE=3 unless set).
 #
 # Environment: PYTHON (default: .venv/bin/python if present, else python3)
 # must have pytest (and hypothesis for tests/test_fuzz_stream.py) and
@@ -141,6 +142,7 @@ if [ $do_sanitize -eq 1 ]; then
                     PYTHONPATH="$work" PYTHONDONTWRITEBYTECODE=1 \
                     PYSOCKKIT_LEAK_SHORT=${PYSOCKKIT_LEAK_SHORT:-5000} \
                     PYSOCKKIT_IDLE_FLOOD=${PYSOCKKIT_IDLE_FLOOD:-500} \
+                    PYSOCKKIT_TIME_SCALE=${PYSOCKKIT_TIME_SCALE:-3} \
                     "$PY" -m pytest -q -p no:cacheprovider --durations=10 \
                     "${pytest_args[@]:-tests}"
         )
