@@ -231,6 +231,25 @@ def wait_until(pred: Callable[[], bool], timeout: float = scaled(5.0), interval:
         time.sleep(interval)
 
 
+def wait_blocked_in_poll(thread: threading.Thread, timeout: float = STEP_TIMEOUT) -> None:
+    """Wait until ``thread`` sleeps in poll()/ppoll() (a pysockkit call that
+    holds its lock and waits for the socket), as /proc says, instead of
+    sleeping for a while and hoping it got there."""
+    tid = thread.native_id
+    assert tid is not None, "thread not started"
+    polls = {"7", "271"} if os.uname().machine == "x86_64" else {"73"}  # poll, ppoll
+
+    def blocked() -> bool:
+        try:
+            with open(f"/proc/self/task/{tid}/syscall") as f:
+                return f.read().split()[0] in polls
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+
+    if not wait_until(blocked, timeout=timeout, interval=0.001):
+        raise AssertionError(f"thread {thread.name} is not waiting in poll after {timeout} s")
+
+
 # ----------------------------------------------------------------- system
 
 
