@@ -231,23 +231,40 @@ def wait_until(pred: Callable[[], bool], timeout: float = scaled(5.0), interval:
         time.sleep(interval)
 
 
+# numbers of the syscalls a pysockkit call sleeps in, by architecture
+_WAIT_SYSCALLS = {
+    "x86_64": {"7": "poll", "271": "ppoll", "202": "futex", "232": "epoll_wait",
+               "281": "epoll_pwait"},
+    "aarch64": {"73": "ppoll", "98": "futex", "22": "epoll_pwait"},
+}
+
+
+def sleeping_in(proc_task: str) -> Optional[str]:
+    """The name of the wait syscall the task at ``proc_task`` (e.g.
+    /proc/self/task/TID or /proc/PID) sleeps in, per its ``syscall`` file;
+    None while it runs, sits in another syscall, or is gone."""
+    try:
+        with open(f"{proc_task}/syscall") as f:
+            nr = f.read().split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    return _WAIT_SYSCALLS.get(os.uname().machine, {}).get(nr)
+
+
+def wait_sleeping_in(proc_task: str, names: Iterable[str], timeout: float = STEP_TIMEOUT) -> None:
+    """Wait until the task at ``proc_task`` sleeps in one of the syscalls
+    ``names`` (a blocking call has really started), instead of sleeping for
+    a while and hoping it got there."""
+    wanted = set(names)
+    if not wait_until(lambda: sleeping_in(proc_task) in wanted, timeout=timeout, interval=0.001):
+        raise AssertionError(f"{proc_task} does not sleep in {sorted(wanted)} after {timeout} s")
+
+
 def wait_blocked_in_poll(thread: threading.Thread, timeout: float = STEP_TIMEOUT) -> None:
-    """Wait until ``thread`` sleeps in poll()/ppoll() (a pysockkit call that
-    holds its lock and waits for the socket), as /proc says, instead of
-    sleeping for a while and hoping it got there."""
-    tid = thread.native_id
-    assert tid is not None, "thread not started"
-    polls = {"7", "271"} if os.uname().machine == "x86_64" else {"73"}  # poll, ppoll
-
-    def blocked() -> bool:
-        try:
-            with open(f"/proc/self/task/{tid}/syscall") as f:
-                return f.read().split()[0] in polls
-        except (FileNotFoundError, ProcessLookupError):
-            return False
-
-    if not wait_until(blocked, timeout=timeout, interval=0.001):
-        raise AssertionError(f"thread {thread.name} is not waiting in poll after {timeout} s")
+    """Wait until ``thread`` sleeps in poll()/ppoll(): a pysockkit call that
+    holds its lock and waits for the socket."""
+    assert thread.native_id is not None, "thread not started"
+    wait_sleeping_in(f"/proc/self/task/{thread.native_id}", ("poll", "ppoll"), timeout)
 
 
 # ----------------------------------------------------------------- system
