@@ -26,11 +26,11 @@ import pytest
 import pysockkit as sk
 from pysockkit import simplex
 from hardening import under_sanitizer
-from helpers import child_env
+from helpers import child_env, scaled, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-STEP = 10.0  # upper bound of any single wait
+STEP = scaled(10.0)  # upper bound of any single wait
 LO = ("127.0.0.1", 0)
 FR = sk.Framing(correlation=True)
 REPLY = 1 << 63
@@ -44,13 +44,6 @@ OK_ACK = b"SKSX\x01\x00\x00\x00"
 
 def hello(role: int, token: bytes, flags: int = 0) -> bytes:
     return b"SKSX" + bytes([1, role, flags, 0]) + token
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = STEP) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
 
 
 def rss() -> int:
@@ -171,7 +164,7 @@ def test_request_and_links_are_one_way(closer) -> None:
     # the server sent FIN on the request link, the client on the reply link
     assert cli.request_link.state == sk.TcpState.CLOSE_WAIT
     assert cli.reply_link.state in (sk.TcpState.FIN_WAIT_1, sk.TcpState.FIN_WAIT_2)
-    wait_until(lambda: srv.stats.sessions == 1)
+    assert wait_until(lambda: srv.stats.sessions == 1, timeout=STEP)
     s = cli.stats
     assert (s.sent, s.replied, s.pending, s.late, s.unknown, s.duplicate) == (1, 1, 0, 0, 0, 0)
 
@@ -223,7 +216,7 @@ def test_timed_out_request_late_reply_is_dropped_not_misdelivered(closer) -> Non
     assert isinstance(failure_of(fut), sk.Timeout)
     # the next requests get their own replies, never the late ones
     assert cli.request(b"fast", timeout=STEP) == b"reply to fast"
-    wait_until(lambda: cli.stats.late == 2)
+    assert wait_until(lambda: cli.stats.late == 2, timeout=STEP)
     assert cli.request(b"fast again", timeout=STEP) == b"reply to fast again"
     s = cli.stats
     assert (s.timed_out, s.late, s.replied, s.unknown, s.duplicate) == (2, 2, 2, 0, 0)
@@ -247,7 +240,7 @@ def test_close_fails_pending_requests_and_frees_the_session(closer) -> None:
     with pytest.raises(sk.ConnectionClosed, match="no automatic reconnect"):
         cli.request(b"again", timeout=1.0)
     cli.close()  # idempotent
-    wait_until(lambda: srv.stats.sessions == 0)
+    assert wait_until(lambda: srv.stats.sessions == 0, timeout=STEP)
     assert cli.stats.failed == 5
 
 
@@ -258,7 +251,7 @@ def test_max_pending_blocks_then_times_out(closer) -> None:
     t0 = time.monotonic()
     with pytest.raises(sk.Timeout, match="max_pending"):
         cli.request_async(b"no room", timeout=0.1)
-    assert 0.09 < time.monotonic() - t0 < 2.0
+    assert 0.09 < time.monotonic() - t0 < scaled(2.0)
     # a waiting request gets the slot freed by a reply
     later: list[Any] = []
     t = threading.Thread(target=lambda: later.append(cli.request_async(b"later", timeout=STEP)))
@@ -297,7 +290,7 @@ def test_unknown_duplicate_late_and_stray_replies_are_counted(closer) -> None:
     rep.send(b"a plain frame")  # not a reply
     rep.send(b"a request", id=7)  # not a reply either
     assert f1.result(STEP) == b"ONE"
-    wait_until(lambda: cli.stats.unexpected == 2)
+    assert wait_until(lambda: cli.stats.unexpected == 2, timeout=STEP)
     s = cli.stats
     assert (s.late, s.unknown, s.duplicate, s.unexpected, s.replied) == (1, 1, 2, 2, 1)
     # and the client still works
@@ -335,8 +328,8 @@ def test_reply_flood_is_counted_and_a_server_that_does_not_read_times_out(closer
     t.join(STEP)
     assert timed_out is not None and "not sent" in str(timed_out)
     assert "request link" in str(timed_out)
-    wait_until(lambda: cli.stats.unknown == n)
-    wait_until(lambda: cli.pending == 0)  # the others timed out
+    assert wait_until(lambda: cli.stats.unknown == n, timeout=STEP)
+    assert wait_until(lambda: cli.pending == 0, timeout=STEP)  # the others timed out
     assert cli.stats.timed_out >= 2
     assert cli.reply_link.buffered < 1 << 20  # the flood was read and dropped, not kept
     if not under_sanitizer():  # ASan's quarantine and shadow make RSS meaningless
@@ -363,11 +356,11 @@ def test_server_drops_a_client_that_does_not_read_and_serves_the_others(closer) 
             break  # the server dropped us
         peak = max(peak, srv.stats.inflight)
         assert good.request(b"still there?", timeout=STEP) == b"still there?" * 2048
-    wait_until(lambda: srv.stats.dropped == 1)
+    assert wait_until(lambda: srv.stats.dropped == 1, timeout=STEP)
     assert peak <= 64  # never more than max_inflight unanswered requests
     assert sent > 64
     assert good.request(b"ok", timeout=STEP) == b"ok" * 2048
-    wait_until(lambda: srv.stats.sessions == 1)
+    assert wait_until(lambda: srv.stats.sessions == 1, timeout=STEP)
 
 
 def test_handshake_refusals_are_typed_and_the_server_keeps_serving(closer) -> None:
@@ -397,7 +390,7 @@ def test_handshake_refusals_are_typed_and_the_server_keeps_serving(closer) -> No
     assert r.recv(timeout=STEP) == OK_ACK
     with pytest.raises(sk.ConnectionClosed):
         r.recv(timeout=STEP)
-    wait_until(lambda: srv.stats.rejected == 5)
+    assert wait_until(lambda: srv.stats.rejected == 5, timeout=STEP)
     with simplex.Client(srv.request_address, srv.reply_address, connect_timeout=STEP) as cli:
         assert cli.request(b"served", timeout=STEP) == b"SERVED"
 
@@ -432,7 +425,7 @@ def test_request_link_reset_fails_pending_naming_it(closer) -> None:
     t0 = time.monotonic()
     raw.request.abort()  # RST
     exc = failure_of(futs[0])
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < scaled(1.0)
     assert isinstance(exc, sk.ConnectionReset)
     assert LINK_ERROR.search(str(exc)) and "request link" in str(exc)
     assert all(isinstance(failure_of(f), sk.ConnectionReset) for f in futs)
@@ -512,12 +505,12 @@ def test_killing_the_receiver_process_fails_pending_requests(closer) -> None:
     cli = simplex.Client(rx.request_addr, rx.reply_addr, connect_timeout=STEP)
     closer(cli)
     futs = [cli.request_async(b"%d" % i, timeout=STEP) for i in range(10)]
-    wait_until(lambda: cli.stats.sent == 10)
+    assert wait_until(lambda: cli.stats.sent == 10, timeout=STEP)
     time.sleep(0.1)  # the receiver is now inside its slow handler
     t0 = time.monotonic()
     rx.proc.kill()
     excs = [failure_of(f) for f in futs]
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < scaled(2.0)
     for exc in excs:
         assert isinstance(exc, sk.ConnectionClosed), exc
         assert LINK_ERROR.search(str(exc)), str(exc)
@@ -536,7 +529,7 @@ def test_heartbeats_detect_a_frozen_receiver_process(closer) -> None:
     assert cli.request_link.state == sk.TcpState.ESTABLISHED
     os.kill(rx.proc.pid, signal.SIGSTOP)
     try:
-        wait_until(lambda: stopped(rx.proc.pid))
+        assert wait_until(lambda: stopped(rx.proc.pid), timeout=STEP)
         t0 = time.monotonic()
         futs = [cli.request_async(b"%d" % i, timeout=STEP) for i in range(5)]
         exc = failure_of(futs[0])
@@ -545,7 +538,7 @@ def test_heartbeats_detect_a_frozen_receiver_process(closer) -> None:
         os.kill(rx.proc.pid, signal.SIGCONT)
     assert isinstance(exc, sk.PeerDead), exc
     assert re.search(r"simplex (request|reply) link to 127\.0\.0\.1:\d+ is dead", str(exc))
-    assert elapsed < 0.2 + 0.6 + 0.5
+    assert elapsed < 0.2 + 0.6 + scaled(0.5)
     assert all(isinstance(failure_of(f), sk.PeerDead) for f in futs)
 
 
@@ -566,11 +559,11 @@ def test_server_drops_a_client_sending_garbage_and_serves_the_others(closer) -> 
     req, _rep = raw_client(srv, closer)
     req.send(b"a plain frame")  # not a request: dropped and counted
     req.send(b"a reply?", id=5 | REPLY)  # neither
-    wait_until(lambda: srv.stats.unexpected == 2)
+    assert wait_until(lambda: srv.stats.unexpected == 2, timeout=STEP)
     os.write(req.fileno(), b"\x3f\xff\xff\xff")  # a correlated header over max_frame
-    wait_until(lambda: srv.stats.dropped == 1)
+    assert wait_until(lambda: srv.stats.dropped == 1, timeout=STEP)
     assert good.request(b"fine", timeout=STEP) == b"FINE"
-    wait_until(lambda: srv.stats.sessions == 1)
+    assert wait_until(lambda: srv.stats.sessions == 1, timeout=STEP)
 
 
 # ------------------------------------------------------------------ docs
