@@ -982,7 +982,7 @@ def _sync_correlated_echo(peer: sk.Connection) -> threading.Thread:
             while True:
                 batch = peer.recv_many(timeout=10)
                 peer.send_many([(rid | REPLY, m.upper()) for rid, m in batch])
-        except sk.Error:
+        except sk.ConnectionClosed:  # the test closed the connection
             pass
 
     t = threading.Thread(target=serve, daemon=True)
