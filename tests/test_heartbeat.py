@@ -39,6 +39,7 @@ class Peer:
     def __init__(self, role: str, addr: tuple[str, int], *extra: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, PEER, role, addr[0], str(addr[1]), str(INTERVAL), str(TIMEOUT), *extra],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -48,6 +49,12 @@ class Peer:
     def line(self) -> str:
         assert self.proc.stdout is not None
         return self.proc.stdout.readline().strip()
+
+    def go_read(self) -> None:
+        """Tell a noread --read-on-stdin peer to start reading."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("read\n")
+        self.proc.stdin.flush()
 
     def results(self, timeout: float = scaled(20.0)) -> dict[str, str]:
         out, err = self.proc.communicate(timeout=timeout)
@@ -168,31 +175,33 @@ def test_sigstop_is_detected_within_interval_plus_timeout(hb_listener: sk.Listen
 def test_peer_that_stops_reading_blocks_sender_loses_nothing(heartbeat: bool) -> None:
     srv = sk.listen(("127.0.0.1", 0), heartbeat=HB if heartbeat else None)
     with srv:
-        # the send below blocks for 2 x TIMEOUT, well past the heartbeat
-        # timeout; the peer reads nothing until after that
+        # the peer reads nothing until we tell it to, after our send has
+        # been blocked for 2 x TIMEOUT, well past the heartbeat timeout
         send_wait = 2 * TIMEOUT
-        peer, conn = _pair(srv, "noread" if heartbeat else "noread-plain",
-                           "--noread-seconds", str(send_wait + scaled(1.5)),
-                           "--max-seconds", str(scaled(20)))
-        chunk = os.urandom(65536)
-        digest = hashlib.sha256()
-        sent = 0
-        with conn:
-            with pytest.raises(sk.Timeout) as ei:
-                for _ in range(4096):  # bounded: 256 MiB at most
-                    conn.send(chunk, timeout=send_wait)
+        peer, conn = _pair(srv, "noread" if heartbeat else "noread-plain", "--read-on-stdin",
+                           "--max-seconds", str(scaled(30)))
+        try:
+            chunk = os.urandom(65536)
+            digest = hashlib.sha256()
+            sent = 0
+            with conn:
+                with pytest.raises(sk.Timeout) as ei:
+                    for _ in range(4096):  # bounded: 256 MiB at most
+                        conn.send(chunk, timeout=send_wait)
+                        digest.update(chunk)
+                        sent += 1
+                # the frame cut by the timeout is sent whole later: count it
+                if getattr(ei.value, "sent", 0):
                     digest.update(chunk)
                     sent += 1
-            # the frame cut by the timeout is sent whole later: count it
-            if getattr(ei.value, "sent", 0):
-                digest.update(chunk)
-                sent += 1
-            # the sender blocked well past the heartbeat timeout: no PeerDead,
-            # because the peer keeps beating and its kernel holds unread bytes
-            assert not conn.heartbeat_stats["peer_dead"]
-            assert sent > 0
-            conn.flush(timeout=scaled(15.0))
-        res = peer.results()
+                # no PeerDead: the peer keeps beating and its kernel holds unread bytes
+                assert not conn.heartbeat_stats["peer_dead"]
+                assert sent > 0
+                peer.go_read()
+                conn.flush(timeout=scaled(15.0))
+            res = peer.results()
+        finally:
+            peer.stop()
     assert int(res["frames"]) == sent
     assert int(res["bytes"]) == sent * len(chunk)
     assert res["sha256"] == digest.hexdigest()
