@@ -496,7 +496,12 @@ def test_sender_and_receiver_examples_in_two_processes(closer) -> None:
         capture_output=True, text=True, timeout=30, env=child_env(),
     )
     assert out.returncode == 0, out.stderr
-    assert re.search(r"request link CLOSE_WAIT, reply link FIN_WAIT_[12]\n", out.stdout)
+    # a snapshot taken right after the handshake: the reply link is ours to
+    # shut (FIN_WAIT_1/2 at once); the request link reaches CLOSE_WAIT when
+    # the receiver's FIN, sent just after its ACK (docs/PROTOCOL.md), has
+    # arrived, which on a loaded machine may be after the sender printed
+    assert re.search(r"request link (CLOSE_WAIT|ESTABLISHED), reply link FIN_WAIT_[12]\n",
+                     out.stdout)
     assert "reply 0: b'echo:request 0'" in out.stdout
     assert "1000 of 1000 replies matched their requests" in out.stdout
     assert "stats: sent=1000 replied=1000 late=0 unknown=0 duplicate=0" in out.stdout
