@@ -26,7 +26,8 @@ import pytest
 import pysockkit as sk
 from pysockkit import simplex
 from hardening import under_sanitizer
-from helpers import child_env, scaled, wait_until
+from helpers import child_env, scaled
+from helpers import wait_until as poll_until
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -44,6 +45,11 @@ OK_ACK = b"SKSX\x01\x00\x00\x00"
 
 def hello(role: int, token: bytes, flags: int = 0) -> bytes:
     return b"SKSX" + bytes([1, role, flags, 0]) + token
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = STEP) -> None:
+    """Assert that pred() becomes true within timeout (helpers.wait_until polls)."""
+    assert poll_until(pred, timeout=timeout), "condition not reached in time"
 
 
 def rss() -> int:
@@ -164,7 +170,7 @@ def test_request_and_links_are_one_way(closer) -> None:
     # the server sent FIN on the request link, the client on the reply link
     assert cli.request_link.state == sk.TcpState.CLOSE_WAIT
     assert cli.reply_link.state in (sk.TcpState.FIN_WAIT_1, sk.TcpState.FIN_WAIT_2)
-    assert wait_until(lambda: srv.stats.sessions == 1, timeout=STEP)
+    wait_until(lambda: srv.stats.sessions == 1)
     s = cli.stats
     assert (s.sent, s.replied, s.pending, s.late, s.unknown, s.duplicate) == (1, 1, 0, 0, 0, 0)
 
@@ -216,7 +222,7 @@ def test_timed_out_request_late_reply_is_dropped_not_misdelivered(closer) -> Non
     assert isinstance(failure_of(fut), sk.Timeout)
     # the next requests get their own replies, never the late ones
     assert cli.request(b"fast", timeout=STEP) == b"reply to fast"
-    assert wait_until(lambda: cli.stats.late == 2, timeout=STEP)
+    wait_until(lambda: cli.stats.late == 2)
     assert cli.request(b"fast again", timeout=STEP) == b"reply to fast again"
     s = cli.stats
     assert (s.timed_out, s.late, s.replied, s.unknown, s.duplicate) == (2, 2, 2, 0, 0)
@@ -240,7 +246,7 @@ def test_close_fails_pending_requests_and_frees_the_session(closer) -> None:
     with pytest.raises(sk.ConnectionClosed, match="no automatic reconnect"):
         cli.request(b"again", timeout=1.0)
     cli.close()  # idempotent
-    assert wait_until(lambda: srv.stats.sessions == 0, timeout=STEP)
+    wait_until(lambda: srv.stats.sessions == 0)
     assert cli.stats.failed == 5
 
 
@@ -290,7 +296,7 @@ def test_unknown_duplicate_late_and_stray_replies_are_counted(closer) -> None:
     rep.send(b"a plain frame")  # not a reply
     rep.send(b"a request", id=7)  # not a reply either
     assert f1.result(STEP) == b"ONE"
-    assert wait_until(lambda: cli.stats.unexpected == 2, timeout=STEP)
+    wait_until(lambda: cli.stats.unexpected == 2)
     s = cli.stats
     assert (s.late, s.unknown, s.duplicate, s.unexpected, s.replied) == (1, 1, 2, 2, 1)
     # and the client still works
@@ -330,8 +336,8 @@ def test_reply_flood_is_counted_and_a_server_that_does_not_read_times_out(closer
     t.join(STEP)
     assert timed_out is not None and "not sent" in str(timed_out)
     assert "request link" in str(timed_out)
-    assert wait_until(lambda: cli.stats.unknown == n, timeout=STEP)
-    assert wait_until(lambda: cli.pending == 0, timeout=STEP)  # the others timed out
+    wait_until(lambda: cli.stats.unknown == n)
+    wait_until(lambda: cli.pending == 0)  # the others timed out
     # every accepted request was sent and timed out unanswered, and the
     # refused one counts as timed out too (never sent)
     assert accepted >= 1
@@ -361,11 +367,11 @@ def test_server_drops_a_client_that_does_not_read_and_serves_the_others(closer) 
             break  # the server dropped us
         peak = max(peak, srv.stats.inflight)
         assert good.request(b"still there?", timeout=STEP) == b"still there?" * 2048
-    assert wait_until(lambda: srv.stats.dropped == 1, timeout=STEP)
+    wait_until(lambda: srv.stats.dropped == 1)
     assert peak <= 64  # never more than max_inflight unanswered requests
     assert sent > 64
     assert good.request(b"ok", timeout=STEP) == b"ok" * 2048
-    assert wait_until(lambda: srv.stats.sessions == 1, timeout=STEP)
+    wait_until(lambda: srv.stats.sessions == 1)
 
 
 def test_handshake_refusals_are_typed_and_the_server_keeps_serving(closer) -> None:
@@ -395,7 +401,7 @@ def test_handshake_refusals_are_typed_and_the_server_keeps_serving(closer) -> No
     assert r.recv(timeout=STEP) == OK_ACK
     with pytest.raises(sk.ConnectionClosed):
         r.recv(timeout=STEP)
-    assert wait_until(lambda: srv.stats.rejected == 5, timeout=STEP)
+    wait_until(lambda: srv.stats.rejected == 5)
     with simplex.Client(srv.request_address, srv.reply_address, connect_timeout=STEP) as cli:
         assert cli.request(b"served", timeout=STEP) == b"SERVED"
 
@@ -515,7 +521,7 @@ def test_killing_the_receiver_process_fails_pending_requests(closer) -> None:
     cli = simplex.Client(rx.request_addr, rx.reply_addr, connect_timeout=STEP)
     closer(cli)
     futs = [cli.request_async(b"%d" % i, timeout=STEP) for i in range(10)]
-    assert wait_until(lambda: cli.stats.sent == 10, timeout=STEP)
+    wait_until(lambda: cli.stats.sent == 10)
     time.sleep(0.1)  # the receiver is now inside its slow handler
     t0 = time.monotonic()
     rx.proc.kill()
@@ -539,7 +545,7 @@ def test_heartbeats_detect_a_frozen_receiver_process(closer) -> None:
     assert cli.request_link.state == sk.TcpState.ESTABLISHED
     os.kill(rx.proc.pid, signal.SIGSTOP)
     try:
-        assert wait_until(lambda: stopped(rx.proc.pid), timeout=STEP)
+        wait_until(lambda: stopped(rx.proc.pid))
         t0 = time.monotonic()
         futs = [cli.request_async(b"%d" % i, timeout=STEP) for i in range(5)]
         exc = failure_of(futs[0])
@@ -569,11 +575,11 @@ def test_server_drops_a_client_sending_garbage_and_serves_the_others(closer) -> 
     req, _rep = raw_client(srv, closer)
     req.send(b"a plain frame")  # not a request: dropped and counted
     req.send(b"a reply?", id=5 | REPLY)  # neither
-    assert wait_until(lambda: srv.stats.unexpected == 2, timeout=STEP)
+    wait_until(lambda: srv.stats.unexpected == 2)
     os.write(req.fileno(), b"\x3f\xff\xff\xff")  # a correlated header over max_frame
-    assert wait_until(lambda: srv.stats.dropped == 1, timeout=STEP)
+    wait_until(lambda: srv.stats.dropped == 1)
     assert good.request(b"fine", timeout=STEP) == b"FINE"
-    assert wait_until(lambda: srv.stats.sessions == 1, timeout=STEP)
+    wait_until(lambda: srv.stats.sessions == 1)
 
 
 # ------------------------------------------------------------------ docs
