@@ -25,9 +25,9 @@ import pytest
 
 import pysockkit as sk
 from pysockkit import simplex
+from helpers import wait_until as poll_until
 from hardening import under_sanitizer
 from helpers import child_env, scaled
-from helpers import wait_until as poll_until
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
