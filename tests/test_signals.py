@@ -21,11 +21,6 @@ import pytest
 
 from helpers import child_env, scaled, wait_sleeping_in
 
-# "promptly": an interrupted call raises within PROMPT of the SIGINT.  The
-# typical figure (a few ms: the signal interrupts poll() with EINTR) is
-# printed, not asserted; a loaded machine only stretches it.
-PROMPT = scaled(0.5)
-
 CHILD = r"""
 import signal, socket, sys, time
 import pysockkit as sk
@@ -136,7 +131,7 @@ try:
         ready()
         t0 = time.monotonic()
         try:
-            peer.recv(timeout=float(sys.argv[2]))
+            peer.recv(timeout=1.0)
         except sk.Timeout:
             print("timeout", len(hits), time.monotonic() - t0, flush=True)
         for k in keep[::-1]:
@@ -156,9 +151,9 @@ BLOCKING_CASES = ["recv", "recv_many", "iterate", "request", "accept", "send", "
 
 
 class Child:
-    def __init__(self, case: str, cwd, *args: str) -> None:
+    def __init__(self, case: str, cwd) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, case, *args],
+            [sys.executable, "-c", CHILD, case],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=child_env(),
@@ -184,7 +179,7 @@ class Child:
         line, _, self._out = self._out.partition(b"\n")
         return line.decode()
 
-    def finish(self, timeout: float = scaled(5.0)) -> tuple[str, str]:
+    def finish(self, timeout: float = 5.0) -> tuple[str, str]:
         try:
             out, err = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -197,8 +192,8 @@ class Child:
 def spawn(tmp_path):
     children: list[Child] = []
 
-    def make(case: str, *args: str) -> Child:
-        c = Child(case, tmp_path, *args)
+    def make(case: str) -> Child:
+        c = Child(case, tmp_path)
         children.append(c)
         return c
 
@@ -245,7 +240,9 @@ def test_sigint_interrupts_blocking_call(spawn, case, record_property):
     assert "KeyboardInterrupt" in err, err[-2000:]
     assert child.proc.returncode in (-signal.SIGINT, 1, 130), child.proc.returncode
     assert to_exit < scaled(1.0), f"child exited {to_exit:.3f} s after SIGINT"
-    assert latency < PROMPT, f"KeyboardInterrupt came {latency:.3f} s after SIGINT"
+    # "promptly": the typical figure (a few ms: the signal interrupts poll()
+    # with EINTR) is printed above, not asserted; load only stretches it
+    assert latency < scaled(0.5), f"KeyboardInterrupt came {latency:.3f} s after SIGINT"
 
 
 def test_sigint_latency_figures(spawn):
@@ -256,7 +253,7 @@ def test_sigint_latency_figures(spawn):
         latency, _, _, _ = interrupt(spawn("recv"))
         latencies.append(latency)
     print("recv SIGINT latencies (ms):", [round(x * 1000, 1) for x in latencies])
-    assert max(latencies) < PROMPT, latencies
+    assert max(latencies) < scaled(0.5), latencies
 
 
 def test_interrupted_recv_loses_nothing(spawn):
@@ -264,21 +261,20 @@ def test_interrupted_recv_loses_nothing(spawn):
     latency, _, out, err = interrupt(child)
     assert child.proc.returncode == 0, err[-2000:]
     assert "resumed ok" in out, (out, err[-2000:])
-    assert latency < PROMPT
+    assert latency < scaled(0.5)
 
 
 def test_signal_handler_that_does_not_raise_keeps_waiting(spawn):
-    wait = scaled(1.0)
-    child = spawn("usr1", str(wait))
+    child = spawn("usr1")  # it waits in recv(timeout=1.0)
     assert child.readline(timeout=scaled(20.0)) == "ready"
     for _ in range(3):  # one at a time: each handled (it prints "hit") before the next
         wait_sleeping_in(f"/proc/{child.proc.pid}", ("poll", "ppoll"))
         os.kill(child.proc.pid, signal.SIGUSR1)
-        assert child.readline(timeout=wait) == "hit"
+        assert child.readline(timeout=scaled(1.0)) == "hit"
     out, err = child.finish()
     assert child.proc.returncode == 0, err[-2000:]
     line = [ln for ln in out.splitlines() if ln.startswith("timeout ")]
     assert line, (out, err[-2000:])
     _, hits, elapsed = line[0].split()
     assert int(hits) == 3, "the Python signal handler did not run during the wait"
-    assert wait - 0.01 <= float(elapsed) < wait + scaled(0.5), f"recv(timeout={wait}) took {elapsed} s"
+    assert 0.99 <= float(elapsed) < 1.0 + scaled(0.5), f"recv(timeout=1.0) took {elapsed} s"
