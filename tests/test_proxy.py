@@ -219,7 +219,8 @@ def test_removing_latency_keeps_what_it_holds_in_order(link: Link) -> None:
     h = link.proxy.add("latency", ms=hold * 1000, direction="downstream")
     t0 = time.monotonic()
     link.server.send(b"slow")
-    assert eventually(lambda: link.proxy.stats.buffered == 8)  # the proxy holds it
+    # the proxy holds it
+    assert eventually(lambda: link.proxy.connections[0].buffered_downstream == 8)
     link.proxy.remove(h)
     link.server.send(b"fast")
     # bytes already held keep their release time; the order never changes
@@ -235,7 +236,8 @@ def test_removing_latency_affects_new_bytes_at_once(echo_proxy: FaultProxy) -> N
     with sk.connect(echo_proxy.address, timeout=T) as first:
         h = echo_proxy.add("latency", ms=HOUR_MS, direction="downstream")
         first.send(b"held")
-        assert eventually(lambda: echo_proxy.stats.buffered == 8)
+        # the echo (not the request on its way up, 8 bytes too) is held
+        assert eventually(lambda: [c.buffered_downstream for c in echo_proxy.connections] == [8])
         assert echo_proxy.remove(h) is True
         assert sk.call(echo_proxy.address, b"now", timeout=T) == b"now"
         # (the counters follow the writes: poll until the second client is gone)

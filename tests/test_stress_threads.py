@@ -510,7 +510,10 @@ def test_info_never_reads_a_reused_descriptor() -> None:
                 other: list[BaseException] = []
 
                 def read() -> None:
-                    while not stop.is_set():
+                    while True:
+                        # stop is set after the close: the last round
+                        # always reads a closed connection
+                        last = stop.is_set()
                         try:
                             states.append(cli.info().state)
                             states.append(cli.state)
@@ -520,6 +523,8 @@ def test_info_never_reads_a_reused_descriptor() -> None:
                             states.append(cli.state)  # CLOSED, never raises
                         except BaseException as exc:  # anything else is a bug
                             other.append(exc)
+                            return
+                        if last:
                             return
 
                 t = threading.Thread(target=read, daemon=True)
