@@ -267,4 +267,4 @@ def test_readme_names_every_command() -> None:
     line = readme[readme.index("Command line: `python -m pysockkit"):]
     line = line[:line.index("\n\n")]
     for name in commands:
-        assert re.search(rf"(pysockkit |\| ?|`){name}\b", line), (name, line)
+        assert re.search(rf"(pysockkit |\|\s*|`){name}\b", line), (name, line)
