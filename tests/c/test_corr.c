@@ -15,11 +15,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "clock.h"
-#include "corr.h"
-#include "frame.h"
-#include "io.h"
-#include "promise.h"
+#include "core/clock.h"
+#include "core/corr.h"
+#include "core/frame.h"
+#include "core/io.h"
+#include "core/promise.h"
 
 static void nap_ms(int ms)
 {

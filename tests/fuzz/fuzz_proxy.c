@@ -1,13 +1,13 @@
 /*
  * fuzz_proxy.c - libFuzzer harness for the fault proxy's scheduler
- * (csrc/proxy.c): the byte queues, the fault folding, the per-connection
+ * (csrc/testkit/proxy.c): the byte queues, the fault folding, the per-connection
  * timers and the write-side faults, driven without threads, real time or
  * sockets.
  *
- * FUZZ_UNITY: proxy
+ * FUZZ_UNITY: testkit/proxy
  *
- * The harness includes csrc/proxy.c itself (run.sh then links the core
- * without proxy.o) with the syscalls the reactor makes renamed to fakes
+ * The harness includes csrc/testkit/proxy.c itself (run.sh then links the core
+ * without its object) with the syscalls the reactor makes renamed to fakes
  * (readv, sendmsg, shutdown, recv, close, epoll_ctl, socket, connect,
  * getsockopt, getsockname, sk_abort, sk_set_nodelay), and runs the
  * reactor's own functions - sk_pair_new, sk_pair_event, sk_pair_pump,
@@ -56,10 +56,10 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "clock.h"
-#include "sk.h"
+#include "core/clock.h"
+#include "core/sk.h"
 #include "require.h"
-#include "sys.h"
+#include "core/sys.h"
 
 struct sk_err;
 
@@ -89,7 +89,7 @@ static int fx_sk_set_nodelay(int fd, struct sk_err *err);
 #define getsockname fx_getsockname
 #define sk_abort fx_sk_abort
 #define sk_set_nodelay fx_sk_set_nodelay
-#include "proxy.c"
+#include "testkit/proxy.c"
 #undef readv
 #undef sendmsg
 #undef shutdown

@@ -16,7 +16,7 @@
  * The whole dump runs without the GIL: the callback stores plain C entries
  * in a growing array; Python objects are built afterwards.
  */
-#include "_pysockkit_util.h"
+#include "util.h"
 
 #include <structmember.h>
 
@@ -26,8 +26,8 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "diag.h"
-#include "tcpinfo.h"
+#include "core/diag.h"
+#include "core/tcpinfo.h"
 
 #define ENTRY_FIELDS                                                     \
     "family", "state", "src", "sport", "dst", "dport", "inode", "uid",  \

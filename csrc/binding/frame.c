@@ -6,12 +6,12 @@
  * complete frame as a list of bytes.  Not thread-safe (like a parser); the
  * GIL is held throughout, and nothing here blocks.
  */
-#include "_pysockkit_util.h"
+#include "util.h"
 
 #include <string.h>
 
-#include "frame.h"
-#include "heartbeat.h"
+#include "core/frame.h"
+#include "core/heartbeat.h"
 
 typedef struct {
     PyObject_HEAD

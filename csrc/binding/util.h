@@ -17,9 +17,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#include "io.h"
-#include "sk.h"
-#include "tcpinfo.h"
+#include "core/io.h"
+#include "core/sk.h"
+#include "core/tcpinfo.h"
 
 typedef struct skpy_state {
     PyObject *Error;

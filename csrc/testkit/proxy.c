@@ -47,9 +47,9 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "clock.h"
-#include "sock.h"
-#include "sys.h"
+#include "core/clock.h"
+#include "core/sock.h"
+#include "core/sys.h"
 
 #define SK_PX_NEVER INT64_MAX
 #define SK_PX_NOIDX ((size_t)-1)

@@ -28,12 +28,12 @@
  * future can also be made by calling the class; it is then settled only by
  * set_result()/set_exception()/cancel(), like any concurrent.futures.Future.
  */
-#include "_pysockkit_util.h"
+#include "util.h"
 
 #include <structmember.h>
 
-#include "clock.h"
-#include "promise.h"
+#include "core/clock.h"
+#include "core/promise.h"
 
 typedef struct {
     PyObject_HEAD

@@ -26,7 +26,7 @@
  * with callbacks, errors, and to drop the table's references to settled
  * futures (a batch at a time).
  */
-#include "_pysockkit_util.h"
+#include "util.h"
 
 #include <structmember.h>
 
@@ -40,12 +40,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "clock.h"
-#include "corr.h"
-#include "io.h"
-#include "hub.h"
-#include "promise.h"
-#include "sock.h"
+#include "core/clock.h"
+#include "core/corr.h"
+#include "core/io.h"
+#include "core/hub.h"
+#include "core/promise.h"
+#include "core/sock.h"
 
 #define SKPY_INLINE_SEND 65536    /* sends up to this many bytes try first with the GIL held */
 #define SKPY_BATCH 1024           /* send_many: payloads per core call */

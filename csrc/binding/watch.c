@@ -21,7 +21,7 @@
  * Python objects.  Pending errors of the sampler (a failed sock_diag
  * lookup) are reported by stats()["error"] as an exception object.
  */
-#include "_pysockkit_util.h"
+#include "util.h"
 
 #include <arpa/inet.h>
 #include <math.h>
@@ -29,8 +29,8 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "clock.h"
-#include "watch.h"
+#include "core/clock.h"
+#include "core/watch.h"
 
 typedef struct WatcherObject {
     PyObject_HEAD

@@ -10,9 +10,9 @@
  * `fd` is an int or anything with fileno() (PyObject_AsFileDescriptor).
  * The GIL is released around the getsockopt.  No protocol logic here.
  */
-#include "_pysockkit_util.h"
+#include "util.h"
 
-#include "tcpinfo.h"
+#include "core/tcpinfo.h"
 
 /* Contract: GIL held.  A new dict of the fields of ti the kernel returned
  * (absent ones are left out, never zero) plus "_len"; NULL with an

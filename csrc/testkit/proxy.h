@@ -50,7 +50,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#include "sk.h"
+#include "core/sk.h"
 
 #define SK_DIR_UP 1u   /* client -> server */
 #define SK_DIR_DOWN 2u /* server -> client */

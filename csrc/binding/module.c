@@ -7,12 +7,12 @@
  * every SKPY_SLICE_MS while waiting) and maps sk_err records onto the
  * exception classes of pysockkit._errors.
  */
-#include "_pysockkit_util.h"
+#include "util.h"
 
 #include <errno.h>
 #include <math.h>
 
-#include "clock.h"
+#include "core/clock.h"
 
 /* ---------------------------------------------------------------- helpers */
 

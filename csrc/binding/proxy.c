@@ -22,13 +22,13 @@
  * apply the change: the wait is a few microseconds, and the reactor never
  * needs the GIL, so holding it cannot deadlock.
  */
-#include "_pysockkit_util.h"
+#include "util.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
-#include "proxy.h"
-#include "sock.h"
+#include "testkit/proxy.h"
+#include "core/sock.h"
 
 typedef struct {
     PyObject_HEAD

@@ -21,7 +21,7 @@
  * as text, payload the captured bytes (at most payload_bytes), sack a
  * tuple of (left, right) pairs.  No protocol logic here.
  */
-#include "_pysockkit_util.h"
+#include "util.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -30,8 +30,8 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "capture.h"
-#include "clock.h"
+#include "core/capture.h"
+#include "core/clock.h"
 
 typedef struct CaptureObject {
     PyObject_HEAD

@@ -33,9 +33,9 @@
  * asyncio-compatible future works; the order of the callbacks the futures
  * schedule is the order of the frames.  No protocol state lives here.
  */
-#include "_pysockkit_util.h"
+#include "util.h"
 
-#include "frame.h"
+#include "core/frame.h"
 
 /* Pop `key` from the dict d: a new reference, NULL if absent (no error
  * set), or NULL with an exception set (*err = 1).
