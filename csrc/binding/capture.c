@@ -1,5 +1,5 @@
 /*
- * _pysockkit_capture.c - the Capture type of pysockkit._core: a C thread
+ * capture.c - the Capture type of pysockkit._core: a C thread
  * (capture.[ch]) recording TCP segments of chosen ports from an AF_PACKET
  * socket on one interface.
  *
@@ -22,6 +22,8 @@
  * tuple of (left, right) pairs.  No protocol logic here.
  */
 #include "util.h"
+
+#include "areas.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

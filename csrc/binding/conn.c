@@ -1,6 +1,6 @@
 /*
- * _pysockkit_conn.c - the Conn type (base of pysockkit.Connection) and the
- * socket-setup functions listen/accept/connect.
+ * conn.c - the Connection type of pysockkit._core (base of
+ * pysockkit.Connection).
  *
  * Locking: each Conn has a send lock and a receive lock (the core's
  * pthread mutexes, so the hub thread can trylock them too).
@@ -17,7 +17,7 @@
  *
  * Asynchronous duplex (pysockkit/_duplex.py): _start_worker starts a
  * receive worker thread and a request table (corr.h).  _request_async
- * registers a future (_pysockkit_future.c) and queues the request in the
+ * registers a future (future.c) and queues the request in the
  * write-behind buffer c->out (under send_mu, so ordering with send() from
  * other threads is kept); the worker writes that buffer before each wait
  * and wakes for it on an eventfd, which request_async writes only when the
@@ -31,21 +31,22 @@
 #include <structmember.h>
 
 #include <errno.h>
-#include <netinet/in.h>
 #include <poll.h>
+#include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
-#include <arpa/inet.h>
-#include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "areas.h"
 #include "core/clock.h"
 #include "core/corr.h"
-#include "core/io.h"
 #include "core/hub.h"
+#include "core/io.h"
 #include "core/promise.h"
 #include "core/sock.h"
+#include "future.h"
+#include "hub.h"
 
 #define SKPY_INLINE_SEND 65536    /* sends up to this many bytes try first with the GIL held */
 #define SKPY_BATCH 1024           /* send_many: payloads per core call */
@@ -89,53 +90,6 @@ typedef struct {
 
 static void skpy_conn_fail_closed(ConnObject *self, const char *why);
 static void skpy_conn_free_requests(ConnObject *self);
-
-/* ------------------------------------------------------------ arguments */
-
-/* Map positional and keyword arguments onto out[0..n) by name; the first
- * nreq are required.  Returns 0, or -1 with TypeError set.  GIL held. */
-static int skpy_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
-                     PyObject *kwnames, const char *const *names, int nreq,
-                     int n, PyObject **out)
-{
-    Py_ssize_t i, nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    int k;
-
-    for (k = 0; k < n; k++)
-        out[k] = NULL;
-    if (nargs > n) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments (%zd given)",
-                     fname, n, nargs);
-        return -1;
-    }
-    for (i = 0; i < nargs; i++)
-        out[i] = args[i];
-    for (i = 0; i < nkw; i++) {
-        PyObject *key = PyTuple_GET_ITEM(kwnames, i);
-        for (k = 0; k < n; k++)
-            if (PyUnicode_CompareWithASCIIString(key, names[k]) == 0)
-                break;
-        if (k == n) {
-            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R",
-                         fname, key);
-            return -1;
-        }
-        if (out[k] != NULL) {
-            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'",
-                         fname, names[k]);
-            return -1;
-        }
-        out[k] = args[nargs + i];
-    }
-    for (k = 0; k < nreq; k++) {
-        if (out[k] == NULL) {
-            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'",
-                         fname, names[k]);
-            return -1;
-        }
-    }
-    return 0;
-}
 
 /* --------------------------------------------------------------- errors */
 
@@ -314,7 +268,7 @@ static PyObject *Conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->c.fd = -1;
     self->efd = -1;
     sk_plist_init(&self->retired);
-    self->mod = PyType_GetModuleByDef(type, skpy_module_def());
+    self->mod = skpy_module_of(type);
     if (self->mod == NULL)
         goto error;
     return (PyObject *)self;
@@ -1079,21 +1033,6 @@ error:
 
 /* ------------------------------------------------------- receive worker */
 
-/* The pending exception as an object (normalised, traceback attached), and
- * cleared; NULL if none.  GIL held. */
-static PyObject *skpy_take_exception(void)
-{
-    PyObject *py_t, *py_v, *py_tb;
-
-    PyErr_Fetch(&py_t, &py_v, &py_tb);
-    PyErr_NormalizeException(&py_t, &py_v, &py_tb);
-    if (py_v != NULL && py_tb != NULL)
-        PyException_SetTraceback(py_v, py_tb);
-    Py_XDECREF(py_t);
-    Py_XDECREF(py_tb);
-    return py_v;
-}
-
 /* Every receive worker of the process, so that they can all be stopped and
  * waited for before the interpreter finalises (a detached thread that
  * takes the GIL after Py_Finalize would be killed inside CPython).  The
@@ -1815,37 +1754,6 @@ static PyObject *Conn_get_worker(PyObject *op, void *closure)
 
 /* ------------------------------------------------------------ heartbeat */
 
-/* The process's hub: one reactor thread for every heartbeating connection
- * of every interpreter.  It is a process resource (a thread), not module
- * state; it lives until the process exits.  A forked child starts without
- * the thread, so the child handler forgets the parent's hub (its memory is
- * left alone: the parent's connections in the child lose their beats). */
-static sk_hub *skpy_hub = NULL;
-static pthread_once_t skpy_hub_once = PTHREAD_ONCE_INIT;
-
-static void skpy_hub_forget(void)
-{
-    skpy_hub = NULL;
-}
-
-static void skpy_hub_atfork(void)
-{
-    pthread_atfork(NULL, NULL, skpy_hub_forget);
-}
-
-/* The hub, started on first use.  GIL held (serialises the creation). */
-static sk_hub *skpy_get_hub(PyObject *mod)
-{
-    sk_err err;
-
-    pthread_once(&skpy_hub_once, skpy_hub_atfork);
-    if (skpy_hub == NULL && sk_hub_new(&skpy_hub, &err) != SK_OK) {
-        skpy_hub = NULL;
-        skpy_raise(mod, &err, NULL);
-    }
-    return skpy_hub;
-}
-
 PyDoc_STRVAR(Conn_heartbeat_doc,
 "_start_heartbeat(interval, timeout, initiator)\n--\n\n"
 "Start heartbeats on this connection (made with control=True): the hub\n"
@@ -1889,7 +1797,7 @@ static PyObject *Conn_heartbeat(PyObject *op, PyObject *const *args,
     if (sk_conn_heartbeat(&self->c, (int64_t)(interval * 1e9),
                           (int64_t)(timeout * 1e9), initiator, &err) != SK_OK)
         return skpy_raise(self->mod, &err, NULL);
-    hub = skpy_get_hub(self->mod);
+    hub = skpy_hub_get(self->mod);
     if (hub == NULL)
         return NULL;
     if (sk_hub_add(hub, &self->c, &err) != SK_OK)
@@ -1922,29 +1830,6 @@ static PyObject *Conn_get_hb_stats(PyObject *op, void *closure)
         "peer_dead", SK_LOAD(&hb->dead) ? Py_True : Py_False,
         "idle_rx_s", (double)(sk_now_ns() - SK_LOAD(&hb->last_rx_ns)) / 1e9,
         "idle_tx_s", (double)(sk_now_ns() - SK_LOAD(&hb->last_tx_ns)) / 1e9);
-}
-
-PyDoc_STRVAR(skpy_hub_stats_doc,
-"hub_stats() -> dict | None\n--\n\n"
-"Counters of the heartbeat hub thread (None before it started): conns,\n"
-"wakeups, pings, reads, dead, cpu_s.\n");
-
-static PyObject *skpy_hub_stats(PyObject *mod, PyObject *Py_UNUSED(ignored))
-{
-    sk_hub_stats st;
-
-    (void)mod;
-    if (skpy_hub == NULL)
-        Py_RETURN_NONE;
-    sk_hub_get_stats(skpy_hub, &st);
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:d}",
-                         "conns", (unsigned long long)st.conns,
-                         "lingering", (unsigned long long)st.lingering,
-                         "wakeups", (unsigned long long)st.wakeups,
-                         "pings", (unsigned long long)st.pings,
-                         "reads", (unsigned long long)st.reads,
-                         "dead", (unsigned long long)st.dead,
-                         "cpu_s", (double)st.cpu_ns / 1e9);
 }
 
 static PyObject *Conn_fileno(PyObject *op, PyObject *Py_UNUSED(ignored))
@@ -1980,41 +1865,6 @@ static PyObject *Conn_get_unsent(PyObject *op, void *closure)
 {
     (void)closure;
     return PyLong_FromSize_t(sk_buf_len(&((ConnObject *)op)->c.out));
-}
-
-/* (host, port) of a sockaddr.  GIL held. */
-static PyObject *skpy_addr_tuple(const struct sockaddr_storage *ss)
-{
-    char host[INET6_ADDRSTRLEN];
-
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
-        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
-        return Py_BuildValue("(si)", host, ntohs(a->sin_port));
-    }
-    if (ss->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
-        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
-        return Py_BuildValue("(si)", host, ntohs(a->sin6_port));
-    }
-    PyErr_Format(PyExc_ValueError, "unsupported address family %d",
-                 ss->ss_family);
-    return NULL;
-}
-
-/* getsockname/getpeername of fd as (host, port).  GIL held. */
-static PyObject *skpy_fd_name(int fd, int peer)
-{
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof(ss);
-    int r;
-
-    memset(&ss, 0, sizeof(ss));
-    r = peer ? getpeername(fd, (struct sockaddr *)&ss, &len)
-             : getsockname(fd, (struct sockaddr *)&ss, &len);
-    if (r != 0)
-        return skpy_oserror(peer ? "getpeername" : "getsockname");
-    return skpy_addr_tuple(&ss);
 }
 
 PyDoc_STRVAR(Conn_query_doc,
@@ -2137,264 +1987,8 @@ static PyType_Spec Conn_spec = {
     .slots = Conn_slots,
 };
 
-/* ------------------------------------------------------ socket set-up */
-
-/* Parse (host, port, family) into a sockaddr.  GIL held. */
-static int skpy_addr(PyObject *mod, PyObject *py_host, PyObject *py_port,
-                     PyObject *py_family, struct sockaddr_storage *ss,
-                     socklen_t *len)
-{
-    const char *host;
-    int port, family = AF_UNSPEC;
-    sk_err err;
-
-    host = PyUnicode_AsUTF8(py_host);
-    if (host == NULL)
-        return -1;
-    port = (int)PyLong_AsLong(py_port);
-    if (port == -1 && PyErr_Occurred())
-        return -1;
-    if (py_family != NULL && py_family != Py_None) {
-        family = (int)PyLong_AsLong(py_family);
-        if (family == -1 && PyErr_Occurred())
-            return -1;
-    }
-    if (sk_sockaddr(host, port, family, ss, len, &err) != SK_OK) {
-        skpy_raise(mod, &err, NULL);
-        return -1;
-    }
-    return 0;
-}
-
-/* Write "host:port", or "[host]:port" for an IPv6 host, into buf: the one
- * way addresses are printed (pysockkit/_net.py format_address).  GIL held;
- * py_host and py_port already passed skpy_addr. */
-static void skpy_addr_text(PyObject *py_host, PyObject *py_port, char *buf,
-                           size_t n)
-{
-    const char *host = PyUnicode_AsUTF8(py_host);
-    long port = PyLong_AsLong(py_port);
-
-    if (host == NULL || (port == -1 && PyErr_Occurred())) {
-        PyErr_Clear();
-        snprintf(buf, n, "that address");
-        goto done;
-    }
-    snprintf(buf, n, strchr(host, ':') ? "[%s]:%ld" : "%s:%ld", host, port);
-done:
-    return;
-}
-
-PyDoc_STRVAR(skpy_listen_doc,
-"listen(host, port, family=None, backlog=128) -> int\n--\n\n"
-"Create a non-blocking listening socket (SO_REUSEADDR) on a numeric\n"
-"address and return its fd.\n");
-
-static PyObject *skpy_listen(PyObject *mod, PyObject *const *args,
-                             Py_ssize_t nargs, PyObject *kwnames)
-{
-    static const char *const names[] = {"host", "port", "family", "backlog"};
-    PyObject *a[4];
-    struct sockaddr_storage ss;
-    socklen_t len;
-    int fd = -1, backlog = 128, rc;
-    sk_err err;
-    char where[96], hint[192];
-
-    if (skpy_args("listen", args, nargs, kwnames, names, 2, 4, a) < 0)
-        return NULL;
-    if (skpy_addr(mod, a[0], a[1], a[2], &ss, &len) < 0)
-        return NULL;
-    if (a[3] != NULL && a[3] != Py_None) {
-        backlog = (int)PyLong_AsLong(a[3]);
-        if (backlog == -1 && PyErr_Occurred())
-            return NULL;
-    }
-    rc = sk_listen((struct sockaddr *)&ss, len, backlog, &fd, &err);
-    if (rc != SK_OK) {
-        skpy_addr_text(a[0], a[1], where, sizeof(where));
-        snprintf(hint, sizeof(hint),
-                 err.sys_errno == EADDRINUSE
-                     ? "another socket holds %s: pick another port, or port "
-                       "0 for a free one"
-                     : "listening on %s",
-                 where);
-        return skpy_raise(mod, &err, hint);
-    }
-    return PyLong_FromLong(fd);
-}
-
-PyDoc_STRVAR(skpy_connect_doc,
-"connect(host, port, family=None, timeout=None) -> int\n--\n\n"
-"Connect a non-blocking TCP socket (TCP_NODELAY) and return its fd.\n");
-
-static PyObject *skpy_connect(PyObject *mod, PyObject *const *args,
-                              Py_ssize_t nargs, PyObject *kwnames)
-{
-    static const char *const names[] = {"host", "port", "family", "timeout"};
-    skpy_state *st = skpy_get_state(mod);
-    PyObject *a[4];
-    struct sockaddr_storage ss;
-    socklen_t len;
-    int64_t deadline;
-    int fd = -1, rc;
-    sk_err err;
-    char where[96], hint[192];
-
-    if (skpy_args("connect", args, nargs, kwnames, names, 2, 4, a) < 0)
-        return NULL;
-    if (skpy_addr(mod, a[0], a[1], a[2], &ss, &len) < 0)
-        return NULL;
-    if (skpy_deadline(a[3], &deadline) < 0)
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
-    rc = sk_connect((struct sockaddr *)&ss, len, deadline, &intr, &fd, &err);
-    Py_END_ALLOW_THREADS
-    if (rc == SK_INTR)
-        return NULL;
-    if (rc != SK_OK)
-        skpy_addr_text(a[0], a[1], where, sizeof(where));
-    if (rc == SK_TIMEOUT) {
-        PyErr_Format(st->Timeout,
-                     "connect to %s: no answer within %R s; is the server "
-                     "up, and its accept queue not full?",
-                     where, a[3]);
-        return NULL;
-    }
-    if (rc != SK_OK) {
-        snprintf(hint, sizeof(hint),
-                 err.sys_errno == ECONNREFUSED
-                     ? "nothing listens on %s: start the server first"
-                     : "connecting to %s",
-                 where);
-        return skpy_raise(mod, &err, hint);
-    }
-    return PyLong_FromLong(fd);
-}
-
-PyDoc_STRVAR(skpy_accept_doc,
-"accept(fd, timeout=None) -> int\n--\n\n"
-"Accept one connection on listening fd; returns the new fd.\n");
-
-static PyObject *skpy_accept(PyObject *mod, PyObject *const *args,
-                             Py_ssize_t nargs, PyObject *kwnames)
-{
-    static const char *const names[] = {"fd", "timeout"};
-    skpy_state *st = skpy_get_state(mod);
-    PyObject *a[2];
-    int64_t deadline;
-    int lfd, fd = -1, rc;
-    sk_err err;
-
-    if (skpy_args("accept", args, nargs, kwnames, names, 1, 2, a) < 0)
-        return NULL;
-    lfd = (int)PyLong_AsLong(a[0]);
-    if (lfd == -1 && PyErr_Occurred())
-        return NULL;
-    if (skpy_deadline(a[1], &deadline) < 0)
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
-    rc = sk_accept(lfd, deadline, &intr, &fd, &err);
-    Py_END_ALLOW_THREADS
-    if (rc == SK_TIMEOUT) {
-        PyErr_Format(st->Timeout,
-                     "accept: no client connected within %R s", a[1]);
-        return NULL;
-    }
-    if (rc == SK_INTR)
-        return NULL;
-    if (rc != SK_OK)
-        return skpy_raise(mod, &err, NULL);
-    return PyLong_FromLong(fd);
-}
-
-static PyObject *skpy_name(PyObject *py_fd, int peer)
-{
-    int fd;
-
-    fd = (int)PyLong_AsLong(py_fd);
-    if (fd == -1 && PyErr_Occurred())
-        return NULL;
-    return skpy_fd_name(fd, peer);
-}
-
-static PyObject *skpy_sockname(PyObject *mod, PyObject *py_fd)
-{
-    (void)mod;
-    return skpy_name(py_fd, 0);
-}
-
-static PyObject *skpy_peername(PyObject *mod, PyObject *py_fd)
-{
-    (void)mod;
-    return skpy_name(py_fd, 1);
-}
-
-static PyObject *skpy_close_fd(PyObject *mod, PyObject *py_fd)
-{
-    int fd;
-
-    (void)mod;
-    fd = (int)PyLong_AsLong(py_fd);
-    if (fd == -1 && PyErr_Occurred())
-        return NULL;
-    if (close(fd) != 0 && errno != EINTR)
-        return skpy_oserror("close");
-    Py_RETURN_NONE;
-}
-
-PyDoc_STRVAR(skpy_set_keepalive_doc,
-"set_keepalive(fd, idle, interval, count, user_timeout_ms)\n--\n\n"
-"SO_KEEPALIVE on, TCP_KEEPIDLE/KEEPINTVL/KEEPCNT (whole seconds; <= 0\n"
-"leaves the system default) and TCP_USER_TIMEOUT in ms (< 0: unchanged).\n");
-
-static PyObject *skpy_set_keepalive(PyObject *mod, PyObject *args)
-{
-    int fd, idle, interval, count, uto;
-    sk_err err;
-
-    if (!PyArg_ParseTuple(args, "iiiii:set_keepalive", &fd, &idle, &interval,
-                          &count, &uto))
-        return NULL;
-    if (sk_set_keepalive(fd, idle, interval, count, uto, &err) != SK_OK)
-        return skpy_raise(mod, &err, NULL);
-    Py_RETURN_NONE;
-}
-
-static PyObject *skpy_shutdown_fd(PyObject *mod, PyObject *py_fd)
-{
-    int fd;
-
-    (void)mod;
-    fd = (int)PyLong_AsLong(py_fd);
-    if (fd == -1 && PyErr_Occurred())
-        return NULL;
-    /* ENOTCONN (a listener on some kernels) is not an error here */
-    if (shutdown(fd, SHUT_RDWR) != 0 && errno != ENOTCONN)
-        return skpy_oserror("shutdown");
-    Py_RETURN_NONE;
-}
-
 static PyMethodDef skpy_conn_functions[] = {
-    {"shutdown_fd", skpy_shutdown_fd, METH_O,
-     "shutdown_fd(fd)\n--\n\nshutdown(fd, SHUT_RDWR): wakes threads waiting on it."},
-    {"set_keepalive", skpy_set_keepalive, METH_VARARGS, skpy_set_keepalive_doc},
-    {"listen", (PyCFunction)(void (*)(void))skpy_listen,
-     METH_FASTCALL | METH_KEYWORDS, skpy_listen_doc},
-    {"connect", (PyCFunction)(void (*)(void))skpy_connect,
-     METH_FASTCALL | METH_KEYWORDS, skpy_connect_doc},
-    {"accept", (PyCFunction)(void (*)(void))skpy_accept,
-     METH_FASTCALL | METH_KEYWORDS, skpy_accept_doc},
-    {"sockname", skpy_sockname, METH_O,
-     "sockname(fd) -> (host, port)\n--\n\nLocal address of fd."},
-    {"peername", skpy_peername, METH_O,
-     "peername(fd) -> (host, port)\n--\n\nRemote address of fd."},
-    {"hub_stats", skpy_hub_stats, METH_NOARGS, skpy_hub_stats_doc},
     {"stop_workers", skpy_stop_workers, METH_O, skpy_stop_workers_doc},
-    {"close_fd", skpy_close_fd, METH_O,
-     "close_fd(fd)\n--\n\nclose(2) a file descriptor."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,5 +1,5 @@
 /*
- * _pysockkit_diag.c - sock_diag dump and exact lookup for pysockkit._core.
+ * diag.c - sock_diag dump and exact lookup for pysockkit._core.
  *
  *   diag_dump(states=0x1ffe, family=0, sport=-1, dport=-1, port=-1,
  *             src=None, dst=None, addr=None, with_info=False,
@@ -17,6 +17,8 @@
  * in a growing array; Python objects are built afterwards.
  */
 #include "util.h"
+
+#include "areas.h"
 
 #include <structmember.h>
 

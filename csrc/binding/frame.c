@@ -1,5 +1,5 @@
 /*
- * _pysockkit_frame.c - the Decoder type: the sans-IO frame codec for code
+ * frame.c - the Decoder and Encoder types: the sans-IO frame codec for code
  * that does its own I/O (asyncio protocols, tests, other transports).
  *
  * Decoder.feed(data) copies data into the codec's buffer and returns every
@@ -7,6 +7,8 @@
  * GIL is held throughout, and nothing here blocks.
  */
 #include "util.h"
+
+#include "areas.h"
 
 #include <string.h>
 
@@ -19,80 +21,6 @@ typedef struct {
     PyObject *mod;     /* borrowed: the type keeps the module alive */
     PyObject *control; /* list of control-frame bodies not yet taken */
 } DecoderObject;
-
-/* Contract: GIL held; see _pysockkit_util.h. */
-int skpy_framing_args(PyObject *mod, PyObject *args, PyObject *kwds,
-                             sk_framing *f)
-{
-    /* PyArg_ParseTupleAndKeywords takes char *[] before Python 3.13 */
-    static char kw_hs[] = "header_size", kw_bo[] = "byteorder",
-                kw_mf[] = "max_frame", kw_ct[] = "control",
-                kw_id[] = "correlation";
-    static char *kwlist[] = {kw_hs, kw_bo, kw_mf, kw_ct, kw_id, NULL};
-    int header_size = 4, control = 0, correlation = 0;
-    const char *byteorder = "big";
-    PyObject *py_max = NULL;
-    unsigned long long max_frame = 16ULL << 20;
-    sk_err err;
-
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|isOpp", kwlist,
-                                     &header_size, &byteorder, &py_max,
-                                     &control, &correlation))
-        return -1;
-    if (py_max != NULL && py_max != Py_None) {
-        max_frame = PyLong_AsUnsignedLongLong(py_max);
-        if (max_frame == (unsigned long long)-1 && PyErr_Occurred())
-            return -1;
-    }
-    if (strcmp(byteorder, "big") != 0 && strcmp(byteorder, "little") != 0) {
-        PyErr_Format(PyExc_ValueError,
-                     "byteorder must be 'big' or 'little', not %s", byteorder);
-        return -1;
-    }
-    f->header_size = (unsigned)header_size;
-    f->little_endian = strcmp(byteorder, "little") == 0;
-    f->max_frame = max_frame;
-    f->flags = (control ? SK_FRAMING_CONTROL : 0) |
-               (correlation ? SK_FRAMING_IDS : 0);
-    /* the default (16 MiB) shrinks to what a short header can carry, as
-     * sk.Framing does; an explicit max_frame is checked as given */
-    if ((py_max == NULL || py_max == Py_None) &&
-        f->max_frame > sk_framing_limit(f) && sk_framing_limit(f) > 0)
-        f->max_frame = sk_framing_limit(f);
-    if (sk_framing_check(f, &err) != SK_OK) {
-        skpy_raise(mod, &err, NULL);
-        return -1;
-    }
-    return 0;
-}
-
-/* Contract: GIL held; a new reference or NULL with an exception set. */
-PyObject *skpy_frame_obj(const sk_frame *fr)
-{
-    PyObject *py_b = NULL, *py_id = NULL, *py_t = NULL;
-
-    py_b = PyBytes_FromStringAndSize((const char *)fr->data,
-                                     (Py_ssize_t)fr->len);
-    if (py_b == NULL || !fr->has_id) {
-        py_t = py_b;
-        py_b = NULL;
-        goto error;
-    }
-    /* built directly, not by Py_BuildValue: this runs once per frame */
-    py_id = PyLong_FromUnsignedLongLong((unsigned long long)fr->id);
-    if (py_id == NULL)
-        goto error;
-    py_t = PyTuple_New(2);
-    if (py_t == NULL)
-        goto error;
-    PyTuple_SET_ITEM(py_t, 0, py_id); /* steals */
-    PyTuple_SET_ITEM(py_t, 1, py_b);
-    py_id = py_b = NULL;
-error:
-    Py_XDECREF(py_id);
-    Py_XDECREF(py_b);
-    return py_t;
-}
 
 static int Decoder_init(PyObject *op, PyObject *args, PyObject *kwds)
 {
@@ -118,7 +46,7 @@ static PyObject *Decoder_new(PyTypeObject *type, PyObject *args,
     if (self == NULL)
         return NULL;
     sk_decoder_init(&self->d, &f);
-    self->mod = PyType_GetModuleByDef(type, skpy_module_def());
+    self->mod = skpy_module_of(type);
     if (self->mod == NULL) {
         Py_DECREF(self);
         return NULL;
@@ -307,7 +235,7 @@ static int Encoder_init(PyObject *op, PyObject *args, PyObject *kwds)
 {
     EncoderObject *self = (EncoderObject *)op;
 
-    self->mod = PyType_GetModuleByDef(Py_TYPE(op), skpy_module_def());
+    self->mod = skpy_module_of(Py_TYPE(op));
     if (self->mod == NULL)
         return -1;
     return skpy_framing_args(self->mod, args, kwds, &self->f);
@@ -492,21 +420,6 @@ static PyType_Spec Encoder_spec = {
     .flags = Py_TPFLAGS_DEFAULT,
     .slots = Encoder_slots,
 };
-
-/* Add the unsigned 64-bit constant `v` as `name`.  0 or -1 with an
- * exception set.  GIL held. */
-static int skpy_add_u64(PyObject *mod, const char *name, unsigned long long v)
-{
-    PyObject *py_v = PyLong_FromUnsignedLongLong(v);
-    int rc = -1;
-
-    if (py_v == NULL)
-        goto error;
-    rc = PyModule_AddObjectRef(mod, name, py_v);
-error:
-    Py_XDECREF(py_v);
-    return rc;
-}
 
 /* Contract: GIL held; called once from the module's exec slot.  Adds the
  * codec types and the correlation id bits of frame.h (ID_REPLY, ID_ERROR,

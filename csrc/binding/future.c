@@ -1,5 +1,5 @@
 /*
- * _pysockkit_future.c - the Future of threaded-duplex requests.
+ * future.c - the Future of threaded-duplex requests.
  *
  * pysockkit._core.Future is the C half of pysockkit._duplex.Future, which
  * also derives from concurrent.futures.Future, so isinstance() checks,
@@ -24,7 +24,7 @@
  * it while they wait (in slices in the main thread, so Ctrl-C interrupts).
  *
  * Ownership: whoever may settle a pending future holds a strong reference
- * to it (the connection's request table, see _pysockkit_conn.c).  A
+ * to it (the connection's request table, see conn.c).  A
  * future can also be made by calling the class; it is then settled only by
  * set_result()/set_exception()/cancel(), like any concurrent.futures.Future.
  */
@@ -32,8 +32,10 @@
 
 #include <structmember.h>
 
+#include "areas.h"
 #include "core/clock.h"
 #include "core/promise.h"
+#include "future.h"
 
 typedef struct {
     PyObject_HEAD
@@ -358,7 +360,7 @@ static PyObject *Future_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (f == NULL)
         return NULL;
     sk_promise_init(&f->p);
-    f->mod = PyType_GetModuleByDef(type, skpy_module_def());
+    f->mod = skpy_module_of(type);
     if (f->mod == NULL) {
         Py_DECREF(f);
         return NULL;

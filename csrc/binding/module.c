@@ -1,182 +1,20 @@
 /*
- * _pysockkit.c - the pysockkit._core module: multi-phase init, module state
- * and the helpers every binding file shares (_pysockkit_util.h).
- *
- * The binding holds no protocol logic: it parses arguments, releases the GIL
- * around blocking calls, runs signal handlers when the core asks (EINTR and
- * every SKPY_SLICE_MS while waiting) and maps sk_err records onto the
- * exception classes of pysockkit._errors.
+ * module.c - the pysockkit._core module, assembled: multi-phase init, the
+ * module state (util.h skpy_state: exception classes, types, caches) with
+ * its traverse/clear, and a call to each binding file's add function
+ * (areas.h).  Nothing else: the helpers the binding files share live in
+ * util.c, and no binding file calls into this one.
  */
 #include "util.h"
 
-#include <errno.h>
-#include <math.h>
+#include "areas.h"
 
-#include "core/clock.h"
-
-/* ---------------------------------------------------------------- helpers */
-
-/* Contract: GIL held; mod is pysockkit._core. */
-skpy_state *skpy_get_state(PyObject *mod)
-{
-    return (skpy_state *)PyModule_GetState(mod);
-}
-
-/* Contract: GIL held; a new reference owned by the caller, or NULL with an
- * exception set. */
-PyObject *skpy_remote_error(PyObject *mod, const char *text, Py_ssize_t len)
-{
-    skpy_state *st = skpy_get_state(mod);
-    PyObject *py_msg, *py_exc = NULL;
-
-    py_msg = PyUnicode_DecodeUTF8(text != NULL ? text : "", text != NULL ? len : 0,
-                                  "replace");
-    if (py_msg == NULL)
-        goto error;
-    py_exc = PyObject_CallOneArg(st->RemoteError, py_msg);
-error:
-    Py_XDECREF(py_msg);
-    return py_exc;
-}
-
-/* Contract: GIL held; returns NULL with the exception set. */
-PyObject *skpy_raise(PyObject *mod, const sk_err *err, const char *hint)
-{
-    skpy_state *st = skpy_get_state(mod);
-    PyObject *cls, *py_exc = NULL, *py_msg = NULL;
-
-    switch (err->code) {
-    case SK_E_TOO_LARGE: cls = st->FrameTooLarge; break;
-    case SK_E_INCOMPLETE: cls = st->IncompleteFrame; break;
-    case SK_E_CLOSED: cls = st->ConnectionClosed; break;
-    case SK_E_RESET: cls = st->ConnectionReset; break;
-    case SK_E_TIMEOUT: cls = st->Timeout; break;
-    case SK_E_PEER_DEAD: cls = st->PeerDead; break;
-    case SK_E_NOMEM: cls = PyExc_MemoryError; break; /* keep the message */
-    case SK_E_ARG: cls = PyExc_ValueError; break;
-    default: cls = st->Error; break;
-    }
-    if (hint != NULL && hint[0] != '\0')
-        py_msg = PyUnicode_FromFormat("%s; %s", err->msg, hint);
-    else
-        py_msg = PyUnicode_FromString(err->msg);
-    if (py_msg == NULL)
-        goto error;
-    if (err->sys_errno != 0)
-        py_exc = PyObject_CallFunction(cls, "iO", err->sys_errno, py_msg);
-    else
-        py_exc = PyObject_CallOneArg(cls, py_msg);
-    if (py_exc == NULL)
-        goto error;
-    if (err->code == SK_E_INCOMPLETE || err->code == SK_E_TOO_LARGE) {
-        PyObject *py_d = PyLong_FromUnsignedLongLong(err->detail);
-        if (py_d == NULL)
-            goto error;
-        if (PyObject_SetAttrString(py_exc,
-                                   err->code == SK_E_INCOMPLETE ? "missing"
-                                                                : "size",
-                                   py_d) < 0) {
-            Py_DECREF(py_d);
-            goto error;
-        }
-        Py_DECREF(py_d);
-    }
-    PyErr_SetObject(cls, py_exc);
-error:
-    Py_XDECREF(py_exc);
-    Py_XDECREF(py_msg);
-    return NULL;
-}
-
-/* Contract: GIL held; reads errno. */
-PyObject *skpy_oserror(const char *syscall)
-{
-    int e = errno;
-    PyObject *py_exc;
-
-    py_exc = PyObject_CallFunction(PyExc_OSError, "is", e, syscall);
-    if (py_exc != NULL) {
-        PyObject *py_msg = PyUnicode_FromFormat("%s: %s", syscall,
-                                                strerror(e));
-        if (py_msg != NULL) {
-            PyObject_SetAttrString(py_exc, "strerror", py_msg);
-            Py_DECREF(py_msg);
-        }
-        PyErr_SetObject(PyExc_OSError, py_exc);
-        Py_DECREF(py_exc);
-    }
-    return NULL;
-}
-
-/* Contract: GIL held.  The same rule and messages as pysockkit/_net.py
- * check_timeout(): None waits forever, 0 polls once, a number of seconds
- * >= 0 waits that long; negative or NaN is a ValueError, a non-number (or a
- * bool) a TypeError.  The messages are built only on the error path. */
-int skpy_deadline(PyObject *timeout, int64_t *deadline)
-{
-    double t;
-    int rc = -1;
-
-    if (timeout == NULL || timeout == Py_None) {
-        *deadline = SK_NO_DEADLINE;
-        rc = 0;
-        goto done;
-    }
-    if (PyBool_Check(timeout))
-        goto bad_type;
-    t = PyFloat_AsDouble(timeout);
-    if (t == -1.0 && PyErr_Occurred()) {
-        if (PyErr_ExceptionMatches(PyExc_TypeError))
-            goto bad_type;
-        goto done;
-    }
-    if (isnan(t) || t < 0) {
-        PyErr_Format(PyExc_ValueError,
-                     "timeout must be None (wait forever) or a number of "
-                     "seconds >= 0, not %R", timeout);
-        goto done;
-    }
-    *deadline = sk_deadline_after(t);
-    rc = 0;
-    goto done;
-bad_type:
-    PyErr_Clear();
-    PyErr_Format(PyExc_TypeError,
-                 "timeout must be None (wait forever) or a number of seconds "
-                 ">= 0, not %.100s", Py_TYPE(timeout)->tp_name);
-done:
-    return rc;
-}
-
-/* The thread that imported the module: the main thread, in practice. */
-static unsigned long skpy_main_ident;
-
-/* Contract: any thread, no GIL needed.  Only the main thread runs signal
- * handlers, so only it wakes every SKPY_SLICE_MS to check for them; other
- * threads sleep until their event or deadline (a server with a thousand
- * idle threads would otherwise take the GIL thousands of times a second). */
-int skpy_slice_ms(void)
-{
-    return PyThread_get_thread_ident() == skpy_main_ident ? SKPY_SLICE_MS : 0;
-}
-
-/* Contract: called WITHOUT the GIL from inside Py_BEGIN_ALLOW_THREADS;
- * ctx points at that block's saved thread state.  Takes the GIL, runs the
- * signal handlers, gives the GIL back; nonzero if a handler raised (the
- * exception stays pending for the caller to see after the block). */
-int skpy_check_signals(void *ctx)
-{
-    PyThreadState **save = (PyThreadState **)ctx;
-    int r;
-
-    PyEval_RestoreThread(*save);
-    r = PyErr_CheckSignals();
-    *save = PyEval_SaveThread();
-    return r < 0;
-}
+static struct PyModuleDef skpy_module;
 
 /* ----------------------------------------------------------------- module */
 
+/* Contract: GIL held; fills the exception classes of the module state from
+ * pysockkit._errors.  0, or -1 with an exception set. */
 static int skpy_load_errors(PyObject *mod)
 {
     skpy_state *st = skpy_get_state(mod);
@@ -208,16 +46,22 @@ error:
     return rc;
 }
 
+/* Contract: GIL held; the exec slot, once per module object.  0, or -1
+ * with an exception set. */
 static int skpy_exec(PyObject *mod)
 {
     int rc = -1;
 
-    skpy_main_ident = PyThread_get_thread_ident();
+    skpy_util_init(&skpy_module);
     if (skpy_load_errors(mod) < 0)
         goto error;
     if (skpy_add_future(mod) < 0)
         goto error;
     if (skpy_add_conn(mod) < 0)
+        goto error;
+    if (skpy_add_sock(mod) < 0)
+        goto error;
+    if (skpy_add_hub(mod) < 0)
         goto error;
     if (skpy_add_frame(mod) < 0)
         goto error;
@@ -238,6 +82,7 @@ error:
     return rc;
 }
 
+/* Contract: GIL held (the collector). */
 static int skpy_traverse(PyObject *mod, visitproc visit, void *arg)
 {
     skpy_state *st = skpy_get_state(mod);
@@ -266,6 +111,7 @@ static int skpy_traverse(PyObject *mod, visitproc visit, void *arg)
     return 0;
 }
 
+/* Contract: GIL held; drops every reference of the module state. */
 static int skpy_clear(PyObject *mod)
 {
     skpy_state *st = skpy_get_state(mod);
@@ -294,6 +140,7 @@ static int skpy_clear(PyObject *mod)
     return 0;
 }
 
+/* Contract: GIL held; the module object is being freed. */
 static void skpy_free(void *mod)
 {
     skpy_clear((PyObject *)mod);
@@ -320,14 +167,8 @@ static struct PyModuleDef skpy_module = {
     .m_free = skpy_free,
 };
 
+/* Contract: GIL held; the import machinery runs the slots. */
 PyMODINIT_FUNC PyInit__core(void)
 {
     return PyModuleDef_Init(&skpy_module);
-}
-
-/* The binding files find the module (and its state) from a type they
- * defined through this def. */
-PyModuleDef *skpy_module_def(void)
-{
-    return &skpy_module;
 }

@@ -1,5 +1,5 @@
 /*
- * _pysockkit_proxy.c - the Proxy type of pysockkit._core (proxy.h).
+ * proxy.c - the Proxy type of pysockkit._core (testkit/proxy.h).
  *
  *   Proxy(upstream_host, upstream_port, upstream_family, listen_host,
  *         listen_port, listen_family, buffer_size=0, max_connections=0,
@@ -24,11 +24,8 @@
  */
 #include "util.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-
+#include "areas.h"
 #include "testkit/proxy.h"
-#include "core/sock.h"
 
 typedef struct {
     PyObject_HEAD
@@ -50,49 +47,6 @@ static sk_proxy *Proxy_get(ProxyObject *self)
                         "this FaultProxy was closed; make a new one");
     }
     return self->p;
-}
-
-/* (host, port) of a sockaddr, None for family 0.  GIL held. */
-static PyObject *skpy_proxy_addr(const struct sockaddr_storage *ss)
-{
-    char host[INET6_ADDRSTRLEN];
-    PyObject *py_res;
-
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
-        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
-        py_res = Py_BuildValue("(si)", host, ntohs(a->sin_port));
-    } else if (ss->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
-        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
-        py_res = Py_BuildValue("(si)", host, ntohs(a->sin6_port));
-    } else {
-        py_res = Py_NewRef(Py_None);
-    }
-    return py_res;
-}
-
-/* A numeric (host, port, family-or-None) into a sockaddr.  GIL held;
- * 0, or -1 with an exception set. */
-static int skpy_proxy_sockaddr(PyObject *mod, const char *host, int port,
-                               PyObject *py_family,
-                               struct sockaddr_storage *ss, socklen_t *len)
-{
-    int family = AF_UNSPEC, rc = -1;
-    sk_err err;
-
-    if (py_family != Py_None) {
-        family = (int)PyLong_AsLong(py_family);
-        if (family == -1 && PyErr_Occurred())
-            goto done;
-    }
-    if (sk_sockaddr(host, port, family, ss, len, &err) != SK_OK) {
-        skpy_raise(mod, &err, NULL);
-        goto done;
-    }
-    rc = 0;
-done:
-    return rc;
 }
 
 /* Contract: GIL held; starts the reactor thread (no GIL there, ever). */
@@ -128,8 +82,8 @@ static PyObject *Proxy_new(PyTypeObject *type, PyObject *args,
         PyErr_SetString(PyExc_ValueError, "buffer_size must be >= 0");
         goto error;
     }
-    if (skpy_proxy_sockaddr(mod, uhost, uport, py_ufam, &ua, &ul) < 0 ||
-        skpy_proxy_sockaddr(mod, lhost, lport, py_lfam, &la, &ll) < 0)
+    if (skpy_sockaddr_parse(mod, uhost, uport, py_ufam, &ua, &ul) < 0 ||
+        skpy_sockaddr_parse(mod, lhost, lport, py_lfam, &la, &ll) < 0)
         goto error;
     opts.buffer_size = (size_t)bufsize;
     opts.max_conns = max_conns;
@@ -347,8 +301,8 @@ static PyObject *Proxy_connections(ProxyObject *self,
         goto error;
     for (i = 0; i < n; i++) {
         const sk_proxy_conn_info *c = &infos[i];
-        PyObject *py_cl = skpy_proxy_addr(&c->client);
-        PyObject *py_lo = py_cl == NULL ? NULL : skpy_proxy_addr(&c->local);
+        PyObject *py_cl = skpy_sockaddr_obj(&c->client);
+        PyObject *py_lo = py_cl == NULL ? NULL : skpy_sockaddr_obj(&c->local);
 
         if (py_lo == NULL) {
             Py_XDECREF(py_cl);

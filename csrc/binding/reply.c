@@ -1,5 +1,5 @@
 /*
- * _pysockkit_reply.c - resolve_replies(): hands correlated replies to the
+ * reply.c - resolve_replies(): hands correlated replies to the
  * futures waiting for them, the per-frame loop of pysockkit.aio's
  * request() (and of anything else that keeps {id: future}).
  *
@@ -34,6 +34,8 @@
  * schedule is the order of the frames.  No protocol state lives here.
  */
 #include "util.h"
+
+#include "areas.h"
 
 #include "core/frame.h"
 

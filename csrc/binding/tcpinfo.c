@@ -1,5 +1,5 @@
 /*
- * _pysockkit_tcpinfo.c - TCP_INFO and state names for pysockkit._core.
+ * tcpinfo.c - TCP_INFO and state names for pysockkit._core.
  *
  *   tcp_info(fd) -> dict      present fields only, kernel names without
  *                             "tcpi_", raw kernel units, plus "_len"
@@ -12,43 +12,9 @@
  */
 #include "util.h"
 
+#include "areas.h"
+
 #include "core/tcpinfo.h"
-
-/* Contract: GIL held.  A new dict of the fields of ti the kernel returned
- * (absent ones are left out, never zero) plus "_len"; NULL with an
- * exception set on failure.  Also used by _pysockkit_diag.c for the
- * INET_DIAG_INFO attribute. */
-PyObject *skpy_tcp_info_dict(const sk_tcp_info *ti)
-{
-    const sk_tcp_info_field *fields;
-    PyObject *py_dict = NULL, *py_v = NULL;
-    size_t n, i;
-
-    fields = sk_tcp_info_fields(&n);
-    py_dict = PyDict_New();
-    if (py_dict == NULL)
-        goto error;
-    for (i = 0; i < n; i++) {
-        uint64_t v;
-
-        if (!sk_tcp_info_field_get(ti, &fields[i], &v))
-            continue;
-        py_v = PyLong_FromUnsignedLongLong(v);
-        if (py_v == NULL || PyDict_SetItemString(py_dict, fields[i].name,
-                                                 py_v) < 0)
-            goto error;
-        Py_CLEAR(py_v);
-    }
-    py_v = PyLong_FromUnsignedLong(ti->len);
-    if (py_v == NULL || PyDict_SetItemString(py_dict, "_len", py_v) < 0)
-        goto error;
-    Py_CLEAR(py_v);
-    return py_dict;  /* the success exit; `error` below is the other */
-error:
-    Py_XDECREF(py_v);
-    Py_XDECREF(py_dict);
-    return NULL;
-}
 
 PyDoc_STRVAR(tcp_info_doc,
 "tcp_info(fd, /) -> dict\n"

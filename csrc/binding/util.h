@@ -1,23 +1,27 @@
 /*
- * _pysockkit_util.h - shared pieces of the CPython binding.
+ * util.h - the helpers every file of the CPython binding shares: module
+ * state, errors, argument parsing, addresses, deadlines and signals.
  *
- * The extension is one module, pysockkit._core, built from every .c file in csrc/.
- * _pysockkit.c does multi-phase init and keeps the exception classes and
- * type objects in module state (skpy_state).  Each binding file for a core
- * area provides one `int skpy_add_<area>(PyObject *mod)` called from the
- * module's exec slot; it returns 0, or -1 with an exception set.
+ * The extension is one module, pysockkit._core.  module.c assembles it
+ * (multi-phase init, module state, each area's add function: areas.h) and
+ * calls nothing else; every other binding file uses the helpers declared
+ * here, all defined in util.c, and never calls back up into module.c.
  *
  * Exception classes come from pysockkit._errors (imported at exec time) and
  * live in module state: Error, Timeout, FrameTooLarge, IncompleteFrame,
  * ConnectionClosed, ConnectionReset, PeerDead, OutOfStep, RemoteError.
+ *
+ * Every function here needs the GIL unless its comment says otherwise.
  */
-#ifndef SK_PYSOCKKIT_UTIL_H
-#define SK_PYSOCKKIT_UTIL_H
+#ifndef SK_BINDING_UTIL_H
+#define SK_BINDING_UTIL_H
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#include "core/io.h"
+#include <sys/socket.h>
+
+#include "core/frame.h"
 #include "core/sk.h"
 #include "core/tcpinfo.h"
 
@@ -32,7 +36,7 @@ typedef struct skpy_state {
     PyObject *OutOfStep;     /* a Timeout: plain replies arrive behind */
     PyObject *RemoteError;
     PyTypeObject *ConnType;
-    /* request futures (_pysockkit_future.c) */
+    /* request futures (future.c) */
     PyTypeObject *FutureType;  /* the C base, _core.Future */
     PyObject *FutureClass;     /* what request_async makes (set_future_class) */
     PyObject *cf_base;         /* concurrent.futures._base, imported lazily */
@@ -50,17 +54,75 @@ typedef struct skpy_state {
     PyObject *str_cancel;
 } skpy_state;
 
-/* Module state of the module `mod`.  GIL held. */
+/* ------------------------------------------------------------ the module */
+
+/* Called once by module.c's exec slot, first: remember the module's
+ * definition (for skpy_module_of) and the thread that imports the module
+ * (the main thread, for skpy_slice_ms). */
+void skpy_util_init(PyModuleDef *def);
+
+/* Module state of the module `mod`. */
 skpy_state *skpy_get_state(PyObject *mod);
+
+/* The pysockkit._core module that defined `type` (or a base of it):
+ * borrowed, or NULL with TypeError set. */
+PyObject *skpy_module_of(PyTypeObject *type);
+
+/* -------------------------------------------------------------- errors */
 
 /* Raise the exception matching err (see sk.h codes), with err->msg plus
  * `hint` (what to do), if given.  OSError subclasses get errno set from
- * err->sys_errno.  Returns NULL.  GIL held. */
+ * err->sys_errno.  Returns NULL. */
 PyObject *skpy_raise(PyObject *mod, const sk_err *err, const char *hint);
 
 /* Raise OSError(errno, "<syscall>: <strerror>") for a plain syscall failure
- * (errno read at call time).  Returns NULL.  GIL held. */
+ * (errno read at call time).  Returns NULL. */
 PyObject *skpy_oserror(const char *syscall);
+
+/* sk.RemoteError(text) for an error reply (SK_ID_ERROR) whose payload is
+ * `text` (the peer's "ExcType: message", decoded as UTF-8 with
+ * replacement): a new reference, or NULL with an exception set. */
+PyObject *skpy_remote_error(PyObject *mod, const char *text, Py_ssize_t len);
+
+/* The pending exception as an object (normalised, traceback attached), and
+ * cleared; NULL if none.  A new reference. */
+PyObject *skpy_take_exception(void);
+
+/* ----------------------------------------------------------- arguments */
+
+/* Map positional and keyword arguments (METH_FASTCALL | METH_KEYWORDS) onto
+ * out[0..n) by name; the first nreq are required, the others NULL when
+ * absent.  Returns 0, or -1 with TypeError set. */
+int skpy_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
+              PyObject *kwnames, const char *const *names, int nreq, int n,
+              PyObject **out);
+
+/* Parse (header_size=4, byteorder='big', max_frame=16 MiB, control=False,
+ * correlation=False) from args/kwds into a checked *f: shared by
+ * Connection, Decoder and Encoder.  Returns 0, or -1 with an exception
+ * set. */
+int skpy_framing_args(PyObject *mod, PyObject *args, PyObject *kwds,
+                      sk_framing *f);
+
+/* ----------------------------------------------------------- addresses */
+
+/* A numeric host, a port and a family (an int, or NULL/None: from the
+ * host) into a sockaddr (sock.h sk_sockaddr).  0, or -1 with an exception
+ * set. */
+int skpy_sockaddr_parse(PyObject *mod, const char *host, int port,
+                        PyObject *py_family, struct sockaddr_storage *ss,
+                        socklen_t *len);
+
+/* The other way: (host, port) of an AF_INET/AF_INET6 sockaddr, None for
+ * family 0 (no address yet); a new reference, or NULL with ValueError set
+ * for any other family. */
+PyObject *skpy_sockaddr_obj(const struct sockaddr_storage *ss);
+
+/* getsockname (peer 0) or getpeername (peer 1) of fd as (host, port): a
+ * new reference, or NULL with OSError naming the syscall. */
+PyObject *skpy_fd_name(int fd, int peer);
+
+/* ------------------------------------------------- deadlines and signals */
 
 /* Turn a Python timeout (None, or a non-negative number of seconds) into a
  * deadline (clock.h).  Returns 0, or -1 with ValueError/TypeError set. */
@@ -74,58 +136,24 @@ int skpy_deadline(PyObject *timeout, int64_t *deadline);
  * runs handlers, so in other threads it returns 0 cheaply. */
 int skpy_check_signals(void *ctx);
 
-/* Parse (header_size=4, byteorder='big', max_frame=16 MiB, control=False,
- * correlation=False) from args/kwds into a checked *f: shared by Conn,
- * Decoder and Encoder.  Returns 0, or -1 with an exception set. */
-int skpy_framing_args(PyObject *mod, PyObject *args, PyObject *kwds,
-                      sk_framing *f);
-
-/* sk.RemoteError(text) for an error reply (SK_ID_ERROR) whose payload is
- * `text` (the peer's "ExcType: message", decoded as UTF-8 with
- * replacement): a new reference, or NULL with an exception set.  GIL held;
- * the caller owns the result. */
-PyObject *skpy_remote_error(PyObject *mod, const char *text, Py_ssize_t len);
-
-/* One decoded data frame as Python: bytes, or (id, bytes) for a correlated
- * frame (SK_FRAMING_IDS).  GIL held. */
-PyObject *skpy_frame_obj(const sk_frame *fr);
-
 /* Longest single wait between signal checks for the calling thread: 50 ms
- * in the main thread (Ctrl-C), 0 (no periodic wake) in others. */
+ * in the main thread (Ctrl-C), 0 (no periodic wake) in others.  Any
+ * thread, no GIL needed. */
 #define SKPY_SLICE_MS 50
 int skpy_slice_ms(void);
 
-/* A tcp_info as a dict of the fields the kernel returned, plus '_len'
- * (_pysockkit_tcpinfo.c).  GIL held; a new reference or NULL. */
+/* ------------------------------------------------------ values of the core */
+
+/* One decoded data frame as Python: bytes, or (id, bytes) for a correlated
+ * frame (SK_FRAMING_IDS).  A new reference or NULL. */
+PyObject *skpy_frame_obj(const sk_frame *fr);
+
+/* A tcp_info as a dict of the fields the kernel returned (absent ones are
+ * left out, never zero), plus '_len'.  A new reference or NULL. */
 PyObject *skpy_tcp_info_dict(const sk_tcp_info *ti);
 
-/* Request futures (_pysockkit_future.c).  All need the GIL unless said.
- * skpy_future_new: a new pending future (of the set_future_class class);
- * skpy_future_promise / skpy_future_of: its promise and back (no GIL);
- * skpy_future_notify: after a settle, tell the concurrent.futures waiters
- *   and run the callbacks (for promises settled with SK_P_NOTIFY set);
- * skpy_future_fail: settle a pending future with an exception (wakes,
- *   notifies); 1 if it settled it, 0 if it was already settled. */
-struct sk_promise;
-PyObject *skpy_future_new(PyObject *mod);
-struct sk_promise *skpy_future_promise(PyObject *fut);
-PyObject *skpy_future_of(struct sk_promise *p);
-void skpy_future_notify(PyObject *fut);
-int skpy_future_fail(PyObject *fut, PyObject *exc);
+/* Add the unsigned 64-bit constant `v` to mod as `name`.  0 or -1 with an
+ * exception set. */
+int skpy_add_u64(PyObject *mod, const char *name, unsigned long long v);
 
-/* Add functions/types for each area; 0 or -1 with an exception set. */
-int skpy_add_future(PyObject *mod);
-int skpy_add_conn(PyObject *mod);
-int skpy_add_frame(PyObject *mod);
-int skpy_add_tcpinfo(PyObject *mod);
-int skpy_add_diag(PyObject *mod);
-int skpy_add_proxy(PyObject *mod);
-int skpy_add_watch(PyObject *mod);
-int skpy_add_reply(PyObject *mod);
-int skpy_add_capture(PyObject *mod);
-
-
-
-/* The module definition, for PyType_GetModuleByDef. */
-PyModuleDef *skpy_module_def(void);
-#endif /* SK_PYSOCKKIT_UTIL_H */
+#endif /* SK_BINDING_UTIL_H */

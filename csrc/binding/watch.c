@@ -1,5 +1,5 @@
 /*
- * _pysockkit_watch.c - the Watcher type of pysockkit._core: a C sampler
+ * watch.c - the Watcher type of pysockkit._core: a C sampler
  * thread (watch.[ch]) following one connection's TCP state.
  *
  *   Watcher(fd=-1, tuple=None, interval=0.001, sample_info=False,
@@ -22,6 +22,8 @@
  * lookup) are reported by stats()["error"] as an exception object.
  */
 #include "util.h"
+
+#include "areas.h"
 
 #include <arpa/inet.h>
 #include <math.h>
@@ -356,24 +358,8 @@ done:
  * without leaving it raised; NULL with an exception set on failure. */
 static PyObject *err_to_exc(PyObject *mod, const sk_err *err)
 {
-    PyObject *py_val = NULL;
-
     skpy_raise(mod, err, "the watch sampler stopped");
-#if PY_VERSION_HEX >= 0x030C0000
-    py_val = PyErr_GetRaisedException(); /* PyErr_Fetch is deprecated */
-#else
-    {
-        PyObject *py_type = NULL, *py_tb = NULL;
-
-        PyErr_Fetch(&py_type, &py_val, &py_tb);
-        PyErr_NormalizeException(&py_type, &py_val, &py_tb);
-        if (py_val != NULL && py_tb != NULL)
-            PyException_SetTraceback(py_val, py_tb);
-        Py_XDECREF(py_type);
-        Py_XDECREF(py_tb);
-    }
-#endif
-    return py_val;
+    return skpy_take_exception();
 }
 
 /* Contract: GIL held; a new dict. */
