@@ -903,13 +903,7 @@ int sk_capture_wait(sk_capture *c, uint64_t count, int64_t deadline,
             rc = SK_TIMEOUT;
             break;
         }
-        until = deadline;
-        if (intr != NULL && intr->check != NULL && intr->slice_ms > 0) {
-            int64_t slice = now + (int64_t)intr->slice_ms * 1000000LL;
-
-            if (until == SK_NO_DEADLINE || slice < until)
-                until = slice;
-        }
+        until = sk_intr_until(intr, now, deadline);
         if (until == SK_NO_DEADLINE) {
             pthread_cond_wait(&c->cv, &c->mu);
         } else {
@@ -917,12 +911,12 @@ int sk_capture_wait(sk_capture *c, uint64_t count, int64_t deadline,
             ts.tv_nsec = (long)(until % 1000000000LL);
             (void)pthread_cond_timedwait(&c->cv, &c->mu, &ts);
         }
-        if (intr != NULL && intr->check != NULL && intr->slice_ms > 0) {
+        if (sk_intr_slice_ms(intr) > 0) {
             int stop;
 
             /* the check may take the GIL: never while holding mu */
             pthread_mutex_unlock(&c->mu);
-            stop = intr->check(intr->ctx);
+            stop = sk_intr_fire(intr);
             pthread_mutex_lock(&c->mu);
             if (stop) {
                 rc = SK_INTR;

@@ -57,8 +57,8 @@
 
 #include <linux/filter.h>
 
-#include "io.h"
 #include "sk.h"
+#include "wait.h"
 
 #define SK_CAPTURE_MAX_PORTS 16
 #define SK_CAPTURE_DEFAULT_SEGMENTS 4096

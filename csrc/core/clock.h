@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "atomic.h"
+
 #define SK_NO_DEADLINE ((int64_t)-1)
 
 /* The clock seam: NULL (always, outside tests) reads CLOCK_MONOTONIC.  The
@@ -25,7 +27,7 @@ extern sk_clock_fn sk_clock_hook; /* sys.c */
  * GIL needed. */
 static inline int64_t sk_now_ns(void)
 {
-    sk_clock_fn fake = __atomic_load_n(&sk_clock_hook, __ATOMIC_RELAXED);
+    sk_clock_fn fake = SK_LOAD_RELAXED(&sk_clock_hook);
     struct timespec ts;
 
     if (__builtin_expect(fake != NULL, 0))

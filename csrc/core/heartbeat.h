@@ -26,13 +26,15 @@
  *     bytes), which proves the peer alive.
  *
  * The fields are shared between the connection's user threads and the hub
- * thread: they are read and written with the atomic helpers below.  No GIL.
+ * thread: they are read and written with the atomic helpers of atomic.h.
+ * No GIL.
  */
 #ifndef SK_HEARTBEAT_H
 #define SK_HEARTBEAT_H
 
 #include <stdint.h>
 
+#include "atomic.h"
 #include "frame.h"
 
 enum {
@@ -57,9 +59,6 @@ typedef struct sk_hb {
     int dead;            /* atomic: 1 once the peer was declared dead */
     uint64_t pings_sent, pongs_sent, pings_recv, pongs_recv, unknown_ctl;
 } sk_hb;
-
-#define SK_LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
-#define SK_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 
 /* Reset the state; interval/timeout in ns (0: off); initiator: this side
  * connected.  No allocation. */

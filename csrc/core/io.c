@@ -30,55 +30,6 @@
  * module's TLS block lazily per thread and frees it at thread exit. */
 static __thread unsigned char sk_coal[SK_COAL_CAP];
 
-static int sk_intr_fire(const sk_intr *intr)
-{
-    return intr != NULL && intr->check != NULL && intr->check(intr->ctx);
-}
-
-/* Contract: no GIL needed; intr->check is called on EINTR and every
- * intr->slice_ms.  Returns SK_OK also for POLLERR/POLLHUP so the caller's
- * next syscall reports the real error. */
-int sk_wait(int fd, short events, int64_t deadline, const sk_intr *intr,
-            sk_err *err)
-{
-    struct pollfd p;
-    int cap, n, rc;
-
-    cap = (intr != NULL && intr->check != NULL && intr->slice_ms > 0)
-              ? intr->slice_ms
-              : -1;
-    for (;;) {
-        p.fd = fd;
-        p.events = events;
-        p.revents = 0;
-        n = poll(&p, 1, sk_poll_ms(deadline, cap));
-        if (n > 0) {
-            if (p.revents & POLLNVAL) {
-                rc = sk_err_sys(err, "poll", EBADF);
-                goto done;
-            }
-            rc = SK_OK;
-            goto done;
-        }
-        if (n == 0) {
-            if (deadline != SK_NO_DEADLINE && sk_now_ns() >= deadline) {
-                rc = SK_TIMEOUT;
-                goto done;
-            }
-        } else if (errno != EINTR) {
-            rc = sk_err_sys(err, "poll", errno);
-            goto done;
-        }
-        /* EINTR or a slice elapsed: let the owner run signal handlers */
-        if (sk_intr_fire(intr)) {
-            rc = SK_INTR;
-            goto done;
-        }
-    }
-done:
-    return rc;
-}
-
 /* Contract: no allocation, fd stays owned by the caller. */
 int sk_conn_init(sk_conn *c, int fd, const sk_framing *f, sk_err *err)
 {
@@ -135,7 +86,7 @@ static int sk_conn_dead_err(sk_conn *c, sk_err *err)
 /* Contract: any thread; idempotent. */
 void sk_conn_declare_dead(sk_conn *c)
 {
-    if (__atomic_exchange_n(&c->hb.dead, 1, __ATOMIC_ACQ_REL))
+    if (SK_XCHG(&c->hb.dead, 1))
         return;
     shutdown(c->fd, SHUT_RDWR);
 }
@@ -429,8 +380,7 @@ void sk_conn_send_pending(sk_conn *c)
     if (SK_LIKELY(ts == 0))
         return;
     if (sk_conn_send_control(c, SK_CTL_PONG, ts, &err) == SK_OK) {
-        __atomic_compare_exchange_n(&c->hb.pong_ts, &ts, 0, 0,
-                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+        SK_CAS(&c->hb.pong_ts, &ts, 0, SK_ACQUIRE);
         c->hb.pongs_sent++;
     }
 }

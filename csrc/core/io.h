@@ -39,12 +39,7 @@
 #include "frame.h"
 #include "heartbeat.h"
 #include "sk.h"
-
-typedef struct sk_intr {
-    int (*check)(void *ctx); /* nonzero: stop with SK_INTR */
-    void *ctx;
-    int slice_ms; /* longest single poll when check is set (<=0: no cap) */
-} sk_intr;
+#include "wait.h"
 
 /* One payload to send (a borrowed pointer; never copied unless a send is
  * cut short, see above). */
@@ -54,11 +49,6 @@ typedef struct sk_iov {
     uint64_t id; /* correlated frame id, if has_id (SK_FRAMING_IDS) */
     int has_id;
 } sk_iov;
-
-/* Wait until fd is ready for `events` (POLLIN/POLLOUT) or the deadline.
- * SK_OK (ready or error condition pending), SK_TIMEOUT, SK_INTR, SK_ERR. */
-int sk_wait(int fd, short events, int64_t deadline, const sk_intr *intr,
-            sk_err *err);
 
 typedef struct sk_conn {
     int fd;

@@ -54,15 +54,13 @@ int sk_promise_set_payload(sk_promise *p, const void *data, size_t len)
  * published by the release of the compare-and-swap. */
 int sk_promise_settle(sk_promise *p, unsigned final, int fail)
 {
-    uint32_t w = __atomic_load_n(&p->state, __ATOMIC_RELAXED);
+    uint32_t w = SK_LOAD_RELAXED(&p->state);
 
     p->fail = fail;
     do {
         if ((w & SK_P_STATE) != SK_P_PENDING)
             return 0;
-    } while (!__atomic_compare_exchange_n(&p->state, &w,
-                                          (w & SK_P_NOTIFY) | final, 0,
-                                          __ATOMIC_ACQ_REL, __ATOMIC_RELAXED));
+    } while (!SK_CAS(&p->state, &w, (w & SK_P_NOTIFY) | final, SK_RELAXED));
     p->prev = w;
     return 1;
 }
@@ -86,21 +84,15 @@ int sk_promise_cancel(sk_promise *p)
 /* Contract: any thread. */
 int sk_promise_mark(sk_promise *p, uint32_t flag)
 {
-    uint32_t w = __atomic_load_n(&p->state, __ATOMIC_ACQUIRE);
+    uint32_t w = SK_LOAD(&p->state);
 
     do {
         if ((w & SK_P_STATE) != SK_P_PENDING)
             return 0;
         if (w & flag)
             return 1;
-    } while (!__atomic_compare_exchange_n(&p->state, &w, w | flag, 0,
-                                          __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+    } while (!SK_CAS(&p->state, &w, w | flag, SK_ACQUIRE));
     return 1;
-}
-
-static int sk_promise_intr(const sk_intr *intr)
-{
-    return intr != NULL && intr->check != NULL && intr->check(intr->ctx);
 }
 
 /* Contract: no GIL needed; intr->check is called on EINTR and every
@@ -114,10 +106,10 @@ int sk_promise_wait(sk_promise *p, int64_t deadline, const sk_intr *intr)
     long r;
     int rc;
 
-    if (intr != NULL && intr->check != NULL && intr->slice_ms > 0)
-        slice_ns = (int64_t)intr->slice_ms * 1000000;
+    if (sk_intr_slice_ms(intr) > 0)
+        slice_ns = (int64_t)sk_intr_slice_ms(intr) * 1000000;
     for (;;) {
-        w = __atomic_load_n(&p->state, __ATOMIC_ACQUIRE);
+        w = SK_LOAD(&p->state);
         if ((w & SK_P_STATE) != SK_P_PENDING) {
             rc = SK_OK;
             goto done;
@@ -133,9 +125,7 @@ int sk_promise_wait(sk_promise *p, int64_t deadline, const sk_intr *intr)
                 left = slice_ns;
         }
         if (!(w & SK_P_WAITING)) {
-            if (!__atomic_compare_exchange_n(&p->state, &w, w | SK_P_WAITING,
-                                             0, __ATOMIC_ACQ_REL,
-                                             __ATOMIC_ACQUIRE))
+            if (!SK_CAS(&p->state, &w, w | SK_P_WAITING, SK_ACQUIRE))
                 continue; /* settled or flagged meanwhile: look again */
             w |= SK_P_WAITING;
         }
@@ -151,7 +141,7 @@ int sk_promise_wait(sk_promise *p, int64_t deadline, const sk_intr *intr)
             continue;
         if (errno == EINTR || errno == ETIMEDOUT) {
             /* a signal, or a slice elapsed: let the owner run handlers */
-            if (sk_promise_intr(intr)) {
+            if (sk_intr_fire(intr)) {
                 rc = SK_INTR;
                 goto done;
             }

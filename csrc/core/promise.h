@@ -24,8 +24,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "io.h"
+#include "atomic.h"
 #include "sk.h"
+#include "wait.h"
 
 /* state word: the state in the low two bits, flags above */
 #define SK_P_PENDING 0u
@@ -77,7 +78,7 @@ int sk_promise_set_payload(sk_promise *p, const void *data, size_t len);
 /* The state word (acquire: a settled promise's payload is visible). */
 static inline uint32_t sk_promise_word(const sk_promise *p)
 {
-    return __atomic_load_n(&p->state, __ATOMIC_ACQUIRE);
+    return SK_LOAD(&p->state);
 }
 
 static inline unsigned sk_promise_state(const sk_promise *p)

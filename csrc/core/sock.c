@@ -147,8 +147,7 @@ int sk_accept(int lfd, int64_t deadline, const sk_intr *intr, int *fd_out,
         if (fd >= 0)
             break;
         if (errno == EINTR) {
-            if (intr != NULL && intr->check != NULL &&
-                intr->check(intr->ctx)) {
+            if (sk_intr_fire(intr)) {
                 rc = SK_INTR;
                 goto done;
             }

@@ -12,8 +12,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#include "io.h"
 #include "sk.h"
+#include "wait.h"
 
 /* Fill *ss and *len from a numeric host ("127.0.0.1", "::1", "" for any) and a
  * port.  family: AF_INET, AF_INET6, or AF_UNSPEC to guess from the text. */

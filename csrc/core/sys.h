@@ -25,6 +25,8 @@
 #include <stdlib.h>
 #include <sys/epoll.h>
 
+#include "atomic.h"
+
 typedef enum {
     SK_SYS_MALLOC = 0,
     SK_SYS_CALLOC = 1,
@@ -44,7 +46,7 @@ extern sk_fault_fn sk_fault_hook; /* sys.c; NULL: nothing fails on purpose */
 
 static inline int sk_fault_fire(sk_sys_call call, const char *site)
 {
-    sk_fault_fn f = __atomic_load_n(&sk_fault_hook, __ATOMIC_RELAXED);
+    sk_fault_fn f = SK_LOAD_RELAXED(&sk_fault_hook);
 
     return __builtin_expect(f != NULL, 0) && f(call, site);
 }

@@ -10,6 +10,8 @@
 #include <sys/socket.h>
 #include <sys/utsname.h>
 
+#include "atomic.h"
+
 /* The mirror must match the kernel's offsets exactly; these are the
  * offsets of Linux 6.18's struct tcp_info (pahole / offsetof there). */
 _Static_assert(offsetof(sk_tcp_info, tcpi_rto) == 8, "tcpi_rto");
@@ -103,11 +105,11 @@ done:
  * by any racing thread, so a relaxed atomic is enough.  No GIL needed. */
 const sk_tcp_info_field *sk_tcp_info_fields(size_t *n)
 {
-    int layout = __atomic_load_n(&trailer_layout, __ATOMIC_RELAXED);
+    int layout = SK_LOAD_RELAXED(&trailer_layout);
 
     if (layout == 0) {
         layout = kernel_is_v7() ? 2 : 1;
-        __atomic_store_n(&trailer_layout, layout, __ATOMIC_RELAXED);
+        SK_STORE_RELAXED(&trailer_layout, layout);
     }
     return sk_tcp_info_fields_layout(layout == 2, n);
 }

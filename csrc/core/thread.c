@@ -4,6 +4,8 @@
 #include <signal.h>
 #include <time.h>
 
+#include "sys.h"
+
 /* Contract: see thread.h. */
 int sk_cond_init_monotonic(pthread_cond_t *cv, sk_err *err)
 {
@@ -39,7 +41,7 @@ int sk_thread_spawn(pthread_t *t, size_t stack_size, void *(*fn)(void *), void *
     /* the thread inherits a full signal mask: signals go elsewhere */
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    r = pthread_create(t, &ta, fn, arg);
+    r = sk_thread_create(t, &ta, fn, arg);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_attr_destroy(&ta);
     if (r != 0) {

@@ -1,9 +1,11 @@
 /*
- * thread.h - starting the core's own threads (the state sampler, the
- * segment capture): a condition variable on CLOCK_MONOTONIC (clock.h
- * deadlines), and a thread that blocks every signal, so no syscall of the
- * application's threads sees an EINTR because of it and Python's signal
- * handlers keep running in the main thread.
+ * thread.h - starting the core's own threads (the state sampler of
+ * watch.c, the segment capture of capture.c): a condition variable on
+ * CLOCK_MONOTONIC (clock.h deadlines), and a thread that blocks every
+ * signal, so no syscall of the application's threads sees an EINTR because
+ * of it and Python's signal handlers keep running in the main thread.  The
+ * thread is started through sys.h (sk_thread_create), so fault injection
+ * reaches it.
  */
 #ifndef SK_THREAD_H
 #define SK_THREAD_H

@@ -11,7 +11,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -22,8 +21,9 @@
 #include <unistd.h>
 
 #include "clock.h"
-#include "tcpinfo.h"
 #include "sys.h"
+#include "tcpinfo.h"
+#include "thread.h"
 
 #ifndef SO_COOKIE
 #define SO_COOKIE 57 /* Linux >= 4.13, asm-generic/socket.h */
@@ -490,13 +490,9 @@ int sk_watch_start(const sk_watch_target *t, const sk_watch_config *c,
                    sk_watch **out, sk_err *err)
 {
     sk_watch *w = NULL;
-    pthread_condattr_t ca;
-    pthread_attr_t ta;
-    sigset_t all, old;
     uint64_t nlookups = 0;
     tick tk;
-    int gone, handed_over, r, rc = SK_ERR;
-    int ca_ok = 0, ta_ok = 0;
+    int gone, handed_over, rc = SK_ERR;
 
     if (out != NULL)
         *out = NULL;
@@ -533,16 +529,14 @@ int sk_watch_start(const sk_watch_target *t, const sk_watch_config *c,
     }
     pthread_mutex_init(&w->mu, NULL);
     pthread_mutex_init(&w->join_mu, NULL);
-    if (pthread_condattr_init(&ca) != 0) {
-        pthread_cond_init(&w->cv, NULL);
+    /* both condition variables exist from here on, even on failure, so
+     * that watch_destroy can destroy them */
+    if (sk_cond_init_monotonic(&w->cv, err) != SK_OK) {
         pthread_cond_init(&w->rec_cv, NULL);
-        sk_err_set(err, SK_E_NOMEM, "pthread_condattr_init failed");
         goto done;
     }
-    ca_ok = 1;
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&w->cv, &ca);
-    pthread_cond_init(&w->rec_cv, &ca);
+    if (sk_cond_init_monotonic(&w->rec_cv, err) != SK_OK)
+        goto done;
     w->fd = t->fd;
     w->is_fd_target = t->fd >= 0;
     w->interval_ns = c->interval_ns > 0 ? c->interval_ns
@@ -599,20 +593,9 @@ int sk_watch_start(const sk_watch_target *t, const sk_watch_config *c,
         rc = SK_OK;
         goto done;
     }
-    if (pthread_attr_init(&ta) != 0) {
-        sk_err_set(err, SK_E_NOMEM, "pthread_attr_init failed");
-        goto done;
-    }
-    ta_ok = 1;
-    pthread_attr_setstacksize(&ta, SK_WATCH_STACK);
-    /* the sampler inherits a full signal mask: signals go elsewhere */
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    r = sk_thread_create(&w->thread, &ta, sampler_main, w);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (r != 0) {
+    if (sk_thread_spawn(&w->thread, SK_WATCH_STACK, sampler_main, w, err) !=
+        SK_OK) {
         w->running = 0;
-        sk_err_sys(err, "pthread_create", r);
         goto done;
     }
     w->thread_started = 1;
@@ -620,10 +603,6 @@ int sk_watch_start(const sk_watch_target *t, const sk_watch_config *c,
     w = NULL;
     rc = SK_OK;
 done:
-    if (ta_ok)
-        pthread_attr_destroy(&ta);
-    if (ca_ok)
-        pthread_condattr_destroy(&ca);
     if (w != NULL)
         watch_destroy(w);
     return rc;
