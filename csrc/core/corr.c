@@ -97,86 +97,6 @@ static void sk_corr_erase(sk_corr *t, size_t i)
         sk_corr_resize(t, t->cap / 2); /* best effort: fine if it fails */
 }
 
-/* ------------------------------------------------------------ the heap */
-
-static inline int sk_corr_before(const sk_promise *a, const sk_promise *b)
-{
-    return a->deadline < b->deadline ||
-           (a->deadline == b->deadline && a->id < b->id);
-}
-
-static inline void sk_corr_heap_set(sk_corr *t, size_t i, sk_promise *p)
-{
-    t->heap[i] = p;
-    p->heap_idx = i;
-}
-
-static void sk_corr_sift_up(sk_corr *t, size_t i)
-{
-    sk_promise *p = t->heap[i];
-
-    while (i > 0) {
-        size_t parent = (i - 1) / 2;
-        if (!sk_corr_before(p, t->heap[parent]))
-            break;
-        sk_corr_heap_set(t, i, t->heap[parent]);
-        i = parent;
-    }
-    sk_corr_heap_set(t, i, p);
-}
-
-static void sk_corr_sift_down(sk_corr *t, size_t i)
-{
-    sk_promise *p = t->heap[i];
-    size_t n = t->heap_len, c;
-
-    for (;;) {
-        c = 2 * i + 1;
-        if (c >= n)
-            break;
-        if (c + 1 < n && sk_corr_before(t->heap[c + 1], t->heap[c]))
-            c++;
-        if (!sk_corr_before(t->heap[c], p))
-            break;
-        sk_corr_heap_set(t, i, t->heap[c]);
-        i = c;
-    }
-    sk_corr_heap_set(t, i, p);
-}
-
-static int sk_corr_heap_push(sk_corr *t, sk_promise *p)
-{
-    if (t->heap_len == t->heap_cap) {
-        size_t cap = t->heap_cap ? t->heap_cap * 2 : SK_CORR_MIN_CAP;
-        sk_promise **h = sk_realloc(t->heap, cap * sizeof(*h));
-        if (h == NULL)
-            return SK_ERR;
-        t->heap = h;
-        t->heap_cap = cap;
-    }
-    sk_corr_heap_set(t, t->heap_len++, p);
-    sk_corr_sift_up(t, t->heap_len - 1);
-    return SK_OK;
-}
-
-static void sk_corr_heap_remove(sk_corr *t, sk_promise *p)
-{
-    size_t i = p->heap_idx;
-    sk_promise *last;
-
-    if (i == SIZE_MAX)
-        return;
-    p->heap_idx = SIZE_MAX;
-    last = t->heap[--t->heap_len];
-    if (i == t->heap_len)
-        return;
-    sk_corr_heap_set(t, i, last);
-    if (i > 0 && sk_corr_before(last, t->heap[(i - 1) / 2]))
-        sk_corr_sift_up(t, i);
-    else
-        sk_corr_sift_down(t, i);
-}
-
 /* ------------------------------------------------------ expired ids */
 
 /* Remember that id expired, forgetting the oldest one beyond
@@ -222,6 +142,7 @@ int sk_corr_init(sk_corr *t, sk_err *err)
     int r;
 
     memset(t, 0, sizeof(*t));
+    sk_heap_init(&t->heap);
     t->next_id = 1;
     r = pthread_mutex_init(&t->mu, NULL);
     if (r != 0)
@@ -246,7 +167,7 @@ void sk_corr_free(sk_corr *t)
 {
     free(t->keys);
     free(t->vals);
-    free(t->heap);
+    sk_heap_free(&t->heap);
     free(t->ring);
     pthread_mutex_destroy(&t->mu);
     memset(t, 0, sizeof(*t));
@@ -261,11 +182,12 @@ int sk_corr_add(sk_corr *t, sk_promise *p, int64_t deadline, sk_err *err)
         id = t->next_id++ & SK_CORR_ID_MASK;
     p->id = id;
     p->late_mark = t->late;
-    p->deadline = deadline;
-    p->heap_idx = SIZE_MAX;
+    sk_heap_node_init(&p->deadline);
+    p->deadline.key = deadline;
+    p->deadline.tie = id; /* equal deadlines expire in id order */
     if (sk_corr_put(t, id, p) != SK_OK)
         return sk_err_set(err, SK_E_NOMEM, "out of memory registering a request");
-    if (deadline != SK_NO_DEADLINE && sk_corr_heap_push(t, p) != SK_OK) {
+    if (deadline != SK_NO_DEADLINE && sk_heap_push(&t->heap, &p->deadline) != SK_OK) {
         sk_corr_erase(t, sk_corr_find(t, id));
         return sk_err_set(err, SK_E_NOMEM, "out of memory registering a request");
     }
@@ -277,7 +199,7 @@ int sk_corr_add(sk_corr *t, sk_promise *p, int64_t deadline, sk_err *err)
 static void sk_corr_detach(sk_corr *t, sk_promise *p, size_t slot)
 {
     sk_corr_erase(t, slot);
-    sk_corr_heap_remove(t, p);
+    sk_heap_remove(&t->heap, &p->deadline);
     t->pending--;
 }
 
@@ -354,12 +276,13 @@ int sk_corr_abandon(sk_corr *t, sk_promise *p)
 /* Contract: mu held. */
 size_t sk_corr_expire(sk_corr *t, int64_t now, sk_plist *out)
 {
+    sk_heap_node *top;
     sk_promise *p;
     size_t n = 0;
     int fail;
 
-    while (t->heap_len > 0 && t->heap[0]->deadline <= now) {
-        p = t->heap[0];
+    while ((top = sk_heap_top(&t->heap)) != NULL && top->key <= now) {
+        p = SK_HEAP_ENTRY(top, sk_promise, deadline);
         sk_corr_detach(t, p, sk_corr_find(t, p->id));
         sk_corr_remember(t, p->id);
         t->timeouts++;
@@ -376,7 +299,9 @@ size_t sk_corr_expire(sk_corr *t, int64_t now, sk_plist *out)
 /* Contract: mu held. */
 int64_t sk_corr_next_deadline(const sk_corr *t)
 {
-    return t->heap_len > 0 ? t->heap[0]->deadline : SK_NO_DEADLINE;
+    const sk_heap_node *top = sk_heap_top(&t->heap);
+
+    return top != NULL ? top->key : SK_NO_DEADLINE;
 }
 
 /* Contract: mu held. */

@@ -41,6 +41,7 @@
 #include <stdint.h>
 
 #include "frame.h"
+#include "heap.h"
 #include "promise.h"
 #include "sk.h"
 
@@ -88,9 +89,8 @@ typedef struct sk_corr {
     void **vals;
     size_t cap;           /* power of two, or 0 before the first add */
     size_t used;          /* slots holding a key */
-    /* deadline min-heap of pending promises (p->heap_idx is their index) */
-    sk_promise **heap;
-    size_t heap_len, heap_cap;
+    /* deadline min-heap of pending promises (their p->deadline nodes) */
+    sk_heap heap;
     /* ids of expired requests, oldest first (a ring) */
     uint64_t *ring;
     size_t ring_cap, ring_head, ring_len;

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "heap.h"
 #include "sys.h"
 
 #define SK_HUB_EVENTS 256
@@ -28,11 +29,10 @@ typedef struct sk_hub_linger_ent {
 } sk_hub_linger_ent;
 
 typedef struct sk_hub_slot {
-    sk_conn *c;    /* NULL: free */
-    uint32_t gen;  /* bumped on every reuse, so stale events are ignored */
-    int heap;      /* position in the heap */
-    int armed;     /* EPOLLIN (one-shot) is armed */
-    int64_t due;   /* next time the hub looks at this connection */
+    sk_conn *c;       /* NULL: free */
+    uint32_t gen;     /* bumped on every reuse, so stale events are ignored */
+    int armed;        /* EPOLLIN (one-shot) is armed */
+    sk_heap_node due; /* key: next time the hub looks at this connection */
 } sk_hub_slot;
 
 struct sk_hub {
@@ -42,61 +42,11 @@ struct sk_hub {
     sk_hub_slot *slots;
     int nslots, cap;
     int *free_list, nfree;
-    int *heap, nheap;
+    sk_heap heap;       /* the slots' `due` nodes, room for `cap` */
     sk_hub_linger_ent *lingers;
     int nlinger, linger_cap;
     sk_hub_stats st;
 };
-
-/* ---------------------------------------------------------------- heap */
-
-static int sk_heap_less(sk_hub *h, int a, int b)
-{
-    return h->slots[h->heap[a]].due < h->slots[h->heap[b]].due;
-}
-
-static void sk_heap_swap(sk_hub *h, int a, int b)
-{
-    int t = h->heap[a];
-
-    h->heap[a] = h->heap[b];
-    h->heap[b] = t;
-    h->slots[h->heap[a]].heap = a;
-    h->slots[h->heap[b]].heap = b;
-}
-
-/* Restore the heap property around position i. */
-static void sk_heap_fix(sk_hub *h, int i)
-{
-    int l, r, m;
-
-    while (i > 0 && sk_heap_less(h, i, (i - 1) / 2)) {
-        sk_heap_swap(h, i, (i - 1) / 2);
-        i = (i - 1) / 2;
-    }
-    for (;;) {
-        l = 2 * i + 1;
-        r = l + 1;
-        m = i;
-        if (l < h->nheap && sk_heap_less(h, l, m))
-            m = l;
-        if (r < h->nheap && sk_heap_less(h, r, m))
-            m = r;
-        if (m == i)
-            break;
-        sk_heap_swap(h, i, m);
-        i = m;
-    }
-}
-
-static void sk_heap_remove(sk_hub *h, int i)
-{
-    h->nheap--;
-    if (i != h->nheap) {
-        sk_heap_swap(h, i, h->nheap);
-        sk_heap_fix(h, i);
-    }
-}
 
 /* ------------------------------------------------------------- per conn */
 
@@ -198,8 +148,8 @@ static void sk_hub_tick(sk_hub *h, int idx, int64_t now)
     }
     sk_hub_arm(h, idx);
 done:
-    h->slots[idx].due = sk_hub_next_due(c, now);
-    sk_heap_fix(h, h->slots[idx].heap);
+    h->slots[idx].due.key = sk_hub_next_due(c, now);
+    sk_heap_update(&h->heap, &h->slots[idx].due);
 }
 
 /* Look at every lingering socket (hub lock held): drain it, and close it
@@ -238,7 +188,8 @@ static void *sk_hub_main(void *arg)
     sk_hub *h = (sk_hub *)arg;
     struct epoll_event evs[SK_HUB_EVENTS];
     struct timespec cpu;
-    int64_t now, due;
+    sk_heap_node *top;
+    int64_t now;
     uint64_t tag, junk;
     int i, n, ms, idx;
 
@@ -249,11 +200,9 @@ static void *sk_hub_main(void *arg)
             break;
         }
         ms = 1000;
-        if (h->nheap > 0) {
-            due = h->slots[h->heap[0]].due;
-            if (due != SK_HUB_NEVER)
-                ms = sk_poll_ms(due, 1000);
-        }
+        top = sk_heap_top(&h->heap);
+        if (top != NULL && top->key != SK_HUB_NEVER)
+            ms = sk_poll_ms(top->key, 1000);
         if (h->nlinger > 0 && ms > SK_HUB_LINGER_MS)
             ms = SK_HUB_LINGER_MS;
         pthread_mutex_unlock(&h->mu);
@@ -276,8 +225,9 @@ static void *sk_hub_main(void *arg)
             h->slots[idx].armed = 0; /* one-shot: disarmed by the event */
             sk_hub_on_event(h, idx);
         }
-        while (h->nheap > 0 && h->slots[h->heap[0]].due <= now)
-            sk_hub_tick(h, h->heap[0], now);
+        while ((top = sk_heap_top(&h->heap)) != NULL && top->key <= now)
+            sk_hub_tick(h, (int)(SK_HEAP_ENTRY(top, sk_hub_slot, due) - h->slots),
+                        now);
         if (h->nlinger > 0)
             sk_hub_lingers(h, now);
         if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu) == 0)
@@ -364,31 +314,35 @@ void sk_hub_free(sk_hub *h)
     pthread_mutex_destroy(&h->mu);
     free(h->slots);
     free(h->free_list);
-    free(h->heap);
+    sk_heap_free(&h->heap);
     free(h);
 }
 
 /* Grow the slot, free-list and heap arrays to hold one more slot. */
 static int sk_hub_grow(sk_hub *h)
 {
-    int cap = h->cap ? h->cap + h->cap / 2 : 64;
+    int cap = h->cap ? h->cap + h->cap / 2 : 64, i, rc = -1;
     sk_hub_slot *s;
-    int *f, *hp;
+    int *f;
 
     s = sk_realloc(h->slots, (size_t)cap * sizeof(*s));
     if (s == NULL)
-        return -1;
+        goto done;
     h->slots = s;
+    /* the slots moved: so did their heap nodes */
+    for (i = 0; i < h->nslots; i++)
+        if (h->slots[i].c != NULL && sk_heap_contains(&h->slots[i].due))
+            sk_heap_moved(&h->heap, &h->slots[i].due);
     f = sk_realloc(h->free_list, (size_t)cap * sizeof(*f));
     if (f == NULL)
-        return -1;
+        goto done;
     h->free_list = f;
-    hp = sk_realloc(h->heap, (size_t)cap * sizeof(*hp));
-    if (hp == NULL)
-        return -1;
-    h->heap = hp;
+    if (sk_heap_reserve(&h->heap, (size_t)cap) != SK_OK)
+        goto done;
     h->cap = cap;
-    return 0;
+    rc = 0;
+done:
+    return rc;
 }
 
 /* Contract: any thread, no GIL needed. */
@@ -419,10 +373,9 @@ int sk_hub_add(sk_hub *h, sk_conn *c, sk_err *err)
         h->free_list[h->nfree++] = idx;
         goto done;
     }
-    h->slots[idx].due = sk_hub_next_due(c, sk_now_ns());
-    h->slots[idx].heap = h->nheap;
-    h->heap[h->nheap++] = idx;
-    sk_heap_fix(h, h->nheap - 1);
+    sk_heap_node_init(&h->slots[idx].due);
+    h->slots[idx].due.key = sk_hub_next_due(c, sk_now_ns());
+    (void)sk_heap_push(&h->heap, &h->slots[idx].due); /* room reserved */
     c->hub = h;
     c->hub_slot = idx;
     h->st.conns++;
@@ -444,7 +397,7 @@ void sk_hub_remove(sk_hub *h, sk_conn *c)
     if (c->hub != h || idx < 0 || idx >= h->nslots || h->slots[idx].c != c)
         goto done;
     epoll_ctl(h->ep, EPOLL_CTL_DEL, c->fd, NULL);
-    sk_heap_remove(h, h->slots[idx].heap);
+    sk_heap_remove(&h->heap, &h->slots[idx].due);
     h->slots[idx].c = NULL;
     h->free_list[h->nfree++] = idx;
     c->hub = NULL;

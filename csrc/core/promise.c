@@ -17,8 +17,8 @@
 void sk_promise_init(sk_promise *p)
 {
     memset(p, 0, sizeof(*p));
-    p->deadline = SK_NO_DEADLINE;
-    p->heap_idx = SIZE_MAX;
+    sk_heap_node_init(&p->deadline);
+    p->deadline.key = SK_NO_DEADLINE;
     p->data = p->small;
 }
 

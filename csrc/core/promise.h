@@ -25,6 +25,7 @@
 #include <stdint.h>
 
 #include "atomic.h"
+#include "heap.h"
 #include "sk.h"
 #include "wait.h"
 
@@ -57,8 +58,8 @@ typedef struct sk_promise {
     int fail;            /* SK_PF_* once FAILED */
     uint64_t id;         /* correlation id (corr.h) */
     uint64_t late_mark;  /* the table's late count when added (corr.h) */
-    int64_t deadline;    /* monotonic ns, SK_NO_DEADLINE if none (corr.h) */
-    size_t heap_idx;     /* position in the table's deadline heap (corr.h) */
+    sk_heap_node deadline; /* in the table's deadline heap (corr.h): key =
+                              monotonic ns (SK_NO_DEADLINE: none), tie = id */
     struct sk_promise *next; /* list link for whoever holds it (corr.h) */
     unsigned char *data; /* payload: `small` or malloc'd */
     size_t len;

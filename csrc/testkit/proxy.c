@@ -48,11 +48,11 @@
 #include <unistd.h>
 
 #include "core/clock.h"
+#include "core/heap.h"
 #include "core/sock.h"
 #include "core/sys.h"
 
 #define SK_PX_NEVER INT64_MAX
-#define SK_PX_NOIDX ((size_t)-1)
 #define SK_PX_EVENTS 64
 #define SK_PX_ACCEPT_BATCH 32
 #define SK_PX_DRAIN_MAX (256 * 1024)       /* discarded before a close */
@@ -124,8 +124,7 @@ typedef struct sk_pxpair {
     int64_t reset_at;
     unsigned reset_dirs;
     int64_t stall_close_at;
-    size_t heap_idx;
-    int64_t wake_ns;
+    sk_heap_node wake; /* key: the next wake-up (p->heap, when timed) */
     struct sockaddr_storage client_addr; /* immutable */
     struct sockaddr_storage local_addr;  /* written under mu */
     struct sk_pxpair *prev, *next;       /* live list: changed under mu */
@@ -182,8 +181,7 @@ struct sk_proxy {
     sk_pxfault snap[SK_PROXY_MAX_FAULTS];
     unsigned nsnap;
     sk_pxeff eff[2];
-    sk_pxpair **heap;
-    size_t heap_len;
+    sk_heap heap;   /* the pairs' wake nodes; room for max_conns */
     sk_pxpair *zombies;
     uint64_t rng;
     int64_t accept_pause_until;
@@ -246,77 +244,20 @@ static void sk_px_wake(sk_proxy *p)
 
 /* ------------------------------------------------------------ timer heap */
 
-/* Heap helpers (reactor): a binary min-heap of pairs by wake_ns; each pair
- * knows its slot (heap_idx) so its time can change in O(log n). */
-static void sk_heap_put(sk_proxy *p, size_t i, sk_pxpair *c)
-{
-    p->heap[i] = c;
-    c->heap_idx = i;
-}
-
-static void sk_heap_up(sk_proxy *p, size_t i)
-{
-    sk_pxpair *c = p->heap[i];
-
-    while (i > 0) {
-        size_t parent = (i - 1) / 2;
-        if (p->heap[parent]->wake_ns <= c->wake_ns)
-            break;
-        sk_heap_put(p, i, p->heap[parent]);
-        i = parent;
-    }
-    sk_heap_put(p, i, c);
-}
-
-static void sk_heap_down(sk_proxy *p, size_t i)
-{
-    sk_pxpair *c = p->heap[i];
-
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = l;
-        if (l >= p->heap_len)
-            break;
-        if (r < p->heap_len && p->heap[r]->wake_ns < p->heap[l]->wake_ns)
-            m = r;
-        if (p->heap[m]->wake_ns >= c->wake_ns)
-            break;
-        sk_heap_put(p, i, p->heap[m]);
-        i = m;
-    }
-    sk_heap_put(p, i, c);
-}
-
 /* Set c's wake-up time; SK_PX_NEVER takes it out of the heap.  The heap
- * has room for max_conns pairs, and there are never more. */
+ * has room for max_conns pairs, and there are never more, so the push
+ * cannot fail.  Reactor. */
 static void sk_timer_set(sk_proxy *p, sk_pxpair *c, int64_t wake)
 {
-    size_t i = c->heap_idx;
-    sk_pxpair *moved;
-
     if (wake == SK_PX_NEVER) {
-        if (i == SK_PX_NOIDX)
-            goto done;
-        c->heap_idx = SK_PX_NOIDX;
-        p->heap_len--;
-        if (i == p->heap_len)
-            goto done;
-        moved = p->heap[p->heap_len]; /* the last one fills the hole */
-        sk_heap_put(p, i, moved);
-        sk_heap_up(p, i);
-        sk_heap_down(p, moved->heap_idx);
-        goto done;
-    }
-    c->wake_ns = wake;
-    if (i == SK_PX_NOIDX) {
-        i = p->heap_len++;
-        sk_heap_put(p, i, c);
-        sk_heap_up(p, i);
+        sk_heap_remove(&p->heap, &c->wake);
+    } else if (sk_heap_contains(&c->wake)) {
+        c->wake.key = wake;
+        sk_heap_update(&p->heap, &c->wake);
     } else {
-        sk_heap_up(p, i);
-        sk_heap_down(p, c->heap_idx);
+        c->wake.key = wake;
+        (void)sk_heap_push(&p->heap, &c->wake);
     }
-done:
-    return;
 }
 
 /* ---------------------------------------------------------------- faults */
@@ -954,7 +895,7 @@ static void sk_pair_new(sk_proxy *p, int cfd,
     }
     c->end[SK_SIDE_CLIENT].fd = cfd;
     c->end[SK_SIDE_SERVER].fd = sfd;
-    c->heap_idx = SK_PX_NOIDX;
+    sk_heap_node_init(&c->wake);
     c->start_ns = sk_now_ns();
     c->client_addr = *ca;
     pthread_mutex_lock(&p->mu);
@@ -1126,13 +1067,15 @@ done:
 static void sk_px_run_timers(sk_proxy *p)
 {
     sk_pxpair *due = NULL, *c;
+    sk_heap_node *top;
     int64_t now;
 
-    if (p->heap_len == 0 || p->heap[0]->wake_ns > sk_now_ns())
+    top = sk_heap_top(&p->heap);
+    if (top == NULL || top->key > sk_now_ns())
         return;
     now = sk_now_ns();
-    while (p->heap_len > 0 && p->heap[0]->wake_ns <= now) {
-        c = p->heap[0];
+    while ((top = sk_heap_top(&p->heap)) != NULL && top->key <= now) {
+        c = SK_HEAP_ENTRY(top, sk_pxpair, wake);
         sk_timer_set(p, c, SK_PX_NEVER);
         c->zombie_next = due; /* borrowed as a list link */
         due = c;
@@ -1157,7 +1100,8 @@ static void *sk_px_main(void *arg)
     sk_px_refresh(p);
     sk_px_listen_mask(p, sk_now_ns());
     while (!atomic_load_explicit(&p->stop, memory_order_acquire)) {
-        int64_t wake = p->heap_len > 0 ? p->heap[0]->wake_ns : SK_PX_NEVER;
+        int64_t wake = sk_heap_top(&p->heap) != NULL ? sk_heap_top(&p->heap)->key
+                                                      : SK_PX_NEVER;
         int n, i;
 
         if (p->accept_pause_until != 0) {
@@ -1248,8 +1192,8 @@ int sk_proxy_start(const struct sockaddr *upstream, socklen_t upstream_len,
                                                         : SK_PX_DEFAULT_CONNS;
     p->rng = opts != NULL && opts->seed != 0 ? opts->seed
                                              : (uint64_t)sk_now_ns();
-    p->heap = sk_calloc(p->max_conns, sizeof(*p->heap));
-    if (p->heap == NULL) {
+    sk_heap_init(&p->heap);
+    if (sk_heap_reserve(&p->heap, p->max_conns) != SK_OK) {
         sk_err_set(err, SK_E_NOMEM, "out of memory for the proxy");
         goto error;
     }
@@ -1311,7 +1255,7 @@ error:
             pthread_cond_destroy(&p->applied_cv);
         if (mu_ok)
             pthread_mutex_destroy(&p->mu);
-        free(p->heap);
+        sk_heap_free(&p->heap);
         free(p);
     }
 done:
@@ -1463,6 +1407,6 @@ void sk_proxy_stop(sk_proxy *p)
     close(p->evfd);
     pthread_cond_destroy(&p->applied_cv);
     pthread_mutex_destroy(&p->mu);
-    free(p->heap);
+    sk_heap_free(&p->heap);
     free(p);
 }
