@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from . import _core
-from ._enums import TcpState
+from ._enums import TcpState, kernel_state
 from ._errors import Error
 from ._net import format_address
 from ._types import Framing
@@ -475,7 +475,7 @@ def clean_observed(trs: Iterable[tuple[int, int, bool]], *,
         ...     [(0, 7, True), (5, 3, True), (6, 7, True), (9, 1, True)], tuple_watch=True)]
         [(5, 'SYN_RCVD', 'sock_diag'), (9, 'ESTABLISHED', 'sock_diag')]
     """
-    rows = [(t, TcpState.CLOSED if s == 13 else TcpState(s), "sock_diag" if via else "TCP_INFO")
+    rows = [(t, kernel_state(s), "sock_diag" if via else "TCP_INFO")
             for t, s, via in trs]
     out: list[tuple[int, TcpState, str]] = []
     for i, (t, st, by) in enumerate(rows):

@@ -14,7 +14,8 @@ This module keeps what the servers must do the same way:
   ID_ERROR, payload "ExcType: message"; the id bits come from the C core);
 * logging a handler's exception (logger "pysockkit", ERROR, traceback);
 * recording why each client connection ended (:class:`ServerExits`) and the
-  exceptions of the abnormal ends (``server.errors``).
+  exceptions of the abnormal ends (``server.errors``);
+* the threaded accept loop (:func:`accept_loop`) of sk.serve and simplex.Server.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import _core
 from ._errors import (
@@ -38,6 +39,9 @@ from ._errors import (
     Timeout,
 )
 from ._net import format_address
+
+if TYPE_CHECKING:
+    from ._conn import Connection, Listener
 
 __all__ = ["ServerExits"]
 
@@ -367,6 +371,35 @@ class ServerRecords:
             12
         """
         return self._book.served
+
+
+def accept_loop(listener: "Listener[Any]", stopping: Callable[[], bool],
+                take: "Callable[[Connection[Any]], bool]", failed: Callable[[Error], None],
+                poll: Optional[float] = None) -> None:
+    """The accept loop of a threaded server: accept clients on *listener*
+    until ``stopping()`` is true, and hand each one to ``take(conn)``,
+    which returns False to end the loop.  An accept that fails (EMFILE, ...)
+    goes to ``failed(exc)`` unless the server is stopping.  With *poll*
+    (seconds) ``stopping()`` is checked at least that often; without, the
+    server's close() closes the listener, which wakes the accept.
+
+    Example::
+
+        threading.Thread(target=accept_loop, args=(listener, stop.is_set, start_client,
+                                                   log_error, 0.1)).start()
+    """
+    while not stopping():
+        try:
+            conn = listener.accept(timeout=poll)
+        except Timeout:
+            continue
+        except Error as exc:
+            if stopping():
+                return
+            failed(exc)
+            continue
+        if not take(conn):
+            return
 
 
 def peer_name(conn: Any) -> str:

@@ -74,7 +74,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Optional, Union, cast, overload
 
 from . import _core
-from ._conn import Address, _resolve
 from ._errors import (
     ConnectionClosed,
     ConnectionReset,
@@ -95,7 +94,7 @@ from ._handler import (
     log,
     peer_name,
 )
-from ._net import AddressLike, check_timeout, format_address, parse_address
+from ._net import Address, AddressLike, check_timeout, format_address, parse_address, resolve
 from ._types import Framing, Heartbeat, Keepalive, M
 from ._types import Message as Message
 
@@ -1408,10 +1407,11 @@ class Connection(Generic[M]):
             <TcpState.ESTABLISHED: 1>
         """
         from ._enums import TcpState
+        from ._observe import fd_state
 
         if self._lost or self._fd < 0:
             return TcpState.CLOSED
-        return TcpState(_core.tcp_state(self._fd))
+        return fd_state(self._fd)
 
     def __repr__(self) -> str:
         if self._lost or self._transport is None:
@@ -1670,7 +1670,7 @@ class Listener(Generic[M]):
 
 
 def _listen_socket(addr: AddressLike, backlog: int) -> socket.socket:
-    fam, host, port = _resolve(addr)[0]
+    fam, host, port = resolve(addr)[0]
     sock = socket.socket(fam, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -78,6 +78,7 @@ from ._errors import (
 from ._handler import (
     AsyncHandler,
     ExitBook,
+    accept_loop,
     check_handlers,
     check_reply,
     error_id,
@@ -1135,18 +1136,11 @@ class Server:
             self._n[key] += k
 
     def _accept_loop(self, listener: Listener, role: int) -> None:
-        while not self._closing:
-            try:
-                conn = listener.accept()  # close() wakes it
-            except Error:
-                if self._closing:
-                    return
-                time.sleep(0.05)  # e.g. EMFILE: do not spin
-                continue
+        def take(conn: Connection) -> bool:
             with self._lock:
                 if self._closing:
                     conn.close()
-                    return
+                    return False
                 busy = self._links >= 2 * self._max_sessions
                 if not busy:
                     self._links += 1
@@ -1154,9 +1148,14 @@ class Server:
             if busy:
                 self._count("rejected")
                 self._refuse(conn, _ST_BUSY, f"{self._max_sessions} sessions (max_sessions)")
-                continue
+                return True
             target = self._serve_reply_link if role == _ROLE_REPLY else self._serve_request_link
             self._spawn(self._serve_link, f"pysockkit-simplex-{_ROLE_NAME[role]}", target, conn)
+            return True
+
+        # close() closes the listener, which wakes the accept; an accept
+        # error (EMFILE, ...) waits a little: do not spin
+        accept_loop(listener, lambda: self._closing, take, lambda exc: time.sleep(0.05))
 
     def _serve_link(self, target: Callable[[Connection], None], conn: Connection) -> None:
         try:
