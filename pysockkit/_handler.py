@@ -28,7 +28,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from . import _core
 from ._errors import (
     ConnectionClosed,
     ConnectionReset,
@@ -44,10 +43,6 @@ if TYPE_CHECKING:
     from ._conn import Connection, Listener
 
 __all__ = ["ServerExits"]
-
-ID_REPLY: int = _core.ID_REPLY
-ID_ERROR: int = _core.ID_ERROR
-ID_MASK: int = _core.ID_MASK
 
 # No NullHandler on purpose: a handler that raises in a server must not
 # vanish when the program has not configured logging (Python's last-resort
@@ -152,16 +147,6 @@ def error_text(exc: BaseException, max_frame: int) -> bytes:
     """The payload of an error reply: "ExcType: message", at most
     MAX_ERROR_TEXT bytes and max_frame."""
     return _cut(f"{type(exc).__name__}: {exc}", min(MAX_ERROR_TEXT, max_frame))
-
-
-def reply_id(request_id: int) -> int:
-    """The id of the reply to request_id."""
-    return (request_id & ID_MASK) | ID_REPLY
-
-
-def error_id(request_id: int) -> int:
-    """The id of the error reply to request_id."""
-    return (request_id & ID_MASK) | ID_REPLY | ID_ERROR
 
 
 class HandlerFailed(Exception):

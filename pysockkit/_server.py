@@ -17,20 +17,18 @@ from ._errors import Error
 from ._handler import (
     ExitBook,
     HandlerFailed,
-    ID_REPLY,
     Reply,
     ServerRecords,
     accept_loop,
     check_handlers,
     check_reply,
-    error_id,
     error_text,
     log,
     peer_name,
-    reply_id,
 )
 from ._net import AddressLike, check_timeout, format_address
 from ._types import Framing
+from ._wire import ID_REPLY, error_id, reply_id
 
 __all__ = ["Server", "serve", "Handler", "ConnectionHandler"]
 

@@ -89,14 +89,14 @@ from ._handler import (
     ServerRecords,
     check_handlers,
     check_reply,
-    error_id,
     error_text,
     log,
     peer_name,
 )
 from ._net import Address, AddressLike, check_timeout, format_address, parse_address, resolve
-from ._types import Framing, Heartbeat, Keepalive, M
+from ._types import Framing, Heartbeat, Keepalive, M, RequestStats
 from ._types import Message as Message
+from ._wire import ID_MASK, ID_REPLY, error_id, reply_id
 
 if TYPE_CHECKING:
     from ._enums import TcpState
@@ -116,8 +116,6 @@ __all__ = [
 
 _Buffer = Union[bytes, bytearray, memoryview]
 
-REPLY = _core.ID_REPLY  # correlation id flag: this frame answers the request with id & _ID_MASK
-_ID_MASK = _core.ID_MASK
 _resolve_replies = _core.resolve_replies
 _resolve_in_order = _core.resolve_in_order
 _DEFAULT_FRAMING: "Framing[Any]" = Framing()
@@ -455,8 +453,8 @@ class Connection(Generic[M]):
             return rest
         out: list[Message] = []
         for f in rest:
-            if f.__class__ is tuple and f[0] & REPLY:
-                self._stray(f[0] & _ID_MASK)
+            if f.__class__ is tuple and f[0] & ID_REPLY:
+                self._stray(f[0] & ID_MASK)
             else:
                 out.append(f)
         return out
@@ -1023,7 +1021,7 @@ class Connection(Generic[M]):
         timeout = check_timeout(timeout)
         if self._werr is not None:
             raise self._werr
-        self._write(self._encode(data, (request_id & _ID_MASK) | REPLY))
+        self._write(self._encode(data, reply_id(request_id)))
         if self._wpaused:
             await self._drain(timeout, "reply")
 
@@ -1038,7 +1036,7 @@ class Connection(Generic[M]):
         """
         if self._werr is not None or self._wpaused:
             self._check_send()
-        frame = self._encode(data, (request_id & _ID_MASK) | REPLY)
+        frame = self._encode(data, reply_id(request_id))
         self._wbuf.append(frame)
         self._wbytes += len(frame)
         if self._wbytes >= self._flush_at:
@@ -1300,8 +1298,9 @@ class Connection(Generic[M]):
         return self._hb
 
     @property
-    def stats(self) -> dict[str, int]:
-        """Counters: requests sent, replies matched, timeouts, and replies
+    def stats(self) -> RequestStats:
+        """A snapshot of the counters (``sk.RequestStats``): requests sent,
+        replies matched, timeouts, and replies
         dropped as ``late`` (after their request timed out or was
         cancelled), ``duplicate`` (already answered) or ``unknown`` (an id
         never sent); ``read_pauses`` (the receive queue was full);
@@ -1312,15 +1311,11 @@ class Connection(Generic[M]):
 
         Example::
 
-            >>> conn.stats["late"]
-            0
+            >>> conn.stats["late"], conn.stats.replies
+            (0, 1000)
         """
-        d = {"requests": self._next_id - 1}
-        d.update(self._stats)
-        d["pending"] = len(self._pending)
-        d["owed"] = self._owed()
-        d["queued"] = len(self._q)
-        return d
+        return RequestStats(requests=self._next_id - 1, pending=len(self._pending),
+                            owed=self._owed(), queued=len(self._q), **self._stats)
 
     @property
     def queued_bytes(self) -> int:
@@ -1872,7 +1867,7 @@ class Server(ServerRecords):
                 with_id = correlated and msg.__class__ is tuple
                 if with_id:
                     rid, payload = cast("tuple[int, bytes]", msg)
-                    if rid & REPLY:  # we never ask: a stray reply
+                    if rid & ID_REPLY:  # we never ask: a stray reply
                         log.info("aio.serve: dropped a reply frame (id %#x) from %s: a "
                                  "server sends no requests", rid, peer_name(conn))
                         continue
