@@ -42,6 +42,8 @@ extern sk_fault_fn sk_fault_hook; /* sys.c; NULL: nothing fails on purpose */
 #define SK_SYS_STR(x) SK_SYS_STR2(x)
 #define SK_SYS_SITE __FILE__ ":" SK_SYS_STR(__LINE__)
 
+/* Contract: any thread, no GIL needed; nonzero when the hook asks this
+ * call to fail. */
 static inline int sk_fault_fire(sk_sys_call call, const char *site)
 {
     sk_fault_fn f = __atomic_load_n(&sk_fault_hook, __ATOMIC_RELAXED);
@@ -49,6 +51,8 @@ static inline int sk_fault_fire(sk_sys_call call, const char *site)
     return __builtin_expect(f != NULL, 0) && f(call, site);
 }
 
+/* Contract (the three allocators): as malloc/calloc/realloc, any thread,
+ * no GIL needed; the caller frees with free(). */
 static inline void *sk_malloc_at(size_t n, const char *site)
 {
     return sk_fault_fire(SK_SYS_MALLOC, site) ? NULL : malloc(n);
@@ -64,6 +68,8 @@ static inline void *sk_realloc_at(void *p, size_t n, const char *site)
     return sk_fault_fire(SK_SYS_REALLOC, site) ? NULL : realloc(p, n);
 }
 
+/* Contract: as pthread_create (0 or an errno value); the caller joins or
+ * detaches the thread. */
 static inline int sk_thread_create_at(pthread_t *t, const pthread_attr_t *attr,
                                       void *(*fn)(void *), void *arg,
                                       const char *site)
@@ -72,6 +78,7 @@ static inline int sk_thread_create_at(pthread_t *t, const pthread_attr_t *attr,
                                               : pthread_create(t, attr, fn, arg);
 }
 
+/* Contract: as epoll_create1 (an fd the caller closes, or -1 and errno). */
 static inline int sk_epoll_create_at(int flags, const char *site)
 {
     if (sk_fault_fire(SK_SYS_EPOLL, site)) {

@@ -213,7 +213,11 @@ class _Stage:
                                  tuple_watch=True)
             if not obs or obs[0][1] is not first[1]:
                 obs.insert(0, (first[0], first[1], "TCP_INFO"))
-            return sorted(obs + extra, key=lambda o: o[0])
+            out: list[tuple[int, TcpState, str]] = []
+            for o in sorted(obs + extra, key=lambda o: o[0]):
+                if not out or out[-1][1] is not o[1]:     # a repeat is no change of state
+                    out.append(o)
+            return out
 
         client_obs = observed(self.cw, self.client_initial, self.extra[self.client_addr])
         server_obs = observed(self.sw, self.server_initial, self.extra[self.server])

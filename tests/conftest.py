@@ -7,6 +7,7 @@ Connection's ResourceWarning would fail the test).
 
 from __future__ import annotations
 
+import signal
 import socket
 from typing import Any, Callable, Optional
 
@@ -14,6 +15,13 @@ import pytest
 
 import pysockkit as sk
 from helpers import STEP_TIMEOUT, RawPeer, set_nodelay
+
+# A run started as a background job (``cmd &``, as scripts and CI do)
+# inherits SIGINT ignored, and so would every child interpreter: Ctrl-C
+# (SIGINT) would not stop them.  Tests that interrupt a child need the
+# default; a handled signal is reset to the default in children at exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class _Closer:

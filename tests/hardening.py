@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from helpers import scaled
+
 HERE = Path(__file__).resolve().parent
 SERVE_CHILD = str(HERE / "serve_child.py")
 
@@ -183,7 +185,7 @@ class ChildServer:
         """Hold mode: close every held connection; returns stats."""
         return self._cmd("release")
 
-    def wait_for(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 10.0,
+    def wait_for(self, pred: Callable[[dict[str, Any]], bool], timeout: float = scaled(10.0),
                  trim: bool = False, ports: bool = False) -> dict[str, Any]:
         """Poll stats() until pred(stats) holds; returns the last stats."""
         deadline = time.monotonic() + timeout

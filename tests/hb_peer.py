@@ -7,8 +7,10 @@ ROLE:
   idle     connect, never call anything (only the C hub keeps beating)
   busy     connect, burn CPU in pure Python (the hub must beat without the GIL)
   ROLE-plain  the same without heartbeats
-  noread   connect, do not read for --noread-seconds, then read and report
-           the number of bytes and frames received until the peer closes
+  noread   connect, do not read for --noread-seconds (or, with
+           --read-on-stdin, until a line arrives on stdin), then read and
+           report the number of bytes and frames received until the peer
+           closes
   server   listen on HOST:PORT (0: any), print the port, accept one client,
            then block in recv and report what ended it (used in netns)
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import select
 import sys
 import time
 
@@ -34,6 +37,7 @@ def main() -> int:
     p.add_argument("interval", type=float)
     p.add_argument("timeout", type=float)
     p.add_argument("--noread-seconds", type=float, default=2.0)
+    p.add_argument("--read-on-stdin", action="store_true")
     p.add_argument("--max-seconds", type=float, default=30.0)
     a = p.parse_args()
     hb = sk.Heartbeat(a.interval, a.timeout)
@@ -74,7 +78,10 @@ def main() -> int:
                 for i in range(100_000):
                     x += i * i
         elif role == "noread":
-            time.sleep(a.noread_seconds)
+            if a.read_on_stdin:  # the test says when: no race with its sends
+                select.select([sys.stdin], [], [], max(0.0, end - time.monotonic()))
+            else:
+                time.sleep(a.noread_seconds)
             digest = hashlib.sha256()
             n = frames = 0
             while time.monotonic() < end:

@@ -222,7 +222,7 @@ def start_thread(target: Callable[..., Any], *args: Any, name: Optional[str] = N
     return t
 
 
-def wait_until(pred: Callable[[], bool], timeout: float = 5.0, interval: float = 0.005) -> bool:
+def wait_until(pred: Callable[[], bool], timeout: float = scaled(5.0), interval: float = 0.005) -> bool:
     """Poll pred until it is true or timeout passes; returns its last value."""
     deadline = time.monotonic() + timeout
     while True:
@@ -231,6 +231,42 @@ def wait_until(pred: Callable[[], bool], timeout: float = 5.0, interval: float =
         if time.monotonic() >= deadline:
             return bool(pred())
         time.sleep(interval)
+
+
+# numbers of the syscalls a pysockkit call sleeps in, by architecture
+_WAIT_SYSCALLS = {
+    "x86_64": {"7": "poll", "271": "ppoll", "202": "futex", "232": "epoll_wait",
+               "281": "epoll_pwait"},
+    "aarch64": {"73": "ppoll", "98": "futex", "22": "epoll_pwait"},
+}
+
+
+def sleeping_in(proc_task: str) -> Optional[str]:
+    """The name of the wait syscall the task at ``proc_task`` (e.g.
+    /proc/self/task/TID or /proc/PID) sleeps in, per its ``syscall`` file;
+    None while it runs, sits in another syscall, or is gone."""
+    try:
+        with open(f"{proc_task}/syscall") as f:
+            nr = f.read().split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    return _WAIT_SYSCALLS.get(os.uname().machine, {}).get(nr)
+
+
+def wait_sleeping_in(proc_task: str, names: Iterable[str], timeout: float = STEP_TIMEOUT) -> None:
+    """Wait until the task at ``proc_task`` sleeps in one of the syscalls
+    ``names`` (a blocking call has really started), instead of sleeping for
+    a while and hoping it got there."""
+    wanted = set(names)
+    if not wait_until(lambda: sleeping_in(proc_task) in wanted, timeout=timeout, interval=0.001):
+        raise AssertionError(f"{proc_task} does not sleep in {sorted(wanted)} after {timeout} s")
+
+
+def wait_blocked_in_poll(thread: threading.Thread, timeout: float = STEP_TIMEOUT) -> None:
+    """Wait until ``thread`` sleeps in poll()/ppoll(): a pysockkit call that
+    holds its lock and waits for the socket."""
+    assert thread.native_id is not None, "thread not started"
+    wait_sleeping_in(f"/proc/self/task/{thread.native_id}", ("poll", "ppoll"), timeout)
 
 
 # ----------------------------------------------------------------- system
@@ -248,6 +284,99 @@ def proc_status_kib(field: str) -> int:
 def vmrss_kib() -> int:
     """Resident set size of this process in KiB."""
     return proc_status_kib("VmRSS")
+
+
+def kernel_queues(fd: int) -> tuple[int, int]:
+    """(bytes in the socket's receive queue not yet read, bytes in its send
+    queue not yet acknowledged by the peer), as the kernel counts them
+    (ioctl SIOCINQ and SIOCOUTQ): an independent view of what a connection
+    has really taken or sent."""
+    import fcntl
+    import termios
+
+    buf = bytearray(4)
+    fcntl.ioctl(fd, termios.FIONREAD, buf)  # SIOCINQ
+    inq = int.from_bytes(buf, sys.byteorder, signed=True)
+    fcntl.ioctl(fd, termios.TIOCOUTQ, buf)  # SIOCOUTQ
+    outq = int.from_bytes(buf, sys.byteorder, signed=True)
+    return inq, outq
+
+
+def settled_queues(fds: Iterable[int], timeout: float = STEP_TIMEOUT) -> list[tuple[int, int]]:
+    """kernel_queues() of each fd, once two readings 20 ms apart agree
+    (loopback has moved every byte it can move): a consistent snapshot."""
+    fds = list(fds)
+    deadline = time.monotonic() + timeout
+    last = [kernel_queues(fd) for fd in fds]
+    while True:
+        time.sleep(0.02)
+        now = [kernel_queues(fd) for fd in fds]
+        if now == last:
+            return now
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"socket queues still moving after {timeout} s: {now}")
+        last = now
+
+
+# --------------------------------------------------------------- tcp_info
+
+# struct tcp_info as Linux 6.18 lays it out (include/uapi/linux/tcp.h),
+# written down here with struct codes so that pysockkit's C decoder
+# (csrc/tcpinfo.c) is checked against an independent reading of the same
+# bytes.  (kernel name, offset, struct code); the bitfields of bytes 6 and
+# 7 are (name, byte, shift, width) in TCP_INFO_BITS.  The last 4 bytes
+# (276..279) changed meaning in 7.0, so they are left out.
+TCP_INFO_LAYOUT: tuple[tuple[str, int, str], ...] = (
+    ("state", 0, "B"), ("ca_state", 1, "B"), ("retransmits", 2, "B"), ("probes", 3, "B"),
+    ("backoff", 4, "B"), ("options", 5, "B"),
+    ("rto", 8, "I"), ("ato", 12, "I"), ("snd_mss", 16, "I"), ("rcv_mss", 20, "I"),
+    ("unacked", 24, "I"), ("sacked", 28, "I"), ("lost", 32, "I"), ("retrans", 36, "I"),
+    ("fackets", 40, "I"),
+    ("last_data_sent", 44, "I"), ("last_ack_sent", 48, "I"), ("last_data_recv", 52, "I"),
+    ("last_ack_recv", 56, "I"),
+    ("pmtu", 60, "I"), ("rcv_ssthresh", 64, "I"), ("rtt", 68, "I"), ("rttvar", 72, "I"),
+    ("snd_ssthresh", 76, "I"), ("snd_cwnd", 80, "I"), ("advmss", 84, "I"),
+    ("reordering", 88, "I"), ("rcv_rtt", 92, "I"), ("rcv_space", 96, "I"),
+    ("total_retrans", 100, "I"),
+    ("pacing_rate", 104, "Q"), ("max_pacing_rate", 112, "Q"), ("bytes_acked", 120, "Q"),
+    ("bytes_received", 128, "Q"), ("segs_out", 136, "I"), ("segs_in", 140, "I"),
+    ("notsent_bytes", 144, "I"), ("min_rtt", 148, "I"), ("data_segs_in", 152, "I"),
+    ("data_segs_out", 156, "I"), ("delivery_rate", 160, "Q"), ("busy_time", 168, "Q"),
+    ("rwnd_limited", 176, "Q"), ("sndbuf_limited", 184, "Q"), ("delivered", 192, "I"),
+    ("delivered_ce", 196, "I"), ("bytes_sent", 200, "Q"), ("bytes_retrans", 208, "Q"),
+    ("dsack_dups", 216, "I"), ("reord_seen", 220, "I"), ("rcv_ooopack", 224, "I"),
+    ("snd_wnd", 228, "I"), ("rcv_wnd", 232, "I"), ("rehash", 236, "I"),
+    ("total_rto", 240, "H"), ("total_rto_recoveries", 242, "H"), ("total_rto_time", 244, "I"),
+    ("received_ce", 248, "I"), ("delivered_e1_bytes", 252, "I"),
+    ("delivered_e0_bytes", 256, "I"), ("delivered_ce_bytes", 260, "I"),
+    ("received_e1_bytes", 264, "I"), ("received_e0_bytes", 268, "I"),
+    ("received_ce_bytes", 272, "I"),
+)
+TCP_INFO_BITS: tuple[tuple[str, int, int, int], ...] = (
+    ("snd_wscale", 6, 0, 4), ("rcv_wscale", 6, 4, 4),
+    ("delivery_rate_app_limited", 7, 0, 1), ("fastopen_client_fail", 7, 1, 2),
+)
+# tcpi_last_*: "milliseconds ago", so they grow between two readings
+TCP_INFO_CLOCKS = frozenset({"last_data_sent", "last_ack_sent", "last_data_recv", "last_ack_recv"})
+
+
+def tcp_info_raw(sock: socket.socket) -> bytes:
+    """The kernel's struct tcp_info bytes, through the stdlib only."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 512)
+
+
+def decode_tcp_info(data: bytes) -> dict[str, int]:
+    """Reference decoder: {kernel name: value} for every field of
+    TCP_INFO_LAYOUT / TCP_INFO_BITS that lies wholly inside ``data``."""
+    out: dict[str, int] = {}
+    for name, off, code in TCP_INFO_LAYOUT:
+        size = struct.calcsize(code)
+        if off + size <= len(data):
+            (out[name],) = struct.unpack_from("=" + code, data, off)
+    for name, byte, shift, width in TCP_INFO_BITS:
+        if byte < len(data):
+            out[name] = (data[byte] >> shift) & ((1 << width) - 1)
+    return out
 
 
 def child_env() -> dict[str, str]:

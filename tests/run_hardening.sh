@@ -158,6 +158,7 @@ if [ $do_sanitize -eq 1 ]; then
                     PYTHONPATH="$work" PYTHONDONTWRITEBYTECODE=1 \
                     PYSOCKKIT_LEAK_SHORT=${PYSOCKKIT_LEAK_SHORT:-5000} \
                     PYSOCKKIT_IDLE_FLOOD=${PYSOCKKIT_IDLE_FLOOD:-500} \
+                    PYSOCKKIT_TIME_SCALE=${PYSOCKKIT_TIME_SCALE:-3} \
                     "$PY" -c 'import os, sys
 os.environ["ASAN_OPTIONS"] = os.environ.pop("SK_CHILD_ASAN_OPTIONS")
 del os.environ["PYTHONMALLOC"]

@@ -11,7 +11,7 @@ import time
 import pytest
 
 import pysockkit as sk
-from helpers import STEP_TIMEOUT, recv_all, start_thread
+from helpers import STEP_TIMEOUT, recv_all, scaled, start_thread, wait_blocked_in_poll
 
 
 # ------------------------------------------------------------- half-close
@@ -220,14 +220,14 @@ def _blocked_call(conn: sk.Connection, op: str):
 def test_close_from_another_thread_wakes_a_blocked_call(conn_to_raw, op, how):
     conn, raw = conn_to_raw(rcvbuf=4096)  # raw never reads: a send blocks
     t = start_thread(_blocked_call, conn, op, name=f"blocked-{op}")
-    time.sleep(0.2)
+    wait_blocked_in_poll(t)  # the call really waits on the socket
     assert t.is_alive(), f"{op} did not block"
     t_close = time.monotonic()
     getattr(conn, how)()
-    result, t_end = t.join_result(timeout=2.0)
+    result, t_end = t.join_result(timeout=scaled(2.0))
     assert conn.closed
-    assert time.monotonic() - t_close < 1.0, "close() itself took too long"
-    assert t_end - t_close < 1.0, f"the blocked {op} woke only after {t_end - t_close:.3f} s"
+    assert time.monotonic() - t_close < scaled(1.0), "close() itself took too long"
+    assert t_end - t_close < scaled(1.0), f"the blocked {op} woke only after {t_end - t_close:.3f} s"
     if op == "iterate":
         assert result == "iteration ended"
     else:
@@ -237,11 +237,11 @@ def test_close_from_another_thread_wakes_a_blocked_call(conn_to_raw, op, how):
 def test_listener_close_from_another_thread_wakes_accept(listener):
     lst = listener()
     t = start_thread(_blocked_accept, lst, name="blocked-accept")
-    time.sleep(0.2)
+    wait_blocked_in_poll(t)
     t_close = time.monotonic()
     lst.close()
-    result, t_end = t.join_result(timeout=2.0)
-    assert t_end - t_close < 1.0
+    result, t_end = t.join_result(timeout=scaled(2.0))
+    assert t_end - t_close < scaled(1.0)
     assert isinstance(result, sk.Error), f"accept ended with {result!r}"
 
 

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 import pysockkit as sk
+from helpers import scaled
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
 
-def _run(name: str, *args: str, timeout: float = 30.0) -> str:
+def _run(name: str, *args: str, timeout: float = scaled(30.0)) -> str:
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / name), *args],
         capture_output=True,
@@ -60,9 +61,9 @@ def test_echo_server_process_answers_and_stops_on_sigint() -> None:
         line = proc.stdout.readline()
         assert line.startswith("listening on "), line
         host, port = line.split()[-1].rsplit(":", 1)
-        assert sk.call((host, int(port)), b"echo me", timeout=5.0) == b"echo me"
+        assert sk.call((host, int(port)), b"echo me", timeout=scaled(5.0)) == b"echo me"
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
+        out, err = proc.communicate(timeout=scaled(10))
         assert proc.returncode == 0, err
         assert "served 1 messages" in out
     finally:
@@ -94,7 +95,7 @@ def test_tour_runs() -> None:
         [sys.executable, "-m", "pysockkit", "tour"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=scaled(120),
         cwd=os.path.expanduser("~"),
     )
     assert proc.returncode == 0, proc.stderr
@@ -103,4 +104,4 @@ def test_tour_runs() -> None:
                    "shutdown('write')", "sk.ConnectionReset", "sk.PeerDead after",
                    "of 13 reproduced", "async duplex", "pysockkit.aio", "async simplex", "tour finished"):
         assert marker in out, marker
-    assert time.monotonic() - t0 < 120
+    assert time.monotonic() - t0 < scaled(120)

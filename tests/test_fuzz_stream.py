@@ -31,7 +31,7 @@ from typing import Optional
 import pytest
 
 import pysockkit as sk
-from helpers import STEP_TIMEOUT, decode_stream, encode, set_nodelay
+from helpers import STEP_TIMEOUT, decode_stream, encode, scaled, set_nodelay
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
@@ -155,7 +155,7 @@ def test_receive_random_stream_every_byte_once_in_order(s: dict) -> None:
     try:
         t.start()
         i = 0
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + scaled(30)
         while len(got) < len(payloads):
             assert time.monotonic() < deadline, f"stuck after {len(got)} of {len(payloads)} frames"
             op, tmo = _cycle(s["ops"], i), _cycle(s["timeouts"], i)
@@ -256,7 +256,7 @@ def test_send_with_random_timeouts_never_tears_or_repeats(s: dict) -> None:
     i = 0
     try:
         t.start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + scaled(30)
         while taken < len(payloads):
             assert time.monotonic() < deadline, f"stuck after {taken} of {len(payloads)} frames"
             n, tmo = _cycle(s["batch"], i), _cycle(s["timeouts"], i)

@@ -21,11 +21,16 @@ from typing import Optional
 import pytest
 
 import pysockkit as sk
-from helpers import child_env
+from helpers import child_env, scaled, wait_blocked_in_poll, wait_until
 
 PEER = str(Path(__file__).with_name("hb_peer.py"))
-INTERVAL, TIMEOUT = 0.2, 0.6
+# The peer is declared dead after TIMEOUT of silence: 4 intervals at scale 1,
+# more under PYSOCKKIT_TIME_SCALE, so a loaded machine that delays a few
+# beats cannot trip it falsely.  Detection bounds are INTERVAL + TIMEOUT
+# + 10%, and the interval alone is already slack (docs/heartbeat.md).
+INTERVAL, TIMEOUT = 0.2, scaled(0.8)
 HB = sk.Heartbeat(INTERVAL, TIMEOUT)
+DETECT_BOUND = (INTERVAL + TIMEOUT) * 1.10
 
 
 class Peer:
@@ -34,6 +39,7 @@ class Peer:
     def __init__(self, role: str, addr: tuple[str, int], *extra: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, PEER, role, addr[0], str(addr[1]), str(INTERVAL), str(TIMEOUT), *extra],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -44,7 +50,13 @@ class Peer:
         assert self.proc.stdout is not None
         return self.proc.stdout.readline().strip()
 
-    def results(self, timeout: float = 20.0) -> dict[str, str]:
+    def go_read(self) -> None:
+        """Tell a noread --read-on-stdin peer to start reading."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("read\n")
+        self.proc.stdin.flush()
+
+    def results(self, timeout: float = scaled(20.0)) -> dict[str, str]:
         out, err = self.proc.communicate(timeout=timeout)
         assert self.proc.returncode == 0, err
         return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
@@ -53,7 +65,7 @@ class Peer:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)
             self.proc.kill()
-        self.proc.communicate(timeout=10)
+        self.proc.communicate(timeout=scaled(10))
 
 
 @pytest.fixture
@@ -64,30 +76,37 @@ def hb_listener() -> Iterator[sk.Listener]:
 
 def _pair(srv: sk.Listener, role: str, *extra: str) -> tuple[Peer, sk.Connection]:
     peer = Peer(role, srv.address, *extra)
-    conn = srv.accept(timeout=10.0)
+    conn = srv.accept(timeout=scaled(10.0))
     assert peer.line() == "ready"
     return peer, conn
 
 
 def test_idle_connection_stays_alive_and_measures_latency(hb_listener: sk.Listener) -> None:
-    peer, conn = _pair(hb_listener, "idle", "--max-seconds", "3")
+    t_start = time.monotonic()
+    peer, conn = _pair(hb_listener, "idle", "--max-seconds", str(4 * TIMEOUT + scaled(5)))
     with conn:
-        # nobody calls anything on either side for 4x the timeout
-        time.sleep(4 * TIMEOUT)
+        # nobody calls anything on either side for 3x the timeout
+        time.sleep(3 * TIMEOUT)
         stats = conn.heartbeat_stats
         assert not stats["peer_dead"]
-        assert stats["pings_received"] + stats["pongs_received"] >= 3
-        assert conn.latency is not None and 0 < conn.latency < 0.1
+        assert wait_until(lambda: conn.heartbeat_stats["pings_received"]
+                          + conn.heartbeat_stats["pongs_received"] >= 3, timeout=TIMEOUT)
+        # a round trip measured on this connection: positive, and shorter
+        # than the connection has existed (the figure itself is printed)
+        assert conn.latency is not None
+        assert 0 < conn.latency < time.monotonic() - t_start
+        print(f"heartbeat latency {conn.latency * 1e6:.0f} us")
         conn.send(b"still there?")
+        assert not conn.heartbeat_stats["peer_dead"]
     peer.stop()
 
 
 def test_peer_busy_in_python_stays_alive(hb_listener: sk.Listener) -> None:
     """The peer's beats come from its C hub thread, not from Python code."""
-    peer, conn = _pair(hb_listener, "busy", "--max-seconds", "8")
+    peer, conn = _pair(hb_listener, "busy", "--max-seconds", str(4 * TIMEOUT + scaled(5)))
     with conn:
         with pytest.raises(sk.Timeout):
-            conn.recv(timeout=5 * TIMEOUT)  # nothing sent, but no PeerDead
+            conn.recv(timeout=3 * TIMEOUT)  # nothing sent, but no PeerDead
         assert not conn.heartbeat_stats["peer_dead"]
     peer.stop()
 
@@ -105,43 +124,49 @@ def test_sigkill_is_detected_at_once(hb_listener: sk.Listener) -> None:
 
         t = threading.Thread(target=blocked_recv)
         t.start()
-        time.sleep(0.1)
+        wait_blocked_in_poll(t)
         t0 = time.monotonic()
         peer.proc.kill()
-        t.join(5)
-        assert isinstance(box.get("exc"), sk.ConnectionClosed)
-        assert float(box["t"]) - t0 < TIMEOUT  # type: ignore[arg-type]  # FIN/RST, not the heartbeat
+        t.join(scaled(5))
+        # FIN/RST, not the heartbeat: that would be PeerDead, after TIMEOUT
+        assert isinstance(box.get("exc"), sk.ConnectionClosed), box
+        assert not isinstance(box.get("exc"), sk.PeerDead), box
+        assert not conn.heartbeat_stats["peer_dead"]
+        assert float(box["t"]) - t0 < TIMEOUT  # type: ignore[arg-type]
     peer.stop()
 
 
 @pytest.mark.parametrize("pending", ["recv", "send", "request", "none"])
 def test_sigstop_is_detected_within_interval_plus_timeout(hb_listener: sk.Listener, pending: str) -> None:
     peer, conn = _pair(hb_listener, "echo")
-    bound = (INTERVAL + TIMEOUT) * 1.10
+    bound = DETECT_BOUND
+    wait = bound + scaled(5.0)  # longer than the bound: a miss shows as a failed bound
     with conn:
-        assert conn.request(b"warm-up", timeout=2.0) == b"warm-up"
+        assert conn.request(b"warm-up", timeout=scaled(2.0)) == b"warm-up"
         t0 = time.monotonic()
         peer.proc.send_signal(signal.SIGSTOP)
         try:
             if pending == "none":
-                deadline = time.monotonic() + 5.0
-                while not conn.heartbeat_stats["peer_dead"] and time.monotonic() < deadline:
-                    time.sleep(0.01)
+                wait_until(lambda: conn.heartbeat_stats["peer_dead"], timeout=wait, interval=0.01)
+                assert conn.heartbeat_stats["peer_dead"]
                 detected = time.monotonic() - t0
             else:
                 with pytest.raises(sk.PeerDead):
                     if pending == "recv":
-                        conn.recv(timeout=5.0)
+                        conn.recv(timeout=wait)
                     elif pending == "request":
-                        conn.request(b"are you there", timeout=5.0)
+                        conn.request(b"are you there", timeout=wait)
                     else:  # a big send blocks once the frozen peer's window closes
-                        conn.send_many([b"x" * 65536] * 512, timeout=5.0)
+                        conn.send_many([b"x" * 65536] * 512, timeout=wait)
                 detected = time.monotonic() - t0
+            print(f"{pending}: SIGSTOP detected after {detected:.3f} s (TIMEOUT {TIMEOUT} s)")
+            # the last beat came before t0, so detection is at most TIMEOUT
+            # after t0; the bound adds an interval and 10% of slack
             assert detected < bound, f"detected after {detected:.3f} s, bound {bound:.3f} s"
             with pytest.raises(sk.PeerDead):  # and so does the next call
-                conn.recv(timeout=1.0)
+                conn.recv(timeout=scaled(1.0))
             with pytest.raises(sk.PeerDead):
-                conn.send(b"x", timeout=1.0)
+                conn.send(b"x", timeout=scaled(1.0))
         finally:
             peer.stop()
 
@@ -150,27 +175,33 @@ def test_sigstop_is_detected_within_interval_plus_timeout(hb_listener: sk.Listen
 def test_peer_that_stops_reading_blocks_sender_loses_nothing(heartbeat: bool) -> None:
     srv = sk.listen(("127.0.0.1", 0), heartbeat=HB if heartbeat else None)
     with srv:
-        peer, conn = _pair(srv, "noread" if heartbeat else "noread-plain", "--noread-seconds", "3",
-                           "--max-seconds", "20")
-        chunk = os.urandom(65536)
-        digest = hashlib.sha256()
-        sent = 0
-        with conn:
-            with pytest.raises(sk.Timeout) as ei:
-                for _ in range(4096):  # bounded: 256 MiB at most
-                    conn.send(chunk, timeout=1.5)
+        # the peer reads nothing until we tell it to, after our send has
+        # been blocked for 2 x TIMEOUT, well past the heartbeat timeout
+        send_wait = 2 * TIMEOUT
+        peer, conn = _pair(srv, "noread" if heartbeat else "noread-plain", "--read-on-stdin",
+                           "--max-seconds", str(scaled(30)))
+        try:
+            chunk = os.urandom(65536)
+            digest = hashlib.sha256()
+            sent = 0
+            with conn:
+                with pytest.raises(sk.Timeout) as ei:
+                    for _ in range(4096):  # bounded: 256 MiB at most
+                        conn.send(chunk, timeout=send_wait)
+                        digest.update(chunk)
+                        sent += 1
+                # the frame cut by the timeout is sent whole later: count it
+                if getattr(ei.value, "sent", 0):
                     digest.update(chunk)
                     sent += 1
-            # the frame cut by the timeout is sent whole later: count it
-            if getattr(ei.value, "sent", 0):
-                digest.update(chunk)
-                sent += 1
-            # the sender blocked well past the heartbeat timeout: no PeerDead,
-            # because the peer keeps beating and its kernel holds unread bytes
-            assert not conn.heartbeat_stats["peer_dead"]
-            assert sent > 0
-            conn.flush(timeout=15.0)
-        res = peer.results()
+                # no PeerDead: the peer keeps beating and its kernel holds unread bytes
+                assert not conn.heartbeat_stats["peer_dead"]
+                assert sent > 0
+                peer.go_read()
+                conn.flush(timeout=scaled(15.0))
+            res = peer.results()
+        finally:
+            peer.stop()
     assert int(res["frames"]) == sent
     assert int(res["bytes"]) == sent * len(chunk)
     assert res["sha256"] == digest.hexdigest()
@@ -180,9 +211,10 @@ def test_heartbeats_never_surface_as_messages(hb_listener: sk.Listener) -> None:
     peer, conn = _pair(hb_listener, "echo")
     with conn:
         for i in range(6):
-            assert conn.request(b"m%d" % i, timeout=2.0) == b"m%d" % i
+            assert conn.request(b"m%d" % i, timeout=scaled(2.0)) == b"m%d" % i
             time.sleep(1.5 * INTERVAL)  # idle long enough for beats to flow
-        assert conn.heartbeat_stats["pongs_received"] + conn.heartbeat_stats["pings_received"] > 0
+        assert wait_until(lambda: conn.heartbeat_stats["pongs_received"]
+                          + conn.heartbeat_stats["pings_received"] > 0, timeout=TIMEOUT)
         with pytest.raises(sk.Timeout):
             conn.recv(timeout=3 * INTERVAL)  # only beats arrive: none is returned
     peer.stop()
@@ -193,10 +225,10 @@ def test_plain_connections_stay_byte_for_byte_plain() -> None:
     import socket
 
     with sk.listen(("127.0.0.1", 0)) as srv, socket.create_connection(srv.address) as raw:
-        with srv.accept(timeout=5) as conn:
+        with srv.accept(timeout=scaled(5)) as conn:
             time.sleep(0.3)
             conn.send(b"abc")
-            raw.settimeout(2)
+            raw.settimeout(scaled(2))
             assert raw.recv(100) == b"\x00\x00\x00\x03abc"
 
 
@@ -214,7 +246,7 @@ def test_keepalive_options_are_set() -> None:
 
     ka = sk.Keepalive(idle=7, interval=2, count=4, user_timeout=9.5)
     with sk.listen(("127.0.0.1", 0)) as srv:
-        with sk.connect(srv.address, keepalive=ka) as conn, srv.accept(timeout=5):
+        with sk.connect(srv.address, keepalive=ka) as conn, srv.accept(timeout=scaled(5)):
             s = socket.socket(fileno=os.dup(conn.fileno()))
             try:
                 assert s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
@@ -274,7 +306,7 @@ def test_link_cut_in_netns_is_detected(two_hosts: tuple[str, str]) -> None:
     env = child_env()
     server = subprocess.Popen(
         ["ip", "netns", "exec", a, sys.executable, PEER, "server", "10.213.0.1", "0",
-         str(INTERVAL), str(TIMEOUT), "--max-seconds", "20"],
+         str(INTERVAL), str(TIMEOUT), "--max-seconds", str(scaled(20))],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     client: Optional[subprocess.Popen[str]] = None
@@ -283,7 +315,7 @@ def test_link_cut_in_netns_is_detected(two_hosts: tuple[str, str]) -> None:
         port = server.stdout.readline().split()[1]
         client = subprocess.Popen(
             ["ip", "netns", "exec", b, sys.executable, PEER, "idle", "10.213.0.1", port,
-             str(INTERVAL), str(TIMEOUT), "--max-seconds", "20"],
+             str(INTERVAL), str(TIMEOUT), "--max-seconds", str(scaled(20))],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )
         assert server.stdout.readline().strip() == "ready"
@@ -291,10 +323,10 @@ def test_link_cut_in_netns_is_detected(two_hosts: tuple[str, str]) -> None:
         subprocess.run(["ip", "-n", b, "link", "set", "skvb", "down"], check=True)
         line = server.stdout.readline().split()
         assert line[:2] == ["result", "PeerDead"], line
-        assert float(line[2]) < (INTERVAL + TIMEOUT) * 1.10 + 2 * INTERVAL
+        assert float(line[2]) < DETECT_BOUND + 2 * INTERVAL
     finally:
         for p in (server, client):
             if p is not None and p.poll() is None:
                 p.kill()
             if p is not None:
-                p.communicate(timeout=10)
+                p.communicate(timeout=scaled(10))

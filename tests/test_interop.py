@@ -13,8 +13,9 @@ import threading
 import pytest
 
 import pysockkit as sk
+from helpers import scaled
 
-TIMEOUT = 10.0
+TIMEOUT = scaled(10.0)
 
 FORMATS = {
     # (header_size, byteorder): struct format

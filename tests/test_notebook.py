@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from helpers import child_env
+from helpers import child_env, scaled
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "examples" / "states.ipynb"
@@ -57,7 +57,7 @@ def test_states_notebook_runs(monkeypatch: pytest.MonkeyPatch) -> None:
         if cell.cell_type == "code":
             cell.outputs = []
     client = nbclient.NotebookClient(
-        nb, timeout=60, kernel_name="python3",
+        nb, timeout=scaled(60), kernel_name="python3",
         resources={"metadata": {"path": str(NOTEBOOK.parent)}},
     )
     t0 = time.monotonic()
@@ -75,4 +75,4 @@ def test_states_notebook_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     assert " ms  TIME_WAIT" in text and " ms  CLOSE_WAIT" in text, text
     assert "<svg" in text                     # the state diagram rendered
     assert "observed CLOSE_WAIT" in text or "CLOSE_WAIT seen by" in text
-    assert elapsed < 30, f"the notebook took {elapsed:.1f} s"
+    assert elapsed < scaled(30), f"the notebook took {elapsed:.1f} s"

@@ -25,12 +25,13 @@ import pytest
 
 import pysockkit as sk
 from pysockkit import simplex
+from helpers import wait_until as poll_until
 from hardening import under_sanitizer
 from helpers import child_env, scaled
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-STEP = 10.0  # upper bound of any single wait
+STEP = scaled(10.0)  # upper bound of any single wait
 LO = ("127.0.0.1", 0)
 FR = sk.Framing(correlation=True)
 REPLY = 1 << 63
@@ -47,10 +48,8 @@ def hello(role: int, token: bytes, flags: int = 0) -> bytes:
 
 
 def wait_until(pred: Callable[[], bool], timeout: float = STEP) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
+    """Assert that pred() becomes true within timeout (helpers.wait_until polls)."""
+    assert poll_until(pred, timeout=timeout), "condition not reached in time"
 
 
 def rss() -> int:
@@ -258,7 +257,7 @@ def test_max_pending_blocks_then_times_out(closer) -> None:
     t0 = time.monotonic()
     with pytest.raises(sk.Timeout, match="max_pending"):
         cli.request_async(b"no room", timeout=0.1)
-    assert 0.09 < time.monotonic() - t0 < 2.0
+    assert 0.09 < time.monotonic() - t0 < scaled(2.0)
     # a waiting request gets the slot freed by a reply
     later: list[Any] = []
     t = threading.Thread(target=lambda: later.append(cli.request_async(b"later", timeout=STEP)))
@@ -326,9 +325,11 @@ def test_reply_flood_is_counted_and_a_server_that_does_not_read_times_out(closer
     # the socket buffers, then a send times out instead of hanging
     big = b"x" * (1 << 20)
     timed_out = None
+    accepted = 0
     for _ in range(64):
         try:
             cli.request_async(big, timeout=0.3)
+            accepted += 1
         except sk.Timeout as exc:
             timed_out = exc
             break
@@ -337,7 +338,10 @@ def test_reply_flood_is_counted_and_a_server_that_does_not_read_times_out(closer
     assert "request link" in str(timed_out)
     wait_until(lambda: cli.stats.unknown == n)
     wait_until(lambda: cli.pending == 0)  # the others timed out
-    assert cli.stats.timed_out >= 2
+    # every accepted request was sent and timed out unanswered, and the
+    # refused one counts as timed out too (never sent)
+    assert accepted >= 1
+    assert (cli.stats.sent, cli.stats.timed_out, cli.stats.replied) == (accepted, accepted + 1, 0)
     assert cli.reply_link.buffered < 1 << 20  # the flood was read and dropped, not kept
     if not under_sanitizer():  # ASan's quarantine and shadow make RSS meaningless
         assert rss() - rss0 < 16 << 20
@@ -432,7 +436,7 @@ def test_request_link_reset_fails_pending_naming_it(closer) -> None:
     t0 = time.monotonic()
     raw.request.abort()  # RST
     exc = failure_of(futs[0])
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < scaled(1.0)
     assert isinstance(exc, sk.ConnectionReset)
     assert LINK_ERROR.search(str(exc)) and "request link" in str(exc)
     assert all(isinstance(failure_of(f), sk.ConnectionReset) for f in futs)
@@ -498,7 +502,12 @@ def test_sender_and_receiver_examples_in_two_processes(closer) -> None:
         capture_output=True, text=True, timeout=30, env=child_env(),
     )
     assert out.returncode == 0, out.stderr
-    assert re.search(r"request link CLOSE_WAIT, reply link FIN_WAIT_[12]\n", out.stdout)
+    # a snapshot taken right after the handshake: the reply link is ours to
+    # shut (FIN_WAIT_1/2 at once); the request link reaches CLOSE_WAIT when
+    # the receiver's FIN, sent just after its ACK (docs/PROTOCOL.md), has
+    # arrived, which on a loaded machine may be after the sender printed
+    assert re.search(r"request link (CLOSE_WAIT|ESTABLISHED), reply link FIN_WAIT_[12]\n",
+                     out.stdout)
     assert "reply 0: b'echo:request 0'" in out.stdout
     assert "1000 of 1000 replies matched their requests" in out.stdout
     assert "stats: sent=1000 replied=1000 late=0 unknown=0 duplicate=0" in out.stdout
@@ -517,7 +526,7 @@ def test_killing_the_receiver_process_fails_pending_requests(closer) -> None:
     t0 = time.monotonic()
     rx.proc.kill()
     excs = [failure_of(f) for f in futs]
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < scaled(2.0)
     for exc in excs:
         assert isinstance(exc, sk.ConnectionClosed), exc
         assert LINK_ERROR.search(str(exc)), str(exc)
@@ -545,7 +554,7 @@ def test_heartbeats_detect_a_frozen_receiver_process(closer) -> None:
         os.kill(rx.proc.pid, signal.SIGCONT)
     assert isinstance(exc, sk.PeerDead), exc
     assert re.search(r"simplex (request|reply) link to 127\.0\.0\.1:\d+ is dead", str(exc))
-    assert elapsed < 0.2 + 0.6 + 0.5
+    assert elapsed < 0.2 + 0.6 + scaled(0.5)
     assert all(isinstance(failure_of(f), sk.PeerDead) for f in futs)
 
 

@@ -11,10 +11,12 @@ a frame from one sender out of order.  Expectations:
 * with no close, every frame a sender was told was taken arrives;
 * once a close has begun, every operation ends with a typed error
   (``sk.ConnectionClosed``/``sk.Timeout``/``OSError``), never hangs;
-* observers (``info()``, ``state``, ``buffered``, ``repr``...) never crash.
+* observers (``info()``, ``state``, ``buffered``, ``repr``...) never crash:
+  before the close they never fail, after it they raise only
+  ``sk.ConnectionClosed`` (``state`` reads CLOSED).
 
-Bounded: rounds run for a fixed time each (about 15 s in all), every
-blocking call has a timeout, every thread is joined with a timeout.
+Bounded: a fixed number of rounds, every blocking call has a timeout,
+every thread is joined with a timeout.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ from typing import Any, Optional
 import pytest
 
 import pysockkit as sk
+from helpers import scaled, wait_until
 
-STEP = 10.0
+STEP = scaled(10.0)
+REPLY = 1 << 63
 TAG = struct.Struct(">BII")  # sender, sequence, payload length
 
 
@@ -194,16 +198,23 @@ def test_requests_from_many_threads_stay_paired() -> None:
 # --------------------------------------------------------------- chaos
 
 
+SENDERS_PER_SIDE = 3
+
+
 def _chaos_round(rng: random.Random, framing: Optional[sk.Framing]) -> dict[str, int]:
     """One pair; senders on both sides, receivers on both sides, observers,
     and a closer that closes or aborts one side (or both) at a random
-    moment.  Returns counts of what happened."""
+    moment.  Returns counts of what happened; asserts, per sender, that
+    its frames arrive as a gap-free prefix of what it was told was taken."""
     cli, srv = pair(framing)
     limit = (framing or sk.Framing()).max_frame
     crew = Crew()
     counts = {"send_calls": 0, "received": 0, "closed_errors": 0, "observer_errors": 0}
     lock = threading.Lock()
-    seen: set[tuple[int, int, int]] = set()
+    closing = threading.Event()  # set just before the first close
+    taken: dict[int, int] = {}  # sender -> frames it was told were taken
+    tried: dict[int, int] = {}  # sender -> frames including its last, failed call
+    got: dict[int, list[int]] = {}  # sender -> seqs its peer received, in order
 
     def count(key: str, n: int = 1) -> None:
         with lock:
@@ -214,63 +225,72 @@ def _chaos_round(rng: random.Random, framing: Optional[sk.Framing]) -> dict[str,
         r = random.Random(rng.random())
         seq = 0
         while not crew.stop.is_set():
+            n = 1
             try:
                 if r.random() < 0.3:
-                    batch = [make_frame(sid, seq + k, r, limit) for k in range(3)]
+                    n = 3
+                    batch = [make_frame(sid, seq + k, r, limit) for k in range(n)]
                     c.send_many(batch, timeout=r.choice([0, 0.001, 0.05, STEP]))
-                    seq += 3
                 else:
                     c.send(make_frame(sid, seq, r, limit), timeout=r.choice([0, 0.001, 0.05, STEP]))
-                    seq += 1
+                seq += n
                 count("send_calls")
             except sk.Timeout as exc:
                 seq += exc.sent  # taken frames keep their numbers
             except EXPECTED:
+                assert closing.is_set(), "a send failed before any close"
+                taken[sid], tried[sid] = seq, seq + n
                 count("closed_errors")
                 return
+        taken[sid], tried[sid] = seq, seq
 
     def receive(side: int) -> None:
         c = (cli, srv)[side]
         r = random.Random(rng.random())
-        last: dict[int, int] = {}
         while not crew.stop.is_set():
             try:
                 msgs = c.recv_many(timeout=0.05) if r.random() < 0.5 else [c.recv(timeout=0.05)]
             except sk.Timeout:
                 continue
-            except EXPECTED:
-                count("closed_errors")
-                return
-            except sk.IncompleteFrame:
-                # the peer's close cut its own frame in flight: that is the
-                # peer's torn tail at EOF, reported as such
+            except (*EXPECTED, sk.IncompleteFrame):
+                # (IncompleteFrame: the peer's close cut its own frame in
+                # flight, the torn tail at EOF reported as such)
+                assert closing.is_set(), "a receive failed before any close"
                 count("closed_errors")
                 return
             for m in msgs:
                 s, q = check_frame(m)
-                with lock:
-                    assert (side, s, q) not in seen, f"frame {s}/{q} delivered twice"
-                    seen.add((side, s, q))
-                # one receiver per side: each sender's frames in order
-                assert q > last.get(s, -1), f"sender {s}: frame {q} after {last.get(s)}"
-                last[s] = q
+                seqs = got.setdefault(s, [])
+                # one receiver per side, TCP in order: each sender's frames
+                # arrive 0, 1, 2, ... with no gap, no repeat, no reordering
+                assert q == len(seqs), f"sender {s}: frame {q} after {seqs[-3:]}"
+                seqs.append(q)
             count("received", len(msgs))
 
     def observe(c: sk.Connection) -> None:
+        ops: list[Callable[[], object]] = [
+            c.info, lambda: c.state, lambda: c.buffered, lambda: c.unsent,
+            lambda: c.closed, lambda: repr(c), lambda: c.local_address]
         while not crew.stop.is_set():
-            for op in (lambda: c.info(), lambda: c.state, lambda: c.buffered, lambda: c.unsent,
-                       lambda: c.closed, lambda: repr(c), lambda: c.local_address):
+            for op in ops:
                 try:
                     op()
-                except (OSError, ValueError):
-                    # after close: sk.ConnectionClosed/OSError(EBADF), or
-                    # ValueError from info() on fd -1 (reported: untyped)
+                except sk.ConnectionClosed:  # anything else fails the round
+                    assert closing.is_set(), "an observer failed before any close"
                     count("observer_errors")
             time.sleep(0)
+        # both sides are closed by now: the same answers every time
+        assert c.closed and c.state is sk.TcpState.CLOSED
+        assert (c.buffered, c.unsent) == (0, 0)
+        for op in (c.info, lambda: c.local_address):
+            with pytest.raises(sk.ConnectionClosed):
+                op()
+            count("observer_errors")
 
     def closer() -> None:
         time.sleep(rng.uniform(0.005, 0.15))
         how = rng.choice(["close-cli", "close-srv", "abort-cli", "abort-srv", "both"])
+        closing.set()
         if how == "close-cli":
             cli.close()
         elif how == "close-srv":
@@ -288,7 +308,7 @@ def _chaos_round(rng: random.Random, framing: Optional[sk.Framing]) -> dict[str,
         srv.close()
 
     try:
-        for sid in range(3):
+        for sid in range(SENDERS_PER_SIDE):
             crew.spawn(send, 0, sid)
             crew.spawn(send, 1, 10 + sid)
         crew.spawn(receive, 0)
@@ -297,15 +317,26 @@ def _chaos_round(rng: random.Random, framing: Optional[sk.Framing]) -> dict[str,
         crew.spawn(observe, srv)
         crew.spawn(closer)
         crew.threads[-1].join(STEP)
-        # every blocked call must end now that both sides are closed
+        # every blocked call must end by itself now that both sides are closed
         deadline = time.monotonic() + STEP
         for t in crew.threads[:-3]:
             t.join(max(0.0, deadline - time.monotonic()))
+        hung = [t for t in crew.threads[:-3] if t.is_alive()]
         crew.stop.set()
         crew.join()
+        assert not hung, f"{len(hung)} senders/receivers did not end after both sides closed"
     finally:
         cli.close()
         srv.close()
+    # every sender and both receivers ended with exactly one typed error
+    assert counts["closed_errors"] == 2 * SENDERS_PER_SIDE + 2, counts
+    # each observer's final pass saw the two closed-connection errors
+    assert counts["observer_errors"] >= 4, counts
+    # what arrived of each sender is a prefix of what it handed over: never
+    # more than its last call could have put on the wire
+    for s, seqs in got.items():
+        assert len(seqs) <= tried[s], (s, len(seqs), taken[s], tried[s])
+    assert counts["received"] == sum(len(v) for v in got.values())
     return counts
 
 
@@ -313,15 +344,13 @@ def _chaos_round(rng: random.Random, framing: Optional[sk.Framing]) -> dict[str,
 def test_send_receive_observe_close_at_once(framing: Optional[sk.Framing]) -> None:
     rng = random.Random(1234)
     totals = {"send_calls": 0, "received": 0, "closed_errors": 0, "observer_errors": 0}
-    rounds = 0
-    end = time.monotonic() + 5.0
-    while time.monotonic() < end and rounds < 200:
+    rounds = 25
+    for _ in range(rounds):
         for k, v in _chaos_round(rng, framing).items():
             totals[k] += v
-        rounds += 1
     print(f"\n{rounds} rounds: {totals}")
-    assert rounds >= 5
-    assert totals["received"] > 0 and totals["closed_errors"] > 0
+    assert totals["closed_errors"] == rounds * (2 * SENDERS_PER_SIDE + 2)
+    assert totals["received"] > 0 and totals["send_calls"] > 0
 
 
 def test_duplex_requests_while_closing() -> None:
@@ -390,7 +419,7 @@ def test_receive_worker_stops_when_closed() -> None:
                 while True:
                     rid, msg = srv.recv(timeout=STEP)
                     srv.send(msg, id=rid | (1 << 63))
-            except sk.Error:
+            except (sk.ConnectionClosed, sk.IncompleteFrame):
                 pass
 
         def ask() -> None:
@@ -409,13 +438,10 @@ def test_receive_worker_stops_when_closed() -> None:
             srv.close()
             crew.stop.set()
             crew.join()
-            deadline = time.monotonic() + 2.0
-            while cli._worker_running and time.monotonic() < deadline:
-                time.sleep(0.01)
-            if cli._worker_running:
+            if not wait_until(lambda: not cli._worker_running, timeout=scaled(2.0)):
                 stuck += 1
                 break
-            _, not_done = concurrent.futures.wait(futures, timeout=1.0)
+            _, not_done = concurrent.futures.wait(futures, timeout=scaled(1.0))
             assert not not_done, f"{len(not_done)} futures left pending by a worker that ended"
         finally:
             cli.close()
@@ -424,6 +450,9 @@ def test_receive_worker_stops_when_closed() -> None:
 
 
 def test_first_request_async_from_two_threads() -> None:
+    """The first request_async of a connection starts its receive worker:
+    with four threads racing to do it, every request goes out exactly once
+    and gets its own reply."""
     f = sk.Framing(correlation=True)
     old = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # widen the window
@@ -438,18 +467,27 @@ def _first_requests(f: sk.Framing) -> None:
         cli, srv = pair(f)
         crew = Crew()
         go = threading.Barrier(4)
+        futs: dict[int, Any] = {}
 
-        def ask() -> None:
+        def ask(k: int) -> None:
             go.wait(STEP)
-            try:
-                cli.request_async(b"first", timeout=STEP)
-            except EXPECTED:
-                pass
+            futs[k] = cli.request_async(b"first %d" % k, timeout=STEP)
 
         try:
-            for _ in range(4):
-                crew.spawn(ask)
+            for k in range(4):
+                crew.spawn(ask, k)
             crew.join()
+            assert cli._worker_running
+            got: list[tuple[int, bytes]] = []
+            while len(got) < 4:
+                got += srv.recv_many(timeout=STEP)
+            assert sorted(m for _, m in got) == [b"first %d" % k for k in range(4)]
+            assert len({rid for rid, _ in got}) == 4
+            srv.send_many([(rid | REPLY, m.upper()) for rid, m in got])
+            assert [futs[k].result(timeout=STEP) for k in range(4)] == [
+                b"FIRST %d" % k for k in range(4)]
+            with pytest.raises(sk.Timeout):
+                srv.recv(timeout=0.01)  # nothing sent twice
         finally:
             cli.close()
             srv.close()
@@ -472,7 +510,10 @@ def test_info_never_reads_a_reused_descriptor() -> None:
                 other: list[BaseException] = []
 
                 def read() -> None:
-                    while not stop.is_set():
+                    while True:
+                        # stop is set after the close: the last round
+                        # always reads a closed connection
+                        last = stop.is_set()
                         try:
                             states.append(cli.info().state)
                             states.append(cli.state)
@@ -482,6 +523,8 @@ def test_info_never_reads_a_reused_descriptor() -> None:
                             states.append(cli.state)  # CLOSED, never raises
                         except BaseException as exc:  # anything else is a bug
                             other.append(exc)
+                            return
+                        if last:
                             return
 
                 t = threading.Thread(target=read, daemon=True)

@@ -12,12 +12,21 @@ import errno
 import os
 import socket
 import struct
+import time
 
 import pytest
 
 import pysockkit as sk
 from pysockkit import _core
-from helpers import STEP_TIMEOUT, wait_until
+from helpers import (
+    STEP_TIMEOUT,
+    TCP_INFO_BITS,
+    TCP_INFO_CLOCKS,
+    TCP_INFO_LAYOUT,
+    decode_tcp_info,
+    tcp_info_raw,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -109,21 +118,54 @@ def test_established_fields_and_units(pair):
     assert raw["state"] == 1 and "rtt" in raw and "_len" in raw
 
 
-def test_absent_fields_are_none_never_zero(pair):
-    _srv, cli, _conn = pair
-    raw = _core.tcp_info(cli.fileno())
-    info = sk.tcp_info(cli)
-    full = info.as_dict(include_absent=True)
+def test_fields_match_a_reference_decoding_of_the_kernel_bytes(pair):
+    """Every field of sk.tcp_info against the bytes the stdlib's
+    getsockopt(TCP_INFO) returns, decoded by helpers.decode_tcp_info (struct
+    codes written from the uapi header, not from csrc/tcpinfo.c): present
+    exactly when the kernel returned it, None otherwise, and equal in value."""
+    _srv, cli, conn = pair
+    cli.sendall(b"x" * 3000)  # some traffic, so the counters are not all 0
+    got = 0
+    while got < 3000:
+        got += len(conn.recv(65536))
+    conn.sendall(b"y" * 500)
+    assert len(cli.recv(65536)) > 0
     from pysockkit._observe import _INFO_FIELDS
 
-    for name, key, _group, _unit in _INFO_FIELDS:
-        if key in raw:
-            assert full[name] is not None, name
+    field_of = {key: name for name, key, _group, _unit in _INFO_FIELDS}
+    # read the kernel, then pysockkit, then the kernel again, until nothing
+    # but the "ms ago" clocks moved in between (an ACK may still be on its way)
+    deadline = time.monotonic() + STEP_TIMEOUT
+    while True:
+        before = decode_tcp_info(tcp_info_raw(cli))
+        info = sk.tcp_info(cli)
+        raw = tcp_info_raw(cli)
+        after = decode_tcp_info(raw)
+        if all(before[k] == after[k] for k in before if k not in TCP_INFO_CLOCKS):
+            break
+        assert time.monotonic() < deadline, (before, after)
+        time.sleep(0.01)
+    assert info.kernel_len == len(raw)
+    assert set(before) == {k for k, off, code in TCP_INFO_LAYOUT
+                           if off + struct.calcsize(code) <= len(raw)} | {
+        k for k, byte, _s, _w in TCP_INFO_BITS if byte < len(raw)}
+    assert before["state"] == 1 and before["rtt"] > 0  # the decoder reads real values
+    full = info.as_dict(include_absent=True)
+    for key, value in before.items():
+        mine = full[field_of[key]]
+        assert mine is not None, key
+        if key in TCP_INFO_CLOCKS:
+            assert value <= mine <= after[key], (key, value, mine, after[key])
         else:
-            assert full[name] is None, name
-    # 6.18 returns the u16 AccECN pair; 7.0's bitfield names are absent
+            assert int(mine) == value, (key, mine, value)
+    # a field the kernel did not return is None, never 0
+    laid_out = {k for k, _o, _c in TCP_INFO_LAYOUT} | {k for k, _b, _s, _w in TCP_INFO_BITS}
+    for key in laid_out - set(before):
+        assert full[field_of[key]] is None, key
+    # the last 4 bytes: 6.18 returns the u16 AccECN pair; 7.0's bitfield names are absent
     if int(os.uname().release.split(".")[0]) < 7 and info.kernel_len >= 280:
-        assert info.accecn_fail_mode is not None
+        (fail_mode, opt_seen) = struct.unpack_from("=HH", raw, 276)
+        assert (info.accecn_fail_mode, info.accecn_opt_seen) == (fail_mode, opt_seen)
         assert info.ecn_mode is None
     # as_dict() leaves absent fields out
     assert all(v is not None for v in info.as_dict().values())

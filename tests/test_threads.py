@@ -12,7 +12,7 @@ import time
 import pytest
 
 import pysockkit as sk
-from helpers import STEP_TIMEOUT, recv_frame, start_thread
+from helpers import STEP_TIMEOUT, recv_frame, scaled, start_thread, wait_blocked_in_poll, wait_until
 
 _TAG = struct.Struct(">BI")  # thread id, sequence number
 
@@ -215,7 +215,8 @@ def test_threads_with_send_timeouts_keep_the_stream_intact(conn_to_raw):
         return frames
 
     senders = [start_thread(sender, tid, name=f"sender{tid}") for tid in range(2)]
-    time.sleep(0.2)  # let the pipe fill and the timeouts start
+    # the pipe fills and the timeouts start: a frame is torn before anyone reads
+    assert wait_until(lambda: sum(torn) > 0, timeout=STEP_TIMEOUT), timeouts
     reader = start_thread(slow_reader, name="slow-reader")
     for s in senders:
         assert s.join_result(timeout=STEP_TIMEOUT) == per_thread
@@ -239,8 +240,8 @@ def test_timeout_waiting_for_the_send_lock_reports_nothing_sent(conn_to_raw, op)
     send timeout, and its frame never goes out."""
     conn, raw = conn_to_raw(rcvbuf=4096)
     big = make_frame(1, 0, 8 << 20)
-    stuck = start_thread(conn.send, big, 1.0, name="stuck-sender")
-    time.sleep(0.1)
+    stuck = start_thread(conn.send, big, scaled(1.0), name="stuck-sender")
+    wait_blocked_in_poll(stuck)  # it holds the send lock, waiting for room
     assert stuck.is_alive()
     with pytest.raises(sk.Timeout) as ei:
         if op == "send":

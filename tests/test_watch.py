@@ -19,16 +19,17 @@ import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import pysockkit as sk
+from helpers import scaled, wait_until
 from pysockkit import TcpState as S
 from pysockkit._watch import InfoSample, StateTrace, watch
 
-STEP = 5.0  # seconds: generous bound for one state change
+STEP = scaled(5.0)  # seconds: generous bound for one state change
 
 
 def _threads() -> int:
@@ -106,7 +107,9 @@ def test_active_close_fin_wait_1_2_time_wait() -> None:
     """The active closer: ESTABLISHED -> FIN_WAIT_1 -> FIN_WAIT_2 ->
     TIME_WAIT, followed through sock_diag after close()."""
     with tcp_pair(cli_sndbuf=4096, srv_rcvbuf=4096) as (a, b):
+        t_call = time.monotonic_ns()
         with watch(a) as ta, watch(b) as tb:
+            t_returned = time.monotonic_ns()
             assert fill(a) > 0
             a.close()                      # orphan; FIN queued behind data
             wait(ta, "FIN_WAIT_1")
@@ -121,7 +124,11 @@ def test_active_close_fin_wait_1_2_time_wait() -> None:
         assert ta.states == [S.ESTABLISHED, S.FIN_WAIT_1, S.FIN_WAIT_2, S.TIME_WAIT], str(ta)
         assert ta.closed_at is not None    # followed via sock_diag after close()
         times = [t for t, _ in ta.transitions]
-        assert times == sorted(times) and times[0] < 0.01
+        assert times == sorted(times)
+        # the first state is the first sample, taken inside watch() itself
+        st = ta.stats()
+        assert t_call <= st["start_ns"] <= st["first_ns"] <= t_returned
+        assert times[0] == (st["first_ns"] - st["start_ns"]) / 1e9
         # the passive side: LAST_ACK lasts microseconds here; see below
         assert tb.states[:2] == [S.ESTABLISHED, S.CLOSE_WAIT]
         assert tb.states[-1] is S.CLOSED
@@ -207,9 +214,11 @@ def test_fd_reused_by_another_socket_is_not_followed() -> None:
                 other.listen()
                 os.dup2(other.fileno(), fd)   # fd now names the listener
                 try:
-                    time.sleep(0.5)
+                    # the next tick finds a foreign cookie and hands over
+                    assert wait_until(lambda: t.closed_at is not None, timeout=STEP), str(t)
+                    n = t.samples
+                    assert wait_until(lambda: t.samples >= n + 2, timeout=STEP)
                     assert S.LISTEN not in t.states, str(t)
-                    assert t.closed_at is not None
                     assert t.state in (S.FIN_WAIT_1, S.FIN_WAIT_2)
                 finally:
                     os.close(fd)
@@ -236,57 +245,62 @@ def test_listener_and_unconnected_socket() -> None:
 # ----------------------------------------------------------- rate, limits
 
 
-# The sampler ticks on an absolute 1 ms grid and skips (never bursts)
-# ticks it wakes too late for, so a saturated machine shows as a lower
-# rate.  Each rate test keeps the best of 3 short runs, so that a moment
-# of load elsewhere on a CI machine does not fail it.
+# The sampler ticks on an absolute grid of `interval` and skips (never
+# bursts) ticks it wakes too late for, so a saturated machine shows as a
+# lower rate.  The rate itself is load-dependent: it is printed, not
+# asserted (docs/reliability.md records 890-990 Hz under two busy loops on
+# 2 cores).  What is asserted holds under any load: samples keep coming
+# (a bounded wait), they fall inside the window the test's own clock saw,
+# and there is never more than one per tick of the grid.
 
 
-def _best_rate(run: Callable[[], StateTrace], floor: float) -> StateTrace:
-    best = run()
-    for _ in range(2):
-        if best.rate_hz >= floor:
-            break
-        t = run()
-        if t.rate_hz > best.rate_hz:
-            best = t
-    return best
+def _check_grid(t: StateTrace, interval: float, t_before: int, t_after: int) -> None:
+    st = t.stats()
+    interval_ns = round(interval * 1e9)
+    assert t_before <= st["start_ns"] <= st["first_ns"] <= st["last_ns"] <= t_after, st
+    # one sample at start, then at most one per grid tick after it
+    ticks = (st["last_ns"] - st["start_ns"]) // interval_ns
+    assert st["samples"] <= 1 + ticks, (st["samples"], ticks)
+
+
+def _sample_for(a: socket.socket, interval: float, n: int) -> StateTrace:
+    """Watch a until it has n samples (bounded wait), then stop."""
+    t_before = time.monotonic_ns()
+    with watch(a, interval=interval) as t:
+        assert wait_until(lambda: t.samples >= n, timeout=STEP), t.samples
+    t_after = time.monotonic_ns()
+    _check_grid(t, interval, t_before, t_after)
+    print(f"interval {interval * 1e3:g} ms: {t.samples} samples at {t.rate_hz:.0f} Hz")
+    return t
 
 
 def test_sampling_rate_at_least_1khz() -> None:
     with tcp_pair() as (a, _b):
-
-        def run(interval: float = 0.001) -> StateTrace:
-            with watch(a, interval=interval) as t:
-                time.sleep(0.4)
-            return t
-
-        t = _best_rate(run, 950)
-        assert 950 <= t.rate_hz <= 1050, t.rate_hz
-        assert t.samples >= 350
-        assert t.samples == pytest.approx(t.duration * t.rate_hz, rel=0.05)
-        fast = _best_rate(lambda: run(0.0002), 2000)
-        assert fast.rate_hz >= 2000, fast.rate_hz
+        t = _sample_for(a, 0.001, 400)     # 0.4 s at 1 kHz
+        assert t.states == [S.ESTABLISHED]
+        assert t.samples >= 400
+        fast = _sample_for(a, 0.0002, 1000)  # 0.2 s at 5 kHz
+        assert fast.samples >= 1000
 
 
 def test_sampling_rate_through_sock_diag() -> None:
     """After close() each sample is a sock_diag lookup (a netlink round
-    trip, ~20 us): still 1 kHz on a quiet machine.  The floor is 900 Hz
-    because with every core saturated the longer ticks lose a few more
-    wake-ups (measured 890-990 Hz under two busy loops on 2 cores)."""
-
-    def run() -> StateTrace:
-        with tcp_pair() as (a, b):
-            with watch(a) as t:
-                a.close()
-                b.close()
-                wait(t, "TIME_WAIT")
-                time.sleep(0.3)
-        return t
-
-    t = _best_rate(run, 950)
-    assert t.stats()["lookups"] >= 250
-    assert t.rate_hz >= 900, t.rate_hz
+    trip, ~20 us): still 1 kHz on a quiet machine (printed).  Every sample
+    after the handover is exactly one lookup."""
+    with tcp_pair() as (a, b):
+        t_before = time.monotonic_ns()
+        with watch(a) as t:
+            a.close()
+            b.close()
+            wait(t, "TIME_WAIT")
+            assert wait_until(lambda: t.stats()["lookups"] >= 300, timeout=STEP)
+        t_after = time.monotonic_ns()
+    _check_grid(t, 0.001, t_before, t_after)
+    st = t.stats()
+    assert t.closed_at is not None
+    # samples before the handover read the fd; each one after it is a lookup
+    assert 300 <= st["lookups"] <= st["samples"]
+    print(f"through sock_diag: {st['lookups']} lookups, {t.samples} samples at {t.rate_hz:.0f} Hz")
 
 
 def test_stop_is_idempotent_and_thread_safe() -> None:
@@ -331,7 +345,10 @@ def test_memory_bounded_rings() -> None:
             b.close()
             assert t.wait_for("CLOSED", timeout=STEP) or t.state is S.CLOSED
         assert len(t.transitions) == 2
-        assert t.dropped >= 1
+        # ESTABLISHED, CLOSE_WAIT, CLOSED, and LAST_ACK if a tick caught it:
+        # all but the newest two dropped
+        seen = t.stats()["transitions"]
+        assert seen in (3, 4) and t.dropped == seen - 2, (seen, t.dropped)
         assert t.states[-1] is S.CLOSED
         assert "dropped" in str(t)
     # info samples: traffic changes rtt/cwnd; a ring of 4 holds 4
@@ -364,7 +381,7 @@ def test_wait_for_timeout_and_several_states() -> None:
         with watch(a) as t:
             t0 = time.monotonic()
             assert t.wait_for("TIME_WAIT", timeout=0.05) is False
-            assert time.monotonic() - t0 < 1.0
+            assert time.monotonic() - t0 < scaled(1.0)
             assert t.wait_for(["LISTEN", S.ESTABLISHED], timeout=0.0)
 
 
