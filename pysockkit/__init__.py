@@ -62,11 +62,11 @@ from ._enums import TcpState
 
 if TYPE_CHECKING:  # what __getattr__ below loads on first use, for type checkers
     from . import aio, lab, simplex, testing
-    from ._capture import CaptureNotPermitted, Segment, TcpFlags, TcpOptions, record
+    from ._capture import CaptureNotPermitted, Segment, TcpFlags, TcpOptions
     from ._diagram import StateDiagram, state_diagram
     from ._handler import ServerExits
     from ._observe import SocketEntry, SocketList, TcpInfo, find_socket, sockets, tcp_info
-    from ._recording import Recording, StateChange
+    from ._recording import Recording, StateChange, record
     from ._server import Server, serve
     from ._watch import InfoSample, StateTrace, watch
     from ._proxy import (
@@ -109,7 +109,7 @@ _LAZY = {
     "Segment": "._capture",
     "TcpFlags": "._capture",
     "TcpOptions": "._capture",
-    "record": "._capture",
+    "record": "._recording",
     "Recording": "._recording",
     "StateChange": "._recording",
     **dict.fromkeys(
