@@ -55,9 +55,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Optional, Union
 
 from . import _core
-from ._conn import Address, _resolve
 from ._errors import Timeout
-from ._net import AddressLike, check_timeout, format_address
+from ._net import Address, AddressLike, check_timeout, format_address, resolve
 
 __all__ = [
     "FaultProxy",
@@ -469,8 +468,8 @@ class FaultProxy:
             raise ValueError("max_connections is too large")
         if seed is not None:
             _count(seed, "seed", 0)
-        ufam, uhost, uport = _resolve(upstream_addr, "upstream_addr")[0]
-        lfam, lhost, lport = _resolve(listen_addr, "listen_addr")[0]
+        ufam, uhost, uport = resolve(upstream_addr, "upstream_addr")[0]
+        lfam, lhost, lport = resolve(listen_addr, "listen_addr")[0]
         self._faults: dict[int, FaultHandle] = {}
         self._core: Optional[Any] = None
         self._core = _native.Proxy(
