@@ -110,6 +110,60 @@ def tcp_info_fields() -> tuple[str, ...]: ...
 ID_REPLY: int
 ID_ERROR: int
 ID_MASK: int
+# wire constants (csrc/core/frame.h, heartbeat.h), defined there only:
+# the size of a correlated frame's id, the longest control payload, the
+# control types and their payload sizes, the "round trip unknown" value a
+# PING carries, and how many intervals apart round-trip samples are taken
+ID_LEN: int
+CONTROL_MAX: int
+CTL_PING: int
+CTL_PONG: int
+CTL_PING_LEN: int
+CTL_PONG_LEN: int
+CTL_RTT_UNKNOWN: int
+HB_RTT_EVERY: int
+def framing_limit(header_size: int, control: bool = False, correlation: bool = False) -> int: ...
+# the heartbeat rule (csrc/core/heartbeat.c sk_hb_tick); tick() returns
+# (HB_* action bits, when to call again in seconds: inf once dead)
+HB_CHECK: int
+HB_ALIVE: int
+HB_DEAD: int
+HB_PONG: int
+HB_PING: int
+class HeartbeatRule:
+    """The heartbeat rule of the C core (csrc/core/heartbeat.c sk_hb_tick,
+    the one the hub thread applies to threaded connections) for a driver
+    that keeps its own clocks (seconds on any monotonic clock, e.g.
+    loop.time()).  initiator: this side connected (PINGs after interval;
+    the accepting side after 1.5 x interval).
+
+    Example::
+
+        rule = _core.HeartbeatRule(1.0, 3.0, initiator=True)
+        actions, due = rule.tick(now, last_rx, last_tx, rtt_at)
+        if actions & _core.HB_PING: ...   # send a PING, then tick again
+    """
+    def __init__(self, interval: float, timeout: float, initiator: bool) -> None: ...
+    @property
+    def interval(self) -> float: ...
+    @property
+    def timeout(self) -> float: ...
+    @property
+    def ping_after(self) -> float:
+        """Seconds without sending that call for a PING."""
+    def first_rtt_at(self, now: float, /) -> float:
+        """rtt_at of a connection that starts at now (first round-trip
+        sample due one interval later)."""
+    def tick(
+        self, now: float, last_rx: float, last_tx: float, rtt_at: float,
+        pong_owed: bool = False, rx_done: bool = False, dead: bool = False, unread: int = -1,
+    ) -> tuple[int, float]:
+        """(HB_* action bits, when to call again: math.inf once dead).
+        HB_CHECK: the peer is overdue and unread is not known (-1): read what
+        arrived, call again with unread = FIONREAD; HB_ALIVE: the kernel holds
+        unread bytes (set last_rx = now); HB_DEAD; HB_PONG / HB_PING: send
+        one.  rx_done: the peer ended its stream (its silence proves
+        nothing).  After a PING or ALIVE, call again for the next due time."""
 TCP_INFO_SIZE: int
 DIAG_ALL_STATES: int
 DIAG_TCPF_BOUND_INACTIVE: int

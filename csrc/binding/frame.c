@@ -421,9 +421,49 @@ static PyType_Spec Encoder_spec = {
     .slots = Encoder_slots,
 };
 
+PyDoc_STRVAR(framing_limit_doc,
+"framing_limit(header_size, control=False, correlation=False) -> int\n--\n\n"
+"The largest payload a header_size-byte length field can announce with\n"
+"the extensions on (the top bits they reserve, the 8-byte id a correlated\n"
+"frame carries), or 0 for a header_size other than 1, 2, 4 or 8.\n\n"
+"    >>> _core.framing_limit(2, correlation=True)\n"
+"    16375\n");
+
+/* Contract: GIL held; pure (frame.h sk_framing_limit). */
+static PyObject *Core_framing_limit(PyObject *mod, PyObject *args,
+                                    PyObject *kwds)
+{
+    static char kw_hs[] = "header_size", kw_ct[] = "control",
+                kw_id[] = "correlation";
+    static char *kwlist[] = {kw_hs, kw_ct, kw_id, NULL};
+    PyObject *py_res = NULL;
+    int header_size, control = 0, correlation = 0;
+    sk_framing f;
+
+    (void)mod;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|pp:framing_limit", kwlist,
+                                     &header_size, &control, &correlation))
+        goto error;
+    memset(&f, 0, sizeof(f));
+    f.header_size = header_size > 0 ? (unsigned)header_size : 0;
+    f.flags = (control ? SK_FRAMING_CONTROL : 0) |
+              (correlation ? SK_FRAMING_IDS : 0);
+    py_res = PyLong_FromUnsignedLongLong(sk_framing_limit(&f));
+error:
+    return py_res;
+}
+
+static PyMethodDef frame_functions[] = {
+    {"framing_limit", (PyCFunction)(void (*)(void))Core_framing_limit,
+     METH_VARARGS | METH_KEYWORDS, framing_limit_doc},
+    {NULL, NULL, 0, NULL},
+};
+
 /* Contract: GIL held; called once from the module's exec slot.  Adds the
- * codec types and the correlation id bits of frame.h (ID_REPLY, ID_ERROR,
- * ID_MASK), the one definition the Python modules read. */
+ * codec types, framing_limit() and the wire constants of frame.h (the
+ * correlation id bits ID_REPLY, ID_ERROR, ID_MASK, the id's size ID_LEN,
+ * the longest control payload CONTROL_MAX): the one definition the Python
+ * modules read. */
 int skpy_add_frame(PyObject *mod)
 {
     PyObject *py_type = NULL;
@@ -431,7 +471,10 @@ int skpy_add_frame(PyObject *mod)
 
     if (skpy_add_u64(mod, "ID_REPLY", SK_ID_REPLY) < 0 ||
         skpy_add_u64(mod, "ID_ERROR", SK_ID_ERROR) < 0 ||
-        skpy_add_u64(mod, "ID_MASK", SK_ID_MASK) < 0)
+        skpy_add_u64(mod, "ID_MASK", SK_ID_MASK) < 0 ||
+        PyModule_AddIntConstant(mod, "ID_LEN", SK_ID_LEN) < 0 ||
+        PyModule_AddIntConstant(mod, "CONTROL_MAX", SK_CONTROL_MAX) < 0 ||
+        PyModule_AddFunctions(mod, frame_functions) < 0)
         goto error;
     py_type = PyType_FromModuleAndSpec(mod, &Decoder_spec, NULL);
     if (py_type == NULL)

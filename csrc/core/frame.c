@@ -40,7 +40,7 @@ size_t sk_encode_header_id(const sk_framing *f, uint64_t len, uint64_t id,
     unsigned h = f->header_size;
     int i;
 
-    sk_encode_header(f, (len + SK_ID_LEN) | (1ULL << (8 * h - 2)), out);
+    sk_encode_header(f, (len + SK_ID_LEN) | SK_HDR_ID_BIT(h), out);
     for (i = 0; i < SK_ID_LEN; i++)
         out[h + i] = (unsigned char)(id >> (8 * (SK_ID_LEN - 1 - i)));
     return h + SK_ID_LEN;
@@ -49,7 +49,7 @@ size_t sk_encode_header_id(const sk_framing *f, uint64_t len, uint64_t id,
 /* Contract: pure. */
 uint64_t sk_control_header(const sk_framing *f, size_t n)
 {
-    return (1ULL << (8 * f->header_size - 1)) | (uint64_t)n;
+    return SK_HDR_CONTROL_BIT(f->header_size) | (uint64_t)n;
 }
 
 /* Contract: pure; err may be NULL. */
@@ -170,7 +170,7 @@ static enum sk_hdr_kind sk_header_classify(const sk_framing *f,
 
     *control = 0;
     if (f->flags & SK_FRAMING_CONTROL) {
-        top = 1ULL << (8 * f->header_size - 1);
+        top = SK_HDR_CONTROL_BIT(f->header_size);
         if (v & top) {
             v &= ~top;
             *control = 1;
@@ -181,7 +181,7 @@ static enum sk_hdr_kind sk_header_classify(const sk_framing *f,
         }
     }
     if (f->flags & SK_FRAMING_IDS) {
-        top = 1ULL << (8 * f->header_size - 2);
+        top = SK_HDR_ID_BIT(f->header_size);
         if (v & top) {
             v &= ~top;
             *len = v;
@@ -352,7 +352,7 @@ int sk_decoder_next(sk_decoder *d, sk_frame *out)
     out->has_id = 0;
     out->id = 0;
     if ((d->f.flags & SK_FRAMING_IDS) && !out->control &&
-        (sk_decode_header(&d->f, p) & (1ULL << (8 * h - 2)))) {
+        (sk_decode_header(&d->f, p) & SK_HDR_ID_BIT(h))) {
         unsigned i;
         for (i = 0; i < SK_ID_LEN; i++)
             out->id = (out->id << 8) | p[h + i];
