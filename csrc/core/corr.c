@@ -203,33 +203,82 @@ static void sk_corr_detach(sk_corr *t, sk_promise *p, size_t slot)
     t->pending--;
 }
 
+/* Contract: mu held; no change.  sk_corr_lookup, with the slot of a
+ * pending promise in *slot. */
+static int sk_corr_classify(const sk_corr *t, uint64_t id, sk_promise **p,
+                            size_t *slot)
+{
+    int outcome = SK_CORR_STRAY;
+    size_t i;
+
+    *p = NULL;
+    id &= SK_CORR_ID_MASK;
+    if (id == 0)
+        goto done;
+    if (t->cap > 0) {
+        i = sk_corr_find(t, id);
+        if (t->keys[i] == id) {
+            if (t->vals[i] == SK_EXPIRED) {
+                outcome = SK_CORR_LATE;
+            } else {
+                *p = t->vals[i];
+                *slot = i;
+                outcome = SK_CORR_DELIVER;
+            }
+            goto done;
+        }
+    }
+    if (id < (t->next_id & SK_CORR_ID_MASK))
+        outcome = SK_CORR_DUPLICATE;
+done:
+    return outcome;
+}
+
+/* Contract: mu held; no change. */
+int sk_corr_lookup(const sk_corr *t, uint64_t id, sk_promise **p)
+{
+    size_t slot;
+
+    return sk_corr_classify(t, id, p, &slot);
+}
+
+/* Contract: mu held; the returned promise is the caller's. */
+sk_promise *sk_corr_match(sk_corr *t, uint64_t id, int *outcome)
+{
+    sk_promise *p;
+    size_t slot = 0;
+
+    *outcome = sk_corr_classify(t, id, &p, &slot);
+    switch (*outcome) {
+    case SK_CORR_DELIVER:
+        sk_corr_detach(t, p, slot);
+        t->replies++;
+        if (id & SK_ID_ERROR)
+            t->remote_errors++;
+        break;
+    case SK_CORR_LATE:
+        t->late++;
+        break;
+    case SK_CORR_DUPLICATE:
+        t->duplicate++;
+        t->unknown++; /* the threaded duplex's "unknown" includes them */
+        break;
+    default:
+        t->unknown++;
+        break;
+    }
+    return p;
+}
+
 /* Contract: mu held; the payload is copied (it is the caller's). */
 sk_promise *sk_corr_reply(sk_corr *t, uint64_t id, const void *data,
                           size_t len)
 {
-    sk_promise *p;
-    size_t i;
-    int remote = (id & SK_ID_ERROR) != 0;
+    int remote = (id & SK_ID_ERROR) != 0, outcome;
+    sk_promise *p = sk_corr_match(t, id, &outcome);
 
-    id &= SK_CORR_ID_MASK;
-    if (t->cap == 0 || id == 0) {
-        t->unknown++;
-        return NULL;
-    }
-    i = sk_corr_find(t, id);
-    if (t->keys[i] == 0) {
-        t->unknown++;
-        return NULL;
-    }
-    if (t->vals[i] == SK_EXPIRED) {
-        t->late++;
-        return NULL;
-    }
-    p = t->vals[i];
-    sk_corr_detach(t, p, i);
-    t->replies++;
-    if (remote)
-        t->remote_errors++;
+    if (p == NULL)
+        goto done;
     if (sk_promise_state(p) != SK_P_PENDING) {
         p->prev = 0; /* cancelled: nothing to store, nobody to wake */
     } else if (sk_promise_set_payload(p, data, len) != SK_OK) {
@@ -239,17 +288,24 @@ sk_promise *sk_corr_reply(sk_corr *t, uint64_t id, const void *data,
                                   remote ? SK_PF_REMOTE : SK_PF_NONE)) {
         p->prev = 0;
     }
+done:
     return p;
 }
 
 /* Contract: mu held; in-order table with sk_corr_owed(t). */
-sk_promise *sk_corr_reply_next(sk_corr *t, const void *data, size_t len)
+uint64_t sk_corr_advance(sk_corr *t)
 {
     uint64_t id = t->next_reply++ & SK_CORR_ID_MASK;
 
     if (SK_UNLIKELY(id == 0)) /* sk_corr_add skipped it too */
         id = t->next_reply++ & SK_CORR_ID_MASK;
-    return sk_corr_reply(t, id, data, len);
+    return id;
+}
+
+/* Contract: mu held; in-order table with sk_corr_owed(t). */
+sk_promise *sk_corr_reply_next(sk_corr *t, const void *data, size_t len)
+{
+    return sk_corr_reply(t, sk_corr_advance(t), data, len);
 }
 
 /* Contract: mu held; the caller still holds the send lock it held for
