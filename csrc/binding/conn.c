@@ -97,6 +97,8 @@ static PyObject *skpy_timeout(PyObject *mod, const char *op, PyObject *timeout,
     return NULL;
 }
 
+/* Contract: GIL held; raises ConnectionClosed (or the error of a close
+ * in progress) and returns NULL. */
 static PyObject *skpy_closed(ConnObject *self)
 {
     skpy_state *st = skpy_get_state(self->mod);
@@ -248,6 +250,7 @@ static int skpy_lock_or_raise(ConnObject *self, pthread_mutex_t *lk,
 
 /* ------------------------------------------------------------ lifecycle */
 
+/* Contract: GIL held; a new object, or NULL with an exception set. */
 static PyObject *Conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     ConnObject *self;
@@ -402,6 +405,7 @@ PyDoc_STRVAR(Conn_close_doc,
 "A thread blocked in send/recv on this connection is woken and gets\n"
 "ConnectionClosed.\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Conn_close(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     return Conn_close_impl((ConnObject *)op, 0);
@@ -412,6 +416,7 @@ PyDoc_STRVAR(Conn_abort_doc,
 "Abortive close: SO_LINGER {1, 0} then close, so the kernel sends RST,\n"
 "discards unsent data and keeps no TIME_WAIT.  Idempotent.\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Conn_abort(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     return Conn_close_impl((ConnObject *)op, 1);
@@ -440,6 +445,7 @@ static void Conn_finalize(PyObject *op)
     PyErr_Restore(py_type, py_value, py_tb);
 }
 
+/* Contract: GIL held; frees the object and drops its type's reference. */
 static void Conn_dealloc(PyObject *op)
 {
     ConnObject *self = (ConnObject *)op;
@@ -541,6 +547,8 @@ PyDoc_STRVAR(Conn_send_doc,
 "sk.Timeout after timeout seconds (nothing is torn: see PROTOCOL.md).\n\n"
 "    >>> conn.send(b'hello')\n");
 
+/* Contract: GIL held on entry and exit, released while the call may
+ * block; a new reference, or NULL with an exception set. */
 static PyObject *Conn_send(PyObject *op, PyObject *const *args,
                            Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -599,6 +607,8 @@ PyDoc_STRVAR(Conn_send_many_doc,
 "how many frames were taken; the others were not sent.\n\n"
 "    >>> conn.send_many([b'a', b'b', b'c'])\n    3\n");
 
+/* Contract: GIL held on entry and exit, released while the call may
+ * block; a new reference, or NULL with an exception set. */
 static PyObject *Conn_send_many(PyObject *op, PyObject *const *args,
                                 Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -731,6 +741,8 @@ PyDoc_STRVAR(Conn_flush_doc,
 "Finish sending the tail of a frame whose send timed out or was\n"
 "interrupted.  A no-op when nothing is pending.\n");
 
+/* Contract: GIL held on entry and exit, released while the call may
+ * block; a new reference, or NULL with an exception set. */
 static PyObject *Conn_flush(PyObject *op, PyObject *const *args,
                             Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -800,6 +812,8 @@ PyDoc_STRVAR(Conn_recv_doc,
 "sk.FrameTooLarge if the peer announced more than max_frame.\n\n"
 "    >>> conn.recv(timeout=1.0)\n    b'hello'\n");
 
+/* Contract: GIL held on entry and exit, released while the call may
+ * block; a new reference, or NULL with an exception set. */
 static PyObject *Conn_recv(PyObject *op, PyObject *const *args,
                            Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -835,6 +849,8 @@ PyDoc_STRVAR(Conn_recv_many_doc,
 "frame is raised by the next call, so no frame is lost.\n\n"
 "    >>> conn.recv_many(max_frames=100)\n    [b'a', b'b', b'c']\n");
 
+/* Contract: GIL held on entry and exit, released while the call may
+ * block; a new reference, or NULL with an exception set. */
 static PyObject *Conn_recv_many(PyObject *op, PyObject *const *args,
                                 Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -910,6 +926,8 @@ PyDoc_STRVAR(Conn_request_doc,
 "are serialised.\n\n"
 "    >>> conn.request(b'ping', timeout=1.0)\n    b'pong'\n");
 
+/* Contract: GIL held on entry and exit, released while the call may
+ * block; a new reference, or NULL with an exception set. */
 static PyObject *Conn_request(PyObject *op, PyObject *const *args,
                               Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -975,6 +993,8 @@ PyDoc_STRVAR(Conn_shutdown_doc,
 "how: socket.SHUT_RD, SHUT_WR or SHUT_RDWR.  SHUT_WR first flushes a\n"
 "pending frame tail, then sends FIN.\n");
 
+/* Contract: GIL held on entry and exit, released while the call may
+ * block; a new reference, or NULL with an exception set. */
 static PyObject *Conn_shutdown(PyObject *op, PyObject *const *args,
                                Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -1329,6 +1349,7 @@ PyDoc_STRVAR(Conn_start_worker_doc,
 "worker owns the receive side.  dispatch(list) gets frames that are not\n"
 "replies, dispatch(exc) the error that ended the receive side.\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Conn_start_worker(PyObject *op, PyObject *dispatch)
 {
     ConnObject *self = (ConnObject *)op;
@@ -1640,6 +1661,8 @@ static PyObject *Conn_request_stats(PyObject *op, PyObject *Py_UNUSED(ig))
                          (Py_ssize_t)pending);
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Conn_get_worker(PyObject *op, void *closure)
 {
     (void)closure;
@@ -1654,6 +1677,7 @@ PyDoc_STRVAR(Conn_heartbeat_doc,
 "thread sends a PING after `interval` seconds without sending, and declares\n"
 "the peer dead after `timeout` seconds without receiving.\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Conn_heartbeat(PyObject *op, PyObject *const *args,
                                 Py_ssize_t nargs)
 {
@@ -1699,6 +1723,8 @@ static PyObject *Conn_heartbeat(PyObject *op, PyObject *const *args,
     Py_RETURN_NONE;
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Conn_get_latency(PyObject *op, void *closure)
 {
     int64_t rtt = SK_LOAD(&((ConnObject *)op)->c.hb.rtt_ns);
@@ -1709,6 +1735,8 @@ static PyObject *Conn_get_latency(PyObject *op, void *closure)
     return PyFloat_FromDouble((double)rtt / 1e9);
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Conn_get_hb_stats(PyObject *op, void *closure)
 {
     const sk_hb *hb = &((ConnObject *)op)->c.hb;
@@ -1726,35 +1754,46 @@ static PyObject *Conn_get_hb_stats(PyObject *op, void *closure)
         "idle_tx_s", (double)(sk_now_ns() - SK_LOAD(&hb->last_tx_ns)) / 1e9);
 }
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Conn_fileno(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     return PyLong_FromLong(((ConnObject *)op)->fd);
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Conn_get_closed(PyObject *op, void *closure)
 {
     (void)closure;
     return PyBool_FromLong(((ConnObject *)op)->fd < 0);
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Conn_get_owed(PyObject *op, void *closure)
 {
     (void)closure;
     return PyLong_FromUnsignedLongLong(((ConnObject *)op)->c.owed);
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Conn_get_discarded(PyObject *op, void *closure)
 {
     (void)closure;
     return PyLong_FromUnsignedLongLong(((ConnObject *)op)->c.discarded);
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Conn_get_buffered(PyObject *op, void *closure)
 {
     (void)closure;
     return PyLong_FromSize_t(sk_decoder_buffered(&((ConnObject *)op)->c.dec));
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Conn_get_unsent(PyObject *op, void *closure)
 {
     (void)closure;

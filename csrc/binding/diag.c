@@ -106,6 +106,7 @@ done:
     return stop;
 }
 
+/* Contract: no GIL needed; frees what the collector holds. */
 static void collector_free(collector *c)
 {
     free(c->items);

@@ -22,6 +22,7 @@ typedef struct {
     PyObject *control; /* list of control-frame bodies not yet taken */
 } DecoderObject;
 
+/* Contract: GIL held; 0, or -1 with an exception set. */
 static int Decoder_init(PyObject *op, PyObject *args, PyObject *kwds)
 {
     DecoderObject *self = (DecoderObject *)op;
@@ -34,6 +35,7 @@ static int Decoder_init(PyObject *op, PyObject *args, PyObject *kwds)
     return 0;
 }
 
+/* Contract: GIL held; a new object, or NULL with an exception set. */
 static PyObject *Decoder_new(PyTypeObject *type, PyObject *args,
                              PyObject *kwds)
 {
@@ -54,6 +56,7 @@ static PyObject *Decoder_new(PyTypeObject *type, PyObject *args,
     return (PyObject *)self;
 }
 
+/* Contract: GIL held; frees the object and drops its type's reference. */
 static void Decoder_dealloc(PyObject *op)
 {
     PyTypeObject *tp = Py_TYPE(op);
@@ -74,6 +77,7 @@ PyDoc_STRVAR(Decoder_feed_doc,
 "    >>> d.feed(b'\\x00\\x00\\x00\\x02h')\n    []\n"
 "    >>> d.feed(b'i')\n    [b'hi']\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Decoder_feed(PyObject *op, PyObject *arg)
 {
     DecoderObject *self = (DecoderObject *)op;
@@ -135,6 +139,7 @@ PyDoc_STRVAR(Decoder_finish_doc,
 "Declare the end of the stream: raises sk.IncompleteFrame (with .missing)\n"
 "if a partial frame is buffered, else returns None.\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Decoder_finish(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     DecoderObject *self = (DecoderObject *)op;
@@ -145,12 +150,16 @@ static PyObject *Decoder_finish(PyObject *op, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Decoder_get_buffered(PyObject *op, void *closure)
 {
     (void)closure;
     return PyLong_FromSize_t(sk_decoder_buffered(&((DecoderObject *)op)->d));
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Decoder_get_missing(PyObject *op, void *closure)
 {
     (void)closure;
@@ -158,6 +167,8 @@ static PyObject *Decoder_get_missing(PyObject *op, void *closure)
         sk_decoder_missing(&((DecoderObject *)op)->d));
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Decoder_get_frames(PyObject *op, void *closure)
 {
     (void)closure;
@@ -169,6 +180,7 @@ PyDoc_STRVAR(Decoder_take_control_doc,
 "Control frames (heartbeats) received since the last call: each body is\n"
 "its type byte and payload (docs/PROTOCOL.md).  Only with control=True.\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Decoder_take_control(PyObject *op, PyObject *Py_UNUSED(ig))
 {
     DecoderObject *self = (DecoderObject *)op;
@@ -231,6 +243,7 @@ typedef struct {
     PyObject *mod; /* borrowed: the type keeps the module alive */
 } EncoderObject;
 
+/* Contract: GIL held; 0, or -1 with an exception set. */
 static int Encoder_init(PyObject *op, PyObject *args, PyObject *kwds)
 {
     EncoderObject *self = (EncoderObject *)op;
@@ -260,6 +273,7 @@ PyDoc_STRVAR(Encoder_encode_doc,
 "One frame: header (+ the 8-byte id of a correlated frame) + payload.\n\n"
 "    >>> sk.Encoder(header_size=2).encode(b'hi')\n    b'\\x00\\x02hi'\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Encoder_encode(PyObject *op, PyObject *const *args,
                                 Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -322,6 +336,7 @@ PyDoc_STRVAR(Encoder_encode_many_doc,
 "Plain frames for every payload, joined into one bytes object (one write).\n"
 "All or nothing: an oversized payload raises sk.FrameTooLarge.\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Encoder_encode_many(PyObject *op, PyObject *arg)
 {
     EncoderObject *self = (EncoderObject *)op;
@@ -370,6 +385,7 @@ PyDoc_STRVAR(Encoder_control_doc,
 "A heartbeat control frame (type 1 PING with our last rtt, 2 PONG echoing\n"
 "ts), for code doing its own I/O.  Only with control=True.\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Encoder_control(PyObject *op, PyObject *args)
 {
     EncoderObject *self = (EncoderObject *)op;

@@ -350,6 +350,7 @@ int skpy_future_fail(PyObject *op, PyObject *py_exc)
 
 /* ------------------------------------------------------------ methods */
 
+/* Contract: GIL held; a new object, or NULL with an exception set. */
 static PyObject *Future_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     FutureObject *f;
@@ -380,6 +381,7 @@ static int Future_init(PyObject *op, PyObject *args, PyObject *kwds)
     return 0;
 }
 
+/* Contract: GIL held; the GC's traverse slot (visits what it owns). */
 static int Future_traverse(PyObject *op, visitproc visit, void *arg)
 {
     FutureObject *f = FUT(op);
@@ -393,6 +395,7 @@ static int Future_traverse(PyObject *op, visitproc visit, void *arg)
     return 0;
 }
 
+/* Contract: GIL held; the GC's clear slot (drops what it owns). */
 static int Future_clear(PyObject *op)
 {
     FutureObject *f = FUT(op);
@@ -430,6 +433,7 @@ PyDoc_STRVAR(Future_result_doc,
 "concurrent.futures.TimeoutError if still pending after timeout.\n\n"
 "    >>> conn.request_async(b'ping', timeout=1.0).result()\n    b'pong'\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Future_result(PyObject *op, PyObject *const *args,
                                Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -472,6 +476,7 @@ PyDoc_STRVAR(Future_exception_doc,
 "The request's exception, or None if it got its reply; waits like\n"
 "result().\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Future_exception(PyObject *op, PyObject *const *args,
                                   Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -500,16 +505,19 @@ static PyObject *Future_exception(PyObject *op, PyObject *const *args,
     }
 }
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Future_done(PyObject *op, PyObject *Py_UNUSED(ig))
 {
     return PyBool_FromLong(sk_promise_state(&FUT(op)->p) != SK_P_PENDING);
 }
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Future_cancelled(PyObject *op, PyObject *Py_UNUSED(ig))
 {
     return PyBool_FromLong(sk_promise_state(&FUT(op)->p) == SK_P_CANCELLED);
 }
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Future_running(PyObject *op, PyObject *Py_UNUSED(ig))
 {
     (void)op; /* a request is in flight or settled, never "running" */
@@ -522,6 +530,7 @@ PyDoc_STRVAR(Future_cancel_doc,
 "False if it already got its reply or failed.  Its reply, if it still\n"
 "comes, is dropped; the request is not recalled from the peer.\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Future_cancel(PyObject *op, PyObject *Py_UNUSED(ig))
 {
     FutureObject *f = FUT(op);
@@ -540,6 +549,7 @@ PyDoc_STRVAR(Future_add_done_callback_doc,
 "reply or a timeout, at once (in this thread) if it already is.  An\n"
 "exception from fn is logged (logger 'concurrent.futures') and ignored.\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Future_add_done_callback(PyObject *op, PyObject *py_fn)
 {
     FutureObject *f = FUT(op);
@@ -580,16 +590,19 @@ static PyObject *skpy_future_set(FutureObject *f, unsigned final, PyObject *py_v
     Py_RETURN_NONE;
 }
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Future_set_result(PyObject *op, PyObject *py_v)
 {
     return skpy_future_set(FUT(op), SK_P_DONE, py_v);
 }
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Future_set_exception(PyObject *op, PyObject *py_v)
 {
     return skpy_future_set(FUT(op), SK_P_FAILED, py_v);
 }
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Future_set_running_or_notify_cancel(PyObject *op,
                                                      PyObject *Py_UNUSED(ig))
 {
@@ -604,6 +617,7 @@ static PyObject *Future_set_running_or_notify_cancel(PyObject *op,
     }
 }
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Future_repr(PyObject *op)
 {
     FutureObject *f = FUT(op);
@@ -655,6 +669,8 @@ static PyObject *Future_get_state(PyObject *op, void *closure)
     return PyUnicode_InternFromString(name);
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Future_get_condition(PyObject *op, void *closure)
 {
     FutureObject *f = FUT(op);
@@ -681,6 +697,8 @@ static PyObject *Future_get_condition(PyObject *op, void *closure)
     return Py_NewRef(f->cond);
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Future_get_waiters(PyObject *op, void *closure)
 {
     FutureObject *f = FUT(op);
@@ -771,6 +789,8 @@ PyDoc_STRVAR(skpy_set_future_class_doc,
 "The class request futures are made of: a subclass of Future (see\n"
 "pysockkit._duplex).  Called once at import.\n");
 
+/* Contract: GIL held; module function: None, or NULL with an
+ * exception set. */
 static PyObject *skpy_set_future_class(PyObject *mod, PyObject *py_cls)
 {
     skpy_state *st = skpy_get_state(mod);

@@ -35,6 +35,7 @@
 
 /* ------------------------------------------------------------- parser */
 
+/* Contract: pure; big-endian read of a packet field (rd32 below too). */
 static uint16_t rd16(const uint8_t *p)
 {
     return (uint16_t)((p[0] << 8) | p[1]);
@@ -486,6 +487,7 @@ static int outer_lock(sk_capture *c)
     return 1;
 }
 
+/* Contract: undoes outer_lock (locked: what it returned). */
 static void outer_unlock(sk_capture *c, int locked)
 {
     if (locked)

@@ -55,6 +55,8 @@ typedef struct sk_plist {
     size_t n;
 } sk_plist;
 
+/* Contract: no allocation; the list's owner holds its lock, if any
+ * (the same for push and splice below). */
 static inline void sk_plist_init(sk_plist *l)
 {
     l->head = NULL;

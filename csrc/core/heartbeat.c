@@ -102,6 +102,7 @@ void sk_hb_init(sk_hb *hb, int64_t interval_ns, int64_t timeout_ns,
     hb->rtt_at_ns = sk_hb_first_rtt_at(interval_ns, now);
 }
 
+/* Contract: pure; the big-endian 8-byte time stamp of a PING/PONG. */
 static int64_t sk_get_ts(const unsigned char *p)
 {
     uint64_t v = 0;

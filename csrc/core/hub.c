@@ -189,6 +189,10 @@ static void sk_hub_lingers(sk_hub *h, int64_t now)
 
 /* --------------------------------------------------------------- thread */
 
+/* Contract: the hub thread's start routine (arg: the hub, which outlives
+ * it); no GIL, no Python.  Waits in epoll until the earliest heartbeat due
+ * time, a socket event or a wake-up; runs sk_hub_tick for each due slot
+ * and looks at the lingering sockets. */
 static void *sk_hub_main(void *arg)
 {
     sk_hub *h = (sk_hub *)arg;

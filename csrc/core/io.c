@@ -482,6 +482,8 @@ static void sk_conn_on_control(sk_conn *c, const sk_frame *fr)
     }
 }
 
+/* Contract: the decoder's control callback (ctx: the sk_conn); the
+ * caller holds recv_mu. */
 static void sk_conn_on_control_cb(void *ctx, const sk_frame *fr)
 {
     sk_conn_on_control((sk_conn *)ctx, fr);

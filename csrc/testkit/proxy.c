@@ -194,6 +194,7 @@ struct sk_proxy {
  * touches loop-owned state without locks; no function here needs the GIL
  * and none frees what its caller owns unless it says so. */
 
+/* Contract: pure (sk_px_min below too). */
 static int64_t sk_px_max(int64_t a, int64_t b) { return a > b ? a : b; }
 static int64_t sk_px_min(int64_t a, int64_t b) { return a < b ? a : b; }
 
