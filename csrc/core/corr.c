@@ -36,11 +36,12 @@ static int sk_corr_resize(sk_corr *t, size_t cap)
     uint64_t *keys = sk_calloc(cap, sizeof(*keys)), *okeys = t->keys;
     void **vals = sk_calloc(cap, sizeof(*vals)), **ovals = t->vals;
     size_t i, j, ocap = t->cap;
+    int rc = SK_ERR;
 
     if (keys == NULL || vals == NULL) {
         free(keys);
         free(vals);
-        return SK_ERR;
+        goto error;
     }
     t->keys = keys;
     t->vals = vals;
@@ -54,22 +55,27 @@ static int sk_corr_resize(sk_corr *t, size_t cap)
     }
     free(okeys);
     free(ovals);
-    return SK_OK;
+    rc = SK_OK;
+error:
+    return rc;
 }
 
 /* Insert id -> val (id absent).  SK_OK or SK_ERR (out of memory). */
 static int sk_corr_put(sk_corr *t, uint64_t id, void *val)
 {
     size_t i;
+    int rc = SK_ERR;
 
     if ((t->used + 1) * 2 > t->cap &&
         sk_corr_resize(t, t->cap ? t->cap * 2 : SK_CORR_MIN_CAP) != SK_OK)
-        return SK_ERR;
+        goto error;
     i = sk_corr_find(t, id);
     t->keys[i] = id;
     t->vals[i] = val;
     t->used++;
-    return SK_OK;
+    rc = SK_OK;
+error:
+    return rc;
 }
 
 /* Empty slot i, shifting later entries of its cluster back so that every
@@ -119,7 +125,7 @@ static void sk_corr_remember(sk_corr *t, uint64_t id)
         }
     }
     if (t->ring_cap == 0)
-        return;
+        goto done;
     if (t->ring_len == t->ring_cap) { /* full: forget the oldest */
         uint64_t old = t->ring[t->ring_head];
         t->ring_head = (t->ring_head + 1) % t->ring_cap;
@@ -129,9 +135,11 @@ static void sk_corr_remember(sk_corr *t, uint64_t id)
             sk_corr_erase(t, i);
     }
     if (sk_corr_put(t, id, SK_EXPIRED) != SK_OK)
-        return;
+        goto done;
     t->ring[(t->ring_head + t->ring_len) % t->ring_cap] = id;
     t->ring_len++;
+done:
+    return;
 }
 
 /* ------------------------------------------------------------- public */
@@ -139,15 +147,15 @@ static void sk_corr_remember(sk_corr *t, uint64_t id)
 /* Contract: no allocation. */
 int sk_corr_init(sk_corr *t, sk_err *err)
 {
-    int r;
+    int r, rc = SK_OK;
 
     memset(t, 0, sizeof(*t));
     sk_heap_init(&t->heap);
     t->next_id = 1;
     r = pthread_mutex_init(&t->mu, NULL);
     if (r != 0)
-        return sk_err_sys(err, "pthread_mutex_init", r);
-    return SK_OK;
+        rc = sk_err_sys(err, "pthread_mutex_init", r);
+    return rc;
 }
 
 /* Contract: no allocation. */
@@ -177,6 +185,7 @@ void sk_corr_free(sk_corr *t)
 int sk_corr_add(sk_corr *t, sk_promise *p, int64_t deadline, sk_err *err)
 {
     uint64_t id = t->next_id++ & SK_CORR_ID_MASK;
+    int rc = SK_ERR;
 
     if (SK_UNLIKELY(id == 0)) /* wrapped after 2**63 requests: 0 is "empty" */
         id = t->next_id++ & SK_CORR_ID_MASK;
@@ -186,13 +195,18 @@ int sk_corr_add(sk_corr *t, sk_promise *p, int64_t deadline, sk_err *err)
     p->deadline.key = deadline;
     p->deadline.tie = id; /* equal deadlines expire in id order */
     if (sk_corr_put(t, id, p) != SK_OK)
-        return sk_err_set(err, SK_E_NOMEM, "out of memory registering a request");
+        goto nomem;
     if (deadline != SK_NO_DEADLINE && sk_heap_push(&t->heap, &p->deadline) != SK_OK) {
         sk_corr_erase(t, sk_corr_find(t, id));
-        return sk_err_set(err, SK_E_NOMEM, "out of memory registering a request");
+        goto nomem;
     }
     t->pending++;
-    return SK_OK;
+    rc = SK_OK;
+    goto done;
+nomem:
+    rc = sk_err_set(err, SK_E_NOMEM, "out of memory registering a request");
+done:
+    return rc;
 }
 
 /* Contract: mu held; p is the caller's once appended. */
@@ -364,14 +378,17 @@ int64_t sk_corr_next_deadline(const sk_corr *t)
 int sk_corr_remove(sk_corr *t, sk_promise *p)
 {
     size_t i;
+    int taken = 0;
 
     if (t->cap == 0)
-        return 0;
+        goto done;
     i = sk_corr_find(t, p->id);
     if (t->keys[i] != p->id || t->vals[i] != p)
-        return 0;
+        goto done;
     sk_corr_detach(t, p, i);
-    return 1;
+    taken = 1;
+done:
+    return taken;
 }
 
 /* Contract: mu held. */
