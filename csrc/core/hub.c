@@ -78,13 +78,13 @@ static void sk_hub_arm(sk_hub *h, int idx)
  * result, or 2 if a user thread holds the receive side. */
 static int sk_hub_pump(sk_hub *h, sk_conn *c)
 {
-    int r;
+    int r = 2;
 
-    if (pthread_mutex_trylock(&c->recv_mu) != 0)
-        return 2;
-    r = sk_conn_pump(c, SK_HUB_RX_LIMIT);
-    pthread_mutex_unlock(&c->recv_mu);
-    h->st.reads++;
+    if (pthread_mutex_trylock(&c->recv_mu) == 0) {
+        r = sk_conn_pump(c, SK_HUB_RX_LIMIT);
+        pthread_mutex_unlock(&c->recv_mu);
+        h->st.reads++;
+    }
     return r;
 }
 
@@ -264,8 +264,10 @@ int sk_hub_new(sk_hub **out, sk_err *err)
     int rc = SK_ERR;
 
     h = sk_calloc(1, sizeof(*h));
-    if (h == NULL)
-        return sk_err_set(err, SK_E_NOMEM, "out of memory for the hub");
+    if (h == NULL) {
+        sk_err_set(err, SK_E_NOMEM, "out of memory for the hub");
+        goto error;
+    }
     h->ep = h->wake_fd = -1;
     pthread_mutex_init(&h->mu, NULL);
     h->ep = sk_epoll_create(EPOLL_CLOEXEC);
@@ -291,9 +293,11 @@ int sk_hub_new(sk_hub **out, sk_err *err)
     }
     h->started = 1;
     *out = h;
-    return SK_OK;
+    h = NULL; /* the caller's now */
+    rc = SK_OK;
 error:
-    sk_hub_free(h);
+    if (h != NULL)
+        sk_hub_free(h);
     return rc;
 }
 
