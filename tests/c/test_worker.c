@@ -138,128 +138,130 @@ static int wait_noted(owner *o, sk_corr *t, int n, double seconds)
     return got;
 }
 
-TEST(worker_settles_replies_tells_the_owner_and_writes_the_queue)
-{
-    sk_framing f = {4, 0, 1 << 20, SK_FRAMING_IDS};
+/* A connection on a socketpair with its table and idle worker, and the
+ * owner that sees the callbacks: set up, started, torn down. */
+typedef struct {
     sk_conn c;
     sk_corr t;
     sk_worker w;
-    sk_err err;
-    sk_promise p, q, r;
     owner o;
     run_arg a;
     pthread_t th;
+    int fds[2];
+} rig;
+
+static void rig_up(rig *r)
+{
+    sk_framing f = {4, 0, 1 << 20, SK_FRAMING_IDS};
+    sk_err err;
+
+    memset(r, 0, sizeof(*r));
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0,
+                     r->fds) == 0);
+    CHECK(sk_conn_init(&r->c, r->fds[0], &f, &err) == SK_OK);
+    CHECK(sk_corr_init(&r->t, &err) == SK_OK);
+    sk_worker_init(&r->w, &r->c);
+    r->w.t = &r->t;
+    CHECK(sk_worker_open_wake(&r->w, &err) == SK_OK && r->w.efd >= 0);
+    r->o.w = &r->w;
+    r->a.w = &r->w;
+    r->a.o = &r->o;
+}
+
+static void rig_start(rig *r)
+{
+    CHECK(pthread_create(&r->th, NULL, run_thread, &r->a) == 0);
+}
+
+/* The loop must have ended (ops->run returned 1). */
+static void rig_down(rig *r)
+{
+    CHECK(wait_flag(&r->o.ended, 5.0));
+    CHECK(pthread_join(r->th, NULL) == 0);
+    sk_worker_close_wake(&r->w);
+    CHECK(r->w.efd == -1);
+    sk_corr_free(&r->t);
+    sk_conn_release(&r->c);
+    close(r->fds[0]);
+    close(r->fds[1]);
+}
+
+TEST(worker_settles_replies_tells_the_owner_and_writes_the_queue)
+{
+    static rig r;
+    sk_err err;
+    sk_promise p, q, s;
     unsigned char buf[256], got[64];
     sk_iov iov = {"req", 3, 0, 1};
     size_t n;
-    int fds[2];
 
-    memset(&o, 0, sizeof(o));
-    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0,
-                     fds) == 0);
-    CHECK(sk_conn_init(&c, fds[0], &f, &err) == SK_OK);
-    CHECK(sk_corr_init(&t, &err) == SK_OK);
-    sk_worker_init(&w, &c);
-    w.t = &t;
-    CHECK(sk_worker_open_wake(&w, &err) == SK_OK && w.efd >= 0);
-    o.w = &w;
+    rig_up(&r);
     /* p: a waiter, no owner callback; q: the owner wants to hear, and it
-     * expires; r: the owner wants to hear, and its reply comes */
+     * expires; s: the owner wants to hear, and its reply comes */
     sk_promise_init(&p);
     sk_promise_init(&q);
-    sk_promise_init(&r);
+    sk_promise_init(&s);
     CHECK(sk_promise_mark(&q, SK_P_NOTIFY) == 1);
-    CHECK(sk_promise_mark(&r, SK_P_NOTIFY) == 1);
-    pthread_mutex_lock(&t.mu);
-    CHECK(sk_corr_add(&t, &p, SK_NO_DEADLINE, &err) == SK_OK);
-    CHECK(sk_corr_add(&t, &q, sk_now_ns() + 20000000LL, &err) == SK_OK);
-    CHECK(sk_corr_add(&t, &r, SK_NO_DEADLINE, &err) == SK_OK);
-    pthread_mutex_unlock(&t.mu);
-    a.w = &w;
-    a.o = &o;
-    CHECK(pthread_create(&th, NULL, run_thread, &a) == 0);
+    CHECK(sk_promise_mark(&s, SK_P_NOTIFY) == 1);
+    pthread_mutex_lock(&r.t.mu);
+    CHECK(sk_corr_add(&r.t, &p, SK_NO_DEADLINE, &err) == SK_OK);
+    CHECK(sk_corr_add(&r.t, &q, sk_now_ns() + 20000000LL, &err) == SK_OK);
+    CHECK(sk_corr_add(&r.t, &s, SK_NO_DEADLINE, &err) == SK_OK);
+    pthread_mutex_unlock(&r.t.mu);
+    rig_start(&r);
 
-    /* a message, p's reply, another message, r's reply, a stranger */
+    /* a message, p's reply, another message, s's reply, a stranger */
     n = frame_of("hello", 0, 0, buf);
     n += frame_of("pong", p.id | SK_ID_REPLY, 1, buf + n);
     n += frame_of(" world", 0, 0, buf + n);
-    n += frame_of("yes", r.id | SK_ID_REPLY, 1, buf + n);
+    n += frame_of("yes", s.id | SK_ID_REPLY, 1, buf + n);
     n += frame_of("who", 999 | SK_ID_REPLY, 1, buf + n);
-    CHECK(raw_write_all(fds[1], buf, n, 5.0) == 0);
+    CHECK(raw_write_all(r.fds[1], buf, n, 5.0) == 0);
     CHECK(sk_promise_wait(&p, sk_now_ns() + (int64_t)(tmax(5.0) * 1e9),
                           NULL) == SK_OK);
     CHECK(sk_promise_state(&p) == SK_P_DONE);
     CHECK(p.len == 4 && memcmp(p.data, "pong", 4) == 0);
-    CHECK(wait_noted(&o, &t, 2, 5.0) == 2); /* r by its reply, q expired */
+    CHECK(wait_noted(&r.o, &r.t, 2, 5.0) == 2); /* s by its reply, q expired */
     CHECK(sk_promise_state(&q) == SK_P_FAILED && q.fail == SK_PF_TIMEOUT);
-    CHECK(sk_promise_state(&r) == SK_P_DONE);
+    CHECK(sk_promise_state(&s) == SK_P_DONE);
 
     /* a queued request: the kick makes the worker write it */
-    pthread_mutex_lock(&c.send_mu);
-    CHECK(sk_conn_enqueue(&c, &iov, &err) == SK_OK);
-    pthread_mutex_unlock(&c.send_mu);
-    sk_worker_kick(&w, 0);
-    CHECK(raw_read(fds[1], got, 4 + SK_ID_LEN + 3, 5.0, NULL) ==
+    pthread_mutex_lock(&r.c.send_mu);
+    CHECK(sk_conn_enqueue(&r.c, &iov, &err) == SK_OK);
+    pthread_mutex_unlock(&r.c.send_mu);
+    sk_worker_kick(&r.w, 0);
+    CHECK(raw_read(r.fds[1], got, 4 + SK_ID_LEN + 3, 5.0, NULL) ==
           4 + SK_ID_LEN + 3);
     CHECK(memcmp(got + 4 + SK_ID_LEN, "req", 3) == 0);
 
     /* stop: the loop ends at once (the eventfd wakes it) */
-    SK_STORE(&o.stop, 1);
-    sk_worker_kick(&w, 1);
-    CHECK(wait_flag(&o.ended, 5.0));
-    CHECK(pthread_join(th, NULL) == 0);
-    CHECK(o.msgs_len == 11 && memcmp(o.msgs, "hello world", 11) == 0);
-    CHECK(o.noted == 2 && o.noted_expired == 1);
-    CHECK(o.fatal_code == 0 && o.retired_freed == 1); /* p */
-    CHECK(t.replies == 2 && t.unknown == 1 && t.timeouts == 1);
-    sk_worker_close_wake(&w);
-    CHECK(w.efd == -1);
+    SK_STORE(&r.o.stop, 1);
+    sk_worker_kick(&r.w, 1);
+    pthread_mutex_lock(&r.t.mu);
+    CHECK(r.t.replies == 2 && r.t.unknown == 1 && r.t.timeouts == 1);
+    pthread_mutex_unlock(&r.t.mu);
+    rig_down(&r);
+    CHECK(r.o.msgs_len == 11 && memcmp(r.o.msgs, "hello world", 11) == 0);
+    CHECK(r.o.noted == 2 && r.o.noted_expired == 1);
+    CHECK(r.o.fatal_code == 0 && r.o.retired_freed == 1); /* p */
     sk_promise_release(&p);
     sk_promise_release(&q);
-    sk_promise_release(&r);
-    sk_corr_free(&t);
-    sk_conn_release(&c);
-    close(fds[0]);
-    close(fds[1]);
+    sk_promise_release(&s);
 }
 
 TEST(worker_hands_over_the_peers_close_and_ends)
 {
-    sk_framing f = {4, 0, 1 << 20, SK_FRAMING_IDS};
-    sk_conn c;
-    sk_corr t;
-    sk_worker w;
-    sk_err err;
-    owner o;
-    run_arg a;
-    pthread_t th;
+    static rig r;
     unsigned char buf[64];
     size_t n;
-    int fds[2];
 
-    memset(&o, 0, sizeof(o));
-    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0,
-                     fds) == 0);
-    CHECK(sk_conn_init(&c, fds[0], &f, &err) == SK_OK);
-    CHECK(sk_corr_init(&t, &err) == SK_OK);
-    sk_worker_init(&w, &c);
-    w.t = &t;
-    CHECK(sk_worker_open_wake(&w, &err) == SK_OK);
-    o.w = &w;
-    a.w = &w;
-    a.o = &o;
-    CHECK(pthread_create(&th, NULL, run_thread, &a) == 0);
+    rig_up(&r);
+    rig_start(&r);
     n = frame_of("last", 0, 0, buf);
-    CHECK(raw_write_all(fds[1], buf, n, 5.0) == 0);
-    shutdown(fds[1], SHUT_WR);
-    CHECK(wait_flag(&o.ended, 5.0));
-    CHECK(pthread_join(th, NULL) == 0);
+    CHECK(raw_write_all(r.fds[1], buf, n, 5.0) == 0);
+    shutdown(r.fds[1], SHUT_WR);
+    rig_down(&r);
     /* the frame before the close was delivered, then the close */
-    CHECK(o.msgs_len == 4 && memcmp(o.msgs, "last", 4) == 0);
-    CHECK(o.fatal_code == SK_E_CLOSED);
-    sk_worker_close_wake(&w);
-    sk_corr_free(&t);
-    sk_conn_release(&c);
-    close(fds[0]);
-    close(fds[1]);
+    CHECK(r.o.msgs_len == 4 && memcmp(r.o.msgs, "last", 4) == 0);
+    CHECK(r.o.fatal_code == SK_E_CLOSED);
 }
