@@ -27,12 +27,13 @@ static int Decoder_init(PyObject *op, PyObject *args, PyObject *kwds)
 {
     DecoderObject *self = (DecoderObject *)op;
     sk_framing f;
+    int rc = skpy_framing_args(self->mod, args, kwds, &f);
 
-    if (skpy_framing_args(self->mod, args, kwds, &f) < 0)
-        return -1;
-    sk_decoder_free(&self->d);
-    sk_decoder_init(&self->d, &f);
-    return 0;
+    if (rc == 0) {
+        sk_decoder_free(&self->d);
+        sk_decoder_init(&self->d, &f);
+    }
+    return rc;
 }
 
 /* Contract: GIL held; a new object, or NULL with an exception set. */
@@ -46,13 +47,12 @@ static PyObject *Decoder_new(PyTypeObject *type, PyObject *args,
     (void)kwds;
     self = (DecoderObject *)type->tp_alloc(type, 0);
     if (self == NULL)
-        return NULL;
+        goto error;
     sk_decoder_init(&self->d, &f);
     self->mod = skpy_module_of(type);
-    if (self->mod == NULL) {
-        Py_DECREF(self);
-        return NULL;
-    }
+    if (self->mod == NULL)
+        Py_CLEAR(self);
+error:
     return (PyObject *)self;
 }
 
@@ -87,7 +87,7 @@ static PyObject *Decoder_feed(PyObject *op, PyObject *arg)
     int rc;
 
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
-        return NULL;
+        goto done;
     if (sk_decoder_feed(&self->d, view.buf, (size_t)view.len) != SK_OK) {
         skpy_raise(self->mod, &self->d.err, NULL);
         goto error;
@@ -131,6 +131,7 @@ static PyObject *Decoder_feed(PyObject *op, PyObject *arg)
         sk_decoder_idle(&self->d);
 error:
     PyBuffer_Release(&view);
+done:
     return py_list;
 }
 
@@ -247,11 +248,12 @@ typedef struct {
 static int Encoder_init(PyObject *op, PyObject *args, PyObject *kwds)
 {
     EncoderObject *self = (EncoderObject *)op;
+    int rc = -1;
 
     self->mod = skpy_module_of(Py_TYPE(op));
-    if (self->mod == NULL)
-        return -1;
-    return skpy_framing_args(self->mod, args, kwds, &self->f);
+    if (self->mod != NULL)
+        rc = skpy_framing_args(self->mod, args, kwds, &self->f);
+    return rc;
 }
 
 /* Raise FrameTooLarge for a payload of n bytes.  GIL held. */
@@ -284,33 +286,29 @@ static PyObject *Encoder_encode(PyObject *op, PyObject *const *args,
     size_t hl;
     Py_buffer view;
 
-    if (nargs < 1 || nargs > 2 || (kwnames && PyTuple_GET_SIZE(kwnames) > 1)) {
-        PyErr_SetString(PyExc_TypeError, "encode(payload, id=None)");
-        return NULL;
-    }
+    if (nargs < 1 || nargs > 2 || (kwnames && PyTuple_GET_SIZE(kwnames) > 1))
+        goto usage;
     py_payload = args[0];
     if (nargs == 2)
         py_id = args[1];
     else if (kwnames && PyTuple_GET_SIZE(kwnames) == 1) {
         if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0),
-                                             "id") != 0) {
-            PyErr_SetString(PyExc_TypeError, "encode(payload, id=None)");
-            return NULL;
-        }
+                                             "id") != 0)
+            goto usage;
         py_id = args[nargs];
     }
     if (py_id != NULL && py_id != Py_None) {
         if (!(self->f.flags & SK_FRAMING_IDS)) {
             PyErr_SetString(PyExc_ValueError,
                             "this encoder was made without correlation=True");
-            return NULL;
+            goto out;
         }
         id = PyLong_AsUnsignedLongLong(py_id);
         if (id == (unsigned long long)-1 && PyErr_Occurred())
-            return NULL;
+            goto out;
     }
     if (PyObject_GetBuffer(py_payload, &view, PyBUF_SIMPLE) < 0)
-        return NULL;
+        goto out;
     if ((uint64_t)view.len > self->f.max_frame) {
         Encoder_too_large(self, 0, view.len);
         goto done;
@@ -328,6 +326,10 @@ static PyObject *Encoder_encode(PyObject *op, PyObject *const *args,
     memcpy(PyBytes_AS_STRING(py_out) + hl, view.buf, (size_t)view.len);
 done:
     PyBuffer_Release(&view);
+    goto out;
+usage:
+    PyErr_SetString(PyExc_TypeError, "encode(payload, id=None)");
+out:
     return py_out;
 }
 
@@ -347,7 +349,7 @@ static PyObject *Encoder_encode_many(PyObject *op, PyObject *arg)
 
     py_seq = PySequence_Fast(arg, "encode_many() needs an iterable of bytes");
     if (py_seq == NULL)
-        return NULL;
+        goto out;
     n = PySequence_Fast_GET_SIZE(py_seq);
     for (i = 0; i < n; i++) {
         py_it = PySequence_Fast_GET_ITEM(py_seq, i);
@@ -377,6 +379,7 @@ static PyObject *Encoder_encode_many(PyObject *op, PyObject *arg)
     }
 done:
     Py_DECREF(py_seq);
+out:
     return py_out;
 }
 
@@ -391,19 +394,22 @@ static PyObject *Encoder_control(PyObject *op, PyObject *args)
     EncoderObject *self = (EncoderObject *)op;
     unsigned char out[8 + SK_CTL_PING_LEN];
     long long ts, rtt = -1;
+    PyObject *py_res = NULL;
     int type;
     size_t n;
 
     if (!PyArg_ParseTuple(args, "iL|L:control", &type, &ts, &rtt))
-        return NULL;
+        goto error;
     if (!(self->f.flags & SK_FRAMING_CONTROL) ||
         (type != SK_CTL_PING && type != SK_CTL_PONG)) {
         PyErr_SetString(PyExc_ValueError,
                         "control frames need control=True and type 1 or 2");
-        return NULL;
+        goto error;
     }
     n = sk_hb_encode(&self->f, type, (int64_t)ts, (int64_t)rtt, out);
-    return PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)n);
+    py_res = PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)n);
+error:
+    return py_res;
 }
 
 static PyMethodDef Encoder_methods[] = {
