@@ -118,21 +118,20 @@ static PyObject *skpy_fail(ConnObject *self, int rc, const sk_err *err,
                            const char *op, PyObject *timeout, const char *what)
 {
     if (self->closing && rc == SK_ERR)
-        return skpy_closed(self); /* woken by our own close, not the peer */
-    if (rc == SK_TIMEOUT)
-        return skpy_timeout(self->mod, op, timeout, what);
-    if (rc == SK_INTR) {
+        skpy_closed(self); /* woken by our own close, not the peer */
+    else if (rc == SK_TIMEOUT)
+        skpy_timeout(self->mod, op, timeout, what);
+    else if (rc == SK_INTR) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_InterruptedError, "interrupted by a signal");
-        return NULL;
-    }
-    if (err->code == SK_E_SYS && err->sys_errno == ETIMEDOUT)
-        return skpy_raise(self->mod, err,
-                          "the kernel gave up on the peer (keepalive probes, "
-                          "TCP_USER_TIMEOUT or retransmissions went "
-                          "unanswered): this connection is dead, open a new "
-                          "one");
-    return skpy_raise(self->mod, err, NULL);
+    } else if (err->code == SK_E_SYS && err->sys_errno == ETIMEDOUT)
+        skpy_raise(self->mod, err,
+                   "the kernel gave up on the peer (keepalive probes, "
+                   "TCP_USER_TIMEOUT or retransmissions went unanswered): "
+                   "this connection is dead, open a new one");
+    else
+        skpy_raise(self->mod, err, NULL);
+    return NULL;
 }
 
 
@@ -192,10 +191,10 @@ static int skpy_lock(pthread_mutex_t *lk, int64_t deadline)
 {
     struct timespec ts;
     int64_t until;
-    int r;
+    int r, got = 1;
 
     if (pthread_mutex_trylock(lk) == 0)
-        return 1;
+        goto done;
     for (;;) {
         until = sk_now_ns() + (int64_t)SKPY_SLICE_MS * 1000000;
         if (deadline != SK_NO_DEADLINE && deadline < until)
@@ -206,12 +205,18 @@ static int skpy_lock(pthread_mutex_t *lk, int64_t deadline)
         r = pthread_mutex_clocklock(lk, CLOCK_MONOTONIC, &ts);
         Py_END_ALLOW_THREADS
         if (r == 0)
-            return 1;
-        if (deadline != SK_NO_DEADLINE && sk_now_ns() >= deadline)
-            return 0;
-        if (PyErr_CheckSignals() < 0)
-            return -1;
+            break;
+        if (deadline != SK_NO_DEADLINE && sk_now_ns() >= deadline) {
+            got = 0;
+            break;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            got = -1;
+            break;
+        }
     }
+done:
+    return got;
 }
 
 /* Take a lock for op or raise: ConnectionClosed if the connection is
@@ -221,31 +226,33 @@ static int skpy_lock_or_raise(ConnObject *self, pthread_mutex_t *lk,
                               int64_t deadline, const char *op,
                               PyObject *timeout)
 {
-    int r;
+    int r, rc = -1;
 
     if (self->fd < 0) {
         skpy_closed(self);
-        return -1;
+        goto done;
     }
     if (lk == &self->c.recv_mu && self->worker) {
         PyErr_Format(PyExc_RuntimeError,
                      "%s: a receive worker owns this connection's receive "
                      "side; frames go to its handler (stop it first)", op);
-        return -1;
+        goto done;
     }
     r = skpy_lock(lk, deadline);
     if (r == 1) {
-        if (self->fd >= 0)
-            return 0;
-        pthread_mutex_unlock(lk);
-        skpy_closed(self);
-        return -1;
-    }
-    if (r == 0)
+        if (self->fd >= 0) {
+            rc = 0;
+        } else {
+            pthread_mutex_unlock(lk);
+            skpy_closed(self);
+        }
+    } else if (r == 0) {
         skpy_timeout(self->mod, op, timeout,
                      "another thread held the connection for the whole "
                      "time; nothing was sent or received");
-    return -1;
+    }
+done:
+    return rc;
 }
 
 /* ------------------------------------------------------------ lifecycle */
@@ -259,17 +266,15 @@ static PyObject *Conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     (void)kwds;
     self = (ConnObject *)type->tp_alloc(type, 0);
     if (self == NULL)
-        return NULL;
+        goto error;
     self->fd = -1;
     self->c.fd = -1;
     sk_worker_init(&self->w, &self->c);
     self->mod = skpy_module_of(type);
     if (self->mod == NULL)
-        goto error;
-    return (PyObject *)self;
+        Py_CLEAR(self);
 error:
-    Py_DECREF(self);
-    return NULL;
+    return (PyObject *)self;
 }
 
 PyDoc_STRVAR(Conn_doc,
@@ -340,7 +345,7 @@ static PyObject *Conn_close_impl(ConnObject *self, int abort)
     sk_err err;
 
     if (self->fd < 0)
-        Py_RETURN_NONE;
+        goto done; /* closed already: idempotent */
     self->closing = 1;
     hub = Conn_leave_hub(self);
     if (pthread_mutex_trylock(&self->c.send_mu) != 0) {
@@ -394,9 +399,10 @@ static PyObject *Conn_close_impl(ConnObject *self, int abort)
     if (self->corr != NULL && !self->worker)
         skpy_conn_fail_closed(self, "this connection was closed locally "
                                     "(close() or abort()) before the reply");
-    if (r != SK_OK && err.sys_errno != EINTR)
-        return skpy_raise(self->mod, &err, NULL);
-    Py_RETURN_NONE;
+done:
+    return r != SK_OK && err.sys_errno != EINTR
+               ? skpy_raise(self->mod, &err, NULL)
+               : Py_NewRef(Py_None);
 }
 
 PyDoc_STRVAR(Conn_close_doc,
@@ -489,15 +495,17 @@ static int Conn_send_locked(ConnObject *self, const sk_iov *iov, size_t n,
         rc = sk_conn_send(&self->c, iov, n, 0, NULL, &d, err);
         *done += d;
         if (rc != SK_TIMEOUT)
-            return rc;
+            goto done;
         iov += d;
         n -= d;
-        if (n == 0 && sk_buf_len(&self->c.out) == 0)
-            return SK_OK;
-        if (deadline != SK_NO_DEADLINE && sk_now_ns() >= deadline) {
-            /* a zero timeout: what is left is not sent, a torn tail is kept */
-            return SK_TIMEOUT;
+        if (n == 0 && sk_buf_len(&self->c.out) == 0) {
+            rc = SK_OK;
+            goto done;
         }
+        /* a zero timeout: what is left is not sent, a torn tail is kept
+         * (rc stays SK_TIMEOUT) */
+        if (deadline != SK_NO_DEADLINE && sk_now_ns() >= deadline)
+            goto done;
     }
     d = 0;
     Py_BEGIN_ALLOW_THREADS
@@ -508,6 +516,7 @@ static int Conn_send_locked(ConnObject *self, const sk_iov *iov, size_t n,
         rc = sk_conn_flush(&self->c, deadline, &intr, err);
     Py_END_ALLOW_THREADS
     *done += d;
+done:
     return rc;
 }
 
@@ -563,17 +572,17 @@ static PyObject *Conn_send(PyObject *op, PyObject *const *args,
     int rc;
 
     if (skpy_args("send", args, nargs, kwnames, names, 1, 3, a) < 0)
-        return NULL;
+        goto out;
     if (a[2] != NULL && a[2] != Py_None) {
         iov.id = PyLong_AsUnsignedLongLong(a[2]);
         if (iov.id == (uint64_t)-1 && PyErr_Occurred())
-            return NULL;
+            goto out;
         iov.has_id = 1;
     }
     if (skpy_deadline(a[1], &deadline) < 0)
-        return NULL;
+        goto out;
     if (PyObject_GetBuffer(a[0], &view, PyBUF_SIMPLE) < 0)
-        return NULL;
+        goto out;
     if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "send", a[1]) < 0) {
         skpy_note_sent(0);
         goto error_view;
@@ -595,6 +604,7 @@ error_lock:
     pthread_mutex_unlock(&self->c.send_mu);
 error_view:
     PyBuffer_Release(&view);
+out:
     return py_ret;
 }
 
@@ -624,13 +634,13 @@ static PyObject *Conn_send_many(PyObject *op, PyObject *const *args,
     sk_err err;
 
     if (skpy_args("send_many", args, nargs, kwnames, names, 1, 2, a) < 0)
-        return NULL;
+        goto out;
     if (skpy_deadline(a[1], &deadline) < 0)
-        return NULL;
+        goto out;
     py_seq = PySequence_Fast(a[0], "send_many() needs an iterable of "
                                    "bytes-like objects");
     if (py_seq == NULL)
-        return NULL;
+        goto out;
     total = PySequence_Fast_GET_SIZE(py_seq);
     nb = total < SKPY_BATCH ? total : SKPY_BATCH;
     views = PyMem_Calloc((size_t)(nb ? nb : 1), sizeof(Py_buffer));
@@ -733,6 +743,7 @@ error:
     PyMem_Free(views);
     PyMem_Free(iov);
     Py_XDECREF(py_seq);
+out:
     return py_ret;
 }
 
@@ -754,11 +765,11 @@ static PyObject *Conn_flush(PyObject *op, PyObject *const *args,
     int rc;
 
     if (skpy_args("flush", args, nargs, kwnames, names, 0, 1, a) < 0)
-        return NULL;
+        goto out;
     if (skpy_deadline(a[0], &deadline) < 0)
-        return NULL;
+        goto out;
     if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "flush", a[0]) < 0)
-        return NULL;
+        goto out;
     if (self->fd < 0) {
         skpy_closed(self);
         goto error;
@@ -775,6 +786,7 @@ static PyObject *Conn_flush(PyObject *op, PyObject *const *args,
     py_ret = Py_NewRef(Py_None);
 error:
     pthread_mutex_unlock(&self->c.send_mu);
+out:
     return py_ret;
 }
 
@@ -795,9 +807,7 @@ static PyObject *Conn_recv_locked(ConnObject *self, int64_t deadline, int *rc,
         *rc = sk_conn_recv(&self->c, deadline, &intr, &fr, err);
         Py_END_ALLOW_THREADS
     }
-    if (*rc != SK_OK)
-        return NULL;
-    return skpy_frame_obj(&fr);
+    return *rc == SK_OK ? skpy_frame_obj(&fr) : NULL;
 }
 
 static const char RECV_KEPT[] =
@@ -825,11 +835,11 @@ static PyObject *Conn_recv(PyObject *op, PyObject *const *args,
     int rc;
 
     if (skpy_args("recv", args, nargs, kwnames, names, 0, 1, a) < 0)
-        return NULL;
+        goto out;
     if (skpy_deadline(a[0], &deadline) < 0)
-        return NULL;
+        goto out;
     if (skpy_lock_or_raise(self, &self->c.recv_mu, deadline, "recv", a[0]) < 0)
-        return NULL;
+        goto out;
     if (self->fd < 0) {
         skpy_closed(self);
         goto error;
@@ -839,6 +849,7 @@ static PyObject *Conn_recv(PyObject *op, PyObject *const *args,
         skpy_fail(self, rc, &err, "recv", a[0], RECV_KEPT);
 error:
     pthread_mutex_unlock(&self->c.recv_mu);
+out:
     return py_ret;
 }
 
@@ -864,21 +875,21 @@ static PyObject *Conn_recv_many(PyObject *op, PyObject *const *args,
     int rc;
 
     if (skpy_args("recv_many", args, nargs, kwnames, names, 0, 2, a) < 0)
-        return NULL;
+        goto out;
     if (a[0] != NULL && a[0] != Py_None) {
         maxn = PyLong_AsSsize_t(a[0]);
         if (maxn == -1 && PyErr_Occurred())
-            return NULL;
+            goto out;
         if (maxn < 1) {
             PyErr_SetString(PyExc_ValueError, "max_frames must be >= 1");
-            return NULL;
+            goto out;
         }
     }
     if (skpy_deadline(a[1], &deadline) < 0)
-        return NULL;
+        goto out;
     if (skpy_lock_or_raise(self, &self->c.recv_mu, deadline, "recv_many",
                            a[1]) < 0)
-        return NULL;
+        goto out;
     if (self->fd < 0) {
         skpy_closed(self);
         goto error;
@@ -909,6 +920,7 @@ static PyObject *Conn_recv_many(PyObject *op, PyObject *const *args,
     }
 error:
     pthread_mutex_unlock(&self->c.recv_mu);
+out:
     return py_list;
 }
 
@@ -943,11 +955,11 @@ static PyObject *Conn_request(PyObject *op, PyObject *const *args,
     int rc;
 
     if (skpy_args("request", args, nargs, kwnames, names, 1, 2, a) < 0)
-        return NULL;
+        goto out;
     if (skpy_deadline(a[1], &deadline) < 0)
-        return NULL;
+        goto out;
     if (PyObject_GetBuffer(a[0], &view, PyBUF_SIMPLE) < 0)
-        return NULL;
+        goto out;
     if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "request",
                            a[1]) < 0)
         goto error_view;
@@ -985,6 +997,7 @@ error_send:
     pthread_mutex_unlock(&self->c.send_mu);
 error_view:
     PyBuffer_Release(&view);
+out:
     return py_ret;
 }
 
@@ -1006,18 +1019,18 @@ static PyObject *Conn_shutdown(PyObject *op, PyObject *const *args,
     int how, rc = SK_OK;
 
     if (skpy_args("_shutdown", args, nargs, kwnames, names, 1, 2, a) < 0)
-        return NULL;
+        goto out;
     how = PyLong_AsLong(a[0]) ;
     if (how == -1 && PyErr_Occurred())
-        return NULL;
+        goto out;
     if (how != SHUT_RD && how != SHUT_WR && how != SHUT_RDWR) {
         PyErr_SetString(PyExc_ValueError, "how must be SHUT_RD, SHUT_WR or SHUT_RDWR");
-        return NULL;
+        goto out;
     }
     if (skpy_deadline(a[1], &deadline) < 0)
-        return NULL;
+        goto out;
     if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "shutdown", a[1]) < 0)
-        return NULL;
+        goto out;
     if (self->fd < 0) {
         skpy_closed(self);
         goto error;
@@ -1040,6 +1053,7 @@ static PyObject *Conn_shutdown(PyObject *op, PyObject *const *args,
     py_ret = Py_NewRef(Py_None);
 error:
     pthread_mutex_unlock(&self->c.send_mu);
+out:
     return py_ret;
 }
 
@@ -1355,39 +1369,49 @@ static PyObject *Conn_start_worker(PyObject *op, PyObject *dispatch)
     ConnObject *self = (ConnObject *)op;
     skpy_worker_arg *arg;
     pthread_attr_t attr;
+    PyObject *py_res = NULL;
     sk_err err;
     int r;
 
-    if (self->fd < 0)
-        return skpy_closed(self);
+    if (self->fd < 0) {
+        skpy_closed(self);
+        goto error;
+    }
     if (self->worker) {
         PyErr_SetString(PyExc_RuntimeError, "a receive worker already runs");
-        return NULL;
+        goto error;
     }
     if (SK_LOAD(&skpy_workers_finalising)) {
         PyErr_SetString(PyExc_RuntimeError,
                         "the interpreter is shutting down: no new receive "
                         "worker can start");
-        return NULL;
+        goto error;
     }
     if (self->corr == NULL) {
         self->corr = PyMem_RawCalloc(1, sizeof(*self->corr));
-        if (self->corr == NULL)
-            return PyErr_NoMemory();
+        if (self->corr == NULL) {
+            PyErr_NoMemory();
+            goto error;
+        }
         if ((self->c.framing.flags & SK_FRAMING_IDS
                  ? sk_corr_init(self->corr, &err)
                  : sk_corr_init_in_order(self->corr, &err)) != SK_OK) {
             PyMem_RawFree(self->corr);
             self->corr = NULL;
-            return skpy_raise(self->mod, &err, NULL);
+            skpy_raise(self->mod, &err, NULL);
+            goto error;
         }
     }
     self->w.t = self->corr;
-    if (sk_worker_open_wake(&self->w, &err) != SK_OK)
-        return skpy_raise(self->mod, &err, NULL);
+    if (sk_worker_open_wake(&self->w, &err) != SK_OK) {
+        skpy_raise(self->mod, &err, NULL);
+        goto error;
+    }
     arg = PyMem_RawMalloc(sizeof(*arg));
-    if (arg == NULL)
-        return PyErr_NoMemory();
+    if (arg == NULL) {
+        PyErr_NoMemory();
+        goto error;
+    }
     arg->self = (ConnObject *)Py_NewRef(op);
     arg->dispatch = Py_NewRef(dispatch);
     self->worker = 1;
@@ -1407,9 +1431,12 @@ static PyObject *Conn_start_worker(PyObject *op, PyObject *dispatch)
         Py_DECREF(arg->dispatch);
         PyMem_RawFree(arg);
         errno = r;
-        return skpy_oserror("pthread_create");
+        skpy_oserror("pthread_create");
+        goto error;
     }
-    Py_RETURN_NONE;
+    py_res = Py_NewRef(Py_None);
+error:
+    return py_res;
 }
 
 /* Contract: GIL held.  The worker ends within its slice (at once if it
@@ -1437,11 +1464,12 @@ static PyObject *skpy_stop_workers(PyObject *mod, PyObject *py_timeout)
     int64_t deadline;
     struct timespec ts;
     int live;
+    PyObject *py_res = NULL;
 
     (void)mod;
     timeout = PyFloat_AsDouble(py_timeout);
     if (timeout == -1.0 && PyErr_Occurred())
-        return NULL;
+        goto error;
     SK_STORE(&skpy_workers_finalising, 1);
     deadline = sk_now_ns() + (int64_t)(timeout > 0 ? timeout * 1e9 : 0);
     Py_BEGIN_ALLOW_THREADS
@@ -1460,7 +1488,9 @@ static PyObject *skpy_stop_workers(PyObject *mod, PyObject *py_timeout)
     live = skpy_workers_live;
     pthread_mutex_unlock(&skpy_workers_mu);
     Py_END_ALLOW_THREADS
-    return PyLong_FromLong(live);
+    py_res = PyLong_FromLong(live);
+error:
+    return py_res;
 }
 
 /* ------------------------------------------------------------- requests */
@@ -1508,18 +1538,20 @@ static PyObject *Conn_request_async(PyObject *op, PyObject *const *args,
     int rc = SK_OK, locked = 0, registered = 0, taken;
 
     if (skpy_args("request_async", args, nargs, kwnames, names, 1, 2, a) < 0)
-        return NULL;
+        goto out;
     if (skpy_deadline(a[1], &deadline) < 0)
-        return NULL;
-    if (self->fd < 0)
-        return skpy_closed(self);
+        goto out;
+    if (self->fd < 0) {
+        skpy_closed(self);
+        goto out;
+    }
     if (self->corr == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "request_async: no receive worker "
                         "(start_receiver() starts one)");
-        return NULL;
+        goto out;
     }
     if (PyObject_GetBuffer(a[0], &view, PyBUF_SIMPLE) < 0)
-        return NULL;
+        goto out;
     sk_plist_init(&retired);
     py_fut = skpy_future_new(self->mod);
     if (py_fut == NULL)
@@ -1607,6 +1639,7 @@ error:
     Py_XDECREF(py_et);
     Py_XDECREF(py_ea);
     PyBuffer_Release(&view);
+out:
     return py_ret;
 }
 
@@ -1621,14 +1654,16 @@ PyDoc_STRVAR(Conn_fail_requests_doc,
 static PyObject *Conn_fail_requests(PyObject *op, PyObject *py_exc)
 {
     ConnObject *self = (ConnObject *)op;
+    PyObject *py_res = NULL;
 
     if (!PyExceptionInstance_Check(py_exc)) {
         PyErr_SetString(PyExc_TypeError, "_fail_requests() needs an exception");
-        return NULL;
+    } else {
+        if (self->corr != NULL)
+            skpy_conn_fail_pending(self, py_exc);
+        py_res = Py_NewRef(Py_None);
     }
-    if (self->corr != NULL)
-        skpy_conn_fail_pending(self, py_exc);
-    Py_RETURN_NONE;
+    return py_res;
 }
 
 PyDoc_STRVAR(Conn_request_stats_doc,
@@ -1683,6 +1718,7 @@ static PyObject *Conn_heartbeat(PyObject *op, PyObject *const *args,
 {
     ConnObject *self = (ConnObject *)op;
     double interval, timeout;
+    PyObject *py_res = NULL;
     int initiator;
     sk_hub *hub;
     sk_err err;
@@ -1690,37 +1726,44 @@ static PyObject *Conn_heartbeat(PyObject *op, PyObject *const *args,
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError,
                         "_start_heartbeat(interval, timeout, initiator)");
-        return NULL;
+        goto error;
     }
     initiator = PyObject_IsTrue(args[2]);
     if (initiator < 0)
-        return NULL;
+        goto error;
     interval = PyFloat_AsDouble(args[0]);
     if (interval == -1.0 && PyErr_Occurred())
-        return NULL;
+        goto error;
     timeout = PyFloat_AsDouble(args[1]);
     if (timeout == -1.0 && PyErr_Occurred())
-        return NULL;
+        goto error;
     if (!(interval > 0) || !(timeout > 0) || interval > 1e6 || timeout > 1e6) {
         PyErr_SetString(PyExc_ValueError,
                         "heartbeat interval and timeout must be > 0 s");
-        return NULL;
+        goto error;
     }
-    if (self->fd < 0)
-        return skpy_closed(self);
+    if (self->fd < 0) {
+        skpy_closed(self);
+        goto error;
+    }
     if (self->c.hub != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "heartbeats are already on");
-        return NULL;
+        goto error;
     }
     if (sk_conn_heartbeat(&self->c, (int64_t)(interval * 1e9),
                           (int64_t)(timeout * 1e9), initiator, &err) != SK_OK)
-        return skpy_raise(self->mod, &err, NULL);
+        goto core_error;
     hub = skpy_hub_get(self->mod);
     if (hub == NULL)
-        return NULL;
+        goto error;
     if (sk_hub_add(hub, &self->c, &err) != SK_OK)
-        return skpy_raise(self->mod, &err, NULL);
-    Py_RETURN_NONE;
+        goto core_error;
+    py_res = Py_NewRef(Py_None);
+    goto error;
+core_error:
+    skpy_raise(self->mod, &err, NULL);
+error:
+    return py_res;
 }
 
 /* Contract: GIL held; getter: a new reference, or NULL with an
@@ -1730,9 +1773,7 @@ static PyObject *Conn_get_latency(PyObject *op, void *closure)
     int64_t rtt = SK_LOAD(&((ConnObject *)op)->c.hb.rtt_ns);
 
     (void)closure;
-    if (rtt < 0)
-        Py_RETURN_NONE;
-    return PyFloat_FromDouble((double)rtt / 1e9);
+    return rtt < 0 ? Py_NewRef(Py_None) : PyFloat_FromDouble((double)rtt / 1e9);
 }
 
 /* Contract: GIL held; getter: a new reference, or NULL with an
@@ -1815,30 +1856,33 @@ static PyObject *Conn_query(PyObject *op, PyObject *py_what)
 {
     ConnObject *self = (ConnObject *)op;
     sk_tcp_info ti;
+    PyObject *py_res = NULL;
     const char *what;
     sk_err err;
     int state;
 
     what = PyUnicode_AsUTF8(py_what);
     if (what == NULL)
-        return NULL;
-    if (self->fd < 0)
-        return skpy_closed(self);
-    if (strcmp(what, "state") == 0) {
+        goto done;
+    if (self->fd < 0) {
+        skpy_closed(self);
+    } else if (strcmp(what, "state") == 0) {
         if (sk_tcp_state(self->fd, &state, &err) != SK_OK)
-            return skpy_raise(self->mod, &err, NULL);
-        return PyLong_FromLong(state);
-    }
-    if (strcmp(what, "info") == 0) {
+            skpy_raise(self->mod, &err, NULL);
+        else
+            py_res = PyLong_FromLong(state);
+    } else if (strcmp(what, "info") == 0) {
         if (sk_tcp_info_get(self->fd, &ti, &err) != SK_OK)
-            return skpy_raise(self->mod, &err, NULL);
-        return skpy_tcp_info_dict(&ti);
-    }
-    if (strcmp(what, "sockname") != 0 && strcmp(what, "peername") != 0) {
+            skpy_raise(self->mod, &err, NULL);
+        else
+            py_res = skpy_tcp_info_dict(&ti);
+    } else if (strcmp(what, "sockname") == 0 || strcmp(what, "peername") == 0) {
+        py_res = skpy_fd_name(self->fd, what[0] == 'p');
+    } else {
         PyErr_Format(PyExc_ValueError, "_query: unknown fact %R", py_what);
-        return NULL;
     }
-    return skpy_fd_name(self->fd, what[0] == 'p');
+done:
+    return py_res;
 }
 
 static PyMethodDef Conn_methods[] = {

@@ -146,9 +146,9 @@ static PyObject *Decoder_finish(PyObject *op, PyObject *Py_UNUSED(ignored))
     DecoderObject *self = (DecoderObject *)op;
     sk_err err;
 
-    if (sk_decoder_finish(&self->d, &err) != SK_OK)
-        return skpy_raise(self->mod, &err, NULL);
-    Py_RETURN_NONE;
+    return sk_decoder_finish(&self->d, &err) != SK_OK
+               ? skpy_raise(self->mod, &err, NULL)
+               : Py_NewRef(Py_None);
 }
 
 /* Contract: GIL held; getter: a new reference, or NULL with an

@@ -554,13 +554,14 @@ PyDoc_STRVAR(Future_cancel_doc,
 static PyObject *Future_cancel(PyObject *op, PyObject *Py_UNUSED(ig))
 {
     FutureObject *f = FUT(op);
+    int cancelled = 1;
 
-    if (sk_promise_state(&f->p) == SK_P_CANCELLED)
-        Py_RETURN_TRUE;
-    if (!sk_promise_cancel(&f->p))
-        Py_RETURN_FALSE;
-    skpy_future_notify(op);
-    Py_RETURN_TRUE;
+    if (sk_promise_state(&f->p) != SK_P_CANCELLED) {
+        cancelled = sk_promise_cancel(&f->p);
+        if (cancelled)
+            skpy_future_notify(op);
+    }
+    return PyBool_FromLong(cancelled);
 }
 
 PyDoc_STRVAR(Future_add_done_callback_doc,
@@ -594,13 +595,15 @@ error:
 /* Settle with a Python value (set_result/set_exception).  GIL held. */
 static PyObject *skpy_future_set(FutureObject *f, unsigned final, PyObject *py_v)
 {
+    PyObject *py_msg, *py_res = NULL;
+
     if (!sk_promise_settle(&f->p, final, SK_PF_OWNER)) {
-        PyObject *py_msg = PyUnicode_FromFormat("%R", (PyObject *)f);
+        py_msg = PyUnicode_FromFormat("%R", (PyObject *)f);
         if (py_msg != NULL) {
             skpy_cf_raise(f->mod, "InvalidStateError", PyUnicode_AsUTF8(py_msg));
             Py_DECREF(py_msg);
         }
-        return NULL;
+        goto error;
     }
     /* nobody reads these before we give the GIL back */
     if (final == SK_P_DONE)
@@ -610,7 +613,9 @@ static PyObject *skpy_future_set(FutureObject *f, unsigned final, PyObject *py_v
     if (f->p.prev & SK_P_WAITING)
         sk_promise_wake(&f->p);
     skpy_future_notify((PyObject *)f);
-    Py_RETURN_NONE;
+    py_res = Py_NewRef(Py_None);
+error:
+    return py_res;
 }
 
 /* Contract: GIL held; a new reference, or NULL with an exception set. */
@@ -629,15 +634,21 @@ static PyObject *Future_set_exception(PyObject *op, PyObject *py_v)
 static PyObject *Future_set_running_or_notify_cancel(PyObject *op,
                                                      PyObject *Py_UNUSED(ig))
 {
+    PyObject *py_res = NULL;
+
     switch (sk_promise_state(&FUT(op)->p)) {
     case SK_P_CANCELLED:
-        Py_RETURN_FALSE;
+        py_res = Py_NewRef(Py_False);
+        break;
     case SK_P_PENDING:
-        Py_RETURN_TRUE; /* stays PENDING: these futures have no RUNNING */
+        /* stays PENDING: these futures have no RUNNING */
+        py_res = Py_NewRef(Py_True);
+        break;
     default:
         PyErr_SetString(PyExc_RuntimeError, "Future in unexpected state");
-        return NULL;
+        break;
     }
+    return py_res;
 }
 
 /* Contract: GIL held; a new reference, or NULL with an exception set. */
