@@ -617,6 +617,95 @@ PyDoc_STRVAR(Conn_send_many_doc,
 "how many frames were taken; the others were not sent.\n\n"
 "    >>> conn.send_many([b'a', b'b', b'c'])\n    3\n");
 
+/* Contract: GIL held.  send_many is all or nothing: FrameTooLarge (and
+ * sent = 0) for the first payload of seq over max_frame, before any batch
+ * goes out; TypeError for a malformed item.  scratch: a Py_buffer to use.
+ * 0, or -1 with an exception set. */
+static int skpy_send_many_check(ConnObject *self, PyObject *py_seq,
+                                Py_ssize_t total, Py_buffer *scratch)
+{
+    PyObject *py_it;
+    Py_ssize_t i, len;
+    sk_err err;
+    int rc = -1;
+
+    for (i = 0; i < total; i++) {
+        py_it = PySequence_Fast_GET_ITEM(py_seq, i);
+        if (PyTuple_CheckExact(py_it)) { /* (id, payload): a correlated frame */
+            if (PyTuple_GET_SIZE(py_it) != 2) {
+                PyErr_SetString(PyExc_TypeError,
+                                "send_many() items are bytes-like or "
+                                "(id, bytes-like) tuples");
+                goto error;
+            }
+            py_it = PyTuple_GET_ITEM(py_it, 1);
+        }
+        if (PyBytes_CheckExact(py_it)) {
+            len = PyBytes_GET_SIZE(py_it);
+        } else {
+            if (PyObject_GetBuffer(py_it, scratch, PyBUF_SIMPLE) < 0)
+                goto error;
+            len = scratch->len;
+            PyBuffer_Release(scratch);
+        }
+        if ((uint64_t)len > self->c.framing.max_frame) {
+            sk_err_set(&err, SK_E_TOO_LARGE,
+                       "frame %zd is %zd bytes, over max_frame %llu; split it "
+                       "or raise Framing.max_frame on both peers; no frame "
+                       "was sent",
+                       i, len, (unsigned long long)self->c.framing.max_frame);
+            err.detail = (uint64_t)i;
+            skpy_raise(self->mod, &err, NULL);
+            skpy_note_sent(0);
+            goto error;
+        }
+    }
+    rc = 0;
+error:
+    return rc;
+}
+
+/* Contract: GIL held.  Fill iov[0..cnt) and views[0..cnt) from items
+ * base.. of seq and add their bytes to *nbytes; the views hold the
+ * payloads alive (the caller releases them after the send).  0, or -1
+ * with an exception set and no view held. */
+static int skpy_send_many_views(PyObject *py_seq, Py_ssize_t base,
+                                Py_ssize_t cnt, sk_iov *iov, Py_buffer *views,
+                                size_t *nbytes)
+{
+    PyObject *py_it;
+    Py_ssize_t k, i;
+    int rc = 0;
+
+    for (k = 0; k < cnt && rc == 0; k++) {
+        /* the sequence may be a list another thread mutates while the GIL
+         * is released: the views hold references, so each payload stays
+         * alive until it is released */
+        py_it = PySequence_Fast_GET_ITEM(py_seq, base + k);
+        iov[k].has_id = 0;
+        if (PyTuple_CheckExact(py_it)) {
+            iov[k].id = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(py_it, 0));
+            if (iov[k].id == (uint64_t)-1 && PyErr_Occurred()) {
+                rc = -1;
+                break;
+            }
+            iov[k].has_id = 1;
+            py_it = PyTuple_GET_ITEM(py_it, 1);
+        }
+        if (PyObject_GetBuffer(py_it, &views[k], PyBUF_SIMPLE) < 0) {
+            rc = -1;
+            break;
+        }
+        iov[k].base = views[k].buf;
+        iov[k].len = (size_t)views[k].len;
+        *nbytes += iov[k].len;
+    }
+    if (rc < 0)
+        for (i = 0; i < k; i++)
+            PyBuffer_Release(&views[i]);
+    return rc;
+}
+
 /* Contract: GIL held on entry and exit, released while the call may
  * block; a new reference, or NULL with an exception set. */
 static PyObject *Conn_send_many(PyObject *op, PyObject *const *args,
@@ -628,7 +717,7 @@ static PyObject *Conn_send_many(PyObject *op, PyObject *const *args,
     Py_buffer *views = NULL;
     sk_iov *iov = NULL;
     int64_t deadline;
-    Py_ssize_t total, i, base, nb, k;
+    Py_ssize_t total, base, nb, k;
     size_t done = 0, nbytes;
     int locked = 0, rc = SK_OK;
     sk_err err;
@@ -650,38 +739,8 @@ static PyObject *Conn_send_many(PyObject *op, PyObject *const *args,
         goto error;
     }
     /* all or nothing: refuse an oversized frame before sending any batch */
-    for (i = 0; i < total; i++) {
-        PyObject *py_it = PySequence_Fast_GET_ITEM(py_seq, i);
-        Py_ssize_t len;
-        if (PyTuple_CheckExact(py_it)) { /* (id, payload): a correlated frame */
-            if (PyTuple_GET_SIZE(py_it) != 2) {
-                PyErr_SetString(PyExc_TypeError,
-                                "send_many() items are bytes-like or "
-                                "(id, bytes-like) tuples");
-                goto error;
-            }
-            py_it = PyTuple_GET_ITEM(py_it, 1);
-        }
-        if (PyBytes_CheckExact(py_it)) {
-            len = PyBytes_GET_SIZE(py_it);
-        } else {
-            if (PyObject_GetBuffer(py_it, &views[0], PyBUF_SIMPLE) < 0)
-                goto error;
-            len = views[0].len;
-            PyBuffer_Release(&views[0]);
-        }
-        if ((uint64_t)len > self->c.framing.max_frame) {
-            sk_err_set(&err, SK_E_TOO_LARGE,
-                       "frame %zd is %zd bytes, over max_frame %llu; split it "
-                       "or raise Framing.max_frame on both peers; no frame "
-                       "was sent",
-                       i, len, (unsigned long long)self->c.framing.max_frame);
-            err.detail = (uint64_t)i;
-            skpy_raise(self->mod, &err, NULL);
-            skpy_note_sent(0);
-            goto error;
-        }
-    }
+    if (skpy_send_many_check(self, py_seq, total, &views[0]) < 0)
+        goto error;
     if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "send_many",
                            a[1]) < 0) {
         skpy_note_sent(0);
@@ -696,32 +755,9 @@ static PyObject *Conn_send_many(PyObject *op, PyObject *const *args,
         Py_ssize_t cnt = total - base < nb ? total - base : nb;
         size_t d = 0;
         nbytes = 0;
-        for (k = 0; k < cnt; k++) {
-            /* the sequence may be a list another thread mutates while the
-             * GIL is released: the views hold references, so each payload
-             * stays alive until it is released below */
-            PyObject *py_it = PySequence_Fast_GET_ITEM(py_seq, base + k);
-            iov[k].has_id = 0;
-            if (PyTuple_CheckExact(py_it)) {
-                iov[k].id = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(py_it, 0));
-                if (iov[k].id == (uint64_t)-1 && PyErr_Occurred()) {
-                    for (i = 0; i < k; i++)
-                        PyBuffer_Release(&views[i]);
-                    skpy_note_sent(done);
-                    goto error;
-                }
-                iov[k].has_id = 1;
-                py_it = PyTuple_GET_ITEM(py_it, 1);
-            }
-            if (PyObject_GetBuffer(py_it, &views[k], PyBUF_SIMPLE) < 0) {
-                for (i = 0; i < k; i++)
-                    PyBuffer_Release(&views[i]);
-                skpy_note_sent(done);
-                goto error;
-            }
-            iov[k].base = views[k].buf;
-            iov[k].len = (size_t)views[k].len;
-            nbytes += iov[k].len;
+        if (skpy_send_many_views(py_seq, base, cnt, iov, views, &nbytes) < 0) {
+            skpy_note_sent(done);
+            goto error;
         }
         rc = Conn_send_locked(self, iov, (size_t)cnt, nbytes, deadline, &d,
                               &err);
