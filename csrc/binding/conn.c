@@ -1552,6 +1552,38 @@ static const char REQUEST_BEGUN[] =
     "this request was begun and will be completed; its future is dropped "
     "and its reply will be dropped when it comes";
 
+/* Contract: GIL held, send lock held; the GIL is released only to wait
+ * (backpressure, or a direct send).  Put request iov on the wire for
+ * request_async: small requests into the write-behind queue that the
+ * receive worker writes (after writing the queue out first once it holds
+ * SKPY_WB_MAX, so memory stays bounded; at once, without waiting, while
+ * the worker runs Python code and may not be back soon), larger ones (or
+ * without a worker) sent directly.  *done: frames taken by a direct send.
+ * SK_OK or a core result with err set. */
+static int skpy_request_write(ConnObject *self, const sk_iov *iov,
+                              int64_t deadline, size_t *done, sk_err *err)
+{
+    sk_err e2;
+    int rc = SK_OK;
+
+    if (self->worker && iov->len <= SKPY_WB_DIRECT && !self->w.wb_failed) {
+        if (sk_conn_queued(&self->c) >= SKPY_WB_MAX) {
+            Py_BEGIN_ALLOW_THREADS
+            sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
+            rc = sk_conn_flush(&self->c, deadline, &intr, err);
+            Py_END_ALLOW_THREADS
+        }
+        if (rc == SK_OK)
+            rc = sk_conn_enqueue(&self->c, iov, err);
+        /* an error of the early write stays for the next send to raise */
+        if (rc == SK_OK && SK_LOAD(&self->w.wphase) == SK_W_PY)
+            sk_conn_flush(&self->c, 0, NULL, &e2);
+    } else {
+        rc = Conn_send_locked(self, iov, 1, iov->len, deadline, done, err);
+    }
+    return rc;
+}
+
 /* Contract: GIL held; released only to wait for the send lock or, under
  * backpressure, to write the queue.  The request is registered in the
  * table under the send lock, so ids are handed out in the order requests
@@ -1570,7 +1602,7 @@ static PyObject *Conn_request_async(PyObject *op, PyObject *const *args,
     int64_t deadline;
     size_t done = 0;
     sk_iov iov;
-    sk_err err, e2;
+    sk_err err;
     int rc = SK_OK, locked = 0, registered = 0, taken;
 
     if (skpy_args("request_async", args, nargs, kwnames, names, 1, 2, a) < 0)
@@ -1627,26 +1659,7 @@ static PyObject *Conn_request_async(PyObject *op, PyObject *const *args,
     iov.len = (size_t)view.len;
     iov.id = p->id;
     iov.has_id = !self->corr->in_order;
-    if (self->worker && iov.len <= SKPY_WB_DIRECT && !self->w.wb_failed) {
-        if (sk_conn_queued(&self->c) >= SKPY_WB_MAX) {
-            /* backpressure: the peer is slow to read; write the queue out
-             * before adding to it */
-            Py_BEGIN_ALLOW_THREADS
-            sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
-            rc = sk_conn_flush(&self->c, deadline, &intr, &err);
-            Py_END_ALLOW_THREADS
-        }
-        if (rc == SK_OK)
-            rc = sk_conn_enqueue(&self->c, &iov, &err);
-        if (rc == SK_OK && SK_LOAD(&self->w.wphase) == SK_W_PY) {
-            /* the worker runs Python code (a callback, a full queue...) and
-             * may not be back soon: write now, without waiting; an error
-             * stays for the next send to raise */
-            sk_conn_flush(&self->c, 0, NULL, &e2);
-        }
-    } else {
-        rc = Conn_send_locked(self, &iov, 1, iov.len, deadline, &done, &err);
-    }
+    rc = skpy_request_write(self, &iov, deadline, &done, &err);
     if (rc != SK_OK) {
         skpy_fail(self, rc, &err, "request_async", a[1],
                   done > 0 ? REQUEST_BEGUN : REQUEST_KEPT);
