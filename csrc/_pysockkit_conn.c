@@ -1834,7 +1834,7 @@ static void skpy_hub_atfork(void)
 }
 
 /* The hub, started on first use.  GIL held (serialises the creation). */
-static sk_hub *skpy_get_hub(PyObject *mod)
+sk_hub *skpy_get_hub(PyObject *mod)
 {
     sk_err err;
 

@@ -123,8 +123,14 @@ int skpy_add_proxy(PyObject *mod);
 int skpy_add_watch(PyObject *mod);
 int skpy_add_reply(PyObject *mod);
 int skpy_add_capture(PyObject *mod);
+int skpy_add_server(PyObject *mod);
 
 
+
+/* The heartbeat hub, started on first use (_pysockkit_conn.c); NULL with
+ * an exception set if it cannot start.  GIL held. */
+struct sk_hub;
+struct sk_hub *skpy_get_hub(PyObject *mod);
 
 /* The module definition, for PyType_GetModuleByDef. */
 PyModuleDef *skpy_module_def(void);
