@@ -267,13 +267,20 @@ def test_a_client_that_never_reads_is_bounded_by_the_output_cap() -> None:
         payload = memoryview(encode(b"r" * 65536))
         left, sent = payload, 0
         deadline = time.monotonic() + scaled(5.0)
+        blocked_since: Optional[float] = None
+        # send until both directions stay full for half a second
         while sent < 200 and time.monotonic() < deadline:
             try:
                 left = left[s.send(left):]
+                blocked_since = None
                 if not left:
                     sent += 1
                     left = payload
             except BlockingIOError:
+                now = time.monotonic()
+                blocked_since = blocked_since or now
+                if now - blocked_since > 0.5:
+                    break
                 time.sleep(0.02)
         core = srv._core
         assert core is not None
