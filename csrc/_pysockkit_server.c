@@ -73,7 +73,7 @@ static void Server_dealloc(PyObject *op)
     Py_DECREF(tp);
 }
 
-/* Seconds as ns; <= 0 (or NaN) is 0, "none". */
+/* Contract: pure; seconds as ns, where <= 0 (or NaN) is 0, "none". */
 static int64_t Server_ns(double seconds)
 {
     if (!(seconds > 0))
@@ -425,17 +425,21 @@ static PyObject *Server_peer(PyObject *op, PyObject *py_cid)
     ServerObject *self = (ServerObject *)op;
     sk_srv *s = Server_get(self);
     unsigned long long cid;
+    PyObject *py_res = NULL;
     char host[64];
     int port;
 
     if (s == NULL)
-        return NULL;
+        goto done;
     cid = PyLong_AsUnsignedLongLong(py_cid);
     if (cid == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
+        goto done;
     if (sk_srv_peer(s, cid, host, sizeof(host), &port) != SK_OK || port < 0)
-        Py_RETURN_NONE;
-    return Py_BuildValue("(si)", host, port);
+        py_res = Py_NewRef(Py_None);
+    else
+        py_res = Py_BuildValue("(si)", host, port);
+done:
+    return py_res;
 }
 
 PyDoc_STRVAR(Server_ports_doc,
@@ -487,18 +491,21 @@ static PyObject *Server_stats(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     ServerObject *self = (ServerObject *)op;
     sk_srv *s = Server_get(self);
+    PyObject *py_res = NULL;
     sk_srv_stats st;
 
     if (s == NULL)
-        return NULL;
+        goto done;
     sk_srv_get_stats(s, &st);
-    return Py_BuildValue(
+    py_res = Py_BuildValue(
         "{sKsKsKsKsKsKsKsK}", "conns", (unsigned long long)st.conns,
         "accepted", (unsigned long long)st.accepted, "rejected",
         (unsigned long long)st.rejected, "turns", (unsigned long long)st.turns,
         "batches", (unsigned long long)st.batches, "messages",
         (unsigned long long)st.messages, "replies",
         (unsigned long long)st.replies, "writes", (unsigned long long)st.writes);
+done:
+    return py_res;
 }
 
 PyDoc_STRVAR(Server_stop_doc,
@@ -509,13 +516,15 @@ static PyObject *Server_stop(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     ServerObject *self = (ServerObject *)op;
     sk_srv *s = Server_get(self);
+    PyObject *py_res = NULL;
 
-    if (s == NULL)
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    sk_srv_stop(s);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
+    if (s != NULL) {
+        Py_BEGIN_ALLOW_THREADS
+        sk_srv_stop(s);
+        Py_END_ALLOW_THREADS
+        py_res = Py_NewRef(Py_None);
+    }
+    return py_res;
 }
 
 static PyMethodDef Server_methods[] = {

@@ -123,15 +123,15 @@ static sk_srv_batch *sk_srv_cur(sk_srv *s)
     return s->cur;
 }
 
-/* Contract: any thread; frees b and what it holds. */
+/* Contract: any thread; frees b (NULL: nothing) and what it holds. */
 void sk_srv_batch_free(sk_srv_batch *b)
 {
-    if (b == NULL)
-        return;
-    sk_buf_free(&b->data);
-    free(b->msgs);
-    free(b->events);
-    free(b);
+    if (b != NULL) {
+        sk_buf_free(&b->data);
+        free(b->msgs);
+        free(b->events);
+        free(b);
+    }
 }
 
 /* Contract: reactor thread; grows *arr (elements of size `size`) to hold
@@ -205,6 +205,7 @@ static void sk_srv_publish(sk_srv *s)
 
 /* ------------------------------------------------------------- timers */
 
+/* Contract: reactor thread; unlinks cl from l (it is on l). */
 static void sk_srv_tlist_remove(sk_srv_tlist *l, sk_srv_client *cl)
 {
     if (cl->tprev != NULL)
@@ -218,6 +219,7 @@ static void sk_srv_tlist_remove(sk_srv_tlist *l, sk_srv_client *cl)
     cl->tprev = cl->tnext = NULL;
 }
 
+/* Contract: reactor thread; appends cl to l (deadlines only grow). */
 static void sk_srv_tlist_push(sk_srv_tlist *l, sk_srv_client *cl)
 {
     cl->tnext = NULL;
@@ -269,6 +271,7 @@ static sk_srv_client *sk_srv_lookup(sk_srv *s, uint64_t cid)
     return cl;
 }
 
+/* Contract: reactor thread; frees the replies cl holds ahead of turn. */
 static void sk_srv_free_held(sk_srv_client *cl)
 {
     sk_srv_held *h = cl->held, *next;
@@ -492,6 +495,8 @@ done:
     return;
 }
 
+/* Contract: reactor thread; cl gets one write at the end of this turn's
+ * answers. */
 static void sk_srv_mark_dirty(sk_srv *s, sk_srv_client *cl)
 {
     if (!cl->dirty) {
@@ -751,21 +756,22 @@ done:
     return;
 }
 
-/* Contract: reactor thread; frees the zombie slot of cid. */
+/* Contract: reactor thread; frees the zombie slot of cid (anything else:
+ * nothing). */
 static void sk_srv_forget_one(sk_srv *s, uint64_t cid)
 {
     size_t idx = (size_t)(cid & 0xffffffffu);
     sk_srv_client *cl;
 
-    if (idx >= s->nslots || s->slots[idx] == NULL ||
-        s->slots[idx]->cid != cid || s->slots[idx]->state != SK_CL_ZOMBIE)
-        return;
-    cl = s->slots[idx];
-    pthread_mutex_lock(&s->mu);
-    s->slots[idx] = NULL;
-    pthread_mutex_unlock(&s->mu);
-    s->free_list[s->nfree++] = (uint32_t)idx;
-    free(cl);
+    if (idx < s->nslots && s->slots[idx] != NULL &&
+        s->slots[idx]->cid == cid && s->slots[idx]->state == SK_CL_ZOMBIE) {
+        cl = s->slots[idx];
+        pthread_mutex_lock(&s->mu);
+        s->slots[idx] = NULL;
+        pthread_mutex_unlock(&s->mu);
+        s->free_list[s->nfree++] = (uint32_t)idx;
+        free(cl);
+    }
 }
 
 /* Contract: reactor thread; applies what the handler threads handed over,
@@ -833,10 +839,11 @@ int sk_srv_reply(sk_srv *s, const sk_srv_answer *a, size_t n, sk_err *err)
     size_t i, total = 0, off;
     sk_srv_cmd *q;
     unsigned char *data;
-    int rc = SK_ERR;
+    int rc = SK_OK;
 
     if (n == 0)
-        return SK_OK;
+        goto done;
+    rc = SK_ERR;
     for (i = 0; i < n; i++)
         if (a[i].kind == SK_SRV_REPLY)
             total += a[i].len;
@@ -870,10 +877,11 @@ done:
 int sk_srv_forget(sk_srv *s, const uint64_t *cids, size_t n, sk_err *err)
 {
     sk_srv_cmd *q;
-    int rc = SK_ERR;
+    int rc = SK_OK;
 
     if (n == 0)
-        return SK_OK;
+        goto done;
+    rc = SK_ERR;
     q = sk_malloc(sizeof(*q) + n * sizeof(uint64_t));
     if (q == NULL) {
         sk_err_set(err, SK_E_NOMEM, "out of memory");
@@ -940,11 +948,11 @@ static void sk_srv_on_client(sk_srv *s, uint64_t cid, uint32_t ev, int64_t now)
     sk_srv_client *cl = sk_srv_lookup(s, cid);
 
     if (cl == NULL)
-        return;
+        goto done;
     if ((ev & (EPOLLOUT | EPOLLERR)) && sk_conn_queued(&cl->c) > 0) {
         sk_srv_flush(s, cl, now);
         if (cl->state == SK_CL_ZOMBIE)
-            return;
+            goto done;
     }
     if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
         if (cl->state == SK_CL_OPEN)
@@ -952,6 +960,8 @@ static void sk_srv_on_client(sk_srv *s, uint64_t cid, uint32_t ev, int64_t now)
         else if (!(cl->events & EPOLLOUT))
             sk_srv_update(s, cl, now); /* nothing to wait for: unregister */
     }
+done:
+    return;
 }
 
 /* Contract: reactor thread (the thread's body). */
@@ -1086,12 +1096,12 @@ void sk_srv_stop(sk_srv *s)
     join = s->started && !s->joined;
     s->joined = 1;
     pthread_mutex_unlock(&s->mu);
-    if (!join)
-        return;
-    do {
-        r = write(s->wake_fd, &one, sizeof(one));
-    } while (r < 0 && errno == EINTR);
-    pthread_join(s->thread, NULL);
+    if (join) {
+        do {
+            r = write(s->wake_fd, &one, sizeof(one));
+        } while (r < 0 && errno == EINTR);
+        pthread_join(s->thread, NULL);
+    }
 }
 
 /* Contract: see server.h. */
@@ -1102,7 +1112,7 @@ void sk_srv_free(sk_srv *s)
     size_t i;
 
     if (s == NULL)
-        return;
+        goto done;
     for (b = s->bq_head; b != NULL; b = bn) {
         bn = b->next;
         sk_srv_batch_free(b);
@@ -1137,6 +1147,8 @@ void sk_srv_free(sk_srv *s)
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
     free(s);
+done:
+    return;
 }
 
 /* Contract: see server.h. */
