@@ -19,22 +19,21 @@ from typing import Any, Optional
 
 from . import _core
 from ._conn import Address, Connection, Listener, listen
-from ._errors import Error, Timeout
+from ._errors import Error
 from ._handler import (
     ExitBook,
     HandlerFailed,
-    ID_REPLY,
     Reply,
     ServerRecords,
+    accept_loop,
     check_handlers,
     check_reply,
-    error_id,
     error_text,
     log,
-    reply_id,
 )
 from ._net import AddressLike, check_timeout, format_address
 from ._types import Framing, Heartbeat
+from ._wire import ID_REPLY, error_id, reply_id
 
 __all__ = ["Server", "serve", "Handler", "ConnectionHandler"]
 
@@ -167,11 +166,13 @@ class Server(ServerRecords):
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()  # each leaves it when done
         self._core: Optional[_core.Server] = None
-        self._failed: dict[int, BaseException] = {}  # client id -> handler error
+        self._handler_failed: dict[int, BaseException] = {}  # client id -> its error
         if on_connection is not None:
             self._threaded: set[Connection] = set()
-            self._acceptor = threading.Thread(target=self._accept_loop, name="pysockkit-accept",
-                                              daemon=True)
+            self._acceptor = threading.Thread(
+                target=accept_loop, args=(listener, self._stop.is_set, self._take,
+                                          self._accept_failed, _POLL),
+                name="pysockkit-accept", daemon=True)
             self._acceptor.start()
             return
         f = listener.framing
@@ -258,7 +259,7 @@ class Server(ServerRecords):
                             append((cid, ticket, error_id(rid), error_text(exc, max_frame)))
                         else:
                             book.handler_error(exc, self._peer_name(cid), False)
-                            self._failed[cid] = exc
+                            self._handler_failed[cid] = exc
                             append((cid, ticket, -1, None))
                         continue
                     handled += 1
@@ -278,11 +279,10 @@ class Server(ServerRecords):
                 book.rejected()
                 continue
             if kind == _core.END_FAILED:
-                log.warning("sk.serve: accept failed: %s", exc)
-                if exc is not None:
-                    book.error(exc)
+                if isinstance(exc, Error):
+                    self._accept_failed(exc)
                 continue
-            failed = self._failed.pop(cid, None)
+            failed = self._handler_failed.pop(cid, None)
             book.ended(HandlerFailed(failed) if failed is not None else exc,
                        kind == _core.END_STOPPED, _Peer(peer or _NO_PEER))
             gone.append(cid)
@@ -291,31 +291,27 @@ class Server(ServerRecords):
 
     # ------------------------------------------------- the on_connection form
 
-    def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn = self._listener.accept(timeout=_POLL)
-            except Timeout:
-                continue
-            except Error as exc:
-                if self._stop.is_set():
-                    return
-                log.warning("sk.serve: accept failed: %s", exc)
-                self._book.error(exc)
-                continue
-            with self._lock:
-                if self._stop.is_set():
-                    conn.close()
-                    return
-                if self._max_conns is not None and len(self._threaded) >= self._max_conns:
-                    self._book.rejected()
-                    conn.abort()  # RST: the client learns at once
-                    continue
-                self._threaded.add(conn)
-                t = threading.Thread(target=self._serve_one, args=(conn,), name="pysockkit-conn",
-                                     daemon=True)
-                self._threads.add(t)
-            t.start()
+    def _accept_failed(self, exc: Error) -> None:
+        log.warning("sk.serve: accept failed: %s", exc)
+        self._book.error(exc)
+
+    def _take(self, conn: Connection) -> bool:
+        """A client the accept loop got: serve it in its own thread (False:
+        the server is stopping, end the loop)."""
+        with self._lock:
+            if self._stop.is_set():
+                conn.close()
+                return False
+            if self._max_conns is not None and len(self._threaded) >= self._max_conns:
+                self._book.rejected()
+                conn.abort()  # RST: the client learns at once
+                return True
+            self._threaded.add(conn)
+            t = threading.Thread(target=self._serve_one, args=(conn,), name="pysockkit-conn",
+                                 daemon=True)
+            self._threads.add(t)
+        t.start()
+        return True
 
     def _serve_one(self, conn: Connection) -> None:
         assert self._on_connection is not None
