@@ -9,11 +9,13 @@ its connection goes away, the server's memory stays bounded by max_frame
 per connection, and the well-behaved client is served throughout (asserted
 after every case).
 
-What ``sk.serve`` lacks (docs/reliability.md): a read timeout (a slowloris
-peer keeps its thread for as long as it dribbles) and a write timeout (a
-peer that never reads keeps its thread blocked in send).  The read-timeout
-case is therefore tested with the pattern a server should use instead: a
-``Connection.recv(timeout=...)`` loop with a per-frame deadline.
+The child server runs without limits unless a case turns one on
+(docs/reliability.md): a slowloris peer is then held for as long as it
+dribbles, and a peer that never reads is held (and no longer read) once
+its unsent replies pass the per-client cap.  The cases at the end turn on
+``read_timeout``, ``write_timeout`` and ``max_connections``; the first
+slowloris case shows the per-frame deadline pattern on a plain
+``Connection.recv(timeout=...)`` loop.
 
 Bounded: every socket operation has a timeout, every loop a count; about
 20 s in all.
