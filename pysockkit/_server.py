@@ -64,6 +64,32 @@ def _echo(msg: bytes) -> bytes:
     return msg
 
 
+def _check_count(name: str, v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be an int >= 1, not {v!r}")
+
+
+def check_limits(read_timeout: Optional[float], write_timeout: Optional[float],
+                 max_connections: Optional[int], workers: int, processes: int,
+                 on_connection: Any) -> tuple[Optional[float], Optional[float]]:
+    """sk.serve's limits checked (ValueError/TypeError at the call);
+    returns the timeouts as floats or None."""
+    read_timeout = check_timeout(read_timeout, "read_timeout")
+    write_timeout = check_timeout(write_timeout, "write_timeout")
+    for name, v in (("read_timeout", read_timeout), ("write_timeout", write_timeout)):
+        if v == 0:
+            raise ValueError(f"{name} must be > 0 seconds or None, not 0")
+    if max_connections is not None and max_connections < 1:
+        raise ValueError(f"max_connections must be >= 1 or None, not {max_connections!r}")
+    _check_count("workers", workers)
+    _check_count("processes", processes)
+    if on_connection is not None and (workers != 1 or processes != 1):
+        raise ValueError(
+            "workers= and processes= apply to the message handler; on_connection already "
+            "runs in a thread per client: leave them at 1")
+    return read_timeout, write_timeout
+
+
 class _Peer:
     """A client the reactor holds, as ``server._conns`` lists it and the
     exit records name it: only its ``remote_address``."""
@@ -140,19 +166,8 @@ class Server(ServerRecords):
                  *, on_connection: Optional[ConnectionHandler] = None,
                  workers: int = 1) -> None:
         check_handlers("sk.serve", handler, on_connection, async_ok=False)
-        read_timeout = check_timeout(read_timeout, "read_timeout")
-        write_timeout = check_timeout(write_timeout, "write_timeout")
-        for name, v in (("read_timeout", read_timeout), ("write_timeout", write_timeout)):
-            if v == 0:
-                raise ValueError(f"{name} must be > 0 seconds or None, not 0")
-        if max_connections is not None and max_connections < 1:
-            raise ValueError(f"max_connections must be >= 1 or None, not {max_connections!r}")
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be an int >= 1, not {workers!r}")
-        if on_connection is not None and workers != 1:
-            raise ValueError(
-                "workers= applies to the message handler; on_connection already runs in a "
-                "thread per client: leave workers at 1")
+        read_timeout, write_timeout = check_limits(read_timeout, write_timeout, max_connections,
+                                                   workers, 1, on_connection)
         self._listener = listener
         self._handler: Handler = handler or _echo
         self._on_connection = on_connection
@@ -382,6 +397,7 @@ def serve(
     max_connections: Optional[int] = None,
     workers: int = 1,
     heartbeat: Optional[Heartbeat] = None,
+    processes: int = 1,
 ) -> Server:
     """Start a framed server on ``addr`` and return it at once.
 
@@ -397,7 +413,11 @@ def serve(
     ``workers`` handler threads (default 1; more for handlers that block);
     ``heartbeat`` (an :class:`sk.Heartbeat`, the clients must use it too)
     answers and sends PINGs and drops a client that fell silent
-    (``exits.peer_dead``).
+    (``exits.peer_dead``).  ``processes=N`` forks N worker processes that
+    share the port (``SO_REUSEPORT``), each with its own reactor: a
+    worker that dies is restarted and reported in ``errors``, and
+    ``served``, ``exits`` and ``errors`` sum the workers'; the handler
+    must be a message handler (the workers are forks of this process).
 
     Example::
 
@@ -414,8 +434,17 @@ def serve(
         >>> guarded.close()
         >>> pool = sk.serve(handler=lambda m: m, workers=4)   # handlers that block
         >>> pool.close()
+        >>> multi = sk.serve(handler=lambda m: m, processes=2)   # two cores
+        >>> multi.close()
     """
     check_handlers("sk.serve", handler, on_connection, async_ok=False)
+    rt, wt = check_limits(read_timeout, write_timeout, max_connections, workers, processes,
+                          on_connection)
+    if processes > 1:
+        from ._workers import ProcessServer
+
+        return ProcessServer(addr, handler, framing or Framing(), backlog,
+                             (rt, wt, max_connections), workers, heartbeat, processes)
     listener = listen(addr, backlog=backlog, framing=framing, heartbeat=heartbeat)
     try:
         return Server(listener, handler, read_timeout, write_timeout, max_connections,

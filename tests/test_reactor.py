@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 import selectors
+import signal
 import socket
 import threading
 import time
@@ -226,7 +227,7 @@ def test_workers_is_checked() -> None:
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="workers must be an int >= 1"):
             sk.serve(LOCAL, workers=bad)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="workers= applies to the message handler"):
+    with pytest.raises(ValueError, match="workers= and processes= apply to the message handler"):
         sk.serve(LOCAL, on_connection=lambda conn: None, workers=2)
 
 
@@ -336,3 +337,49 @@ def test_error_reply_and_plain_failure_in_one_batch() -> None:
         s.close()
         assert wait_until(lambda: srv.exits.handler_error == 1, STEP)
     assert [str(e) for e in srv.errors] == ["boom plain"]
+
+
+# --------------------------------------------------------------- processes
+
+
+def test_processes_share_the_port_and_a_killed_worker_is_restarted() -> None:
+    """processes=2: two worker processes answer on one port (SO_REUSEPORT
+    spreads the clients over both); a worker killed with SIGKILL is
+    reported in errors and replaced, the new one answers too; close()
+    stops every worker, and the records sum both."""
+    from pysockkit._workers import ProcessServer
+
+    def whoami(payload: bytes) -> bytes:
+        return b"%d" % os.getpid()
+
+    calls = 0
+
+    def answered_by(want: set[bytes], srv: sk.Server) -> set[bytes]:
+        nonlocal calls
+        seen: set[bytes] = set()
+        for _ in range(200):  # 2 workers: missing one 200 times is 2**-199
+            seen.add(sk.call(srv.address, b"who", timeout=STEP))
+            calls += 1
+            if want <= seen:
+                break
+        return seen
+
+    with sk.serve(LOCAL, whoami, processes=2) as srv:
+        assert isinstance(srv, ProcessServer)
+        first = srv.pids
+        assert len(set(first)) == 2 and os.getpid() not in first
+        assert answered_by({b"%d" % p for p in first}, srv) == {b"%d" % p for p in first}
+        assert srv.served == calls  # asked of both workers: kept when one dies
+        os.kill(first[0], signal.SIGKILL)
+        assert wait_until(lambda: srv.pids[0] != first[0], STEP), srv.pids
+        now = srv.pids
+        assert now[1] == first[1]
+        died = [str(e) for e in srv.errors]
+        assert died == [f"sk.serve: worker process 0 (pid {first[0]}) died (killed by signal 9); "
+                        "its clients were cut off, and a new worker was started"]
+        assert b"%d" % now[0] in answered_by({b"%d" % now[0]}, srv)
+    for pid in now:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # ended and reaped
+    # every call is counted once: the killed worker's as last asked
+    assert srv.served == calls and srv.exits.closed == calls
