@@ -18,6 +18,7 @@ import signal
 import socket
 import threading
 import time
+import warnings
 from typing import Any, Optional
 
 from ._conn import Address, Listener
@@ -146,7 +147,16 @@ class ProcessServer(Server):
     def _start(self, index: int) -> _Worker:
         """Fork worker `index`; returns once it listens."""
         parent, child = mpc.Pipe()
-        pid = os.fork()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns that forking a process with threads may
+            # deadlock the child on a lock another thread held.  The worker
+            # runs only this module's code, which takes no lock that the
+            # parent's threads hold across the fork (logging and threading
+            # reinitialise theirs at fork); the warning is about arbitrary
+            # code, and sk.serve's documented contract is a fork.
+            warnings.filterwarnings("ignore", "This process .* is multi-threaded",
+                                    DeprecationWarning)
+            pid = os.fork()
         if pid == 0:  # the worker: never returns into the caller's code
             code = 0
             try:
