@@ -268,6 +268,8 @@ class Server(ServerRecords):
                         if reply is not None and (reply.__class__ is not bytes
                                                   or len(reply) > max_frame):
                             reply = check_reply("sk.serve", reply, max_frame)
+                            if reply is not None:  # any bytes-like, contiguous or not
+                                reply = bytes(reply)
                     except BaseException as exc:  # recorded; the other clients go on
                         if rid is not None:
                             book.handler_error(exc, self._peer_name(cid), True)

@@ -17,7 +17,7 @@ import signal
 import socket
 import threading
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
 
@@ -383,3 +383,15 @@ def test_processes_share_the_port_and_a_killed_worker_is_restarted() -> None:
             os.kill(pid, 0)  # ended and reaped
     # every call is counted once: the killed worker's as last asked
     assert srv.served == calls and srv.exits.closed == calls
+
+
+def test_any_bytes_like_reply_is_sent() -> None:
+    """bytearray, memoryview, and a memoryview that is not contiguous: each
+    goes back as the bytes it holds (and the worker thread goes on)."""
+    strided = memoryview(b"abcdef")[::2]
+    replies: dict[bytes, Any] = {b"ba": bytearray(b"array"), b"mv": memoryview(b"view"),
+                                 b"nc": strided}
+    with sk.serve(LOCAL, lambda m: replies[m]) as srv:
+        for key, want in [(b"ba", b"array"), (b"mv", b"view"), (b"nc", b"ace"), (b"ba", b"array")]:
+            assert sk.call(srv.address, key, timeout=STEP) == want
+    assert srv.served == 4 and srv.errors == []
