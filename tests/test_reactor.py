@@ -83,13 +83,13 @@ def test_thousands_of_clients_on_a_handful_of_threads() -> None:
             left = set(want)
             while left and time.monotonic() < deadline:
                 for key, _ in sel.select(timeout=1.0):
-                    s = key.fileobj
-                    assert isinstance(s, socket.socket)
-                    chunk = s.recv(4096)
-                    fd = s.fileno()
+                    peer = key.fileobj
+                    assert isinstance(peer, socket.socket)
+                    chunk = peer.recv(4096)
+                    fd = peer.fileno()
                     got[fd] += chunk
                     if len(got[fd]) >= len(want[fd]):
-                        sel.unregister(s)
+                        sel.unregister(peer)
                         left.discard(fd)
             sel.close()
             assert not left, f"{len(left)} clients got no reply"
@@ -224,9 +224,10 @@ def test_a_blocking_handler_with_four_workers_leaves_the_others_served() -> None
 
 
 def test_workers_is_checked() -> None:
+    bad: Any
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="workers must be an int >= 1"):
-            sk.serve(LOCAL, workers=bad)  # type: ignore[arg-type]
+            sk.serve(LOCAL, workers=bad)
     with pytest.raises(ValueError, match="workers= and processes= apply to the message handler"):
         sk.serve(LOCAL, on_connection=lambda conn: None, workers=2)
 
