@@ -160,6 +160,9 @@ class ProcessServer(Server):
         if pid == 0:  # the worker: never returns into the caller's code
             code = 0
             try:
+                # Ctrl-C reaches the whole process group: the parent's
+                # close() stops the workers, a worker must not end on it
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
                 parent.close()
                 for other in self._workers:  # their pipes are the parent's
                     other.ctl.close()
