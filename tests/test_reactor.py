@@ -370,7 +370,9 @@ def test_processes_share_the_port_and_a_killed_worker_is_restarted() -> None:
         first = srv.pids
         assert len(set(first)) == 2 and os.getpid() not in first
         assert answered_by({b"%d" % p for p in first}, srv) == {b"%d" % p for p in first}
-        assert srv.served == calls  # asked of both workers: kept when one dies
+        # asked of both workers once every end is in: kept when one dies
+        assert wait_until(lambda: srv.exits.total == calls, STEP), srv.exits
+        assert srv.served == calls
         os.kill(first[0], signal.SIGKILL)
         assert wait_until(lambda: srv.pids[0] != first[0], STEP), srv.pids
         now = srv.pids
@@ -379,6 +381,7 @@ def test_processes_share_the_port_and_a_killed_worker_is_restarted() -> None:
         assert died == [f"sk.serve: worker process 0 (pid {first[0]}) died (killed by signal 9); "
                         "its clients were cut off, and a new worker was started"]
         assert b"%d" % now[0] in answered_by({b"%d" % now[0]}, srv)
+        assert wait_until(lambda: srv.exits.total == calls, STEP), srv.exits
     for pid in now:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # ended and reaped
