@@ -170,6 +170,18 @@ sys.exit(pytest.main(sys.argv[1:]))' -q -p no:cacheprovider --durations=10 \
                     "${pytest_args[@]:-tests}"
         )
         rc=$?
+        # with allocator_may_return_null ASan still logs one warning per
+        # impossible allocation; a file holding nothing else is not a report
+        nwarn=0
+        for f in "$reports"/*; do
+            [ -f "$f" ] || continue
+            if ! grep -qv -e '^==[0-9]*==WARNING: AddressSanitizer failed to allocate 0x[0-9a-f]* bytes$' \
+                    -e '^$' "$f"; then
+                rm -f "$f"
+                nwarn=$((nwarn + 1))
+            fi
+        done
+        [ $nwarn -eq 0 ] || echo "($nwarn process(es) logged only 'failed to allocate' warnings: impossible sizes asked for on purpose, answered by MemoryError)"
         nrep=$(find "$reports" -type f | wc -l)
         if [ "$nrep" -gt 0 ]; then
             echo "=== $nrep sanitizer report(s):"
