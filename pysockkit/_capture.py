@@ -1,6 +1,6 @@
 """TCP segments on the loopback: the capture, decoded, as :class:`Segment`.
 
-The capture is C (``csrc/capture.[ch]``): an ``AF_PACKET`` socket bound to
+The capture is C (``csrc/core/capture.[ch]``): an ``AF_PACKET`` socket bound to
 the interface (``lo``) with a classic BPF filter for the ports asked for,
 so nothing else is copied to user space; kernel timestamps in nanoseconds;
 each loopback packet once (the incoming copy; the outgoing one is refused
@@ -45,7 +45,7 @@ __all__ = [
     "record",
 ]
 
-# The Capture and Watcher types (csrc/_pysockkit_capture.c, _watch.c) are
+# The Capture and Watcher types (csrc/binding/capture.c, watch.c) are
 # used untyped here: their records are plain tuples, checked at this
 # boundary.
 _native: Any = _core

@@ -2,7 +2,7 @@
 
 Each scenario opens a real connection with pysockkit (framed messages
 where data flows), does one thing -- a close, an abort, a lost ACK -- and
-records every segment (the C capture, ``csrc/capture.c``) and both ends'
+records every segment (the C capture, ``csrc/core/capture.c``) and both ends'
 states (the state sampler: the client's descriptor through TCP_INFO, the
 server's end by 4-tuple through sock_diag, the listener through
 TCP_INFO).  :func:`conversation` runs it in a helper process in a private

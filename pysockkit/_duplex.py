@@ -1,6 +1,6 @@
 """Asynchronous duplex over threads: a receive worker and pipelined requests.
 
-The worker is a C thread (csrc/_pysockkit_conn.c, ``_start_worker``) that
+The worker is a C thread (csrc/binding/conn.c, ``_start_worker``) that
 waits for and decodes frames without the GIL.  Requests and their replies
 never need Python there: ``request_async`` registers a C future in the
 connection's request table and queues the frame in a write-behind buffer
@@ -9,7 +9,7 @@ settles its future in the worker, without the GIL, waking whoever waits in
 ``result()``.  With ``Framing(correlation=True)`` a reply is the correlated
 frame whose id is the request's with the top bit set, in any order; on
 plain framing replies carry no id and come in order, so the n-th frame
-that arrives while replies are owed answers the n-th request (csrc/corr.h,
+that arrives while replies are owed answers the n-th request (csrc/core/corr.h,
 in-order tables: the late-reply rule of the synchronous ``request``).  The worker
 takes the GIL only for Python work, handed to :meth:`Duplex._dispatch` in
 batches: frames that are not replies go to the ``on_message`` callback or

@@ -29,7 +29,7 @@ intact once the fault is removed.  Latency is stamped on bytes as they
 arrive, so removing it does not hurry bytes already held; every other
 fault takes effect at once.
 
-The data path runs in C (``csrc/proxy.c``): an epoll reactor in its own
+The data path runs in C (``csrc/testkit/proxy.c``): an epoll reactor in its own
 thread, never holding the GIL, with bounded buffers per connection and
 direction (``buffer_size``), so a client that stops reading makes the
 server's sends block, as it would without the proxy.
@@ -77,7 +77,7 @@ __all__ = [
 
 Direction = Literal["upstream", "downstream", "both"]
 
-# The C side (csrc/_pysockkit_proxy.c): _core.Proxy and the FAULT_*/DIR_*/
+# The C side (csrc/binding/proxy.c): _core.Proxy and the FAULT_*/DIR_*/
 # PROXY_* constants.  Reached through Any so this module type-checks with
 # or without their stubs in _core.pyi.
 _native: Any = _core
@@ -89,7 +89,7 @@ _DIRS: dict[str, int] = {
 }
 
 
-_MAX_DELAY_NS = 366 * 86400 * 10**9  # as csrc/proxy.c
+_MAX_DELAY_NS = 366 * 86400 * 10**9  # as csrc/testkit/proxy.c
 _MAX_SLICE = 2**30
 
 

@@ -75,7 +75,7 @@ from ._net import check_timeout, format_address
 
 __all__ = ["watch", "StateTrace", "InfoSample"]
 
-# The Watcher type (csrc/_pysockkit_watch.c) is used untyped here: its
+# The Watcher type (csrc/binding/watch.c) is used untyped here: its
 # records are plain tuples and dicts, checked at this boundary.
 _native: Any = _core
 
@@ -83,7 +83,7 @@ DEFAULT_MAX_TRANSITIONS = int(_native.WATCH_DEFAULT_TRANSITIONS)
 DEFAULT_MAX_SAMPLES = int(_native.WATCH_DEFAULT_SAMPLES)
 _MAX_RING = int(_native.WATCH_MAX_RING)
 DEFAULT_FOLLOW = 2.0  # seconds a with block follows a closing connection
-_NOT_CLOSING, _CLOSED = 0, 1  # Watcher.follow (csrc/watch.h sk_watch_follow)
+_NOT_CLOSING, _CLOSED = 0, 1  # Watcher.follow (csrc/core/watch.h sk_watch_follow)
 
 
 @dataclass(frozen=True, slots=True)
