@@ -17,6 +17,8 @@ int skpy_add_conn(PyObject *mod);     /* conn.c: Connection */
 int skpy_add_sock(PyObject *mod);     /* sock.c: listen, connect, accept, ... */
 int skpy_add_hub(PyObject *mod);      /* hub.c: hub_stats */
 int skpy_add_frame(PyObject *mod);    /* frame.c: Decoder, Encoder, wire constants */
+int skpy_add_heartbeat(PyObject *mod); /* heartbeat.c: HeartbeatRule, HB_*, CTL_* */
+int skpy_add_corr(PyObject *mod);     /* corr.c: CorrelationBook, CORR_* */
 int skpy_add_tcpinfo(PyObject *mod);  /* tcpinfo.c: tcp_info, tcp_state, ... */
 int skpy_add_diag(PyObject *mod);     /* diag.c: diag_dump, diag_lookup */
 int skpy_add_proxy(PyObject *mod);    /* proxy.c: Proxy, FAULT_*, DIR_* */

@@ -16,7 +16,9 @@
  * without waiting.  The GIL is released only when the call may block.
  *
  * Asynchronous duplex (pysockkit/_duplex.py): _start_worker starts a
- * receive worker thread and a request table (corr.h).  _request_async
+ * receive worker thread (the core's loop, core/worker.h, adapted here:
+ * take the GIL, build Python objects, call dispatch) and a request table
+ * (corr.h).  _request_async
  * registers a future (future.c) and queues the request in the
  * write-behind buffer c->out (under send_mu, so ordering with send() from
  * other threads is kept); the worker writes that buffer before each wait
@@ -33,7 +35,6 @@
 #include <errno.h>
 #include <poll.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -45,6 +46,7 @@
 #include "core/io.h"
 #include "core/promise.h"
 #include "core/sock.h"
+#include "core/worker.h"
 #include "future.h"
 #include "hub.h"
 
@@ -58,13 +60,6 @@
  * (with its timeout) if the peer does not read: memory stays bounded */
 #define SKPY_WB_MAX (256 * 1024)
 
-/* what the receive worker is doing (ConnObject.wphase) */
-enum {
-    SKPY_W_BUSY = 0,  /* in C: it writes the queue before it sleeps */
-    SKPY_W_SLEEP = 1, /* in poll (or about to be): kick the eventfd */
-    SKPY_W_PY = 2,    /* running Python code, maybe for long: write yourself */
-};
-
 typedef struct {
     PyObject_HEAD
     sk_conn c;
@@ -74,16 +69,14 @@ typedef struct {
     int worker;             /* a receive worker thread owns the receive side */
     int worker_stop;        /* atomic: ask the worker to stop */
     pthread_t worker_thread;
-    /* asynchronous duplex; corr and retired under corr->mu */
+    /* asynchronous duplex; corr and w.retired under corr->mu */
     sk_corr *corr;          /* request table, made by the first _start_worker */
-    sk_plist retired;       /* settled promises whose future still holds the
-                               table's reference (dropped with the GIL) */
+    sk_worker w;            /* the receive worker's state (core/worker.h);
+                               w.retired: settled promises whose future still
+                               holds the table's reference (dropped with the
+                               GIL) */
     PyObject *req_err_type; /* the receive side ended: request_async raises */
     PyObject *req_err_args; /*   req_err_type(*req_err_args) (under corr->mu) */
-    int efd;                /* eventfd that wakes the worker; -1: none */
-    int wphase;             /* atomic: SKPY_W_* */
-    int64_t wake_at;        /* the sleeping worker's latest wake-up (corr->mu) */
-    int wb_failed;          /* the worker's write failed (under send_mu) */
     PyObject *mod;          /* borrowed: the type keeps the module alive */
     PyObject *weakreflist;
 } ConnObject;
@@ -104,6 +97,8 @@ static PyObject *skpy_timeout(PyObject *mod, const char *op, PyObject *timeout,
     return NULL;
 }
 
+/* Contract: GIL held; raises ConnectionClosed (or the error of a close
+ * in progress) and returns NULL. */
 static PyObject *skpy_closed(ConnObject *self)
 {
     skpy_state *st = skpy_get_state(self->mod);
@@ -255,6 +250,7 @@ static int skpy_lock_or_raise(ConnObject *self, pthread_mutex_t *lk,
 
 /* ------------------------------------------------------------ lifecycle */
 
+/* Contract: GIL held; a new object, or NULL with an exception set. */
 static PyObject *Conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     ConnObject *self;
@@ -266,8 +262,7 @@ static PyObject *Conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     self->fd = -1;
     self->c.fd = -1;
-    self->efd = -1;
-    sk_plist_init(&self->retired);
+    sk_worker_init(&self->w, &self->c);
     self->mod = skpy_module_of(type);
     if (self->mod == NULL)
         goto error;
@@ -410,6 +405,7 @@ PyDoc_STRVAR(Conn_close_doc,
 "A thread blocked in send/recv on this connection is woken and gets\n"
 "ConnectionClosed.\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Conn_close(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     return Conn_close_impl((ConnObject *)op, 0);
@@ -420,6 +416,7 @@ PyDoc_STRVAR(Conn_abort_doc,
 "Abortive close: SO_LINGER {1, 0} then close, so the kernel sends RST,\n"
 "discards unsent data and keeps no TIME_WAIT.  Idempotent.\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Conn_abort(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     return Conn_close_impl((ConnObject *)op, 1);
@@ -448,6 +445,7 @@ static void Conn_finalize(PyObject *op)
     PyErr_Restore(py_type, py_value, py_tb);
 }
 
+/* Contract: GIL held; frees the object and drops its type's reference. */
 static void Conn_dealloc(PyObject *op)
 {
     ConnObject *self = (ConnObject *)op;
@@ -549,6 +547,8 @@ PyDoc_STRVAR(Conn_send_doc,
 "sk.Timeout after timeout seconds (nothing is torn: see PROTOCOL.md).\n\n"
 "    >>> conn.send(b'hello')\n");
 
+/* Contract: GIL held on entry and exit, released while the call may
+ * block; a new reference, or NULL with an exception set. */
 static PyObject *Conn_send(PyObject *op, PyObject *const *args,
                            Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -607,6 +607,8 @@ PyDoc_STRVAR(Conn_send_many_doc,
 "how many frames were taken; the others were not sent.\n\n"
 "    >>> conn.send_many([b'a', b'b', b'c'])\n    3\n");
 
+/* Contract: GIL held on entry and exit, released while the call may
+ * block; a new reference, or NULL with an exception set. */
 static PyObject *Conn_send_many(PyObject *op, PyObject *const *args,
                                 Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -739,6 +741,8 @@ PyDoc_STRVAR(Conn_flush_doc,
 "Finish sending the tail of a frame whose send timed out or was\n"
 "interrupted.  A no-op when nothing is pending.\n");
 
+/* Contract: GIL held on entry and exit, released while the call may
+ * block; a new reference, or NULL with an exception set. */
 static PyObject *Conn_flush(PyObject *op, PyObject *const *args,
                             Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -808,6 +812,8 @@ PyDoc_STRVAR(Conn_recv_doc,
 "sk.FrameTooLarge if the peer announced more than max_frame.\n\n"
 "    >>> conn.recv(timeout=1.0)\n    b'hello'\n");
 
+/* Contract: GIL held on entry and exit, released while the call may
+ * block; a new reference, or NULL with an exception set. */
 static PyObject *Conn_recv(PyObject *op, PyObject *const *args,
                            Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -843,6 +849,8 @@ PyDoc_STRVAR(Conn_recv_many_doc,
 "frame is raised by the next call, so no frame is lost.\n\n"
 "    >>> conn.recv_many(max_frames=100)\n    [b'a', b'b', b'c']\n");
 
+/* Contract: GIL held on entry and exit, released while the call may
+ * block; a new reference, or NULL with an exception set. */
 static PyObject *Conn_recv_many(PyObject *op, PyObject *const *args,
                                 Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -918,6 +926,8 @@ PyDoc_STRVAR(Conn_request_doc,
 "are serialised.\n\n"
 "    >>> conn.request(b'ping', timeout=1.0)\n    b'pong'\n");
 
+/* Contract: GIL held on entry and exit, released while the call may
+ * block; a new reference, or NULL with an exception set. */
 static PyObject *Conn_request(PyObject *op, PyObject *const *args,
                               Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -983,6 +993,8 @@ PyDoc_STRVAR(Conn_shutdown_doc,
 "how: socket.SHUT_RD, SHUT_WR or SHUT_RDWR.  SHUT_WR first flushes a\n"
 "pending frame tail, then sends FIN.\n");
 
+/* Contract: GIL held on entry and exit, released while the call may
+ * block; a new reference, or NULL with an exception set. */
 static PyObject *Conn_shutdown(PyObject *op, PyObject *const *args,
                                Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -1043,12 +1055,6 @@ static pthread_cond_t skpy_workers_cv = PTHREAD_COND_INITIALIZER;
 static int skpy_workers_live;      /* guarded by skpy_workers_mu */
 static int skpy_workers_finalising; /* atomic: no new worker, all stop */
 
-#define SKPY_WORKER_BATCH 1024
-#define SKPY_WORKER_SLICE_NS 50000000LL /* looks at the stop flags this often */
-#define SKPY_WORKER_RETRY_NS 2000000LL  /* send lock busy: look again this soon */
-#define SKPY_RETIRED_MAX 4096 /* settled futures kept before the worker drops
-                                 the table's references itself */
-
 typedef struct {
     ConnObject *self;   /* strong reference, dropped by the thread */
     PyObject *dispatch; /* strong reference: dispatch(list | exception) */
@@ -1074,7 +1080,7 @@ static void skpy_drain_retired(ConnObject *self)
 
     sk_plist_init(&l);
     pthread_mutex_lock(&self->corr->mu);
-    sk_plist_splice(&l, &self->retired);
+    sk_plist_splice(&l, &self->w.retired);
     pthread_mutex_unlock(&self->corr->mu);
     skpy_release_list(&l);
 }
@@ -1149,9 +1155,7 @@ static void skpy_conn_free_requests(ConnObject *self)
     sk_corr_free(self->corr);
     PyMem_RawFree(self->corr);
     self->corr = NULL;
-    if (self->efd >= 0)
-        close(self->efd);
-    self->efd = -1;
+    sk_worker_close_wake(&self->w);
 }
 
 /* Raise the error that ended the receive side, fresh (no traceback kept
@@ -1171,250 +1175,165 @@ static PyObject *skpy_raise_req_error(PyObject *py_type, PyObject *py_args)
  * GIL held (the worker closes efd only with it). */
 static void skpy_worker_kick(ConnObject *self)
 {
-    uint64_t one = 1;
-
-    if (self->efd >= 0 && SK_LOAD(&self->wphase) == SKPY_W_SLEEP &&
-        __atomic_exchange_n(&self->wphase, SKPY_W_BUSY, __ATOMIC_SEQ_CST) ==
-            SKPY_W_SLEEP &&
-        write(self->efd, &one, sizeof(one)) < 0) {
-        /* EAGAIN: the counter is full, so the worker is woken anyway */
-    }
+    sk_worker_kick(&self->w, 0);
 }
 
-/* Before the worker sleeps: announce it (SKPY_W_SLEEP), then write the
- * queue without waiting.  An enqueuer that takes the send lock after us
- * sees the announcement and kicks; one before us had its bytes written
- * here.  Returns POLLOUT while bytes remain (the socket is full), 0, or -1
- * when another thread holds the send lock (it writes the queue before its
- * own frames, but a heartbeat may leave bytes: look again soon).  No GIL;
- * caller holds no lock. */
-static int skpy_worker_flush(ConnObject *self)
-{
-    sk_err err;
-    int r = 0;
-
-    __atomic_store_n(&self->wphase, SKPY_W_SLEEP, __ATOMIC_SEQ_CST);
-    if (pthread_mutex_trylock(&self->c.send_mu) != 0)
-        return -1;
-    if (self->fd >= 0 && !self->wb_failed && sk_conn_queued(&self->c) > 0) {
-        if (sk_conn_flush(&self->c, 0, NULL, &err) == SK_ERR)
-            self->wb_failed = 1; /* the next send raises it; receive goes on */
-        else if (sk_conn_queued(&self->c) > 0)
-            r = POLLOUT;
-    }
-    pthread_mutex_unlock(&self->c.send_mu);
-    return r;
-}
-
-/* The receive worker: a C thread that waits and decodes without the GIL.
- * Each pass: write the request queue, wait (poll on the socket, the
- * eventfd, and POLLOUT while the queue is stuck) until a frame, a kick or
- * the next request deadline; take a batch of frames (only the first may
- * read the socket, so the views stay valid); settle replies and expired
- * requests in the table without the GIL, waking their waiters.  The GIL is
- * taken only when there is Python work: frames that are not replies go to
- * dispatch(list) in arrival order, interleaved with the callbacks of
- * settled futures that have some; dispatch(exc) gets the error that ended
- * the receive side; and the table's references to settled futures are
- * dropped (when idle, or past SKPY_RETIRED_MAX). */
-static void *skpy_worker_main(void *vp)
-{
-    skpy_worker_arg *arg = (skpy_worker_arg *)vp;
-    ConnObject *self = arg->self;
-    sk_corr *t = self->corr;
-    sk_frame fr[SKPY_WORKER_BATCH];
-    sk_promise *note[SKPY_WORKER_BATCH]; /* frame i settled it; it wants the GIL */
-    sk_promise *wake[SKPY_WORKER_BATCH];
-    PyObject *msg[SKPY_WORKER_BATCH];    /* frame i as a message, or NULL */
-    unsigned char ismsg[SKPY_WORKER_BATCH];
-    sk_plist expired, plain, notex;
-    sk_promise *p, *next;
+/* The receive worker thread: the core's loop (core/worker.h
+ * sk_worker_run) waits, decodes and settles replies and expired requests
+ * without the GIL; the callbacks below take the GIL only when there is
+ * Python work: frames that are not replies go to dispatch(list) in arrival
+ * order, interleaved with the callbacks of settled futures that have
+ * some; dispatch(exc) gets the error that ended the receive side; and the
+ * table's references to settled futures are dropped (when idle, or past
+ * SK_WORKER_RETIRED_MAX). */
+typedef struct {
+    skpy_worker_arg *arg;
     PyGILState_STATE g;
-    PyObject *py_list, *py_exc, *py_r, *py_fut;
-    int64_t now, wake_at, dl;
-    size_t nretired;
-    sk_err err, werr;
-    int rc, n, i, nmsg, nnote, nwake, out_ev, fatal, stop, done = 0;
+    PyObject *py_exc;                /* the error that ends the worker */
+    PyObject *msg[SK_WORKER_BATCH];  /* frame i as a message, or NULL */
+} skpy_worker_ctx;
 
-    while (!done) {
-        out_ev = skpy_worker_flush(self);
-        pthread_mutex_lock(&self->c.recv_mu);
-        n = 0;
-        if (self->fd < 0) { /* closed while we were dispatching: stop */
-            rc = SK_ERR;
-        } else {
-            now = sk_now_ns();
-            wake_at = now + (out_ev < 0 ? SKPY_WORKER_RETRY_NS
-                                        : SKPY_WORKER_SLICE_NS);
-            pthread_mutex_lock(&t->mu);
-            dl = sk_corr_next_deadline(t);
-            if (dl != SK_NO_DEADLINE && dl < wake_at)
-                wake_at = dl;
-            self->wake_at = wake_at;
-            pthread_mutex_unlock(&t->mu);
-            rc = sk_conn_recv_wake(&self->c, wake_at, self->efd,
-                                   (short)(out_ev > 0 ? out_ev : 0), &fr[0],
-                                   &err);
-        }
-        SK_STORE(&self->wphase, SKPY_W_BUSY);
-        if (rc == SK_OK) {
-            n = 1;
-            while (n < SKPY_WORKER_BATCH &&
-                   sk_conn_recv_buffered(&self->c, &fr[n], &err) == SK_OK)
-                n++;
-        }
-        /* replies and deadlines: settled here, without the GIL */
-        sk_plist_init(&expired);
-        sk_plist_init(&plain);
-        sk_plist_init(&notex);
-        nmsg = nnote = nwake = 0;
-        pthread_mutex_lock(&t->mu);
-        for (i = 0; i < n; i++) {
-            note[i] = NULL;
-            if (t->in_order) /* plain framing: a frame is a reply when owed */
-                ismsg[i] = !sk_corr_owed(t);
-            else
-                ismsg[i] = !(fr[i].has_id && (fr[i].id & SK_ID_REPLY));
-            if (ismsg[i]) {
-                nmsg++;
-                continue;
-            }
-            p = t->in_order ? sk_corr_reply_next(t, fr[i].data, fr[i].len)
-                            : sk_corr_reply(t, fr[i].id, fr[i].data, fr[i].len);
-            if (p == NULL)
-                continue; /* late or unknown: counted, dropped */
-            if (p->prev & SK_P_WAITING)
-                wake[nwake++] = p;
-            if (p->prev & SK_P_NOTIFY) {
-                note[i] = p;
-                nnote++;
-            } else {
-                sk_plist_push(&plain, p);
-            }
-        }
-        dl = sk_corr_next_deadline(t);
-        if (dl != SK_NO_DEADLINE && dl <= (now = sk_now_ns()))
-            sk_corr_expire(t, now, &expired);
-        pthread_mutex_unlock(&t->mu);
-        /* wake after unlocking, so that the woken do not run into the lock */
-        for (i = 0; i < nwake; i++)
-            sk_promise_wake(wake[i]);
-        for (p = expired.head; p != NULL; p = next) {
-            next = p->next;
-            if (p->prev & SK_P_WAITING)
-                sk_promise_wake(p);
-            if (p->prev & SK_P_NOTIFY)
-                sk_plist_push(&notex, p);
-            else
-                sk_plist_push(&plain, p);
-        }
-        pthread_mutex_lock(&t->mu);
-        sk_plist_splice(&self->retired, &plain);
-        nretired = self->retired.n;
-        pthread_mutex_unlock(&t->mu);
+/* Contract: the worker thread, no lock held, no GIL needed. */
+static int skpy_worker_stop(void *vctx)
+{
+    skpy_worker_ctx *x = vctx;
 
-        fatal = rc == SK_ERR;
-        stop = SK_LOAD(&self->worker_stop) || SK_LOAD(&skpy_workers_finalising);
-        if (!nmsg && !nnote && !notex.n && !fatal && !stop &&
-            nretired < SKPY_RETIRED_MAX && !(rc == SK_TIMEOUT && nretired)) {
-            pthread_mutex_unlock(&self->c.recv_mu);
+    return SK_LOAD(&x->arg->self->worker_stop) ||
+           SK_LOAD(&skpy_workers_finalising);
+}
+
+/* Contract: the worker thread, recv_mu held, GIL not held on entry and
+ * held on return (skpy_worker_run releases it).  The batch's messages as
+ * Python objects, before the frames' views go; the fatal error as an
+ * exception. */
+static void skpy_worker_take(void *vctx, sk_worker_batch *b)
+{
+    skpy_worker_ctx *x = vctx;
+    ConnObject *self = x->arg->self;
+    int i;
+
+    x->g = PyGILState_Ensure();
+    x->py_exc = NULL;
+    for (i = 0; i < b->n; i++) {
+        x->msg[i] = NULL;
+        if (b->ismsg[i] && x->py_exc == NULL) {
+            x->msg[i] = skpy_frame_obj(&b->fr[i]);
+            if (x->msg[i] == NULL) /* out of memory: end with it */
+                x->py_exc = skpy_take_exception();
+        }
+    }
+    if (b->fatal) {
+        /* the receive side failed for good: hand over the error */
+        if (self->closing || self->fd < 0)
+            skpy_closed(self);
+        else
+            skpy_raise(self->mod, &b->err, NULL);
+        Py_XDECREF(x->py_exc);
+        x->py_exc = skpy_take_exception();
+    }
+}
+
+/* Contract: GIL held.  Call dispatch(py_arg); an error is reported as
+ * unraisable. */
+static void skpy_worker_dispatch(skpy_worker_ctx *x, PyObject *py_arg)
+{
+    PyObject *py_r = PyObject_CallOneArg(x->arg->dispatch, py_arg);
+
+    if (py_r == NULL)
+        PyErr_WriteUnraisable(x->arg->dispatch);
+    Py_XDECREF(py_r);
+}
+
+/* Contract: GIL held, no lock held.  In arrival order: runs of messages
+ * to dispatch, settled futures to notify; then the expired ones. */
+static void skpy_worker_deliver(skpy_worker_ctx *x, sk_worker_batch *b)
+{
+    PyObject *py_list = NULL, *py_fut;
+    sk_promise *p, *next;
+    int i;
+
+    for (i = 0; i <= b->n; i++) {
+        if (i < b->n && x->msg[i] != NULL) {
+            if (py_list == NULL && (py_list = PyList_New(0)) == NULL)
+                PyErr_WriteUnraisable(x->arg->dispatch);
+            if (py_list != NULL && PyList_Append(py_list, x->msg[i]) < 0)
+                PyErr_WriteUnraisable(x->arg->dispatch);
+            Py_CLEAR(x->msg[i]);
             continue;
         }
-
-        /* Python work, which may take long (a callback, a full queue):
-         * from now on request_async writes its own requests, and what was
-         * queued before is written here first (best effort: a sender that
-         * holds the send lock writes the queue before its own frames) */
-        __atomic_store_n(&self->wphase, SKPY_W_PY, __ATOMIC_SEQ_CST);
-        if (pthread_mutex_trylock(&self->c.send_mu) == 0) {
-            if (self->fd >= 0 && !self->wb_failed &&
-                sk_conn_queued(&self->c) > 0 &&
-                sk_conn_flush(&self->c, 0, NULL, &werr) == SK_ERR)
-                self->wb_failed = 1;
-            pthread_mutex_unlock(&self->c.send_mu);
+        if (py_list != NULL && (i == b->n || b->note[i] != NULL)) {
+            skpy_worker_dispatch(x, py_list);
+            Py_CLEAR(py_list);
         }
-        g = PyGILState_Ensure();
-        py_exc = NULL;
-        for (i = 0; i < n; i++) {
-            msg[i] = NULL;
-            if (ismsg[i] && py_exc == NULL) {
-                msg[i] = skpy_frame_obj(&fr[i]);
-                if (msg[i] == NULL) /* out of memory: end with it */
-                    py_exc = skpy_take_exception();
-            }
-        }
-        if (fatal) {
-            /* the receive side failed for good: hand over the error */
-            if (self->closing || self->fd < 0)
-                skpy_closed(self);
-            else
-                skpy_raise(self->mod, &err, NULL);
-            py_exc = skpy_take_exception();
-        }
-        pthread_mutex_unlock(&self->c.recv_mu);
-        if (py_exc != NULL || stop)
-            done = 1;
-        /* in arrival order: runs of messages to dispatch, settled futures
-         * to notify */
-        py_list = NULL;
-        for (i = 0; i <= n; i++) {
-            if (i < n && msg[i] != NULL) {
-                if (py_list == NULL && (py_list = PyList_New(0)) == NULL)
-                    PyErr_WriteUnraisable(arg->dispatch);
-                if (py_list != NULL && PyList_Append(py_list, msg[i]) < 0)
-                    PyErr_WriteUnraisable(arg->dispatch);
-                Py_CLEAR(msg[i]);
-                continue;
-            }
-            if (py_list != NULL && (i == n || note[i] != NULL)) {
-                py_r = PyObject_CallOneArg(arg->dispatch, py_list);
-                if (py_r == NULL)
-                    PyErr_WriteUnraisable(arg->dispatch);
-                Py_XDECREF(py_r);
-                Py_CLEAR(py_list);
-            }
-            if (i < n && note[i] != NULL) {
-                py_fut = skpy_future_of(note[i]);
-                skpy_future_notify(py_fut);
-                Py_DECREF(py_fut);
-            }
-        }
-        for (p = notex.head; p != NULL; p = next) {
-            next = p->next;
-            py_fut = skpy_future_of(p);
+        if (i < b->n && b->note[i] != NULL) {
+            py_fut = skpy_future_of(b->note[i]);
             skpy_future_notify(py_fut);
             Py_DECREF(py_fut);
         }
-        skpy_drain_retired(self);
-        if (done) {
-            if (py_exc != NULL) {
-                py_r = PyObject_CallOneArg(arg->dispatch, py_exc);
-                if (py_r == NULL)
-                    PyErr_WriteUnraisable(arg->dispatch);
-                Py_XDECREF(py_r);
-                Py_DECREF(py_exc);
-            }
-            self->worker = 0;
-            /* stopped: write what is queued if the socket takes it; the
-             * rest goes with the next send or flush */
-            if (self->fd >= 0 && pthread_mutex_trylock(&self->c.send_mu) == 0) {
-                if (self->fd >= 0 && !self->wb_failed)
-                    sk_conn_flush(&self->c, 0, NULL, &werr);
-                pthread_mutex_unlock(&self->c.send_mu);
-            }
-            skpy_drain_retired(self);
-            if (self->efd >= 0)
-                close(self->efd);
-            self->efd = -1;
-            SK_STORE(&self->wphase, SKPY_W_BUSY);
-            Py_DECREF(arg->dispatch);
-            Py_DECREF(self);
-            PyMem_RawFree(arg);
-        } else {
-            SK_STORE(&self->wphase, SKPY_W_BUSY);
-        }
-        PyGILState_Release(g);
     }
+    for (p = b->notex.head; p != NULL; p = next) {
+        next = p->next;
+        py_fut = skpy_future_of(p);
+        skpy_future_notify(py_fut);
+        Py_DECREF(py_fut);
+    }
+}
+
+/* Contract: the worker thread, GIL held on entry (skpy_worker_take) and
+ * released on return; no lock held.  Delivers the batch; on the last pass
+ * (an error, or a stop) hands the error to dispatch, writes what is
+ * queued if the socket takes it, and drops the worker's references (self
+ * may be freed: the core touches neither it nor b again).  Returns 1 on
+ * the last pass. */
+static int skpy_worker_run(void *vctx, sk_worker_batch *b)
+{
+    skpy_worker_ctx *x = vctx;
+    skpy_worker_arg *arg = x->arg;
+    ConnObject *self = arg->self;
+    PyGILState_STATE g = x->g;
+    int done = x->py_exc != NULL || b->stop;
+
+    skpy_worker_deliver(x, b);
+    skpy_drain_retired(self);
+    if (done) {
+        if (x->py_exc != NULL) {
+            skpy_worker_dispatch(x, x->py_exc);
+            Py_CLEAR(x->py_exc);
+        }
+        self->worker = 0;
+        /* stopped: write what is queued if the socket takes it; the rest
+         * goes with the next send or flush */
+        sk_worker_flush_now(&self->w, 0);
+        skpy_drain_retired(self);
+        sk_worker_close_wake(&self->w);
+        SK_STORE(&self->w.wphase, SK_W_BUSY);
+        Py_DECREF(arg->dispatch);
+        Py_DECREF(self);
+        PyMem_RawFree(arg);
+    } else {
+        SK_STORE(&self->w.wphase, SK_W_BUSY);
+    }
+    PyGILState_Release(g);
+    return done;
+}
+
+static const sk_worker_ops skpy_worker_ops = {
+    skpy_worker_stop,
+    skpy_worker_take,
+    skpy_worker_run,
+};
+
+/* Contract: the thread start routine (no GIL); owns arg.  The scratch
+ * (about 70 KiB) is on the thread's stack, as before the loop moved into
+ * the core. */
+static void *skpy_worker_main(void *vp)
+{
+    skpy_worker_ctx x;
+    sk_worker_batch b;
+    skpy_worker_arg *arg = vp;
+
+    x.arg = arg;
+    sk_worker_run(&arg->self->w, &skpy_worker_ops, &x, &b);
     /* past this point the thread never touches Python or the Conn */
     pthread_mutex_lock(&skpy_workers_mu);
     skpy_workers_live--;
@@ -1430,6 +1349,7 @@ PyDoc_STRVAR(Conn_start_worker_doc,
 "worker owns the receive side.  dispatch(list) gets frames that are not\n"
 "replies, dispatch(exc) the error that ended the receive side.\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Conn_start_worker(PyObject *op, PyObject *dispatch)
 {
     ConnObject *self = (ConnObject *)op;
@@ -1462,11 +1382,9 @@ static PyObject *Conn_start_worker(PyObject *op, PyObject *dispatch)
             return skpy_raise(self->mod, &err, NULL);
         }
     }
-    if (self->efd < 0) {
-        self->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-        if (self->efd < 0)
-            return skpy_oserror("eventfd");
-    }
+    self->w.t = self->corr;
+    if (sk_worker_open_wake(&self->w, &err) != SK_OK)
+        return skpy_raise(self->mod, &err, NULL);
     arg = PyMem_RawMalloc(sizeof(*arg));
     if (arg == NULL)
         return PyErr_NoMemory();
@@ -1474,7 +1392,7 @@ static PyObject *Conn_start_worker(PyObject *op, PyObject *dispatch)
     arg->dispatch = Py_NewRef(dispatch);
     self->worker = 1;
     SK_STORE(&self->worker_stop, 0);
-    SK_STORE(&self->wphase, SKPY_W_BUSY);
+    SK_STORE(&self->w.wphase, SK_W_BUSY);
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     pthread_mutex_lock(&skpy_workers_mu);
@@ -1499,12 +1417,9 @@ static PyObject *Conn_start_worker(PyObject *op, PyObject *dispatch)
 static PyObject *Conn_stop_worker(PyObject *op, PyObject *Py_UNUSED(ig))
 {
     ConnObject *self = (ConnObject *)op;
-    uint64_t one = 1;
 
     SK_STORE(&self->worker_stop, 1);
-    if (self->efd >= 0 && write(self->efd, &one, sizeof(one)) < 0) {
-        /* EAGAIN: the counter is full, the worker is woken anyway */
-    }
+    sk_worker_kick(&self->w, 1);
     Py_RETURN_NONE;
 }
 
@@ -1627,7 +1542,7 @@ static PyObject *Conn_request_async(PyObject *op, PyObject *const *args,
         rc = sk_corr_add(self->corr, p, deadline, &err);
         registered = rc == SK_OK;
     }
-    sk_plist_splice(&retired, &self->retired);
+    sk_plist_splice(&retired, &self->w.retired);
     pthread_mutex_unlock(&self->corr->mu);
     if (registered)
         Py_INCREF(py_fut); /* the table's reference */
@@ -1644,7 +1559,7 @@ static PyObject *Conn_request_async(PyObject *op, PyObject *const *args,
     iov.len = (size_t)view.len;
     iov.id = p->id;
     iov.has_id = !self->corr->in_order;
-    if (self->worker && iov.len <= SKPY_WB_DIRECT && !self->wb_failed) {
+    if (self->worker && iov.len <= SKPY_WB_DIRECT && !self->w.wb_failed) {
         if (sk_conn_queued(&self->c) >= SKPY_WB_MAX) {
             /* backpressure: the peer is slow to read; write the queue out
              * before adding to it */
@@ -1655,7 +1570,7 @@ static PyObject *Conn_request_async(PyObject *op, PyObject *const *args,
         }
         if (rc == SK_OK)
             rc = sk_conn_enqueue(&self->c, &iov, &err);
-        if (rc == SK_OK && SK_LOAD(&self->wphase) == SKPY_W_PY) {
+        if (rc == SK_OK && SK_LOAD(&self->w.wphase) == SK_W_PY) {
             /* the worker runs Python code (a callback, a full queue...) and
              * may not be back soon: write now, without waiting; an error
              * stays for the next send to raise */
@@ -1746,6 +1661,8 @@ static PyObject *Conn_request_stats(PyObject *op, PyObject *Py_UNUSED(ig))
                          (Py_ssize_t)pending);
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Conn_get_worker(PyObject *op, void *closure)
 {
     (void)closure;
@@ -1760,6 +1677,7 @@ PyDoc_STRVAR(Conn_heartbeat_doc,
 "thread sends a PING after `interval` seconds without sending, and declares\n"
 "the peer dead after `timeout` seconds without receiving.\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Conn_heartbeat(PyObject *op, PyObject *const *args,
                                 Py_ssize_t nargs)
 {
@@ -1805,6 +1723,8 @@ static PyObject *Conn_heartbeat(PyObject *op, PyObject *const *args,
     Py_RETURN_NONE;
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Conn_get_latency(PyObject *op, void *closure)
 {
     int64_t rtt = SK_LOAD(&((ConnObject *)op)->c.hb.rtt_ns);
@@ -1815,6 +1735,8 @@ static PyObject *Conn_get_latency(PyObject *op, void *closure)
     return PyFloat_FromDouble((double)rtt / 1e9);
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Conn_get_hb_stats(PyObject *op, void *closure)
 {
     const sk_hb *hb = &((ConnObject *)op)->c.hb;
@@ -1832,35 +1754,46 @@ static PyObject *Conn_get_hb_stats(PyObject *op, void *closure)
         "idle_tx_s", (double)(sk_now_ns() - SK_LOAD(&hb->last_tx_ns)) / 1e9);
 }
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Conn_fileno(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     return PyLong_FromLong(((ConnObject *)op)->fd);
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Conn_get_closed(PyObject *op, void *closure)
 {
     (void)closure;
     return PyBool_FromLong(((ConnObject *)op)->fd < 0);
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Conn_get_owed(PyObject *op, void *closure)
 {
     (void)closure;
     return PyLong_FromUnsignedLongLong(((ConnObject *)op)->c.owed);
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Conn_get_discarded(PyObject *op, void *closure)
 {
     (void)closure;
     return PyLong_FromUnsignedLongLong(((ConnObject *)op)->c.discarded);
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Conn_get_buffered(PyObject *op, void *closure)
 {
     (void)closure;
     return PyLong_FromSize_t(sk_decoder_buffered(&((ConnObject *)op)->c.dec));
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Conn_get_unsent(PyObject *op, void *closure)
 {
     (void)closure;

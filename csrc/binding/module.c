@@ -65,6 +65,10 @@ static int skpy_exec(PyObject *mod)
         goto error;
     if (skpy_add_frame(mod) < 0)
         goto error;
+    if (skpy_add_heartbeat(mod) < 0)
+        goto error;
+    if (skpy_add_corr(mod) < 0)
+        goto error;
     if (skpy_add_tcpinfo(mod) < 0)
         goto error;
     if (skpy_add_diag(mod) < 0)
