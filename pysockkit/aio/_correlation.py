@@ -23,9 +23,7 @@ from typing import Any, Optional
 
 from .. import _core
 from .._errors import Error, OutOfStep, Timeout
-from .._wire import ID_MASK, ID_REPLY
-
-EXPIRED_KEEP = 65536  # timed-out request ids remembered to count late replies
+from .._wire import EXPIRED_KEEP, ID_MASK, ID_REPLY
 
 _resolve_replies = _core.resolve_replies
 _resolve_in_order = _core.resolve_in_order
