@@ -3,17 +3,16 @@ matched by correlation id in a receiver thread."""
 
 from __future__ import annotations
 
-import heapq
 import os
 import select
 import threading
 import time
-from collections import OrderedDict
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as _FutureTimeout
 from types import TracebackType
 from typing import Any, Optional, Union
 
+from .. import _core
 from .._conn import Address, Connection, connect
 from .._errors import (
     ConnectionClosed,
@@ -45,7 +44,7 @@ from ._handshake import (
 )
 
 _Buffer = Union[bytes, bytearray, memoryview]
-_EXPIRED_KEEP = 65536  # ids of timed-out requests remembered to count late replies
+_DELIVER = _core.CORR_DELIVER
 _CHECK_EVERY = 0.05  # s: how often the receiver checks the request link
 # s: longest receiver wait, so request_async timeouts fire within this of
 # their deadline (an idle client wakes 20 times a second, in C, for ~10 us)
@@ -91,7 +90,7 @@ def _describe(exc: BaseException, hb: Optional[Heartbeat] = None) -> tuple[type[
     return Error, f"failed ({exc!r})"
 
 
-_Entry = tuple["Future[bytes]", Optional[float], Optional[float]]  # future, deadline, timeout
+_Entry = tuple["Future[bytes]", Optional[float]]  # future, timeout
 
 
 class Client:
@@ -153,17 +152,18 @@ class Client:
         self._token = os.urandom(16)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
+        # the request ids, their deadlines, the memory of expired ids and the
+        # verdict on every reply: the C core's correlation book (csrc/core/corr.c,
+        # the threaded duplex's rules); the futures by id stay here
+        self._book = _core.CorrelationBook()
         self._pending: dict[int, _Entry] = {}
-        self._heap: list[tuple[float, int]] = []
-        self._expired: OrderedDict[int, None] = OrderedDict()
-        self._next_id = 1
+        self._issued = 0  # ids taken from the book
         self._waiting = 0  # threads waiting for a free slot
         self._failure: Optional[_Failure] = None
         self._closed = False
         self._thread: Optional[threading.Thread] = None
         self._unsent = 0  # ids taken whose send failed: sent = next_id - 1 - unsent
-        self._n = {"replies": 0, "errors": 0, "timeouts": 0, "failed": 0, "late": 0,
-                   "duplicate": 0, "unknown": 0, "unexpected": 0}
+        self._n = {"timeouts": 0, "failed": 0, "unexpected": 0}  # the rest: self._book.stats
         self._addrs = (format_address(request_addr), format_address(reply_addr))
         self._names = {
             "request": f"simplex request link to {self._addrs[0]}",
@@ -304,11 +304,9 @@ class Client:
                                          "(no automatic reconnect: make a new simplex.Client)")
             if len(self._pending) >= self._max_pending:
                 self._wait_slot(deadline)
-            rid = self._next_id
-            self._next_id = rid + 1
-            self._pending[rid] = (fut, deadline, timeout)
-            if deadline is not None:
-                heapq.heappush(self._heap, (deadline, rid))
+            rid = self._book.register(deadline)
+            self._issued += 1
+            self._pending[rid] = (fut, timeout)
         try:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             self._request.send(data, left, rid)
@@ -325,6 +323,7 @@ class Client:
             ) from exc
         except FrameTooLarge:
             with self._lock:  # refused before anything went out: the link is fine
+                self._book.unsend(rid)
                 self._pending.pop(rid, None)
                 self._unsent += 1
             raise
@@ -344,6 +343,7 @@ class Client:
                 self._expire_one(rid, fail=False)
             else:
                 with self._lock:  # bad data type, Ctrl-C before any byte: nothing went out
+                    self._book.unsend(rid)
                     self._pending.pop(rid, None)
             with self._lock:
                 self._unsent += 1
@@ -376,7 +376,7 @@ class Client:
             entry = self._pending.pop(rid, None)
             if entry is None:
                 return
-            self._remember_expired(rid)
+            self._book.forget(rid)  # remembered: its reply, if it comes, is late
             self._n["timeouts"] += 1
             if self._waiting:
                 self._cond.notify()
@@ -385,16 +385,11 @@ class Client:
         else:
             entry[0].cancel()
 
-    def _remember_expired(self, rid: int) -> None:
-        self._expired[rid] = None
-        if len(self._expired) > _EXPIRED_KEEP:
-            self._expired.popitem(last=False)
-
     @staticmethod
     def _set_timeout(rid: int, entry: _Entry) -> None:
         try:
             entry[0].set_exception(Timeout(
-                f"simplex request {rid}: no reply within {entry[2]} s; a late reply "
+                f"simplex request {rid}: no reply within {entry[1]} s; a late reply "
                 "will be dropped (stats.late)"))
         except InvalidStateError:
             pass  # cancelled by the caller
@@ -414,9 +409,10 @@ class Client:
     def _receive(self) -> None:
         reply = self._reply
         next_check = 0.0
+        next_deadline = self._book.next_deadline
         while True:
-            heap = self._heap
-            wait = min(_SLICE, max(0.0, heap[0][0] - time.monotonic())) if heap else _SLICE
+            due = next_deadline()
+            wait = _SLICE if due is None else min(_SLICE, max(0.0, due - time.monotonic()))
             frames: list[Any]
             try:
                 frames = reply.recv_many(self._batch, wait)
@@ -430,7 +426,8 @@ class Client:
             if frames:
                 self._deliver(frames)
             now = time.monotonic()
-            if self._heap and self._heap[0][0] <= now:
+            due = next_deadline()
+            if due is not None and due <= now:
                 self._expire(now)
             if now >= next_check and self._pending:
                 next_check = now + _CHECK_EVERY
@@ -438,60 +435,39 @@ class Client:
                     return
 
     def _deliver(self, frames: list[Any]) -> None:
+        """Hand the replies of one batch to their futures; the book says
+        which reply is whose and counts the ones it drops (late,
+        duplicate, unknown)."""
         done = []
-        n = self._n
         with self._lock:
             pending = self._pending
+            settle = self._book.settle
             for fr in frames:
-                if type(fr) is tuple:
+                if type(fr) is tuple and fr[0] & REPLY:
                     rid = fr[0]
-                    if rid & REPLY:
-                        key = rid & ID_MASK
-                        entry = pending.pop(key, None)
-                        if entry is not None:
-                            done.append((entry[0], fr[1], rid & ERROR))
-                        elif key in self._expired:
-                            del self._expired[key]
-                            n["late"] += 1
-                        elif 0 < key < self._next_id:
-                            n["duplicate"] += 1
-                        else:
-                            n["unknown"] += 1
-                        continue
-                n["unexpected"] += 1
-            n["replies"] += len(done)
+                    if settle(rid) == _DELIVER:
+                        done.append((pending.pop(rid & ID_MASK)[0], fr[1], rid & ERROR))
+                else:
+                    self._n["unexpected"] += 1
             if done and self._waiting:
                 self._cond.notify(len(done))
-        errors = 0
         for fut, payload, err in done:
             try:
                 if err:
-                    errors += 1
                     fut.set_exception(RemoteError(payload.decode(errors="replace")))
                 else:
                     fut.set_result(payload)
             except InvalidStateError:
                 pass  # the caller cancelled it
-        if errors:
-            with self._lock:
-                n["errors"] += errors
 
     def _expire(self, now: float) -> None:
-        expired = []
+        """Time out the requests whose deadline passed (the book takes them
+        out and remembers them: their replies will be late)."""
         with self._lock:
-            heap, pending = self._heap, self._pending
-            while heap and heap[0][0] <= now:
-                _, rid = heapq.heappop(heap)
-                entry = pending.pop(rid, None)
-                if entry is not None:  # else answered already: a stale heap entry
-                    expired.append((rid, entry))
-                    self._remember_expired(rid)
-            self._n["timeouts"] += len(expired)
+            pending = self._pending
+            expired = [(rid, pending.pop(rid)) for rid, _ in self._book.expire(now)]
             if expired and self._waiting:
                 self._cond.notify(len(expired))
-            if len(heap) > 2 * len(pending) + 1024:  # drop stale entries
-                self._heap = [(e[1], r) for r, e in pending.items() if e[1] is not None]
-                heapq.heapify(self._heap)
         for rid, entry in expired:
             self._set_timeout(rid, entry)
 
@@ -525,7 +501,8 @@ class Client:
             failure = _Failure(cls, self._names[link], what, cause)
             self._failure = failure
             pending, self._pending = self._pending, {}
-            self._heap = []
+            for rid in pending:  # out of the book too: nothing will settle them now
+                self._book.unsend(rid)
             self._n["failed"] += len(pending)
             self._cond.notify_all()
         if link != "client":  # the client is done: free both links now
@@ -552,8 +529,14 @@ class Client:
             print(s.sent, s.replied, s.late, s.unknown, s.duplicate)
         """
         with self._lock:
-            return RequestStats(requests=self._next_id - 1 - self._unsent,
-                               pending=len(self._pending), **self._n)
+            b = self._book.stats
+            return RequestStats(requests=self._issued - self._unsent,
+                                pending=len(self._pending), replies=b["replies"],
+                                errors=b["remote_errors"],
+                                timeouts=b["timeouts"] + self._n["timeouts"],
+                                failed=self._n["failed"], late=b["late"],
+                                duplicate=b["duplicate"], unknown=b["unknown"],
+                                unexpected=self._n["unexpected"])
 
     @property
     def pending(self) -> int:
