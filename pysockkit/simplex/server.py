@@ -4,30 +4,17 @@ loop."""
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import TimeoutError as _FutureTimeout
 from types import TracebackType
-from typing import Any, Optional, Union, cast
+from typing import Any, Optional, cast
 
 from .._conn import Address, Connection, Listener, listen
 from .._errors import ConnectionClosed, ConnectionReset, Error, Timeout
-from .._handler import (
-    AsyncHandler,
-    ExitBook,
-    accept_loop,
-    check_handlers,
-    check_reply,
-    error_text,
-    is_async,
-)
+from .._handler import AsyncHandler, ExitBook, accept_loop, check_handlers, is_async
 from .._net import AddressLike, check_timeout, format_address, parse_address
 from .._types import Framing, Heartbeat
-from .._wire import error_id, reply_id
 from ._handshake import (
     REPLY,
     _ack,
@@ -48,24 +35,16 @@ from ._handshake import (
     _ST_WRONG_LINK,
     _VERSION,
 )
+from ._handlers import Handlers
+from ._session import _Session
 from .stats import ServerStats
 
-_Buffer = Union[bytes, bytearray, memoryview]
 Handler = AsyncHandler
 """A server's message handler: ``handler(payload) -> reply | None``, a
 plain function (run in the worker threads) or an ``async def`` one (run on
 the server's event loop thread, concurrently); None sends no reply (the
 client's request then times out: use it for one-way messages).
 Example: ``simplex.Server(req, rep, lambda b: b.upper())``."""
-
-
-class _Raised:
-    """A handler's exception, carried as its outcome."""
-
-    __slots__ = ("exc",)
-
-    def __init__(self, exc: Exception) -> None:
-        self.exc = exc
 
 
 class _Refuse(Exception):
@@ -75,29 +54,6 @@ class _Refuse(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
-
-
-class _Session:
-    """One client: its two links and the replies waiting to be written.
-
-    ``cond`` guards ``out``, ``inflight``, ``inflight_bytes``, ``eof`` and
-    ``dead``; the reader, the writer and the workers wait/notify on it."""
-
-    __slots__ = ("token", "peer", "reply", "request", "cond", "out", "inflight",
-                 "inflight_bytes", "eof", "dead", "attached")
-
-    def __init__(self, token: bytes, peer: str, reply: Connection) -> None:
-        self.token = token
-        self.peer = peer
-        self.reply = reply
-        self.request: Optional[Connection] = None
-        self.cond = threading.Condition()
-        self.out: list[tuple[int, _Buffer]] = []
-        self.inflight = 0  # requests read, reply not yet written
-        self.inflight_bytes = 0  # their request or reply bytes
-        self.eof = False  # the client closed the request link (orderly)
-        self.dead = False  # dropped or server closing
-        self.attached = threading.Event()
 
 
 class Server:
@@ -161,12 +117,8 @@ class Server:
         if workers < 0 or max_sessions < 1 or max_inflight < 1 or max_inflight_bytes < 1:
             raise ValueError("workers >= 0, max_sessions, max_inflight and "
                              "max_inflight_bytes >= 1")
-        self._handler = handler
         self._book = ExitBook("simplex.Server")
-        self._aloop: Optional[asyncio.AbstractEventLoop] = None
-        self._athread: Optional[threading.Thread] = None
         self._hb = heartbeat
-        self._workers = workers
         self._max_sessions = max_sessions
         self._max_inflight = max_inflight
         self._max_bytes = max_inflight_bytes
@@ -178,10 +130,8 @@ class Server:
         self._conns: set[Connection] = set()
         self._threads: set[threading.Thread] = set()
         self._closing = False
-        self._queue: deque[Optional[tuple[_Session, list[tuple[int, bytes]]]]] = deque()
-        self._qcond = threading.Condition(self._lock)
-        self._n = {"sessions_total": 0, "requests": 0, "replies": 0, "handler_errors": 0,
-                   "unexpected": 0, "rejected": 0, "dropped": 0}
+        self._n = {"sessions_total": 0, "requests": 0, "replies": 0, "unexpected": 0,
+                   "rejected": 0, "dropped": 0}
         self._request_l: Listener = listen(request_addr, framing=self._framing, heartbeat=heartbeat)
         try:
             self._reply_l: Listener = listen(reply_addr, framing=self._framing,
@@ -189,10 +139,10 @@ class Server:
         except BaseException:
             self._request_l.close()
             raise
-        if is_async(handler):
-            self._start_loop()
-        for i in range(workers if self._aloop is None else 0):
-            self._spawn(self._work_loop, f"pysockkit-simplex-worker-{i}")
+        self._run = Handlers(handler, self._framing.max_frame, self._book,
+                             0 if is_async(handler) else workers)
+        for i in range(self._run.workers):
+            self._spawn(self._run.work_loop, f"pysockkit-simplex-worker-{i}")
         self._spawn(self._accept_loop, "pysockkit-simplex-accept-req", self._request_l,
                     _ROLE_REQUEST)
         self._spawn(self._accept_loop, "pysockkit-simplex-accept-rep", self._reply_l,
@@ -233,7 +183,8 @@ class Server:
         with self._lock:
             sessions = [s for s in self._sessions.values() if s.attached.is_set()]
             inflight = sum(s.inflight for s in self._sessions.values())
-            return ServerStats(sessions=len(sessions), inflight=inflight, **self._n)
+            return ServerStats(sessions=len(sessions), inflight=inflight,
+                               handler_errors=self._run.errors, **self._n)
 
     @property
     def errors(self) -> list[BaseException]:
@@ -263,8 +214,7 @@ class Server:
             self._closing = True
             sessions = list(self._sessions.values())
             conns = list(self._conns)
-            self._queue.extendleft([None] * self._workers)  # stop workers first
-            self._qcond.notify_all()
+        self._run.stop_workers()  # the workers first
         self._request_l.close()
         self._reply_l.close()
         for s in sessions:
@@ -279,7 +229,7 @@ class Server:
         for t in list(self._threads):
             if t is not me:
                 t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        self._stop_loop(deadline)
+        self._run.stop_loop(deadline)
 
     def __enter__(self) -> "Server":
         return self
@@ -512,131 +462,7 @@ class Server:
             with cond:
                 sess.inflight += len(reqs)
                 sess.inflight_bytes += nbytes
-            if self._aloop is not None:
-                asyncio.run_coroutine_threadsafe(self._handle_async(sess, reqs), self._aloop)
-                continue
-            if self._workers == 0:
-                self._handle(sess, reqs)
-                continue
-            with self._lock:
-                step = 64
-                for i in range(0, len(reqs), step):
-                    self._queue.append((sess, reqs[i:i + step]))
-                self._qcond.notify(min(self._workers, (len(reqs) + step - 1) // step))
-
-    def _work_loop(self) -> None:
-        while True:
-            with self._lock:
-                while not self._queue:
-                    self._qcond.wait(1.0)
-                    if self._closing and not self._queue:
-                        return
-                item = self._queue.popleft()
-            if item is None:
-                return
-            self._handle(*item)
-
-    def _handle(self, sess: _Session, reqs: list[tuple[int, bytes]]) -> None:
-        """Run a plain handler on a batch and queue the replies for the writer."""
-        if sess.dead:
-            return
-        handler = self._handler
-        outcomes: list[Any] = []
-        for _rid, payload in reqs:
-            try:
-                outcomes.append(handler(payload))
-            except Exception as exc:
-                outcomes.append(_Raised(exc))
-        self._finish(sess, reqs, outcomes)
-
-    async def _handle_async(self, sess: _Session, reqs: list[tuple[int, bytes]]) -> None:
-        """Run an async handler on a batch, the requests concurrently, on
-        the server's event loop; queue the replies for the writer."""
-        if sess.dead:
-            return
-        handler = self._handler
-
-        async def one(payload: bytes) -> Any:
-            try:
-                r = handler(payload)
-                return (await r) if inspect.isawaitable(r) else r
-            except Exception as exc:
-                return _Raised(exc)
-
-        outcomes = await asyncio.gather(*(one(p) for _, p in reqs))
-        self._finish(sess, reqs, outcomes)
-
-    def _finish(self, sess: _Session, reqs: list[tuple[int, bytes]], outcomes: list[Any]) -> None:
-        """Turn the handler's outcomes into replies (or error replies) for
-        the writer; a None outcome answers nothing."""
-        out: list[tuple[int, _Buffer]] = []
-        errors = 0
-        skipped = 0
-        delta = 0
-        max_frame = self._framing.max_frame
-        for (rid, payload), r in zip(reqs, outcomes):
-            delta -= len(payload)
-            try:
-                if r.__class__ is _Raised:
-                    raise r.exc
-                reply = check_reply("simplex.Server", r, max_frame)
-            except Exception as exc:
-                errors += 1
-                self._book.handler_error(exc, sess.peer, True)
-                msg = error_text(exc, max_frame)
-                out.append((error_id(rid), msg))
-                delta += len(msg)
-                continue
-            if reply is None:
-                skipped += 1
-                continue
-            out.append((reply_id(rid), reply))
-            delta += len(reply)
-        if errors:
-            self._count("handler_errors", errors)
-        with sess.cond:
-            sess.out.extend(out)
-            sess.inflight -= skipped
-            sess.inflight_bytes += delta
-            sess.cond.notify_all()
-
-    def _start_loop(self) -> None:
-        """The event loop an async handler runs on, in its own thread."""
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            loop.call_soon(ready.set)
-            loop.run_forever()
-
-        self._aloop = loop
-        self._athread = threading.Thread(target=run, name="pysockkit-simplex-loop", daemon=True)
-        self._athread.start()
-        ready.wait(5.0)
-
-    def _stop_loop(self, deadline: Optional[float]) -> None:
-        """Cancel the async handlers still running, stop and close the loop."""
-        loop, thread = self._aloop, self._athread
-        if loop is None or thread is None or loop.is_closed():
-            return
-
-        async def cancel_all() -> None:
-            me = asyncio.current_task()
-            tasks = [t for t in asyncio.all_tasks() if t is not me]
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        left = None if deadline is None else max(0.1, deadline - time.monotonic())
-        try:
-            asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(left)
-        except (_FutureTimeout, RuntimeError):
-            pass  # a handler that ignores cancellation: give up on it
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(None if deadline is None else max(0.1, deadline - time.monotonic()))
-        if not thread.is_alive():
-            loop.close()
+            self._run.submit(sess, reqs)
 
     def _write_loop(self, sess: _Session) -> None:
         """The reply link of one client: write what the workers produced."""
