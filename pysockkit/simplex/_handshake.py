@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import Optional
+import time
+from typing import Any, Optional
 
 from .. import _wire
-from .._errors import Error
-from .._types import Framing
+from .._conn import Address, Connection, connect
+from .._errors import Error, Timeout
+from .._types import Framing, Heartbeat
 
 _log = logging.getLogger("pysockkit.simplex")
 _log.addHandler(logging.NullHandler())  # a library: silent unless the program configures logging
@@ -108,3 +110,64 @@ def _handshake_error(msg: str, status: int = -1) -> HandshakeError:
     exc = HandshakeError(msg)
     exc.status = status
     return exc
+
+
+def open_link(addr: Address, role: int, name: str, token: bytes, framing: Framing,
+              heartbeat: Optional[Heartbeat], deadline: Optional[float]) -> Connection:
+    """Connect one link (*role*, called *name* in errors) and run the
+    client's half of its handshake, by *deadline* (time.monotonic()).
+
+    Example::
+
+        conn = open_link(addr, _ROLE_REPLY, "simplex reply link", token,
+                         framing, None, time.monotonic() + 5.0)
+    """
+
+    def left() -> Optional[float]:
+        if deadline is None:
+            return None
+        return max(0.0, deadline - time.monotonic())
+
+    hb = heartbeat is not None
+    try:
+        conn = connect(addr, timeout=left(), framing=framing, heartbeat=heartbeat)
+    except OSError as exc:
+        note = getattr(exc, "add_note", None)  # Python 3.11+
+        if note is not None:
+            note(f"while connecting the {name}")
+        raise
+    try:
+        conn.send(_hello(role, token, hb), timeout=left())
+        if role == _ROLE_REPLY and not hb:
+            conn.shutdown("write", timeout=left())  # the reply link is server -> client
+        try:
+            ack: Any = conn.recv(timeout=left())
+        except Timeout as exc:
+            raise _handshake_error(
+                f"{name}: no acknowledgement from the server within the connect "
+                "timeout (is it a simplex.Server, with the same Framing?)"
+            ) from exc
+        except Error as exc:
+            raise _handshake_error(
+                f"{name}: the server closed the link during the handshake ({exc}); "
+                "check the address, the port order (request, reply) and that both "
+                "sides use the same Framing and heartbeat setting"
+            ) from exc
+        if not isinstance(ack, bytes) or len(ack) < _ACK.size or ack[:4] != _MAGIC:
+            raise _handshake_error(f"{name}: the peer is not a pysockkit simplex server")
+        _m, version, status, flags, _r = _ACK.unpack_from(ack)
+        if status != _ST_OK:
+            reason = ack[_ACK.size:].decode(errors="replace")
+            raise _handshake_error(
+                f"{name}: refused by the server: {_STATUS_NAME.get(status, status)}"
+                + (f" ({reason})" if reason else ""),
+                status,
+            )
+        if bool(flags & _FLAG_HEARTBEAT) != hb:
+            raise _handshake_error(f"{name}: the server's heartbeat setting differs")
+        if role == _ROLE_REQUEST and not hb:
+            conn.shutdown("read")  # local only: the server already sent FIN
+    except BaseException:
+        conn.close()
+        raise
+    return conn

@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any, Optional, Union
 
 from .. import _core
-from .._conn import Address, Connection, connect
+from .._conn import Connection
 from .._errors import (
     ConnectionClosed,
     ConnectionReset,
@@ -30,17 +30,11 @@ from ._handshake import (
     ERROR,
     ID_MASK,
     REPLY,
-    _ACK,
     _check_framing,
-    _FLAG_HEARTBEAT,
-    _handshake_error,
-    _hello,
     _log,
-    _MAGIC,
     _ROLE_REPLY,
     _ROLE_REQUEST,
-    _ST_OK,
-    _STATUS_NAME,
+    open_link,
 )
 
 _Buffer = Union[bytes, bytearray, memoryview]
@@ -171,9 +165,13 @@ class Client:
             "client": "simplex client",
         }
         deadline = None if connect_timeout is None else time.monotonic() + connect_timeout
-        self._reply: Connection = self._open(reply_addr, _ROLE_REPLY, deadline)
+        self._reply: Connection = open_link(
+            reply_addr, _ROLE_REPLY, self._names["reply"], self._token,
+            self._framing, heartbeat, deadline)
         try:
-            self._request: Connection = self._open(request_addr, _ROLE_REQUEST, deadline)
+            self._request: Connection = open_link(
+                request_addr, _ROLE_REQUEST, self._names["request"], self._token,
+                self._framing, heartbeat, deadline)
         except BaseException:
             self._reply.close()
             raise
@@ -189,61 +187,6 @@ class Client:
             target=self._receive_loop, name="pysockkit-simplex-rx", daemon=True
         )
         self._thread.start()
-
-    # ---------------------------------------------------------- connect
-
-    def _open(self, addr: Address, role: int, deadline: Optional[float]) -> Connection:
-        """Connect one link and run its half of the handshake."""
-        name = self._names["reply" if role == _ROLE_REPLY else "request"]
-
-        def left() -> Optional[float]:
-            if deadline is None:
-                return None
-            return max(0.0, deadline - time.monotonic())
-
-        hb = self._hb is not None
-        try:
-            conn = connect(addr, timeout=left(), framing=self._framing, heartbeat=self._hb)
-        except OSError as exc:
-            note = getattr(exc, "add_note", None)  # Python 3.11+
-            if note is not None:
-                note(f"while connecting the {name}")
-            raise
-        try:
-            conn.send(_hello(role, self._token, hb), timeout=left())
-            if role == _ROLE_REPLY and not hb:
-                conn.shutdown("write", timeout=left())  # the reply link is server -> client
-            try:
-                ack: Any = conn.recv(timeout=left())
-            except Timeout as exc:
-                raise _handshake_error(
-                    f"{name}: no acknowledgement from the server within the connect "
-                    "timeout (is it a simplex.Server, with the same Framing?)"
-                ) from exc
-            except Error as exc:
-                raise _handshake_error(
-                    f"{name}: the server closed the link during the handshake ({exc}); "
-                    "check the address, the port order (request, reply) and that both "
-                    "sides use the same Framing and heartbeat setting"
-                ) from exc
-            if not isinstance(ack, bytes) or len(ack) < _ACK.size or ack[:4] != _MAGIC:
-                raise _handshake_error(f"{name}: the peer is not a pysockkit simplex server")
-            _m, version, status, flags, _r = _ACK.unpack_from(ack)
-            if status != _ST_OK:
-                reason = ack[_ACK.size:].decode(errors="replace")
-                raise _handshake_error(
-                    f"{name}: refused by the server: {_STATUS_NAME.get(status, status)}"
-                    + (f" ({reason})" if reason else ""),
-                    status,
-                )
-            if bool(flags & _FLAG_HEARTBEAT) != hb:
-                raise _handshake_error(f"{name}: the server's heartbeat setting differs")
-            if role == _ROLE_REQUEST and not hb:
-                conn.shutdown("read")  # local only: the server already sent FIN
-        except BaseException:
-            conn.close()
-            raise
-        return conn
 
     # --------------------------------------------------------- requests
 
