@@ -69,7 +69,7 @@ if TYPE_CHECKING:  # what __getattr__ below loads on first use, for type checker
     from ._recording import Recording, StateChange, record
     from ._server import Server, serve
     from ._watch import InfoSample, StateTrace, watch
-    from ._proxy import (
+    from .testing.proxy import (
         Bandwidth,
         FaultHandle,
         FaultProxy,
@@ -114,7 +114,7 @@ _LAZY = {
     "StateChange": "._recording",
     **dict.fromkeys(
         ("Bandwidth", "FaultHandle", "FaultProxy", "Latency", "LimitData", "ProxiedConnection",
-         "ProxyStats", "ResetPeer", "Slicer", "SlowClose", "Stall"), "._proxy"),
+         "ProxyStats", "ResetPeer", "Slicer", "SlowClose", "Stall"), ".testing.proxy"),
 }
 
 
