@@ -56,6 +56,12 @@
 /* request_async that finds this much queued writes it out first, waiting
  * (with its timeout) if the peer does not read: memory stays bounded */
 #define SKPY_WB_MAX (256 * 1024)
+/* send() with write-behind: the queue is written once it holds this much,
+ * or when its oldest frame is this old at the next send; close() waits at
+ * most SKPY_WB_CLOSE_NS for a queue the kernel does not take at once */
+#define SKPY_WB_SIZE (64 * 1024)
+#define SKPY_WB_AGE_NS 50000
+#define SKPY_WB_CLOSE_NS 1000000000LL
 
 /* what the receive worker is doing (ConnObject.wphase) */
 enum {
@@ -83,6 +89,13 @@ typedef struct {
     int wphase;             /* atomic: SKPY_W_* */
     int64_t wake_at;        /* the sleeping worker's latest wake-up (corr->mu) */
     int wb_failed;          /* the worker's write failed (under send_mu) */
+    /* write-behind of send() (Connection(write_behind=True)), see
+     * Conn_send_behind: wb and wb_first under send_mu; wb_pending atomic,
+     * set whenever send() queued a frame, cleared under send_mu once the
+     * queue is seen empty (so it is never clear while frames wait) */
+    int wb;
+    int wb_pending;
+    int64_t wb_first;       /* when the oldest queued frame was queued */
     PyObject *mod;          /* borrowed: the type keeps the module alive */
     PyObject *weakreflist;
 } ConnObject;
@@ -387,6 +400,7 @@ static sk_hub *Conn_leave_hub(ConnObject *self)
 static PyObject *Conn_close_impl(ConnObject *self, int abort)
 {
     int fd, r = SK_OK, outq = 0;
+    size_t lost = 0;
     sk_hub *hub;
     sk_err err;
 
@@ -413,8 +427,15 @@ static PyObject *Conn_close_impl(ConnObject *self, int abort)
         if (abort) {
             r = sk_abort(fd, &err);
         } else {
-            /* last chance for a torn frame's tail; never wait in close */
-            sk_conn_flush(&self->c, 0, NULL, &err);
+            /* last chance for a torn frame's tail; never wait in close,
+             * except (bounded) for frames a write-behind send() queued */
+            if (sk_conn_flush(&self->c, 0, NULL, &err) == SK_TIMEOUT && self->wb) {
+                int64_t until = sk_now_ns() + SKPY_WB_CLOSE_NS;
+                Py_BEGIN_ALLOW_THREADS
+                sk_conn_flush(&self->c, until, NULL, &err);
+                Py_END_ALLOW_THREADS
+                lost = sk_buf_len(&self->c.out);
+            }
             /* Linux answers close() with RST - discarding whatever we sent
              * that the peer has not read yet - if unread bytes sit in our
              * receive queue (late replies, heartbeats).  Read them away so
@@ -447,6 +468,15 @@ static PyObject *Conn_close_impl(ConnObject *self, int abort)
                                     "(close() or abort()) before the reply");
     if (r != SK_OK && err.sys_errno != EINTR)
         return skpy_raise(self->mod, &err, NULL);
+    if (lost > 0) {
+        PyErr_Format(skpy_get_state(self->mod)->Timeout,
+                     "close: the peer took none of the last %zu bytes that "
+                     "send() had queued (write_behind) within 1 s; the "
+                     "connection is closed and they were discarded (the peer "
+                     "may see a torn last frame); call flush(timeout) before "
+                     "close() to wait longer", lost);
+        return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -519,6 +549,97 @@ static void Conn_dealloc(PyObject *op)
 }
 
 /* ----------------------------------------------------------------- send */
+
+/* Write the whole queue c->out with the send lock held: one try without
+ * waiting with the GIL, then without the GIL until deadline.  SK_OK once it
+ * is empty (and then a write-behind has nothing pending); otherwise what
+ * was not written stays queued, in order.  GIL held on entry and exit. */
+static int Conn_flush_locked(ConnObject *self, int64_t deadline, sk_err *err)
+{
+    int rc = sk_conn_flush(&self->c, 0, NULL, err);
+
+    if (rc == SK_TIMEOUT &&
+        (deadline == SK_NO_DEADLINE || sk_now_ns() < deadline)) {
+        Py_BEGIN_ALLOW_THREADS
+        sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
+        rc = sk_conn_flush(&self->c, deadline, &intr, err);
+        Py_END_ALLOW_THREADS
+    }
+    if (rc == SK_OK)
+        SK_STORE(&self->wb_pending, 0);
+    return rc;
+}
+
+/* send() with write-behind (send lock held, GIL held): queue one frame in
+ * c->out without a syscall.  First, if the frame would take a non-empty
+ * queue over SKPY_WB_SIZE, the queue is written (waiting until deadline; on
+ * SK_TIMEOUT/SK_INTR/SK_ERR the frame is not queued, *done stays 0 and the
+ * queue keeps its order, so the stream is never torn).  Then, if the queue
+ * reached SKPY_WB_SIZE or its oldest frame is SKPY_WB_AGE_NS old, it is
+ * written without waiting; what the kernel does not take stays queued.
+ * *done = 1 once the frame is queued (an error after that, a reset found by
+ * that write, is raised with sent=1).  Who frees: the queue is c->out. */
+static int Conn_send_behind(ConnObject *self, const sk_iov *iov,
+                            int64_t deadline, size_t *done, sk_err *err)
+{
+    sk_conn *c = &self->c;
+    size_t flen = c->framing.header_size + (iov->has_id ? SK_ID_LEN : 0) + iov->len;
+    int64_t now;
+    int rc = SK_OK;
+
+    if (sk_buf_len(&c->out) > 0 && sk_buf_len(&c->out) + flen > SKPY_WB_SIZE) {
+        rc = Conn_flush_locked(self, deadline, err);
+        if (rc != SK_OK)
+            goto done;
+    }
+    now = sk_now_ns();
+    if (sk_buf_len(&c->out) == 0)
+        self->wb_first = now;
+    rc = sk_conn_enqueue(c, iov, err);
+    if (rc != SK_OK)
+        goto done;
+    *done = 1;
+    SK_STORE(&self->wb_pending, 1);
+    if (sk_buf_len(&c->out) >= SKPY_WB_SIZE || now - self->wb_first >= SKPY_WB_AGE_NS) {
+        rc = sk_conn_flush(c, 0, NULL, err);
+        if (rc == SK_TIMEOUT)
+            rc = SK_OK; /* the kernel's buffer is full: the rest waits */
+        if (sk_buf_len(&c->out) == 0)
+            SK_STORE(&self->wb_pending, 0);
+        else
+            self->wb_first = now;
+    }
+done:
+    return rc;
+}
+
+/* recv()/recv_many() on a write-behind connection: write what send()
+ * queued before reading, waiting until deadline.  The send lock is only
+ * tried (lock order is send, then receive, and a thread blocked in a long
+ * send must not hold up a receive): a thread holding it is sending, and its
+ * send writes the queue.  0, or -1 with the exception set (nothing was
+ * received; the queue keeps its order).  GIL held, no lock held. */
+static int Conn_wb_flush_for_recv(ConnObject *self, int64_t deadline,
+                                  const char *op, PyObject *timeout)
+{
+    sk_err err;
+    int rc, ret = 0;
+
+    if (!SK_LOAD(&self->wb_pending) || pthread_mutex_trylock(&self->c.send_mu) != 0)
+        return 0;
+    if (self->fd >= 0) {
+        rc = Conn_flush_locked(self, deadline, &err);
+        if (rc != SK_OK) {
+            skpy_fail(self, rc, &err, op, timeout,
+                      "nothing was received: the frames queued by send() "
+                      "(write_behind) are written first, and the rest of them "
+                      "stays queued, in order");
+            ret = -1;
+        }
+    }
+    pthread_mutex_unlock(&self->c.send_mu);
+    return ret;
+}
 
 /* Send n frames with the send lock held: one non-blocking try with the GIL
  * for small batches, then the rest without the GIL until deadline.
@@ -630,7 +751,10 @@ static PyObject *Conn_send(PyObject *op, PyObject *const *args,
     }
     iov.base = view.buf;
     iov.len = (size_t)view.len;
-    rc = Conn_send_locked(self, &iov, 1, iov.len, deadline, &done, &err);
+    if (self->wb && !self->worker && iov.len <= SKPY_WB_DIRECT)
+        rc = Conn_send_behind(self, &iov, deadline, &done, &err);
+    else
+        rc = Conn_send_locked(self, &iov, 1, iov.len, deadline, &done, &err);
     if (rc != SK_OK) {
         skpy_fail(self, rc, &err, "send", a[1], SEND_KEPT);
         skpy_note_sent(done);
@@ -868,6 +992,8 @@ static PyObject *Conn_recv(PyObject *op, PyObject *const *args,
         return NULL;
     if (skpy_deadline(a[0], &deadline) < 0)
         return NULL;
+    if (self->wb && Conn_wb_flush_for_recv(self, deadline, "recv", a[0]) < 0)
+        return NULL;
     if (skpy_lock_or_raise(self, &self->c.recv_mu, deadline, "recv", a[0]) < 0)
         return NULL;
     if (self->fd < 0) {
@@ -913,6 +1039,8 @@ static PyObject *Conn_recv_many(PyObject *op, PyObject *const *args,
         }
     }
     if (skpy_deadline(a[1], &deadline) < 0)
+        return NULL;
+    if (self->wb && Conn_wb_flush_for_recv(self, deadline, "recv_many", a[1]) < 0)
         return NULL;
     if (skpy_lock_or_raise(self, &self->c.recv_mu, deadline, "recv_many",
                            a[1]) < 0)
@@ -2090,7 +2218,51 @@ static PyMethodDef Conn_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *Conn_get_write_behind(PyObject *op, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(((ConnObject *)op)->wb);
+}
+
+/* Turning write-behind off writes the queue first (send's rules: until
+ * the queue is empty, no deadline, Ctrl-C interrupts).  GIL held. */
+static int Conn_set_write_behind(PyObject *op, PyObject *value, void *closure)
+{
+    ConnObject *self = (ConnObject *)op;
+    sk_err err;
+    int on, rc, ret = -1;
+
+    (void)closure;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_TypeError, "write_behind cannot be deleted; set it to False");
+        return -1;
+    }
+    on = PyObject_IsTrue(value);
+    if (on < 0)
+        return -1;
+    if (skpy_lock_or_raise(self, &self->c.send_mu, SK_NO_DEADLINE, "write_behind", NULL) < 0)
+        return -1;
+    if (!on && self->wb) {
+        rc = Conn_flush_locked(self, SK_NO_DEADLINE, &err);
+        if (rc != SK_OK) {
+            skpy_fail(self, rc, &err, "write_behind = False", NULL,
+                      "write-behind stays on; the queue keeps its order");
+            goto done;
+        }
+    }
+    self->wb = on;
+    ret = 0;
+done:
+    pthread_mutex_unlock(&self->c.send_mu);
+    return ret;
+}
+
 static PyGetSetDef Conn_getset[] = {
+    {"write_behind", Conn_get_write_behind, Conn_set_write_behind,
+     "True: send() queues small frames and writes them in batches (64 KiB, "
+     "or a frame 50 us old at the next send), and flush(), recv(), "
+     "recv_many(), request(), send_many() and close() write the queue "
+     "first.  See docs/PROTOCOL.md, write-behind.", NULL},
     {"closed", Conn_get_closed, NULL, "True once close() or abort() ran.", NULL},
     {"pending_replies", Conn_get_owed, NULL,
      "Replies owed to timed-out requests, to be discarded on arrival.", NULL},
