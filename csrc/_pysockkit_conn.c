@@ -46,6 +46,9 @@
 #include "hub.h"
 #include "promise.h"
 #include "sock.h"
+#include "thread.h"
+
+#include <sys/prctl.h>
 
 #define SKPY_INLINE_SEND 65536    /* sends up to this many bytes try first with the GIL held */
 #define SKPY_BATCH 1024           /* send_many: payloads per core call */
@@ -62,6 +65,8 @@
 #define SKPY_WB_SIZE (64 * 1024)
 #define SKPY_WB_AGE_NS 50000
 #define SKPY_WB_CLOSE_NS 1000000000LL
+/* the flusher found the send lock taken: it tries again after this */
+#define SKPY_WB_RETRY_NS 1000000
 
 /* what the receive worker is doing (ConnObject.wphase) */
 enum {
@@ -70,7 +75,7 @@ enum {
     SKPY_W_PY = 2,    /* running Python code, maybe for long: write yourself */
 };
 
-typedef struct {
+typedef struct ConnObject {
     PyObject_HEAD
     sk_conn c;
     int fd; /* -1 once closed */
@@ -96,11 +101,16 @@ typedef struct {
     int wb;
     int wb_pending;
     int64_t wb_first;       /* when the oldest queued frame was queued */
+    /* the flusher's list (under skpy_wbf.mu; wb_armed also read atomically) */
+    int wb_armed;
+    int64_t wb_due;
+    struct ConnObject *wb_next;
     PyObject *mod;          /* borrowed: the type keeps the module alive */
     PyObject *weakreflist;
 } ConnObject;
 
 static void skpy_conn_fail_closed(ConnObject *self, const char *why);
+static void skpy_wbf_disarm(ConnObject *self);
 static void skpy_conn_free_requests(ConnObject *self);
 
 /* ------------------------------------------------------------ arguments */
@@ -422,6 +432,7 @@ static PyObject *Conn_close_impl(ConnObject *self, int abort)
         pthread_mutex_lock(&self->c.recv_mu);
         Py_END_ALLOW_THREADS
     }
+    skpy_wbf_disarm(self);
     fd = self->fd;
     if (fd >= 0) {
         if (abort) {
@@ -507,6 +518,7 @@ static void Conn_finalize(PyObject *op)
 {
     ConnObject *self = (ConnObject *)op;
     PyObject *py_type, *py_value, *py_tb;
+    sk_err err;
 
     if (self->fd < 0)
         return;
@@ -518,6 +530,9 @@ static void Conn_finalize(PyObject *op)
         PyErr_Clear();
     }
     Conn_leave_hub(self);
+    skpy_wbf_disarm(self);
+    if (self->wb) /* frames send() queued: what the kernel takes at once */
+        sk_conn_flush(&self->c, 0, NULL, &err);
     close(self->fd);
     self->fd = -1;
     self->c.fd = -1;
@@ -535,6 +550,7 @@ static void Conn_dealloc(PyObject *op)
         PyObject_ClearWeakRefs(op);
     if (self->initialized) {
         Conn_leave_hub(self);
+        skpy_wbf_disarm(self);
         if (self->fd >= 0)
             close(self->fd);
         self->fd = -1;
@@ -549,6 +565,155 @@ static void Conn_dealloc(PyObject *op)
 }
 
 /* ----------------------------------------------------------------- send */
+
+/* ------------------------------------------------ write-behind flusher */
+
+/* The process's write-behind flusher: one thread that writes the queue of a
+ * write-behind connection whose owner did not within SKPY_WB_AGE_NS (the
+ * caller went quiet without flush/recv/close).  Like the hub it is a
+ * process resource, started on first use and living until exit; a forked
+ * child starts without it and forgets the parent's list.  It only trylocks
+ * a connection's send lock and never waits on a socket: a queue the kernel
+ * does not take at once is left for the next call on the connection.
+ * Lock order: skpy_wbf.mu, then (trylock only) a send lock; close() holds
+ * the send lock and then takes skpy_wbf.mu to unlink, which cannot
+ * deadlock because the flusher never waits for a send lock. */
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int started;           /* the thread runs */
+    int64_t wake_at;       /* when it wakes by itself (INT64_MAX: never) */
+    ConnObject *head;
+} skpy_wbf = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, INT64_MAX, NULL};
+static pthread_once_t skpy_wbf_once = PTHREAD_ONCE_INIT;
+
+/* Contract: fork child, one thread: the flusher is gone; unlink its list
+ * (the connections are copies that may be used again and re-armed). */
+static void skpy_wbf_forget(void)
+{
+    ConnObject *c = skpy_wbf.head, *next;
+
+    while (c != NULL) {
+        next = c->wb_next;
+        c->wb_next = NULL;
+        c->wb_armed = 0;
+        c = next;
+    }
+    pthread_mutex_init(&skpy_wbf.mu, NULL);
+    sk_cond_init_monotonic(&skpy_wbf.cv, NULL);
+    skpy_wbf.head = NULL;
+    skpy_wbf.started = 0;
+    skpy_wbf.wake_at = INT64_MAX;
+}
+
+static void skpy_wbf_init(void)
+{
+    sk_cond_init_monotonic(&skpy_wbf.cv, NULL);
+    pthread_atfork(NULL, NULL, skpy_wbf_forget);
+}
+
+/* Unlink self from the list.  Caller holds skpy_wbf.mu. */
+static void skpy_wbf_unlink(ConnObject *self)
+{
+    ConnObject **pp = &skpy_wbf.head;
+
+    while (*pp != NULL && *pp != self)
+        pp = &(*pp)->wb_next;
+    if (*pp == self)
+        *pp = self->wb_next;
+    self->wb_next = NULL;
+    SK_STORE(&self->wb_armed, 0);
+}
+
+/* The flusher thread.  No GIL, no Python: every signal blocked
+ * (sk_thread_spawn); 1 us timer slack so that 50 us means 50 us. */
+static void *skpy_wbf_main(void *arg)
+{
+    struct timespec ts;
+    ConnObject **pp, *c;
+    sk_err err;
+    int64_t now, next;
+
+    (void)arg;
+    prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
+    pthread_mutex_lock(&skpy_wbf.mu);
+    for (;;) {
+        now = sk_now_ns();
+        next = INT64_MAX;
+        pp = &skpy_wbf.head;
+        while ((c = *pp) != NULL) {
+            if (c->wb_due <= now) {
+                if (pthread_mutex_trylock(&c->c.send_mu) == 0) {
+                    if (c->fd >= 0)
+                        sk_conn_flush(&c->c, 0, NULL, &err);
+                    pthread_mutex_unlock(&c->c.send_mu);
+                    /* done, or the kernel is full: the next call goes on */
+                    *pp = c->wb_next;
+                    c->wb_next = NULL;
+                    SK_STORE(&c->wb_armed, 0);
+                    continue;
+                }
+                /* its owner is in a call (maybe blocked in a long send):
+                 * look again in a while, not in a busy loop */
+                c->wb_due = now + SKPY_WB_RETRY_NS;
+            }
+            if (c->wb_due < next)
+                next = c->wb_due;
+            pp = &c->wb_next;
+        }
+        skpy_wbf.wake_at = next;
+        if (next == INT64_MAX) {
+            pthread_cond_wait(&skpy_wbf.cv, &skpy_wbf.mu);
+        } else {
+            ts.tv_sec = next / 1000000000;
+            ts.tv_nsec = next % 1000000000;
+            pthread_cond_timedwait(&skpy_wbf.cv, &skpy_wbf.mu, &ts);
+        }
+    }
+    return NULL;
+}
+
+/* Ask the flusher to write self's queue at `due` unless someone does it
+ * first (caller holds the send lock; GIL not needed).  Without a flusher
+ * thread (it could not start) the queue goes with the next call. */
+static void skpy_wbf_arm(ConnObject *self, int64_t due)
+{
+    pthread_t t;
+    int wake = 0;
+
+    pthread_once(&skpy_wbf_once, skpy_wbf_init);
+    pthread_mutex_lock(&skpy_wbf.mu);
+    if (!skpy_wbf.started && sk_thread_spawn(&t, 256 * 1024, skpy_wbf_main, NULL, NULL) == SK_OK) {
+        pthread_detach(t);
+        skpy_wbf.started = 1;
+    }
+    if (!self->wb_armed) {
+        self->wb_next = skpy_wbf.head;
+        skpy_wbf.head = self;
+        self->wb_due = due;
+        SK_STORE(&self->wb_armed, 1);
+    } else if (due < self->wb_due) {
+        self->wb_due = due;
+    }
+    if (self->wb_due < skpy_wbf.wake_at) {
+        skpy_wbf.wake_at = self->wb_due;
+        wake = 1;
+    }
+    pthread_mutex_unlock(&skpy_wbf.mu);
+    if (wake)
+        pthread_cond_signal(&skpy_wbf.cv);
+}
+
+/* Take self off the flusher's list (synchronous: afterwards the flusher no
+ * longer touches it).  Any thread; may hold self's send lock. */
+static void skpy_wbf_disarm(ConnObject *self)
+{
+    if (!SK_LOAD(&self->wb_armed))
+        return;
+    pthread_mutex_lock(&skpy_wbf.mu);
+    skpy_wbf_unlink(self);
+    pthread_mutex_unlock(&skpy_wbf.mu);
+}
 
 /* Write the whole queue c->out with the send lock held: one try without
  * waiting with the GIL, then without the GIL until deadline.  SK_OK once it
@@ -609,6 +774,9 @@ static int Conn_send_behind(ConnObject *self, const sk_iov *iov,
         else
             self->wb_first = now;
     }
+    /* if the caller goes quiet now, the flusher writes the queue */
+    if (rc == SK_OK && sk_buf_len(&c->out) > 0 && !SK_LOAD(&self->wb_armed))
+        skpy_wbf_arm(self, self->wb_first + SKPY_WB_AGE_NS);
 done:
     return rc;
 }

@@ -5,7 +5,8 @@ True``), ``send`` queues small frames and writes them in batches.  These
 tests hold the rule's guarantees on real loopback sockets: the bytes on the
 wire are the frames, whole and in order; the queue goes out on flush(),
 recv(), recv_many(), request(), send_many(), close() and when it reaches
-64 KiB; a send that times out takes nothing and tears nothing; abort()
+64 KiB, and by the flusher thread when the sender goes quiet; a send
+that times out takes nothing and tears nothing; abort()
 discards the queue; close() towards a peer that reads nothing gives up
 after a bounded wait and says so.  Ctrl-C in a write-behind send is in
 tests/test_signals.py.
@@ -21,13 +22,9 @@ from typing import Any, Iterator
 import pytest
 
 import pysockkit as sk
-from helpers import decode_stream, recv_all, scaled, start_thread
+from helpers import decode_stream, recv_all, scaled, start_thread, wait_until
 
 WB_SIZE = 64 * 1024  # the queue's size bound (SKPY_WB_SIZE)
-
-
-def frame_bytes(payload: bytes) -> int:
-    return 4 + len(payload)
 
 
 @pytest.fixture
@@ -91,7 +88,6 @@ def test_the_option_is_off_by_default_and_can_be_switched(pair) -> None:
             assert plain.write_behind is False
             ls.accept(timeout=scaled(10)).close()
     client.send(b"queued")
-    assert client.unsent == frame_bytes(b"queued")
     client.write_behind = False  # turning it off writes the queue first
     assert client.unsent == 0 and client.write_behind is False
     assert peer.recv(timeout=scaled(10)) == b"queued"
@@ -100,16 +96,23 @@ def test_the_option_is_off_by_default_and_can_be_switched(pair) -> None:
     assert peer.recv(timeout=scaled(10)) == b"direct"
 
 
-def test_a_frame_waits_in_the_queue_until_flush(pair) -> None:
+def test_a_sender_that_goes_quiet_has_its_queue_written_by_the_flusher(pair) -> None:
     client, peer = pair
     client.send(b"one")
-    # a first frame into an empty queue is not written by send()
-    assert client.unsent == frame_bytes(b"one")
-    with pytest.raises(sk.Timeout):
-        peer.recv(timeout=0.05)
+    client.send(b"two")
+    # no further call on the client: the flusher thread writes the queue
+    assert peer.recv(timeout=scaled(10)) == b"one"
+    assert peer.recv(timeout=scaled(10)) == b"two"
+    assert wait_until(lambda: client.unsent == 0, timeout=scaled(10))
+
+
+def test_flush_writes_the_queue(pair) -> None:
+    client, peer = pair
+    for p in payloads(500):
+        client.send(p)
     client.flush(timeout=scaled(10))
     assert client.unsent == 0
-    assert peer.recv(timeout=scaled(10)) == b"one"
+    assert [peer.recv(timeout=scaled(10)) for _ in range(500)] == payloads(500)
 
 
 def test_frames_arrive_whole_and_in_order(pair) -> None:
@@ -181,7 +184,6 @@ def test_close_writes_the_queue_then_fin(pair) -> None:
     client, peer = pair
     for p in payloads(300):
         client.send(p)
-    assert client.unsent > 0
     client.close()
     assert [peer.recv(timeout=scaled(10)) for _ in range(300)] == payloads(300)
     with pytest.raises(sk.ConnectionClosed):
@@ -190,11 +192,17 @@ def test_close_writes_the_queue_then_fin(pair) -> None:
 
 def test_abort_discards_the_queue(raw_pair) -> None:
     client, raw = raw_pair
-    client.send(b"never written")
+    sent, _ = fill_until_timeout(client, 1000)
     assert client.unsent > 0
-    client.abort()
+    client.abort()  # RST: the queue and what the kernel holds are dropped
+    data = b""
     with pytest.raises(ConnectionResetError):
-        raw.recv(1024)
+        for _ in range(100_000):
+            chunk = raw.recv(1 << 20)
+            assert chunk, "an orderly end after abort()"
+            data += chunk
+    frames, _, _ = decode_stream(data, 4, "big", 2**32 - 1)
+    assert frames == sent[:len(frames)] and len(frames) < len(sent)
 
 
 def test_a_send_that_times_out_takes_nothing_and_tears_nothing(raw_pair) -> None:
