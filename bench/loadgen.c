@@ -8,9 +8,9 @@
  * big-endian length, then the payload: the connection number and its
  * sequence number as big-endian u32s, then the 56-byte pattern of
  * bench/README.md), and checks every reply byte for byte against the request.
- * Each connection sends its first request as soon as it is connected.  When
- * all N are connected (or CONNECT_S has passed: an error), a warm-up of
- * WARMUP_S starts, then a measuring window of MEASURE_S.  Replies received in
+ * The requests start when all N are connected (or CONNECT_S has passed: an
+ * error), so that the connect phase measures accepting alone; then come a
+ * warm-up of WARMUP_S and a measuring window of MEASURE_S.  Replies received in
  * the window are counted, and their round trips go to a histogram (64
  * buckets per power of two: under 1.6 % error).  At the start and the end
  * of the window it prints a line "MEASURE_START" / "MEASURE_END" on stdout
@@ -221,6 +221,7 @@ typedef struct {
     lg_conn *conns;
     long next_open, pending, connected, answered_once;
     int in_window, keep_going;
+    int start_at_once;      /* idle: the one exchange starts on connect */
     uint64_t window_replies;
 } lg_run;
 
@@ -246,7 +247,10 @@ static void lg_event(lg_run *r, long i, uint32_t events)
         ev.events = EPOLLIN;
         ev.data.u64 = (uint64_t)i;
         epoll_ctl(r->ep, EPOLL_CTL_MOD, c->fd, &ev);
-        lg_start(r->ep, c, i);
+        if (r->start_at_once)
+            lg_start(r->ep, c, i);
+        else
+            c->out_off = FRAME; /* nothing to write until lg_start_all */
         return;
     }
     if ((events & EPOLLOUT) && c->out_off < FRAME) {
@@ -291,6 +295,15 @@ static void lg_event(lg_run *r, long i, uint32_t events)
         if (r->keep_going)
             lg_start(r->ep, c, i);
     }
+}
+
+/* Load: send the first request on every open connection at once. */
+static void lg_start_all(lg_run *r)
+{
+    long i;
+    for (i = 0; i < r->n; i++)
+        if (r->conns[i].state == ST_BUSY)
+            lg_start(r->ep, &r->conns[i], i);
 }
 
 /* Open connections while fewer than MAX_PENDING_CONNECTS are pending. */
@@ -409,6 +422,7 @@ int main(int argc, char **argv)
     for (i = 0; i < n; i++)
         r.conns[i].fd = -1;
     r.keep_going = !idle;
+    r.start_at_once = idle;
 
     t0 = lg_now();
     lg_loop(&r, &sa, t0 + (uint64_t)(cs * 1e9), idle ? lg_all_answered : lg_all_connected);
@@ -431,6 +445,7 @@ int main(int argc, char **argv)
                 break;
         }
     } else {
+        lg_start_all(&r);
         lg_loop(&r, &sa, tc + (uint64_t)(a * 1e9), NULL);
         printf("MEASURE_START\n");
         fflush(stdout);

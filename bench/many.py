@@ -216,6 +216,9 @@ def load_trial(c: Contender, loadgen: str, n: int, warmup: float, seconds: float
         stop(srv, 10.0)
     if res.get("errors"):
         res["error"] = f"{res['errors']} errors, first: {res.get('first_error')}"
+        err = srv.stderr.read().decode(errors="replace").strip() if srv.stderr else ""
+        if err:
+            res["error"] += f"; server stderr: {err[-200:]}"
     res["other_share"] = background_load(snap0, cpu_snapshot())[0]
     return res
 
