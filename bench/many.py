@@ -176,17 +176,24 @@ def server_error(proc: subprocess.Popen[bytes]) -> str:
     return (err.splitlines() or ["(no message)"])[-1]
 
 
+def fresh_server(c: Contender) -> tuple[Optional[subprocess.Popen[bytes]], int, dict[str, Any]]:
+    """(server, port, {}) or (None, 0, {"error": ...})."""
+    try:
+        srv, port = start_server(c, time.monotonic() + 30)
+    except TrialError as e:
+        return None, 0, {"error": str(e)}
+    return srv, port, {}
+
+
 def load_trial(c: Contender, loadgen: str, n: int, warmup: float, seconds: float,
                connect_s: float) -> dict[str, Any]:
     """One measured window of N connections against a fresh server."""
     snap0 = cpu_snapshot()
     deadline = time.monotonic() + connect_s + warmup + seconds + 60
-    try:
-        srv, port = start_server(c, time.monotonic() + 30)
-    except TrialError as e:
-        return {"error": str(e)}
+    srv, port, res = fresh_server(c)
     lg: Optional[subprocess.Popen[bytes]] = None
-    res: dict[str, Any] = {}
+    if srv is None:
+        return res
     try:
         lg = subprocess.Popen(["taskset", "-c", "1", loadgen, "load", HOST, str(port), str(n),
                                str(warmup), str(seconds), str(connect_s)],
@@ -227,12 +234,10 @@ def idle_trial(c: Contender, loadgen: str, n: int, connect_s: float) -> dict[str
     """RSS per idle connection and threads holding them."""
     snap0 = cpu_snapshot()
     deadline = time.monotonic() + connect_s + 60
-    try:
-        srv, port = start_server(c, time.monotonic() + 30)
-    except TrialError as e:
-        return {"error": str(e)}
+    srv, port, res = fresh_server(c)
     lg: Optional[subprocess.Popen[bytes]] = None
-    res: dict[str, Any] = {}
+    if srv is None:
+        return res
     try:
         time.sleep(0.3)
         rss0 = status(srv.pid, "VmRSS")
