@@ -25,6 +25,9 @@ import pysockkit as sk
 from helpers import decode_stream, recv_all, scaled, start_thread, wait_until
 
 WB_SIZE = 64 * 1024  # the queue's size bound (SKPY_WB_SIZE)
+# frames that fill the buffers: large ones, so that the receiver's kernel
+# gains little room by collapsing its queue while the test waits
+FILL = 16_000
 
 
 @pytest.fixture
@@ -192,7 +195,7 @@ def test_close_writes_the_queue_then_fin(pair) -> None:
 
 def test_abort_discards_the_queue(raw_pair) -> None:
     client, raw = raw_pair
-    sent, _ = fill_until_timeout(client, 1000)
+    sent, _ = fill_until_timeout(client, FILL)
     assert client.unsent > 0
     client.abort()  # RST: the queue and what the kernel holds are dropped
     data = b""
@@ -207,7 +210,7 @@ def test_abort_discards_the_queue(raw_pair) -> None:
 
 def test_a_send_that_times_out_takes_nothing_and_tears_nothing(raw_pair) -> None:
     client, raw = raw_pair
-    sent, exc = fill_until_timeout(client, 1000)
+    sent, exc = fill_until_timeout(client, FILL)
     # the frame of the send that timed out was not queued: nothing of it
     # goes out, and the queue before it stays whole and in order
     assert exc.sent == 0
@@ -224,11 +227,11 @@ def test_a_send_that_times_out_takes_nothing_and_tears_nothing(raw_pair) -> None
 
 def test_recv_that_cannot_write_the_queue_times_out_and_keeps_it(raw_pair) -> None:
     client, raw = raw_pair
-    sent, _ = fill_until_timeout(client, 1000)
+    sent, _ = fill_until_timeout(client, FILL)
     queued = client.unsent
     with pytest.raises(sk.Timeout, match="write_behind"):
         client.recv(timeout=0.2)
-    assert client.unsent == queued  # nothing was lost or torn
+    assert 0 < client.unsent <= queued  # kept (the kernel may take a little)
     reader = start_thread(recv_all, raw, scaled(30))
     client.close()  # the peer reads now: close writes the rest
     frames, outcome, _ = decode_stream(reader.join_result(timeout=scaled(40)), 4, "big",
@@ -238,7 +241,7 @@ def test_recv_that_cannot_write_the_queue_times_out_and_keeps_it(raw_pair) -> No
 
 def test_close_gives_up_on_a_peer_that_reads_nothing_and_says_so(raw_pair) -> None:
     client, raw = raw_pair
-    fill_until_timeout(client, 1000)
+    fill_until_timeout(client, FILL)
     assert client.unsent > 0
     with pytest.raises(sk.Timeout, match="discarded"):
         client.close()
