@@ -47,6 +47,12 @@ class Connection(_core.Connection, Generic[M]):
     ``timeout`` in seconds (None waits forever, Ctrl-C still works); a
     timeout loses no byte and leaves the connection usable.
 
+    ``conn.write_behind = True`` (or ``sk.connect(..., write_behind=True)``)
+    makes ``send`` queue small frames and write them in batches: at 64 KiB,
+    about 50 µs after the first (a flusher thread), and before ``flush``,
+    ``recv``, ``recv_many``, ``request``, ``send_many`` and ``close``; see
+    docs/PROTOCOL.md, "Write-behind".
+
     For type checkers it is generic in what ``recv`` returns:
     ``sk.connect(addr)`` is a ``Connection[bytes]``, a connection with
     ``Framing(correlation=True)`` a ``Connection[sk.Message]`` (plain
