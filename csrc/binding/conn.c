@@ -1029,7 +1029,8 @@ error:
 PyDoc_STRVAR(Conn_flush_doc,
 "flush(timeout=None)\n--\n\n"
 "Finish sending the tail of a frame whose send timed out or was\n"
-"interrupted.  A no-op when nothing is pending.\n");
+"interrupted, and the frames a write_behind send() queued.  A no-op when\n"
+"nothing is pending.\n");
 
 static PyObject *Conn_flush(PyObject *op, PyObject *const *args,
                             Py_ssize_t nargs, PyObject *kwnames)
@@ -2277,10 +2278,14 @@ done:
 
 static PyGetSetDef Conn_getset[] = {
     {"write_behind", Conn_get_write_behind, Conn_set_write_behind,
-     "True: send() queues small frames and writes them in batches (64 KiB, "
-     "or a frame 50 us old at the next send), and flush(), recv(), "
-     "recv_many(), request(), send_many() and close() write the queue "
-     "first.  See docs/PROTOCOL.md, write-behind.", NULL},
+     "True: send() queues frames of up to 64 KiB and writes them in "
+     "batches: at 64 KiB, about 50 us after the first (the flusher thread), "
+     "and first thing in flush(), recv(), recv_many(), request(), "
+     "send_many() and close().  Off by default; setting it to False writes "
+     "the queue.  See docs/PROTOCOL.md, \"Write-behind\".\n\n"
+     "    >>> conn.write_behind = True\n"
+     "    >>> conn.send(b'event')   # queued\n"
+     "    >>> conn.flush(timeout=1.0)\n", NULL},
     {"closed", Conn_get_closed, NULL, "True once close() or abort() ran.", NULL},
     {"pending_replies", Conn_get_owed, NULL,
      "Replies owed to timed-out requests, to be discarded on arrival.", NULL},
