@@ -47,6 +47,12 @@ class Connection(_core.Connection, Generic[M]):
     ``timeout`` in seconds (None waits forever, Ctrl-C still works); a
     timeout loses no byte and leaves the connection usable.
 
+    ``conn.write_behind = True`` (or ``sk.connect(..., write_behind=True)``)
+    makes ``send`` queue small frames and write them in batches: at 64 KiB,
+    about 50 µs after the first (a flusher thread), and before ``flush``,
+    ``recv``, ``recv_many``, ``request``, ``send_many`` and ``close``; see
+    docs/PROTOCOL.md, "Write-behind".
+
     For type checkers it is generic in what ``recv`` returns:
     ``sk.connect(addr)`` is a ``Connection[bytes]``, a connection with
     ``Framing(correlation=True)`` a ``Connection[sk.Message]`` (plain
@@ -425,15 +431,18 @@ def listen(
 @overload
 def connect(addr: AddressLike, timeout: Optional[float] = None, framing: None = None,
             heartbeat: Optional[Heartbeat] = None,
-            keepalive: Optional[Keepalive] = None) -> Connection[bytes]: ...
+            keepalive: Optional[Keepalive] = None, *,
+            write_behind: bool = False) -> Connection[bytes]: ...
 @overload
 def connect(addr: AddressLike, timeout: Optional[float] = None, *, framing: "Framing[M]",
             heartbeat: Optional[Heartbeat] = None,
-            keepalive: Optional[Keepalive] = None) -> Connection[M]: ...
+            keepalive: Optional[Keepalive] = None,
+            write_behind: bool = False) -> Connection[M]: ...
 @overload
 def connect(addr: AddressLike, timeout: Optional[float], framing: "Framing[M]",
             heartbeat: Optional[Heartbeat] = None,
-            keepalive: Optional[Keepalive] = None) -> Connection[M]: ...
+            keepalive: Optional[Keepalive] = None, *,
+            write_behind: bool = False) -> Connection[M]: ...
 
 
 def connect(
@@ -442,11 +451,15 @@ def connect(
     framing: "Optional[Framing[Any]]" = None,
     heartbeat: Optional[Heartbeat] = None,
     keepalive: Optional[Keepalive] = None,
+    *,
+    write_behind: bool = False,
 ) -> "Connection[Any]":
     """Connect to ``addr`` and return a :class:`Connection`.  With
     ``heartbeat``, the C reactor keeps the connection's liveness checked
     (the peer must use heartbeats too); ``keepalive`` sets the kernel's
-    keepalive and TCP_USER_TIMEOUT.
+    keepalive and TCP_USER_TIMEOUT.  ``write_behind=True`` makes ``send``
+    queue small frames and write them in batches (see
+    ``Connection.write_behind`` and docs/PROTOCOL.md).
 
     ``addr`` is ``(host, port)`` or ``"host:port"`` (``"[::1]:port"`` for
     IPv6); anything else is a TypeError or ValueError.  ``timeout`` bounds
@@ -475,7 +488,9 @@ def connect(
         except OSError as exc:
             last = exc
             continue
-        return Connection(fd, framing or _DEFAULT_FRAMING, heartbeat, keepalive)
+        conn: Connection[Any] = Connection(fd, framing or _DEFAULT_FRAMING, heartbeat, keepalive)
+        conn.write_behind = write_behind
+        return conn
     assert last is not None
     raise last
 

@@ -52,6 +52,7 @@ class Connection:
     def buffered(self) -> int: ...
     @property
     def unsent(self) -> int: ...
+    write_behind: bool
 
 # The C half of pysockkit._duplex.Future (a concurrent.futures.Future).
 class Future(concurrent.futures.Future[bytes]):

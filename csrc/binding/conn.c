@@ -49,6 +49,9 @@
 #include "core/worker.h"
 #include "future.h"
 #include "hub.h"
+#include "core/thread.h"
+
+#include <sys/prctl.h>
 
 #define SKPY_INLINE_SEND 65536    /* sends up to this many bytes try first with the GIL held */
 #define SKPY_BATCH 1024           /* send_many: payloads per core call */
@@ -59,8 +62,16 @@
 /* request_async that finds this much queued writes it out first, waiting
  * (with its timeout) if the peer does not read: memory stays bounded */
 #define SKPY_WB_MAX (256 * 1024)
+/* send() with write-behind: the queue is written once it holds this much,
+ * or when its oldest frame is this old at the next send; close() waits at
+ * most SKPY_WB_CLOSE_NS for a queue the kernel does not take at once */
+#define SKPY_WB_SIZE (64 * 1024)
+#define SKPY_WB_AGE_NS 50000
+#define SKPY_WB_CLOSE_NS 1000000000LL
+/* the flusher found the send lock taken: it tries again after this */
+#define SKPY_WB_RETRY_NS 1000000
 
-typedef struct {
+typedef struct ConnObject {
     PyObject_HEAD
     sk_conn c;
     int fd; /* -1 once closed */
@@ -77,11 +88,23 @@ typedef struct {
                                GIL) */
     PyObject *req_err_type; /* the receive side ended: request_async raises */
     PyObject *req_err_args; /*   req_err_type(*req_err_args) (under corr->mu) */
+    /* write-behind of send() (Connection(write_behind=True)), see
+     * Conn_send_behind: wb and wb_first under send_mu; wb_pending atomic,
+     * set whenever send() queued a frame, cleared under send_mu once the
+     * queue is seen empty (so it is never clear while frames wait) */
+    int wb;
+    int wb_pending;
+    int64_t wb_first;       /* when the oldest queued frame was queued */
+    /* the flusher's list (under skpy_wbf.mu; wb_armed also read atomically) */
+    int wb_armed;
+    int64_t wb_due;
+    struct ConnObject *wb_next;
     PyObject *mod;          /* borrowed: the type keeps the module alive */
     PyObject *weakreflist;
 } ConnObject;
 
 static void skpy_conn_fail_closed(ConnObject *self, const char *why);
+static void skpy_wbf_disarm(ConnObject *self);
 static void skpy_conn_free_requests(ConnObject *self);
 
 /* --------------------------------------------------------------- errors */
@@ -334,6 +357,20 @@ static sk_hub *Conn_leave_hub(ConnObject *self)
     return hub;
 }
 
+/* Contract: GIL held.  close() could not hand the last `lost` bytes that
+ * write-behind send() calls had queued to the kernel within
+ * SKPY_WB_CLOSE_NS: raise sk.Timeout saying so; returns NULL. */
+static PyObject *Conn_wb_lost(ConnObject *self, size_t lost)
+{
+    PyErr_Format(skpy_get_state(self->mod)->Timeout,
+                 "close: the peer took none of the last %zu bytes that "
+                 "send() had queued (write_behind) within 1 s; the "
+                 "connection is closed and they were discarded (the peer "
+                 "may see a torn last frame); call flush(timeout) before "
+                 "close() to wait longer", lost);
+    return NULL;
+}
+
 /* Close the fd once both locks are ours.  Threads blocked in send/recv are
  * woken first with shutdown(SHUT_RDWR) so close never waits on a peer.
  * abort: SO_LINGER {1,0} so the kernel sends RST.  The mutexes live on
@@ -341,6 +378,7 @@ static sk_hub *Conn_leave_hub(ConnObject *self)
 static PyObject *Conn_close_impl(ConnObject *self, int abort)
 {
     int fd, r = SK_OK, outq = 0;
+    size_t lost = 0;
     sk_hub *hub;
     sk_err err;
 
@@ -362,13 +400,21 @@ static PyObject *Conn_close_impl(ConnObject *self, int abort)
         pthread_mutex_lock(&self->c.recv_mu);
         Py_END_ALLOW_THREADS
     }
+    skpy_wbf_disarm(self);
     fd = self->fd;
     if (fd >= 0) {
         if (abort) {
             r = sk_abort(fd, &err);
         } else {
-            /* last chance for a torn frame's tail; never wait in close */
-            sk_conn_flush(&self->c, 0, NULL, &err);
+            /* last chance for a torn frame's tail; never wait in close,
+             * except (bounded) for frames a write-behind send() queued */
+            if (sk_conn_flush(&self->c, 0, NULL, &err) == SK_TIMEOUT && self->wb) {
+                int64_t until = sk_now_ns() + SKPY_WB_CLOSE_NS;
+                Py_BEGIN_ALLOW_THREADS
+                sk_conn_flush(&self->c, until, NULL, &err);
+                Py_END_ALLOW_THREADS
+                lost = sk_buf_len(&self->c.out);
+            }
             /* Linux answers close() with RST - discarding whatever we sent
              * that the peer has not read yet - if unread bytes sit in our
              * receive queue (late replies, heartbeats).  Read them away so
@@ -400,9 +446,9 @@ static PyObject *Conn_close_impl(ConnObject *self, int abort)
         skpy_conn_fail_closed(self, "this connection was closed locally "
                                     "(close() or abort()) before the reply");
 done:
-    return r != SK_OK && err.sys_errno != EINTR
-               ? skpy_raise(self->mod, &err, NULL)
-               : Py_NewRef(Py_None);
+    return r != SK_OK && err.sys_errno != EINTR ? skpy_raise(self->mod, &err, NULL)
+           : lost > 0                           ? Conn_wb_lost(self, lost)
+                                                : Py_NewRef(Py_None);
 }
 
 PyDoc_STRVAR(Conn_close_doc,
@@ -434,6 +480,7 @@ static void Conn_finalize(PyObject *op)
 {
     ConnObject *self = (ConnObject *)op;
     PyObject *py_type, *py_value, *py_tb;
+    sk_err err;
 
     if (self->fd < 0)
         return;
@@ -445,6 +492,9 @@ static void Conn_finalize(PyObject *op)
         PyErr_Clear();
     }
     Conn_leave_hub(self);
+    skpy_wbf_disarm(self);
+    if (self->wb) /* frames send() queued: what the kernel takes at once */
+        sk_conn_flush(&self->c, 0, NULL, &err);
     close(self->fd);
     self->fd = -1;
     self->c.fd = -1;
@@ -463,6 +513,7 @@ static void Conn_dealloc(PyObject *op)
         PyObject_ClearWeakRefs(op);
     if (self->initialized) {
         Conn_leave_hub(self);
+        skpy_wbf_disarm(self);
         if (self->fd >= 0)
             close(self->fd);
         self->fd = -1;
@@ -477,6 +528,249 @@ static void Conn_dealloc(PyObject *op)
 }
 
 /* ----------------------------------------------------------------- send */
+
+/* ------------------------------------------------ write-behind flusher */
+
+/* The process's write-behind flusher: one thread that writes the queue of a
+ * write-behind connection whose owner did not within SKPY_WB_AGE_NS (the
+ * caller went quiet without flush/recv/close).  Like the hub it is a
+ * process resource, started on first use and living until exit; a forked
+ * child starts without it and forgets the parent's list.  It only trylocks
+ * a connection's send lock and never waits on a socket: a queue the kernel
+ * does not take at once is left for the next call on the connection.
+ * Lock order: skpy_wbf.mu, then (trylock only) a send lock; close() holds
+ * the send lock and then takes skpy_wbf.mu to unlink, which cannot
+ * deadlock because the flusher never waits for a send lock. */
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int started;           /* the thread runs */
+    int64_t wake_at;       /* when it wakes by itself (INT64_MAX: never) */
+    ConnObject *head;
+} skpy_wbf = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, INT64_MAX, NULL};
+static pthread_once_t skpy_wbf_once = PTHREAD_ONCE_INIT;
+
+/* Contract: fork child, one thread: the flusher is gone; unlink its list
+ * (the connections are copies that may be used again and re-armed). */
+static void skpy_wbf_forget(void)
+{
+    ConnObject *c = skpy_wbf.head, *next;
+
+    while (c != NULL) {
+        next = c->wb_next;
+        c->wb_next = NULL;
+        c->wb_armed = 0;
+        c = next;
+    }
+    pthread_mutex_init(&skpy_wbf.mu, NULL);
+    sk_cond_init_monotonic(&skpy_wbf.cv, NULL);
+    skpy_wbf.head = NULL;
+    skpy_wbf.started = 0;
+    skpy_wbf.wake_at = INT64_MAX;
+}
+
+static void skpy_wbf_init(void)
+{
+    sk_cond_init_monotonic(&skpy_wbf.cv, NULL);
+    pthread_atfork(NULL, NULL, skpy_wbf_forget);
+}
+
+/* Unlink self from the list.  Caller holds skpy_wbf.mu. */
+static void skpy_wbf_unlink(ConnObject *self)
+{
+    ConnObject **pp = &skpy_wbf.head;
+
+    while (*pp != NULL && *pp != self)
+        pp = &(*pp)->wb_next;
+    if (*pp == self)
+        *pp = self->wb_next;
+    self->wb_next = NULL;
+    SK_STORE(&self->wb_armed, 0);
+}
+
+/* The flusher thread.  No GIL, no Python: every signal blocked
+ * (sk_thread_spawn); 1 us timer slack so that 50 us means 50 us. */
+static void *skpy_wbf_main(void *arg)
+{
+    struct timespec ts;
+    ConnObject **pp, *c;
+    sk_err err;
+    int64_t now, next;
+
+    (void)arg;
+    prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
+    pthread_mutex_lock(&skpy_wbf.mu);
+    for (;;) {
+        now = sk_now_ns();
+        next = INT64_MAX;
+        pp = &skpy_wbf.head;
+        while ((c = *pp) != NULL) {
+            if (c->wb_due <= now) {
+                if (pthread_mutex_trylock(&c->c.send_mu) == 0) {
+                    if (c->fd >= 0)
+                        sk_conn_flush(&c->c, 0, NULL, &err);
+                    pthread_mutex_unlock(&c->c.send_mu);
+                    /* done, or the kernel is full: the next call goes on */
+                    *pp = c->wb_next;
+                    c->wb_next = NULL;
+                    SK_STORE(&c->wb_armed, 0);
+                    continue;
+                }
+                /* its owner is in a call (maybe blocked in a long send):
+                 * look again in a while, not in a busy loop */
+                c->wb_due = now + SKPY_WB_RETRY_NS;
+            }
+            if (c->wb_due < next)
+                next = c->wb_due;
+            pp = &c->wb_next;
+        }
+        skpy_wbf.wake_at = next;
+        if (next == INT64_MAX) {
+            pthread_cond_wait(&skpy_wbf.cv, &skpy_wbf.mu);
+        } else {
+            ts.tv_sec = next / 1000000000;
+            ts.tv_nsec = next % 1000000000;
+            pthread_cond_timedwait(&skpy_wbf.cv, &skpy_wbf.mu, &ts);
+        }
+    }
+    return NULL;
+}
+
+/* Ask the flusher to write self's queue at `due` unless someone does it
+ * first (caller holds the send lock; GIL not needed).  Without a flusher
+ * thread (it could not start) the queue goes with the next call. */
+static void skpy_wbf_arm(ConnObject *self, int64_t due)
+{
+    pthread_t t;
+    int wake = 0;
+
+    pthread_once(&skpy_wbf_once, skpy_wbf_init);
+    pthread_mutex_lock(&skpy_wbf.mu);
+    if (!skpy_wbf.started && sk_thread_spawn(&t, 256 * 1024, skpy_wbf_main, NULL, NULL) == SK_OK) {
+        pthread_detach(t);
+        skpy_wbf.started = 1;
+    }
+    if (!self->wb_armed) {
+        self->wb_next = skpy_wbf.head;
+        skpy_wbf.head = self;
+        self->wb_due = due;
+        SK_STORE(&self->wb_armed, 1);
+    } else if (due < self->wb_due) {
+        self->wb_due = due;
+    }
+    if (self->wb_due < skpy_wbf.wake_at) {
+        skpy_wbf.wake_at = self->wb_due;
+        wake = 1;
+    }
+    pthread_mutex_unlock(&skpy_wbf.mu);
+    if (wake)
+        pthread_cond_signal(&skpy_wbf.cv);
+}
+
+/* Take self off the flusher's list (synchronous: afterwards the flusher no
+ * longer touches it).  Any thread; may hold self's send lock. */
+static void skpy_wbf_disarm(ConnObject *self)
+{
+    if (!SK_LOAD(&self->wb_armed))
+        return;
+    pthread_mutex_lock(&skpy_wbf.mu);
+    skpy_wbf_unlink(self);
+    pthread_mutex_unlock(&skpy_wbf.mu);
+}
+
+/* Write the whole queue c->out with the send lock held: one try without
+ * waiting with the GIL, then without the GIL until deadline.  SK_OK once it
+ * is empty (and then a write-behind has nothing pending); otherwise what
+ * was not written stays queued, in order.  GIL held on entry and exit. */
+static int Conn_flush_locked(ConnObject *self, int64_t deadline, sk_err *err)
+{
+    int rc = sk_conn_flush(&self->c, 0, NULL, err);
+
+    if (rc == SK_TIMEOUT &&
+        (deadline == SK_NO_DEADLINE || sk_now_ns() < deadline)) {
+        Py_BEGIN_ALLOW_THREADS
+        sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
+        rc = sk_conn_flush(&self->c, deadline, &intr, err);
+        Py_END_ALLOW_THREADS
+    }
+    if (rc == SK_OK)
+        SK_STORE(&self->wb_pending, 0);
+    return rc;
+}
+
+/* send() with write-behind (send lock held, GIL held): queue one frame in
+ * c->out without a syscall.  First, if the frame would take a non-empty
+ * queue over SKPY_WB_SIZE, the queue is written (waiting until deadline; on
+ * SK_TIMEOUT/SK_INTR/SK_ERR the frame is not queued, *done stays 0 and the
+ * queue keeps its order, so the stream is never torn).  Then, if the queue
+ * reached SKPY_WB_SIZE or its oldest frame is SKPY_WB_AGE_NS old, it is
+ * written without waiting; what the kernel does not take stays queued.
+ * *done = 1 once the frame is queued (an error after that, a reset found by
+ * that write, is raised with sent=1).  Who frees: the queue is c->out. */
+static int Conn_send_behind(ConnObject *self, const sk_iov *iov,
+                            int64_t deadline, size_t *done, sk_err *err)
+{
+    sk_conn *c = &self->c;
+    size_t flen = c->framing.header_size + (iov->has_id ? SK_ID_LEN : 0) + iov->len;
+    int64_t now;
+    int rc = SK_OK;
+
+    if (sk_buf_len(&c->out) > 0 && sk_buf_len(&c->out) + flen > SKPY_WB_SIZE) {
+        rc = Conn_flush_locked(self, deadline, err);
+        if (rc != SK_OK)
+            goto done;
+    }
+    now = sk_now_ns();
+    if (sk_buf_len(&c->out) == 0)
+        self->wb_first = now;
+    rc = sk_conn_enqueue(c, iov, err);
+    if (rc != SK_OK)
+        goto done;
+    *done = 1;
+    SK_STORE(&self->wb_pending, 1);
+    if (sk_buf_len(&c->out) >= SKPY_WB_SIZE || now - self->wb_first >= SKPY_WB_AGE_NS) {
+        rc = sk_conn_flush(c, 0, NULL, err);
+        if (rc == SK_TIMEOUT)
+            rc = SK_OK; /* the kernel's buffer is full: the rest waits */
+        if (sk_buf_len(&c->out) == 0)
+            SK_STORE(&self->wb_pending, 0);
+        else
+            self->wb_first = now;
+    }
+    /* if the caller goes quiet now, the flusher writes the queue */
+    if (rc == SK_OK && sk_buf_len(&c->out) > 0 && !SK_LOAD(&self->wb_armed))
+        skpy_wbf_arm(self, self->wb_first + SKPY_WB_AGE_NS);
+done:
+    return rc;
+}
+
+/* recv()/recv_many() on a write-behind connection: write what send()
+ * queued before reading, waiting until deadline.  The send lock is only
+ * tried (lock order is send, then receive, and a thread blocked in a long
+ * send must not hold up a receive): a thread holding it is sending, and its
+ * send writes the queue.  0, or -1 with the exception set (nothing was
+ * received; the queue keeps its order).  GIL held, no lock held. */
+static int Conn_wb_flush_for_recv(ConnObject *self, int64_t deadline,
+                                  const char *op, PyObject *timeout)
+{
+    sk_err err;
+    int rc, ret = 0;
+
+    if (!SK_LOAD(&self->wb_pending) || pthread_mutex_trylock(&self->c.send_mu) != 0)
+        return 0;
+    if (self->fd >= 0) {
+        rc = Conn_flush_locked(self, deadline, &err);
+        if (rc != SK_OK) {
+            skpy_fail(self, rc, &err, op, timeout,
+                      "nothing was received: the frames queued by send() "
+                      "(write_behind) are written first, and the rest of them "
+                      "stays queued, in order");
+            ret = -1;
+        }
+    }
+    pthread_mutex_unlock(&self->c.send_mu);
+    return ret;
+}
 
 /* Send n frames with the send lock held: one non-blocking try with the GIL
  * for small batches, then the rest without the GIL until deadline.
@@ -593,7 +887,10 @@ static PyObject *Conn_send(PyObject *op, PyObject *const *args,
     }
     iov.base = view.buf;
     iov.len = (size_t)view.len;
-    rc = Conn_send_locked(self, &iov, 1, iov.len, deadline, &done, &err);
+    if (self->wb && !self->worker && iov.len <= SKPY_WB_DIRECT)
+        rc = Conn_send_behind(self, &iov, deadline, &done, &err);
+    else
+        rc = Conn_send_locked(self, &iov, 1, iov.len, deadline, &done, &err);
     if (rc != SK_OK) {
         skpy_fail(self, rc, &err, "send", a[1], SEND_KEPT);
         skpy_note_sent(done);
@@ -786,7 +1083,8 @@ out:
 PyDoc_STRVAR(Conn_flush_doc,
 "flush(timeout=None)\n--\n\n"
 "Finish sending the tail of a frame whose send timed out or was\n"
-"interrupted.  A no-op when nothing is pending.\n");
+"interrupted, and the frames a write_behind send() queued.  A no-op when\n"
+"nothing is pending.\n");
 
 /* Contract: GIL held on entry and exit, released while the call may
  * block; a new reference, or NULL with an exception set. */
@@ -874,6 +1172,8 @@ static PyObject *Conn_recv(PyObject *op, PyObject *const *args,
         goto out;
     if (skpy_deadline(a[0], &deadline) < 0)
         goto out;
+    if (self->wb && Conn_wb_flush_for_recv(self, deadline, "recv", a[0]) < 0)
+        goto out;
     if (skpy_lock_or_raise(self, &self->c.recv_mu, deadline, "recv", a[0]) < 0)
         goto out;
     if (self->fd < 0) {
@@ -922,6 +1222,8 @@ static PyObject *Conn_recv_many(PyObject *op, PyObject *const *args,
         }
     }
     if (skpy_deadline(a[1], &deadline) < 0)
+        goto out;
+    if (self->wb && Conn_wb_flush_for_recv(self, deadline, "recv_many", a[1]) < 0)
         goto out;
     if (skpy_lock_or_raise(self, &self->c.recv_mu, deadline, "recv_many",
                            a[1]) < 0)
@@ -1966,7 +2268,55 @@ static PyMethodDef Conn_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *Conn_get_write_behind(PyObject *op, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(((ConnObject *)op)->wb);
+}
+
+/* Turning write-behind off writes the queue first (send's rules: until
+ * the queue is empty, no deadline, Ctrl-C interrupts).  GIL held. */
+static int Conn_set_write_behind(PyObject *op, PyObject *value, void *closure)
+{
+    ConnObject *self = (ConnObject *)op;
+    sk_err err;
+    int on, rc, ret = -1;
+
+    (void)closure;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_TypeError, "write_behind cannot be deleted; set it to False");
+        return -1;
+    }
+    on = PyObject_IsTrue(value);
+    if (on < 0)
+        return -1;
+    if (skpy_lock_or_raise(self, &self->c.send_mu, SK_NO_DEADLINE, "write_behind", NULL) < 0)
+        return -1;
+    if (!on && self->wb) {
+        rc = Conn_flush_locked(self, SK_NO_DEADLINE, &err);
+        if (rc != SK_OK) {
+            skpy_fail(self, rc, &err, "write_behind = False", NULL,
+                      "write-behind stays on; the queue keeps its order");
+            goto done;
+        }
+    }
+    self->wb = on;
+    ret = 0;
+done:
+    pthread_mutex_unlock(&self->c.send_mu);
+    return ret;
+}
+
 static PyGetSetDef Conn_getset[] = {
+    {"write_behind", Conn_get_write_behind, Conn_set_write_behind,
+     "True: send() queues frames of up to 64 KiB and writes them in "
+     "batches: at 64 KiB, about 50 us after the first (the flusher thread), "
+     "and first thing in flush(), recv(), recv_many(), request(), "
+     "send_many() and close().  Off by default; setting it to False writes "
+     "the queue.  See docs/PROTOCOL.md, \"Write-behind\".\n\n"
+     "    >>> conn.write_behind = True\n"
+     "    >>> conn.send(b'event')   # queued\n"
+     "    >>> conn.flush(timeout=1.0)\n", NULL},
     {"closed", Conn_get_closed, NULL, "True once close() or abort() ran.", NULL},
     {"pending_replies", Conn_get_owed, NULL,
      "Replies owed to timed-out requests, to be discarded on arrival.", NULL},
