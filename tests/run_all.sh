@@ -78,6 +78,7 @@ rm -rf dist
 "$venv/bin/python" -m build --sdist -o dist . >/dev/null
 sdist=$(ls dist/pysockkit-*.tar.gz)
 tmp=$(mktemp -d)
+chmod 755 "$tmp"   # the unprivileged tests run the installed package as `nobody`
 trap 'rm -rf "$tmp"' EXIT
 "$PY" -m venv "$tmp/venv"
 PYSOCKKIT_WERROR=1 "$tmp/venv/bin/python" -m pip install -q "pysockkit[test] @ file://$root/$sdist"

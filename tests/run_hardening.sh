@@ -113,6 +113,9 @@ if [ $do_sanitize -eq 1 ]; then
     step "ASan+UBSan build of the extension, pytest with libasan preloaded and LeakSanitizer on"
     t0=$(date +%s)
     work=$(mktemp -d "${TMPDIR:-/tmp}/sk-sanitize.XXXXXX")
+    # world-readable, like a checkout: the unprivileged tests (test_capture,
+    # test_conversation, test_lab) run this tree's pysockkit as `nobody`
+    chmod 755 "$work"
     trap 'rm -rf "$work"' EXIT
     # a copy of the tree as it is (tracked and new files, not ignored ones),
     # so the normal in-place/editable build is never touched
