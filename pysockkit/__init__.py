@@ -77,6 +77,7 @@ from ._proxy import (
     Slicer,
     SlowClose,
     Stall,
+    TimeoutFault,
 )
 
 __all__ = [
@@ -134,6 +135,7 @@ __all__ = [
     "SlowClose",
     "Slicer",
     "LimitData",
+    "TimeoutFault",
     # errors
     "Error",
     "Timeout",

@@ -21,11 +21,14 @@ threads at teardown):
   scene that is closed at teardown (a state this machine cannot build
   skips the test).
 
-Leak check: a test that uses any of these fixtures (or every test, with
-``--sk-leak-check=all`` or ini ``sk_leak_check = all``; or one marked
-``@pytest.mark.sk_leak_check``) fails at teardown if it leaves a socket
-open or a thread running that was not there before it started: the
-report names each socket (state and addresses) and thread.  Opt a test out
+Leak check: a test that uses any of these fixtures or makes a
+:class:`~pysockkit.FaultProxy` (or every test, with ``--sk-leak-check=all``
+or ini ``sk_leak_check = all``; or one marked ``@pytest.mark.sk_leak_check``)
+fails at teardown if it leaves a socket open or a thread running that was
+not there before it started, or drops a socket without closing it (the
+ResourceWarning its finalizer gives, which Python hides by default, becomes
+the failure): the report names each socket (state and addresses, or the
+warning's description) and thread.  Opt a test out
 with ``@pytest.mark.sk_no_leak_check``, or all unmarked tests with
 ``sk_leak_check = off`` (markers win over the option either way);
 ``sk_leak_action = warn`` turns the failure into a warning.
@@ -295,16 +298,81 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.Fix
         request.config.stash[_EXEMPT].add(before, _snapshot())
 
 
+# ResourceWarnings that name a socket: the stdlib's ("unclosed <socket.socket
+# fd=5, family=2, ... laddr=..., raddr=...>") and pysockkit's own (unclosed
+# pysockkit connection / listener / FaultProxy).
+_SOCKET_WARNING = r"unclosed (<socket|pysockkit)"
+
+
+class _DroppedSockets:
+    """Collects, while a test runs, the ResourceWarnings of sockets dropped
+    without close (their finalizer closed the descriptor, so the descriptor
+    snapshot cannot see them).  Every other warning is kept and re-emitted
+    unchanged when the test ends, so pytest's own warning handling (and a
+    ``filterwarnings = error``) sees it as before."""
+
+    def __init__(self) -> None:
+        self._cm = warnings.catch_warnings(record=True)
+        self._log: list[warnings.WarningMessage] = []
+
+    def __enter__(self) -> _DroppedSockets:
+        self._log = self._cm.__enter__()
+        warnings.filterwarnings("always", category=ResourceWarning, message=_SOCKET_WARNING)
+        return self
+
+    def close(self, report: Callable[[], bool]) -> list[str]:
+        """Stop collecting; the dropped sockets' descriptions if
+        ``report()`` (else their warnings go on as the others do)."""
+        import gc
+        import re
+
+        gc.collect()  # finalize sockets kept only by reference cycles
+        self._cm.__exit__(None, None, None)
+        dropped, others = [], []
+        keep = report()
+        for w in self._log:
+            if (keep and issubclass(w.category, ResourceWarning)
+                    and re.match(_SOCKET_WARNING, str(w.message))):
+                dropped.append(f"{w.message} was dropped without close "
+                               f"(finalized; allocated or last seen at {w.filename}:{w.lineno})")
+            else:
+                others.append(w)
+        for w in others:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno,
+                                   source=w.source)
+        return dropped
+
+
+def _proxies_made() -> int:
+    from . import _proxy
+
+    return _proxy.FaultProxy._made
+
+
 @pytest.fixture(autouse=True)
 def _sk_leak_guard(request: pytest.FixtureRequest) -> Iterator[None]:
     settings = request.config.stash[_SETTINGS]
-    if not _wants_check(request, settings.mode):
+    node = request.node
+    if settings.mode == "off" and node.get_closest_marker("sk_leak_check") is None:
         yield
         return
+    if node.get_closest_marker("sk_no_leak_check") is not None:
+        yield
+        return
+    wanted = _wants_check(request, settings.mode)
     # autouse fixtures are set up before the test's other function-scoped
-    # fixtures and torn down after them: the snapshot brackets them all
+    # fixtures and torn down after them: the snapshot brackets them all.
+    # Tests that the settings leave unchecked are bracketed too: one that
+    # makes a FaultProxy is checked all the same.
     before = _snapshot()
-    yield
+    made = _proxies_made()
+    catcher = _DroppedSockets().__enter__()
+    try:
+        yield
+    finally:
+        dropped = catcher.close(lambda: wanted or _proxies_made() != made)
+    if not wanted and _proxies_made() == made:
+        return
     exempt = request.config.stash[_EXEMPT]
     deadline = time.monotonic() + settings.grace
     while True:
@@ -312,9 +380,9 @@ def _sk_leak_guard(request: pytest.FixtureRequest) -> Iterator[None]:
         if not leaks or time.monotonic() >= deadline:
             break
         time.sleep(0.01)
-    if not leaks:
+    lines = dropped + (leaks.describe() if leaks else [])
+    if not lines:
         return
-    lines = leaks.describe()
     msg = (
         f"{request.node.nodeid} leaked {len(lines)} resource(s) "
         "(pysockkit leak check; opt out with @pytest.mark.sk_no_leak_check):\n  "

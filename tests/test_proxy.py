@@ -173,11 +173,11 @@ def _one_way(sender: sk.Connection, receiver: sk.Connection) -> float:
 
 
 def test_latency_delays_its_direction(link: Link) -> None:
-    with link.proxy.fault("latency", ms=120, direction="upstream"):
+    with link.proxy.fault("latency", latency=120, direction="upstream"):
         assert 0.115 <= _one_way(link.client, link.server) < scaled(1.0)
-    with link.proxy.fault(Latency(ms=120), direction="downstream"):
+    with link.proxy.fault(Latency(latency=120), direction="downstream"):
         assert 0.115 <= _one_way(link.server, link.client) < scaled(1.0)
-    with link.proxy.fault("latency", ms=60):  # both
+    with link.proxy.fault("latency", "both", latency=60):
         t0 = time.monotonic()
         link.client.send(b"q")
         link.server.send(link.server.recv(timeout=T))
@@ -194,7 +194,7 @@ def test_latency_leaves_the_other_direction_alone(make_link, direction: str) -> 
     near, far = ends
     held, other = f"buffered_{direction}", ("buffered_downstream" if direction == "upstream"
                                             else "buffered_upstream")
-    lk.proxy.add("latency", ms=HOUR_MS, direction=direction)
+    lk.proxy.add("latency", latency=HOUR_MS, direction=direction)
     near.send(b"held")
     assert eventually(lambda: getattr(lk.proxy.connections[0], held) == 8)
     far.send(b"free")
@@ -206,7 +206,7 @@ def test_latency_leaves_the_other_direction_alone(make_link, direction: str) -> 
 
 
 def test_latency_jitter_keeps_order(link: Link) -> None:
-    with link.proxy.fault("latency", ms=20, jitter_ms=15, direction="upstream"):
+    with link.proxy.fault("latency", latency=20, jitter=15, direction="upstream"):
         for i in range(30):
             link.client.send(i.to_bytes(2, "big"))
             time.sleep(0.001)
@@ -216,7 +216,7 @@ def test_latency_jitter_keeps_order(link: Link) -> None:
 
 def test_removing_latency_keeps_what_it_holds_in_order(link: Link) -> None:
     hold = scaled(0.5)  # long enough for this thread to see the bytes held
-    h = link.proxy.add("latency", ms=hold * 1000, direction="downstream")
+    h = link.proxy.add("latency", latency=hold * 1000, direction="downstream")
     t0 = time.monotonic()
     link.server.send(b"slow")
     # the proxy holds it
@@ -234,7 +234,7 @@ def test_removing_latency_affects_new_bytes_at_once(echo_proxy: FaultProxy) -> N
     client's echo comes back at once (a bounded wait far below an hour),
     while the held bytes keep their hour."""
     with sk.connect(echo_proxy.address, timeout=T) as first:
-        h = echo_proxy.add("latency", ms=HOUR_MS, direction="downstream")
+        h = echo_proxy.add("latency", latency=HOUR_MS, direction="downstream")
         first.send(b"held")
         # the echo (not the request on its way up, 8 bytes too) is held
         assert eventually(lambda: [c.buffered_downstream for c in echo_proxy.connections] == [8])
@@ -253,8 +253,8 @@ def test_removing_latency_affects_new_bytes_at_once(echo_proxy: FaultProxy) -> N
 
 def test_bandwidth_paces_one_direction(link: Link) -> None:
     payload = bytes(30_000)
-    rate = 100_000
-    with link.proxy.fault(Bandwidth(rate=rate), direction="downstream"):
+    rate = 100_000  # bytes/s: 100 KB/s, toxiproxy's unit
+    with link.proxy.fault(Bandwidth(rate=100), direction="downstream"):
         t0 = time.monotonic()
         link.server.send(payload)
         assert link.client.recv(timeout=T) == payload
@@ -297,7 +297,7 @@ def test_stall_holds_eof_too(link: Link) -> None:
 
 def test_stall_timeout_closes_the_connection(link: Link) -> None:
     t0 = time.monotonic()
-    link.proxy.add(Stall(timeout_ms=100))
+    link.proxy.add(Stall(timeout=100))
     with pytest.raises(sk.ConnectionClosed):
         link.client.recv(timeout=T)
     assert 0.09 <= time.monotonic() - t0 < scaled(2.0)
@@ -310,10 +310,16 @@ def test_stall_timeout_closes_the_connection(link: Link) -> None:
 
 
 def test_reset_peer_downstream_resets_the_client(link: Link) -> None:
+    link.proxy.add("reset_peer", timeout=100, direction="downstream")
+    # toxiproxy times the reset from the first data, not from the add
+    with pytest.raises(sk.Timeout):
+        link.client.recv(timeout=0.2)
+    assert link.proxy.stats.resets == 0
     t0 = time.monotonic()
-    link.proxy.add("reset_peer", delay_ms=100, direction="downstream")
+    link.server.send(b"first data")
     with pytest.raises(sk.ConnectionReset):
-        link.client.recv(timeout=T)
+        while True:
+            link.client.recv(timeout=T)
     assert 0.09 <= time.monotonic() - t0 < scaled(2.0)
     with pytest.raises(sk.ConnectionClosed) as exc:  # orderly on the far side
         link.server.recv(timeout=T)
@@ -323,8 +329,10 @@ def test_reset_peer_downstream_resets_the_client(link: Link) -> None:
 
 def test_reset_peer_upstream_resets_the_server(link: Link) -> None:
     link.proxy.add(ResetPeer(), direction="upstream")
+    link.client.send(b"go")
     with pytest.raises(sk.ConnectionReset):
-        link.server.recv(timeout=T)
+        while True:
+            link.server.recv(timeout=T)
     with pytest.raises(sk.ConnectionClosed) as exc:
         link.client.recv(timeout=T)
     assert not isinstance(exc.value, sk.ConnectionReset)
@@ -335,14 +343,14 @@ def test_reset_peer_applies_to_new_connections(echo_proxy: FaultProxy) -> None:
     with pytest.raises(sk.ConnectionReset):
         # the RST may even beat connect() to its SO_ERROR check
         with sk.connect(echo_proxy.address, timeout=T) as c:
-            c.recv(timeout=T)
+            c.request(b"echo", timeout=T)
 
 
 # ----------------------------------------------------------------- slow_close
 
 
 def test_slow_close_delays_the_fin(link: Link) -> None:
-    with link.proxy.fault(SlowClose(delay_ms=200), direction="upstream"):
+    with link.proxy.fault(SlowClose(delay=200), direction="upstream"):
         t0 = time.monotonic()
         link.client.send(b"data first")
         link.client.shutdown("write")
@@ -355,7 +363,7 @@ def test_slow_close_delays_the_fin(link: Link) -> None:
 def test_slow_close_delays_only_the_fin(link: Link) -> None:
     """The FIN held for an hour: the data before it, and the other
     direction, are delivered (a bounded wait far below an hour)."""
-    with link.proxy.fault(SlowClose(delay_ms=HOUR_MS), direction="upstream"):
+    with link.proxy.fault(SlowClose(delay=HOUR_MS), direction="upstream"):
         link.client.send(b"data first")
         link.client.shutdown("write")
         assert link.server.recv(timeout=T) == b"data first"
@@ -371,7 +379,7 @@ def test_slow_close_delays_only_the_fin(link: Link) -> None:
 def test_slicer_splits_but_frames_stay_intact(echo_proxy: FaultProxy) -> None:
     rng = random.Random(2)
     frames = [rng.randbytes(rng.randint(0, 40)) for _ in range(40)]
-    with echo_proxy.fault(Slicer(average_size=3, size_variation=2, delay_us=50)):
+    with echo_proxy.fault(Slicer(average_size=3, size_variation=2, delay=50)):
         with sk.connect(echo_proxy.address, timeout=T) as c:
             c.send_many(frames, timeout=T)
             got = [c.recv(timeout=T) for _ in frames]
@@ -385,7 +393,7 @@ def test_slicer_default_sends_one_byte_at_a_time(make_link) -> None:
             srv, _ = ls.accept()
             with cli, srv:
                 segs_before = decode_tcp_info(tcp_info_raw(cli))["data_segs_in"]
-                proxy.add(Slicer(delay_us=2000), direction="downstream")
+                proxy.add(Slicer(delay=2000), direction="downstream")
                 srv.sendall(b"abcdefghij")
                 chunks = []
                 while sum(map(len, chunks)) < 10:
@@ -444,8 +452,8 @@ def test_switching_faults_while_traffic_flows(link: Link) -> None:
 
     def chaos() -> None:
         rng = random.Random(3)
-        specs = [Latency(ms=2, jitter_ms=1), Bandwidth(rate=2_000_000),
-                 Slicer(average_size=2, size_variation=1), Stall(), SlowClose(delay_ms=5)]
+        specs = [Latency(latency=2, jitter=1), Bandwidth(rate=2000),
+                 Slicer(average_size=2, size_variation=1), Stall(), SlowClose(delay=5)]
         while not stop.is_set():
             h = link.proxy.add(rng.choice(specs), rng.choice(["upstream", "downstream", "both"]))
             time.sleep(rng.uniform(0, 0.004))
@@ -470,7 +478,7 @@ def test_many_connections_share_the_faults(echo_proxy: FaultProxy) -> None:
     conns = [sk.connect(echo_proxy.address, timeout=T) for _ in range(20)]
     try:
         echo_proxy.wait_connections(20, timeout=T)
-        with echo_proxy.fault("latency", ms=50):
+        with echo_proxy.fault("latency", "both", latency=50):
             t0 = time.monotonic()
             for c in conns:
                 c.send(b"x")
@@ -531,7 +539,7 @@ def test_close_ends_connections_and_leaks_nothing() -> None:
     assert _tasks() - tasks  # the reactor thread
     conns = [sk.connect(proxy.address, timeout=T) for _ in range(5)]
     proxy.wait_connections(5, timeout=T)
-    proxy.add("latency", ms=1000, direction="downstream")
+    proxy.add("latency", latency=1000, direction="downstream")
     for c in conns:
         c.send(b"held in the proxy")
     proxy.close()
@@ -562,9 +570,9 @@ def test_upstream_refused_resets_the_client() -> None:
 
 def test_context_managers_handles_and_repr(echo_proxy: FaultProxy) -> None:
     assert echo_proxy.faults == [] and "no faults" in repr(echo_proxy)
-    with echo_proxy.fault("latency", ms=5, direction="upstream") as h:
+    with echo_proxy.fault("latency", latency=5, direction="upstream") as h:
         assert isinstance(h, FaultHandle)
-        assert h.fault == Latency(ms=5) and h.direction == "upstream"
+        assert h.fault == Latency(latency=5) and h.direction == "upstream"
         assert echo_proxy.faults == [h]
         assert "latency/upstream" in repr(echo_proxy)
     assert echo_proxy.faults == []
@@ -581,15 +589,26 @@ def test_context_managers_handles_and_repr(echo_proxy: FaultProxy) -> None:
 
 def test_misuse_raises_clear_errors(echo_proxy: FaultProxy) -> None:
     with pytest.raises(ValueError, match="unknown fault 'lag'"):
-        echo_proxy.add("lag", ms=1)
+        echo_proxy.add("lag", latency=1)
     with pytest.raises(ValueError, match="direction"):
-        echo_proxy.add("latency", direction="sideways", ms=1)  # type: ignore[arg-type]
+        echo_proxy.add("latency", direction="sideways", latency=1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="latency"):
         echo_proxy.add("latency", millis=1)
     with pytest.raises(TypeError, match="either"):
-        echo_proxy.add(Latency(ms=1), ms=2)
+        echo_proxy.add(Latency(latency=1), latency=2)
     with pytest.raises(ValueError):
-        Latency(ms=-1)
+        Latency(latency=-1)
+    # the names before toxiproxy's: an error that names the new one
+    with pytest.raises(TypeError, match="'ms' was renamed to toxiproxy's 'latency'"):
+        echo_proxy.add("latency", ms=1)
+    with pytest.raises(TypeError, match="'delay_ms' was renamed to toxiproxy's 'timeout'"):
+        ResetPeer(delay_ms=1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="'delay_us' was renamed"):
+        Slicer(delay_us=1)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="KB/s"):
+        Bandwidth(rate=0)
+    with pytest.raises(ValueError, match="toxicity"):
+        echo_proxy.add("latency", latency=1, toxicity=1.5)
     with pytest.raises(ValueError):
         Bandwidth(rate=0)
     with pytest.raises(ValueError, match="smaller"):
@@ -598,11 +617,11 @@ def test_misuse_raises_clear_errors(echo_proxy: FaultProxy) -> None:
         LimitData(bytes=1.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         FaultProxy(("127.0.0.1", 1), buffer_size=10)
-    handles = [echo_proxy.add("latency", ms=1) for _ in range(64)]
+    handles = [echo_proxy.add("latency", latency=1) for _ in range(64)]
     with pytest.raises(ValueError, match="at most 64"):
-        echo_proxy.add("latency", ms=1)
+        echo_proxy.add("latency", latency=1)
     echo_proxy.remove(handles[0])
-    echo_proxy.add("latency", ms=1)
+    echo_proxy.add("latency", latency=1)
     echo_proxy.close()
     with pytest.raises(sk.ConnectionClosed):
         echo_proxy.add("stall")
