@@ -24,7 +24,7 @@ import pytest
 
 import pysockkit as sk
 from helpers import decode_tcp_info, scaled, start_thread, tcp_info_raw
-from pysockkit._proxy import (
+from pysockkit._proxy import (  # noqa: I001
     Bandwidth,
     FaultHandle,
     FaultProxy,
@@ -663,3 +663,257 @@ def test_a_fault_subclass_of_ones_own_is_refused_clearly(echo_proxy: FaultProxy)
         echo_proxy.add(Mine())
     assert echo_proxy.faults == []
     assert sk.call(echo_proxy.address, b"still proxied", timeout=T) == b"still proxied"
+
+
+# ----------------------------------------------------------------- exactness
+
+
+def _raw_link(proxy_options: dict[str, object] | None = None):
+    """(client, server, proxy, listener) with plain sockets."""
+    ls = socket.create_server(("127.0.0.1", 0))
+    proxy = FaultProxy(ls.getsockname(), **(proxy_options or {}))  # type: ignore[arg-type]
+    cli = socket.create_connection(proxy.address, timeout=T)
+    srv, _ = ls.accept()
+    srv.settimeout(T)
+    proxy.wait_connections(1, timeout=T)
+    return cli, srv, proxy, ls
+
+
+def _pump(src: socket.socket, dst: socket.socket, n: int) -> float:
+    """Send n bytes src -> dst (a thread sends); seconds until the last."""
+    t0 = time.monotonic()
+    sender = start_thread(src.sendall, bytes(n))
+    got = 0
+    buf = bytearray(1 << 20)
+    while got < n:
+        k = dst.recv_into(buf)
+        assert k > 0
+        got += k
+    took = time.monotonic() - t0
+    sender.join_result()
+    return took
+
+
+def test_latency_delays_bytes_without_rationing_them() -> None:
+    """1 MB through 50 ms latency: the bytes in flight are not limited by
+    buffer_size (the proxy holds far more than 64 KiB at once), so the
+    transfer takes about 50 ms + the transfer time, not 1 MB / (64 KiB /
+    50 ms) = 0.8 s as when latency rationed the buffer."""
+    cli, srv, proxy, ls = _raw_link()
+    with cli, srv, ls, proxy:
+        proxy.add("latency", latency=50)
+        took = _pump(srv, cli, 1_000_000)
+        peak = proxy.stats.buffered_peak
+    print(f"1 MB through 50 ms latency: {took * 1000:.1f} ms, peak held {peak} bytes")
+    assert took >= 0.05
+    assert peak > 4 * int(_native_default_buffer())
+    assert took < 0.05 + scaled(0.3)
+
+
+def _native_default_buffer() -> int:
+    from pysockkit import _core
+
+    return int(_core.PROXY_DEFAULT_BUFFER)  # type: ignore[attr-defined]
+
+
+def test_a_stalled_sink_still_bounds_what_latency_holds() -> None:
+    """Backpressure survives latency: once bytes are due and the client
+    does not read, the proxy stops reading at buffer_size of due bytes
+    (plus what was in flight, like bytes on a long wire: at most 32 MiB);
+    the server is pushed back and nothing is lost."""
+    cli, srv, proxy, ls = _raw_link({"buffer_size": 16384})
+    with cli, srv, ls, proxy:
+        proxy.add("latency", latency=20)
+        srv.setblocking(False)
+        sent = 0
+        deadline = time.monotonic() + T
+        stalled_since = None
+        while time.monotonic() < deadline:
+            try:
+                sent += srv.send(bytes(65536))
+                stalled_since = None
+            except BlockingIOError:
+                stalled_since = stalled_since or time.monotonic()
+                if time.monotonic() - stalled_since > 0.3:
+                    break
+                time.sleep(0.01)
+        assert stalled_since is not None, "the server was never pushed back"
+        [c] = proxy.connections
+        assert c.buffered_downstream <= (32 << 20) + 16384
+        srv.setblocking(True)
+        got = 0
+        buf = bytearray(1 << 20)
+        while got < sent:
+            k = cli.recv_into(buf)
+            assert k > 0
+            got += k
+        assert got == sent
+
+
+def test_bandwidth_is_not_faster_than_its_rate() -> None:
+    """10 MB/s for 2 MB: at least 0.2 s (minus the first 1 ms quantum),
+    within a loose upper bound; bench/proxy_exact.py measures the 2 %."""
+    cli, srv, proxy, ls = _raw_link()
+    with cli, srv, ls, proxy:
+        proxy.add("bandwidth", rate=10_000)  # KB/s
+        took = _pump(srv, cli, 2_000_000)
+    print(f"2 MB at 10 MB/s: {took:.3f} s")
+    assert took >= 0.199
+    assert took < scaled(0.5)
+
+
+# ----------------------------------------------------------------- toxiproxy
+
+
+def test_timeout_toxic_drops_data_then_closes(link: Link) -> None:
+    t0 = time.monotonic()
+    link.proxy.add("timeout", timeout=150)
+    link.server.send(b"dropped on the floor")
+    with pytest.raises(sk.ConnectionClosed) as exc:
+        link.client.recv(timeout=T)  # nothing arrives; then the close
+    assert not isinstance(exc.value, sk.IncompleteFrame)
+    assert time.monotonic() - t0 >= 0.145
+    assert eventually(lambda: link.proxy.stats.stall_closes == 1)
+
+
+def test_timeout_zero_holds_the_connection_and_drops_data(link: Link) -> None:
+    h = link.proxy.add(sk.TimeoutFault())
+    link.server.send(b"gone")
+    with pytest.raises(sk.Timeout):
+        link.client.recv(timeout=0.15)
+    assert eventually(lambda: link.proxy.stats.buffered == 0)  # dropped, not held
+    link.proxy.remove(h)
+    link.server.send(b"after")
+    assert link.client.recv(timeout=T) == b"after"
+
+
+def test_default_direction_is_downstream_and_names_are_toxiproxys(link: Link) -> None:
+    h = link.proxy.add("latency", latency=HOUR_MS)
+    assert (h.direction, h.name, h.toxicity) == ("downstream", "latency_downstream", 1.0)
+    link.client.send(b"up is free")
+    assert link.server.recv(timeout=T) == b"up is free"
+    h2 = link.proxy.add("latency", latency=1)  # the default name is taken
+    assert h2.name == f"latency_downstream_{h2.id}"
+    with pytest.raises(ValueError, match="already has a fault named 'latency_downstream'"):
+        link.proxy.add("bandwidth", rate=1, name="latency_downstream")
+    assert link.proxy.remove("latency_downstream") is True
+    assert link.proxy.remove("latency_downstream") is False
+    assert [f.name for f in link.proxy.faults] == [h2.name]
+
+
+def test_update_in_place_keeps_what_it_counted(link: Link) -> None:
+    link.proxy.add("limit_data", "upstream", name="cap", bytes=100)
+    link.client.send(b"12345")  # 9 bytes counted
+    assert link.server.recv(timeout=T) == b"12345"
+    h = link.proxy.update("cap", bytes=4 + 5 + 4 + 3)
+    assert (h.name, h.fault, h.direction) == ("cap", LimitData(bytes=16), "upstream")
+    assert [f.id for f in link.proxy.faults] == [h.id]
+    link.client.send(b"abcdef")  # 10 more: the updated limit (16) cuts it
+    with pytest.raises(sk.IncompleteFrame):
+        link.server.recv(timeout=T)
+    with pytest.raises(KeyError, match="no fault 'nope'"):
+        link.proxy.update("nope", bytes=1)
+    with pytest.raises(TypeError, match="limit_data: .*'byts'"):
+        link.proxy.update("cap", byts=3)
+
+
+def test_update_latency_applies_to_new_bytes(link: Link) -> None:
+    link.proxy.add("latency", name="lag", latency=HOUR_MS)
+    link.proxy.update("lag", latency=0)
+    link.server.send(b"now")
+    assert link.client.recv(timeout=T) == b"now"
+
+
+def test_toxicity_is_drawn_per_connection(echo_proxy: FaultProxy) -> None:
+    """toxicity 0: no connection is affected; 0.5: some are and some are
+    not (20 connections: all alike with probability 2**-19)."""
+    echo_proxy.add("latency", latency=HOUR_MS, toxicity=0.0)
+    assert sk.call(echo_proxy.address, b"spared", timeout=T) == b"spared"
+    echo_proxy.clear()
+    echo_proxy.add("latency", latency=HOUR_MS, toxicity=0.5)
+    conns = [sk.connect(echo_proxy.address, timeout=T) for _ in range(20)]
+    try:
+        for c in conns:
+            c.send(b"?")
+        fast = 0
+        for c in conns:
+            try:
+                c.recv(timeout=0.2)
+                fast += 1
+            except sk.Timeout:
+                pass
+        assert 0 < fast < 20
+    finally:
+        for c in conns:
+            c.close()
+
+
+def test_disable_closes_everything_and_enable_listens_again(echo_proxy: FaultProxy) -> None:
+    conn = sk.connect(echo_proxy.address, timeout=T)
+    with conn:
+        assert conn.request(b"up", timeout=T) == b"up"
+        echo_proxy.add("latency", latency=1, name="kept")
+        echo_proxy.disable()
+        assert echo_proxy.enabled is False
+        with pytest.raises(sk.ConnectionClosed):
+            conn.recv(timeout=T)
+    with pytest.raises(OSError):
+        sk.connect(echo_proxy.address, timeout=T)
+    echo_proxy.disable()  # idempotent
+    echo_proxy.enable()
+    assert echo_proxy.enabled is True
+    assert [f.name for f in echo_proxy.faults] == ["kept"]
+    assert sk.call(echo_proxy.address, b"back", timeout=T) == b"back"
+
+
+def _toxiproxy_config(upstream: tuple[str, int]) -> list[dict[str, object]]:
+    host, port = upstream
+    return [
+        {"name": "other", "listen": "127.0.0.1:0", "upstream": f"{host}:{port}",
+         "enabled": True, "toxics": []},
+        {"name": "echo", "listen": "127.0.0.1:0", "upstream": f"{host}:{port}",
+         "enabled": True,
+         "toxics": [
+             {"name": "lag", "type": "latency", "stream": "upstream", "toxicity": 1.0,
+              "attributes": {"latency": 30, "jitter": 0}},
+             {"name": "cut", "type": "limit_data", "stream": "downstream", "toxicity": 1.0,
+              "attributes": {"bytes": 1_000_000}},
+             {"type": "slicer", "attributes": {"average_size": 3, "size_variation": 1,
+                                               "delay": 10}},
+         ]},
+    ]
+
+
+def test_from_toxiproxy_json_config(tmp_path) -> None:
+    import json
+
+    with sk.serve() as srv:
+        cfg = _toxiproxy_config(srv.address)
+        path = tmp_path / "toxiproxy.json"
+        path.write_text(json.dumps(cfg))
+        for source in (json.dumps(cfg), path, {p["name"]: p for p in cfg}):
+            with FaultProxy.from_toxiproxy(source, name="echo") as proxy:  # type: ignore[arg-type]
+                assert proxy.name == "echo"
+                assert [(h.name, h.direction, h.fault) for h in proxy.faults] == [
+                    ("lag", "upstream", Latency(latency=30)),
+                    ("cut", "downstream", LimitData(bytes=1_000_000)),
+                    ("slicer_downstream", "downstream",
+                     Slicer(average_size=3, size_variation=1, delay=10)),
+                ]
+                t0 = time.monotonic()
+                assert sk.call(proxy.address, b"through", timeout=T) == b"through"
+                assert time.monotonic() - t0 >= 0.03
+        with pytest.raises(ValueError, match="pass name="):
+            FaultProxy.from_toxiproxy(cfg)
+        with pytest.raises(ValueError, match="no proxy named 'x'"):
+            FaultProxy.from_toxiproxy(cfg, name="x")
+        off = dict(cfg[0], enabled=False)
+        with FaultProxy.from_toxiproxy(off) as proxy:
+            assert proxy.enabled is False
+            with pytest.raises(OSError):
+                sk.connect(proxy.address, timeout=T)
+        bad = dict(cfg[0], toxics=[{"type": "latency", "attributes": {"ms": 5}}])
+        with pytest.raises(TypeError, match="renamed to toxiproxy's 'latency'"):
+            FaultProxy.from_toxiproxy(bad)
+        with pytest.raises(ValueError, match="not toxiproxy JSON"):
+            FaultProxy.from_toxiproxy("{nope")
