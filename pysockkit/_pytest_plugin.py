@@ -17,6 +17,9 @@ threads at teardown):
 - ``sk_proxy``: a :class:`~pysockkit.FaultProxy` in front of ``sk_server``;
   connect to ``sk_proxy.address``.
 - ``sk_proxy_factory(upstream, **options)``: more proxies.
+- ``sk_link``: a :class:`~pysockkit.testing.Link`, two loopback hosts in a
+  private network namespace with faults below TCP (``sk_link.set(loss=0.1)``,
+  ``cut=True``, ``rate=``), closed at teardown.
 - ``sk_lab``: the state lab; ``sk_lab.reproduce("CLOSE_WAIT")`` gives a
   scene that is closed at teardown (a state this machine cannot build
   skips the test).
@@ -78,6 +81,7 @@ FIXTURES = frozenset(
         "sk_proxy",
         "sk_proxy_factory",
         "sk_lab",
+        "sk_link",
     }
 )
 _MODES = ("fixtures", "all", "off")
@@ -542,3 +546,18 @@ def sk_lab() -> Iterator[LabFixture]:
         yield lab
     finally:
         lab.close()
+
+
+@pytest.fixture
+def sk_link() -> Iterator[Any]:
+    """A :class:`~pysockkit.testing.Link`: ``sk_link.listen()`` and
+    ``sk_link.connect(addr)`` give sockets in a private network namespace,
+    ``sk_link.set(loss=0.1)`` (or ``cut=True``, ``rate=bytes/s``) breaks the
+    link at the IP layer, so TCP really retransmits.  Closed at teardown."""
+    from ._link import Link
+
+    link = Link()
+    try:
+        yield link
+    finally:
+        link.close()

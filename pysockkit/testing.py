@@ -35,9 +35,10 @@ from . import _core
 from ._enums import TcpState
 from ._errors import Error, Timeout
 from ._net import check_timeout, format_address, parse_address
+from ._link import Link
 from ._types import Framing
 
-__all__ = ["assert_state", "assert_frames", "StateLike"]
+__all__ = ["assert_state", "assert_frames", "StateLike", "Link"]
 
 StateLike = Union[TcpState, int, str]
 
