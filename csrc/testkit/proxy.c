@@ -1264,6 +1264,17 @@ static void sk_px_sync_locked(sk_proxy *p, uint64_t gen)
     }
 }
 
+/* Contract: as sk_px_sync_locked.  Publish a change of the fault table
+ * (or of the enabled flag): bump the generation, wake the reactor, wait
+ * until it works with the change. */
+static void sk_px_publish_locked(sk_proxy *p)
+{
+    uint64_t gen = ++p->gen;
+
+    sk_px_wake(p);
+    sk_px_sync_locked(p, gen);
+}
+
 /* Events on one socket of a pair. */
 static void sk_pair_event(sk_proxy *p, sk_pxend *e, uint32_t ev)
 {
@@ -1548,7 +1559,6 @@ int sk_proxy_listen_fd(const sk_proxy *p)
  * reactor applies the fault (microseconds; at most SK_PX_SYNC_S s). */
 int sk_proxy_add(sk_proxy *p, const sk_fault *f, uint64_t *id, sk_err *err)
 {
-    uint64_t gen;
     int rc = SK_ERR;
 
     if (sk_fault_check(f, err) != SK_OK)
@@ -1565,9 +1575,7 @@ int sk_proxy_add(sk_proxy *p, const sk_fault *f, uint64_t *id, sk_err *err)
     p->faults[p->nfaults].f = *f;
     *id = p->next_id;
     p->nfaults++;
-    gen = ++p->gen;
-    sk_px_wake(p);
-    sk_px_sync_locked(p, gen);
+    sk_px_publish_locked(p);
     pthread_mutex_unlock(&p->mu);
     rc = SK_OK;
 done:
@@ -1578,7 +1586,6 @@ done:
 int sk_proxy_update(sk_proxy *p, uint64_t id, const sk_fault *f, int *found,
                     sk_err *err)
 {
-    uint64_t gen;
     unsigned i;
     int rc = SK_ERR;
 
@@ -1597,9 +1604,7 @@ int sk_proxy_update(sk_proxy *p, uint64_t id, const sk_fault *f, int *found,
     if (i < p->nfaults) {
         p->faults[i].f = *f;
         *found = 1;
-        gen = ++p->gen;
-        sk_px_wake(p);
-        sk_px_sync_locked(p, gen);
+        sk_px_publish_locked(p);
     }
     pthread_mutex_unlock(&p->mu);
     rc = SK_OK;
@@ -1612,7 +1617,6 @@ done:
  * as sk_proxy_add. */
 int sk_proxy_set_enabled(sk_proxy *p, int enabled, sk_err *err)
 {
-    uint64_t gen;
     int fd = -1, rc = SK_ERR, now_disabled;
 
     pthread_mutex_lock(&p->mu);
@@ -1632,9 +1636,7 @@ int sk_proxy_set_enabled(sk_proxy *p, int enabled, sk_err *err)
         p->have_new_lfd = 1;
     }
     p->lfd = fd;
-    gen = ++p->gen;
-    sk_px_wake(p);
-    sk_px_sync_locked(p, gen);
+    sk_px_publish_locked(p);
     pthread_mutex_unlock(&p->mu);
     rc = SK_OK;
 done:
@@ -1657,11 +1659,8 @@ int sk_proxy_remove(sk_proxy *p, uint64_t id)
             break;
         }
     }
-    if (found) {
-        uint64_t gen = ++p->gen;
-        sk_px_wake(p);
-        sk_px_sync_locked(p, gen);
-    }
+    if (found)
+        sk_px_publish_locked(p);
     pthread_mutex_unlock(&p->mu);
     return found;
 }
@@ -1669,13 +1668,9 @@ int sk_proxy_remove(sk_proxy *p, uint64_t id)
 /* Contract: as sk_proxy_add. */
 void sk_proxy_clear(sk_proxy *p)
 {
-    uint64_t gen;
-
     pthread_mutex_lock(&p->mu);
     p->nfaults = 0;
-    gen = ++p->gen;
-    sk_px_wake(p);
-    sk_px_sync_locked(p, gen);
+    sk_px_publish_locked(p);
     pthread_mutex_unlock(&p->mu);
 }
 
