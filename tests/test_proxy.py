@@ -750,14 +750,15 @@ def test_a_stalled_sink_still_bounds_what_latency_holds() -> None:
 
 
 def test_bandwidth_is_not_faster_than_its_rate() -> None:
-    """10 MB/s for 2 MB: at least 0.2 s (minus the first 1 ms quantum),
-    within a loose upper bound; bench/proxy_exact.py measures the 2 %."""
+    """10 MB/s for 2 MB: at least 0.2 s, less the first 1 ms quantum and
+    the 5 ms a sender's idle time may earn (csrc/testkit/proxy.h), within a
+    loose upper bound; bench/proxy_exact.py measures the 2 %."""
     cli, srv, proxy, ls = _raw_link()
     with cli, srv, ls, proxy:
         proxy.add("bandwidth", rate=10_000)  # KB/s
         took = _pump(srv, cli, 2_000_000)
     print(f"2 MB at 10 MB/s: {took:.3f} s")
-    assert took >= 0.199
+    assert took >= 0.2 - 0.001 - 0.005
     assert took < scaled(0.5)
 
 

@@ -162,14 +162,15 @@ def test_latency_upstream_and_jitter(make: Make) -> None:
 
 
 def test_bandwidth(make: Make) -> None:
-    """1 MiB at 5000 KB/s: at least 0.209 s (less the first 1 ms)."""
+    """1 MiB at 5000 KB/s: at least 0.21 s, less the first 1 ms quantum
+    and the 5 ms an idle sender may earn."""
     proxy = make("bandwidth", rate=5000)
     with client(proxy) as r:
         r.ping()
         took, v = timed(lambda: r.get("big"))
     print(f"GET 1 MiB at 5 MB/s: {took:.3f} s")
     assert v == VALUE_1M
-    assert len(VALUE_1M) / 5_000_000 - 0.002 <= took < scaled(0.8)
+    assert len(VALUE_1M) / 5_000_000 - 0.006 <= took < scaled(0.8)
 
 
 def test_timeout_drops_then_closes(make: Make) -> None:

@@ -59,6 +59,11 @@
 #define SK_PX_DRAIN_MAX (256 * 1024)       /* discarded before a close */
 #define SK_PX_ACCEPT_PAUSE_NS 100000000LL  /* after EMFILE and friends */
 #define SK_PX_BW_SLICES 1000               /* bandwidth: 1 ms of bytes a write */
+/* bandwidth: a wake-up up to this late after the bytes became writable is
+ * the reactor's lateness (a busy machine), carried forward; more is the
+ * sender's idleness, which earns nothing (at most 5 ms worth of bytes may
+ * go out back to back after an idle spell) */
+#define SK_PX_BW_CREDIT_NS 5000000LL
 #define SK_PX_DEFAULT_CONNS 1024u
 #define SK_PX_SYNC_S 2 /* longest wait for the reactor to apply a change */
 /* Parameter bounds: far beyond any use, small enough that sums of times
@@ -114,6 +119,7 @@ typedef struct sk_pxdir {
                              change): pacing never credits time before */
     int64_t pace_ns;      /* bandwidth: no write before this */
     uint64_t pace_rem;    /* ... ns x rate not yet turned into pace */
+    int64_t rate_since;   /* the bandwidth in force took effect then */
     int64_t slice_ns;     /* slicer: no write before this */
     size_t slice_left;    /* slicer: bytes left in the current slice */
     uint64_t limit_id;    /* limit_data fault being counted against */
@@ -502,6 +508,7 @@ static void sk_pair_apply(sk_proxy *p, sk_pxpair *c)
         if (old[d].rate != e->rate) {
             x->pace_ns = sk_px_min(x->pace_ns, now);
             x->pace_rem = 0;
+            x->rate_since = now;
         }
         if (old[d].slicer != e->slicer ||
             old[d].slice_delay_ns != e->slice_delay_ns)
@@ -959,7 +966,9 @@ static int sk_dir_write(sk_proxy *p, sk_pxpair *c, int d)
             /* w bytes take w / rate s; the remainder (ns x rate) is kept
              * so that the sum over writes is exact */
             uint64_t t = (uint64_t)w * 1000000000ULL + x->pace_rem;
-            x->pace_ns = sk_px_max(x->pace_ns, ready) +
+            int64_t base = sk_px_max(ready - SK_PX_BW_CREDIT_NS,
+                                     x->rate_since);
+            x->pace_ns = sk_px_max(x->pace_ns, base) +
                          (int64_t)(t / e->rate);
             x->pace_rem = t % e->rate;
         }

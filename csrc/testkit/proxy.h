@@ -15,7 +15,8 @@
  *               without limiting throughput
  *   bandwidth   pace the writes to rate_Bps bytes per second; a late
  *               wake-up is carried forward (the next write is due at the
- *               ideal time, not the actual one), idle time is not credited
+ *               ideal time, not the actual one); a sender's idle time
+ *               earns at most 5 ms worth of bytes
  *   stall       pass nothing and hold the connection open (data and EOF
  *               wait in the proxy, then in the kernel: the sender blocks);
  *               delay_ns > 0: close both sides that long after the fault
