@@ -263,12 +263,12 @@ done:
 PyDoc_STRVAR(Proxy_set_enabled_doc,
 "set_enabled(enabled: bool)\n--\n\n"
 "Disable (close the listener and every connection) or enable (listen\n"
-"again on the same address) the proxy.  Releases the GIL while it binds\n"
-"and waits for the reactor.");
+"again on the same address) the proxy.  Keeps the GIL while it binds and\n"
+"waits for the reactor (microseconds; see the file comment).");
 
-/* Contract: GIL held on entry and exit, released around the core call
- * (which binds a socket); the pointer is read with the GIL held, and
- * close() is not called concurrently by FaultProxy's contract. */
+/* Contract: GIL held throughout, as Proxy_add (the reactor never needs
+ * it, and holding it keeps close() on another thread from freeing the
+ * proxy meanwhile). */
 static PyObject *Proxy_set_enabled(ProxyObject *self, PyObject *py_on)
 {
     PyObject *py_res = NULL;
