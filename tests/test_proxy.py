@@ -533,8 +533,10 @@ def test_max_connections_queues_the_rest(echo_proxy: FaultProxy) -> None:
 
 
 def test_close_ends_connections_and_leaks_nothing() -> None:
-    fds, tasks = _fds(), _tasks()
+    # the server first: sk.serve's shared reactor keeps its epoll and
+    # eventfd for the process (not the proxy's to give back)
     srv = sk.serve()
+    fds, tasks = _fds(), _tasks()
     proxy = FaultProxy(srv.address)
     assert _tasks() - tasks  # the reactor thread
     conns = [sk.connect(proxy.address, timeout=T) for _ in range(5)]

@@ -101,12 +101,10 @@ static PyObject *Proxy_new(PyTypeObject *type, PyObject *args,
     if (rc != SK_OK) {
         self->p = NULL;
         skpy_raise(mod, &err, NULL);
-        goto error;
+        Py_CLEAR(self);
     }
-    return (PyObject *)self;
 error:
-    Py_XDECREF(self);
-    return NULL;
+    return (PyObject *)self;
 }
 
 /* Contract: GIL held on entry and exit; released while the reactor is
@@ -183,20 +181,20 @@ static int skpy_parse_fault(PyObject *args, PyObject *kwds, int with_id,
                                          (char **)kw_add, &kind, &dirs,
                                          &delay, &jitter, &rate, &size,
                                          &size_var, &bytes, &spare);
-    if (!ok)
-        return -1;
-    memset(f, 0, sizeof(*f));
-    f->kind = (sk_fault_kind)kind;
-    f->dirs = dirs;
-    f->delay_ns = delay;
-    f->jitter_ns = jitter;
-    f->rate_Bps = rate;
-    f->size = size;
-    f->size_var = size_var;
-    f->bytes = bytes;
-    f->spare = spare;
-    *id = uid;
-    return 0;
+    if (ok) {
+        memset(f, 0, sizeof(*f));
+        f->kind = (sk_fault_kind)kind;
+        f->dirs = dirs;
+        f->delay_ns = delay;
+        f->jitter_ns = jitter;
+        f->rate_Bps = rate;
+        f->size = size;
+        f->size_var = size_var;
+        f->bytes = bytes;
+        f->spare = spare;
+        *id = uid;
+    }
+    return ok ? 0 : -1;
 }
 
 PyDoc_STRVAR(Proxy_add_doc,
@@ -337,11 +335,12 @@ static PyObject *Proxy_stats(ProxyObject *self, PyObject *Py_UNUSED(ignored))
 {
     sk_proxy_stats s;
     sk_proxy *p = Proxy_get(self);
+    PyObject *py_res = NULL;
 
     if (p == NULL)
-        return NULL; /* the only early exit: nothing to release */
+        goto error;
     sk_proxy_get_stats(p, &s);
-    return Py_BuildValue(
+    py_res = Py_BuildValue(
         "{sKsKsKsKsKsKsKsKsKsK}", "accepted",
         (unsigned long long)s.accepted, "active",
         (unsigned long long)s.active, "bytes_up",
@@ -352,6 +351,8 @@ static PyObject *Proxy_stats(ProxyObject *self, PyObject *Py_UNUSED(ignored))
         (unsigned long long)s.upstream_failures, "resets",
         (unsigned long long)s.resets, "limits", (unsigned long long)s.limits,
         "stall_closes", (unsigned long long)s.stall_closes);
+error:
+    return py_res;
 }
 
 PyDoc_STRVAR(Proxy_connections_doc,
@@ -408,13 +409,13 @@ static PyObject *Proxy_connections(ProxyObject *self,
             goto error;
         Py_CLEAR(py_item);
     }
+    goto done;
+error:
+    Py_XDECREF(py_item);
+    Py_CLEAR(py_list);
+done:
     PyMem_Free(infos);
     return py_list;
-error:
-    PyMem_Free(infos);
-    Py_XDECREF(py_item);
-    Py_XDECREF(py_list);
-    return NULL;
 }
 
 PyDoc_STRVAR(Proxy_last_error_doc,

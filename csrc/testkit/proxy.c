@@ -226,6 +226,7 @@ struct sk_proxy {
  * touches loop-owned state without locks; no function here needs the GIL
  * and none frees what its caller owns unless it says so. */
 
+/* Contract: pure (sk_px_min below too). */
 static int64_t sk_px_max(int64_t a, int64_t b) { return a > b ? a : b; }
 static int64_t sk_px_min(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -297,17 +298,25 @@ static void sk_timer_set(sk_proxy *p, sk_pxpair *c, int64_t wake)
 /* Contract: pure. */
 int sk_fault_check(const sk_fault *f, sk_err *err)
 {
-    if (f->dirs == 0 || (f->dirs & ~SK_DIR_BOTH) != 0)
-        return sk_err_set(err, SK_E_ARG, "fault directions must be a "
-                          "non-empty subset of upstream|downstream");
+    int rc = SK_OK;
+
+    if (f->dirs == 0 || (f->dirs & ~SK_DIR_BOTH) != 0) {
+        rc = sk_err_set(err, SK_E_ARG, "fault directions must be a "
+                        "non-empty subset of upstream|downstream");
+        goto done;
+    }
     if (f->delay_ns < 0 || f->jitter_ns < 0 || f->delay_ns > SK_PX_MAX_DELAY ||
-        f->jitter_ns > SK_PX_MAX_DELAY)
-        return sk_err_set(err, SK_E_ARG,
-                          "fault delays must be 0..%lld ns (a year)",
-                          (long long)SK_PX_MAX_DELAY);
-    if (!(f->spare >= 0.0 && f->spare <= 1.0))
-        return sk_err_set(err, SK_E_ARG, "a fault's spare probability "
-                          "(1 - toxicity) must be 0..1");
+        f->jitter_ns > SK_PX_MAX_DELAY) {
+        rc = sk_err_set(err, SK_E_ARG,
+                        "fault delays must be 0..%lld ns (a year)",
+                        (long long)SK_PX_MAX_DELAY);
+        goto done;
+    }
+    if (!(f->spare >= 0.0 && f->spare <= 1.0)) {
+        rc = sk_err_set(err, SK_E_ARG, "a fault's spare probability "
+                        "(1 - toxicity) must be 0..1");
+        goto done;
+    }
     switch (f->kind) {
     case SK_FAULT_LATENCY:
     case SK_FAULT_STALL:
@@ -318,22 +327,24 @@ int sk_fault_check(const sk_fault *f, sk_err *err)
         break;
     case SK_FAULT_BANDWIDTH:
         if (f->rate_Bps == 0 || f->rate_Bps > SK_PX_MAX_RATE)
-            return sk_err_set(err, SK_E_ARG, "bandwidth rate must be "
-                              "1..%llu bytes/s",
-                              (unsigned long long)SK_PX_MAX_RATE);
+            rc = sk_err_set(err, SK_E_ARG, "bandwidth rate must be "
+                            "1..%llu bytes/s",
+                            (unsigned long long)SK_PX_MAX_RATE);
         break;
     case SK_FAULT_SLICER:
         if (f->size == 0 || f->size_var >= f->size ||
             f->size > SK_PX_MAX_SLICE)
-            return sk_err_set(err, SK_E_ARG, "slicer needs 1 <= average size "
-                              "<= %u and size variation < average size",
-                              (unsigned)SK_PX_MAX_SLICE);
+            rc = sk_err_set(err, SK_E_ARG, "slicer needs 1 <= average size "
+                            "<= %u and size variation < average size",
+                            (unsigned)SK_PX_MAX_SLICE);
         break;
     default:
-        return sk_err_set(err, SK_E_ARG, "unknown fault kind %d",
-                          (int)f->kind);
+        rc = sk_err_set(err, SK_E_ARG, "unknown fault kind %d",
+                        (int)f->kind);
+        break;
     }
-    return SK_OK;
+done:
+    return rc;
 }
 
 /* Does fault s act on pair c?  Its toxicity is drawn once per pair and
@@ -342,13 +353,15 @@ int sk_fault_check(const sk_fault *f, sk_err *err)
 static int sk_fault_hits(const sk_pxpair *c, const sk_pxfault *s)
 {
     uint64_t z = c->salt ^ (s->id * 0x9E3779B97F4A7C15ULL);
+    int hit = 1;
 
-    if (s->f.spare <= 0.0)
-        return 1;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    z ^= z >> 31;
-    return (double)(z >> 11) * 0x1p-53 >= s->f.spare;
+    if (s->f.spare > 0.0) {
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        z ^= z >> 31;
+        hit = (double)(z >> 11) * 0x1p-53 >= s->f.spare;
+    }
+    return hit;
 }
 
 /* Fold the snapshot into pair c's effective faults per direction.
@@ -746,18 +759,16 @@ static void sk_dir_grow(sk_pxdir *x, size_t want, size_t lim)
         ncap = want;
     if (ncap > lim)
         ncap = lim;
-    if (ncap <= x->cap)
-        return;
-    nb = sk_malloc(ncap);
-    if (nb == NULL)
-        return;
-    first = x->cap - x->head < x->used ? x->cap - x->head : x->used;
-    memcpy(nb, x->buf + x->head, first);
-    memcpy(nb + first, x->buf, x->used - first);
-    free(x->buf);
-    x->buf = nb;
-    x->cap = ncap;
-    x->head = 0;
+    nb = ncap > x->cap ? sk_malloc(ncap) : NULL;
+    if (nb != NULL) {
+        first = x->cap - x->head < x->used ? x->cap - x->head : x->used;
+        memcpy(nb, x->buf + x->head, first);
+        memcpy(nb + first, x->buf, x->used - first);
+        free(x->buf);
+        x->buf = nb;
+        x->cap = ncap;
+        x->head = 0;
+    }
 }
 
 /* Read what dir d's source has, while it may.  0, or -1 if the pair
