@@ -81,6 +81,7 @@ if TYPE_CHECKING:  # what __getattr__ below loads on first use, for type checker
         Slicer,
         SlowClose,
         Stall,
+        TimeoutFault,
     )
 
 # Loaded on first use, so that `import pysockkit` stays cheap (no asyncio,
@@ -114,7 +115,7 @@ _LAZY = {
     "StateChange": "._recording",
     **dict.fromkeys(
         ("Bandwidth", "FaultHandle", "FaultProxy", "Latency", "LimitData", "ProxiedConnection",
-         "ProxyStats", "ResetPeer", "Slicer", "SlowClose", "Stall"), ".testing.proxy"),
+         "ProxyStats", "ResetPeer", "Slicer", "SlowClose", "Stall", "TimeoutFault"), ".testing.proxy"),
 }
 
 
@@ -191,6 +192,7 @@ __all__ = [
     "SlowClose",
     "Slicer",
     "LimitData",
+    "TimeoutFault",
     # errors
     "Error",
     "Timeout",

@@ -17,15 +17,21 @@ threads at teardown):
 - ``sk_proxy``: a :class:`~pysockkit.FaultProxy` in front of ``sk_server``;
   connect to ``sk_proxy.address``.
 - ``sk_proxy_factory(upstream, **options)``: more proxies.
+- ``sk_link``: a :class:`~pysockkit.testing.Link`, two loopback hosts in a
+  private network namespace with faults below TCP (``sk_link.set(loss=0.1)``,
+  ``cut=True``, ``rate=``), closed at teardown.
 - ``sk_lab``: the state lab; ``sk_lab.reproduce("CLOSE_WAIT")`` gives a
   scene that is closed at teardown (a state this machine cannot build
   skips the test).
 
-Leak check: a test that uses any of these fixtures (or every test, with
-``--sk-leak-check=all`` or ini ``sk_leak_check = all``; or one marked
-``@pytest.mark.sk_leak_check``) fails at teardown if it leaves a socket
-open or a thread running that was not there before it started: the
-report names each socket (state and addresses) and thread.  Opt a test out
+Leak check: a test that uses any of these fixtures or makes a
+:class:`~pysockkit.FaultProxy` (or every test, with ``--sk-leak-check=all``
+or ini ``sk_leak_check = all``; or one marked ``@pytest.mark.sk_leak_check``)
+fails at teardown if it leaves a socket open or a thread running that was
+not there before it started, or drops a socket without closing it (the
+ResourceWarning its finalizer gives, which Python hides by default, becomes
+the failure): the report names each socket (state and addresses, or the
+warning's description) and thread.  Opt a test out
 with ``@pytest.mark.sk_no_leak_check``, or all unmarked tests with
 ``sk_leak_check = off`` (markers win over the option either way);
 ``sk_leak_action = warn`` turns the failure into a warning.
@@ -74,6 +80,7 @@ FIXTURES = frozenset(
         "sk_proxy",
         "sk_proxy_factory",
         "sk_lab",
+        "sk_link",
     }
 )
 _MODES = ("fixtures", "all", "off")
@@ -294,16 +301,81 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.Fix
         request.config.stash[_EXEMPT].add(before, _snapshot())
 
 
+# ResourceWarnings that name a socket: the stdlib's ("unclosed <socket.socket
+# fd=5, family=2, ... laddr=..., raddr=...>") and pysockkit's own (unclosed
+# pysockkit connection / listener / FaultProxy).
+_SOCKET_WARNING = r"unclosed (<socket|pysockkit)"
+
+
+class _DroppedSockets:
+    """Collects, while a test runs, the ResourceWarnings of sockets dropped
+    without close (their finalizer closed the descriptor, so the descriptor
+    snapshot cannot see them).  Every other warning is kept and re-emitted
+    unchanged when the test ends, so pytest's own warning handling (and a
+    ``filterwarnings = error``) sees it as before."""
+
+    def __init__(self) -> None:
+        self._cm = warnings.catch_warnings(record=True)
+        self._log: list[warnings.WarningMessage] = []
+
+    def __enter__(self) -> _DroppedSockets:
+        self._log = self._cm.__enter__()
+        warnings.filterwarnings("always", category=ResourceWarning, message=_SOCKET_WARNING)
+        return self
+
+    def close(self, report: Callable[[], bool]) -> list[str]:
+        """Stop collecting; the dropped sockets' descriptions if
+        ``report()`` (else their warnings go on as the others do)."""
+        import gc
+        import re
+
+        gc.collect()  # finalize sockets kept only by reference cycles
+        self._cm.__exit__(None, None, None)
+        dropped, others = [], []
+        keep = report()
+        for w in self._log:
+            if (keep and issubclass(w.category, ResourceWarning)
+                    and re.match(_SOCKET_WARNING, str(w.message))):
+                dropped.append(f"{w.message} was dropped without close "
+                               f"(finalized; allocated or last seen at {w.filename}:{w.lineno})")
+            else:
+                others.append(w)
+        for w in others:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno,
+                                   source=w.source)
+        return dropped
+
+
+def _proxies_made() -> int:
+    from .testing.proxy import FaultProxy
+
+    return FaultProxy._made
+
+
 @pytest.fixture(autouse=True)
 def _sk_leak_guard(request: pytest.FixtureRequest) -> Iterator[None]:
     settings = request.config.stash[_SETTINGS]
-    if not _wants_check(request, settings.mode):
+    node = request.node
+    if settings.mode == "off" and node.get_closest_marker("sk_leak_check") is None:
         yield
         return
+    if node.get_closest_marker("sk_no_leak_check") is not None:
+        yield
+        return
+    wanted = _wants_check(request, settings.mode)
     # autouse fixtures are set up before the test's other function-scoped
-    # fixtures and torn down after them: the snapshot brackets them all
+    # fixtures and torn down after them: the snapshot brackets them all.
+    # Tests that the settings leave unchecked are bracketed too: one that
+    # makes a FaultProxy is checked all the same.
     before = _snapshot()
-    yield
+    made = _proxies_made()
+    catcher = _DroppedSockets().__enter__()
+    try:
+        yield
+    finally:
+        dropped = catcher.close(lambda: wanted or _proxies_made() != made)
+    if not wanted and _proxies_made() == made:
+        return
     exempt = request.config.stash[_EXEMPT]
     deadline = time.monotonic() + settings.grace
     while True:
@@ -311,9 +383,9 @@ def _sk_leak_guard(request: pytest.FixtureRequest) -> Iterator[None]:
         if not leaks or time.monotonic() >= deadline:
             break
         time.sleep(0.01)
-    if not leaks:
+    lines = dropped + (leaks.describe() if leaks else [])
+    if not lines:
         return
-    lines = leaks.describe()
     msg = (
         f"{request.node.nodeid} leaked {len(lines)} resource(s) "
         "(pysockkit leak check; opt out with @pytest.mark.sk_no_leak_check):\n  "
@@ -473,3 +545,18 @@ def sk_lab() -> Iterator[LabFixture]:
         yield lab
     finally:
         lab.close()
+
+
+@pytest.fixture
+def sk_link() -> Iterator[Any]:
+    """A :class:`~pysockkit.testing.Link`: ``sk_link.listen()`` and
+    ``sk_link.connect(addr)`` give sockets in a private network namespace,
+    ``sk_link.set(loss=0.1)`` (or ``cut=True``, ``rate=bytes/s``) breaks the
+    link at the IP layer, so TCP really retransmits.  Closed at teardown."""
+    from .testing.link import Link
+
+    link = Link()
+    try:
+        yield link
+    finally:
+        link.close()

@@ -36,6 +36,8 @@ fi
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 # nft drops loopback packets inside `unshare -Urn` (tests/test_keepalive.py)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
+# a real outside server behind the FaultProxy (tests/test_redis_proxy.py)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \

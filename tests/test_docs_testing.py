@@ -32,6 +32,7 @@ PUBLIC_NAMES = (
     "SlowClose",
     "Slicer",
     "LimitData",
+    "TimeoutFault",
 )
 
 

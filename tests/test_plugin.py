@@ -146,7 +146,7 @@ def test_connections_to_another_server(sk_server_factory, sk_connections):
 
 def test_proxy_latency(sk_proxy):
     with sk.connect(sk_proxy.address, timeout=T) as c:
-        with sk_proxy.fault("latency", ms=30, direction="downstream"):
+        with sk_proxy.fault("latency", latency=30, direction="downstream"):
             assert c.request(b"x", timeout=T) == b"x"
         assert sk_proxy.stats.bytes_upstream == 5  # one frame: header and b"x"
 
@@ -260,6 +260,60 @@ def test_leak_action_warn(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyP
     r.stdout.fnmatch_lines(["*SocketLeakWarning*leaked*"])
 
 
+DROPPING_SUITE = '''
+import gc, socket
+import pytest
+import pysockkit as sk
+
+def test_drops_a_stdlib_socket(sk_server):
+    s = socket.create_connection(sk_server.address)
+    del s                       # no close(): its finalizer closes it
+
+def test_drops_a_pysockkit_connection(sk_server):
+    c = sk.connect(sk_server.address, timeout=2)
+    del c
+
+def test_drops_a_proxy_without_fixtures():
+    with socket.create_server(("127.0.0.1", 0)) as ls:
+        proxy = sk.FaultProxy(ls.getsockname())
+        del proxy
+
+def test_closes_its_proxy_without_fixtures():
+    with socket.create_server(("127.0.0.1", 0)) as ls:
+        with sk.FaultProxy(ls.getsockname()):
+            pass
+
+def test_unchecked_drop_is_left_alone():
+    socket.socket()             # no fixture, no proxy: not checked
+'''
+
+
+def test_sockets_dropped_without_close_fail_the_test(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A socket dropped without close leaves no descriptor behind (its
+    finalizer closed it): the hidden ResourceWarning is the evidence, and
+    the check turns it into the failure, naming the socket.  A test that
+    makes a FaultProxy is checked without any sk_* fixture."""
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    # no filterwarnings = error: Python's default hides ResourceWarning
+    pytester.makeini("[pytest]\nsk_leak_grace = 0.3\n")
+    pytester.makepyfile(test_sample=DROPPING_SUITE)
+    r = pytester.runpytest(*PLUGIN, "-p", "no:cacheprovider")
+    r.assert_outcomes(passed=5, errors=3)
+    out = r.stdout.str()
+    r.stdout.fnmatch_lines([
+        "*ERROR at teardown of test_drops_a_stdlib_socket*",
+        "*unclosed <socket.socket fd=*laddr=('127.0.0.1'*raddr=('127.0.0.1'* "
+        "was dropped without close*",
+        "*ERROR at teardown of test_drops_a_pysockkit_connection*",
+        "*unclosed pysockkit connection fd=* was dropped without close*",
+        "*ERROR at teardown of test_drops_a_proxy_without_fixtures*",
+        "*unclosed pysockkit FaultProxy 127.0.0.1:* was dropped without close*",
+    ])
+    for ok in ("test_closes_its_proxy_without_fixtures", "test_unchecked_drop_is_left_alone"):
+        assert f"ERROR at teardown of {ok}" not in out
+
+
 def test_broader_scoped_fixtures_are_not_blamed(run) -> None:
     src = '''
 import socket, pytest
@@ -335,7 +389,7 @@ def test_stall_is_a_timeout(sk_proxy, conn):
 
 
 def test_latency_beyond_the_timeout_loses_nothing(sk_proxy, conn):
-    with sk_proxy.fault("latency", ms=300, direction="upstream"):
+    with sk_proxy.fault("latency", latency=300, direction="upstream"):
         conn.send(b"late")
         with pytest.raises(sk.Timeout):
             conn.recv(timeout=0.1)
@@ -365,20 +419,20 @@ def test_limit_data_on_a_boundary_is_connection_closed(sk_proxy, conn):
 
 def test_slicer_keeps_frames_intact(sk_proxy, conn):
     msgs = [bytes([i]) * i for i in range(30)]
-    with sk_proxy.fault("slicer", average_size=2, size_variation=1, delay_us=20):
+    with sk_proxy.fault("slicer", "both", average_size=2, size_variation=1, delay=20):
         conn.send_many(msgs)
         assert [conn.recv(timeout=T) for _ in msgs] == msgs
 
 
 def test_bandwidth_slows_but_delivers(sk_proxy, conn):
-    with sk_proxy.fault("bandwidth", rate=20_000, direction="downstream"):
+    with sk_proxy.fault("bandwidth", rate=20, direction="downstream"):  # KB/s
         t0 = time.monotonic()
         assert conn.request(bytes(5000), timeout=T) == bytes(5000)
         assert time.monotonic() - t0 >= 0.2
 
 
 def test_slow_close_delays_the_end(sk_proxy, conn):
-    with sk_proxy.fault("slow_close", delay_ms=200, direction="downstream"):
+    with sk_proxy.fault("slow_close", delay=200, direction="downstream"):
         conn.shutdown("write")   # the echo server closes in turn
         t0 = time.monotonic()
         with pytest.raises(sk.ConnectionClosed):
@@ -397,9 +451,11 @@ def test_stdlib_stall_is_socket_timeout(sk_proxy, raw):
 
 
 def test_stdlib_reset_peer_is_connection_reset_error(sk_proxy, raw):
-    sk_proxy.add("reset_peer", delay_ms=50, direction="downstream")
+    sk_proxy.add("reset_peer", timeout=50, direction="downstream")
+    raw.sendall(frame(b"x"))   # toxiproxy times the reset from the first data
     with pytest.raises(ConnectionResetError):
-        raw.recv(10)
+        while raw.recv(10):
+            pass
 
 
 def test_stdlib_limit_data_is_a_short_read_then_eof(sk_proxy, raw):
@@ -417,7 +473,7 @@ def data_segs_in(s):
 
 def test_stdlib_slicer_splits_every_byte(sk_proxy, raw):
     segs = data_segs_in(raw)
-    with sk_proxy.fault("slicer", delay_us=1000, direction="downstream"):
+    with sk_proxy.fault("slicer", delay=1000, direction="downstream"):
         raw.sendall(frame(b"abcdef"))
         chunks = []
         while sum(map(len, chunks)) < 10:

@@ -6,7 +6,9 @@
  *         seed=0)            starts the reactor thread at once
  *   .fileno() -> int         the listening socket (-1 once closed)
  *   .add(kind, dirs, delay_ns=0, jitter_ns=0, rate=0, size=0, size_var=0,
- *        bytes=0) -> int     a fault id
+ *        bytes=0, spare=0.0) -> int     a fault id
+ *   .update(id, kind, dirs, ...) -> bool   in place, same kind
+ *   .set_enabled(bool)       toxiproxy's proxy "enabled"
  *   .remove(id) -> bool, .clear()
  *   .stats() -> dict, .connections() -> list[tuple], .last_error()
  *   .close()                 joins the thread with the GIL released
@@ -152,50 +154,138 @@ static PyObject *Proxy_fileno(ProxyObject *self, PyObject *Py_UNUSED(ignored))
                                            : sk_proxy_listen_fd(self->p));
 }
 
+/* Parse a fault from add()'s arguments ("id" first when with_id: update()'s)
+ * into *f (and *id).  GIL held; 0, or -1 with an exception set. */
+static int skpy_parse_fault(PyObject *args, PyObject *kwds, int with_id,
+                            uint64_t *id, sk_fault *f)
+{
+    static const char *const kw_add[] = {"kind", "dirs", "delay_ns",
+                             "jitter_ns", "rate", "size", "size_var",
+                             "bytes", "spare", NULL};
+    static const char *const kw_upd[] = {"id", "kind", "dirs", "delay_ns",
+                             "jitter_ns", "rate", "size", "size_var",
+                             "bytes", "spare", NULL};
+    int kind, ok;
+    unsigned int dirs;
+    long long delay = 0, jitter = 0;
+    unsigned long long rate = 0, size = 0, size_var = 0, bytes = 0, uid = 0;
+    double spare = 0.0;
+
+    if (with_id)
+        ok = PyArg_ParseTupleAndKeywords(args, kwds, "KiI|LLKKKKd:update",
+                                         (char **)kw_upd, &uid, &kind, &dirs,
+                                         &delay, &jitter, &rate, &size,
+                                         &size_var, &bytes, &spare);
+    else
+        ok = PyArg_ParseTupleAndKeywords(args, kwds, "iI|LLKKKKd:add",
+                                         (char **)kw_add, &kind, &dirs,
+                                         &delay, &jitter, &rate, &size,
+                                         &size_var, &bytes, &spare);
+    if (ok) {
+        memset(f, 0, sizeof(*f));
+        f->kind = (sk_fault_kind)kind;
+        f->dirs = dirs;
+        f->delay_ns = delay;
+        f->jitter_ns = jitter;
+        f->rate_Bps = rate;
+        f->size = size;
+        f->size_var = size_var;
+        f->bytes = bytes;
+        f->spare = spare;
+        *id = uid;
+    }
+    return ok ? 0 : -1;
+}
+
 PyDoc_STRVAR(Proxy_add_doc,
 "add(kind, dirs, delay_ns=0, jitter_ns=0, rate=0, size=0, size_var=0,\n"
-"    bytes=0) -> int\n--\n\n"
-"Add a fault (kind: FAULT_*, dirs: DIR_UP|DIR_DOWN); returns its id.\n"
+"    bytes=0, spare=0.0) -> int\n--\n\n"
+"Add a fault (kind: FAULT_*, dirs: DIR_UP|DIR_DOWN; spare: probability\n"
+"that a connection is spared, 1 - toxicity); returns its id.\n"
 "ValueError for bad parameters or a full fault table.");
 
 /* Contract: GIL held throughout (see the file comment); the core copies
  * the fault, nothing to free. */
 static PyObject *Proxy_add(ProxyObject *self, PyObject *args, PyObject *kwds)
 {
-    static const char *const kwlist[] = {"kind", "dirs", "delay_ns", "jitter_ns", "rate",
-                             "size", "size_var", "bytes", NULL};
-    int kind;
-    unsigned int dirs;
-    long long delay = 0, jitter = 0;
-    unsigned long long rate = 0, size = 0, size_var = 0, bytes = 0;
     PyObject *py_res = NULL;
     sk_proxy *p;
     sk_fault f;
     uint64_t id = 0;
     sk_err err;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iI|LLKKKK:add",
-                                     (char **)kwlist,
-                                     &kind, &dirs, &delay, &jitter, &rate,
-                                     &size, &size_var, &bytes))
+    if (skpy_parse_fault(args, kwds, 0, &id, &f) < 0)
         goto done;
     p = Proxy_get(self);
     if (p == NULL)
         goto done;
-    memset(&f, 0, sizeof(f));
-    f.kind = (sk_fault_kind)kind;
-    f.dirs = dirs;
-    f.delay_ns = delay;
-    f.jitter_ns = jitter;
-    f.rate_Bps = rate;
-    f.size = size;
-    f.size_var = size_var;
-    f.bytes = bytes;
     sk_err_clear(&err);
     if (sk_proxy_add(p, &f, &id, &err) != SK_OK)
         skpy_raise(Proxy_module((PyObject *)self), &err, NULL);
     else
         py_res = PyLong_FromUnsignedLongLong(id);
+done:
+    return py_res;
+}
+
+PyDoc_STRVAR(Proxy_update_doc,
+"update(id, kind, dirs, delay_ns=0, ...) -> bool\n--\n\n"
+"Replace fault id's parameters in place (same kind; as add()); False if\n"
+"no fault has that id.");
+
+/* Contract: as Proxy_add. */
+static PyObject *Proxy_update(ProxyObject *self, PyObject *args,
+                              PyObject *kwds)
+{
+    PyObject *py_res = NULL;
+    sk_proxy *p;
+    sk_fault f;
+    uint64_t id = 0;
+    int found = 0;
+    sk_err err;
+
+    if (skpy_parse_fault(args, kwds, 1, &id, &f) < 0)
+        goto done;
+    p = Proxy_get(self);
+    if (p == NULL)
+        goto done;
+    sk_err_clear(&err);
+    if (sk_proxy_update(p, id, &f, &found, &err) != SK_OK)
+        skpy_raise(Proxy_module((PyObject *)self), &err, NULL);
+    else
+        py_res = PyBool_FromLong(found);
+done:
+    return py_res;
+}
+
+PyDoc_STRVAR(Proxy_set_enabled_doc,
+"set_enabled(enabled: bool)\n--\n\n"
+"Disable (close the listener and every connection) or enable (listen\n"
+"again on the same address) the proxy.  Keeps the GIL while it binds and\n"
+"waits for the reactor (microseconds; see the file comment).");
+
+/* Contract: GIL held throughout, as Proxy_add (the reactor never needs
+ * it, and holding it keeps close() on another thread from freeing the
+ * proxy meanwhile). */
+static PyObject *Proxy_set_enabled(ProxyObject *self, PyObject *py_on)
+{
+    PyObject *py_res = NULL;
+    sk_proxy *p;
+    sk_err err;
+    int on, rc;
+
+    on = PyObject_IsTrue(py_on);
+    if (on < 0)
+        goto done;
+    p = Proxy_get(self);
+    if (p == NULL)
+        goto done;
+    sk_err_clear(&err);
+    rc = sk_proxy_set_enabled(p, on, &err);
+    if (rc != SK_OK)
+        skpy_raise(Proxy_module((PyObject *)self), &err, NULL);
+    else
+        py_res = Py_NewRef(Py_None);
 done:
     return py_res;
 }
@@ -364,6 +454,10 @@ static PyMethodDef Proxy_methods[] = {
     {"fileno", (PyCFunction)Proxy_fileno, METH_NOARGS, Proxy_fileno_doc},
     {"add", (PyCFunction)(void (*)(void))Proxy_add,
      METH_VARARGS | METH_KEYWORDS, Proxy_add_doc},
+    {"update", (PyCFunction)(void (*)(void))Proxy_update,
+     METH_VARARGS | METH_KEYWORDS, Proxy_update_doc},
+    {"set_enabled", (PyCFunction)Proxy_set_enabled, METH_O,
+     Proxy_set_enabled_doc},
     {"remove", (PyCFunction)Proxy_remove, METH_O, Proxy_remove_doc},
     {"clear", (PyCFunction)Proxy_clear, METH_NOARGS, Proxy_clear_doc},
     {"stats", (PyCFunction)Proxy_stats, METH_NOARGS, Proxy_stats_doc},
@@ -426,6 +520,7 @@ int skpy_add_proxy(PyObject *mod)
     SKPY_CONST("FAULT_SLOW_CLOSE", SK_FAULT_SLOW_CLOSE);
     SKPY_CONST("FAULT_SLICER", SK_FAULT_SLICER);
     SKPY_CONST("FAULT_LIMIT_DATA", SK_FAULT_LIMIT_DATA);
+    SKPY_CONST("FAULT_TIMEOUT", SK_FAULT_TIMEOUT);
     SKPY_CONST("DIR_UP", SK_DIR_UP);
     SKPY_CONST("DIR_DOWN", SK_DIR_DOWN);
     SKPY_CONST("PROXY_MAX_FAULTS", SK_PROXY_MAX_FAULTS);

@@ -44,6 +44,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -58,12 +59,19 @@
 #define SK_PX_DRAIN_MAX (256 * 1024)       /* discarded before a close */
 #define SK_PX_ACCEPT_PAUSE_NS 100000000LL  /* after EMFILE and friends */
 #define SK_PX_BW_SLICES 1000               /* bandwidth: 1 ms of bytes a write */
+/* bandwidth: a wake-up up to this late after the bytes became writable is
+ * the reactor's lateness (a busy machine), carried forward; more is the
+ * sender's idleness, which earns nothing (at most 5 ms worth of bytes may
+ * go out back to back after an idle spell) */
+#define SK_PX_BW_CREDIT_NS 5000000LL
 #define SK_PX_DEFAULT_CONNS 1024u
 #define SK_PX_SYNC_S 2 /* longest wait for the reactor to apply a change */
 /* Parameter bounds: far beyond any use, small enough that sums of times
  * and sizes cannot overflow. */
 #define SK_PX_MAX_DELAY (366LL * 86400 * 1000000000LL)
 #define SK_PX_MAX_SLICE (1u << 30)
+#define SK_PX_MAX_RATE (1ULL << 50) /* bytes/s: a petabyte */
+#define SK_PX_GROW_MIN 65536        /* a latency buffer grows by at least */
 
 /* epoll_pwait2 (ns timeouts) is in glibc from 2.35; older builds round the
  * timeout up to milliseconds. */
@@ -106,14 +114,47 @@ typedef struct sk_pxdir {
     int64_t last_write_ns; /* slow_close counts from max(eof, last write) */
     int shut_sent;        /* we shut down the sink's writing */
     int want_write;       /* the last write hit EAGAIN: wait for EPOLLOUT */
+    int64_t ready_ns;     /* the head bytes are writable since (arrival in
+                             an empty buffer, the sink's EPOLLOUT, a fault
+                             change): pacing never credits time before */
     int64_t pace_ns;      /* bandwidth: no write before this */
+    uint64_t pace_rem;    /* ... ns x rate not yet turned into pace */
+    int64_t rate_since;   /* the bandwidth in force took effect then */
     int64_t slice_ns;     /* slicer: no write before this */
     size_t slice_left;    /* slicer: bytes left in the current slice */
     uint64_t limit_id;    /* limit_data fault being counted against */
     uint64_t limit_base;  /* `fwd` when it started to apply */
     _Atomic uint64_t fwd; /* bytes written to the sink */
     _Atomic uint64_t held; /* == used, readable by other threads */
+    uint64_t dropped;     /* bytes a timeout fault discarded */
 } sk_pxdir;
+
+typedef struct sk_pxfault {
+    uint64_t id;
+    int64_t added_ns;
+    sk_fault f;
+} sk_pxfault;
+
+/* The faults acting on one direction of one pair, folded from the
+ * snapshot (a fault's toxicity decides per pair whether it is in). */
+typedef struct sk_pxeff {
+    int64_t latency_ns, jitter_ns; /* summed over latency faults */
+    uint64_t rate;                 /* lowest bandwidth; 0: none */
+    int stall;
+    int timeout;                   /* drop what is read */
+    int nreset;                    /* reset_peer faults covering it */
+    int64_t slow_close_ns;         /* longest */
+    int slicer;                    /* newest slicer wins */
+    uint64_t slice_size, slice_var;
+    int64_t slice_delay_ns;
+    uint64_t limit_id, limit_bytes; /* newest limit_data; id 0: none */
+} sk_pxeff;
+
+/* A reset_peer fault armed on a pair: the first byte it saw came then. */
+typedef struct sk_pxarm {
+    uint64_t id;
+    int64_t first_ns;
+} sk_pxarm;
 
 typedef struct sk_pxpair {
     sk_pxend end[2];
@@ -123,31 +164,19 @@ typedef struct sk_pxpair {
     int64_t start_ns;
     int64_t reset_at;
     unsigned reset_dirs;
+    unsigned reset_hold;  /* directions an armed reset_peer holds: the
+                             data that triggered it never arrives */
     int64_t stall_close_at;
+    sk_pxeff eff[2];      /* the faults acting on each direction */
+    uint64_t salt;        /* draws this pair's toxicity decisions */
+    sk_pxarm arm[SK_PROXY_MAX_FAULTS];
+    unsigned narm;
     sk_heap_node wake; /* key: the next wake-up (p->heap, when timed) */
     struct sockaddr_storage client_addr; /* immutable */
     struct sockaddr_storage local_addr;  /* written under mu */
     struct sk_pxpair *prev, *next;       /* live list: changed under mu */
     struct sk_pxpair *zombie_next;
 } sk_pxpair;
-
-typedef struct sk_pxfault {
-    uint64_t id;
-    int64_t added_ns;
-    sk_fault f;
-} sk_pxfault;
-
-/* The faults acting on one direction, folded from the snapshot. */
-typedef struct sk_pxeff {
-    int64_t latency_ns, jitter_ns; /* summed over latency faults */
-    uint64_t rate;                 /* lowest bandwidth; 0: none */
-    int stall;
-    int64_t slow_close_ns;         /* longest */
-    int slicer;                    /* newest slicer wins */
-    uint64_t slice_size, slice_var;
-    int64_t slice_delay_ns;
-    uint64_t limit_id, limit_bytes; /* newest limit_data; id 0: none */
-} sk_pxeff;
 
 struct sk_proxy {
     /* set before the thread starts, read-only afterwards */
@@ -164,6 +193,10 @@ struct sk_proxy {
     uint64_t gen;              /* bumped by every change of the table */
     uint64_t applied;          /* the gen the reactor works with */
     int running;               /* the reactor thread has not exited */
+    int disabled;              /* sk_proxy_set_enabled(0) */
+    int new_lfd, have_new_lfd; /* a listener for the reactor to adopt */
+    struct sockaddr_storage listen_addr; /* where we listen (re-enable) */
+    socklen_t listen_len;
     sk_pxfault faults[SK_PROXY_MAX_FAULTS];
     unsigned nfaults;
     uint64_t next_id;
@@ -180,7 +213,6 @@ struct sk_proxy {
     sk_pxend lend, wend;
     sk_pxfault snap[SK_PROXY_MAX_FAULTS];
     unsigned nsnap;
-    sk_pxeff eff[2];
     sk_heap heap;   /* the pairs' wake nodes; room for max_conns */
     sk_pxpair *zombies;
     uint64_t rng;
@@ -280,17 +312,24 @@ int sk_fault_check(const sk_fault *f, sk_err *err)
                         (long long)SK_PX_MAX_DELAY);
         goto done;
     }
+    if (!(f->spare >= 0.0 && f->spare <= 1.0)) {
+        rc = sk_err_set(err, SK_E_ARG, "a fault's spare probability "
+                        "(1 - toxicity) must be 0..1");
+        goto done;
+    }
     switch (f->kind) {
     case SK_FAULT_LATENCY:
     case SK_FAULT_STALL:
+    case SK_FAULT_TIMEOUT:
     case SK_FAULT_RESET_PEER:
     case SK_FAULT_SLOW_CLOSE:
     case SK_FAULT_LIMIT_DATA:
         break;
     case SK_FAULT_BANDWIDTH:
-        if (f->rate_Bps == 0)
-            rc = sk_err_set(err, SK_E_ARG,
-                            "bandwidth rate must be >= 1 byte/s");
+        if (f->rate_Bps == 0 || f->rate_Bps > SK_PX_MAX_RATE)
+            rc = sk_err_set(err, SK_E_ARG, "bandwidth rate must be "
+                            "1..%llu bytes/s",
+                            (unsigned long long)SK_PX_MAX_RATE);
         break;
     case SK_FAULT_SLICER:
         if (f->size == 0 || f->size_var >= f->size ||
@@ -308,19 +347,39 @@ done:
     return rc;
 }
 
-/* Fold the snapshot into per-direction effective faults.  Reactor. */
-static void sk_px_fold(sk_proxy *p)
+/* Does fault s act on pair c?  Its toxicity is drawn once per pair and
+ * fault (a hash of the pair's salt and the fault's id), so the answer never
+ * changes while both live.  Pure. */
+static int sk_fault_hits(const sk_pxpair *c, const sk_pxfault *s)
+{
+    uint64_t z = c->salt ^ (s->id * 0x9E3779B97F4A7C15ULL);
+    int hit = 1;
+
+    if (s->f.spare > 0.0) {
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        z ^= z >> 31;
+        hit = (double)(z >> 11) * 0x1p-53 >= s->f.spare;
+    }
+    return hit;
+}
+
+/* Fold the snapshot into pair c's effective faults per direction.
+ * Reactor. */
+static void sk_pair_fold(sk_proxy *p, sk_pxpair *c)
 {
     unsigned i;
     int d;
 
-    memset(p->eff, 0, sizeof(p->eff));
+    memset(c->eff, 0, sizeof(c->eff));
     for (i = 0; i < p->nsnap; i++) {
         const sk_pxfault *s = &p->snap[i];
         const sk_fault *f = &s->f;
 
+        if (!sk_fault_hits(c, s))
+            continue;
         for (d = 0; d < 2; d++) {
-            sk_pxeff *e = &p->eff[d];
+            sk_pxeff *e = &c->eff[d];
 
             if (!(f->dirs & (1u << d)))
                 continue;
@@ -336,6 +395,9 @@ static void sk_px_fold(sk_proxy *p)
             case SK_FAULT_STALL:
                 e->stall = 1;
                 break;
+            case SK_FAULT_TIMEOUT:
+                e->timeout = 1;
+                break;
             case SK_FAULT_SLOW_CLOSE:
                 e->slow_close_ns = sk_px_max(e->slow_close_ns, f->delay_ns);
                 break;
@@ -349,44 +411,123 @@ static void sk_px_fold(sk_proxy *p)
                 e->limit_id = s->id;
                 e->limit_bytes = f->bytes;
                 break;
-            case SK_FAULT_RESET_PEER: /* per pair: sk_pair_apply */
+            case SK_FAULT_RESET_PEER:
+                e->nreset++;
                 break;
             }
         }
     }
 }
 
-/* Per-pair fault state: deadlines and limit_data baselines.  Reactor. */
-static void sk_pair_apply(sk_proxy *p, sk_pxpair *c)
+/* The snapshot's fault `id` if it acts on pair c, else NULL.  Reactor. */
+static const sk_pxfault *sk_pair_fault(const sk_proxy *p, const sk_pxpair *c,
+                                       uint64_t id)
 {
+    const sk_pxfault *r = NULL;
     unsigned i;
-    int d;
+
+    for (i = 0; i < p->nsnap && r == NULL; i++)
+        if (p->snap[i].id == id && sk_fault_hits(c, &p->snap[i]))
+            r = &p->snap[i];
+    return r;
+}
+
+/* Pair c's reset time from its armed reset_peer faults (those gone are
+ * forgotten).  Reactor. */
+static void sk_pair_reset_times(sk_proxy *p, sk_pxpair *c)
+{
+    unsigned i, kept = 0;
 
     c->reset_at = SK_PX_NEVER;
     c->reset_dirs = 0;
+    c->reset_hold = 0;
+    for (i = 0; i < c->narm; i++) {
+        const sk_pxfault *s = sk_pair_fault(p, c, c->arm[i].id);
+        int64_t at;
+
+        if (s == NULL || s->f.kind != SK_FAULT_RESET_PEER)
+            continue;
+        c->arm[kept++] = c->arm[i];
+        c->reset_hold |= s->f.dirs;
+        at = c->arm[i].first_ns + s->f.delay_ns;
+        if (at < c->reset_at) {
+            c->reset_at = at;
+            c->reset_dirs = s->f.dirs;
+        } else if (at == c->reset_at) {
+            c->reset_dirs |= s->f.dirs;
+        }
+    }
+    c->narm = kept;
+}
+
+/* Bytes were read in direction d at `now`: arm every reset_peer fault of
+ * pair c covering d that is not armed yet (toxiproxy times a reset from
+ * the first data, so an idle connection is never reset).  Reactor. */
+static void sk_pair_arm(sk_proxy *p, sk_pxpair *c, int d, int64_t now)
+{
+    unsigned i, j;
+    int changed = 0;
+
+    for (i = 0; i < p->nsnap; i++) {
+        const sk_pxfault *s = &p->snap[i];
+
+        if (s->f.kind != SK_FAULT_RESET_PEER || !(s->f.dirs & (1u << d)) ||
+            !sk_fault_hits(c, s))
+            continue;
+        for (j = 0; j < c->narm && c->arm[j].id != s->id; j++)
+            ;
+        if (j < c->narm || c->narm >= SK_PROXY_MAX_FAULTS)
+            continue;
+        c->arm[c->narm].id = s->id;
+        c->arm[c->narm].first_ns = now;
+        c->narm++;
+        changed = 1;
+    }
+    if (changed)
+        sk_pair_reset_times(p, c);
+}
+
+/* Per-pair fault state: effective faults, deadlines, limit_data
+ * baselines; a direction whose faults changed credits no time before now
+ * to its pacing.  Reactor. */
+static void sk_pair_apply(sk_proxy *p, sk_pxpair *c)
+{
+    sk_pxeff old[2];
+    int64_t now = sk_now_ns();
+    unsigned i;
+    int d;
+
+    memcpy(old, c->eff, sizeof(old));
+    sk_pair_fold(p, c);
+    sk_pair_reset_times(p, c);
     c->stall_close_at = SK_PX_NEVER;
     for (i = 0; i < p->nsnap; i++) {
         const sk_pxfault *s = &p->snap[i];
         int64_t at = sk_px_max(s->added_ns, c->start_ns) + s->f.delay_ns;
 
-        if (s->f.kind == SK_FAULT_RESET_PEER) {
-            if (at < c->reset_at) {
-                c->reset_at = at;
-                c->reset_dirs = s->f.dirs;
-            } else if (at == c->reset_at) {
-                c->reset_dirs |= s->f.dirs;
-            }
-        } else if (s->f.kind == SK_FAULT_STALL && s->f.delay_ns > 0) {
+        if ((s->f.kind == SK_FAULT_STALL || s->f.kind == SK_FAULT_TIMEOUT) &&
+            s->f.delay_ns > 0 && sk_fault_hits(c, s))
             c->stall_close_at = sk_px_min(c->stall_close_at, at);
-        }
     }
     for (d = 0; d < 2; d++) {
         sk_pxdir *x = &c->dir[d];
+        const sk_pxeff *e = &c->eff[d];
+
         /* a slice in progress ends: a new slicer's sizes apply at once
          * (found by tests/fuzz/fuzz_proxy.c) */
         x->slice_left = 0;
-        if (x->limit_id != p->eff[d].limit_id) {
-            x->limit_id = p->eff[d].limit_id;
+        if (memcmp(&old[d], e, sizeof(*e)) != 0)
+            x->ready_ns = sk_px_max(x->ready_ns, now);
+        if (old[d].rate != e->rate) {
+            x->pace_ns = sk_px_min(x->pace_ns, now);
+            x->pace_rem = 0;
+            x->rate_since = now;
+        }
+        if (old[d].slicer != e->slicer ||
+            old[d].slice_delay_ns != e->slice_delay_ns)
+            x->slice_ns = sk_px_min(x->slice_ns, now);
+        if (x->limit_id != e->limit_id) {
+            x->limit_id = e->limit_id;
             x->limit_base = atomic_load_explicit(&x->fwd,
                                                  memory_order_relaxed);
         }
@@ -527,14 +668,18 @@ static void sk_pair_free(sk_pxpair *c)
 static void sk_dir_push(sk_proxy *p, sk_pxpair *c, int d, size_t n)
 {
     sk_pxdir *x = &c->dir[d];
-    const sk_pxeff *e = &p->eff[d];
-    int64_t rel = 0;
+    const sk_pxeff *e = &c->eff[d];
+    int64_t rel = 0, now = sk_now_ns();
     uint64_t now_held;
 
+    if (x->used == 0)
+        x->ready_ns = now; /* an idle sender earns no pacing credit */
+    if (e->nreset > 0)
+        sk_pair_arm(p, c, d, now);
     if (e->latency_ns > 0 || e->jitter_ns > 0) {
         int64_t delay = e->latency_ns +
                         sk_px_uniform(p, -e->jitter_ns, e->jitter_ns);
-        rel = sk_now_ns() + sk_px_max(delay, 0);
+        rel = now + sk_px_max(delay, 0);
     }
     rel = sk_px_max(rel, x->last_release); /* bytes keep their order */
     x->last_release = rel;
@@ -558,7 +703,75 @@ static void sk_dir_push(sk_proxy *p, sk_pxpair *c, int d, size_t n)
                               memory_order_relaxed);
 }
 
-/* Read what dir d's source has, while there is room.  0, or -1 if the pair
+/* How many bytes direction d of pair c may hold: buffer_size, or with a
+ * latency fault also the bytes in flight (held until their release time),
+ * up to SK_PROXY_INFLIGHT_MAX.  Reactor. */
+static size_t sk_dir_limit(const sk_proxy *p, const sk_pxpair *c, int d)
+{
+    const sk_pxeff *e = &c->eff[d];
+    size_t lim = p->bufsize;
+
+    if ((e->latency_ns > 0 || e->jitter_ns > 0) &&
+        lim < SK_PROXY_INFLIGHT_MAX)
+        lim = SK_PROXY_INFLIGHT_MAX;
+    return lim;
+}
+
+/* Bytes of direction d whose release time has come, counted up to
+ * buffer_size (all that matters).  Reactor. */
+static size_t sk_dir_due(const sk_proxy *p, const sk_pxdir *x, int64_t now)
+{
+    size_t due = 0;
+    unsigned i, k;
+
+    for (i = 0, k = x->qhead; i < x->qlen && due < p->bufsize; i++) {
+        if (x->q[k].release > now)
+            break;
+        due += x->q[k].len;
+        k = (k + 1) % SK_PROXY_QMAX;
+    }
+    return due;
+}
+
+/* May direction d read from its source now?  Its due bytes (those only a
+ * slow sink or a write-side fault holds) stay within buffer_size, so
+ * backpressure works; bytes held by latency are in flight and only bounded
+ * by sk_dir_limit.  Reactor. */
+static int sk_dir_can_read(const sk_proxy *p, const sk_pxpair *c, int d,
+                           int64_t now)
+{
+    const sk_pxdir *x = &c->dir[d];
+
+    return !x->src_eof && x->qlen < SK_PROXY_QMAX &&
+           x->used < sk_dir_limit(p, c, d) && sk_dir_due(p, x, now) <
+                                                  p->bufsize;
+}
+
+/* Grow dir x's ring to hold `want` bytes (at most `lim`), straightening it.
+ * On allocation failure the ring stays as it is (the caller reads less).
+ * Reactor. */
+static void sk_dir_grow(sk_pxdir *x, size_t want, size_t lim)
+{
+    size_t ncap = x->cap * 2, first;
+    unsigned char *nb;
+
+    if (ncap < want)
+        ncap = want;
+    if (ncap > lim)
+        ncap = lim;
+    nb = ncap > x->cap ? sk_malloc(ncap) : NULL;
+    if (nb != NULL) {
+        first = x->cap - x->head < x->used ? x->cap - x->head : x->used;
+        memcpy(nb, x->buf + x->head, first);
+        memcpy(nb + first, x->buf, x->used - first);
+        free(x->buf);
+        x->buf = nb;
+        x->cap = ncap;
+        x->head = 0;
+    }
+}
+
+/* Read what dir d's source has, while it may.  0, or -1 if the pair
  * ended. */
 static int sk_dir_read(sk_proxy *p, sk_pxpair *c, int d)
 {
@@ -566,14 +779,19 @@ static int sk_dir_read(sk_proxy *p, sk_pxpair *c, int d)
     int fd = c->end[d].fd;
     int rc = 0;
 
-    while (!x->src_eof && x->used < x->cap && x->qlen < SK_PROXY_QMAX) {
+    while (sk_dir_can_read(p, c, d, sk_now_ns())) {
         struct iovec iov[2];
-        size_t tail = (x->head + x->used) % x->cap;
-        size_t room = x->cap - x->used;
-        size_t first = room < x->cap - tail ? room : x->cap - tail;
+        size_t lim = sk_dir_limit(p, c, d), tail, room, first;
         int niov = 1;
         ssize_t r;
 
+        if (x->cap < lim && x->cap - x->used < SK_PX_GROW_MIN)
+            sk_dir_grow(x, x->used + SK_PX_GROW_MIN, lim);
+        tail = (x->head + x->used) % x->cap;
+        room = (lim < x->cap ? lim : x->cap) - x->used;
+        if (x->used >= x->cap || room == 0)
+            break;
+        first = room < x->cap - tail ? room : x->cap - tail;
         iov[0].iov_base = x->buf + tail;
         iov[0].iov_len = first;
         if (room > first) {
@@ -604,8 +822,11 @@ static int sk_dir_read(sk_proxy *p, sk_pxpair *c, int d)
     return rc;
 }
 
-/* Drop w written bytes from the head of dir d.  Reactor. */
-static void sk_dir_consume(sk_proxy *p, sk_pxpair *c, int d, size_t w)
+/* Drop w bytes from the head of dir d: written to the sink (sent), or
+ * discarded by a timeout fault.  A ring grown for latency shrinks back
+ * once empty and latency is gone.  Reactor. */
+static void sk_dir_consume(sk_proxy *p, sk_pxpair *c, int d, size_t w,
+                           int sent)
 {
     sk_pxdir *x = &c->dir[d];
     size_t left = w;
@@ -623,9 +844,22 @@ static void sk_dir_consume(sk_proxy *p, sk_pxpair *c, int d, size_t w)
         x->qlen--;
     }
     atomic_store_explicit(&x->held, x->used, memory_order_relaxed);
-    atomic_fetch_add_explicit(&x->fwd, w, memory_order_relaxed);
-    atomic_fetch_add_explicit(&p->bytes[d], w, memory_order_relaxed);
+    if (sent) {
+        atomic_fetch_add_explicit(&x->fwd, w, memory_order_relaxed);
+        atomic_fetch_add_explicit(&p->bytes[d], w, memory_order_relaxed);
+    } else {
+        x->dropped += w;
+    }
     atomic_fetch_sub_explicit(&p->buffered, w, memory_order_relaxed);
+    if (x->used == 0 && x->cap > p->bufsize &&
+        sk_dir_limit(p, c, d) == p->bufsize) {
+        unsigned char *nb = sk_realloc(x->buf, p->bufsize);
+        if (nb != NULL) {
+            x->buf = nb;
+            x->cap = p->bufsize;
+        }
+        x->head = 0;
+    }
 }
 
 /* Write the due bytes of dir d to its sink under the write-side faults.
@@ -633,18 +867,22 @@ static void sk_dir_consume(sk_proxy *p, sk_pxpair *c, int d, size_t w)
 static int sk_dir_write(sk_proxy *p, sk_pxpair *c, int d)
 {
     sk_pxdir *x = &c->dir[d];
-    const sk_pxeff *e = &p->eff[d];
+    const sk_pxeff *e = &c->eff[d];
     int fd = c->end[1 - d].fd;
     int rc = 0;
 
     if (c->connecting)
         goto done;
+    if (e->timeout && x->used > 0) {
+        sk_dir_consume(p, c, d, x->used, 0); /* dropped on the floor */
+        goto done;
+    }
     for (;;) {
         struct iovec iov[2];
         struct msghdr mh;
         size_t want, n, first, k;
         unsigned i;
-        int64_t now;
+        int64_t now, ready;
         ssize_t w;
 
         if (e->limit_id != 0 &&
@@ -657,11 +895,15 @@ static int sk_dir_write(sk_proxy *p, sk_pxpair *c, int d)
         }
         if (!e->slicer)
             x->slice_left = 0;
-        if (x->used == 0 || x->shut_sent || e->stall || x->want_write)
+        if (x->used == 0 || x->shut_sent || e->stall || x->want_write ||
+            (c->reset_hold & (1u << d)))
             break;
         now = sk_now_ns();
         if (x->q[x->qhead].release > now)
             break;
+        /* when these bytes could have gone out at the earliest: the
+         * schedules below count from there, not from this (late) wake-up */
+        ready = sk_px_max(x->ready_ns, x->q[x->qhead].release);
         if (e->rate != 0 && x->pace_ns > now)
             break;
         if (e->slicer && x->slice_ns > now)
@@ -722,17 +964,25 @@ static int sk_dir_write(sk_proxy *p, sk_pxpair *c, int d)
             rc = -1;
             goto done;
         }
-        sk_dir_consume(p, c, d, (size_t)w);
+        sk_dir_consume(p, c, d, (size_t)w, 1);
         x->last_write_ns = now;
         if (e->slicer) {
             x->slice_left -= (size_t)w < x->slice_left ? (size_t)w
                                                         : x->slice_left;
             if (x->slice_left == 0 && e->slice_delay_ns > 0)
-                x->slice_ns = now + e->slice_delay_ns;
+                x->slice_ns = sk_px_max(x->slice_ns, ready) +
+                              e->slice_delay_ns;
         }
-        if (e->rate != 0)
-            x->pace_ns = sk_px_max(x->pace_ns, now) +
-                         (int64_t)((uint64_t)w * 1000000000ULL / e->rate);
+        if (e->rate != 0) {
+            /* w bytes take w / rate s; the remainder (ns x rate) is kept
+             * so that the sum over writes is exact */
+            uint64_t t = (uint64_t)w * 1000000000ULL + x->pace_rem;
+            int64_t base = sk_px_max(ready - SK_PX_BW_CREDIT_NS,
+                                     x->rate_since);
+            x->pace_ns = sk_px_max(x->pace_ns, base) +
+                         (int64_t)(t / e->rate);
+            x->pace_rem = t % e->rate;
+        }
         if ((size_t)w < n) {
             x->want_write = 1;
             break;
@@ -743,17 +993,18 @@ done:
 }
 
 /* Earliest time pair c has something to do without an epoll event. */
-static int64_t sk_pair_wake(sk_proxy *p, const sk_pxpair *c)
+static int64_t sk_pair_wake(const sk_pxpair *c)
 {
     int64_t w = sk_px_min(c->reset_at, c->stall_close_at);
     int d;
 
     for (d = 0; d < 2 && !c->connecting; d++) {
         const sk_pxdir *x = &c->dir[d];
-        const sk_pxeff *e = &p->eff[d];
+        const sk_pxeff *e = &c->eff[d];
         int64_t t;
 
-        if (e->stall || x->want_write || x->shut_sent)
+        if (e->stall || e->timeout || x->want_write || x->shut_sent ||
+            (c->reset_hold & (1u << d)))
             continue;
         if (x->used > 0) {
             t = x->q[x->qhead].release;
@@ -802,9 +1053,10 @@ static void sk_pair_pump(sk_proxy *p, sk_pxpair *c)
     for (d = 0; d < 2; d++) {
         sk_pxdir *x = &c->dir[d];
         if (x->src_eof && x->used == 0 && !x->shut_sent &&
-            !p->eff[d].stall &&
+            !c->eff[d].stall && !c->eff[d].timeout &&
+            !(c->reset_hold & (1u << d)) &&
             now >= sk_px_max(x->eof_ns, x->last_write_ns) +
-                       p->eff[d].slow_close_ns) {
+                       c->eff[d].slow_close_ns) {
             shutdown(c->end[1 - d].fd, SHUT_WR);
             x->shut_sent = 1;
         }
@@ -814,12 +1066,11 @@ static void sk_pair_pump(sk_proxy *p, sk_pxpair *c)
         goto done;
     }
 masks:
+    now = sk_now_ns();
     for (s = 0; s < 2; s++) {
-        const sk_pxdir *in = &c->dir[s];
         uint32_t want = 0;
 
-        if (!c->connecting && !in->src_eof && in->used < in->cap &&
-            in->qlen < SK_PROXY_QMAX)
+        if (!c->connecting && sk_dir_can_read(p, c, s, now))
             want |= EPOLLIN;
         if (c->connecting ? s == SK_SIDE_SERVER : c->dir[1 - s].want_write)
             want |= EPOLLOUT;
@@ -829,7 +1080,7 @@ masks:
             goto done;
         }
     }
-    sk_timer_set(p, c, sk_pair_wake(p, c));
+    sk_timer_set(p, c, sk_pair_wake(c));
 done:
     return;
 }
@@ -906,6 +1157,7 @@ static void sk_pair_new(sk_proxy *p, int cfd,
     c->end[SK_SIDE_SERVER].fd = sfd;
     sk_heap_node_init(&c->wake);
     c->start_ns = sk_now_ns();
+    c->salt = sk_px_rand(p);
     c->client_addr = *ca;
     pthread_mutex_lock(&p->mu);
     c->prev = p->live_tail;
@@ -974,19 +1226,41 @@ static void sk_px_refresh(sk_proxy *p)
     sk_pxpair *c, *next;
 
     uint64_t gen;
+    int disabled, new_lfd = -1;
 
     pthread_mutex_lock(&p->mu);
     memcpy(p->snap, p->faults, p->nfaults * sizeof(p->faults[0]));
     p->nsnap = p->nfaults;
     gen = p->gen;
+    disabled = p->disabled;
+    if (p->have_new_lfd && !disabled) {
+        new_lfd = p->new_lfd;
+        p->have_new_lfd = 0;
+    }
     pthread_mutex_unlock(&p->mu);
-    sk_px_fold(p);
+    if (disabled && p->lend.fd >= 0) {
+        /* toxiproxy's "enabled": false: refuse new clients, end the rest */
+        sk_end_want(p, &p->lend, 0);
+        close(p->lend.fd);
+        p->lend.fd = -1;
+        p->lend.mask = 0;
+        while (p->live_head != NULL)
+            sk_pair_end(p, p->live_head, SK_CLOSE_ORDERLY, SK_CLOSE_ORDERLY);
+    }
+    if (new_lfd >= 0) {
+        if (p->lend.fd >= 0)
+            close(new_lfd); /* cannot happen: enabling waits for us */
+        else
+            p->lend.fd = new_lfd;
+        p->lend.mask = 0;
+    }
     /* the live list changes only in this thread: no lock to walk it */
     for (c = p->live_head; c != NULL; c = next) {
         next = c->next;
         sk_pair_apply(p, c);
         sk_pair_pump(p, c);
     }
+    sk_px_listen_mask(p, sk_now_ns());
     pthread_mutex_lock(&p->mu);
     p->applied = gen;
     pthread_cond_broadcast(&p->applied_cv);
@@ -1010,6 +1284,17 @@ static void sk_px_sync_locked(sk_proxy *p, uint64_t gen)
     }
 }
 
+/* Contract: as sk_px_sync_locked.  Publish a change of the fault table
+ * (or of the enabled flag): bump the generation, wake the reactor, wait
+ * until it works with the change. */
+static void sk_px_publish_locked(sk_proxy *p)
+{
+    uint64_t gen = ++p->gen;
+
+    sk_px_wake(p);
+    sk_px_sync_locked(p, gen);
+}
+
 /* Events on one socket of a pair. */
 static void sk_pair_event(sk_proxy *p, sk_pxend *e, uint32_t ev)
 {
@@ -1023,8 +1308,12 @@ static void sk_pair_event(sk_proxy *p, sk_pxend *e, uint32_t ev)
             sk_pair_connected(p, c);
         goto done;
     }
-    if (ev & (EPOLLOUT | EPOLLERR | EPOLLHUP))
+    if ((ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) && c->dir[1 - s].want_write) {
+        /* the sink held the bytes back: pacing credits none of that time */
         c->dir[1 - s].want_write = 0;
+        c->dir[1 - s].ready_ns = sk_px_max(c->dir[1 - s].ready_ns,
+                                           sk_now_ns());
+    }
     if ((ev & (EPOLLIN | EPOLLERR | EPOLLHUP)) && (e->mask & EPOLLIN)) {
         if (sk_dir_read(p, c, s) != 0)
             goto done; /* the pair ended */
@@ -1106,6 +1395,9 @@ static void *sk_px_main(void *arg)
     sk_pxpair *c;
 
     pthread_setname_np(pthread_self(), "sk-proxy");
+    /* wake-ups within a microsecond: slicer and bandwidth schedules are
+     * exact anyway (lateness is carried forward), this keeps bursts small */
+    (void)prctl(PR_SET_TIMERSLACK, 1000UL, 0UL, 0UL, 0UL);
     sk_px_refresh(p);
     sk_px_listen_mask(p, sk_now_ns());
     while (!atomic_load_explicit(&p->stop, memory_order_acquire)) {
@@ -1221,6 +1513,12 @@ int sk_proxy_start(const struct sockaddr *upstream, socklen_t upstream_len,
     cv_ok = 1;
     if (sk_listen(listen, listen_len, 128, &p->lfd, err) != SK_OK)
         goto error;
+    p->listen_len = sizeof(p->listen_addr);
+    if (getsockname(p->lfd, (struct sockaddr *)&p->listen_addr,
+                    &p->listen_len) != 0) {
+        sk_err_sys(err, "getsockname", errno);
+        goto error;
+    }
     p->epfd = sk_epoll_create(EPOLL_CLOEXEC);
     if (p->epfd < 0) {
         sk_err_sys(err, "epoll_create1", errno);
@@ -1281,7 +1579,6 @@ int sk_proxy_listen_fd(const sk_proxy *p)
  * reactor applies the fault (microseconds; at most SK_PX_SYNC_S s). */
 int sk_proxy_add(sk_proxy *p, const sk_fault *f, uint64_t *id, sk_err *err)
 {
-    uint64_t gen;
     int rc = SK_ERR;
 
     if (sk_fault_check(f, err) != SK_OK)
@@ -1298,9 +1595,68 @@ int sk_proxy_add(sk_proxy *p, const sk_fault *f, uint64_t *id, sk_err *err)
     p->faults[p->nfaults].f = *f;
     *id = p->next_id;
     p->nfaults++;
-    gen = ++p->gen;
-    sk_px_wake(p);
-    sk_px_sync_locked(p, gen);
+    sk_px_publish_locked(p);
+    pthread_mutex_unlock(&p->mu);
+    rc = SK_OK;
+done:
+    return rc;
+}
+
+/* Contract: as sk_proxy_add. */
+int sk_proxy_update(sk_proxy *p, uint64_t id, const sk_fault *f, int *found,
+                    sk_err *err)
+{
+    unsigned i;
+    int rc = SK_ERR;
+
+    *found = 0;
+    if (sk_fault_check(f, err) != SK_OK)
+        goto done;
+    pthread_mutex_lock(&p->mu);
+    for (i = 0; i < p->nfaults && p->faults[i].id != id; i++)
+        ;
+    if (i < p->nfaults && p->faults[i].f.kind != f->kind) {
+        pthread_mutex_unlock(&p->mu);
+        sk_err_set(err, SK_E_ARG, "an update keeps the fault's kind; remove "
+                   "it and add the new kind instead");
+        goto done;
+    }
+    if (i < p->nfaults) {
+        p->faults[i].f = *f;
+        *found = 1;
+        sk_px_publish_locked(p);
+    }
+    pthread_mutex_unlock(&p->mu);
+    rc = SK_OK;
+done:
+    return rc;
+}
+
+/* Contract: any thread but the reactor, not concurrently with itself;
+ * binds and listens in the caller's thread, then waits for the reactor
+ * as sk_proxy_add. */
+int sk_proxy_set_enabled(sk_proxy *p, int enabled, sk_err *err)
+{
+    int fd = -1, rc = SK_ERR, now_disabled;
+
+    pthread_mutex_lock(&p->mu);
+    now_disabled = p->disabled;
+    pthread_mutex_unlock(&p->mu);
+    if (now_disabled == !enabled) {
+        rc = SK_OK;
+        goto done;
+    }
+    if (enabled && sk_listen((const struct sockaddr *)&p->listen_addr,
+                             p->listen_len, 128, &fd, err) != SK_OK)
+        goto done;
+    pthread_mutex_lock(&p->mu);
+    p->disabled = !enabled;
+    if (enabled) {
+        p->new_lfd = fd;
+        p->have_new_lfd = 1;
+    }
+    p->lfd = fd;
+    sk_px_publish_locked(p);
     pthread_mutex_unlock(&p->mu);
     rc = SK_OK;
 done:
@@ -1323,11 +1679,8 @@ int sk_proxy_remove(sk_proxy *p, uint64_t id)
             break;
         }
     }
-    if (found) {
-        uint64_t gen = ++p->gen;
-        sk_px_wake(p);
-        sk_px_sync_locked(p, gen);
-    }
+    if (found)
+        sk_px_publish_locked(p);
     pthread_mutex_unlock(&p->mu);
     return found;
 }
@@ -1335,13 +1688,9 @@ int sk_proxy_remove(sk_proxy *p, uint64_t id)
 /* Contract: as sk_proxy_add. */
 void sk_proxy_clear(sk_proxy *p)
 {
-    uint64_t gen;
-
     pthread_mutex_lock(&p->mu);
     p->nfaults = 0;
-    gen = ++p->gen;
-    sk_px_wake(p);
-    sk_px_sync_locked(p, gen);
+    sk_px_publish_locked(p);
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -1411,7 +1760,10 @@ void sk_proxy_stop(sk_proxy *p)
     atomic_store_explicit(&p->stop, 1, memory_order_release);
     sk_px_wake(p);
     pthread_join(p->thread, NULL);
-    close(p->lfd);
+    if (p->lend.fd >= 0)
+        close(p->lend.fd);
+    if (p->have_new_lfd)
+        close(p->new_lfd);
     close(p->epfd);
     close(p->evfd);
     pthread_cond_destroy(&p->applied_cv);

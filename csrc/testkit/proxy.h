@@ -3,37 +3,55 @@
  *
  * A client connects to the proxy's listener; the proxy connects to the
  * upstream server and copies bytes both ways.  "Upstream" is client -> server
- * (SK_DIR_UP), "downstream" server -> client (SK_DIR_DOWN).  Faults, named as
- * in toxiproxy, can be added and removed at any time, also while connections
- * are live; each applies to one or both directions:
+ * (SK_DIR_UP), "downstream" server -> client (SK_DIR_DOWN).  Faults, named
+ * and timed as toxiproxy's toxics, can be added, updated in place and
+ * removed at any time, also while connections are live; each applies to
+ * one or both directions:
  *
  *   latency     hold each chunk delay_ns (+- jitter_ns, uniform) after it was
- *               read; the order of bytes never changes
- *   bandwidth   pace the writes to rate_Bps bytes per second
+ *               read; the order of bytes never changes.  Held bytes are in
+ *               flight, not buffered: they do not count against buffer_size
+ *               (up to SK_PROXY_INFLIGHT_MAX), so latency delays bytes
+ *               without limiting throughput
+ *   bandwidth   pace the writes to rate_Bps bytes per second; a late
+ *               wake-up is carried forward (the next write is due at the
+ *               ideal time, not the actual one); a sender's idle time
+ *               earns at most 5 ms worth of bytes
  *   stall       pass nothing and hold the connection open (data and EOF
  *               wait in the proxy, then in the kernel: the sender blocks);
  *               delay_ns > 0: close both sides that long after the fault
- *               applies.  Unlike toxiproxy's "timeout" nothing is dropped:
- *               removing the fault lets the held bytes through intact
- *   reset_peer  delay_ns after the fault applies, reset the connection: the
- *               sides whose direction is selected get RST (UP: the server,
- *               DOWN: the client), the other side an orderly close
+ *               applies.  Removing the fault lets the held bytes through
+ *   timeout     toxiproxy's "timeout": read and drop every byte (an EOF is
+ *               held); delay_ns > 0: close both sides that long after the
+ *               fault applies, 0: until the fault is removed
+ *   reset_peer  delay_ns after the first byte that the connection reads in a
+ *               selected direction once the fault is in place, reset the
+ *               connection: the sides whose direction is selected get RST
+ *               (UP: the server, DOWN: the client), the other side an
+ *               orderly close.  An idle connection is never reset; the
+ *               bytes (and EOF) of a selected direction wait from the first
+ *               one on (toxiproxy drops them): they never arrive
  *   slow_close  delay the forwarding of an EOF (FIN) by delay_ns
  *   slicer      write in slices of size +- size_var bytes (at least 1),
- *               delay_ns apart
+ *               delay_ns apart (lateness carried forward as for bandwidth)
  *   limit_data  close both sides once `bytes` bytes went through in that
  *               direction (counted from when the fault applies)
  *
  * "Applies" means max(time the fault was added, time the connection was
- * accepted).  Latency is stamped on bytes when they are read: removing a
+ * accepted).  `spare` (0..1) is the probability that a connection is spared
+ * by a fault (toxiproxy's 1 - toxicity), drawn once per connection and
+ * fault.  Latency is stamped on bytes when they are read: removing a
  * latency fault does not speed up bytes already held.  The other faults act
  * when bytes are written, so switching them takes effect at once.
  *
  * Memory is bounded: each direction of each connection holds at most
- * opts.buffer_size bytes and SK_PROXY_QMAX pending chunks; when either is
- * full the proxy stops reading that side, so backpressure reaches the sender
- * through TCP.  At most opts.max_conns connections are served at once (more
- * wait in the listen backlog) and at most SK_PROXY_MAX_FAULTS faults exist.
+ * opts.buffer_size bytes that are due (and SK_PROXY_INFLIGHT_MAX bytes
+ * held by latency) in at most SK_PROXY_QMAX pending chunks; when a limit is
+ * reached the proxy stops reading that side, so backpressure reaches the
+ * sender through TCP.  At most opts.max_conns connections are served at
+ * once (more wait in the listen backlog) and at most SK_PROXY_MAX_FAULTS
+ * faults exist.  A disabled proxy (sk_proxy_set_enabled) closes its
+ * listener and every connection, as toxiproxy's "enabled": false does.
  *
  * Threads: sk_proxy_start creates the reactor thread (named "sk-proxy",
  * all signals blocked).  The other functions may be called from any thread,
@@ -61,6 +79,7 @@
 #define SK_PROXY_DEFAULT_BUF 65536 /* bytes per direction */
 #define SK_PROXY_MIN_BUF 1024
 #define SK_PROXY_MAX_BUF (64u << 20)
+#define SK_PROXY_INFLIGHT_MAX (32u << 20) /* latency-held bytes per direction */
 
 typedef enum {
     SK_FAULT_LATENCY = 1,
@@ -70,19 +89,22 @@ typedef enum {
     SK_FAULT_SLOW_CLOSE = 5,
     SK_FAULT_SLICER = 6,
     SK_FAULT_LIMIT_DATA = 7,
+    SK_FAULT_TIMEOUT = 8,
 } sk_fault_kind;
 
 /* One fault.  Fields a kind does not use must be 0. */
 typedef struct sk_fault {
     sk_fault_kind kind;
     unsigned dirs;     /* SK_DIR_UP | SK_DIR_DOWN */
-    int64_t delay_ns;  /* latency, stall (close after), reset_peer,
-                          slow_close, slicer (between slices) */
+    int64_t delay_ns;  /* latency, stall and timeout (close after),
+                          reset_peer, slow_close, slicer (between slices) */
     int64_t jitter_ns; /* latency */
     uint64_t rate_Bps; /* bandwidth, >= 1 */
     uint64_t size;     /* slicer: average slice size, >= 1 */
     uint64_t size_var; /* slicer: variation, < size */
     uint64_t bytes;    /* limit_data */
+    double spare;      /* any kind: probability 0..1 that a connection is
+                          spared (1 - toxicity); 0: every connection */
 } sk_fault;
 
 typedef struct sk_proxy_opts {
@@ -126,7 +148,8 @@ int sk_proxy_start(const struct sockaddr *upstream, socklen_t upstream_len,
                    const struct sockaddr *listen, socklen_t listen_len,
                    const sk_proxy_opts *opts, sk_proxy **out, sk_err *err);
 
-/* The listening socket (owned by the proxy; for getsockname). */
+/* The listening socket (owned by the proxy; for getsockname); -1 while
+ * the proxy is disabled. */
 int sk_proxy_listen_fd(const sk_proxy *p);
 
 /* Add a fault (checked as sk_fault_check); *id identifies it (ids are never
@@ -134,6 +157,20 @@ int sk_proxy_listen_fd(const sk_proxy *p);
  * Returns once the reactor works with the new table (microseconds), so
  * every byte it reads afterwards sees the fault.  Not from the reactor. */
 int sk_proxy_add(sk_proxy *p, const sk_fault *f, uint64_t *id, sk_err *err);
+
+/* Replace the parameters of fault `id` with *f (checked as sk_fault_check;
+ * same kind), keeping its id, its time of application and the state it
+ * built (limit_data's count, reset_peer's start).  SK_OK (*found 1), SK_OK
+ * with *found 0 when there is no such fault, SK_ERR with SK_E_ARG for a bad
+ * fault.  Waits for the reactor as sk_proxy_add. */
+int sk_proxy_update(sk_proxy *p, uint64_t id, const sk_fault *f, int *found,
+                    sk_err *err);
+
+/* Enable (1) or disable (0) the proxy.  Disabling closes the listener (new
+ * clients are refused) and every connection (orderly); enabling listens
+ * again on the same address (SK_ERR if it is taken meanwhile).  The fault
+ * table is kept.  Waits for the reactor as sk_proxy_add. */
+int sk_proxy_set_enabled(sk_proxy *p, int enabled, sk_err *err);
 
 /* Remove fault `id`.  Returns 1 if it was there, 0 if not.  Waits for
  * the reactor as sk_proxy_add. */

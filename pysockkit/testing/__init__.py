@@ -42,9 +42,11 @@ from .proxy import (
     Slicer,
     SlowClose,
     Stall,
+    TimeoutFault,
 )
+from .link import Link
 from .state import assert_state
 
 __all__ = ["assert_state", "assert_frames", "StateLike", "FaultProxy", "Fault", "FaultHandle",
            "Bandwidth", "Latency", "LimitData", "ProxiedConnection", "ProxyStats", "ResetPeer",
-           "Slicer", "SlowClose", "Stall"]
+           "Slicer", "SlowClose", "Stall", "TimeoutFault", "Link"]

@@ -200,6 +200,14 @@ TEST(reset_peer_resets_the_client)
 
     if (px_setup(&e, 0) == 0) {
         px_id(e.p, SK_FAULT_RESET_PEER, SK_DIR_DOWN, 0, 0);
+        /* timed from the first data (toxiproxy): idle, nothing happens */
+        usleep(50000);
+        {
+            sk_proxy_stats st;
+            sk_proxy_get_stats(e.p, &st);
+            CHECK_U64(st.resets, ==, 0);
+        }
+        CHECK_INT(send(e.srv, "x", 1, 0), ==, 1); /* the data is held */
         CHECK_INT(px_read(e.cli, &c, 1), ==, -1);
         CHECK_INT(errno, ==, ECONNRESET);
         CHECK_INT(px_read(e.srv, &c, 1), ==, 0); /* orderly on this side */
@@ -298,6 +306,59 @@ TEST(fault_table_and_checks)
         sk_proxy_clear(e.p);
         CHECK_RC(sk_proxy_add(e.p, &f, &id, &err), SK_OK, &err);
         CHECK_U64(id, ==, SK_PROXY_MAX_FAULTS + 1);
+        /* update in place: same id, same kind only */
+        {
+            int found = 0;
+            f.delay_ns = 2000;
+            CHECK_RC(sk_proxy_update(e.p, id, &f, &found, &err), SK_OK, &err);
+            CHECK_INT(found, ==, 1);
+            CHECK_RC(sk_proxy_update(e.p, id + 99, &f, &found, &err), SK_OK,
+                     &err);
+            CHECK_INT(found, ==, 0);
+            f.kind = SK_FAULT_STALL;
+            CHECK_RC(sk_proxy_update(e.p, id, &f, &found, &err), SK_ERR, NULL);
+            f.kind = SK_FAULT_LATENCY;
+            f.spare = 1.5; /* toxicity below 0 */
+            CHECK_RC(sk_proxy_update(e.p, id, &f, &found, &err), SK_ERR, NULL);
+            f.spare = 0.0;
+        }
+    }
+    px_teardown(&e);
+}
+
+TEST(timeout_drops_and_disable_refuses)
+{
+    px_env e;
+    char c;
+    struct sockaddr_in pa;
+    int s2;
+    sk_err err;
+
+    if (px_setup(&e, 0) == 0) {
+        uint64_t id = px_id(e.p, SK_FAULT_TIMEOUT, SK_DIR_DOWN, 0, 0);
+        sk_proxy_stats st;
+
+        CHECK_INT(send(e.srv, "dropped", 7, 0), ==, 7);
+        CHECK_INT(send(e.cli, "up", 2, 0), ==, 2); /* upstream still flows */
+        CHECK_INT(px_read(e.srv, &c, 1), ==, 1);
+        sk_proxy_get_stats(e.p, &st);
+        CHECK_U64(st.bytes_down, ==, 0);
+        CHECK_INT(sk_proxy_remove(e.p, id), ==, 1);
+        CHECK_INT(send(e.srv, "y", 1, 0), ==, 1);
+        CHECK_INT(px_read(e.cli, &c, 1), ==, 1);
+        CHECK_INT(c, ==, 'y'); /* the dropped bytes never come */
+        pa = px_addr_of(sk_proxy_listen_fd(e.p));
+        CHECK_RC(sk_proxy_set_enabled(e.p, 0, &err), SK_OK, &err);
+        CHECK_INT(sk_proxy_listen_fd(e.p), ==, -1);
+        CHECK_INT(px_read(e.cli, &c, 1), ==, 0); /* closed, orderly */
+        s2 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        CHECK_INT(connect(s2, (struct sockaddr *)&pa, sizeof(pa)), ==, -1);
+        CHECK_INT(errno, ==, ECONNREFUSED);
+        close(s2);
+        CHECK_RC(sk_proxy_set_enabled(e.p, 1, &err), SK_OK, &err);
+        s2 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        CHECK_INT(connect(s2, (struct sockaddr *)&pa, sizeof(pa)), ==, 0);
+        close(s2);
     }
     px_teardown(&e);
 }

@@ -25,20 +25,24 @@
  *     generator per direction);
  *   - no byte leaves before read time + (sum of latencies - sum of
  *     jitters), nor before the release time the proxy stamped on it;
- *   - nothing is written in a stalled direction; a slicer's writes are at
+ *   - nothing is written in a stalled direction, nor under a timeout
+ *     fault (whose bytes are dropped: the bytes written skip exactly the
+ *     proxy's count of dropped ones); a slicer's writes are at
  *     most size + size_var bytes; under a bandwidth fault the bytes written
  *     since it took effect stay within rate x time + one quantum; no more
  *     than limit_data's bytes go through after it applies;
  *   - a FIN is forwarded only after the source's FIN and every byte
  *     before it, and not before slow_close's delay.
- * And after every step: each direction holds at most buffer_size bytes and
- * SK_PROXY_QMAX chunks, its chunk lengths add up to what it holds, release
- * times never go backwards, bytes read = bytes written + bytes held, the
+ * And after every step: each direction holds at most SK_PROXY_QMAX chunks,
+ * its chunk lengths add up to what it holds, release times never go
+ * backwards, bytes read = bytes written + dropped + held, the
  * global `buffered` counter is the sum; a connection that waits for its
- * sink is registered for EPOLLOUT and one with room for EPOLLIN (else it
+ * sink is registered for EPOLLOUT and one with room (due bytes under
+ * buffer_size, held bytes under the latency limit) for EPOLLIN (else it
  * would wait forever); after the due timers ran, no connection has bytes
- * it may send to a sink that takes them, and none outlives a reset_peer,
- * a stall timeout or a limit_data that is due.
+ * it may send to a sink that takes them, and none outlives a reset_peer
+ * (timed from the first byte read in its direction after it was added),
+ * a stall or timeout fault's timeout or a limit_data that is due.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -128,6 +132,7 @@ typedef struct hfault {
 typedef struct hdir {
     uint64_t read;       /* bytes the proxy read from the source */
     uint64_t written;    /* bytes the proxy wrote to the sink */
+    uint64_t dropped_seen; /* the proxy's dropped count at the last write */
     int eof_given;       /* readv returned 0 */
     int64_t eof_at;
     int fin_sent;        /* the proxy forwarded FIN to the sink */
@@ -156,6 +161,11 @@ typedef struct hside {
 
 typedef struct hconn {
     sk_pxpair *c;   /* NULL: slot free */
+    struct {
+        uint64_t id;
+        int64_t first;
+    } arm[SK_PROXY_MAX_FAULTS]; /* reset_peer faults: their first byte */
+    unsigned narm;
     hside side[2];
     hdir dir[2];
     int64_t start;
@@ -263,14 +273,79 @@ static int64_t h_deadline(const hconn *h)
 
     for (i = 0; i < H.nfaults; i++) {
         const hfault *f = &H.faults[i];
-        if (f->f.kind != SK_FAULT_RESET_PEER &&
-            !(f->f.kind == SK_FAULT_STALL && f->f.delay_ns > 0))
+        unsigned j;
+
+        if (f->f.kind == SK_FAULT_RESET_PEER) {
+            for (j = 0; j < h->narm && h->arm[j].id != f->id; j++)
+                ;
+            if (j == h->narm)
+                continue; /* no byte came its way yet */
+            at = h->arm[j].first + f->f.delay_ns;
+        } else if ((f->f.kind == SK_FAULT_STALL ||
+                    f->f.kind == SK_FAULT_TIMEOUT) && f->f.delay_ns > 0) {
+            at = (f->added > h->start ? f->added : h->start) + f->f.delay_ns;
+        } else {
             continue;
-        at = (f->added > h->start ? f->added : h->start) + f->f.delay_ns;
+        }
         if (at < best)
             best = at;
     }
     return best;
+}
+
+/* Bytes came in direction d of h: arm the reset_peer faults covering d
+ * that are not armed yet (forgetting arms of faults gone). */
+static void h_arm(hconn *h, int d)
+{
+    unsigned i, j, kept = 0;
+
+    for (j = 0; j < h->narm; j++) {
+        for (i = 0; i < H.nfaults && H.faults[i].id != h->arm[j].id; i++)
+            ;
+        if (i < H.nfaults)
+            h->arm[kept++] = h->arm[j];
+    }
+    h->narm = kept;
+    for (i = 0; i < H.nfaults; i++) {
+        const hfault *f = &H.faults[i];
+
+        if (f->f.kind != SK_FAULT_RESET_PEER || !(f->f.dirs & (1u << d)))
+            continue;
+        for (j = 0; j < h->narm && h->arm[j].id != f->id; j++)
+            ;
+        if (j == h->narm) {
+            h->arm[h->narm].id = f->id;
+            h->arm[h->narm].first = H.now;
+            h->narm++;
+        }
+    }
+}
+
+/* Does an armed reset_peer of h cover direction d (its data waits)? */
+static int h_reset_holds(const hconn *h, int d)
+{
+    unsigned i, j;
+
+    for (j = 0; j < h->narm; j++)
+        for (i = 0; i < H.nfaults; i++)
+            if (H.faults[i].id == h->arm[j].id &&
+                (H.faults[i].f.dirs & (1u << d)))
+                return 1;
+    return 0;
+}
+
+/* Latency or jitter on direction d: bytes held in flight may exceed
+ * buffer_size. */
+static int h_latency_on(int d)
+{
+    unsigned i;
+
+    for (i = 0; i < H.nfaults; i++)
+        if (H.faults[i].f.kind == SK_FAULT_LATENCY &&
+            (H.faults[i].f.dirs & (1u << d)) &&
+            (H.faults[i].f.delay_ns > 0 || H.faults[i].f.jitter_ns > 0))
+            return 1;
+    return 0;
 }
 
 /* After the fault table changed: the harness's accounting windows. */
@@ -339,6 +414,7 @@ static ssize_t fx_readv(int fd, const struct iovec *iov, int n)
     }
     x->read += take;
     sd->avail -= take;
+    h_arm(h, s);
     TRACE("  read  slot %d dir %d: %llu bytes (minlat %lld ns)\n", slot, s,
           (unsigned long long)take, (long long)h_minlat(s));
     /* when and under which latency floor these bytes were read */
@@ -378,6 +454,10 @@ static ssize_t fx_sendmsg(int fd, const struct msghdr *mh, int flags)
     slot = (int)(h - H.conn);
     REQUIRE(!sd->closed && !x->fin_sent && !h->c->dead);
     REQUIRE(h_last(d, SK_FAULT_STALL) == NULL); /* a stall passes nothing */
+    REQUIRE(h_last(d, SK_FAULT_TIMEOUT) == NULL); /* nor a timeout */
+    REQUIRE(!h_reset_holds(h, d)); /* nor an armed reset_peer */
+    /* bytes a timeout dropped were consumed from the head: skip them */
+    x->dropped_seen = px->dropped;
     for (i = 0; i < mh->msg_iovlen; i++)
         total += mh->msg_iov[i].iov_len;
     REQUIRE(total > 0);
@@ -402,14 +482,21 @@ static ssize_t fx_sendmsg(int fd, const struct msghdr *mh, int flags)
         size_t j;
 
         for (j = 0; j < mh->msg_iov[i].iov_len && k < take; j++, k++)
-            REQUIRE(src[j] == gen_byte(slot, d, x->written + k));
+            REQUIRE(src[j] == gen_byte(slot, d,
+                                       x->written + x->dropped_seen + k));
     }
     /* never before read time + the latency floor of its read: the head
      * record holds the first byte written; later ones while they hold
      * bytes of this write */
-    for (cov = x->written; x->rd_n > 0 && cov < x->written + take;) {
+    for (cov = x->written + x->dropped_seen;
+         x->rd_n > 0 && cov < x->written + x->dropped_seen + take;) {
+        if (x->rd[x->rd_head].end <= cov) { /* dropped, never written */
+            x->rd_head = (x->rd_head + 1) % RD_MAX;
+            x->rd_n--;
+            continue;
+        }
         REQUIRE(H.now >= x->rd[x->rd_head].at + x->rd[x->rd_head].minlat);
-        if (x->rd[x->rd_head].end > x->written + take)
+        if (x->rd[x->rd_head].end > x->written + x->dropped_seen + take)
             break;
         cov = x->rd[x->rd_head].end;
         x->rd_head = (x->rd_head + 1) % RD_MAX;
@@ -455,7 +542,7 @@ static int fx_shutdown(int fd, int how)
     /* forwarding the source's FIN: after it came and after every byte */
     REQUIRE(!x->fin_sent);
     REQUIRE(x->eof_given);
-    REQUIRE(x->written == x->read);
+    REQUIRE(x->written + h->c->dir[1 - s].dropped == x->read);
     REQUIRE(H.now >= x->eof_at + h_slow_close(1 - s));
     x->fin_sent = 1;
     return 0;
@@ -577,7 +664,7 @@ static int fx_sk_set_nodelay(int fd, struct sk_err *err)
 static void draw_fault(const uint8_t *b, sk_fault *f)
 {
     memset(f, 0, sizeof(*f));
-    f->kind = (sk_fault_kind)(1 + b[0] % 8); /* 8: an unknown kind */
+    f->kind = (sk_fault_kind)(1 + b[0] % 9); /* 9: an unknown kind */
     f->dirs = (b[0] >> 3) & 3;              /* 0: invalid */
     switch (f->kind) {
     case SK_FAULT_LATENCY:
@@ -588,6 +675,7 @@ static void draw_fault(const uint8_t *b, sk_fault *f)
         f->rate_Bps = (uint64_t)b[1] * b[2] * 97;
         break;
     case SK_FAULT_STALL:
+    case SK_FAULT_TIMEOUT:
         f->delay_ns = b[1] * 10 * MS;
         break;
     case SK_FAULT_RESET_PEER:
@@ -623,6 +711,7 @@ static int fault_valid(const sk_fault *f)
         return f->size >= 1 && f->size_var < f->size;
     case SK_FAULT_LATENCY:
     case SK_FAULT_STALL:
+    case SK_FAULT_TIMEOUT:
     case SK_FAULT_RESET_PEER:
     case SK_FAULT_SLOW_CLOSE:
     case SK_FAULT_LIMIT_DATA:
@@ -825,19 +914,37 @@ static void check_state(int after_timers)
             }
             REQUIRE(sum == x->used);
             REQUIRE(atomic_load(&x->held) == x->used);
-            REQUIRE(hx->read == hx->written + x->used);
+            REQUIRE(hx->read == hx->written + x->dropped + x->used);
             buffered += x->used;
             if (c->connecting)
                 continue;
             /* waiting for something epoll will report */
             if (x->want_write)
                 REQUIRE(h->side[1 - d].mask & EPOLLOUT);
-            if (!x->src_eof && x->used < x->cap && x->qlen < SK_PROXY_QMAX)
-                REQUIRE(h->side[d].mask & EPOLLIN);
+            {
+                uint64_t due = 0;
+                size_t lim = h_latency_on(d) && p->bufsize < SK_PROXY_INFLIGHT_MAX
+                                 ? SK_PROXY_INFLIGHT_MAX
+                                 : p->bufsize;
+
+                for (k = 0, qi = x->qhead; k < x->qlen;
+                     k++, qi = (qi + 1) % SK_PROXY_QMAX)
+                    if (x->q[qi].release <= H.now)
+                        due += x->q[qi].len;
+                if (!x->src_eof && x->qlen < SK_PROXY_QMAX && x->used < lim &&
+                    due < p->bufsize)
+                    REQUIRE(h->side[d].mask & EPOLLIN);
+                /* a read never goes past the limit of its time (bytes
+                 * held when latency goes away stay held) */
+                REQUIRE(x->used <= (p->bufsize > SK_PROXY_INFLIGHT_MAX
+                                        ? p->bufsize
+                                        : SK_PROXY_INFLIGHT_MAX));
+            }
             if (!after_timers)
                 continue;
             /* nothing due is left behind */
             if (x->used > 0 && h_last(d, SK_FAULT_STALL) == NULL &&
+                h_last(d, SK_FAULT_TIMEOUT) == NULL && !h_reset_holds(h, d) &&
                 !x->want_write && !x->shut_sent &&
                 x->q[x->qhead].release <= H.now &&
                 (hx->bw_rate == 0 || x->pace_ns <= H.now) &&
