@@ -67,7 +67,8 @@ if TYPE_CHECKING:  # what __getattr__ below loads on first use, for type checker
     from ._handler import ServerExits
     from ._observe import SocketEntry, SocketList, TcpInfo, find_socket, sockets, tcp_info
     from ._recording import Recording, StateChange, record
-    from ._server import Server, serve
+    from ._serve import serve
+    from ._server import Server
     from ._watch import InfoSample, StateTrace, watch
     from .testing.proxy import (
         Bandwidth,
@@ -94,7 +95,7 @@ _LAZY = {
     "testing": ".testing",
     "ServerExits": "._handler",
     "Server": "._server",
-    "serve": "._server",
+    "serve": "._serve",
     "SocketEntry": "._observe",
     "SocketList": "._observe",
     "TcpInfo": "._observe",

@@ -89,7 +89,7 @@ def _cmd_tour(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from ._server import serve
+    from ._serve import serve
 
     with serve(args.address) as srv:
         print(f"echo server on {format_address(srv.address)}; Ctrl-C stops it", flush=True)

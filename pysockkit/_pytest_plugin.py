@@ -57,7 +57,8 @@ import pytest
 
 from ._conn import Address, Connection, connect, listen
 from ._net import format_address
-from ._server import Handler, Server, serve
+from ._serve import serve
+from ._server import Handler, Server
 from ._types import Framing
 from .testing import FaultProxy, assert_frames, assert_state
 

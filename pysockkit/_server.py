@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 from . import _core
-from ._conn import Address, Connection, Listener, listen
+from ._conn import Address, Connection, Listener
 from ._errors import Error
 from ._handler import (
     ExitBook,
@@ -31,11 +31,11 @@ from ._handler import (
     error_text,
     log,
 )
-from ._net import AddressLike, check_timeout, format_address
-from ._types import Framing, Heartbeat
+from ._net import check_timeout, format_address
+from ._types import Heartbeat
 from ._wire import ID_REPLY, error_id, reply_id
 
-__all__ = ["Server", "serve", "Handler", "ConnectionHandler"]
+__all__ = ["Server", "Handler", "ConnectionHandler"]
 
 Handler = Callable[[bytes], Reply]
 """A message handler: ``handler(payload) -> reply | None``, a plain function.
@@ -386,71 +386,3 @@ class Server(ServerRecords):
         state = "closed" if self._stop.is_set() else f"clients={len(self._conns)}"
         return f"<pysockkit.Server {format_address(self._listener.address)} {state}>"
 
-
-def serve(
-    addr: AddressLike = ("127.0.0.1", 0),
-    handler: Optional[Handler] = None,
-    framing: Optional[Framing] = None,
-    backlog: int = 128,
-    *,
-    on_connection: Optional[ConnectionHandler] = None,
-    read_timeout: Optional[float] = None,
-    write_timeout: Optional[float] = None,
-    max_connections: Optional[int] = None,
-    workers: int = 1,
-    heartbeat: Optional[Heartbeat] = None,
-    processes: int = 1,
-) -> Server:
-    """Start a framed server on ``addr`` and return it at once.
-
-    ``handler(payload) -> reply | None`` (a plain function; echo by
-    default) answers each frame; with ``Framing(correlation=True)`` a
-    request's reply carries its id, and a handler that raises answers it
-    with an error reply (``sk.RemoteError`` on the client).  Or
-    ``on_connection(conn)`` gets each client's :class:`sk.Connection` in
-    its thread.  Giving both, an ``async def`` or anything not callable is
-    a TypeError.  See :class:`Server` for errors, ``exits`` and the limits
-    ``read_timeout``, ``write_timeout`` and ``max_connections`` (all off
-    by default).  The message handler runs on the C reactor with
-    ``workers`` handler threads (default 1; more for handlers that block);
-    ``heartbeat`` (an :class:`sk.Heartbeat`, the clients must use it too)
-    answers and sends PINGs and drops a client that fell silent
-    (``exits.peer_dead``).  ``processes=N`` forks N worker processes that
-    share the port (``SO_REUSEPORT``), each with its own reactor: a
-    worker that dies is restarted and reported in ``errors``, and
-    ``served``, ``exits`` and ``errors`` sum the workers'; the handler
-    must be a message handler (the workers are forks of this process).
-
-    Example::
-
-        >>> srv = sk.serve(handler=lambda m: b"pong" if m == b"ping" else m)
-        >>> sk.call(srv.address, b"ping", timeout=1.0)
-        b'pong'
-        >>> srv.close()
-        >>> def greet(conn: sk.Connection) -> None:
-        ...     conn.send(b"hello " + conn.recv(timeout=5.0))
-        >>> with sk.serve(on_connection=greet) as srv:
-        ...     sk.call(srv.address, b"you", timeout=1.0)
-        b'hello you'
-        >>> guarded = sk.serve(read_timeout=30.0, write_timeout=10.0, max_connections=1000)
-        >>> guarded.close()
-        >>> pool = sk.serve(handler=lambda m: m, workers=4)   # handlers that block
-        >>> pool.close()
-        >>> multi = sk.serve(handler=lambda m: m, processes=2)   # two cores
-        >>> multi.close()
-    """
-    check_handlers("sk.serve", handler, on_connection, async_ok=False)
-    rt, wt = check_limits(read_timeout, write_timeout, max_connections, workers, processes,
-                          on_connection)
-    if processes > 1:
-        from ._workers import ProcessServer
-
-        return ProcessServer(addr, handler, framing or Framing(), backlog,
-                             (rt, wt, max_connections), workers, heartbeat, processes)
-    listener = listen(addr, backlog=backlog, framing=framing, heartbeat=heartbeat)
-    try:
-        return Server(listener, handler, read_timeout, write_timeout, max_connections,
-                      on_connection=on_connection, workers=workers)
-    except BaseException:  # a bad argument: do not leave the listener open
-        listener.close()
-        raise

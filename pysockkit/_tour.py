@@ -10,7 +10,7 @@ from collections.abc import Callable
 from . import _conn
 from ._errors import ConnectionClosed, ConnectionReset, Timeout
 from ._net import format_address
-from ._server import serve
+from ._serve import serve
 from ._types import Framing
 
 

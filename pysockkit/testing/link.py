@@ -187,7 +187,6 @@ class Link:
             link.set(loss=0, cut=False, no_rate=True)   # a clean link
         """
         from .. import lab
-        from ..lab import _netns
 
         for name, value in (("delay", delay), ("reorder", reorder), ("duplicate", duplicate)):
             if value is not None:
@@ -273,7 +272,6 @@ def _helper_main() -> None:
     """Entry point of the ``unshare -Urn`` helper (argv: channel fd, mtu):
     brings lo up with that MTU, reports, then serves requests (a socket,
     a fault change) until the channel closes."""
-    from .. import lab
     from ..lab import _netns
 
     chan, fail, up = _netns._helper_start()
