@@ -331,6 +331,16 @@ def _flush(p: Pair) -> None:
     p.cli.flush(timeout=STEP)
 
 
+def _write_behind(p: Pair) -> None:
+    p.cli.write_behind = True
+    p.cli.send(b"y" * 100)
+    p.cli.send(b"z" * 10)
+    p.cli.flush(timeout=STEP)
+    assert p.srv.recv(timeout=STEP) == b"y" * 100
+    assert p.srv.recv(timeout=STEP) == b"z" * 10
+    p.cli.write_behind = False
+
+
 def _attrs(p: Pair) -> None:
     c = p.cli
     c.fileno(), c.closed, c.buffered, c.unsent, c.pending_replies
@@ -533,6 +543,7 @@ RECIPES: dict[str, tuple[str, Callable[[Any], None]]] = {
     "recv_many timeout": ("pair", _recv_many_timeout),
     "send_many too large": ("pair", _send_too_large),
     "flush": ("pair", _flush),
+    "send write-behind": ("pair", _write_behind),
     "attributes": ("pair", _attrs),
     "info+state": ("pair", _info_state),
     "iteration": ("pair", _iter),
@@ -555,6 +566,7 @@ COVERED = {
     "Connection": {
         "send": "send+recv", "recv": "send+recv", "send_many": "send_many+recv_many",
         "recv_many": "send_many+recv_many", "request": "request", "flush": "flush",
+        "write_behind": "send write-behind",
         "shutdown": "lifecycle shutdown", "close": "lifecycle close", "abort": "lifecycle abort",
         "fileno": "attributes", "closed": "attributes", "buffered": "attributes",
         "unsent": "attributes", "pending_replies": "request timeout, late reply",

@@ -193,7 +193,12 @@ def teardown_module():
 
 
 def test_leaks_a_socket(sk_server):
-    HELD.append(socket.create_connection(sk_server.address))
+    s = socket.create_connection(sk_server.address)
+    frame = bytes([0, 0, 0, 1]) + b"x"
+    s.sendall(frame)     # one echo: the server has accepted it (a connection
+    s.settimeout(10)     # still in its backlog would get RST when it closes)
+    assert s.recv(5, socket.MSG_WAITALL) == frame
+    HELD.append(s)
 
 
 def test_leaks_a_thread(sk_pair):
