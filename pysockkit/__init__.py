@@ -56,6 +56,7 @@ from ._errors import (
 )
 from ._types import Framing, Heartbeat, Keepalive, Message
 from ._conn import Address, AddressLike, Connection, Listener, call, connect, listen
+from ._reconnect import ConnectionEvent, Reconnect
 from ._handler import ServerExits
 from ._server import Server, serve
 from ._enums import TcpState
@@ -85,6 +86,7 @@ __all__ = [
     "Framing",
     "Heartbeat",
     "Keepalive",
+    "Reconnect",
     "Message",
     # connections
     "Address",
@@ -94,6 +96,7 @@ __all__ = [
     "listen",
     "connect",
     "call",
+    "ConnectionEvent",
     "serve",
     "Server",
     "ServerExits",
