@@ -57,6 +57,7 @@ from ._errors import (
 from ._types import Framing, Heartbeat, Keepalive, Message
 from ._conn import Address, AddressLike, Connection, Listener, call, connect, listen
 from ._reconnect import ConnectionEvent, Reconnect
+from ._redial import ReconnectingConnection
 from ._handler import ServerExits
 from ._server import Server, serve
 from ._enums import TcpState
@@ -96,6 +97,7 @@ __all__ = [
     "listen",
     "connect",
     "call",
+    "ReconnectingConnection",
     "ConnectionEvent",
     "serve",
     "Server",

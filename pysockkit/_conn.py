@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from ._duplex import Duplex
     from ._enums import TcpState
     from ._observe import TcpInfo
+    from ._reconnect import ConnectionEvent, Reconnect
+    from ._redial import ReconnectingConnection
 
 __all__ = ["Connection", "Listener", "connect", "listen", "call", "Address", "AddressLike"]
 
@@ -465,15 +467,30 @@ def listen(
 @overload
 def connect(addr: AddressLike, timeout: Optional[float] = None, framing: None = None,
             heartbeat: Optional[Heartbeat] = None,
-            keepalive: Optional[Keepalive] = None) -> Connection[bytes]: ...
+            keepalive: Optional[Keepalive] = None, *, reconnect: None = None,
+            on_event: None = None) -> Connection[bytes]: ...
 @overload
 def connect(addr: AddressLike, timeout: Optional[float] = None, *, framing: "Framing[M]",
             heartbeat: Optional[Heartbeat] = None,
-            keepalive: Optional[Keepalive] = None) -> Connection[M]: ...
+            keepalive: Optional[Keepalive] = None, reconnect: None = None,
+            on_event: None = None) -> Connection[M]: ...
 @overload
 def connect(addr: AddressLike, timeout: Optional[float], framing: "Framing[M]",
             heartbeat: Optional[Heartbeat] = None,
-            keepalive: Optional[Keepalive] = None) -> Connection[M]: ...
+            keepalive: Optional[Keepalive] = None, *, reconnect: None = None,
+            on_event: None = None) -> Connection[M]: ...
+@overload
+def connect(addr: AddressLike, timeout: Optional[float] = None, framing: None = None,
+            heartbeat: Optional[Heartbeat] = None,
+            keepalive: Optional[Keepalive] = None, *, reconnect: "Reconnect",
+            on_event: "Optional[Callable[[ConnectionEvent], Any]]" = None,
+            ) -> "ReconnectingConnection[bytes]": ...
+@overload
+def connect(addr: AddressLike, timeout: Optional[float] = None, *, framing: "Framing[M]",
+            heartbeat: Optional[Heartbeat] = None,
+            keepalive: Optional[Keepalive] = None, reconnect: "Reconnect",
+            on_event: "Optional[Callable[[ConnectionEvent], Any]]" = None,
+            ) -> "ReconnectingConnection[M]": ...
 
 
 def connect(
@@ -482,7 +499,10 @@ def connect(
     framing: "Optional[Framing[Any]]" = None,
     heartbeat: Optional[Heartbeat] = None,
     keepalive: Optional[Keepalive] = None,
-) -> "Connection[Any]":
+    *,
+    reconnect: "Optional[Reconnect]" = None,
+    on_event: "Optional[Callable[[ConnectionEvent], Any]]" = None,
+) -> "Union[Connection[Any], ReconnectingConnection[Any]]":
     """Connect to ``addr`` and return a :class:`Connection`.  With
     ``heartbeat``, the C reactor keeps the connection's liveness checked
     (the peer must use heartbeats too); ``keepalive`` sets the kernel's
@@ -498,11 +518,26 @@ def connect(
     ``Connection[sk.Message]`` to type checkers).  Raises ``sk.Timeout``,
     or ``sk.Error`` with errno ECONNREFUSED when nothing listens there.
 
+    With ``reconnect=sk.Reconnect(...)`` it returns a
+    :class:`sk.ReconnectingConnection`, which reconnects by itself when
+    the connection is lost (docs/reconnect.md); the first connect then
+    retries with the policy's backoff until ``timeout``.  ``on_event`` (a
+    callable taking an :class:`sk.ConnectionEvent`) gets its lifecycle
+    events; it needs ``reconnect``.
+
     Example::
 
         with sk.connect(("127.0.0.1", 9000), timeout=2.0) as conn:
             conn.send(b"hi")
     """
+    if reconnect is not None:
+        from ._redial import connect_reconnecting
+
+        return connect_reconnecting(addr, timeout, framing or _DEFAULT_FRAMING, heartbeat,
+                                    keepalive, reconnect, on_event)
+    if on_event is not None:
+        raise TypeError("connect: on_event= needs reconnect=sk.Reconnect(...): a plain "
+                        "connection has no lifecycle events")
     timeout = check_timeout(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
     last: Optional[BaseException] = None
