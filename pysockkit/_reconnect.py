@@ -41,6 +41,10 @@ log = logging.getLogger("pysockkit")
 
 KINDS = frozenset({"connected", "lost", "retrying", "gave_up", "closed", "accepted"})
 EVENTS_KEPT = 1000  # conn.events() keeps the most recent this many
+# a connection that stayed up this long (or Reconnect.initial, if longer)
+# restarts the backoff schedule; a shorter one (a server that accepts and
+# closes at once) continues it, so that it is no busy loop
+STABLE = 1.0
 
 # errno values of a connection the kernel gave up on (keepalive, user
 # timeout, an unreachable peer): the connection is gone, as after FIN/RST
@@ -296,12 +300,14 @@ class EventReader(Iterator[ConnectionEvent]):
         self._pos = pos
         self._buf: deque[ConnectionEvent] = deque()
         self.dropped = 0
+        self.ended = False  # the log ended (after "closed")
 
     def _fill(self) -> bool:
         """Take what is new; True when the log ended."""
         evs, dropped, self._pos, ended = self._log.take(self._pos)
         self.dropped += dropped
         self._buf.extend(evs)
+        self.ended = ended
         return ended
 
     def __iter__(self) -> "EventReader":

@@ -29,6 +29,7 @@ from ._conn import Connection, _resolve
 from ._errors import ConnectionClosed, ConnectionReset, Error, PeerDead, Timeout
 from ._net import Address, AddressLike, check_timeout, format_address, parse_address
 from ._reconnect import (
+    STABLE,
     Backoff,
     ConnectionEvent,
     EventLog,
@@ -49,9 +50,6 @@ __all__ = ["ReconnectingConnection"]
 
 _Buffer = Union[bytes, bytearray, memoryview]
 _KEEP_OLD = 8  # lost connections with unread frames kept for recv, at most
-# a connection that stayed up this long (or Reconnect.initial, if longer)
-# restarts the backoff schedule; a shorter one continues it
-STABLE = 1.0
 _HUP = select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL
 
 

@@ -98,6 +98,8 @@ from ._handler import (
 from ._net import AddressLike, check_timeout, format_address, parse_address
 from ._types import Framing, Heartbeat, Keepalive, M
 from ._types import Message as Message
+from ._aio_redial import ReconnectingConnection, connect_reconnecting
+from ._reconnect import ConnectionEvent, Reconnect
 
 if TYPE_CHECKING:
     from ._enums import TcpState
@@ -105,6 +107,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Connection",
+    "ReconnectingConnection",
     "Listener",
     "Server",
     "Message",
@@ -259,7 +262,7 @@ class Connection(Generic[M]):
         "_pending", "_timers", "_expired", "_next_id", "_next_reply", "_stats",
         "_new_future",
         "_hb_handle", "_last_rx", "_last_tx", "_ping_after", "_rtt_ns", "_rtt_at",
-        "_hb_stats", "_peer_dead", "_linger_deadline", "__weakref__",
+        "_hb_stats", "_peer_dead", "_linger_deadline", "_on_end", "__weakref__",
     )
 
     def __init__(
@@ -338,6 +341,9 @@ class Connection(Generic[M]):
                           "pongs_received": 0, "unknown_control": 0}
         self._peer_dead = False
         self._linger_deadline = 0.0
+        # told once, with the error, when the peer ends the connection
+        # (EOF, RST, dead peer): reconnecting connections (_aio_redial.py)
+        self._on_end: Optional[Callable[[Error], None]] = None
 
     # ------------------------------------------------------------ transport
 
@@ -519,6 +525,12 @@ class Connection(Generic[M]):
             self._transport.pause_reading()
         self._fail_pending(exc)
         _wake(self._rwaiters)
+        self._tell_end()
+
+    def _tell_end(self) -> None:
+        cb, self._on_end = self._on_end, None
+        if cb is not None and self._rerr is not None:
+            cb(self._rerr)
 
     def _on_eof(self) -> bool:
         self._eof = True
@@ -551,6 +563,7 @@ class Connection(Generic[M]):
         _wake(self._dwaiters)
         if not self._closed_fut.done():
             self._closed_fut.set_result(None)
+        self._tell_end()
 
     def _on_resume_writing(self) -> None:
         self._wpaused = False
@@ -1426,12 +1439,27 @@ class Connection(Generic[M]):
 @overload
 async def connect(addr: AddressLike, *, framing: None = None, heartbeat: Optional[Heartbeat] = None,
                   keepalive: Optional[Keepalive] = None, timeout: Optional[float] = None,
-                  recv_limit: int = ..., send_limit: int = ...) -> Connection[bytes]: ...
+                  recv_limit: int = ..., send_limit: int = ..., reconnect: None = None,
+                  on_event: None = None) -> Connection[bytes]: ...
 @overload
 async def connect(addr: AddressLike, *, framing: "Framing[M]",
                   heartbeat: Optional[Heartbeat] = None, keepalive: Optional[Keepalive] = None,
                   timeout: Optional[float] = None, recv_limit: int = ...,
-                  send_limit: int = ...) -> Connection[M]: ...
+                  send_limit: int = ..., reconnect: None = None,
+                  on_event: None = None) -> Connection[M]: ...
+@overload
+async def connect(addr: AddressLike, *, framing: None = None, heartbeat: Optional[Heartbeat] = None,
+                  keepalive: Optional[Keepalive] = None, timeout: Optional[float] = None,
+                  recv_limit: int = ..., send_limit: int = ..., reconnect: Reconnect,
+                  on_event: Optional[Callable[[ConnectionEvent], Any]] = None,
+                  ) -> ReconnectingConnection[bytes]: ...
+@overload
+async def connect(addr: AddressLike, *, framing: "Framing[M]",
+                  heartbeat: Optional[Heartbeat] = None, keepalive: Optional[Keepalive] = None,
+                  timeout: Optional[float] = None, recv_limit: int = ...,
+                  send_limit: int = ..., reconnect: Reconnect,
+                  on_event: Optional[Callable[[ConnectionEvent], Any]] = None,
+                  ) -> ReconnectingConnection[M]: ...
 
 
 async def connect(
@@ -1443,7 +1471,9 @@ async def connect(
     timeout: Optional[float] = None,
     recv_limit: int = _DEFAULT_RECV_LIMIT,
     send_limit: int = _DEFAULT_SEND_LIMIT,
-) -> "Connection[Any]":
+    reconnect: Optional[Reconnect] = None,
+    on_event: Optional[Callable[[ConnectionEvent], Any]] = None,
+) -> "Union[Connection[Any], ReconnectingConnection[Any]]":
     """Connect to ``addr`` and return an :class:`aio.Connection`.
 
     ``addr``, ``timeout``, ``framing``/``heartbeat``/``keepalive`` as for
@@ -1457,10 +1487,21 @@ async def connect(
     (``Connection[bytes]`` to type checkers), ``bytes`` or ``(id,
     payload)`` with ``Framing(correlation=True)`` (``Connection[aio.Message]``).
 
+    With ``reconnect=sk.Reconnect(...)`` it returns an
+    :class:`aio.ReconnectingConnection` that reconnects by itself
+    (docs/reconnect.md; ``on_event`` gets its lifecycle events).
+
     Example::
 
         conn = await aio.connect(("127.0.0.1", 9000), timeout=5.0)
     """
+    if reconnect is not None:
+        return await connect_reconnecting(
+            addr, timeout, framing or _DEFAULT_FRAMING, heartbeat, keepalive,
+            {"recv_limit": recv_limit, "send_limit": send_limit}, reconnect, on_event)
+    if on_event is not None:
+        raise TypeError("connect: on_event= needs reconnect=sk.Reconnect(...): a plain "
+                        "connection has no lifecycle events")
     host, port = parse_address(addr)
     timeout = check_timeout(timeout)
     where = format_address((host, port))

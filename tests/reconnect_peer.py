@@ -2,12 +2,13 @@
 bench/reconnect.py, so that it can be killed, frozen and restarted on the
 same port.
 
-    python reconnect_peer.py PORT [--mode echo|slam] [--heartbeat I T]
+    python reconnect_peer.py PORT [--mode echo|slam|aio] [--heartbeat I T]
                              [--max-seconds S]
 
 --mode echo (default): accept every client (a thread each) and answer every
 frame with the same frame.  --mode slam: accept every client and close it at
-once, counting the accepts.  Prints "port N" once listening on 127.0.0.1
+once, counting the accepts.  --mode aio: an ``aio.serve`` echo server (one
+task a client: thousands of clients cost no thread each).  Prints "port N" once listening on 127.0.0.1
 (PORT 0 picks one).  Answers "count" on stdin with "accepted N".  Exits on
 EOF of stdin or after --max-seconds.
 """
@@ -15,6 +16,7 @@ EOF of stdin or after --max-seconds.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import threading
 import time
@@ -32,14 +34,29 @@ def echo(conn: sk.Connection) -> None:
         conn.close()
 
 
+async def serve_aio(port: int, hb: "sk.Heartbeat | None", max_seconds: float) -> int:
+    srv = await sk.aio.serve(("127.0.0.1", port), heartbeat=hb, backlog=4096)
+    print(f"port {srv.address[1]}", flush=True)
+    loop = asyncio.get_running_loop()
+    done = loop.run_in_executor(None, sys.stdin.read)  # EOF ends the server
+    try:
+        await asyncio.wait_for(done, max_seconds)
+    except asyncio.TimeoutError:
+        pass
+    srv.close()
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("port", type=int)
-    p.add_argument("--mode", choices=("echo", "slam"), default="echo")
+    p.add_argument("--mode", choices=("echo", "slam", "aio"), default="echo")
     p.add_argument("--heartbeat", type=float, nargs=2, default=None)
     p.add_argument("--max-seconds", type=float, default=60.0)
     a = p.parse_args()
     hb = sk.Heartbeat(*a.heartbeat) if a.heartbeat else None
+    if a.mode == "aio":
+        return asyncio.run(serve_aio(a.port, hb, a.max_seconds))
     lst = sk.listen(("127.0.0.1", a.port), backlog=1024, heartbeat=hb)
     accepted = 0
     stop = threading.Event()
