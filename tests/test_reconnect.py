@@ -607,3 +607,80 @@ def test_a_thousand_reconnecting_clients_come_back_spread_out(peers: list[Peer])
     waits = sorted(delays.values())
     assert len(waits) == n and 0.4 <= waits[0] and waits[-1] <= 0.6
     assert waits[-1] - waits[0] >= 0.15 and len(set(waits)) >= n * 0.9
+
+
+# ------------------------------------------------------------ netns link cut
+
+LINK_CUT_CHILD = r"""
+import json, subprocess, threading, time
+import pysockkit as sk
+
+def sh(*cmd):
+    subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+
+sh("ip", "link", "set", "lo", "up")
+hb = sk.Heartbeat(interval=0.2, timeout=0.6)
+lst = sk.listen(("127.0.0.1", 0), heartbeat=hb)
+
+def echo(c):
+    try:
+        for m in c:
+            c.send(m, timeout=5)
+    except sk.Error:
+        pass
+    c.close()
+
+def serve():
+    while True:
+        try:
+            c = lst.accept()
+        except sk.Error:
+            return
+        threading.Thread(target=echo, args=(c,), daemon=True).start()
+
+threading.Thread(target=serve, daemon=True).start()
+policy = sk.Reconnect(initial=0.1, maximum=0.5, connect_timeout=0.5)
+conn = sk.connect(lst.address, timeout=5, heartbeat=hb, reconnect=policy)
+res = {"before": conn.request(b"before", timeout=5).decode()}
+reader = conn.events(timeout=10)
+# cut the link: every packet on loopback is dropped, both ways
+sh("nft", "add table inet cut; "
+          "add chain inet cut input { type filter hook input priority 0; policy drop; }")
+t_cut = time.monotonic()
+seen = []
+for ev in reader:
+    seen.append(ev)
+    if sum(e.kind == "retrying" for e in seen) >= 3:
+        break
+res["detected_after"] = [e.time - t_cut for e in seen if e.kind == "lost"][0]
+sh("nft", "delete table inet cut")   # restore the link
+t_restore = time.monotonic()
+res["after"] = conn.request(b"after", timeout=10).decode()
+res["back_after"] = time.monotonic() - t_restore
+res["events"] = [[e.kind, e.details.get("reason"),
+                  type(e.details.get("exception")).__name__] for e in conn.events(wait=False)]
+res["reconnects"] = conn.reconnects
+conn.close()
+lst.close()
+print(json.dumps(res), flush=True)
+"""
+
+
+def test_link_cut_and_restored_in_a_network_namespace() -> None:
+    exe = shutil.which("unshare")
+    assert exe is not None, "unshare (util-linux) is needed: tests/run_all.sh installs it"
+    assert shutil.which("nft") is not None, "nft is needed: apt-get install nftables"
+    r = subprocess.run([exe, "-Urn", sys.executable, "-c", LINK_CUT_CHILD],
+                       capture_output=True, text=True, timeout=scaled(60), env=child_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["before"] == "before" and res["after"] == "after"
+    ev = res["events"]
+    assert ev[0][0] == "connected"
+    assert ev[1] == ["lost", "peer_dead", "PeerDead"]  # the heartbeat saw the cut
+    # detected within interval + timeout (+ a generous margin)
+    assert res["detected_after"] < 0.2 + 0.6 + scaled(1.0), res
+    # while cut, the attempts time out (the SYNs are dropped), then it comes back
+    assert "Timeout" in {e[2] for e in ev if e[0] == "retrying"}, ev
+    assert ev[-1][0] == "connected" and res["reconnects"] >= 1
+    assert res["back_after"] < 0.5 * 1.2 + 0.5 + scaled(2.0), res
