@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Optional, Union
 
-from ._conn import Connection, _resolve
+from ._conn import _START_LOCK, Connection, _resolve
+from ._duplex import Duplex
 from ._errors import ConnectionClosed, ConnectionReset, Error, PeerDead, Timeout
 from ._net import Address, AddressLike, check_timeout, format_address, parse_address
 from ._reconnect import (
@@ -40,9 +41,11 @@ from ._reconnect import (
     loss_reason,
     lost_error,
 )
-from ._types import Framing, Heartbeat, Keepalive, M
+from ._types import Framing, Heartbeat, Keepalive, M, Message
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from ._enums import TcpState
     from ._observe import TcpInfo
 
@@ -66,6 +69,22 @@ def _unread(conn: Connection[Any]) -> int:
     except (OSError, ValueError):
         pass
     return n
+
+
+class _Duplex(Duplex):
+    """The receive worker of one connection of a reconnecting connection:
+    requests pending at the loss fail with the error of a call in flight
+    (``maybe_delivered``), never retried."""
+
+    def __init__(self, conn: "Connection[Any]", on_message: Optional[Callable[[Message], None]],
+                 maxsize: int, where: str) -> None:
+        self._where = where
+        super().__init__(conn, on_message, maxsize)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        if is_loss(exc):
+            exc = lost_error(exc, "request_async", self._where, True)
+        super()._fail_all(exc)
 
 
 class ReconnectingConnection(Generic[M]):
@@ -143,6 +162,9 @@ class ReconnectingConnection(Generic[M]):
         self._last_loss: Optional[BaseException] = None  # why the last connection ended
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._thread: Optional[threading.Thread] = None
+        # start_receiver(): (on_message, maxsize), applied to every connection
+        self._receiver: Optional[tuple[Optional[Callable[[Message], None]], int]] = None
+        self._next_id = 1  # correlation ids continue across connections
         self.reconnects = 0
 
     # ------------------------------------------------------------ dialing
@@ -271,6 +293,8 @@ class ReconnectingConnection(Generic[M]):
         self._thread.start()
 
     def _up(self, conn: Connection[M]) -> None:
+        if self._receiver is not None:
+            self._duplex_of(conn)
         with self._cond:
             if self._state == "closed":
                 conn.close()
@@ -349,6 +373,8 @@ class ReconnectingConnection(Generic[M]):
                 exc = ConnectionClosed("the peer closed the connection (FIN or RST)")
             self._state = "down"
             self._conn = None
+            if conn._duplex is not None:
+                self._next_id = max(self._next_id, conn._request_stats()["next_id"])
             self._down_since = time.monotonic()
             self._down_reason = str(exc)
             if time.monotonic() - self._up_since >= max(self._policy.initial, STABLE):
@@ -455,6 +481,71 @@ class ReconnectingConnection(Generic[M]):
         """
         reply: bytes = self._call("request", timeout, True, lambda c, t: c.request(data, t))
         return reply
+
+    def _duplex_of(self, conn: Connection[M]) -> Duplex:
+        """``conn``'s receive worker, started (ids continued) if needed."""
+        with _START_LOCK:
+            d = conn._duplex
+            if d is None:
+                on_message, maxsize = self._receiver or (None, 10_000)
+                d = _Duplex(conn, on_message, maxsize, self._where)
+                conn._duplex = d
+                conn._skip_ids(self._next_id)
+            return d
+
+    def start_receiver(self, on_message: Optional[Callable[[Message], None]] = None,
+                       maxsize: int = 10_000) -> None:
+        """Run a receive worker (the threaded duplex, see
+        ``sk.Connection.start_receiver``) on this and every later
+        connection, each calling ``on_message``.  Without ``on_message``,
+        frames wait in each connection's own queue (``conn.duplex.get()``
+        reads the current one's).
+
+        Example::
+
+            conn.start_receiver(on_message=print)
+        """
+        with self._cond:
+            if self._receiver is not None:
+                raise RuntimeError("the receive worker already runs (start_receiver() was "
+                                   "called)")
+            self._receiver = (on_message, maxsize)
+            conn = self._conn
+        if conn is not None:
+            self._duplex_of(conn)
+
+    @property
+    def duplex(self) -> Optional[Duplex]:
+        """The current connection's :class:`Duplex` (None while down or
+        before the first ``start_receiver``/``request_async``)."""
+        conn = self._conn
+        return None if conn is None else conn._duplex
+
+    def request_async(self, data: _Buffer,
+                      timeout: Optional[float] = None) -> "Future[bytes]":
+        """``sk.Connection.request_async`` on the current connection
+        (waiting for one within ``timeout`` while reconnecting).  Requests
+        pending when the connection is lost fail with its error
+        (``maybe_delivered=True``), never retried; correlation ids go on
+        increasing on the new connection, never reused.
+
+        Example::
+
+            fut = conn.request_async(b"x", timeout=2.0)
+            print(fut.result())
+        """
+        timeout = check_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        conn = self._current("request_async", deadline, timeout)
+        d = self._duplex_of(conn)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return d.request_async(data, left)
+        except Error as exc:
+            if not is_loss(exc):
+                raise
+            self._lost_in_call(conn, exc)
+            raise lost_error(exc, "request_async", self._where, True) from exc
 
     def _take_old(self) -> Optional[M]:
         """A frame received on a lost connection, if any is left."""

@@ -454,6 +454,42 @@ def test_ctrl_c_interrupts_a_call_waiting_for_the_connection() -> None:
             p.communicate()
 
 
+def test_threaded_duplex_fails_pending_requests_and_never_reuses_ids() -> None:
+    from pysockkit import _core
+
+    fr = sk.Framing(correlation=True)
+    got: list[sk.Message] = []
+    with sk.listen(framing=fr) as srv:
+        conn = sk.connect(srv.address, timeout=STEP_TIMEOUT, framing=fr, reconnect=FAST)
+        try:
+            conn.start_receiver(on_message=got.append)
+            peer = srv.accept(timeout=STEP_TIMEOUT)
+            futs = [conn.request_async(b"r%d" % i, timeout=STEP_TIMEOUT) for i in range(3)]
+            first = [peer.recv(timeout=STEP_TIMEOUT) for _ in range(3)]
+            ids = [m[0] for m in first if isinstance(m, tuple)]
+            assert len(ids) == 3
+            peer.send(b"push", timeout=STEP_TIMEOUT)  # a message, not a reply
+            peer.close()  # dies with three requests unanswered
+            for f in futs:
+                exc = f.exception(timeout=STEP_TIMEOUT)
+                assert isinstance(exc, sk.ConnectionClosed), exc
+                assert exc.maybe_delivered is True and "NOT retried" in str(exc)
+            with srv.accept(timeout=STEP_TIMEOUT) as peer2:
+                fut = conn.request_async(b"again", timeout=STEP_TIMEOUT)
+                rid, payload = peer2.recv(timeout=STEP_TIMEOUT)  # type: ignore[misc]
+                assert payload == b"again" and rid > max(ids)   # ids never reused
+                peer2.send(b"done", STEP_TIMEOUT, (rid & _core.ID_MASK) | _core.ID_REPLY)
+                assert fut.result(timeout=STEP_TIMEOUT) == b"done"
+                peer2.send(b"push2", timeout=STEP_TIMEOUT)
+                deadline = time.monotonic() + STEP_TIMEOUT
+                while len(got) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            assert got == [b"push", b"push2"]  # on_message on every connection
+            assert conn.duplex is not None or not conn.connected
+        finally:
+            conn.close()
+
+
 # ------------------------------------------------------------------ asyncio
 
 
