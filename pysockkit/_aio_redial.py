@@ -91,6 +91,7 @@ class ReconnectingConnection(Generic[M]):
         self._down_reason = "not connected yet"
         self._last_loss: Optional[BaseException] = None
         self._final: Optional[BaseException] = None
+        self._next_id = 1  # correlation ids continue across connections
         self.reconnects = 0
 
     # ------------------------------------------------------------ dialing
@@ -134,6 +135,8 @@ class ReconnectingConnection(Generic[M]):
             return conn
 
     def _up(self, conn: "Connection[M]") -> None:
+        if self._framing.correlation:  # ids continue, never reused
+            conn._next_id = max(conn._next_id, self._next_id)
         if self._state == "down":
             self.reconnects += 1
         self._conn = conn
@@ -192,6 +195,7 @@ class ReconnectingConnection(Generic[M]):
             return
         self._state = "down"
         self._conn = None
+        self._next_id = max(self._next_id, conn._next_id)
         self._down_since = time.monotonic()
         self._down_reason = str(exc)
         self._last_loss = exc

@@ -588,6 +588,39 @@ def test_aio_attempts_3_gives_up_and_frames_before_the_loss_come_first() -> None
     asyncio.run(main())
 
 
+def test_aio_correlation_ids_are_never_reused_after_a_reconnect() -> None:
+    fr = sk.Framing(correlation=True)
+
+    async def main() -> None:
+        srv = await sk.aio.listen(("127.0.0.1", 0), framing=fr)
+        conn = await sk.aio.connect(srv.address, timeout=STEP_TIMEOUT, framing=fr,
+                                    reconnect=FAST)
+        peer = await srv.accept(timeout=STEP_TIMEOUT)
+        calls = [asyncio.ensure_future(conn.request(b"r%d" % i, timeout=STEP_TIMEOUT))
+                 for i in range(3)]
+        ids = []
+        for _ in range(3):
+            rid, _payload = await peer.recv(timeout=STEP_TIMEOUT)  # type: ignore[misc]
+            ids.append(rid)
+        peer.close()
+        for c in calls:
+            with pytest.raises(sk.ConnectionClosed) as info:
+                await c
+            assert info.value.maybe_delivered is True
+        peer2 = await srv.accept(timeout=STEP_TIMEOUT)
+        call = asyncio.ensure_future(conn.request(b"again", timeout=STEP_TIMEOUT))
+        rid, payload = await peer2.recv(timeout=STEP_TIMEOUT)  # type: ignore[misc]
+        assert payload == b"again" and rid > max(ids)
+        await peer2.reply(rid, b"done")
+        assert await call == b"done"
+        conn.close()
+        peer2.close()
+        srv.close()
+        await conn.wait_closed()
+
+    asyncio.run(main())
+
+
 def test_a_thousand_reconnecting_clients_come_back_spread_out(peers: list[Peer]) -> None:
     n = 1000
     peers.append(Peer(0, "--mode", "aio"))
