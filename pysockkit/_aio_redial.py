@@ -24,6 +24,7 @@ from ._reconnect import (
     ConnectionEvent,
     EventLog,
     Reconnect,
+    down_error,
     down_timeout,
     is_loss,
     loss_reason,
@@ -104,14 +105,10 @@ class ReconnectingConnection(Generic[M]):
         backoff = self._backoff
         last = self._last_loss
         while True:
-            if backoff.exhausted():
-                assert last is not None
-                raise last
-            if backoff.attempt > 0:
-                delay = backoff.next_delay()
-                if deadline is not None and time.monotonic() + delay >= deadline:
-                    raise Timeout(f"connect to {self._where}: not connected within the "
-                                  f"timeout ({backoff.attempt} attempts; last: {last})")
+            if self._state == "closed":
+                raise asyncio.CancelledError()
+            delay = backoff.plan(deadline, last, self._where)
+            if delay:
                 self._log.emit("retrying", attempt=backoff.attempt + 1, delay=delay,
                                exception=last)
                 await asyncio.sleep(delay)
@@ -128,8 +125,7 @@ class ReconnectingConnection(Generic[M]):
             except (Error, Timeout) as exc:
                 last = exc
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise Timeout(f"connect to {self._where}: not connected within the "
-                                  f"timeout ({backoff.attempt} attempts; last: {exc})") from exc
+                    raise backoff.timeout(self._where, exc) from exc
                 continue
             self._up_since = time.monotonic()
             return conn
@@ -217,14 +213,9 @@ class ReconnectingConnection(Generic[M]):
             if st == "up":
                 assert self._conn is not None
                 return self._conn
-            if st == "closed":
-                raise ConnectionClosed(f"{op}: this connection was closed (close() on "
-                                       "this side)")
-            if st == "gave_up":
-                raise ConnectionClosed(
-                    f"{op}: the connection to {self._where} is gone: reconnecting gave up "
-                    f"after {self._backoff.attempt if self._backoff else 0} attempt(s) "
-                    f"({self._final}); make a new connection") from self._final
+            if st in ("closed", "gave_up"):
+                raise down_error(op, self._where, st,
+                                 self._backoff.attempt if self._backoff else 0, self._final)
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise down_timeout(op, self._where, timeout, self._down_since,

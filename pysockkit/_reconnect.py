@@ -149,6 +149,26 @@ class Backoff:
         a = self.policy.attempts
         return a is not None and self.attempt >= a
 
+    def plan(self, deadline: Optional[float], last: Optional[BaseException],
+             where: str) -> float:
+        """The wait before the next attempt (0: at once, the first one):
+        raises ``last`` when the attempts are spent, ``sk.Timeout`` when
+        the wait would pass ``deadline`` (a ``time.monotonic()``)."""
+        if self.exhausted():
+            assert last is not None
+            raise last
+        if self.attempt == 0:
+            return 0.0
+        delay = self.next_delay()
+        if deadline is not None and time.monotonic() + delay >= deadline:
+            raise self.timeout(where, last)
+        return delay
+
+    def timeout(self, where: str, last: Optional[BaseException]) -> Timeout:
+        """The ``sk.Timeout`` of a first connect that did not succeed in time."""
+        return Timeout(f"connect to {where}: not connected within the timeout "
+                       f"({self.attempt} attempts; last: {last})")
+
     def next_delay(self) -> float:
         """The wait before the next attempt (and advance the schedule)."""
         p = self.policy
@@ -392,4 +412,15 @@ def down_timeout(op: str, where: str, timeout: Optional[float], since: float,
         f"{ago:.3f} s ago: {reason}; {attempt} reconnect attempt(s) so far); nothing of "
         "this call was sent: call again, or use a longer timeout")
     exc.maybe_delivered = False
+    return exc
+
+
+def down_error(op: str, where: str, state: str, attempts: int,
+               final: Optional[BaseException]) -> ConnectionClosed:
+    """What a call raises on a connection that was closed or gave up."""
+    if state == "closed":
+        return ConnectionClosed(f"{op}: this connection was closed (close() on this side)")
+    exc = ConnectionClosed(f"{op}: the connection to {where} is gone: reconnecting gave up "
+                           f"after {attempts} attempt(s) ({final}); make a new connection")
+    exc.__cause__ = final
     return exc

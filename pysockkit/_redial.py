@@ -36,6 +36,7 @@ from ._reconnect import (
     EventLog,
     EventReader,
     Reconnect,
+    down_error,
     down_timeout,
     is_loss,
     loss_reason,
@@ -245,16 +246,10 @@ class ReconnectingConnection(Generic[M]):
         last: Optional[BaseException] = self._last_loss
         delay = 0.0
         while True:
-            if backoff.exhausted():
-                assert last is not None
-                raise last
             if self._state == "closed":
                 raise _Stopped()
-            if backoff.attempt > 0:
-                delay = backoff.next_delay()
-                if deadline is not None and time.monotonic() + delay >= deadline:
-                    raise Timeout(f"connect to {self._where}: not connected within the "
-                                  f"timeout ({backoff.attempt} attempts; last: {last})")
+            delay = backoff.plan(deadline, last, self._where)
+            if delay:
                 self._log.emit("retrying", attempt=backoff.attempt + 1, delay=delay,
                                exception=last)
                 self._sleep(delay)
@@ -272,8 +267,7 @@ class ReconnectingConnection(Generic[M]):
             except (Error, Timeout) as exc:
                 last = exc
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise Timeout(f"connect to {self._where}: not connected within the "
-                                  f"timeout ({backoff.attempt} attempts; last: {exc})") from exc
+                    raise backoff.timeout(self._where, exc) from exc
 
     def _start(self, timeout: Optional[float]) -> None:
         """The first connect, in the caller's thread, then the supervisor."""
@@ -422,14 +416,8 @@ class ReconnectingConnection(Generic[M]):
                 if st == "up":
                     assert self._conn is not None
                     return self._conn
-                if st == "closed":
-                    raise ConnectionClosed(f"{op}: this connection was closed (close() on "
-                                           "this side)")
-                if st == "gave_up":
-                    raise ConnectionClosed(
-                        f"{op}: the connection to {self._where} is gone: reconnecting gave "
-                        f"up after {self._attempt} attempt(s) ({self._final}); make a new "
-                        "connection") from self._final
+                if st in ("closed", "gave_up"):
+                    raise down_error(op, self._where, st, self._attempt, self._final)
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise down_timeout(op, self._where, timeout, self._down_since,
