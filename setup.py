@@ -1,4 +1,7 @@
-"""Build the C extension pysockkit._core from every csrc/*.c.
+"""Build the C extension pysockkit._core from csrc/: the core (csrc/core/),
+the test kit (csrc/testkit/, the fault proxy) and the CPython binding
+(csrc/binding/).  Every folder includes the others' headers as
+"core/io.h" from csrc/ (-Icsrc), and its own by bare name.
 
 Metadata lives in pyproject.toml; this file only describes the extension.
 
@@ -13,8 +16,9 @@ from glob import glob
 
 from setuptools import Extension, setup
 
-sources = sorted(glob(os.path.join("csrc", "*.c")))
-depends = sorted(glob(os.path.join("csrc", "*.h")))
+LAYERS = ("core", "testkit", "binding")
+sources = sorted(f for d in LAYERS for f in glob(os.path.join("csrc", d, "*.c")))
+depends = sorted(f for d in LAYERS for f in glob(os.path.join("csrc", d, "*.h")))
 
 cflags = [
     "-std=c11",

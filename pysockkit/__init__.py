@@ -42,6 +42,8 @@ except ModuleNotFoundError as _exc:
         _msg += ". The installation is incomplete: reinstall pysockkit with this Python."
     raise ImportError(_msg, name=__name__) from None
 
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
 from ._errors import (
     ConnectionClosed,
@@ -54,32 +56,87 @@ from ._errors import (
     RemoteError,
     Timeout,
 )
-from ._types import Framing, Heartbeat, Keepalive, Message
+from ._types import Framing, Heartbeat, Keepalive, Message, RequestStats
 from ._conn import Address, AddressLike, Connection, Listener, call, connect, listen
 from ._reconnect import ConnectionEvent, Reconnect
-from ._redial import ReconnectingConnection
-from ._handler import ServerExits
-from ._server import Server, serve
 from ._enums import TcpState
-from ._observe import SocketEntry, SocketList, TcpInfo, find_socket, sockets, tcp_info
-from ._watch import InfoSample, StateTrace, watch
-from ._diagram import StateDiagram, state_diagram
-from ._capture import CaptureNotPermitted, Segment, TcpFlags, TcpOptions, record
-from ._recording import Recording, StateChange
-from . import aio, lab, simplex
-from ._proxy import (
-    Bandwidth,
-    FaultHandle,
-    FaultProxy,
-    Latency,
-    LimitData,
-    ProxiedConnection,
-    ProxyStats,
-    ResetPeer,
-    Slicer,
-    SlowClose,
-    Stall,
-)
+
+if TYPE_CHECKING:  # what __getattr__ below loads on first use, for type checkers
+    from . import aio, lab, simplex, testing
+    from ._capture import CaptureNotPermitted, Segment, TcpFlags, TcpOptions
+    from ._diagram import StateDiagram, state_diagram
+    from ._handler import ServerExits
+    from ._observe import SocketEntry, SocketList, TcpInfo, find_socket, sockets, tcp_info
+    from ._recording import Recording, StateChange, record
+    from ._server import Server, serve
+    from ._watch import InfoSample, StateTrace, watch
+    from ._redial import ReconnectingConnection
+    from ._proxy import (
+        Bandwidth,
+        FaultHandle,
+        FaultProxy,
+        Latency,
+        LimitData,
+        ProxiedConnection,
+        ProxyStats,
+        ResetPeer,
+        Slicer,
+        SlowClose,
+        Stall,
+    )
+
+# Loaded on first use, so that `import pysockkit` stays cheap (no asyncio,
+# no lab, no observation tables until a program asks for them): the name ->
+# the module that defines it (a subpackage's name -> itself).
+_LAZY = {
+    "aio": ".aio",
+    "lab": ".lab",
+    "simplex": ".simplex",
+    "testing": ".testing",
+    "ReconnectingConnection": "._redial",
+    "ServerExits": "._handler",
+    "Server": "._server",
+    "serve": "._server",
+    "SocketEntry": "._observe",
+    "SocketList": "._observe",
+    "TcpInfo": "._observe",
+    "find_socket": "._observe",
+    "sockets": "._observe",
+    "tcp_info": "._observe",
+    "InfoSample": "._watch",
+    "StateTrace": "._watch",
+    "watch": "._watch",
+    "StateDiagram": "._diagram",
+    "state_diagram": "._diagram",
+    "CaptureNotPermitted": "._capture",
+    "Segment": "._capture",
+    "TcpFlags": "._capture",
+    "TcpOptions": "._capture",
+    "record": "._recording",
+    "Recording": "._recording",
+    "StateChange": "._recording",
+    **dict.fromkeys(
+        ("Bandwidth", "FaultHandle", "FaultProxy", "Latency", "LimitData", "ProxiedConnection",
+         "ProxyStats", "ResetPeer", "Slicer", "SlowClose", "Stall"), "._proxy"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Load a public name (or subpackage) on first use; see _LAZY."""
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(where, __name__)
+    value = module if where == "." + name else getattr(module, name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "__version__",
@@ -89,6 +146,7 @@ __all__ = [
     "Keepalive",
     "Reconnect",
     "Message",
+    "RequestStats",
     # connections
     "Address",
     "AddressLike",

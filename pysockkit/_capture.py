@@ -1,6 +1,6 @@
 """TCP segments on the loopback: the capture, decoded, as :class:`Segment`.
 
-The capture is C (``csrc/capture.[ch]``): an ``AF_PACKET`` socket bound to
+The capture is C (``csrc/core/capture.[ch]``): an ``AF_PACKET`` socket bound to
 the interface (``lo``) with a classic BPF filter for the ports asked for,
 so nothing else is copied to user space; kernel timestamps in nanoseconds;
 each loopback packet once (the incoming copy; the outgoing one is refused
@@ -27,17 +27,15 @@ import enum
 import errno
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import Any, Iterable, Optional
 
 from . import _core
-from ._enums import TcpState
+from ._enums import TcpState, kernel_state
 from ._errors import Error
 from ._net import format_address
 from ._types import Framing
 from ._watch import _tuple_arg
 
-if TYPE_CHECKING:
-    from ._recording import Recording
 
 __all__ = [
     "TcpFlags",
@@ -47,7 +45,7 @@ __all__ = [
     "record",
 ]
 
-# The Capture and Watcher types (csrc/_pysockkit_capture.c, _watch.c) are
+# The Capture and Watcher types (csrc/binding/capture.c, watch.c) are
 # used untyped here: their records are plain tuples, checked at this
 # boundary.
 _native: Any = _core
@@ -475,7 +473,7 @@ def clean_observed(trs: Iterable[tuple[int, int, bool]], *,
         ...     [(0, 7, True), (5, 3, True), (6, 7, True), (9, 1, True)], tuple_watch=True)]
         [(5, 'SYN_RCVD', 'sock_diag'), (9, 'ESTABLISHED', 'sock_diag')]
     """
-    rows = [(t, TcpState.CLOSED if s == 13 else TcpState(s), "sock_diag" if via else "TCP_INFO")
+    rows = [(t, kernel_state(s), "sock_diag" if via else "TCP_INFO")
             for t, s, via in trs]
     out: list[tuple[int, TcpState, str]] = []
     for i, (t, st, by) in enumerate(rows):
@@ -488,77 +486,3 @@ def clean_observed(trs: Iterable[tuple[int, int, bool]], *,
             continue
         out.append((t, st, by))
     return out
-
-
-def record(
-    port: Optional[int] = None,
-    *,
-    ports: Iterable[int] = (),
-    interface: str = "lo",
-    max_segments: int = DEFAULT_MAX_SEGMENTS,
-    payload_bytes: int = DEFAULT_PAYLOAD,
-    max_seconds: float = 300.0,
-    watch_states: bool = True,
-    framing: Optional[Framing] = Framing(),
-) -> "Recording":
-    """Record the TCP segments to or from *port* (and *ports*) on the
-    loopback, as a :class:`Recording` that fills while the ``with`` block
-    runs.
-
-    Needs CAP_NET_RAW (root): otherwise raises
-    :class:`CaptureNotPermitted`, which says so and points to
-    :func:`pysockkit.lab.conversation` (unprivileged, in a private network
-    namespace).  No port records every TCP segment on the interface.
-
-    Bounds: *max_segments* segments are kept (the first ones; later ones
-    are counted in ``rec.dropped``), each with up to *payload_bytes* bytes
-    of payload; after *max_seconds* the capture stops by itself.  With
-    *watch_states*, the state of both ends of the first 8 connections
-    seen is sampled through sock_diag (5 kHz) and shown beside the
-    segments; the rest is inferred from the segments (RFC 793).  *framing*
-    names the frames in the ladder (None: don't).
-
-    Example::
-
-        >>> import pysockkit as sk
-        >>> srv = sk.serve(("127.0.0.1", 0))                      # doctest: +SKIP
-        >>> with sk.record(port=srv.address[1]) as rec:          # doctest: +SKIP
-        ...     sk.call(srv.address, b"hi", timeout=1.0)
-        >>> print(rec)                                           # doctest: +SKIP
-    """
-    from ._recording import Recording
-
-    wanted: list[int] = []
-    for p in ([port] if port is not None else []) + list(ports):
-        if isinstance(p, bool) or not isinstance(p, int):
-            raise TypeError(f"ports must be ints, not {type(p).__name__}")
-        if not 1 <= p <= 65535:
-            raise ValueError(f"port {p} is out of range 1..65535")
-        if p not in wanted:
-            wanted.append(p)
-    if len(wanted) > MAX_PORTS:
-        raise ValueError(f"record() filters on at most {MAX_PORTS} ports, not {len(wanted)}")
-    if isinstance(max_segments, bool) or not isinstance(max_segments, int) \
-            or not 1 <= max_segments <= MAX_SEGMENTS:
-        raise ValueError(f"max_segments must be an int in 1..{MAX_SEGMENTS}, "
-                         f"not {max_segments!r}")
-    if isinstance(payload_bytes, bool) or not isinstance(payload_bytes, int) \
-            or not 0 <= payload_bytes <= MAX_PAYLOAD:
-        raise ValueError(f"payload_bytes must be an int in 0..{MAX_PAYLOAD}, "
-                         f"not {payload_bytes!r}")
-    if isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)) \
-            or not 0 < max_seconds <= 1e6:
-        raise ValueError(f"max_seconds must be a number of seconds in (0, 1e6], "
-                         f"not {max_seconds!r}")
-    try:
-        cap = _native.Capture(ports=tuple(wanted), max_segments=max_segments,
-                              payload_bytes=payload_bytes, max_seconds=float(max_seconds),
-                              ifname=interface)
-    except OSError as exc:
-        raise _capture_error(exc) from None
-    src = _LiveSource(cap, interval=0.0002, max_watched=8 if watch_states else 0)
-    where = ", ".join(f"port {p}" for p in wanted) or "every TCP port"
-    return Recording._live(src, name=f"{interface} {where}",
-                           description=f"TCP segments on {interface}, {where}",
-                           ports=tuple(wanted), framing=framing)
-

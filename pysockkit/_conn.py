@@ -8,8 +8,6 @@ names, TCP_INFO access and ``repr``.
 
 from __future__ import annotations
 
-import errno
-import functools
 import socket
 import threading
 import time
@@ -20,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, Optional, Union, overload
 
 from . import _core
 from ._errors import ConnectionClosed, Error, Timeout
-from ._net import Address, AddressLike, check_timeout, format_address, parse_address
+from ._net import Address, AddressLike, check_timeout, format_address, resolve
 from ._types import Framing, Heartbeat, Keepalive, M
 
 if TYPE_CHECKING:
@@ -37,44 +35,6 @@ __all__ = ["Connection", "Listener", "connect", "listen", "call", "Address", "Ad
 _DEFAULT_FRAMING: "Framing[Any]" = Framing()
 _START_LOCK = threading.RLock()  # starting receive workers (rare, short)
 _SHUT = {"read": socket.SHUT_RD, "write": socket.SHUT_WR, "both": socket.SHUT_RDWR}
-
-
-@functools.lru_cache(maxsize=256)
-def _numeric(host: str) -> Optional[int]:
-    """The address family of a numeric host, or None for a name (cached:
-    short connections call this for every connection)."""
-    if host == "":
-        return socket.AF_INET
-    for fam in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(fam, host)
-            return int(fam)
-        except OSError:
-            pass
-    return None
-
-
-def _resolve(addr: Any, name: str = "addr") -> list[tuple[int, str, int]]:
-    """[(family, numeric host, port)] for a user-given address (checked by
-    parse_address, errors naming the argument ``name``); names go through
-    getaddrinfo."""
-    host, port = parse_address(addr, name=name)
-    fam = _numeric(host)
-    if fam is not None:
-        return [(fam, host, port)]
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise Error(exc.errno, f"getaddrinfo({host!r}): {exc.strerror}; "
-                    "check the host name") from exc
-    out = []
-    for family, _t, _p, _c, sa in infos:
-        if family in (socket.AF_INET, socket.AF_INET6):
-            out.append((int(family), str(sa[0]), int(sa[1])))
-    if not out:
-        raise Error(errno.EAFNOSUPPORT, f"getaddrinfo({host!r}): no IPv4 or IPv6 address; "
-                    "check the host name")
-    return out
 
 
 class Connection(_core.Connection, Generic[M]):
@@ -459,7 +419,7 @@ def listen(
         >>> srv.address
         ('127.0.0.1', 40123)
     """
-    fam, host, port = _resolve(addr)[0]
+    fam, host, port = resolve(addr)[0]
     fd = _core.listen(host, port, fam, backlog)
     return Listener(fd, framing or _DEFAULT_FRAMING, heartbeat, keepalive)
 
@@ -541,7 +501,7 @@ def connect(
     timeout = check_timeout(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
     last: Optional[BaseException] = None
-    for fam, host, port in _resolve(addr):
+    for fam, host, port in resolve(addr):
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             fd = _core.connect(host, port, fam, left)

@@ -2,7 +2,7 @@
 
 Each scenario opens a real connection with pysockkit (framed messages
 where data flows), does one thing -- a close, an abort, a lost ACK -- and
-records every segment (the C capture, ``csrc/capture.c``) and both ends'
+records every segment (the C capture, ``csrc/core/capture.c``) and both ends'
 states (the state sampler: the client's descriptor through TCP_INFO, the
 server's end by 4-tuple through sock_diag, the listener through
 TCP_INFO).  :func:`conversation` runs it in a helper process in a private
@@ -33,7 +33,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from . import _core
 from ._capture import TcpFlags, clean_observed, segments_from_raw
@@ -41,7 +41,8 @@ from ._conn import Connection, Listener, listen
 from ._display import html_table, text_table
 from ._enums import TcpState
 from ._errors import ConnectionClosed, Error, Timeout
-from ._net import check_timeout
+from ._net import FamilyLike, check_timeout, loopback_host, parse_family
+from ._observe import fd_state
 from ._recording import Recording
 from ._types import Framing, Heartbeat, Keepalive
 
@@ -50,7 +51,6 @@ __all__ = ["conversation", "conversations", "run_scenario", "ConversationTable",
 _native: Any = _core
 
 Address = tuple[str, int]
-Family = Union[str, int, socket.AddressFamily]
 
 _SO_ATTACH_FILTER, _SO_DETACH_FILTER = 26, 27
 _CLOCK_MONOTONIC_COARSE = 6          # advances once per kernel tick (jiffy)
@@ -70,10 +70,6 @@ def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
             time.sleep(0.0005)
 
 
-def _fd_state(fd: int) -> TcpState:
-    return TcpState(_core.tcp_state(fd))
-
-
 class _Stage:
     """One scenario's set: a listener (or a bound, non-listening port), the
     capture on its port, a client socket bound before it connects, and the
@@ -84,7 +80,7 @@ class _Stage:
                  client_keepalive: Optional[Keepalive] = None,
                  timeout: float = 10.0) -> None:
         self.fam = fam
-        self.host = "::1" if fam == socket.AF_INET6 else "127.0.0.1"
+        self.host = loopback_host(fam)
         self.heartbeat = heartbeat
         self.client_keepalive = client_keepalive
         self.timeout = timeout
@@ -112,11 +108,11 @@ class _Stage:
             # what the server end is before any SYN: the listener (or the
             # bound socket) as TCP_INFO shows it, read after the capture began
             fd = self.listener.fileno() if self.listener is not None else self.bound.fileno()  # type: ignore[union-attr]
-            self.server_initial = (time.monotonic_ns(), _fd_state(fd))
+            self.server_initial = (time.monotonic_ns(), fd_state(fd))
             self.client = socket.socket(fam, socket.SOCK_STREAM)
             self.client.bind((self.host, 0))
             self.client_addr: Address = (self.host, self.client.getsockname()[1])
-            self.client_initial = (time.monotonic_ns(), _fd_state(self.client.fileno()))
+            self.client_initial = (time.monotonic_ns(), fd_state(self.client.fileno()))
             self.extra = {self.client_addr: [], self.server: []}
             # Both ends are followed by 4-tuple through sock_diag: it sees the
             # request socket, the orphan after close() and TIME_WAIT, and it
@@ -338,7 +334,7 @@ def _sc_close_combined(st: _Stage) -> Optional[str]:
     st.quiet()
     fd = srv.fileno()
     cli.close()                                   # FIN
-    _wait(lambda: _fd_state(fd) is TcpState.CLOSE_WAIT, st.left(), "the server's CLOSE_WAIT")
+    _wait(lambda: fd_state(fd) is TcpState.CLOSE_WAIT, st.left(), "the server's CLOSE_WAIT")
     srv.close()                                   # at once: the ACK is still delayed
     st.watched(st.cw, TcpState.TIME_WAIT, "the client's TIME_WAIT")
     st.quiet()
@@ -435,7 +431,7 @@ def _sc_lost_last_ack(st: _Stage) -> Optional[str]:
     _detach(srv)                                  # once only
     st.lost.append(k)
     st.notes[k] = "by the scenario's filter: the server never sees it"
-    _wait(lambda: _fd_state(fd) is TcpState.CLOSED, st.left(10.0),
+    _wait(lambda: fd_state(fd) is TcpState.CLOSED, st.left(10.0),
           "the server's CLOSED after its retransmitted FIN")
     st.quiet()
     return None
@@ -480,7 +476,7 @@ def _sc_syn_to_closed_port(st: _Stage) -> Optional[str]:
     if err != errno.ECONNREFUSED:
         return f"connect() gave {os.strerror(err)}, not ECONNREFUSED"
     # the descriptor is still ours: TCP_INFO shows the RST's effect
-    st.extra[st.client_addr].append((time.monotonic_ns(), _fd_state(st.client.fileno()),
+    st.extra[st.client_addr].append((time.monotonic_ns(), fd_state(st.client.fileno()),
                                      "TCP_INFO"))
     st.quiet()
     return None
@@ -603,13 +599,7 @@ def _scenario(name: Any) -> Scenario:
     return sc
 
 
-def _family(family: Family) -> socket.AddressFamily:
-    from .lab import _family as lab_family
-
-    return lab_family(family)
-
-
-def run_scenario(name: str, family: Family = "ipv4", timeout: float = 20.0) -> Recording:
+def run_scenario(name: str, family: FamilyLike = "ipv4", timeout: float = 20.0) -> Recording:
     """Play scenario *name* here, in this network namespace, and return
     its recording.  Needs CAP_NET_RAW (the capture) and, for
     ``simultaneous-close`` and ``lost-last-ack``, CAP_NET_ADMIN (socket
@@ -623,7 +613,7 @@ def run_scenario(name: str, family: Family = "ipv4", timeout: float = 20.0) -> R
         >>> rec = run_scenario("handshake")          # doctest: +SKIP
     """
     sc = _scenario(name)
-    fam = _family(family)
+    fam = parse_family(family)
     problem: Optional[str] = None
     rec: Optional[Recording] = None
     for _attempt in range(sc.attempts):
@@ -644,7 +634,7 @@ def run_scenario(name: str, family: Family = "ipv4", timeout: float = 20.0) -> R
     return rec
 
 
-def conversation(name: str, *, family: Family = "ipv4", timeout: float = 30.0,
+def conversation(name: str, *, family: FamilyLike = "ipv4", timeout: float = 30.0,
                  unshare: str = "unshare") -> Recording:
     """Play the scenario *name* on a private loopback and return the
     :class:`~pysockkit.Recording`: every segment, both ends' states.
@@ -676,7 +666,7 @@ def conversation(name: str, *, family: Family = "ipv4", timeout: float = 30.0,
     from .lab import LabUnavailable, _netns_helper
 
     sc = _scenario(name)
-    fam = _family(family)
+    fam = parse_family(family)
     limit = check_timeout(timeout)
     if limit is None or limit == 0:
         raise ValueError(f"timeout must be a number of seconds > 0 (the scenario takes a "
@@ -714,7 +704,7 @@ def _helper_main() -> None:
     try:
         if not up:
             return
-        host = "::1" if fam == socket.AF_INET6 else "127.0.0.1"
+        host = loopback_host(fam)
         _wait(lambda: _bindable(fam, host), 2.0, f"{host} on lo")
         rec = run_scenario(name, fam, timeout)
         _send_report(chan, rec._to_json().encode())

@@ -1,4 +1,4 @@
-# Type stubs for the C extension pysockkit._core (csrc/_pysockkit*.c).
+# Type stubs for the C extension pysockkit._core (csrc/binding/*.c).
 import concurrent.futures
 from collections.abc import Iterable
 from typing import Any, Optional, Union
@@ -106,7 +106,7 @@ def tcp_state(fd: Any, /) -> int: ...
 def tcp_info(fd: Any, /) -> dict[str, int]: ...
 def tcp_state_name(state: int, /) -> str: ...
 def tcp_info_fields() -> tuple[str, ...]: ...
-# correlation id bits (csrc/frame.h): a reply's id is the request id | ID_REPLY,
+# correlation id bits (csrc/core/frame.h): a reply's id is the request id | ID_REPLY,
 # an error reply's also has ID_ERROR; request ids are 1 .. ID_MASK
 ID_REPLY: int
 ID_ERROR: int

@@ -33,13 +33,12 @@ import hashlib
 import html
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import Optional, Union
+from typing import Optional
 
-from ._enums import TcpState
+from ._enums import StateLike, TcpState, as_state
 
 __all__ = ["state_diagram_svg", "StateDiagram", "state_diagram", "DIAGRAM_EDGES"]
 
-StateLike = Union[TcpState, int, str]
 
 # ---------------------------------------------------------------- layout
 
@@ -165,12 +164,7 @@ def _point_along(pts: Sequence[tuple[float, float]], frac: float) -> tuple[float
 
 
 def _to_state(s: StateLike) -> TcpState:
-    if isinstance(s, TcpState):
-        st = s
-    elif isinstance(s, str):
-        st = TcpState.from_name(s)
-    else:
-        st = TcpState(int(s))
+    st = as_state(s)
     # Linux's request socket is SYN_RCVD on the diagram
     return TcpState.SYN_RCVD if st is TcpState.NEW_SYN_RECV else st
 

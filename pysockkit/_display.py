@@ -1,5 +1,5 @@
 """Plain-text and HTML tables: the one printer of rows for the lab, the
-recordings and the segment tables.
+recordings, the segment tables, TCP_INFO, socket listings and state traces.
 
 Example::
 
@@ -13,8 +13,35 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from typing import Union
 
-__all__ = ["text_table", "html_table"]
+__all__ = ["text_table", "html_table", "Markup", "Section"]
+
+
+class Markup(str):
+    """An HTML table cell that is HTML already: written as it is, not
+    escaped (build it with ``html.escape`` around anything it quotes).
+
+    Example::
+
+        >>> html_table(("state",), [(Markup("<b>LISTEN</b>"),)])
+        '<table><thead><tr><th>state</th></tr></thead><tbody><tr><td><b>LISTEN</b></td></tr></tbody></table>'
+    """
+
+    __slots__ = ()
+
+
+class Section(str):
+    """A row of an HTML table that names the group of rows below it (one
+    left-aligned header cell across every column).
+
+    Example::
+
+        >>> html_table(("field", "value"), [Section("Totals")]).split("<tbody>")[1]
+        "<tr><th colspan='2' style='text-align:left'>Totals</th></tr></tbody></table>"
+    """
+
+    __slots__ = ()
 
 
 def text_table(head: Sequence[str], rows: Sequence[Sequence[str]],
@@ -37,20 +64,28 @@ def text_table(head: Sequence[str], rows: Sequence[Sequence[str]],
     return "\n".join(lines)
 
 
-def html_table(head: Sequence[str], rows: Sequence[Sequence[str]],
+def _cell(v: object) -> str:
+    return v if isinstance(v, Markup) else html.escape(str(v))
+
+
+def html_table(head: Sequence[str], rows: Sequence[Union[Sequence[object], Section]],
                right: frozenset[int] = frozenset()) -> str:
-    """The same table as HTML, for Jupyter (cells escaped).
+    """The same table as HTML, for Jupyter: cells escaped (but a
+    :class:`Markup` cell), columns in *right* right-aligned, a
+    :class:`Section` row heading the rows after it.
 
     Example::
 
         >>> html_table(("a",), [("<b>",)])
         '<table><thead><tr><th>a</th></tr></thead><tbody><tr><td>&lt;b&gt;</td></tr></tbody></table>'
     """
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    th = "".join(f"<th>{_cell(h)}</th>" for h in head)
     body = "".join(
+        f"<tr><th colspan='{len(head)}' style='text-align:left'>{html.escape(row)}</th></tr>"
+        if isinstance(row, Section) else
         "<tr>" + "".join(
-            (f"<td style='text-align:right'>{html.escape(str(v))}</td>" if i in right
-             else f"<td>{html.escape(str(v))}</td>")
+            (f"<td style='text-align:right'>{_cell(v)}</td>" if i in right
+             else f"<td>{_cell(v)}</td>")
             for i, v in enumerate(row)) + "</tr>"
         for row in rows)
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"

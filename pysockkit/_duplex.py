@@ -1,6 +1,6 @@
 """Asynchronous duplex over threads: a receive worker and pipelined requests.
 
-The worker is a C thread (csrc/_pysockkit_conn.c, ``_start_worker``) that
+The worker is a C thread (csrc/binding/conn.c, ``_start_worker``) that
 waits for and decodes frames without the GIL.  Requests and their replies
 never need Python there: ``request_async`` registers a C future in the
 connection's request table and queues the frame in a write-behind buffer
@@ -9,7 +9,7 @@ settles its future in the worker, without the GIL, waking whoever waits in
 ``result()``.  With ``Framing(correlation=True)`` a reply is the correlated
 frame whose id is the request's with the top bit set, in any order; on
 plain framing replies carry no id and come in order, so the n-th frame
-that arrives while replies are owed answers the n-th request (csrc/corr.h,
+that arrives while replies are owed answers the n-th request (csrc/core/corr.h,
 in-order tables: the late-reply rule of the synchronous ``request``).  The worker
 takes the GIL only for Python work, handed to :meth:`Duplex._dispatch` in
 batches: frames that are not replies go to the ``on_message`` callback or
@@ -25,23 +25,27 @@ import concurrent.futures
 import queue
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import Optional, Union
 
 from . import _core
 from ._errors import ConnectionClosed, Error, Timeout
 from ._net import check_timeout
-from ._types import Message
-
-if TYPE_CHECKING:
-    from ._conn import Connection
+from ._types import Message, RequestStats
+from ._wire import reply_id
 
 __all__ = ["Duplex", "Future"]
 
-REPLY = _core.ID_REPLY
-_ID_MASK = _core.ID_MASK
-# Receive workers are C threads that take the GIL to dispatch: stop them and
-# wait for them (bounded) before the interpreter finalises.
-atexit.register(_core.stop_workers, 1.0)
+_first_worker = threading.Lock()  # held (never released) once the first worker started
+
+
+def _on_first_worker() -> None:
+    """What the first receive worker needs, done then and not at import:
+    the C core makes its request futures of class :class:`Future`, and
+    the workers (C threads that take the GIL to dispatch) are stopped and
+    waited for (bounded) before the interpreter finalises."""
+    if _first_worker.acquire(blocking=False):
+        _core.set_future_class(Future)
+        atexit.register(_core.stop_workers, 1.0)
 
 
 class Future(_core.Future, concurrent.futures.Future[bytes]):
@@ -65,8 +69,6 @@ class Future(_core.Future, concurrent.futures.Future[bytes]):
         print(fut.result(), fut.done(), isinstance(fut, concurrent.futures.Future))
     """
 
-
-_core.set_future_class(Future)
 
 
 class Duplex:
@@ -101,7 +103,7 @@ class Duplex:
 
     def __init__(
         self,
-        conn: "Connection",
+        conn: _core.Connection,
         on_message: Optional[Callable[[Message], None]] = None,
         maxsize: int = 10_000,
     ) -> None:
@@ -111,6 +113,7 @@ class Duplex:
         self._error: Optional[BaseException] = None
         self._stopped = threading.Event()
         self._counts = {"messages": 0, "callback_errors": 0}
+        _on_first_worker()
         conn._start_worker(self._dispatch)
 
     # ------------------------------------------------------------- requests
@@ -159,7 +162,7 @@ class Duplex:
             rid, payload = conn.get()
             conn.duplex.reply(rid, payload.upper())
         """
-        self._conn.send(data, timeout, (request_id & _ID_MASK) | REPLY)
+        self._conn.send(data, timeout, reply_id(request_id))
 
     @property
     def pending(self) -> int:
@@ -167,23 +170,23 @@ class Duplex:
         return int(self._conn._request_stats()["pending"])
 
     @property
-    def stats(self) -> dict[str, int]:
-        """Counters (a fresh dict): ``replies`` matched (``errors`` of them
-        error replies, raised as ``sk.RemoteError``), ``unknown`` (no such
-        request, or a second reply), ``late`` (after the request timed out),
-        ``timeouts``, ``messages`` (frames that are not replies) and
+    def stats(self) -> RequestStats:
+        """A snapshot of the counters (``sk.RequestStats``): ``replies``
+        matched (``errors`` of them error replies, raised as
+        ``sk.RemoteError``), ``unknown`` (no such request, or a second
+        reply), ``late`` (after the request timed out), ``timeouts``,
+        ``pending``, ``messages`` (frames that are not replies) and
         ``callback_errors`` (``on_message`` raised).
 
         Example::
 
-            print(conn.duplex.stats["late"])
+            print(conn.duplex.stats["late"], conn.duplex.stats.replies)
         """
         st = self._conn._request_stats()
-        return {"replies": st["replies"], "errors": st["remote_errors"],
-                "unknown": st["unknown"], "late": st["late"],
-                "messages": self._counts["messages"],
-                "callback_errors": self._counts["callback_errors"],
-                "timeouts": st["timeouts"]}
+        return RequestStats(replies=st["replies"], errors=st["remote_errors"],
+                            timeouts=st["timeouts"], late=st["late"], unknown=st["unknown"],
+                            pending=st["pending"], messages=self._counts["messages"],
+                            callback_errors=self._counts["callback_errors"])
 
     # ------------------------------------------------------------- messages
 

@@ -25,8 +25,11 @@ Example::
 from __future__ import annotations
 
 import enum
+import operator
+from collections.abc import Iterable
+from typing import Union
 
-__all__ = ["TcpState"]
+__all__ = ["TcpState", "StateLike", "as_state", "as_states", "kernel_state"]
 
 
 class TcpState(enum.IntEnum):
@@ -186,3 +189,71 @@ for _s in TcpState:
 _BY_NAME["CLOSE"] = TcpState.CLOSED
 _BY_NAME["SYN_RECEIVED"] = TcpState.SYN_RCVD
 del _s, _n
+
+StateLike = Union[TcpState, int, str]
+"""What an argument that names a TCP state accepts: a :class:`TcpState`,
+its number, or any of its names (see :meth:`TcpState.from_name`).
+
+Example::
+
+    sk.testing.assert_state(conn, "ESTABLISHED")    # or TcpState.ESTABLISHED, or 1
+"""
+
+# Linux's TCP_BOUND_INACTIVE: a state number that only sock_diag reports
+# (and filters on), for a bound socket that is neither listening nor
+# connected; every other view calls that socket CLOSE.
+_BOUND_INACTIVE = 13
+
+
+def kernel_state(value: int) -> TcpState:
+    """The :class:`TcpState` of a state number the kernel reported
+    (``tcpi_state``, ``idiag_state``); 13 (BOUND_INACTIVE, sock_diag's
+    name for a bound, closed socket) is CLOSED.
+
+    Example::
+
+        >>> kernel_state(13), kernel_state(10)
+        (<TcpState.CLOSED: 7>, <TcpState.LISTEN: 10>)
+    """
+    return TcpState.CLOSED if value == _BOUND_INACTIVE else TcpState(value)
+
+
+def as_state(value: StateLike) -> TcpState:
+    """The :class:`TcpState` a user named: a TcpState, a state number or a
+    name.  TypeError for anything else (a bool too), ValueError for an
+    unknown number or name.
+
+    Example::
+
+        >>> as_state("time-wait"), as_state(10)
+        (<TcpState.TIME_WAIT: 6>, <TcpState.LISTEN: 10>)
+    """
+    if isinstance(value, TcpState):
+        return value
+    if isinstance(value, str):
+        return TcpState.from_name(value)
+    if not isinstance(value, bool):
+        try:
+            number = operator.index(value)  # an int, or an int-like (numpy)
+        except TypeError:
+            pass
+        else:
+            return TcpState(number)
+    raise TypeError(f"a TCP state is a TcpState, a state number or a name, not {value!r}")
+
+
+def as_states(value: Union[StateLike, Iterable[StateLike]], what: str = "state") -> set[TcpState]:
+    """The set of states a user named: one state (see :func:`as_state`)
+    or an iterable of them; ValueError (naming *what*) for an empty one.
+
+    Example::
+
+        >>> sorted(as_states(["LISTEN", 1]))
+        [<TcpState.ESTABLISHED: 1>, <TcpState.LISTEN: 10>]
+    """
+    if isinstance(value, (TcpState, str, int)):
+        return {as_state(value)}
+    states = {as_state(s) for s in value}
+    if not states:
+        raise ValueError(f"{what}: no state given (an empty set of states)")
+    return states

@@ -14,7 +14,8 @@ This module keeps what the servers must do the same way:
   ID_ERROR, payload "ExcType: message"; the id bits come from the C core);
 * logging a handler's exception (logger "pysockkit", ERROR, traceback);
 * recording why each client connection ended (:class:`ServerExits`) and the
-  exceptions of the abnormal ends (``server.errors``).
+  exceptions of the abnormal ends (``server.errors``);
+* the threaded accept loop (:func:`accept_loop`) of sk.serve and simplex.Server.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
-from . import _core
 from ._errors import (
     ConnectionClosed,
     ConnectionReset,
@@ -39,11 +39,10 @@ from ._errors import (
 )
 from ._net import format_address
 
-__all__ = ["ServerExits"]
+if TYPE_CHECKING:
+    from ._conn import Connection, Listener
 
-ID_REPLY: int = _core.ID_REPLY
-ID_ERROR: int = _core.ID_ERROR
-ID_MASK: int = _core.ID_MASK
+__all__ = ["ServerExits"]
 
 # No NullHandler on purpose: a handler that raises in a server must not
 # vanish when the program has not configured logging (Python's last-resort
@@ -148,16 +147,6 @@ def error_text(exc: BaseException, max_frame: int) -> bytes:
     """The payload of an error reply: "ExcType: message", at most
     MAX_ERROR_TEXT bytes and max_frame."""
     return _cut(f"{type(exc).__name__}: {exc}", min(MAX_ERROR_TEXT, max_frame))
-
-
-def reply_id(request_id: int) -> int:
-    """The id of the reply to request_id."""
-    return (request_id & ID_MASK) | ID_REPLY
-
-
-def error_id(request_id: int) -> int:
-    """The id of the error reply to request_id."""
-    return (request_id & ID_MASK) | ID_REPLY | ID_ERROR
 
 
 class HandlerFailed(Exception):
@@ -367,6 +356,35 @@ class ServerRecords:
             12
         """
         return self._book.served
+
+
+def accept_loop(listener: "Listener[Any]", stopping: Callable[[], bool],
+                take: "Callable[[Connection[Any]], bool]", failed: Callable[[Error], None],
+                poll: Optional[float] = None) -> None:
+    """The accept loop of a threaded server: accept clients on *listener*
+    until ``stopping()`` is true, and hand each one to ``take(conn)``,
+    which returns False to end the loop.  An accept that fails (EMFILE, ...)
+    goes to ``failed(exc)`` unless the server is stopping.  With *poll*
+    (seconds) ``stopping()`` is checked at least that often; without, the
+    server's close() closes the listener, which wakes the accept.
+
+    Example::
+
+        threading.Thread(target=accept_loop, args=(listener, stop.is_set, start_client,
+                                                   log_error, 0.1)).start()
+    """
+    while not stopping():
+        try:
+            conn = listener.accept(timeout=poll)
+        except Timeout:
+            continue
+        except Error as exc:
+            if stopping():
+                return
+            failed(exc)
+            continue
+        if not take(conn):
+            return
 
 
 def peer_name(conn: Any) -> str:

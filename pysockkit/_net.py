@@ -33,13 +33,28 @@ Example::
 
 from __future__ import annotations
 
+import errno
+import functools
 import math
 import numbers
 import operator
+import socket
 from collections.abc import Sequence
 from typing import Any, Literal, Optional, Union, overload
 
-__all__ = ["Address", "AddressLike", "parse_address", "format_address", "check_timeout"]
+from ._errors import Error
+
+__all__ = [
+    "Address",
+    "AddressLike",
+    "parse_address",
+    "format_address",
+    "check_timeout",
+    "resolve",
+    "parse_family",
+    "loopback_host",
+    "FamilyLike",
+]
 
 Address = tuple[str, int]
 """A parsed address: ``(host, port)``, as every ``.address`` returns it.
@@ -214,3 +229,99 @@ def check_timeout(value: Any, name: str = "timeout", *,
     if t > _FOREVER:
         return None if allow_none else _FOREVER
     return t
+
+
+# ------------------------------------------------------------- resolving
+
+
+@functools.lru_cache(maxsize=256)
+def _numeric(host: str) -> Optional[int]:
+    """The address family of a numeric host, or None for a name (cached:
+    short connections call this for every connection)."""
+    if host == "":
+        return socket.AF_INET
+    for fam in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(fam, host)
+            return int(fam)
+        except OSError:
+            pass
+    return None
+
+
+def resolve(addr: Any, name: str = "addr") -> list[tuple[int, str, int]]:
+    """``[(family, numeric host, port)]`` for a user-given address (checked
+    by :func:`parse_address`, errors naming the argument *name*); a numeric
+    host costs no syscall, a name goes through getaddrinfo (IPv4 and IPv6
+    results only, in its order).  ``sk.Error`` when the name does not resolve.
+
+    Example::
+
+        >>> resolve(("127.0.0.1", 80)), resolve("[::1]:80")
+        ([(2, '127.0.0.1', 80)], [(10, '::1', 80)])
+    """
+    host, port = parse_address(addr, name=name)
+    fam = _numeric(host)
+    if fam is not None:
+        return [(fam, host, port)]
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise Error(exc.errno, f"getaddrinfo({host!r}): {exc.strerror}; "
+                    "check the host name") from exc
+    out = []
+    for family, _t, _p, _c, sa in infos:
+        if family in (socket.AF_INET, socket.AF_INET6):
+            out.append((int(family), str(sa[0]), int(sa[1])))
+    if not out:
+        raise Error(errno.EAFNOSUPPORT, f"getaddrinfo({host!r}): no IPv4 or IPv6 address; "
+                    "check the host name")
+    return out
+
+
+FamilyLike = Union[str, int, socket.AddressFamily]
+"""What an argument that names an address family accepts (see
+:func:`parse_family`).  Example: ``sk.lab.reproduce("LISTEN", family="ipv6")``."""
+
+_FAMILY_NAMES = {"ipv4": socket.AF_INET, "inet": socket.AF_INET, "af_inet": socket.AF_INET,
+                 "4": socket.AF_INET, "ipv6": socket.AF_INET6, "inet6": socket.AF_INET6,
+                 "af_inet6": socket.AF_INET6, "6": socket.AF_INET6}
+_FAMILY_NUMBERS = {4: socket.AF_INET, 6: socket.AF_INET6,
+                   int(socket.AF_INET): socket.AF_INET, int(socket.AF_INET6): socket.AF_INET6}
+
+
+def parse_family(family: FamilyLike, name: str = "family") -> socket.AddressFamily:
+    """The address family a user named: ``socket.AF_INET``/``AF_INET6``,
+    ``4``/``6``, or ``"ipv4"``/``"ipv6"`` (also ``"inet"``, ``"inet6"``,
+    ``"af_inet"``, ``"af_inet6"``, ``"4"``, ``"6"``, any case).  ValueError
+    (naming the argument *name*) for anything else.
+
+    Example::
+
+        >>> parse_family("IPv6"), parse_family(4)
+        (<AddressFamily.AF_INET6: 10>, <AddressFamily.AF_INET: 2>)
+    """
+    fam: Optional[socket.AddressFamily] = None
+    if isinstance(family, str):
+        fam = _FAMILY_NAMES.get(family.lower())
+    elif not isinstance(family, bool):
+        try:
+            fam = _FAMILY_NUMBERS.get(operator.index(family))
+        except TypeError:
+            pass
+    if fam is None:
+        raise ValueError(f"{name} must be socket.AF_INET or socket.AF_INET6 (or 4, 6, "
+                         f"'ipv4', 'ipv6'), not {family!r}")
+    return fam
+
+
+def loopback_host(family: int) -> str:
+    """The loopback address of an address family: ``"::1"`` for AF_INET6,
+    ``"127.0.0.1"`` otherwise.
+
+    Example::
+
+        >>> loopback_host(socket.AF_INET6)
+        '::1'
+    """
+    return "::1" if family == socket.AF_INET6 else "127.0.0.1"

@@ -43,8 +43,9 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from . import _core
-from ._enums import TcpState
-from ._net import format_address
+from ._display import Markup, Section, html_table
+from ._enums import StateLike, TcpState, as_states, kernel_state
+from ._net import format_address, parse_family
 
 __all__ = [
     "TcpInfo",
@@ -255,7 +256,7 @@ class TcpInfo:
             if name is None:
                 continue
             if name == "state":
-                kw[name] = _state(value)
+                kw[name] = kernel_state(value)
             elif name == "delivery_rate_app_limited":
                 kw[name] = bool(value)
             else:
@@ -308,53 +309,48 @@ class TcpInfo:
 
     def _repr_html_(self) -> str:
         """A table grouped by topic, with units (for Jupyter)."""
-        rows: list[str] = []
+        rows: list[Union[Section, tuple[object, ...]]] = []
         for group in _GROUPS:
-            cells = []
-            for name, _key, g, unit in _INFO_FIELDS:
-                if g != group:
-                    continue
-                v = getattr(self, name)
-                if v is None:
-                    continue
-                shown = _fmt_html_value(self, name, v)
-                cells.append(
-                    f"<tr><td style='padding-left:1.5em'><code>{name}</code></td>"
-                    f"<td style='text-align:right'>{shown}</td>"
-                    f"<td>{html.escape(unit)}</td></tr>"
-                )
+            cells = [(Markup(f"<code>{name}</code>"), _fmt_html_value(self, name, v), unit)
+                     for name, _key, g, unit in _INFO_FIELDS
+                     if g == group and (v := getattr(self, name)) is not None]
             if cells:
-                rows.append(
-                    f"<tr><th colspan='3' style='text-align:left'>"
-                    f"{html.escape(group)}</th></tr>"
-                )
+                rows.append(Section(group))
                 rows.extend(cells)
         head = (f"<b>TcpInfo</b> ({self.kernel_len} bytes from the kernel)")
-        return (f"<div>{head}<table><thead><tr><th>field</th><th>value</th>"
-                f"<th>unit</th></tr></thead><tbody>{''.join(rows)}</tbody>"
-                f"</table></div>")
+        return f"<div>{head}{html_table(('field', 'value', 'unit'), rows, _RIGHT_1)}</div>"
+
+
+_RIGHT_1 = frozenset({1})
 
 
 def _fmt_html_value(info: TcpInfo, name: str, v: Any) -> str:
+    """A TcpInfo value as its HTML table shows it (text: the table escapes it)."""
     if name == "state" and isinstance(v, TcpState):
-        return html.escape(f"{v.name} ({int(v)})")
+        return f"{v.name} ({int(v)})"
     if name == "ca_state":
-        return html.escape(f"{info.ca_state_name} ({v})")
+        return f"{info.ca_state_name} ({v})"
     if name == "options":
-        return html.escape(", ".join(info.option_names) or "0")
+        return ", ".join(info.option_names) or "0"
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, int):
         return f"{v:,}"
-    return html.escape(str(v))
+    return str(v)
 
 
-def _state(value: int) -> TcpState:
-    """TcpState for a kernel state number; 13 (BOUND_INACTIVE, a diag-only
-    pseudo state) is Linux's CLOSE for a bound socket."""
-    if value == 13:
-        return TcpState.CLOSED
-    return TcpState(value)
+def fd_state(fd: int) -> TcpState:
+    """The TCP state of the socket on descriptor *fd* (one TCP_INFO
+    syscall, read by the C core; CLOSED for a socket that is not connected).
+
+    Example::
+
+        >>> s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+        >>> fd_state(s.fileno())
+        <TcpState.LISTEN: 10>
+        >>> s.close()
+    """
+    return kernel_state(_core.tcp_state(fd))
 
 
 def tcp_info(sock_or_fd: Any) -> TcpInfo:
@@ -438,7 +434,7 @@ class SocketEntry:
         e = _new_entry(cls)
         for setter, value in zip(_ENTRY_SETTERS, (
                 _FAMILIES.get(family) or socket.AddressFamily(family),
-                _STATES.get(state) or _state(state),
+                _STATES.get(state) or kernel_state(state),
                 (src, sport), (dst, dport), inode, uid,
                 _TIMER_NAMES.get(timer) or f"unknown({timer})",
                 expires_ms / 1000.0, retrans, rqueue, wqueue, cookie, ifindex,
@@ -495,30 +491,22 @@ _HTML_COLS = ("state", "recv_q", "send_q", "local", "remote", "timer",
 def _html_table(entries: list[SocketEntry]) -> str:
     with_rtt = any(e.info is not None for e in entries)
     cols = list(_HTML_COLS) + (["rtt_us", "cwnd_segs"] if with_rtt else [])
-    head = "".join(f"<th>{c}</th>" for c in cols)
-    body: list[str] = []
+    rows: list[list[object]] = []
     for e in entries:
         timer = e.timer if e.timer == "none" else f"{e.timer} ({e.expires_s:.1f} s)"
-        vals = [
-            f"<span title='{html.escape(e.state.description)}'>"
-            f"{html.escape(e.state.name)}{' (request)' if e.is_request else ''}"
-            f"</span>",
-            str(e.recv_q),
-            str(e.send_q),
-            html.escape(_ss_addr(e.family, *e.local)),
-            html.escape(_ss_addr(e.family, *e.remote)),
-            html.escape(timer),
-            str(e.inode),
-            str(e.uid),
+        vals: list[object] = [
+            Markup(f"<span title='{html.escape(e.state.description)}'>"
+                   f"{html.escape(e.state.name)}{' (request)' if e.is_request else ''}"
+                   f"</span>"),
+            e.recv_q, e.send_q, _ss_addr(e.family, *e.local), _ss_addr(e.family, *e.remote),
+            timer, e.inode, e.uid,
         ]
         if with_rtt:
             rtt = e.info.rtt_us if e.info is not None else None
             cwnd = e.info.snd_cwnd_segs if e.info is not None else None
-            vals += ["" if rtt is None else str(rtt),
-                     "" if cwnd is None else str(cwnd)]
-        body.append("<tr>" + "".join(f"<td>{v}</td>" for v in vals) + "</tr>")
-    return (f"<table><thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table>")
+            vals += ["" if rtt is None else rtt, "" if cwnd is None else cwnd]
+        rows.append(vals)
+    return html_table(cols, rows)
 
 
 _new_entry = object.__new__
@@ -531,7 +519,7 @@ _STATES = {int(st): st for st in TcpState}
 _core.diag_set_entry_type(
     SocketEntry,
     tuple(f.name for f in dataclasses.fields(SocketEntry)),
-    tuple([None] + [_STATES.get(i, TcpState.CLOSED if i == 13 else None) for i in range(1, 14)]),
+    tuple([None] + [kernel_state(i) for i in range(1, 14)]),
     _FAMILIES,
     tuple(_TIMER_NAMES[i] for i in range(len(_TIMER_NAMES))),
 )
@@ -580,27 +568,14 @@ class SocketList(list[SocketEntry]):
 # --------------------------------------------------------------------------
 # sockets() / find_socket()
 
-StateSpec = Union[TcpState, int, str, Iterable[Union[TcpState, int, str]], None]
-
-
-def _one_state(s: Union[TcpState, int, str]) -> TcpState:
-    if isinstance(s, str):
-        return TcpState.from_name(s)
-    if isinstance(s, int) and not isinstance(s, bool):
-        return TcpState(s)
-    raise TypeError(f"a TCP state is a TcpState, int or name, not {s!r}")
+StateSpec = Union[StateLike, Iterable[StateLike], None]
 
 
 def _state_mask(state: StateSpec) -> tuple[int, bool]:
     """(idiag_states bitmask, bound_inactive) for a state filter."""
     if state is None:
         return int(_core.DIAG_ALL_STATES), False
-    if isinstance(state, (str, int)):
-        states = {_one_state(state)}
-    else:
-        states = {_one_state(s) for s in state}
-    if not states:
-        raise ValueError("state: empty set of states")
+    states = as_states(state)
     mask = 0
     for s in states:
         mask |= 1 << int(s)
@@ -611,23 +586,7 @@ def _state_mask(state: StateSpec) -> tuple[int, bool]:
 
 
 def _family(family: Any) -> int:
-    if family is None:
-        return 0
-    if isinstance(family, str):
-        key = family.lower()
-        if key in ("ipv4", "inet", "4", "af_inet"):
-            return int(socket.AF_INET)
-        if key in ("ipv6", "inet6", "6", "af_inet6"):
-            return int(socket.AF_INET6)
-        raise ValueError(f"unknown family {family!r}")
-    fam = int(family)
-    if fam == 4:
-        return int(socket.AF_INET)
-    if fam == 6:
-        return int(socket.AF_INET6)
-    if fam not in (socket.AF_INET, socket.AF_INET6):
-        raise ValueError(f"family must be AF_INET or AF_INET6, not {family!r}")
-    return fam
+    return 0 if family is None else int(parse_family(family))
 
 
 def _addr(a: Any) -> Optional[str]:

@@ -29,7 +29,7 @@ intact once the fault is removed.  Latency is stamped on bytes as they
 arrive, so removing it does not hurry bytes already held; every other
 fault takes effect at once.
 
-The data path runs in C (``csrc/proxy.c``): an epoll reactor in its own
+The data path runs in C (``csrc/testkit/proxy.c``): an epoll reactor in its own
 thread, never holding the GIL, with bounded buffers per connection and
 direction (``buffer_size``), so a client that stops reading makes the
 server's sends block, as it would without the proxy.
@@ -55,9 +55,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Optional, Union
 
 from . import _core
-from ._conn import Address, _resolve
 from ._errors import Timeout
-from ._net import AddressLike, check_timeout, format_address
+from ._net import Address, AddressLike, check_timeout, format_address, resolve
 
 __all__ = [
     "FaultProxy",
@@ -78,7 +77,7 @@ __all__ = [
 
 Direction = Literal["upstream", "downstream", "both"]
 
-# The C side (csrc/_pysockkit_proxy.c): _core.Proxy and the FAULT_*/DIR_*/
+# The C side (csrc/binding/proxy.c): _core.Proxy and the FAULT_*/DIR_*/
 # PROXY_* constants.  Reached through Any so this module type-checks with
 # or without their stubs in _core.pyi.
 _native: Any = _core
@@ -90,7 +89,7 @@ _DIRS: dict[str, int] = {
 }
 
 
-_MAX_DELAY_NS = 366 * 86400 * 10**9  # as csrc/proxy.c
+_MAX_DELAY_NS = 366 * 86400 * 10**9  # as csrc/testkit/proxy.c
 _MAX_SLICE = 2**30
 
 
@@ -469,8 +468,8 @@ class FaultProxy:
             raise ValueError("max_connections is too large")
         if seed is not None:
             _count(seed, "seed", 0)
-        ufam, uhost, uport = _resolve(upstream_addr, "upstream_addr")[0]
-        lfam, lhost, lport = _resolve(listen_addr, "listen_addr")[0]
+        ufam, uhost, uport = resolve(upstream_addr, "upstream_addr")[0]
+        lfam, lhost, lport = resolve(listen_addr, "listen_addr")[0]
         self._faults: dict[int, FaultHandle] = {}
         self._core: Optional[Any] = None
         self._core = _native.Proxy(

@@ -221,10 +221,10 @@ def _describe_socket(fd: int, inode: int) -> str:
     """What a leaked descriptor is, asked of the descriptor itself (a
     sock_diag dump would cost a second with 50k TIME_WAIT sockets around)."""
     from . import _core
-    from ._enums import TcpState
+    from ._observe import fd_state
 
     try:
-        state = TcpState(_core.tcp_state(fd)).name
+        state = fd_state(fd).name
     except (OSError, ValueError):
         return f"socket fd {fd}: socket inode {inode} (not a TCP socket)"
     try:

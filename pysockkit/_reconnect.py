@@ -2,7 +2,7 @@
 
 The one place that both reconnecting clients use (the synchronous
 ``sk.connect(..., reconnect=)`` in ``_redial.py`` and the asyncio
-``aio.connect(..., reconnect=)`` in ``_aio_redial.py``):
+``aio.connect(..., reconnect=)`` in ``aio/reconnecting.py``):
 
 * :class:`Reconnect`, the policy (exponential backoff with jitter, the
   gRPC connection-backoff spec's defaults) and :class:`Backoff`, the

@@ -25,10 +25,10 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Optional, Union
 
-from ._conn import _START_LOCK, Connection, _resolve
+from ._conn import _START_LOCK, Connection
 from ._duplex import Duplex
 from ._errors import ConnectionClosed, ConnectionReset, Error, PeerDead, Timeout
-from ._net import Address, AddressLike, check_timeout, format_address, parse_address
+from ._net import Address, AddressLike, check_timeout, format_address, parse_address, resolve
 from ._reconnect import (
     STABLE,
     Backoff,
@@ -173,7 +173,7 @@ class ReconnectingConnection(Generic[M]):
     def _dial_one(self, deadline: Optional[float]) -> Connection[M]:
         """One attempt (every resolved address), interruptible by close()."""
         last: Optional[BaseException] = None
-        for fam, host, port in _resolve(self._addr):
+        for fam, host, port in resolve(self._addr):
             sock = socket.socket(fam, socket.SOCK_STREAM | socket.SOCK_NONBLOCK
                                  | socket.SOCK_CLOEXEC)
             try:

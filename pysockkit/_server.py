@@ -13,23 +13,22 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 from ._conn import Address, Connection, Listener, listen
-from ._errors import Error, Timeout
+from ._errors import Error
 from ._handler import (
     ExitBook,
     HandlerFailed,
-    ID_REPLY,
     Reply,
     ServerRecords,
+    accept_loop,
     check_handlers,
     check_reply,
-    error_id,
     error_text,
     log,
     peer_name,
-    reply_id,
 )
 from ._net import AddressLike, check_timeout, format_address
 from ._types import Framing
+from ._wire import ID_REPLY, error_id, reply_id
 
 __all__ = ["Server", "serve", "Handler", "ConnectionHandler"]
 
@@ -134,7 +133,9 @@ class Server(ServerRecords):
         self._lock = threading.Lock()
         self._conns: set[Connection] = set()
         self._threads: set[threading.Thread] = set()  # each leaves it when done
-        self._acceptor = threading.Thread(target=self._accept_loop, name="pysockkit-accept", daemon=True)
+        self._acceptor = threading.Thread(
+            target=accept_loop, args=(listener, self._stop.is_set, self._take, self._failed, _POLL),
+            name="pysockkit-accept", daemon=True)
         self._acceptor.start()
 
     @property
@@ -160,30 +161,26 @@ class Server(ServerRecords):
         """
         return self._book.snapshot().rejected
 
-    def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn = self._listener.accept(timeout=_POLL)
-            except Timeout:
-                continue
-            except Error as exc:
-                if self._stop.is_set():
-                    return
-                log.warning("sk.serve: accept failed: %s", exc)
-                self._book.error(exc)
-                continue
-            with self._lock:
-                if self._stop.is_set():
-                    conn.close()
-                    return
-                if self._max_conns is not None and len(self._conns) >= self._max_conns:
-                    self._book.rejected()
-                    conn.abort()  # RST: the client learns at once
-                    continue
-                self._conns.add(conn)
-                t = threading.Thread(target=self._serve_one, args=(conn,), name="pysockkit-conn", daemon=True)
-                self._threads.add(t)
-            t.start()
+    def _failed(self, exc: Error) -> None:
+        log.warning("sk.serve: accept failed: %s", exc)
+        self._book.error(exc)
+
+    def _take(self, conn: Connection) -> bool:
+        """A client the accept loop got: serve it in its own thread (False:
+        the server is stopping, end the loop)."""
+        with self._lock:
+            if self._stop.is_set():
+                conn.close()
+                return False
+            if self._max_conns is not None and len(self._conns) >= self._max_conns:
+                self._book.rejected()
+                conn.abort()  # RST: the client learns at once
+                return True
+            self._conns.add(conn)
+            t = threading.Thread(target=self._serve_one, args=(conn,), name="pysockkit-conn", daemon=True)
+            self._threads.add(t)
+        t.start()
+        return True
 
     def _serve_one(self, conn: Connection) -> None:
         exc: Optional[BaseException] = None

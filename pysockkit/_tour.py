@@ -201,7 +201,7 @@ def step_modes() -> None:
     import threading
 
     from . import simplex
-    from ._core import ID_REPLY
+    from ._wire import reply_id
     from ._errors import Error
     from ._types import Framing
 
@@ -224,7 +224,7 @@ def step_modes() -> None:
             try:
                 while True:
                     batch = srv.recv_many(timeout=5.0)
-                    srv.send_many([(m[0] | ID_REPLY, m[1].upper()) for m in batch
+                    srv.send_many([(reply_id(m[0]), m[1].upper()) for m in batch
                                    if isinstance(m, tuple)])
             except Error:
                 pass

@@ -1,8 +1,9 @@
-"""Configuration values: frozen, slotted dataclasses."""
+"""Configuration values and counters: frozen, slotted dataclasses."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Generic, Literal, Optional, Union, overload
 
 if TYPE_CHECKING:
@@ -17,7 +18,7 @@ else:
 
     M = TypeVar("M", covariant=True)
 
-__all__ = ["Framing", "Heartbeat", "Keepalive", "Message"]
+__all__ = ["Framing", "Heartbeat", "Keepalive", "Message", "RequestStats"]
 
 Message = Union[bytes, tuple[int, bytes]]
 """What ``recv`` returns on a connection with ``Framing(correlation=True)``:
@@ -240,3 +241,88 @@ class Keepalive:
 
         uto = -1 if self.user_timeout is None else int(self.user_timeout * 1000)
         _core.set_keepalive(fd, self.idle or 0, self.interval or 0, self.count or 0, uto)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestStats(Mapping[str, int]):
+    """A snapshot of the request/reply counters of a connection: the one
+    vocabulary of the threaded duplex (``conn.duplex.stats``), asyncio
+    (``aio.Connection.stats``) and simplex (``simplex.Client.stats``).
+
+    * ``requests``: requests sent; ``replies``: replies handed to their
+      request, ``errors`` of them error replies (``sk.RemoteError``);
+    * ``timeouts``: requests that failed with ``sk.Timeout``; ``failed``:
+      requests failed because the connection (or a simplex link) ended;
+    * replies dropped, never handed to anyone: ``late`` (after their
+      request timed out or was cancelled), ``duplicate`` (a second reply),
+      ``unknown`` (an id never sent); ``unexpected``: frames that are
+      neither a reply nor a message (simplex's reply link), dropped;
+    * ``pending``: requests in flight now; ``owed`` (plain framing):
+      replies still to come for requests that timed out, to be dropped;
+    * ``messages``: frames received that are not replies, ``queued`` of
+      them not read yet, ``callback_errors``: ``on_message`` raised;
+      ``read_pauses``: times reading paused because the receive queue was full.
+
+    A counter a mode does not keep is None, and absent from the mapping
+    view: the threaded duplex counts a duplicate reply as ``unknown`` and
+    does not count ``requests``; aio has no ``on_message``.  Read a counter
+    as an attribute (``st.late``) or by name (``st["late"]``, as the dicts
+    of earlier versions); ``dict(st)`` has the counters the mode keeps.
+    ``sent``, ``replied`` and ``timed_out`` are the simplex names of
+    ``requests``, ``replies`` and ``timeouts``.
+
+    Example::
+
+        >>> st = RequestStats(requests=3, replies=2, timeouts=1, late=1, pending=0)
+        >>> st.late, st["replies"], st.timed_out, dict(st)["requests"]
+        (1, 2, 1, 3)
+    """
+
+    requests: Optional[int] = None
+    replies: Optional[int] = None
+    errors: Optional[int] = None
+    timeouts: Optional[int] = None
+    failed: Optional[int] = None
+    late: Optional[int] = None
+    duplicate: Optional[int] = None
+    unknown: Optional[int] = None
+    unexpected: Optional[int] = None
+    pending: Optional[int] = None
+    owed: Optional[int] = None
+    messages: Optional[int] = None
+    queued: Optional[int] = None
+    callback_errors: Optional[int] = None
+    read_pauses: Optional[int] = None
+
+    @property
+    def sent(self) -> Optional[int]:
+        """``requests``, by its simplex name."""
+        return self.requests
+
+    @property
+    def replied(self) -> Optional[int]:
+        """``replies``, by its simplex name."""
+        return self.replies
+
+    @property
+    def timed_out(self) -> Optional[int]:
+        """``timeouts``, by its simplex name."""
+        return self.timeouts
+
+    def __getitem__(self, name: str) -> int:
+        value = getattr(self, name, None) if name in _STAT_NAMES else None
+        if value is None:
+            raise KeyError(name)
+        return int(value)
+
+    def __iter__(self) -> Iterator[str]:
+        return (n for n in _STAT_NAMES if getattr(self, n) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"RequestStats({', '.join(f'{n}={self[n]}' for n in self)})"
+
+
+_STAT_NAMES = tuple(f.name for f in fields(RequestStats))

@@ -68,13 +68,14 @@ from types import TracebackType
 from typing import Any, Iterable, Optional, Union
 
 from . import _core
-from ._diagram import _NODES, StateDiagram, StateLike, _legs, state_diagram_svg
-from ._enums import TcpState
+from ._diagram import _NODES, StateDiagram, _legs, state_diagram_svg
+from ._display import Markup, html_table
+from ._enums import StateLike, TcpState, as_states, kernel_state
 from ._net import check_timeout, format_address
 
 __all__ = ["watch", "StateTrace", "InfoSample"]
 
-# The Watcher type (csrc/_pysockkit_watch.c) is used untyped here: its
+# The Watcher type (csrc/binding/watch.c) is used untyped here: its
 # records are plain tuples and dicts, checked at this boundary.
 _native: Any = _core
 
@@ -82,7 +83,7 @@ DEFAULT_MAX_TRANSITIONS = int(_native.WATCH_DEFAULT_TRANSITIONS)
 DEFAULT_MAX_SAMPLES = int(_native.WATCH_DEFAULT_SAMPLES)
 _MAX_RING = int(_native.WATCH_MAX_RING)
 DEFAULT_FOLLOW = 2.0  # seconds a with block follows a closing connection
-_NOT_CLOSING, _CLOSED = 0, 1  # Watcher.follow (csrc/watch.h sk_watch_follow)
+_NOT_CLOSING, _CLOSED = 0, 1  # Watcher.follow (csrc/core/watch.h sk_watch_follow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,19 +107,6 @@ class InfoSample:
     ssthresh_segs: int
     unacked_segs: int
     total_retrans: int
-
-
-def _to_state(value: int) -> TcpState:
-    # 13 (BOUND_INACTIVE) is a diag-only name for a bound, closed socket
-    return TcpState.CLOSED if value == 13 else TcpState(value)
-
-
-def _state_arg(s: StateLike) -> TcpState:
-    if isinstance(s, TcpState):
-        return s
-    if isinstance(s, str):
-        return TcpState.from_name(s)
-    return TcpState(int(s))
 
 
 def _ip(host: Any) -> Union[ipaddress.IPv4Address, ipaddress.IPv6Address]:
@@ -304,7 +292,7 @@ class StateTrace:
             ['ESTABLISHED', 'FIN_WAIT_1', 'FIN_WAIT_2', 'TIME_WAIT']
         """
         t0 = self._start_ns
-        return [((t - t0) / 1e9, _to_state(s)) for t, s, _via in self._w.transitions()]
+        return [((t - t0) / 1e9, kernel_state(s)) for t, s, _via in self._w.transitions()]
 
     @property
     def states(self) -> list[TcpState]:
@@ -327,7 +315,7 @@ class StateTrace:
             <TcpState.ESTABLISHED: 1>
         """
         s = self._w.stats()["state"]
-        return None if s is None else _to_state(s)
+        return None if s is None else kernel_state(s)
 
     @property
     def samples(self) -> int:
@@ -403,7 +391,7 @@ class StateTrace:
         """
         t0 = self._start_ns
         return [
-            InfoSample((t - t0) / 1e9, _to_state(s), rtt, rttvar, cwnd, ssth, unacked, retr)
+            InfoSample((t - t0) / 1e9, kernel_state(s), rtt, rttvar, cwnd, ssth, unacked, retr)
             for t, s, rtt, rttvar, cwnd, ssth, unacked, retr in self._w.samples()
         ]
 
@@ -476,10 +464,7 @@ class StateTrace:
             >>> trace.wait_for("TIME_WAIT", timeout=2.0)     # doctest: +SKIP
             True
         """
-        if isinstance(state, (TcpState, str, int)):
-            wanted = {_state_arg(state)}
-        else:
-            wanted = {_state_arg(s) for s in state}
+        wanted = as_states(state, "wait_for()")
         timeout = check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -541,11 +526,9 @@ class StateTrace:
         return state_diagram_svg(states[-1] if states else None, states, title=self._title())
 
     def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td style='text-align:right'>{t * 1e3:.3f} ms</td>"
-            f"<td title='{html.escape(s.description)}'><b>{html.escape(s.name)}</b></td></tr>"
-            for t, s in self.transitions
-        )
+        rows = [(f"{t * 1e3:.3f} ms",
+                 Markup(f"<b title='{html.escape(s.description)}'>{html.escape(s.name)}</b>"))
+                for t, s in self.transitions]
         st = self._w.stats()
         status = "running" if st["running"] else ("finished" if st["finished"] else "stopped")
         closed = self.closed_at
@@ -555,8 +538,7 @@ class StateTrace:
             "<div style='display:flex;gap:1.5em;align-items:flex-start'>"
             f"<div>{self._repr_svg_()}</div>"
             f"<div><b>{html.escape(self._title())}</b>"
-            f"<table><thead><tr><th>t</th><th>state</th></tr></thead><tbody>{rows}"
-            "</tbody></table>"
+            f"{html_table(('t', 'state'), rows, frozenset({0}))}"
             f"<small>{st['samples']} samples at {self.rate_hz:.0f} Hz, {status}"
             f"{note}</small></div></div>"
         )

@@ -65,15 +65,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, TypeVar, Union
+from typing import Any, Literal, Optional, TypeVar
 
-from . import _core
-from ._enums import TcpState
+from ._enums import StateLike, TcpState, as_state
 from ._display import html_table as _html
 from ._display import text_table as _table
 from ._errors import Error, Timeout
-from ._net import check_timeout, format_address
-from ._observe import SocketEntry, find_socket, tcp_info
+from ._net import FamilyLike, check_timeout, format_address, loopback_host, parse_family
+from ._observe import SocketEntry, fd_state, find_socket, tcp_info
 
 __all__ = [
     "ALL_STATES",
@@ -92,8 +91,6 @@ __all__ = [
 ]
 
 ObservedBy = Literal["TCP_INFO", "sock_diag"]
-Family = Union[str, int, socket.AddressFamily]
-StateArg = Union[TcpState, int, str]
 
 #: Every state the lab reproduces, in the order of a connection's life: the
 #: eleven RFC 793 states, then Linux's request socket (NEW_SYN_RECV).
@@ -258,7 +255,7 @@ class RecipeTable(list[Recipe]):
 
     __slots__ = ()
 
-    def get(self, state: StateArg, on_fd: bool = False) -> Recipe:
+    def get(self, state: StateLike, on_fd: bool = False) -> Recipe:
         """The recipe for *state* (and the ``on_fd`` variant if asked).
 
         Raises ``KeyError`` if there is none.
@@ -268,7 +265,7 @@ class RecipeTable(list[Recipe]):
             >>> states().get("time-wait").observed_by
             'sock_diag'
         """
-        st = _as_state(state)
+        st = as_state(state)
         for r in self:
             if r.state is st and r.on_fd == on_fd:
                 return r
@@ -501,7 +498,7 @@ _T = TypeVar("_T")
 
 
 def _fd_state(sock: socket.socket) -> TcpState:
-    return TcpState(_core.tcp_state(sock.fileno()))
+    return fd_state(sock.fileno())
 
 
 def _lookup(t: tuple[str, int, str, int]) -> Optional[SocketEntry]:
@@ -560,35 +557,6 @@ def _entry_for(sock: socket.socket, t: tuple[str, int, str, int]) -> Optional[So
 # Socket helpers
 
 
-def _family(family: Family) -> socket.AddressFamily:
-    if isinstance(family, str):
-        key = family.lower()
-        if key in ("ipv4", "inet", "af_inet", "4"):
-            return socket.AF_INET
-        if key in ("ipv6", "inet6", "af_inet6", "6"):
-            return socket.AF_INET6
-        raise ValueError(f"family must be 'ipv4' or 'ipv6', not {family!r}")
-    if family in (socket.AF_INET, 4):
-        return socket.AF_INET
-    if family in (socket.AF_INET6, 6):
-        return socket.AF_INET6
-    raise ValueError(f"family must be AF_INET or AF_INET6, not {family!r}")
-
-
-def _as_state(state: StateArg) -> TcpState:
-    if isinstance(state, TcpState):
-        return state
-    if isinstance(state, str):
-        return TcpState.from_name(state)
-    if isinstance(state, int) and not isinstance(state, bool):
-        return TcpState(state)
-    raise TypeError(f"state must be a TcpState, int or name, not {state!r}")
-
-
-def _loopback(fam: socket.AddressFamily) -> str:
-    return "::1" if fam == socket.AF_INET6 else "127.0.0.1"
-
-
 def _any(fam: socket.AddressFamily) -> str:
     return "::" if fam == socket.AF_INET6 else "0.0.0.0"
 
@@ -634,7 +602,7 @@ class _Builder:
 
     def __init__(self, fam: socket.AddressFamily, timeout: float) -> None:
         self.fam = fam
-        self.host = _loopback(fam)
+        self.host = loopback_host(fam)
         self.timeout = timeout
         self.deadline = time.perf_counter() + timeout
         self.res = _Resources()
@@ -897,9 +865,9 @@ _BUILDERS: dict[TcpState, Callable[[_Builder], Scene]] = {
 
 
 def reproduce(
-    state: StateArg,
+    state: StateLike,
     *,
-    family: Family = "ipv4",
+    family: FamilyLike = "ipv4",
     timeout: float = 2.0,
     on_fd: bool = False,
     unshare: str = "unshare",
@@ -936,8 +904,8 @@ def reproduce(
         ...     sk.tcp_info(scene.sock).state.name
         'SYN_SENT'
     """
-    st = _as_state(state)
-    fam = _family(family)
+    st = as_state(state)
+    fam = parse_family(family)
     timeout = check_timeout(timeout, allow_none=False)
     if timeout == 0:
         raise ValueError("timeout must be > 0 seconds: the state takes a moment to appear")
@@ -1163,7 +1131,7 @@ def _helper_main() -> None:
     fam_num, timeout = int(sys.argv[2]), float(sys.argv[3])
     chan, fail, up = _helper_start()
     fam = socket.AddressFamily(fam_num)
-    host = _loopback(fam)
+    host = loopback_host(fam)
     sock: Optional[socket.socket] = None
 
     try:
@@ -1309,9 +1277,9 @@ class Survey(list[Outcome]):
 
 
 def survey(
-    family: Family = "ipv4",
+    family: FamilyLike = "ipv4",
     *,
-    states: Optional[Sequence[StateArg]] = None,
+    states: Optional[Sequence[StateLike]] = None,
     include_on_fd: bool = True,
     timeout: float = 2.0,
 ) -> Survey:
@@ -1332,7 +1300,7 @@ def survey(
         ...
     """
     todo: list[tuple[TcpState, bool]] = [
-        (_as_state(s), False) for s in (ALL_STATES if states is None else states)]
+        (as_state(s), False) for s in (ALL_STATES if states is None else states)]
     if include_on_fd:
         todo.append((TcpState.SYN_RCVD, True))
     out = Survey()

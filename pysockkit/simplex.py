@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Optional, Union, cast
 
-from . import _core
+from . import _wire
 from ._conn import Address, Connection, Listener, connect, listen
 from ._errors import (
     ConnectionClosed,
@@ -78,15 +78,15 @@ from ._errors import (
 from ._handler import (
     AsyncHandler,
     ExitBook,
+    accept_loop,
     check_handlers,
     check_reply,
-    error_id,
     error_text,
     is_async,
-    reply_id,
 )
 from ._net import AddressLike, check_timeout, format_address, parse_address
-from ._types import Framing, Heartbeat
+from ._types import Framing, Heartbeat, RequestStats
+from ._wire import error_id, reply_id
 
 __all__ = [
     "Client",
@@ -111,14 +111,14 @@ the server's event loop thread, concurrently); None sends no reply (the
 client's request then times out: use it for one-way messages).
 Example: ``simplex.Server(req, rep, lambda b: b.upper())``."""
 
-REPLY: int = _core.ID_REPLY
+REPLY: int = _wire.ID_REPLY
 """Id bit set on every reply frame (docs/PROTOCOL.md, "Simplex links"); the
-C core's constant (``pysockkit._core.ID_REPLY``).
+C core's constant (``pysockkit._core.ID_REPLY``, read by ``pysockkit._wire``).
 Example: a hand-written server answers ``conn.send(reply, id=rid | simplex.REPLY)``."""
-ERROR: int = _core.ID_ERROR
+ERROR: int = _wire.ID_ERROR
 """Id bit set, with REPLY, on a reply whose handler failed; the payload is
 the error text.  Example: ``conn.send(b"ValueError: bad", id=rid | REPLY | ERROR)``."""
-ID_MASK: int = _core.ID_MASK
+ID_MASK: int = _wire.ID_MASK
 """Request ids are 1 .. ID_MASK; ``reply_id & ID_MASK`` is the request's id.
 Example: ``request_id = reply_id & simplex.ID_MASK``."""
 
@@ -212,37 +212,16 @@ def _handshake_error(msg: str, status: int = -1) -> HandshakeError:
 # ------------------------------------------------------------------ stats
 
 
-@dataclass(frozen=True, slots=True)
-class ClientStats:
-    """A snapshot of a :class:`Client`'s counters.
+ClientStats = RequestStats
+"""A :class:`Client`'s counters: ``sk.RequestStats`` (the name of earlier
+versions; its fields ``sent``, ``replied`` and ``timed_out`` are the
+aliases of ``requests``, ``replies`` and ``timeouts``).
 
-    * ``sent``: requests written to the request link;
-    * ``replied``: replies delivered to their request (``errors`` of them
-      were :class:`RemoteError` replies);
-    * ``late``: replies that came after their request timed out (dropped);
-    * ``unknown``: replies with an id never issued (dropped);
-    * ``duplicate``: a second reply to an answered request (dropped);
-    * ``unexpected``: frames on the reply link that are not replies (dropped);
-    * ``timed_out``: requests that failed with ``sk.Timeout``;
-    * ``failed``: requests failed because a link dropped or the client closed;
-    * ``pending``: requests in flight now.
+Example::
 
-    Example::
-
-        >>> cli.stats
-        ClientStats(sent=100, replied=100, late=0, unknown=0, duplicate=0, ...)
-    """
-
-    sent: int
-    replied: int
-    late: int
-    unknown: int
-    duplicate: int
-    unexpected: int
-    errors: int
-    timed_out: int
-    failed: int
-    pending: int
+    >>> cli.stats
+    RequestStats(requests=100, replies=100, errors=0, timeouts=0, failed=0, late=0, ...)
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,8 +367,8 @@ class Client:
         self._closed = False
         self._thread: Optional[threading.Thread] = None
         self._unsent = 0  # ids taken whose send failed: sent = next_id - 1 - unsent
-        self._n = {"replied": 0, "late": 0, "unknown": 0, "duplicate": 0,
-                   "unexpected": 0, "errors": 0, "timed_out": 0, "failed": 0}
+        self._n = {"replies": 0, "errors": 0, "timeouts": 0, "failed": 0, "late": 0,
+                   "duplicate": 0, "unknown": 0, "unexpected": 0}
         self._addrs = (format_address(request_addr), format_address(reply_addr))
         self._names = {
             "request": f"simplex request link to {self._addrs[0]}",
@@ -603,7 +582,7 @@ class Client:
             if entry is None:
                 return
             self._remember_expired(rid)
-            self._n["timed_out"] += 1
+            self._n["timeouts"] += 1
             if self._waiting:
                 self._cond.notify()
         if fail:
@@ -685,7 +664,7 @@ class Client:
                             n["unknown"] += 1
                         continue
                 n["unexpected"] += 1
-            n["replied"] += len(done)
+            n["replies"] += len(done)
             if done and self._waiting:
                 self._cond.notify(len(done))
         errors = 0
@@ -712,7 +691,7 @@ class Client:
                 if entry is not None:  # else answered already: a stale heap entry
                     expired.append((rid, entry))
                     self._remember_expired(rid)
-            self._n["timed_out"] += len(expired)
+            self._n["timeouts"] += len(expired)
             if expired and self._waiting:
                 self._cond.notify(len(expired))
             if len(heap) > 2 * len(pending) + 1024:  # drop stale entries
@@ -768,8 +747,9 @@ class Client:
     # ------------------------------------------------------------- misc
 
     @property
-    def stats(self) -> ClientStats:
-        """A :class:`ClientStats` snapshot of the counters.
+    def stats(self) -> RequestStats:
+        """A snapshot of the counters (``sk.RequestStats``, also known as
+        :data:`ClientStats`).
 
         Example::
 
@@ -777,7 +757,7 @@ class Client:
             print(s.sent, s.replied, s.late, s.unknown, s.duplicate)
         """
         with self._lock:
-            return ClientStats(sent=self._next_id - 1 - self._unsent,
+            return RequestStats(requests=self._next_id - 1 - self._unsent,
                                pending=len(self._pending), **self._n)
 
     @property
@@ -1135,18 +1115,11 @@ class Server:
             self._n[key] += k
 
     def _accept_loop(self, listener: Listener, role: int) -> None:
-        while not self._closing:
-            try:
-                conn = listener.accept()  # close() wakes it
-            except Error:
-                if self._closing:
-                    return
-                time.sleep(0.05)  # e.g. EMFILE: do not spin
-                continue
+        def take(conn: Connection) -> bool:
             with self._lock:
                 if self._closing:
                     conn.close()
-                    return
+                    return False
                 busy = self._links >= 2 * self._max_sessions
                 if not busy:
                     self._links += 1
@@ -1154,9 +1127,14 @@ class Server:
             if busy:
                 self._count("rejected")
                 self._refuse(conn, _ST_BUSY, f"{self._max_sessions} sessions (max_sessions)")
-                continue
+                return True
             target = self._serve_reply_link if role == _ROLE_REPLY else self._serve_request_link
             self._spawn(self._serve_link, f"pysockkit-simplex-{_ROLE_NAME[role]}", target, conn)
+            return True
+
+        # close() closes the listener, which wakes the accept; an accept
+        # error (EMFILE, ...) waits a little: do not spin
+        accept_loop(listener, lambda: self._closing, take, lambda exc: time.sleep(0.05))
 
     def _serve_link(self, target: Callable[[Connection], None], conn: Connection) -> None:
         try:

@@ -32,26 +32,15 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Optional, Union
 
 from . import _core
-from ._enums import TcpState
+from ._enums import StateLike, TcpState, as_states
 from ._errors import Error, Timeout
 from ._net import check_timeout, format_address, parse_address
 from ._types import Framing
 
 __all__ = ["assert_state", "assert_frames", "StateLike"]
 
-StateLike = Union[TcpState, int, str]
 
 _GONE = "gone"  # label for "the kernel no longer knows this socket"
-
-
-def _as_state(s: StateLike) -> TcpState:
-    if isinstance(s, TcpState):
-        return s
-    if isinstance(s, str):
-        return TcpState.from_name(s)
-    if isinstance(s, int) and not isinstance(s, bool):
-        return TcpState(s)
-    raise TypeError(f"a TCP state is a TcpState, a state number or a name, not {s!r}")
 
 
 def _fd_of(target: Any) -> Optional[int]:
@@ -104,10 +93,12 @@ def _prober(target: Any) -> tuple[str, Probe]:
         diag = None if tup is None else _diag_probe(tup[0], tup[1], None)
 
         def probe() -> dict[str, Optional[TcpState]]:
+            from ._observe import fd_state
+
             cur = _fd_of(target)
             if cur is not None and cur >= 0:
                 try:
-                    st = TcpState(_core.tcp_state(cur))
+                    st = fd_state(cur)
                     # a bare descriptor number may have been closed and
                     # reused by another socket meanwhile
                     if tup is None or (_core.sockname(cur), _core.peername(cur)) == tup:
@@ -209,12 +200,7 @@ def assert_state(
                 0.0 ms  CLOSE_WAIT
     """
     __tracebackhide__ = True
-    if isinstance(state, (TcpState, int, str)):
-        wanted = {_as_state(state)}
-    else:
-        wanted = {_as_state(s) for s in state}
-        if not wanted:
-            raise ValueError("assert_state(): no state given")
+    wanted = as_states(state, "assert_state()")
     within = check_timeout(within, "within", allow_none=False)
     interval = check_timeout(interval, "interval", allow_none=False)
     desc, probe = _prober(target)

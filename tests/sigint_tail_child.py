@@ -178,7 +178,7 @@ def duplex_get(sk: Any) -> None:
     reply = d.request(b"still usable?", timeout=STEP)
     t.join(STEP)
     _result(first_ok=got[0] == first, second=got[1].decode() if isinstance(got[1], bytes)
-            else repr(got[1]), reply=reply.decode(), stats=d.stats)
+            else repr(got[1]), reply=reply.decode(), stats=dict(d.stats))
     conn.close()
     raw.close()
 

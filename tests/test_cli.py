@@ -254,3 +254,17 @@ def test_help_shows_defaults(cmd: str, shown: list[str]) -> None:
     for s in shown:
         assert s in text, (s, r.stdout)
     assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_readme_names_every_command() -> None:
+    """The README's command-line line lists each command that --help lists."""
+    from pathlib import Path
+
+    helptext = cli("--help").stdout
+    commands = re.findall(r"^    (\w+)\s", helptext, re.M)
+    assert {"tour", "serve", "ping", "ss", "watch", "lab"} <= set(commands), commands
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = readme[readme.index("Command line: `python -m pysockkit"):]
+    line = line[:line.index("\n\n")]
+    for name in commands:
+        assert re.search(rf"(pysockkit |\|\s*|`){name}\b", line), (name, line)

@@ -2,7 +2,7 @@
 naming public classes (issue 11, items 7 and 8), and TcpState printed by
 name (item 6).
 
-The core keeps each error in a fixed ``char[SK_ERRMSG_MAX]`` (csrc/sk.h).
+The core keeps each error in a fixed ``char[SK_ERRMSG_MAX]`` (csrc/core/sk.h).
 Every format string it passes to ``sk_err_set`` must fit with its longest
 numbers; one that ever does not is cut at a word boundary with "..."
 (tests/c/test_err.c checks that rule on its own).
@@ -31,8 +31,8 @@ _BARE_S = 48
 
 
 def _errmsg_max() -> int:
-    m = re.search(r"#define SK_ERRMSG_MAX (\d+)", (CSRC / "sk.h").read_text())
-    assert m, "SK_ERRMSG_MAX not found in csrc/sk.h"
+    m = re.search(r"#define SK_ERRMSG_MAX (\d+)", (CSRC / "core" / "sk.h").read_text())
+    assert m, "SK_ERRMSG_MAX not found in csrc/core/sk.h"
     return int(m.group(1))
 
 
@@ -40,12 +40,12 @@ def _formats() -> list[tuple[str, str]]:
     """(file:line, format) of every sk_err_set call in the core."""
     call = re.compile(r'sk_err_set\(\s*[^,]+,\s*[A-Z_]+\s*,\s*((?:"(?:[^"\\]|\\.)*"\s*)+)')
     out = []
-    for path in sorted(CSRC.glob("*.c")):
+    for path in sorted(CSRC.rglob("*.c")):
         src = path.read_text()
         for m in call.finditer(src):
             fmt = "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', m.group(1)))
             line = src.count("\n", 0, m.start()) + 1
-            out.append((f"{path.name}:{line}", fmt.encode().decode("unicode_escape")))
+            out.append((f"{path.relative_to(CSRC)}:{line}", fmt.encode().decode("unicode_escape")))
     return out
 
 
@@ -121,7 +121,7 @@ def _c_strings(path: Path) -> list[str]:
 
 
 def test_messages_and_stubs_name_the_public_class(conn_pair) -> None:
-    for path in sorted(CSRC.glob("_pysockkit*.c")):
+    for path in sorted((CSRC / "binding").glob("*.c")):
         bad = [s for s in _c_strings(path) if re.search(r"\bConn\b", s)]
         assert not bad, f"{path.name} names the private base Conn: {bad}"
     stub = (REPO_ROOT / "pysockkit" / "_core.pyi").read_text()

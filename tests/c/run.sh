@@ -3,8 +3,9 @@
 #
 #   tests/c/run.sh [--valgrind] [-v] [FILTER...]
 #
-# Compiles every csrc/*.c except the CPython binding (_pysockkit*) together
-# with every tests/c/*.c, then runs the result:
+# Compiles every csrc/core/*.c and csrc/testkit/*.c (not the CPython
+# binding, csrc/binding/) together with every tests/c/*.c, then runs the
+# result:
 #   1. plain build   (-O1 -g, warnings are errors)
 #   2. sanitizers    (ASan + UBSan, leak detection on)
 #   3. --valgrind:   the plain build under valgrind memcheck
@@ -40,10 +41,7 @@ LIBS=(-pthread)
 
 shopt -s nullglob
 srcs=()
-for f in csrc/*.c; do
-    case ${f##*/} in
-    _pysockkit*) continue ;; # the CPython binding includes Python.h
-    esac
+for f in csrc/core/*.c csrc/testkit/*.c; do # not csrc/binding/: Python.h
     srcs+=("$f")
 done
 tests=(tests/c/*.c)

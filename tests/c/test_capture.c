@@ -23,8 +23,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "capture.h"
-#include "clock.h"
+#include "core/capture.h"
+#include "core/clock.h"
 
 /* ------------------------------------------------------ packet builders */
 

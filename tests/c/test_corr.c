@@ -15,11 +15,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "clock.h"
-#include "corr.h"
-#include "frame.h"
-#include "io.h"
-#include "promise.h"
+#include "core/clock.h"
+#include "core/corr.h"
+#include "core/frame.h"
+#include "core/io.h"
+#include "core/promise.h"
 
 static void nap_ms(int ms)
 {
@@ -361,9 +361,9 @@ TEST(corr_many_requests_grow_shrink_and_take_all)
     /* every pending one is still found (the map survived the deletions) */
     sk_plist_init(&all);
     sk_corr_take_all(&t, &all);
-    CHECK(all.n == n && t.pending == 0 && t.heap_len == 0);
+    CHECK(all.n == n && t.pending == 0 && t.heap.len == 0);
     for (q = all.head; q != NULL; q = q->next)
-        CHECK(sk_promise_state(q) == SK_P_PENDING && q->heap_idx == SIZE_MAX);
+        CHECK(sk_promise_state(q) == SK_P_PENDING && !sk_heap_contains(&q->deadline));
     CHECK(t.cap <= 256); /* shrunk back */
     for (i = 0; i < N; i++)
         freep(p[i]);

@@ -21,8 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "diag.h"
-#include "tcpinfo.h"
+#include "core/diag.h"
+#include "core/tcpinfo.h"
 
 /* ---- a model of the kernel's bytecode audit and interpreter ------------ */
 /* net/ipv4/inet_diag.c: inet_diag_bc_audit(), valid_cc(), inet_diag_bc_run()

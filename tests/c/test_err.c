@@ -7,8 +7,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "frame.h"
-#include "sk.h"
+#include "core/frame.h"
+#include "core/sk.h"
 
 /* len bytes of words separated by spaces and clause marks, NUL-terminated */
 static void words(char *out, size_t len)

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "frame.h"
+#include "core/frame.h"
 
 static const unsigned hsizes[4] = {1, 2, 4, 8};
 

@@ -7,8 +7,8 @@
 
 #include <string.h>
 
-#include "frame.h"
-#include "heartbeat.h"
+#include "core/frame.h"
+#include "core/heartbeat.h"
 
 #define SEC 1000000000LL
 

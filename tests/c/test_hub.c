@@ -18,11 +18,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "clock.h"
-#include "frame.h"
-#include "heartbeat.h"
-#include "hub.h"
-#include "io.h"
+#include "core/clock.h"
+#include "core/frame.h"
+#include "core/heartbeat.h"
+#include "core/hub.h"
+#include "core/io.h"
 #include "util.h"
 
 #define SEC 1000000000LL

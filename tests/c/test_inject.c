@@ -1,7 +1,7 @@
 /* test_inject.c - allocation, thread and epoll failures, one at a time.
  *
  * The core allocates, starts threads and creates epoll sets only through
- * csrc/sys.h, whose hook this file sets.  For each scenario below (one per
+ * csrc/core/sys.h, whose hook this file sets.  For each scenario below (one per
  * area of the core that allocates), a first run counts the calls the
  * scenario makes (n); then the scenario runs n more times, the k-th run
  * making exactly the k-th call fail (malloc/calloc/realloc return NULL,
@@ -35,18 +35,18 @@
 #endif
 #endif
 
-#include "clock.h"
-#include "corr.h"
-#include "diag.h"
-#include "frame.h"
-#include "hub.h"
-#include "io.h"
-#include "promise.h"
-#include "proxy.h"
-#include "sock.h"
-#include "sys.h"
+#include "core/clock.h"
+#include "core/corr.h"
+#include "core/diag.h"
+#include "core/frame.h"
+#include "core/hub.h"
+#include "core/io.h"
+#include "core/promise.h"
+#include "testkit/proxy.h"
+#include "core/sock.h"
+#include "core/sys.h"
 #include "util.h"
-#include "watch.h"
+#include "core/watch.h"
 
 /* LeakSanitizer's on-demand check, present in the sanitizer build only. */
 extern int __lsan_do_recoverable_leak_check(void) __attribute__((weak));

@@ -22,10 +22,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "clock.h"
-#include "frame.h"
-#include "io.h"
-#include "sock.h"
+#include "core/clock.h"
+#include "core/frame.h"
+#include "core/io.h"
+#include "core/sock.h"
 #include "util.h"
 
 enum { KIND_UNIX, KIND_TCP4, KIND_TCP6, KIND_COUNT };

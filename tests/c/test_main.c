@@ -12,7 +12,7 @@
  */
 #include "check.h"
 
-#include "sk.h"
+#include "core/sk.h"
 
 #include <dirent.h>
 #include <signal.h>

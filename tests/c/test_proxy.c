@@ -16,9 +16,9 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-#include "clock.h"
-#include "proxy.h"
-#include "sock.h"
+#include "core/clock.h"
+#include "testkit/proxy.h"
+#include "core/sock.h"
 
 typedef struct px_env {
     int lfd;       /* the "server" listener */

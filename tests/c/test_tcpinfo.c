@@ -13,7 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "tcpinfo.h"
+#include "core/tcpinfo.h"
 
 /* ---- helpers ---------------------------------------------------------- */
 

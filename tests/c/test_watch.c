@@ -12,11 +12,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "clock.h"
-#include "sk.h"
-#include "tcpinfo.h"
+#include "core/clock.h"
+#include "core/sk.h"
+#include "core/tcpinfo.h"
 #include "util.h"
-#include "watch.h"
+#include "core/watch.h"
 
 /* Wait until the watch's latest state is `state`; 1 if it got there. */
 static int wait_state(sk_watch *w, int state)

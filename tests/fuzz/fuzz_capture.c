@@ -1,6 +1,6 @@
 /*
  * fuzz_capture.c - libFuzzer harness for the packet parser and the filter
- * builder of the segment capture (csrc/capture.h).
+ * builder of the segment capture (csrc/core/capture.h).
  *
  * sk_capture_parse reads packets straight from an AF_PACKET socket (after
  * a BPF filter, but the parser must not trust it); the harness feeds it
@@ -30,7 +30,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "capture.h"
+#include "core/capture.h"
 
 #define CFG_BYTES 4
 

@@ -1,5 +1,5 @@
 /*
- * fuzz_corr.c - libFuzzer harness for the correlation table (csrc/corr.h)
+ * fuzz_corr.c - libFuzzer harness for the correlation table (csrc/core/corr.h)
  * against a reference model written here from corr.h's contract.
  *
  * FUZZ_MAXLEN: 2048
@@ -46,10 +46,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "clock.h"
-#include "corr.h"
-#include "promise.h"
-#include "sys.h"
+#include "core/clock.h"
+#include "core/corr.h"
+#include "core/promise.h"
+#include "core/sys.h"
 #include "require.h"
 
 #define MAXP 1024 /* promises per input */

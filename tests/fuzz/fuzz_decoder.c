@@ -1,5 +1,5 @@
 /*
- * fuzz_decoder.c - libFuzzer harness for the frame decoder (csrc/frame.h).
+ * fuzz_decoder.c - libFuzzer harness for the frame decoder (csrc/core/frame.h).
  *
  * Input layout (tests/fuzz/make_corpus.py writes seeds in it):
  *
@@ -38,8 +38,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "frame.h"
-#include "heartbeat.h"
+#include "core/frame.h"
+#include "core/heartbeat.h"
 #include "ref_frame.h"
 #include "require.h"
 

@@ -1,5 +1,5 @@
 /*
- * fuzz_diag.c - libFuzzer harness for the sock_diag parser (csrc/diag.h).
+ * fuzz_diag.c - libFuzzer harness for the sock_diag parser (csrc/core/diag.h).
  *
  * sk_diag_parse reads a netlink receive buffer straight from the kernel;
  * the harness feeds it arbitrary bytes.  Input layout (seeds written by
@@ -41,8 +41,8 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "diag.h"
-#include "tcpinfo.h"
+#include "core/diag.h"
+#include "core/tcpinfo.h"
 #include "require.h"
 
 #define CFG_BYTES 8

@@ -1,13 +1,13 @@
 /*
  * fuzz_proxy.c - libFuzzer harness for the fault proxy's scheduler
- * (csrc/proxy.c): the byte queues, the fault folding, the per-connection
+ * (csrc/testkit/proxy.c): the byte queues, the fault folding, the per-connection
  * timers and the write-side faults, driven without threads, real time or
  * sockets.
  *
- * FUZZ_UNITY: proxy
+ * FUZZ_UNITY: testkit/proxy
  *
- * The harness includes csrc/proxy.c itself (run.sh then links the core
- * without proxy.o) with the syscalls the reactor makes renamed to fakes
+ * The harness includes csrc/testkit/proxy.c itself (run.sh then links the core
+ * without its object) with the syscalls the reactor makes renamed to fakes
  * (readv, sendmsg, shutdown, recv, close, epoll_ctl, socket, connect,
  * getsockopt, getsockname, sk_abort, sk_set_nodelay), and runs the
  * reactor's own functions - sk_pair_new, sk_pair_event, sk_pair_pump,
@@ -56,10 +56,10 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "clock.h"
-#include "sk.h"
+#include "core/clock.h"
+#include "core/sk.h"
 #include "require.h"
-#include "sys.h"
+#include "core/sys.h"
 
 struct sk_err;
 
@@ -89,7 +89,7 @@ static int fx_sk_set_nodelay(int fd, struct sk_err *err);
 #define getsockname fx_getsockname
 #define sk_abort fx_sk_abort
 #define sk_set_nodelay fx_sk_set_nodelay
-#include "proxy.c"
+#include "testkit/proxy.c"
 #undef readv
 #undef sendmsg
 #undef shutdown
@@ -794,9 +794,9 @@ static void check_state(int after_timers)
     size_t i;
     int s, d;
 
-    for (i = 0; i < p->heap_len; i++) {
-        REQUIRE(p->heap[i]->heap_idx == i);
-        REQUIRE(i == 0 || p->heap[(i - 1) / 2]->wake_ns <= p->heap[i]->wake_ns);
+    for (i = 0; i < p->heap.len; i++) {
+        REQUIRE(p->heap.v[i]->idx == i);
+        REQUIRE(i == 0 || p->heap.v[(i - 1) / 2]->key <= p->heap.v[i]->key);
     }
     for (s = 0; s < MAXC; s++) {
         hconn *h = &H.conn[s];
@@ -806,8 +806,8 @@ static void check_state(int after_timers)
             continue;
         REQUIRE(!c->dead);
         live++;
-        REQUIRE(c->heap_idx == SK_PX_NOIDX ||
-                (c->heap_idx < p->heap_len && p->heap[c->heap_idx] == c));
+        REQUIRE(!sk_heap_contains(&c->wake) ||
+                (c->wake.idx < p->heap.len && p->heap.v[c->wake.idx] == &c->wake));
         for (d = 0; d < 2; d++) {
             const sk_pxdir *x = &c->dir[d];
             const hdir *hx = &h->dir[d];
@@ -868,8 +868,8 @@ static void setup(const uint8_t *cfg)
     p->bufsize = (size_t)SK_PROXY_MIN_BUF << (cfg[0] & 3);
     p->max_conns = MAXC;
     p->rng = 1 + cfg[1];
-    p->heap = calloc(MAXC, sizeof(*p->heap));
-    REQUIRE(p->heap != NULL);
+    sk_heap_init(&p->heap);
+    REQUIRE(sk_heap_reserve(&p->heap, MAXC) == SK_OK);
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->applied_cv, NULL);
     p->running = 1;
@@ -892,7 +892,7 @@ static void teardown(void)
     reap();
     pthread_cond_destroy(&p->applied_cv);
     pthread_mutex_destroy(&p->mu);
-    free(p->heap);
+    sk_heap_free(&p->heap);
     free(p);
     __atomic_store_n(&sk_fault_hook, (sk_fault_fn)NULL, __ATOMIC_RELEASE);
     __atomic_store_n(&sk_clock_hook, (sk_clock_fn)NULL, __ATOMIC_RELEASE);

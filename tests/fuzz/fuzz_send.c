@@ -1,6 +1,6 @@
 /*
  * fuzz_send.c - libFuzzer harness for the encoder and the send path
- * (csrc/io.h: sk_conn_send, sk_conn_enqueue, sk_conn_flush,
+ * (csrc/core/io.h: sk_conn_send, sk_conn_enqueue, sk_conn_flush,
  * sk_conn_send_control and the owed PONG) over a socket that takes random
  * short writes.
  *
@@ -48,12 +48,12 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include "clock.h"
-#include "frame.h"
-#include "heartbeat.h"
-#include "io.h"
+#include "core/clock.h"
+#include "core/frame.h"
+#include "core/heartbeat.h"
+#include "core/io.h"
 #include "ref_frame.h"
-#include "sys.h"
+#include "core/sys.h"
 #include "require.h"
 
 #define MAX_BYTES (256u << 10) /* expected bytes per input */

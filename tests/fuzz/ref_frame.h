@@ -1,6 +1,6 @@
 /*
  * ref_frame.h - a reference decoder of pysockkit's frame streams, written
- * from docs/PROTOCOL.md and independent of csrc/frame.c, shared by the
+ * from docs/PROTOCOL.md and independent of csrc/core/frame.c, shared by the
  * harnesses that check what the core decodes (fuzz_decoder) or sends
  * (fuzz_send).  All static; the caller frees r->frames.
  */
@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "frame.h"
+#include "core/frame.h"
 
 typedef struct ref_frame {
     size_t off;  /* payload offset in the stream (after a correlation id) */

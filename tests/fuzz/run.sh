@@ -7,9 +7,10 @@
 # harnesses run (NAME: fuzz_decoder, fuzz_diag, fuzz_corr, fuzz_send,
 # fuzz_proxy, fuzz_capture; default every tests/fuzz/fuzz_*.c).  Each harness is built
 # with clang -fsanitize=fuzzer,address,undefined (UB aborts) from
-# tests/fuzz/NAME.c and every csrc/*.c but the CPython binding (plus the
-# link flags on its "FUZZ_LDFLAGS:" line, if any; without csrc/X.c when
-# its "FUZZ_UNITY: X" line says it includes that file; inputs up to its
+# tests/fuzz/NAME.c and every csrc/core/*.c and csrc/testkit/*.c (not the
+# CPython binding; plus the link flags on its "FUZZ_LDFLAGS:" line, if any;
+# without csrc/X.c when its "FUZZ_UNITY: X" line (X = testkit/proxy, say)
+# says it includes that file; inputs up to its
 # "FUZZ_MAXLEN:" or 8192 bytes), then run on a scratch
 # copy of its seed corpus tests/fuzz/corpus/NAME/ (the committed corpus is
 # never written).
@@ -61,14 +62,14 @@ EXEFLAGS=(-fsanitize=fuzzer,address,undefined)
 out=$(mktemp -d "${TMPDIR:-/tmp}/sk-fuzz.XXXXXX") || exit 1
 trap 'rm -rf "$out"' EXIT
 
-# the C core without the binding, compiled once for every harness
+# the C core and the test kit without the binding, compiled once for
+# every harness; csrc/testkit/proxy.c -> $out/testkit_proxy.o
 objs=()
 pids=()
-for f in csrc/*.c; do
-    case ${f##*/} in
-    _pysockkit*) continue ;;
-    esac
-    o="$out/$(basename "$f" .c).o"
+for f in csrc/core/*.c csrc/testkit/*.c; do
+    rel=${f#csrc/}
+    o="$out/${rel//\//_}"
+    o="${o%.c}.o"
     "$CC" "${CFLAGS[@]}" "${LIBFLAGS[@]}" -c "$f" -o "$o" &
     pids+=($!)
     objs+=("$o")
@@ -97,7 +98,7 @@ for name in "${names[@]}"; do
     maxlen=$(sed -n 's/^ \* FUZZ_MAXLEN: //p' "$src")
     link=()
     for o in "${objs[@]}"; do
-        [ -n "$unity" ] && [ "$o" = "$out/$unity.o" ] && continue
+        [ -n "$unity" ] && [ "$o" = "$out/${unity//\//_}.o" ] && continue
         link+=("$o")
     done
     "$CC" "${CFLAGS[@]}" "${EXEFLAGS[@]}" "$src" "${link[@]}" -pthread \

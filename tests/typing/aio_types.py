@@ -19,7 +19,7 @@ async def echo(conn: aio.Connection[bytes]) -> None:
 async def plain(addr: sk.Address) -> list[bytes]:
     async with await aio.serve(("127.0.0.1", 0), on_connection=echo) as server:
         conn = await aio.connect(server.address, timeout=5.0)
-        reveal_type(conn)  # R: pysockkit.aio.Connection[bytes]
+        reveal_type(conn)  # R: pysockkit.aio.connection.Connection[bytes]
         first: bytes = await conn.recv(timeout=1.0)
         more: list[bytes] = await conn.recv_many(timeout=1.0)
         maybe = conn.recv_nowait()
@@ -39,7 +39,7 @@ async def correlated_server(conn: aio.Connection[aio.Message]) -> None:
 async def correlated(addr: sk.Address) -> bytes:
     framing = sk.Framing(correlation=True)
     async with await aio.listen(addr, framing=framing) as lst:
-        reveal_type(lst)  # R: pysockkit.aio.Listener[bytes | tuple[int, bytes]]
+        reveal_type(lst)  # R: pysockkit.aio.listener.Listener[bytes | tuple[int, bytes]]
         conn = await aio.connect(lst.address, framing=framing)
         msg = await conn.recv()
         reveal_type(msg)  # R: bytes | tuple[int, bytes]

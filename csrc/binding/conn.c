@@ -1,0 +1,2045 @@
+/*
+ * conn.c - the Connection type of pysockkit._core (base of
+ * pysockkit.Connection).
+ *
+ * Locking: each Conn has a send lock and a receive lock (the core's
+ * pthread mutexes, so the hub thread can trylock them too).
+ * send/send_many/flush/shutdown take the send lock, recv/recv_many the
+ * receive lock, request takes both (send, then receive: one fixed order, so
+ * no deadlock).  Frames from two sending threads therefore never interleave,
+ * and one thread may send while another receives.  Every blocking call runs
+ * with the GIL released; the core calls skpy_check_signals on EINTR and every
+ * SKPY_SLICE_MS, so Ctrl-C interrupts a wait promptly even with no timeout.
+ *
+ * Fast paths keep the GIL: a frame already in the read-ahead buffer is
+ * returned without any syscall, and a small send is first tried once
+ * without waiting.  The GIL is released only when the call may block.
+ *
+ * Asynchronous duplex (pysockkit/_duplex.py): _start_worker starts a
+ * receive worker thread and a request table (corr.h).  _request_async
+ * registers a future (future.c) and queues the request in the
+ * write-behind buffer c->out (under send_mu, so ordering with send() from
+ * other threads is kept); the worker writes that buffer before each wait
+ * and wakes for it on an eventfd, which request_async writes only when the
+ * worker sleeps.  Replies settle their futures in the worker without the
+ * GIL; the worker takes the GIL only for other frames (messages), futures
+ * with callbacks, errors, and to drop the table's references to settled
+ * futures (a batch at a time).
+ */
+#include "util.h"
+
+#include <structmember.h>
+
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "areas.h"
+#include "core/clock.h"
+#include "core/corr.h"
+#include "core/hub.h"
+#include "core/io.h"
+#include "core/promise.h"
+#include "core/sock.h"
+#include "future.h"
+#include "hub.h"
+
+#define SKPY_INLINE_SEND 65536    /* sends up to this many bytes try first with the GIL held */
+#define SKPY_BATCH 1024           /* send_many: payloads per core call */
+#define SKPY_RECV_MANY_DEFAULT 4096
+/* request_async: requests up to this size are copied into the write-behind
+ * buffer; larger ones are sent at once (after what is queued) */
+#define SKPY_WB_DIRECT (64 * 1024)
+/* request_async that finds this much queued writes it out first, waiting
+ * (with its timeout) if the peer does not read: memory stays bounded */
+#define SKPY_WB_MAX (256 * 1024)
+
+/* what the receive worker is doing (ConnObject.wphase) */
+enum {
+    SKPY_W_BUSY = 0,  /* in C: it writes the queue before it sleeps */
+    SKPY_W_SLEEP = 1, /* in poll (or about to be): kick the eventfd */
+    SKPY_W_PY = 2,    /* running Python code, maybe for long: write yourself */
+};
+
+typedef struct {
+    PyObject_HEAD
+    sk_conn c;
+    int fd; /* -1 once closed */
+    int initialized;        /* sk_conn_init ran: the mutexes exist */
+    int closing;            /* close()/abort() began: errors say so */
+    int worker;             /* a receive worker thread owns the receive side */
+    int worker_stop;        /* atomic: ask the worker to stop */
+    pthread_t worker_thread;
+    /* asynchronous duplex; corr and retired under corr->mu */
+    sk_corr *corr;          /* request table, made by the first _start_worker */
+    sk_plist retired;       /* settled promises whose future still holds the
+                               table's reference (dropped with the GIL) */
+    PyObject *req_err_type; /* the receive side ended: request_async raises */
+    PyObject *req_err_args; /*   req_err_type(*req_err_args) (under corr->mu) */
+    int efd;                /* eventfd that wakes the worker; -1: none */
+    int wphase;             /* atomic: SKPY_W_* */
+    int64_t wake_at;        /* the sleeping worker's latest wake-up (corr->mu) */
+    int wb_failed;          /* the worker's write failed (under send_mu) */
+    PyObject *mod;          /* borrowed: the type keeps the module alive */
+    PyObject *weakreflist;
+} ConnObject;
+
+static void skpy_conn_fail_closed(ConnObject *self, const char *why);
+static void skpy_conn_free_requests(ConnObject *self);
+
+/* --------------------------------------------------------------- errors */
+
+/* Raise Timeout for operation `op`.  `what` says what was kept. */
+static PyObject *skpy_timeout(PyObject *mod, const char *op, PyObject *timeout,
+                              const char *what)
+{
+    skpy_state *st = skpy_get_state(mod);
+
+    PyErr_Format(st->Timeout, "%s: timed out after %R s; %s", op,
+                 timeout ? timeout : Py_None, what);
+    return NULL;
+}
+
+static PyObject *skpy_closed(ConnObject *self)
+{
+    skpy_state *st = skpy_get_state(self->mod);
+
+    PyErr_SetString(st->ConnectionClosed,
+                    "this connection was closed locally (close() or abort() "
+                    "was called); open a new one");
+    return NULL;
+}
+
+/* Map a core result (not SK_OK) to an exception.  SK_INTR: a signal handler
+ * already raised (KeyboardInterrupt...).  ETIMEDOUT from the socket is the
+ * kernel's verdict (keepalive, TCP_USER_TIMEOUT, retransmissions), not our
+ * deadline: a plain sk.Error that says the connection is dead.  GIL held.
+ * Returns NULL. */
+static PyObject *skpy_fail(ConnObject *self, int rc, const sk_err *err,
+                           const char *op, PyObject *timeout, const char *what)
+{
+    if (self->closing && rc == SK_ERR)
+        return skpy_closed(self); /* woken by our own close, not the peer */
+    if (rc == SK_TIMEOUT)
+        return skpy_timeout(self->mod, op, timeout, what);
+    if (rc == SK_INTR) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_InterruptedError, "interrupted by a signal");
+        return NULL;
+    }
+    if (err->code == SK_E_SYS && err->sys_errno == ETIMEDOUT)
+        return skpy_raise(self->mod, err,
+                          "the kernel gave up on the peer (keepalive probes, "
+                          "TCP_USER_TIMEOUT or retransmissions went "
+                          "unanswered): this connection is dead, open a new "
+                          "one");
+    return skpy_raise(self->mod, err, NULL);
+}
+
+
+/* The timeout of a request (Conn_request), whose reply is now owed: say so,
+ * and what a peer that dropped a request means.  behind: a late reply was
+ * dropped while this request waited, so replies arrive behind their
+ * requests: OutOfStep.  GIL held.  Returns NULL. */
+static PyObject *skpy_request_timeout(ConnObject *self, PyObject *timeout,
+                                      int behind)
+{
+    skpy_state *st = skpy_get_state(self->mod);
+    unsigned long long owed = (unsigned long long)self->c.owed;
+    PyObject *py_msg, *py_exc = NULL, *py_owed = NULL;
+
+    if (behind)
+        py_msg = PyUnicode_FromFormat(
+            "request: timed out after %R s, and meanwhile a reply arrived that "
+            "was dropped as the late reply of an earlier timed-out request: "
+            "replies are arriving behind their requests (%llu owed now). Either "
+            "the peer answers slower than the timeout, or it dropped a request "
+            "without answering it, and then no reply on this plain connection "
+            "can be matched to its request any more: reconnect, or use "
+            "sk.Framing(correlation=True) on both peers (replies matched by id)",
+            timeout ? timeout : Py_None, owed);
+    else
+        py_msg = PyUnicode_FromFormat(
+            "request: timed out after %R s; the request was sent, so its reply "
+            "is owed (%llu owed now) and will be dropped when it arrives, never "
+            "taken for a later request's. If the peer only answers late, later "
+            "requests stay matched; if it dropped the request without answering "
+            "(some servers drop a frame they refuse), the next reply will be "
+            "dropped in its place and later requests raise sk.OutOfStep: then "
+            "reconnect, or use sk.Framing(correlation=True) on both peers",
+            timeout ? timeout : Py_None, owed);
+    if (py_msg == NULL)
+        goto error;
+    py_exc = PyObject_CallOneArg(behind ? st->OutOfStep : st->Timeout, py_msg);
+    if (py_exc == NULL)
+        goto error;
+    py_owed = PyLong_FromUnsignedLongLong(owed);
+    if (py_owed == NULL || PyObject_SetAttrString(py_exc, "owed", py_owed) < 0)
+        goto error;
+    PyErr_SetObject((PyObject *)Py_TYPE(py_exc), py_exc);
+error:
+    Py_XDECREF(py_msg);
+    Py_XDECREF(py_exc);
+    Py_XDECREF(py_owed);
+    return NULL;
+}
+
+/* ----------------------------------------------------------------- locks */
+
+/* Acquire lk before deadline, waiting without the GIL in slices so that
+ * signal handlers run (Ctrl-C) while another thread holds it.  Returns 1
+ * acquired, 0 timed out, -1 exception set.  GIL held on entry and exit. */
+static int skpy_lock(pthread_mutex_t *lk, int64_t deadline)
+{
+    struct timespec ts;
+    int64_t until;
+    int r;
+
+    if (pthread_mutex_trylock(lk) == 0)
+        return 1;
+    for (;;) {
+        until = sk_now_ns() + (int64_t)SKPY_SLICE_MS * 1000000;
+        if (deadline != SK_NO_DEADLINE && deadline < until)
+            until = deadline;
+        ts.tv_sec = until / 1000000000;
+        ts.tv_nsec = until % 1000000000;
+        Py_BEGIN_ALLOW_THREADS
+        r = pthread_mutex_clocklock(lk, CLOCK_MONOTONIC, &ts);
+        Py_END_ALLOW_THREADS
+        if (r == 0)
+            return 1;
+        if (deadline != SK_NO_DEADLINE && sk_now_ns() >= deadline)
+            return 0;
+        if (PyErr_CheckSignals() < 0)
+            return -1;
+    }
+}
+
+/* Take a lock for op or raise: ConnectionClosed if the connection is
+ * closed (before or while waiting), Timeout if another thread holds it past
+ * the deadline.  Returns 0 (locked, open) or -1.  GIL held. */
+static int skpy_lock_or_raise(ConnObject *self, pthread_mutex_t *lk,
+                              int64_t deadline, const char *op,
+                              PyObject *timeout)
+{
+    int r;
+
+    if (self->fd < 0) {
+        skpy_closed(self);
+        return -1;
+    }
+    if (lk == &self->c.recv_mu && self->worker) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "%s: a receive worker owns this connection's receive "
+                     "side; frames go to its handler (stop it first)", op);
+        return -1;
+    }
+    r = skpy_lock(lk, deadline);
+    if (r == 1) {
+        if (self->fd >= 0)
+            return 0;
+        pthread_mutex_unlock(lk);
+        skpy_closed(self);
+        return -1;
+    }
+    if (r == 0)
+        skpy_timeout(self->mod, op, timeout,
+                     "another thread held the connection for the whole "
+                     "time; nothing was sent or received");
+    return -1;
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+static PyObject *Conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    ConnObject *self;
+
+    (void)args;
+    (void)kwds;
+    self = (ConnObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->fd = -1;
+    self->c.fd = -1;
+    self->efd = -1;
+    sk_plist_init(&self->retired);
+    self->mod = skpy_module_of(type);
+    if (self->mod == NULL)
+        goto error;
+    return (PyObject *)self;
+error:
+    Py_DECREF(self);
+    return NULL;
+}
+
+PyDoc_STRVAR(Conn_doc,
+"Connection(fd, header_size=4, byteorder='big', max_frame=16777216, control=False, correlation=False)\n"
+"--\n\n"
+"A framed connection over a connected, non-blocking TCP socket fd, which it\n"
+"owns from now on.  Base class of pysockkit.Connection; use sk.connect()\n"
+"or Listener.accept() rather than this.\n");
+
+/* Contract: GIL held; takes ownership of fd on success. */
+static int Conn_init(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    ConnObject *self = (ConnObject *)op;
+    PyObject *py_rest = NULL;
+    sk_framing f;
+    sk_err err;
+    int fd, rc = -1;
+
+    if (self->initialized) {
+        PyErr_SetString(PyExc_RuntimeError, "this Connection is already initialised");
+        goto done;
+    }
+    if (PyTuple_GET_SIZE(args) < 1) {
+        PyErr_SetString(PyExc_TypeError, "Connection() needs the fd first");
+        goto done;
+    }
+    fd = (int)PyLong_AsLong(PyTuple_GET_ITEM(args, 0));
+    if (fd == -1 && PyErr_Occurred())
+        goto done;
+    if (fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "fd must be a file descriptor >= 0");
+        goto done;
+    }
+    py_rest = PyTuple_GetSlice(args, 1, PyTuple_GET_SIZE(args));
+    if (py_rest == NULL || skpy_framing_args(self->mod, py_rest, kwds, &f) < 0)
+        goto done;
+    if (sk_conn_init(&self->c, fd, &f, &err) != SK_OK) {
+        skpy_raise(self->mod, &err, NULL);
+        goto done;
+    }
+    self->initialized = 1;
+    self->fd = fd;
+    rc = 0;
+done:
+    Py_XDECREF(py_rest);
+    return rc;
+}
+
+/* Leave the hub, if registered (synchronous: the hub stops touching c).
+ * Returns the hub it was registered with, or NULL. */
+static sk_hub *Conn_leave_hub(ConnObject *self)
+{
+    sk_hub *hub = self->c.hub;
+
+    if (hub != NULL)
+        sk_hub_remove(hub, &self->c);
+    return hub;
+}
+
+/* Close the fd once both locks are ours.  Threads blocked in send/recv are
+ * woken first with shutdown(SHUT_RDWR) so close never waits on a peer.
+ * abort: SO_LINGER {1,0} so the kernel sends RST.  The mutexes live on
+ * until dealloc, for threads still queued on them.  GIL held. */
+static PyObject *Conn_close_impl(ConnObject *self, int abort)
+{
+    int fd, r = SK_OK, outq = 0;
+    sk_hub *hub;
+    sk_err err;
+
+    if (self->fd < 0)
+        Py_RETURN_NONE;
+    self->closing = 1;
+    hub = Conn_leave_hub(self);
+    if (pthread_mutex_trylock(&self->c.send_mu) != 0) {
+        /* another thread is inside a call: wake it (it sees EOF/EPIPE) */
+        shutdown(self->fd, SHUT_RDWR);
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&self->c.send_mu);
+        Py_END_ALLOW_THREADS
+    }
+    if (pthread_mutex_trylock(&self->c.recv_mu) != 0) {
+        if (self->fd >= 0)
+            shutdown(self->fd, SHUT_RDWR);
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&self->c.recv_mu);
+        Py_END_ALLOW_THREADS
+    }
+    fd = self->fd;
+    if (fd >= 0) {
+        if (abort) {
+            r = sk_abort(fd, &err);
+        } else {
+            /* last chance for a torn frame's tail; never wait in close */
+            sk_conn_flush(&self->c, 0, NULL, &err);
+            /* Linux answers close() with RST - discarding whatever we sent
+             * that the peer has not read yet - if unread bytes sit in our
+             * receive queue (late replies, heartbeats).  Read them away so
+             * close stays orderly. */
+            sk_conn_drain(&self->c);
+            if (hub != NULL && !SK_LOAD(&self->c.hb.dead) &&
+                ioctl(fd, TIOCOUTQ, &outq) == 0 && outq > 0 &&
+                shutdown(fd, SHUT_WR) == 0) {
+                /* the peer's heartbeats keep coming while our last bytes
+                 * are in flight: let the hub drain them until all is
+                 * acknowledged (bounded), then close */
+                sk_hub_linger(hub, fd, sk_now_ns() + 4 * self->c.hb.timeout_ns +
+                                           1000000000LL);
+            } else if (close(fd) != 0) {
+                r = sk_err_sys(&err, "close", errno);
+            }
+        }
+        self->fd = -1;
+        self->c.fd = -1;
+        self->closing = 0;
+        sk_decoder_free(&self->c.dec);
+        sk_buf_free(&self->c.out);
+    }
+    pthread_mutex_unlock(&self->c.recv_mu);
+    pthread_mutex_unlock(&self->c.send_mu);
+    /* a running worker sees the close and fails the pending requests;
+     * without one nobody would */
+    if (self->corr != NULL && !self->worker)
+        skpy_conn_fail_closed(self, "this connection was closed locally "
+                                    "(close() or abort()) before the reply");
+    if (r != SK_OK && err.sys_errno != EINTR)
+        return skpy_raise(self->mod, &err, NULL);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(Conn_close_doc,
+"close()\n--\n\n"
+"Orderly close: the kernel sends what is queued, then FIN.  Idempotent.\n"
+"A thread blocked in send/recv on this connection is woken and gets\n"
+"ConnectionClosed.\n");
+
+static PyObject *Conn_close(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    return Conn_close_impl((ConnObject *)op, 0);
+}
+
+PyDoc_STRVAR(Conn_abort_doc,
+"abort()\n--\n\n"
+"Abortive close: SO_LINGER {1, 0} then close, so the kernel sends RST,\n"
+"discards unsent data and keeps no TIME_WAIT.  Idempotent.\n");
+
+static PyObject *Conn_abort(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    return Conn_close_impl((ConnObject *)op, 1);
+}
+
+/* Contract: GIL held; warns about and closes a connection the program
+ * forgot to close (like socket.socket does). */
+static void Conn_finalize(PyObject *op)
+{
+    ConnObject *self = (ConnObject *)op;
+    PyObject *py_type, *py_value, *py_tb;
+
+    if (self->fd < 0)
+        return;
+    PyErr_Fetch(&py_type, &py_value, &py_tb);
+    if (PyErr_ResourceWarning(op, 1, "unclosed pysockkit connection fd=%d",
+                              self->fd) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_Warning))
+            PyErr_WriteUnraisable(op);
+        PyErr_Clear();
+    }
+    Conn_leave_hub(self);
+    close(self->fd);
+    self->fd = -1;
+    self->c.fd = -1;
+    PyErr_Restore(py_type, py_value, py_tb);
+}
+
+static void Conn_dealloc(PyObject *op)
+{
+    ConnObject *self = (ConnObject *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+
+    if (PyObject_CallFinalizerFromDealloc(op) < 0)
+        return; /* resurrected */
+    if (self->weakreflist != NULL)
+        PyObject_ClearWeakRefs(op);
+    if (self->initialized) {
+        Conn_leave_hub(self);
+        if (self->fd >= 0)
+            close(self->fd);
+        self->fd = -1;
+        sk_conn_release(&self->c);
+    }
+    if (self->corr != NULL)
+        skpy_conn_free_requests(self);
+    Py_CLEAR(self->req_err_type);
+    Py_CLEAR(self->req_err_args);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+/* ----------------------------------------------------------------- send */
+
+/* Send n frames with the send lock held: one non-blocking try with the GIL
+ * for small batches, then the rest without the GIL until deadline.
+ * *done accumulates frames taken.  GIL held on entry and exit. */
+static int Conn_send_locked(ConnObject *self, const sk_iov *iov, size_t n,
+                            size_t nbytes, int64_t deadline, size_t *done,
+                            sk_err *err)
+{
+    size_t d = 0;
+    int rc;
+
+    /* with a receive worker running, the GIL is released for the send too:
+     * the worker needs it to hand replies over while we write */
+    if (nbytes <= SKPY_INLINE_SEND && sk_buf_len(&self->c.out) == 0 &&
+        !self->worker) {
+        rc = sk_conn_send(&self->c, iov, n, 0, NULL, &d, err);
+        *done += d;
+        if (rc != SK_TIMEOUT)
+            return rc;
+        iov += d;
+        n -= d;
+        if (n == 0 && sk_buf_len(&self->c.out) == 0)
+            return SK_OK;
+        if (deadline != SK_NO_DEADLINE && sk_now_ns() >= deadline) {
+            /* a zero timeout: what is left is not sent, a torn tail is kept */
+            return SK_TIMEOUT;
+        }
+    }
+    d = 0;
+    Py_BEGIN_ALLOW_THREADS
+    sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
+    if (n > 0)
+        rc = sk_conn_send(&self->c, iov, n, deadline, &intr, &d, err);
+    else
+        rc = sk_conn_flush(&self->c, deadline, &intr, err);
+    Py_END_ALLOW_THREADS
+    *done += d;
+    return rc;
+}
+
+/* Attach `sent` (frames taken) to the pending exception: ours (Timeout,
+ * ...) or the one a signal handler raised (KeyboardInterrupt), so that a
+ * program that survives Ctrl-C knows which frames went (the torn one is
+ * counted: its tail is kept).  GIL held. */
+static void skpy_note_sent(size_t done)
+{
+    PyObject *py_type, *py_value, *py_tb, *py_n;
+
+    PyErr_Fetch(&py_type, &py_value, &py_tb);
+    PyErr_NormalizeException(&py_type, &py_value, &py_tb);
+    if (py_value != NULL && PyExceptionInstance_Check(py_value)) {
+        py_n = PyLong_FromSize_t(done);
+        if (py_n != NULL) {
+            if (PyObject_SetAttrString(py_value, "sent", py_n) < 0)
+                PyErr_Clear();
+            Py_DECREF(py_n);
+        } else {
+            PyErr_Clear();
+        }
+    }
+    PyErr_Restore(py_type, py_value, py_tb);
+}
+
+static const char SEND_KEPT[] =
+    "frames not yet begun were not sent; the tail of a frame already begun "
+    "is kept and sent first by the next send or flush, so the stream stays "
+    "intact";
+
+PyDoc_STRVAR(Conn_send_doc,
+"send(data, timeout=None, id=None)\n--\n\n"
+"Send one frame holding the bytes-like object data.  With id (a\n"
+"connection made with correlation ids), send a correlated frame.\n\n"
+"Blocks while the peer's window and our send buffer are full; raises\n"
+"sk.Timeout after timeout seconds (nothing is torn: see PROTOCOL.md).\n\n"
+"    >>> conn.send(b'hello')\n");
+
+static PyObject *Conn_send(PyObject *op, PyObject *const *args,
+                           Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"data", "timeout", "id"};
+    ConnObject *self = (ConnObject *)op;
+    PyObject *a[3], *py_ret = NULL;
+    Py_buffer view;
+    int64_t deadline;
+    size_t done = 0;
+    sk_iov iov = {NULL, 0, 0, 0};
+    sk_err err;
+    int rc;
+
+    if (skpy_args("send", args, nargs, kwnames, names, 1, 3, a) < 0)
+        return NULL;
+    if (a[2] != NULL && a[2] != Py_None) {
+        iov.id = PyLong_AsUnsignedLongLong(a[2]);
+        if (iov.id == (uint64_t)-1 && PyErr_Occurred())
+            return NULL;
+        iov.has_id = 1;
+    }
+    if (skpy_deadline(a[1], &deadline) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(a[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "send", a[1]) < 0) {
+        skpy_note_sent(0);
+        goto error_view;
+    }
+    if (self->fd < 0) {
+        skpy_closed(self);
+        goto error_lock;
+    }
+    iov.base = view.buf;
+    iov.len = (size_t)view.len;
+    rc = Conn_send_locked(self, &iov, 1, iov.len, deadline, &done, &err);
+    if (rc != SK_OK) {
+        skpy_fail(self, rc, &err, "send", a[1], SEND_KEPT);
+        skpy_note_sent(done);
+        goto error_lock;
+    }
+    py_ret = Py_NewRef(Py_None);
+error_lock:
+    pthread_mutex_unlock(&self->c.send_mu);
+error_view:
+    PyBuffer_Release(&view);
+    return py_ret;
+}
+
+PyDoc_STRVAR(Conn_send_many_doc,
+"send_many(frames, timeout=None) -> int\n--\n\n"
+"Send every bytes-like object of the iterable frames as its own frame\n"
+"(an (id, bytes-like) tuple is a correlated frame with that id),\n"
+"coalescing small ones so that thousands go out per syscall.  Returns the\n"
+"number of frames sent.  On Timeout, the exception's `sent` attribute says\n"
+"how many frames were taken; the others were not sent.\n\n"
+"    >>> conn.send_many([b'a', b'b', b'c'])\n    3\n");
+
+static PyObject *Conn_send_many(PyObject *op, PyObject *const *args,
+                                Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"frames", "timeout"};
+    ConnObject *self = (ConnObject *)op;
+    PyObject *a[2], *py_seq = NULL, *py_ret = NULL;
+    Py_buffer *views = NULL;
+    sk_iov *iov = NULL;
+    int64_t deadline;
+    Py_ssize_t total, i, base, nb, k;
+    size_t done = 0, nbytes;
+    int locked = 0, rc = SK_OK;
+    sk_err err;
+
+    if (skpy_args("send_many", args, nargs, kwnames, names, 1, 2, a) < 0)
+        return NULL;
+    if (skpy_deadline(a[1], &deadline) < 0)
+        return NULL;
+    py_seq = PySequence_Fast(a[0], "send_many() needs an iterable of "
+                                   "bytes-like objects");
+    if (py_seq == NULL)
+        return NULL;
+    total = PySequence_Fast_GET_SIZE(py_seq);
+    nb = total < SKPY_BATCH ? total : SKPY_BATCH;
+    views = PyMem_Calloc((size_t)(nb ? nb : 1), sizeof(Py_buffer));
+    iov = PyMem_Calloc((size_t)(nb ? nb : 1), sizeof(sk_iov));
+    if (views == NULL || iov == NULL) {
+        PyErr_NoMemory();
+        goto error;
+    }
+    /* all or nothing: refuse an oversized frame before sending any batch */
+    for (i = 0; i < total; i++) {
+        PyObject *py_it = PySequence_Fast_GET_ITEM(py_seq, i);
+        Py_ssize_t len;
+        if (PyTuple_CheckExact(py_it)) { /* (id, payload): a correlated frame */
+            if (PyTuple_GET_SIZE(py_it) != 2) {
+                PyErr_SetString(PyExc_TypeError,
+                                "send_many() items are bytes-like or "
+                                "(id, bytes-like) tuples");
+                goto error;
+            }
+            py_it = PyTuple_GET_ITEM(py_it, 1);
+        }
+        if (PyBytes_CheckExact(py_it)) {
+            len = PyBytes_GET_SIZE(py_it);
+        } else {
+            if (PyObject_GetBuffer(py_it, &views[0], PyBUF_SIMPLE) < 0)
+                goto error;
+            len = views[0].len;
+            PyBuffer_Release(&views[0]);
+        }
+        if ((uint64_t)len > self->c.framing.max_frame) {
+            sk_err_set(&err, SK_E_TOO_LARGE,
+                       "frame %zd is %zd bytes, over max_frame %llu; split it "
+                       "or raise Framing.max_frame on both peers; no frame "
+                       "was sent",
+                       i, len, (unsigned long long)self->c.framing.max_frame);
+            err.detail = (uint64_t)i;
+            skpy_raise(self->mod, &err, NULL);
+            skpy_note_sent(0);
+            goto error;
+        }
+    }
+    if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "send_many",
+                           a[1]) < 0) {
+        skpy_note_sent(0);
+        goto error;
+    }
+    locked = 1;
+    if (self->fd < 0) {
+        skpy_closed(self);
+        goto error;
+    }
+    for (base = 0; base < total; base += nb) {
+        Py_ssize_t cnt = total - base < nb ? total - base : nb;
+        size_t d = 0;
+        nbytes = 0;
+        for (k = 0; k < cnt; k++) {
+            /* the sequence may be a list another thread mutates while the
+             * GIL is released: the views hold references, so each payload
+             * stays alive until it is released below */
+            PyObject *py_it = PySequence_Fast_GET_ITEM(py_seq, base + k);
+            iov[k].has_id = 0;
+            if (PyTuple_CheckExact(py_it)) {
+                iov[k].id = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(py_it, 0));
+                if (iov[k].id == (uint64_t)-1 && PyErr_Occurred()) {
+                    for (i = 0; i < k; i++)
+                        PyBuffer_Release(&views[i]);
+                    skpy_note_sent(done);
+                    goto error;
+                }
+                iov[k].has_id = 1;
+                py_it = PyTuple_GET_ITEM(py_it, 1);
+            }
+            if (PyObject_GetBuffer(py_it, &views[k], PyBUF_SIMPLE) < 0) {
+                for (i = 0; i < k; i++)
+                    PyBuffer_Release(&views[i]);
+                skpy_note_sent(done);
+                goto error;
+            }
+            iov[k].base = views[k].buf;
+            iov[k].len = (size_t)views[k].len;
+            nbytes += iov[k].len;
+        }
+        rc = Conn_send_locked(self, iov, (size_t)cnt, nbytes, deadline, &d,
+                              &err);
+        done += d;
+        for (k = 0; k < cnt; k++)
+            PyBuffer_Release(&views[k]);
+        if (rc != SK_OK) {
+            if (rc == SK_ERR && err.code == SK_E_TOO_LARGE)
+                err.detail += (uint64_t)base;
+            skpy_fail(self, rc, &err, "send_many", a[1], SEND_KEPT);
+            skpy_note_sent(done);
+            goto error;
+        }
+    }
+    py_ret = PyLong_FromSize_t(done);
+error:
+    if (locked)
+        pthread_mutex_unlock(&self->c.send_mu);
+    PyMem_Free(views);
+    PyMem_Free(iov);
+    Py_XDECREF(py_seq);
+    return py_ret;
+}
+
+PyDoc_STRVAR(Conn_flush_doc,
+"flush(timeout=None)\n--\n\n"
+"Finish sending the tail of a frame whose send timed out or was\n"
+"interrupted.  A no-op when nothing is pending.\n");
+
+static PyObject *Conn_flush(PyObject *op, PyObject *const *args,
+                            Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"timeout"};
+    ConnObject *self = (ConnObject *)op;
+    PyObject *a[1], *py_ret = NULL;
+    int64_t deadline;
+    sk_err err;
+    int rc;
+
+    if (skpy_args("flush", args, nargs, kwnames, names, 0, 1, a) < 0)
+        return NULL;
+    if (skpy_deadline(a[0], &deadline) < 0)
+        return NULL;
+    if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "flush", a[0]) < 0)
+        return NULL;
+    if (self->fd < 0) {
+        skpy_closed(self);
+        goto error;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
+    rc = sk_conn_flush(&self->c, deadline, &intr, &err);
+    Py_END_ALLOW_THREADS
+    if (rc != SK_OK) {
+        skpy_fail(self, rc, &err, "flush", a[0],
+                  "the rest of the pending tail is still kept");
+        goto error;
+    }
+    py_ret = Py_NewRef(Py_None);
+error:
+    pthread_mutex_unlock(&self->c.send_mu);
+    return py_ret;
+}
+
+/* ----------------------------------------------------------------- recv */
+
+/* Receive one frame as bytes, with the receive lock held.  Buffered frames
+ * come back without a syscall; otherwise waits without the GIL.  *rc gets
+ * the core result.  GIL held on entry and exit. */
+static PyObject *Conn_recv_locked(ConnObject *self, int64_t deadline, int *rc,
+                                  sk_err *err)
+{
+    sk_frame fr;
+
+    *rc = sk_conn_recv_buffered(&self->c, &fr, err);
+    if (*rc == SK_NEED_DATA) {
+        Py_BEGIN_ALLOW_THREADS
+        sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
+        *rc = sk_conn_recv(&self->c, deadline, &intr, &fr, err);
+        Py_END_ALLOW_THREADS
+    }
+    if (*rc != SK_OK)
+        return NULL;
+    return skpy_frame_obj(&fr);
+}
+
+static const char RECV_KEPT[] =
+    "no byte was lost: a partial frame stays buffered and the next recv "
+    "completes it";
+
+PyDoc_STRVAR(Conn_recv_doc,
+"recv(timeout=None) -> bytes\n--\n\n"
+"Receive one frame.  Raises sk.Timeout after timeout seconds without a\n"
+"complete frame (nothing is lost), sk.ConnectionClosed after the peer's\n"
+"last frame, sk.IncompleteFrame if the stream ended inside a frame and\n"
+"sk.FrameTooLarge if the peer announced more than max_frame.\n\n"
+"    >>> conn.recv(timeout=1.0)\n    b'hello'\n");
+
+static PyObject *Conn_recv(PyObject *op, PyObject *const *args,
+                           Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"timeout"};
+    ConnObject *self = (ConnObject *)op;
+    PyObject *a[1], *py_ret = NULL;
+    int64_t deadline;
+    sk_err err;
+    int rc;
+
+    if (skpy_args("recv", args, nargs, kwnames, names, 0, 1, a) < 0)
+        return NULL;
+    if (skpy_deadline(a[0], &deadline) < 0)
+        return NULL;
+    if (skpy_lock_or_raise(self, &self->c.recv_mu, deadline, "recv", a[0]) < 0)
+        return NULL;
+    if (self->fd < 0) {
+        skpy_closed(self);
+        goto error;
+    }
+    py_ret = Conn_recv_locked(self, deadline, &rc, &err);
+    if (py_ret == NULL && rc != SK_OK)
+        skpy_fail(self, rc, &err, "recv", a[0], RECV_KEPT);
+error:
+    pthread_mutex_unlock(&self->c.recv_mu);
+    return py_ret;
+}
+
+PyDoc_STRVAR(Conn_recv_many_doc,
+"recv_many(max_frames=4096, timeout=None) -> list[bytes]\n--\n\n"
+"Wait for at least one frame, then return every frame already received\n"
+"(up to max_frames) without waiting further.  An error after the first\n"
+"frame is raised by the next call, so no frame is lost.\n\n"
+"    >>> conn.recv_many(max_frames=100)\n    [b'a', b'b', b'c']\n");
+
+static PyObject *Conn_recv_many(PyObject *op, PyObject *const *args,
+                                Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"max_frames", "timeout"};
+    ConnObject *self = (ConnObject *)op;
+    PyObject *a[2], *py_list = NULL, *py_item;
+    Py_ssize_t maxn = SKPY_RECV_MANY_DEFAULT, n;
+    int64_t deadline;
+    sk_frame fr;
+    sk_err err;
+    int rc;
+
+    if (skpy_args("recv_many", args, nargs, kwnames, names, 0, 2, a) < 0)
+        return NULL;
+    if (a[0] != NULL && a[0] != Py_None) {
+        maxn = PyLong_AsSsize_t(a[0]);
+        if (maxn == -1 && PyErr_Occurred())
+            return NULL;
+        if (maxn < 1) {
+            PyErr_SetString(PyExc_ValueError, "max_frames must be >= 1");
+            return NULL;
+        }
+    }
+    if (skpy_deadline(a[1], &deadline) < 0)
+        return NULL;
+    if (skpy_lock_or_raise(self, &self->c.recv_mu, deadline, "recv_many",
+                           a[1]) < 0)
+        return NULL;
+    if (self->fd < 0) {
+        skpy_closed(self);
+        goto error;
+    }
+    py_item = Conn_recv_locked(self, deadline, &rc, &err);
+    if (py_item == NULL) {
+        if (rc != SK_OK)
+            skpy_fail(self, rc, &err, "recv_many", a[1], RECV_KEPT);
+        goto error;
+    }
+    py_list = PyList_New(1);
+    if (py_list == NULL) {
+        Py_DECREF(py_item);
+        goto error;
+    }
+    PyList_SET_ITEM(py_list, 0, py_item);
+    for (n = 1; n < maxn; n++) {
+        rc = sk_conn_recv_nowait(&self->c, &fr, &err);
+        if (rc != SK_OK)
+            break; /* an error stays sticky: the next call raises it */
+        py_item = skpy_frame_obj(&fr);
+        if (py_item == NULL || PyList_Append(py_list, py_item) < 0) {
+            Py_XDECREF(py_item);
+            Py_CLEAR(py_list);
+            goto error;
+        }
+        Py_DECREF(py_item);
+    }
+error:
+    pthread_mutex_unlock(&self->c.recv_mu);
+    return py_list;
+}
+
+PyDoc_STRVAR(Conn_request_doc,
+"request(data, timeout=None) -> bytes\n--\n\n"
+"Synchronous mode: send one frame and wait for the next frame as its\n"
+"reply, within one timeout for the whole exchange.  If the reply does not\n"
+"come in time, sk.Timeout is raised and the connection owes that reply:\n"
+"when it arrives it is discarded (counted in late_replies_dropped), so it\n"
+"is never taken for the answer to a later request or recv.  A peer that\n"
+"drops a request without answering puts every later reply one place\n"
+"behind: a request that times out after a late reply was dropped during\n"
+"its wait raises sk.OutOfStep (a Timeout); reconnect, or use\n"
+"Framing(correlation=True).  Concurrent requests from several threads\n"
+"are serialised.\n\n"
+"    >>> conn.request(b'ping', timeout=1.0)\n    b'pong'\n");
+
+static PyObject *Conn_request(PyObject *op, PyObject *const *args,
+                              Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"data", "timeout"};
+    ConnObject *self = (ConnObject *)op;
+    PyObject *a[2], *py_ret = NULL;
+    Py_buffer view;
+    int64_t deadline;
+    size_t done = 0;
+    sk_iov iov = {NULL, 0, 0, 0};
+    uint64_t discarded0;
+    sk_err err;
+    int rc;
+
+    if (skpy_args("request", args, nargs, kwnames, names, 1, 2, a) < 0)
+        return NULL;
+    if (skpy_deadline(a[1], &deadline) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(a[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "request",
+                           a[1]) < 0)
+        goto error_view;
+    if (skpy_lock_or_raise(self, &self->c.recv_mu, deadline, "request",
+                           a[1]) < 0)
+        goto error_send;
+    if (self->fd < 0) {
+        skpy_closed(self);
+        goto error_recv;
+    }
+    iov.base = view.buf;
+    iov.len = (size_t)view.len;
+    rc = Conn_send_locked(self, &iov, 1, iov.len, deadline, &done, &err);
+    if (rc != SK_OK) {
+        if (done > 0) /* the request went (or will go) out: owe its reply */
+            self->c.owed++;
+        skpy_fail(self, rc, &err, "request", a[1],
+                  "the request was not sent completely; if it was begun it "
+                  "will be completed and its reply discarded");
+        goto error_recv;
+    }
+    discarded0 = self->c.discarded;
+    py_ret = Conn_recv_locked(self, deadline, &rc, &err);
+    if (py_ret == NULL && rc != SK_OK) {
+        if (rc == SK_TIMEOUT || rc == SK_INTR)
+            self->c.owed++;
+        if (rc == SK_TIMEOUT)
+            skpy_request_timeout(self, a[1], self->c.discarded > discarded0);
+        else
+            skpy_fail(self, rc, &err, "request", a[1], "");
+    }
+error_recv:
+    pthread_mutex_unlock(&self->c.recv_mu);
+error_send:
+    pthread_mutex_unlock(&self->c.send_mu);
+error_view:
+    PyBuffer_Release(&view);
+    return py_ret;
+}
+
+PyDoc_STRVAR(Conn_shutdown_doc,
+"_shutdown(how, timeout=None)\n--\n\n"
+"how: socket.SHUT_RD, SHUT_WR or SHUT_RDWR.  SHUT_WR first flushes a\n"
+"pending frame tail, then sends FIN.\n");
+
+static PyObject *Conn_shutdown(PyObject *op, PyObject *const *args,
+                               Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"how", "timeout"};
+    ConnObject *self = (ConnObject *)op;
+    PyObject *a[2], *py_ret = NULL;
+    int64_t deadline;
+    sk_err err;
+    int how, rc = SK_OK;
+
+    if (skpy_args("_shutdown", args, nargs, kwnames, names, 1, 2, a) < 0)
+        return NULL;
+    how = PyLong_AsLong(a[0]) ;
+    if (how == -1 && PyErr_Occurred())
+        return NULL;
+    if (how != SHUT_RD && how != SHUT_WR && how != SHUT_RDWR) {
+        PyErr_SetString(PyExc_ValueError, "how must be SHUT_RD, SHUT_WR or SHUT_RDWR");
+        return NULL;
+    }
+    if (skpy_deadline(a[1], &deadline) < 0)
+        return NULL;
+    if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "shutdown", a[1]) < 0)
+        return NULL;
+    if (self->fd < 0) {
+        skpy_closed(self);
+        goto error;
+    }
+    if (how != SHUT_RD) {
+        Py_BEGIN_ALLOW_THREADS
+        sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
+        rc = sk_conn_shutdown_write(&self->c, deadline, &intr, &err);
+        Py_END_ALLOW_THREADS
+        if (rc != SK_OK) {
+            skpy_fail(self, rc, &err, "shutdown", a[1],
+                      "the pending frame tail is still kept; FIN not sent");
+            goto error;
+        }
+    }
+    if (how != SHUT_WR && shutdown(self->fd, SHUT_RD) != 0) {
+        skpy_oserror("shutdown");
+        goto error;
+    }
+    py_ret = Py_NewRef(Py_None);
+error:
+    pthread_mutex_unlock(&self->c.send_mu);
+    return py_ret;
+}
+
+/* ------------------------------------------------------- receive worker */
+
+/* Every receive worker of the process, so that they can all be stopped and
+ * waited for before the interpreter finalises (a detached thread that
+ * takes the GIL after Py_Finalize would be killed inside CPython).  The
+ * count is process-wide because threads are; it is touched only under
+ * skpy_workers_mu and never dereferences a Conn. */
+static pthread_mutex_t skpy_workers_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t skpy_workers_cv = PTHREAD_COND_INITIALIZER;
+static int skpy_workers_live;      /* guarded by skpy_workers_mu */
+static int skpy_workers_finalising; /* atomic: no new worker, all stop */
+
+#define SKPY_WORKER_BATCH 1024
+#define SKPY_WORKER_SLICE_NS 50000000LL /* looks at the stop flags this often */
+#define SKPY_WORKER_RETRY_NS 2000000LL  /* send lock busy: look again this soon */
+#define SKPY_RETIRED_MAX 4096 /* settled futures kept before the worker drops
+                                 the table's references itself */
+
+typedef struct {
+    ConnObject *self;   /* strong reference, dropped by the thread */
+    PyObject *dispatch; /* strong reference: dispatch(list | exception) */
+} skpy_worker_arg;
+
+/* Drop the references a list of promises holds on their futures.  GIL
+ * held; no lock held (a dealloc may run Python code). */
+static void skpy_release_list(sk_plist *l)
+{
+    sk_promise *p, *next;
+
+    for (p = l->head; p != NULL; p = next) {
+        next = p->next;
+        Py_DECREF(skpy_future_of(p));
+    }
+    sk_plist_init(l);
+}
+
+/* Drop the table's references to settled futures.  GIL held. */
+static void skpy_drain_retired(ConnObject *self)
+{
+    sk_plist l;
+
+    sk_plist_init(&l);
+    pthread_mutex_lock(&self->corr->mu);
+    sk_plist_splice(&l, &self->retired);
+    pthread_mutex_unlock(&self->corr->mu);
+    skpy_release_list(&l);
+}
+
+/* Fail every pending request with py_exc (later request_async calls raise
+ * one like it) and drop the table's references.  GIL held; runs callbacks. */
+static void skpy_conn_fail_pending(ConnObject *self, PyObject *py_exc)
+{
+    PyObject *py_args, *py_fut;
+    sk_plist all;
+    sk_promise *p, *next;
+
+    py_args = PyObject_GetAttrString(py_exc, "args");
+    if (py_args != NULL && !PyTuple_Check(py_args))
+        Py_CLEAR(py_args);
+    if (py_args == NULL) {
+        PyErr_Clear();
+        py_args = PyTuple_New(0);
+    }
+    sk_plist_init(&all);
+    pthread_mutex_lock(&self->corr->mu);
+    if (self->req_err_type == NULL && py_args != NULL) {
+        self->req_err_type = Py_NewRef((PyObject *)Py_TYPE(py_exc));
+        self->req_err_args = py_args;
+        py_args = NULL;
+    }
+    sk_corr_take_all(self->corr, &all);
+    pthread_mutex_unlock(&self->corr->mu);
+    Py_XDECREF(py_args);
+    for (p = all.head; p != NULL; p = next) {
+        next = p->next;
+        py_fut = skpy_future_of(p);
+        skpy_future_fail(py_fut, py_exc);
+        Py_DECREF(py_fut);
+    }
+    skpy_drain_retired(self);
+}
+
+/* Fail the pending requests with ConnectionClosed(why).  GIL held; keeps
+ * a pending exception; self may be in dealloc (so it is never handed to
+ * Python). */
+static void skpy_conn_fail_closed(ConnObject *self, const char *why)
+{
+    skpy_state *st = skpy_get_state(self->mod);
+    PyObject *py_t, *py_v, *py_tb, *py_exc, *py_cls;
+    size_t pending;
+
+    pthread_mutex_lock(&self->corr->mu);
+    pending = self->corr->pending;
+    pthread_mutex_unlock(&self->corr->mu);
+    if (pending == 0)
+        return;
+    PyErr_Fetch(&py_t, &py_v, &py_tb);
+    /* at interpreter exit the module state may be cleared already */
+    py_cls = st->ConnectionClosed ? st->ConnectionClosed : PyExc_ConnectionError;
+    py_exc = PyObject_CallFunction(py_cls, "s", why);
+    if (py_exc == NULL)
+        PyErr_WriteUnraisable(NULL);
+    else
+        skpy_conn_fail_pending(self, py_exc);
+    Py_XDECREF(py_exc);
+    PyErr_Restore(py_t, py_v, py_tb);
+}
+
+/* Contract: GIL held, from dealloc (no worker runs: it holds a reference).
+ * Fails what is pending, frees the table. */
+static void skpy_conn_free_requests(ConnObject *self)
+{
+    skpy_conn_fail_closed(self, "the connection object was deallocated "
+                                "before the reply");
+    skpy_drain_retired(self);
+    sk_corr_free(self->corr);
+    PyMem_RawFree(self->corr);
+    self->corr = NULL;
+    if (self->efd >= 0)
+        close(self->efd);
+    self->efd = -1;
+}
+
+/* Raise the error that ended the receive side, fresh (no traceback kept
+ * between calls).  GIL held; the caller holds no lock.  NULL. */
+static PyObject *skpy_raise_req_error(PyObject *py_type, PyObject *py_args)
+{
+    PyObject *py_exc = PyObject_Call(py_type, py_args, NULL);
+
+    if (py_exc != NULL) {
+        PyErr_SetObject(py_type, py_exc);
+        Py_DECREF(py_exc);
+    }
+    return NULL;
+}
+
+/* Wake the worker if it sleeps: it writes the queue, then sleeps again.
+ * GIL held (the worker closes efd only with it). */
+static void skpy_worker_kick(ConnObject *self)
+{
+    uint64_t one = 1;
+
+    if (self->efd >= 0 && SK_LOAD(&self->wphase) == SKPY_W_SLEEP &&
+        __atomic_exchange_n(&self->wphase, SKPY_W_BUSY, __ATOMIC_SEQ_CST) ==
+            SKPY_W_SLEEP &&
+        write(self->efd, &one, sizeof(one)) < 0) {
+        /* EAGAIN: the counter is full, so the worker is woken anyway */
+    }
+}
+
+/* Before the worker sleeps: announce it (SKPY_W_SLEEP), then write the
+ * queue without waiting.  An enqueuer that takes the send lock after us
+ * sees the announcement and kicks; one before us had its bytes written
+ * here.  Returns POLLOUT while bytes remain (the socket is full), 0, or -1
+ * when another thread holds the send lock (it writes the queue before its
+ * own frames, but a heartbeat may leave bytes: look again soon).  No GIL;
+ * caller holds no lock. */
+static int skpy_worker_flush(ConnObject *self)
+{
+    sk_err err;
+    int r = 0;
+
+    __atomic_store_n(&self->wphase, SKPY_W_SLEEP, __ATOMIC_SEQ_CST);
+    if (pthread_mutex_trylock(&self->c.send_mu) != 0)
+        return -1;
+    if (self->fd >= 0 && !self->wb_failed && sk_conn_queued(&self->c) > 0) {
+        if (sk_conn_flush(&self->c, 0, NULL, &err) == SK_ERR)
+            self->wb_failed = 1; /* the next send raises it; receive goes on */
+        else if (sk_conn_queued(&self->c) > 0)
+            r = POLLOUT;
+    }
+    pthread_mutex_unlock(&self->c.send_mu);
+    return r;
+}
+
+/* The receive worker: a C thread that waits and decodes without the GIL.
+ * Each pass: write the request queue, wait (poll on the socket, the
+ * eventfd, and POLLOUT while the queue is stuck) until a frame, a kick or
+ * the next request deadline; take a batch of frames (only the first may
+ * read the socket, so the views stay valid); settle replies and expired
+ * requests in the table without the GIL, waking their waiters.  The GIL is
+ * taken only when there is Python work: frames that are not replies go to
+ * dispatch(list) in arrival order, interleaved with the callbacks of
+ * settled futures that have some; dispatch(exc) gets the error that ended
+ * the receive side; and the table's references to settled futures are
+ * dropped (when idle, or past SKPY_RETIRED_MAX). */
+static void *skpy_worker_main(void *vp)
+{
+    skpy_worker_arg *arg = (skpy_worker_arg *)vp;
+    ConnObject *self = arg->self;
+    sk_corr *t = self->corr;
+    sk_frame fr[SKPY_WORKER_BATCH];
+    sk_promise *note[SKPY_WORKER_BATCH]; /* frame i settled it; it wants the GIL */
+    sk_promise *wake[SKPY_WORKER_BATCH];
+    PyObject *msg[SKPY_WORKER_BATCH];    /* frame i as a message, or NULL */
+    unsigned char ismsg[SKPY_WORKER_BATCH];
+    sk_plist expired, plain, notex;
+    sk_promise *p, *next;
+    PyGILState_STATE g;
+    PyObject *py_list, *py_exc, *py_r, *py_fut;
+    int64_t now, wake_at, dl;
+    size_t nretired;
+    sk_err err, werr;
+    int rc, n, i, nmsg, nnote, nwake, out_ev, fatal, stop, done = 0;
+
+    while (!done) {
+        out_ev = skpy_worker_flush(self);
+        pthread_mutex_lock(&self->c.recv_mu);
+        n = 0;
+        if (self->fd < 0) { /* closed while we were dispatching: stop */
+            rc = SK_ERR;
+        } else {
+            now = sk_now_ns();
+            wake_at = now + (out_ev < 0 ? SKPY_WORKER_RETRY_NS
+                                        : SKPY_WORKER_SLICE_NS);
+            pthread_mutex_lock(&t->mu);
+            dl = sk_corr_next_deadline(t);
+            if (dl != SK_NO_DEADLINE && dl < wake_at)
+                wake_at = dl;
+            self->wake_at = wake_at;
+            pthread_mutex_unlock(&t->mu);
+            rc = sk_conn_recv_wake(&self->c, wake_at, self->efd,
+                                   (short)(out_ev > 0 ? out_ev : 0), &fr[0],
+                                   &err);
+        }
+        SK_STORE(&self->wphase, SKPY_W_BUSY);
+        if (rc == SK_OK) {
+            n = 1;
+            while (n < SKPY_WORKER_BATCH &&
+                   sk_conn_recv_buffered(&self->c, &fr[n], &err) == SK_OK)
+                n++;
+        }
+        /* replies and deadlines: settled here, without the GIL */
+        sk_plist_init(&expired);
+        sk_plist_init(&plain);
+        sk_plist_init(&notex);
+        nmsg = nnote = nwake = 0;
+        pthread_mutex_lock(&t->mu);
+        for (i = 0; i < n; i++) {
+            note[i] = NULL;
+            if (t->in_order) /* plain framing: a frame is a reply when owed */
+                ismsg[i] = !sk_corr_owed(t);
+            else
+                ismsg[i] = !(fr[i].has_id && (fr[i].id & SK_ID_REPLY));
+            if (ismsg[i]) {
+                nmsg++;
+                continue;
+            }
+            p = t->in_order ? sk_corr_reply_next(t, fr[i].data, fr[i].len)
+                            : sk_corr_reply(t, fr[i].id, fr[i].data, fr[i].len);
+            if (p == NULL)
+                continue; /* late or unknown: counted, dropped */
+            if (p->prev & SK_P_WAITING)
+                wake[nwake++] = p;
+            if (p->prev & SK_P_NOTIFY) {
+                note[i] = p;
+                nnote++;
+            } else {
+                sk_plist_push(&plain, p);
+            }
+        }
+        dl = sk_corr_next_deadline(t);
+        if (dl != SK_NO_DEADLINE && dl <= (now = sk_now_ns()))
+            sk_corr_expire(t, now, &expired);
+        pthread_mutex_unlock(&t->mu);
+        /* wake after unlocking, so that the woken do not run into the lock */
+        for (i = 0; i < nwake; i++)
+            sk_promise_wake(wake[i]);
+        for (p = expired.head; p != NULL; p = next) {
+            next = p->next;
+            if (p->prev & SK_P_WAITING)
+                sk_promise_wake(p);
+            if (p->prev & SK_P_NOTIFY)
+                sk_plist_push(&notex, p);
+            else
+                sk_plist_push(&plain, p);
+        }
+        pthread_mutex_lock(&t->mu);
+        sk_plist_splice(&self->retired, &plain);
+        nretired = self->retired.n;
+        pthread_mutex_unlock(&t->mu);
+
+        fatal = rc == SK_ERR;
+        stop = SK_LOAD(&self->worker_stop) || SK_LOAD(&skpy_workers_finalising);
+        if (!nmsg && !nnote && !notex.n && !fatal && !stop &&
+            nretired < SKPY_RETIRED_MAX && !(rc == SK_TIMEOUT && nretired)) {
+            pthread_mutex_unlock(&self->c.recv_mu);
+            continue;
+        }
+
+        /* Python work, which may take long (a callback, a full queue):
+         * from now on request_async writes its own requests, and what was
+         * queued before is written here first (best effort: a sender that
+         * holds the send lock writes the queue before its own frames) */
+        __atomic_store_n(&self->wphase, SKPY_W_PY, __ATOMIC_SEQ_CST);
+        if (pthread_mutex_trylock(&self->c.send_mu) == 0) {
+            if (self->fd >= 0 && !self->wb_failed &&
+                sk_conn_queued(&self->c) > 0 &&
+                sk_conn_flush(&self->c, 0, NULL, &werr) == SK_ERR)
+                self->wb_failed = 1;
+            pthread_mutex_unlock(&self->c.send_mu);
+        }
+        g = PyGILState_Ensure();
+        py_exc = NULL;
+        for (i = 0; i < n; i++) {
+            msg[i] = NULL;
+            if (ismsg[i] && py_exc == NULL) {
+                msg[i] = skpy_frame_obj(&fr[i]);
+                if (msg[i] == NULL) /* out of memory: end with it */
+                    py_exc = skpy_take_exception();
+            }
+        }
+        if (fatal) {
+            /* the receive side failed for good: hand over the error */
+            if (self->closing || self->fd < 0)
+                skpy_closed(self);
+            else
+                skpy_raise(self->mod, &err, NULL);
+            py_exc = skpy_take_exception();
+        }
+        pthread_mutex_unlock(&self->c.recv_mu);
+        if (py_exc != NULL || stop)
+            done = 1;
+        /* in arrival order: runs of messages to dispatch, settled futures
+         * to notify */
+        py_list = NULL;
+        for (i = 0; i <= n; i++) {
+            if (i < n && msg[i] != NULL) {
+                if (py_list == NULL && (py_list = PyList_New(0)) == NULL)
+                    PyErr_WriteUnraisable(arg->dispatch);
+                if (py_list != NULL && PyList_Append(py_list, msg[i]) < 0)
+                    PyErr_WriteUnraisable(arg->dispatch);
+                Py_CLEAR(msg[i]);
+                continue;
+            }
+            if (py_list != NULL && (i == n || note[i] != NULL)) {
+                py_r = PyObject_CallOneArg(arg->dispatch, py_list);
+                if (py_r == NULL)
+                    PyErr_WriteUnraisable(arg->dispatch);
+                Py_XDECREF(py_r);
+                Py_CLEAR(py_list);
+            }
+            if (i < n && note[i] != NULL) {
+                py_fut = skpy_future_of(note[i]);
+                skpy_future_notify(py_fut);
+                Py_DECREF(py_fut);
+            }
+        }
+        for (p = notex.head; p != NULL; p = next) {
+            next = p->next;
+            py_fut = skpy_future_of(p);
+            skpy_future_notify(py_fut);
+            Py_DECREF(py_fut);
+        }
+        skpy_drain_retired(self);
+        if (done) {
+            if (py_exc != NULL) {
+                py_r = PyObject_CallOneArg(arg->dispatch, py_exc);
+                if (py_r == NULL)
+                    PyErr_WriteUnraisable(arg->dispatch);
+                Py_XDECREF(py_r);
+                Py_DECREF(py_exc);
+            }
+            self->worker = 0;
+            /* stopped: write what is queued if the socket takes it; the
+             * rest goes with the next send or flush */
+            if (self->fd >= 0 && pthread_mutex_trylock(&self->c.send_mu) == 0) {
+                if (self->fd >= 0 && !self->wb_failed)
+                    sk_conn_flush(&self->c, 0, NULL, &werr);
+                pthread_mutex_unlock(&self->c.send_mu);
+            }
+            skpy_drain_retired(self);
+            if (self->efd >= 0)
+                close(self->efd);
+            self->efd = -1;
+            SK_STORE(&self->wphase, SKPY_W_BUSY);
+            Py_DECREF(arg->dispatch);
+            Py_DECREF(self);
+            PyMem_RawFree(arg);
+        } else {
+            SK_STORE(&self->wphase, SKPY_W_BUSY);
+        }
+        PyGILState_Release(g);
+    }
+    /* past this point the thread never touches Python or the Conn */
+    pthread_mutex_lock(&skpy_workers_mu);
+    skpy_workers_live--;
+    pthread_cond_broadcast(&skpy_workers_cv);
+    pthread_mutex_unlock(&skpy_workers_mu);
+    return NULL;
+}
+
+PyDoc_STRVAR(Conn_start_worker_doc,
+"_start_worker(dispatch)\n--\n\n"
+"Start the receive worker thread and the request table (see\n"
+"pysockkit._duplex).  From then on recv/recv_many/request raise: the\n"
+"worker owns the receive side.  dispatch(list) gets frames that are not\n"
+"replies, dispatch(exc) the error that ended the receive side.\n");
+
+static PyObject *Conn_start_worker(PyObject *op, PyObject *dispatch)
+{
+    ConnObject *self = (ConnObject *)op;
+    skpy_worker_arg *arg;
+    pthread_attr_t attr;
+    sk_err err;
+    int r;
+
+    if (self->fd < 0)
+        return skpy_closed(self);
+    if (self->worker) {
+        PyErr_SetString(PyExc_RuntimeError, "a receive worker already runs");
+        return NULL;
+    }
+    if (SK_LOAD(&skpy_workers_finalising)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "the interpreter is shutting down: no new receive "
+                        "worker can start");
+        return NULL;
+    }
+    if (self->corr == NULL) {
+        self->corr = PyMem_RawCalloc(1, sizeof(*self->corr));
+        if (self->corr == NULL)
+            return PyErr_NoMemory();
+        if ((self->c.framing.flags & SK_FRAMING_IDS
+                 ? sk_corr_init(self->corr, &err)
+                 : sk_corr_init_in_order(self->corr, &err)) != SK_OK) {
+            PyMem_RawFree(self->corr);
+            self->corr = NULL;
+            return skpy_raise(self->mod, &err, NULL);
+        }
+    }
+    if (self->efd < 0) {
+        self->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (self->efd < 0)
+            return skpy_oserror("eventfd");
+    }
+    arg = PyMem_RawMalloc(sizeof(*arg));
+    if (arg == NULL)
+        return PyErr_NoMemory();
+    arg->self = (ConnObject *)Py_NewRef(op);
+    arg->dispatch = Py_NewRef(dispatch);
+    self->worker = 1;
+    SK_STORE(&self->worker_stop, 0);
+    SK_STORE(&self->wphase, SKPY_W_BUSY);
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_mutex_lock(&skpy_workers_mu);
+    r = pthread_create(&self->worker_thread, &attr, skpy_worker_main, arg);
+    if (r == 0)
+        skpy_workers_live++;
+    pthread_mutex_unlock(&skpy_workers_mu);
+    pthread_attr_destroy(&attr);
+    if (r != 0) {
+        self->worker = 0;
+        Py_DECREF(arg->self);
+        Py_DECREF(arg->dispatch);
+        PyMem_RawFree(arg);
+        errno = r;
+        return skpy_oserror("pthread_create");
+    }
+    Py_RETURN_NONE;
+}
+
+/* Contract: GIL held.  The worker ends within its slice (at once if it
+ * sleeps: the eventfd wakes it). */
+static PyObject *Conn_stop_worker(PyObject *op, PyObject *Py_UNUSED(ig))
+{
+    ConnObject *self = (ConnObject *)op;
+    uint64_t one = 1;
+
+    SK_STORE(&self->worker_stop, 1);
+    if (self->efd >= 0 && write(self->efd, &one, sizeof(one)) < 0) {
+        /* EAGAIN: the counter is full, the worker is woken anyway */
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(skpy_stop_workers_doc,
+"stop_workers(timeout) -> int\n--\n\n"
+"Stop every receive worker of the process and wait up to timeout seconds\n"
+"for their threads to end; no worker can start afterwards.  Returns how\n"
+"many are still running.  Registered with atexit by pysockkit._duplex.\n");
+
+/* Contract: GIL held on entry, released while waiting (each worker needs
+ * it to finish its last dispatch).  Idempotent. */
+static PyObject *skpy_stop_workers(PyObject *mod, PyObject *py_timeout)
+{
+    double timeout;
+    int64_t deadline;
+    struct timespec ts;
+    int live;
+
+    (void)mod;
+    timeout = PyFloat_AsDouble(py_timeout);
+    if (timeout == -1.0 && PyErr_Occurred())
+        return NULL;
+    SK_STORE(&skpy_workers_finalising, 1);
+    deadline = sk_now_ns() + (int64_t)(timeout > 0 ? timeout * 1e9 : 0);
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&skpy_workers_mu);
+    while (skpy_workers_live > 0 && sk_now_ns() < deadline) {
+        /* the condvar runs on CLOCK_REALTIME; wake at least every 10 ms
+         * and re-check the monotonic deadline */
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 10000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&skpy_workers_cv, &skpy_workers_mu, &ts);
+    }
+    live = skpy_workers_live;
+    pthread_mutex_unlock(&skpy_workers_mu);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(live);
+}
+
+/* ------------------------------------------------------------- requests */
+
+PyDoc_STRVAR(Conn_request_async_doc,
+"_request_async(data, timeout=None) -> Future\n--\n\n"
+"Register a future for the request's reply, then queue the request\n"
+"(write-behind: the receive worker writes the queue; requests over 64 KiB,\n"
+"or with no worker running, are sent at once).  With correlation ids the\n"
+"reply is the frame with the request's id; on plain framing it is the\n"
+"frame in the request's place in line (replies come in order).  The\n"
+"future fails with sk.Timeout once timeout seconds pass without the reply\n"
+"(sk.OutOfStep on plain framing when a late reply was dropped meanwhile).\n"
+"A request that finds 256 KiB queued first writes the queue out, waiting\n"
+"up to timeout (a peer that does not read blocks it).  Raises, and sends\n"
+"nothing, if it cannot be queued or sent in time, or if the receive side\n"
+"already ended.\n");
+
+static const char REQUEST_KEPT[] =
+    "this request was not sent (its future is dropped); requests queued "
+    "before it stay queued, in order";
+static const char REQUEST_BEGUN[] =
+    "this request was begun and will be completed; its future is dropped "
+    "and its reply will be dropped when it comes";
+
+/* Contract: GIL held; released only to wait for the send lock or, under
+ * backpressure, to write the queue.  The request is registered in the
+ * table under the send lock, so ids are handed out in the order requests
+ * go on the wire (what in-order tables, for plain framing, match by).
+ * Returns a new reference. */
+static PyObject *Conn_request_async(PyObject *op, PyObject *const *args,
+                                    Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"data", "timeout"};
+    ConnObject *self = (ConnObject *)op;
+    PyObject *a[2], *py_fut = NULL, *py_ret = NULL, *py_et = NULL,
+             *py_ea = NULL;
+    sk_plist retired;
+    sk_promise *p = NULL;
+    Py_buffer view;
+    int64_t deadline;
+    size_t done = 0;
+    sk_iov iov;
+    sk_err err, e2;
+    int rc = SK_OK, locked = 0, registered = 0, taken;
+
+    if (skpy_args("request_async", args, nargs, kwnames, names, 1, 2, a) < 0)
+        return NULL;
+    if (skpy_deadline(a[1], &deadline) < 0)
+        return NULL;
+    if (self->fd < 0)
+        return skpy_closed(self);
+    if (self->corr == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "request_async: no receive worker "
+                        "(start_receiver() starts one)");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(a[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    sk_plist_init(&retired);
+    py_fut = skpy_future_new(self->mod);
+    if (py_fut == NULL)
+        goto error;
+    p = skpy_future_promise(py_fut);
+    if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "request_async",
+                           a[1]) < 0)
+        goto error;
+    locked = 1;
+    if (self->fd < 0) {
+        skpy_closed(self);
+        goto error;
+    }
+    pthread_mutex_lock(&self->corr->mu);
+    if (self->req_err_type != NULL) {
+        py_et = Py_NewRef(self->req_err_type);
+        py_ea = Py_NewRef(self->req_err_args);
+        rc = SK_ERR;
+    } else {
+        rc = sk_corr_add(self->corr, p, deadline, &err);
+        registered = rc == SK_OK;
+    }
+    sk_plist_splice(&retired, &self->retired);
+    pthread_mutex_unlock(&self->corr->mu);
+    if (registered)
+        Py_INCREF(py_fut); /* the table's reference */
+    if (py_et != NULL) {
+        skpy_raise_req_error(py_et, py_ea);
+        goto error;
+    }
+    if (rc != SK_OK) {
+        skpy_raise(self->mod, &err, NULL);
+        goto error;
+    }
+
+    iov.base = view.buf;
+    iov.len = (size_t)view.len;
+    iov.id = p->id;
+    iov.has_id = !self->corr->in_order;
+    if (self->worker && iov.len <= SKPY_WB_DIRECT && !self->wb_failed) {
+        if (sk_conn_queued(&self->c) >= SKPY_WB_MAX) {
+            /* backpressure: the peer is slow to read; write the queue out
+             * before adding to it */
+            Py_BEGIN_ALLOW_THREADS
+            sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
+            rc = sk_conn_flush(&self->c, deadline, &intr, &err);
+            Py_END_ALLOW_THREADS
+        }
+        if (rc == SK_OK)
+            rc = sk_conn_enqueue(&self->c, &iov, &err);
+        if (rc == SK_OK && SK_LOAD(&self->wphase) == SKPY_W_PY) {
+            /* the worker runs Python code (a callback, a full queue...) and
+             * may not be back soon: write now, without waiting; an error
+             * stays for the next send to raise */
+            sk_conn_flush(&self->c, 0, NULL, &e2);
+        }
+    } else {
+        rc = Conn_send_locked(self, &iov, 1, iov.len, deadline, &done, &err);
+    }
+    if (rc != SK_OK) {
+        skpy_fail(self, rc, &err, "request_async", a[1],
+                  done > 0 ? REQUEST_BEGUN : REQUEST_KEPT);
+        goto error;
+    }
+    py_ret = py_fut;
+    py_fut = NULL;
+error:
+    if (py_ret == NULL && registered) {
+        /* under the send lock still: no later request took an id */
+        pthread_mutex_lock(&self->corr->mu);
+        if (done > 0) /* it goes out whole: its reply will come, drop it */
+            taken = sk_corr_abandon(self->corr, p);
+        else
+            taken = sk_corr_unsend(self->corr, p);
+        pthread_mutex_unlock(&self->corr->mu);
+        if (taken) /* else the worker settled it (expired): its ref */
+            Py_DECREF(py_fut);
+    }
+    if (locked)
+        pthread_mutex_unlock(&self->c.send_mu);
+    if (py_ret != NULL && self->worker)
+        skpy_worker_kick(self);
+    skpy_release_list(&retired);
+    Py_XDECREF(py_fut);
+    Py_XDECREF(py_et);
+    Py_XDECREF(py_ea);
+    PyBuffer_Release(&view);
+    return py_ret;
+}
+
+PyDoc_STRVAR(Conn_fail_requests_doc,
+"_fail_requests(exc)\n--\n\n"
+"Fail every pending request future with exc; later _request_async calls\n"
+"raise one like it.  Called by pysockkit._duplex when the receive side\n"
+"ended.\n");
+
+/* Contract: GIL held (the worker's dispatch calls it); runs the callbacks
+ * of the failed futures. */
+static PyObject *Conn_fail_requests(PyObject *op, PyObject *py_exc)
+{
+    ConnObject *self = (ConnObject *)op;
+
+    if (!PyExceptionInstance_Check(py_exc)) {
+        PyErr_SetString(PyExc_TypeError, "_fail_requests() needs an exception");
+        return NULL;
+    }
+    if (self->corr != NULL)
+        skpy_conn_fail_pending(self, py_exc);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(Conn_request_stats_doc,
+"_request_stats() -> dict\n--\n\n"
+"Counters of the request table: replies (remote_errors of them error\n"
+"replies), unknown, late, timeouts,\n"
+"pending (requests waiting for their reply), and next_id (the id the next\n"
+"request gets; 1 before the table exists).\n");
+
+/* Contract: GIL held; takes the table's lock for the copy only. */
+static PyObject *Conn_request_stats(PyObject *op, PyObject *Py_UNUSED(ig))
+{
+    ConnObject *self = (ConnObject *)op;
+    unsigned long long replies = 0, unknown = 0, late = 0, timeouts = 0;
+    unsigned long long remote = 0, next_id = 1;
+    size_t pending = 0;
+
+    if (self->corr != NULL) {
+        pthread_mutex_lock(&self->corr->mu);
+        next_id = self->corr->next_id;
+        replies = self->corr->replies;
+        remote = self->corr->remote_errors;
+        unknown = self->corr->unknown;
+        late = self->corr->late;
+        timeouts = self->corr->timeouts;
+        pending = self->corr->pending;
+        pthread_mutex_unlock(&self->corr->mu);
+    }
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:n,s:K}", "replies", replies,
+                         "remote_errors", remote, "unknown", unknown, "late",
+                         late, "timeouts", timeouts, "pending",
+                         (Py_ssize_t)pending, "next_id", next_id);
+}
+
+PyDoc_STRVAR(Conn_skip_ids_doc,
+"_skip_ids(next_id, /)\n--\n\n"
+"Never give a request a correlation id below next_id: a reconnected\n"
+"connection continues the ids of the one it replaces.  Needs the request\n"
+"table (a receive worker started); a no-op on plain framing.\n");
+
+/* Contract: GIL held; takes the table's lock; allocates nothing. */
+static PyObject *Conn_skip_ids(PyObject *op, PyObject *py_next)
+{
+    ConnObject *self = (ConnObject *)op;
+    unsigned long long next;
+    PyObject *res = NULL;
+
+    next = PyLong_AsUnsignedLongLong(py_next);
+    if (next == (unsigned long long)-1 && PyErr_Occurred())
+        goto error;
+    if (self->corr == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_skip_ids: no request table "
+                        "(start_receiver() makes one)");
+        goto error;
+    }
+    pthread_mutex_lock(&self->corr->mu);
+    if (!self->corr->in_order && next > self->corr->next_id)
+        self->corr->next_id = next;
+    pthread_mutex_unlock(&self->corr->mu);
+    res = Py_NewRef(Py_None);
+error:
+    return res;
+}
+
+static PyObject *Conn_get_worker(PyObject *op, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(((ConnObject *)op)->worker);
+}
+
+/* ------------------------------------------------------------ heartbeat */
+
+PyDoc_STRVAR(Conn_heartbeat_doc,
+"_start_heartbeat(interval, timeout, initiator)\n--\n\n"
+"Start heartbeats on this connection (made with control=True): the hub\n"
+"thread sends a PING after `interval` seconds without sending, and declares\n"
+"the peer dead after `timeout` seconds without receiving.\n");
+
+static PyObject *Conn_heartbeat(PyObject *op, PyObject *const *args,
+                                Py_ssize_t nargs)
+{
+    ConnObject *self = (ConnObject *)op;
+    double interval, timeout;
+    int initiator;
+    sk_hub *hub;
+    sk_err err;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_start_heartbeat(interval, timeout, initiator)");
+        return NULL;
+    }
+    initiator = PyObject_IsTrue(args[2]);
+    if (initiator < 0)
+        return NULL;
+    interval = PyFloat_AsDouble(args[0]);
+    if (interval == -1.0 && PyErr_Occurred())
+        return NULL;
+    timeout = PyFloat_AsDouble(args[1]);
+    if (timeout == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (!(interval > 0) || !(timeout > 0) || interval > 1e6 || timeout > 1e6) {
+        PyErr_SetString(PyExc_ValueError,
+                        "heartbeat interval and timeout must be > 0 s");
+        return NULL;
+    }
+    if (self->fd < 0)
+        return skpy_closed(self);
+    if (self->c.hub != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "heartbeats are already on");
+        return NULL;
+    }
+    if (sk_conn_heartbeat(&self->c, (int64_t)(interval * 1e9),
+                          (int64_t)(timeout * 1e9), initiator, &err) != SK_OK)
+        return skpy_raise(self->mod, &err, NULL);
+    hub = skpy_hub_get(self->mod);
+    if (hub == NULL)
+        return NULL;
+    if (sk_hub_add(hub, &self->c, &err) != SK_OK)
+        return skpy_raise(self->mod, &err, NULL);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Conn_get_latency(PyObject *op, void *closure)
+{
+    int64_t rtt = SK_LOAD(&((ConnObject *)op)->c.hb.rtt_ns);
+
+    (void)closure;
+    if (rtt < 0)
+        Py_RETURN_NONE;
+    return PyFloat_FromDouble((double)rtt / 1e9);
+}
+
+static PyObject *Conn_get_hb_stats(PyObject *op, void *closure)
+{
+    const sk_hb *hb = &((ConnObject *)op)->c.hb;
+
+    (void)closure;
+    return Py_BuildValue(
+        "{s:K,s:K,s:K,s:K,s:K,s:O,s:d,s:d}",
+        "pings_sent", (unsigned long long)hb->pings_sent,
+        "pongs_sent", (unsigned long long)hb->pongs_sent,
+        "pings_received", (unsigned long long)hb->pings_recv,
+        "pongs_received", (unsigned long long)hb->pongs_recv,
+        "unknown_control", (unsigned long long)hb->unknown_ctl,
+        "peer_dead", SK_LOAD(&hb->dead) ? Py_True : Py_False,
+        "idle_rx_s", (double)(sk_now_ns() - SK_LOAD(&hb->last_rx_ns)) / 1e9,
+        "idle_tx_s", (double)(sk_now_ns() - SK_LOAD(&hb->last_tx_ns)) / 1e9);
+}
+
+static PyObject *Conn_fileno(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLong(((ConnObject *)op)->fd);
+}
+
+static PyObject *Conn_get_closed(PyObject *op, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(((ConnObject *)op)->fd < 0);
+}
+
+static PyObject *Conn_get_owed(PyObject *op, void *closure)
+{
+    (void)closure;
+    return PyLong_FromUnsignedLongLong(((ConnObject *)op)->c.owed);
+}
+
+static PyObject *Conn_get_discarded(PyObject *op, void *closure)
+{
+    (void)closure;
+    return PyLong_FromUnsignedLongLong(((ConnObject *)op)->c.discarded);
+}
+
+static PyObject *Conn_get_buffered(PyObject *op, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSize_t(sk_decoder_buffered(&((ConnObject *)op)->c.dec));
+}
+
+static PyObject *Conn_get_unsent(PyObject *op, void *closure)
+{
+    (void)closure;
+    return PyLong_FromSize_t(sk_buf_len(&((ConnObject *)op)->c.out));
+}
+
+PyDoc_STRVAR(Conn_query_doc,
+"_query(what) -> object\n--\n\n"
+"A fact about this socket, read with the GIL held so that close() cannot\n"
+"free the descriptor number in between: what is 'sockname', 'peername',\n"
+"'state' (the TCP state number) or 'info' (the tcp_info dict).  Raises\n"
+"sk.ConnectionClosed once close() ran.\n");
+
+/* Contract: GIL held throughout, never released: close() changes self->fd
+ * and closes it with the GIL held, so the number read here names this
+ * connection's socket until the syscall returns (each call is one
+ * non-blocking getsockopt/getsockname).  Returns a new reference. */
+static PyObject *Conn_query(PyObject *op, PyObject *py_what)
+{
+    ConnObject *self = (ConnObject *)op;
+    sk_tcp_info ti;
+    const char *what;
+    sk_err err;
+    int state;
+
+    what = PyUnicode_AsUTF8(py_what);
+    if (what == NULL)
+        return NULL;
+    if (self->fd < 0)
+        return skpy_closed(self);
+    if (strcmp(what, "state") == 0) {
+        if (sk_tcp_state(self->fd, &state, &err) != SK_OK)
+            return skpy_raise(self->mod, &err, NULL);
+        return PyLong_FromLong(state);
+    }
+    if (strcmp(what, "info") == 0) {
+        if (sk_tcp_info_get(self->fd, &ti, &err) != SK_OK)
+            return skpy_raise(self->mod, &err, NULL);
+        return skpy_tcp_info_dict(&ti);
+    }
+    if (strcmp(what, "sockname") != 0 && strcmp(what, "peername") != 0) {
+        PyErr_Format(PyExc_ValueError, "_query: unknown fact %R", py_what);
+        return NULL;
+    }
+    return skpy_fd_name(self->fd, what[0] == 'p');
+}
+
+static PyMethodDef Conn_methods[] = {
+    {"send", (PyCFunction)(void (*)(void))Conn_send,
+     METH_FASTCALL | METH_KEYWORDS, Conn_send_doc},
+    {"send_many", (PyCFunction)(void (*)(void))Conn_send_many,
+     METH_FASTCALL | METH_KEYWORDS, Conn_send_many_doc},
+    {"flush", (PyCFunction)(void (*)(void))Conn_flush,
+     METH_FASTCALL | METH_KEYWORDS, Conn_flush_doc},
+    {"recv", (PyCFunction)(void (*)(void))Conn_recv,
+     METH_FASTCALL | METH_KEYWORDS, Conn_recv_doc},
+    {"recv_many", (PyCFunction)(void (*)(void))Conn_recv_many,
+     METH_FASTCALL | METH_KEYWORDS, Conn_recv_many_doc},
+    {"request", (PyCFunction)(void (*)(void))Conn_request,
+     METH_FASTCALL | METH_KEYWORDS, Conn_request_doc},
+    {"_shutdown", (PyCFunction)(void (*)(void))Conn_shutdown,
+     METH_FASTCALL | METH_KEYWORDS, Conn_shutdown_doc},
+    {"_start_heartbeat", (PyCFunction)(void (*)(void))Conn_heartbeat, METH_FASTCALL,
+     Conn_heartbeat_doc},
+    {"_start_worker", Conn_start_worker, METH_O, Conn_start_worker_doc},
+    {"_stop_worker", Conn_stop_worker, METH_NOARGS,
+     "_stop_worker()\n--\n\nAsk the receive worker to stop (within 50 ms)."},
+    {"_request_async", (PyCFunction)(void (*)(void))Conn_request_async,
+     METH_FASTCALL | METH_KEYWORDS, Conn_request_async_doc},
+    {"_fail_requests", Conn_fail_requests, METH_O, Conn_fail_requests_doc},
+    {"_request_stats", Conn_request_stats, METH_NOARGS, Conn_request_stats_doc},
+    {"_skip_ids", Conn_skip_ids, METH_O, Conn_skip_ids_doc},
+    {"close", Conn_close, METH_NOARGS, Conn_close_doc},
+    {"abort", Conn_abort, METH_NOARGS, Conn_abort_doc},
+    {"_query", Conn_query, METH_O, Conn_query_doc},
+    {"fileno", Conn_fileno, METH_NOARGS,
+     "fileno() -> int\n--\n\nThe socket's file descriptor (-1 once closed)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Conn_getset[] = {
+    {"closed", Conn_get_closed, NULL, "True once close() or abort() ran.", NULL},
+    {"pending_replies", Conn_get_owed, NULL,
+     "Replies owed to timed-out requests, to be discarded on arrival.", NULL},
+    {"late_replies_dropped", Conn_get_discarded, NULL,
+     "Late replies discarded so far (see request()).", NULL},
+    {"buffered", Conn_get_buffered, NULL,
+     "Bytes received and not yet returned as frames.", NULL},
+    {"unsent", Conn_get_unsent, NULL,
+     "Bytes kept for the next send or flush: a torn frame's tail, and "
+     "requests queued by request_async for the receive worker to write.",
+     NULL},
+    {"_worker_running", Conn_get_worker, NULL,
+     "True while a receive worker owns the receive side.", NULL},
+    {"latency", Conn_get_latency, NULL,
+     "Last measured heartbeat round trip in seconds (None before the first "
+     "PONG).", NULL},
+    {"heartbeat_stats", Conn_get_hb_stats, NULL,
+     "Heartbeat counters of this connection (a dict).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef Conn_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(ConnObject, weakreflist),
+     READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot Conn_slots[] = {
+    {Py_tp_doc, (void *)Conn_doc},
+    {Py_tp_new, Conn_new},
+    {Py_tp_init, Conn_init},
+    {Py_tp_finalize, Conn_finalize},
+    {Py_tp_dealloc, Conn_dealloc},
+    {Py_tp_methods, Conn_methods},
+    {Py_tp_getset, Conn_getset},
+    {Py_tp_members, Conn_members},
+    {0, NULL},
+};
+
+static PyType_Spec Conn_spec = {
+    .name = "pysockkit._core.Connection",
+    .basicsize = sizeof(ConnObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = Conn_slots,
+};
+
+static PyMethodDef skpy_conn_functions[] = {
+    {"stop_workers", skpy_stop_workers, METH_O, skpy_stop_workers_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+/* Contract: GIL held; called once from the module's exec slot. */
+int skpy_add_conn(PyObject *mod)
+{
+    skpy_state *st = skpy_get_state(mod);
+    int rc = -1;
+
+    st->ConnType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &Conn_spec,
+                                                            NULL);
+    if (st->ConnType == NULL)
+        goto error;
+    if (PyModule_AddObjectRef(mod, "Connection", (PyObject *)st->ConnType) < 0)
+        goto error;
+    if (PyModule_AddFunctions(mod, skpy_conn_functions) < 0)
+        goto error;
+    rc = 0;
+error:
+    return rc;
+}

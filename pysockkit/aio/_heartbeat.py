@@ -1,0 +1,158 @@
+"""Heartbeats of an aio connection, on the event loop.
+
+The rules of docs/heartbeat.md, wire-compatible with the synchronous API's
+C reactor (csrc/heartbeat.h): a PING when nothing was sent for
+``interval`` (the side that connected) or 1.5 x ``interval`` (the side
+that accepted), a round-trip sample at least every ``RTT_EVERY``
+intervals, any byte received counts as liveness, and the peer is dead when
+nothing came for ``timeout``, unless our own kernel holds unread bytes
+(then we are the ones not reading).  A loop blocked for longer than the
+peer's timeout makes the peer declare us dead (the synchronous API's
+beats come from a C thread instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import termios
+import time
+from collections.abc import Callable
+from typing import Any, Optional
+
+from .. import _core
+from .._errors import PeerDead
+from .._types import Heartbeat
+from .._wire import CTL_PING, CTL_PING_LEN, CTL_PONG, CTL_PONG_LEN, RTT_EVERY, RTT_UNKNOWN
+from ._receiver import Receiver
+from ._transport import ioctl_int
+from ._writer import Writer
+
+
+class Beat:
+    """The heartbeat of one connection (see the module docstring).
+
+    Made with the connection; :meth:`start` arms it once the transport is
+    up, :meth:`received` runs for every read (liveness and control
+    frames), :meth:`stop` ends it.  A dead peer calls *on_dead* with the
+    ``sk.PeerDead`` error (the connection fails everything and aborts).
+
+    Example::
+
+        beat = Beat(loop, sk.Heartbeat(1.0, 3.0), decoder, encoder, writer, receiver,
+                    initiator=True, on_dead=conn_died)
+        beat.start(fd)
+    """
+
+    __slots__ = ("loop", "cfg", "dec", "enc", "w", "rx", "initiator", "on_dead", "fd",
+                 "handle", "last_rx", "ping_after", "rtt_ns", "rtt_at", "counts", "dead",
+                 "stopped")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, cfg: Heartbeat, dec: _core.Decoder,
+                 enc: _core.Encoder, w: Writer, rx: Receiver, *, initiator: bool,
+                 on_dead: Callable[[PeerDead], None]) -> None:
+        self.loop = loop
+        self.cfg = cfg
+        self.dec = dec
+        self.enc = enc
+        self.w = w
+        self.rx = rx
+        self.initiator = initiator
+        self.on_dead = on_dead
+        self.fd = -1
+        self.handle: Optional[asyncio.TimerHandle] = None
+        self.last_rx = 0.0
+        self.ping_after = 0.0
+        self.rtt_ns = -1
+        self.rtt_at = 0.0
+        self.counts = {"pings_sent": 0, "pongs_sent": 0, "pings_received": 0,
+                       "pongs_received": 0, "unknown_control": 0}
+        self.dead = False
+        self.stopped = False
+        w.track = True
+
+    def start(self, fd: int) -> None:
+        """The transport is up (fd may be -1 on loops that hide the socket)."""
+        hb = self.cfg
+        now = self.loop.time()
+        self.fd = fd
+        self.last_rx = self.w.last_tx = now
+        self.ping_after = hb.interval if self.initiator else 1.5 * hb.interval
+        # the first round-trip sample is due after one interval
+        self.rtt_at = now - (RTT_EVERY - 1) * hb.interval
+        self.arm(now)
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+    def arm(self, now: float) -> None:
+        hb = self.cfg
+        due = min(self.w.last_tx + self.ping_after, self.rtt_at + RTT_EVERY * hb.interval)
+        if not self.rx.eof:
+            due = min(due, self.last_rx + hb.timeout)
+        # a ping that could not go out is retried soon, not in a busy loop
+        due = max(due, now + hb.interval / 8)
+        self.handle = self.loop.call_at(due, self.tick)
+
+    def tick(self) -> None:
+        self.handle = None
+        if self.stopped or self.dead:
+            return
+        hb, w = self.cfg, self.w
+        now = self.loop.time()
+        if not self.rx.eof and now - self.last_rx >= hb.timeout:
+            if self.fd >= 0 and ioctl_int(self.fd, termios.FIONREAD) > 0:
+                # unread bytes in our kernel: the peer is alive, we are the
+                # ones not reading (reading paused, or the loop was busy)
+                self.last_rx = now
+            else:
+                self.dead = True
+                self.on_dead(PeerDead(f"the peer sent nothing for {hb.timeout} s (heartbeat "
+                                      "timeout); the connection was aborted"))
+                return
+        rtt_due = now - self.rtt_at >= RTT_EVERY * hb.interval
+        if w.err is None and (rtt_due or now - w.last_tx >= self.ping_after):
+            w.write(self.enc.control(CTL_PING, time.monotonic_ns(), self.rtt_ns))
+            self.counts["pings_sent"] += 1
+            w.last_tx = now
+        self.arm(now)
+
+    def received(self) -> None:
+        """A read arrived (any byte is liveness); answer its control frames."""
+        self.last_rx = self.loop.time()
+        bodies = self.dec.take_control()
+        if not bodies:
+            return
+        st = self.counts
+        for body in bodies:
+            kind = body[0]
+            if kind == CTL_PING and len(body) == CTL_PING_LEN:
+                st["pings_received"] += 1
+                us = int.from_bytes(body[9:13], "big")
+                if us != RTT_UNKNOWN:  # the round trip the peer measured
+                    self.rtt_ns = us * 1000
+                    self.rtt_at = self.loop.time()
+                if self.w.err is None:
+                    ts = int.from_bytes(body[1:9], "big") or 1
+                    self.w.write(self.enc.control(CTL_PONG, ts))
+                    st["pongs_sent"] += 1
+            elif kind == CTL_PONG and len(body) == CTL_PONG_LEN:
+                st["pongs_received"] += 1
+                ts = int.from_bytes(body[1:9], "big")
+                now = time.monotonic_ns()
+                if 0 < ts <= now:
+                    self.rtt_ns = now - ts
+                    self.rtt_at = self.loop.time()
+            else:
+                st["unknown_control"] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters with the keys of the synchronous API's."""
+        now = self.loop.time()
+        d: dict[str, Any] = dict(self.counts)
+        d["peer_dead"] = self.dead
+        d["idle_rx_s"] = now - self.last_rx
+        d["idle_tx_s"] = now - self.w.last_tx
+        return d
