@@ -424,3 +424,118 @@ def down_error(op: str, where: str, state: str, attempts: int,
                            f"after {attempts} attempt(s) ({final}); make a new connection")
     exc.__cause__ = final
     return exc
+
+
+class Lifecycle:
+    """The state and bookkeeping both reconnecting connections share (the
+    sync one guards it with its lock, the aio one runs on its loop):
+    where it connects, the policy, the event log, the state (``connecting``,
+    ``up``, ``down``, ``gave_up``, ``closed``), the current outage's
+    backoff, and the counters.  Subclasses add the I/O."""
+
+    def __init__(self, addr: Any, policy: Reconnect,
+                 on_event: Optional[Callable[[ConnectionEvent], Any]]) -> None:
+        from ._net import parse_address
+
+        if not isinstance(policy, Reconnect):
+            raise TypeError(f"reconnect must be an sk.Reconnect, not {policy!r}")
+        self._addr = addr
+        self._where = format_address(parse_address(addr))
+        self._policy = policy
+        self._log = EventLog(on_event)
+        self._state = "connecting"
+        # the schedule of the current outage; it goes on across connections
+        # that do not stay up (a server that accepts and closes at once)
+        self._backoff: Optional[Backoff] = None
+        self._up_since = 0.0
+        self._down_since = time.monotonic()
+        self._down_reason = "not connected yet"
+        self._last_loss: Optional[BaseException] = None  # why the last connection ended
+        self._final: Optional[BaseException] = None  # why it gave up
+        self._next_id = 1  # correlation ids continue across connections
+        self.reconnects = 0
+
+    @property
+    def attempts(self) -> int:
+        """Connection attempts made in the current outage."""
+        return 0 if self._backoff is None else self._backoff.attempt
+
+    def _schedule(self) -> Backoff:
+        if self._backoff is None:
+            self._backoff = self._policy.backoff()
+        return self._backoff
+
+    def _mark_up(self) -> None:
+        if self._state == "down":
+            self.reconnects += 1
+        self._state = "up"
+
+    def _mark_down(self, exc: BaseException) -> None:
+        self._state = "down"
+        now = time.monotonic()
+        self._down_since = now
+        self._down_reason = str(exc)
+        self._last_loss = exc
+        if now - self._up_since >= max(self._policy.initial, STABLE):
+            self._backoff = None  # it was up long enough: start over
+
+    def _mark_gave_up(self, final: BaseException) -> None:
+        self._state = "gave_up"
+        self._final = final
+
+    def _emit_connected(self, conn: Any) -> None:
+        try:
+            local, remote = conn.local_address, conn.remote_address
+        except OSError:
+            local = remote = None
+        self._log.emit("connected", local=local, remote=remote)
+
+    def _unusable(self, op: str) -> Optional[ConnectionClosed]:
+        """The error of a call on a closed or given-up connection, else None."""
+        if self._state in ("closed", "gave_up"):
+            return down_error(op, self._where, self._state, self.attempts, self._final)
+        return None
+
+    def _down_timeout(self, op: str, timeout: Optional[float]) -> Timeout:
+        return down_timeout(op, self._where, timeout, self._down_since, self._down_reason,
+                            self.attempts)
+
+    def _closed_in_call(self, op: str, exc: BaseException) -> ConnectionClosed:
+        err = ConnectionClosed(f"{op}: this connection was closed (close() on this side) "
+                               "while the call waited")
+        err.__cause__ = exc
+        return err
+
+    @property
+    def closed(self) -> bool:
+        """True once close()/abort() ran (not while reconnecting).
+
+        Example::
+
+            >>> conn.closed
+            False
+        """
+        return self._state == "closed"
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection is up (False while reconnecting).
+
+        Example::
+
+            >>> conn.connected
+            True
+        """
+        return self._state == "up"
+
+    @property
+    def reconnect(self) -> Reconnect:
+        """The :class:`sk.Reconnect` policy."""
+        return self._policy
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The address this connection (re)connects to."""
+        from ._net import parse_address
+
+        return parse_address(self._addr)

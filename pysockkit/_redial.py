@@ -28,16 +28,12 @@ from typing import TYPE_CHECKING, Any, Generic, Optional, Union
 from ._conn import _START_LOCK, Connection
 from ._duplex import Duplex
 from ._errors import ConnectionClosed, ConnectionReset, Error, PeerDead, Timeout
-from ._net import Address, AddressLike, check_timeout, format_address, parse_address, resolve
+from ._net import Address, AddressLike, check_timeout, format_address, resolve
 from ._reconnect import (
-    STABLE,
-    Backoff,
     ConnectionEvent,
-    EventLog,
     EventReader,
+    Lifecycle,
     Reconnect,
-    down_error,
-    down_timeout,
     is_loss,
     loss_reason,
     lost_error,
@@ -88,7 +84,7 @@ class _Duplex(Duplex):
         super()._fail_all(exc)
 
 
-class ReconnectingConnection(Generic[M]):
+class ReconnectingConnection(Lifecycle, Generic[M]):
     """A long connection that reconnects by itself, made by
     ``sk.connect(addr, reconnect=sk.Reconnect(...))``.
 
@@ -137,36 +133,19 @@ class ReconnectingConnection(Generic[M]):
         on_event: Optional[Callable[[ConnectionEvent], Any]] = None,
     ) -> None:
         """Internal: use ``sk.connect(addr, reconnect=...)``."""
-        if not isinstance(policy, Reconnect):
-            raise TypeError(f"reconnect must be an sk.Reconnect, not {policy!r}")
-        self._addr = addr
-        self._where = format_address(parse_address(addr))
-        self._policy = policy
+        super().__init__(addr, policy, on_event)
         self._framing = framing
         self._hb = heartbeat
         self._keepalive = keepalive
-        self._log = EventLog(on_event)
         self._cond = threading.Condition()
         self._conn: Optional[Connection[M]] = None
         self._old: list[Connection[M]] = []  # lost, with frames not yet read
-        self._state = "connecting"  # up, down, gave_up, closed
-        self._down_since = time.monotonic()
-        self._down_reason = "not connected yet"
-        self._attempt = 0
-        self._final: Optional[BaseException] = None  # why it gave up
-        # the schedule of the current outage; it goes on across connections
-        # that do not stay up (a server that accepts and closes at once)
-        self._backoff: Optional[Backoff] = None
-        self._up_since = 0.0
         self._kicked = False
         self._loss_exc: Optional[BaseException] = None  # what a call saw
-        self._last_loss: Optional[BaseException] = None  # why the last connection ended
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._thread: Optional[threading.Thread] = None
         # start_receiver(): (on_message, maxsize), applied to every connection
         self._receiver: Optional[tuple[Optional[Callable[[Message], None]], int]] = None
-        self._next_id = 1  # correlation ids continue across connections
-        self.reconnects = 0
 
     # ------------------------------------------------------------ dialing
 
@@ -240,9 +219,7 @@ class ReconnectingConnection(Generic[M]):
     def _connect_loop(self, deadline: Optional[float]) -> Connection[M]:
         """Attempts with backoff until one succeeds; raises the last error
         when the attempts are spent or at ``deadline``."""
-        if self._backoff is None:
-            self._backoff = self._policy.backoff()
-        backoff = self._backoff
+        backoff = self._schedule()
         last: Optional[BaseException] = self._last_loss
         delay = 0.0
         while True:
@@ -254,8 +231,6 @@ class ReconnectingConnection(Generic[M]):
                                exception=last)
                 self._sleep(delay)
             backoff.attempt += 1
-            with self._cond:
-                self._attempt = backoff.attempt
             limit = time.monotonic() + self._policy.connect_timeout
             if deadline is not None:
                 limit = min(limit, deadline)
@@ -293,17 +268,11 @@ class ReconnectingConnection(Generic[M]):
             if self._state == "closed":
                 conn.close()
                 raise _Stopped()
-            if self._state == "down":
-                self.reconnects += 1
+            self._mark_up()
             self._conn = conn
-            self._state = "up"
             self._kicked = False
             self._cond.notify_all()
-        try:
-            local, remote = conn.local_address, conn.remote_address
-        except OSError:
-            local = remote = None  # type: ignore[assignment]
-        self._log.emit("connected", local=local, remote=remote)
+        self._emit_connected(conn)
 
     # --------------------------------------------------------- supervisor
 
@@ -362,18 +331,12 @@ class ReconnectingConnection(Generic[M]):
             if exc is None:
                 exc = self._loss_exc
             self._loss_exc = None
-            self._last_loss = exc
             if exc is None:
                 exc = ConnectionClosed("the peer closed the connection (FIN or RST)")
-            self._state = "down"
+            self._mark_down(exc)
             self._conn = None
             if conn._duplex is not None:
                 self._next_id = max(self._next_id, conn._request_stats()["next_id"])
-            self._down_since = time.monotonic()
-            self._down_reason = str(exc)
-            if time.monotonic() - self._up_since >= max(self._policy.initial, STABLE):
-                self._backoff = None  # it was up long enough: start over
-            self._attempt = 0 if self._backoff is None else self._backoff.attempt
             keep = _unread(conn) > 0
             if keep:
                 self._old.append(conn)
@@ -387,10 +350,9 @@ class ReconnectingConnection(Generic[M]):
         with self._cond:
             if self._state == "closed":
                 return
-            self._state = "gave_up"
-            self._final = final
+            self._mark_gave_up(final)
             self._cond.notify_all()
-        self._log.emit("gave_up", attempts=self._attempt, exception=final)
+        self._log.emit("gave_up", attempts=self.attempts, exception=final)
 
     def _lost_in_call(self, conn: Connection[M], exc: BaseException) -> None:
         """A call on ``conn`` saw a loss: tell the supervisor."""
@@ -416,12 +378,12 @@ class ReconnectingConnection(Generic[M]):
                 if st == "up":
                     assert self._conn is not None
                     return self._conn
-                if st in ("closed", "gave_up"):
-                    raise down_error(op, self._where, st, self._attempt, self._final)
+                bad = self._unusable(op)
+                if bad is not None:
+                    raise bad
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    raise down_timeout(op, self._where, timeout, self._down_since,
-                                       self._down_reason, self._attempt)
+                    raise self._down_timeout(op, timeout)
                 self._cond.wait(left)
 
     def _call(self, op: str, timeout: Optional[float], sends: bool,
@@ -436,8 +398,7 @@ class ReconnectingConnection(Generic[M]):
             if not is_loss(exc):
                 raise
             if self._state == "closed":
-                raise ConnectionClosed(f"{op}: this connection was closed (close() on this "
-                                       "side) while the call waited") from exc
+                raise self._closed_in_call(op, exc)
             self._lost_in_call(conn, exc)
             raise lost_error(exc, op, self._where, True if sends else None) from exc
 
@@ -632,28 +593,6 @@ class ReconnectingConnection(Generic[M]):
                 os.close(self._wake)
                 self._wake = -1
 
-    @property
-    def closed(self) -> bool:
-        """True once close()/abort() ran (not while reconnecting).
-
-        Example::
-
-            >>> conn.closed
-            False
-        """
-        return self._state == "closed"
-
-    @property
-    def connected(self) -> bool:
-        """True while a connection is up (False while reconnecting).
-
-        Example::
-
-            >>> conn.connected
-            True
-        """
-        return self._state == "up"
-
     def events(self, wait: bool = True, timeout: Optional[float] = None) -> EventReader:
         """Iterate over the lifecycle events (:class:`sk.ConnectionEvent`),
         from the oldest kept (the log keeps the last 1,000; ``dropped``
@@ -697,16 +636,6 @@ class ReconnectingConnection(Generic[M]):
     def heartbeat(self) -> Optional[Heartbeat]:
         """The :class:`sk.Heartbeat` of every connection made, or None."""
         return self._hb
-
-    @property
-    def reconnect(self) -> Reconnect:
-        """The :class:`sk.Reconnect` policy."""
-        return self._policy
-
-    @property
-    def address(self) -> Address:
-        """The address this connection (re)connects to."""
-        return parse_address(self._addr)
 
     @property
     def local_address(self) -> Address:

@@ -14,18 +14,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, Optional, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Generic, Optional, Union
 
-from .._errors import ConnectionClosed, Error, Timeout
-from .._net import Address, AddressLike, check_timeout, format_address, parse_address
+from .._errors import Error, Timeout
+from .._net import AddressLike, check_timeout
 from .._reconnect import (
-    STABLE,
-    Backoff,
     ConnectionEvent,
-    EventLog,
+    Lifecycle,
     Reconnect,
-    down_error,
-    down_timeout,
     is_loss,
     loss_reason,
     lost_error,
@@ -38,10 +34,9 @@ if TYPE_CHECKING:
 __all__ = ["ReconnectingConnection"]
 
 _Buffer = Union[bytes, bytearray, memoryview]
-_T = TypeVar("_T")
 
 
-class ReconnectingConnection(Generic[M]):
+class ReconnectingConnection(Lifecycle, Generic[M]):
     """An :class:`aio.Connection` that reconnects by itself, made by
     ``await connect(addr, reconnect=sk.Reconnect(...))``.
 
@@ -69,40 +64,24 @@ class ReconnectingConnection(Generic[M]):
                  limits: dict[str, int],
                  on_event: Optional[Callable[[ConnectionEvent], Any]]) -> None:
         """Internal: use ``aio.connect(addr, reconnect=...)``."""
-        if not isinstance(policy, Reconnect):
-            raise TypeError(f"reconnect must be an sk.Reconnect, not {policy!r}")
-        self._addr = addr
-        self._where = format_address(parse_address(addr))
-        self._policy = policy
+        super().__init__(addr, policy, on_event)
         self._framing = framing
         self._hb = heartbeat
         self._keepalive = keepalive
         self._limits = limits
-        self._log = EventLog(on_event)
         self._loop = asyncio.get_running_loop()
         self._conn: Optional[Connection[M]] = None
         self._old: list[Connection[M]] = []
-        self._state = "connecting"
         self._changed = asyncio.Event()
         self._lost_fut: Optional[asyncio.Future[Error]] = None
         self._task: Optional[asyncio.Task[None]] = None
-        self._backoff: Optional[Backoff] = None
-        self._up_since = 0.0
-        self._down_since = time.monotonic()
-        self._down_reason = "not connected yet"
-        self._last_loss: Optional[BaseException] = None
-        self._final: Optional[BaseException] = None
-        self._next_id = 1  # correlation ids continue across connections
-        self.reconnects = 0
 
     # ------------------------------------------------------------ dialing
 
     async def _connect_loop(self, deadline: Optional[float]) -> "Connection[M]":
         from .connection import connect
 
-        if self._backoff is None:
-            self._backoff = self._policy.backoff()
-        backoff = self._backoff
+        backoff = self._schedule()
         last = self._last_loss
         while True:
             if self._state == "closed":
@@ -133,10 +112,8 @@ class ReconnectingConnection(Generic[M]):
     def _up(self, conn: "Connection[M]") -> None:
         if self._framing.correlation:  # ids continue, never reused
             conn._book.next_id = max(conn._book.next_id, self._next_id)
-        if self._state == "down":
-            self.reconnects += 1
+        self._mark_up()
         self._conn = conn
-        self._state = "up"
         fut: asyncio.Future[Error] = self._loop.create_future()
         self._lost_fut = fut
 
@@ -146,11 +123,7 @@ class ReconnectingConnection(Generic[M]):
 
         conn._on_end = ended
         self._signal()
-        try:
-            local, remote = conn.local_address, conn.remote_address
-        except OSError:
-            local = remote = None  # type: ignore[assignment]
-        self._log.emit("connected", local=local, remote=remote)
+        self._emit_connected(conn)
 
     def _signal(self) -> None:
         self._changed.set()
@@ -175,11 +148,9 @@ class ReconnectingConnection(Generic[M]):
             try:
                 new = await self._connect_loop(None)
             except (Error, Timeout) as final:
-                self._state = "gave_up"
-                self._final = final
+                self._mark_gave_up(final)
                 self._signal()
-                self._log.emit("gave_up", attempts=self._backoff.attempt
-                               if self._backoff else 0, exception=final)
+                self._log.emit("gave_up", attempts=self.attempts, exception=final)
                 return
             if self._state == "closed":
                 new.close()
@@ -189,14 +160,9 @@ class ReconnectingConnection(Generic[M]):
     def _down(self, conn: "Connection[M]", exc: BaseException) -> None:
         if self._state != "up" or self._conn is not conn:
             return
-        self._state = "down"
+        self._mark_down(exc)
         self._conn = None
         self._next_id = max(self._next_id, conn._book.next_id)
-        self._down_since = time.monotonic()
-        self._down_reason = str(exc)
-        self._last_loss = exc
-        if time.monotonic() - self._up_since >= max(self._policy.initial, STABLE):
-            self._backoff = None
         if conn._q:
             self._old.append(conn)
         else:
@@ -213,14 +179,12 @@ class ReconnectingConnection(Generic[M]):
             if st == "up":
                 assert self._conn is not None
                 return self._conn
-            if st in ("closed", "gave_up"):
-                raise down_error(op, self._where, st,
-                                 self._backoff.attempt if self._backoff else 0, self._final)
+            bad = self._unusable(op)
+            if bad is not None:
+                raise bad
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise down_timeout(op, self._where, timeout, self._down_since,
-                                   self._down_reason,
-                                   self._backoff.attempt if self._backoff else 0)
+                raise self._down_timeout(op, timeout)
             try:
                 await asyncio.wait_for(self._changed.wait(), left)
             except asyncio.TimeoutError:
@@ -238,8 +202,7 @@ class ReconnectingConnection(Generic[M]):
             if not is_loss(exc):
                 raise
             if self._state == "closed":
-                raise ConnectionClosed(f"{op}: this connection was closed (close() on this "
-                                       "side) while the call waited") from exc
+                raise self._closed_in_call(op, exc)
             fut = self._lost_fut
             if self._conn is conn and fut is not None and not fut.done():
                 fut.set_result(exc)
@@ -392,16 +355,6 @@ class ReconnectingConnection(Generic[M]):
             self._log.remove_waker(flag.set)
 
     @property
-    def closed(self) -> bool:
-        """True once close() ran (not while reconnecting)."""
-        return self._state == "closed"
-
-    @property
-    def connected(self) -> bool:
-        """True while a connection is up."""
-        return self._state == "up"
-
-    @property
     def connection(self) -> "Optional[Connection[M]]":
         """The current :class:`aio.Connection`, or None while down."""
         return self._conn
@@ -410,16 +363,6 @@ class ReconnectingConnection(Generic[M]):
     def framing(self) -> "Framing[M]":
         """The :class:`sk.Framing` of every connection made."""
         return self._framing
-
-    @property
-    def reconnect(self) -> Reconnect:
-        """The :class:`sk.Reconnect` policy."""
-        return self._policy
-
-    @property
-    def address(self) -> Address:
-        """The address this connection (re)connects to."""
-        return parse_address(self._addr)
 
     async def __aenter__(self) -> "ReconnectingConnection[M]":
         return self
