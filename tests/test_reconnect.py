@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -201,9 +202,12 @@ def test_connect_refuses_on_event_without_reconnect() -> None:
 def test_sigkill_and_restart_on_the_same_port(peers: list[Peer]) -> None:
     peers.append(Peer())
     port = peers[0].port
-    with sk.connect(peers[0].address, timeout=STEP_TIMEOUT, reconnect=FAST) as conn:
+    ka = sk.Keepalive(idle=7, interval=3, count=2)
+    with sk.connect(peers[0].address, timeout=STEP_TIMEOUT, keepalive=ka,
+                    reconnect=FAST) as conn:
         assert isinstance(conn, sk.ReconnectingConnection)
         assert conn.request(b"one", timeout=STEP_TIMEOUT) == b"one"
+        first_port = conn.local_address[1]
         reader = conn.events(timeout=STEP_TIMEOUT)
         wait_event(reader, "connected")
         peers[0].kill()
@@ -223,6 +227,12 @@ def test_sigkill_and_restart_on_the_same_port(peers: list[Peer]) -> None:
         # kernel closed it: connected, then lost again)
         assert set(ks[2:-1]) <= {"retrying", "connected", "lost"}
         assert conn.reconnects == ks.count("connected") - 1 >= 1
+        # a new connection, with the keepalive settings applied again
+        assert conn.local_address[1] != first_port
+        with socket.socket(fileno=os.dup(conn.fileno())) as s:
+            assert s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 7
+            assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 2
     assert kinds(conn)[-1] == "closed"
 
 
