@@ -438,8 +438,8 @@ srv.accept(timeout=5).close()
 srv.close()
 while conn.connected:
     time.sleep(0.01)
-print("waiting", flush=True)
 try:
+    print("waiting", flush=True)
     conn.request(b"x")           # no timeout: only Ctrl-C ends the wait
 except KeyboardInterrupt:
     print("interrupted", flush=True)
