@@ -11,7 +11,7 @@ all along, and we measure, per restart, the time from the new server's
   same backoff (first retry at once, then initial × multiplier^n up to
   maximum, ± jitter), the same framing (4-byte big-endian length).
 
-    python bench/reconnect.py [--restarts 20] [--down 1.0] [--out FILE]
+    python bench/reconnect.py [--restarts 20] [--down 1.0] [--up 0.4] [--out FILE]
 
 PYSOCKKIT_BENCH_SMOKE=1 cuts it to 3 restarts (tests/run_all.sh).  Both
 clients run at once in this process, each in its own thread; the server
@@ -165,6 +165,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--restarts", type=int, default=20)
     ap.add_argument("--down", type=float, default=1.0, help="seconds the server stays down")
+    ap.add_argument("--up", type=float, default=0.4,
+                    help="seconds the server stays up between kills (about)")
     ap.add_argument("--out", default=None, help="also write the report (markdown) here")
     a = ap.parse_args()
     if os.environ.get("PYSOCKKIT_BENCH_SMOKE"):
@@ -180,7 +182,9 @@ def main() -> int:
         while any(c.failed for c in clients) and time.monotonic() < deadline:
             time.sleep(0.01)
         for i in range(a.restarts):
-            time.sleep(0.3 + random.random() * 0.2)  # up for a while (the loss restarts the schedule)
+            # up for --up s (± 0.1): under 1 s the backoff schedule goes on
+            # from the last outage (a short-lived connection does not reset it)
+            time.sleep(max(0.0, a.up - 0.1 + random.random() * 0.2))
             srv.kill()
             time.sleep(a.down)
             srv = Server(port)
