@@ -209,7 +209,7 @@ def main() -> int:
     report = "\n".join([
         "# Restart to first reply",
         "",
-        f"`python bench/reconnect.py --restarts {a.restarts} --down {a.down}` on "
+        f"`python bench/reconnect.py --restarts {a.restarts} --down {a.down} --up {a.up}` on "
         f"{time.strftime('%Y-%m-%d')}, Linux {platform.release()}, Python "
         f"{platform.python_version()}, {os.cpu_count()} CPUs (shared).  Server killed "
         f"(SIGKILL), down {a.down} s, restarted on the same port; backoff "
