@@ -3,7 +3,7 @@
 Usage:  python contenders.py IMPL server SCENARIO COUNT        (prints "READY <port>")
         python contenders.py IMPL client SCENARIO COUNT PORT
 
-IMPL      sk | stdlib | asyncio | zmq
+IMPL      sk | sk-wb (sk client with write_behind=True) | stdlib | asyncio | zmq
 SCENARIO  stream64-per | stream64-batch | stream1m | rtt64 | shortconn
           (stream*: the server receives and measures, the client sends;
            rtt64 / shortconn: the server echoes, the client measures)
@@ -216,7 +216,7 @@ def sk_server(scen: str, count: int) -> None:
             conn.close()
 
 
-def sk_client(scen: str, count: int, port: int) -> None:
+def sk_client(scen: str, count: int, port: int, write_behind: bool = False) -> None:
     sk = sk_mod()
     addr = (HOST, port)
     if scen == "shortconn":
@@ -233,7 +233,7 @@ def sk_client(scen: str, count: int, port: int) -> None:
         t1 = now()
         result(count=count - warm, elapsed_s=(t1 - t0) / 1e9)
         return
-    conn = sk.connect(addr, timeout=30, framing=sk_framing(sk))
+    conn = sk.connect(addr, timeout=30, framing=sk_framing(sk), write_behind=write_behind)
     try:
         if scen == "stream64-per":
             ring = small_ring()
@@ -776,8 +776,15 @@ def zmq_client(scen: str, count: int, port: int) -> None:
 
 # --------------------------------------------------------------------------
 
+def sk_wb_client(scen: str, count: int, port: int) -> None:
+    """sk_client on a connection made with write_behind=True (send queues
+    small frames and writes them in batches; close writes the rest)."""
+    sk_client(scen, count, port, write_behind=True)
+
+
 IMPLS = {
     "sk": (sk_server, sk_client),
+    "sk-wb": (sk_server, sk_wb_client),
     "stdlib": (stdlib_server, stdlib_client),
     "asyncio": (aio_server, aio_client),
     "zmq": (zmq_server, zmq_client),
@@ -793,7 +800,7 @@ def main(argv: list[str]) -> int:
         print("COUNT must be >= 2", file=sys.stderr)
         return 64
     signal.alarm(ALARM_S)  # default action: terminate
-    if impl == "sk":
+    if impl in ("sk", "sk-wb"):
         try:
             sk_mod()
         except Exception as e:  # noqa: BLE001

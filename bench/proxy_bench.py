@@ -47,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import pysockkit  # noqa: E402
-from pysockkit._proxy import FaultProxy  # noqa: E402
+from pysockkit.testing import FaultProxy  # noqa: E402
 
 HDR = struct.Struct("<qq")  # seq, send time (ns, CLOCK_MONOTONIC)
 TARGET_US = 20.0

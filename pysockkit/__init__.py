@@ -59,6 +59,7 @@ from ._errors import (
 from ._types import Framing, Heartbeat, Keepalive, Message, RequestStats
 from ._conn import Address, AddressLike, Connection, Listener, call, connect, listen
 from ._reconnect import ConnectionEvent, Reconnect
+from ._redial import ReconnectingConnection  # also what sk.connect(reconnect=) makes
 from ._enums import TcpState
 
 if TYPE_CHECKING:  # what __getattr__ below loads on first use, for type checkers
@@ -70,8 +71,7 @@ if TYPE_CHECKING:  # what __getattr__ below loads on first use, for type checker
     from ._recording import Recording, StateChange, record
     from ._server import Server, serve
     from ._watch import InfoSample, StateTrace, watch
-    from ._redial import ReconnectingConnection
-    from ._proxy import (
+    from .testing.proxy import (
         Bandwidth,
         FaultHandle,
         FaultProxy,
@@ -93,7 +93,6 @@ _LAZY = {
     "lab": ".lab",
     "simplex": ".simplex",
     "testing": ".testing",
-    "ReconnectingConnection": "._redial",
     "ServerExits": "._handler",
     "Server": "._server",
     "serve": "._server",
@@ -117,7 +116,7 @@ _LAZY = {
     "StateChange": "._recording",
     **dict.fromkeys(
         ("Bandwidth", "FaultHandle", "FaultProxy", "Latency", "LimitData", "ProxiedConnection",
-         "ProxyStats", "ResetPeer", "Slicer", "SlowClose", "Stall"), "._proxy"),
+         "ProxyStats", "ResetPeer", "Slicer", "SlowClose", "Stall"), ".testing.proxy"),
 }
 
 

@@ -34,6 +34,9 @@ __all__ = ["Connection", "Listener", "connect", "listen", "call", "Address", "Ad
 
 _DEFAULT_FRAMING: "Framing[Any]" = Framing()
 _START_LOCK = threading.RLock()  # starting receive workers (rare, short)
+# sk.connect(..., reconnect=): _redial.connect_reconnecting, registered by
+# _redial when pysockkit is imported (_redial builds on this module)
+_reconnecting: "Optional[Callable[..., ReconnectingConnection[Any]]]" = None
 _SHUT = {"read": socket.SHUT_RD, "write": socket.SHUT_WR, "both": socket.SHUT_RDWR}
 
 
@@ -48,6 +51,12 @@ class Connection(_core.Connection, Generic[M]):
     by several threads never interleave.  Every blocking call takes a
     ``timeout`` in seconds (None waits forever, Ctrl-C still works); a
     timeout loses no byte and leaves the connection usable.
+
+    ``conn.write_behind = True`` (or ``sk.connect(..., write_behind=True)``)
+    makes ``send`` queue small frames and write them in batches: at 64 KiB,
+    about 50 µs after the first (a flusher thread), and before ``flush``,
+    ``recv``, ``recv_many``, ``request``, ``send_many`` and ``close``; see
+    docs/PROTOCOL.md, "Write-behind".
 
     For type checkers it is generic in what ``recv`` returns:
     ``sk.connect(addr)`` is a ``Connection[bytes]``, a connection with
@@ -427,28 +436,30 @@ def listen(
 @overload
 def connect(addr: AddressLike, timeout: Optional[float] = None, framing: None = None,
             heartbeat: Optional[Heartbeat] = None,
-            keepalive: Optional[Keepalive] = None, *, reconnect: None = None,
-            on_event: None = None) -> Connection[bytes]: ...
+            keepalive: Optional[Keepalive] = None, *, write_behind: bool = False,
+            reconnect: None = None, on_event: None = None) -> Connection[bytes]: ...
 @overload
 def connect(addr: AddressLike, timeout: Optional[float] = None, *, framing: "Framing[M]",
             heartbeat: Optional[Heartbeat] = None,
-            keepalive: Optional[Keepalive] = None, reconnect: None = None,
-            on_event: None = None) -> Connection[M]: ...
+            keepalive: Optional[Keepalive] = None, write_behind: bool = False,
+            reconnect: None = None, on_event: None = None) -> Connection[M]: ...
 @overload
 def connect(addr: AddressLike, timeout: Optional[float], framing: "Framing[M]",
             heartbeat: Optional[Heartbeat] = None,
-            keepalive: Optional[Keepalive] = None, *, reconnect: None = None,
-            on_event: None = None) -> Connection[M]: ...
+            keepalive: Optional[Keepalive] = None, *, write_behind: bool = False,
+            reconnect: None = None, on_event: None = None) -> Connection[M]: ...
 @overload
 def connect(addr: AddressLike, timeout: Optional[float] = None, framing: None = None,
             heartbeat: Optional[Heartbeat] = None,
-            keepalive: Optional[Keepalive] = None, *, reconnect: "Reconnect",
+            keepalive: Optional[Keepalive] = None, *, write_behind: bool = False,
+            reconnect: "Reconnect",
             on_event: "Optional[Callable[[ConnectionEvent], Any]]" = None,
             ) -> "ReconnectingConnection[bytes]": ...
 @overload
 def connect(addr: AddressLike, timeout: Optional[float] = None, *, framing: "Framing[M]",
             heartbeat: Optional[Heartbeat] = None,
-            keepalive: Optional[Keepalive] = None, reconnect: "Reconnect",
+            keepalive: Optional[Keepalive] = None, write_behind: bool = False,
+            reconnect: "Reconnect",
             on_event: "Optional[Callable[[ConnectionEvent], Any]]" = None,
             ) -> "ReconnectingConnection[M]": ...
 
@@ -460,13 +471,16 @@ def connect(
     heartbeat: Optional[Heartbeat] = None,
     keepalive: Optional[Keepalive] = None,
     *,
+    write_behind: bool = False,
     reconnect: "Optional[Reconnect]" = None,
     on_event: "Optional[Callable[[ConnectionEvent], Any]]" = None,
 ) -> "Union[Connection[Any], ReconnectingConnection[Any]]":
     """Connect to ``addr`` and return a :class:`Connection`.  With
     ``heartbeat``, the C reactor keeps the connection's liveness checked
     (the peer must use heartbeats too); ``keepalive`` sets the kernel's
-    keepalive and TCP_USER_TIMEOUT.
+    keepalive and TCP_USER_TIMEOUT.  ``write_behind=True`` makes ``send``
+    queue small frames and write them in batches (see
+    ``Connection.write_behind`` and docs/PROTOCOL.md).
 
     ``addr`` is ``(host, port)`` or ``"host:port"`` (``"[::1]:port"`` for
     IPv6); anything else is a TypeError or ValueError.  ``timeout`` bounds
@@ -491,10 +505,9 @@ def connect(
             conn.send(b"hi")
     """
     if reconnect is not None:
-        from ._redial import connect_reconnecting
-
-        return connect_reconnecting(addr, timeout, framing or _DEFAULT_FRAMING, heartbeat,
-                                    keepalive, reconnect, on_event)
+        assert _reconnecting is not None  # pysockkit/__init__.py imports _redial
+        return _reconnecting(addr, timeout, framing or _DEFAULT_FRAMING, heartbeat,
+                             keepalive, reconnect, on_event, write_behind)
     if on_event is not None:
         raise TypeError("connect: on_event= needs reconnect=sk.Reconnect(...): a plain "
                         "connection has no lifecycle events")
@@ -510,7 +523,9 @@ def connect(
         except OSError as exc:
             last = exc
             continue
-        return Connection(fd, framing or _DEFAULT_FRAMING, heartbeat, keepalive)
+        conn: Connection[Any] = Connection(fd, framing or _DEFAULT_FRAMING, heartbeat, keepalive)
+        conn.write_behind = write_behind
+        return conn
     assert last is not None
     raise last
 

@@ -255,7 +255,7 @@ class _Stage:
 
 
 def _attach(conn: Connection, code: Sequence[tuple[int, int, int, int]]) -> None:
-    from .lab import _sock_fprog
+    from .lab._netns import _sock_fprog
 
     with socket.socket(fileno=os.dup(conn.fileno())) as s:
         s.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, _sock_fprog(code))
@@ -663,7 +663,8 @@ def conversation(name: str, *, family: FamilyLike = "ipv4", timeout: float = 30.
         >>> rec.segments[1].rack                            # doctest: +SKIP
         1
     """
-    from .lab import LabUnavailable, _netns_helper
+    from .lab._netns import _netns_helper
+    from .lab.recipes import LabUnavailable
 
     sc = _scenario(name)
     fam = parse_family(family)
@@ -697,7 +698,7 @@ def _helper_main() -> None:
     """Entry point of the ``unshare -Urn`` helper (argv: channel fd, name,
     family, timeout): bring lo up, play the scenario, send the recording
     back as JSON (in chunks), exit."""
-    from .lab import _helper_start, _send_report
+    from .lab._netns import _helper_start, _send_report
 
     name, fam, timeout = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
     chan, fail, up = _helper_start()

@@ -51,10 +51,9 @@ import pytest
 
 from ._conn import Address, Connection, connect, listen
 from ._net import format_address
-from ._proxy import FaultProxy
 from ._server import Handler, Server, serve
 from ._types import Framing
-from .testing import assert_frames, assert_state
+from .testing import FaultProxy, assert_frames, assert_state
 
 __all__ = [
     "assert_state",

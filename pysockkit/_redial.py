@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Optional, Union
 
+from . import _conn as _conn_module
 from ._conn import _START_LOCK, Connection
 from ._duplex import Duplex
 from ._errors import ConnectionClosed, ConnectionReset, Error, PeerDead, Timeout
@@ -141,6 +142,7 @@ class ReconnectingConnection(Lifecycle, Generic[M]):
         self._conn: Optional[Connection[M]] = None
         self._old: list[Connection[M]] = []  # lost, with frames not yet read
         self._kicked = False
+        self._write_behind = False  # sk.connect(write_behind=), for every connection
         self._loss_exc: Optional[BaseException] = None  # what a call saw
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._thread: Optional[threading.Thread] = None
@@ -173,7 +175,9 @@ class ReconnectingConnection(Lifecycle, Generic[M]):
             except BaseException:
                 sock.close()
                 raise
-            return Connection(fd, self._framing, self._hb, self._keepalive)
+            conn: Connection[M] = Connection(fd, self._framing, self._hb, self._keepalive)
+            conn.write_behind = self._write_behind
+            return conn
         assert last is not None
         raise last
 
@@ -701,11 +705,16 @@ def connect_reconnecting(
     keepalive: Optional[Keepalive],
     policy: Reconnect,
     on_event: Optional[Callable[[ConnectionEvent], Any]],
+    write_behind: bool = False,
 ) -> "ReconnectingConnection[Any]":
     """``sk.connect(..., reconnect=policy)``: the first connect retries
     with the policy's backoff within ``timeout``."""
     timeout = check_timeout(timeout)
     conn: ReconnectingConnection[Any] = ReconnectingConnection(
         addr, policy, framing, heartbeat, keepalive, on_event)
+    conn._write_behind = write_behind
     conn._start(timeout)
     return conn
+
+
+_conn_module._reconnecting = connect_reconnecting

@@ -1,9 +1,14 @@
-"""A small threaded framed server: one accept thread, one thread a client.
+"""sk.serve: a framed server whose message handler runs on the C reactor.
 
-For tests, tools and the tour; a server holding thousands of connections
-wants the reactor (pysockkit.aio) instead.  The handler model (message
-handler or on_connection, error replies, exit reasons) is shared with
-aio.serve and simplex.Server: pysockkit/_handler.py.
+The message-handler form runs on the server reactor of the C core
+(csrc/server.h): one C thread accepts, reads, decodes, enforces the limits
+and writes for every client; the handler runs on ``workers`` Python threads
+that take the messages in batches (every message that became ready in one
+reactor turn, in one GIL acquisition) and hand the replies back the same
+way.  Thread count does not grow with the clients.  The ``on_connection``
+form keeps a thread per client (it gets a blocking sk.Connection).  The
+handler model (message handler or on_connection, error replies, exit
+reasons) is shared with aio.serve and simplex.Server: pysockkit/_handler.py.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Optional
 
+from . import _core
 from ._conn import Address, Connection, Listener, listen
 from ._errors import Error
 from ._handler import (
@@ -24,10 +30,9 @@ from ._handler import (
     check_reply,
     error_text,
     log,
-    peer_name,
 )
 from ._net import AddressLike, check_timeout, format_address
-from ._types import Framing
+from ._types import Framing, Heartbeat
 from ._wire import ID_REPLY, error_id, reply_id
 
 __all__ = ["Server", "serve", "Handler", "ConnectionHandler"]
@@ -59,20 +64,65 @@ def _echo(msg: bytes) -> bytes:
     return msg
 
 
+def _check_count(name: str, v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be an int >= 1, not {v!r}")
+
+
+def check_limits(read_timeout: Optional[float], write_timeout: Optional[float],
+                 max_connections: Optional[int], workers: int, processes: int,
+                 on_connection: Any) -> tuple[Optional[float], Optional[float]]:
+    """sk.serve's limits checked (ValueError/TypeError at the call);
+    returns the timeouts as floats or None."""
+    read_timeout = check_timeout(read_timeout, "read_timeout")
+    write_timeout = check_timeout(write_timeout, "write_timeout")
+    for name, v in (("read_timeout", read_timeout), ("write_timeout", write_timeout)):
+        if v == 0:
+            raise ValueError(f"{name} must be > 0 seconds or None, not 0")
+    if max_connections is not None and max_connections < 1:
+        raise ValueError(f"max_connections must be >= 1 or None, not {max_connections!r}")
+    _check_count("workers", workers)
+    _check_count("processes", processes)
+    if on_connection is not None and (workers != 1 or processes != 1):
+        raise ValueError(
+            "workers= and processes= apply to the message handler; on_connection already "
+            "runs in a thread per client: leave them at 1")
+    return read_timeout, write_timeout
+
+
+class _Peer:
+    """A client the reactor holds, as ``server._conns`` lists it and the
+    exit records name it: only its ``remote_address``."""
+
+    __slots__ = ("remote_address", "__weakref__")
+
+    def __init__(self, remote_address: tuple[str, int]) -> None:
+        self.remote_address = remote_address
+
+
+_NO_PEER = ("", -1)
+
+
 class Server(ServerRecords):
-    """A framed server running its handler in background threads (one a
-    client).  Made by :func:`serve`.
+    """A framed server.  Made by :func:`serve`.
 
     The **message handler** ``handler(payload) -> reply | None`` is called
     for every frame a client sends; a reply that is not None goes back as
-    one frame, None sends nothing.  Each client's requests are handled one
-    after the other, in order.  With ``Framing(correlation=True)`` a
-    request that carries an id is answered with that id (``id | REPLY``,
-    docs/PROTOCOL.md); the handler still sees only the payload, and plain
-    frames on the same connection are answered with plain frames.
-    Alternatively ``on_connection(conn)`` gets the whole
-    :class:`sk.Connection` in the client's thread; the connection is closed
-    when it returns.
+    one frame, None sends nothing.  It runs on the C reactor: one C thread
+    serves every client (accept, read, decode, limits, write) and the
+    handler runs on ``workers`` threads (default 1), which take the
+    messages in batches; 10,000 clients cost no more threads than one.
+    Each client's plain requests are answered in order, whatever the
+    number of workers.  With ``Framing(correlation=True)`` a request that
+    carries an id is answered with that id (``id | REPLY``,
+    docs/PROTOCOL.md), as soon as its handler returns; the handler still
+    sees only the payload, and plain frames on the same connection are
+    answered with plain frames.  A handler that blocks holds its worker:
+    with ``workers=1`` the other clients' messages wait for it (they are
+    still read, up to a bound per client), with ``workers=N`` N handlers
+    run at once.  Alternatively ``on_connection(conn)`` gets the whole
+    :class:`sk.Connection` in a thread of its own (one thread a client;
+    the connection is closed when it returns).
 
     **A handler that raises** is logged (logger ``"pysockkit"``, ERROR,
     with the traceback) and kept in ``errors``; the other clients are
@@ -93,12 +143,14 @@ class Server(ServerRecords):
     Limits (all off by default): ``read_timeout`` is how long a client may
     take to deliver each whole frame, counted from when the server starts
     waiting for it (so an idle client and a slowloris client that dribbles
-    bytes are both dropped); ``write_timeout`` bounds sending each reply (a
-    client that never reads is dropped once its window is full for that
-    long); ``max_connections`` caps the clients served at once, and a
-    client over the cap is reset at once.  A timed-out client is aborted
-    (RST) and its ``sk.Timeout`` is recorded; ``rejected`` counts the
-    clients turned away by the cap.
+    bytes are both dropped); ``write_timeout`` bounds how long a reply may
+    wait for the client to read (a client that never reads is dropped once
+    its window stayed full that long); ``max_connections`` caps the
+    clients served at once, and a client over the cap is reset at once.
+    A timed-out client is aborted (RST) and its ``sk.Timeout`` is
+    recorded; ``rejected`` counts the clients turned away by the cap.  A
+    client whose requests in progress and unsent replies exceed 1 MiB is
+    not read until they drain, so memory per client stays bounded.
 
     Example::
 
@@ -111,15 +163,11 @@ class Server(ServerRecords):
                  read_timeout: Optional[float] = None,
                  write_timeout: Optional[float] = None,
                  max_connections: Optional[int] = None,
-                 *, on_connection: Optional[ConnectionHandler] = None) -> None:
+                 *, on_connection: Optional[ConnectionHandler] = None,
+                 workers: int = 1) -> None:
         check_handlers("sk.serve", handler, on_connection, async_ok=False)
-        read_timeout = check_timeout(read_timeout, "read_timeout")
-        write_timeout = check_timeout(write_timeout, "write_timeout")
-        for name, v in (("read_timeout", read_timeout), ("write_timeout", write_timeout)):
-            if v == 0:
-                raise ValueError(f"{name} must be > 0 seconds or None, not 0")
-        if max_connections is not None and max_connections < 1:
-            raise ValueError(f"max_connections must be >= 1 or None, not {max_connections!r}")
+        read_timeout, write_timeout = check_limits(read_timeout, write_timeout, max_connections,
+                                                   workers, 1, on_connection)
         self._listener = listener
         self._handler: Handler = handler or _echo
         self._on_connection = on_connection
@@ -131,12 +179,27 @@ class Server(ServerRecords):
         self._book = ExitBook("sk.serve")
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._conns: set[Connection] = set()
         self._threads: set[threading.Thread] = set()  # each leaves it when done
-        self._acceptor = threading.Thread(
-            target=accept_loop, args=(listener, self._stop.is_set, self._take, self._failed, _POLL),
-            name="pysockkit-accept", daemon=True)
-        self._acceptor.start()
+        self._core: Optional[_core.Server] = None
+        self._handler_failed: dict[int, BaseException] = {}  # client id -> its error
+        if on_connection is not None:
+            self._threaded: set[Connection] = set()
+            self._acceptor = threading.Thread(
+                target=accept_loop, args=(listener, self._stop.is_set, self._take,
+                                          self._accept_failed, _POLL),
+                name="pysockkit-accept", daemon=True)
+            self._acceptor.start()
+            return
+        f = listener.framing
+        hb: Optional[Heartbeat] = listener._heartbeat
+        self._core = _core.Server(
+            listener.fileno(), f.header_size, f.byteorder, f.max_frame, f.correlation,
+            read_timeout or 0.0, write_timeout or 0.0, max_connections or 0,
+            hb.interval if hb is not None else 0.0, hb.timeout if hb is not None else 0.0)
+        for i in range(workers):
+            t = threading.Thread(target=self._work, name=f"pysockkit-handler-{i}", daemon=True)
+            self._threads.add(t)
+            t.start()
 
     @property
     def address(self) -> Address:
@@ -161,7 +224,91 @@ class Server(ServerRecords):
         """
         return self._book.snapshot().rejected
 
-    def _failed(self, exc: Error) -> None:
+    @property
+    def _conns(self) -> "list[Any]":
+        """The clients held now (for tests and tools; O(clients)): their
+        connections (on_connection), or objects with ``remote_address``
+        (the reactor; a client leaves only after its end was recorded)."""
+        if self._core is None:
+            with self._lock:
+                return list(self._threaded)
+        return [_Peer(("", port)) for port in self._core.ports()]
+
+    # ------------------------------------------------------ the reactor form
+
+    def _peer_name(self, cid: int) -> str:
+        assert self._core is not None
+        peer = self._core.peer(cid)
+        return format_address(peer) if peer is not None else "a client"
+
+    def _work(self) -> None:
+        """A handler thread: take a batch, run the handler on each message,
+        hand the answers back in one call, record the ends."""
+        core = self._core
+        assert core is not None
+        next_batch, reply_batch = core.next_batch, core.reply_batch
+        handler, book, max_frame = self._handler, self._book, self._max_frame
+        while True:
+            batch = next_batch(None)
+            if batch is None:
+                return
+            msgs, events = batch
+            if msgs:
+                answers: list[tuple[int, int, Optional[int], Reply]] = []
+                append = answers.append
+                handled = 0
+                for cid, ticket, rid, payload in msgs:
+                    if rid is not None and rid & ID_REPLY:  # we never ask: a stray reply
+                        log.info("sk.serve: dropped a reply frame (id %#x) from %s: a server "
+                                 "sends no requests", rid, self._peer_name(cid))
+                        append((cid, ticket, None, None))
+                        continue
+                    try:
+                        reply = handler(payload)
+                        if reply is not None and (reply.__class__ is not bytes
+                                                  or len(reply) > max_frame):
+                            reply = check_reply("sk.serve", reply, max_frame)
+                            if reply is not None:  # any bytes-like, contiguous or not
+                                reply = bytes(reply)
+                    except BaseException as exc:  # recorded; the other clients go on
+                        if rid is not None:
+                            book.handler_error(exc, self._peer_name(cid), True)
+                            append((cid, ticket, error_id(rid), error_text(exc, max_frame)))
+                        else:
+                            book.handler_error(exc, self._peer_name(cid), False)
+                            self._handler_failed[cid] = exc
+                            append((cid, ticket, -1, None))
+                        continue
+                    handled += 1
+                    append((cid, ticket, None if rid is None else reply_id(rid), reply))
+                book.handled(handled)
+                reply_batch(answers)
+            if events:
+                self._record(events)
+
+    def _record(self, events: "list[tuple[int, int, Optional[BaseException], Optional[tuple[str, int]]]]") -> None:
+        """Record the ends the reactor reported, then let their slots go
+        (a client leaves ``_conns`` only once its end is recorded)."""
+        assert self._core is not None
+        book, gone = self._book, []
+        for cid, kind, exc, peer in events:
+            if kind == _core.END_REJECTED:
+                book.rejected()
+                continue
+            if kind == _core.END_FAILED:
+                if isinstance(exc, Error):
+                    self._accept_failed(exc)
+                continue
+            failed = self._handler_failed.pop(cid, None)
+            book.ended(HandlerFailed(failed) if failed is not None else exc,
+                       kind == _core.END_STOPPED, _Peer(peer or _NO_PEER))
+            gone.append(cid)
+        if gone:
+            self._core.forget(gone)
+
+    # ------------------------------------------------- the on_connection form
+
+    def _accept_failed(self, exc: Error) -> None:
         log.warning("sk.serve: accept failed: %s", exc)
         self._book.error(exc)
 
@@ -172,73 +319,38 @@ class Server(ServerRecords):
             if self._stop.is_set():
                 conn.close()
                 return False
-            if self._max_conns is not None and len(self._conns) >= self._max_conns:
+            if self._max_conns is not None and len(self._threaded) >= self._max_conns:
                 self._book.rejected()
                 conn.abort()  # RST: the client learns at once
                 return True
-            self._conns.add(conn)
-            t = threading.Thread(target=self._serve_one, args=(conn,), name="pysockkit-conn", daemon=True)
+            self._threaded.add(conn)
+            t = threading.Thread(target=self._serve_one, args=(conn,), name="pysockkit-conn",
+                                 daemon=True)
             self._threads.add(t)
         t.start()
         return True
 
     def _serve_one(self, conn: Connection) -> None:
+        assert self._on_connection is not None
         exc: Optional[BaseException] = None
         try:
-            if self._on_connection is not None:
-                self._on_connection(conn)
-            else:
-                self._serve_messages(conn)
+            self._on_connection(conn)
         except BaseException as e:  # recorded below; only Exception is swallowed
             exc = e
             if not isinstance(e, Exception):
                 raise
         finally:
-            # recorded before the connection leaves _conns: whoever sees it
-            # gone sees its reason too
+            # recorded before the connection leaves _threaded: whoever sees
+            # it gone sees its reason too
             reason = self._book.ended(exc, self._stop.is_set(), conn)
             with self._lock:
-                self._conns.discard(conn)
+                self._threaded.discard(conn)
             if reason == "timeout":
                 conn.abort()  # a half-sent reply or a dribbling client: RST
             else:
                 conn.close()
             with self._lock:
                 self._threads.discard(threading.current_thread())
-
-    def _serve_messages(self, conn: Connection) -> None:
-        """The message loop of one client; ends with the exception that
-        ended the connection (HandlerFailed for a plain request whose
-        handler raised)."""
-        handler, book = self._handler, self._book
-        rt, wt, max_frame = self._read_timeout, self._write_timeout, self._max_frame
-        correlated = self._corr
-        while True:
-            msg = conn.recv(timeout=rt)
-            if correlated and msg.__class__ is tuple:
-                rid, payload = msg
-                if rid & ID_REPLY:  # we never ask: a stray reply
-                    log.info("sk.serve: dropped a reply frame (id %#x) from %s: a server "
-                             "sends no requests", rid, peer_name(conn))
-                    continue
-                try:
-                    reply = check_reply("sk.serve", handler(payload), max_frame)
-                except Exception as exc:
-                    book.handler_error(exc, peer_name(conn), True)
-                    conn.send(error_text(exc, max_frame), wt, error_id(rid))
-                    continue
-                book.handled()
-                if reply is not None:
-                    conn.send(reply, wt, reply_id(rid))
-                continue
-            try:
-                reply = check_reply("sk.serve", handler(msg), max_frame)
-            except Exception as exc:
-                book.handler_error(exc, peer_name(conn), False)
-                raise HandlerFailed(exc) from None
-            book.handled()
-            if reply is not None:
-                conn.send(reply, wt)
 
     def close(self, timeout: Optional[float] = 2.0) -> None:
         """Stop accepting, close every client connection, join the threads.
@@ -249,13 +361,18 @@ class Server(ServerRecords):
         """
         timeout = check_timeout(timeout)
         self._stop.set()
-        self._acceptor.join(timeout)
-        self._listener.close()
-        with self._lock:
-            conns = list(self._conns)
+        if self._core is not None:
+            self._core.stop()  # every client closed and reported; a turn at most
+            self._listener.close()
             threads = list(self._threads)
-        for c in conns:
-            c.close()
+        else:
+            self._acceptor.join(timeout)
+            self._listener.close()
+            with self._lock:
+                conns = list(self._threaded)
+                threads = list(self._threads)
+            for c in conns:
+                c.close()
         for t in threads:
             t.join(timeout)
 
@@ -280,8 +397,11 @@ def serve(
     read_timeout: Optional[float] = None,
     write_timeout: Optional[float] = None,
     max_connections: Optional[int] = None,
+    workers: int = 1,
+    heartbeat: Optional[Heartbeat] = None,
+    processes: int = 1,
 ) -> Server:
-    """Start a threaded framed server on ``addr`` and return it at once.
+    """Start a framed server on ``addr`` and return it at once.
 
     ``handler(payload) -> reply | None`` (a plain function; echo by
     default) answers each frame; with ``Framing(correlation=True)`` a
@@ -291,7 +411,15 @@ def serve(
     its thread.  Giving both, an ``async def`` or anything not callable is
     a TypeError.  See :class:`Server` for errors, ``exits`` and the limits
     ``read_timeout``, ``write_timeout`` and ``max_connections`` (all off
-    by default).
+    by default).  The message handler runs on the C reactor with
+    ``workers`` handler threads (default 1; more for handlers that block);
+    ``heartbeat`` (an :class:`sk.Heartbeat`, the clients must use it too)
+    answers and sends PINGs and drops a client that fell silent
+    (``exits.peer_dead``).  ``processes=N`` forks N worker processes that
+    share the port (``SO_REUSEPORT``), each with its own reactor: a
+    worker that dies is restarted and reported in ``errors``, and
+    ``served``, ``exits`` and ``errors`` sum the workers'; the handler
+    must be a message handler (the workers are forks of this process).
 
     Example::
 
@@ -306,12 +434,23 @@ def serve(
         b'hello you'
         >>> guarded = sk.serve(read_timeout=30.0, write_timeout=10.0, max_connections=1000)
         >>> guarded.close()
+        >>> pool = sk.serve(handler=lambda m: m, workers=4)   # handlers that block
+        >>> pool.close()
+        >>> multi = sk.serve(handler=lambda m: m, processes=2)   # two cores
+        >>> multi.close()
     """
     check_handlers("sk.serve", handler, on_connection, async_ok=False)
-    listener = listen(addr, backlog=backlog, framing=framing)
+    rt, wt = check_limits(read_timeout, write_timeout, max_connections, workers, processes,
+                          on_connection)
+    if processes > 1:
+        from ._workers import ProcessServer
+
+        return ProcessServer(addr, handler, framing or Framing(), backlog,
+                             (rt, wt, max_connections), workers, heartbeat, processes)
+    listener = listen(addr, backlog=backlog, framing=framing, heartbeat=heartbeat)
     try:
         return Server(listener, handler, read_timeout, write_timeout, max_connections,
-                      on_connection=on_connection)
+                      on_connection=on_connection, workers=workers)
     except BaseException:  # a bad argument: do not leave the listener open
         listener.close()
         raise

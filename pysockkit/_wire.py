@@ -31,6 +31,7 @@ __all__ = [
     "CTL_PONG_LEN",
     "RTT_UNKNOWN",
     "RTT_EVERY",
+    "EXPIRED_KEEP",
 ]
 
 ID_REPLY: int = _core.ID_REPLY
@@ -40,15 +41,22 @@ ID_ERROR: int = _core.ID_ERROR
 ID_MASK: int = _core.ID_MASK
 """Request ids are ``1 .. ID_MASK``; ``reply & ID_MASK`` is the request's id."""
 
-# Heartbeat control frames (csrc/heartbeat.h: SK_CTL_*, SK_HB_RTT_EVERY).
-# _core does not export these yet; until it does they are written here,
-# once, and nowhere else in Python (the asyncio heartbeat reads them).
-CTL_PING = 1  # SK_CTL_PING: type + 8-byte timestamp + 4-byte round trip (µs)
-CTL_PONG = 2  # SK_CTL_PONG: type + the echoed 8-byte timestamp
-CTL_PING_LEN = 13  # SK_CTL_PING_LEN
-CTL_PONG_LEN = 9  # SK_CTL_PONG_LEN
-RTT_UNKNOWN = 0xFFFFFFFF  # SK_CTL_RTT_UNKNOWN: a PING's round trip when none is known
-RTT_EVERY = 8  # SK_HB_RTT_EVERY: intervals between round-trip samples, at most
+# Heartbeat control frames (csrc/core/heartbeat.h: SK_CTL_*, SK_HB_RTT_EVERY)
+CTL_PING: int = _core.CTL_PING
+"""Control frame type of a PING: type + 8-byte timestamp + 4-byte round trip (µs)."""
+CTL_PONG: int = _core.CTL_PONG
+"""Control frame type of a PONG: type + the echoed 8-byte timestamp."""
+CTL_PING_LEN: int = _core.CTL_PING_LEN
+"""Bytes of a PING's body."""
+CTL_PONG_LEN: int = _core.CTL_PONG_LEN
+"""Bytes of a PONG's body."""
+RTT_UNKNOWN: int = _core.CTL_RTT_UNKNOWN
+"""A PING's round trip when none is known yet."""
+RTT_EVERY: int = _core.HB_RTT_EVERY
+"""Intervals between round-trip samples, at most."""
+EXPIRED_KEEP: int = _core.EXPIRED_KEEP
+"""Timed-out request ids remembered, so that their late replies are counted
+as late (csrc/core/corr.h), by every correlation book."""
 
 
 def reply_id(request_id: int) -> int:

@@ -5,7 +5,7 @@
                           [--max-seconds S] [--read-timeout S]
                           [--write-timeout S] [--max-connections N]
 
---mode serve (the default) runs ``sk.serve`` (echo, a thread a client);
+--mode serve (the default) runs ``sk.serve`` (echo, on the C reactor);
 --mode hold runs one thread that accepts each client, echoes its first
 frame and keeps the connection open until the ``release`` command (10,000
 long connections without 10,000 threads).

@@ -38,6 +38,8 @@ BIG = 12 << 20
 MANY = 48  # frames of send_many, PART bytes each
 PART = 256 << 10
 STEP = 10.0  # upper bound of every wait after the interrupt
+WB_SIZE = 1000  # send_wb: bytes per frame
+WB_LIMIT = 20_000  # send_wb: far more bytes than both ends' buffers hold (4 MiB)
 
 
 def payload(name: str, size: int) -> bytes:
@@ -78,7 +80,8 @@ def _torn(sk: Any, conn: Any) -> Any:
 def run(case: str, argv: list[str]) -> None:
     import pysockkit as sk
 
-    if case in ("send", "send_many", "flush", "shutdown", "call_reply", "call_mid_frame"):
+    if case in ("send", "send_many", "send_wb", "flush", "shutdown", "call_reply",
+                "call_mid_frame"):
         addr = (argv[0], int(argv[1]))
     if case in ("send", "send_many"):
         frames = [payload("A", BIG)] if case == "send" else many()
@@ -94,6 +97,25 @@ def run(case: str, argv: list[str]) -> None:
                 kept, sent = conn.unsent, _sent(exc)
             conn.send(payload("B", 100), timeout=STEP)  # the kept tail goes first
             _result(kept=kept, sent=sent, unsent_after=conn.unsent)
+    elif case == "send_wb":
+        # write_behind: the interrupted send was writing the queue (full:
+        # the peer reads nothing) before queueing its own frame
+        frames = [payload(f"W {i}", WB_SIZE) for i in range(WB_LIMIT)]
+        with sk.connect(addr, timeout=STEP, write_behind=True) as conn:
+            _ready()
+            ok = 0
+            try:
+                for f in frames:
+                    conn.send(f)
+                    ok += 1
+            except KeyboardInterrupt as exc:
+                _interrupted()
+                kept, sent = conn.unsent, _sent(exc)
+            else:
+                raise AssertionError("every send to a peer that reads nothing returned")
+            conn.send(payload("B", 100), timeout=STEP)  # queued after the rest
+            conn.flush(timeout=STEP)
+            _result(ok=ok, kept=kept, sent=sent, unsent_after=conn.unsent)
     elif case == "flush":
         with sk.connect(addr, timeout=STEP) as conn:
             timeout_sent = _torn(sk, conn)

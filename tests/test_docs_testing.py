@@ -47,10 +47,10 @@ SCRIPTS = [(line, code) for line, code in _blocks() if not re.search(r"^def test
 # through this shim; test_public_names_are_exported says whether it is still
 # needed.
 _SHIM = """
-import pysockkit, pysockkit._proxy
+import pysockkit, pysockkit.testing.proxy
 for _n in {names!r}:
     if not hasattr(pysockkit, _n):
-        setattr(pysockkit, _n, getattr(pysockkit._proxy, _n))
+        setattr(pysockkit, _n, getattr(pysockkit.testing.proxy, _n))
 """
 
 INI = """

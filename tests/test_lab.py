@@ -233,7 +233,7 @@ def test_states_are_held() -> None:
 def test_timeout_is_typed_and_cleans_up(monkeypatch: pytest.MonkeyPatch) -> None:
     # Without TCP_DEFER_ACCEPT the bare ACK completes the handshake at once:
     # a real kernel that never shows the request socket.
-    monkeypatch.setattr(lab, "_DEFER_ACCEPT_S", 0)
+    monkeypatch.setattr(lab._build, "_DEFER_ACCEPT_S", 0)  # the recipes at work (lab/_build.py)
     t0 = time.monotonic()
     with pytest.raises(sk.Timeout) as info:
         lab.reproduce(sk.TcpState.SYN_RCVD, timeout=0.2)

@@ -1,9 +1,13 @@
 """The package's layout (docs/ARCHITECTURE.md): a plain ``import pysockkit``
 loads no asyncio and none of the subpackages, every public name still
-resolves (loaded on first use)."""
+resolves (loaded on first use), and no module imports another that imports
+it back (directly or through others, at any depth; function-level imports
+count too, imports for type checkers only under ``if TYPE_CHECKING:`` do
+not: they never run)."""
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -41,7 +45,69 @@ def test_every_public_name_resolves_on_first_use() -> None:
         "from pysockkit import aio, lab, simplex\n"
         "import pysockkit.aio, pysockkit.testing\n"
         "same = [sk.aio is aio is pysockkit.aio, sk.lab is lab, sk.simplex is simplex,\n"
-        "        sk.testing is pysockkit.testing]\n"
+        "        sk.testing is pysockkit.testing, sk.FaultProxy is sk.testing.FaultProxy]\n"
         "print(json.dumps({'missing': missing, 'same': same,\n"
         "                  'dir': sorted(set(sk.__all__) - set(dir(sk)))}))")
-    assert got == {"missing": [], "same": [True] * 4, "dir": []}
+    assert got == {"missing": [], "same": [True] * 5, "dir": []}
+
+
+def _imports(path: Path, module: str, is_package: bool, known: set[str]) -> set[str]:
+    """The pysockkit modules that *module* (at *path*) imports, anywhere."""
+    base = module if is_package else module.rpartition(".")[0]
+    out: set[str] = set()
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):  # drop the type checkers' imports first
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) \
+                and node.test.id == "TYPE_CHECKING":
+            node.body = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.split(".")[0] == "pysockkit")
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = base.split(".")[: len(base.split(".")) - (node.level - 1)]
+                target = ".".join(parts + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != "pysockkit":
+                continue
+            for a in node.names:
+                sub = f"{target}.{a.name}"
+                out.add(sub if sub in known else target)
+    return {m for m in out if m in known and m != module}
+
+
+def test_no_import_cycles() -> None:
+    files: dict[str, tuple[Path, bool]] = {}
+    for path in PACKAGE.rglob("*.py*"):
+        if path.suffix not in (".py", ".pyi"):
+            continue
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        is_package = parts[-1] == "__init__"
+        name = ".".join(parts[:-1] if is_package else parts)
+        if path.suffix == ".py" or name not in files:
+            files[name] = (path, is_package)
+    known = set(files)
+    graph = {name: (set() if path.suffix == ".pyi" else _imports(path, name, is_package, known))
+             for name, (path, is_package) in files.items()}
+
+    # depth-first search for a back edge; report the cycle it closes
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        path.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                cycles.append(path[path.index(n):] + [n])
+            elif n not in state:
+                visit(n)
+        path.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)

@@ -201,7 +201,7 @@ def test_leaks_a_thread(sk_pair):
 
 
 def test_leaks_a_proxy(sk_server):
-    from pysockkit._proxy import FaultProxy
+    from pysockkit.testing.proxy import FaultProxy
     HELD.append(FaultProxy(sk_server.address))
 
 

@@ -24,7 +24,7 @@ import pytest
 
 import pysockkit as sk
 from helpers import decode_tcp_info, scaled, start_thread, tcp_info_raw
-from pysockkit._proxy import (
+from pysockkit.testing.proxy import (
     Bandwidth,
     FaultHandle,
     FaultProxy,
@@ -634,7 +634,7 @@ def test_ipv6_loopback() -> None:
 
 
 def test_a_fault_subclass_of_ones_own_is_refused_clearly(echo_proxy: FaultProxy) -> None:
-    from pysockkit._proxy import Fault
+    from pysockkit.testing.proxy import Fault
 
     @dataclass(frozen=True)
     class Mine(Fault):

@@ -357,6 +357,21 @@ def test_sigint_mid_send_keeps_the_tail(spawn, slow_peer) -> None:
     assert res["unsent_after"] == 0
 
 
+def test_sigint_mid_write_behind_send_keeps_the_queue_whole(spawn, slow_peer) -> None:
+    addr, accept = slow_peer
+    child = spawn("send_wb", *map(str, addr), script=TAIL_CHILD)
+    raw = accept()
+    sigint_mid_call(child, before=bytes_arrive(raw))
+    data = recv_all(raw, timeout=scaled(60))
+    res = child_result(child)
+    # the interrupted send took nothing (its frame was not queued); the
+    # frames queued before it stayed queued and went out whole, in order
+    assert res["sent"] == 0
+    assert res["kept"] > 0 and res["unsent_after"] == 0
+    assert_frames(data, [tail.payload(f"W {i}", tail.WB_SIZE) for i in range(res["ok"])]
+                  + [tail.payload("B", 100)])
+
+
 def test_sigint_mid_send_many_keeps_the_tail_and_says_how_many(spawn, slow_peer) -> None:
     addr, accept = slow_peer
     child = spawn("send_many", *map(str, addr), script=TAIL_CHILD)

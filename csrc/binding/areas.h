@@ -17,11 +17,14 @@ int skpy_add_conn(PyObject *mod);     /* conn.c: Connection */
 int skpy_add_sock(PyObject *mod);     /* sock.c: listen, connect, accept, ... */
 int skpy_add_hub(PyObject *mod);      /* hub.c: hub_stats */
 int skpy_add_frame(PyObject *mod);    /* frame.c: Decoder, Encoder, wire constants */
+int skpy_add_heartbeat(PyObject *mod); /* heartbeat.c: HeartbeatRule, HB_*, CTL_* */
+int skpy_add_corr(PyObject *mod);     /* corr.c: CorrelationBook, CORR_* */
 int skpy_add_tcpinfo(PyObject *mod);  /* tcpinfo.c: tcp_info, tcp_state, ... */
 int skpy_add_diag(PyObject *mod);     /* diag.c: diag_dump, diag_lookup */
 int skpy_add_proxy(PyObject *mod);    /* proxy.c: Proxy, FAULT_*, DIR_* */
 int skpy_add_watch(PyObject *mod);    /* watch.c: Watcher */
 int skpy_add_reply(PyObject *mod);    /* reply.c: resolve_replies, ... */
 int skpy_add_capture(PyObject *mod);  /* capture.c: Capture */
+int skpy_add_server(PyObject *mod);   /* server.c: Server, END_* */
 
 #endif /* SK_BINDING_AREAS_H */

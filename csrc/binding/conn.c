@@ -16,7 +16,9 @@
  * without waiting.  The GIL is released only when the call may block.
  *
  * Asynchronous duplex (pysockkit/_duplex.py): _start_worker starts a
- * receive worker thread and a request table (corr.h).  _request_async
+ * receive worker thread (the core's loop, core/worker.h, adapted here:
+ * take the GIL, build Python objects, call dispatch) and a request table
+ * (corr.h).  _request_async
  * registers a future (future.c) and queues the request in the
  * write-behind buffer c->out (under send_mu, so ordering with send() from
  * other threads is kept); the worker writes that buffer before each wait
@@ -33,7 +35,6 @@
 #include <errno.h>
 #include <poll.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -45,8 +46,12 @@
 #include "core/io.h"
 #include "core/promise.h"
 #include "core/sock.h"
+#include "core/worker.h"
 #include "future.h"
 #include "hub.h"
+#include "core/thread.h"
+
+#include <sys/prctl.h>
 
 #define SKPY_INLINE_SEND 65536    /* sends up to this many bytes try first with the GIL held */
 #define SKPY_BATCH 1024           /* send_many: payloads per core call */
@@ -57,15 +62,16 @@
 /* request_async that finds this much queued writes it out first, waiting
  * (with its timeout) if the peer does not read: memory stays bounded */
 #define SKPY_WB_MAX (256 * 1024)
+/* send() with write-behind: the queue is written once it holds this much,
+ * or when its oldest frame is this old at the next send; close() waits at
+ * most SKPY_WB_CLOSE_NS for a queue the kernel does not take at once */
+#define SKPY_WB_SIZE (64 * 1024)
+#define SKPY_WB_AGE_NS 50000
+#define SKPY_WB_CLOSE_NS 1000000000LL
+/* the flusher found the send lock taken: it tries again after this */
+#define SKPY_WB_RETRY_NS 1000000
 
-/* what the receive worker is doing (ConnObject.wphase) */
-enum {
-    SKPY_W_BUSY = 0,  /* in C: it writes the queue before it sleeps */
-    SKPY_W_SLEEP = 1, /* in poll (or about to be): kick the eventfd */
-    SKPY_W_PY = 2,    /* running Python code, maybe for long: write yourself */
-};
-
-typedef struct {
+typedef struct ConnObject {
     PyObject_HEAD
     sk_conn c;
     int fd; /* -1 once closed */
@@ -74,21 +80,31 @@ typedef struct {
     int worker;             /* a receive worker thread owns the receive side */
     int worker_stop;        /* atomic: ask the worker to stop */
     pthread_t worker_thread;
-    /* asynchronous duplex; corr and retired under corr->mu */
+    /* asynchronous duplex; corr and w.retired under corr->mu */
     sk_corr *corr;          /* request table, made by the first _start_worker */
-    sk_plist retired;       /* settled promises whose future still holds the
-                               table's reference (dropped with the GIL) */
+    sk_worker w;            /* the receive worker's state (core/worker.h);
+                               w.retired: settled promises whose future still
+                               holds the table's reference (dropped with the
+                               GIL) */
     PyObject *req_err_type; /* the receive side ended: request_async raises */
     PyObject *req_err_args; /*   req_err_type(*req_err_args) (under corr->mu) */
-    int efd;                /* eventfd that wakes the worker; -1: none */
-    int wphase;             /* atomic: SKPY_W_* */
-    int64_t wake_at;        /* the sleeping worker's latest wake-up (corr->mu) */
-    int wb_failed;          /* the worker's write failed (under send_mu) */
+    /* write-behind of send() (Connection(write_behind=True)), see
+     * Conn_send_behind: wb and wb_first under send_mu; wb_pending atomic,
+     * set whenever send() queued a frame, cleared under send_mu once the
+     * queue is seen empty (so it is never clear while frames wait) */
+    int wb;
+    int wb_pending;
+    int64_t wb_first;       /* when the oldest queued frame was queued */
+    /* the flusher's list (under skpy_wbf.mu; wb_armed also read atomically) */
+    int wb_armed;
+    int64_t wb_due;
+    struct ConnObject *wb_next;
     PyObject *mod;          /* borrowed: the type keeps the module alive */
     PyObject *weakreflist;
 } ConnObject;
 
 static void skpy_conn_fail_closed(ConnObject *self, const char *why);
+static void skpy_wbf_disarm(ConnObject *self);
 static void skpy_conn_free_requests(ConnObject *self);
 
 /* --------------------------------------------------------------- errors */
@@ -104,6 +120,8 @@ static PyObject *skpy_timeout(PyObject *mod, const char *op, PyObject *timeout,
     return NULL;
 }
 
+/* Contract: GIL held; raises ConnectionClosed (or the error of a close
+ * in progress) and returns NULL. */
 static PyObject *skpy_closed(ConnObject *self)
 {
     skpy_state *st = skpy_get_state(self->mod);
@@ -123,21 +141,20 @@ static PyObject *skpy_fail(ConnObject *self, int rc, const sk_err *err,
                            const char *op, PyObject *timeout, const char *what)
 {
     if (self->closing && rc == SK_ERR)
-        return skpy_closed(self); /* woken by our own close, not the peer */
-    if (rc == SK_TIMEOUT)
-        return skpy_timeout(self->mod, op, timeout, what);
-    if (rc == SK_INTR) {
+        skpy_closed(self); /* woken by our own close, not the peer */
+    else if (rc == SK_TIMEOUT)
+        skpy_timeout(self->mod, op, timeout, what);
+    else if (rc == SK_INTR) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_InterruptedError, "interrupted by a signal");
-        return NULL;
-    }
-    if (err->code == SK_E_SYS && err->sys_errno == ETIMEDOUT)
-        return skpy_raise(self->mod, err,
-                          "the kernel gave up on the peer (keepalive probes, "
-                          "TCP_USER_TIMEOUT or retransmissions went "
-                          "unanswered): this connection is dead, open a new "
-                          "one");
-    return skpy_raise(self->mod, err, NULL);
+    } else if (err->code == SK_E_SYS && err->sys_errno == ETIMEDOUT)
+        skpy_raise(self->mod, err,
+                   "the kernel gave up on the peer (keepalive probes, "
+                   "TCP_USER_TIMEOUT or retransmissions went unanswered): "
+                   "this connection is dead, open a new one");
+    else
+        skpy_raise(self->mod, err, NULL);
+    return NULL;
 }
 
 
@@ -197,10 +214,10 @@ static int skpy_lock(pthread_mutex_t *lk, int64_t deadline)
 {
     struct timespec ts;
     int64_t until;
-    int r;
+    int r, got = 1;
 
     if (pthread_mutex_trylock(lk) == 0)
-        return 1;
+        goto done;
     for (;;) {
         until = sk_now_ns() + (int64_t)SKPY_SLICE_MS * 1000000;
         if (deadline != SK_NO_DEADLINE && deadline < until)
@@ -211,12 +228,18 @@ static int skpy_lock(pthread_mutex_t *lk, int64_t deadline)
         r = pthread_mutex_clocklock(lk, CLOCK_MONOTONIC, &ts);
         Py_END_ALLOW_THREADS
         if (r == 0)
-            return 1;
-        if (deadline != SK_NO_DEADLINE && sk_now_ns() >= deadline)
-            return 0;
-        if (PyErr_CheckSignals() < 0)
-            return -1;
+            break;
+        if (deadline != SK_NO_DEADLINE && sk_now_ns() >= deadline) {
+            got = 0;
+            break;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            got = -1;
+            break;
+        }
     }
+done:
+    return got;
 }
 
 /* Take a lock for op or raise: ConnectionClosed if the connection is
@@ -226,35 +249,38 @@ static int skpy_lock_or_raise(ConnObject *self, pthread_mutex_t *lk,
                               int64_t deadline, const char *op,
                               PyObject *timeout)
 {
-    int r;
+    int r, rc = -1;
 
     if (self->fd < 0) {
         skpy_closed(self);
-        return -1;
+        goto done;
     }
     if (lk == &self->c.recv_mu && self->worker) {
         PyErr_Format(PyExc_RuntimeError,
                      "%s: a receive worker owns this connection's receive "
                      "side; frames go to its handler (stop it first)", op);
-        return -1;
+        goto done;
     }
     r = skpy_lock(lk, deadline);
     if (r == 1) {
-        if (self->fd >= 0)
-            return 0;
-        pthread_mutex_unlock(lk);
-        skpy_closed(self);
-        return -1;
-    }
-    if (r == 0)
+        if (self->fd >= 0) {
+            rc = 0;
+        } else {
+            pthread_mutex_unlock(lk);
+            skpy_closed(self);
+        }
+    } else if (r == 0) {
         skpy_timeout(self->mod, op, timeout,
                      "another thread held the connection for the whole "
                      "time; nothing was sent or received");
-    return -1;
+    }
+done:
+    return rc;
 }
 
 /* ------------------------------------------------------------ lifecycle */
 
+/* Contract: GIL held; a new object, or NULL with an exception set. */
 static PyObject *Conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     ConnObject *self;
@@ -263,18 +289,15 @@ static PyObject *Conn_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     (void)kwds;
     self = (ConnObject *)type->tp_alloc(type, 0);
     if (self == NULL)
-        return NULL;
+        goto error;
     self->fd = -1;
     self->c.fd = -1;
-    self->efd = -1;
-    sk_plist_init(&self->retired);
+    sk_worker_init(&self->w, &self->c);
     self->mod = skpy_module_of(type);
     if (self->mod == NULL)
-        goto error;
-    return (PyObject *)self;
+        Py_CLEAR(self);
 error:
-    Py_DECREF(self);
-    return NULL;
+    return (PyObject *)self;
 }
 
 PyDoc_STRVAR(Conn_doc,
@@ -334,6 +357,20 @@ static sk_hub *Conn_leave_hub(ConnObject *self)
     return hub;
 }
 
+/* Contract: GIL held.  close() could not hand the last `lost` bytes that
+ * write-behind send() calls had queued to the kernel within
+ * SKPY_WB_CLOSE_NS: raise sk.Timeout saying so; returns NULL. */
+static PyObject *Conn_wb_lost(ConnObject *self, size_t lost)
+{
+    PyErr_Format(skpy_get_state(self->mod)->Timeout,
+                 "close: the peer took none of the last %zu bytes that "
+                 "send() had queued (write_behind) within 1 s; the "
+                 "connection is closed and they were discarded (the peer "
+                 "may see a torn last frame); call flush(timeout) before "
+                 "close() to wait longer", lost);
+    return NULL;
+}
+
 /* Close the fd once both locks are ours.  Threads blocked in send/recv are
  * woken first with shutdown(SHUT_RDWR) so close never waits on a peer.
  * abort: SO_LINGER {1,0} so the kernel sends RST.  The mutexes live on
@@ -341,11 +378,12 @@ static sk_hub *Conn_leave_hub(ConnObject *self)
 static PyObject *Conn_close_impl(ConnObject *self, int abort)
 {
     int fd, r = SK_OK, outq = 0;
+    size_t lost = 0;
     sk_hub *hub;
     sk_err err;
 
     if (self->fd < 0)
-        Py_RETURN_NONE;
+        goto done; /* closed already: idempotent */
     self->closing = 1;
     hub = Conn_leave_hub(self);
     if (pthread_mutex_trylock(&self->c.send_mu) != 0) {
@@ -362,13 +400,21 @@ static PyObject *Conn_close_impl(ConnObject *self, int abort)
         pthread_mutex_lock(&self->c.recv_mu);
         Py_END_ALLOW_THREADS
     }
+    skpy_wbf_disarm(self);
     fd = self->fd;
     if (fd >= 0) {
         if (abort) {
             r = sk_abort(fd, &err);
         } else {
-            /* last chance for a torn frame's tail; never wait in close */
-            sk_conn_flush(&self->c, 0, NULL, &err);
+            /* last chance for a torn frame's tail; never wait in close,
+             * except (bounded) for frames a write-behind send() queued */
+            if (sk_conn_flush(&self->c, 0, NULL, &err) == SK_TIMEOUT && self->wb) {
+                int64_t until = sk_now_ns() + SKPY_WB_CLOSE_NS;
+                Py_BEGIN_ALLOW_THREADS
+                sk_conn_flush(&self->c, until, NULL, &err);
+                Py_END_ALLOW_THREADS
+                lost = sk_buf_len(&self->c.out);
+            }
             /* Linux answers close() with RST - discarding whatever we sent
              * that the peer has not read yet - if unread bytes sit in our
              * receive queue (late replies, heartbeats).  Read them away so
@@ -399,9 +445,10 @@ static PyObject *Conn_close_impl(ConnObject *self, int abort)
     if (self->corr != NULL && !self->worker)
         skpy_conn_fail_closed(self, "this connection was closed locally "
                                     "(close() or abort()) before the reply");
-    if (r != SK_OK && err.sys_errno != EINTR)
-        return skpy_raise(self->mod, &err, NULL);
-    Py_RETURN_NONE;
+done:
+    return r != SK_OK && err.sys_errno != EINTR ? skpy_raise(self->mod, &err, NULL)
+           : lost > 0                           ? Conn_wb_lost(self, lost)
+                                                : Py_NewRef(Py_None);
 }
 
 PyDoc_STRVAR(Conn_close_doc,
@@ -410,6 +457,7 @@ PyDoc_STRVAR(Conn_close_doc,
 "A thread blocked in send/recv on this connection is woken and gets\n"
 "ConnectionClosed.\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Conn_close(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     return Conn_close_impl((ConnObject *)op, 0);
@@ -420,6 +468,7 @@ PyDoc_STRVAR(Conn_abort_doc,
 "Abortive close: SO_LINGER {1, 0} then close, so the kernel sends RST,\n"
 "discards unsent data and keeps no TIME_WAIT.  Idempotent.\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Conn_abort(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     return Conn_close_impl((ConnObject *)op, 1);
@@ -431,6 +480,7 @@ static void Conn_finalize(PyObject *op)
 {
     ConnObject *self = (ConnObject *)op;
     PyObject *py_type, *py_value, *py_tb;
+    sk_err err;
 
     if (self->fd < 0)
         return;
@@ -442,12 +492,16 @@ static void Conn_finalize(PyObject *op)
         PyErr_Clear();
     }
     Conn_leave_hub(self);
+    skpy_wbf_disarm(self);
+    if (self->wb) /* frames send() queued: what the kernel takes at once */
+        sk_conn_flush(&self->c, 0, NULL, &err);
     close(self->fd);
     self->fd = -1;
     self->c.fd = -1;
     PyErr_Restore(py_type, py_value, py_tb);
 }
 
+/* Contract: GIL held; frees the object and drops its type's reference. */
 static void Conn_dealloc(PyObject *op)
 {
     ConnObject *self = (ConnObject *)op;
@@ -459,6 +513,7 @@ static void Conn_dealloc(PyObject *op)
         PyObject_ClearWeakRefs(op);
     if (self->initialized) {
         Conn_leave_hub(self);
+        skpy_wbf_disarm(self);
         if (self->fd >= 0)
             close(self->fd);
         self->fd = -1;
@@ -473,6 +528,249 @@ static void Conn_dealloc(PyObject *op)
 }
 
 /* ----------------------------------------------------------------- send */
+
+/* ------------------------------------------------ write-behind flusher */
+
+/* The process's write-behind flusher: one thread that writes the queue of a
+ * write-behind connection whose owner did not within SKPY_WB_AGE_NS (the
+ * caller went quiet without flush/recv/close).  Like the hub it is a
+ * process resource, started on first use and living until exit; a forked
+ * child starts without it and forgets the parent's list.  It only trylocks
+ * a connection's send lock and never waits on a socket: a queue the kernel
+ * does not take at once is left for the next call on the connection.
+ * Lock order: skpy_wbf.mu, then (trylock only) a send lock; close() holds
+ * the send lock and then takes skpy_wbf.mu to unlink, which cannot
+ * deadlock because the flusher never waits for a send lock. */
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int started;           /* the thread runs */
+    int64_t wake_at;       /* when it wakes by itself (INT64_MAX: never) */
+    ConnObject *head;
+} skpy_wbf = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, INT64_MAX, NULL};
+static pthread_once_t skpy_wbf_once = PTHREAD_ONCE_INIT;
+
+/* Contract: fork child, one thread: the flusher is gone; unlink its list
+ * (the connections are copies that may be used again and re-armed). */
+static void skpy_wbf_forget(void)
+{
+    ConnObject *c = skpy_wbf.head, *next;
+
+    while (c != NULL) {
+        next = c->wb_next;
+        c->wb_next = NULL;
+        c->wb_armed = 0;
+        c = next;
+    }
+    pthread_mutex_init(&skpy_wbf.mu, NULL);
+    sk_cond_init_monotonic(&skpy_wbf.cv, NULL);
+    skpy_wbf.head = NULL;
+    skpy_wbf.started = 0;
+    skpy_wbf.wake_at = INT64_MAX;
+}
+
+static void skpy_wbf_init(void)
+{
+    sk_cond_init_monotonic(&skpy_wbf.cv, NULL);
+    pthread_atfork(NULL, NULL, skpy_wbf_forget);
+}
+
+/* Unlink self from the list.  Caller holds skpy_wbf.mu. */
+static void skpy_wbf_unlink(ConnObject *self)
+{
+    ConnObject **pp = &skpy_wbf.head;
+
+    while (*pp != NULL && *pp != self)
+        pp = &(*pp)->wb_next;
+    if (*pp == self)
+        *pp = self->wb_next;
+    self->wb_next = NULL;
+    SK_STORE(&self->wb_armed, 0);
+}
+
+/* The flusher thread.  No GIL, no Python: every signal blocked
+ * (sk_thread_spawn); 1 us timer slack so that 50 us means 50 us. */
+static void *skpy_wbf_main(void *arg)
+{
+    struct timespec ts;
+    ConnObject **pp, *c;
+    sk_err err;
+    int64_t now, next;
+
+    (void)arg;
+    prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
+    pthread_mutex_lock(&skpy_wbf.mu);
+    for (;;) {
+        now = sk_now_ns();
+        next = INT64_MAX;
+        pp = &skpy_wbf.head;
+        while ((c = *pp) != NULL) {
+            if (c->wb_due <= now) {
+                if (pthread_mutex_trylock(&c->c.send_mu) == 0) {
+                    if (c->fd >= 0)
+                        sk_conn_flush(&c->c, 0, NULL, &err);
+                    pthread_mutex_unlock(&c->c.send_mu);
+                    /* done, or the kernel is full: the next call goes on */
+                    *pp = c->wb_next;
+                    c->wb_next = NULL;
+                    SK_STORE(&c->wb_armed, 0);
+                    continue;
+                }
+                /* its owner is in a call (maybe blocked in a long send):
+                 * look again in a while, not in a busy loop */
+                c->wb_due = now + SKPY_WB_RETRY_NS;
+            }
+            if (c->wb_due < next)
+                next = c->wb_due;
+            pp = &c->wb_next;
+        }
+        skpy_wbf.wake_at = next;
+        if (next == INT64_MAX) {
+            pthread_cond_wait(&skpy_wbf.cv, &skpy_wbf.mu);
+        } else {
+            ts.tv_sec = next / 1000000000;
+            ts.tv_nsec = next % 1000000000;
+            pthread_cond_timedwait(&skpy_wbf.cv, &skpy_wbf.mu, &ts);
+        }
+    }
+    return NULL;
+}
+
+/* Ask the flusher to write self's queue at `due` unless someone does it
+ * first (caller holds the send lock; GIL not needed).  Without a flusher
+ * thread (it could not start) the queue goes with the next call. */
+static void skpy_wbf_arm(ConnObject *self, int64_t due)
+{
+    pthread_t t;
+    int wake = 0;
+
+    pthread_once(&skpy_wbf_once, skpy_wbf_init);
+    pthread_mutex_lock(&skpy_wbf.mu);
+    if (!skpy_wbf.started && sk_thread_spawn(&t, 256 * 1024, skpy_wbf_main, NULL, NULL) == SK_OK) {
+        pthread_detach(t);
+        skpy_wbf.started = 1;
+    }
+    if (!self->wb_armed) {
+        self->wb_next = skpy_wbf.head;
+        skpy_wbf.head = self;
+        self->wb_due = due;
+        SK_STORE(&self->wb_armed, 1);
+    } else if (due < self->wb_due) {
+        self->wb_due = due;
+    }
+    if (self->wb_due < skpy_wbf.wake_at) {
+        skpy_wbf.wake_at = self->wb_due;
+        wake = 1;
+    }
+    pthread_mutex_unlock(&skpy_wbf.mu);
+    if (wake)
+        pthread_cond_signal(&skpy_wbf.cv);
+}
+
+/* Take self off the flusher's list (synchronous: afterwards the flusher no
+ * longer touches it).  Any thread; may hold self's send lock. */
+static void skpy_wbf_disarm(ConnObject *self)
+{
+    if (!SK_LOAD(&self->wb_armed))
+        return;
+    pthread_mutex_lock(&skpy_wbf.mu);
+    skpy_wbf_unlink(self);
+    pthread_mutex_unlock(&skpy_wbf.mu);
+}
+
+/* Write the whole queue c->out with the send lock held: one try without
+ * waiting with the GIL, then without the GIL until deadline.  SK_OK once it
+ * is empty (and then a write-behind has nothing pending); otherwise what
+ * was not written stays queued, in order.  GIL held on entry and exit. */
+static int Conn_flush_locked(ConnObject *self, int64_t deadline, sk_err *err)
+{
+    int rc = sk_conn_flush(&self->c, 0, NULL, err);
+
+    if (rc == SK_TIMEOUT &&
+        (deadline == SK_NO_DEADLINE || sk_now_ns() < deadline)) {
+        Py_BEGIN_ALLOW_THREADS
+        sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
+        rc = sk_conn_flush(&self->c, deadline, &intr, err);
+        Py_END_ALLOW_THREADS
+    }
+    if (rc == SK_OK)
+        SK_STORE(&self->wb_pending, 0);
+    return rc;
+}
+
+/* send() with write-behind (send lock held, GIL held): queue one frame in
+ * c->out without a syscall.  First, if the frame would take a non-empty
+ * queue over SKPY_WB_SIZE, the queue is written (waiting until deadline; on
+ * SK_TIMEOUT/SK_INTR/SK_ERR the frame is not queued, *done stays 0 and the
+ * queue keeps its order, so the stream is never torn).  Then, if the queue
+ * reached SKPY_WB_SIZE or its oldest frame is SKPY_WB_AGE_NS old, it is
+ * written without waiting; what the kernel does not take stays queued.
+ * *done = 1 once the frame is queued (an error after that, a reset found by
+ * that write, is raised with sent=1).  Who frees: the queue is c->out. */
+static int Conn_send_behind(ConnObject *self, const sk_iov *iov,
+                            int64_t deadline, size_t *done, sk_err *err)
+{
+    sk_conn *c = &self->c;
+    size_t flen = c->framing.header_size + (iov->has_id ? SK_ID_LEN : 0) + iov->len;
+    int64_t now;
+    int rc = SK_OK;
+
+    if (sk_buf_len(&c->out) > 0 && sk_buf_len(&c->out) + flen > SKPY_WB_SIZE) {
+        rc = Conn_flush_locked(self, deadline, err);
+        if (rc != SK_OK)
+            goto done;
+    }
+    now = sk_now_ns();
+    if (sk_buf_len(&c->out) == 0)
+        self->wb_first = now;
+    rc = sk_conn_enqueue(c, iov, err);
+    if (rc != SK_OK)
+        goto done;
+    *done = 1;
+    SK_STORE(&self->wb_pending, 1);
+    if (sk_buf_len(&c->out) >= SKPY_WB_SIZE || now - self->wb_first >= SKPY_WB_AGE_NS) {
+        rc = sk_conn_flush(c, 0, NULL, err);
+        if (rc == SK_TIMEOUT)
+            rc = SK_OK; /* the kernel's buffer is full: the rest waits */
+        if (sk_buf_len(&c->out) == 0)
+            SK_STORE(&self->wb_pending, 0);
+        else
+            self->wb_first = now;
+    }
+    /* if the caller goes quiet now, the flusher writes the queue */
+    if (rc == SK_OK && sk_buf_len(&c->out) > 0 && !SK_LOAD(&self->wb_armed))
+        skpy_wbf_arm(self, self->wb_first + SKPY_WB_AGE_NS);
+done:
+    return rc;
+}
+
+/* recv()/recv_many() on a write-behind connection: write what send()
+ * queued before reading, waiting until deadline.  The send lock is only
+ * tried (lock order is send, then receive, and a thread blocked in a long
+ * send must not hold up a receive): a thread holding it is sending, and its
+ * send writes the queue.  0, or -1 with the exception set (nothing was
+ * received; the queue keeps its order).  GIL held, no lock held. */
+static int Conn_wb_flush_for_recv(ConnObject *self, int64_t deadline,
+                                  const char *op, PyObject *timeout)
+{
+    sk_err err;
+    int rc, ret = 0;
+
+    if (!SK_LOAD(&self->wb_pending) || pthread_mutex_trylock(&self->c.send_mu) != 0)
+        return 0;
+    if (self->fd >= 0) {
+        rc = Conn_flush_locked(self, deadline, &err);
+        if (rc != SK_OK) {
+            skpy_fail(self, rc, &err, op, timeout,
+                      "nothing was received: the frames queued by send() "
+                      "(write_behind) are written first, and the rest of them "
+                      "stays queued, in order");
+            ret = -1;
+        }
+    }
+    pthread_mutex_unlock(&self->c.send_mu);
+    return ret;
+}
 
 /* Send n frames with the send lock held: one non-blocking try with the GIL
  * for small batches, then the rest without the GIL until deadline.
@@ -491,15 +789,17 @@ static int Conn_send_locked(ConnObject *self, const sk_iov *iov, size_t n,
         rc = sk_conn_send(&self->c, iov, n, 0, NULL, &d, err);
         *done += d;
         if (rc != SK_TIMEOUT)
-            return rc;
+            goto done;
         iov += d;
         n -= d;
-        if (n == 0 && sk_buf_len(&self->c.out) == 0)
-            return SK_OK;
-        if (deadline != SK_NO_DEADLINE && sk_now_ns() >= deadline) {
-            /* a zero timeout: what is left is not sent, a torn tail is kept */
-            return SK_TIMEOUT;
+        if (n == 0 && sk_buf_len(&self->c.out) == 0) {
+            rc = SK_OK;
+            goto done;
         }
+        /* a zero timeout: what is left is not sent, a torn tail is kept
+         * (rc stays SK_TIMEOUT) */
+        if (deadline != SK_NO_DEADLINE && sk_now_ns() >= deadline)
+            goto done;
     }
     d = 0;
     Py_BEGIN_ALLOW_THREADS
@@ -510,6 +810,7 @@ static int Conn_send_locked(ConnObject *self, const sk_iov *iov, size_t n,
         rc = sk_conn_flush(&self->c, deadline, &intr, err);
     Py_END_ALLOW_THREADS
     *done += d;
+done:
     return rc;
 }
 
@@ -549,6 +850,8 @@ PyDoc_STRVAR(Conn_send_doc,
 "sk.Timeout after timeout seconds (nothing is torn: see PROTOCOL.md).\n\n"
 "    >>> conn.send(b'hello')\n");
 
+/* Contract: GIL held on entry and exit, released while the call may
+ * block; a new reference, or NULL with an exception set. */
 static PyObject *Conn_send(PyObject *op, PyObject *const *args,
                            Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -563,17 +866,17 @@ static PyObject *Conn_send(PyObject *op, PyObject *const *args,
     int rc;
 
     if (skpy_args("send", args, nargs, kwnames, names, 1, 3, a) < 0)
-        return NULL;
+        goto out;
     if (a[2] != NULL && a[2] != Py_None) {
         iov.id = PyLong_AsUnsignedLongLong(a[2]);
         if (iov.id == (uint64_t)-1 && PyErr_Occurred())
-            return NULL;
+            goto out;
         iov.has_id = 1;
     }
     if (skpy_deadline(a[1], &deadline) < 0)
-        return NULL;
+        goto out;
     if (PyObject_GetBuffer(a[0], &view, PyBUF_SIMPLE) < 0)
-        return NULL;
+        goto out;
     if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "send", a[1]) < 0) {
         skpy_note_sent(0);
         goto error_view;
@@ -584,7 +887,10 @@ static PyObject *Conn_send(PyObject *op, PyObject *const *args,
     }
     iov.base = view.buf;
     iov.len = (size_t)view.len;
-    rc = Conn_send_locked(self, &iov, 1, iov.len, deadline, &done, &err);
+    if (self->wb && !self->worker && iov.len <= SKPY_WB_DIRECT)
+        rc = Conn_send_behind(self, &iov, deadline, &done, &err);
+    else
+        rc = Conn_send_locked(self, &iov, 1, iov.len, deadline, &done, &err);
     if (rc != SK_OK) {
         skpy_fail(self, rc, &err, "send", a[1], SEND_KEPT);
         skpy_note_sent(done);
@@ -595,6 +901,7 @@ error_lock:
     pthread_mutex_unlock(&self->c.send_mu);
 error_view:
     PyBuffer_Release(&view);
+out:
     return py_ret;
 }
 
@@ -607,40 +914,20 @@ PyDoc_STRVAR(Conn_send_many_doc,
 "how many frames were taken; the others were not sent.\n\n"
 "    >>> conn.send_many([b'a', b'b', b'c'])\n    3\n");
 
-static PyObject *Conn_send_many(PyObject *op, PyObject *const *args,
-                                Py_ssize_t nargs, PyObject *kwnames)
+/* Contract: GIL held.  send_many is all or nothing: FrameTooLarge (and
+ * sent = 0) for the first payload of seq over max_frame, before any batch
+ * goes out; TypeError for a malformed item.  scratch: a Py_buffer to use.
+ * 0, or -1 with an exception set. */
+static int skpy_send_many_check(ConnObject *self, PyObject *py_seq,
+                                Py_ssize_t total, Py_buffer *scratch)
 {
-    static const char *const names[] = {"frames", "timeout"};
-    ConnObject *self = (ConnObject *)op;
-    PyObject *a[2], *py_seq = NULL, *py_ret = NULL;
-    Py_buffer *views = NULL;
-    sk_iov *iov = NULL;
-    int64_t deadline;
-    Py_ssize_t total, i, base, nb, k;
-    size_t done = 0, nbytes;
-    int locked = 0, rc = SK_OK;
+    PyObject *py_it;
+    Py_ssize_t i, len;
     sk_err err;
+    int rc = -1;
 
-    if (skpy_args("send_many", args, nargs, kwnames, names, 1, 2, a) < 0)
-        return NULL;
-    if (skpy_deadline(a[1], &deadline) < 0)
-        return NULL;
-    py_seq = PySequence_Fast(a[0], "send_many() needs an iterable of "
-                                   "bytes-like objects");
-    if (py_seq == NULL)
-        return NULL;
-    total = PySequence_Fast_GET_SIZE(py_seq);
-    nb = total < SKPY_BATCH ? total : SKPY_BATCH;
-    views = PyMem_Calloc((size_t)(nb ? nb : 1), sizeof(Py_buffer));
-    iov = PyMem_Calloc((size_t)(nb ? nb : 1), sizeof(sk_iov));
-    if (views == NULL || iov == NULL) {
-        PyErr_NoMemory();
-        goto error;
-    }
-    /* all or nothing: refuse an oversized frame before sending any batch */
     for (i = 0; i < total; i++) {
-        PyObject *py_it = PySequence_Fast_GET_ITEM(py_seq, i);
-        Py_ssize_t len;
+        py_it = PySequence_Fast_GET_ITEM(py_seq, i);
         if (PyTuple_CheckExact(py_it)) { /* (id, payload): a correlated frame */
             if (PyTuple_GET_SIZE(py_it) != 2) {
                 PyErr_SetString(PyExc_TypeError,
@@ -653,10 +940,10 @@ static PyObject *Conn_send_many(PyObject *op, PyObject *const *args,
         if (PyBytes_CheckExact(py_it)) {
             len = PyBytes_GET_SIZE(py_it);
         } else {
-            if (PyObject_GetBuffer(py_it, &views[0], PyBUF_SIMPLE) < 0)
+            if (PyObject_GetBuffer(py_it, scratch, PyBUF_SIMPLE) < 0)
                 goto error;
-            len = views[0].len;
-            PyBuffer_Release(&views[0]);
+            len = scratch->len;
+            PyBuffer_Release(scratch);
         }
         if ((uint64_t)len > self->c.framing.max_frame) {
             sk_err_set(&err, SK_E_TOO_LARGE,
@@ -670,6 +957,87 @@ static PyObject *Conn_send_many(PyObject *op, PyObject *const *args,
             goto error;
         }
     }
+    rc = 0;
+error:
+    return rc;
+}
+
+/* Contract: GIL held.  Fill iov[0..cnt) and views[0..cnt) from items
+ * base.. of seq and add their bytes to *nbytes; the views hold the
+ * payloads alive (the caller releases them after the send).  0, or -1
+ * with an exception set and no view held. */
+static int skpy_send_many_views(PyObject *py_seq, Py_ssize_t base,
+                                Py_ssize_t cnt, sk_iov *iov, Py_buffer *views,
+                                size_t *nbytes)
+{
+    PyObject *py_it;
+    Py_ssize_t k, i;
+    int rc = 0;
+
+    for (k = 0; k < cnt && rc == 0; k++) {
+        /* the sequence may be a list another thread mutates while the GIL
+         * is released: the views hold references, so each payload stays
+         * alive until it is released */
+        py_it = PySequence_Fast_GET_ITEM(py_seq, base + k);
+        iov[k].has_id = 0;
+        if (PyTuple_CheckExact(py_it)) {
+            iov[k].id = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(py_it, 0));
+            if (iov[k].id == (uint64_t)-1 && PyErr_Occurred()) {
+                rc = -1;
+                break;
+            }
+            iov[k].has_id = 1;
+            py_it = PyTuple_GET_ITEM(py_it, 1);
+        }
+        if (PyObject_GetBuffer(py_it, &views[k], PyBUF_SIMPLE) < 0) {
+            rc = -1;
+            break;
+        }
+        iov[k].base = views[k].buf;
+        iov[k].len = (size_t)views[k].len;
+        *nbytes += iov[k].len;
+    }
+    if (rc < 0)
+        for (i = 0; i < k; i++)
+            PyBuffer_Release(&views[i]);
+    return rc;
+}
+
+/* Contract: GIL held on entry and exit, released while the call may
+ * block; a new reference, or NULL with an exception set. */
+static PyObject *Conn_send_many(PyObject *op, PyObject *const *args,
+                                Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"frames", "timeout"};
+    ConnObject *self = (ConnObject *)op;
+    PyObject *a[2], *py_seq = NULL, *py_ret = NULL;
+    Py_buffer *views = NULL;
+    sk_iov *iov = NULL;
+    int64_t deadline;
+    Py_ssize_t total, base, nb, k;
+    size_t done = 0, nbytes;
+    int locked = 0, rc = SK_OK;
+    sk_err err;
+
+    if (skpy_args("send_many", args, nargs, kwnames, names, 1, 2, a) < 0)
+        goto out;
+    if (skpy_deadline(a[1], &deadline) < 0)
+        goto out;
+    py_seq = PySequence_Fast(a[0], "send_many() needs an iterable of "
+                                   "bytes-like objects");
+    if (py_seq == NULL)
+        goto out;
+    total = PySequence_Fast_GET_SIZE(py_seq);
+    nb = total < SKPY_BATCH ? total : SKPY_BATCH;
+    views = PyMem_Calloc((size_t)(nb ? nb : 1), sizeof(Py_buffer));
+    iov = PyMem_Calloc((size_t)(nb ? nb : 1), sizeof(sk_iov));
+    if (views == NULL || iov == NULL) {
+        PyErr_NoMemory();
+        goto error;
+    }
+    /* all or nothing: refuse an oversized frame before sending any batch */
+    if (skpy_send_many_check(self, py_seq, total, &views[0]) < 0)
+        goto error;
     if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "send_many",
                            a[1]) < 0) {
         skpy_note_sent(0);
@@ -684,32 +1052,9 @@ static PyObject *Conn_send_many(PyObject *op, PyObject *const *args,
         Py_ssize_t cnt = total - base < nb ? total - base : nb;
         size_t d = 0;
         nbytes = 0;
-        for (k = 0; k < cnt; k++) {
-            /* the sequence may be a list another thread mutates while the
-             * GIL is released: the views hold references, so each payload
-             * stays alive until it is released below */
-            PyObject *py_it = PySequence_Fast_GET_ITEM(py_seq, base + k);
-            iov[k].has_id = 0;
-            if (PyTuple_CheckExact(py_it)) {
-                iov[k].id = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(py_it, 0));
-                if (iov[k].id == (uint64_t)-1 && PyErr_Occurred()) {
-                    for (i = 0; i < k; i++)
-                        PyBuffer_Release(&views[i]);
-                    skpy_note_sent(done);
-                    goto error;
-                }
-                iov[k].has_id = 1;
-                py_it = PyTuple_GET_ITEM(py_it, 1);
-            }
-            if (PyObject_GetBuffer(py_it, &views[k], PyBUF_SIMPLE) < 0) {
-                for (i = 0; i < k; i++)
-                    PyBuffer_Release(&views[i]);
-                skpy_note_sent(done);
-                goto error;
-            }
-            iov[k].base = views[k].buf;
-            iov[k].len = (size_t)views[k].len;
-            nbytes += iov[k].len;
+        if (skpy_send_many_views(py_seq, base, cnt, iov, views, &nbytes) < 0) {
+            skpy_note_sent(done);
+            goto error;
         }
         rc = Conn_send_locked(self, iov, (size_t)cnt, nbytes, deadline, &d,
                               &err);
@@ -731,14 +1076,18 @@ error:
     PyMem_Free(views);
     PyMem_Free(iov);
     Py_XDECREF(py_seq);
+out:
     return py_ret;
 }
 
 PyDoc_STRVAR(Conn_flush_doc,
 "flush(timeout=None)\n--\n\n"
 "Finish sending the tail of a frame whose send timed out or was\n"
-"interrupted.  A no-op when nothing is pending.\n");
+"interrupted, and the frames a write_behind send() queued.  A no-op when\n"
+"nothing is pending.\n");
 
+/* Contract: GIL held on entry and exit, released while the call may
+ * block; a new reference, or NULL with an exception set. */
 static PyObject *Conn_flush(PyObject *op, PyObject *const *args,
                             Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -750,11 +1099,11 @@ static PyObject *Conn_flush(PyObject *op, PyObject *const *args,
     int rc;
 
     if (skpy_args("flush", args, nargs, kwnames, names, 0, 1, a) < 0)
-        return NULL;
+        goto out;
     if (skpy_deadline(a[0], &deadline) < 0)
-        return NULL;
+        goto out;
     if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "flush", a[0]) < 0)
-        return NULL;
+        goto out;
     if (self->fd < 0) {
         skpy_closed(self);
         goto error;
@@ -771,6 +1120,7 @@ static PyObject *Conn_flush(PyObject *op, PyObject *const *args,
     py_ret = Py_NewRef(Py_None);
 error:
     pthread_mutex_unlock(&self->c.send_mu);
+out:
     return py_ret;
 }
 
@@ -791,9 +1141,7 @@ static PyObject *Conn_recv_locked(ConnObject *self, int64_t deadline, int *rc,
         *rc = sk_conn_recv(&self->c, deadline, &intr, &fr, err);
         Py_END_ALLOW_THREADS
     }
-    if (*rc != SK_OK)
-        return NULL;
-    return skpy_frame_obj(&fr);
+    return *rc == SK_OK ? skpy_frame_obj(&fr) : NULL;
 }
 
 static const char RECV_KEPT[] =
@@ -808,6 +1156,8 @@ PyDoc_STRVAR(Conn_recv_doc,
 "sk.FrameTooLarge if the peer announced more than max_frame.\n\n"
 "    >>> conn.recv(timeout=1.0)\n    b'hello'\n");
 
+/* Contract: GIL held on entry and exit, released while the call may
+ * block; a new reference, or NULL with an exception set. */
 static PyObject *Conn_recv(PyObject *op, PyObject *const *args,
                            Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -819,11 +1169,13 @@ static PyObject *Conn_recv(PyObject *op, PyObject *const *args,
     int rc;
 
     if (skpy_args("recv", args, nargs, kwnames, names, 0, 1, a) < 0)
-        return NULL;
+        goto out;
     if (skpy_deadline(a[0], &deadline) < 0)
-        return NULL;
+        goto out;
+    if (self->wb && Conn_wb_flush_for_recv(self, deadline, "recv", a[0]) < 0)
+        goto out;
     if (skpy_lock_or_raise(self, &self->c.recv_mu, deadline, "recv", a[0]) < 0)
-        return NULL;
+        goto out;
     if (self->fd < 0) {
         skpy_closed(self);
         goto error;
@@ -833,6 +1185,7 @@ static PyObject *Conn_recv(PyObject *op, PyObject *const *args,
         skpy_fail(self, rc, &err, "recv", a[0], RECV_KEPT);
 error:
     pthread_mutex_unlock(&self->c.recv_mu);
+out:
     return py_ret;
 }
 
@@ -843,6 +1196,8 @@ PyDoc_STRVAR(Conn_recv_many_doc,
 "frame is raised by the next call, so no frame is lost.\n\n"
 "    >>> conn.recv_many(max_frames=100)\n    [b'a', b'b', b'c']\n");
 
+/* Contract: GIL held on entry and exit, released while the call may
+ * block; a new reference, or NULL with an exception set. */
 static PyObject *Conn_recv_many(PyObject *op, PyObject *const *args,
                                 Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -856,21 +1211,23 @@ static PyObject *Conn_recv_many(PyObject *op, PyObject *const *args,
     int rc;
 
     if (skpy_args("recv_many", args, nargs, kwnames, names, 0, 2, a) < 0)
-        return NULL;
+        goto out;
     if (a[0] != NULL && a[0] != Py_None) {
         maxn = PyLong_AsSsize_t(a[0]);
         if (maxn == -1 && PyErr_Occurred())
-            return NULL;
+            goto out;
         if (maxn < 1) {
             PyErr_SetString(PyExc_ValueError, "max_frames must be >= 1");
-            return NULL;
+            goto out;
         }
     }
     if (skpy_deadline(a[1], &deadline) < 0)
-        return NULL;
+        goto out;
+    if (self->wb && Conn_wb_flush_for_recv(self, deadline, "recv_many", a[1]) < 0)
+        goto out;
     if (skpy_lock_or_raise(self, &self->c.recv_mu, deadline, "recv_many",
                            a[1]) < 0)
-        return NULL;
+        goto out;
     if (self->fd < 0) {
         skpy_closed(self);
         goto error;
@@ -901,6 +1258,7 @@ static PyObject *Conn_recv_many(PyObject *op, PyObject *const *args,
     }
 error:
     pthread_mutex_unlock(&self->c.recv_mu);
+out:
     return py_list;
 }
 
@@ -918,6 +1276,8 @@ PyDoc_STRVAR(Conn_request_doc,
 "are serialised.\n\n"
 "    >>> conn.request(b'ping', timeout=1.0)\n    b'pong'\n");
 
+/* Contract: GIL held on entry and exit, released while the call may
+ * block; a new reference, or NULL with an exception set. */
 static PyObject *Conn_request(PyObject *op, PyObject *const *args,
                               Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -933,11 +1293,11 @@ static PyObject *Conn_request(PyObject *op, PyObject *const *args,
     int rc;
 
     if (skpy_args("request", args, nargs, kwnames, names, 1, 2, a) < 0)
-        return NULL;
+        goto out;
     if (skpy_deadline(a[1], &deadline) < 0)
-        return NULL;
+        goto out;
     if (PyObject_GetBuffer(a[0], &view, PyBUF_SIMPLE) < 0)
-        return NULL;
+        goto out;
     if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "request",
                            a[1]) < 0)
         goto error_view;
@@ -975,6 +1335,7 @@ error_send:
     pthread_mutex_unlock(&self->c.send_mu);
 error_view:
     PyBuffer_Release(&view);
+out:
     return py_ret;
 }
 
@@ -983,6 +1344,8 @@ PyDoc_STRVAR(Conn_shutdown_doc,
 "how: socket.SHUT_RD, SHUT_WR or SHUT_RDWR.  SHUT_WR first flushes a\n"
 "pending frame tail, then sends FIN.\n");
 
+/* Contract: GIL held on entry and exit, released while the call may
+ * block; a new reference, or NULL with an exception set. */
 static PyObject *Conn_shutdown(PyObject *op, PyObject *const *args,
                                Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -994,18 +1357,18 @@ static PyObject *Conn_shutdown(PyObject *op, PyObject *const *args,
     int how, rc = SK_OK;
 
     if (skpy_args("_shutdown", args, nargs, kwnames, names, 1, 2, a) < 0)
-        return NULL;
+        goto out;
     how = PyLong_AsLong(a[0]) ;
     if (how == -1 && PyErr_Occurred())
-        return NULL;
+        goto out;
     if (how != SHUT_RD && how != SHUT_WR && how != SHUT_RDWR) {
         PyErr_SetString(PyExc_ValueError, "how must be SHUT_RD, SHUT_WR or SHUT_RDWR");
-        return NULL;
+        goto out;
     }
     if (skpy_deadline(a[1], &deadline) < 0)
-        return NULL;
+        goto out;
     if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "shutdown", a[1]) < 0)
-        return NULL;
+        goto out;
     if (self->fd < 0) {
         skpy_closed(self);
         goto error;
@@ -1028,6 +1391,7 @@ static PyObject *Conn_shutdown(PyObject *op, PyObject *const *args,
     py_ret = Py_NewRef(Py_None);
 error:
     pthread_mutex_unlock(&self->c.send_mu);
+out:
     return py_ret;
 }
 
@@ -1042,12 +1406,6 @@ static pthread_mutex_t skpy_workers_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t skpy_workers_cv = PTHREAD_COND_INITIALIZER;
 static int skpy_workers_live;      /* guarded by skpy_workers_mu */
 static int skpy_workers_finalising; /* atomic: no new worker, all stop */
-
-#define SKPY_WORKER_BATCH 1024
-#define SKPY_WORKER_SLICE_NS 50000000LL /* looks at the stop flags this often */
-#define SKPY_WORKER_RETRY_NS 2000000LL  /* send lock busy: look again this soon */
-#define SKPY_RETIRED_MAX 4096 /* settled futures kept before the worker drops
-                                 the table's references itself */
 
 typedef struct {
     ConnObject *self;   /* strong reference, dropped by the thread */
@@ -1074,7 +1432,7 @@ static void skpy_drain_retired(ConnObject *self)
 
     sk_plist_init(&l);
     pthread_mutex_lock(&self->corr->mu);
-    sk_plist_splice(&l, &self->retired);
+    sk_plist_splice(&l, &self->w.retired);
     pthread_mutex_unlock(&self->corr->mu);
     skpy_release_list(&l);
 }
@@ -1149,9 +1507,7 @@ static void skpy_conn_free_requests(ConnObject *self)
     sk_corr_free(self->corr);
     PyMem_RawFree(self->corr);
     self->corr = NULL;
-    if (self->efd >= 0)
-        close(self->efd);
-    self->efd = -1;
+    sk_worker_close_wake(&self->w);
 }
 
 /* Raise the error that ended the receive side, fresh (no traceback kept
@@ -1171,250 +1527,165 @@ static PyObject *skpy_raise_req_error(PyObject *py_type, PyObject *py_args)
  * GIL held (the worker closes efd only with it). */
 static void skpy_worker_kick(ConnObject *self)
 {
-    uint64_t one = 1;
-
-    if (self->efd >= 0 && SK_LOAD(&self->wphase) == SKPY_W_SLEEP &&
-        __atomic_exchange_n(&self->wphase, SKPY_W_BUSY, __ATOMIC_SEQ_CST) ==
-            SKPY_W_SLEEP &&
-        write(self->efd, &one, sizeof(one)) < 0) {
-        /* EAGAIN: the counter is full, so the worker is woken anyway */
-    }
+    sk_worker_kick(&self->w, 0);
 }
 
-/* Before the worker sleeps: announce it (SKPY_W_SLEEP), then write the
- * queue without waiting.  An enqueuer that takes the send lock after us
- * sees the announcement and kicks; one before us had its bytes written
- * here.  Returns POLLOUT while bytes remain (the socket is full), 0, or -1
- * when another thread holds the send lock (it writes the queue before its
- * own frames, but a heartbeat may leave bytes: look again soon).  No GIL;
- * caller holds no lock. */
-static int skpy_worker_flush(ConnObject *self)
-{
-    sk_err err;
-    int r = 0;
-
-    __atomic_store_n(&self->wphase, SKPY_W_SLEEP, __ATOMIC_SEQ_CST);
-    if (pthread_mutex_trylock(&self->c.send_mu) != 0)
-        return -1;
-    if (self->fd >= 0 && !self->wb_failed && sk_conn_queued(&self->c) > 0) {
-        if (sk_conn_flush(&self->c, 0, NULL, &err) == SK_ERR)
-            self->wb_failed = 1; /* the next send raises it; receive goes on */
-        else if (sk_conn_queued(&self->c) > 0)
-            r = POLLOUT;
-    }
-    pthread_mutex_unlock(&self->c.send_mu);
-    return r;
-}
-
-/* The receive worker: a C thread that waits and decodes without the GIL.
- * Each pass: write the request queue, wait (poll on the socket, the
- * eventfd, and POLLOUT while the queue is stuck) until a frame, a kick or
- * the next request deadline; take a batch of frames (only the first may
- * read the socket, so the views stay valid); settle replies and expired
- * requests in the table without the GIL, waking their waiters.  The GIL is
- * taken only when there is Python work: frames that are not replies go to
- * dispatch(list) in arrival order, interleaved with the callbacks of
- * settled futures that have some; dispatch(exc) gets the error that ended
- * the receive side; and the table's references to settled futures are
- * dropped (when idle, or past SKPY_RETIRED_MAX). */
-static void *skpy_worker_main(void *vp)
-{
-    skpy_worker_arg *arg = (skpy_worker_arg *)vp;
-    ConnObject *self = arg->self;
-    sk_corr *t = self->corr;
-    sk_frame fr[SKPY_WORKER_BATCH];
-    sk_promise *note[SKPY_WORKER_BATCH]; /* frame i settled it; it wants the GIL */
-    sk_promise *wake[SKPY_WORKER_BATCH];
-    PyObject *msg[SKPY_WORKER_BATCH];    /* frame i as a message, or NULL */
-    unsigned char ismsg[SKPY_WORKER_BATCH];
-    sk_plist expired, plain, notex;
-    sk_promise *p, *next;
+/* The receive worker thread: the core's loop (core/worker.h
+ * sk_worker_run) waits, decodes and settles replies and expired requests
+ * without the GIL; the callbacks below take the GIL only when there is
+ * Python work: frames that are not replies go to dispatch(list) in arrival
+ * order, interleaved with the callbacks of settled futures that have
+ * some; dispatch(exc) gets the error that ended the receive side; and the
+ * table's references to settled futures are dropped (when idle, or past
+ * SK_WORKER_RETIRED_MAX). */
+typedef struct {
+    skpy_worker_arg *arg;
     PyGILState_STATE g;
-    PyObject *py_list, *py_exc, *py_r, *py_fut;
-    int64_t now, wake_at, dl;
-    size_t nretired;
-    sk_err err, werr;
-    int rc, n, i, nmsg, nnote, nwake, out_ev, fatal, stop, done = 0;
+    PyObject *py_exc;                /* the error that ends the worker */
+    PyObject *msg[SK_WORKER_BATCH];  /* frame i as a message, or NULL */
+} skpy_worker_ctx;
 
-    while (!done) {
-        out_ev = skpy_worker_flush(self);
-        pthread_mutex_lock(&self->c.recv_mu);
-        n = 0;
-        if (self->fd < 0) { /* closed while we were dispatching: stop */
-            rc = SK_ERR;
-        } else {
-            now = sk_now_ns();
-            wake_at = now + (out_ev < 0 ? SKPY_WORKER_RETRY_NS
-                                        : SKPY_WORKER_SLICE_NS);
-            pthread_mutex_lock(&t->mu);
-            dl = sk_corr_next_deadline(t);
-            if (dl != SK_NO_DEADLINE && dl < wake_at)
-                wake_at = dl;
-            self->wake_at = wake_at;
-            pthread_mutex_unlock(&t->mu);
-            rc = sk_conn_recv_wake(&self->c, wake_at, self->efd,
-                                   (short)(out_ev > 0 ? out_ev : 0), &fr[0],
-                                   &err);
-        }
-        SK_STORE(&self->wphase, SKPY_W_BUSY);
-        if (rc == SK_OK) {
-            n = 1;
-            while (n < SKPY_WORKER_BATCH &&
-                   sk_conn_recv_buffered(&self->c, &fr[n], &err) == SK_OK)
-                n++;
-        }
-        /* replies and deadlines: settled here, without the GIL */
-        sk_plist_init(&expired);
-        sk_plist_init(&plain);
-        sk_plist_init(&notex);
-        nmsg = nnote = nwake = 0;
-        pthread_mutex_lock(&t->mu);
-        for (i = 0; i < n; i++) {
-            note[i] = NULL;
-            if (t->in_order) /* plain framing: a frame is a reply when owed */
-                ismsg[i] = !sk_corr_owed(t);
-            else
-                ismsg[i] = !(fr[i].has_id && (fr[i].id & SK_ID_REPLY));
-            if (ismsg[i]) {
-                nmsg++;
-                continue;
-            }
-            p = t->in_order ? sk_corr_reply_next(t, fr[i].data, fr[i].len)
-                            : sk_corr_reply(t, fr[i].id, fr[i].data, fr[i].len);
-            if (p == NULL)
-                continue; /* late or unknown: counted, dropped */
-            if (p->prev & SK_P_WAITING)
-                wake[nwake++] = p;
-            if (p->prev & SK_P_NOTIFY) {
-                note[i] = p;
-                nnote++;
-            } else {
-                sk_plist_push(&plain, p);
-            }
-        }
-        dl = sk_corr_next_deadline(t);
-        if (dl != SK_NO_DEADLINE && dl <= (now = sk_now_ns()))
-            sk_corr_expire(t, now, &expired);
-        pthread_mutex_unlock(&t->mu);
-        /* wake after unlocking, so that the woken do not run into the lock */
-        for (i = 0; i < nwake; i++)
-            sk_promise_wake(wake[i]);
-        for (p = expired.head; p != NULL; p = next) {
-            next = p->next;
-            if (p->prev & SK_P_WAITING)
-                sk_promise_wake(p);
-            if (p->prev & SK_P_NOTIFY)
-                sk_plist_push(&notex, p);
-            else
-                sk_plist_push(&plain, p);
-        }
-        pthread_mutex_lock(&t->mu);
-        sk_plist_splice(&self->retired, &plain);
-        nretired = self->retired.n;
-        pthread_mutex_unlock(&t->mu);
+/* Contract: the worker thread, no lock held, no GIL needed. */
+static int skpy_worker_stop(void *vctx)
+{
+    skpy_worker_ctx *x = vctx;
 
-        fatal = rc == SK_ERR;
-        stop = SK_LOAD(&self->worker_stop) || SK_LOAD(&skpy_workers_finalising);
-        if (!nmsg && !nnote && !notex.n && !fatal && !stop &&
-            nretired < SKPY_RETIRED_MAX && !(rc == SK_TIMEOUT && nretired)) {
-            pthread_mutex_unlock(&self->c.recv_mu);
+    return SK_LOAD(&x->arg->self->worker_stop) ||
+           SK_LOAD(&skpy_workers_finalising);
+}
+
+/* Contract: the worker thread, recv_mu held, GIL not held on entry and
+ * held on return (skpy_worker_run releases it).  The batch's messages as
+ * Python objects, before the frames' views go; the fatal error as an
+ * exception. */
+static void skpy_worker_take(void *vctx, sk_worker_batch *b)
+{
+    skpy_worker_ctx *x = vctx;
+    ConnObject *self = x->arg->self;
+    int i;
+
+    x->g = PyGILState_Ensure();
+    x->py_exc = NULL;
+    for (i = 0; i < b->n; i++) {
+        x->msg[i] = NULL;
+        if (b->ismsg[i] && x->py_exc == NULL) {
+            x->msg[i] = skpy_frame_obj(&b->fr[i]);
+            if (x->msg[i] == NULL) /* out of memory: end with it */
+                x->py_exc = skpy_take_exception();
+        }
+    }
+    if (b->fatal) {
+        /* the receive side failed for good: hand over the error */
+        if (self->closing || self->fd < 0)
+            skpy_closed(self);
+        else
+            skpy_raise(self->mod, &b->err, NULL);
+        Py_XDECREF(x->py_exc);
+        x->py_exc = skpy_take_exception();
+    }
+}
+
+/* Contract: GIL held.  Call dispatch(py_arg); an error is reported as
+ * unraisable. */
+static void skpy_worker_dispatch(skpy_worker_ctx *x, PyObject *py_arg)
+{
+    PyObject *py_r = PyObject_CallOneArg(x->arg->dispatch, py_arg);
+
+    if (py_r == NULL)
+        PyErr_WriteUnraisable(x->arg->dispatch);
+    Py_XDECREF(py_r);
+}
+
+/* Contract: GIL held, no lock held.  In arrival order: runs of messages
+ * to dispatch, settled futures to notify; then the expired ones. */
+static void skpy_worker_deliver(skpy_worker_ctx *x, sk_worker_batch *b)
+{
+    PyObject *py_list = NULL, *py_fut;
+    sk_promise *p, *next;
+    int i;
+
+    for (i = 0; i <= b->n; i++) {
+        if (i < b->n && x->msg[i] != NULL) {
+            if (py_list == NULL && (py_list = PyList_New(0)) == NULL)
+                PyErr_WriteUnraisable(x->arg->dispatch);
+            if (py_list != NULL && PyList_Append(py_list, x->msg[i]) < 0)
+                PyErr_WriteUnraisable(x->arg->dispatch);
+            Py_CLEAR(x->msg[i]);
             continue;
         }
-
-        /* Python work, which may take long (a callback, a full queue):
-         * from now on request_async writes its own requests, and what was
-         * queued before is written here first (best effort: a sender that
-         * holds the send lock writes the queue before its own frames) */
-        __atomic_store_n(&self->wphase, SKPY_W_PY, __ATOMIC_SEQ_CST);
-        if (pthread_mutex_trylock(&self->c.send_mu) == 0) {
-            if (self->fd >= 0 && !self->wb_failed &&
-                sk_conn_queued(&self->c) > 0 &&
-                sk_conn_flush(&self->c, 0, NULL, &werr) == SK_ERR)
-                self->wb_failed = 1;
-            pthread_mutex_unlock(&self->c.send_mu);
+        if (py_list != NULL && (i == b->n || b->note[i] != NULL)) {
+            skpy_worker_dispatch(x, py_list);
+            Py_CLEAR(py_list);
         }
-        g = PyGILState_Ensure();
-        py_exc = NULL;
-        for (i = 0; i < n; i++) {
-            msg[i] = NULL;
-            if (ismsg[i] && py_exc == NULL) {
-                msg[i] = skpy_frame_obj(&fr[i]);
-                if (msg[i] == NULL) /* out of memory: end with it */
-                    py_exc = skpy_take_exception();
-            }
-        }
-        if (fatal) {
-            /* the receive side failed for good: hand over the error */
-            if (self->closing || self->fd < 0)
-                skpy_closed(self);
-            else
-                skpy_raise(self->mod, &err, NULL);
-            py_exc = skpy_take_exception();
-        }
-        pthread_mutex_unlock(&self->c.recv_mu);
-        if (py_exc != NULL || stop)
-            done = 1;
-        /* in arrival order: runs of messages to dispatch, settled futures
-         * to notify */
-        py_list = NULL;
-        for (i = 0; i <= n; i++) {
-            if (i < n && msg[i] != NULL) {
-                if (py_list == NULL && (py_list = PyList_New(0)) == NULL)
-                    PyErr_WriteUnraisable(arg->dispatch);
-                if (py_list != NULL && PyList_Append(py_list, msg[i]) < 0)
-                    PyErr_WriteUnraisable(arg->dispatch);
-                Py_CLEAR(msg[i]);
-                continue;
-            }
-            if (py_list != NULL && (i == n || note[i] != NULL)) {
-                py_r = PyObject_CallOneArg(arg->dispatch, py_list);
-                if (py_r == NULL)
-                    PyErr_WriteUnraisable(arg->dispatch);
-                Py_XDECREF(py_r);
-                Py_CLEAR(py_list);
-            }
-            if (i < n && note[i] != NULL) {
-                py_fut = skpy_future_of(note[i]);
-                skpy_future_notify(py_fut);
-                Py_DECREF(py_fut);
-            }
-        }
-        for (p = notex.head; p != NULL; p = next) {
-            next = p->next;
-            py_fut = skpy_future_of(p);
+        if (i < b->n && b->note[i] != NULL) {
+            py_fut = skpy_future_of(b->note[i]);
             skpy_future_notify(py_fut);
             Py_DECREF(py_fut);
         }
-        skpy_drain_retired(self);
-        if (done) {
-            if (py_exc != NULL) {
-                py_r = PyObject_CallOneArg(arg->dispatch, py_exc);
-                if (py_r == NULL)
-                    PyErr_WriteUnraisable(arg->dispatch);
-                Py_XDECREF(py_r);
-                Py_DECREF(py_exc);
-            }
-            self->worker = 0;
-            /* stopped: write what is queued if the socket takes it; the
-             * rest goes with the next send or flush */
-            if (self->fd >= 0 && pthread_mutex_trylock(&self->c.send_mu) == 0) {
-                if (self->fd >= 0 && !self->wb_failed)
-                    sk_conn_flush(&self->c, 0, NULL, &werr);
-                pthread_mutex_unlock(&self->c.send_mu);
-            }
-            skpy_drain_retired(self);
-            if (self->efd >= 0)
-                close(self->efd);
-            self->efd = -1;
-            SK_STORE(&self->wphase, SKPY_W_BUSY);
-            Py_DECREF(arg->dispatch);
-            Py_DECREF(self);
-            PyMem_RawFree(arg);
-        } else {
-            SK_STORE(&self->wphase, SKPY_W_BUSY);
-        }
-        PyGILState_Release(g);
     }
+    for (p = b->notex.head; p != NULL; p = next) {
+        next = p->next;
+        py_fut = skpy_future_of(p);
+        skpy_future_notify(py_fut);
+        Py_DECREF(py_fut);
+    }
+}
+
+/* Contract: the worker thread, GIL held on entry (skpy_worker_take) and
+ * released on return; no lock held.  Delivers the batch; on the last pass
+ * (an error, or a stop) hands the error to dispatch, writes what is
+ * queued if the socket takes it, and drops the worker's references (self
+ * may be freed: the core touches neither it nor b again).  Returns 1 on
+ * the last pass. */
+static int skpy_worker_run(void *vctx, sk_worker_batch *b)
+{
+    skpy_worker_ctx *x = vctx;
+    skpy_worker_arg *arg = x->arg;
+    ConnObject *self = arg->self;
+    PyGILState_STATE g = x->g;
+    int done = x->py_exc != NULL || b->stop;
+
+    skpy_worker_deliver(x, b);
+    skpy_drain_retired(self);
+    if (done) {
+        if (x->py_exc != NULL) {
+            skpy_worker_dispatch(x, x->py_exc);
+            Py_CLEAR(x->py_exc);
+        }
+        self->worker = 0;
+        /* stopped: write what is queued if the socket takes it; the rest
+         * goes with the next send or flush */
+        sk_worker_flush_now(&self->w, 0);
+        skpy_drain_retired(self);
+        sk_worker_close_wake(&self->w);
+        SK_STORE(&self->w.wphase, SK_W_BUSY);
+        Py_DECREF(arg->dispatch);
+        Py_DECREF(self);
+        PyMem_RawFree(arg);
+    } else {
+        SK_STORE(&self->w.wphase, SK_W_BUSY);
+    }
+    PyGILState_Release(g);
+    return done;
+}
+
+static const sk_worker_ops skpy_worker_ops = {
+    skpy_worker_stop,
+    skpy_worker_take,
+    skpy_worker_run,
+};
+
+/* Contract: the thread start routine (no GIL); owns arg.  The scratch
+ * (about 70 KiB) is on the thread's stack, as before the loop moved into
+ * the core. */
+static void *skpy_worker_main(void *vp)
+{
+    skpy_worker_ctx x;
+    sk_worker_batch b;
+    skpy_worker_arg *arg = vp;
+
+    x.arg = arg;
+    sk_worker_run(&arg->self->w, &skpy_worker_ops, &x, &b);
     /* past this point the thread never touches Python or the Conn */
     pthread_mutex_lock(&skpy_workers_mu);
     skpy_workers_live--;
@@ -1430,51 +1701,60 @@ PyDoc_STRVAR(Conn_start_worker_doc,
 "worker owns the receive side.  dispatch(list) gets frames that are not\n"
 "replies, dispatch(exc) the error that ended the receive side.\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Conn_start_worker(PyObject *op, PyObject *dispatch)
 {
     ConnObject *self = (ConnObject *)op;
     skpy_worker_arg *arg;
     pthread_attr_t attr;
+    PyObject *py_res = NULL;
     sk_err err;
     int r;
 
-    if (self->fd < 0)
-        return skpy_closed(self);
+    if (self->fd < 0) {
+        skpy_closed(self);
+        goto error;
+    }
     if (self->worker) {
         PyErr_SetString(PyExc_RuntimeError, "a receive worker already runs");
-        return NULL;
+        goto error;
     }
     if (SK_LOAD(&skpy_workers_finalising)) {
         PyErr_SetString(PyExc_RuntimeError,
                         "the interpreter is shutting down: no new receive "
                         "worker can start");
-        return NULL;
+        goto error;
     }
     if (self->corr == NULL) {
         self->corr = PyMem_RawCalloc(1, sizeof(*self->corr));
-        if (self->corr == NULL)
-            return PyErr_NoMemory();
+        if (self->corr == NULL) {
+            PyErr_NoMemory();
+            goto error;
+        }
         if ((self->c.framing.flags & SK_FRAMING_IDS
                  ? sk_corr_init(self->corr, &err)
                  : sk_corr_init_in_order(self->corr, &err)) != SK_OK) {
             PyMem_RawFree(self->corr);
             self->corr = NULL;
-            return skpy_raise(self->mod, &err, NULL);
+            skpy_raise(self->mod, &err, NULL);
+            goto error;
         }
     }
-    if (self->efd < 0) {
-        self->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-        if (self->efd < 0)
-            return skpy_oserror("eventfd");
+    self->w.t = self->corr;
+    if (sk_worker_open_wake(&self->w, &err) != SK_OK) {
+        skpy_raise(self->mod, &err, NULL);
+        goto error;
     }
     arg = PyMem_RawMalloc(sizeof(*arg));
-    if (arg == NULL)
-        return PyErr_NoMemory();
+    if (arg == NULL) {
+        PyErr_NoMemory();
+        goto error;
+    }
     arg->self = (ConnObject *)Py_NewRef(op);
     arg->dispatch = Py_NewRef(dispatch);
     self->worker = 1;
     SK_STORE(&self->worker_stop, 0);
-    SK_STORE(&self->wphase, SKPY_W_BUSY);
+    SK_STORE(&self->w.wphase, SK_W_BUSY);
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     pthread_mutex_lock(&skpy_workers_mu);
@@ -1489,9 +1769,12 @@ static PyObject *Conn_start_worker(PyObject *op, PyObject *dispatch)
         Py_DECREF(arg->dispatch);
         PyMem_RawFree(arg);
         errno = r;
-        return skpy_oserror("pthread_create");
+        skpy_oserror("pthread_create");
+        goto error;
     }
-    Py_RETURN_NONE;
+    py_res = Py_NewRef(Py_None);
+error:
+    return py_res;
 }
 
 /* Contract: GIL held.  The worker ends within its slice (at once if it
@@ -1499,12 +1782,9 @@ static PyObject *Conn_start_worker(PyObject *op, PyObject *dispatch)
 static PyObject *Conn_stop_worker(PyObject *op, PyObject *Py_UNUSED(ig))
 {
     ConnObject *self = (ConnObject *)op;
-    uint64_t one = 1;
 
     SK_STORE(&self->worker_stop, 1);
-    if (self->efd >= 0 && write(self->efd, &one, sizeof(one)) < 0) {
-        /* EAGAIN: the counter is full, the worker is woken anyway */
-    }
+    sk_worker_kick(&self->w, 1);
     Py_RETURN_NONE;
 }
 
@@ -1522,11 +1802,12 @@ static PyObject *skpy_stop_workers(PyObject *mod, PyObject *py_timeout)
     int64_t deadline;
     struct timespec ts;
     int live;
+    PyObject *py_res = NULL;
 
     (void)mod;
     timeout = PyFloat_AsDouble(py_timeout);
     if (timeout == -1.0 && PyErr_Occurred())
-        return NULL;
+        goto error;
     SK_STORE(&skpy_workers_finalising, 1);
     deadline = sk_now_ns() + (int64_t)(timeout > 0 ? timeout * 1e9 : 0);
     Py_BEGIN_ALLOW_THREADS
@@ -1545,7 +1826,9 @@ static PyObject *skpy_stop_workers(PyObject *mod, PyObject *py_timeout)
     live = skpy_workers_live;
     pthread_mutex_unlock(&skpy_workers_mu);
     Py_END_ALLOW_THREADS
-    return PyLong_FromLong(live);
+    py_res = PyLong_FromLong(live);
+error:
+    return py_res;
 }
 
 /* ------------------------------------------------------------- requests */
@@ -1571,6 +1854,38 @@ static const char REQUEST_BEGUN[] =
     "this request was begun and will be completed; its future is dropped "
     "and its reply will be dropped when it comes";
 
+/* Contract: GIL held, send lock held; the GIL is released only to wait
+ * (backpressure, or a direct send).  Put request iov on the wire for
+ * request_async: small requests into the write-behind queue that the
+ * receive worker writes (after writing the queue out first once it holds
+ * SKPY_WB_MAX, so memory stays bounded; at once, without waiting, while
+ * the worker runs Python code and may not be back soon), larger ones (or
+ * without a worker) sent directly.  *done: frames taken by a direct send.
+ * SK_OK or a core result with err set. */
+static int skpy_request_write(ConnObject *self, const sk_iov *iov,
+                              int64_t deadline, size_t *done, sk_err *err)
+{
+    sk_err e2;
+    int rc = SK_OK;
+
+    if (self->worker && iov->len <= SKPY_WB_DIRECT && !self->w.wb_failed) {
+        if (sk_conn_queued(&self->c) >= SKPY_WB_MAX) {
+            Py_BEGIN_ALLOW_THREADS
+            sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
+            rc = sk_conn_flush(&self->c, deadline, &intr, err);
+            Py_END_ALLOW_THREADS
+        }
+        if (rc == SK_OK)
+            rc = sk_conn_enqueue(&self->c, iov, err);
+        /* an error of the early write stays for the next send to raise */
+        if (rc == SK_OK && SK_LOAD(&self->w.wphase) == SK_W_PY)
+            sk_conn_flush(&self->c, 0, NULL, &e2);
+    } else {
+        rc = Conn_send_locked(self, iov, 1, iov->len, deadline, done, err);
+    }
+    return rc;
+}
+
 /* Contract: GIL held; released only to wait for the send lock or, under
  * backpressure, to write the queue.  The request is registered in the
  * table under the send lock, so ids are handed out in the order requests
@@ -1589,22 +1904,24 @@ static PyObject *Conn_request_async(PyObject *op, PyObject *const *args,
     int64_t deadline;
     size_t done = 0;
     sk_iov iov;
-    sk_err err, e2;
+    sk_err err;
     int rc = SK_OK, locked = 0, registered = 0, taken;
 
     if (skpy_args("request_async", args, nargs, kwnames, names, 1, 2, a) < 0)
-        return NULL;
+        goto out;
     if (skpy_deadline(a[1], &deadline) < 0)
-        return NULL;
-    if (self->fd < 0)
-        return skpy_closed(self);
+        goto out;
+    if (self->fd < 0) {
+        skpy_closed(self);
+        goto out;
+    }
     if (self->corr == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "request_async: no receive worker "
                         "(start_receiver() starts one)");
-        return NULL;
+        goto out;
     }
     if (PyObject_GetBuffer(a[0], &view, PyBUF_SIMPLE) < 0)
-        return NULL;
+        goto out;
     sk_plist_init(&retired);
     py_fut = skpy_future_new(self->mod);
     if (py_fut == NULL)
@@ -1627,7 +1944,7 @@ static PyObject *Conn_request_async(PyObject *op, PyObject *const *args,
         rc = sk_corr_add(self->corr, p, deadline, &err);
         registered = rc == SK_OK;
     }
-    sk_plist_splice(&retired, &self->retired);
+    sk_plist_splice(&retired, &self->w.retired);
     pthread_mutex_unlock(&self->corr->mu);
     if (registered)
         Py_INCREF(py_fut); /* the table's reference */
@@ -1644,26 +1961,7 @@ static PyObject *Conn_request_async(PyObject *op, PyObject *const *args,
     iov.len = (size_t)view.len;
     iov.id = p->id;
     iov.has_id = !self->corr->in_order;
-    if (self->worker && iov.len <= SKPY_WB_DIRECT && !self->wb_failed) {
-        if (sk_conn_queued(&self->c) >= SKPY_WB_MAX) {
-            /* backpressure: the peer is slow to read; write the queue out
-             * before adding to it */
-            Py_BEGIN_ALLOW_THREADS
-            sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
-            rc = sk_conn_flush(&self->c, deadline, &intr, &err);
-            Py_END_ALLOW_THREADS
-        }
-        if (rc == SK_OK)
-            rc = sk_conn_enqueue(&self->c, &iov, &err);
-        if (rc == SK_OK && SK_LOAD(&self->wphase) == SKPY_W_PY) {
-            /* the worker runs Python code (a callback, a full queue...) and
-             * may not be back soon: write now, without waiting; an error
-             * stays for the next send to raise */
-            sk_conn_flush(&self->c, 0, NULL, &e2);
-        }
-    } else {
-        rc = Conn_send_locked(self, &iov, 1, iov.len, deadline, &done, &err);
-    }
+    rc = skpy_request_write(self, &iov, deadline, &done, &err);
     if (rc != SK_OK) {
         skpy_fail(self, rc, &err, "request_async", a[1],
                   done > 0 ? REQUEST_BEGUN : REQUEST_KEPT);
@@ -1692,6 +1990,7 @@ error:
     Py_XDECREF(py_et);
     Py_XDECREF(py_ea);
     PyBuffer_Release(&view);
+out:
     return py_ret;
 }
 
@@ -1706,14 +2005,16 @@ PyDoc_STRVAR(Conn_fail_requests_doc,
 static PyObject *Conn_fail_requests(PyObject *op, PyObject *py_exc)
 {
     ConnObject *self = (ConnObject *)op;
+    PyObject *py_res = NULL;
 
     if (!PyExceptionInstance_Check(py_exc)) {
         PyErr_SetString(PyExc_TypeError, "_fail_requests() needs an exception");
-        return NULL;
+    } else {
+        if (self->corr != NULL)
+            skpy_conn_fail_pending(self, py_exc);
+        py_res = Py_NewRef(Py_None);
     }
-    if (self->corr != NULL)
-        skpy_conn_fail_pending(self, py_exc);
-    Py_RETURN_NONE;
+    return py_res;
 }
 
 PyDoc_STRVAR(Conn_request_stats_doc,
@@ -1778,6 +2079,8 @@ error:
     return res;
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Conn_get_worker(PyObject *op, void *closure)
 {
     (void)closure;
@@ -1792,11 +2095,13 @@ PyDoc_STRVAR(Conn_heartbeat_doc,
 "thread sends a PING after `interval` seconds without sending, and declares\n"
 "the peer dead after `timeout` seconds without receiving.\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Conn_heartbeat(PyObject *op, PyObject *const *args,
                                 Py_ssize_t nargs)
 {
     ConnObject *self = (ConnObject *)op;
     double interval, timeout;
+    PyObject *py_res = NULL;
     int initiator;
     sk_hub *hub;
     sk_err err;
@@ -1804,49 +2109,58 @@ static PyObject *Conn_heartbeat(PyObject *op, PyObject *const *args,
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError,
                         "_start_heartbeat(interval, timeout, initiator)");
-        return NULL;
+        goto error;
     }
     initiator = PyObject_IsTrue(args[2]);
     if (initiator < 0)
-        return NULL;
+        goto error;
     interval = PyFloat_AsDouble(args[0]);
     if (interval == -1.0 && PyErr_Occurred())
-        return NULL;
+        goto error;
     timeout = PyFloat_AsDouble(args[1]);
     if (timeout == -1.0 && PyErr_Occurred())
-        return NULL;
+        goto error;
     if (!(interval > 0) || !(timeout > 0) || interval > 1e6 || timeout > 1e6) {
         PyErr_SetString(PyExc_ValueError,
                         "heartbeat interval and timeout must be > 0 s");
-        return NULL;
+        goto error;
     }
-    if (self->fd < 0)
-        return skpy_closed(self);
+    if (self->fd < 0) {
+        skpy_closed(self);
+        goto error;
+    }
     if (self->c.hub != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "heartbeats are already on");
-        return NULL;
+        goto error;
     }
     if (sk_conn_heartbeat(&self->c, (int64_t)(interval * 1e9),
                           (int64_t)(timeout * 1e9), initiator, &err) != SK_OK)
-        return skpy_raise(self->mod, &err, NULL);
+        goto core_error;
     hub = skpy_hub_get(self->mod);
     if (hub == NULL)
-        return NULL;
+        goto error;
     if (sk_hub_add(hub, &self->c, &err) != SK_OK)
-        return skpy_raise(self->mod, &err, NULL);
-    Py_RETURN_NONE;
+        goto core_error;
+    py_res = Py_NewRef(Py_None);
+    goto error;
+core_error:
+    skpy_raise(self->mod, &err, NULL);
+error:
+    return py_res;
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Conn_get_latency(PyObject *op, void *closure)
 {
     int64_t rtt = SK_LOAD(&((ConnObject *)op)->c.hb.rtt_ns);
 
     (void)closure;
-    if (rtt < 0)
-        Py_RETURN_NONE;
-    return PyFloat_FromDouble((double)rtt / 1e9);
+    return rtt < 0 ? Py_NewRef(Py_None) : PyFloat_FromDouble((double)rtt / 1e9);
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Conn_get_hb_stats(PyObject *op, void *closure)
 {
     const sk_hb *hb = &((ConnObject *)op)->c.hb;
@@ -1864,35 +2178,46 @@ static PyObject *Conn_get_hb_stats(PyObject *op, void *closure)
         "idle_tx_s", (double)(sk_now_ns() - SK_LOAD(&hb->last_tx_ns)) / 1e9);
 }
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Conn_fileno(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     return PyLong_FromLong(((ConnObject *)op)->fd);
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Conn_get_closed(PyObject *op, void *closure)
 {
     (void)closure;
     return PyBool_FromLong(((ConnObject *)op)->fd < 0);
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Conn_get_owed(PyObject *op, void *closure)
 {
     (void)closure;
     return PyLong_FromUnsignedLongLong(((ConnObject *)op)->c.owed);
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Conn_get_discarded(PyObject *op, void *closure)
 {
     (void)closure;
     return PyLong_FromUnsignedLongLong(((ConnObject *)op)->c.discarded);
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Conn_get_buffered(PyObject *op, void *closure)
 {
     (void)closure;
     return PyLong_FromSize_t(sk_decoder_buffered(&((ConnObject *)op)->c.dec));
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Conn_get_unsent(PyObject *op, void *closure)
 {
     (void)closure;
@@ -1914,30 +2239,33 @@ static PyObject *Conn_query(PyObject *op, PyObject *py_what)
 {
     ConnObject *self = (ConnObject *)op;
     sk_tcp_info ti;
+    PyObject *py_res = NULL;
     const char *what;
     sk_err err;
     int state;
 
     what = PyUnicode_AsUTF8(py_what);
     if (what == NULL)
-        return NULL;
-    if (self->fd < 0)
-        return skpy_closed(self);
-    if (strcmp(what, "state") == 0) {
+        goto done;
+    if (self->fd < 0) {
+        skpy_closed(self);
+    } else if (strcmp(what, "state") == 0) {
         if (sk_tcp_state(self->fd, &state, &err) != SK_OK)
-            return skpy_raise(self->mod, &err, NULL);
-        return PyLong_FromLong(state);
-    }
-    if (strcmp(what, "info") == 0) {
+            skpy_raise(self->mod, &err, NULL);
+        else
+            py_res = PyLong_FromLong(state);
+    } else if (strcmp(what, "info") == 0) {
         if (sk_tcp_info_get(self->fd, &ti, &err) != SK_OK)
-            return skpy_raise(self->mod, &err, NULL);
-        return skpy_tcp_info_dict(&ti);
-    }
-    if (strcmp(what, "sockname") != 0 && strcmp(what, "peername") != 0) {
+            skpy_raise(self->mod, &err, NULL);
+        else
+            py_res = skpy_tcp_info_dict(&ti);
+    } else if (strcmp(what, "sockname") == 0 || strcmp(what, "peername") == 0) {
+        py_res = skpy_fd_name(self->fd, what[0] == 'p');
+    } else {
         PyErr_Format(PyExc_ValueError, "_query: unknown fact %R", py_what);
-        return NULL;
     }
-    return skpy_fd_name(self->fd, what[0] == 'p');
+done:
+    return py_res;
 }
 
 static PyMethodDef Conn_methods[] = {
@@ -1973,7 +2301,55 @@ static PyMethodDef Conn_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *Conn_get_write_behind(PyObject *op, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(((ConnObject *)op)->wb);
+}
+
+/* Turning write-behind off writes the queue first (send's rules: until
+ * the queue is empty, no deadline, Ctrl-C interrupts).  GIL held. */
+static int Conn_set_write_behind(PyObject *op, PyObject *value, void *closure)
+{
+    ConnObject *self = (ConnObject *)op;
+    sk_err err;
+    int on, rc, ret = -1;
+
+    (void)closure;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_TypeError, "write_behind cannot be deleted; set it to False");
+        return -1;
+    }
+    on = PyObject_IsTrue(value);
+    if (on < 0)
+        return -1;
+    if (skpy_lock_or_raise(self, &self->c.send_mu, SK_NO_DEADLINE, "write_behind", NULL) < 0)
+        return -1;
+    if (!on && self->wb) {
+        rc = Conn_flush_locked(self, SK_NO_DEADLINE, &err);
+        if (rc != SK_OK) {
+            skpy_fail(self, rc, &err, "write_behind = False", NULL,
+                      "write-behind stays on; the queue keeps its order");
+            goto done;
+        }
+    }
+    self->wb = on;
+    ret = 0;
+done:
+    pthread_mutex_unlock(&self->c.send_mu);
+    return ret;
+}
+
 static PyGetSetDef Conn_getset[] = {
+    {"write_behind", Conn_get_write_behind, Conn_set_write_behind,
+     "True: send() queues frames of up to 64 KiB and writes them in "
+     "batches: at 64 KiB, about 50 us after the first (the flusher thread), "
+     "and first thing in flush(), recv(), recv_many(), request(), "
+     "send_many() and close().  Off by default; setting it to False writes "
+     "the queue.  See docs/PROTOCOL.md, \"Write-behind\".\n\n"
+     "    >>> conn.write_behind = True\n"
+     "    >>> conn.send(b'event')   # queued\n"
+     "    >>> conn.flush(timeout=1.0)\n", NULL},
     {"closed", Conn_get_closed, NULL, "True once close() or abort() ran.", NULL},
     {"pending_replies", Conn_get_owed, NULL,
      "Replies owed to timed-out requests, to be discarded on arrival.", NULL},

@@ -106,6 +106,7 @@ done:
     return stop;
 }
 
+/* Contract: no GIL needed; frees what the collector holds. */
 static void collector_free(collector *c)
 {
     free(c->items);
@@ -201,13 +202,9 @@ static PyObject *entry_tuple(const sk_diag_entry *e, const sk_tcp_info *info)
                          (unsigned long long)e->cookie,
                          (unsigned long)e->ifindex, py_info);
     py_info = NULL; /* stolen by N, even on failure */
-    if (py_t == NULL)
-        goto error;
-    return py_t;  /* the success exit */
 error:
     Py_XDECREF(py_info);
-    Py_XDECREF(py_t);
-    return NULL;
+    return py_t;
 }
 
 /* ------------------------------------------------- entries built in C */
@@ -226,29 +223,30 @@ PyDoc_STRVAR(diag_set_entry_type_doc,
 static PyObject *Core_diag_set_entry_type(PyObject *mod, PyObject *args)
 {
     skpy_state *st = skpy_get_state(mod);
-    PyObject *py_cls, *py_fields, *py_states, *py_fams, *py_timers;
+    PyObject *py_cls, *py_fields, *py_states, *py_fams, *py_timers, *py_d;
+    PyObject *py_res = NULL;
     Py_ssize_t i;
 
     if (!PyArg_ParseTuple(args, "O!O!O!O!O!:diag_set_entry_type", &PyType_Type,
                           &py_cls, &PyTuple_Type, &py_fields, &PyTuple_Type,
                           &py_states, &PyDict_Type, &py_fams, &PyTuple_Type,
                           &py_timers))
-        return NULL;
+        goto error;
     if (PyTuple_GET_SIZE(py_fields) != SKPY_ENTRY_FIELDS) {
         PyErr_SetString(PyExc_ValueError, "fields must name the 14 slots");
-        return NULL;
+        goto error;
     }
     for (i = 0; i < SKPY_ENTRY_FIELDS; i++) {
-        PyObject *py_d = PyObject_GetAttr(py_cls, PyTuple_GET_ITEM(py_fields, i));
+        py_d = PyObject_GetAttr(py_cls, PyTuple_GET_ITEM(py_fields, i));
         if (py_d == NULL)
-            return NULL;
+            goto error;
         /* a slot is a member descriptor of an object-typed member: its
          * offset is where the value lives inside each instance */
         if (!Py_IS_TYPE(py_d, &PyMemberDescr_Type) ||
             ((PyMemberDescrObject *)py_d)->d_member->type != T_OBJECT_EX) {
             Py_DECREF(py_d);
             PyErr_SetString(PyExc_TypeError, "the entry type must use __slots__");
-            return NULL;
+            goto error;
         }
         st->entry_off[i] = ((PyMemberDescrObject *)py_d)->d_member->offset;
         Py_DECREF(py_d);
@@ -257,7 +255,9 @@ static PyObject *Core_diag_set_entry_type(PyObject *mod, PyObject *args)
     Py_XSETREF(st->entry_states, Py_NewRef(py_states));
     Py_XSETREF(st->entry_families, Py_NewRef(py_fams));
     Py_XSETREF(st->entry_timers, Py_NewRef(py_timers));
-    Py_RETURN_NONE;
+    py_res = Py_NewRef(Py_None);
+error:
+    return py_res;
 }
 
 /* Store a new reference `v` (stolen) into slot i of obj.  v may be NULL
@@ -265,12 +265,14 @@ static PyObject *Core_diag_set_entry_type(PyObject *mod, PyObject *args)
 static int entry_set(skpy_state *st, PyObject *obj, int i, PyObject *v)
 {
     PyObject **slot;
+    int rc = -1;
 
-    if (v == NULL)
-        return -1;
-    slot = (PyObject **)((char *)obj + st->entry_off[i]);
-    Py_XSETREF(*slot, v);
-    return 0;
+    if (v != NULL) {
+        slot = (PyObject **)((char *)obj + st->entry_off[i]);
+        Py_XSETREF(*slot, v);
+        rc = 0;
+    }
+    return rc;
 }
 
 /* A one-entry cache per side: a listing repeats the same few addresses
@@ -283,20 +285,21 @@ typedef struct {
 /* (host, port) with host taken from the cache when it matches.  GIL held. */
 static PyObject *addr_pair(addr_cache *cache, const char *host, int port)
 {
-    PyObject *py_port, *py_pair;
+    PyObject *py_port, *py_pair = NULL, *py_h;
 
     if (cache->obj == NULL || strcmp(cache->text, host) != 0) {
-        PyObject *py_h = PyUnicode_FromString(host);
+        py_h = PyUnicode_FromString(host);
         if (py_h == NULL)
-            return NULL;
+            goto error;
         Py_XSETREF(cache->obj, py_h);
         snprintf(cache->text, sizeof(cache->text), "%s", host);
     }
     py_port = PyLong_FromLong(port);
     if (py_port == NULL)
-        return NULL;
+        goto error;
     py_pair = PyTuple_Pack(2, cache->obj, py_port);
     Py_DECREF(py_port);
+error:
     return py_pair;
 }
 
@@ -316,7 +319,7 @@ static PyObject *entry_object(skpy_state *st, const sk_diag_entry *e,
         dst[0] = '\0';
     obj = st->EntryType->tp_alloc(st->EntryType, 0);
     if (obj == NULL)
-        return NULL;
+        goto done;
     py_v = PyLong_FromLong(e->family);
     if (py_v == NULL)
         goto error;
@@ -358,10 +361,11 @@ static PyObject *entry_object(skpy_state *st, const sk_diag_entry *e,
         entry_set(st, obj, 13, info != NULL ? skpy_tcp_info_dict(info)
                                             : Py_NewRef(Py_None)) < 0)
         goto error;
-    return obj;
+    goto done;
 error:
-    Py_DECREF(obj);
-    return NULL;
+    Py_CLEAR(obj);
+done:
+    return obj;
 }
 
 /* ---------------------------------------------------------------- dump */
@@ -478,14 +482,14 @@ static PyObject *Core_diag_dump(PyObject *mod, PyObject *args, PyObject *kw)
         }
         PyList_SET_ITEM(py_list, i, py_t);
     }
-    Py_CLEAR(cache[0].obj);
+    goto done;
+error:
+    Py_CLEAR(py_list);
+done:
+    Py_CLEAR(cache[0].obj); /* also on error: an entry may have filled them */
     Py_CLEAR(cache[1].obj);
     collector_free(&c);
-    return py_list;  /* the success exit */
-error:
-    collector_free(&c);
-    Py_XDECREF(py_list);
-    return NULL;
+    return py_list;
 }
 
 /* -------------------------------------------------------------- lookup */

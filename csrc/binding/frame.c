@@ -22,18 +22,21 @@ typedef struct {
     PyObject *control; /* list of control-frame bodies not yet taken */
 } DecoderObject;
 
+/* Contract: GIL held; 0, or -1 with an exception set. */
 static int Decoder_init(PyObject *op, PyObject *args, PyObject *kwds)
 {
     DecoderObject *self = (DecoderObject *)op;
     sk_framing f;
+    int rc = skpy_framing_args(self->mod, args, kwds, &f);
 
-    if (skpy_framing_args(self->mod, args, kwds, &f) < 0)
-        return -1;
-    sk_decoder_free(&self->d);
-    sk_decoder_init(&self->d, &f);
-    return 0;
+    if (rc == 0) {
+        sk_decoder_free(&self->d);
+        sk_decoder_init(&self->d, &f);
+    }
+    return rc;
 }
 
+/* Contract: GIL held; a new object, or NULL with an exception set. */
 static PyObject *Decoder_new(PyTypeObject *type, PyObject *args,
                              PyObject *kwds)
 {
@@ -44,16 +47,16 @@ static PyObject *Decoder_new(PyTypeObject *type, PyObject *args,
     (void)kwds;
     self = (DecoderObject *)type->tp_alloc(type, 0);
     if (self == NULL)
-        return NULL;
+        goto error;
     sk_decoder_init(&self->d, &f);
     self->mod = skpy_module_of(type);
-    if (self->mod == NULL) {
-        Py_DECREF(self);
-        return NULL;
-    }
+    if (self->mod == NULL)
+        Py_CLEAR(self);
+error:
     return (PyObject *)self;
 }
 
+/* Contract: GIL held; frees the object and drops its type's reference. */
 static void Decoder_dealloc(PyObject *op)
 {
     PyTypeObject *tp = Py_TYPE(op);
@@ -74,6 +77,7 @@ PyDoc_STRVAR(Decoder_feed_doc,
 "    >>> d.feed(b'\\x00\\x00\\x00\\x02h')\n    []\n"
 "    >>> d.feed(b'i')\n    [b'hi']\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Decoder_feed(PyObject *op, PyObject *arg)
 {
     DecoderObject *self = (DecoderObject *)op;
@@ -83,7 +87,7 @@ static PyObject *Decoder_feed(PyObject *op, PyObject *arg)
     int rc;
 
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
-        return NULL;
+        goto done;
     if (sk_decoder_feed(&self->d, view.buf, (size_t)view.len) != SK_OK) {
         skpy_raise(self->mod, &self->d.err, NULL);
         goto error;
@@ -127,6 +131,7 @@ static PyObject *Decoder_feed(PyObject *op, PyObject *arg)
         sk_decoder_idle(&self->d);
 error:
     PyBuffer_Release(&view);
+done:
     return py_list;
 }
 
@@ -135,22 +140,27 @@ PyDoc_STRVAR(Decoder_finish_doc,
 "Declare the end of the stream: raises sk.IncompleteFrame (with .missing)\n"
 "if a partial frame is buffered, else returns None.\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Decoder_finish(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     DecoderObject *self = (DecoderObject *)op;
     sk_err err;
 
-    if (sk_decoder_finish(&self->d, &err) != SK_OK)
-        return skpy_raise(self->mod, &err, NULL);
-    Py_RETURN_NONE;
+    return sk_decoder_finish(&self->d, &err) != SK_OK
+               ? skpy_raise(self->mod, &err, NULL)
+               : Py_NewRef(Py_None);
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Decoder_get_buffered(PyObject *op, void *closure)
 {
     (void)closure;
     return PyLong_FromSize_t(sk_decoder_buffered(&((DecoderObject *)op)->d));
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Decoder_get_missing(PyObject *op, void *closure)
 {
     (void)closure;
@@ -158,6 +168,8 @@ static PyObject *Decoder_get_missing(PyObject *op, void *closure)
         sk_decoder_missing(&((DecoderObject *)op)->d));
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Decoder_get_frames(PyObject *op, void *closure)
 {
     (void)closure;
@@ -169,6 +181,7 @@ PyDoc_STRVAR(Decoder_take_control_doc,
 "Control frames (heartbeats) received since the last call: each body is\n"
 "its type byte and payload (docs/PROTOCOL.md).  Only with control=True.\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Decoder_take_control(PyObject *op, PyObject *Py_UNUSED(ig))
 {
     DecoderObject *self = (DecoderObject *)op;
@@ -231,14 +244,16 @@ typedef struct {
     PyObject *mod; /* borrowed: the type keeps the module alive */
 } EncoderObject;
 
+/* Contract: GIL held; 0, or -1 with an exception set. */
 static int Encoder_init(PyObject *op, PyObject *args, PyObject *kwds)
 {
     EncoderObject *self = (EncoderObject *)op;
+    int rc = -1;
 
     self->mod = skpy_module_of(Py_TYPE(op));
-    if (self->mod == NULL)
-        return -1;
-    return skpy_framing_args(self->mod, args, kwds, &self->f);
+    if (self->mod != NULL)
+        rc = skpy_framing_args(self->mod, args, kwds, &self->f);
+    return rc;
 }
 
 /* Raise FrameTooLarge for a payload of n bytes.  GIL held. */
@@ -260,6 +275,7 @@ PyDoc_STRVAR(Encoder_encode_doc,
 "One frame: header (+ the 8-byte id of a correlated frame) + payload.\n\n"
 "    >>> sk.Encoder(header_size=2).encode(b'hi')\n    b'\\x00\\x02hi'\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Encoder_encode(PyObject *op, PyObject *const *args,
                                 Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -270,33 +286,29 @@ static PyObject *Encoder_encode(PyObject *op, PyObject *const *args,
     size_t hl;
     Py_buffer view;
 
-    if (nargs < 1 || nargs > 2 || (kwnames && PyTuple_GET_SIZE(kwnames) > 1)) {
-        PyErr_SetString(PyExc_TypeError, "encode(payload, id=None)");
-        return NULL;
-    }
+    if (nargs < 1 || nargs > 2 || (kwnames && PyTuple_GET_SIZE(kwnames) > 1))
+        goto usage;
     py_payload = args[0];
     if (nargs == 2)
         py_id = args[1];
     else if (kwnames && PyTuple_GET_SIZE(kwnames) == 1) {
         if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0),
-                                             "id") != 0) {
-            PyErr_SetString(PyExc_TypeError, "encode(payload, id=None)");
-            return NULL;
-        }
+                                             "id") != 0)
+            goto usage;
         py_id = args[nargs];
     }
     if (py_id != NULL && py_id != Py_None) {
         if (!(self->f.flags & SK_FRAMING_IDS)) {
             PyErr_SetString(PyExc_ValueError,
                             "this encoder was made without correlation=True");
-            return NULL;
+            goto out;
         }
         id = PyLong_AsUnsignedLongLong(py_id);
         if (id == (unsigned long long)-1 && PyErr_Occurred())
-            return NULL;
+            goto out;
     }
     if (PyObject_GetBuffer(py_payload, &view, PyBUF_SIMPLE) < 0)
-        return NULL;
+        goto out;
     if ((uint64_t)view.len > self->f.max_frame) {
         Encoder_too_large(self, 0, view.len);
         goto done;
@@ -314,6 +326,10 @@ static PyObject *Encoder_encode(PyObject *op, PyObject *const *args,
     memcpy(PyBytes_AS_STRING(py_out) + hl, view.buf, (size_t)view.len);
 done:
     PyBuffer_Release(&view);
+    goto out;
+usage:
+    PyErr_SetString(PyExc_TypeError, "encode(payload, id=None)");
+out:
     return py_out;
 }
 
@@ -322,6 +338,7 @@ PyDoc_STRVAR(Encoder_encode_many_doc,
 "Plain frames for every payload, joined into one bytes object (one write).\n"
 "All or nothing: an oversized payload raises sk.FrameTooLarge.\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Encoder_encode_many(PyObject *op, PyObject *arg)
 {
     EncoderObject *self = (EncoderObject *)op;
@@ -332,7 +349,7 @@ static PyObject *Encoder_encode_many(PyObject *op, PyObject *arg)
 
     py_seq = PySequence_Fast(arg, "encode_many() needs an iterable of bytes");
     if (py_seq == NULL)
-        return NULL;
+        goto out;
     n = PySequence_Fast_GET_SIZE(py_seq);
     for (i = 0; i < n; i++) {
         py_it = PySequence_Fast_GET_ITEM(py_seq, i);
@@ -362,6 +379,7 @@ static PyObject *Encoder_encode_many(PyObject *op, PyObject *arg)
     }
 done:
     Py_DECREF(py_seq);
+out:
     return py_out;
 }
 
@@ -370,24 +388,28 @@ PyDoc_STRVAR(Encoder_control_doc,
 "A heartbeat control frame (type 1 PING with our last rtt, 2 PONG echoing\n"
 "ts), for code doing its own I/O.  Only with control=True.\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Encoder_control(PyObject *op, PyObject *args)
 {
     EncoderObject *self = (EncoderObject *)op;
     unsigned char out[8 + SK_CTL_PING_LEN];
     long long ts, rtt = -1;
+    PyObject *py_res = NULL;
     int type;
     size_t n;
 
     if (!PyArg_ParseTuple(args, "iL|L:control", &type, &ts, &rtt))
-        return NULL;
+        goto error;
     if (!(self->f.flags & SK_FRAMING_CONTROL) ||
         (type != SK_CTL_PING && type != SK_CTL_PONG)) {
         PyErr_SetString(PyExc_ValueError,
                         "control frames need control=True and type 1 or 2");
-        return NULL;
+        goto error;
     }
     n = sk_hb_encode(&self->f, type, (int64_t)ts, (int64_t)rtt, out);
-    return PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)n);
+    py_res = PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)n);
+error:
+    return py_res;
 }
 
 static PyMethodDef Encoder_methods[] = {
@@ -421,9 +443,49 @@ static PyType_Spec Encoder_spec = {
     .slots = Encoder_slots,
 };
 
+PyDoc_STRVAR(framing_limit_doc,
+"framing_limit(header_size, control=False, correlation=False) -> int\n--\n\n"
+"The largest payload a header_size-byte length field can announce with\n"
+"the extensions on (the top bits they reserve, the 8-byte id a correlated\n"
+"frame carries), or 0 for a header_size other than 1, 2, 4 or 8.\n\n"
+"    >>> _core.framing_limit(2, correlation=True)\n"
+"    16375\n");
+
+/* Contract: GIL held; pure (frame.h sk_framing_limit). */
+static PyObject *Core_framing_limit(PyObject *mod, PyObject *args,
+                                    PyObject *kwds)
+{
+    static char kw_hs[] = "header_size", kw_ct[] = "control",
+                kw_id[] = "correlation";
+    static char *kwlist[] = {kw_hs, kw_ct, kw_id, NULL};
+    PyObject *py_res = NULL;
+    int header_size, control = 0, correlation = 0;
+    sk_framing f;
+
+    (void)mod;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|pp:framing_limit", kwlist,
+                                     &header_size, &control, &correlation))
+        goto error;
+    memset(&f, 0, sizeof(f));
+    f.header_size = header_size > 0 ? (unsigned)header_size : 0;
+    f.flags = (control ? SK_FRAMING_CONTROL : 0) |
+              (correlation ? SK_FRAMING_IDS : 0);
+    py_res = PyLong_FromUnsignedLongLong(sk_framing_limit(&f));
+error:
+    return py_res;
+}
+
+static PyMethodDef frame_functions[] = {
+    {"framing_limit", (PyCFunction)(void (*)(void))Core_framing_limit,
+     METH_VARARGS | METH_KEYWORDS, framing_limit_doc},
+    {NULL, NULL, 0, NULL},
+};
+
 /* Contract: GIL held; called once from the module's exec slot.  Adds the
- * codec types and the correlation id bits of frame.h (ID_REPLY, ID_ERROR,
- * ID_MASK), the one definition the Python modules read. */
+ * codec types, framing_limit() and the wire constants of frame.h (the
+ * correlation id bits ID_REPLY, ID_ERROR, ID_MASK, the id's size ID_LEN,
+ * the longest control payload CONTROL_MAX): the one definition the Python
+ * modules read. */
 int skpy_add_frame(PyObject *mod)
 {
     PyObject *py_type = NULL;
@@ -431,7 +493,10 @@ int skpy_add_frame(PyObject *mod)
 
     if (skpy_add_u64(mod, "ID_REPLY", SK_ID_REPLY) < 0 ||
         skpy_add_u64(mod, "ID_ERROR", SK_ID_ERROR) < 0 ||
-        skpy_add_u64(mod, "ID_MASK", SK_ID_MASK) < 0)
+        skpy_add_u64(mod, "ID_MASK", SK_ID_MASK) < 0 ||
+        PyModule_AddIntConstant(mod, "ID_LEN", SK_ID_LEN) < 0 ||
+        PyModule_AddIntConstant(mod, "CONTROL_MAX", SK_CONTROL_MAX) < 0 ||
+        PyModule_AddFunctions(mod, frame_functions) < 0)
         goto error;
     py_type = PyType_FromModuleAndSpec(mod, &Decoder_spec, NULL);
     if (py_type == NULL)

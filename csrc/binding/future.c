@@ -71,15 +71,16 @@ static PyObject *skpy_cf_raise(PyObject *mod, const char *name, const char *msg)
     PyObject *cf = skpy_cf(mod), *py_cls;
 
     if (cf == NULL)
-        return NULL;
+        goto done;
     py_cls = PyObject_GetAttrString(cf, name);
     if (py_cls == NULL)
-        return NULL;
+        goto done;
     if (msg != NULL)
         PyErr_SetString(py_cls, msg);
     else
         PyErr_SetNone(py_cls);
     Py_DECREF(py_cls);
+done:
     return NULL;
 }
 
@@ -151,7 +152,7 @@ static PyObject *skpy_future_exc(FutureObject *f)
     skpy_state *st = skpy_get_state(f->mod);
 
     if (f->exc != NULL)
-        return f->exc;
+        goto done;
     switch (f->p.fail) {
     case SK_PF_TIMEOUT:
         f->exc = PyObject_CallFunction(
@@ -190,6 +191,7 @@ static PyObject *skpy_future_exc(FutureObject *f)
                                        "the request was failed");
         break;
     }
+done:
     return f->exc;
 }
 
@@ -198,8 +200,8 @@ static PyObject *skpy_future_raise(FutureObject *f)
 {
     PyObject *py_exc = skpy_future_exc(f);
 
-    if (py_exc == NULL)
-        return NULL;
+    if (py_exc == NULL) /* making it failed: that exception is set */
+        goto done;
     if (PyExceptionInstance_Check(py_exc))
         PyErr_SetObject((PyObject *)Py_TYPE(py_exc), py_exc);
     else if (PyExceptionClass_Check(py_exc))
@@ -207,6 +209,7 @@ static PyObject *skpy_future_raise(FutureObject *f)
     else
         PyErr_Format(PyExc_TypeError, "set_exception() was given %R, not an "
                      "exception", py_exc);
+done:
     return NULL;
 }
 
@@ -217,28 +220,29 @@ static PyObject *skpy_future_raise(FutureObject *f)
 static int skpy_future_wait(FutureObject *f, PyObject *py_timeout)
 {
     int64_t deadline = SK_NO_DEADLINE;
-    int rc;
+    int rc, res = -1;
 
     /* checked first, so a bad timeout fails the same way whether or not
      * the future is done yet */
     if (skpy_deadline(py_timeout, &deadline) < 0)
-        return -1;
+        goto done;
+    res = 0;
     if (sk_promise_state(&f->p) != SK_P_PENDING)
-        return 0;
+        goto done;
     Py_BEGIN_ALLOW_THREADS
     sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
     rc = sk_promise_wait(&f->p, deadline, &intr);
     Py_END_ALLOW_THREADS
     if (rc == SK_TIMEOUT) {
         skpy_cf_raise(f->mod, "TimeoutError", NULL);
-        return -1;
-    }
-    if (rc == SK_INTR) {
+        res = -1;
+    } else if (rc == SK_INTR) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_InterruptedError, "interrupted by a signal");
-        return -1;
+        res = -1;
     }
-    return 0;
+done:
+    return res;
 }
 
 /* ----------------------------------------------------- binding-wide API */
@@ -252,10 +256,10 @@ PyObject *skpy_future_new(PyObject *mod)
     FutureObject *f;
 
     f = (FutureObject *)cls->tp_alloc(cls, 0);
-    if (f == NULL)
-        return NULL;
-    sk_promise_init(&f->p);
-    f->mod = mod;
+    if (f != NULL) {
+        sk_promise_init(&f->p);
+        f->mod = mod;
+    }
     return (PyObject *)f;
 }
 
@@ -336,20 +340,24 @@ int skpy_future_fail(PyObject *op, PyObject *py_exc)
 
     /* stored first: a waiter that sees FAILED finds it (it needs the GIL
      * to read it anyway) */
+    int won;
+
     f->exc = Py_NewRef(py_exc);
-    if (!sk_promise_settle(&f->p, SK_P_FAILED, SK_PF_OWNER)) {
+    won = sk_promise_settle(&f->p, SK_P_FAILED, SK_PF_OWNER);
+    if (!won) {
         Py_SETREF(f->exc, py_old);
-        return 0;
+    } else {
+        Py_XDECREF(py_old);
+        if (f->p.prev & SK_P_WAITING)
+            sk_promise_wake(&f->p);
+        skpy_future_notify(op);
     }
-    Py_XDECREF(py_old);
-    if (f->p.prev & SK_P_WAITING)
-        sk_promise_wake(&f->p);
-    skpy_future_notify(op);
-    return 1;
+    return won;
 }
 
 /* ------------------------------------------------------------ methods */
 
+/* Contract: GIL held; a new object, or NULL with an exception set. */
 static PyObject *Future_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     FutureObject *f;
@@ -358,13 +366,12 @@ static PyObject *Future_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     (void)kwds;
     f = (FutureObject *)type->tp_alloc(type, 0);
     if (f == NULL)
-        return NULL;
+        goto error;
     sk_promise_init(&f->p);
     f->mod = skpy_module_of(type);
-    if (f->mod == NULL) {
-        Py_DECREF(f);
-        return NULL;
-    }
+    if (f->mod == NULL)
+        Py_CLEAR(f);
+error:
     return (PyObject *)f;
 }
 
@@ -372,14 +379,17 @@ static PyObject *Future_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
  * (which would overwrite the compatibility attributes) is not called. */
 static int Future_init(PyObject *op, PyObject *args, PyObject *kwds)
 {
+    int rc = 0;
+
     (void)op;
     if (PyTuple_GET_SIZE(args) != 0 || (kwds != NULL && PyDict_GET_SIZE(kwds) != 0)) {
         PyErr_SetString(PyExc_TypeError, "Future() takes no arguments");
-        return -1;
+        rc = -1;
     }
-    return 0;
+    return rc;
 }
 
+/* Contract: GIL held; the GC's traverse slot (visits what it owns). */
 static int Future_traverse(PyObject *op, visitproc visit, void *arg)
 {
     FutureObject *f = FUT(op);
@@ -393,6 +403,7 @@ static int Future_traverse(PyObject *op, visitproc visit, void *arg)
     return 0;
 }
 
+/* Contract: GIL held; the GC's clear slot (drops what it owns). */
 static int Future_clear(PyObject *op)
 {
     FutureObject *f = FUT(op);
@@ -430,41 +441,49 @@ PyDoc_STRVAR(Future_result_doc,
 "concurrent.futures.TimeoutError if still pending after timeout.\n\n"
 "    >>> conn.request_async(b'ping', timeout=1.0).result()\n    b'pong'\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Future_result(PyObject *op, PyObject *const *args,
                                Py_ssize_t nargs, PyObject *kwnames)
 {
     FutureObject *f = FUT(op);
-    PyObject *py_timeout = NULL;
+    PyObject *py_timeout = NULL, *py_res = NULL;
     uint32_t w = sk_promise_word(&f->p);
 
-    if ((w & SK_P_STATE) == SK_P_DONE && f->result != NULL && nargs == 0)
-        return Py_NewRef(f->result);
+    if ((w & SK_P_STATE) == SK_P_DONE && f->result != NULL && nargs == 0) {
+        py_res = Py_NewRef(f->result); /* the fast path */
+        goto done;
+    }
     if (nargs > 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0 &&
                       (nargs + PyTuple_GET_SIZE(kwnames) > 1 ||
                        PyUnicode_CompareWithASCIIString(
                            PyTuple_GET_ITEM(kwnames, 0), "timeout") != 0))) {
         PyErr_SetString(PyExc_TypeError, "result(timeout=None)");
-        return NULL;
+        goto done;
     }
     if (nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0) == 1)
         py_timeout = args[0];
     if (skpy_future_wait(f, py_timeout) < 0)
-        return NULL;
+        goto done;
     switch (sk_promise_state(&f->p)) {
     case SK_P_DONE:
         if (f->result == NULL) {
             f->result = PyBytes_FromStringAndSize((const char *)f->p.data,
                                                   (Py_ssize_t)f->p.len);
             if (f->result == NULL)
-                return NULL;
+                break;
             sk_promise_release(&f->p);
         }
-        return Py_NewRef(f->result);
+        py_res = Py_NewRef(f->result);
+        break;
     case SK_P_FAILED:
-        return skpy_future_raise(f);
+        skpy_future_raise(f);
+        break;
     default:
-        return skpy_cf_raise(f->mod, "CancelledError", NULL);
+        skpy_cf_raise(f->mod, "CancelledError", NULL);
+        break;
     }
+done:
+    return py_res;
 }
 
 PyDoc_STRVAR(Future_exception_doc,
@@ -472,44 +491,53 @@ PyDoc_STRVAR(Future_exception_doc,
 "The request's exception, or None if it got its reply; waits like\n"
 "result().\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Future_exception(PyObject *op, PyObject *const *args,
                                   Py_ssize_t nargs, PyObject *kwnames)
 {
     FutureObject *f = FUT(op);
-    PyObject *py_exc;
+    PyObject *py_exc, *py_res = NULL;
 
     if (nargs > 1 || (kwnames != NULL && (nargs + PyTuple_GET_SIZE(kwnames) > 1 ||
                                           PyUnicode_CompareWithASCIIString(
                                               PyTuple_GET_ITEM(kwnames, 0),
                                               "timeout") != 0))) {
         PyErr_SetString(PyExc_TypeError, "exception(timeout=None)");
-        return NULL;
+        goto done;
     }
     if (skpy_future_wait(f, nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0)
                                 ? args[0]
                                 : NULL) < 0)
-        return NULL;
+        goto done;
     switch (sk_promise_state(&f->p)) {
     case SK_P_DONE:
-        Py_RETURN_NONE;
+        py_res = Py_NewRef(Py_None);
+        break;
     case SK_P_FAILED:
         py_exc = skpy_future_exc(f);
-        return py_exc ? Py_NewRef(py_exc) : NULL;
+        py_res = py_exc ? Py_NewRef(py_exc) : NULL;
+        break;
     default:
-        return skpy_cf_raise(f->mod, "CancelledError", NULL);
+        skpy_cf_raise(f->mod, "CancelledError", NULL);
+        break;
     }
+done:
+    return py_res;
 }
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Future_done(PyObject *op, PyObject *Py_UNUSED(ig))
 {
     return PyBool_FromLong(sk_promise_state(&FUT(op)->p) != SK_P_PENDING);
 }
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Future_cancelled(PyObject *op, PyObject *Py_UNUSED(ig))
 {
     return PyBool_FromLong(sk_promise_state(&FUT(op)->p) == SK_P_CANCELLED);
 }
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Future_running(PyObject *op, PyObject *Py_UNUSED(ig))
 {
     (void)op; /* a request is in flight or settled, never "running" */
@@ -522,16 +550,18 @@ PyDoc_STRVAR(Future_cancel_doc,
 "False if it already got its reply or failed.  Its reply, if it still\n"
 "comes, is dropped; the request is not recalled from the peer.\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Future_cancel(PyObject *op, PyObject *Py_UNUSED(ig))
 {
     FutureObject *f = FUT(op);
+    int cancelled = 1;
 
-    if (sk_promise_state(&f->p) == SK_P_CANCELLED)
-        Py_RETURN_TRUE;
-    if (!sk_promise_cancel(&f->p))
-        Py_RETURN_FALSE;
-    skpy_future_notify(op);
-    Py_RETURN_TRUE;
+    if (sk_promise_state(&f->p) != SK_P_CANCELLED) {
+        cancelled = sk_promise_cancel(&f->p);
+        if (cancelled)
+            skpy_future_notify(op);
+    }
+    return PyBool_FromLong(cancelled);
 }
 
 PyDoc_STRVAR(Future_add_done_callback_doc,
@@ -540,34 +570,40 @@ PyDoc_STRVAR(Future_add_done_callback_doc,
 "reply or a timeout, at once (in this thread) if it already is.  An\n"
 "exception from fn is logged (logger 'concurrent.futures') and ignored.\n");
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Future_add_done_callback(PyObject *op, PyObject *py_fn)
 {
     FutureObject *f = FUT(op);
+    PyObject *py_res = NULL;
 
     if (f->callbacks == NULL) {
         f->callbacks = PyList_New(0);
         if (f->callbacks == NULL)
-            return NULL;
+            goto error;
     }
     if (PyList_Append(f->callbacks, py_fn) < 0)
-        return NULL;
+        goto error;
     /* pending: the settler sees the flag and runs the callbacks; settled
      * (now or before): run what is not run yet, here */
     if (!sk_promise_mark(&f->p, SK_P_NOTIFY))
         skpy_future_run_callbacks(op);
-    Py_RETURN_NONE;
+    py_res = Py_NewRef(Py_None);
+error:
+    return py_res;
 }
 
 /* Settle with a Python value (set_result/set_exception).  GIL held. */
 static PyObject *skpy_future_set(FutureObject *f, unsigned final, PyObject *py_v)
 {
+    PyObject *py_msg, *py_res = NULL;
+
     if (!sk_promise_settle(&f->p, final, SK_PF_OWNER)) {
-        PyObject *py_msg = PyUnicode_FromFormat("%R", (PyObject *)f);
+        py_msg = PyUnicode_FromFormat("%R", (PyObject *)f);
         if (py_msg != NULL) {
             skpy_cf_raise(f->mod, "InvalidStateError", PyUnicode_AsUTF8(py_msg));
             Py_DECREF(py_msg);
         }
-        return NULL;
+        goto error;
     }
     /* nobody reads these before we give the GIL back */
     if (final == SK_P_DONE)
@@ -577,58 +613,76 @@ static PyObject *skpy_future_set(FutureObject *f, unsigned final, PyObject *py_v
     if (f->p.prev & SK_P_WAITING)
         sk_promise_wake(&f->p);
     skpy_future_notify((PyObject *)f);
-    Py_RETURN_NONE;
+    py_res = Py_NewRef(Py_None);
+error:
+    return py_res;
 }
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Future_set_result(PyObject *op, PyObject *py_v)
 {
     return skpy_future_set(FUT(op), SK_P_DONE, py_v);
 }
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Future_set_exception(PyObject *op, PyObject *py_v)
 {
     return skpy_future_set(FUT(op), SK_P_FAILED, py_v);
 }
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Future_set_running_or_notify_cancel(PyObject *op,
                                                      PyObject *Py_UNUSED(ig))
 {
+    PyObject *py_res = NULL;
+
     switch (sk_promise_state(&FUT(op)->p)) {
     case SK_P_CANCELLED:
-        Py_RETURN_FALSE;
+        py_res = Py_NewRef(Py_False);
+        break;
     case SK_P_PENDING:
-        Py_RETURN_TRUE; /* stays PENDING: these futures have no RUNNING */
+        /* stays PENDING: these futures have no RUNNING */
+        py_res = Py_NewRef(Py_True);
+        break;
     default:
         PyErr_SetString(PyExc_RuntimeError, "Future in unexpected state");
-        return NULL;
+        break;
     }
+    return py_res;
 }
 
+/* Contract: GIL held; a new reference, or NULL with an exception set. */
 static PyObject *Future_repr(PyObject *op)
 {
     FutureObject *f = FUT(op);
+    PyObject *py_res;
 
     switch (sk_promise_state(&f->p)) {
     case SK_P_PENDING:
-        return PyUnicode_FromFormat("<%s at %p state=pending>",
-                                    Py_TYPE(op)->tp_name, op);
+        py_res = PyUnicode_FromFormat("<%s at %p state=pending>",
+                                      Py_TYPE(op)->tp_name, op);
+        break;
     case SK_P_DONE:
-        return PyUnicode_FromFormat("<%s at %p state=finished returned %s>",
-                                    Py_TYPE(op)->tp_name, op,
-                                    f->result ? Py_TYPE(f->result)->tp_name
-                                              : "bytes");
+        py_res = PyUnicode_FromFormat("<%s at %p state=finished returned %s>",
+                                      Py_TYPE(op)->tp_name, op,
+                                      f->result ? Py_TYPE(f->result)->tp_name
+                                                : "bytes");
+        break;
     case SK_P_FAILED:
-        return PyUnicode_FromFormat("<%s at %p state=finished raised %s>",
-                                    Py_TYPE(op)->tp_name, op,
-                                    f->exc ? Py_TYPE(f->exc)->tp_name
-                                    : f->p.fail == SK_PF_TIMEOUT ? "Timeout"
-                                    : f->p.fail == SK_PF_OUT_OF_STEP ? "OutOfStep"
-                                    : f->p.fail == SK_PF_REMOTE  ? "RemoteError"
-                                                                 : "Error");
+        py_res = PyUnicode_FromFormat("<%s at %p state=finished raised %s>",
+                                      Py_TYPE(op)->tp_name, op,
+                                      f->exc ? Py_TYPE(f->exc)->tp_name
+                                      : f->p.fail == SK_PF_TIMEOUT ? "Timeout"
+                                      : f->p.fail == SK_PF_OUT_OF_STEP ? "OutOfStep"
+                                      : f->p.fail == SK_PF_REMOTE  ? "RemoteError"
+                                                                   : "Error");
+        break;
     default:
-        return PyUnicode_FromFormat("<%s at %p state=cancelled>",
-                                    Py_TYPE(op)->tp_name, op);
+        py_res = PyUnicode_FromFormat("<%s at %p state=cancelled>",
+                                      Py_TYPE(op)->tp_name, op);
+        break;
     }
+    return py_res;
 }
 
 /* -------------------------------- concurrent.futures compatibility */
@@ -655,45 +709,54 @@ static PyObject *Future_get_state(PyObject *op, void *closure)
     return PyUnicode_InternFromString(name);
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Future_get_condition(PyObject *op, void *closure)
 {
     FutureObject *f = FUT(op);
     skpy_state *st = skpy_get_state(f->mod);
-    PyObject *py_threading;
+    PyObject *py_threading, *py_res = NULL;
 
     (void)closure;
     if (f->cond == NULL) {
         if (st->Condition == NULL) {
             py_threading = PyImport_ImportModule("threading");
             if (py_threading == NULL)
-                return NULL;
+                goto error;
             st->Condition = PyObject_GetAttrString(py_threading, "Condition");
             Py_DECREF(py_threading);
             if (st->Condition == NULL)
-                return NULL;
+                goto error;
         }
         f->cond = PyObject_CallNoArgs(st->Condition);
         if (f->cond == NULL)
-            return NULL;
+            goto error;
     }
     if (!f->notified)
         sk_promise_mark(&f->p, SK_P_NOTIFY);
-    return Py_NewRef(f->cond);
+    py_res = Py_NewRef(f->cond);
+error:
+    return py_res;
 }
 
+/* Contract: GIL held; getter: a new reference, or NULL with an
+ * exception set. */
 static PyObject *Future_get_waiters(PyObject *op, void *closure)
 {
     FutureObject *f = FUT(op);
+    PyObject *py_res = NULL;
 
     (void)closure;
     if (f->waiters == NULL) {
         f->waiters = PyList_New(0);
         if (f->waiters == NULL)
-            return NULL;
+            goto error;
     }
     if (!f->notified)
         sk_promise_mark(&f->p, SK_P_NOTIFY);
-    return Py_NewRef(f->waiters);
+    py_res = Py_NewRef(f->waiters);
+error:
+    return py_res;
 }
 
 static PyMethodDef Future_methods[] = {
@@ -771,23 +834,26 @@ PyDoc_STRVAR(skpy_set_future_class_doc,
 "The class request futures are made of: a subclass of Future (see\n"
 "pysockkit._duplex).  Called once at import.\n");
 
+/* Contract: GIL held; module function: None, or NULL with an
+ * exception set. */
 static PyObject *skpy_set_future_class(PyObject *mod, PyObject *py_cls)
 {
     skpy_state *st = skpy_get_state(mod);
-    int r;
+    PyObject *py_res = NULL;
 
     if (!PyType_Check(py_cls)) {
         PyErr_SetString(PyExc_TypeError, "set_future_class() needs a class");
-        return NULL;
+        goto error;
     }
-    r = PyType_IsSubtype((PyTypeObject *)py_cls, st->FutureType);
-    if (!r) {
+    if (!PyType_IsSubtype((PyTypeObject *)py_cls, st->FutureType)) {
         PyErr_SetString(PyExc_TypeError,
                         "set_future_class() needs a subclass of _core.Future");
-        return NULL;
+        goto error;
     }
     Py_XSETREF(st->FutureClass, Py_NewRef(py_cls));
-    Py_RETURN_NONE;
+    py_res = Py_NewRef(Py_None);
+error:
+    return py_res;
 }
 
 static PyMethodDef skpy_future_functions[] = {

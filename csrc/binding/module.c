@@ -65,6 +65,10 @@ static int skpy_exec(PyObject *mod)
         goto error;
     if (skpy_add_frame(mod) < 0)
         goto error;
+    if (skpy_add_heartbeat(mod) < 0)
+        goto error;
+    if (skpy_add_corr(mod) < 0)
+        goto error;
     if (skpy_add_tcpinfo(mod) < 0)
         goto error;
     if (skpy_add_diag(mod) < 0)
@@ -76,6 +80,8 @@ static int skpy_exec(PyObject *mod)
     if (skpy_add_reply(mod) < 0)
         goto error;
     if (skpy_add_capture(mod) < 0)
+        goto error;
+    if (skpy_add_server(mod) < 0)
         goto error;
     rc = 0;
 error:

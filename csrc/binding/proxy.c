@@ -99,12 +99,10 @@ static PyObject *Proxy_new(PyTypeObject *type, PyObject *args,
     if (rc != SK_OK) {
         self->p = NULL;
         skpy_raise(mod, &err, NULL);
-        goto error;
+        Py_CLEAR(self);
     }
-    return (PyObject *)self;
 error:
-    Py_XDECREF(self);
-    return NULL;
+    return (PyObject *)self;
 }
 
 /* Contract: GIL held on entry and exit; released while the reactor is
@@ -247,11 +245,12 @@ static PyObject *Proxy_stats(ProxyObject *self, PyObject *Py_UNUSED(ignored))
 {
     sk_proxy_stats s;
     sk_proxy *p = Proxy_get(self);
+    PyObject *py_res = NULL;
 
     if (p == NULL)
-        return NULL; /* the only early exit: nothing to release */
+        goto error;
     sk_proxy_get_stats(p, &s);
-    return Py_BuildValue(
+    py_res = Py_BuildValue(
         "{sKsKsKsKsKsKsKsKsKsK}", "accepted",
         (unsigned long long)s.accepted, "active",
         (unsigned long long)s.active, "bytes_up",
@@ -262,6 +261,8 @@ static PyObject *Proxy_stats(ProxyObject *self, PyObject *Py_UNUSED(ignored))
         (unsigned long long)s.upstream_failures, "resets",
         (unsigned long long)s.resets, "limits", (unsigned long long)s.limits,
         "stall_closes", (unsigned long long)s.stall_closes);
+error:
+    return py_res;
 }
 
 PyDoc_STRVAR(Proxy_connections_doc,
@@ -318,13 +319,13 @@ static PyObject *Proxy_connections(ProxyObject *self,
             goto error;
         Py_CLEAR(py_item);
     }
+    goto done;
+error:
+    Py_XDECREF(py_item);
+    Py_CLEAR(py_list);
+done:
     PyMem_Free(infos);
     return py_list;
-error:
-    PyMem_Free(infos);
-    Py_XDECREF(py_item);
-    Py_XDECREF(py_list);
-    return NULL;
 }
 
 PyDoc_STRVAR(Proxy_last_error_doc,

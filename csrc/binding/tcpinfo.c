@@ -113,7 +113,7 @@ PyDoc_STRVAR(tcp_info_fields_doc,
 static PyObject *Core_tcp_info_fields(PyObject *mod, PyObject *unused)
 {
     const sk_tcp_info_field *fields;
-    PyObject *py_t;
+    PyObject *py_t, *py_s;
     size_t n, i;
 
     (void)mod;
@@ -123,15 +123,15 @@ static PyObject *Core_tcp_info_fields(PyObject *mod, PyObject *unused)
     if (py_t == NULL)
         goto error;
     for (i = 0; i < n; i++) {
-        PyObject *py_s = PyUnicode_FromString(fields[i].name);
-        if (py_s == NULL)
+        py_s = PyUnicode_FromString(fields[i].name);
+        if (py_s == NULL) {
+            Py_CLEAR(py_t);
             goto error;
+        }
         PyTuple_SET_ITEM(py_t, (Py_ssize_t)i, py_s);
     }
-    return py_t;  /* the success exit */
 error:
-    Py_XDECREF(py_t);
-    return NULL;
+    return py_t;
 }
 
 static PyMethodDef tcpinfo_methods[] = {

@@ -135,6 +135,27 @@ PyObject *skpy_oserror(const char *syscall)
     return NULL;
 }
 
+/* Contract: GIL held; see util.h. */
+int skpy_seconds_ns(PyObject *py_s, const char *what, int64_t *ns)
+{
+    double s;
+    int rc = -1;
+
+    s = PyFloat_AsDouble(py_s);
+    if (s == -1.0 && PyErr_Occurred())
+        goto error;
+    if (!isfinite(s) || fabs(s) > 9.0e9) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s must be a finite number of seconds, not %R", what,
+                     py_s);
+        goto error;
+    }
+    *ns = (int64_t)llround(s * 1e9);
+    rc = 0;
+error:
+    return rc;
+}
+
 /* Contract: GIL held.  The same rule and messages as pysockkit/_net.py
  * check_timeout(): None waits forever, 0 polls once, a number of seconds
  * >= 0 waits that long; negative or NaN is a ValueError, a non-number (or a

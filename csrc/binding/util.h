@@ -128,6 +128,11 @@ PyObject *skpy_fd_name(int fd, int peer);
  * deadline (clock.h).  Returns 0, or -1 with ValueError/TypeError set. */
 int skpy_deadline(PyObject *timeout, int64_t *deadline);
 
+/* A time or duration in seconds on any monotonic clock (a finite number,
+ * |s| <= 9e9) as ns, to the nearest one; `what` names the argument in the
+ * error.  0, or -1 with TypeError/ValueError set. */
+int skpy_seconds_ns(PyObject *py_s, const char *what, int64_t *ns);
+
 /* The interrupt callback for sk_intr: called WITHOUT the GIL from inside a
  * Py_BEGIN_ALLOW_THREADS block; ctx is a PyThreadState ** holding the saved
  * thread state.  It restores the thread, runs PyErr_CheckSignals(), saves

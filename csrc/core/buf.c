@@ -90,13 +90,18 @@ void sk_buf_consume(sk_buf *b, size_t n)
 /* Contract: copies n bytes from p; -1 on allocation failure. */
 int sk_buf_append(sk_buf *b, const void *p, size_t n)
 {
+    int rc = 0;
+
     if (n == 0)
-        return 0;
-    if (sk_buf_reserve(b, n) != 0)
-        return -1;
+        goto done;
+    if (sk_buf_reserve(b, n) != 0) {
+        rc = -1;
+        goto done;
+    }
     memcpy(b->data + b->end, p, n);
     b->end += n;
-    return 0;
+done:
+    return rc;
 }
 
 /* Contract: frees storage above SK_BUF_KEEP only when empty. */

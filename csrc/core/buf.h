@@ -53,6 +53,8 @@ void sk_buf_compact(sk_buf *b);
 /* If empty: reset the offsets, and free storage bigger than SK_BUF_KEEP. */
 void sk_buf_shrink(sk_buf *b);
 
+/* Contract: pure (the four accessors below too): readable bytes, read
+ * pointer, write pointer, spare room at the end. */
 static inline size_t sk_buf_len(const sk_buf *b) { return b->end - b->start; }
 static inline unsigned char *sk_buf_rptr(const sk_buf *b) { return b->data + b->start; }
 static inline unsigned char *sk_buf_wptr(const sk_buf *b) { return b->data + b->end; }

@@ -35,6 +35,7 @@
 
 /* ------------------------------------------------------------- parser */
 
+/* Contract: pure; big-endian read of a packet field (rd32 below too). */
 static uint16_t rd16(const uint8_t *p)
 {
     return (uint16_t)((p[0] << 8) | p[1]);
@@ -353,17 +354,18 @@ static int resolve(int label, size_t i, size_t accept, size_t drop,
                    size_t ipv6)
 {
     size_t target;
+    int jump = -1;
 
     switch (label) {
-    case L_NEXT: return 0;
+    case L_NEXT: target = i + 1; break;
     case L_ACCEPT: target = accept; break;
     case L_DROP: target = drop; break;
     case L_IPV6: target = ipv6; break;
     default: target = (size_t)label; break;
     }
-    if (target <= i || target - i - 1 > 255)
-        return -1;
-    return (int)(target - i - 1);
+    if (target > i && target - i - 1 <= 255)
+        jump = (int)(target - i - 1);
+    return jump;
 }
 
 /* Contract: see capture.h. */
@@ -480,12 +482,14 @@ struct sk_capture {
  * mu may have been copied held); returns whether it locked. */
 static int outer_lock(sk_capture *c)
 {
-    if (getpid() != c->pid)
-        return 0;
-    pthread_mutex_lock(&c->mu);
-    return 1;
+    int locked = getpid() == c->pid;
+
+    if (locked)
+        pthread_mutex_lock(&c->mu);
+    return locked;
 }
 
+/* Contract: undoes outer_lock (locked: what it returned). */
 static void outer_unlock(sk_capture *c, int locked)
 {
     if (locked)
@@ -501,7 +505,7 @@ static uint64_t kernel_drops(int fd)
 
     memset(&st, 0, sizeof(st));
     if (getsockopt(fd, SOL_PACKET, PACKET_STATISTICS, &st, &len) < 0)
-        return 0;
+        st.tp_drops = 0;
     return st.tp_drops;
 }
 

@@ -29,22 +29,27 @@ static inline int64_t sk_now_ns(void)
 {
     sk_clock_fn fake = SK_LOAD_RELAXED(&sk_clock_hook);
     struct timespec ts;
+    int64_t now;
 
-    if (__builtin_expect(fake != NULL, 0))
-        return fake();
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    if (__builtin_expect(fake != NULL, 0)) {
+        now = fake();
+    } else {
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        now = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    }
+    return now;
 }
 
 /* Deadline for a timeout in seconds; a negative timeout means none.
  * A timeout of 0 yields a deadline of now (poll once, do not wait). */
 static inline int64_t sk_deadline_after(double seconds)
 {
-    if (seconds < 0)
-        return SK_NO_DEADLINE;
-    if (seconds > 9.0e9) /* ~285 years: treat as forever, avoid overflow */
-        return SK_NO_DEADLINE;
-    return sk_now_ns() + (int64_t)(seconds * 1e9);
+    int64_t deadline = SK_NO_DEADLINE;
+
+    /* over ~285 years: treat as forever, avoid overflow */
+    if (seconds >= 0 && seconds <= 9.0e9)
+        deadline = sk_now_ns() + (int64_t)(seconds * 1e9);
+    return deadline;
 }
 
 /* Milliseconds left until deadline for poll(), rounded up, capped at cap_ms
@@ -52,17 +57,20 @@ static inline int64_t sk_deadline_after(double seconds)
 static inline int sk_poll_ms(int64_t deadline, int cap_ms)
 {
     int64_t left;
-    int ms;
+    int ms = cap_ms;
 
     if (deadline == SK_NO_DEADLINE)
-        return cap_ms;
+        goto done;
     left = deadline - sk_now_ns();
-    if (left <= 0)
-        return 0;
+    if (left <= 0) {
+        ms = 0;
+        goto done;
+    }
     left = (left + 999999) / 1000000;
     ms = left > 0x7fffffff ? 0x7fffffff : (int)left;
     if (cap_ms >= 0 && ms > cap_ms)
         ms = cap_ms;
+done:
     return ms;
 }
 

@@ -36,11 +36,12 @@ static int sk_corr_resize(sk_corr *t, size_t cap)
     uint64_t *keys = sk_calloc(cap, sizeof(*keys)), *okeys = t->keys;
     void **vals = sk_calloc(cap, sizeof(*vals)), **ovals = t->vals;
     size_t i, j, ocap = t->cap;
+    int rc = SK_ERR;
 
     if (keys == NULL || vals == NULL) {
         free(keys);
         free(vals);
-        return SK_ERR;
+        goto error;
     }
     t->keys = keys;
     t->vals = vals;
@@ -54,22 +55,27 @@ static int sk_corr_resize(sk_corr *t, size_t cap)
     }
     free(okeys);
     free(ovals);
-    return SK_OK;
+    rc = SK_OK;
+error:
+    return rc;
 }
 
 /* Insert id -> val (id absent).  SK_OK or SK_ERR (out of memory). */
 static int sk_corr_put(sk_corr *t, uint64_t id, void *val)
 {
     size_t i;
+    int rc = SK_ERR;
 
     if ((t->used + 1) * 2 > t->cap &&
         sk_corr_resize(t, t->cap ? t->cap * 2 : SK_CORR_MIN_CAP) != SK_OK)
-        return SK_ERR;
+        goto error;
     i = sk_corr_find(t, id);
     t->keys[i] = id;
     t->vals[i] = val;
     t->used++;
-    return SK_OK;
+    rc = SK_OK;
+error:
+    return rc;
 }
 
 /* Empty slot i, shifting later entries of its cluster back so that every
@@ -119,7 +125,7 @@ static void sk_corr_remember(sk_corr *t, uint64_t id)
         }
     }
     if (t->ring_cap == 0)
-        return;
+        goto done;
     if (t->ring_len == t->ring_cap) { /* full: forget the oldest */
         uint64_t old = t->ring[t->ring_head];
         t->ring_head = (t->ring_head + 1) % t->ring_cap;
@@ -129,9 +135,11 @@ static void sk_corr_remember(sk_corr *t, uint64_t id)
             sk_corr_erase(t, i);
     }
     if (sk_corr_put(t, id, SK_EXPIRED) != SK_OK)
-        return;
+        goto done;
     t->ring[(t->ring_head + t->ring_len) % t->ring_cap] = id;
     t->ring_len++;
+done:
+    return;
 }
 
 /* ------------------------------------------------------------- public */
@@ -139,15 +147,15 @@ static void sk_corr_remember(sk_corr *t, uint64_t id)
 /* Contract: no allocation. */
 int sk_corr_init(sk_corr *t, sk_err *err)
 {
-    int r;
+    int r, rc = SK_OK;
 
     memset(t, 0, sizeof(*t));
     sk_heap_init(&t->heap);
     t->next_id = 1;
     r = pthread_mutex_init(&t->mu, NULL);
     if (r != 0)
-        return sk_err_sys(err, "pthread_mutex_init", r);
-    return SK_OK;
+        rc = sk_err_sys(err, "pthread_mutex_init", r);
+    return rc;
 }
 
 /* Contract: no allocation. */
@@ -177,6 +185,7 @@ void sk_corr_free(sk_corr *t)
 int sk_corr_add(sk_corr *t, sk_promise *p, int64_t deadline, sk_err *err)
 {
     uint64_t id = t->next_id++ & SK_CORR_ID_MASK;
+    int rc = SK_ERR;
 
     if (SK_UNLIKELY(id == 0)) /* wrapped after 2**63 requests: 0 is "empty" */
         id = t->next_id++ & SK_CORR_ID_MASK;
@@ -186,13 +195,18 @@ int sk_corr_add(sk_corr *t, sk_promise *p, int64_t deadline, sk_err *err)
     p->deadline.key = deadline;
     p->deadline.tie = id; /* equal deadlines expire in id order */
     if (sk_corr_put(t, id, p) != SK_OK)
-        return sk_err_set(err, SK_E_NOMEM, "out of memory registering a request");
+        goto nomem;
     if (deadline != SK_NO_DEADLINE && sk_heap_push(&t->heap, &p->deadline) != SK_OK) {
         sk_corr_erase(t, sk_corr_find(t, id));
-        return sk_err_set(err, SK_E_NOMEM, "out of memory registering a request");
+        goto nomem;
     }
     t->pending++;
-    return SK_OK;
+    rc = SK_OK;
+    goto done;
+nomem:
+    rc = sk_err_set(err, SK_E_NOMEM, "out of memory registering a request");
+done:
+    return rc;
 }
 
 /* Contract: mu held; p is the caller's once appended. */
@@ -203,33 +217,82 @@ static void sk_corr_detach(sk_corr *t, sk_promise *p, size_t slot)
     t->pending--;
 }
 
+/* Contract: mu held; no change.  sk_corr_lookup, with the slot of a
+ * pending promise in *slot. */
+static int sk_corr_classify(const sk_corr *t, uint64_t id, sk_promise **p,
+                            size_t *slot)
+{
+    int outcome = SK_CORR_STRAY;
+    size_t i;
+
+    *p = NULL;
+    id &= SK_CORR_ID_MASK;
+    if (id == 0)
+        goto done;
+    if (t->cap > 0) {
+        i = sk_corr_find(t, id);
+        if (t->keys[i] == id) {
+            if (t->vals[i] == SK_EXPIRED) {
+                outcome = SK_CORR_LATE;
+            } else {
+                *p = t->vals[i];
+                *slot = i;
+                outcome = SK_CORR_DELIVER;
+            }
+            goto done;
+        }
+    }
+    if (id < (t->next_id & SK_CORR_ID_MASK))
+        outcome = SK_CORR_DUPLICATE;
+done:
+    return outcome;
+}
+
+/* Contract: mu held; no change. */
+int sk_corr_lookup(const sk_corr *t, uint64_t id, sk_promise **p)
+{
+    size_t slot;
+
+    return sk_corr_classify(t, id, p, &slot);
+}
+
+/* Contract: mu held; the returned promise is the caller's. */
+sk_promise *sk_corr_match(sk_corr *t, uint64_t id, int *outcome)
+{
+    sk_promise *p;
+    size_t slot = 0;
+
+    *outcome = sk_corr_classify(t, id, &p, &slot);
+    switch (*outcome) {
+    case SK_CORR_DELIVER:
+        sk_corr_detach(t, p, slot);
+        t->replies++;
+        if (id & SK_ID_ERROR)
+            t->remote_errors++;
+        break;
+    case SK_CORR_LATE:
+        t->late++;
+        break;
+    case SK_CORR_DUPLICATE:
+        t->duplicate++;
+        t->unknown++; /* the threaded duplex's "unknown" includes them */
+        break;
+    default:
+        t->unknown++;
+        break;
+    }
+    return p;
+}
+
 /* Contract: mu held; the payload is copied (it is the caller's). */
 sk_promise *sk_corr_reply(sk_corr *t, uint64_t id, const void *data,
                           size_t len)
 {
-    sk_promise *p;
-    size_t i;
-    int remote = (id & SK_ID_ERROR) != 0;
+    int remote = (id & SK_ID_ERROR) != 0, outcome;
+    sk_promise *p = sk_corr_match(t, id, &outcome);
 
-    id &= SK_CORR_ID_MASK;
-    if (t->cap == 0 || id == 0) {
-        t->unknown++;
-        return NULL;
-    }
-    i = sk_corr_find(t, id);
-    if (t->keys[i] == 0) {
-        t->unknown++;
-        return NULL;
-    }
-    if (t->vals[i] == SK_EXPIRED) {
-        t->late++;
-        return NULL;
-    }
-    p = t->vals[i];
-    sk_corr_detach(t, p, i);
-    t->replies++;
-    if (remote)
-        t->remote_errors++;
+    if (p == NULL)
+        goto done;
     if (sk_promise_state(p) != SK_P_PENDING) {
         p->prev = 0; /* cancelled: nothing to store, nobody to wake */
     } else if (sk_promise_set_payload(p, data, len) != SK_OK) {
@@ -239,17 +302,24 @@ sk_promise *sk_corr_reply(sk_corr *t, uint64_t id, const void *data,
                                   remote ? SK_PF_REMOTE : SK_PF_NONE)) {
         p->prev = 0;
     }
+done:
     return p;
 }
 
 /* Contract: mu held; in-order table with sk_corr_owed(t). */
-sk_promise *sk_corr_reply_next(sk_corr *t, const void *data, size_t len)
+uint64_t sk_corr_advance(sk_corr *t)
 {
     uint64_t id = t->next_reply++ & SK_CORR_ID_MASK;
 
     if (SK_UNLIKELY(id == 0)) /* sk_corr_add skipped it too */
         id = t->next_reply++ & SK_CORR_ID_MASK;
-    return sk_corr_reply(t, id, data, len);
+    return id;
+}
+
+/* Contract: mu held; in-order table with sk_corr_owed(t). */
+sk_promise *sk_corr_reply_next(sk_corr *t, const void *data, size_t len)
+{
+    return sk_corr_reply(t, sk_corr_advance(t), data, len);
 }
 
 /* Contract: mu held; the caller still holds the send lock it held for
@@ -308,14 +378,17 @@ int64_t sk_corr_next_deadline(const sk_corr *t)
 int sk_corr_remove(sk_corr *t, sk_promise *p)
 {
     size_t i;
+    int taken = 0;
 
     if (t->cap == 0)
-        return 0;
+        goto done;
     i = sk_corr_find(t, p->id);
     if (t->keys[i] != p->id || t->vals[i] != p)
-        return 0;
+        goto done;
     sk_corr_detach(t, p, i);
-    return 1;
+    taken = 1;
+done:
+    return taken;
 }
 
 /* Contract: mu held. */

@@ -55,6 +55,8 @@ typedef struct sk_plist {
     size_t n;
 } sk_plist;
 
+/* Contract: no allocation; the list's owner holds its lock, if any
+ * (the same for push and splice below). */
 static inline void sk_plist_init(sk_plist *l)
 {
     l->head = NULL;
@@ -101,7 +103,20 @@ typedef struct sk_corr {
     /* counters */
     uint64_t replies, unknown, late, timeouts;
     uint64_t remote_errors; /* replies with SK_ID_ERROR (among `replies`) */
+    uint64_t duplicate;     /* second replies to an answered request (among
+                               `unknown`: 0 < id < next_id, not remembered) */
 } sk_corr;
+
+/* What a reply is to the table (sk_corr_lookup, sk_corr_match). */
+enum {
+    SK_CORR_NONE = 0,      /* in-order: no reply is owed, so the frame is
+                              not a reply (nothing counted) */
+    SK_CORR_DELIVER = 1,   /* its request is pending */
+    SK_CORR_LATE = 2,      /* its request timed out or was abandoned (and
+                              is still remembered) */
+    SK_CORR_DUPLICATE = 3, /* its request was answered already */
+    SK_CORR_STRAY = 4,     /* no request had this id */
+};
 
 /* Set up an empty table (no allocation).  SK_OK or SK_ERR (the mutex). */
 int sk_corr_init(sk_corr *t, sk_err *err);
@@ -116,6 +131,19 @@ void sk_corr_free(sk_corr *t);
 /* Register pending promise p with the next id (p->id) and deadline
  * (SK_NO_DEADLINE: none).  SK_OK, or SK_ERR (SK_E_NOMEM; p not added). */
 int sk_corr_add(sk_corr *t, sk_promise *p, int64_t deadline, sk_err *err);
+
+/* What a reply with this id (flag bits allowed) would be: SK_CORR_DELIVER
+ * (*p = the pending promise), SK_CORR_LATE, SK_CORR_DUPLICATE or
+ * SK_CORR_STRAY (*p = NULL).  Nothing changes, nothing is counted. */
+int sk_corr_lookup(const sk_corr *t, uint64_t id, sk_promise **p);
+
+/* A reply with this id (flag bits allowed) arrived: count it by its
+ * outcome (*outcome = sk_corr_lookup's) and, when its request is pending,
+ * take the promise out and return it, unsettled, the caller's from now on.
+ * NULL for every other outcome.  sk_corr_reply is this plus the payload and
+ * the settle; a driver that keeps its own futures (the binding's
+ * CorrelationBook) calls this one. */
+sk_promise *sk_corr_match(sk_corr *t, uint64_t id, int *outcome);
 
 /* A reply (the id's flag bits may be set) with its payload arrived: take
  * its promise out, store the payload and settle it DONE, or, when the id
@@ -135,6 +163,11 @@ static inline int sk_corr_owed(const sk_corr *t)
 {
     return t->next_reply != t->next_id;
 }
+
+/* In-order tables, sk_corr_owed: a reply frame arrived; it answers the
+ * oldest unanswered request.  Returns that request's id and counts it
+ * answered (the caller passes the id to sk_corr_match). */
+uint64_t sk_corr_advance(sk_corr *t);
 
 /* In-order tables: a reply frame arrived while sk_corr_owed: it answers
  * the oldest unanswered request.  As sk_corr_reply for that id. */

@@ -48,6 +48,8 @@ static int addr_norm(int family, const uint8_t in[16], uint8_t out[16])
     return family;
 }
 
+/* Contract: pure.  Are the two addresses equal once IPv4-mapped IPv6
+ * addresses are read as IPv4? */
 static int addr_eq(int fa, const uint8_t a[16], int fb, const uint8_t b[16])
 {
     uint8_t na[16], nb[16];
@@ -76,6 +78,7 @@ void sk_diag_query_init(sk_diag_query *q)
     }
 }
 
+/* Contract: pure.  A port filter value: -1 (any) or 0..65535. */
 static int port_ok(int p)
 {
     return p >= -1 && p <= 65535;

@@ -6,13 +6,16 @@
 /* Contract: pure. */
 uint64_t sk_header_limit(unsigned header_size)
 {
+    uint64_t limit = 0;
+
     switch (header_size) {
-    case 1: return 0xffu;
-    case 2: return 0xffffu;
-    case 4: return 0xffffffffu;
-    case 8: return UINT64_MAX;
-    default: return 0;
+    case 1: limit = 0xffu; break;
+    case 2: limit = 0xffffu; break;
+    case 4: limit = 0xffffffffu; break;
+    case 8: limit = UINT64_MAX; break;
+    default: break;
     }
+    return limit;
 }
 
 /* Contract: pure. */
@@ -40,7 +43,7 @@ size_t sk_encode_header_id(const sk_framing *f, uint64_t len, uint64_t id,
     unsigned h = f->header_size;
     int i;
 
-    sk_encode_header(f, (len + SK_ID_LEN) | (1ULL << (8 * h - 2)), out);
+    sk_encode_header(f, (len + SK_ID_LEN) | SK_HDR_ID_BIT(h), out);
     for (i = 0; i < SK_ID_LEN; i++)
         out[h + i] = (unsigned char)(id >> (8 * (SK_ID_LEN - 1 - i)));
     return h + SK_ID_LEN;
@@ -49,35 +52,36 @@ size_t sk_encode_header_id(const sk_framing *f, uint64_t len, uint64_t id,
 /* Contract: pure. */
 uint64_t sk_control_header(const sk_framing *f, size_t n)
 {
-    return (1ULL << (8 * f->header_size - 1)) | (uint64_t)n;
+    return SK_HDR_CONTROL_BIT(f->header_size) | (uint64_t)n;
 }
 
 /* Contract: pure; err may be NULL. */
 int sk_framing_check(const sk_framing *f, sk_err *err)
 {
     uint64_t limit = sk_framing_limit(f);
+    int rc = SK_OK;
 
     if (sk_header_limit(f->header_size) == 0)
-        return sk_err_set(err, SK_E_ARG,
-                          "header_size must be 1, 2, 4 or 8, not %u",
-                          f->header_size);
-    if (limit == 0)
-        return sk_err_set(err, SK_E_ARG,
-                          "a %u-byte header leaves no room for correlated "
-                          "frames: use header_size >= 2",
-                          f->header_size);
-    if (f->max_frame == 0)
-        return sk_err_set(err, SK_E_ARG, "max_frame must be at least 1");
-    if (f->max_frame > limit)
-        return sk_err_set(err, SK_E_ARG,
-                          "max_frame %llu does not fit a %u-byte header "
-                          "(at most %llu%s)",
-                          (unsigned long long)f->max_frame, f->header_size,
-                          (unsigned long long)limit,
-                          (f->flags & (SK_FRAMING_CONTROL | SK_FRAMING_IDS))
-                              ? " with the top bits kept for extensions"
-                              : "");
-    return SK_OK;
+        rc = sk_err_set(err, SK_E_ARG,
+                        "header_size must be 1, 2, 4 or 8, not %u",
+                        f->header_size);
+    else if (limit == 0)
+        rc = sk_err_set(err, SK_E_ARG,
+                        "a %u-byte header leaves no room for correlated "
+                        "frames: use header_size >= 2",
+                        f->header_size);
+    else if (f->max_frame == 0)
+        rc = sk_err_set(err, SK_E_ARG, "max_frame must be at least 1");
+    else if (f->max_frame > limit)
+        rc = sk_err_set(err, SK_E_ARG,
+                        "max_frame %llu does not fit a %u-byte header "
+                        "(at most %llu%s)",
+                        (unsigned long long)f->max_frame, f->header_size,
+                        (unsigned long long)limit,
+                        (f->flags & (SK_FRAMING_CONTROL | SK_FRAMING_IDS))
+                            ? " with the top bits kept for extensions"
+                            : "");
+    return rc;
 }
 
 /* Contract: pure; out has header_size bytes. */
@@ -115,6 +119,7 @@ int sk_encode_headers(const sk_framing *f, const size_t *lens, size_t n,
                       unsigned char *out, sk_err *err)
 {
     size_t i;
+    int rc = SK_OK;
 
     for (i = 0; i < n; i++) {
         if ((uint64_t)lens[i] > f->max_frame) {
@@ -124,12 +129,14 @@ int sk_encode_headers(const sk_framing *f, const size_t *lens, size_t n,
                        i, lens[i], (unsigned long long)f->max_frame);
             if (err)
                 err->detail = i;
-            return SK_ERR;
+            rc = SK_ERR;
+            goto done;
         }
     }
     for (i = 0; i < n; i++)
         sk_encode_header(f, lens[i], out + i * f->header_size);
-    return SK_OK;
+done:
+    return rc;
 }
 
 /* Contract: no allocation. */
@@ -167,34 +174,39 @@ static enum sk_hdr_kind sk_header_classify(const sk_framing *f,
 {
     uint64_t v = sk_decode_header(f, p);
     uint64_t top;
+    enum sk_hdr_kind kind;
 
     *control = 0;
     if (f->flags & SK_FRAMING_CONTROL) {
-        top = 1ULL << (8 * f->header_size - 1);
+        top = SK_HDR_CONTROL_BIT(f->header_size);
         if (v & top) {
             v &= ~top;
             *control = 1;
             *len = *payload = v;
-            if (v == 0 || v > SK_CONTROL_MAX)
-                return SK_HDR_BAD_CONTROL;
-            return SK_HDR_OK;
+            kind = v == 0 || v > SK_CONTROL_MAX ? SK_HDR_BAD_CONTROL
+                                                : SK_HDR_OK;
+            goto done;
         }
     }
     if (f->flags & SK_FRAMING_IDS) {
-        top = 1ULL << (8 * f->header_size - 2);
+        top = SK_HDR_ID_BIT(f->header_size);
         if (v & top) {
             v &= ~top;
             *len = v;
             if (v < SK_ID_LEN) {
                 *payload = 0;
-                return SK_HDR_SHORT_ID;
+                kind = SK_HDR_SHORT_ID;
+                goto done;
             }
             *payload = v - SK_ID_LEN;
-            return *payload > f->max_frame ? SK_HDR_TOO_LARGE : SK_HDR_OK;
+            kind = *payload > f->max_frame ? SK_HDR_TOO_LARGE : SK_HDR_OK;
+            goto done;
         }
     }
     *len = *payload = v;
-    return v > f->max_frame ? SK_HDR_TOO_LARGE : SK_HDR_OK;
+    kind = v > f->max_frame ? SK_HDR_TOO_LARGE : SK_HDR_OK;
+done:
+    return kind;
 }
 
 /* Parse the header at p: the wire length, and whether it is a control
@@ -246,19 +258,22 @@ uint64_t sk_decoder_missing(const sk_decoder *d)
 {
     size_t have = sk_buf_len(&d->buf);
     unsigned h = d->f.header_size;
-    uint64_t len, payload;
+    uint64_t len, payload, missing = 0;
     int control;
 
     if (have == 0)
-        return 0;
-    if (have < h)
-        return h - have;
+        goto done;
+    if (have < h) {
+        missing = h - have;
+        goto done;
+    }
     if (sk_header_classify(&d->f, sk_buf_rptr(&d->buf), &len, &payload,
                            &control) != SK_HDR_OK)
-        return 0;
-    if ((uint64_t)(have - h) >= len)
-        return 0;
-    return len - (have - h);
+        goto done;
+    if ((uint64_t)(have - h) < len)
+        missing = len - (have - h);
+done:
+    return missing;
 }
 
 /* Contract: may grow the buffer (x1.5) up to header + max_frame + min. */
@@ -268,38 +283,45 @@ int sk_decoder_reserve(sk_decoder *d, size_t min, unsigned char **space,
     size_t want = min;
     size_t have = sk_buf_len(&d->buf);
     unsigned h = d->f.header_size;
+    int rc = SK_ERR;
 
     if (d->err.code != SK_E_NONE)
-        return SK_ERR;
+        goto done;
     if (have >= h) {
         uint64_t len;
         int control;
         if (sk_decoder_header(d, sk_buf_rptr(&d->buf), &len, &control) !=
             SK_OK)
-            return SK_ERR;
+            goto done;
         /* enough room for the whole frame in progress (written so that a
          * length near 2^64 cannot wrap around) */
         if ((uint64_t)(have - h) < len) {
             uint64_t need = len - (uint64_t)(have - h);
-            if (need > (uint64_t)(SIZE_MAX / 2))
-                return sk_err_set(&d->err, SK_E_NOMEM,
-                                  "cannot buffer a %llu-byte frame; lower "
-                                  "Framing.max_frame",
-                                  (unsigned long long)len);
+            if (need > (uint64_t)(SIZE_MAX / 2)) {
+                sk_err_set(&d->err, SK_E_NOMEM,
+                           "cannot buffer a %llu-byte frame; lower "
+                           "Framing.max_frame",
+                           (unsigned long long)len);
+                goto done;
+            }
             if (need > want)
                 want = (size_t)need;
         }
     }
     if (want == 0)
         want = 1;
-    if (sk_buf_reserve(&d->buf, want) != 0)
-        return sk_err_set(&d->err, SK_E_NOMEM,
-                          "out of memory reserving %zu bytes for a frame; "
-                          "lower Framing.max_frame to what the peer needs",
-                          want);
+    if (sk_buf_reserve(&d->buf, want) != 0) {
+        sk_err_set(&d->err, SK_E_NOMEM,
+                   "out of memory reserving %zu bytes for a frame; lower "
+                   "Framing.max_frame to what the peer needs",
+                   want);
+        goto done;
+    }
     *space = sk_buf_wptr(&d->buf);
     *avail = sk_buf_spare(&d->buf);
-    return SK_OK;
+    rc = SK_OK;
+done:
+    return rc;
 }
 
 /* Contract: n <= avail from the last reserve. */
@@ -311,23 +333,23 @@ void sk_decoder_commit(sk_decoder *d, size_t n)
 /* Contract: copies p. */
 int sk_decoder_feed(sk_decoder *d, const void *p, size_t n)
 {
-    unsigned char *space;
-    size_t avail;
+    int rc = SK_ERR;
 
     if (d->err.code != SK_E_NONE)
-        return SK_ERR;
+        goto done;
+    rc = SK_OK;
     if (n == 0)
-        return SK_OK;
+        goto done;
     /* reserve only what is fed: feeding must not allocate a declared size */
-    if (sk_buf_reserve(&d->buf, n) != 0)
-        return sk_err_set(&d->err, SK_E_NOMEM,
-                          "out of memory buffering %zu bytes", n);
-    space = sk_buf_wptr(&d->buf);
-    avail = sk_buf_spare(&d->buf);
-    (void)avail;
-    memcpy(space, p, n);
+    if (sk_buf_reserve(&d->buf, n) != 0) {
+        rc = sk_err_set(&d->err, SK_E_NOMEM,
+                        "out of memory buffering %zu bytes", n);
+        goto done;
+    }
+    memcpy(sk_buf_wptr(&d->buf), p, n);
     sk_buf_commit(&d->buf, n);
-    return SK_OK;
+done:
+    return rc;
 }
 
 /* Contract: the frame views the buffer until the next feed/reserve/idle. */
@@ -337,22 +359,26 @@ int sk_decoder_next(sk_decoder *d, sk_frame *out)
     unsigned h = d->f.header_size;
     const unsigned char *p;
     uint64_t len;
+    int rc = SK_ERR;
 
     if (SK_UNLIKELY(d->err.code != SK_E_NONE))
-        return SK_ERR;
+        goto done;
+    rc = SK_NEED_DATA;
     if (have < h)
-        return SK_NEED_DATA;
+        goto done;
     p = sk_buf_rptr(&d->buf);
-    if (SK_UNLIKELY(sk_decoder_header(d, p, &len, &out->control) != SK_OK))
-        return SK_ERR;
+    if (SK_UNLIKELY(sk_decoder_header(d, p, &len, &out->control) != SK_OK)) {
+        rc = SK_ERR;
+        goto done;
+    }
     if ((uint64_t)(have - h) < len)
-        return SK_NEED_DATA;
+        goto done;
     out->data = p + h;
     out->len = (size_t)len;
     out->has_id = 0;
     out->id = 0;
     if ((d->f.flags & SK_FRAMING_IDS) && !out->control &&
-        (sk_decode_header(&d->f, p) & (1ULL << (8 * h - 2)))) {
+        (sk_decode_header(&d->f, p) & SK_HDR_ID_BIT(h))) {
         unsigned i;
         for (i = 0; i < SK_ID_LEN; i++)
             out->id = (out->id << 8) | p[h + i];
@@ -366,7 +392,9 @@ int sk_decoder_next(sk_decoder *d, sk_frame *out)
                                                : 0;
     if (!out->control)
         d->frames++;
-    return SK_OK;
+    rc = SK_OK;
+done:
+    return rc;
 }
 
 /* Contract: pure. */
@@ -391,14 +419,17 @@ int sk_decoder_finish(const sk_decoder *d, sk_err *err)
 {
     size_t have = sk_buf_len(&d->buf);
     uint64_t missing;
+    int rc = SK_ERR;
 
     if (d->err.code != SK_E_NONE) { /* the stream already failed */
         if (err)
             *err = d->err;
-        return SK_ERR;
+        goto done;
     }
-    if (have == 0)
-        return SK_OK;
+    if (have == 0) {
+        rc = SK_OK;
+        goto done;
+    }
     missing = sk_decoder_missing(d);
     if (have < d->f.header_size)
         sk_err_set(err, SK_E_INCOMPLETE,
@@ -416,7 +447,8 @@ int sk_decoder_finish(const sk_decoder *d, sk_err *err)
                    (unsigned long long)missing);
     if (err)
         err->detail = missing;
-    return SK_ERR;
+done:
+    return rc;
 }
 
 /* Contract: no allocation; moves buffered bytes down over each control
@@ -430,9 +462,10 @@ int sk_decoder_scan(sk_decoder *d,
     size_t have, size;
     uint64_t len;
     sk_frame fr;
+    int rc = SK_ERR;
 
     if (d->err.code != SK_E_NONE)
-        return SK_ERR;
+        goto done;
     for (;;) {
         base = sk_buf_rptr(&d->buf);
         have = sk_buf_len(&d->buf);
@@ -440,7 +473,7 @@ int sk_decoder_scan(sk_decoder *d,
             break;
         if (sk_decoder_header(d, base + d->scanned, &len, &fr.control) !=
             SK_OK)
-            return SK_ERR;
+            goto done;
         if ((uint64_t)(have - d->scanned - h) < len)
             break;
         size = h + (size_t)len;
@@ -455,7 +488,9 @@ int sk_decoder_scan(sk_decoder *d,
                 have - d->scanned - size);
         d->buf.end -= size;
     }
-    return SK_OK;
+    rc = SK_OK;
+done:
+    return rc;
 }
 
 /* Contract: may free the buffer.  A small partial frame is moved to the

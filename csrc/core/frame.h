@@ -49,6 +49,11 @@
 #define SK_ID_REPLY (1ULL << 63)
 #define SK_ID_ERROR (1ULL << 62)
 #define SK_ID_MASK (SK_ID_ERROR - 1)
+/* The length-field bits that mark the extended frames of an h-byte header:
+ * the top bit a control frame (SK_FRAMING_CONTROL), the second-highest a
+ * correlated frame (SK_FRAMING_IDS). */
+#define SK_HDR_CONTROL_BIT(h) (1ULL << (8 * (h) - 1))
+#define SK_HDR_ID_BIT(h) (1ULL << (8 * (h) - 2))
 
 typedef struct sk_framing {
     unsigned header_size; /* 1, 2, 4 or 8 */

@@ -3,6 +3,91 @@
 
 #include <string.h>
 
+/* Contract: pure. */
+int64_t sk_hb_ping_after(int64_t interval_ns, int initiator)
+{
+    return initiator ? interval_ns : interval_ns + interval_ns / 2;
+}
+
+/* Contract: pure. */
+int64_t sk_hb_first_rtt_at(int64_t interval_ns, int64_t now)
+{
+    return now - (SK_HB_RTT_EVERY - 1) * interval_ns;
+}
+
+/* Contract: pure.  When to look at v next (the earliest of PING due,
+ * round-trip sample due and peer overdue, at least interval / 8 away). */
+static int64_t sk_hb_due(const sk_hb_view *v, int64_t now)
+{
+    int64_t due = v->last_tx_ns + v->ping_after_ns;
+    int64_t rtt = v->rtt_at_ns + SK_HB_RTT_EVERY * v->interval_ns;
+    int64_t rx = v->last_rx_ns + v->timeout_ns;
+    int64_t min_step = v->interval_ns / 8;
+
+    if (v->dead) {
+        due = SK_HB_NEVER;
+        goto done;
+    }
+    if (!v->rx_done && rx < due)
+        due = rx;
+    if (rtt < due)
+        due = rtt;
+    /* a ping that could not go out (socket full) is retried soon, not in a
+     * busy loop */
+    if (due < now + min_step)
+        due = now + min_step;
+done:
+    return due;
+}
+
+/* Contract: pure; see heartbeat.h. */
+int sk_hb_tick(const sk_hb_view *v, int64_t now, int64_t unread,
+               int64_t *due)
+{
+    sk_hb_view w = *v;
+    int act = 0;
+
+    if (w.dead)
+        goto done;
+    if (!w.rx_done && now - w.last_rx_ns >= w.timeout_ns) {
+        if (unread < 0) {
+            act = SK_HB_CHECK; /* look at what arrived first */
+            goto done;
+        }
+        if (unread == 0) {
+            act = SK_HB_DEAD;
+            w.dead = 1;
+            goto done;
+        }
+        /* unread bytes in the kernel: the peer is alive, our application
+         * is the one not reading */
+        act |= SK_HB_ALIVE;
+        w.last_rx_ns = now;
+    }
+    if (w.pong_owed)
+        act |= SK_HB_PONG;
+    if (now - w.rtt_at_ns >= SK_HB_RTT_EVERY * w.interval_ns ||
+        now - w.last_tx_ns >= w.ping_after_ns)
+        act |= SK_HB_PING;
+done:
+    *due = sk_hb_due(&w, now);
+    return act;
+}
+
+/* Contract: any thread; reads the shared clocks atomically. */
+void sk_hb_view_of(const sk_hb *hb, sk_hb_view *v)
+{
+    v->interval_ns = hb->interval_ns;
+    v->timeout_ns = hb->timeout_ns;
+    v->ping_after_ns = hb->ping_after_ns;
+    v->last_rx_ns = SK_LOAD(&hb->last_rx_ns);
+    v->last_tx_ns = SK_LOAD(&hb->last_tx_ns);
+    v->rtt_at_ns = SK_LOAD(&hb->rtt_at_ns);
+    v->pong_owed = SK_LOAD(&hb->pong_ts) != 0;
+    v->rx_done = 0;
+    v->dead = SK_LOAD(&hb->dead);
+}
+
 /* Contract: no allocation. */
 void sk_hb_init(sk_hb *hb, int64_t interval_ns, int64_t timeout_ns,
                 int initiator, int64_t now)
@@ -10,14 +95,14 @@ void sk_hb_init(sk_hb *hb, int64_t interval_ns, int64_t timeout_ns,
     memset(hb, 0, sizeof(*hb));
     hb->interval_ns = interval_ns;
     hb->timeout_ns = timeout_ns;
-    hb->ping_after_ns = initiator ? interval_ns : interval_ns + interval_ns / 2;
+    hb->ping_after_ns = sk_hb_ping_after(interval_ns, initiator);
     hb->last_rx_ns = now;
     hb->last_tx_ns = now;
     hb->rtt_ns = -1;
-    /* the first sample is due after one interval, not SK_HB_RTT_EVERY */
-    hb->rtt_at_ns = now - (SK_HB_RTT_EVERY - 1) * interval_ns;
+    hb->rtt_at_ns = sk_hb_first_rtt_at(interval_ns, now);
 }
 
+/* Contract: pure; the big-endian 8-byte time stamp of a PING/PONG. */
 static int64_t sk_get_ts(const unsigned char *p)
 {
     uint64_t v = 0;

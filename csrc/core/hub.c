@@ -18,7 +18,6 @@
 
 #define SK_HUB_EVENTS 256
 #define SK_HUB_WAKE_TAG UINT64_MAX
-#define SK_HUB_NEVER INT64_MAX
 #define SK_HUB_LINGER_MS 10 /* how often lingering sockets are looked at */
 /* For a TCP socket TIOCOUTQ is SIOCOUTQ (bytes not yet acknowledged);
  * linux/sockios.h, which spells it so, clashes with glibc headers. */
@@ -50,27 +49,19 @@ struct sk_hub {
 
 /* ------------------------------------------------------------- per conn */
 
-/* When to look at c next: the earlier of "ping due" and "peer overdue". */
+/* Contract: hub lock held.  When to look at c next: the heartbeat rule's
+ * due time (heartbeat.h sk_hb_tick) for c's clocks as they are now. */
 static int64_t sk_hub_next_due(const sk_conn *c, int64_t now)
 {
-    int64_t tx = SK_LOAD(&c->hb.last_tx_ns) + c->hb.ping_after_ns;
-    int64_t rtt = SK_LOAD(&c->hb.rtt_at_ns) + SK_HB_RTT_EVERY * c->hb.interval_ns;
-    int64_t rx = SK_LOAD(&c->hb.last_rx_ns) + c->hb.timeout_ns;
-    int64_t due = tx < rx ? tx : rx;
+    sk_hb_view v;
+    int64_t due;
 
-    if (rtt < due)
-        due = rtt;
-    int64_t min_step = c->hb.interval_ns / 8;
-
-    if (SK_LOAD(&c->hb.dead))
-        return SK_HUB_NEVER;
-    /* a ping that could not go out (socket full) is retried soon, not in a
-     * busy loop */
-    if (due < now + min_step)
-        due = now + min_step;
+    sk_hb_view_of(&c->hb, &v);
+    sk_hb_tick(&v, now, -1, &due);
     return due;
 }
 
+/* Contract: hub lock held. */
 static void sk_hub_arm(sk_hub *h, int idx)
 {
     struct epoll_event ev;
@@ -87,13 +78,13 @@ static void sk_hub_arm(sk_hub *h, int idx)
  * result, or 2 if a user thread holds the receive side. */
 static int sk_hub_pump(sk_hub *h, sk_conn *c)
 {
-    int r;
+    int r = 2;
 
-    if (pthread_mutex_trylock(&c->recv_mu) != 0)
-        return 2;
-    r = sk_conn_pump(c, SK_HUB_RX_LIMIT);
-    pthread_mutex_unlock(&c->recv_mu);
-    h->st.reads++;
+    if (pthread_mutex_trylock(&c->recv_mu) == 0) {
+        r = sk_conn_pump(c, SK_HUB_RX_LIMIT);
+        pthread_mutex_unlock(&c->recv_mu);
+        h->st.reads++;
+    }
     return r;
 }
 
@@ -108,43 +99,58 @@ static void sk_hub_on_event(sk_hub *h, int idx)
         sk_hub_arm(h, idx);
 }
 
-/* The timer of slot idx fired (hub lock held). */
+/* Contract: hub lock held, c's send lock held (trylocked).  Send the
+ * owed PONG, then ask the rule again (a PONG that went out refreshes
+ * last_tx, which may make a PING unnecessary) and send a PING if it still
+ * says so.  Non-blocking: a full socket sends nothing. */
+static void sk_hub_send(sk_hub *h, sk_conn *c, int64_t now)
+{
+    sk_hb_view v;
+    int64_t due;
+    sk_err err;
+
+    sk_conn_send_pending(c);
+    sk_hb_view_of(&c->hb, &v);
+    if ((sk_hb_tick(&v, now, -1, &due) & SK_HB_PING) &&
+        sk_conn_send_control(c, SK_CTL_PING, now, &err) == SK_OK) {
+        c->hb.pings_sent++;
+        h->st.pings++;
+    }
+}
+
+/* Contract: hub lock held.  The timer of slot idx fired: carry out what
+ * the heartbeat rule (sk_hb_tick) asks - read what arrived and measure
+ * the unread bytes when the peer is overdue, declare it dead, or send a
+ * PONG/PING - then re-arm the read event and the timer. */
 static void sk_hub_tick(sk_hub *h, int idx, int64_t now)
 {
     sk_conn *c = h->slots[idx].c;
-    int pending = 0, rtt_due;
+    sk_hb_view v;
+    int64_t due;
+    int act, pending;
 
-    if (SK_LOAD(&c->hb.dead))
+    sk_hb_view_of(&c->hb, &v);
+    if (v.dead)
         goto done;
-    if (now - SK_LOAD(&c->hb.last_rx_ns) >= c->hb.timeout_ns) {
-        sk_hub_pump(h, c);
-        if (now - SK_LOAD(&c->hb.last_rx_ns) >= c->hb.timeout_ns) {
-            if (ioctl(c->fd, FIONREAD, &pending) == 0 && pending > 0) {
-                /* unread bytes in the kernel: the peer is alive, our
-                 * application is the one not reading */
-                SK_STORE(&c->hb.last_rx_ns, now);
-            } else {
-                sk_conn_declare_dead(c);
-                h->st.dead++;
-                goto done;
-            }
-        }
+    act = sk_hb_tick(&v, now, -1, &due);
+    if (act & SK_HB_CHECK) {
+        sk_hub_pump(h, c); /* what arrived counts as received */
+        if (ioctl(c->fd, FIONREAD, &pending) != 0)
+            pending = 0;
+        sk_hb_view_of(&c->hb, &v);
+        act = sk_hb_tick(&v, now, pending, &due);
     }
-    rtt_due = now - SK_LOAD(&c->hb.rtt_at_ns) >=
-              SK_HB_RTT_EVERY * c->hb.interval_ns;
-    if (SK_LOAD(&c->hb.pong_ts) != 0 || rtt_due ||
-        now - SK_LOAD(&c->hb.last_tx_ns) >= c->hb.ping_after_ns) {
-        if (pthread_mutex_trylock(&c->send_mu) == 0) {
-            sk_err err;
-            sk_conn_send_pending(c);
-            if ((rtt_due ||
-                 now - SK_LOAD(&c->hb.last_tx_ns) >= c->hb.ping_after_ns) &&
-                sk_conn_send_control(c, SK_CTL_PING, now, &err) == SK_OK) {
-                c->hb.pings_sent++;
-                h->st.pings++;
-            }
-            pthread_mutex_unlock(&c->send_mu);
-        }
+    if (act & SK_HB_DEAD) {
+        sk_conn_declare_dead(c);
+        h->st.dead++;
+        goto done;
+    }
+    if (act & SK_HB_ALIVE)
+        SK_STORE(&c->hb.last_rx_ns, now);
+    if ((act & (SK_HB_PONG | SK_HB_PING)) &&
+        pthread_mutex_trylock(&c->send_mu) == 0) {
+        sk_hub_send(h, c, now);
+        pthread_mutex_unlock(&c->send_mu);
     }
     sk_hub_arm(h, idx);
 done:
@@ -183,6 +189,10 @@ static void sk_hub_lingers(sk_hub *h, int64_t now)
 
 /* --------------------------------------------------------------- thread */
 
+/* Contract: the hub thread's start routine (arg: the hub, which outlives
+ * it); no GIL, no Python.  Waits in epoll until the earliest heartbeat due
+ * time, a socket event or a wake-up; runs sk_hub_tick for each due slot
+ * and looks at the lingering sockets. */
 static void *sk_hub_main(void *arg)
 {
     sk_hub *h = (sk_hub *)arg;
@@ -201,7 +211,7 @@ static void *sk_hub_main(void *arg)
         }
         ms = 1000;
         top = sk_heap_top(&h->heap);
-        if (top != NULL && top->key != SK_HUB_NEVER)
+        if (top != NULL && top->key != SK_HB_NEVER)
             ms = sk_poll_ms(top->key, 1000);
         if (h->nlinger > 0 && ms > SK_HUB_LINGER_MS)
             ms = SK_HUB_LINGER_MS;
@@ -254,8 +264,10 @@ int sk_hub_new(sk_hub **out, sk_err *err)
     int rc = SK_ERR;
 
     h = sk_calloc(1, sizeof(*h));
-    if (h == NULL)
-        return sk_err_set(err, SK_E_NOMEM, "out of memory for the hub");
+    if (h == NULL) {
+        sk_err_set(err, SK_E_NOMEM, "out of memory for the hub");
+        goto error;
+    }
     h->ep = h->wake_fd = -1;
     pthread_mutex_init(&h->mu, NULL);
     h->ep = sk_epoll_create(EPOLL_CLOEXEC);
@@ -281,9 +293,11 @@ int sk_hub_new(sk_hub **out, sk_err *err)
     }
     h->started = 1;
     *out = h;
-    return SK_OK;
+    h = NULL; /* the caller's now */
+    rc = SK_OK;
 error:
-    sk_hub_free(h);
+    if (h != NULL)
+        sk_hub_free(h);
     return rc;
 }
 

@@ -33,8 +33,10 @@ static __thread unsigned char sk_coal[SK_COAL_CAP];
 /* Contract: no allocation, fd stays owned by the caller. */
 int sk_conn_init(sk_conn *c, int fd, const sk_framing *f, sk_err *err)
 {
-    if (sk_framing_check(f, err) != SK_OK)
-        return SK_ERR;
+    int rc = sk_framing_check(f, err);
+
+    if (rc != SK_OK)
+        goto done;
     memset(c, 0, sizeof(*c));
     c->fd = fd;
     c->framing = *f;
@@ -45,7 +47,8 @@ int sk_conn_init(sk_conn *c, int fd, const sk_framing *f, sk_err *err)
     pthread_mutex_init(&c->recv_mu, NULL);
     sk_hb_init(&c->hb, 0, 0, 1, sk_now_ns());
     c->hub_slot = -1;
-    return SK_OK;
+done:
+    return rc;
 }
 
 /* Contract: frees the buffers; the fd is the caller's to close. */
@@ -61,15 +64,18 @@ void sk_conn_release(sk_conn *c)
 int sk_conn_heartbeat(sk_conn *c, int64_t interval_ns, int64_t timeout_ns,
                       int initiator, sk_err *err)
 {
+    int rc = SK_OK;
+
     if (!(c->framing.flags & SK_FRAMING_CONTROL))
-        return sk_err_set(err, SK_E_ARG,
-                          "heartbeats need the control-frame extension "
-                          "(SK_FRAMING_CONTROL) on both peers");
-    if (interval_ns <= 0 || timeout_ns <= 0)
-        return sk_err_set(err, SK_E_ARG,
-                          "heartbeat interval and timeout must be > 0");
-    sk_hb_init(&c->hb, interval_ns, timeout_ns, initiator, sk_now_ns());
-    return SK_OK;
+        rc = sk_err_set(err, SK_E_ARG,
+                        "heartbeats need the control-frame extension "
+                        "(SK_FRAMING_CONTROL) on both peers");
+    else if (interval_ns <= 0 || timeout_ns <= 0)
+        rc = sk_err_set(err, SK_E_ARG,
+                        "heartbeat interval and timeout must be > 0");
+    else
+        sk_hb_init(&c->hb, interval_ns, timeout_ns, initiator, sk_now_ns());
+    return rc;
 }
 
 /* Replace err by the dead-peer error if the hub declared the peer dead
@@ -152,16 +158,18 @@ done:
 static int sk_keep_tail(sk_conn *c, const struct iovec *iov, int idx, int niov,
                         size_t keep, sk_err *err)
 {
-    int i;
+    int i, rc = SK_OK;
 
     for (i = idx; i < niov && keep > 0; i++) {
         size_t n = iov[i].iov_len < keep ? iov[i].iov_len : keep;
-        if (sk_buf_append(&c->out, iov[i].iov_base, n) != 0)
-            return sk_err_set(err, SK_E_NOMEM,
-                              "out of memory keeping %zu unsent bytes", keep);
+        if (sk_buf_append(&c->out, iov[i].iov_base, n) != 0) {
+            rc = sk_err_set(err, SK_E_NOMEM,
+                            "out of memory keeping %zu unsent bytes", keep);
+            break;
+        }
         keep -= n;
     }
-    return SK_OK;
+    return rc;
 }
 
 /* Contract: no GIL needed; caller holds the send lock.  Payload memory is
@@ -171,10 +179,10 @@ int sk_conn_flush(sk_conn *c, int64_t deadline, const sk_intr *intr,
 {
     struct iovec iov;
     size_t written = 0;
-    int idx = 0, rc;
+    int idx = 0, rc = SK_OK;
 
     if (sk_buf_len(&c->out) == 0)
-        return SK_OK;
+        goto done;
     iov.iov_base = sk_buf_rptr(&c->out);
     iov.iov_len = sk_buf_len(&c->out);
     rc = sk_write_all(c->fd, &iov, 1, deadline, intr, &written, &idx, &c->hb,
@@ -182,6 +190,7 @@ int sk_conn_flush(sk_conn *c, int64_t deadline, const sk_intr *intr,
     sk_buf_consume(&c->out, written);
     if (sk_buf_len(&c->out) == 0)
         sk_buf_shrink(&c->out);
+done:
     return rc;
 }
 
@@ -305,11 +314,14 @@ int sk_conn_enqueue(sk_conn *c, const sk_iov *f, sk_err *err)
 {
     const size_t hl = c->framing.header_size + (f->has_id ? SK_ID_LEN : 0);
     unsigned char *w;
+    int rc = SK_ERR;
 
-    if (f->has_id && !(c->framing.flags & SK_FRAMING_IDS))
-        return sk_err_set(err, SK_E_ARG,
-                          "this connection was made without correlation "
-                          "ids; frames cannot carry one");
+    if (f->has_id && !(c->framing.flags & SK_FRAMING_IDS)) {
+        sk_err_set(err, SK_E_ARG,
+                   "this connection was made without correlation ids; "
+                   "frames cannot carry one");
+        goto done;
+    }
     if ((uint64_t)f->len > c->framing.max_frame) {
         sk_err_set(err, SK_E_TOO_LARGE,
                    "frame is %zu bytes, over max_frame %llu; split it or "
@@ -317,17 +329,23 @@ int sk_conn_enqueue(sk_conn *c, const sk_iov *f, sk_err *err)
                    f->len, (unsigned long long)c->framing.max_frame);
         if (err != NULL)
             err->detail = 0;
-        return SK_ERR;
+        goto done;
     }
-    if (SK_UNLIKELY(SK_LOAD(&c->hb.dead)))
-        return sk_conn_dead_err(c, err);
-    if (c->wr_shut)
-        return sk_err_set(err, SK_E_CLOSED,
-                          "cannot send after shutdown(\"write\"): this side "
-                          "already sent its FIN");
-    if (sk_buf_reserve(&c->out, hl + f->len) != 0)
-        return sk_err_set(err, SK_E_NOMEM, "out of memory queueing %zu bytes",
-                          hl + f->len);
+    if (SK_UNLIKELY(SK_LOAD(&c->hb.dead))) {
+        rc = sk_conn_dead_err(c, err);
+        goto done;
+    }
+    if (c->wr_shut) {
+        sk_err_set(err, SK_E_CLOSED,
+                   "cannot send after shutdown(\"write\"): this side "
+                   "already sent its FIN");
+        goto done;
+    }
+    if (sk_buf_reserve(&c->out, hl + f->len) != 0) {
+        sk_err_set(err, SK_E_NOMEM, "out of memory queueing %zu bytes",
+                   hl + f->len);
+        goto done;
+    }
     w = sk_buf_wptr(&c->out);
     if (f->has_id)
         sk_encode_header_id(&c->framing, f->len, f->id, w);
@@ -336,7 +354,9 @@ int sk_conn_enqueue(sk_conn *c, const sk_iov *f, sk_err *err)
     if (f->len)
         memcpy(w + hl, f->base, f->len);
     sk_buf_commit(&c->out, hl + f->len);
-    return SK_OK;
+    rc = SK_OK;
+done:
+    return rc;
 }
 
 /* Contract: caller holds send_mu; never waits. */
@@ -345,19 +365,21 @@ int sk_conn_send_control(sk_conn *c, int type, int64_t ts, sk_err *err)
     unsigned char frame[8 + SK_CTL_PING_LEN];
     struct iovec iov;
     size_t n, written = 0;
-    int idx = 0, rc, had_room;
+    int idx = 0, rc = SK_TIMEOUT, had_room;
 
     if (SK_LOAD(&c->hb.dead) || c->wr_shut)
-        return SK_TIMEOUT;
+        goto done;
     if (sk_conn_flush(c, 0, NULL, err) != SK_OK || sk_buf_len(&c->out) > 0)
-        return SK_TIMEOUT;
+        goto done;
     n = sk_hb_encode(&c->framing, type, ts, SK_LOAD(&c->hb.rtt_ns), frame);
     /* room for a torn tail before a byte goes out, so that keeping it
      * cannot fail once the frame is begun (sk_conn_send_pending has no
      * caller to tell; found by tests/fuzz/fuzz_send.c) */
     had_room = c->out.cap > 0;
-    if (sk_buf_reserve(&c->out, n) != 0)
-        return sk_err_set(err, SK_E_NOMEM, "out of memory");
+    if (sk_buf_reserve(&c->out, n) != 0) {
+        rc = sk_err_set(err, SK_E_NOMEM, "out of memory");
+        goto done;
+    }
     iov.iov_base = frame;
     iov.iov_len = n;
     rc = sk_write_all(c->fd, &iov, 1, 0, NULL, &written, &idx, &c->hb, err);
@@ -368,6 +390,7 @@ int sk_conn_send_control(sk_conn *c, int type, int64_t ts, sk_err *err)
     } else if (!had_room) {
         sk_buf_free(&c->out); /* an idle connection holds no send memory */
     }
+done:
     return rc;
 }
 
@@ -482,6 +505,8 @@ static void sk_conn_on_control(sk_conn *c, const sk_frame *fr)
     }
 }
 
+/* Contract: the decoder's control callback (ctx: the sk_conn); the
+ * caller holds recv_mu. */
 static void sk_conn_on_control_cb(void *ctx, const sk_frame *fr)
 {
     sk_conn_on_control((sk_conn *)ctx, fr);
@@ -527,7 +552,8 @@ int sk_conn_recv(sk_conn *c, int64_t deadline, const sk_intr *intr,
     if (SK_UNLIKELY(c->rd_err.code != SK_E_NONE)) {
         if (err != NULL)
             *err = c->rd_err;
-        return SK_ERR;
+        rc = SK_ERR;
+        goto done;
     }
     for (;;) {
         rc = sk_conn_take(c, out, err);
@@ -575,7 +601,8 @@ int sk_conn_recv_wake(sk_conn *c, int64_t deadline, int wake_fd,
     if (SK_UNLIKELY(c->rd_err.code != SK_E_NONE)) {
         if (err != NULL)
             *err = c->rd_err;
-        return SK_ERR;
+        rc = SK_ERR;
+        goto done;
     }
     for (;;) {
         rc = sk_conn_take(c, out, err);
@@ -659,7 +686,8 @@ int sk_conn_recv_nowait(sk_conn *c, sk_frame *out, sk_err *err)
     if (c->rd_err.code != SK_E_NONE) {
         if (err != NULL)
             *err = c->rd_err;
-        return SK_ERR;
+        rc = SK_ERR;
+        goto done;
     }
     rc = sk_conn_take(c, out, err);
     if (rc != SK_NEED_DATA)
@@ -681,12 +709,15 @@ done:
 /* Contract: pure (no syscall); caller holds the receive lock. */
 int sk_conn_recv_buffered(sk_conn *c, sk_frame *out, sk_err *err)
 {
+    int rc = SK_ERR;
+
     if (c->rd_err.code != SK_E_NONE) {
         if (err != NULL)
             *err = c->rd_err;
-        return SK_ERR;
+    } else {
+        rc = sk_conn_take(c, out, err);
     }
-    return sk_conn_take(c, out, err);
+    return rc;
 }
 
 /* Contract: caller holds recv_mu; never waits.  Frees the read-ahead
@@ -695,8 +726,10 @@ int sk_conn_pump(sk_conn *c, size_t limit)
 {
     int rc = 0, r, full;
 
-    if (c->rd_err.code != SK_E_NONE || c->rd_eof)
-        return -1;
+    if (c->rd_err.code != SK_E_NONE || c->rd_eof) {
+        rc = -1;
+        goto done;
+    }
     for (;;) {
         if (sk_decoder_buffered(&c->dec) >= limit) {
             rc = 1;
@@ -721,6 +754,7 @@ int sk_conn_pump(sk_conn *c, size_t limit)
     }
     if (sk_decoder_buffered(&c->dec) == 0)
         sk_decoder_idle(&c->dec);
+done:
     return rc;
 }
 
@@ -740,10 +774,10 @@ void sk_conn_drain(sk_conn *c)
 int sk_conn_shutdown_write(sk_conn *c, int64_t deadline, const sk_intr *intr,
                            sk_err *err)
 {
-    int rc;
+    int rc = SK_OK;
 
     if (c->wr_shut)
-        return SK_OK;
+        goto done;
     rc = sk_conn_flush(c, deadline, intr, err);
     if (rc != SK_OK)
         goto done;

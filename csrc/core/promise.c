@@ -36,18 +36,21 @@ void sk_promise_release(sk_promise *p)
 int sk_promise_set_payload(sk_promise *p, const void *data, size_t len)
 {
     unsigned char *dst = p->small;
+    int rc = SK_ERR;
 
     if (len > SK_PROMISE_INLINE) {
         dst = sk_malloc(len);
         if (dst == NULL)
-            return SK_ERR;
+            goto error;
     }
     if (len)
         memcpy(dst, data, len);
     sk_promise_release(p);
     p->data = dst;
     p->len = len;
-    return SK_OK;
+    rc = SK_OK;
+error:
+    return rc;
 }
 
 /* Contract: any thread; the payload and fail code written before are
@@ -55,14 +58,17 @@ int sk_promise_set_payload(sk_promise *p, const void *data, size_t len)
 int sk_promise_settle(sk_promise *p, unsigned final, int fail)
 {
     uint32_t w = SK_LOAD_RELAXED(&p->state);
+    int won = 0;
 
     p->fail = fail;
     do {
         if ((w & SK_P_STATE) != SK_P_PENDING)
-            return 0;
+            goto done;
     } while (!SK_CAS(&p->state, &w, (w & SK_P_NOTIFY) | final, SK_RELAXED));
     p->prev = w;
-    return 1;
+    won = 1;
+done:
+    return won;
 }
 
 /* Contract: any thread, no lock held needed. */
@@ -74,25 +80,28 @@ void sk_promise_wake(sk_promise *p)
 /* Contract: any thread. */
 int sk_promise_cancel(sk_promise *p)
 {
-    if (!sk_promise_settle(p, SK_P_CANCELLED, SK_PF_NONE))
-        return 0;
-    if (p->prev & SK_P_WAITING)
+    int won = sk_promise_settle(p, SK_P_CANCELLED, SK_PF_NONE);
+
+    if (won && (p->prev & SK_P_WAITING))
         sk_promise_wake(p);
-    return 1;
+    return won;
 }
 
 /* Contract: any thread. */
 int sk_promise_mark(sk_promise *p, uint32_t flag)
 {
     uint32_t w = SK_LOAD(&p->state);
+    int set = 0;
 
     do {
         if ((w & SK_P_STATE) != SK_P_PENDING)
-            return 0;
+            goto done;
         if (w & flag)
-            return 1;
+            break;
     } while (!SK_CAS(&p->state, &w, w | flag, SK_ACQUIRE));
-    return 1;
+    set = 1;
+done:
+    return set;
 }
 
 /* Contract: no GIL needed; intr->check is called on EINTR and every

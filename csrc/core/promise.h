@@ -82,6 +82,7 @@ static inline uint32_t sk_promise_word(const sk_promise *p)
     return SK_LOAD(&p->state);
 }
 
+/* Contract: any thread; the state (SK_P_*) without the flags. */
 static inline unsigned sk_promise_state(const sk_promise *p)
 {
     return sk_promise_word(p) & SK_P_STATE;

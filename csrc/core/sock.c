@@ -18,11 +18,13 @@ int sk_sockaddr(const char *host, int port, int family,
 {
     struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
     struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+    int rc = SK_OK;
 
     memset(ss, 0, sizeof(*ss));
-    if (port < 0 || port > 65535)
-        return sk_err_set(err, SK_E_ARG, "port must be 0..65535, not %d",
-                          port);
+    if (port < 0 || port > 65535) {
+        rc = sk_err_set(err, SK_E_ARG, "port must be 0..65535, not %d", port);
+        goto done;
+    }
     if (family == AF_UNSPEC)
         family = strchr(host, ':') ? AF_INET6 : AF_INET;
     if (family == AF_INET) {
@@ -31,8 +33,8 @@ int sk_sockaddr(const char *host, int port, int family,
         if (host[0] == '\0')
             a4->sin_addr.s_addr = htonl(INADDR_ANY);
         else if (inet_pton(AF_INET, host, &a4->sin_addr) != 1)
-            return sk_err_set(err, SK_E_ARG,
-                              "%.60s is not a numeric IPv4 address", host);
+            rc = sk_err_set(err, SK_E_ARG,
+                            "%.60s is not a numeric IPv4 address", host);
         *len = sizeof(*a4);
     } else if (family == AF_INET6) {
         a6->sin6_family = AF_INET6;
@@ -40,24 +42,25 @@ int sk_sockaddr(const char *host, int port, int family,
         if (host[0] == '\0')
             a6->sin6_addr = in6addr_any;
         else if (inet_pton(AF_INET6, host, &a6->sin6_addr) != 1)
-            return sk_err_set(err, SK_E_ARG,
-                              "%.60s is not a numeric IPv6 address", host);
+            rc = sk_err_set(err, SK_E_ARG,
+                            "%.60s is not a numeric IPv6 address", host);
         *len = sizeof(*a6);
     } else {
-        return sk_err_set(err, SK_E_ARG, "unsupported address family %d",
-                          family);
+        rc = sk_err_set(err, SK_E_ARG, "unsupported address family %d",
+                        family);
     }
-    return SK_OK;
+done:
+    return rc;
 }
 
 /* Contract: no GIL needed. */
 int sk_set_nodelay(int fd, sk_err *err)
 {
-    int one = 1;
+    int one = 1, rc = SK_OK;
 
     if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0)
-        return sk_err_sys(err, "setsockopt(TCP_NODELAY)", errno);
-    return SK_OK;
+        rc = sk_err_sys(err, "setsockopt(TCP_NODELAY)", errno);
+    return rc;
 }
 
 /* Contract: no GIL needed; *fd_out is the caller's on SK_OK, nothing leaks
@@ -87,7 +90,8 @@ int sk_listen(const struct sockaddr *sa, socklen_t len, int backlog,
         goto error;
     }
     *fd_out = fd;
-    return SK_OK;
+    fd = -1; /* the caller's now */
+    rc = SK_OK;
 error:
     if (fd >= 0)
         close(fd);
@@ -129,7 +133,7 @@ int sk_connect(const struct sockaddr *sa, socklen_t len, int64_t deadline,
     if (rc != SK_OK)
         goto error;
     *fd_out = fd;
-    return SK_OK;
+    fd = -1; /* the caller's now */
 error:
     if (fd >= 0)
         close(fd);

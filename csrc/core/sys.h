@@ -83,11 +83,13 @@ static inline int sk_thread_create_at(pthread_t *t, const pthread_attr_t *attr,
 /* Contract: as epoll_create1 (an fd the caller closes, or -1 and errno). */
 static inline int sk_epoll_create_at(int flags, const char *site)
 {
-    if (sk_fault_fire(SK_SYS_EPOLL, site)) {
+    int fd = -1;
+
+    if (sk_fault_fire(SK_SYS_EPOLL, site))
         errno = EMFILE;
-        return -1;
-    }
-    return epoll_create1(flags);
+    else
+        fd = epoll_create1(flags);
+    return fd;
 }
 
 #define sk_malloc(n) sk_malloc_at((n), SK_SYS_SITE)

@@ -253,6 +253,8 @@ const char *sk_tcp_state_name(int state);
 #define SK_TCPI_BF32(pos, width) (pos)
 #endif
 
+/* Contract: pure (the three accessors below too): the bit fields of
+ * struct tcp_info, read the same way on either byte order. */
 static inline unsigned sk_tcpi_snd_wscale(const sk_tcp_info *ti)
 {
     return (ti->tcpi_wscale >> SK_TCPI_BF8(0, 4)) & 0xfu;

@@ -43,7 +43,7 @@ static inline int64_t sk_intr_until(const sk_intr *intr, int64_t now,
     int64_t t = now + (int64_t)slice * 1000000LL;
 
     if (slice < 0 || (deadline != SK_NO_DEADLINE && deadline <= t))
-        return deadline;
+        t = deadline;
     return t;
 }
 

@@ -194,6 +194,7 @@ struct sk_proxy {
  * touches loop-owned state without locks; no function here needs the GIL
  * and none frees what its caller owns unless it says so. */
 
+/* Contract: pure (sk_px_min below too). */
 static int64_t sk_px_max(int64_t a, int64_t b) { return a > b ? a : b; }
 static int64_t sk_px_min(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -265,14 +266,20 @@ static void sk_timer_set(sk_proxy *p, sk_pxpair *c, int64_t wake)
 /* Contract: pure. */
 int sk_fault_check(const sk_fault *f, sk_err *err)
 {
-    if (f->dirs == 0 || (f->dirs & ~SK_DIR_BOTH) != 0)
-        return sk_err_set(err, SK_E_ARG, "fault directions must be a "
-                          "non-empty subset of upstream|downstream");
+    int rc = SK_OK;
+
+    if (f->dirs == 0 || (f->dirs & ~SK_DIR_BOTH) != 0) {
+        rc = sk_err_set(err, SK_E_ARG, "fault directions must be a "
+                        "non-empty subset of upstream|downstream");
+        goto done;
+    }
     if (f->delay_ns < 0 || f->jitter_ns < 0 || f->delay_ns > SK_PX_MAX_DELAY ||
-        f->jitter_ns > SK_PX_MAX_DELAY)
-        return sk_err_set(err, SK_E_ARG,
-                          "fault delays must be 0..%lld ns (a year)",
-                          (long long)SK_PX_MAX_DELAY);
+        f->jitter_ns > SK_PX_MAX_DELAY) {
+        rc = sk_err_set(err, SK_E_ARG,
+                        "fault delays must be 0..%lld ns (a year)",
+                        (long long)SK_PX_MAX_DELAY);
+        goto done;
+    }
     switch (f->kind) {
     case SK_FAULT_LATENCY:
     case SK_FAULT_STALL:
@@ -282,21 +289,23 @@ int sk_fault_check(const sk_fault *f, sk_err *err)
         break;
     case SK_FAULT_BANDWIDTH:
         if (f->rate_Bps == 0)
-            return sk_err_set(err, SK_E_ARG,
-                              "bandwidth rate must be >= 1 byte/s");
+            rc = sk_err_set(err, SK_E_ARG,
+                            "bandwidth rate must be >= 1 byte/s");
         break;
     case SK_FAULT_SLICER:
         if (f->size == 0 || f->size_var >= f->size ||
             f->size > SK_PX_MAX_SLICE)
-            return sk_err_set(err, SK_E_ARG, "slicer needs 1 <= average size "
-                              "<= %u and size variation < average size",
-                              (unsigned)SK_PX_MAX_SLICE);
+            rc = sk_err_set(err, SK_E_ARG, "slicer needs 1 <= average size "
+                            "<= %u and size variation < average size",
+                            (unsigned)SK_PX_MAX_SLICE);
         break;
     default:
-        return sk_err_set(err, SK_E_ARG, "unknown fault kind %d",
-                          (int)f->kind);
+        rc = sk_err_set(err, SK_E_ARG, "unknown fault kind %d",
+                        (int)f->kind);
+        break;
     }
-    return SK_OK;
+done:
+    return rc;
 }
 
 /* Fold the snapshot into per-direction effective faults.  Reactor. */

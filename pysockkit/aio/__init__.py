@@ -31,7 +31,9 @@ is unknown, already answered or timed out is dropped and counted in
 carry no id and come in order: the n-th frame that arrives while replies
 are owed answers the n-th request, and the reply owed to a request that
 timed out is dropped when it comes (the late-reply rule of the synchronous
-``request``; the matching loop is C, ``_core.resolve_in_order``).
+``request``).  The ids, deadlines and the verdict on every reply come from
+the C core's correlation book (``_core.CorrelationBook``, the threaded
+duplex's table).
 
 Heartbeats (``sk.Heartbeat``) run on the event loop with the rules of
 docs/heartbeat.md and are wire-compatible with the synchronous API's C

@@ -9,157 +9,190 @@ order: the n-th frame that arrives while replies are owed answers the n-th
 request, and the reply owed to a request that timed out is dropped when
 it comes (the late-reply rule of the synchronous ``request``).
 
-The per-frame loops are C (``_core.resolve_replies`` and
-``_core.resolve_in_order``, csrc/_pysockkit_reply.c): they pop the future,
-cancel its timer and set its result; what they leave is handled here.
+Those rules are the C core's: the ids, the deadlines, the memory of
+expired ids and the verdict on every reply come from its correlation book
+(``_core.CorrelationBook``, csrc/core/corr.c, the table of the threaded
+duplex).  This module keeps the futures by id and one loop timer armed on
+the book's earliest deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
+import math
 from collections.abc import Callable
 from typing import Any, Optional
 
 from .. import _core
-from .._errors import Error, OutOfStep, Timeout
-from .._wire import ID_MASK, ID_REPLY
+from .._errors import Error, OutOfStep, RemoteError, Timeout
+from .._wire import ID_ERROR, ID_MASK, ID_REPLY
 
-EXPIRED_KEEP = 65536  # timed-out request ids remembered to count late replies
-
-_resolve_replies = _core.resolve_replies
-_resolve_in_order = _core.resolve_in_order
+_DELIVER = _core.CORR_DELIVER
+_NONE = _core.CORR_NONE
 
 
 class Correlation:
-    """The request book of one connection (see the module docstring).
+    """The requests of one connection (see the module docstring).
 
-    ``pending`` maps a request id to its future, ``timers`` to its timeout
-    handle; ids count up from 1 (``next_id``) and never wrap: 2**63 of them
-    last 29,000 years at 10 million requests a second.  On plain framing
-    ``next_reply`` is the id of the request the next reply answers.
-    ``stats`` counts replies, timeouts and the dropped ones (late,
-    duplicate, unknown).  *on_replies* runs after a read resolved replies
-    (the connection flushes behind the tasks they wake).
+    ``book`` is the C correlation book; ``pending`` maps a request id to
+    its future and ``timeouts`` to its timeout (requests with one).
+    *on_replies* runs after a read resolved replies (the connection
+    flushes behind the tasks they wake).
 
     Example::
 
-        book = Correlation(loop, correlated=True, on_replies=writer.flush_behind)
-        rid = book.next_id
-        book.add(rid, loop.create_future(), timeout=2.0)
-        others = book.route(frames)        # the frames that are not replies
+        corr = Correlation(loop, correlated=True, on_replies=writer.flush_behind)
+        rid = corr.register(loop.create_future(), timeout=2.0)   # frame it with rid
+        others = corr.route(frames)        # the frames that are not replies
     """
 
-    __slots__ = ("loop", "correlated", "on_replies", "pending", "timers", "expired",
-                 "next_id", "next_reply", "stats")
+    __slots__ = ("loop", "correlated", "on_replies", "book", "pending", "timeouts", "timer",
+                 "timer_at", "issued")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, correlated: bool,
                  on_replies: Callable[[], None]) -> None:
         self.loop = loop
         self.correlated = correlated
         self.on_replies = on_replies
+        self.book = _core.CorrelationBook(in_order=not correlated)
         self.pending: dict[int, asyncio.Future[bytes]] = {}
-        self.timers: dict[int, asyncio.TimerHandle] = {}
-        self.expired: OrderedDict[int, None] = OrderedDict()
-        self.next_id = 1
-        self.next_reply = 1
-        self.stats = {"replies": 0, "timeouts": 0, "late": 0, "duplicate": 0, "unknown": 0}
+        self.timeouts: dict[int, float] = {}
+        self.timer: Optional[asyncio.TimerHandle] = None
+        self.timer_at = math.inf
+        self.issued = 0  # requests registered and not given back (stats: requests)
 
-    def add(self, rid: int, fut: "asyncio.Future[bytes]", timeout: Optional[float]) -> None:
-        """Register request rid (== next_id, its frame encoded) and its
-        future, with a timer when *timeout* is not None."""
-        self.next_id = rid + 1
+    def register(self, fut: "asyncio.Future[bytes]", timeout: Optional[float]) -> int:
+        """A new request and its future; returns its id.  Call it in the
+        order the requests go on the wire (plain framing matches by
+        position)."""
+        if timeout is None:
+            rid: int = self.book.register()
+        else:
+            deadline = self.loop.time() + timeout
+            rid = self.book.register(deadline)
+            self.timeouts[rid] = timeout
+            if deadline < self.timer_at:
+                self._arm(deadline)
         self.pending[rid] = fut
-        if timeout is not None:
-            self.timers[rid] = self.loop.call_later(
-                timeout, self.expire, rid, timeout, self.stats["late"])
+        self.issued += 1
+        return rid
+
+    def unsend(self, rid: int) -> None:
+        """Request rid was registered but could not be framed: forget it."""
+        self.book.unsend(rid)
+        self.pending.pop(rid, None)
+        self.timeouts.pop(rid, None)
+        self.issued -= 1
 
     # ------------------------------------------------------------ replies
 
     def route(self, frames: list[Any]) -> list[Any]:
         """Correlation mode: resolve the replies, return the other frames."""
-        rest, replies, late = _resolve_replies(frames, self.pending, self.timers)
-        if late:
-            self.stats["late"] += late
-        if replies:
-            self.stats["replies"] += replies
-            self.on_replies()
-        if not rest:
-            return rest
+        # the per-frame cost of a busy client: names are local, the timeout
+        # map is touched only when some request has one
+        settle, pending, timeouts = self.book.settle, self.pending, self.timeouts
+        deliver, is_reply, mask, error = _DELIVER, ID_REPLY, ID_MASK, ID_ERROR
         out: list[Any] = []
-        for f in rest:
-            if f.__class__ is tuple and f[0] & ID_REPLY:
-                self._stray(f[0] & ID_MASK)
+        n = 0
+        for f in frames:
+            if f.__class__ is tuple and f[0] & is_reply:
+                rid = f[0]
+                if settle(rid) == deliver:
+                    n += 1
+                    fut = pending.pop(rid & mask)
+                    if timeouts:
+                        timeouts.pop(rid & mask, None)
+                    if rid & error:
+                        if not fut.done():
+                            fut.set_exception(RemoteError(f[1].decode(errors="replace")))
+                    elif not fut.done():
+                        fut.set_result(f[1])
             else:
                 out.append(f)
+        if n:
+            self.on_replies()
         return out
 
     def route_in_order(self, frames: list[Any]) -> list[Any]:
         """Plain framing with replies owed: the first frames are those
         replies, in the order of their requests; return the others."""
-        first = self.next_reply
-        owed = self.next_id - first
-        rest, replies, late = _resolve_in_order(frames, self.pending, self.timers, first, owed)
-        self.next_reply = first + min(owed, len(frames))
-        if late:
-            self.stats["late"] += late
-        if replies:
-            self.stats["replies"] += replies
+        settle_next = self.book.settle_next
+        pending = self.pending
+        i = n = 0
+        for f in frames:
+            action, rid = settle_next()
+            if action == _NONE:
+                break
+            i += 1
+            if action == _DELIVER:
+                n += 1
+                fut = pending.pop(rid)
+                if self.timeouts:
+                    self.timeouts.pop(rid, None)
+                if not fut.done():
+                    fut.set_result(f)
+        if n:
             self.on_replies()
-        return rest
-
-    def _stray(self, rid: int) -> None:
-        if rid in self.expired:
-            self.stats["late"] += 1
-        elif 0 < rid < self.next_id:
-            self.stats["duplicate"] += 1
-        else:
-            self.stats["unknown"] += 1
+        return frames[i:] if i else frames
 
     # -------------------------------------------------- giving up on requests
 
-    def expire(self, rid: int, timeout: float, late0: int) -> None:
-        """Request rid got no reply within timeout; late0: the late count
-        when it was sent."""
-        self.timers.pop(rid, None)
-        fut = self.pending.pop(rid, None)
-        if fut is None:
-            return
-        self._remember_expired(rid)
-        self.stats["timeouts"] += 1
-        if not fut.done():
-            fut.set_exception(self.timeout_error(timeout, self.stats["late"] > late0))
+    def _arm(self, deadline: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_at(deadline, self._expire)
+        self.timer_at = deadline
+
+    def _expire(self) -> None:
+        """The earliest deadline passed: fail what the book expired."""
+        at, self.timer, self.timer_at = self.timer_at, None, math.inf
+        now = max(self.loop.time(), at)
+        for rid, out_of_step in self.book.expire(now):
+            fut = self.pending.pop(rid, None)
+            timeout = self.timeouts.pop(rid, 0.0)
+            if fut is not None and not fut.done():
+                fut.set_exception(self.timeout_error(timeout, out_of_step))
+        nxt = self.book.next_deadline()
+        if nxt is not None:
+            self._arm(nxt)
 
     def forget(self, rid: int) -> None:
-        """The caller gave up on request rid (cancelled)."""
-        h = self.timers.pop(rid, None)
-        if h is not None:
-            h.cancel()
-        if self.pending.pop(rid, None) is not None:
-            self._remember_expired(rid)
-
-    def _remember_expired(self, rid: int) -> None:
-        ex = self.expired
-        ex[rid] = None
-        if len(ex) > EXPIRED_KEEP:
-            ex.popitem(last=False)
+        """The caller gave up on request rid (cancelled): its reply, if it
+        comes, is dropped as late."""
+        if self.book.forget(rid):
+            self.pending.pop(rid, None)
+            self.timeouts.pop(rid, None)
 
     def fail(self, exc: Error) -> None:
         """Fail every pending request with exc (the connection ended)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer, self.timer_at = None, math.inf
         if self.pending:
             pending, self.pending = self.pending, {}
-            for fut in pending.values():
+            self.timeouts.clear()
+            for rid, fut in pending.items():
+                self.book.forget(rid)
                 if not fut.done():
                     fut.set_exception(exc)
-        if self.timers:
-            for h in self.timers.values():
-                h.cancel()
-            self.timers.clear()
+
+    @property
+    def owed_now(self) -> bool:
+        """Plain framing: the next frames are replies (some are owed)."""
+        return self.book.owed > 0
 
     def owed(self) -> int:
         """Plain framing: replies owed to requests that timed out or were
         cancelled (dropped when they come)."""
-        return 0 if self.correlated else self.next_id - self.next_reply - len(self.pending)
+        return 0 if self.correlated else self.book.owed - self.book.pending
+
+    def stats(self) -> dict[str, int]:
+        """The book's counters, with the names of sk.RequestStats."""
+        b = self.book.stats
+        return {"requests": self.issued, "pending": len(self.pending), "owed": self.owed(),
+                "replies": b["replies"], "errors": b["remote_errors"],
+                "timeouts": b["timeouts"], "late": b["late"], "duplicate": b["duplicate"],
+                "unknown": b["unknown"]}
 
     def timeout_error(self, timeout: float, behind: bool) -> Timeout:
         """The error of a request with no reply in time.  behind: a late

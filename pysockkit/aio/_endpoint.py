@@ -143,7 +143,7 @@ class Endpoint(Generic[M]):
             book = self._book
             if self._corr:
                 frames = book.route(frames)
-            elif book.next_reply != book.next_id:
+            elif book.owed_now:
                 frames = book.route_in_order(frames)
             if frames and rx.queue(frames, b0 + n - dec.buffered):
                 self._w.flush_behind()
@@ -289,10 +289,8 @@ class Endpoint(Generic[M]):
             >>> conn.stats["late"], conn.stats.replies
             (0, 1000)
         """
-        book = self._book
-        return RequestStats(requests=book.next_id - 1, pending=len(book.pending),
-                            owed=book.owed(), queued=len(self._q),
-                            read_pauses=self._rx.pauses, **book.stats)
+        return RequestStats(queued=len(self._q), read_pauses=self._rx.pauses,
+                            **self._book.stats())
 
     @property
     def queued_bytes(self) -> int:

@@ -1,7 +1,8 @@
 """Heartbeats of an aio connection, on the event loop.
 
-The rules of docs/heartbeat.md, wire-compatible with the synchronous API's
-C reactor (csrc/heartbeat.h): a PING when nothing was sent for
+The rules of docs/heartbeat.md, decided by the C core's own rule
+(``_core.HeartbeatRule``: csrc/core/heartbeat.c ``sk_hb_tick``, the one the
+synchronous API's hub thread applies): a PING when nothing was sent for
 ``interval`` (the side that connected) or 1.5 x ``interval`` (the side
 that accepted), a round-trip sample at least every ``RTT_EVERY``
 intervals, any byte received counts as liveness, and the peer is dead when
@@ -22,7 +23,7 @@ from typing import Any, Optional
 from .. import _core
 from .._errors import PeerDead
 from .._types import Heartbeat
-from .._wire import CTL_PING, CTL_PING_LEN, CTL_PONG, CTL_PONG_LEN, RTT_EVERY, RTT_UNKNOWN
+from .._wire import CTL_PING, CTL_PING_LEN, CTL_PONG, CTL_PONG_LEN, RTT_UNKNOWN
 from ._receiver import Receiver
 from ._transport import ioctl_int
 from ._writer import Writer
@@ -43,8 +44,8 @@ class Beat:
         beat.start(fd)
     """
 
-    __slots__ = ("loop", "cfg", "dec", "enc", "w", "rx", "initiator", "on_dead", "fd",
-                 "handle", "last_rx", "ping_after", "rtt_ns", "rtt_at", "counts", "dead",
+    __slots__ = ("loop", "cfg", "dec", "enc", "w", "rx", "initiator", "rule", "on_dead", "fd",
+                 "handle", "last_rx", "rtt_ns", "rtt_at", "counts", "dead",
                  "stopped")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, cfg: Heartbeat, dec: _core.Decoder,
@@ -57,11 +58,11 @@ class Beat:
         self.w = w
         self.rx = rx
         self.initiator = initiator
+        self.rule = _core.HeartbeatRule(cfg.interval, cfg.timeout, initiator)
         self.on_dead = on_dead
         self.fd = -1
         self.handle: Optional[asyncio.TimerHandle] = None
         self.last_rx = 0.0
-        self.ping_after = 0.0
         self.rtt_ns = -1
         self.rtt_at = 0.0
         self.counts = {"pings_sent": 0, "pongs_sent": 0, "pings_received": 0,
@@ -72,14 +73,11 @@ class Beat:
 
     def start(self, fd: int) -> None:
         """The transport is up (fd may be -1 on loops that hide the socket)."""
-        hb = self.cfg
         now = self.loop.time()
         self.fd = fd
         self.last_rx = self.w.last_tx = now
-        self.ping_after = hb.interval if self.initiator else 1.5 * hb.interval
-        # the first round-trip sample is due after one interval
-        self.rtt_at = now - (RTT_EVERY - 1) * hb.interval
-        self.arm(now)
+        self.rtt_at = self.rule.first_rtt_at(now)
+        self.arm(now, self._ask(now)[1])
 
     def stop(self) -> None:
         self.stopped = True
@@ -87,37 +85,41 @@ class Beat:
             self.handle.cancel()
             self.handle = None
 
-    def arm(self, now: float) -> None:
-        hb = self.cfg
-        due = min(self.w.last_tx + self.ping_after, self.rtt_at + RTT_EVERY * hb.interval)
-        if not self.rx.eof:
-            due = min(due, self.last_rx + hb.timeout)
-        # a ping that could not go out is retried soon, not in a busy loop
-        due = max(due, now + hb.interval / 8)
-        self.handle = self.loop.call_at(due, self.tick)
+    def _ask(self, now: float, unread: int = -1) -> tuple[int, float]:
+        """The C rule's decision now (csrc/core/heartbeat.c, sk_hb_tick)."""
+        return self.rule.tick(now, self.last_rx, self.w.last_tx, self.rtt_at,
+                              rx_done=self.rx.eof, unread=unread)
+
+    def arm(self, now: float, due: float) -> None:
+        # a ping that could not go out (write side shut) is retried soon, not in a busy loop
+        self.handle = self.loop.call_at(max(due, now + self.rule.interval / 8), self.tick)
 
     def tick(self) -> None:
         self.handle = None
         if self.stopped or self.dead:
             return
-        hb, w = self.cfg, self.w
+        w = self.w
         now = self.loop.time()
-        if not self.rx.eof and now - self.last_rx >= hb.timeout:
-            if self.fd >= 0 and ioctl_int(self.fd, termios.FIONREAD) > 0:
-                # unread bytes in our kernel: the peer is alive, we are the
-                # ones not reading (reading paused, or the loop was busy)
-                self.last_rx = now
-            else:
-                self.dead = True
-                self.on_dead(PeerDead(f"the peer sent nothing for {hb.timeout} s (heartbeat "
-                                      "timeout); the connection was aborted"))
-                return
-        rtt_due = now - self.rtt_at >= RTT_EVERY * hb.interval
-        if w.err is None and (rtt_due or now - w.last_tx >= self.ping_after):
+        actions, due = self._ask(now)
+        if actions & _core.HB_CHECK:  # overdue: does our kernel hold unread bytes?
+            unread = ioctl_int(self.fd, termios.FIONREAD) if self.fd >= 0 else 0
+            actions, due = self._ask(now, unread)
+        if actions & _core.HB_DEAD:
+            self.dead = True
+            self.on_dead(PeerDead(f"the peer sent nothing for {self.cfg.timeout} s (heartbeat "
+                                  "timeout); the connection was aborted"))
+            return
+        if actions & _core.HB_ALIVE:
+            # unread bytes in our kernel: the peer is alive, we are the
+            # ones not reading (reading paused, or the loop was busy)
+            self.last_rx = now
+        if actions & _core.HB_PING and w.err is None:
             w.write(self.enc.control(CTL_PING, time.monotonic_ns(), self.rtt_ns))
             self.counts["pings_sent"] += 1
             w.last_tx = now
-        self.arm(now)
+        if actions & (_core.HB_ALIVE | _core.HB_PING):
+            due = self._ask(now)[1]
+        self.arm(now, due)
 
     def received(self) -> None:
         """A read arrived (any byte is liveness); answer its control frames."""

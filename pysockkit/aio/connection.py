@@ -17,9 +17,9 @@ import errno
 import socket
 import struct
 import termios
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any, Optional, Union, overload
+from typing import TYPE_CHECKING, Any, Optional, Union, overload
 
 from .._errors import ConnectionClosed, Error, Timeout
 from .._net import AddressLike, check_timeout, format_address, parse_address
@@ -28,7 +28,13 @@ from .._wire import ID_MASK, ID_REPLY, error_id
 from ._endpoint import DEFAULT_FRAMING, DEFAULT_RECV_LIMIT, DEFAULT_SEND_LIMIT, Endpoint
 from ._transport import ioctl_int, sockopt
 from .._reconnect import ConnectionEvent, Reconnect
-from .reconnecting import ReconnectingConnection, connect_reconnecting
+
+if TYPE_CHECKING:
+    from .reconnecting import ReconnectingConnection
+
+# aio.connect(..., reconnect=): reconnecting.connect_reconnecting, registered
+# by reconnecting.py when pysockkit.aio is imported (it builds on this module)
+_reconnecting: "Optional[Callable[..., Awaitable[ReconnectingConnection[Any]]]]" = None
 
 __all__ = ["Connection", "connect"]
 
@@ -279,18 +285,13 @@ class Connection(Endpoint[M]):
         w = self._w
         if w.err is not None or self._rx.err is not None:
             return await self.request_nowait(data, timeout)  # raises the reason
-        book = self._book
-        rid = book.next_id
-        frame = self._encode(data, rid) if self._corr else self._encode(data)
-        fut: asyncio.Future[bytes] = self._new_future()
-        book.add(rid, fut, timeout)
-        w.write(frame)
+        rid, fut = self._queue_request(data, timeout)
         try:
             if w.paused:
                 await w.drain(timeout, "request")
             return await fut
         except BaseException:
-            book.forget(rid)
+            self._book.forget(rid)
             raise
 
     def request_nowait(self, data: _Buffer, timeout: Optional[float] = None) -> "asyncio.Future[bytes]":
@@ -309,12 +310,8 @@ class Connection(Endpoint[M]):
         err = w.err or self._rx.err
         if err is not None:
             raise err
+        rid, fut = self._queue_request(data, timeout)
         book = self._book
-        rid = book.next_id
-        frame = self._encode(data, rid) if self._corr else self._encode(data)
-        fut: asyncio.Future[bytes] = self._new_future()
-        book.add(rid, fut, timeout)
-        w.write(frame)
 
         def done(f: "asyncio.Future[bytes]") -> None:
             if f.cancelled():
@@ -322,6 +319,30 @@ class Connection(Endpoint[M]):
 
         fut.add_done_callback(done)
         return fut
+
+    def _queue_request(self, data: _Buffer,
+                       timeout: Optional[float]) -> "tuple[int, asyncio.Future[bytes]]":
+        """Register a request in the book and queue its frame (the one path
+        of request and request_nowait); returns its id and future."""
+        corr = self._book
+        fut: asyncio.Future[bytes] = self._new_future()
+        if not self._corr:  # plain framing matches by position: register what goes out
+            frame = self._encode(data)
+            rid = corr.register(fut, timeout)
+        else:
+            if timeout is None:  # Correlation.register inlined: the hot path of a busy client
+                rid = corr.book.register()
+                corr.pending[rid] = fut
+                corr.issued += 1
+            else:
+                rid = corr.register(fut, timeout)
+            try:
+                frame = self._encode(data, rid)
+            except BaseException:  # too large, not bytes-like: nothing went out
+                corr.unsend(rid)
+                raise
+        self._w.write(frame)
+        return rid, fut
 
     async def reply(self, request_id: int, data: _Buffer, timeout: Optional[float] = None) -> None:
         """Answer the request received as ``(request_id, payload)``; waits
@@ -550,7 +571,8 @@ async def connect(
         conn = await aio.connect(("127.0.0.1", 9000), timeout=5.0)
     """
     if reconnect is not None:
-        return await connect_reconnecting(
+        assert _reconnecting is not None  # pysockkit/aio/__init__.py imports reconnecting
+        return await _reconnecting(
             addr, timeout, framing or DEFAULT_FRAMING, heartbeat, keepalive,
             {"recv_limit": recv_limit, "send_limit": send_limit}, reconnect, on_event)
     if on_event is not None:

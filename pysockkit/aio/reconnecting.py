@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, Optional, Union
+from typing import Any, Generic, Optional, Union
 
 from .._errors import Error, Timeout
 from .._net import AddressLike, check_timeout
@@ -28,8 +28,8 @@ from .._reconnect import (
 )
 from .._types import Framing, Heartbeat, Keepalive, M
 
-if TYPE_CHECKING:
-    from .connection import Connection
+from . import connection as _connection
+from .connection import Connection, connect
 
 __all__ = ["ReconnectingConnection"]
 
@@ -79,8 +79,6 @@ class ReconnectingConnection(Lifecycle, Generic[M]):
     # ------------------------------------------------------------ dialing
 
     async def _connect_loop(self, deadline: Optional[float]) -> "Connection[M]":
-        from .connection import connect
-
         backoff = self._schedule()
         last = self._last_loss
         while True:
@@ -111,7 +109,7 @@ class ReconnectingConnection(Lifecycle, Generic[M]):
 
     def _up(self, conn: "Connection[M]") -> None:
         if self._framing.correlation:  # ids continue, never reused
-            conn._book.next_id = max(conn._book.next_id, self._next_id)
+            conn._book.book.next_id = self._next_id  # raised, never lowered
         self._mark_up()
         self._conn = conn
         fut: asyncio.Future[Error] = self._loop.create_future()
@@ -162,7 +160,7 @@ class ReconnectingConnection(Lifecycle, Generic[M]):
             return
         self._mark_down(exc)
         self._conn = None
-        self._next_id = max(self._next_id, conn._book.next_id)
+        self._next_id = max(self._next_id, conn._book.book.next_id)
         if conn._q:
             self._old.append(conn)
         else:
@@ -388,3 +386,6 @@ async def connect_reconnecting(addr: AddressLike, timeout: Optional[float],
         addr, policy, framing, heartbeat, keepalive, limits, on_event)
     await conn._start(timeout)
     return conn
+
+
+_connection._reconnecting = connect_reconnecting

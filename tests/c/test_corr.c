@@ -234,6 +234,79 @@ TEST(corr_error_reply_fails_remote_with_the_text)
     sk_corr_free(&t);
 }
 
+TEST(corr_lookup_and_match_say_what_each_reply_is)
+{
+    sk_corr t;
+    sk_err err;
+    sk_plist out;
+    sk_promise *a = mkp(), *b = mkp(), *c = mkp(), *p;
+    int64_t now = sk_now_ns();
+    int outcome;
+
+    CHECK(sk_corr_init(&t, &err) == SK_OK);
+    /* an empty table: every id is a stranger, 0 included */
+    CHECK(sk_corr_lookup(&t, 1, &p) == SK_CORR_STRAY && p == NULL);
+    CHECK(sk_corr_lookup(&t, 0, &p) == SK_CORR_STRAY);
+    CHECK(sk_corr_add(&t, a, SK_NO_DEADLINE, &err) == SK_OK);
+    CHECK(sk_corr_add(&t, b, now + 100, &err) == SK_OK);
+    CHECK(sk_corr_add(&t, c, SK_NO_DEADLINE, &err) == SK_OK);
+    /* lookup changes nothing and ignores the flag bits */
+    CHECK(sk_corr_lookup(&t, a->id | SK_ID_REPLY | SK_ID_ERROR, &p) ==
+          SK_CORR_DELIVER && p == a);
+    CHECK(t.pending == 3 && t.replies == 0 && t.unknown == 0);
+    /* match takes the promise out unsettled: the caller owns it */
+    CHECK(sk_corr_match(&t, a->id | SK_ID_REPLY, &outcome) == a);
+    CHECK(outcome == SK_CORR_DELIVER && sk_promise_state(a) == SK_P_PENDING);
+    CHECK(t.pending == 2 && t.replies == 1 && t.remote_errors == 0);
+    /* a second reply to it: a duplicate (counted in unknown too) */
+    CHECK(sk_corr_match(&t, a->id | SK_ID_REPLY, &outcome) == NULL);
+    CHECK(outcome == SK_CORR_DUPLICATE && t.duplicate == 1 && t.unknown == 1);
+    /* an id never issued: a stray */
+    CHECK(sk_corr_match(&t, 4 | SK_ID_REPLY, &outcome) == NULL);
+    CHECK(outcome == SK_CORR_STRAY && t.duplicate == 1 && t.unknown == 2);
+    /* an expired request: late, as long as it is remembered */
+    sk_plist_init(&out);
+    CHECK(sk_corr_expire(&t, now + 100, &out) == 1 && out.head == b);
+    CHECK(sk_corr_lookup(&t, b->id, &p) == SK_CORR_LATE && p == NULL);
+    CHECK(sk_corr_match(&t, b->id | SK_ID_REPLY, &outcome) == NULL);
+    CHECK(outcome == SK_CORR_LATE && t.late == 1);
+    /* an error reply counts as a remote error */
+    CHECK(sk_corr_match(&t, c->id | SK_ID_REPLY | SK_ID_ERROR, &outcome) == c);
+    CHECK(outcome == SK_CORR_DELIVER && t.remote_errors == 1);
+    CHECK(t.pending == 0 && t.replies == 2);
+    freep(a);
+    freep(b);
+    freep(c);
+    sk_corr_free(&t);
+}
+
+TEST(corr_in_order_advance_names_the_request_each_frame_answers)
+{
+    sk_corr t;
+    sk_err err;
+    sk_promise *p[3];
+    int i, outcome;
+
+    CHECK(sk_corr_init_in_order(&t, &err) == SK_OK);
+    for (i = 0; i < 3; i++) {
+        p[i] = mkp();
+        CHECK(sk_corr_add(&t, p[i], SK_NO_DEADLINE, &err) == SK_OK);
+    }
+    CHECK(sk_corr_abandon(&t, p[0]) == 1);
+    CHECK(sk_corr_owed(&t) && sk_corr_advance(&t) == p[0]->id);
+    CHECK(sk_corr_match(&t, p[0]->id, &outcome) == NULL);
+    CHECK(outcome == SK_CORR_LATE && t.late == 1);
+    CHECK(sk_corr_advance(&t) == p[1]->id);
+    CHECK(sk_corr_match(&t, p[1]->id, &outcome) == p[1]);
+    CHECK(outcome == SK_CORR_DELIVER);
+    CHECK(sk_corr_owed(&t) && sk_corr_advance(&t) == p[2]->id);
+    CHECK(sk_corr_match(&t, p[2]->id, &outcome) == p[2]);
+    CHECK(!sk_corr_owed(&t) && t.pending == 0 && t.unknown == 0);
+    for (i = 0; i < 3; i++)
+        freep(p[i]);
+    sk_corr_free(&t);
+}
+
 TEST(corr_expire_in_deadline_order_then_late)
 {
     sk_corr t;

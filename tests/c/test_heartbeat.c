@@ -1,8 +1,9 @@
 /* test_heartbeat.c - the heartbeat rule's pure parts (heartbeat.h): the
  * state a connection starts with, the PING/PONG wire bytes against a
- * reference encoder written from docs/PROTOCOL.md, and what a received
- * control frame changes.  The timing decisions (when to PING, when the peer
- * is dead) are the hub's and are tested in test_hub.c with a fake clock. */
+ * reference encoder written from docs/PROTOCOL.md, what a received control
+ * frame changes, and the rule itself (sk_hb_tick: when to PING, when the
+ * peer is dead, when to look again).  The hub's use of the rule on real
+ * sockets is tested in test_hub.c with a fake clock. */
 #include "check.h"
 
 #include <string.h>
@@ -242,4 +243,124 @@ TEST(unknown_or_malformed_control_frames_are_counted_and_ignored)
     CHECK_INT(hb.dead, ==, 0);
     CHECK_U64(hb.pings_recv + hb.pongs_recv + hb.pings_sent + hb.pongs_sent,
               ==, 0);
+}
+
+/* ---- the rule: sk_hb_tick ---------------------------------------------- */
+
+/* A fresh view as sk_hb_init makes it (interval 1 s, timeout 3 s). */
+static sk_hb_view rule_view(int initiator, int64_t now)
+{
+    sk_hb_view v;
+
+    memset(&v, 0, sizeof(v));
+    v.interval_ns = SEC;
+    v.timeout_ns = 3 * SEC;
+    v.ping_after_ns = sk_hb_ping_after(SEC, initiator);
+    v.last_rx_ns = now;
+    v.last_tx_ns = now;
+    v.rtt_at_ns = sk_hb_first_rtt_at(SEC, now);
+    return v;
+}
+
+TEST(rule_pings_after_the_interval_and_says_when_to_look_again)
+{
+    int64_t t0 = 1000 * SEC, due;
+    sk_hb_view v = rule_view(1, t0);
+
+    /* just started: nothing to do; look again when the first PING (and the
+     * first round-trip sample) is due */
+    CHECK_INT(sk_hb_tick(&v, t0, -1, &due), ==, 0);
+    CHECK_INT(due, ==, t0 + SEC);
+    CHECK_INT(sk_hb_tick(&v, t0 + SEC - 1, -1, &due), ==, 0);
+    CHECK_INT(sk_hb_tick(&v, t0 + SEC, -1, &due), ==, SK_HB_PING);
+    /* the PING went out (last_tx now) but the sample is still due: the
+     * next look is interval / 8 away, not a busy loop */
+    v.last_tx_ns = t0 + SEC;
+    CHECK_INT(sk_hb_tick(&v, t0 + SEC, -1, &due), ==, SK_HB_PING);
+    CHECK_INT(due, ==, t0 + SEC + SEC / 8);
+    /* the PONG came back: the next sample is SK_HB_RTT_EVERY intervals on,
+     * the next PING one interval after the last byte sent */
+    v.rtt_at_ns = t0 + SEC;
+    v.last_rx_ns = t0 + SEC;
+    CHECK_INT(sk_hb_tick(&v, t0 + SEC, -1, &due), ==, 0);
+    CHECK_INT(due, ==, t0 + 2 * SEC);
+}
+
+TEST(rule_the_acceptor_waits_one_and_a_half_intervals)
+{
+    int64_t t0 = 5 * SEC, due;
+    sk_hb_view v = rule_view(0, t0);
+
+    CHECK_INT(v.ping_after_ns, ==, SEC + SEC / 2);
+    v.rtt_at_ns = t0; /* a sample was just taken */
+    CHECK_INT(sk_hb_tick(&v, t0 + SEC, -1, &due), ==, 0);
+    CHECK_INT(due, ==, t0 + SEC + SEC / 2);
+    CHECK_INT(sk_hb_tick(&v, t0 + SEC + SEC / 2, -1, &due), ==, SK_HB_PING);
+    /* an owed PONG is asked for on its own */
+    v.pong_owed = 1;
+    CHECK_INT(sk_hb_tick(&v, t0 + SEC, -1, &due), ==, SK_HB_PONG);
+    /* a side whose PINGs are not needed still samples the round trip */
+    v.pong_owed = 0;
+    v.last_tx_ns = t0 + SK_HB_RTT_EVERY * SEC;
+    v.last_rx_ns = t0 + SK_HB_RTT_EVERY * SEC;
+    CHECK_INT(sk_hb_tick(&v, t0 + SK_HB_RTT_EVERY * SEC, -1, &due), ==,
+              SK_HB_PING);
+}
+
+TEST(rule_overdue_peer_check_then_alive_or_dead)
+{
+    int64_t t0 = 100 * SEC, now = t0 + 3 * SEC, due;
+    sk_hb_view v = rule_view(1, t0);
+
+    v.last_tx_ns = now; /* we kept sending: only the receive side matters */
+    v.rtt_at_ns = now;
+    CHECK_INT(sk_hb_tick(&v, now - SEC / 2, -1, &due), ==, 0);
+    CHECK_INT(due, ==, now); /* the timeout is the next thing due */
+    /* overdue, unread bytes not looked at: look first, nothing else */
+    CHECK_INT(sk_hb_tick(&v, now, -1, &due), ==, SK_HB_CHECK);
+    /* the kernel holds unread bytes: the peer is alive, we are slow */
+    CHECK_INT(sk_hb_tick(&v, now, 17, &due), ==, SK_HB_ALIVE);
+    CHECK_INT(due, ==, now + SEC); /* as if just received: PING due next */
+    /* nothing unread: dead, and never looked at again */
+    CHECK_INT(sk_hb_tick(&v, now, 0, &due), ==, SK_HB_DEAD);
+    CHECK_INT(due, ==, SK_HB_NEVER);
+    v.dead = 1;
+    CHECK_INT(sk_hb_tick(&v, now + 100 * SEC, 0, &due), ==, 0);
+    CHECK_INT(due, ==, SK_HB_NEVER);
+}
+
+TEST(rule_after_end_of_stream_silence_proves_nothing)
+{
+    int64_t t0 = SEC, now = t0 + 10 * SEC, due;
+    sk_hb_view v = rule_view(1, t0);
+
+    v.rx_done = 1;
+    v.last_tx_ns = now;
+    v.rtt_at_ns = now;
+    CHECK_INT(sk_hb_tick(&v, now, 0, &due), ==, 0);
+    CHECK_INT(due, ==, now + SEC); /* the PING, not the timeout */
+}
+
+TEST(rule_view_of_reads_the_shared_clocks)
+{
+    int64_t now = 42 * SEC, due;
+    sk_hb_view v;
+    sk_hb hb;
+
+    sk_hb_init(&hb, SEC, 3 * SEC, 0, now);
+    sk_hb_view_of(&hb, &v);
+    CHECK_INT(v.interval_ns, ==, SEC);
+    CHECK_INT(v.timeout_ns, ==, 3 * SEC);
+    CHECK_INT(v.ping_after_ns, ==, hb.ping_after_ns);
+    CHECK_INT(v.last_rx_ns, ==, now);
+    CHECK_INT(v.rtt_at_ns, ==, hb.rtt_at_ns);
+    CHECK_INT(v.pong_owed, ==, 0);
+    CHECK_INT(v.rx_done, ==, 0);
+    CHECK_INT(v.dead, ==, 0);
+    hb.pong_ts = 7;
+    hb.dead = 1;
+    sk_hb_view_of(&hb, &v);
+    CHECK_INT(v.pong_owed, ==, 1);
+    CHECK_INT(sk_hb_tick(&v, now, -1, &due), ==, 0);
+    CHECK_INT(due, ==, SK_HB_NEVER);
 }

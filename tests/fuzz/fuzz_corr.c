@@ -37,6 +37,9 @@
  *     documented (a shrink; the expired-id memory, which then forgets
  *     its oldest ids, so a late reply to any expired id may count as
  *     unknown);
+ *   - before each reply, sk_corr_lookup names what it is: DELIVER for a
+ *     pending id, LATE for an expired one (or DUPLICATE once forgotten),
+ *     DUPLICATE for any other issued id, STRAY for a stranger;
  *   - pending, replies, unknown, late, timeouts and the next deadline
  *     equal the model's.
  * A failed check aborts, which libFuzzer reports.
@@ -88,6 +91,27 @@ static int fault_hook(sk_sys_call call, const char *site)
 static unsigned char payload_byte(uint64_t id, size_t i)
 {
     return (unsigned char)(id * 31 + i * 7 + (i >> 8));
+}
+
+/* What sk_corr_lookup must say about a reply with this id: r is the
+ * model's request, NULL for a stranger. */
+NO_COVERAGE static void check_lookup(const sk_corr *t, uint64_t id,
+                                     const mreq *r)
+{
+    sk_promise *q;
+    int got = sk_corr_lookup(t, id, &q);
+
+    REQUIRE((got == SK_CORR_DELIVER) == (q != NULL));
+    if (r == NULL)
+        REQUIRE(got == SK_CORR_STRAY);
+    else if (r->fate == F_PENDING)
+        REQUIRE(got == SK_CORR_DELIVER && q == r->p);
+    else if (r->fate == F_EXPIRED && r->unsure_late)
+        REQUIRE(got == SK_CORR_LATE || got == SK_CORR_DUPLICATE);
+    else if (r->fate == F_EXPIRED)
+        REQUIRE(got == SK_CORR_LATE);
+    else
+        REQUIRE(got == SK_CORR_DUPLICATE);
 }
 
 static const mreq *sort_base;
@@ -204,6 +228,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             }
             for (i = 0; i < len; i++)
                 pay[i] = payload_byte(id & SK_CORR_ID_MASK, i);
+            check_lookup(&t, id, j == SIZE_MAX ? NULL : &m[j]);
             p = sk_corr_reply(&t, id, pay, len);
             if (j != SIZE_MAX && m[j].fate == F_PENDING) {
                 REQUIRE(p == m[j].p);

@@ -1,44 +1,15 @@
-"""Assertions for tests of networked code, usable with or without pytest.
-
-- :func:`assert_state` polls a socket's TCP state (TCP_INFO while there is
-  a descriptor, sock_diag after it is closed or for a bare address) until
-  it is the expected one, and on failure lists every transition it saw.
-- :func:`assert_frames` receives frames and checks that they are exactly
-  the expected ones, in order, with nothing more behind them.
-
-Both raise ``AssertionError`` with a readable message, so pytest shows
-them like any failed ``assert``.  The pytest plugin (fixtures, the fault
-proxy, leak checks) lives in ``pysockkit._pytest_plugin`` and needs
-pytest; this module does not.
-
-Example::
-
-    >>> import socket, pysockkit as sk
-    >>> from pysockkit.testing import assert_state, assert_frames
-    >>> srv = sk.listen()
-    >>> cli = sk.connect(srv.address, timeout=2.0)
-    >>> peer = srv.accept(timeout=2.0)
-    >>> cli.close()
-    >>> assert_state(peer, "CLOSE_WAIT", within=1.0)
-    <TcpState.CLOSE_WAIT: 8>
-    >>> peer.close(); srv.close()
-"""
+"""assert_state: poll a socket's TCP state until it is the expected one;
+on failure, list every transition seen."""
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Optional, Union
 
-from . import _core
-from ._enums import StateLike, TcpState, as_states
-from ._errors import Error, Timeout
-from ._net import check_timeout, format_address, parse_address
-from ._types import Framing
-
-__all__ = ["assert_state", "assert_frames", "StateLike"]
-
+from .. import _core
+from .._enums import StateLike, TcpState, as_states
+from .._net import check_timeout, format_address, parse_address
 
 _GONE = "gone"  # label for "the kernel no longer knows this socket"
 
@@ -61,7 +32,7 @@ Probe = Callable[[], dict[str, Optional[TcpState]]]
 
 
 def _diag_probe(local: Sequence[Any], remote: Sequence[Any], cookie: Optional[int]) -> Probe:
-    from ._observe import find_socket
+    from .._observe import find_socket
 
     label = f"{format_address(local)} -> {format_address(remote)}"
     loc = (str(local[0]), int(local[1]))
@@ -93,7 +64,7 @@ def _prober(target: Any) -> tuple[str, Probe]:
         diag = None if tup is None else _diag_probe(tup[0], tup[1], None)
 
         def probe() -> dict[str, Optional[TcpState]]:
-            from ._observe import fd_state
+            from .._observe import fd_state
 
             cur = _fd_of(target)
             if cur is not None and cur >= 0:
@@ -140,7 +111,7 @@ def _prober(target: Any) -> tuple[str, Probe]:
 def _local_prober(addr: tuple[str, int]) -> tuple[str, Probe]:
     """Every TCP socket bound to a local address (a listener and its
     accepted connections share one), labelled by their peer."""
-    from ._observe import sockets
+    from .._observe import sockets
 
     desc = f"sockets on {format_address(addr)}"
 
@@ -226,165 +197,3 @@ def assert_state(
         f"{desc} did not reach {names} within {within} s; observed:\n"
         f"{_fmt_transitions(history)}"
     )
-
-
-# ---------------------------------------------------------------- frames
-
-
-def _short(b: bytes, limit: int = 60) -> str:
-    r = repr(b)
-    if len(r) > limit:
-        r = r[: limit - 5] + "...'" + f" ({len(b)} bytes)"
-    return r
-
-
-def _recv_exact_stdlib(sock: socket.socket, n: int, deadline: float) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise Timeout(f"got {len(buf)} of {n} bytes of a frame in time")
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(n - len(buf))
-        except socket.timeout:
-            continue
-        if not chunk:
-            from ._errors import ConnectionClosed, IncompleteFrame
-
-            if buf:
-                exc = IncompleteFrame(f"stream ended {n - len(buf)} bytes short of a frame")
-                exc.missing = n - len(buf)  # type: ignore[attr-defined]
-                raise exc
-            raise ConnectionClosed("the peer closed the stream")
-        buf += chunk
-    return bytes(buf)
-
-
-def _stdlib_reader(sock: socket.socket, framing: Framing) -> Callable[[float], bytes]:
-    def read(deadline: float) -> bytes:
-        head = _recv_exact_stdlib(sock, framing.header_size, deadline)
-        n = int.from_bytes(head, framing.byteorder)
-        if n > framing.max_frame:
-            from ._errors import FrameTooLarge
-
-            raise FrameTooLarge(f"header announces {n} bytes > max_frame {framing.max_frame}")
-        try:
-            return _recv_exact_stdlib(sock, n, deadline)
-        except Error as exc:
-            if isinstance(exc, Timeout):
-                raise
-            from ._errors import IncompleteFrame
-
-            raise IncompleteFrame(f"stream ended inside a {n}-byte frame") from exc
-
-    return read
-
-
-def _stdlib_has_more(sock: socket.socket) -> int:
-    """Bytes already readable on sock without blocking (0 at EOF)."""
-    sock.settimeout(0.0)
-    try:
-        return len(sock.recv(65536, socket.MSG_PEEK))
-    except (BlockingIOError, socket.timeout):
-        return 0
-    except OSError:
-        return 0
-
-
-def assert_frames(
-    conn: Any,
-    expected: Sequence[Union[bytes, bytearray, memoryview]],
-    within: float = 1.0,
-    *,
-    exact: bool = True,
-    settle: float = 0.0,
-    framing: Optional[Framing] = None,
-) -> list[bytes]:
-    """Receive ``len(expected)`` frames on ``conn`` within ``within``
-    seconds and check they are ``expected``, in order; with ``exact``
-    (the default) also check that no further frame is already there, after
-    waiting ``settle`` seconds for one.  Returns the frames received.
-
-    ``conn`` is a pysockkit ``Connection`` or a stdlib socket (read with
-    ``framing``, by default ``sk.Framing()``).  The failure message shows
-    what arrived, where it first differs, and how the stream ended if it
-    did (``ConnectionClosed``, ``IncompleteFrame``, ``ConnectionReset``).
-
-    Example::
-
-        >>> cli.send_many([b"a", b"b"])
-        2
-        >>> assert_frames(peer, [b"a", b"b"], within=1.0)
-        [b'a', b'b']
-    """
-    __tracebackhide__ = True
-    within = check_timeout(within, "within", allow_none=False)
-    settle = check_timeout(settle, "settle", allow_none=False)
-    want = [bytes(x) for x in expected]
-    deadline = time.monotonic() + within
-    is_stdlib = isinstance(conn, socket.socket)
-    old_timeout = conn.gettimeout() if is_stdlib else None
-    try:
-        return _assert_frames(conn, want, deadline, exact, settle, framing, is_stdlib)
-    finally:
-        if is_stdlib:
-            conn.settimeout(old_timeout)
-
-
-def _assert_frames(
-    conn: Any,
-    want: list[bytes],
-    deadline: float,
-    exact: bool,
-    settle: float,
-    framing: Optional[Framing],
-    is_stdlib: bool,
-) -> list[bytes]:
-    __tracebackhide__ = True
-    got: list[bytes] = []
-    problem: Optional[BaseException] = None
-    if is_stdlib:
-        read = _stdlib_reader(conn, framing or Framing())
-
-        def recv_one(dl: float) -> bytes:
-            return read(dl)
-    else:
-
-        def recv_one(dl: float) -> bytes:
-            return bytes(conn.recv(timeout=max(0.0, dl - time.monotonic())))
-
-    try:
-        while len(got) < len(want):
-            got.append(recv_one(deadline))
-    except (Error, OSError) as exc:
-        problem = exc
-    extra: Optional[str] = None
-    if problem is None and exact:
-        if settle > 0:
-            time.sleep(settle)
-        if is_stdlib:
-            n = _stdlib_has_more(conn)
-            if n:
-                extra = f"{n} more byte(s) already received after the last expected frame"
-        else:
-            try:
-                more = conn.recv(timeout=0)
-                extra = f"an extra frame {_short(bytes(more))} after the last expected one"
-            except Timeout:
-                pass
-            except Error:
-                pass  # closed or reset right after: no extra frame
-    if problem is None and extra is None and got == want:
-        return got
-    lines = [f"expected {len(want)} frame(s), received {len(got)}:"]
-    for i in range(max(len(want), len(got))):
-        w = _short(want[i]) if i < len(want) else "-"
-        g = _short(got[i]) if i < len(got) else "-"
-        mark = "  " if i < len(want) and i < len(got) and want[i] == got[i] else "!="
-        lines.append(f"  [{i}] {mark} expected {w}, got {g}")
-    if problem is not None:
-        lines.append(f"then: {type(problem).__name__}: {problem}")
-    if extra is not None:
-        lines.append(f"then: {extra}")
-    raise AssertionError("\n".join(lines))

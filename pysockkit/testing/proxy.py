@@ -54,9 +54,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Optional, Union
 
-from . import _core
-from ._errors import Timeout
-from ._net import Address, AddressLike, check_timeout, format_address, resolve
+from .. import _core
+from .._errors import Timeout
+from .._net import Address, AddressLike, check_timeout, format_address, resolve
 
 __all__ = [
     "FaultProxy",
@@ -486,7 +486,7 @@ class FaultProxy:
 
     def _proxy(self) -> Any:
         if self._core is None:
-            from ._errors import ConnectionClosed
+            from .._errors import ConnectionClosed
 
             raise ConnectionClosed("this FaultProxy was closed; make a new one")
         return self._core

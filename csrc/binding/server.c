@@ -1,0 +1,586 @@
+/*
+ * server.c - _core.Server, the binding of the server reactor
+ * (core/server.h) that sk.serve's message-handler form runs on.
+ *
+ *   Server(listen_fd, header_size, byteorder, max_frame, correlation,
+ *          read_timeout, write_timeout, max_connections,
+ *          hb_interval, hb_timeout, out_cap)
+ *     starts the reactor thread on listen_fd (which stays the caller's);
+ *     timeouts <= 0 and max_connections 0 mean none; hb_interval > 0 turns
+ *     heartbeats on (control frames).
+ *   next_batch(timeout=None) -> (msgs, events) | None
+ *     waits, WITHOUT the GIL, for the next batch (every message that became
+ *     ready in one reactor turn), then builds it in one GIL hold:
+ *     msgs: [(client_id, ticket, id or None, payload bytes)],
+ *     events: [(client_id, kind, exception or None, (host, port) or None)]
+ *     (kind: END_CLIENT, END_STOPPED, END_REJECTED, END_FAILED).
+ *     ([], []) after timeout; None once the server stopped and every
+ *     batch was taken.
+ *   reply_batch([(client_id, ticket, id, reply)])
+ *     answers: reply bytes-like or None (nothing); id None (plain frame), an
+ *     int (the reply frame's id), or -1 (the handler failed on a plain
+ *     request: close that client after the replies before it).  The ticket
+ *     is the message's, given back unchanged.
+ *   forget([client_id]) - their ends are recorded: let the slots go.
+ *   peer(client_id) -> (host, port) | None; ports() -> [port];
+ *   stats() -> dict; stop() - close every client and join the reactor.
+ */
+#include "util.h"
+
+#include "areas.h"
+#include "hub.h"
+
+#include "core/server.h"
+
+typedef struct ServerObject {
+    PyObject_HEAD
+    PyObject *mod; /* borrowed: the type keeps the module alive */
+    sk_srv *s;
+} ServerObject;
+
+/* Contract: GIL held; a new, empty object. */
+static PyObject *Server_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    ServerObject *self;
+
+    (void)args;
+    (void)kwds;
+    self = (ServerObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        goto done;
+    self->s = NULL;
+    self->mod = PyType_GetModule(type);
+    if (self->mod == NULL)
+        Py_CLEAR(self);
+done:
+    return (PyObject *)self;
+}
+
+/* Contract: GIL held on entry and exit; released while the reactor thread
+ * is stopped and joined. */
+static void Server_dealloc(PyObject *op)
+{
+    ServerObject *self = (ServerObject *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    sk_srv *s = self->s;
+
+    self->s = NULL;
+    if (s != NULL) {
+        Py_BEGIN_ALLOW_THREADS
+        sk_srv_stop(s);
+        sk_srv_free(s);
+        Py_END_ALLOW_THREADS
+    }
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+/* Contract: pure; seconds as ns, where <= 0 (or NaN) is 0, "none". */
+static int64_t Server_ns(double seconds)
+{
+    if (!(seconds > 0))
+        return 0;
+    if (seconds > 9.0e9)
+        seconds = 9.0e9;
+    return (int64_t)(seconds * 1e9);
+}
+
+/* Contract: GIL held; starts the reactor thread.  0 or -1 with an
+ * exception set. */
+static int Server_init(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    static char kw_fd[] = "listen_fd", kw_hs[] = "header_size",
+                kw_bo[] = "byteorder", kw_mf[] = "max_frame",
+                kw_id[] = "correlation", kw_rt[] = "read_timeout",
+                kw_wt[] = "write_timeout", kw_mc[] = "max_connections",
+                kw_hi[] = "hb_interval", kw_ht[] = "hb_timeout",
+                kw_oc[] = "out_cap";
+    static char *kwlist[] = {kw_fd, kw_hs, kw_bo, kw_mf, kw_id, kw_rt, kw_wt,
+                             kw_mc, kw_hi, kw_ht, kw_oc, NULL};
+    ServerObject *self = (ServerObject *)op;
+    int fd, header_size, correlation;
+    const char *byteorder;
+    PyObject *py_max, *py_fargs = NULL;
+    double rt = 0, wt = 0, hbi = 0, hbt = 0;
+    unsigned long long max_conns = 0;
+    Py_ssize_t out_cap = 0;
+    sk_srv_config cfg;
+    sk_err err;
+    int rc = -1;
+
+    if (self->s != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Server is already running");
+        goto done;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iisOp|ddKddn", kwlist, &fd,
+                                     &header_size, &byteorder, &py_max,
+                                     &correlation, &rt, &wt, &max_conns, &hbi,
+                                     &hbt, &out_cap))
+        goto done;
+    memset(&cfg, 0, sizeof(cfg));
+    py_fargs = Py_BuildValue("(isOOO)", header_size, byteorder, py_max,
+                             hbi > 0 ? Py_True : Py_False,
+                             correlation ? Py_True : Py_False);
+    if (py_fargs == NULL ||
+        skpy_framing_args(self->mod, py_fargs, NULL, &cfg.framing) < 0)
+        goto done;
+    cfg.listen_fd = fd;
+    cfg.read_timeout_ns = Server_ns(rt);
+    cfg.write_timeout_ns = Server_ns(wt);
+    cfg.hb_interval_ns = Server_ns(hbi);
+    cfg.hb_timeout_ns = Server_ns(hbt);
+    cfg.max_conns = max_conns;
+    cfg.out_cap = out_cap > 0 ? (size_t)out_cap : 0;
+    if (cfg.hb_interval_ns > 0) {
+        cfg.hub = skpy_hub_get(self->mod);
+        if (cfg.hub == NULL)
+            goto done;
+    }
+    if (sk_srv_new(&cfg, &self->s, &err) != SK_OK) {
+        skpy_raise(self->mod, &err, NULL);
+        goto done;
+    }
+    rc = 0;
+done:
+    Py_XDECREF(py_fargs);
+    return rc;
+}
+
+/* Contract: GIL held; the running server, or NULL with an exception. */
+static sk_srv *Server_get(ServerObject *self)
+{
+    if (self->s == NULL)
+        PyErr_SetString(PyExc_RuntimeError, "Server was not started");
+    return self->s;
+}
+
+/* Contract: GIL held; the exception object for err (a new reference), or
+ * NULL with an exception set. */
+static PyObject *Server_exc(ServerObject *self, const sk_err *err)
+{
+    PyObject *py_t, *py_v, *py_tb;
+
+    skpy_raise(self->mod, err, NULL);
+    PyErr_Fetch(&py_t, &py_v, &py_tb);
+    PyErr_NormalizeException(&py_t, &py_v, &py_tb);
+    Py_XDECREF(py_t);
+    Py_XDECREF(py_tb);
+    if (py_v == NULL)
+        PyErr_SetString(PyExc_SystemError, "no exception for an sk_err");
+    return py_v;
+}
+
+/* Contract: GIL held; one message as (cid, ticket, id or None, payload). */
+static PyObject *Server_msg(const sk_srv_batch *b, const sk_srv_msg *m)
+{
+    PyObject *py_t = PyTuple_New(4), *py_v;
+
+    if (py_t == NULL)
+        goto error;
+    py_v = PyLong_FromUnsignedLongLong(m->cid);
+    if (py_v == NULL)
+        goto error;
+    PyTuple_SET_ITEM(py_t, 0, py_v);
+    py_v = PyLong_FromUnsignedLongLong(m->seq);
+    if (py_v == NULL)
+        goto error;
+    PyTuple_SET_ITEM(py_t, 1, py_v);
+    if (m->has_id) {
+        py_v = PyLong_FromUnsignedLongLong(m->id);
+        if (py_v == NULL)
+            goto error;
+    } else {
+        py_v = Py_NewRef(Py_None);
+    }
+    PyTuple_SET_ITEM(py_t, 2, py_v);
+    py_v = PyBytes_FromStringAndSize((const char *)b->data.data + b->data.start +
+                                         m->off,
+                                     (Py_ssize_t)m->len);
+    if (py_v == NULL)
+        goto error;
+    PyTuple_SET_ITEM(py_t, 3, py_v);
+    return py_t;
+error:
+    Py_XDECREF(py_t);
+    return NULL;
+}
+
+/* Contract: GIL held; one event as (cid, kind, exc or None, peer or None). */
+static PyObject *Server_event(ServerObject *self, const sk_srv_event *e)
+{
+    PyObject *py_exc = NULL, *py_peer = NULL, *py_t = NULL;
+
+    if (e->kind != SK_SRV_REJECTED) {
+        py_exc = Server_exc(self, &e->err);
+        if (py_exc == NULL)
+            goto error;
+    } else {
+        py_exc = Py_NewRef(Py_None);
+    }
+    if (e->port >= 0)
+        py_peer = Py_BuildValue("(si)", e->host, e->port);
+    else
+        py_peer = Py_NewRef(Py_None);
+    if (py_peer == NULL)
+        goto error;
+    py_t = Py_BuildValue("(KiOO)", (unsigned long long)e->cid, e->kind, py_exc,
+                         py_peer);
+error:
+    Py_XDECREF(py_exc);
+    Py_XDECREF(py_peer);
+    return py_t;
+}
+
+PyDoc_STRVAR(Server_next_batch_doc,
+"next_batch(timeout=None)\n--\n\n"
+"Wait (without the GIL) for the next batch: (msgs, events), ([], []) after\n"
+"timeout, or None once the server stopped and every batch was taken.");
+
+/* Contract: GIL held on entry and exit; released while waiting. */
+static PyObject *Server_next_batch(PyObject *op, PyObject *args)
+{
+    ServerObject *self = (ServerObject *)op;
+    PyObject *py_timeout = Py_None, *py_msgs = NULL, *py_evs = NULL,
+             *py_res = NULL, *py_item;
+    sk_srv_batch *b = NULL;
+    int64_t deadline;
+    sk_srv *s;
+    sk_err err;
+    size_t i;
+    int r;
+
+    if (!PyArg_ParseTuple(args, "|O:next_batch", &py_timeout))
+        goto done;
+    s = Server_get(self);
+    if (s == NULL || skpy_deadline(py_timeout, &deadline) < 0)
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    r = sk_srv_next(s, deadline, &b, &err);
+    Py_END_ALLOW_THREADS
+    if (r == SK_ERR) {
+        py_res = Py_NewRef(Py_None);
+        goto done;
+    }
+    py_msgs = PyList_New(b != NULL ? (Py_ssize_t)b->nmsgs : 0);
+    py_evs = PyList_New(b != NULL ? (Py_ssize_t)b->nevents : 0);
+    if (py_msgs == NULL || py_evs == NULL)
+        goto done;
+    for (i = 0; b != NULL && i < b->nmsgs; i++) {
+        py_item = Server_msg(b, &b->msgs[i]);
+        if (py_item == NULL)
+            goto done;
+        PyList_SET_ITEM(py_msgs, (Py_ssize_t)i, py_item);
+    }
+    for (i = 0; b != NULL && i < b->nevents; i++) {
+        py_item = Server_event(self, &b->events[i]);
+        if (py_item == NULL)
+            goto done;
+        PyList_SET_ITEM(py_evs, (Py_ssize_t)i, py_item);
+    }
+    py_res = PyTuple_Pack(2, py_msgs, py_evs);
+done:
+    sk_srv_batch_free(b);
+    Py_XDECREF(py_msgs);
+    Py_XDECREF(py_evs);
+    return py_res;
+}
+
+PyDoc_STRVAR(Server_reply_batch_doc,
+"reply_batch(answers)\n--\n\n"
+"Hand [(client_id, ticket, id, reply)] to the reactor: reply bytes-like or\n"
+"None; id None (plain), an int (the reply's id) or -1 (close the client).");
+
+/* Contract: GIL held; payloads are copied before it returns. */
+static PyObject *Server_reply_batch(PyObject *op, PyObject *py_list)
+{
+    ServerObject *self = (ServerObject *)op;
+    sk_srv_answer *a = NULL;
+    Py_buffer *views = NULL;
+    PyObject *py_seq = NULL, *py_res = NULL;
+    Py_ssize_t n = 0, i, nviews = 0;
+    sk_srv *s = Server_get(self);
+    sk_err err;
+
+    if (s == NULL)
+        goto done;
+    py_seq = PySequence_Fast(py_list, "reply_batch takes a list of answers");
+    if (py_seq == NULL)
+        goto done;
+    n = PySequence_Fast_GET_SIZE(py_seq);
+    a = PyMem_Calloc((size_t)n + 1, sizeof(*a));
+    views = PyMem_Calloc((size_t)n + 1, sizeof(*views));
+    if (a == NULL || views == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (i = 0; i < n; i++) {
+        PyObject *py_t = PySequence_Fast_GET_ITEM(py_seq, i);
+        PyObject *py_id, *py_reply;
+        unsigned long long cid, ticket;
+
+        if (!PyTuple_Check(py_t) || PyTuple_GET_SIZE(py_t) != 4) {
+            PyErr_SetString(PyExc_TypeError,
+                            "an answer is (client_id, ticket, id, reply)");
+            goto done;
+        }
+        cid = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(py_t, 0));
+        ticket = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(py_t, 1));
+        if (PyErr_Occurred())
+            goto done;
+        a[i].cid = cid;
+        a[i].seq = ticket;
+        py_id = PyTuple_GET_ITEM(py_t, 2);
+        py_reply = PyTuple_GET_ITEM(py_t, 3);
+        if (py_id != Py_None) {
+            long long id = PyLong_AsLongLong(py_id);
+            if (id == -1 && PyErr_Occurred()) {
+                PyErr_Clear();
+                a[i].id = PyLong_AsUnsignedLongLong(py_id);
+                if (PyErr_Occurred())
+                    goto done;
+                a[i].has_id = 1;
+            } else if (id == -1) {
+                a[i].kind = SK_SRV_CLOSE;
+                continue;
+            } else {
+                a[i].id = (uint64_t)id;
+                a[i].has_id = 1;
+            }
+        }
+        if (py_reply == Py_None) {
+            a[i].kind = SK_SRV_NONE;
+            continue;
+        }
+        if (PyBytes_CheckExact(py_reply)) {
+            a[i].base = PyBytes_AS_STRING(py_reply);
+            a[i].len = (size_t)PyBytes_GET_SIZE(py_reply);
+        } else {
+            if (PyObject_GetBuffer(py_reply, &views[nviews], PyBUF_SIMPLE) < 0)
+                goto done;
+            a[i].base = views[nviews].buf;
+            a[i].len = (size_t)views[nviews].len;
+            nviews++;
+        }
+        a[i].kind = SK_SRV_REPLY;
+    }
+    if (sk_srv_reply(s, a, (size_t)n, &err) != SK_OK) {
+        skpy_raise(self->mod, &err, NULL);
+        goto done;
+    }
+    py_res = Py_NewRef(Py_None);
+done:
+    for (i = 0; i < nviews; i++)
+        PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    PyMem_Free(a);
+    Py_XDECREF(py_seq);
+    return py_res;
+}
+
+PyDoc_STRVAR(Server_forget_doc,
+"forget(client_ids)\n--\n\n"
+"The ends of these clients are recorded: free their slots.");
+
+/* Contract: GIL held. */
+static PyObject *Server_forget(PyObject *op, PyObject *py_list)
+{
+    ServerObject *self = (ServerObject *)op;
+    PyObject *py_seq = NULL, *py_res = NULL;
+    uint64_t *cids = NULL;
+    Py_ssize_t n, i;
+    sk_srv *s = Server_get(self);
+    sk_err err;
+
+    if (s == NULL)
+        goto done;
+    py_seq = PySequence_Fast(py_list, "forget takes a list of client ids");
+    if (py_seq == NULL)
+        goto done;
+    n = PySequence_Fast_GET_SIZE(py_seq);
+    cids = PyMem_Calloc((size_t)n + 1, sizeof(*cids));
+    if (cids == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (i = 0; i < n; i++) {
+        cids[i] = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(py_seq, i));
+        if (PyErr_Occurred())
+            goto done;
+    }
+    if (sk_srv_forget(s, cids, (size_t)n, &err) != SK_OK) {
+        skpy_raise(self->mod, &err, NULL);
+        goto done;
+    }
+    py_res = Py_NewRef(Py_None);
+done:
+    PyMem_Free(cids);
+    Py_XDECREF(py_seq);
+    return py_res;
+}
+
+PyDoc_STRVAR(Server_peer_doc,
+"peer(client_id)\n--\n\n(host, port) of a client held, else None.");
+
+/* Contract: GIL held. */
+static PyObject *Server_peer(PyObject *op, PyObject *py_cid)
+{
+    ServerObject *self = (ServerObject *)op;
+    sk_srv *s = Server_get(self);
+    unsigned long long cid;
+    PyObject *py_res = NULL;
+    char host[64];
+    int port;
+
+    if (s == NULL)
+        goto done;
+    cid = PyLong_AsUnsignedLongLong(py_cid);
+    if (cid == (unsigned long long)-1 && PyErr_Occurred())
+        goto done;
+    if (sk_srv_peer(s, cid, host, sizeof(host), &port) != SK_OK || port < 0)
+        py_res = Py_NewRef(Py_None);
+    else
+        py_res = Py_BuildValue("(si)", host, port);
+done:
+    return py_res;
+}
+
+PyDoc_STRVAR(Server_ports_doc,
+"ports()\n--\n\nThe peer port of every client held (-1: unknown).");
+
+/* Contract: GIL held; O(clients). */
+static PyObject *Server_ports(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    ServerObject *self = (ServerObject *)op;
+    sk_srv *s = Server_get(self);
+    PyObject *py_list = NULL, *py_v;
+    int *ports = NULL;
+    size_t n, cap = 0, i;
+
+    if (s == NULL)
+        goto done;
+    for (;;) {
+        n = sk_srv_ports(s, ports, cap);
+        if (n <= cap)
+            break;
+        PyMem_Free(ports);
+        cap = n + 64;
+        ports = PyMem_Malloc(cap * sizeof(int));
+        if (ports == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    py_list = PyList_New((Py_ssize_t)n);
+    if (py_list == NULL)
+        goto done;
+    for (i = 0; i < n; i++) {
+        py_v = PyLong_FromLong(ports[i]);
+        if (py_v == NULL) {
+            Py_CLEAR(py_list);
+            goto done;
+        }
+        PyList_SET_ITEM(py_list, (Py_ssize_t)i, py_v);
+    }
+done:
+    PyMem_Free(ports);
+    return py_list;
+}
+
+PyDoc_STRVAR(Server_stats_doc, "stats()\n--\n\nA dict of the reactor's counters.");
+
+/* Contract: GIL held. */
+static PyObject *Server_stats(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    ServerObject *self = (ServerObject *)op;
+    sk_srv *s = Server_get(self);
+    PyObject *py_res = NULL;
+    sk_srv_stats st;
+
+    if (s == NULL)
+        goto done;
+    sk_srv_get_stats(s, &st);
+    py_res = Py_BuildValue(
+        "{sKsKsKsKsKsKsKsK}", "conns", (unsigned long long)st.conns,
+        "accepted", (unsigned long long)st.accepted, "rejected",
+        (unsigned long long)st.rejected, "turns", (unsigned long long)st.turns,
+        "batches", (unsigned long long)st.batches, "messages",
+        (unsigned long long)st.messages, "replies",
+        (unsigned long long)st.replies, "writes", (unsigned long long)st.writes);
+done:
+    return py_res;
+}
+
+PyDoc_STRVAR(Server_stop_doc,
+"stop()\n--\n\nClose every client and join the reactor thread (idempotent).");
+
+/* Contract: GIL held on entry and exit; released while joining. */
+static PyObject *Server_stop(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    ServerObject *self = (ServerObject *)op;
+    sk_srv *s = Server_get(self);
+    PyObject *py_res = NULL;
+
+    if (s != NULL) {
+        Py_BEGIN_ALLOW_THREADS
+        sk_srv_stop(s);
+        Py_END_ALLOW_THREADS
+        py_res = Py_NewRef(Py_None);
+    }
+    return py_res;
+}
+
+static PyMethodDef Server_methods[] = {
+    {"next_batch", Server_next_batch, METH_VARARGS, Server_next_batch_doc},
+    {"reply_batch", Server_reply_batch, METH_O, Server_reply_batch_doc},
+    {"forget", Server_forget, METH_O, Server_forget_doc},
+    {"peer", Server_peer, METH_O, Server_peer_doc},
+    {"ports", Server_ports, METH_NOARGS, Server_ports_doc},
+    {"stats", Server_stats, METH_NOARGS, Server_stats_doc},
+    {"stop", Server_stop, METH_NOARGS, Server_stop_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+PyDoc_STRVAR(Server_doc,
+"Server(listen_fd, header_size, byteorder, max_frame, correlation,\n"
+"       read_timeout=0, write_timeout=0, max_connections=0,\n"
+"       hb_interval=0, hb_timeout=0, out_cap=0)\n--\n\n"
+"The server reactor (csrc/server.h): a C thread that accepts, reads,\n"
+"decodes and writes for every client; messages reach Python in batches\n"
+"(next_batch) and answers go back with reply_batch.");
+
+static PyType_Slot Server_slots[] = {
+    {Py_tp_doc, (void *)Server_doc},
+    {Py_tp_new, Server_new},
+    {Py_tp_init, Server_init},
+    {Py_tp_dealloc, Server_dealloc},
+    {Py_tp_methods, Server_methods},
+    {0, NULL},
+};
+
+static PyType_Spec Server_spec = {
+    .name = "pysockkit._core.Server",
+    .basicsize = sizeof(ServerObject),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = Server_slots,
+};
+
+/* Contract: GIL held; called once from the module's exec slot. */
+int skpy_add_server(PyObject *mod)
+{
+    PyObject *py_type = NULL;
+    int rc = -1;
+
+    py_type = PyType_FromModuleAndSpec(mod, &Server_spec, NULL);
+    if (py_type == NULL)
+        goto error;
+    if (PyModule_AddObjectRef(mod, "Server", py_type) < 0 ||
+        PyModule_AddIntConstant(mod, "END_CLIENT", SK_SRV_END) < 0 ||
+        PyModule_AddIntConstant(mod, "END_STOPPED", SK_SRV_STOPPED) < 0 ||
+        PyModule_AddIntConstant(mod, "END_REJECTED", SK_SRV_REJECTED) < 0 ||
+        PyModule_AddIntConstant(mod, "END_FAILED", SK_SRV_FAILED) < 0)
+        goto error;
+    rc = 0;
+error:
+    Py_XDECREF(py_type);
+    return rc;
+}

@@ -1,0 +1,301 @@
+/* test_server.c - the server reactor (core/server.h) on real loopback
+ * sockets, without Python: batches, replies in request order whatever
+ * order the handler answers in, correlated replies by id, every end
+ * reported once with its error, read_timeout, max_conns and stop.
+ *
+ * The "handler" is the test itself: it takes batches with sk_srv_next and
+ * answers with sk_srv_reply.  Peers are raw sockets driven with syscalls
+ * and the reference encoder of util.h. */
+#include "check.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/clock.h"
+#include "core/frame.h"
+#include "core/server.h"
+#include "util.h"
+
+#define HS 4
+#define MAXM 64
+
+/* What the test collected from the batches. */
+typedef struct got {
+    sk_srv_msg msgs[MAXM];
+    unsigned char data[MAXM][64];
+    size_t nmsgs;
+    sk_srv_event events[8];
+    size_t nevents;
+} got;
+
+/* A listening IPv4 loopback socket (non-blocking) and its port. */
+static int listener(int *port)
+{
+    struct sockaddr_in sa;
+    socklen_t len = sizeof(sa);
+    int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (ls < 0 || bind(ls, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+        listen(ls, 16) < 0 ||
+        getsockname(ls, (struct sockaddr *)&sa, &len) < 0) {
+        if (ls >= 0)
+            close(ls);
+        return -1;
+    }
+    *port = ntohs(sa.sin_port);
+    return ls;
+}
+
+static int client(int port)
+{
+    struct sockaddr_in sa;
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sa.sin_port = htons((uint16_t)port);
+    if (s >= 0 && connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        close(s);
+        s = -1;
+    }
+    return s;
+}
+
+static sk_srv *start(int ls, int64_t read_timeout_ns, uint64_t max_conns,
+                     unsigned flags)
+{
+    sk_srv_config cfg;
+    sk_srv *s = NULL;
+    sk_err err;
+
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.listen_fd = ls;
+    cfg.framing.header_size = HS;
+    cfg.framing.max_frame = 1000;
+    cfg.framing.flags = flags;
+    cfg.read_timeout_ns = read_timeout_ns;
+    cfg.max_conns = max_conns;
+    CHECK_RC(sk_srv_new(&cfg, &s, &err), SK_OK, &err);
+    return s;
+}
+
+/* Take batches until `msgs` messages and `events` events were collected,
+ * or the bound passes. */
+static void collect(sk_srv *s, got *g, size_t msgs, size_t events)
+{
+    int64_t end = real_now_ns() + (int64_t)(tmax(5.0) * 1e9);
+    sk_srv_batch *b;
+    sk_err err;
+    size_t i;
+
+    while ((g->nmsgs < msgs || g->nevents < events) && real_now_ns() < end) {
+        if (sk_srv_next(s, sk_now_ns() + 100000000LL, &b, &err) != SK_OK)
+            continue;
+        for (i = 0; i < b->nmsgs && g->nmsgs < MAXM; i++) {
+            sk_srv_msg *m = &b->msgs[i];
+            g->msgs[g->nmsgs] = *m;
+            memcpy(g->data[g->nmsgs], b->data.data + b->data.start + m->off,
+                   m->len < 64 ? m->len : 64);
+            g->nmsgs++;
+        }
+        for (i = 0; i < b->nevents && g->nevents < 8; i++)
+            g->events[g->nevents++] = b->events[i];
+        sk_srv_batch_free(b);
+    }
+    CHECK_U64(g->nmsgs, ==, msgs);
+    CHECK_U64(g->nevents, ==, events);
+}
+
+static void put_frame(int fd, const char *payload)
+{
+    unsigned char buf[128];
+    size_t n = strlen(payload);
+
+    ref_put_len(buf, HS, 0, n);
+    memcpy(buf + HS, payload, n);
+    CHECK_INT(raw_write_all(fd, buf, HS + n, 5.0), ==, 0);
+}
+
+TEST(server_replies_leave_in_request_order)
+{
+    int port, ls = listener(&port), c, i;
+    sk_srv *s = start(ls, 0, 0, 0);
+    sk_srv_answer a[3];
+    unsigned char want[64], buf[64];
+    size_t wn = 0;
+    got g;
+    sk_err err;
+
+    memset(&g, 0, sizeof(g));
+    c = client(port);
+    CHECK(c >= 0);
+    put_frame(c, "one");
+    put_frame(c, "two");
+    put_frame(c, "three");
+    collect(s, &g, 3, 0);
+    /* answered last first: the reactor still writes them in order */
+    memset(a, 0, sizeof(a));
+    for (i = 0; i < 3; i++) {
+        a[2 - i].cid = g.msgs[i].cid;
+        a[2 - i].seq = g.msgs[i].seq;
+        a[2 - i].kind = SK_SRV_REPLY;
+        a[2 - i].base = g.data[i];
+        a[2 - i].len = g.msgs[i].len;
+        CHECK_U64(g.msgs[i].seq >> 32, ==, (uint64_t)i + 1);
+        CHECK_INT(g.msgs[i].has_id, ==, 0);
+    }
+    CHECK_RC(sk_srv_reply(s, a, 3, &err), SK_OK, &err);
+    for (i = 0; i < 3; i++) {
+        const char *p = i == 0 ? "one" : i == 1 ? "two" : "three";
+        ref_put_len(want + wn, HS, 0, strlen(p));
+        memcpy(want + wn + HS, p, strlen(p));
+        wn += HS + strlen(p);
+    }
+    CHECK_U64(raw_read(c, buf, wn, 5.0, NULL), ==, wn);
+    CHECK_MEM(buf, want, wn);
+    /* a clean close ends it as SK_E_CLOSED, once */
+    close(c);
+    memset(&g, 0, sizeof(g));
+    collect(s, &g, 0, 1);
+    CHECK_INT(g.events[0].kind, ==, SK_SRV_END);
+    CHECK_INT(g.events[0].err.code, ==, SK_E_CLOSED);
+    CHECK_U64(sk_srv_ports(s, NULL, 0), ==, 1); /* held until forgotten */
+    CHECK_RC(sk_srv_forget(s, &g.events[0].cid, 1, &err), SK_OK, &err);
+    for (i = 0; i < 100 && sk_srv_ports(s, NULL, 0) > 0; i++)
+        sleep_ms(10);
+    CHECK_U64(sk_srv_ports(s, NULL, 0), ==, 0);
+    sk_srv_stop(s);
+    sk_srv_free(s);
+    close(ls);
+}
+
+TEST(server_reports_a_truncated_frame_after_answering_what_came_before)
+{
+    int port, ls = listener(&port), c, eof;
+    sk_srv *s = start(ls, 0, 0, 0);
+    unsigned char hdr[HS], buf[64];
+    sk_srv_answer a;
+    got g;
+    sk_err err;
+
+    memset(&g, 0, sizeof(g));
+    c = client(port);
+    put_frame(c, "ok");
+    ref_put_len(hdr, HS, 0, 10);
+    CHECK_INT(raw_write_all(c, hdr, HS, 5.0), ==, 0);
+    CHECK_INT(raw_write_all(c, "abc", 3, 5.0), ==, 0);
+    shutdown(c, SHUT_WR);
+    collect(s, &g, 1, 0);
+    memset(&a, 0, sizeof(a));
+    a.cid = g.msgs[0].cid;
+    a.seq = g.msgs[0].seq;
+    a.kind = SK_SRV_REPLY;
+    a.base = "OK";
+    a.len = 2;
+    CHECK_RC(sk_srv_reply(s, &a, 1, &err), SK_OK, &err);
+    collect(s, &g, 1, 1);
+    CHECK_INT(g.events[0].err.code, ==, SK_E_INCOMPLETE);
+    CHECK_U64(g.events[0].err.detail, ==, 7);
+    CHECK_U64(raw_read(c, buf, sizeof(buf), 5.0, &eof), ==, HS + 2);
+    CHECK_MEM(buf + HS, "OK", 2);
+    CHECK_INT(eof, ==, 1); /* FIN after the reply */
+    close(c);
+    sk_srv_stop(s);
+    sk_srv_free(s);
+    close(ls);
+}
+
+TEST(server_correlated_frames_are_unsequenced)
+{
+    int port, ls = listener(&port), c;
+    sk_srv *s = start(ls, 0, 0, SK_FRAMING_IDS);
+    unsigned char buf[64];
+    sk_srv_answer a;
+    got g;
+    sk_err err;
+    sk_framing f = {HS, 0, 1000, SK_FRAMING_IDS};
+    size_t n;
+
+    memset(&g, 0, sizeof(g));
+    c = client(port);
+    n = sk_encode_header_id(&f, 2, 7, buf);
+    memcpy(buf + n, "hi", 2);
+    CHECK_INT(raw_write_all(c, buf, n + 2, 5.0), ==, 0);
+    collect(s, &g, 1, 0);
+    CHECK_INT(g.msgs[0].has_id, ==, 1);
+    CHECK_U64(g.msgs[0].id, ==, 7);
+    CHECK_U64(g.msgs[0].seq >> 32, ==, 0);
+    memset(&a, 0, sizeof(a));
+    a.cid = g.msgs[0].cid;
+    a.seq = g.msgs[0].seq;
+    a.kind = SK_SRV_REPLY;
+    a.has_id = 1;
+    a.id = 7 | SK_ID_REPLY;
+    a.base = "HI";
+    a.len = 2;
+    CHECK_RC(sk_srv_reply(s, &a, 1, &err), SK_OK, &err);
+    CHECK_U64(raw_read(c, buf, n + 2, 5.0, NULL), ==, n + 2);
+    CHECK_U64(buf[HS], ==, 0x80); /* the reply bit, top byte of the id */
+    CHECK_MEM(buf + n, "HI", 2);
+    close(c);
+    sk_srv_stop(s);
+    sk_srv_free(s);
+    close(ls);
+}
+
+TEST(server_read_timeout_resets_an_idle_client)
+{
+    int port, ls = listener(&port), c, eof;
+    sk_srv *s = start(ls, 100000000LL, 0, 0);
+    unsigned char buf[8];
+    got g;
+
+    memset(&g, 0, sizeof(g));
+    c = client(port);
+    CHECK_INT(raw_write_all(c, "\0\0", 2, 5.0), ==, 0); /* half a header */
+    collect(s, &g, 0, 1);
+    CHECK_INT(g.events[0].err.code, ==, SK_E_TIMEOUT);
+    CHECK(strstr(g.events[0].err.msg, "read_timeout") != NULL);
+    CHECK(raw_readable(c, (int)(5000 * sk_test_time_scale())));
+    CHECK_U64(raw_read(c, buf, sizeof(buf), 5.0, &eof), ==, 0);
+    close(c);
+    sk_srv_stop(s);
+    sk_srv_free(s);
+    close(ls);
+}
+
+TEST(server_max_conns_and_stop)
+{
+    int port, ls = listener(&port), a, b;
+    sk_srv *s = start(ls, 0, 1, 0);
+    sk_srv_batch *batch;
+    got g;
+    sk_err err;
+
+    memset(&g, 0, sizeof(g));
+    a = client(port);
+    put_frame(a, "in");
+    collect(s, &g, 1, 0);
+    b = client(port); /* over the cap: reset at once */
+    collect(s, &g, 1, 1);
+    CHECK_INT(g.events[0].kind, ==, SK_SRV_REJECTED);
+    sk_srv_stop(s);
+    memset(&g, 0, sizeof(g));
+    collect(s, &g, 0, 1);
+    CHECK_INT(g.events[0].kind, ==, SK_SRV_STOPPED);
+    CHECK_RC(sk_srv_next(s, SK_NO_DEADLINE, &batch, &err), SK_ERR, NULL);
+    CHECK_INT(err.code, ==, SK_E_CLOSED);
+    sk_srv_free(s);
+    close(a);
+    close(b);
+    close(ls);
+}
