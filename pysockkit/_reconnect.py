@@ -496,6 +496,22 @@ class Lifecycle:
             return down_error(op, self._where, self._state, self.attempts, self._final)
         return None
 
+    def _wait_left(self, op: str, deadline: Optional[float],
+                   timeout: Optional[float]) -> tuple[bool, Optional[float]]:
+        """(True, None) when a connection is up; else (False, the seconds a
+        call may still wait for one, None: forever).  Raises the call's
+        error when the connection was closed or gave up, or its
+        ``sk.Timeout`` at ``deadline``."""
+        if self._state == "up":
+            return True, None
+        bad = self._unusable(op)
+        if bad is not None:
+            raise bad
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise self._down_timeout(op, timeout)
+        return False, left
+
     def _down_timeout(self, op: str, timeout: Optional[float]) -> Timeout:
         return down_timeout(op, self._where, timeout, self._down_since, self._down_reason,
                             self.attempts)

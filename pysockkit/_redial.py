@@ -378,16 +378,10 @@ class ReconnectingConnection(Lifecycle, Generic[M]):
         """The connection to use, waiting while it is down."""
         with self._cond:
             while True:
-                st = self._state
-                if st == "up":
+                up, left = self._wait_left(op, deadline, timeout)
+                if up:
                     assert self._conn is not None
                     return self._conn
-                bad = self._unusable(op)
-                if bad is not None:
-                    raise bad
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise self._down_timeout(op, timeout)
                 self._cond.wait(left)
 
     def _call(self, op: str, timeout: Optional[float], sends: bool,

@@ -173,16 +173,10 @@ class ReconnectingConnection(Lifecycle, Generic[M]):
     async def _current(self, op: str, deadline: Optional[float],
                        timeout: Optional[float]) -> "Connection[M]":
         while True:
-            st = self._state
-            if st == "up":
+            up, left = self._wait_left(op, deadline, timeout)
+            if up:
                 assert self._conn is not None
                 return self._conn
-            bad = self._unusable(op)
-            if bad is not None:
-                raise bad
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise self._down_timeout(op, timeout)
             try:
                 await asyncio.wait_for(self._changed.wait(), left)
             except asyncio.TimeoutError:
