@@ -58,6 +58,8 @@ from ._errors import (
 )
 from ._types import Framing, Heartbeat, Keepalive, Message, RequestStats
 from ._conn import Address, AddressLike, Connection, Listener, call, connect, listen
+from ._reconnect import ConnectionEvent, Reconnect
+from ._redial import ReconnectingConnection  # also what sk.connect(reconnect=) makes
 from ._enums import TcpState
 
 if TYPE_CHECKING:  # what __getattr__ below loads on first use, for type checkers
@@ -143,6 +145,7 @@ __all__ = [
     "Framing",
     "Heartbeat",
     "Keepalive",
+    "Reconnect",
     "Message",
     "RequestStats",
     # connections
@@ -153,6 +156,8 @@ __all__ = [
     "listen",
     "connect",
     "call",
+    "ReconnectingConnection",
+    "ConnectionEvent",
     "serve",
     "Server",
     "ServerExits",

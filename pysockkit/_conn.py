@@ -27,11 +27,16 @@ if TYPE_CHECKING:
     from ._duplex import Duplex
     from ._enums import TcpState
     from ._observe import TcpInfo
+    from ._reconnect import ConnectionEvent, Reconnect
+    from ._redial import ReconnectingConnection
 
 __all__ = ["Connection", "Listener", "connect", "listen", "call", "Address", "AddressLike"]
 
 _DEFAULT_FRAMING: "Framing[Any]" = Framing()
 _START_LOCK = threading.RLock()  # starting receive workers (rare, short)
+# sk.connect(..., reconnect=): _redial.connect_reconnecting, registered by
+# _redial when pysockkit is imported (_redial builds on this module)
+_reconnecting: "Optional[Callable[..., ReconnectingConnection[Any]]]" = None
 _SHUT = {"read": socket.SHUT_RD, "write": socket.SHUT_WR, "both": socket.SHUT_RDWR}
 
 
@@ -431,18 +436,32 @@ def listen(
 @overload
 def connect(addr: AddressLike, timeout: Optional[float] = None, framing: None = None,
             heartbeat: Optional[Heartbeat] = None,
-            keepalive: Optional[Keepalive] = None, *,
-            write_behind: bool = False) -> Connection[bytes]: ...
+            keepalive: Optional[Keepalive] = None, *, write_behind: bool = False,
+            reconnect: None = None, on_event: None = None) -> Connection[bytes]: ...
 @overload
 def connect(addr: AddressLike, timeout: Optional[float] = None, *, framing: "Framing[M]",
             heartbeat: Optional[Heartbeat] = None,
-            keepalive: Optional[Keepalive] = None,
-            write_behind: bool = False) -> Connection[M]: ...
+            keepalive: Optional[Keepalive] = None, write_behind: bool = False,
+            reconnect: None = None, on_event: None = None) -> Connection[M]: ...
 @overload
 def connect(addr: AddressLike, timeout: Optional[float], framing: "Framing[M]",
             heartbeat: Optional[Heartbeat] = None,
-            keepalive: Optional[Keepalive] = None, *,
-            write_behind: bool = False) -> Connection[M]: ...
+            keepalive: Optional[Keepalive] = None, *, write_behind: bool = False,
+            reconnect: None = None, on_event: None = None) -> Connection[M]: ...
+@overload
+def connect(addr: AddressLike, timeout: Optional[float] = None, framing: None = None,
+            heartbeat: Optional[Heartbeat] = None,
+            keepalive: Optional[Keepalive] = None, *, write_behind: bool = False,
+            reconnect: "Reconnect",
+            on_event: "Optional[Callable[[ConnectionEvent], Any]]" = None,
+            ) -> "ReconnectingConnection[bytes]": ...
+@overload
+def connect(addr: AddressLike, timeout: Optional[float] = None, *, framing: "Framing[M]",
+            heartbeat: Optional[Heartbeat] = None,
+            keepalive: Optional[Keepalive] = None, write_behind: bool = False,
+            reconnect: "Reconnect",
+            on_event: "Optional[Callable[[ConnectionEvent], Any]]" = None,
+            ) -> "ReconnectingConnection[M]": ...
 
 
 def connect(
@@ -453,7 +472,9 @@ def connect(
     keepalive: Optional[Keepalive] = None,
     *,
     write_behind: bool = False,
-) -> "Connection[Any]":
+    reconnect: "Optional[Reconnect]" = None,
+    on_event: "Optional[Callable[[ConnectionEvent], Any]]" = None,
+) -> "Union[Connection[Any], ReconnectingConnection[Any]]":
     """Connect to ``addr`` and return a :class:`Connection`.  With
     ``heartbeat``, the C reactor keeps the connection's liveness checked
     (the peer must use heartbeats too); ``keepalive`` sets the kernel's
@@ -471,11 +492,25 @@ def connect(
     ``Connection[sk.Message]`` to type checkers).  Raises ``sk.Timeout``,
     or ``sk.Error`` with errno ECONNREFUSED when nothing listens there.
 
+    With ``reconnect=sk.Reconnect(...)`` it returns a
+    :class:`sk.ReconnectingConnection`, which reconnects by itself when
+    the connection is lost (docs/reconnect.md); the first connect then
+    retries with the policy's backoff until ``timeout``.  ``on_event`` (a
+    callable taking an :class:`sk.ConnectionEvent`) gets its lifecycle
+    events; it needs ``reconnect``.
+
     Example::
 
         with sk.connect(("127.0.0.1", 9000), timeout=2.0) as conn:
             conn.send(b"hi")
     """
+    if reconnect is not None:
+        assert _reconnecting is not None  # pysockkit/__init__.py imports _redial
+        return _reconnecting(addr, timeout, framing or _DEFAULT_FRAMING, heartbeat,
+                             keepalive, reconnect, on_event, write_behind)
+    if on_event is not None:
+        raise TypeError("connect: on_event= needs reconnect=sk.Reconnect(...): a plain "
+                        "connection has no lifecycle events")
     timeout = check_timeout(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
     last: Optional[BaseException] = None

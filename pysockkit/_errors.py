@@ -33,7 +33,14 @@ class Error(OSError):
             conn.recv(timeout=1.0)
         except sk.Error as exc:
             print("pysockkit failed:", exc)
+
+    On a connection made with ``reconnect=``, an operation interrupted by
+    the loss of the connection sets ``exc.maybe_delivered``: True when what
+    it sent may have reached the peer (it is never retried), False when
+    nothing was sent; None for every other error.
     """
+
+    maybe_delivered: Optional[bool] = None
 
 
 class Timeout(Error, TimeoutError):

@@ -2020,19 +2020,21 @@ static PyObject *Conn_fail_requests(PyObject *op, PyObject *py_exc)
 PyDoc_STRVAR(Conn_request_stats_doc,
 "_request_stats() -> dict\n--\n\n"
 "Counters of the request table: replies (remote_errors of them error\n"
-"replies), unknown, late, timeouts, and\n"
-"pending (requests waiting for their reply).\n");
+"replies), unknown, late, timeouts,\n"
+"pending (requests waiting for their reply), and next_id (the id the next\n"
+"request gets; 1 before the table exists).\n");
 
 /* Contract: GIL held; takes the table's lock for the copy only. */
 static PyObject *Conn_request_stats(PyObject *op, PyObject *Py_UNUSED(ig))
 {
     ConnObject *self = (ConnObject *)op;
     unsigned long long replies = 0, unknown = 0, late = 0, timeouts = 0;
-    unsigned long long remote = 0;
+    unsigned long long remote = 0, next_id = 1;
     size_t pending = 0;
 
     if (self->corr != NULL) {
         pthread_mutex_lock(&self->corr->mu);
+        next_id = self->corr->next_id;
         replies = self->corr->replies;
         remote = self->corr->remote_errors;
         unknown = self->corr->unknown;
@@ -2041,10 +2043,40 @@ static PyObject *Conn_request_stats(PyObject *op, PyObject *Py_UNUSED(ig))
         pending = self->corr->pending;
         pthread_mutex_unlock(&self->corr->mu);
     }
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:n}", "replies", replies,
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:n,s:K}", "replies", replies,
                          "remote_errors", remote, "unknown", unknown, "late",
                          late, "timeouts", timeouts, "pending",
-                         (Py_ssize_t)pending);
+                         (Py_ssize_t)pending, "next_id", next_id);
+}
+
+PyDoc_STRVAR(Conn_skip_ids_doc,
+"_skip_ids(next_id, /)\n--\n\n"
+"Never give a request a correlation id below next_id: a reconnected\n"
+"connection continues the ids of the one it replaces.  Needs the request\n"
+"table (a receive worker started); a no-op on plain framing.\n");
+
+/* Contract: GIL held; takes the table's lock; allocates nothing. */
+static PyObject *Conn_skip_ids(PyObject *op, PyObject *py_next)
+{
+    ConnObject *self = (ConnObject *)op;
+    unsigned long long next;
+    PyObject *res = NULL;
+
+    next = PyLong_AsUnsignedLongLong(py_next);
+    if (next == (unsigned long long)-1 && PyErr_Occurred())
+        goto error;
+    if (self->corr == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_skip_ids: no request table "
+                        "(start_receiver() makes one)");
+        goto error;
+    }
+    pthread_mutex_lock(&self->corr->mu);
+    if (!self->corr->in_order && next > self->corr->next_id)
+        self->corr->next_id = next;
+    pthread_mutex_unlock(&self->corr->mu);
+    res = Py_NewRef(Py_None);
+error:
+    return res;
 }
 
 /* Contract: GIL held; getter: a new reference, or NULL with an
@@ -2260,6 +2292,7 @@ static PyMethodDef Conn_methods[] = {
      METH_FASTCALL | METH_KEYWORDS, Conn_request_async_doc},
     {"_fail_requests", Conn_fail_requests, METH_O, Conn_fail_requests_doc},
     {"_request_stats", Conn_request_stats, METH_NOARGS, Conn_request_stats_doc},
+    {"_skip_ids", Conn_skip_ids, METH_O, Conn_skip_ids_doc},
     {"close", Conn_close, METH_NOARGS, Conn_close_doc},
     {"abort", Conn_abort, METH_NOARGS, Conn_abort_doc},
     {"_query", Conn_query, METH_O, Conn_query_doc},

@@ -504,6 +504,58 @@ error:
     return py_res;
 }
 
+/* Contract: GIL held; a new int or NULL. */
+static PyObject *Book_get_next_id(PyObject *op, void *closure)
+{
+    BookObject *self = (BookObject *)op;
+    PyObject *py_res = NULL;
+    uint64_t n;
+
+    (void)closure;
+    if (book_check(self) < 0)
+        goto error;
+    pthread_mutex_lock(&self->t.mu);
+    n = self->t.next_id;
+    pthread_mutex_unlock(&self->t.mu);
+    py_res = PyLong_FromUnsignedLongLong(n);
+error:
+    return py_res;
+}
+
+/* Contract: GIL held; takes the table's lock.  Correlated books only: the
+ * next id is raised to value, never lowered (a reconnected connection
+ * continues the ids of the one it replaces).  0, or -1 with an
+ * exception set. */
+static int Book_set_next_id(PyObject *op, PyObject *value, void *closure)
+{
+    BookObject *self = (BookObject *)op;
+    unsigned long long next;
+    int rc = -1;
+
+    (void)closure;
+    if (book_check(self) < 0)
+        goto error;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "next_id cannot be deleted");
+        goto error;
+    }
+    next = PyLong_AsUnsignedLongLong(value);
+    if (next == (unsigned long long)-1 && PyErr_Occurred())
+        goto error;
+    if (self->t.in_order) {
+        PyErr_SetString(PyExc_ValueError, "next_id can be set on a correlated "
+                        "book only (an in-order book matches by position)");
+        goto error;
+    }
+    pthread_mutex_lock(&self->t.mu);
+    if (next > self->t.next_id)
+        self->t.next_id = next;
+    pthread_mutex_unlock(&self->t.mu);
+    rc = 0;
+error:
+    return rc;
+}
+
 static PyMethodDef Book_methods[] = {
     {"register", (PyCFunction)(void (*)(void))Book_register,
      METH_FASTCALL | METH_KEYWORDS, Book_register_doc},
@@ -525,6 +577,10 @@ static PyGetSetDef Book_getset[] = {
      "In-order books: replies still to come (pending requests and those "
      "that timed out or were forgotten but were not answered yet); 0 for "
      "correlated books.", NULL},
+    {"next_id", Book_get_next_id, Book_set_next_id,
+     "The id the next request gets; correlated books: setting it raises it "
+     "(never lowers it), so that a reconnected connection never reuses an "
+     "id.", NULL},
     {"in_order", Book_get_in_order, NULL,
      "True for a plain-framing book (replies matched by position).", NULL},
     {"stats", Book_get_stats, NULL,

@@ -61,11 +61,13 @@ from __future__ import annotations
 
 from .._types import Message as Message
 from .connection import Connection, connect
+from .reconnecting import ReconnectingConnection
 from .listener import Listener, listen
 from .server import ConnectionHandler, Handler, Server, serve
 
 __all__ = [
     "Connection",
+    "ReconnectingConnection",
     "Listener",
     "Server",
     "Message",

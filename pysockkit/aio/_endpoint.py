@@ -58,7 +58,7 @@ class Endpoint(Generic[M]):
         "_loop", "_framing", "_hb", "_keepalive", "_initiator", "_on_ready",
         "_proto", "_transport", "_fd", "_dec", "_enc", "_encode", "_corr", "_q",
         "_rx", "_w", "_book", "_beat", "_lost", "_closing", "_closed_fut", "_new_future",
-        "_linger_deadline", "__weakref__",
+        "_linger_deadline", "_on_end", "__weakref__",
     )
 
     def __init__(
@@ -108,6 +108,9 @@ class Endpoint(Generic[M]):
             if type(loop).create_future is asyncio.BaseEventLoop.create_future
             else loop.create_future)
         self._linger_deadline = 0.0
+        # told once, with the error, when the peer ends the connection
+        # (EOF, RST, dead peer): reconnecting connections (reconnecting.py)
+        self._on_end: Optional[Callable[[Error], None]] = None
 
     # --------------------------------------------------------- transport events
 
@@ -156,6 +159,12 @@ class Endpoint(Generic[M]):
         """The receive side is over (bad frame, EOF, EOF mid-frame)."""
         self._book.fail(exc)
         self._rx.fail(exc, pause)
+        self._tell_end()
+
+    def _tell_end(self) -> None:
+        cb, self._on_end = self._on_end, None
+        if cb is not None and self._rx.err is not None:
+            cb(self._rx.err)
 
     def _on_eof(self) -> bool:
         rx = self._rx
@@ -186,6 +195,7 @@ class Endpoint(Generic[M]):
         self._w.fail(err)
         if not self._closed_fut.done():
             self._closed_fut.set_result(None)
+        self._tell_end()
 
     def _peer_died(self, err: PeerDead) -> None:
         """The heartbeat declared the peer dead: fail everything, abort."""

@@ -17,9 +17,9 @@ import errno
 import socket
 import struct
 import termios
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any, Optional, Union, overload
+from typing import TYPE_CHECKING, Any, Optional, Union, overload
 
 from .._errors import ConnectionClosed, Error, Timeout
 from .._net import AddressLike, check_timeout, format_address, parse_address
@@ -27,6 +27,14 @@ from .._types import Framing, Heartbeat, Keepalive, M
 from .._wire import ID_MASK, ID_REPLY, error_id
 from ._endpoint import DEFAULT_FRAMING, DEFAULT_RECV_LIMIT, DEFAULT_SEND_LIMIT, Endpoint
 from ._transport import ioctl_int, sockopt
+from .._reconnect import ConnectionEvent, Reconnect
+
+if TYPE_CHECKING:
+    from .reconnecting import ReconnectingConnection
+
+# aio.connect(..., reconnect=): reconnecting.connect_reconnecting, registered
+# by reconnecting.py when pysockkit.aio is imported (it builds on this module)
+_reconnecting: "Optional[Callable[..., Awaitable[ReconnectingConnection[Any]]]]" = None
 
 __all__ = ["Connection", "connect"]
 
@@ -506,12 +514,27 @@ class Connection(Endpoint[M]):
 @overload
 async def connect(addr: AddressLike, *, framing: None = None, heartbeat: Optional[Heartbeat] = None,
                   keepalive: Optional[Keepalive] = None, timeout: Optional[float] = None,
-                  recv_limit: int = ..., send_limit: int = ...) -> Connection[bytes]: ...
+                  recv_limit: int = ..., send_limit: int = ..., reconnect: None = None,
+                  on_event: None = None) -> Connection[bytes]: ...
 @overload
 async def connect(addr: AddressLike, *, framing: "Framing[M]",
                   heartbeat: Optional[Heartbeat] = None, keepalive: Optional[Keepalive] = None,
                   timeout: Optional[float] = None, recv_limit: int = ...,
-                  send_limit: int = ...) -> Connection[M]: ...
+                  send_limit: int = ..., reconnect: None = None,
+                  on_event: None = None) -> Connection[M]: ...
+@overload
+async def connect(addr: AddressLike, *, framing: None = None, heartbeat: Optional[Heartbeat] = None,
+                  keepalive: Optional[Keepalive] = None, timeout: Optional[float] = None,
+                  recv_limit: int = ..., send_limit: int = ..., reconnect: Reconnect,
+                  on_event: Optional[Callable[[ConnectionEvent], Any]] = None,
+                  ) -> ReconnectingConnection[bytes]: ...
+@overload
+async def connect(addr: AddressLike, *, framing: "Framing[M]",
+                  heartbeat: Optional[Heartbeat] = None, keepalive: Optional[Keepalive] = None,
+                  timeout: Optional[float] = None, recv_limit: int = ...,
+                  send_limit: int = ..., reconnect: Reconnect,
+                  on_event: Optional[Callable[[ConnectionEvent], Any]] = None,
+                  ) -> ReconnectingConnection[M]: ...
 
 
 async def connect(
@@ -523,7 +546,9 @@ async def connect(
     timeout: Optional[float] = None,
     recv_limit: int = DEFAULT_RECV_LIMIT,
     send_limit: int = DEFAULT_SEND_LIMIT,
-) -> "Connection[Any]":
+    reconnect: Optional[Reconnect] = None,
+    on_event: Optional[Callable[[ConnectionEvent], Any]] = None,
+) -> "Union[Connection[Any], ReconnectingConnection[Any]]":
     """Connect to ``addr`` and return an :class:`aio.Connection`.
 
     ``addr``, ``timeout``, ``framing``/``heartbeat``/``keepalive`` as for
@@ -537,10 +562,22 @@ async def connect(
     (``Connection[bytes]`` to type checkers), ``bytes`` or ``(id,
     payload)`` with ``Framing(correlation=True)`` (``Connection[aio.Message]``).
 
+    With ``reconnect=sk.Reconnect(...)`` it returns an
+    :class:`aio.ReconnectingConnection` that reconnects by itself
+    (docs/reconnect.md; ``on_event`` gets its lifecycle events).
+
     Example::
 
         conn = await aio.connect(("127.0.0.1", 9000), timeout=5.0)
     """
+    if reconnect is not None:
+        assert _reconnecting is not None  # pysockkit/aio/__init__.py imports reconnecting
+        return await _reconnecting(
+            addr, timeout, framing or DEFAULT_FRAMING, heartbeat, keepalive,
+            {"recv_limit": recv_limit, "send_limit": send_limit}, reconnect, on_event)
+    if on_event is not None:
+        raise TypeError("connect: on_event= needs reconnect=sk.Reconnect(...): a plain "
+                        "connection has no lifecycle events")
     host, port = parse_address(addr)
     timeout = check_timeout(timeout)
     where = format_address((host, port))

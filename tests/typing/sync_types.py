@@ -54,3 +54,19 @@ def callers(addr: sk.Address) -> None:
     any_connection(sk.connect(addr, framing=sk.Framing(correlation=True)))
     flag = bool(addr)
     reveal_type(sk.Framing(correlation=flag))  # R: pysockkit._types.Framing[bytes | tuple[int, bytes]]
+
+
+def reconnecting(addr: sk.Address) -> None:
+    """reconnect= gives a ReconnectingConnection of the framing's type."""
+    with sk.connect(addr, timeout=1.0, reconnect=sk.Reconnect(initial=0.1)) as conn:
+        reveal_type(conn)  # R: pysockkit._redial.ReconnectingConnection[bytes]
+        reply: bytes = conn.request(b"ping", timeout=1.0)
+        first: bytes = conn.recv(timeout=1.0)
+        n: int = conn.reconnects
+        for ev in conn.events(wait=False):
+            kind: str = ev.kind
+    fr = sk.Framing(correlation=True)
+    with sk.connect(addr, framing=fr, reconnect=sk.Reconnect(), on_event=print) as cconn:
+        msg = cconn.recv(timeout=1.0)
+        reveal_type(msg)  # R: bytes | tuple[int, bytes]
+    del reply, first, n, kind
