@@ -33,7 +33,6 @@ from . import _core
 from ._enums import TcpState, kernel_state
 from ._errors import Error
 from ._net import format_address
-from ._types import Framing
 from ._watch import _tuple_arg
 
 
@@ -42,7 +41,6 @@ __all__ = [
     "TcpOptions",
     "Segment",
     "CaptureNotPermitted",
-    "record",
 ]
 
 # The Capture and Watcher types (csrc/binding/capture.c, watch.c) are

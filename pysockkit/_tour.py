@@ -198,8 +198,6 @@ STEPS.append(step_state_lab)
 
 def step_modes() -> None:
     """The three message modes side by side, each doing 2000 requests."""
-    import threading
-
     from . import simplex
     from ._wire import reply_id
     from ._errors import Error
