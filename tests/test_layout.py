@@ -111,3 +111,15 @@ def test_no_import_cycles() -> None:
         if m not in state:
             visit(m)
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_c_files_have_no_call_cycles_and_keep_their_layers() -> None:
+    """tests/c/layers.py: the call graph between csrc/ files (from nm) has
+    no cycle, core/ calls only core/, testkit/ only core/ and testkit/, and
+    no binding file calls up into binding/module.c."""
+    script = Path(__file__).resolve().parent / "c" / "layers.py"
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.endswith("0 cycles, 0 layering breaks"), last
