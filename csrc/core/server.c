@@ -25,6 +25,7 @@
 #define SK_SRV_LISTEN_TAG (UINT64_MAX - 1)
 #define SK_SRV_ACCEPTS 256                /* accepts per turn, at most */
 #define SK_SRV_ACCEPT_PAUSE_NS 50000000LL /* after EMFILE and the like */
+#define SK_SRV_LOST_RETRY_NS 1000000LL  /* an unreported end: retry after */
 #define SK_SRV_INFLIGHT_MAX 1024          /* messages of one client in flight */
 #define SK_SRV_STACK (256 * 1024)
 
@@ -70,6 +71,9 @@ typedef struct sk_srv_client {
     int64_t deadline;
     struct sk_srv_client *tprev, *tnext;
     struct sk_srv_client *dnext;
+    struct sk_srv_client *lnext; /* on the unreported list (ended, its end
+                                    event not queued yet: out of memory) */
+    int lost_kind;
     int dirty;
     int port;
     char host[48];
@@ -107,6 +111,7 @@ struct sk_srv {
     uint64_t live; /* open or draining: counted against max_conns */
     sk_srv_tlist rlist, wlist;
     sk_srv_client *dirty;
+    sk_srv_client *lost; /* ends whose event could not be queued yet */
     sk_srv_batch *cur;
     int64_t accept_resume; /* 0: accepting */
     sk_srv_stats st;
@@ -156,18 +161,20 @@ done:
     return rc;
 }
 
-/* Contract: reactor thread; adds an event to this turn's batch (dropped
- * when out of memory: nothing else can be done for it). */
-static void sk_srv_event_add(sk_srv *s, uint64_t cid, int kind,
-                             const sk_srv_client *cl, const sk_err *err)
+/* Contract: reactor thread; adds an event to this turn's batch.  0, or -1
+ * when out of memory (nothing added: the caller keeps it, see
+ * sk_srv_finish). */
+static int sk_srv_event_add(sk_srv *s, uint64_t cid, int kind,
+                            const sk_srv_client *cl, const sk_err *err)
 {
     sk_srv_batch *b = sk_srv_cur(s);
     sk_srv_event *e;
+    int rc = -1;
 
     if (b == NULL ||
         sk_srv_grow((void **)&b->events, &b->events_cap, b->nevents,
                     sizeof(sk_srv_event)) != 0)
-        return;
+        goto done;
     e = &b->events[b->nevents++];
     memset(e, 0, sizeof(*e));
     e->cid = cid;
@@ -177,6 +184,24 @@ static void sk_srv_event_add(sk_srv *s, uint64_t cid, int kind,
         memcpy(e->host, cl->host, sizeof(e->host));
     if (err != NULL)
         e->err = *err;
+    rc = 0;
+done:
+    return rc;
+}
+
+/* Contract: reactor thread; queues the end events that could not be
+ * queued when their client ended (out of memory then), oldest first, as
+ * far as memory allows now: each ended client is reported once, late
+ * rather than never, so that its owner records it and frees its slot. */
+static void sk_srv_report_lost(sk_srv *s)
+{
+    sk_srv_client *cl;
+
+    while ((cl = s->lost) != NULL &&
+           sk_srv_event_add(s, cl->cid, cl->lost_kind, cl, &cl->end) == 0) {
+        s->lost = cl->lnext;
+        cl->lnext = NULL;
+    }
 }
 
 /* Contract: reactor thread; queues this turn's batch for the handler
@@ -319,7 +344,19 @@ static void sk_srv_finish(sk_srv *s, sk_srv_client *cl, int kind,
     sk_srv_free_held(cl);
     cl->state = SK_CL_ZOMBIE;
     s->live--;
-    sk_srv_event_add(s, cl->cid, kind, cl, &err);
+    if (s->lost != NULL ||
+        sk_srv_event_add(s, cl->cid, kind, cl, &err) != 0) {
+        /* out of memory for the event: the client stays on the unreported
+         * list (FIFO) until sk_srv_report_lost queues it */
+        sk_srv_client **tail = &s->lost;
+
+        while (*tail != NULL)
+            tail = &(*tail)->lnext;
+        cl->end = err;
+        cl->lost_kind = kind;
+        cl->lnext = NULL;
+        *tail = cl;
+    }
 }
 
 /* Contract: reactor thread; bytes the client holds in the server. */
@@ -642,7 +679,7 @@ static void sk_srv_accept(sk_srv *s, int64_t now)
              * later, rather than spinning on a listener that stays
              * readable */
             sk_err_sys(&err, "accept4", errno);
-            sk_srv_event_add(s, 0, SK_SRV_FAILED, NULL, &err);
+            (void)sk_srv_event_add(s, 0, SK_SRV_FAILED, NULL, &err);
             ev.events = 0;
             ev.data.u64 = SK_SRV_LISTEN_TAG;
             epoll_ctl(s->ep, EPOLL_CTL_MOD, s->cfg.listen_fd, &ev);
@@ -652,11 +689,12 @@ static void sk_srv_accept(sk_srv *s, int64_t now)
         if (s->cfg.max_conns > 0 && s->live >= s->cfg.max_conns) {
             sk_abort(fd, &err); /* RST: the client learns at once */
             s->st.rejected++;
-            sk_srv_event_add(s, 0, SK_SRV_REJECTED, NULL, NULL);
+            /* out of memory: the event is lost, st.rejected counts it */
+            (void)sk_srv_event_add(s, 0, SK_SRV_REJECTED, NULL, NULL);
             continue;
         }
         if (sk_srv_add(s, fd, &ss, now, &err) != SK_OK)
-            sk_srv_event_add(s, 0, SK_SRV_FAILED, NULL, &err);
+            (void)sk_srv_event_add(s, 0, SK_SRV_FAILED, NULL, &err);
     }
 }
 
@@ -939,6 +977,11 @@ static int64_t sk_srv_next_deadline(const sk_srv *s)
         d = s->wlist.head->deadline;
     if (s->accept_resume != 0 && (d == SK_NO_DEADLINE || s->accept_resume < d))
         d = s->accept_resume;
+    if (s->lost != NULL) { /* retry the unreported ends soon */
+        int64_t retry = sk_now_ns() + SK_SRV_LOST_RETRY_NS;
+        if (d == SK_NO_DEADLINE || retry < d)
+            d = retry;
+    }
     return d;
 }
 
@@ -1004,6 +1047,7 @@ static void *sk_srv_main(void *arg)
         }
         sk_srv_commands(s, now);
         sk_srv_expire(s, now);
+        sk_srv_report_lost(s);
         sk_srv_publish(s);
     }
     /* stopped: every client is closed and reported */
@@ -1013,6 +1057,7 @@ static void *sk_srv_main(void *arg)
     for (i = 0; i < s->nslots; i++)
         if (s->slots[i] != NULL && s->slots[i]->state != SK_CL_ZOMBIE)
             sk_srv_finish(s, s->slots[i], SK_SRV_STOPPED, &err, 0);
+    sk_srv_report_lost(s);
     sk_srv_publish(s);
     pthread_mutex_lock(&s->mu);
     s->done = 1;
