@@ -195,7 +195,8 @@ class Server(ServerRecords):
         self._core = _core.Server(
             listener.fileno(), f.header_size, f.byteorder, f.max_frame, f.correlation,
             read_timeout or 0.0, write_timeout or 0.0, max_connections or 0,
-            hb.interval if hb is not None else 0.0, hb.timeout if hb is not None else 0.0)
+            hb.interval if hb is not None else 0.0, hb.timeout if hb is not None else 0.0,
+            keepalive=ka._args() if (ka := listener._keepalive) is not None else None)
         for i in range(workers):
             t = threading.Thread(target=self._work, name=f"pysockkit-handler-{i}", daemon=True)
             self._threads.add(t)

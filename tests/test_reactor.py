@@ -255,6 +255,53 @@ def test_heartbeats_are_answered_and_a_silent_client_is_dropped() -> None:
     assert srv.exits.peer_dead == 1 and srv.exits.closed == 1
 
 
+def server_side(srv_addr: tuple[str, int], peer: tuple[str, int]) -> socket.socket:
+    """A duplicate of this process's socket that serves ``peer`` on
+    ``srv_addr`` (the reactor's fd, found in /proc/self/fd)."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            s = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue
+        try:
+            if s.type == socket.SOCK_STREAM and s.getsockname() == srv_addr \
+                    and s.getpeername() == peer:
+                return s
+        except OSError:
+            pass
+        s.close()
+    raise AssertionError(f"no server-side socket for {peer}")
+
+
+def test_the_listeners_keepalive_is_applied_to_each_client() -> None:
+    """sk.Server(sk.listen(..., keepalive=K)): every accepted client gets
+    SO_KEEPALIVE, TCP_KEEPIDLE/KEEPINTVL/KEEPCNT and TCP_USER_TIMEOUT from
+    K, read back with getsockopt on the reactor's socket."""
+    ka = sk.Keepalive(idle=7, interval=3, count=4, user_timeout=9.5)
+    with sk.Server(sk.listen(LOCAL, keepalive=ka), lambda m: m) as srv:
+        with sk.connect(srv.address, timeout=STEP) as conn:
+            assert conn.request(b"k", timeout=STEP) == b"k"  # accepted, served
+            mine = conn.local_address
+            s = server_side(srv.address, (mine[0], mine[1]))
+            try:
+                assert s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 7
+                assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 3
+                assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 4
+                assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 9500
+            finally:
+                s.close()
+    with sk.serve(LOCAL) as plain:  # no Keepalive: the system default (off)
+        with sk.connect(plain.address, timeout=STEP) as conn:
+            assert conn.request(b"k", timeout=STEP) == b"k"
+            mine = conn.local_address
+            s = server_side(plain.address, (mine[0], mine[1]))
+            try:
+                assert s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
+            finally:
+                s.close()
+
+
 # ------------------------------------------------------------ limits, close
 
 

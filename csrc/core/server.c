@@ -611,6 +611,11 @@ static int sk_srv_add(sk_srv *s, int fd, const struct sockaddr_storage *ss,
 
     if (sk_set_nodelay(fd, err) != SK_OK)
         goto error;
+    if (s->cfg.keepalive &&
+        sk_set_keepalive(fd, s->cfg.ka_idle_s, s->cfg.ka_interval_s,
+                         s->cfg.ka_count, s->cfg.ka_user_timeout_ms,
+                         err) != SK_OK)
+        goto error;
     cl = sk_calloc(1, sizeof(*cl));
     idx = cl != NULL ? sk_srv_slot(s) : -1;
     if (idx < 0) {

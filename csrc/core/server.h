@@ -62,6 +62,9 @@ typedef struct sk_srv_config {
     sk_hub *hub;             /* the hub for heartbeats (or NULL when off) */
     uint64_t max_conns;      /* 0: no cap */
     size_t out_cap;          /* 0: SK_SRV_OUT_CAP */
+    int keepalive;           /* nonzero: each client gets sk_set_keepalive
+                                (sock.h) with the four values below */
+    int ka_idle_s, ka_interval_s, ka_count, ka_user_timeout_ms;
 } sk_srv_config;
 
 /* One message of a batch: its payload is data[off .. off + len) of the
