@@ -133,6 +133,37 @@ def test_batches_keep_each_clients_replies_in_order(workers: int) -> None:
     assert srv.served == 900 and srv.exits.closed == 3
 
 
+def test_a_reply_the_handler_thread_writes_itself_is_whole_and_in_order() -> None:
+    """One request in flight on plain framing: the handler thread writes
+    the reply itself (no reactor hop).  A 6 MiB reply that the socket
+    cannot take at once leaves its tail to the reactor, and the reply to a
+    request pipelined behind it (answered the usual way) still comes after
+    it, both intact; a client that sends and closes gets its reply too."""
+    big = bytes(range(256)) * (6 * 4096)
+    with sk.serve(LOCAL, lambda m: big if m == b"big" else m.upper()) as srv:
+        s = raw(srv.address)
+        try:
+            s.sendall(encode(b"big"))
+            time.sleep(scaled(0.05))  # the big reply is on its way, cut short
+            s.sendall(encode(b"next"))
+            assert recv_frame(s, timeout=STEP) == big
+            assert recv_frame(s, timeout=STEP) == b"NEXT"
+            for i in range(50):  # one at a time: each written directly
+                s.sendall(encode(b"r%d" % i))
+                assert recv_frame(s, timeout=STEP) == b"R%d" % i
+        finally:
+            s.close()
+        t = raw(srv.address)
+        try:
+            t.sendall(encode(b"last"))
+            t.shutdown(socket.SHUT_WR)
+            assert recv_frame(t, timeout=STEP) == b"LAST"
+        finally:
+            t.close()
+        assert wait_until(lambda: srv.exits.total == 2, STEP), srv.exits
+    assert srv.served == 53 and srv.exits.closed == 2 and srv.errors == []
+
+
 def test_correlated_replies_leave_by_id_not_behind_a_slow_one() -> None:
     """workers=2, correlation: a request whose handler blocks does not hold
     back the replies to the requests sent after it on the same connection;
