@@ -150,7 +150,9 @@ class Server(ServerRecords):
     A timed-out client is aborted (RST) and its ``sk.Timeout`` is
     recorded; ``rejected`` counts the clients turned away by the cap.  A
     client whose requests in progress and unsent replies exceed 1 MiB is
-    not read until they drain, so memory per client stays bounded.
+    not read until they drain, so memory per client stays bounded.  The
+    listener's ``keepalive`` (``sk.listen(..., keepalive=)``) is set on
+    every client it accepts.
 
     Example::
 

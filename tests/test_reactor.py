@@ -467,6 +467,27 @@ def test_processes_share_the_port_and_a_killed_worker_is_restarted() -> None:
     assert srv.served == calls and srv.exits.closed == calls
 
 
+def test_a_killed_workers_records_are_kept_as_last_reported() -> None:
+    """processes=2: the parent asks the workers for their records every
+    second on its own, so calls made since ``served`` was last read are not
+    lost with a worker killed later: nothing here reads the records before
+    both workers are killed, and every call is still counted."""
+    from pysockkit._workers import ProcessServer
+
+    with sk.serve(LOCAL, lambda m: m, processes=2) as srv:
+        assert isinstance(srv, ProcessServer)
+        first = srv.pids
+        for _ in range(20):
+            assert sk.call(srv.address, b"x", timeout=STEP) == b"x"
+        # the periodic report reached the parent (read without asking)
+        assert wait_until(lambda: sum(w.last[0] for w in srv._workers) == 20, STEP)
+        for pid in first:
+            os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: not set(srv.pids) & set(first), STEP), srv.pids
+        assert srv.served == 20
+        assert len(srv.errors) == 2
+
+
 def test_any_bytes_like_reply_is_sent() -> None:
     """bytearray, memoryview, and a memoryview that is not contiguous: each
     goes back as the bytes it holds (and the worker thread goes on)."""
