@@ -150,7 +150,9 @@ class Server(ServerRecords):
     A timed-out client is aborted (RST) and its ``sk.Timeout`` is
     recorded; ``rejected`` counts the clients turned away by the cap.  A
     client whose requests in progress and unsent replies exceed 1 MiB is
-    not read until they drain, so memory per client stays bounded.
+    not read until they drain, so memory per client stays bounded.  The
+    listener's ``keepalive`` (``sk.listen(..., keepalive=)``) is set on
+    every client it accepts.
 
     Example::
 
@@ -195,7 +197,8 @@ class Server(ServerRecords):
         self._core = _core.Server(
             listener.fileno(), f.header_size, f.byteorder, f.max_frame, f.correlation,
             read_timeout or 0.0, write_timeout or 0.0, max_connections or 0,
-            hb.interval if hb is not None else 0.0, hb.timeout if hb is not None else 0.0)
+            hb.interval if hb is not None else 0.0, hb.timeout if hb is not None else 0.0,
+            keepalive=ka._args() if (ka := listener._keepalive) is not None else None)
         for i in range(workers):
             t = threading.Thread(target=self._work, name=f"pysockkit-handler-{i}", daemon=True)
             self._threads.add(t)

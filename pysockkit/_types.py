@@ -239,8 +239,13 @@ class Keepalive:
         """
         from . import _core
 
+        _core.set_keepalive(fd, *self._args())
+
+    def _args(self) -> "tuple[int, int, int, int]":
+        """(idle, interval, count, user_timeout_ms) as the core takes them:
+        0 (or -1 for the user timeout) leaves the system default."""
         uto = -1 if self.user_timeout is None else int(self.user_timeout * 1000)
-        _core.set_keepalive(fd, self.idle or 0, self.interval or 0, self.count or 0, uto)
+        return (self.idle or 0, self.interval or 0, self.count or 0, uto)
 
 
 @dataclass(frozen=True, slots=True)

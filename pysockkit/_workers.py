@@ -29,6 +29,7 @@ from ._server import Handler, Server
 from ._types import Framing, Heartbeat
 
 _WATCH = 0.05  # how often the parent looks for dead workers, in seconds
+_REFRESH = 1.0  # how often it asks the workers for their records, in seconds
 _ASK = 5.0  # how long the parent waits for a worker's records, at most
 
 
@@ -98,7 +99,7 @@ class ProcessServer(Server):
     N worker processes, each with its own reactor, on one port.
 
     ``served``, ``exits`` and ``errors`` sum the workers' records (asked
-    for on each read); a worker that dies is restarted, and its death is
+    for on each read, and every second); a worker that dies is restarted, and its death is
     in ``errors`` (an ``sk.Error`` naming the worker, its pid and how it
     ended), as are the records it had when last asked.  ``close()`` stops
     every worker (SIGKILL for one that does not end in ``timeout``).
@@ -201,8 +202,19 @@ class ProcessServer(Server):
         return f"exit status {os.waitstatus_to_exitcode(status)}"
 
     def _watch(self) -> None:
-        """Restart a worker that died; record its death."""
+        """Restart a worker that died; record its death.  Every _REFRESH
+        seconds ask each worker for its records, so that a worker killed
+        takes at most that much of them with it."""
+        refresh = time.monotonic() + _REFRESH
         while not self._stop.wait(_WATCH):
+            if time.monotonic() >= refresh:
+                with self._ask:
+                    with self._plock:
+                        workers = list(self._workers)
+                    for w in workers:
+                        if not self._stop.is_set():
+                            self._ask_worker(w, "records")
+                refresh = time.monotonic() + _REFRESH
             for i, w in enumerate(list(self._workers)):
                 pid, status = os.waitpid(w.pid, os.WNOHANG)
                 if not pid or self._stop.is_set():

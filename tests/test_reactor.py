@@ -133,6 +133,37 @@ def test_batches_keep_each_clients_replies_in_order(workers: int) -> None:
     assert srv.served == 900 and srv.exits.closed == 3
 
 
+def test_a_reply_the_handler_thread_writes_itself_is_whole_and_in_order() -> None:
+    """One request in flight on plain framing: the handler thread writes
+    the reply itself (no reactor hop).  A 6 MiB reply that the socket
+    cannot take at once leaves its tail to the reactor, and the reply to a
+    request pipelined behind it (answered the usual way) still comes after
+    it, both intact; a client that sends and closes gets its reply too."""
+    big = bytes(range(256)) * (6 * 4096)
+    with sk.serve(LOCAL, lambda m: big if m == b"big" else m.upper()) as srv:
+        s = raw(srv.address)
+        try:
+            s.sendall(encode(b"big"))
+            time.sleep(scaled(0.05))  # the big reply is on its way, cut short
+            s.sendall(encode(b"next"))
+            assert recv_frame(s, timeout=STEP) == big
+            assert recv_frame(s, timeout=STEP) == b"NEXT"
+            for i in range(50):  # one at a time: each written directly
+                s.sendall(encode(b"r%d" % i))
+                assert recv_frame(s, timeout=STEP) == b"R%d" % i
+        finally:
+            s.close()
+        t = raw(srv.address)
+        try:
+            t.sendall(encode(b"last"))
+            t.shutdown(socket.SHUT_WR)
+            assert recv_frame(t, timeout=STEP) == b"LAST"
+        finally:
+            t.close()
+        assert wait_until(lambda: srv.exits.total == 2, STEP), srv.exits
+    assert srv.served == 53 and srv.exits.closed == 2 and srv.errors == []
+
+
 def test_correlated_replies_leave_by_id_not_behind_a_slow_one() -> None:
     """workers=2, correlation: a request whose handler blocks does not hold
     back the replies to the requests sent after it on the same connection;
@@ -253,6 +284,53 @@ def test_heartbeats_are_answered_and_a_silent_client_is_dropped() -> None:
         assert wait_until(lambda: srv.exits.total == 2, STEP), srv.exits
     assert [type(e) for e in srv.errors] == [sk.PeerDead]
     assert srv.exits.peer_dead == 1 and srv.exits.closed == 1
+
+
+def server_side(srv_addr: tuple[str, int], peer: tuple[str, int]) -> socket.socket:
+    """A duplicate of this process's socket that serves ``peer`` on
+    ``srv_addr`` (the reactor's fd, found in /proc/self/fd)."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            s = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue
+        try:
+            if s.type == socket.SOCK_STREAM and s.getsockname() == srv_addr \
+                    and s.getpeername() == peer:
+                return s
+        except OSError:
+            pass
+        s.close()
+    raise AssertionError(f"no server-side socket for {peer}")
+
+
+def test_the_listeners_keepalive_is_applied_to_each_client() -> None:
+    """sk.Server(sk.listen(..., keepalive=K)): every accepted client gets
+    SO_KEEPALIVE, TCP_KEEPIDLE/KEEPINTVL/KEEPCNT and TCP_USER_TIMEOUT from
+    K, read back with getsockopt on the reactor's socket."""
+    ka = sk.Keepalive(idle=7, interval=3, count=4, user_timeout=9.5)
+    with sk.Server(sk.listen(LOCAL, keepalive=ka), lambda m: m) as srv:
+        with sk.connect(srv.address, timeout=STEP) as conn:
+            assert conn.request(b"k", timeout=STEP) == b"k"  # accepted, served
+            mine = conn.local_address
+            s = server_side(srv.address, (mine[0], mine[1]))
+            try:
+                assert s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 7
+                assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 3
+                assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 4
+                assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 9500
+            finally:
+                s.close()
+    with sk.serve(LOCAL) as plain:  # no Keepalive: the system default (off)
+        with sk.connect(plain.address, timeout=STEP) as conn:
+            assert conn.request(b"k", timeout=STEP) == b"k"
+            mine = conn.local_address
+            s = server_side(plain.address, (mine[0], mine[1]))
+            try:
+                assert s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
+            finally:
+                s.close()
 
 
 # ------------------------------------------------------------ limits, close
@@ -387,6 +465,27 @@ def test_processes_share_the_port_and_a_killed_worker_is_restarted() -> None:
             os.kill(pid, 0)  # ended and reaped
     # every call is counted once: the killed worker's as last asked
     assert srv.served == calls and srv.exits.closed == calls
+
+
+def test_a_killed_workers_records_are_kept_as_last_reported() -> None:
+    """processes=2: the parent asks the workers for their records every
+    second on its own, so calls made since ``served`` was last read are not
+    lost with a worker killed later: nothing here reads the records before
+    both workers are killed, and every call is still counted."""
+    from pysockkit._workers import ProcessServer
+
+    with sk.serve(LOCAL, lambda m: m, processes=2) as srv:
+        assert isinstance(srv, ProcessServer)
+        first = srv.pids
+        for _ in range(20):
+            assert sk.call(srv.address, b"x", timeout=STEP) == b"x"
+        # the periodic report reached the parent (read without asking)
+        assert wait_until(lambda: sum(w.last[0] for w in srv._workers) == 20, STEP)
+        for pid in first:
+            os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: not set(srv.pids) & set(first), STEP), srv.pids
+        assert srv.served == 20
+        assert len(srv.errors) == 2
 
 
 def test_any_bytes_like_reply_is_sent() -> None:

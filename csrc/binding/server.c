@@ -94,13 +94,13 @@ static int Server_init(PyObject *op, PyObject *args, PyObject *kwds)
                 kw_id[] = "correlation", kw_rt[] = "read_timeout",
                 kw_wt[] = "write_timeout", kw_mc[] = "max_connections",
                 kw_hi[] = "hb_interval", kw_ht[] = "hb_timeout",
-                kw_oc[] = "out_cap";
+                kw_oc[] = "out_cap", kw_ka[] = "keepalive";
     static char *kwlist[] = {kw_fd, kw_hs, kw_bo, kw_mf, kw_id, kw_rt, kw_wt,
-                             kw_mc, kw_hi, kw_ht, kw_oc, NULL};
+                             kw_mc, kw_hi, kw_ht, kw_oc, kw_ka, NULL};
     ServerObject *self = (ServerObject *)op;
     int fd, header_size, correlation;
     const char *byteorder;
-    PyObject *py_max, *py_fargs = NULL;
+    PyObject *py_max, *py_fargs = NULL, *py_ka = Py_None;
     double rt = 0, wt = 0, hbi = 0, hbt = 0;
     unsigned long long max_conns = 0;
     Py_ssize_t out_cap = 0;
@@ -112,12 +112,21 @@ static int Server_init(PyObject *op, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_RuntimeError, "Server is already running");
         goto done;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iisOp|ddKddn", kwlist, &fd,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iisOp|ddKddnO", kwlist, &fd,
                                      &header_size, &byteorder, &py_max,
                                      &correlation, &rt, &wt, &max_conns, &hbi,
-                                     &hbt, &out_cap))
+                                     &hbt, &out_cap, &py_ka))
         goto done;
     memset(&cfg, 0, sizeof(cfg));
+    /* keepalive: None, or (idle_s, interval_s, count, user_timeout_ms) as
+     * sk_set_keepalive takes them */
+    if (py_ka != Py_None) {
+        if (!PyArg_ParseTuple(py_ka, "iiii:keepalive", &cfg.ka_idle_s,
+                              &cfg.ka_interval_s, &cfg.ka_count,
+                              &cfg.ka_user_timeout_ms))
+            goto done;
+        cfg.keepalive = 1;
+    }
     py_fargs = Py_BuildValue("(isOOO)", header_size, byteorder, py_max,
                              hbi > 0 ? Py_True : Py_False,
                              correlation ? Py_True : Py_False);

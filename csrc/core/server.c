@@ -11,6 +11,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -25,16 +26,25 @@
 #define SK_SRV_LISTEN_TAG (UINT64_MAX - 1)
 #define SK_SRV_ACCEPTS 256                /* accepts per turn, at most */
 #define SK_SRV_ACCEPT_PAUSE_NS 50000000LL /* after EMFILE and the like */
+#define SK_SRV_LOST_RETRY_NS 1000000LL  /* an unreported end: retry after */
 #define SK_SRV_INFLIGHT_MAX 1024          /* messages of one client in flight */
 #define SK_SRV_STACK (256 * 1024)
 
 /* A ticket (what a message carries to the handler and its answer back):
  * the plain sequence number in the high half (0: correlated), the request's
- * length (clamped) in the low half, so that the answer gives both back. */
+ * length (clamped to 31 bits) in the low bits, so that the answer gives both
+ * back, and bit 31: SK_SRV_TICKET_DIRECT, the handler thread may write the
+ * reply itself (see sk_srv_direct). */
 #define SK_SRV_TICKET(seq, len)                                               \
-    (((uint64_t)(seq) << 32) | ((len) > 0xffffffffu ? 0xffffffffu : (len)))
+    (((uint64_t)(seq) << 32) | ((len) > 0x7fffffffu ? 0x7fffffffu : (len)))
 #define SK_SRV_TICKET_SEQ(t) ((uint32_t)((t) >> 32))
-#define SK_SRV_TICKET_LEN(t) ((size_t)((t) & 0xffffffffu))
+#define SK_SRV_TICKET_LEN(t) ((size_t)((t) & 0x7fffffffu))
+#define SK_SRV_TICKET_DIRECT (1ull << 31)
+
+/* An answer kind inside the server: the handler thread wrote the reply
+ * itself; base/len is the tail the socket did not take (often none). */
+#define SK_SRV_SENT 16
+#define SK_SRV_MAX_HEADER 8 /* header_size is 1, 2, 4 or 8 */
 
 enum {
     SK_CL_OPEN = 1,   /* reading and answering */
@@ -70,6 +80,12 @@ typedef struct sk_srv_client {
     int64_t deadline;
     struct sk_srv_client *tprev, *tnext;
     struct sk_srv_client *dnext;
+    struct sk_srv_client *lnext; /* on the unreported list (ended, its end
+                                    event not queued yet: out of memory) */
+    int lost_kind;
+    int gone; /* its socket is being closed: set under sk_srv.mu; then
+                 sk_srv_finish waits for c.send_mu, which a handler thread
+                 holds while it writes a direct reply */
     int dirty;
     int port;
     char host[48];
@@ -107,8 +123,10 @@ struct sk_srv {
     uint64_t live; /* open or draining: counted against max_conns */
     sk_srv_tlist rlist, wlist;
     sk_srv_client *dirty;
+    sk_srv_client *lost; /* ends whose event could not be queued yet */
     sk_srv_batch *cur;
     int64_t accept_resume; /* 0: accepting */
+    int direct_ok; /* plain framing, no heartbeats: see SK_SRV_TICKET_DIRECT */
     sk_srv_stats st;
 };
 
@@ -156,18 +174,20 @@ done:
     return rc;
 }
 
-/* Contract: reactor thread; adds an event to this turn's batch (dropped
- * when out of memory: nothing else can be done for it). */
-static void sk_srv_event_add(sk_srv *s, uint64_t cid, int kind,
-                             const sk_srv_client *cl, const sk_err *err)
+/* Contract: reactor thread; adds an event to this turn's batch.  0, or -1
+ * when out of memory (nothing added: the caller keeps it, see
+ * sk_srv_finish). */
+static int sk_srv_event_add(sk_srv *s, uint64_t cid, int kind,
+                            const sk_srv_client *cl, const sk_err *err)
 {
     sk_srv_batch *b = sk_srv_cur(s);
     sk_srv_event *e;
+    int rc = -1;
 
     if (b == NULL ||
         sk_srv_grow((void **)&b->events, &b->events_cap, b->nevents,
                     sizeof(sk_srv_event)) != 0)
-        return;
+        goto done;
     e = &b->events[b->nevents++];
     memset(e, 0, sizeof(*e));
     e->cid = cid;
@@ -177,6 +197,24 @@ static void sk_srv_event_add(sk_srv *s, uint64_t cid, int kind,
         memcpy(e->host, cl->host, sizeof(e->host));
     if (err != NULL)
         e->err = *err;
+    rc = 0;
+done:
+    return rc;
+}
+
+/* Contract: reactor thread; queues the end events that could not be
+ * queued when their client ended (out of memory then), oldest first, as
+ * far as memory allows now: each ended client is reported once, late
+ * rather than never, so that its owner records it and frees its slot. */
+static void sk_srv_report_lost(sk_srv *s)
+{
+    sk_srv_client *cl;
+
+    while ((cl = s->lost) != NULL &&
+           sk_srv_event_add(s, cl->cid, cl->lost_kind, cl, &cl->end) == 0) {
+        s->lost = cl->lnext;
+        cl->lnext = NULL;
+    }
 }
 
 /* Contract: reactor thread; queues this turn's batch for the handler
@@ -271,6 +309,15 @@ static sk_srv_client *sk_srv_lookup(sk_srv *s, uint64_t cid)
     return cl;
 }
 
+/* Contract: reactor thread; cl's state leaves SK_CL_OPEN (under s->mu:
+ * sk_srv_push reads it to decide whether the reactor must wake). */
+static void sk_srv_set_state(sk_srv *s, sk_srv_client *cl, int state)
+{
+    pthread_mutex_lock(&s->mu);
+    cl->state = state;
+    pthread_mutex_unlock(&s->mu);
+}
+
 /* Contract: reactor thread; frees the replies cl holds ahead of turn. */
 static void sk_srv_free_held(sk_srv_client *cl)
 {
@@ -294,6 +341,13 @@ static void sk_srv_finish(sk_srv *s, sk_srv_client *cl, int kind,
     int fd = cl->c.fd;
 
     err = *why; /* why may point into cl->c, which is released below */
+    /* waits for a handler thread writing a direct reply (sk_srv_direct);
+     * none starts after this */
+    pthread_mutex_lock(&s->mu);
+    cl->gone = 1;
+    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_lock(&cl->c.send_mu);
+    pthread_mutex_unlock(&cl->c.send_mu);
     sk_srv_untime(s, cl);
     if (cl->events != 0)
         epoll_ctl(s->ep, EPOLL_CTL_DEL, fd, NULL);
@@ -319,7 +373,19 @@ static void sk_srv_finish(sk_srv *s, sk_srv_client *cl, int kind,
     sk_srv_free_held(cl);
     cl->state = SK_CL_ZOMBIE;
     s->live--;
-    sk_srv_event_add(s, cl->cid, kind, cl, &err);
+    if (s->lost != NULL ||
+        sk_srv_event_add(s, cl->cid, kind, cl, &err) != 0) {
+        /* out of memory for the event: the client stays on the unreported
+         * list (FIFO) until sk_srv_report_lost queues it */
+        sk_srv_client **tail = &s->lost;
+
+        while (*tail != NULL)
+            tail = &(*tail)->lnext;
+        cl->end = err;
+        cl->lost_kind = kind;
+        cl->lnext = NULL;
+        *tail = cl;
+    }
 }
 
 /* Contract: reactor thread; bytes the client holds in the server. */
@@ -394,7 +460,7 @@ static void sk_srv_read_ended(sk_srv *s, sk_srv_client *cl, const sk_err *err)
         err->code == SK_E_TOO_LARGE) {
         /* the requests already read are still answered, then the end */
         cl->end = *err;
-        cl->state = SK_CL_DRAIN;
+        sk_srv_set_state(s, cl, SK_CL_DRAIN);
     } else {
         sk_srv_finish(s, cl, SK_SRV_END, err, 0);
     }
@@ -429,6 +495,13 @@ static int sk_srv_dispatch(sk_srv *s, sk_srv_client *cl, const sk_frame *fr,
     m = &b->msgs[b->nmsgs++];
     m->cid = cl->cid;
     m->seq = SK_SRV_TICKET(seq, fr->len);
+    /* the only request of the client in flight, nothing queued before its
+     * reply, and no other writer of the socket (heartbeats, correlated
+     * replies that leave as they come): the handler thread may write the
+     * reply itself, with no reactor hop */
+    if (s->direct_ok && seq != 0 && cl->inflight == 0 && cl->held == NULL &&
+        sk_conn_queued(&cl->c) == 0)
+        m->seq |= SK_SRV_TICKET_DIRECT;
     m->id = fr->id;
     m->has_id = fr->has_id;
     m->off = sk_buf_len(&b->data) - fr->len;
@@ -574,6 +647,11 @@ static int sk_srv_add(sk_srv *s, int fd, const struct sockaddr_storage *ss,
 
     if (sk_set_nodelay(fd, err) != SK_OK)
         goto error;
+    if (s->cfg.keepalive &&
+        sk_set_keepalive(fd, s->cfg.ka_idle_s, s->cfg.ka_interval_s,
+                         s->cfg.ka_count, s->cfg.ka_user_timeout_ms,
+                         err) != SK_OK)
+        goto error;
     cl = sk_calloc(1, sizeof(*cl));
     idx = cl != NULL ? sk_srv_slot(s) : -1;
     if (idx < 0) {
@@ -642,7 +720,7 @@ static void sk_srv_accept(sk_srv *s, int64_t now)
              * later, rather than spinning on a listener that stays
              * readable */
             sk_err_sys(&err, "accept4", errno);
-            sk_srv_event_add(s, 0, SK_SRV_FAILED, NULL, &err);
+            (void)sk_srv_event_add(s, 0, SK_SRV_FAILED, NULL, &err);
             ev.events = 0;
             ev.data.u64 = SK_SRV_LISTEN_TAG;
             epoll_ctl(s->ep, EPOLL_CTL_MOD, s->cfg.listen_fd, &ev);
@@ -652,11 +730,12 @@ static void sk_srv_accept(sk_srv *s, int64_t now)
         if (s->cfg.max_conns > 0 && s->live >= s->cfg.max_conns) {
             sk_abort(fd, &err); /* RST: the client learns at once */
             s->st.rejected++;
-            sk_srv_event_add(s, 0, SK_SRV_REJECTED, NULL, NULL);
+            /* out of memory: the event is lost, st.rejected counts it */
+            (void)sk_srv_event_add(s, 0, SK_SRV_REJECTED, NULL, NULL);
             continue;
         }
         if (sk_srv_add(s, fd, &ss, now, &err) != SK_OK)
-            sk_srv_event_add(s, 0, SK_SRV_FAILED, NULL, &err);
+            (void)sk_srv_event_add(s, 0, SK_SRV_FAILED, NULL, &err);
     }
 }
 
@@ -675,10 +754,26 @@ static void sk_srv_apply(sk_srv *s, sk_srv_client *cl, int kind, int has_id,
         goto done;
     if (kind == SK_SRV_CLOSE) {
         cl->closing = 1;
-        cl->state = SK_CL_DRAIN;
+        sk_srv_set_state(s, cl, SK_CL_DRAIN);
         sk_err_set(&cl->end, SK_E_CLOSED,
                    "the handler failed on a plain request: the client was "
                    "closed");
+        goto done;
+    }
+    if (kind == SK_SRV_SENT) { /* written by the handler thread */
+        rc = SK_OK;
+        if (len > 0) {
+            pthread_mutex_lock(&cl->c.send_mu);
+            rc = sk_buf_append(&cl->c.out, base, len) == 0 ? SK_OK : SK_ERR;
+            pthread_mutex_unlock(&cl->c.send_mu);
+        }
+        if (rc != SK_OK) {
+            sk_err_set(&err, SK_E_NOMEM,
+                       "out of memory queueing %zu bytes of a reply", len);
+            sk_srv_finish(s, cl, SK_SRV_END, &err, 1);
+            goto done;
+        }
+        s->st.replies++;
         goto done;
     }
     if (kind != SK_SRV_REPLY)
@@ -730,7 +825,7 @@ static void sk_srv_answer_one(sk_srv *s, const sk_srv_answer *a)
         }
         h->seq = seq;
         h->kind = a->kind;
-        h->len = a->kind == SK_SRV_REPLY ? a->len : 0;
+        h->len = a->kind == SK_SRV_REPLY || a->kind == SK_SRV_SENT ? a->len : 0;
         if (h->len)
             memcpy(h->data, a->base, h->len);
         pp = &cl->held;
@@ -810,7 +905,31 @@ static void sk_srv_commands(sk_srv *s, int64_t now)
     }
 }
 
-/* Contract: any thread; queues q for the reactor and wakes it. */
+/* Contract: caller holds s->mu; nonzero when the reactor may apply q in
+ * its next turn rather than now: q only accounts for replies written
+ * whole by handler threads (SK_SRV_SENT, no tail) to clients that are
+ * still read (open, the request under out_cap) and have no read_timeout
+ * to arm.  Their next request wakes the reactor, which applies the
+ * commands first (sk_srv_main): no wake-up per reply. */
+static int sk_srv_lazy(const sk_srv *s, const sk_srv_cmd *q)
+{
+    size_t i, idx;
+    const sk_srv_client *cl;
+    int lazy = !q->forget && s->cfg.read_timeout_ns == 0;
+
+    for (i = 0; lazy && i < q->n; i++) {
+        idx = (size_t)(q->a[i].cid & 0xffffffffu);
+        cl = idx < s->nslots ? s->slots[idx] : NULL;
+        lazy = q->a[i].kind == SK_SRV_SENT && q->a[i].len == 0 &&
+               SK_SRV_TICKET_LEN(q->a[i].seq) <= s->cfg.out_cap &&
+               cl != NULL && cl->cid == q->a[i].cid && !cl->gone &&
+               cl->state == SK_CL_OPEN;
+    }
+    return lazy;
+}
+
+/* Contract: any thread; queues q for the reactor and wakes it (unless
+ * sk_srv_lazy). */
 static void sk_srv_push(sk_srv *s, sk_srv_cmd *q)
 {
     uint64_t one = 1;
@@ -823,8 +942,9 @@ static void sk_srv_push(sk_srv *s, sk_srv_cmd *q)
     else
         s->cq_head = q;
     s->cq_tail = q;
-    wake = !s->wake_pending;
-    s->wake_pending = 1;
+    wake = !s->wake_pending && !sk_srv_lazy(s, q);
+    if (wake)
+        s->wake_pending = 1;
     pthread_mutex_unlock(&s->mu);
     if (wake) {
         do {
@@ -833,12 +953,53 @@ static void sk_srv_push(sk_srv *s, sk_srv_cmd *q)
     }
 }
 
+/* Contract: a handler thread; writes the reply of answer a (its ticket
+ * says SK_SRV_TICKET_DIRECT) to the client's socket without waiting (one
+ * sendmsg), under the client's send_mu so that the reactor does not close
+ * the socket meanwhile (sk_srv_finish).  Returns the bytes written (0: none, the
+ * reactor sends it all); the header is encoded into hdr (*hl bytes). */
+static size_t sk_srv_direct(sk_srv *s, const sk_srv_answer *a,
+                            unsigned char *hdr, size_t *hl)
+{
+    size_t idx = (size_t)(a->cid & 0xffffffffu);
+    struct iovec iov[2];
+    struct msghdr mh;
+    sk_srv_client *cl;
+    ssize_t w = 0;
+
+    *hl = s->cfg.framing.header_size;
+    sk_encode_header(&s->cfg.framing, a->len, hdr);
+    iov[0].iov_base = hdr;
+    iov[0].iov_len = *hl;
+    iov[1].iov_base = (void *)a->base;
+    iov[1].iov_len = a->len;
+    memset(&mh, 0, sizeof(mh));
+    mh.msg_iov = iov;
+    mh.msg_iovlen = a->len > 0 ? 2 : 1;
+    pthread_mutex_lock(&s->mu);
+    cl = idx < s->nslots ? s->slots[idx] : NULL;
+    if (cl != NULL && (cl->cid != a->cid || cl->gone))
+        cl = NULL;
+    if (cl != NULL) /* order: s->mu, then send_mu */
+        pthread_mutex_lock(&cl->c.send_mu);
+    pthread_mutex_unlock(&s->mu);
+    if (cl != NULL) {
+        do {
+            w = sendmsg(cl->c.fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+        } while (w < 0 && errno == EINTR);
+        pthread_mutex_unlock(&cl->c.send_mu);
+    }
+    /* an error (EAGAIN, a reset): the reactor's write meets it and ends
+     * the client as usual */
+    return w > 0 ? (size_t)w : 0;
+}
+
 /* Contract: see server.h. */
 int sk_srv_reply(sk_srv *s, const sk_srv_answer *a, size_t n, sk_err *err)
 {
-    size_t i, total = 0, off;
+    size_t i, total = 0, off, hl, w;
     sk_srv_cmd *q;
-    unsigned char *data;
+    unsigned char *data, hdr[SK_SRV_MAX_HEADER];
     int rc = SK_OK;
 
     if (n == 0)
@@ -846,7 +1007,7 @@ int sk_srv_reply(sk_srv *s, const sk_srv_answer *a, size_t n, sk_err *err)
     rc = SK_ERR;
     for (i = 0; i < n; i++)
         if (a[i].kind == SK_SRV_REPLY)
-            total += a[i].len;
+            total += a[i].len + SK_SRV_MAX_HEADER;
     q = sk_malloc(sizeof(*q) + n * sizeof(sk_srv_answer) + total);
     if (q == NULL) {
         sk_err_set(err, SK_E_NOMEM, "out of memory queueing %zu replies", n);
@@ -861,6 +1022,24 @@ int sk_srv_reply(sk_srv *s, const sk_srv_answer *a, size_t n, sk_err *err)
     off = 0;
     for (i = 0; i < n; i++) {
         q->a[i] = a[i];
+        if (a[i].kind == SK_SRV_REPLY && (a[i].seq & SK_SRV_TICKET_DIRECT) &&
+            a[i].len <= s->cfg.framing.max_frame) {
+            w = sk_srv_direct(s, &a[i], hdr, &hl);
+            if (w > 0) { /* the reactor keeps the tail, if any */
+                q->a[i].kind = SK_SRV_SENT;
+                q->a[i].len = hl + a[i].len - w;
+                q->a[i].base = data + off;
+                if (w < hl) {
+                    memcpy(data + off, hdr + w, hl - w);
+                    memcpy(data + off + hl - w, a[i].base, a[i].len);
+                } else {
+                    memcpy(data + off, (const unsigned char *)a[i].base +
+                                           (w - hl), q->a[i].len);
+                }
+                off += q->a[i].len;
+                continue;
+            }
+        }
         if (a[i].kind == SK_SRV_REPLY && a[i].len > 0) {
             memcpy(data + off, a[i].base, a[i].len);
             q->a[i].base = data + off;
@@ -939,6 +1118,11 @@ static int64_t sk_srv_next_deadline(const sk_srv *s)
         d = s->wlist.head->deadline;
     if (s->accept_resume != 0 && (d == SK_NO_DEADLINE || s->accept_resume < d))
         d = s->accept_resume;
+    if (s->lost != NULL) { /* retry the unreported ends soon */
+        int64_t retry = sk_now_ns() + SK_SRV_LOST_RETRY_NS;
+        if (d == SK_NO_DEADLINE || retry < d)
+            d = retry;
+    }
     return d;
 }
 
@@ -986,6 +1170,10 @@ static void *sk_srv_main(void *arg)
         if (stop)
             break;
         s->st.turns++;
+        /* what handler threads queued without waking the reactor (replies
+         * they wrote themselves) first: the requests read below see their
+         * clients with nothing in flight */
+        sk_srv_commands(s, now);
         for (k = 0; k < n; k++) {
             if (evs[k].data.u64 == SK_SRV_WAKE_TAG) {
                 if (read(s->wake_fd, &junk, sizeof(junk)) < 0)
@@ -1004,6 +1192,7 @@ static void *sk_srv_main(void *arg)
         }
         sk_srv_commands(s, now);
         sk_srv_expire(s, now);
+        sk_srv_report_lost(s);
         sk_srv_publish(s);
     }
     /* stopped: every client is closed and reported */
@@ -1013,6 +1202,7 @@ static void *sk_srv_main(void *arg)
     for (i = 0; i < s->nslots; i++)
         if (s->slots[i] != NULL && s->slots[i]->state != SK_CL_ZOMBIE)
             sk_srv_finish(s, s->slots[i], SK_SRV_STOPPED, &err, 0);
+    sk_srv_report_lost(s);
     sk_srv_publish(s);
     pthread_mutex_lock(&s->mu);
     s->done = 1;
@@ -1043,6 +1233,8 @@ int sk_srv_new(const sk_srv_config *cfg, sk_srv **out, sk_err *err)
         goto done;
     }
     s->cfg = *cfg;
+    s->direct_ok = !(cfg->framing.flags & (SK_FRAMING_IDS | SK_FRAMING_CONTROL)) &&
+                   cfg->hb_interval_ns == 0;
     if (s->cfg.out_cap == 0)
         s->cfg.out_cap = SK_SRV_OUT_CAP;
     s->ep = s->wake_fd = -1;

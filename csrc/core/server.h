@@ -15,6 +15,15 @@
  *   - the handler threads give their answers back with sk_srv_reply (one
  *     call per batch); the reactor applies them in its next turn and writes
  *     each client's replies with one coalesced write;
+ *   - the direct path (plain framing without heartbeats; a request that is
+ *     its client's only one in flight, with nothing queued before its
+ *     reply): sk_srv_reply writes that reply itself with one non-blocking
+ *     sendmsg, under the client's send_mu, and leaves only the tail the
+ *     socket did not take to the reactor; the reactor is not woken for the
+ *     bookkeeping of a reply written whole (it applies it at the start of
+ *     its next turn, which the client's next request or end starts), unless
+ *     read_timeout is on or the client stopped being read.  One-client
+ *     round trip: one thread hand-over fewer per request;
  *   - replies to plain frames leave in request order (each plain frame gets
  *     the client's next sequence number; a reply that arrives ahead of its
  *     turn is held), replies to correlated frames (seq 0) as they come;
@@ -62,6 +71,9 @@ typedef struct sk_srv_config {
     sk_hub *hub;             /* the hub for heartbeats (or NULL when off) */
     uint64_t max_conns;      /* 0: no cap */
     size_t out_cap;          /* 0: SK_SRV_OUT_CAP */
+    int keepalive;           /* nonzero: each client gets sk_set_keepalive
+                                (sock.h) with the four values below */
+    int ka_idle_s, ka_interval_s, ka_count, ka_user_timeout_ms;
 } sk_srv_config;
 
 /* One message of a batch: its payload is data[off .. off + len) of the
@@ -115,6 +127,8 @@ typedef struct sk_srv_answer {
     size_t len;
 } sk_srv_answer;
 
+/* replies: counted when the reactor applies them, so a reply written on
+ * the direct path to a client that then fell idle may not be counted yet. */
 typedef struct sk_srv_stats {
     uint64_t conns;    /* clients held now (ended but not forgotten too) */
     uint64_t accepted, rejected, turns, batches, messages, replies, writes;

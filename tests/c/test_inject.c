@@ -42,6 +42,7 @@
 #include "core/hub.h"
 #include "core/io.h"
 #include "core/promise.h"
+#include "core/server.h"
 #include "testkit/proxy.h"
 #include "core/sock.h"
 #include "core/sys.h"
@@ -497,6 +498,127 @@ static int sc_diag(sk_err *err)
     return rc;
 }
 
+/* The server reactor's handler side for sc_server: takes one batch (up to
+ * 100 ms), answers each message with its payload, counts messages and
+ * clean ends (*cid: the client that ended).  An end or accept failure
+ * with an error other than a clean close is the scenario's error.  SK_OK,
+ * SK_TIMEOUT (no batch yet) or SK_ERR. */
+static int srv_turn(sk_srv *s, size_t *msgs, size_t *ends, uint64_t *cid,
+                    sk_err *err)
+{
+    sk_srv_answer a[8];
+    sk_srv_batch *b = NULL;
+    size_t i, n = 0;
+    int rc;
+
+    rc = sk_srv_next(s, sk_now_ns() + 100000000LL, &b, err);
+    if (rc != SK_OK)
+        goto done;
+    for (i = 0; i < b->nevents && rc == SK_OK; i++) {
+        const sk_srv_event *e = &b->events[i];
+        if (e->kind == SK_SRV_FAILED ||
+            (e->kind == SK_SRV_END && e->err.code != SK_E_CLOSED)) {
+            *err = e->err;
+            rc = SK_ERR;
+        } else if (e->kind == SK_SRV_END) {
+            *cid = e->cid;
+            (*ends)++;
+        }
+    }
+    for (i = 0; i < b->nmsgs && n < 8 && rc == SK_OK; i++, n++) {
+        const sk_srv_msg *m = &b->msgs[i];
+        memset(&a[n], 0, sizeof(a[n]));
+        a[n].cid = m->cid;
+        a[n].seq = m->seq;
+        a[n].id = m->id;
+        a[n].has_id = m->has_id;
+        a[n].kind = SK_SRV_REPLY;
+        a[n].base = b->data.data + b->data.start + m->off;
+        a[n].len = m->len;
+    }
+    if (rc == SK_OK && n > 0) {
+        rc = sk_srv_reply(s, a, n, err);
+        *msgs += n;
+    }
+done:
+    sk_srv_batch_free(b);
+    return rc;
+}
+
+/* The server reactor: start (epoll set, thread), one client whose two
+ * frames come back (accept, slot table, batch, replies, coalesced write),
+ * its clean end reported and forgotten, stop.  A failure inside the
+ * reactor reaches the owner as the client's end (or an accept failure)
+ * with its typed error, which the scenario returns. */
+static int sc_server(sk_err *err)
+{
+    static const unsigned char want[] = {0, 0, 0, 2, 'a', 'b',
+                                         0, 0, 0, 2, 'c', 'd'};
+    struct sockaddr_storage ss;
+    struct sockaddr_in sa;
+    socklen_t len = sizeof(ss);
+    sk_srv_config cfg;
+    sk_srv *s = NULL;
+    sk_srv_batch *b;
+    sk_err scratch;
+    unsigned char buf[sizeof(want)];
+    size_t msgs = 0, ends = 0, got;
+    uint64_t cid = 0;
+    int lfd = -1, cli = -1, rc = SK_ERR, eof = 0;
+    int64_t end = real_now_ns() + (int64_t)(tmax(5) * 1e9);
+
+    if (sk_sockaddr("127.0.0.1", 0, AF_INET, &ss, &len, err) != SK_OK ||
+        sk_listen((struct sockaddr *)&ss, len, 16, &lfd, err) != SK_OK)
+        goto done;
+    set_nonblock(lfd, 1);
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.listen_fd = lfd;
+    cfg.framing.header_size = 4;
+    cfg.framing.max_frame = 1000;
+    if (sk_srv_new(&cfg, &s, err) != SK_OK)
+        goto done;
+    len = sizeof(sa);
+    getsockname(lfd, (struct sockaddr *)&sa, &len);
+    cli = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (cli < 0 || connect(cli, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+        sk_err_sys(err, "connect", errno);
+        goto done;
+    }
+    CHECK_INT(raw_write_all(cli, want, sizeof(want), 5), ==, 0);
+    while (msgs < 2 && real_now_ns() < end)
+        if (srv_turn(s, &msgs, &ends, &cid, err) == SK_ERR)
+            goto done;
+    CHECK_U64(msgs, ==, 2);
+    /* both replies, or a reset when the reactor failed on this client */
+    got = raw_read(cli, buf, sizeof(buf), 5, &eof);
+    close(cli);
+    cli = -1;
+    while (ends < 1 && real_now_ns() < end)
+        if (srv_turn(s, &msgs, &ends, &cid, err) == SK_ERR)
+            goto done;
+    CHECK_U64(got, ==, sizeof(want));
+    CHECK_MEM(buf, want, sizeof(want));
+    CHECK_U64(ends, ==, 1);
+    if (sk_srv_forget(s, &cid, 1, err) != SK_OK)
+        goto done;
+    while (sk_srv_ports(s, NULL, 0) > 0 && real_now_ns() < end)
+        sleep_ms(1);
+    CHECK_U64(sk_srv_ports(s, NULL, 0), ==, 0);
+    rc = SK_OK;
+done:
+    if (cli >= 0)
+        close(cli);
+    if (s != NULL) {
+        sk_srv_stop(s);
+        while (sk_srv_next(s, SK_NO_DEADLINE, &b, &scratch) == SK_OK)
+            sk_srv_batch_free(b);
+        sk_srv_free(s);
+    }
+    if (lfd >= 0)
+        close(lfd);
+    return rc;
+}
+
 /* ---- the driver ----------------------------------------------------------- */
 
 /* Run `fn` failing each of its core calls in turn; see the file comment. */
@@ -609,6 +731,11 @@ TEST(each_allocation_and_thread_of_a_watch_fails_in_turn)
 TEST(each_allocation_of_sock_diag_fails_in_turn)
 {
     inject_each("diag", sc_diag);
+}
+
+TEST(each_allocation_thread_and_epoll_of_the_server_fails_in_turn)
+{
+    inject_each("server", sc_server);
 }
 
 static void *never_runs(void *arg)

@@ -1,7 +1,8 @@
 /* test_server.c - the server reactor (core/server.h) on real loopback
  * sockets, without Python: batches, replies in request order whatever
  * order the handler answers in, correlated replies by id, every end
- * reported once with its error, read_timeout, max_conns and stop.
+ * reported once with its error (late rather than never when memory for
+ * its event ran out), read_timeout, max_conns and stop.
  *
  * The "handler" is the test itself: it takes batches with sk_srv_next and
  * answers with sk_srv_reply.  Peers are raw sockets driven with syscalls
@@ -19,6 +20,7 @@
 #include "core/clock.h"
 #include "core/frame.h"
 #include "core/server.h"
+#include "core/sys.h"
 #include "util.h"
 
 #define HS 4
@@ -297,5 +299,59 @@ TEST(server_max_conns_and_stop)
     sk_srv_free(s);
     close(a);
     close(b);
+    close(ls);
+}
+
+/* Fails every allocation the reactor makes (sites in server.c) while
+ * armed, counting them. */
+static long srv_alloc_fails;
+
+static int fail_server_allocs(sk_sys_call call, const char *site)
+{
+    if (call > SK_SYS_REALLOC || strstr(site, "server.c") == NULL)
+        return 0;
+    __atomic_add_fetch(&srv_alloc_fails, 1, __ATOMIC_ACQ_REL);
+    return 1;
+}
+
+TEST(server_an_end_whose_event_finds_no_memory_is_reported_later)
+{
+    int port, ls = listener(&port), c;
+    sk_srv *s = start(ls, 0, 0, 0);
+    int64_t end;
+    sk_srv_stats st;
+    uint64_t cid;
+    got g;
+
+    memset(&g, 0, sizeof(g));
+    memset(&st, 0, sizeof(st));
+    c = client(port);
+    end = real_now_ns() + (int64_t)(tmax(5.0) * 1e9);
+    while (st.accepted < 1 && real_now_ns() < end) {
+        sleep_ms(1);
+        sk_srv_get_stats(s, &st);
+    }
+    CHECK_U64(st.accepted, ==, 1); /* the client is held */
+    /* it ends while no batch can be allocated: the reactor keeps it */
+    srv_alloc_fails = 0;
+    __atomic_store_n(&sk_fault_hook, fail_server_allocs, __ATOMIC_RELEASE);
+    close(c);
+    while (__atomic_load_n(&srv_alloc_fails, __ATOMIC_ACQUIRE) < 3 &&
+           real_now_ns() < end)
+        sleep_ms(1); /* the end, then at least two retries, failed */
+    __atomic_store_n(&sk_fault_hook, (sk_fault_fn)NULL, __ATOMIC_RELEASE);
+    CHECK_INT(__atomic_load_n(&srv_alloc_fails, __ATOMIC_ACQUIRE), >=, 3);
+    CHECK_U64(sk_srv_ports(s, NULL, 0), ==, 1); /* its slot is accounted */
+    collect(s, &g, 0, 1); /* reported once memory is back */
+    CHECK_INT(g.events[0].kind, ==, SK_SRV_END);
+    CHECK_INT(g.events[0].err.code, ==, SK_E_CLOSED);
+    cid = g.events[0].cid;
+    CHECK_RC(sk_srv_forget(s, &cid, 1, NULL), SK_OK, NULL);
+    end = real_now_ns() + (int64_t)(tmax(5.0) * 1e9);
+    while (sk_srv_ports(s, NULL, 0) > 0 && real_now_ns() < end)
+        sleep_ms(1);
+    CHECK_U64(sk_srv_ports(s, NULL, 0), ==, 0); /* the slot is free */
+    sk_srv_stop(s);
+    sk_srv_free(s);
     close(ls);
 }
