@@ -9,23 +9,21 @@ import time.  They behave as ``@dataclass(frozen=True, slots=True)`` classes
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Optional, Union, overload
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing_extensions import TypeVar
+    from typing import Any, ClassVar, Generic, Literal, Optional, overload
 
     from . import _core
-
-    # what a connection's recv returns; a bare Framing/Connection means Any
-    M = TypeVar("M", covariant=True, default=Any)
+    from ._typevars import M
 else:
-    from typing import TypeVar
+    from ._notyping import Generic, overload
 
-    M = TypeVar("M", covariant=True)
+    M = None  # Generic[M] is the run-time stand-in base
 
 __all__ = ["Framing", "Heartbeat", "Keepalive", "Message", "RequestStats"]
 
-Message = Union[bytes, tuple[int, bytes]]
+Message = bytes | tuple[int, bytes]
 """What ``recv`` returns on a connection with ``Framing(correlation=True)``:
 ``bytes`` for a plain frame, ``(id, payload)`` for a correlated request sent
 by the peer's ``request()`` (answer it with ``reply(id, data)``).  On plain
