@@ -42,7 +42,7 @@ except ModuleNotFoundError as _exc:
         _msg += ". The installation is incomplete: reinstall pysockkit with this Python."
     raise ImportError(_msg, name=__name__) from None
 
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # not from typing: import pysockkit does not load it
 
 from ._version import __version__
 from ._errors import (
@@ -63,6 +63,8 @@ from ._redial import ReconnectingConnection  # also what sk.connect(reconnect=) 
 from ._enums import TcpState
 
 if TYPE_CHECKING:  # what __getattr__ below loads on first use, for type checkers
+    from typing import Any
+
     from . import aio, lab, simplex, testing
     from ._capture import CaptureNotPermitted, Segment, TcpFlags, TcpOptions
     from ._diagram import StateDiagram, state_diagram
@@ -122,7 +124,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> "Any":
     """Load a public name (or subpackage) on first use; see _LAZY."""
     where = _LAZY.get(name)
     if where is None:

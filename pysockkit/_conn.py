@@ -14,13 +14,21 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Optional, Union, overload
 
 from . import _core
 from ._errors import ConnectionClosed, Error, Timeout
 from ._net import Address, AddressLike, check_timeout, format_address, resolve
-from ._types import Framing, Heartbeat, Keepalive, M
+from ._types import Framing, Heartbeat, Keepalive
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Generic, Optional, Union, overload
+
+    from ._typevars import M
+else:
+    from ._notyping import Generic, overload
+
+    M = None  # Generic[M] is the run-time stand-in base
 if TYPE_CHECKING:
     from concurrent.futures import Future
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import enum
 import operator
 from collections.abc import Iterable
-from typing import Union
 
 __all__ = ["TcpState", "StateLike", "as_state", "as_states", "kernel_state"]
 
@@ -190,7 +189,7 @@ _BY_NAME["CLOSE"] = TcpState.CLOSED
 _BY_NAME["SYN_RECEIVED"] = TcpState.SYN_RCVD
 del _s, _n
 
-StateLike = Union[TcpState, int, str]
+StateLike = TcpState | int | str
 """What an argument that names a TCP state accepts: a :class:`TcpState`,
 its number, or any of its names (see :meth:`TcpState.from_name`).
 
@@ -242,7 +241,7 @@ def as_state(value: StateLike) -> TcpState:
     raise TypeError(f"a TCP state is a TcpState, a state number or a name, not {value!r}")
 
 
-def as_states(value: Union[StateLike, Iterable[StateLike]], what: str = "state") -> set[TcpState]:
+def as_states(value: StateLike | Iterable[StateLike], what: str = "state") -> set[TcpState]:
     """The set of states a user named: one state (see :func:`as_state`)
     or an iterable of them; ValueError (naming *what*) for an empty one.
 

@@ -40,7 +40,12 @@ import numbers
 import operator
 import socket
 from collections.abc import Sequence
-from typing import Any, Literal, Optional, Union, overload
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Literal, Optional, overload
+else:
+    from ._notyping import overload
 
 from ._errors import Error
 
@@ -64,7 +69,7 @@ Example::
     host, port = srv.address        # ('127.0.0.1', 40123)
 """
 
-AddressLike = Union[tuple[str, int], tuple[str, int, int, int], str]
+AddressLike = tuple[str, int] | tuple[str, int, int, int] | str
 """What an argument that takes an address accepts: ``(host, port)``, the
 stdlib's IPv6 ``(host, port, flowinfo, scope_id)``, ``"host:port"`` or
 ``"[v6]:port"``.
@@ -279,7 +284,7 @@ def resolve(addr: Any, name: str = "addr") -> list[tuple[int, str, int]]:
     return out
 
 
-FamilyLike = Union[str, int, socket.AddressFamily]
+FamilyLike = str | int | socket.AddressFamily
 """What an argument that names an address family accepts (see
 :func:`parse_family`).  Example: ``sk.lab.reproduce("LISTEN", family="ipv6")``."""
 

@@ -1,26 +1,29 @@
-"""Configuration values and counters: frozen, slotted dataclasses."""
+"""Configuration values and counters: frozen, slotted value classes.
+
+Hand-written rather than ``@dataclass``: ``import pysockkit`` loads this
+module, and dataclasses (with inspect and re) would cost it about half its
+import time.  They behave as ``@dataclass(frozen=True, slots=True)`` classes
+(same constructor, ``==``, ``hash``, ``repr``; assigning raises
+``dataclasses.FrozenInstanceError``)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Generic, Literal, Optional, Union, overload
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing_extensions import TypeVar
+    from typing import Any, ClassVar, Generic, Literal, Optional, overload
 
     from . import _core
-
-    # what a connection's recv returns; a bare Framing/Connection means Any
-    M = TypeVar("M", covariant=True, default=Any)
+    from ._typevars import M
 else:
-    from typing import TypeVar
+    from ._notyping import Generic, overload
 
-    M = TypeVar("M", covariant=True)
+    M = None  # Generic[M] is the run-time stand-in base
 
 __all__ = ["Framing", "Heartbeat", "Keepalive", "Message", "RequestStats"]
 
-Message = Union[bytes, tuple[int, bytes]]
+Message = bytes | tuple[int, bytes]
 """What ``recv`` returns on a connection with ``Framing(correlation=True)``:
 ``bytes`` for a plain frame, ``(id, payload)`` for a correlated request sent
 by the peer's ``request()`` (answer it with ``reply(id, data)``).  On plain
@@ -41,8 +44,43 @@ _DEFAULT_MAX_FRAME = 16 * 2**20
 _HEADER_LIMIT = {1: 2**8 - 1, 2: 2**16 - 1, 4: 2**32 - 1, 8: 2**64 - 1}
 
 
-@dataclass(frozen=True, slots=True)
-class Framing(Generic[M]):
+class _Frozen:
+    """What ``@dataclass(frozen=True, slots=True)`` adds, for the classes
+    below: each lists its fields in ``__slots__`` (in order) and sets them
+    in ``__init__`` with ``object.__setattr__``."""
+
+    __slots__: ClassVar[tuple[str, ...]] = ()
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        from dataclasses import FrozenInstanceError  # only on this error path
+
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        from dataclasses import FrozenInstanceError
+
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__ and isinstance(other, _Frozen):
+            return self._values() == other._values()
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"{self.__class__.__qualname__}({fields})"
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickle and copy
+        return (self.__class__, self._values())
+
+
+class Framing(_Frozen, Generic[M]):
     """How frames are delimited on the wire: ``[length][payload]``.
 
     ``header_size`` is the width of the length field in bytes (1, 2, 4 or 8),
@@ -67,37 +105,39 @@ class Framing(Generic[M]):
     ``connect``/``listen`` carry that type over to their connections.
     """
 
-    header_size: int = 4
-    byteorder: Literal["big", "little"] = "big"
-    max_frame: int = _DEFAULT_MAX_FRAME
-    correlation: bool = False
+    __match_args__ = ("header_size", "byteorder", "max_frame", "correlation")
+    __slots__ = __match_args__
+    header_size: int
+    byteorder: Literal["big", "little"]
+    max_frame: int
+    correlation: bool
 
-    if TYPE_CHECKING:
-        # for type checkers only (the dataclass makes the real __init__):
-        # correlation picks the type of the messages recv returns
-        @overload
-        def __init__(self: "Framing[bytes]", header_size: int = 4,
-                     byteorder: Literal["big", "little"] = "big",
-                     max_frame: int = _DEFAULT_MAX_FRAME,
-                     correlation: Literal[False] = False) -> None: ...
+    # correlation picks the type of the messages recv returns
+    @overload
+    def __init__(self: "Framing[bytes]", header_size: int = 4,
+                 byteorder: Literal["big", "little"] = "big",
+                 max_frame: int = _DEFAULT_MAX_FRAME,
+                 correlation: Literal[False] = False) -> None: ...
 
-        @overload
-        def __init__(self: "Framing[Message]", header_size: int = 4,
-                     byteorder: Literal["big", "little"] = "big",
-                     max_frame: int = _DEFAULT_MAX_FRAME, *,
-                     correlation: Literal[True]) -> None: ...
+    @overload
+    def __init__(self: "Framing[Message]", header_size: int = 4,
+                 byteorder: Literal["big", "little"] = "big",
+                 max_frame: int = _DEFAULT_MAX_FRAME, *,
+                 correlation: Literal[True]) -> None: ...
 
-        @overload
-        def __init__(self: "Framing[Message]", header_size: int = 4,
-                     byteorder: Literal["big", "little"] = "big",
-                     max_frame: int = _DEFAULT_MAX_FRAME,
-                     correlation: bool = False) -> None: ...
+    @overload
+    def __init__(self: "Framing[Message]", header_size: int = 4,
+                 byteorder: Literal["big", "little"] = "big",
+                 max_frame: int = _DEFAULT_MAX_FRAME,
+                 correlation: bool = False) -> None: ...
 
-        def __init__(self, header_size: int = 4, byteorder: Literal["big", "little"] = "big",
-                     max_frame: int = _DEFAULT_MAX_FRAME, correlation: bool = False) -> None:
-            ...
-
-    def __post_init__(self) -> None:
+    def __init__(self, header_size: int = 4, byteorder: Literal["big", "little"] = "big",
+                 max_frame: int = _DEFAULT_MAX_FRAME, correlation: bool = False) -> None:
+        init = object.__setattr__
+        init(self, "header_size", header_size)
+        init(self, "byteorder", byteorder)
+        init(self, "max_frame", max_frame)
+        init(self, "correlation", correlation)
         limit = _HEADER_LIMIT.get(self.header_size)
         if limit is None:
             raise ValueError(
@@ -167,8 +207,7 @@ class Framing(Generic[M]):
         return len(payload).to_bytes(self.header_size, self.byteorder) + bytes(payload)
 
 
-@dataclass(frozen=True, slots=True)
-class Heartbeat:
+class Heartbeat(_Frozen):
     """Application-level liveness for a long connection.
 
     The reactor thread (in C, without the GIL) sends a PING control frame
@@ -185,10 +224,14 @@ class Heartbeat:
         conn.latency        # last ping round trip in seconds, or None
     """
 
-    interval: float = 1.0
-    timeout: float = 3.0
+    __match_args__ = ("interval", "timeout")
+    __slots__ = __match_args__
+    interval: float
+    timeout: float
 
-    def __post_init__(self) -> None:
+    def __init__(self, interval: float = 1.0, timeout: float = 3.0) -> None:
+        object.__setattr__(self, "interval", interval)
+        object.__setattr__(self, "timeout", timeout)
         if not (self.interval > 0 and self.timeout > 0):
             raise ValueError("Heartbeat interval and timeout must be > 0 seconds")
         if self.timeout < 2 * self.interval:
@@ -199,8 +242,7 @@ class Heartbeat:
             )
 
 
-@dataclass(frozen=True, slots=True)
-class Keepalive:
+class Keepalive(_Frozen):
     """Kernel-level liveness: TCP keepalive probes and TCP_USER_TIMEOUT.
 
     ``idle``, ``interval`` (seconds) and ``count`` set TCP_KEEPIDLE,
@@ -217,12 +259,20 @@ class Keepalive:
                                                        user_timeout=15))
     """
 
-    idle: Optional[int] = None
-    interval: Optional[int] = None
-    count: Optional[int] = None
-    user_timeout: Optional[float] = None
+    __match_args__ = ("idle", "interval", "count", "user_timeout")
+    __slots__ = __match_args__
+    idle: Optional[int]
+    interval: Optional[int]
+    count: Optional[int]
+    user_timeout: Optional[float]
 
-    def __post_init__(self) -> None:
+    def __init__(self, idle: Optional[int] = None, interval: Optional[int] = None,
+                 count: Optional[int] = None, user_timeout: Optional[float] = None) -> None:
+        init = object.__setattr__
+        init(self, "idle", idle)
+        init(self, "interval", interval)
+        init(self, "count", count)
+        init(self, "user_timeout", user_timeout)
         for name in ("idle", "interval", "count"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
@@ -248,8 +298,7 @@ class Keepalive:
         return (self.idle or 0, self.interval or 0, self.count or 0, uto)
 
 
-@dataclass(frozen=True, slots=True)
-class RequestStats(Mapping[str, int]):
+class RequestStats(_Frozen, Mapping[str, int]):
     """A snapshot of the request/reply counters of a connection: the one
     vocabulary of the threaded duplex (``conn.duplex.stats``), asyncio
     (``aio.Connection.stats``) and simplex (``simplex.Client.stats``).
@@ -283,21 +332,40 @@ class RequestStats(Mapping[str, int]):
         (1, 2, 1, 3)
     """
 
-    requests: Optional[int] = None
-    replies: Optional[int] = None
-    errors: Optional[int] = None
-    timeouts: Optional[int] = None
-    failed: Optional[int] = None
-    late: Optional[int] = None
-    duplicate: Optional[int] = None
-    unknown: Optional[int] = None
-    unexpected: Optional[int] = None
-    pending: Optional[int] = None
-    owed: Optional[int] = None
-    messages: Optional[int] = None
-    queued: Optional[int] = None
-    callback_errors: Optional[int] = None
-    read_pauses: Optional[int] = None
+    __match_args__ = (
+        "requests", "replies", "errors", "timeouts", "failed", "late", "duplicate",
+        "unknown", "unexpected", "pending", "owed", "messages", "queued",
+        "callback_errors", "read_pauses",
+    )
+    __slots__ = __match_args__
+    requests: Optional[int]
+    replies: Optional[int]
+    errors: Optional[int]
+    timeouts: Optional[int]
+    failed: Optional[int]
+    late: Optional[int]
+    duplicate: Optional[int]
+    unknown: Optional[int]
+    unexpected: Optional[int]
+    pending: Optional[int]
+    owed: Optional[int]
+    messages: Optional[int]
+    queued: Optional[int]
+    callback_errors: Optional[int]
+    read_pauses: Optional[int]
+
+    def __init__(self, requests: Optional[int] = None, replies: Optional[int] = None,
+                 errors: Optional[int] = None, timeouts: Optional[int] = None,
+                 failed: Optional[int] = None, late: Optional[int] = None,
+                 duplicate: Optional[int] = None, unknown: Optional[int] = None,
+                 unexpected: Optional[int] = None, pending: Optional[int] = None,
+                 owed: Optional[int] = None, messages: Optional[int] = None,
+                 queued: Optional[int] = None, callback_errors: Optional[int] = None,
+                 read_pauses: Optional[int] = None) -> None:
+        values = (requests, replies, errors, timeouts, failed, late, duplicate, unknown,
+                  unexpected, pending, owed, messages, queued, callback_errors, read_pauses)
+        for name, value in zip(self.__slots__, values):
+            object.__setattr__(self, name, value)
 
     @property
     def sent(self) -> Optional[int]:
@@ -330,4 +398,4 @@ class RequestStats(Mapping[str, int]):
         return f"RequestStats({', '.join(f'{n}={self[n]}' for n in self)})"
 
 
-_STAT_NAMES = tuple(f.name for f in fields(RequestStats))
+_STAT_NAMES = RequestStats.__slots__

@@ -38,6 +38,33 @@ def test_plain_import_loads_no_asyncio_and_no_subpackage() -> None:
                        for m in loaded), loaded
 
 
+def test_plain_import_loads_no_heavy_stdlib_module() -> None:
+    # issue 12 item 4 (import time): the eager path (pysockkit, _errors,
+    # _core, _version, _types, _net, _conn, _enums) imports none of these;
+    # typing only for type checkers (pysockkit/_notyping.py).  -S: no site,
+    # so no editable-install finder (it loads pathlib and importlib.util,
+    # which a normal install never does); PYTHONPATH points at the imported
+    # pysockkit.
+    heavy = ["dataclasses", "inspect", "re", "asyncio", "pathlib", "typing"]
+    env = child_env()
+    env["PYTHONPATH"] = str(PACKAGE.parent) + (
+        ":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    code = ("import sys\n"
+            "before = set(sys.modules)\n"
+            "import pysockkit\n"
+            "after = set(sys.modules)\n"
+            "import json\n"  # json loads re: after the count
+            "print(json.dumps([sorted(before), sorted(after - before)]))")
+    r = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                       timeout=STEP_TIMEOUT * 3, env=env)
+    assert r.returncode == 0, r.stderr
+    before, loaded = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "pysockkit._types" in loaded, loaded  # the import ran
+    found = {when: [m for m in names if m.split(".")[0] in heavy]
+             for when, names in (("at start", before), ("by import pysockkit", loaded))}
+    assert found == {"at start": [], "by import pysockkit": []}
+
+
 def test_every_public_name_resolves_on_first_use() -> None:
     got = _child(
         "import json, pysockkit as sk\n"

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Generic, Optional
 
 from .._errors import ConnectionClosed, Error, PeerDead
 from .._net import Address, format_address
-from .._types import Framing, Heartbeat, Keepalive, M, RequestStats
+from .._types import Framing, Heartbeat, Keepalive, RequestStats
+from .._typevars import M
 from ._correlation import Correlation
 from ._heartbeat import Beat
 from ._protocol import StreamProtocol

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Optional, Union, overload
 
 from .._errors import ConnectionClosed, Error, Timeout
 from .._net import AddressLike, check_timeout, format_address, parse_address
-from .._types import Framing, Heartbeat, Keepalive, M
+from .._types import Framing, Heartbeat, Keepalive
+from .._typevars import M
 from .._wire import ID_MASK, ID_REPLY, error_id
 from ._endpoint import DEFAULT_FRAMING, DEFAULT_RECV_LIMIT, DEFAULT_SEND_LIMIT, Endpoint
 from ._transport import ioctl_int, sockopt

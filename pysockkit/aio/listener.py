@@ -9,7 +9,8 @@ from typing import Any, Generic, Optional, overload
 
 from .._errors import ConnectionClosed, Error, Timeout
 from .._net import Address, AddressLike, check_timeout, format_address, resolve
-from .._types import Framing, Heartbeat, Keepalive, M
+from .._types import Framing, Heartbeat, Keepalive
+from .._typevars import M
 from ._endpoint import DEFAULT_FRAMING, DEFAULT_RECV_LIMIT, DEFAULT_SEND_LIMIT
 from ._transport import Waiters, wait, wake
 from .connection import Connection
