@@ -39,7 +39,8 @@ from ._reconnect import (
     loss_reason,
     lost_error,
 )
-from ._types import Framing, Heartbeat, Keepalive, M, Message
+from ._types import Framing, Heartbeat, Keepalive, Message
+from ._typevars import M
 
 if TYPE_CHECKING:
     from concurrent.futures import Future

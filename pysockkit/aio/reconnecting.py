@@ -26,7 +26,8 @@ from .._reconnect import (
     loss_reason,
     lost_error,
 )
-from .._types import Framing, Heartbeat, Keepalive, M
+from .._types import Framing, Heartbeat, Keepalive
+from .._typevars import M
 
 from . import connection as _connection
 from .connection import Connection, connect
