@@ -58,11 +58,11 @@ from ._errors import (
 )
 from ._types import Framing, Heartbeat, Keepalive, Message, RequestStats
 from ._conn import Address, AddressLike, Connection, Listener, call, connect, listen
-from ._reconnect import ConnectionEvent, Reconnect
-from ._redial import ReconnectingConnection  # also what sk.connect(reconnect=) makes
 from ._enums import TcpState
 
 if TYPE_CHECKING:  # what __getattr__ below loads on first use, for type checkers
+    from ._reconnect import ConnectionEvent, Reconnect
+    from ._redial import ReconnectingConnection
     from typing import Any
 
     from . import aio, lab, simplex, testing
@@ -93,6 +93,9 @@ if TYPE_CHECKING:  # what __getattr__ below loads on first use, for type checker
 # no lab, no observation tables until a program asks for them): the name ->
 # the module that defines it (a subpackage's name -> itself).
 _LAZY = {
+    "ConnectionEvent": "._reconnect",
+    "Reconnect": "._reconnect",
+    "ReconnectingConnection": "._redial",
     "aio": ".aio",
     "lab": ".lab",
     "simplex": ".simplex",

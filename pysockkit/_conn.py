@@ -13,6 +13,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from importlib import import_module
 from types import TracebackType
 
 from . import _core
@@ -513,7 +514,12 @@ def connect(
             conn.send(b"hi")
     """
     if reconnect is not None:
-        assert _reconnecting is not None  # pysockkit/__init__.py imports _redial
+        if _reconnecting is None:
+            # _redial builds on this module and registers itself here when
+            # it loads; it is loaded on first use (by name, as the package's
+            # lazy names are), so that `import pysockkit` stays light
+            import_module(__package__ + "._redial")
+        assert _reconnecting is not None
         return _reconnecting(addr, timeout, framing or _DEFAULT_FRAMING, heartbeat,
                              keepalive, reconnect, on_event, write_behind)
     if on_event is not None:
