@@ -20,6 +20,7 @@ See docs/reconnect.md.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import math
@@ -27,7 +28,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Optional
@@ -228,7 +229,7 @@ class EventLog:
     counted in ``callback_errors``, never propagated."""
 
     def __init__(self, on_event: Optional[Callable[[ConnectionEvent], Any]] = None,
-                 maxlen: int = EVENTS_KEPT) -> None:
+                 maxlen: int = EVENTS_KEPT, *, ends_on_closed: bool = True) -> None:
         if on_event is not None and not callable(on_event):
             raise TypeError(f"on_event must be a callable taking a ConnectionEvent, "
                             f"not {on_event!r}")
@@ -236,6 +237,9 @@ class EventLog:
         self._events: deque[ConnectionEvent] = deque(maxlen=maxlen)
         self._seq = 0  # events ever logged
         self._ended = False
+        # a connection's log ends with its "closed"; a server's (whose
+        # "closed" is one client's) ends with end()
+        self._ends_on_closed = ends_on_closed
         self._cond = threading.Condition()
         self._wakers: list[Callable[[], None]] = []
         self.callback_errors = 0
@@ -246,7 +250,7 @@ class EventLog:
         with self._cond:
             self._events.append(ev)
             self._seq += 1
-            if kind == "closed":
+            if kind == "closed" and self._ends_on_closed:
                 self._ended = True
             self._cond.notify_all()
             wakers = list(self._wakers)
@@ -259,6 +263,16 @@ class EventLog:
                 self.callback_errors += 1
                 log.exception("pysockkit: the on_event callback raised on %s", ev)
         return ev
+
+    def end(self) -> None:
+        """End the log (a server's, at close): the waiting readers stop
+        after the events already logged."""
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
+            wakers = list(self._wakers)
+        for w in wakers:
+            w()
 
     def add_waker(self, fn: Callable[[], None]) -> None:
         """Call ``fn()`` after each event (the asyncio readers)."""
@@ -344,6 +358,40 @@ class EventReader(Iterator[ConnectionEvent]):
                 raise StopIteration
             if not self._log.wait(self._pos, self._timeout):
                 raise StopIteration
+
+
+async def aiter_events(log_: EventLog, wait: bool,
+                       timeout: Optional[float]) -> AsyncIterator[ConnectionEvent]:
+    """The asyncio form of :meth:`EventLog.reader`: the events of
+    ``log_`` from the oldest kept; with ``wait`` it waits (in the running
+    loop) for more and ends when the log ended (or after ``timeout``
+    seconds without an event)."""
+    reader = log_.reader(wait=False)
+    flag = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def wake() -> None:  # any thread
+        if loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(flag.set)
+        except RuntimeError:  # the loop closed meanwhile
+            pass
+
+    log_.add_waker(wake)
+    try:
+        while True:
+            flag.clear()
+            for ev in reader:
+                yield ev
+            if reader.ended or not wait:
+                return
+            try:
+                await asyncio.wait_for(flag.wait(), timeout)
+            except asyncio.TimeoutError:
+                return
+    finally:
+        log_.remove_waker(wake)
 
 
 def is_loss(exc: BaseException) -> bool:

@@ -30,8 +30,10 @@ from ._handler import (
     check_reply,
     error_text,
     log,
+    peer_address,
 )
 from ._net import check_timeout, format_address
+from ._reconnect import ConnectionEvent
 from ._types import Heartbeat
 from ._wire import ID_REPLY, error_id, reply_id
 
@@ -166,7 +168,8 @@ class Server(ServerRecords):
                  write_timeout: Optional[float] = None,
                  max_connections: Optional[int] = None,
                  *, on_connection: Optional[ConnectionHandler] = None,
-                 workers: int = 1) -> None:
+                 workers: int = 1,
+                 on_event: Optional[Callable[[ConnectionEvent], Any]] = None) -> None:
         check_handlers("sk.serve", handler, on_connection, async_ok=False)
         read_timeout, write_timeout = check_limits(read_timeout, write_timeout, max_connections,
                                                    workers, 1, on_connection)
@@ -178,7 +181,7 @@ class Server(ServerRecords):
         self._read_timeout = read_timeout
         self._write_timeout = write_timeout
         self._max_conns = max_connections
-        self._book = ExitBook("sk.serve")
+        self._book = ExitBook("sk.serve", on_event)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()  # each leaves it when done
@@ -295,6 +298,9 @@ class Server(ServerRecords):
         assert self._core is not None
         book, gone = self._book, []
         for cid, kind, exc, peer in events:
+            if kind == _core.ACCEPTED:  # local: the listening address
+                book.accepted(self._listener.address, peer)
+                continue
             if kind == _core.END_REJECTED:
                 book.rejected()
                 continue
@@ -330,6 +336,9 @@ class Server(ServerRecords):
             t = threading.Thread(target=self._serve_one, args=(conn,), name="pysockkit-conn",
                                  daemon=True)
             self._threads.add(t)
+        # outside the lock (on_event may call the server); before the
+        # thread starts, so before its end
+        self._book.accepted(conn.local_address, peer_address(conn), conn)
         t.start()
         return True
 
@@ -378,6 +387,7 @@ class Server(ServerRecords):
                 c.close()
         for t in threads:
             t.join(timeout)
+        self._book.events.end()
 
     def __enter__(self) -> "Server":
         return self

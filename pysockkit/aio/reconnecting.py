@@ -22,6 +22,7 @@ from .._reconnect import (
     ConnectionEvent,
     Lifecycle,
     Reconnect,
+    aiter_events,
     is_loss,
     loss_reason,
     lost_error,
@@ -329,22 +330,8 @@ class ReconnectingConnection(Lifecycle, Generic[M]):
             async for ev in conn.events(wait=False):
                 print(ev.kind)
         """
-        reader = self._log.reader(wait=False)
-        flag = asyncio.Event()
-        self._log.add_waker(flag.set)
-        try:
-            while True:
-                flag.clear()
-                for ev in reader:
-                    yield ev
-                if reader.ended or not wait:
-                    return
-                try:
-                    await asyncio.wait_for(flag.wait(), timeout)
-                except asyncio.TimeoutError:
-                    return
-        finally:
-            self._log.remove_waker(flag.set)
+        async for ev in aiter_events(self._log, wait, timeout):
+            yield ev
 
     @property
     def connection(self) -> "Optional[Connection[M]]":
