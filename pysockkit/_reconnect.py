@@ -20,7 +20,6 @@ See docs/reconnect.md.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import math
@@ -28,7 +27,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Optional
@@ -358,40 +357,6 @@ class EventReader(Iterator[ConnectionEvent]):
                 raise StopIteration
             if not self._log.wait(self._pos, self._timeout):
                 raise StopIteration
-
-
-async def aiter_events(log_: EventLog, wait: bool,
-                       timeout: Optional[float]) -> AsyncIterator[ConnectionEvent]:
-    """The asyncio form of :meth:`EventLog.reader`: the events of
-    ``log_`` from the oldest kept; with ``wait`` it waits (in the running
-    loop) for more and ends when the log ended (or after ``timeout``
-    seconds without an event)."""
-    reader = log_.reader(wait=False)
-    flag = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def wake() -> None:  # any thread
-        if loop.is_closed():
-            return
-        try:
-            loop.call_soon_threadsafe(flag.set)
-        except RuntimeError:  # the loop closed meanwhile
-            pass
-
-    log_.add_waker(wake)
-    try:
-        while True:
-            flag.clear()
-            for ev in reader:
-                yield ev
-            if reader.ended or not wait:
-                return
-            try:
-                await asyncio.wait_for(flag.wait(), timeout)
-            except asyncio.TimeoutError:
-                return
-    finally:
-        log_.remove_waker(wake)
 
 
 def is_loss(exc: BaseException) -> bool:

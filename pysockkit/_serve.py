@@ -73,11 +73,13 @@ def serve(
         >>> pool.close()
         >>> multi = sk.serve(handler=lambda m: m, processes=2)   # two cores
         >>> multi.close()
-        >>> seen = []
-        >>> with sk.serve(on_event=seen.append) as srv:
+        >>> watched = sk.serve(on_event=lambda ev: print(ev))   # each client's events
+        >>> watched.close()
+        >>> with sk.serve() as srv:
+        ...     events = srv.events(timeout=1.0)
         ...     sk.call(srv.address, b"hi", timeout=1.0)
+        ...     [next(events).kind, next(events).kind]
         b'hi'
-        >>> [ev.kind for ev in srv.events(wait=False)]
         ['accepted', 'lost']
     """
     check_handlers("sk.serve", handler, on_connection, async_ok=False)

@@ -141,6 +141,10 @@ class Server(ServerRecords):
     timeout, peer_dead, handler_error, finished, stopped, rejected, other)
     and ``errors`` keeps the exceptions of the abnormal ones (the most
     recent 1,000).  ``served`` counts the messages the handler answered.
+    Each client's lifecycle events (``accepted``, then ``lost`` or
+    ``closed``; :class:`sk.ConnectionEvent`) go to ``on_event`` and to
+    :meth:`events`; the reactor reports them in the batches it already
+    hands to the handler threads.
 
     Limits (all off by default): ``read_timeout`` is how long a client may
     take to deliver each whole frame, counted from when the server starts

@@ -312,7 +312,7 @@ def test_events_from_another_thread_reach_an_aio_reader() -> None:
     got: list[str] = []
 
     async def main() -> None:
-        from pysockkit._reconnect import aiter_events
+        from pysockkit.aio._events import aiter_events
         async for ev in aiter_events(srv._book.events, True, STEP_TIMEOUT):
             got.append(ev.kind)
             if ev.kind == "lost":

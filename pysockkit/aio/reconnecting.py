@@ -22,7 +22,6 @@ from .._reconnect import (
     ConnectionEvent,
     Lifecycle,
     Reconnect,
-    aiter_events,
     is_loss,
     loss_reason,
     lost_error,
@@ -30,6 +29,7 @@ from .._reconnect import (
 from .._types import Framing, Heartbeat, Keepalive, M
 
 from . import connection as _connection
+from ._events import aiter_events
 from .connection import Connection, connect
 
 __all__ = ["ReconnectingConnection"]

@@ -22,10 +22,11 @@ from .._handler import (
     peer_name,
 )
 from .._net import Address, AddressLike, check_timeout, format_address
-from .._reconnect import ConnectionEvent, aiter_events
+from .._reconnect import ConnectionEvent
 from .._types import Framing, Heartbeat, Keepalive
 from .._wire import ID_REPLY
 from ._endpoint import DEFAULT_FRAMING, DEFAULT_RECV_LIMIT, DEFAULT_SEND_LIMIT
+from ._events import aiter_events
 from .connection import Connection
 from .listener import listen_socket
 
@@ -87,6 +88,9 @@ class Server(ServerRecords):
     ``on_connection`` handler ending with an ``sk.Error`` is counted by
     that error (``sk.ConnectionClosed``: closed); one returning, as
     finished.  ``served`` counts the messages the handler answered.
+    Each client's lifecycle events (``accepted``, then ``lost`` or
+    ``closed``) go to ``on_event`` (in the event loop) and to ``async for
+    ev in srv.events()``.
 
     Example::
 
