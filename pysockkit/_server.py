@@ -103,6 +103,8 @@ class _Peer:
 
 
 _NO_PEER = ("", -1)
+# an event of a reactor batch: (client id, kind, error, peer)
+_Event = tuple[int, int, Optional[BaseException], Optional[tuple[str, int]]]
 
 
 class Server(ServerRecords):
@@ -191,6 +193,12 @@ class Server(ServerRecords):
         self._threads: set[threading.Thread] = set()  # each leaves it when done
         self._core: Optional[_core.Server] = None
         self._handler_failed: dict[int, BaseException] = {}  # client id -> its error
+        # the order of each client's events across handler threads (which
+        # take batches in order but may record them out of order): the
+        # clients whose "accepted" was emitted, and those whose "accepted"
+        # was emitted with their end because that came first
+        self._announced: set[int] = set()
+        self._early_end: set[int] = set()
         if on_connection is not None:
             self._threaded: set[Connection] = set()
             self._acceptor = threading.Thread(
@@ -263,6 +271,8 @@ class Server(ServerRecords):
             if batch is None:
                 return
             msgs, events = batch
+            if events:  # the accepts first: before this batch's handlers run
+                events = self._accepts(events)
             if msgs:
                 answers: list[tuple[int, int, Optional[int], Reply]] = []
                 append = answers.append
@@ -296,15 +306,27 @@ class Server(ServerRecords):
             if events:
                 self._record(events)
 
-    def _record(self, events: "list[tuple[int, int, Optional[BaseException], Optional[tuple[str, int]]]]") -> None:
+    def _accepts(self, events: "list[_Event]") -> "list[_Event]":
+        """Emit the ``accepted`` events of a batch; returns the others."""
+        rest: list[_Event] = []
+        for ev in events:
+            if ev[1] != _core.ACCEPTED:
+                rest.append(ev)
+                continue
+            with self._lock:
+                if ev[0] in self._early_end:  # announced with its end already
+                    self._early_end.discard(ev[0])
+                    continue
+                self._announced.add(ev[0])
+            self._book.accepted(self._listener.address, ev[3])  # local: the listener's
+        return rest
+
+    def _record(self, events: "list[_Event]") -> None:
         """Record the ends the reactor reported, then let their slots go
         (a client leaves ``_conns`` only once its end is recorded)."""
         assert self._core is not None
         book, gone = self._book, []
         for cid, kind, exc, peer in events:
-            if kind == _core.ACCEPTED:  # local: the listening address
-                book.accepted(self._listener.address, peer)
-                continue
             if kind == _core.END_REJECTED:
                 book.rejected()
                 continue
@@ -312,6 +334,13 @@ class Server(ServerRecords):
                 if isinstance(exc, Error):
                     self._accept_failed(exc)
                 continue
+            with self._lock:
+                early = cid not in self._announced
+                if early:  # its accept is in a batch another thread still holds
+                    self._early_end.add(cid)
+                self._announced.discard(cid)
+            if early:
+                book.accepted(self._listener.address, peer)
             failed = self._handler_failed.pop(cid, None)
             book.ended(HandlerFailed(failed) if failed is not None else exc,
                        kind == _core.END_STOPPED, _Peer(peer or _NO_PEER))

@@ -138,7 +138,7 @@ def test_closed_for_clients_still_connected_at_close(make_server: Factory) -> No
             _echo_once(c)  # accepted and served before close()
         ports = {c.getsockname()[1] for c in clients}
         reader = srv.events(timeout=STEP_TIMEOUT)  # waits; ends once the server closed
-        srv.close()
+        srv.close(timeout=STEP_TIMEOUT)
         evs = list(reader)
         assert reader.ended and reader.dropped == 0
         closed = [ev for ev in evs if ev.kind == "closed"]
@@ -175,6 +175,31 @@ def test_a_callback_that_raises_is_logged_and_the_server_goes_on(
                    for r in caplog.records)
     finally:
         srv.close()
+
+
+def test_each_client_gets_accepted_then_one_end_with_many_handler_threads() -> None:
+    """workers=4 take the reactor's batches in order but may record them
+    out of order: each client's events still come as accepted, then
+    exactly one end."""
+    n = 60
+    with sk.serve(("127.0.0.1", 0), handler=lambda m: m, workers=4) as srv:
+        ports = []
+        for i in range(n):
+            s = _client(srv.address)
+            ports.append(s.getsockname()[1])
+            if i % 3 == 0:
+                _echo_once(s)
+            if i % 2:
+                _abort(s)
+            else:
+                s.close()
+        assert wait_until(lambda: srv.exits.total == n, timeout=STEP_TIMEOUT), srv.exits
+        evs = list(srv.events(wait=False))
+    per: dict[int, list[str]] = {p: [] for p in ports}
+    for ev in evs:
+        per[ev.details["remote"][1]].append(ev.kind)
+    # (a port an aborted client freed may come back for a later one)
+    assert all(kinds == ["accepted", "lost"] * ports.count(p) for p, kinds in per.items()), per
 
 
 def test_events_without_a_callback_and_a_late_reader_sees_the_log() -> None:
