@@ -277,6 +277,7 @@ END_CLIENT: int
 END_STOPPED: int
 END_REJECTED: int
 END_FAILED: int
+ACCEPTED: int
 
 _Msg = tuple[int, int, Optional[int], bytes]
 _Event = tuple[int, int, Optional[BaseException], Optional[tuple[str, int]]]

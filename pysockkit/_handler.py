@@ -37,7 +37,8 @@ from ._errors import (
     PeerDead,
     Timeout,
 )
-from ._net import format_address
+from ._net import check_timeout, format_address
+from ._reconnect import ConnectionEvent, EventLog, EventReader
 
 if TYPE_CHECKING:
     from ._conn import Connection, Listener
@@ -216,6 +217,8 @@ class ServerExits:
 
 _REASONS = tuple(f.name for f in fields(ServerExits))
 _NORMAL = frozenset({"closed", "finished", "stopped", "rejected"})
+# the ends this side chose: event "closed" (the others: "lost")
+_CLOSED_HERE = frozenset({"finished", "stopped"})
 
 
 def exit_reason(exc: Optional[BaseException], stopping: bool) -> str:
@@ -249,14 +252,29 @@ class ExitBook:
     most recent ERRORS_KEPT exceptions) and ``served`` (messages handled).
     Thread-safe."""
 
-    __slots__ = ("_lock", "_n", "errors", "served", "_where")
+    __slots__ = ("_lock", "_n", "errors", "served", "_where", "events", "_remotes")
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str,
+                 on_event: Optional[Callable[[ConnectionEvent], Any]] = None) -> None:
         self._lock = threading.Lock()
         self._n = dict.fromkeys(_REASONS, 0)
         self.errors: list[BaseException] = []
         self.served = 0
         self._where = where
+        # the clients' lifecycle events (accepted, lost, closed); ended by
+        # the server's close, not by one client's "closed"
+        self.events = EventLog(on_event, ends_on_closed=False)
+        # id(connection) -> its peer, taken at accept: a reset socket no
+        # longer has one to ask for when its end is recorded
+        self._remotes: dict[int, Any] = {}
+
+    def accepted(self, local: Any, remote: Any, conn: Any = None) -> None:
+        """A client was accepted: its ``accepted`` event (``conn``: the
+        connection object that :meth:`ended` will get, if any)."""
+        if conn is not None:
+            with self._lock:
+                self._remotes[id(conn)] = remote
+        self.events.emit("accepted", local=local, remote=remote)
 
     def _keep(self, exc: BaseException) -> None:
         errors = self.errors
@@ -302,6 +320,13 @@ class ExitBook:
             self._n[reason] += 1
             if reason not in _NORMAL and exc is not None:
                 self._keep(exc)
+            remote = self._remotes.pop(id(conn), None)
+        if remote is None:
+            remote = peer_address(conn)
+        if reason in _CLOSED_HERE:
+            self.events.emit("closed", remote=remote, reason=reason)
+        else:
+            self.events.emit("lost", remote=remote, reason=reason, exception=exc)
         return reason
 
     def rejected(self) -> None:
@@ -357,6 +382,26 @@ class ServerRecords:
         """
         return self._book.served
 
+    def events(self, wait: bool = True, timeout: Optional[float] = None) -> EventReader:
+        """Iterate over the clients' lifecycle events
+        (:class:`sk.ConnectionEvent`): ``accepted`` (``local``,
+        ``remote``), ``lost`` (``remote``, ``reason``: the
+        :class:`sk.ServerExits` reason, ``exception``: its error or None)
+        and ``closed`` (``remote``, ``reason``: ``stopped`` by close(), or
+        ``finished`` when ``on_connection`` returned), from the oldest
+        kept (the last 1,000; ``dropped`` counts those a reader missed).
+        ``wait=True`` waits for more and ends once the server is closed
+        (or after ``timeout`` seconds without an event); ``wait=False``
+        ends when caught up.
+
+        Example::
+
+            for ev in srv.events(wait=False):
+                print(ev.kind, ev.details["remote"], ev.details.get("reason"))
+        """
+        timeout = check_timeout(timeout)
+        return self._book.events.reader(wait, timeout)
+
 
 def accept_loop(listener: "Listener[Any]", stopping: Callable[[], bool],
                 take: "Callable[[Connection[Any]], bool]", failed: Callable[[Error], None],
@@ -387,11 +432,21 @@ def accept_loop(listener: "Listener[Any]", stopping: Callable[[], bool],
             return
 
 
+def peer_address(conn: Any) -> Any:
+    """(host, port) of a connection's peer, or None when the socket no
+    longer knows it (reset)."""
+    try:
+        return conn.remote_address
+    except (OSError, AttributeError, ValueError, IndexError):
+        return None
+
+
 def peer_name(conn: Any) -> str:
     """"host:port" of a connection's peer, for messages."""
+    addr = peer_address(conn)
     try:
-        return format_address(conn.remote_address)
-    except (OSError, AttributeError, ValueError, IndexError):
+        return format_address(addr) if addr is not None else "a client"
+    except (ValueError, IndexError, TypeError):
         return "a client"
 
 

@@ -228,7 +228,7 @@ class EventLog:
     counted in ``callback_errors``, never propagated."""
 
     def __init__(self, on_event: Optional[Callable[[ConnectionEvent], Any]] = None,
-                 maxlen: int = EVENTS_KEPT) -> None:
+                 maxlen: int = EVENTS_KEPT, *, ends_on_closed: bool = True) -> None:
         if on_event is not None and not callable(on_event):
             raise TypeError(f"on_event must be a callable taking a ConnectionEvent, "
                             f"not {on_event!r}")
@@ -236,6 +236,9 @@ class EventLog:
         self._events: deque[ConnectionEvent] = deque(maxlen=maxlen)
         self._seq = 0  # events ever logged
         self._ended = False
+        # a connection's log ends with its "closed"; a server's (whose
+        # "closed" is one client's) ends with end()
+        self._ends_on_closed = ends_on_closed
         self._cond = threading.Condition()
         self._wakers: list[Callable[[], None]] = []
         self.callback_errors = 0
@@ -246,7 +249,7 @@ class EventLog:
         with self._cond:
             self._events.append(ev)
             self._seq += 1
-            if kind == "closed":
+            if kind == "closed" and self._ends_on_closed:
                 self._ended = True
             self._cond.notify_all()
             wakers = list(self._wakers)
@@ -259,6 +262,16 @@ class EventLog:
                 self.callback_errors += 1
                 log.exception("pysockkit: the on_event callback raised on %s", ev)
         return ev
+
+    def end(self) -> None:
+        """End the log (a server's, at close): the waiting readers stop
+        after the events already logged."""
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
+            wakers = list(self._wakers)
+        for w in wakers:
+            w()
 
     def add_waker(self, fn: Callable[[], None]) -> None:
         """Call ``fn()`` after each event (the asyncio readers)."""

@@ -4,11 +4,13 @@ processes sharing the port), which both build on :class:`Server`."""
 
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 from ._conn import listen
 from ._handler import check_handlers
 from ._net import AddressLike
+from ._reconnect import ConnectionEvent
 from ._server import ConnectionHandler, Handler, Server, check_limits
 from ._types import Framing, Heartbeat
 from ._workers import ProcessServer
@@ -27,6 +29,7 @@ def serve(
     workers: int = 1,
     heartbeat: Optional[Heartbeat] = None,
     processes: int = 1,
+    on_event: Optional[Callable[[ConnectionEvent], Any]] = None,
 ) -> Server:
     """Start a framed server on ``addr`` and return it at once.
 
@@ -47,6 +50,11 @@ def serve(
     worker that dies is restarted and reported in ``errors``, and
     ``served``, ``exits`` and ``errors`` sum the workers'; the handler
     must be a message handler (the workers are forks of this process).
+    ``on_event(ev)`` gets each client's lifecycle events (``accepted``,
+    ``lost``, ``closed``; :class:`sk.ConnectionEvent`, see
+    :meth:`Server.events`) in a server thread; one that raises is logged
+    and the server goes on.  With ``processes=N`` the events stay in the
+    worker that served the client: not given.
 
     Example::
 
@@ -65,17 +73,30 @@ def serve(
         >>> pool.close()
         >>> multi = sk.serve(handler=lambda m: m, processes=2)   # two cores
         >>> multi.close()
+        >>> watched = sk.serve(on_event=lambda ev: print(ev))   # each client's events
+        >>> watched.close()
+        >>> with sk.serve() as srv:
+        ...     events = srv.events(timeout=1.0)
+        ...     sk.call(srv.address, b"hi", timeout=1.0)
+        ...     [next(events).kind, next(events).kind]
+        b'hi'
+        ['accepted', 'lost']
     """
     check_handlers("sk.serve", handler, on_connection, async_ok=False)
     rt, wt = check_limits(read_timeout, write_timeout, max_connections, workers, processes,
                           on_connection)
+    if on_event is not None and processes > 1:
+        raise ValueError(
+            "sk.serve: on_event= is per process and the workers of processes=N are "
+            "forks that cannot call back into this process: use processes=1, or "
+            "server.exits and server.errors (summed over the workers)")
     if processes > 1:
         return ProcessServer(addr, handler, framing or Framing(), backlog,
                              (rt, wt, max_connections), workers, heartbeat, processes)
     listener = listen(addr, backlog=backlog, framing=framing, heartbeat=heartbeat)
     try:
         return Server(listener, handler, read_timeout, write_timeout, max_connections,
-                      on_connection=on_connection, workers=workers)
+                      on_connection=on_connection, workers=workers, on_event=on_event)
     except BaseException:  # a bad argument: do not leave the listener open
         listener.close()
         raise

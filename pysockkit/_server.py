@@ -30,8 +30,10 @@ from ._handler import (
     check_reply,
     error_text,
     log,
+    peer_address,
 )
 from ._net import check_timeout, format_address
+from ._reconnect import ConnectionEvent
 from ._types import Heartbeat
 from ._wire import ID_REPLY, error_id, reply_id
 
@@ -101,6 +103,8 @@ class _Peer:
 
 
 _NO_PEER = ("", -1)
+# an event of a reactor batch: (client id, kind, error, peer)
+_Event = tuple[int, int, Optional[BaseException], Optional[tuple[str, int]]]
 
 
 class Server(ServerRecords):
@@ -139,6 +143,10 @@ class Server(ServerRecords):
     timeout, peer_dead, handler_error, finished, stopped, rejected, other)
     and ``errors`` keeps the exceptions of the abnormal ones (the most
     recent 1,000).  ``served`` counts the messages the handler answered.
+    Each client's lifecycle events (``accepted``, then ``lost`` or
+    ``closed``; :class:`sk.ConnectionEvent`) go to ``on_event`` and to
+    :meth:`events`; the reactor reports them in the batches it already
+    hands to the handler threads.
 
     Limits (all off by default): ``read_timeout`` is how long a client may
     take to deliver each whole frame, counted from when the server starts
@@ -166,7 +174,8 @@ class Server(ServerRecords):
                  write_timeout: Optional[float] = None,
                  max_connections: Optional[int] = None,
                  *, on_connection: Optional[ConnectionHandler] = None,
-                 workers: int = 1) -> None:
+                 workers: int = 1,
+                 on_event: Optional[Callable[[ConnectionEvent], Any]] = None) -> None:
         check_handlers("sk.serve", handler, on_connection, async_ok=False)
         read_timeout, write_timeout = check_limits(read_timeout, write_timeout, max_connections,
                                                    workers, 1, on_connection)
@@ -178,12 +187,18 @@ class Server(ServerRecords):
         self._read_timeout = read_timeout
         self._write_timeout = write_timeout
         self._max_conns = max_connections
-        self._book = ExitBook("sk.serve")
+        self._book = ExitBook("sk.serve", on_event)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()  # each leaves it when done
         self._core: Optional[_core.Server] = None
         self._handler_failed: dict[int, BaseException] = {}  # client id -> its error
+        # the order of each client's events across handler threads (which
+        # take batches in order but may record them out of order): the
+        # clients whose "accepted" was emitted, and those whose "accepted"
+        # was emitted with their end because that came first
+        self._announced: set[int] = set()
+        self._early_end: set[int] = set()
         if on_connection is not None:
             self._threaded: set[Connection] = set()
             self._acceptor = threading.Thread(
@@ -256,6 +271,8 @@ class Server(ServerRecords):
             if batch is None:
                 return
             msgs, events = batch
+            if events:  # the accepts first: before this batch's handlers run
+                events = self._accepts(events)
             if msgs:
                 answers: list[tuple[int, int, Optional[int], Reply]] = []
                 append = answers.append
@@ -289,7 +306,22 @@ class Server(ServerRecords):
             if events:
                 self._record(events)
 
-    def _record(self, events: "list[tuple[int, int, Optional[BaseException], Optional[tuple[str, int]]]]") -> None:
+    def _accepts(self, events: "list[_Event]") -> "list[_Event]":
+        """Emit the ``accepted`` events of a batch; returns the others."""
+        rest: list[_Event] = []
+        for ev in events:
+            if ev[1] != _core.ACCEPTED:
+                rest.append(ev)
+                continue
+            with self._lock:
+                if ev[0] in self._early_end:  # announced with its end already
+                    self._early_end.discard(ev[0])
+                    continue
+                self._announced.add(ev[0])
+            self._book.accepted(self._listener.address, ev[3])  # local: the listener's
+        return rest
+
+    def _record(self, events: "list[_Event]") -> None:
         """Record the ends the reactor reported, then let their slots go
         (a client leaves ``_conns`` only once its end is recorded)."""
         assert self._core is not None
@@ -302,6 +334,13 @@ class Server(ServerRecords):
                 if isinstance(exc, Error):
                     self._accept_failed(exc)
                 continue
+            with self._lock:
+                early = cid not in self._announced
+                if early:  # its accept is in a batch another thread still holds
+                    self._early_end.add(cid)
+                self._announced.discard(cid)
+            if early:
+                book.accepted(self._listener.address, peer)
             failed = self._handler_failed.pop(cid, None)
             book.ended(HandlerFailed(failed) if failed is not None else exc,
                        kind == _core.END_STOPPED, _Peer(peer or _NO_PEER))
@@ -330,6 +369,9 @@ class Server(ServerRecords):
             t = threading.Thread(target=self._serve_one, args=(conn,), name="pysockkit-conn",
                                  daemon=True)
             self._threads.add(t)
+        # outside the lock (on_event may call the server); before the
+        # thread starts, so before its end
+        self._book.accepted(conn.local_address, peer_address(conn), conn)
         t.start()
         return True
 
@@ -378,6 +420,7 @@ class Server(ServerRecords):
                 c.close()
         for t in threads:
             t.join(timeout)
+        self._book.events.end()
 
     def __enter__(self) -> "Server":
         return self

@@ -25,6 +25,7 @@ from ._conn import Address, Listener
 from ._errors import Error
 from ._handler import ServerExits, log
 from ._net import check_timeout, format_address, resolve
+from ._reconnect import EventReader
 from ._server import Handler, Server
 from ._types import Framing, Heartbeat
 
@@ -349,6 +350,20 @@ class ProcessServer(Server):
     @property
     def _conns(self) -> "list[Any]":
         return []
+
+    def events(self, wait: bool = True, timeout: Optional[float] = None) -> EventReader:
+        """Not available with ``processes=N``: each worker process serves
+        its own clients and their events stay in it; ``exits`` and
+        ``errors`` sum the workers' records.  Raises ValueError.
+
+        Example::
+
+            srv.exits.closed      # instead of srv.events() with processes=N
+        """
+        raise ValueError(
+            "server.events(): the client events of sk.serve(processes=N) stay in the "
+            "worker process that served each client; use processes=1 for events, or "
+            "server.exits and server.errors (summed over the workers)")
 
     def close(self, timeout: Optional[float] = 2.0) -> None:
         """Stop every worker (each closes its clients) and wait for them.

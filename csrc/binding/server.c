@@ -13,7 +13,7 @@
  *     ready in one reactor turn), then builds it in one GIL hold:
  *     msgs: [(client_id, ticket, id or None, payload bytes)],
  *     events: [(client_id, kind, exception or None, (host, port) or None)]
- *     (kind: END_CLIENT, END_STOPPED, END_REJECTED, END_FAILED).
+ *     (kind: END_CLIENT, END_STOPPED, END_REJECTED, END_FAILED, ACCEPTED).
  *     ([], []) after timeout; None once the server stopped and every
  *     batch was taken.
  *   reply_batch([(client_id, ticket, id, reply)])
@@ -219,7 +219,7 @@ static PyObject *Server_event(ServerObject *self, const sk_srv_event *e)
 {
     PyObject *py_exc = NULL, *py_peer = NULL, *py_t = NULL;
 
-    if (e->kind != SK_SRV_REJECTED) {
+    if (e->kind != SK_SRV_REJECTED && e->kind != SK_SRV_ACCEPTED) {
         py_exc = Server_exc(self, &e->err);
         if (py_exc == NULL)
             goto error;
@@ -586,7 +586,8 @@ int skpy_add_server(PyObject *mod)
         PyModule_AddIntConstant(mod, "END_CLIENT", SK_SRV_END) < 0 ||
         PyModule_AddIntConstant(mod, "END_STOPPED", SK_SRV_STOPPED) < 0 ||
         PyModule_AddIntConstant(mod, "END_REJECTED", SK_SRV_REJECTED) < 0 ||
-        PyModule_AddIntConstant(mod, "END_FAILED", SK_SRV_FAILED) < 0)
+        PyModule_AddIntConstant(mod, "END_FAILED", SK_SRV_FAILED) < 0 ||
+        PyModule_AddIntConstant(mod, "ACCEPTED", SK_SRV_ACCEPTED) < 0)
         goto error;
     rc = 0;
 error:

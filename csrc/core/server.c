@@ -684,6 +684,8 @@ static int sk_srv_add(sk_srv *s, int fd, const struct sockaddr_storage *ss,
     pthread_mutex_unlock(&s->mu);
     s->live++;
     s->st.accepted++;
+    /* out of memory: the accept goes unreported; its end is still reported */
+    (void)sk_srv_event_add(s, cl->cid, SK_SRV_ACCEPTED, cl, NULL);
     sk_srv_update(s, cl, now);
     rc = SK_OK;
     goto done;

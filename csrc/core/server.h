@@ -92,6 +92,8 @@ enum {
     SK_SRV_STOPPED = 1,  /* a client was closed by sk_srv_stop */
     SK_SRV_REJECTED = 2, /* a client over max_conns was reset */
     SK_SRV_FAILED = 3,   /* accept failed (err); no client */
+    SK_SRV_ACCEPTED = 4, /* a client was accepted (its peer; no err); out
+                            of memory: not reported (st.accepted counts it) */
 };
 
 /* One event of a batch other than a message. */

@@ -30,6 +30,7 @@ from .._types import Framing, Heartbeat, Keepalive
 from .._typevars import M
 
 from . import connection as _connection
+from ._events import aiter_events
 from .connection import Connection, connect
 
 __all__ = ["ReconnectingConnection"]
@@ -330,22 +331,8 @@ class ReconnectingConnection(Lifecycle, Generic[M]):
             async for ev in conn.events(wait=False):
                 print(ev.kind)
         """
-        reader = self._log.reader(wait=False)
-        flag = asyncio.Event()
-        self._log.add_waker(flag.set)
-        try:
-            while True:
-                flag.clear()
-                for ev in reader:
-                    yield ev
-                if reader.ended or not wait:
-                    return
-                try:
-                    await asyncio.wait_for(flag.wait(), timeout)
-                except asyncio.TimeoutError:
-                    return
-        finally:
-            self._log.remove_waker(flag.set)
+        async for ev in aiter_events(self._log, wait, timeout):
+            yield ev
 
     @property
     def connection(self) -> "Optional[Connection[M]]":

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Optional, Union, cast
 
 from .._errors import ConnectionClosed
@@ -18,12 +18,15 @@ from .._handler import (
     check_reply,
     error_text,
     log,
+    peer_address,
     peer_name,
 )
-from .._net import Address, AddressLike, format_address
+from .._net import Address, AddressLike, check_timeout, format_address
+from .._reconnect import ConnectionEvent
 from .._types import Framing, Heartbeat, Keepalive
 from .._wire import ID_REPLY
 from ._endpoint import DEFAULT_FRAMING, DEFAULT_RECV_LIMIT, DEFAULT_SEND_LIMIT
+from ._events import aiter_events
 from .connection import Connection
 from .listener import listen_socket
 
@@ -85,6 +88,9 @@ class Server(ServerRecords):
     ``on_connection`` handler ending with an ``sk.Error`` is counted by
     that error (``sk.ConnectionClosed``: closed); one returning, as
     finished.  ``served`` counts the messages the handler answered.
+    Each client's lifecycle events (``accepted``, then ``lost`` or
+    ``closed``) go to ``on_event`` (in the event loop) and to ``async for
+    ev in srv.events()``.
 
     Example::
 
@@ -106,6 +112,7 @@ class Server(ServerRecords):
         heartbeat: Optional[Heartbeat],
         keepalive: Optional[Keepalive],
         limits: tuple[int, int],
+        on_event: Optional[Callable[[ConnectionEvent], Any]] = None,
     ) -> None:
         """Internal: use :func:`serve`."""
         self._loop = loop
@@ -120,7 +127,7 @@ class Server(ServerRecords):
         self._tasks: set[asyncio.Task[None]] = set()
         self._conns: set[Connection] = set()
         self._closed: asyncio.Future[None] = loop.create_future()
-        self._book = ExitBook("aio.serve")
+        self._book = ExitBook("aio.serve", on_event)
 
     def _factory(self) -> asyncio.BaseProtocol:
         conn = Connection(self._loop, self._framing, self._hb, self._keepalive,
@@ -133,6 +140,7 @@ class Server(ServerRecords):
             conn.abort()
             return
         self._conns.add(conn)
+        self._book.accepted(conn.local_address, peer_address(conn), conn)
         task = self._loop.create_task(self._run(conn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -260,6 +268,23 @@ class Server(ServerRecords):
         conns = list(self._conns)
         if conns:
             await asyncio.gather(*(c.wait_closed() for c in conns), return_exceptions=True)
+        self._book.events.end()
+
+    async def events(self, wait: bool = True,  # type: ignore[override]
+                     timeout: Optional[float] = None) -> AsyncIterator[ConnectionEvent]:
+        """The clients' lifecycle events, as :meth:`sk.Server.events`
+        (``accepted``, ``lost``, ``closed``), for ``async for``; with
+        ``wait`` it ends once :meth:`wait_closed` returned (or after
+        ``timeout`` seconds without an event).
+
+        Example::
+
+            async for ev in srv.events(wait=False):
+                print(ev.kind, ev.details["remote"])
+        """
+        timeout = check_timeout(timeout)
+        async for ev in aiter_events(self._book.events, wait, timeout):
+            yield ev
 
     async def serve_forever(self) -> None:
         """Wait until the server is closed (by :meth:`close` from another
@@ -299,6 +324,7 @@ async def serve(
     backlog: int = 128,
     recv_limit: int = DEFAULT_RECV_LIMIT,
     send_limit: int = DEFAULT_SEND_LIMIT,
+    on_event: Optional[Callable[[ConnectionEvent], Any]] = None,
 ) -> Server:
     """Listen on ``addr`` and serve each client in a task; return the
     running :class:`Server` at once.
@@ -311,7 +337,9 @@ async def serve(
     client's :class:`Connection`; the connection is closed when it
     returns.  Giving both, a non-callable, or a plain function as
     ``on_connection`` is a TypeError.  See :class:`Server` for errors and
-    ``exits``.
+    ``exits``.  ``on_event(ev)`` gets each client's lifecycle events
+    (``accepted``, ``lost``, ``closed``; see :meth:`Server.events`) in the
+    event loop; one that raises is logged and the server goes on.
 
     Example::
 
@@ -327,7 +355,7 @@ async def serve(
     check_handlers("aio.serve", handler, on_connection, async_ok=True)
     loop = asyncio.get_running_loop()
     srv = Server(loop, handler, on_connection, framing or DEFAULT_FRAMING, heartbeat,
-                 keepalive, (recv_limit, send_limit))
+                 keepalive, (recv_limit, send_limit), on_event)
     sock = listen_socket(addr, backlog)
     srv._address = tuple(sock.getsockname()[:2])
     try:

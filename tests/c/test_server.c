@@ -31,8 +31,10 @@ typedef struct got {
     sk_srv_msg msgs[MAXM];
     unsigned char data[MAXM][64];
     size_t nmsgs;
-    sk_srv_event events[8];
+    sk_srv_event events[8]; /* every event but SK_SRV_ACCEPTED */
     size_t nevents;
+    uint64_t accepted_cid; /* the last SK_SRV_ACCEPTED's client */
+    size_t accepted;       /* SK_SRV_ACCEPTED events */
 } got;
 
 /* A listening IPv4 loopback socket (non-blocking) and its port. */
@@ -109,8 +111,14 @@ static void collect(sk_srv *s, got *g, size_t msgs, size_t events)
                    m->len < 64 ? m->len : 64);
             g->nmsgs++;
         }
-        for (i = 0; i < b->nevents && g->nevents < 8; i++)
+        for (i = 0; i < b->nevents && g->nevents < 8; i++) {
+            if (b->events[i].kind == SK_SRV_ACCEPTED) {
+                g->accepted_cid = b->events[i].cid;
+                g->accepted++;
+                continue;
+            }
             g->events[g->nevents++] = b->events[i];
+        }
         sk_srv_batch_free(b);
     }
     CHECK_U64(g->nmsgs, ==, msgs);
@@ -144,6 +152,9 @@ TEST(server_replies_leave_in_request_order)
     put_frame(c, "two");
     put_frame(c, "three");
     collect(s, &g, 3, 0);
+    /* the accept was reported, in the batch of the first frame or before */
+    CHECK_U64(g.accepted, ==, 1);
+    CHECK_U64(g.accepted_cid, ==, g.msgs[0].cid);
     /* answered last first: the reactor still writes them in order */
     memset(a, 0, sizeof(a));
     for (i = 0; i < 3; i++) {
