@@ -185,6 +185,24 @@ sys.exit(pytest.main(sys.argv[1:]))' -q -p no:cacheprovider --durations=10 \
             fi
         done
         [ $nwarn -eq 0 ] || echo "($nwarn process(es) logged only 'failed to allocate' warnings: impossible sizes asked for on purpose, answered by MemoryError)"
+        # LeakSanitizer's own tracer sometimes crashes while it stops the
+        # world at exit ("Tracer caught signal 11 ... LeakSanitizer has
+        # encountered a fatal error"), seen about once in six runs here: that
+        # run's leak check did not happen, which says nothing about our code.
+        # Such a file (holding no ASan, UBSan or leak report) is shown and
+        # counted as inconclusive, not as a finding; any real report still fails.
+        nfatal=0
+        for f in "$reports"/*; do
+            [ -f "$f" ] || continue
+            if grep -q 'LeakSanitizer has encountered a fatal error' "$f" &&
+                ! grep -q -e 'ERROR: AddressSanitizer' -e 'runtime error' \
+                    -e 'detected memory leaks' "$f"; then
+                echo "=== inconclusive: LeakSanitizer's tracer failed at exit in $(basename "$f"):"
+                cat "$f"
+                rm -f "$f"
+                nfatal=$((nfatal + 1))
+            fi
+        done
         nrep=$(find "$reports" -type f | wc -l)
         if [ "$nrep" -gt 0 ]; then
             echo "=== $nrep sanitizer report(s):"
@@ -198,6 +216,7 @@ sys.exit(pytest.main(sys.argv[1:]))' -q -p no:cacheprovider --durations=10 \
             status=1
         else
             result[sanitize]="ok (0 sanitizer reports)"
+            [ $nfatal -eq 0 ] || result[sanitize]+=" ($nfatal leak check(s) inconclusive: LSan's tracer failed)"
         fi
     fi
     result[sanitize]+=" ($(($(date +%s) - t0)) s)"
