@@ -131,13 +131,16 @@ if [ $do_sanitize -eq 1 ]; then
     libstdcxx=$(gcc -print-file-name=libstdc++.so)
     reports="$work/.reports"
     mkdir -p "$reports"
-    if ! (cd "$work" && PYSOCKKIT_SANITIZE=1 PYSOCKKIT_WERROR=1 "$PY" setup.py -q build_ext --inplace \
+    if ! (cd "$work" && PYSOCKKIT_SANITIZE=1 PYSOCKKIT_WERROR=1 "$PY" setup.py -q build_ext --inplace --force \
         >"$work/.build.log" 2>&1); then
         cat "$work/.build.log"
         result[sanitize]="FAILED (build)"
         status=1
     elif ! ldd "$work"/pysockkit/_core*.so | grep -q libasan; then
-        echo "the sanitizer build did not link libasan" >&2
+        echo "the sanitizer build did not link libasan:" >&2
+        ls -l "$work"/pysockkit/*.so >&2
+        ldd "$work"/pysockkit/_core*.so >&2
+        tail -n 20 "$work/.build.log" >&2
         result[sanitize]="FAILED (build)"
         status=1
     else
