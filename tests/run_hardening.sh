@@ -23,7 +23,9 @@
 #                 ASan, UBSan and LSan write their reports to files; any
 #                 report, from the test process or a child, fails the step.
 #                 Load sizes are cut (PYSOCKKIT_LEAK_SHORT=5000 short
-#                 connections, PYSOCKKIT_IDLE_FLOOD=500 idle ones): under ASan
+#                 connections, PYSOCKKIT_IDLE_FLOOD=500 idle ones,
+#                 PYSOCKKIT_REACTOR_CLIENTS=500 clients held by one server,
+#                 PYSOCKKIT_RECONNECT_CLIENTS=200 reconnecting ones): under ASan
 #                 a thread start costs ~10x, and these runs look for memory
 #                 errors; the full sizes run in the plain pytest step.
 #
@@ -167,6 +169,8 @@ if [ $do_sanitize -eq 1 ]; then
                     PYTHONPATH="$work" PYTHONDONTWRITEBYTECODE=1 \
                     PYSOCKKIT_LEAK_SHORT=${PYSOCKKIT_LEAK_SHORT:-5000} \
                     PYSOCKKIT_IDLE_FLOOD=${PYSOCKKIT_IDLE_FLOOD:-500} \
+                    PYSOCKKIT_REACTOR_CLIENTS=${PYSOCKKIT_REACTOR_CLIENTS:-500} \
+                    PYSOCKKIT_RECONNECT_CLIENTS=${PYSOCKKIT_RECONNECT_CLIENTS:-200} \
                     PYSOCKKIT_TIME_SCALE=${PYSOCKKIT_TIME_SCALE:-3} \
                     "$PY" -c 'import os, sys
 os.environ["ASAN_OPTIONS"] = os.environ.pop("SK_CHILD_ASAN_OPTIONS")
