@@ -138,7 +138,7 @@ if [ $do_sanitize -eq 1 ]; then
         cat "$work/.build.log"
         result[sanitize]="FAILED (build)"
         status=1
-    elif ! ldd "$work"/pysockkit/_core*.so | grep -q libasan; then
+    elif ! ldd "$work"/pysockkit/_core*.so | grep libasan >/dev/null; then  # not -q: an early exit would SIGPIPE ldd, and pipefail counts that as no match
         echo "the sanitizer build did not link libasan:" >&2
         ls -l "$work"/pysockkit/*.so >&2
         ldd "$work"/pysockkit/_core*.so >&2
