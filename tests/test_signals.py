@@ -292,16 +292,40 @@ def slow_peer():
     ls.close()
 
 
-def sigint_mid_call(child: Child, before=None) -> float:
+def wait_in_poll(pid: int) -> None:
+    """Wait until the main thread of process ``pid`` sits in poll/ppoll (the
+    kernel's /proc/PID/syscall): a send, flush or shutdown that blocks on a
+    full socket waits there, so the call is under way and blocked, however
+    slowly a loaded machine ran the child up to it."""
+    deadline = time.monotonic() + scaled(20)
+    seen = ""
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/syscall") as f:
+                seen = f.read().split(" ", 1)[0]
+        except OSError as exc:
+            pytest.fail(f"cannot read /proc/{pid}/syscall: {exc}")
+        if seen in ("7", "271"):  # poll, ppoll (x86-64)
+            return
+        time.sleep(0.005)
+    pytest.fail(f"the child never blocked in poll (last syscall {seen!r})")
+
+
+def sigint_mid_call(child: Child, before=None, in_poll: bool = False) -> float:
     """Wait for "ready" (and for ``before()``, if given), SIGINT the child
-    while it blocks, wait for its "interrupted" line; return the latency."""
+    while it blocks, wait for its "interrupted" line; return the latency.
+    ``in_poll``: the call blocks in poll, and the SIGINT waits until the
+    child's main thread is seen there (else a short settling pause)."""
     line = child.readline(timeout=scaled(20))
     if line != "ready":
         out, err = child.finish()
         pytest.fail(f"child did not get ready: {line!r} {out!r} {err[-2000:]}")
     if before is not None:
         before()
-    time.sleep(0.2)  # let it settle into the blocking call
+    if in_poll:
+        wait_in_poll(child.proc.pid)
+    else:
+        time.sleep(0.2)  # let it settle into the blocking call
     assert child.proc.poll() is None, "the child returned instead of blocking"
     t_sig = time.monotonic()
     os.kill(child.proc.pid, signal.SIGINT)
@@ -346,7 +370,7 @@ def test_sigint_mid_send_keeps_the_tail(spawn, slow_peer) -> None:
     addr, accept = slow_peer
     child = spawn("send", *map(str, addr), script=TAIL_CHILD)
     raw = accept()
-    sigint_mid_call(child, before=bytes_arrive(raw))
+    sigint_mid_call(child, before=bytes_arrive(raw), in_poll=True)
     data = recv_all(raw, timeout=scaled(60))  # until the child closes
     res = child_result(child)
     assert_frames(data, [tail.payload("A", tail.BIG), tail.payload("B", 100)])
@@ -361,7 +385,7 @@ def test_sigint_mid_write_behind_send_keeps_the_queue_whole(spawn, slow_peer) ->
     addr, accept = slow_peer
     child = spawn("send_wb", *map(str, addr), script=TAIL_CHILD)
     raw = accept()
-    sigint_mid_call(child, before=bytes_arrive(raw))
+    sigint_mid_call(child, before=bytes_arrive(raw), in_poll=True)
     data = recv_all(raw, timeout=scaled(60))
     res = child_result(child)
     # the interrupted send took nothing (its frame was not queued); the
@@ -376,7 +400,7 @@ def test_sigint_mid_send_many_keeps_the_tail_and_says_how_many(spawn, slow_peer)
     addr, accept = slow_peer
     child = spawn("send_many", *map(str, addr), script=TAIL_CHILD)
     raw = accept()
-    sigint_mid_call(child, before=bytes_arrive(raw))
+    sigint_mid_call(child, before=bytes_arrive(raw), in_poll=True)
     data = recv_all(raw, timeout=scaled(60))
     res = child_result(child)
     k = res["sent"]  # frames taken, the torn one included
@@ -389,7 +413,7 @@ def test_sigint_mid_flush_keeps_the_rest(spawn, slow_peer) -> None:
     addr, accept = slow_peer
     child = spawn("flush", *map(str, addr), script=TAIL_CHILD)
     raw = accept()
-    sigint_mid_call(child)
+    sigint_mid_call(child, in_poll=True)
     data = recv_all(raw, timeout=scaled(60))
     res = child_result(child)
     assert_frames(data, [tail.payload("A", tail.BIG), tail.payload("B", 100)])
@@ -401,7 +425,7 @@ def test_sigint_mid_shutdown_keeps_the_tail_and_sends_fin_after_it(spawn, slow_p
     addr, accept = slow_peer
     child = spawn("shutdown", *map(str, addr), script=TAIL_CHILD)
     raw = accept()
-    sigint_mid_call(child)
+    sigint_mid_call(child, in_poll=True)
     data = recv_all(raw, timeout=scaled(60))  # the FIN comes after the whole frame
     raw.sendall(tail_frame(b"bye"))
     res = child_result(child)

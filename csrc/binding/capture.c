@@ -35,11 +35,8 @@
 #include "core/capture.h"
 #include "core/clock.h"
 
-typedef struct CaptureObject {
-    PyObject_HEAD
-    sk_capture *c;      /* owned; NULL before __init__ succeeded */
-    PyObject *mod;      /* borrowed: the module outlives its types' objects */
-} CaptureObject;
+/* handle: the sk_capture (owned); util.h */
+typedef skpy_handle_obj CaptureObject;
 
 /* Contract: GIL held.  The segment as a new tuple (module docstring);
  * payload points at seg->caplen bytes (may be NULL when caplen is 0). */
@@ -80,42 +77,18 @@ done:
 
 /* ------------------------------------------------------------ lifecycle */
 
-/* Contract: GIL held. */
-static PyObject *Capture_new(PyTypeObject *type, PyObject *args,
-                             PyObject *kwds)
+/* Contract: any thread, no GIL (skpy_handle_dealloc releases it): stop
+ * and join the capture thread, free everything. */
+static void capture_release(void *c)
 {
-    CaptureObject *self;
-
-    (void)args;
-    (void)kwds;
-    self = (CaptureObject *)type->tp_alloc(type, 0);
-    if (self == NULL)
-        goto done;
-    self->c = NULL;
-    /* Capture is final: type is our own heap type, PyType_GetModule works */
-    self->mod = PyType_GetModule(type);
-    if (self->mod == NULL)
-        Py_CLEAR(self);
-done:
-    return (PyObject *)self;
+    sk_capture_free(c);
 }
 
 /* Contract: GIL held on entry and exit; released while the thread is
  * joined and freed. */
 static void Capture_dealloc(PyObject *op)
 {
-    CaptureObject *self = (CaptureObject *)op;
-    PyTypeObject *tp = Py_TYPE(op);
-    sk_capture *c = self->c;
-
-    self->c = NULL;
-    if (c != NULL) {
-        Py_BEGIN_ALLOW_THREADS
-        sk_capture_free(c);
-        Py_END_ALLOW_THREADS
-    }
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    skpy_handle_dealloc(op, capture_release);
 }
 
 /* Contract: GIL held.  Fill cfg->ports from a sequence of ints.  0 or -1
@@ -186,7 +159,7 @@ static int Capture_init(PyObject *op, PyObject *args, PyObject *kwds)
                                      &max_segments, &payload, &max_seconds,
                                      &ifname, &rcvbuf))
         goto done;
-    if (self->c != NULL) {
+    if (self->handle != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Capture is already started");
         goto done;
     }
@@ -229,7 +202,7 @@ static int Capture_init(PyObject *op, PyObject *args, PyObject *kwds)
                        : NULL);
         goto done;
     }
-    self->c = c;
+    self->handle = c;
     rc = 0;
 done:
     return rc;
@@ -237,34 +210,17 @@ done:
 
 /* -------------------------------------------------------------- methods */
 
-/* Contract: GIL held; 0, or -1 with RuntimeError set. */
-static int check_started(CaptureObject *self)
+/* Contract: no GIL (skpy_handle_call_nogil releases it). */
+static void capture_stop(void *c)
 {
-    int rc = 0;
-
-    if (self->c == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "Capture was not started");
-        rc = -1;
-    }
-    return rc;
+    sk_capture_stop(c);
 }
 
 /* Contract: GIL held on entry and exit, released while joining. */
 static PyObject *Capture_stop(PyObject *op, PyObject *noargs)
 {
-    CaptureObject *self = (CaptureObject *)op;
-    sk_capture *c = self->c;
-    PyObject *py_res = NULL;
-
     (void)noargs;
-    if (check_started(self) < 0)
-        goto done;
-    Py_BEGIN_ALLOW_THREADS
-    sk_capture_stop(c);
-    Py_END_ALLOW_THREADS
-    py_res = Py_NewRef(Py_None);
-done:
-    return py_res;
+    return skpy_handle_call_nogil(op, capture_stop);
 }
 
 /* Contract: GIL held.  A new list of segment tuples from index `start`;
@@ -284,15 +240,15 @@ static PyObject *Capture_segments(PyObject *op, PyObject *args,
 
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|n", kwlist, &start))
         goto error;
-    if (check_started(self) < 0)
+    if (skpy_handle_get(op) == NULL)
         goto error;
     if (start < 0) {
         PyErr_SetString(PyExc_ValueError, "start must be >= 0");
         goto error;
     }
-    sk_capture_get_stats(self->c, &st);
+    sk_capture_get_stats(self->handle, &st);
     /* the ring only grows, up to its capacity: size, then copy */
-    n = sk_capture_segments(self->c, 0, NULL, NULL, 0);
+    n = sk_capture_segments(self->handle, 0, NULL, NULL, 0);
     want = (size_t)start < n ? n - (size_t)start : 0;
     buf = PyMem_Malloc((want ? want : 1) * sizeof(*buf));
     pay = PyMem_Malloc((want && st.payload_bytes ? want * st.payload_bytes : 1));
@@ -300,7 +256,7 @@ static PyObject *Capture_segments(PyObject *op, PyObject *args,
         PyErr_NoMemory();
         goto error;
     }
-    got = sk_capture_segments(self->c, (size_t)start, buf, pay, want);
+    got = sk_capture_segments(self->handle, (size_t)start, buf, pay, want);
     got = got > (size_t)start ? got - (size_t)start : 0;
     if (got > want)
         got = want;
@@ -341,13 +297,13 @@ static PyObject *Capture_wait(PyObject *op, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "K|O", kwlist, &count,
                                      &py_timeout))
         goto done;
-    if (check_started(self) < 0)
+    if (skpy_handle_get(op) == NULL)
         goto done;
     if (skpy_deadline(py_timeout, &deadline) < 0)
         goto done;
     Py_BEGIN_ALLOW_THREADS
     sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
-    r = sk_capture_wait(self->c, (uint64_t)count, deadline, &intr, &seen);
+    r = sk_capture_wait(self->handle, (uint64_t)count, deadline, &intr, &seen);
     Py_END_ALLOW_THREADS
     if (r == SK_INTR && PyErr_Occurred())
         goto done;
@@ -364,9 +320,9 @@ static PyObject *Capture_stats(PyObject *op, PyObject *noargs)
     sk_capture_stats st;
 
     (void)noargs;
-    if (check_started(self) < 0)
+    if (skpy_handle_get(op) == NULL)
         goto error;
-    sk_capture_get_stats(self->c, &st);
+    sk_capture_get_stats(self->handle, &st);
     /* why the thread ended, as text ("recvmmsg(AF_PACKET): ..."), or None */
     py_err = st.err.code != SK_E_NONE ? PyUnicode_FromString(st.err.msg)
                                       : Py_NewRef(Py_None);
@@ -409,7 +365,7 @@ static PyMethodDef Capture_methods[] = {
 
 static PyType_Slot Capture_slots[] = {
     {Py_tp_doc, (void *)Capture_doc},
-    {Py_tp_new, Capture_new},
+    {Py_tp_new, skpy_handle_new},
     {Py_tp_init, Capture_init},
     {Py_tp_dealloc, Capture_dealloc},
     {Py_tp_methods, Capture_methods},

@@ -32,47 +32,22 @@
 
 #include "core/server.h"
 
-typedef struct ServerObject {
-    PyObject_HEAD
-    PyObject *mod; /* borrowed: the type keeps the module alive */
-    sk_srv *s;
-} ServerObject;
+/* handle: the sk_srv (owned); util.h */
+typedef skpy_handle_obj ServerObject;
 
-/* Contract: GIL held; a new, empty object. */
-static PyObject *Server_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+/* Contract: any thread, no GIL (skpy_handle_dealloc releases it): close
+ * every client, join the reactor thread, free everything. */
+static void server_release(void *s)
 {
-    ServerObject *self;
-
-    (void)args;
-    (void)kwds;
-    self = (ServerObject *)type->tp_alloc(type, 0);
-    if (self == NULL)
-        goto done;
-    self->s = NULL;
-    self->mod = PyType_GetModule(type);
-    if (self->mod == NULL)
-        Py_CLEAR(self);
-done:
-    return (PyObject *)self;
+    sk_srv_stop(s);
+    sk_srv_free(s);
 }
 
 /* Contract: GIL held on entry and exit; released while the reactor thread
  * is stopped and joined. */
 static void Server_dealloc(PyObject *op)
 {
-    ServerObject *self = (ServerObject *)op;
-    PyTypeObject *tp = Py_TYPE(op);
-    sk_srv *s = self->s;
-
-    self->s = NULL;
-    if (s != NULL) {
-        Py_BEGIN_ALLOW_THREADS
-        sk_srv_stop(s);
-        sk_srv_free(s);
-        Py_END_ALLOW_THREADS
-    }
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    skpy_handle_dealloc(op, server_release);
 }
 
 /* Contract: pure; seconds as ns, where <= 0 (or NaN) is 0, "none". */
@@ -105,10 +80,11 @@ static int Server_init(PyObject *op, PyObject *args, PyObject *kwds)
     unsigned long long max_conns = 0;
     Py_ssize_t out_cap = 0;
     sk_srv_config cfg;
+    sk_srv *srv = NULL;
     sk_err err;
     int rc = -1;
 
-    if (self->s != NULL) {
+    if (self->handle != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Server is already running");
         goto done;
     }
@@ -145,22 +121,15 @@ static int Server_init(PyObject *op, PyObject *args, PyObject *kwds)
         if (cfg.hub == NULL)
             goto done;
     }
-    if (sk_srv_new(&cfg, &self->s, &err) != SK_OK) {
+    if (sk_srv_new(&cfg, &srv, &err) != SK_OK) {
         skpy_raise(self->mod, &err, NULL);
         goto done;
     }
+    self->handle = srv;
     rc = 0;
 done:
     Py_XDECREF(py_fargs);
     return rc;
-}
-
-/* Contract: GIL held; the running server, or NULL with an exception. */
-static sk_srv *Server_get(ServerObject *self)
-{
-    if (self->s == NULL)
-        PyErr_SetString(PyExc_RuntimeError, "Server was not started");
-    return self->s;
 }
 
 /* Contract: GIL held; the exception object for err (a new reference), or
@@ -260,7 +229,7 @@ static PyObject *Server_next_batch(PyObject *op, PyObject *args)
 
     if (!PyArg_ParseTuple(args, "|O:next_batch", &py_timeout))
         goto done;
-    s = Server_get(self);
+    s = skpy_handle_get(op);
     if (s == NULL || skpy_deadline(py_timeout, &deadline) < 0)
         goto done;
     Py_BEGIN_ALLOW_THREADS
@@ -307,7 +276,7 @@ static PyObject *Server_reply_batch(PyObject *op, PyObject *py_list)
     Py_buffer *views = NULL;
     PyObject *py_seq = NULL, *py_res = NULL;
     Py_ssize_t n = 0, i, nviews = 0;
-    sk_srv *s = Server_get(self);
+    sk_srv *s = skpy_handle_get(op);
     sk_err err;
 
     if (s == NULL)
@@ -397,7 +366,7 @@ static PyObject *Server_forget(PyObject *op, PyObject *py_list)
     PyObject *py_seq = NULL, *py_res = NULL;
     uint64_t *cids = NULL;
     Py_ssize_t n, i;
-    sk_srv *s = Server_get(self);
+    sk_srv *s = skpy_handle_get(op);
     sk_err err;
 
     if (s == NULL)
@@ -433,8 +402,7 @@ PyDoc_STRVAR(Server_peer_doc,
 /* Contract: GIL held. */
 static PyObject *Server_peer(PyObject *op, PyObject *py_cid)
 {
-    ServerObject *self = (ServerObject *)op;
-    sk_srv *s = Server_get(self);
+    sk_srv *s = skpy_handle_get(op);
     unsigned long long cid;
     PyObject *py_res = NULL;
     char host[64];
@@ -459,8 +427,7 @@ PyDoc_STRVAR(Server_ports_doc,
 /* Contract: GIL held; O(clients). */
 static PyObject *Server_ports(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
-    ServerObject *self = (ServerObject *)op;
-    sk_srv *s = Server_get(self);
+    sk_srv *s = skpy_handle_get(op);
     PyObject *py_list = NULL, *py_v;
     int *ports = NULL;
     size_t n, cap = 0, i;
@@ -500,8 +467,7 @@ PyDoc_STRVAR(Server_stats_doc, "stats()\n--\n\nA dict of the reactor's counters.
 /* Contract: GIL held. */
 static PyObject *Server_stats(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
-    ServerObject *self = (ServerObject *)op;
-    sk_srv *s = Server_get(self);
+    sk_srv *s = skpy_handle_get(op);
     PyObject *py_res = NULL;
     sk_srv_stats st;
 
@@ -522,20 +488,16 @@ done:
 PyDoc_STRVAR(Server_stop_doc,
 "stop()\n--\n\nClose every client and join the reactor thread (idempotent).");
 
-/* Contract: GIL held on entry and exit; released while joining. */
+/* Contract: no GIL (skpy_handle_call_nogil releases it). */
+static void server_stop(void *s)
+{
+    sk_srv_stop(s);
+}
+
+/* Contract: GIL held on entry and exit, released while joining. */
 static PyObject *Server_stop(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
-    ServerObject *self = (ServerObject *)op;
-    sk_srv *s = Server_get(self);
-    PyObject *py_res = NULL;
-
-    if (s != NULL) {
-        Py_BEGIN_ALLOW_THREADS
-        sk_srv_stop(s);
-        Py_END_ALLOW_THREADS
-        py_res = Py_NewRef(Py_None);
-    }
-    return py_res;
+    return skpy_handle_call_nogil(op, server_stop);
 }
 
 static PyMethodDef Server_methods[] = {
@@ -559,7 +521,7 @@ PyDoc_STRVAR(Server_doc,
 
 static PyType_Slot Server_slots[] = {
     {Py_tp_doc, (void *)Server_doc},
-    {Py_tp_new, Server_new},
+    {Py_tp_new, skpy_handle_new},
     {Py_tp_init, Server_init},
     {Py_tp_dealloc, Server_dealloc},
     {Py_tp_methods, Server_methods},

@@ -486,3 +486,69 @@ error:
     return rc;
 }
 
+
+/* Contract: GIL held; see util.h.  tp_alloc zero-fills, so the handle is
+ * NULL; the type is final and ours, so PyType_GetModule finds the module. */
+PyObject *skpy_handle_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    skpy_handle_obj *self;
+
+    (void)args;
+    (void)kwds;
+    self = (skpy_handle_obj *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        goto done;
+    self->handle = NULL;
+    self->mod = PyType_GetModule(type);
+    if (self->mod == NULL)
+        Py_CLEAR(self);
+done:
+    return (PyObject *)self;
+}
+
+/* Contract: GIL held on entry and exit, released around release(); see
+ * util.h. */
+void skpy_handle_dealloc(PyObject *op, void (*release)(void *handle))
+{
+    skpy_handle_obj *self = (skpy_handle_obj *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    void *h = self->handle;
+
+    self->handle = NULL;
+    if (h != NULL) {
+        Py_BEGIN_ALLOW_THREADS
+        release(h);
+        Py_END_ALLOW_THREADS
+    }
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+/* Contract: GIL held; see util.h.  The message names the type by its
+ * short name (tp_name is "pysockkit._core.Capture"). */
+void *skpy_handle_get(PyObject *op)
+{
+    skpy_handle_obj *self = (skpy_handle_obj *)op;
+    const char *name = Py_TYPE(op)->tp_name, *dot = strrchr(name, '.');
+
+    if (self->handle == NULL)
+        PyErr_Format(PyExc_RuntimeError, "%s was not started",
+                     dot != NULL ? dot + 1 : name);
+    return self->handle;
+}
+
+/* Contract: GIL held on entry and exit, released around fn(); see util.h. */
+PyObject *skpy_handle_call_nogil(PyObject *op, void (*fn)(void *handle))
+{
+    void *h = skpy_handle_get(op);
+    PyObject *py_res = NULL;
+
+    if (h == NULL)
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    fn(h);
+    Py_END_ALLOW_THREADS
+    py_res = Py_NewRef(Py_None);
+done:
+    return py_res;
+}

@@ -161,4 +161,34 @@ PyObject *skpy_tcp_info_dict(const sk_tcp_info *ti);
  * exception set. */
 int skpy_add_u64(PyObject *mod, const char *name, unsigned long long v);
 
+/* ------------------------------------------ objects that own a core handle */
+
+/* The layout of the binding's types that own one handle of the core, made
+ * by their __init__ (a capture, a watcher, a server): the handle, NULL
+ * until __init__ succeeded, and the module, borrowed (the type keeps it
+ * alive).  Each type names it (typedef skpy_handle_obj CaptureObject) and
+ * passes `handle` straight to the core functions of its own handle type. */
+typedef struct skpy_handle_obj {
+    PyObject_HEAD
+    void *handle;
+    PyObject *mod;
+} skpy_handle_obj;
+
+/* tp_new of such a type (a final heap type of this module): an object with
+ * no handle yet.  GIL held; a new reference, or NULL with an exception. */
+PyObject *skpy_handle_new(PyTypeObject *type, PyObject *args, PyObject *kwds);
+
+/* tp_dealloc of such a type: release(handle) runs WITHOUT the GIL (it may
+ * join the handle's thread), then the object is freed.  GIL held. */
+void skpy_handle_dealloc(PyObject *op, void (*release)(void *handle));
+
+/* The handle, or NULL with RuntimeError "<Type> was not started" (its
+ * __init__ never succeeded).  GIL held. */
+void *skpy_handle_get(PyObject *op);
+
+/* fn(handle) WITHOUT the GIL (a stop that joins a thread); None, or NULL
+ * with RuntimeError when the object was not started.  GIL held on entry
+ * and exit. */
+PyObject *skpy_handle_call_nogil(PyObject *op, void (*fn)(void *handle));
+
 #endif /* SK_BINDING_UTIL_H */

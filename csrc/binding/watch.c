@@ -34,51 +34,23 @@
 #include "core/clock.h"
 #include "core/watch.h"
 
-typedef struct WatcherObject {
-    PyObject_HEAD
-    sk_watch *w;        /* owned; NULL before __init__ succeeded */
-    PyObject *mod;      /* borrowed: the module outlives its types' objects */
-} WatcherObject;
+/* handle: the sk_watch (owned); util.h */
+typedef skpy_handle_obj WatcherObject;
 
 /* ------------------------------------------------------------ lifecycle */
 
-/* Contract: GIL held. */
-static PyObject *Watcher_new(PyTypeObject *type, PyObject *args,
-                             PyObject *kwds)
+/* Contract: any thread, no GIL (skpy_handle_dealloc releases it): stop
+ * and join the sampler, free everything. */
+static void watch_release(void *w)
 {
-    WatcherObject *self;
-
-    (void)args;
-    (void)kwds;
-    self = (WatcherObject *)type->tp_alloc(type, 0);
-    if (self == NULL)
-        goto done;
-    self->w = NULL;
-    /* Watcher is final (no Py_TPFLAGS_BASETYPE): type is our own heap type,
-     * so PyType_GetModule (3.9+) finds the module */
-    self->mod = PyType_GetModule(type);
-    if (self->mod == NULL)
-        Py_CLEAR(self);
-done:
-    return (PyObject *)self;
+    sk_watch_free(w);
 }
 
 /* Contract: GIL held on entry and exit; released while the sampler is
  * joined and freed (at most about one sample's time). */
 static void Watcher_dealloc(PyObject *op)
 {
-    WatcherObject *self = (WatcherObject *)op;
-    PyTypeObject *tp = Py_TYPE(op);
-    sk_watch *w = self->w;
-
-    self->w = NULL;
-    if (w != NULL) {
-        Py_BEGIN_ALLOW_THREADS
-        sk_watch_free(w);
-        Py_END_ALLOW_THREADS
-    }
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    skpy_handle_dealloc(op, watch_release);
 }
 
 /* Contract: GIL held.  Parse (family, src, sport, dst, dport) into r.
@@ -150,7 +122,7 @@ static int Watcher_init(PyObject *op, PyObject *args, PyObject *kwds)
                                      &py_tuple, &interval, &sample_info,
                                      &max_tr, &max_sm))
         goto done;
-    if (self->w != NULL) {
+    if (self->handle != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Watcher is already started");
         goto done;
     }
@@ -184,7 +156,7 @@ static int Watcher_init(PyObject *op, PyObject *args, PyObject *kwds)
         skpy_raise(self->mod, &err, NULL);
         goto done;
     }
-    self->w = w;
+    self->handle = w;
     rc = 0;
 done:
     return rc;
@@ -192,34 +164,17 @@ done:
 
 /* -------------------------------------------------------------- methods */
 
-/* Contract: GIL held; 0, or -1 with RuntimeError set. */
-static int check_started(WatcherObject *self)
+/* Contract: no GIL (skpy_handle_call_nogil releases it). */
+static void watch_stop(void *w)
 {
-    int rc = 0;
-
-    if (self->w == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "Watcher was not started");
-        rc = -1;
-    }
-    return rc;
+    sk_watch_stop(w);
 }
 
 /* Contract: GIL held on entry and exit, released while joining. */
 static PyObject *Watcher_stop(PyObject *op, PyObject *noargs)
 {
-    WatcherObject *self = (WatcherObject *)op;
-    sk_watch *w = self->w;
-    PyObject *py_res = NULL;
-
     (void)noargs;
-    if (check_started(self) < 0)
-        goto done;
-    Py_BEGIN_ALLOW_THREADS
-    sk_watch_stop(w);
-    Py_END_ALLOW_THREADS
-    py_res = Py_NewRef(Py_None);
-done:
-    return py_res;
+    return skpy_handle_call_nogil(op, watch_stop);
 }
 
 /* Contract: GIL held on entry and exit, released while waiting, in slices
@@ -234,7 +189,7 @@ static PyObject *Watcher_follow(PyObject *op, PyObject *args)
 
     if (!PyArg_ParseTuple(args, "LO:follow", &since, &py_timeout))
         goto done;
-    if (check_started(self) < 0 || skpy_deadline(py_timeout, &deadline) < 0)
+    if (skpy_handle_get(op) == NULL || skpy_deadline(py_timeout, &deadline) < 0)
         goto done;
     for (;;) {
         until = deadline;
@@ -244,7 +199,7 @@ static PyObject *Watcher_follow(PyObject *op, PyObject *args)
                 until = slice;
         }
         Py_BEGIN_ALLOW_THREADS
-        r = sk_watch_follow(self->w, (int64_t)since, until);
+        r = sk_watch_follow(self->handle, (int64_t)since, until);
         Py_END_ALLOW_THREADS
         if (r != SK_WATCH_STILL_CLOSING || until == deadline)
             break;
@@ -266,16 +221,16 @@ static PyObject *Watcher_transitions(PyObject *op, PyObject *noargs)
     size_t n, got, i;
 
     (void)noargs;
-    if (check_started(self) < 0)
+    if (skpy_handle_get(op) == NULL)
         goto error;
     /* the ring only grows up to its cap: size, then copy */
-    n = sk_watch_transitions(self->w, NULL, 0);
+    n = sk_watch_transitions(self->handle, NULL, 0);
     buf = PyMem_Malloc((n ? n : 1) * sizeof(*buf));
     if (buf == NULL) {
         PyErr_NoMemory();
         goto error;
     }
-    got = sk_watch_transitions(self->w, buf, n);
+    got = sk_watch_transitions(self->handle, buf, n);
     if (got > n)
         got = n;
     py_list = PyList_New((Py_ssize_t)got);
@@ -305,15 +260,15 @@ static PyObject *Watcher_samples(PyObject *op, PyObject *noargs)
     size_t n, got, i;
 
     (void)noargs;
-    if (check_started(self) < 0)
+    if (skpy_handle_get(op) == NULL)
         goto error;
-    n = sk_watch_samples(self->w, NULL, 0);
+    n = sk_watch_samples(self->handle, NULL, 0);
     buf = PyMem_Malloc((n ? n : 1) * sizeof(*buf));
     if (buf == NULL) {
         PyErr_NoMemory();
         goto error;
     }
-    got = sk_watch_samples(self->w, buf, n);
+    got = sk_watch_samples(self->handle, buf, n);
     if (got > n)
         got = n;
     py_list = PyList_New((Py_ssize_t)got);
@@ -371,9 +326,9 @@ static PyObject *Watcher_stats(PyObject *op, PyObject *noargs)
     sk_watch_stats st;
 
     (void)noargs;
-    if (check_started(self) < 0)
+    if (skpy_handle_get(op) == NULL)
         goto error;
-    sk_watch_get_stats(self->w, &st);
+    sk_watch_get_stats(self->handle, &st);
     if (st.has_tuple) {
         py_tuple = tuple_to_py(&st.tuple);
         if (py_tuple == NULL)
@@ -441,7 +396,7 @@ static PyMethodDef Watcher_methods[] = {
 
 static PyType_Slot Watcher_slots[] = {
     {Py_tp_doc, (void *)Watcher_doc},
-    {Py_tp_new, Watcher_new},
+    {Py_tp_new, skpy_handle_new},
     {Py_tp_init, Watcher_init},
     {Py_tp_dealloc, Watcher_dealloc},
     {Py_tp_methods, Watcher_methods},

@@ -541,11 +541,12 @@ static int sk_conn_take(sk_conn *c, sk_frame *out, sk_err *err)
     return rc;
 }
 
-/* Contract: see io.h.  No GIL needed; caller holds the receive lock. */
-int sk_conn_recv(sk_conn *c, int64_t deadline, const sk_intr *intr,
-                 sk_frame *out, sk_err *err)
+/* Contract: caller holds the receive lock.  SK_OK while the connection
+ * may still deliver; SK_ERR with *err = the read error already recorded
+ * (a dead peer that the heartbeat found is recorded first). */
+static int sk_conn_rd_check(sk_conn *c, sk_err *err)
 {
-    int rc;
+    int rc = SK_OK;
 
     if (SK_UNLIKELY(SK_LOAD(&c->hb.dead)) && c->rd_err.code == SK_E_NONE)
         sk_conn_dead_err(c, &c->rd_err);
@@ -553,35 +554,71 @@ int sk_conn_recv(sk_conn *c, int64_t deadline, const sk_intr *intr,
         if (err != NULL)
             *err = c->rd_err;
         rc = SK_ERR;
-        goto done;
     }
+    return rc;
+}
+
+/* Contract: caller holds the receive lock; no GIL needed.  Everything a
+ * receive can do before it waits: a buffered frame (SK_OK), the stream's
+ * end or an error, or reads while they bring bytes.  Once a read found
+ * nothing (rd_wait_first), the next receive skips that empty read and
+ * waits first.  SK_NEED_DATA: wait for POLLIN, then sk_conn_fill_woken. */
+static int sk_conn_recv_now(sk_conn *c, const sk_intr *intr, sk_frame *out,
+                            sk_err *err)
+{
+    int rc;
+
     for (;;) {
         rc = sk_conn_take(c, out, err);
         if (rc != SK_NEED_DATA)
-            goto done;
+            break;
         if (c->rd_eof) {
             rc = sk_conn_eof(c, err);
-            goto done;
+            break;
         }
-        if (!c->rd_wait_first) {
-            rc = sk_conn_fill(c, intr, err);
-            if (rc == SK_OK)
-                continue;
-            if (rc != SK_NEED_DATA)
-                goto done;
-            c->rd_wait_first = 1;
+        if (c->rd_wait_first)
+            break;
+        rc = sk_conn_fill(c, intr, err);
+        if (rc != SK_OK) {
+            if (rc == SK_NEED_DATA)
+                c->rd_wait_first = 1;
+            break;
         }
+    }
+    if (rc == SK_NEED_DATA)
         sk_decoder_idle(&c->dec);
+    return rc;
+}
+
+/* Contract: caller holds the receive lock; no GIL needed.  The read after
+ * a wait said readable: SK_OK (bytes came: take again), SK_NEED_DATA (a
+ * spurious wake-up: the stream is busy after all, so the next receive
+ * reads before it waits) or an error. */
+static int sk_conn_fill_woken(sk_conn *c, const sk_intr *intr, sk_err *err)
+{
+    int rc = sk_conn_fill(c, intr, err);
+
+    if (rc == SK_NEED_DATA)
+        c->rd_wait_first = 0;
+    return rc;
+}
+
+/* Contract: see io.h.  No GIL needed; caller holds the receive lock. */
+int sk_conn_recv(sk_conn *c, int64_t deadline, const sk_intr *intr,
+                 sk_frame *out, sk_err *err)
+{
+    int rc = sk_conn_rd_check(c, err);
+
+    while (rc == SK_OK) {
+        rc = sk_conn_recv_now(c, intr, out, err);
+        if (rc != SK_NEED_DATA)
+            goto done;
         rc = sk_wait(c->fd, POLLIN, deadline, intr, err);
         if (rc != SK_OK)
             goto done;
-        rc = sk_conn_fill(c, intr, err);
-        if (rc == SK_NEED_DATA) { /* a spurious wake-up: streaming after all */
-            c->rd_wait_first = 0;
-            continue;
-        }
-        if (rc != SK_OK)
-            goto done;
+        rc = sk_conn_fill_woken(c, intr, err);
+        if (rc == SK_NEED_DATA)
+            rc = SK_OK;
     }
 done:
     return rc;
@@ -596,31 +633,13 @@ int sk_conn_recv_wake(sk_conn *c, int64_t deadline, int wake_fd,
     uint64_t junk;
     int rc, n, np, woke;
 
-    if (SK_UNLIKELY(SK_LOAD(&c->hb.dead)) && c->rd_err.code == SK_E_NONE)
-        sk_conn_dead_err(c, &c->rd_err);
-    if (SK_UNLIKELY(c->rd_err.code != SK_E_NONE)) {
-        if (err != NULL)
-            *err = c->rd_err;
-        rc = SK_ERR;
+    rc = sk_conn_rd_check(c, err);
+    if (rc != SK_OK)
         goto done;
-    }
     for (;;) {
-        rc = sk_conn_take(c, out, err);
+        rc = sk_conn_recv_now(c, NULL, out, err);
         if (rc != SK_NEED_DATA)
             goto done;
-        if (c->rd_eof) {
-            rc = sk_conn_eof(c, err);
-            goto done;
-        }
-        if (!c->rd_wait_first) {
-            rc = sk_conn_fill(c, NULL, err);
-            if (rc == SK_OK)
-                continue;
-            if (rc != SK_NEED_DATA)
-                goto done;
-            c->rd_wait_first = 1;
-        }
-        sk_decoder_idle(&c->dec);
         p[0].fd = c->fd;
         p[0].events = (short)(POLLIN | out_events);
         p[0].revents = 0;
@@ -657,14 +676,10 @@ int sk_conn_recv_wake(sk_conn *c, int64_t deadline, int wake_fd,
             woke = 1;
         }
         if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) {
-            rc = sk_conn_fill(c, NULL, err);
-            if (rc == SK_NEED_DATA) { /* a spurious wake-up */
-                c->rd_wait_first = 0;
-                if (woke)
-                    goto done;
-                continue;
-            }
-            if (rc != SK_OK)
+            rc = sk_conn_fill_woken(c, NULL, err);
+            if (rc == SK_NEED_DATA && woke)
+                goto done;
+            if (rc != SK_OK && rc != SK_NEED_DATA)
                 goto done;
             continue;
         }

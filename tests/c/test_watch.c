@@ -307,8 +307,14 @@ TEST(tuple_target_and_errors)
     t.tuple.dport = 2;
     CHECK_RC(sk_watch_start(&t, &c, &w, &err), SK_OK, &err);
     if (w != NULL) {
-        usleep(5000);
-        sk_watch_get_stats(w, &st);
+        /* a bounded wait for the second sample, not a fixed sleep: on a
+         * loaded machine the sampler thread may not run within 5 ms */
+        for (u = 0; u < 2000; u++) {
+            sk_watch_get_stats(w, &st);
+            if (st.samples >= 2)
+                break;
+            usleep(1000);
+        }
         CHECK_INT(st.state, ==, SK_TCP_CLOSE);
         CHECK(st.running && !st.finished);
         CHECK_U64(st.samples, >=, 2);
