@@ -44,11 +44,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import shutil
 import socket
 import socket as _socket
+import struct
 import subprocess
 import sys
+import threading
+import time
 from typing import Any, Optional
 
 from .._errors import Error
@@ -56,6 +61,7 @@ from .._errors import Error
 __all__ = ["Link"]
 
 _TABLE = "sk_link"
+_DUP_MARK = 0x736B  # "sk": a duplicated packet and its copy
 
 
 class Link:
@@ -72,7 +78,7 @@ class Link:
         >>> with Link() as link:
         ...     link.set(loss=0.05)
         ...     link.faults
-        {'loss': 0.05, 'cut': False, 'rate': None}
+        {'loss': 0.05, 'cut': False, 'rate': None, 'delay': 0.0, 'jitter': 0.0, 'reorder': 0.0, 'duplicate': 0.0, 'limit': 1000}
     """
 
     A = "127.0.0.1"
@@ -86,7 +92,9 @@ class Link:
         if isinstance(mtu, bool) or not isinstance(mtu, int) or not 576 <= mtu <= 65536:
             raise ValueError(f"mtu must be an int 576..65536, not {mtu!r}")
         self._timeout = timeout
-        self._faults: dict[str, Any] = {"loss": 0.0, "cut": False, "rate": None}
+        self._faults: dict[str, Any] = {"loss": 0.0, "cut": False, "rate": None, "delay": 0.0,
+                                        "jitter": 0.0, "reorder": 0.0, "duplicate": 0.0,
+                                        "limit": _LIMIT}
         self._res, msg, _ = _netns._netns_helper(
             "pysockkit.testing.link:_helper_main", [str(mtu)],
             "a Link needs `unshare -Urn` (unprivileged user namespaces)", timeout, unshare)
@@ -167,37 +175,61 @@ class Link:
     @property
     def faults(self) -> dict[str, Any]:
         """The link's faults now: ``loss`` (0..1), ``cut``, ``rate``
-        (bytes/s or None)."""
+        (bytes/s or None), ``delay`` and ``jitter`` (s), ``reorder`` and
+        ``duplicate`` (0..1), ``limit`` (packets held at most)."""
         return dict(self._faults)
 
     def set(self, *, loss: Optional[float] = None, cut: Optional[bool] = None,
             rate: Optional[float] = None, no_rate: bool = False,
-            delay: Optional[float] = None, reorder: Optional[float] = None,
-            duplicate: Optional[float] = None) -> None:
-        """Change the link: ``loss`` (probability per packet, each way),
-        ``cut`` (drop everything), ``rate`` (bytes/s; ``no_rate=True``
-        removes it).  Parameters left out keep their value.  ``delay``,
-        ``reorder`` and ``duplicate`` need netem, which these kernels lack:
-        LabUnavailable.
+            delay: Optional[float] = None, jitter: Optional[float] = None,
+            reorder: Optional[float] = None, duplicate: Optional[float] = None,
+            limit: Optional[int] = None) -> None:
+        """Change the link; parameters left out keep their value.  Times
+        are in seconds, probabilities 0..1, and each applies to every
+        packet on the input hook, so each way (as netem on lo would):
+
+        - ``loss``: probability that a packet is dropped;
+        - ``cut``: drop everything;
+        - ``rate``: bytes/s on the wire (``no_rate=True`` removes it);
+        - ``delay``, ``jitter``: each packet is held ``delay`` plus a
+          uniform random ``-jitter..+jitter`` (at least 0), so a round trip
+          takes about ``2 * delay``; with jitter, packets pass each other;
+        - ``reorder``: probability that a packet goes at once instead of
+          waiting ``delay`` (so it overtakes the ones held); needs a delay;
+        - ``duplicate``: probability that a packet is delivered twice.
+
+        At most ``limit`` packets are held at once (1000 by default, as
+        netem's limit): the ones beyond are dropped, and counted in
+        :meth:`stats`.
 
         Example::
 
             link.set(loss=0.1)       # 10 % of packets dropped
             link.set(cut=True)       # nothing passes: RTO backoff
-            link.set(loss=0, cut=False, no_rate=True)   # a clean link
+            link.set(cut=False, delay=0.02, jitter=0.005)   # RTT about 40 ms
+            link.set(reorder=0.25, duplicate=0.01)
+            link.clear()             # a clean link
         """
-        from .. import lab
-
-        for name, value in (("delay", delay), ("reorder", reorder), ("duplicate", duplicate)):
-            if value is not None:
-                raise lab.LabUnavailable(
-                    95, f"Link {name} needs tc netem, and this kernel has no sch_netem; "
-                    "use loss/cut/rate here, or FaultProxy latency for delay above TCP")
         new = dict(self._faults)
-        if loss is not None:
-            if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not 0 <= loss <= 1:
-                raise ValueError(f"loss is a probability 0..1, not {loss!r}")
-            new["loss"] = float(loss)
+        for name, value in (("loss", loss), ("reorder", reorder), ("duplicate", duplicate)):
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                        or not 0 <= value <= 1:
+                    raise ValueError(f"{name} is a probability 0..1, not {value!r}")
+                new[name] = float(value)
+        for name, value in (("delay", delay), ("jitter", jitter)):
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                        or not 0 <= value <= 60:
+                    raise ValueError(f"{name} is in seconds, 0..60, not {value!r}")
+                new[name] = float(value)
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100_000:
+                raise ValueError(f"limit is a number of packets, 1..100000, not {limit!r}")
+            new["limit"] = limit
+        if new["reorder"] and not new["delay"]:
+            raise ValueError("reorder needs a delay (the reordered packets are the ones "
+                             "that do not wait it): set delay= too")
         if cut is not None:
             new["cut"] = bool(cut)
         if no_rate:
@@ -210,9 +242,26 @@ class Link:
         self._ask({"op": "faults", **new})
         self._faults = new
 
+    def stats(self) -> dict[str, int]:
+        """What the delay queue and the duplication did so far: ``held``
+        (packets delayed), ``passed`` (packets the queue let through at
+        once: the reordered share), ``most_held`` (most held at once),
+        ``waiting`` (held now), ``overflow`` (dropped beyond ``limit``),
+        ``duplicated`` (copies made).
+
+        Example::
+
+            link.set(duplicate=0.5)
+            ...
+            link.stats()["duplicated"]      # about half the packets
+        """
+        out, _ = self._ask({"op": "stats"})
+        stats: dict[str, int] = out["stats"]
+        return stats
+
     def clear(self) -> None:
         """A clean link again."""
-        self.set(loss=0, cut=False, no_rate=True)
+        self.set(loss=0, cut=False, no_rate=True, delay=0, jitter=0, reorder=0, duplicate=0)
 
     # ------------------------------------------------------------ lifetime
 
@@ -243,8 +292,15 @@ class Link:
 # ------------------------------------------------------------ the helper
 
 
+def _share(p: float) -> str:
+    """The nft condition that holds for a share p of packets (per million;
+    nothing when p is 1: numgen's values stop at 999999)."""
+    return "" if p >= 1 else f"numgen random mod 1000000 < {int(round(p * 1e6))} "
+
+
 def _nft_script(f: dict[str, Any]) -> str:
-    """The nftables rules for faults f: one table, replaced as a whole."""
+    """The nftables rules for faults f: two tables, each replaced whole
+    (loss and cut on the input hook; duplication on lo's ingress)."""
     rules = []
     if f.get("cut"):
         rules.append("drop")
@@ -252,20 +308,242 @@ def _nft_script(f: dict[str, Any]) -> str:
         # per million; input hook: a dropped packet left its sender (which
         # therefore retransmits, as after a loss on a wire); a drop on the
         # output hook is a local send failure instead (TCP's probe timer)
-        rules.append(f"numgen random mod 1000000 < {int(round(f['loss'] * 1e6))} drop")
+        rules.append(f"{_share(f['loss'])}drop")
+    dup = []
+    if f.get("duplicate"):
+        # the copy goes out of lo again and comes back in marked, so a copy
+        # is never copied again (the mark is set before the dup: both have it)
+        dup.append(f"meta mark != {_DUP_MARK} {_share(f['duplicate'])}"
+                   f'meta mark set {_DUP_MARK} counter dup to "lo"')
     body = "".join(f"    {r}\n" for r in rules)
+    dup_body = "".join(f"    {r}\n" for r in dup)
     return (f"table inet {_TABLE}\ndelete table inet {_TABLE}\n"
             f"table inet {_TABLE} {{\n  chain in {{\n"
-            f"    type filter hook input priority 0; policy accept;\n{body}  }}\n}}\n")
+            f"    type filter hook input priority 0; policy accept;\n{body}  }}\n}}\n"
+            f"table netdev {_TABLE}\ndelete table netdev {_TABLE}\n"
+            f"table netdev {_TABLE} {{\n  chain in {{\n"
+            f'    type filter hook ingress device "lo" priority 0; policy accept;\n'
+            f"{dup_body}  }}\n}}\n")
+
+
+def _nfqueue_rule(on: bool) -> None:
+    """Add (or remove) the iptables NFQUEUE rule on the input hook, IPv4 and
+    IPv6.  ``--queue-bypass``: while no handler is bound, packets pass."""
+    for cmd in ("iptables", "ip6tables"):
+        _run(cmd, "-F", "INPUT")
+        if on:
+            _run(cmd, "-A", "INPUT", "-j", "NFQUEUE", "--queue-num", str(_QUEUE_NUM),
+                 "--queue-bypass")
 
 
 def _run(*cmd: str, stdin: Optional[str] = None) -> None:
     exe = shutil.which(cmd[0])
     if exe is None:
-        raise FileNotFoundError(2, f"{cmd[0]} is not installed (iproute2 / nftables)")
+        raise FileNotFoundError(2, f"{cmd[0]} is not installed (iproute2 / nftables / iptables)")
     r = subprocess.run([exe, *cmd[1:]], input=stdin, capture_output=True, text=True, timeout=30)
     if r.returncode != 0:
         raise OSError(1, f"{' '.join(cmd)}: {r.stderr.strip()}")
+
+
+# ------------------------------------------------------------ the delay queue
+#
+# nfnetlink_queue over AF_NETLINK (linux/netfilter/nfnetlink_queue.h): an
+# iptables NFQUEUE rule on the input hook hands every packet to the queue;
+# the kernel holds it until a verdict names its id.  The handler gives each
+# packet a due time (delay +- jitter, or now for the reordered share) and
+# accepts it then, in due-time order: delay, jitter and reordering.
+
+_NETLINK_NETFILTER = 12
+_SOL_NETLINK = 270
+_NETLINK_NO_ENOBUFS = 5
+_NFNL_SUBSYS_QUEUE = 3
+_NFQNL_MSG_PACKET = 0
+_NFQNL_MSG_VERDICT = 1
+_NFQNL_MSG_CONFIG = 2
+_NFQA_PACKET_HDR = 1
+_NFQA_VERDICT_HDR = 2
+_NFQA_CFG_CMD = 1
+_NFQA_CFG_PARAMS = 2
+_NFQA_CFG_QUEUE_MAXLEN = 3
+_NFQNL_CFG_CMD_BIND = 1
+_NFQNL_COPY_META = 1
+_NF_ACCEPT = 1
+_NLMSG_ERROR = 2
+_NLM_F_REQUEST = 1
+_NLM_F_ACK = 4
+_QUEUE_NUM = 0
+# netem's default limit: packets held at once; the kernel drops (and
+# counts, /proc/net/netfilter/nfnetlink_queue) what comes beyond it
+_LIMIT = 1000
+
+
+def _nlattr(kind: int, data: bytes) -> bytes:
+    n = 4 + len(data)
+    return struct.pack("=HH", n, kind) + data + b"\0" * (-n % 4)
+
+
+def _nfq_msg(msg: int, attrs: bytes, flags: int = _NLM_F_REQUEST, family: int = 0) -> bytes:
+    """One nfnetlink_queue message: nlmsghdr, nfgenmsg (queue number in
+    network order), attributes."""
+    body = struct.pack("=BBH", family, 0, socket.htons(_QUEUE_NUM)) + attrs
+    return struct.pack("=IHHII", 16 + len(body), (_NFNL_SUBSYS_QUEUE << 8) | msg,
+                       flags, 0, 0) + body
+
+
+class _DelayQueue:
+    """The queue handler, a thread in the namespace helper.  ``params``
+    (delay s, jitter s, reorder probability) is replaced whole by the
+    helper's main thread; the handler reads it once per packet."""
+
+    def __init__(self, limit: int) -> None:
+        self.params: tuple[float, float, float] = (0.0, 0.0, 0.0)
+        self.limit = limit
+        self.held = 0            # packets given a later due time
+        self.passed = 0          # packets accepted at once (reorder share, or no delay)
+        self.most_held = 0       # the largest number held at once
+        self._nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
+        self._wake_r, self._wake_w = os.pipe()
+        self._stop = False
+        self._thread: Optional[threading.Thread] = None
+        try:
+            self._nl.setsockopt(_SOL_NETLINK, _NETLINK_NO_ENOBUFS, 1)
+            self._nl.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            self._nl.bind((0, 0))
+            # one bind serves every family (the family field is ignored
+            # since Linux 3.8; a second bind is EBUSY)
+            self._config(_nlattr(_NFQA_CFG_CMD, struct.pack(
+                "=BxH", _NFQNL_CFG_CMD_BIND, socket.htons(socket.AF_INET))), socket.AF_INET)
+            self._config(_nlattr(_NFQA_CFG_PARAMS, struct.pack("!IB", 0, _NFQNL_COPY_META))
+                         + _nlattr(_NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", limit)))
+        except BaseException:
+            self.close()
+            raise
+
+    def _config(self, attrs: bytes, family: int = 0) -> None:
+        """Send one config message and wait for its ack (OSError if the
+        kernel refuses it)."""
+        self._nl.send(_nfq_msg(_NFQNL_MSG_CONFIG, attrs, _NLM_F_REQUEST | _NLM_F_ACK, family))
+        self._nl.settimeout(5.0)
+        try:
+            data = self._nl.recv(65536)
+        finally:
+            self._nl.settimeout(None)
+        n, kind = struct.unpack_from("=IH", data)
+        if kind == _NLMSG_ERROR:
+            (err,) = struct.unpack_from("=i", data, 16)
+            if err:
+                raise OSError(-err, f"nfnetlink_queue config: {os.strerror(-err)}")
+
+    def set_limit(self, limit: int) -> None:
+        """A new queue length cap (no ack asked: the handler thread reads
+        this socket, and skips anything but packets)."""
+        if limit != self.limit:
+            self._nl.send(_nfq_msg(_NFQNL_MSG_CONFIG,
+                                   _nlattr(_NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", limit))))
+            self.limit = limit
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sk-link-queue", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import heapq
+        import random
+        import select
+
+        heap: list[tuple[float, int, int]] = []   # (due, arrival number, packet id)
+        arrivals = 0
+        ep = select.epoll()
+        ep.register(self._nl.fileno(), select.EPOLLIN)
+        ep.register(self._wake_r, select.EPOLLIN)
+        self._nl.setblocking(False)
+        try:
+            while not self._stop:
+                now = time.monotonic()
+                out = []
+                while heap and heap[0][0] <= now:
+                    out.append(_nfq_msg(_NFQNL_MSG_VERDICT, _nlattr(
+                        _NFQA_VERDICT_HDR, struct.pack("!II", _NF_ACCEPT, heapq.heappop(heap)[2]))))
+                if out:
+                    self._nl.send(b"".join(out))
+                ep.poll(max(0.0, heap[0][0] - now) if heap else -1)
+                while True:
+                    try:
+                        data = self._nl.recv(65536)
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    delay, jitter, reorder = self.params
+                    for pid in _packet_ids(data):
+                        due = time.monotonic()
+                        if delay or jitter:
+                            if not (reorder and random.random() < reorder):
+                                due += max(0.0, delay + random.uniform(-jitter, jitter))
+                        arrivals += 1
+                        if due > time.monotonic():
+                            self.held += 1
+                            heapq.heappush(heap, (due, arrivals, pid))
+                            self.most_held = max(self.most_held, len(heap))
+                        else:
+                            self.passed += 1
+                            heapq.heappush(heap, (0.0, arrivals, pid))
+        finally:
+            # clean shutdown: whatever is held passes now, then the queue
+            # unbinds (the NFQUEUE rule's bypass lets traffic through)
+            out = [_nfq_msg(_NFQNL_MSG_VERDICT, _nlattr(
+                _NFQA_VERDICT_HDR, struct.pack("!II", _NF_ACCEPT, p))) for _, _, p in heap]
+            try:
+                for i in range(0, len(out), 256):
+                    self._nl.send(b"".join(out[i:i + 256]))
+            except OSError:
+                pass
+            ep.close()
+
+    def close(self) -> None:
+        """Stop the handler (held packets pass), unbind, release."""
+        self._stop = True
+        os.write(self._wake_w, b"x")
+        if self._thread is not None:
+            self._thread.join(10.0)
+        self._nl.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+
+def _packet_ids(data: bytes) -> list[int]:
+    """The packet ids of the NFQNL_MSG_PACKET messages in one netlink read."""
+    ids = []
+    off = 0
+    while off + 16 <= len(data):
+        n, kind = struct.unpack_from("=IH", data, off)
+        if n < 16:
+            break
+        if kind == (_NFNL_SUBSYS_QUEUE << 8) | _NFQNL_MSG_PACKET:
+            a = off + 20
+            while a + 4 <= off + n:
+                alen, atype = struct.unpack_from("=HH", data, a)
+                if alen < 4:
+                    break
+                if atype & 0x3FFF == _NFQA_PACKET_HDR:
+                    ids.append(struct.unpack_from("!I", data, a + 4)[0])
+                    break
+                a += (alen + 3) & ~3
+        off += (n + 3) & ~3
+    return ids
+
+
+def _queue_counters() -> dict[str, int]:
+    """The kernel's counters of our queue (/proc/net/netfilter/nfnetlink_queue:
+    queue, portid, waiting, copy mode, copy range, dropped at the limit,
+    dropped for want of netlink buffer, last id, 1)."""
+    try:
+        with open("/proc/net/netfilter/nfnetlink_queue") as f:
+            for line in f:
+                v = [int(x) for x in line.split()]
+                if v[0] == _QUEUE_NUM:
+                    return {"waiting": v[2], "overflow": v[5] + v[6]}
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"waiting": 0, "overflow": 0}
 
 
 def _helper_main() -> None:
@@ -290,25 +568,62 @@ def _helper_main() -> None:
         fail("unavailable", f"Link set-up: {exc}", exc.errno or 0)
         return
     chan.send(json.dumps({"ok": True}).encode())
-    while True:
-        msg = chan.recv(65536)
-        if not msg:
-            break
-        req = json.loads(msg)
-        try:
-            if req["op"] == "socket":
-                s = socket.socket(req["family"], socket.SOCK_STREAM)
-                socket.send_fds(chan, [b'{"ok": true}'], [s.fileno()])
-                s.close()
-                continue
-            _run("nft", "-f", "-", stdin=_nft_script(req))
-            if req.get("rate"):
-                rate_bits = int(req["rate"] * 8)
-                _run("tc", "qdisc", "replace", "dev", "lo", "root", "tbf", "rate",
-                     f"{rate_bits}bit", "burst", "64kb", "latency", "200ms")
-            else:
-                subprocess.run([shutil.which("tc") or "tc", "qdisc", "del", "dev", "lo", "root"],
-                               capture_output=True, timeout=30)
-            chan.send(b'{"ok": true}')
-        except OSError as exc:
-            chan.send(json.dumps({"error": str(exc), "errno": exc.errno or 0}).encode())
+    queue: Optional[_DelayQueue] = None
+    dup_total = 0
+    try:
+        while True:
+            msg = chan.recv(65536)
+            if not msg:
+                break
+            req = json.loads(msg)
+            try:
+                if req["op"] == "socket":
+                    s = socket.socket(req["family"], socket.SOCK_STREAM)
+                    socket.send_fds(chan, [b'{"ok": true}'], [s.fileno()])
+                    s.close()
+                    continue
+                if req["op"] == "stats":
+                    out = {"held": 0, "passed": 0, "most_held": 0, **_queue_counters(),
+                           "duplicated": dup_total + _dup_count()}
+                    if queue is not None:
+                        out.update(held=queue.held, passed=queue.passed,
+                                   most_held=queue.most_held)
+                    chan.send(json.dumps({"ok": True, "stats": out}).encode())
+                    continue
+                delayed = bool(req.get("delay") or req.get("jitter"))
+                if delayed and queue is None:
+                    queue = _DelayQueue(int(req.get("limit") or _LIMIT))
+                    queue.start()
+                if queue is not None:
+                    queue.set_limit(int(req.get("limit") or _LIMIT))
+                    queue.params = (float(req.get("delay") or 0.0),
+                                    float(req.get("jitter") or 0.0),
+                                    float(req.get("reorder") or 0.0))
+                if queue is not None:  # iptables only once a delay was asked for
+                    _nfqueue_rule(delayed)
+                dup_total += _dup_count()  # the rule's counter goes with its table
+                _run("nft", "-f", "-", stdin=_nft_script(req))
+                if req.get("rate"):
+                    rate_bits = int(req["rate"] * 8)
+                    _run("tc", "qdisc", "replace", "dev", "lo", "root", "tbf", "rate",
+                         f"{rate_bits}bit", "burst", "64kb", "latency", "200ms")
+                else:
+                    subprocess.run([shutil.which("tc") or "tc", "qdisc", "del", "dev", "lo",
+                                    "root"], capture_output=True, timeout=30)
+                chan.send(b'{"ok": true}')
+            except OSError as exc:
+                chan.send(json.dumps({"error": str(exc), "errno": exc.errno or 0}).encode())
+    finally:
+        if queue is not None:
+            queue.close()
+
+
+def _dup_count() -> int:
+    """Packets duplicated so far (the dup rule's counter; 0 without one)."""
+    exe = shutil.which("nft")
+    if exe is None:
+        return 0
+    r = subprocess.run([exe, "list", "table", "netdev", _TABLE], capture_output=True,
+                       text=True, timeout=30)
+    m = re.search(r"counter packets (\d+)", r.stdout)
+    return int(m.group(1)) if m else 0
