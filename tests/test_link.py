@@ -195,14 +195,18 @@ def test_zero_window_probes_then_resumes(sk_link: Link) -> None:
                 if sk.tcp_info(cli).snd_wnd_bytes == 0:
                     break                            # the sender is blocked
                 time.sleep(0.01)
-        while (sk.tcp_info(cli).probes or 0) < 2:    # zero-window probes, backing off
+        # zero-window probes: each is answered (window still 0, which resets
+        # tcpi_probes), and the probe timer backs off: 200, 400, 800 ms...
+        while (sk.tcp_info(cli).backoff or 0) < 2:
             assert time.monotonic() < deadline, sk.tcp_info(cli)
             time.sleep(0.02)
         info = sk.tcp_info(cli)
         print(f"zero window after {sent} bytes: sender snd_wnd {info.snd_wnd_bytes}, "
-              f"probes {info.probes}, backoff {info.backoff}; "
+              f"backoff {info.backoff}, unacked {info.unacked_segs}, "
+              f"not sent {info.notsent_bytes}; "
               f"receiver rcv_wnd {sk.tcp_info(peer).rcv_wnd_bytes}")
-        assert info.snd_wnd_bytes == 0 and info.backoff is not None and info.backoff >= 1
+        assert info.snd_wnd_bytes == 0 and info.unacked_segs == 0  # probing, not retransmitting
+        assert (info.notsent_bytes or 0) > 0
         assert sk.tcp_info(peer).rcv_wnd_bytes == 0  # what the receiver advertises
         cli.setblocking(True)
         cli.settimeout(T)

@@ -49,11 +49,8 @@ import re
 import shutil
 import socket
 import socket as _socket
-import struct
 import subprocess
 import sys
-import threading
-import time
 from typing import Any, Optional
 
 from .._errors import Error
@@ -247,7 +244,9 @@ class Link:
         (packets delayed), ``passed`` (packets the queue let through at
         once: the reordered share), ``most_held`` (most held at once),
         ``waiting`` (held now), ``overflow`` (dropped beyond ``limit``),
-        ``duplicated`` (copies made).
+        ``late_max_us`` and ``late_mean_us`` (how late after its due time
+        a held packet left, at most and on average: the delay's
+        precision), ``duplicated`` (copies made).
 
         Example::
 
@@ -347,209 +346,39 @@ def _run(*cmd: str, stdin: Optional[str] = None) -> None:
 
 # ------------------------------------------------------------ the delay queue
 #
-# nfnetlink_queue over AF_NETLINK (linux/netfilter/nfnetlink_queue.h): an
-# iptables NFQUEUE rule on the input hook hands every packet to the queue;
-# the kernel holds it until a verdict names its id.  The handler gives each
-# packet a due time (delay +- jitter, or now for the reordered share) and
-# accepts it then, in due-time order: delay, jitter and reordering.
+# An iptables NFQUEUE rule (--queue-bypass) on the input hook hands every
+# packet to nfnetlink_queue _QUEUE_NUM; the handler, C in a thread of the
+# namespace helper (csrc/testkit/nfq.c, _core.NfQueue), gives each packet a
+# due time (delay +- jitter, or now for the reordered share) and accepts it
+# then, in due-time order: delay, jitter and reordering.
 
-_NETLINK_NETFILTER = 12
-_SOL_NETLINK = 270
-_NETLINK_NO_ENOBUFS = 5
-_NFNL_SUBSYS_QUEUE = 3
-_NFQNL_MSG_PACKET = 0
-_NFQNL_MSG_VERDICT = 1
-_NFQNL_MSG_CONFIG = 2
-_NFQA_PACKET_HDR = 1
-_NFQA_VERDICT_HDR = 2
-_NFQA_CFG_CMD = 1
-_NFQA_CFG_PARAMS = 2
-_NFQA_CFG_QUEUE_MAXLEN = 3
-_NFQNL_CFG_CMD_BIND = 1
-_NFQNL_COPY_META = 1
-_NF_ACCEPT = 1
-_NLMSG_ERROR = 2
-_NLM_F_REQUEST = 1
-_NLM_F_ACK = 4
 _QUEUE_NUM = 0
 # netem's default limit: packets held at once; the kernel drops (and
 # counts, /proc/net/netfilter/nfnetlink_queue) what comes beyond it
 _LIMIT = 1000
 
 
-def _nlattr(kind: int, data: bytes) -> bytes:
-    n = 4 + len(data)
-    return struct.pack("=HH", n, kind) + data + b"\0" * (-n % 4)
-
-
-def _nfq_msg(msg: int, attrs: bytes, flags: int = _NLM_F_REQUEST, family: int = 0) -> bytes:
-    """One nfnetlink_queue message: nlmsghdr, nfgenmsg (queue number in
-    network order), attributes."""
-    body = struct.pack("=BBH", family, 0, socket.htons(_QUEUE_NUM)) + attrs
-    return struct.pack("=IHHII", 16 + len(body), (_NFNL_SUBSYS_QUEUE << 8) | msg,
-                       flags, 0, 0) + body
-
-
-class _DelayQueue:
-    """The queue handler, a thread in the namespace helper.  ``params``
-    (delay s, jitter s, reorder probability) is replaced whole by the
-    helper's main thread; the handler reads it once per packet."""
-
-    def __init__(self, limit: int) -> None:
-        self.params: tuple[float, float, float] = (0.0, 0.0, 0.0)
-        self.limit = limit
-        self.held = 0            # packets given a later due time
-        self.passed = 0          # packets accepted at once (reorder share, or no delay)
-        self.most_held = 0       # the largest number held at once
-        self._nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
-        self._wake_r, self._wake_w = os.pipe()
-        self._stop = False
-        self._thread: Optional[threading.Thread] = None
-        try:
-            self._nl.setsockopt(_SOL_NETLINK, _NETLINK_NO_ENOBUFS, 1)
-            self._nl.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            self._nl.bind((0, 0))
-            # one bind serves every family (the family field is ignored
-            # since Linux 3.8; a second bind is EBUSY)
-            self._config(_nlattr(_NFQA_CFG_CMD, struct.pack(
-                "=BxH", _NFQNL_CFG_CMD_BIND, socket.htons(socket.AF_INET))), socket.AF_INET)
-            self._config(_nlattr(_NFQA_CFG_PARAMS, struct.pack("!IB", 0, _NFQNL_COPY_META))
-                         + _nlattr(_NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", limit)))
-        except BaseException:
-            self.close()
-            raise
-
-    def _config(self, attrs: bytes, family: int = 0) -> None:
-        """Send one config message and wait for its ack (OSError if the
-        kernel refuses it)."""
-        self._nl.send(_nfq_msg(_NFQNL_MSG_CONFIG, attrs, _NLM_F_REQUEST | _NLM_F_ACK, family))
-        self._nl.settimeout(5.0)
-        try:
-            data = self._nl.recv(65536)
-        finally:
-            self._nl.settimeout(None)
-        n, kind = struct.unpack_from("=IH", data)
-        if kind == _NLMSG_ERROR:
-            (err,) = struct.unpack_from("=i", data, 16)
-            if err:
-                raise OSError(-err, f"nfnetlink_queue config: {os.strerror(-err)}")
-
-    def set_limit(self, limit: int) -> None:
-        """A new queue length cap (no ack asked: the handler thread reads
-        this socket, and skips anything but packets)."""
-        if limit != self.limit:
-            self._nl.send(_nfq_msg(_NFQNL_MSG_CONFIG,
-                                   _nlattr(_NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", limit))))
-            self.limit = limit
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="sk-link-queue", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        import heapq
-        import random
-        import select
-
-        heap: list[tuple[float, int, int]] = []   # (due, arrival number, packet id)
-        arrivals = 0
-        ep = select.epoll()
-        ep.register(self._nl.fileno(), select.EPOLLIN)
-        ep.register(self._wake_r, select.EPOLLIN)
-        self._nl.setblocking(False)
-        try:
-            while not self._stop:
-                now = time.monotonic()
-                out = []
-                while heap and heap[0][0] <= now:
-                    out.append(_nfq_msg(_NFQNL_MSG_VERDICT, _nlattr(
-                        _NFQA_VERDICT_HDR, struct.pack("!II", _NF_ACCEPT, heapq.heappop(heap)[2]))))
-                if out:
-                    self._nl.send(b"".join(out))
-                ep.poll(max(0.0, heap[0][0] - now) if heap else -1)
-                while True:
-                    try:
-                        data = self._nl.recv(65536)
-                    except (BlockingIOError, InterruptedError):
-                        break
-                    delay, jitter, reorder = self.params
-                    for pid in _packet_ids(data):
-                        due = time.monotonic()
-                        if delay or jitter:
-                            if not (reorder and random.random() < reorder):
-                                due += max(0.0, delay + random.uniform(-jitter, jitter))
-                        arrivals += 1
-                        if due > time.monotonic():
-                            self.held += 1
-                            heapq.heappush(heap, (due, arrivals, pid))
-                            self.most_held = max(self.most_held, len(heap))
-                        else:
-                            self.passed += 1
-                            heapq.heappush(heap, (0.0, arrivals, pid))
-        finally:
-            # clean shutdown: whatever is held passes now, then the queue
-            # unbinds (the NFQUEUE rule's bypass lets traffic through)
-            out = [_nfq_msg(_NFQNL_MSG_VERDICT, _nlattr(
-                _NFQA_VERDICT_HDR, struct.pack("!II", _NF_ACCEPT, p))) for _, _, p in heap]
-            try:
-                for i in range(0, len(out), 256):
-                    self._nl.send(b"".join(out[i:i + 256]))
-            except OSError:
-                pass
-            ep.close()
-
-    def close(self) -> None:
-        """Stop the handler (held packets pass), unbind, release."""
-        self._stop = True
-        os.write(self._wake_w, b"x")
-        if self._thread is not None:
-            self._thread.join(10.0)
-        self._nl.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-
-
-def _packet_ids(data: bytes) -> list[int]:
-    """The packet ids of the NFQNL_MSG_PACKET messages in one netlink read."""
-    ids = []
-    off = 0
-    while off + 16 <= len(data):
-        n, kind = struct.unpack_from("=IH", data, off)
-        if n < 16:
-            break
-        if kind == (_NFNL_SUBSYS_QUEUE << 8) | _NFQNL_MSG_PACKET:
-            a = off + 20
-            while a + 4 <= off + n:
-                alen, atype = struct.unpack_from("=HH", data, a)
-                if alen < 4:
-                    break
-                if atype & 0x3FFF == _NFQA_PACKET_HDR:
-                    ids.append(struct.unpack_from("!I", data, a + 4)[0])
-                    break
-                a += (alen + 3) & ~3
-        off += (n + 3) & ~3
-    return ids
-
-
-def _queue_counters() -> dict[str, int]:
-    """The kernel's counters of our queue (/proc/net/netfilter/nfnetlink_queue:
-    queue, portid, waiting, copy mode, copy range, dropped at the limit,
-    dropped for want of netlink buffer, last id, 1)."""
+def _queue_overflow() -> int:
+    """Packets the kernel dropped for our queue: beyond its length cap, or
+    for want of netlink buffer (/proc/net/netfilter/nfnetlink_queue: queue,
+    portid, waiting, copy mode, copy range, queue_dropped, user_dropped,
+    last id, 1).  0 while no handler is bound (no line)."""
     try:
         with open("/proc/net/netfilter/nfnetlink_queue") as f:
             for line in f:
                 v = [int(x) for x in line.split()]
                 if v[0] == _QUEUE_NUM:
-                    return {"waiting": v[2], "overflow": v[5] + v[6]}
+                    return v[5] + v[6]
     except (OSError, ValueError, IndexError):
         pass
-    return {"waiting": 0, "overflow": 0}
+    return 0
 
 
 def _helper_main() -> None:
     """Entry point of the ``unshare -Urn`` helper (argv: channel fd, mtu):
     brings lo up with that MTU, reports, then serves requests (a socket,
     a fault change) until the channel closes."""
+    from .. import _core
     from ..lab import _netns
 
     chan, fail, up = _netns._helper_start()
@@ -568,7 +397,7 @@ def _helper_main() -> None:
         fail("unavailable", f"Link set-up: {exc}", exc.errno or 0)
         return
     chan.send(json.dumps({"ok": True}).encode())
-    queue: Optional[_DelayQueue] = None
+    queue: Optional[_core.NfQueue] = None  # once a delay was asked for
     dup_total = 0
     try:
         while True:
@@ -583,22 +412,25 @@ def _helper_main() -> None:
                     s.close()
                     continue
                 if req["op"] == "stats":
-                    out = {"held": 0, "passed": 0, "most_held": 0, **_queue_counters(),
+                    q = queue.stats() if queue is not None else {}
+                    out = {"held": q.get("held", 0), "passed": q.get("passed", 0),
+                           "most_held": q.get("most_held", 0),
+                           "waiting": q.get("waiting", 0),
+                           "overflow": _queue_overflow() + q.get("dropped", 0),
+                           "late_max_us": q.get("late_max_ns", 0) // 1000,
+                           "late_mean_us": q.get("late_total_ns", 0) // 1000
+                           // max(1, q.get("released", 0)),
                            "duplicated": dup_total + _dup_count()}
-                    if queue is not None:
-                        out.update(held=queue.held, passed=queue.passed,
-                                   most_held=queue.most_held)
                     chan.send(json.dumps({"ok": True, "stats": out}).encode())
                     continue
                 delayed = bool(req.get("delay") or req.get("jitter"))
+                limit = int(req.get("limit") or _LIMIT)
                 if delayed and queue is None:
-                    queue = _DelayQueue(int(req.get("limit") or _LIMIT))
-                    queue.start()
+                    queue = _core.NfQueue(_QUEUE_NUM, limit, int.from_bytes(os.urandom(8), "big"))
                 if queue is not None:
-                    queue.set_limit(int(req.get("limit") or _LIMIT))
-                    queue.params = (float(req.get("delay") or 0.0),
-                                    float(req.get("jitter") or 0.0),
-                                    float(req.get("reorder") or 0.0))
+                    queue.set(int(round(float(req.get("delay") or 0.0) * 1e9)),
+                              int(round(float(req.get("jitter") or 0.0) * 1e9)),
+                              int(round(float(req.get("reorder") or 0.0) * 1e6)), limit)
                 if queue is not None:  # iptables only once a delay was asked for
                     _nfqueue_rule(delayed)
                 dup_total += _dup_count()  # the rule's counter goes with its table
@@ -615,7 +447,7 @@ def _helper_main() -> None:
                 chan.send(json.dumps({"error": str(exc), "errno": exc.errno or 0}).encode())
     finally:
         if queue is not None:
-            queue.close()
+            queue.close()  # held packets pass; the rule's bypass does the rest
 
 
 def _dup_count() -> int:
