@@ -246,6 +246,24 @@ def test_bad_fault_values_are_refused(sk_link: Link) -> None:
     assert sk_link.faults["delay"] == 0 and sk_link.faults["reorder"] == 0
 
 
+def test_closing_a_delayed_link_strands_no_packet() -> None:
+    link = Link()
+    try:
+        srv = link.listen()
+        cli = link.connect(srv.getsockname(), timeout=T)
+        peer, _ = srv.accept()
+        link.set(delay=0.2)
+        cli.sendall(b"held")  # in the delay queue when the link closes
+    finally:
+        link.close()          # the handler lets what it holds go, and unbinds
+    with srv, cli, peer:
+        peer.settimeout(T)
+        assert peer.recv(4) == b"held"
+        # the namespace lives on with the sockets; its NFQUEUE rule has
+        # --queue-bypass, so with no handler bound, packets pass
+        transfer(cli, peer, 64 * 1024)
+
+
 def test_closed_link_says_so() -> None:
     link = Link()
     link.close()

@@ -9,22 +9,36 @@ inside creates them and passes their descriptors back) and changes the
 link under them at the IP layer, so the kernel's TCP does what it does on a
 bad network: real retransmissions, real RTO backoff.
 
-What the link can do, and how (measured on this project's CI kernel):
+What the link can do, and how (measured on this project's CI kernel, which
+has no ``sch_netem``: "Specified qdisc kind is unknown" even as root in the
+namespace, so ``tc ... netem`` is out; what it has is nftables, iptables'
+NFQUEUE target and nfnetlink_queue):
 
 - ``loss``: the probability that a packet is dropped, each way (an
   nftables rule, ``numgen random``): TCP retransmits;
 - ``cut``: every packet dropped (nftables): retransmissions with
   exponential RTO backoff until the link is back, or the kernel gives up;
-- ``rate``: bytes per second through the link (a ``tbf`` qdisc on lo).
+- ``rate``: bytes per second through the link (a ``tbf`` qdisc on lo);
+- ``delay`` and ``jitter``: an iptables ``NFQUEUE --queue-bypass`` rule on
+  the input hook hands every packet to a queue whose handler, C in a thread
+  of the namespace helper (``csrc/testkit/nfq.c``), accepts it at its due
+  time: arrival + delay + uniform(-jitter, +jitter).  Both directions cross
+  the input hook, so a round trip takes ``2 * delay``, as with netem on lo.
+  Packets leave at or after their due time, never before; how late is in
+  :meth:`Link.stats` (on the loaded 2-core CI box, at nice 19: 0.13 to
+  0.4 ms on average, with rare scheduling outliers of tens of ms);
+- ``reorder``: that share of packets is accepted at once instead of
+  waiting ``delay``, so it overtakes the held ones (netem's reorder);
+- ``duplicate``: an nftables ``dup to "lo"`` on lo's ingress sends a copy
+  of that share of packets round again; the pair is marked so a copy is
+  never copied;
+- ``limit``: packets held at once (1000, netem's default); the kernel
+  drops the ones beyond it, counted in :meth:`Link.stats`.
 
 lo's MTU in the namespace is ``mtu`` (1500 by default) and its GSO is off,
 so every packet is one Ethernet-sized segment and a loss is one segment's.
-
-Delay, reordering and duplication need ``tc qdisc ... netem``, and the
-kernels this project runs on have no ``sch_netem`` ("Specified qdisc kind
-is unknown" even as root in the namespace): :meth:`Link.set` raises
-:class:`~pysockkit.lab.LabUnavailable` for those; use
-:class:`~pysockkit.FaultProxy` latency for delay above TCP.
+If the helper goes (``close()``, or a crash), the queue unbinds and the
+rule's bypass lets packets through: traffic is never stuck behind it.
 
 Example::
 
@@ -66,16 +80,17 @@ class Link:
     the IP layer (see the module documentation).  ``mtu`` is lo's MTU in
     the namespace; ``timeout`` bounds each request to the helper.  Raises
     :class:`~pysockkit.lab.LabUnavailable` where unprivileged user
-    namespaces, ``ip``, ``nft`` or ``tc`` are missing.  Close it (or use
+    namespaces, ``ip``, ``nft`` or ``tc`` are missing (and :meth:`set`
+    does, for a delay, where ``iptables`` is).  Close it (or use
     ``with``): the namespace, and every socket in it, goes with the helper.
 
     Example::
 
         >>> from pysockkit.testing import Link
         >>> with Link() as link:
-        ...     link.set(loss=0.05)
-        ...     link.faults
-        {'loss': 0.05, 'cut': False, 'rate': None, 'delay': 0.0, 'jitter': 0.0, 'reorder': 0.0, 'duplicate': 0.0, 'limit': 1000}
+        ...     link.set(loss=0.05, delay=0.01)
+        ...     link.faults["loss"], link.faults["delay"], link.faults["limit"]
+        (0.05, 0.01, 1000)
     """
 
     A = "127.0.0.1"
@@ -115,6 +130,10 @@ class Link:
         if "error" in out:
             for fd in fds:
                 socket.close(fd)
+            if out.get("missing"):  # a tool the fault needs is not installed
+                from .. import lab
+
+                raise lab.LabUnavailable(out.get("errno") or 2, f"Link: {out['error']}")
             raise Error(out.get("errno") or 0, f"Link: {out['error']}")
         return out, list(fds)
 
@@ -444,7 +463,8 @@ def _helper_main() -> None:
                                     "root"], capture_output=True, timeout=30)
                 chan.send(b'{"ok": true}')
             except OSError as exc:
-                chan.send(json.dumps({"error": str(exc), "errno": exc.errno or 0}).encode())
+                chan.send(json.dumps({"error": str(exc), "errno": exc.errno or 0,
+                                      "missing": isinstance(exc, FileNotFoundError)}).encode())
     finally:
         if queue is not None:
             queue.close()  # held packets pass; the rule's bypass does the rest
