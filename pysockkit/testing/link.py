@@ -26,7 +26,8 @@ NFQUEUE target and nfnetlink_queue):
   the input hook, so a round trip takes ``2 * delay``, as with netem on lo.
   Packets leave at or after their due time, never before; how late is in
   :meth:`Link.stats` (on the loaded 2-core CI box, at nice 19: 0.13 to
-  0.4 ms on average, with rare scheduling outliers of tens of ms);
+  0.4 ms on average, with rare outliers of tens of ms, nearly all of it
+  the handler thread waiting for a core: docs/testing.md has the figures);
 - ``reorder``: that share of packets is accepted at once instead of
   waiting ``delay``, so it overtakes the held ones (netem's reorder);
 - ``duplicate``: an nftables ``dup to "lo"`` on lo's ingress sends a copy
@@ -316,9 +317,12 @@ def _share(p: float) -> str:
     return "" if p >= 1 else f"numgen random mod 1000000 < {int(round(p * 1e6))} "
 
 
-def _nft_script(f: dict[str, Any]) -> str:
-    """The nftables rules for faults f: two tables, each replaced whole
-    (loss and cut on the input hook; duplication on lo's ingress)."""
+def _nft_script(f: dict[str, Any], dup_table: bool = False) -> str:
+    """The nftables rules for faults f: a table replaced whole (loss and
+    cut on the input hook), and one for duplication on lo's ingress, made
+    only when f duplicates, deleted when *dup_table* says it exists and f
+    does not (so a kernel without nftables' netdev family still has loss,
+    cut, rate and delay)."""
     rules = []
     if f.get("cut"):
         rules.append("drop")
@@ -327,21 +331,23 @@ def _nft_script(f: dict[str, Any]) -> str:
         # therefore retransmits, as after a loss on a wire); a drop on the
         # output hook is a local send failure instead (TCP's probe timer)
         rules.append(f"{_share(f['loss'])}drop")
-    dup = []
+    dup = ""
     if f.get("duplicate"):
         # the copy goes out of lo again and comes back in marked, so a copy
         # is never copied again (the mark is set before the dup: both have it)
-        dup.append(f"meta mark != {_DUP_MARK} {_share(f['duplicate'])}"
-                   f'meta mark set {_DUP_MARK} counter dup to "lo"')
+        dup = (f"meta mark != {_DUP_MARK} {_share(f['duplicate'])}"
+               f'meta mark set {_DUP_MARK} counter dup to "lo"')
     body = "".join(f"    {r}\n" for r in rules)
-    dup_body = "".join(f"    {r}\n" for r in dup)
-    return (f"table inet {_TABLE}\ndelete table inet {_TABLE}\n"
-            f"table inet {_TABLE} {{\n  chain in {{\n"
-            f"    type filter hook input priority 0; policy accept;\n{body}  }}\n}}\n"
-            f"table netdev {_TABLE}\ndelete table netdev {_TABLE}\n"
-            f"table netdev {_TABLE} {{\n  chain in {{\n"
-            f'    type filter hook ingress device "lo" priority 0; policy accept;\n'
-            f"{dup_body}  }}\n}}\n")
+    script = (f"table inet {_TABLE}\ndelete table inet {_TABLE}\n"
+              f"table inet {_TABLE} {{\n  chain in {{\n"
+              f"    type filter hook input priority 0; policy accept;\n{body}  }}\n}}\n")
+    if dup or dup_table:
+        script += f"table netdev {_TABLE}\ndelete table netdev {_TABLE}\n"
+    if dup:
+        script += (f"table netdev {_TABLE} {{\n  chain in {{\n"
+                   f'    type filter hook ingress device "lo" priority 0; policy accept;\n'
+                   f"    {dup}\n  }}\n}}\n")
+    return script
 
 
 def _nfqueue_rule(on: bool) -> None:
@@ -418,6 +424,7 @@ def _helper_main() -> None:
     chan.send(json.dumps({"ok": True}).encode())
     queue: Optional[_core.NfQueue] = None  # once a delay was asked for
     dup_total = 0
+    dup_table = False  # the netdev table of the dup rule exists
     try:
         while True:
             msg = chan.recv(65536)
@@ -439,7 +446,7 @@ def _helper_main() -> None:
                            "late_max_us": q.get("late_max_ns", 0) // 1000,
                            "late_mean_us": q.get("late_total_ns", 0) // 1000
                            // max(1, q.get("released", 0)),
-                           "duplicated": dup_total + _dup_count()}
+                           "duplicated": dup_total + (_dup_count() if dup_table else 0)}
                     chan.send(json.dumps({"ok": True, "stats": out}).encode())
                     continue
                 delayed = bool(req.get("delay") or req.get("jitter"))
@@ -452,8 +459,14 @@ def _helper_main() -> None:
                               int(round(float(req.get("reorder") or 0.0) * 1e6)), limit)
                 if queue is not None:  # iptables only once a delay was asked for
                     _nfqueue_rule(delayed)
-                dup_total += _dup_count()  # the rule's counter goes with its table
-                _run("nft", "-f", "-", stdin=_nft_script(req))
+                if queue is not None and queue.stats()["error"]:
+                    err = queue.stats()["error"]
+                    raise OSError(err, "the delay queue's handler stopped: "
+                                  f"{os.strerror(err)}; make a new Link")
+                if dup_table:
+                    dup_total += _dup_count()  # the rule's counter goes with its table
+                _run("nft", "-f", "-", stdin=_nft_script(req, dup_table))
+                dup_table = bool(req.get("duplicate"))
                 if req.get("rate"):
                     rate_bits = int(req["rate"] * 8)
                     _run("tc", "qdisc", "replace", "dev", "lo", "root", "tbf", "rate",
