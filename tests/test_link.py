@@ -12,6 +12,7 @@ window).  Waits are bounded; lower bounds are exact, upper bounds scaled.
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
@@ -21,6 +22,7 @@ import pytest
 
 import pysockkit as sk
 from helpers import scaled
+from pysockkit.lab import LabUnavailable
 from pysockkit.testing import Link
 
 T = scaled(10.0)
@@ -262,6 +264,27 @@ def test_closing_a_delayed_link_strands_no_packet() -> None:
         # the namespace lives on with the sockets; its NFQUEUE rule has
         # --queue-bypass, so with no handler bound, packets pass
         transfer(cli, peer, 64 * 1024)
+
+
+def test_without_iptables_a_delay_is_unavailable(tmp_path, monkeypatch) -> None:
+    bin_dir = tmp_path / "bin"  # the tools a Link needs, but not iptables
+    bin_dir.mkdir()
+    for tool in ("unshare", "ip", "nft", "tc"):
+        found = shutil.which(tool)
+        assert found, tool
+        (bin_dir / tool).symlink_to(found)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with Link() as link:
+        with pytest.raises(LabUnavailable, match="iptables is not installed"):
+            link.set(delay=0.01)
+        assert link.faults["delay"] == 0
+        link.set(loss=0.01)  # the rest of the link still works
+        srv = link.listen()
+        with srv, link.connect(srv.getsockname(), timeout=T) as cli:
+            peer, _ = srv.accept()
+            with peer:
+                peer.settimeout(T)
+                transfer(cli, peer, 64 * 1024)
 
 
 def test_closed_link_says_so() -> None:

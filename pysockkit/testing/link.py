@@ -452,17 +452,21 @@ def _helper_main() -> None:
                 delayed = bool(req.get("delay") or req.get("jitter"))
                 limit = int(req.get("limit") or _LIMIT)
                 if delayed and queue is None:
+                    for cmd in ("iptables", "ip6tables"):  # before the queue binds
+                        if shutil.which(cmd) is None:
+                            raise FileNotFoundError(
+                                2, f"{cmd} is not installed (Link's delay needs its "
+                                "NFQUEUE target: apt-get install iptables)")
                     queue = _core.NfQueue(_QUEUE_NUM, limit, int.from_bytes(os.urandom(8), "big"))
-                if queue is not None:
+                if queue is not None:  # iptables only once a delay was asked for
+                    err = queue.stats()["error"]
+                    if err:
+                        raise OSError(err, "the delay queue's handler stopped: "
+                                      f"{os.strerror(err)}; make a new Link")
                     queue.set(int(round(float(req.get("delay") or 0.0) * 1e9)),
                               int(round(float(req.get("jitter") or 0.0) * 1e9)),
                               int(round(float(req.get("reorder") or 0.0) * 1e6)), limit)
-                if queue is not None:  # iptables only once a delay was asked for
                     _nfqueue_rule(delayed)
-                if queue is not None and queue.stats()["error"]:
-                    err = queue.stats()["error"]
-                    raise OSError(err, "the delay queue's handler stopped: "
-                                  f"{os.strerror(err)}; make a new Link")
                 if dup_table:
                     dup_total += _dup_count()  # the rule's counter goes with its table
                 _run("nft", "-f", "-", stdin=_nft_script(req, dup_table))
