@@ -178,6 +178,21 @@ def test_duplicate_delivers_packets_twice(sk_link: Link, conn) -> None:
     assert sk_link.stats()["duplicated"] == stats["duplicated"]  # counts are kept
 
 
+def test_duplicate_copies_each_packet_once(sk_link: Link, conn) -> None:
+    cli, peer = conn
+    sk_link.set(duplicate=1)          # every packet: a copy would loop if copied
+    times = ping_pong(cli, peer, 20)  # and the link still works
+    copies = sk_link.stats()["duplicated"]
+    time.sleep(0.5)                   # a looping copy would go round meanwhile
+    later = sk_link.stats()["duplicated"]
+    print(f"duplicate 100 %: {copies} copies for 20 round trips, {later} 0.5 s later")
+    # a round trip is 2 data segments, their copies' D-SACK ACKs and maybe
+    # a delayed ACK: a handful of packets, each copied once
+    assert 20 * 2 <= copies <= 20 * 8, copies
+    assert later - copies <= 4       # at most a last delayed ACK and its copy's D-SACK
+    assert len(times) == 20
+
+
 def test_zero_window_probes_then_resumes(sk_link: Link) -> None:
     srv = sk_link.listen()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited by peer
