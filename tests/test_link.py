@@ -281,6 +281,28 @@ def test_closing_a_delayed_link_strands_no_packet() -> None:
         transfer(cli, peer, 64 * 1024)
 
 
+def test_a_killed_handler_strands_no_traffic() -> None:
+    link = Link()
+    try:
+        srv = link.listen()
+        cli = link.connect(srv.getsockname(), timeout=T)
+        peer, _ = srv.accept()
+        link.set(delay=0.2)
+        cli.sendall(b"held")
+        proc = link._res.proc
+        assert proc is not None
+        proc.kill()  # the helper, its handler thread and its queue socket go at once
+        proc.wait(T)
+    finally:
+        link.close()
+    with srv, cli, peer:
+        peer.settimeout(T)
+        # what the dead handler held is dropped by the kernel and retransmitted;
+        # the rule's bypass passes everything after
+        assert peer.recv(4) == b"held"
+        transfer(cli, peer, 64 * 1024)
+
+
 def test_without_iptables_a_delay_is_unavailable(tmp_path, monkeypatch) -> None:
     bin_dir = tmp_path / "bin"  # the tools a Link needs, but not iptables
     bin_dir.mkdir()
