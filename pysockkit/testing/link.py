@@ -38,8 +38,9 @@ NFQUEUE target and nfnetlink_queue):
 
 lo's MTU in the namespace is ``mtu`` (1500 by default) and its GSO is off,
 so every packet is one Ethernet-sized segment and a loss is one segment's.
-If the helper goes (``close()``, or a crash), the queue unbinds and the
-rule's bypass lets packets through: traffic is never stuck behind it.
+On ``close()`` the handler lets what it holds go and unbinds; if the
+helper is killed, the kernel drops what it held (TCP retransmits); either
+way the rule's bypass lets packets through after: traffic is never stuck.
 
 Example::
 
