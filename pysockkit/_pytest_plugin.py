@@ -19,7 +19,8 @@ threads at teardown):
 - ``sk_proxy_factory(upstream, **options)``: more proxies.
 - ``sk_link``: a :class:`~pysockkit.testing.Link`, two loopback hosts in a
   private network namespace with faults below TCP (``sk_link.set(loss=0.1)``,
-  ``cut=True``, ``rate=``), closed at teardown.
+  ``cut=True``, ``rate=``, ``delay=``, ``jitter=``, ``reorder=``,
+  ``duplicate=``), closed at teardown.
 - ``sk_lab``: the state lab; ``sk_lab.reproduce("CLOSE_WAIT")`` gives a
   scene that is closed at teardown (a state this machine cannot build
   skips the test).
@@ -552,7 +553,8 @@ def sk_lab() -> Iterator[LabFixture]:
 def sk_link() -> Iterator[Any]:
     """A :class:`~pysockkit.testing.Link`: ``sk_link.listen()`` and
     ``sk_link.connect(addr)`` give sockets in a private network namespace,
-    ``sk_link.set(loss=0.1)`` (or ``cut=True``, ``rate=bytes/s``) breaks the
+    ``sk_link.set(loss=0.1)`` (or ``cut=True``, ``rate=bytes/s``,
+    ``delay=s``, ``jitter=s``, ``reorder=p``, ``duplicate=p``) breaks the
     link at the IP layer, so TCP really retransmits.  Closed at teardown."""
     from .testing.link import Link
 

@@ -36,6 +36,8 @@ fi
 command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 # nft drops loopback packets inside `unshare -Urn` (tests/test_keepalive.py)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
+# NFQUEUE rules for Link's delay, jitter and reordering (tests/test_link.py)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
 # a real outside server behind the FaultProxy (tests/test_redis_proxy.py)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then

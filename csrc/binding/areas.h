@@ -26,5 +26,6 @@ int skpy_add_watch(PyObject *mod);    /* watch.c: Watcher */
 int skpy_add_reply(PyObject *mod);    /* reply.c: resolve_replies, ... */
 int skpy_add_capture(PyObject *mod);  /* capture.c: Capture */
 int skpy_add_server(PyObject *mod);   /* server.c: Server, END_* */
+int skpy_add_nfq(PyObject *mod);      /* nfq.c: NfQueue, NFQ_MAX_LIMIT */
 
 #endif /* SK_BINDING_AREAS_H */

@@ -83,6 +83,8 @@ static int skpy_exec(PyObject *mod)
         goto error;
     if (skpy_add_server(mod) < 0)
         goto error;
+    if (skpy_add_nfq(mod) < 0)
+        goto error;
     rc = 0;
 error:
     return rc;

@@ -52,6 +52,7 @@
 #include "core/heap.h"
 #include "core/sock.h"
 #include "core/sys.h"
+#include "rand.h"
 
 #define SK_PX_NEVER INT64_MAX
 #define SK_PX_EVENTS 64
@@ -230,13 +231,10 @@ struct sk_proxy {
 static int64_t sk_px_max(int64_t a, int64_t b) { return a > b ? a : b; }
 static int64_t sk_px_min(int64_t a, int64_t b) { return a < b ? a : b; }
 
-/* splitmix64: fast, good enough for jitter and slice sizes. */
+/* The proxy's next random number (rand.h). */
 static uint64_t sk_px_rand(sk_proxy *p)
 {
-    uint64_t z = (p->rng += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
+    return sk_splitmix64(&p->rng);
 }
 
 /* Uniform in [lo, hi]. */
