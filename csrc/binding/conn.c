@@ -881,10 +881,6 @@ static PyObject *Conn_send(PyObject *op, PyObject *const *args,
         skpy_note_sent(0);
         goto error_view;
     }
-    if (self->fd < 0) {
-        skpy_closed(self);
-        goto error_lock;
-    }
     iov.base = view.buf;
     iov.len = (size_t)view.len;
     if (self->wb && !self->worker && iov.len <= SKPY_WB_DIRECT)
@@ -1044,10 +1040,6 @@ static PyObject *Conn_send_many(PyObject *op, PyObject *const *args,
         goto error;
     }
     locked = 1;
-    if (self->fd < 0) {
-        skpy_closed(self);
-        goto error;
-    }
     for (base = 0; base < total; base += nb) {
         Py_ssize_t cnt = total - base < nb ? total - base : nb;
         size_t d = 0;
@@ -1104,10 +1096,6 @@ static PyObject *Conn_flush(PyObject *op, PyObject *const *args,
         goto out;
     if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "flush", a[0]) < 0)
         goto out;
-    if (self->fd < 0) {
-        skpy_closed(self);
-        goto error;
-    }
     Py_BEGIN_ALLOW_THREADS
     sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
     rc = sk_conn_flush(&self->c, deadline, &intr, &err);
@@ -1176,14 +1164,9 @@ static PyObject *Conn_recv(PyObject *op, PyObject *const *args,
         goto out;
     if (skpy_lock_or_raise(self, &self->c.recv_mu, deadline, "recv", a[0]) < 0)
         goto out;
-    if (self->fd < 0) {
-        skpy_closed(self);
-        goto error;
-    }
     py_ret = Conn_recv_locked(self, deadline, &rc, &err);
     if (py_ret == NULL && rc != SK_OK)
         skpy_fail(self, rc, &err, "recv", a[0], RECV_KEPT);
-error:
     pthread_mutex_unlock(&self->c.recv_mu);
 out:
     return py_ret;
@@ -1228,10 +1211,6 @@ static PyObject *Conn_recv_many(PyObject *op, PyObject *const *args,
     if (skpy_lock_or_raise(self, &self->c.recv_mu, deadline, "recv_many",
                            a[1]) < 0)
         goto out;
-    if (self->fd < 0) {
-        skpy_closed(self);
-        goto error;
-    }
     py_item = Conn_recv_locked(self, deadline, &rc, &err);
     if (py_item == NULL) {
         if (rc != SK_OK)
@@ -1304,10 +1283,6 @@ static PyObject *Conn_request(PyObject *op, PyObject *const *args,
     if (skpy_lock_or_raise(self, &self->c.recv_mu, deadline, "request",
                            a[1]) < 0)
         goto error_send;
-    if (self->fd < 0) {
-        skpy_closed(self);
-        goto error_recv;
-    }
     iov.base = view.buf;
     iov.len = (size_t)view.len;
     rc = Conn_send_locked(self, &iov, 1, iov.len, deadline, &done, &err);
@@ -1369,10 +1344,6 @@ static PyObject *Conn_shutdown(PyObject *op, PyObject *const *args,
         goto out;
     if (skpy_lock_or_raise(self, &self->c.send_mu, deadline, "shutdown", a[1]) < 0)
         goto out;
-    if (self->fd < 0) {
-        skpy_closed(self);
-        goto error;
-    }
     if (how != SHUT_RD) {
         Py_BEGIN_ALLOW_THREADS
         sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
@@ -1931,10 +1902,6 @@ static PyObject *Conn_request_async(PyObject *op, PyObject *const *args,
                            a[1]) < 0)
         goto error;
     locked = 1;
-    if (self->fd < 0) {
-        skpy_closed(self);
-        goto error;
-    }
     pthread_mutex_lock(&self->corr->mu);
     if (self->req_err_type != NULL) {
         py_et = Py_NewRef(self->req_err_type);
