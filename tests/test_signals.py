@@ -293,22 +293,27 @@ def slow_peer():
 
 
 def wait_in_poll(pid: int) -> None:
-    """Wait until the main thread of process ``pid`` sits in poll/ppoll (the
-    kernel's /proc/PID/syscall): a send, flush or shutdown that blocks on a
-    full socket waits there, so the call is under way and blocked, however
-    slowly a loaded machine ran the child up to it."""
+    """Wait until the main thread of process ``pid`` is blocked in poll: the
+    kernel's /proc/PID/syscall shows poll (7 on x86-64) with a timeout that
+    is not 0 at three samples 0.1 s apart.  A send, flush or shutdown
+    waiting for a full socket sits there (a write-behind send still filling
+    the buffers makes 0-timeout polls), so the SIGINT lands in the blocked
+    call however slowly a loaded machine ran the child up to it."""
     deadline = time.monotonic() + scaled(20)
-    seen = ""
+    seen, streak = "", 0
     while time.monotonic() < deadline:
         try:
             with open(f"/proc/{pid}/syscall") as f:
-                seen = f.read().split(" ", 1)[0]
+                seen = f.read()
         except OSError as exc:
             pytest.fail(f"cannot read /proc/{pid}/syscall: {exc}")
-        if seen in ("7", "271"):  # poll, ppoll (x86-64)
+        fields = seen.split()
+        blocked = len(fields) > 3 and fields[0] == "7" and int(fields[3], 16) != 0
+        streak = streak + 1 if blocked else 0
+        if streak >= 3:
             return
-        time.sleep(0.005)
-    pytest.fail(f"the child never blocked in poll (last syscall {seen!r})")
+        time.sleep(0.1 if streak else 0.005)
+    pytest.fail(f"the child never blocked in poll (last: {seen.strip()!r})")
 
 
 def sigint_mid_call(child: Child, before=None, in_poll: bool = False) -> float:
@@ -389,9 +394,15 @@ def test_sigint_mid_write_behind_send_keeps_the_queue_whole(spawn, slow_peer) ->
     data = recv_all(raw, timeout=scaled(60))
     res = child_result(child)
     # the interrupted send took nothing (its frame was not queued); the
-    # frames queued before it stayed queued and went out whole, in order
-    assert res["sent"] == 0
-    assert res["kept"] > 0 and res["unsent_after"] == 0
+    # frames queued before it stayed queued and went out whole, in order.
+    # `kept` (the queue read just after the KeyboardInterrupt) may already
+    # be 0: the peer's full window still lets a few KB in now and then, and
+    # the write-behind flusher thread, armed by an earlier send, writes the
+    # queue as soon as the interrupted send lets go of the lock (seen under
+    # load: kept ranged 4.8-65 KB over 25 runs, and 0 twice in 12).  What
+    # must hold is the stream: every queued frame, whole, then B.
+    assert res["sent"] == 0 and res["ok"] > 0
+    assert 0 <= res["kept"] <= 64 << 10 and res["unsent_after"] == 0
     assert_frames(data, [tail.payload(f"W {i}", tail.WB_SIZE) for i in range(res["ok"])]
                   + [tail.payload("B", 100)])
 
