@@ -329,7 +329,7 @@ static PyObject *Capture_stats(PyObject *op, PyObject *noargs)
     if (py_err == NULL)
         goto error;
     py_d = Py_BuildValue(
-        "{s:L,s:L,s:K,s:K,s:K,s:K,s:K,s:n,s:n,s:O,s:O,s:O}",
+        "{s:L,s:L,s:K,s:K,s:K,s:K,s:K,s:n,s:n,s:O,s:O,s:O,s:O}",
         "start_ns", (long long)st.start_ns,
         "end_ns", (long long)st.end_ns,
         "seen", (unsigned long long)st.seen,
@@ -341,6 +341,7 @@ static PyObject *Capture_stats(PyObject *op, PyObject *noargs)
         "payload_bytes", (Py_ssize_t)st.payload_bytes,
         "running", st.running ? Py_True : Py_False,
         "timed_out", st.timed_out ? Py_True : Py_False,
+        "stamps_on", st.stamps_on ? Py_True : Py_False,
         "error", py_err);
 error:
     Py_XDECREF(py_err);

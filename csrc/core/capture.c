@@ -32,6 +32,8 @@
 #define SK_CAPTURE_STACK (256 * 1024)
 #define SK_CAPTURE_RCVBUF (1 << 20)
 #define SK_CAPTURE_CMSG 64          /* room for one SCM_TIMESTAMPNS */
+/* how long a start waits for the kernel to switch receive timestamps on */
+#define SK_CAPTURE_STAMPS_WAIT_NS (1000LL * 1000000)
 
 /* ------------------------------------------------------------- parser */
 
@@ -462,6 +464,7 @@ struct sk_capture {
     size_t pbytes;            /* payload bytes kept per segment */
     size_t snaplen;
     int64_t end_by_ns;        /* max_duration deadline, or SK_NO_DEADLINE */
+    int stamps_on;            /* sk_capture_wait_stamps saw stamping on */
 
     /* guarded by mu */
     pthread_mutex_t mu;
@@ -683,6 +686,72 @@ static void capture_destroy(sk_capture *c)
     free(c);
 }
 
+/* Contract: no GIL needed; no allocation.  SO_TIMESTAMPNS turns the
+ * kernel's receive timestamps on (net_enable_timestamp), but when no
+ * socket had them on, the kernel only schedules that switch on a
+ * workqueue: until a kworker runs it, packets arrive unstamped and
+ * recvmsg stamps them with its own, later time (seen on a loaded machine:
+ * a SYN stamped after the SYN|ACK that answered it).  Wait, until
+ * deadline_ns, for the switch: a datagram sent to ourselves on loopback
+ * is stamped inside the send when stamping is on, so its stamp is no later
+ * than the moment send returned; when off, it is stamped by our recvmsg,
+ * after that moment.  1: stamping is on; 0: not seen on by the deadline,
+ * or the probe could not run (no loopback address, say): the capture
+ * still works, and only its first stamps may be late. */
+static int sk_capture_wait_stamps(int64_t deadline_ns)
+{
+    struct sockaddr_in a;
+    socklen_t alen = sizeof(a);
+    char cbuf[SK_CAPTURE_CMSG], byte = 0;
+    struct iovec iov = {&byte, 1};
+    struct msghdr mh;
+    struct cmsghdr *cm;
+    struct timespec sent, ts;
+    struct pollfd p;
+    int fd, one = 1, on = 0;
+
+    fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        goto done;
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one)) < 0
+        || bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0
+        || getsockname(fd, (struct sockaddr *)&a, &alen) < 0)
+        goto done;
+    while (!on && sk_now_ns() < deadline_ns) {
+        if (sendto(fd, &byte, 1, 0, (struct sockaddr *)&a, sizeof(a)) != 1)
+            break;
+        clock_gettime(CLOCK_REALTIME, &sent);
+        p.fd = fd;
+        p.events = POLLIN;
+        if (poll(&p, 1, 100) <= 0) /* EINTR or a lost datagram: try again */
+            continue;
+        memset(&mh, 0, sizeof(mh));
+        mh.msg_iov = &iov;
+        mh.msg_iovlen = 1;
+        mh.msg_control = cbuf;
+        mh.msg_controllen = sizeof(cbuf);
+        if (recvmsg(fd, &mh, 0) != 1)
+            continue;
+        for (cm = CMSG_FIRSTHDR(&mh); cm != NULL; cm = CMSG_NXTHDR(&mh, cm)) {
+            if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS
+                && cm->cmsg_len >= CMSG_LEN(sizeof(ts))) {
+                memcpy(&ts, CMSG_DATA(cm), sizeof(ts));
+                on = ts.tv_sec < sent.tv_sec
+                     || (ts.tv_sec == sent.tv_sec && ts.tv_nsec <= sent.tv_nsec);
+            }
+        }
+        if (!on)
+            usleep(1000);
+    }
+done:
+    if (fd >= 0)
+        close(fd);
+    return on;
+}
+
 /* Contract: start's socket set-up; c->fd is open.  SK_OK or SK_ERR with
  * err naming the syscall. */
 static int setup_socket(sk_capture *c, const sk_capture_config *cfg,
@@ -710,6 +779,7 @@ static int setup_socket(sk_capture *c, const sk_capture_config *cfg,
         sk_err_sys(err, "setsockopt(SO_TIMESTAMPNS)", errno);
         goto done;
     }
+    c->stamps_on = sk_capture_wait_stamps(sk_now_ns() + SK_CAPTURE_STAMPS_WAIT_NS);
     /* the filter refuses outgoing copies too; this spares the kernel the
      * work (older kernels: ENOPROTOOPT, harmless) */
     (void)setsockopt(c->fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one,
@@ -955,6 +1025,7 @@ void sk_capture_get_stats(sk_capture *c, sk_capture_stats *st)
     st->payload_bytes = c->pbytes;
     st->running = locked ? c->running : 0;
     st->timed_out = c->timed_out;
+    st->stamps_on = c->stamps_on;
     st->err = c->err;
     outer_unlock(c, locked);
 done:

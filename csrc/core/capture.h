@@ -170,6 +170,9 @@ typedef struct sk_capture_stats {
     size_t payload_bytes;      /* payload kept per segment */
     int running;               /* the capture thread has not ended */
     int timed_out;             /* ended because max_duration passed */
+    int stamps_on;             /* the kernel stamped packets on arrival from
+                                * the start (else the first stamps may be
+                                * late: see sk_capture_wait_stamps) */
     sk_err err;                /* why the thread ended with an error */
 } sk_capture_stats;
 

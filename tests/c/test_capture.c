@@ -450,6 +450,8 @@ static void live_checks(void)
     sk_capture_get_stats(cap, &st);
     CHECK(!st.running && !st.timed_out);
     CHECK_INT(st.err.code, ==, SK_E_NONE);
+    /* the start waited for the kernel's arrival stamps (a loopback probe) */
+    CHECK(st.stamps_on);
     CHECK_U64(st.ring_dropped + st.kernel_dropped + st.malformed, ==, 0);
     CHECK_U64(st.payload_bytes, ==, 8);
     n = sk_capture_segments(cap, 0, segs, pay, 16);
