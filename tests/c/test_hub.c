@@ -392,7 +392,10 @@ TEST(a_quiet_acceptor_answers_instead_of_pinging)
     fix_add(&x, SEC, 10 * SEC, 0);
     /* the peer pings every interval and reports a 3 ms round trip */
     for (t = T0 + SEC; t <= T0 + 10 * SEC; t += SEC) {
-        fake_set(t);
+        /* the PING is in the hub's socket before the clock reaches t
+         * (step_read moves it): the hub, waking on its own at t, must see
+         * the PING before its timer, or, as a quiet acceptor, it pings
+         * (seen under valgrind on a loaded machine) */
         peer_send_ctl(x.peer[0], SK_CTL_PING, (uint64_t)t - 11, 3000);
         n = step_read(&x, t, 0, got, 16);
         CHECK_U64(n, ==, 1);
@@ -425,8 +428,11 @@ TEST(data_traffic_replaces_pings)
         return;
     fix_add(&x, SEC, 10 * SEC, 1);
     for (t = T0 + 500 * MS; t <= T0 + 6 * SEC; t += 500 * MS) {
-        fake_set(t);
+        /* the send lock first: a hub turn at t between the clock moving
+         * and the send cannot PING (it only trylocks) - the data stamps
+         * last_tx at t before the hub can act on t */
         pthread_mutex_lock(&x.c[0].send_mu);
+        fake_set(t);
         CHECK_RC(sk_conn_send(&x.c[0], &iov, 1, SK_NO_DEADLINE, NULL, &done,
                               &err),
                  SK_OK, &err);
