@@ -266,7 +266,8 @@ def diag_lookup(
 ) -> Optional[_DiagEntry]: ...
 def diag_timer_name(timer: int, /) -> str: ...
 def resolve_replies(
-    frames: list[Any], pending: dict[int, Any], timers: dict[int, Any], /,
+    frames: list[Any], pending: dict[int, Any], timers: dict[int, Any],
+    book: Optional[CorrelationBook] = None, /,
 ) -> tuple[list[Any], int, int]: ...
 def resolve_in_order(
     frames: list[Any], pending: dict[int, Any], timers: dict[int, Any], first: int, count: int, /,

@@ -572,6 +572,43 @@ def test_unknown_duplicate_and_late_replies_are_dropped_and_counted() -> None:
     run(main())
 
 
+def test_resolve_replies_with_a_book_lets_the_book_decide() -> None:
+    """With the correlation book (aio's path), each reply is settled in the
+    book first: only a delivered one reaches its future; a duplicate, a
+    late and a stray reply are dropped and counted by the book, never left
+    in ``rest``; the timeout entry of a delivered request is removed, not
+    called; an error reply fails its future with sk.RemoteError."""
+    from pysockkit import _core
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        book = _core.CorrelationBook()
+        a, b, c = book.register(), book.register(), book.register()
+        futs: dict[int, asyncio.Future[bytes]] = {i: loop.create_future() for i in (a, b, c)}
+        fa, fb = futs[a], futs[b]
+        assert book.forget(c)  # its caller gave up: the reply will be late
+        del futs[c]
+        timeouts = {b: 2.5}
+        frames: list[Any] = [b"plain", (7, b"request"), (b | REPLY, b"bee"), (b | REPLY, b"again"),
+                             (99 | REPLY, b"stray"), (c | REPLY, b"late"),
+                             (a | REPLY | _core.ID_ERROR, b"boom"), b"tail"]
+        rest, resolved, late = _core.resolve_replies(frames, futs, timeouts, book)
+        assert rest == [b"plain", (7, b"request"), b"tail"]
+        assert (resolved, late) == (2, 0) and futs == {} and timeouts == {}
+        assert fb.result() == b"bee"
+        with pytest.raises(sk.RemoteError, match="boom"):
+            fa.result()
+        assert book.pending == 0
+        assert book.stats == {"replies": 2, "remote_errors": 1, "timeouts": 0,
+                              "late": 1, "duplicate": 1, "unknown": 1}
+        with pytest.raises(TypeError, match="CorrelationBook"):
+            _core.resolve_replies([], {}, {}, object())  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="in-order"):
+            _core.resolve_replies([], {}, {}, _core.CorrelationBook(in_order=True))
+
+    run(main())
+
+
 def test_resolve_replies_hands_each_reply_to_its_future() -> None:
     """_core.resolve_replies, the C loop behind request(): pending futures
     are resolved in frame order and their timers cancelled; a future its

@@ -505,6 +505,13 @@ def _resolve_replies(_: Any) -> None:
     broken.value = b"x"
     with pytest.raises(RuntimeError):  # a failing future: the error, nothing leaked
         _core.resolve_replies([(5 | reply, b"d")], {5: broken}, {})
+    # with aio's correlation book: settled there first, the rest dropped
+    book = _core.CorrelationBook()
+    a, b = book.register(), book.register()
+    fa = _Future()
+    rest, resolved, late = _core.resolve_replies(
+        [(a | reply, b"a"), (a | reply, b"dup"), (b | reply, b"nobody"), b"p"], {a: fa}, {a: 1.0}, book)
+    assert rest == [b"p"] and (resolved, late) == (1, 0)
 
 
 def _encoder(_: Any) -> None:

@@ -19,6 +19,11 @@ int skpy_add_hub(PyObject *mod);      /* hub.c: hub_stats */
 int skpy_add_frame(PyObject *mod);    /* frame.c: Decoder, Encoder, wire constants */
 int skpy_add_heartbeat(PyObject *mod); /* heartbeat.c: HeartbeatRule, HB_*, CTL_* */
 int skpy_add_corr(PyObject *mod);     /* corr.c: CorrelationBook, CORR_* */
+/* corr.c, for reply.c's resolve_replies: check that book is a usable
+ * correlated CorrelationBook of mod (0, or -1 with an exception set), then
+ * its verdict on one reply id (SK_CORR_*; settles and counts it).  GIL held. */
+int skpy_book_correlated(PyObject *mod, PyObject *book);
+int skpy_book_settle(PyObject *book, uint64_t id);
 int skpy_add_tcpinfo(PyObject *mod);  /* tcpinfo.c: tcp_info, tcp_state, ... */
 int skpy_add_diag(PyObject *mod);     /* diag.c: diag_dump, diag_lookup */
 int skpy_add_proxy(PyObject *mod);    /* proxy.c: Proxy, FAULT_*, DIR_* */

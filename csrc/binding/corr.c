@@ -205,6 +205,36 @@ static int book_match(BookObject *self, uint64_t id)
     return outcome;
 }
 
+/* Contract: GIL held; see areas.h. */
+int skpy_book_correlated(PyObject *mod, PyObject *book)
+{
+    skpy_state *st = skpy_get_state(mod);
+    int rc = -1;
+
+    if (st->BookType == NULL || !PyObject_TypeCheck(book, st->BookType)) {
+        PyErr_Format(PyExc_TypeError, "resolve_replies: book must be a "
+                     "CorrelationBook, not %.100s", Py_TYPE(book)->tp_name);
+        goto error;
+    }
+    if (book_check((BookObject *)book) < 0)
+        goto error;
+    if (((BookObject *)book)->t.in_order) {
+        PyErr_SetString(PyExc_ValueError,
+                        "resolve_replies: an in-order book (plain framing) "
+                        "matches replies by position, not by id");
+        goto error;
+    }
+    rc = 0;
+error:
+    return rc;
+}
+
+/* Contract: GIL held; book checked by skpy_book_correlated; see areas.h. */
+int skpy_book_settle(PyObject *book, uint64_t id)
+{
+    return book_match((BookObject *)book, id);
+}
+
 PyDoc_STRVAR(Book_settle_doc,
 "settle(reply_id) -> int\n--\n\n"
 "A correlated reply arrived with reply_id as on the wire (ID_REPLY and\n"
@@ -631,6 +661,7 @@ int skpy_add_corr(PyObject *mod)
     if (py_type == NULL ||
         PyModule_AddObjectRef(mod, "CorrelationBook", py_type) < 0)
         goto error;
+    skpy_get_state(mod)->BookType = (PyTypeObject *)Py_NewRef(py_type);
     if (PyModule_AddIntConstant(mod, "CORR_NONE", SK_CORR_NONE) < 0 ||
         PyModule_AddIntConstant(mod, "CORR_DELIVER", SK_CORR_DELIVER) < 0 ||
         PyModule_AddIntConstant(mod, "CORR_LATE", SK_CORR_LATE) < 0 ||

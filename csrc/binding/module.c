@@ -104,6 +104,7 @@ static int skpy_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->OutOfStep);
     Py_VISIT(st->RemoteError);
     Py_VISIT(st->ConnType);
+    Py_VISIT(st->BookType);
     Py_VISIT(st->FutureType);
     Py_VISIT(st->FutureClass);
     Py_VISIT(st->cf_base);
@@ -133,6 +134,7 @@ static int skpy_clear(PyObject *mod)
     Py_CLEAR(st->OutOfStep);
     Py_CLEAR(st->RemoteError);
     Py_CLEAR(st->ConnType);
+    Py_CLEAR(st->BookType);
     Py_CLEAR(st->FutureType);
     Py_CLEAR(st->FutureClass);
     Py_CLEAR(st->cf_base);

@@ -3,7 +3,7 @@
  * futures waiting for them, the per-frame loop of pysockkit.aio's
  * request() (and of anything else that keeps {id: future}).
  *
- *   resolve_replies(frames, pending, timers) -> (rest, resolved, late)
+ *   resolve_replies(frames, pending, timers[, book]) -> (rest, resolved, late)
  *
  * frames is a list from Decoder.feed (correlation=True): bytes, or
  * (id, payload) tuples.  A tuple whose id has the reply bit (SK_ID_REPLY)
@@ -16,6 +16,13 @@
  * (its caller cancelled it) gets nothing and counts as `late`.  Every other
  * frame (plain, requests, replies whose id is not pending) is returned in
  * `rest`, in order, for the caller to queue or count.
+ *
+ * With `book` (a correlated _core.CorrelationBook, pysockkit.aio's), the
+ * book decides: each reply is settled in it (corr.c) and only a
+ * CORR_DELIVER goes to its future; late, duplicate and stray replies are
+ * dropped (the book counted them), never returned in `rest`.  `timers`
+ * then maps a request id to anything (its timeout): the entry is removed,
+ * nothing is called on it (the book keeps the deadlines).
  *
  *   resolve_in_order(frames, pending, timers, first, count)
  *       -> (rest, resolved, late)
@@ -37,6 +44,7 @@
 
 #include "areas.h"
 
+#include "core/corr.h"
 #include "core/frame.h"
 
 /* Pop `key` from the dict d: a new reference, NULL if absent (no error
@@ -60,8 +68,9 @@ error:
 }
 
 /* Pop the timer handle of `key` from the dict `timers`, if any, and cancel
- * it.  Contract: GIL held; key borrowed; 0, or -1 with an exception set. */
-static int reply_cancel_timer(skpy_state *st, PyObject *timers, PyObject *key)
+ * it (with cancel = 0 only drop the entry).  Contract: GIL held; key borrowed; 0, or -1 with an exception set. */
+static int reply_cancel_timer(skpy_state *st, PyObject *timers, PyObject *key,
+                              int cancel)
 {
     PyObject *py_h, *py_r = NULL;
     int err = 0, rc = 0;
@@ -71,6 +80,10 @@ static int reply_cancel_timer(skpy_state *st, PyObject *timers, PyObject *key)
     py_h = reply_pop(timers, key, &err);
     if (py_h == NULL) {
         rc = err ? -1 : 0;
+        goto error;
+    }
+    if (!cancel) { /* a book's timeout entry: only removed */
+        Py_DECREF(py_h);
         goto error;
     }
     py_r = PyObject_CallMethodNoArgs(py_h, st->str_cancel);
@@ -151,13 +164,17 @@ error:
 }
 
 PyDoc_STRVAR(resolve_replies_doc,
-"resolve_replies(frames, pending, timers, /) -> (rest, resolved, late)\n--\n\n"
+"resolve_replies(frames, pending, timers, book=None, /)\n"
+"    -> (rest, resolved, late)\n--\n\n"
 "Resolve the futures of `pending` ({request id: future}) with the reply\n"
 "frames ((id | ID_REPLY, payload) tuples) among `frames` (an error reply,\n"
 "id | ID_REPLY | ID_ERROR, fails its future with sk.RemoteError); cancel\n"
 "and drop the matching `timers` handles.  Returns the frames left over, in order, and\n"
 "the counts of futures resolved and of replies whose future was already\n"
-"done.  Internal to pysockkit.aio.\n");
+"done.  With a CorrelationBook `book`, the book settles each reply: only\n"
+"its CORR_DELIVER replies reach their futures, the others are dropped\n"
+"(counted by the book), and `timers` entries are removed, not cancelled.\n"
+"Internal to pysockkit.aio.\n");
 
 /* Contract: GIL held (the event loop's thread); returns a new tuple owned
  * by the caller, or NULL with an exception set.  Futures and timer handles
@@ -167,22 +184,27 @@ static PyObject *Core_resolve_replies(PyObject *mod, PyObject *const *args,
                                       Py_ssize_t nargs)
 {
     skpy_state *st = skpy_get_state(mod);
-    PyObject *frames, *pending, *timers;
+    PyObject *frames, *pending, *timers, *book = NULL;
     PyObject *py_rest = NULL, *py_key = NULL, *py_fut = NULL;
     PyObject *py_out = NULL;
     Py_ssize_t i, n, resolved = 0, late = 0;
     int err = 0;
 
-    if (nargs != 3 || !PyList_Check(args[0]) || !PyDict_Check(args[1]) ||
-        !PyDict_Check(args[2])) {
+    if (nargs < 3 || nargs > 4 || !PyList_Check(args[0]) ||
+        !PyDict_Check(args[1]) || !PyDict_Check(args[2])) {
         PyErr_SetString(PyExc_TypeError,
                         "resolve_replies(frames: list, pending: dict, "
-                        "timers: dict)");
+                        "timers: dict, book: CorrelationBook | None = None)");
         goto error;
     }
     frames = args[0];
     pending = args[1];
     timers = args[2];
+    if (nargs == 4 && args[3] != Py_None) {
+        book = args[3];
+        if (skpy_book_correlated(mod, book) < 0)
+            goto error;
+    }
     py_rest = PyList_New(0);
     if (py_rest == NULL)
         goto error;
@@ -200,6 +222,8 @@ static PyObject *Core_resolve_replies(PyObject *mod, PyObject *const *args,
             goto error;
         if (!(id & SK_ID_REPLY))
             goto keep;
+        if (book != NULL && skpy_book_settle(book, id) != SK_CORR_DELIVER)
+            continue; /* late, duplicate or stray: the book counted it */
         py_key = PyLong_FromUnsignedLongLong(id & SK_ID_MASK);
         if (py_key == NULL)
             goto error;
@@ -208,9 +232,11 @@ static PyObject *Core_resolve_replies(PyObject *mod, PyObject *const *args,
             if (err)
                 goto error;
             Py_CLEAR(py_key);
+            if (book != NULL)
+                continue; /* settled, but no future: nothing to hand it to */
             goto keep; /* late, duplicate or unknown: the caller counts */
         }
-        if (reply_cancel_timer(st, timers, py_key) < 0)
+        if (reply_cancel_timer(st, timers, py_key, book == NULL) < 0)
             goto error;
         Py_CLEAR(py_key);
         Py_INCREF(f); /* set_result may run code that changes the list */
@@ -282,7 +308,7 @@ static PyObject *Core_resolve_in_order(PyObject *mod, PyObject *const *args,
         py_fut = reply_pop(pending, py_key, &err);
         if (py_fut == NULL && err)
             goto error;
-        if (reply_cancel_timer(st, timers, py_key) < 0)
+        if (reply_cancel_timer(st, timers, py_key, 1) < 0)
             goto error;
         Py_CLEAR(py_key);
         if (py_fut == NULL) { /* timed out or cancelled: dropped */

@@ -36,6 +36,7 @@ typedef struct skpy_state {
     PyObject *OutOfStep;     /* a Timeout: plain replies arrive behind */
     PyObject *RemoteError;
     PyTypeObject *ConnType;
+    PyTypeObject *BookType;    /* CorrelationBook (corr.c), for resolve_replies */
     /* request futures (future.c) */
     PyTypeObject *FutureType;  /* the C base, _core.Future */
     PyObject *FutureClass;     /* what request_async makes (set_future_class) */

@@ -24,10 +24,10 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 from .. import _core
-from .._errors import Error, OutOfStep, RemoteError, Timeout
-from .._wire import ID_ERROR, ID_MASK, ID_REPLY
+from .._errors import Error, OutOfStep, Timeout
 
 _DELIVER = _core.CORR_DELIVER
+_resolve_replies = _core.resolve_replies
 _NONE = _core.CORR_NONE
 
 
@@ -87,31 +87,14 @@ class Correlation:
     # ------------------------------------------------------------ replies
 
     def route(self, frames: list[Any]) -> list[Any]:
-        """Correlation mode: resolve the replies, return the other frames."""
-        # the per-frame cost of a busy client: names are local, the timeout
-        # map is touched only when some request has one
-        settle, pending, timeouts = self.book.settle, self.pending, self.timeouts
-        deliver, is_reply, mask, error = _DELIVER, ID_REPLY, ID_MASK, ID_ERROR
-        out: list[Any] = []
-        n = 0
-        for f in frames:
-            if f.__class__ is tuple and f[0] & is_reply:
-                rid = f[0]
-                if settle(rid) == deliver:
-                    n += 1
-                    fut = pending.pop(rid & mask)
-                    if timeouts:
-                        timeouts.pop(rid & mask, None)
-                    if rid & error:
-                        if not fut.done():
-                            fut.set_exception(RemoteError(f[1].decode(errors="replace")))
-                    elif not fut.done():
-                        fut.set_result(f[1])
-            else:
-                out.append(f)
-        if n:
+        """Correlation mode: resolve the replies, return the other frames.
+        One C call per read: the book settles each reply (late, duplicate
+        and stray ones are dropped and counted there) and the delivered
+        ones resolve their futures in the same loop."""
+        rest, resolved, late = _resolve_replies(frames, self.pending, self.timeouts, self.book)
+        if resolved or late:
             self.on_replies()
-        return out
+        return rest
 
     def route_in_order(self, frames: list[Any]) -> list[Any]:
         """Plain framing with replies owed: the first frames are those
