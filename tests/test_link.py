@@ -263,14 +263,21 @@ def test_bad_fault_values_are_refused(sk_link: Link) -> None:
     assert sk_link.faults["delay"] == 0 and sk_link.faults["reorder"] == 0
 
 
+def held_pair(link: Link) -> tuple[socket.socket, socket.socket, socket.socket]:
+    """(listener, client, accepted peer) on link, with b"held" sent while
+    the link delays every packet by 0.2 s: it sits in the delay queue."""
+    srv = link.listen()
+    cli = link.connect(srv.getsockname(), timeout=T)
+    peer, _ = srv.accept()
+    link.set(delay=0.2)
+    cli.sendall(b"held")
+    return srv, cli, peer
+
+
 def test_closing_a_delayed_link_strands_no_packet() -> None:
     link = Link()
     try:
-        srv = link.listen()
-        cli = link.connect(srv.getsockname(), timeout=T)
-        peer, _ = srv.accept()
-        link.set(delay=0.2)
-        cli.sendall(b"held")  # in the delay queue when the link closes
+        srv, cli, peer = held_pair(link)  # b"held" in the delay queue when the link closes
     finally:
         link.close()          # the handler lets what it holds go, and unbinds
     with srv, cli, peer:
@@ -284,11 +291,7 @@ def test_closing_a_delayed_link_strands_no_packet() -> None:
 def test_a_killed_handler_strands_no_traffic() -> None:
     link = Link()
     try:
-        srv = link.listen()
-        cli = link.connect(srv.getsockname(), timeout=T)
-        peer, _ = srv.accept()
-        link.set(delay=0.2)
-        cli.sendall(b"held")
+        srv, cli, peer = held_pair(link)
         proc = link._res.proc
         assert proc is not None
         proc.kill()  # the helper, its handler thread and its queue socket go at once
