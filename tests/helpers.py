@@ -241,16 +241,26 @@ _WAIT_SYSCALLS = {
 }
 
 
-def sleeping_in(proc_task: str) -> Optional[str]:
-    """The name of the wait syscall the task at ``proc_task`` (e.g.
-    /proc/self/task/TID or /proc/PID) sleeps in, per its ``syscall`` file;
-    None while it runs, sits in another syscall, or is gone."""
+def waiting_call(proc_task: str) -> Optional[tuple[str, list[int]]]:
+    """The wait syscall the task at ``proc_task`` (e.g. /proc/self/task/TID
+    or /proc/PID) sleeps in and its six arguments, per its ``syscall``
+    file; None while it runs, sits in another syscall, or is gone."""
     try:
         with open(f"{proc_task}/syscall") as f:
-            nr = f.read().split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
+            fields = f.read().split()
+    except (FileNotFoundError, ProcessLookupError):
         return None
-    return _WAIT_SYSCALLS.get(os.uname().machine, {}).get(nr)
+    name = _WAIT_SYSCALLS.get(os.uname().machine, {}).get(fields[0]) if fields else None
+    if name is None or len(fields) < 7:
+        return None
+    return name, [int(a, 16) for a in fields[1:7]]
+
+
+def sleeping_in(proc_task: str) -> Optional[str]:
+    """The name of the wait syscall the task at ``proc_task`` sleeps in
+    (see waiting_call), or None."""
+    call = waiting_call(proc_task)
+    return call[0] if call is not None else None
 
 
 def wait_sleeping_in(proc_task: str, names: Iterable[str], timeout: float = STEP_TIMEOUT) -> None:

@@ -25,7 +25,8 @@ from typing import Optional
 import pytest
 
 import sigint_tail_child as tail
-from helpers import Spawned, child_env, decode_stream, recv_all, recv_exact, scaled, wait_sleeping_in
+from helpers import (Spawned, child_env, decode_stream, recv_all, recv_exact, scaled,
+                     wait_sleeping_in, waiting_call)
 
 CHILD = r"""
 import signal, socket, sys, time
@@ -294,26 +295,21 @@ def slow_peer():
 
 def wait_in_poll(pid: int) -> None:
     """Wait until the main thread of process ``pid`` is blocked in poll: the
-    kernel's /proc/PID/syscall shows poll (7 on x86-64) with a timeout that
+    kernel's /proc/PID/syscall shows poll (helpers.waiting_call) with a timeout that
     is not 0 at three samples 0.1 s apart.  A send, flush or shutdown
     waiting for a full socket sits there (a write-behind send still filling
     the buffers makes 0-timeout polls), so the SIGINT lands in the blocked
     call however slowly a loaded machine ran the child up to it."""
     deadline = time.monotonic() + scaled(20)
-    seen, streak = "", 0
+    call, streak = None, 0
     while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/syscall") as f:
-                seen = f.read()
-        except OSError as exc:
-            pytest.fail(f"cannot read /proc/{pid}/syscall: {exc}")
-        fields = seen.split()
-        blocked = len(fields) > 3 and fields[0] == "7" and int(fields[3], 16) != 0
+        call = waiting_call(f"/proc/{pid}")
+        blocked = call is not None and call[0] == "poll" and call[1][2] != 0  # poll(fds, n, timeout)
         streak = streak + 1 if blocked else 0
         if streak >= 3:
             return
         time.sleep(0.1 if streak else 0.005)
-    pytest.fail(f"the child never blocked in poll (last: {seen.strip()!r})")
+    pytest.fail(f"the child never blocked in poll (last: {call!r})")
 
 
 def sigint_mid_call(child: Child, before=None, in_poll: bool = False) -> float:
