@@ -1163,14 +1163,19 @@ static void *sk_srv_main(void *arg)
     sk_err err;
 
     for (;;) {
-        n = epoll_wait(s->ep, evs, SK_SRV_EVENTS,
-                       sk_poll_ms(sk_srv_next_deadline(s), -1));
-        now = sk_now_ns();
+        /* the stop flag is read before sleeping, never only after: a turn
+         * that reads the wake-up eventfd may consume the write of a
+         * sk_srv_stop that came after this turn's check (the counter
+         * holds one sum of all writes), and epoll_wait would then sleep
+         * with the flag set and nothing left to wake it */
         pthread_mutex_lock(&s->mu);
         stop = s->stop;
         pthread_mutex_unlock(&s->mu);
         if (stop)
             break;
+        n = epoll_wait(s->ep, evs, SK_SRV_EVENTS,
+                       sk_poll_ms(sk_srv_next_deadline(s), -1));
+        now = sk_now_ns();
         s->st.turns++;
         /* what handler threads queued without waking the reactor (replies
          * they wrote themselves) first: the requests read below see their

@@ -11,6 +11,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <pthread.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
@@ -364,5 +365,114 @@ TEST(server_an_end_whose_event_finds_no_memory_is_reported_later)
     CHECK_U64(sk_srv_ports(s, NULL, 0), ==, 0); /* the slot is free */
     sk_srv_stop(s);
     sk_srv_free(s);
+    close(ls);
+}
+
+/* Holds the reactor thread in its next batch allocation (the one calloc
+ * of server.c a turn makes when it has something to report, while no
+ * client is accepted), `holds` times, until the test releases it: a
+ * sequence point inside a turn, after the turn's epoll_wait returned. */
+static struct {
+    pthread_t test;
+    int holds;    /* holds still armed */
+    int held;     /* holds reached */
+    int released; /* holds released */
+} hold;
+
+static int hold_reactor(sk_sys_call call, const char *site)
+{
+    int64_t end = real_now_ns() + (int64_t)(tmax(10.0) * 1e9);
+    int n;
+
+    if (call != SK_SYS_CALLOC || strstr(site, "server.c") == NULL ||
+        pthread_equal(pthread_self(), hold.test) ||
+        __atomic_load_n(&hold.holds, __ATOMIC_ACQUIRE) == 0)
+        return 0;
+    __atomic_sub_fetch(&hold.holds, 1, __ATOMIC_ACQ_REL);
+    n = __atomic_add_fetch(&hold.held, 1, __ATOMIC_ACQ_REL);
+    while (__atomic_load_n(&hold.released, __ATOMIC_ACQUIRE) < n &&
+           real_now_ns() < end)
+        sleep_ms(1);
+    return 0;
+}
+
+static int wait_held(int n)
+{
+    int64_t end = real_now_ns() + (int64_t)(tmax(5.0) * 1e9);
+
+    while (__atomic_load_n(&hold.held, __ATOMIC_ACQUIRE) < n &&
+           real_now_ns() < end)
+        sleep_ms(1);
+    return __atomic_load_n(&hold.held, __ATOMIC_ACQUIRE) >= n;
+}
+
+static void *stop_thread(void *arg)
+{
+    sk_srv_stop((sk_srv *)arg);
+    return NULL;
+}
+
+/* The wake-up eventfd is one counter: a turn that reads it consumes every
+ * write made so far, also that of a sk_srv_stop which came after the turn
+ * had looked at the stop flag.  Ordered here: turn 1 is held while C1's
+ * frame and a command's wake-up become ready (in that order), so that
+ * turn 2 reports [C1, wake-up]; turn 2 is held on C1's frame while
+ * sk_srv_stop sets the flag and writes, then reads the wake-up.  The
+ * reactor must still see the flag before it sleeps again (it slept for
+ * good, and close() waited, before the flag was read at the top of each
+ * turn). */
+TEST(server_a_stop_whose_wake_up_a_turn_consumed_still_stops)
+{
+    int port, ls = listener(&port), c0, c1, finished = 0, late;
+    sk_srv *s = start(ls, 0, 0, 0);
+    uint64_t bogus = 0xffffffffffffULL;
+    size_t i, accepted = 0;
+    pthread_t stopper;
+    int64_t end;
+    sk_srv_batch *b;
+    sk_err err;
+
+    memset(&hold, 0, sizeof(hold));
+    hold.test = pthread_self();
+    c0 = client(port);
+    c1 = client(port);
+    end = real_now_ns() + (int64_t)(tmax(5.0) * 1e9);
+    while (accepted < 2 && real_now_ns() < end) {
+        if (sk_srv_next(s, sk_now_ns() + 100000000LL, &b, &err) != SK_OK)
+            continue;
+        for (i = 0; i < b->nevents; i++)
+            accepted += b->events[i].kind == SK_SRV_ACCEPTED;
+        sk_srv_batch_free(b);
+    }
+    CHECK_U64(accepted, ==, 2); /* both held; nothing else pending */
+    __atomic_store_n(&hold.holds, 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&sk_fault_hook, hold_reactor, __ATOMIC_RELEASE);
+    put_frame(c0, "a"); /* turn 1: [C0] */
+    CHECK(wait_held(1));
+    put_frame(c1, "b"); /* ready during turn 1: turn 2 reports it first */
+    CHECK_RC(sk_srv_forget(s, &bogus, 1, NULL), SK_OK, NULL); /* wake-up */
+    __atomic_store_n(&hold.holds, 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&hold.released, 1, __ATOMIC_RELEASE);
+    CHECK(wait_held(2)); /* turn 2, on C1's frame, before the wake-up */
+    CHECK_INT(pthread_create(&stopper, NULL, stop_thread, s), ==, 0);
+    sleep_ms(200); /* sk_srv_stop set the flag and wrote to the eventfd */
+    __atomic_store_n(&hold.released, 2, __ATOMIC_RELEASE);
+    end = real_now_ns() + (int64_t)(tmax(5.0) * 1e9);
+    while (!finished && real_now_ns() < end) {
+        finished = pthread_tryjoin_np(stopper, NULL) == 0;
+        if (!finished)
+            sleep_ms(5);
+    }
+    CHECK(finished); /* the reactor stopped: no event was needed */
+    __atomic_store_n(&sk_fault_hook, (sk_fault_fn)NULL, __ATOMIC_RELEASE);
+    if (!finished) { /* unstick it: any event ends the sleep */
+        late = client(port);
+        pthread_join(stopper, NULL);
+        if (late >= 0)
+            close(late);
+    }
+    sk_srv_free(s);
+    close(c0);
+    close(c1);
     close(ls);
 }
