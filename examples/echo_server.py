@@ -16,8 +16,8 @@ args = p.parse_args()
 
 with sk.serve(("127.0.0.1", args.port)) as server:
     host, port = server.address
-    print(f"listening on {host}:{port}", flush=True)
-    try:
+    try:  # from the "listening" line on, Ctrl-C is a clean stop
+        print(f"listening on {host}:{port}", flush=True)
         deadline = None if args.seconds is None else time.monotonic() + args.seconds
         while deadline is None or time.monotonic() < deadline:
             time.sleep(0.1)

@@ -92,8 +92,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from ._serve import serve
 
     with serve(args.address) as srv:
-        print(f"echo server on {format_address(srv.address)}; Ctrl-C stops it", flush=True)
-        try:
+        try:  # from the first line on, Ctrl-C is a clean stop
+            print(f"echo server on {format_address(srv.address)}; Ctrl-C stops it", flush=True)
             signal.pause() if args.seconds is None else time.sleep(args.seconds)
         except KeyboardInterrupt:
             pass
