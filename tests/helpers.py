@@ -241,6 +241,11 @@ _WAIT_SYSCALLS = {
 }
 
 
+def threads_now() -> int:
+    """Threads of this process, as the kernel counts them."""
+    return len(os.listdir("/proc/self/task"))
+
+
 def waiting_call(proc_task: str) -> Optional[tuple[str, list[int]]]:
     """The wait syscall the task at ``proc_task`` (e.g. /proc/self/task/TID
     or /proc/PID) sleeps in and its six arguments, per its ``syscall``

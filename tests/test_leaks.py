@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import gc
 import os
-import socket
 import sys
 import threading
 import time
@@ -45,7 +44,7 @@ from hardening import (
     threads,
     under_sanitizer,
 )
-from helpers import scaled, wait_until
+from helpers import scaled, threads_now, wait_until
 
 SHORT = int(os.environ.get("PYSOCKKIT_LEAK_SHORT", "20000"))
 LONG = int(os.environ.get("PYSOCKKIT_LEAK_LONG", "10000"))
@@ -611,19 +610,14 @@ def test_every_public_method_has_a_recipe() -> None:
     assert not missing, f"add leak recipes for {missing} to tests/test_leaks.py"
 
 
-def _threads() -> int:
-    """Threads of this process, as the kernel counts them."""
-    return len(os.listdir("/proc/self/task"))
-
-
 def _settled_threads() -> int:
     """The thread count once it stops falling (bounded): a stopped receive
     worker ends a moment after stop() returns, later on a loaded machine."""
-    now = _threads()
+    now = threads_now()
     end = time.monotonic() + scaled(5.0)
     while time.monotonic() < end:
         time.sleep(0.05)
-        later = _threads()
+        later = threads_now()
         if later >= now:
             break
         now = later
@@ -636,14 +630,14 @@ def _measure(fn: Callable[[], None], n: int, settle_s: float = 0.0,
     readings wait (bounded) until no more threads run than that, so that
     workers still ending are not counted as what the calls kept."""
     if threads is not None:
-        wait_until(lambda: _threads() <= threads, scaled(5.0))
+        wait_until(lambda: threads_now() <= threads, scaled(5.0))
     gc.collect()
     b0, h0 = sys.getallocatedblocks(), c_heap_bytes()
     for _ in range(n):
         fn()
     time.sleep(settle_s)
     if threads is not None:
-        wait_until(lambda: _threads() <= threads, scaled(5.0))
+        wait_until(lambda: threads_now() <= threads, scaled(5.0))
     gc.collect()
     return sys.getallocatedblocks() - b0, c_heap_bytes() - h0
 

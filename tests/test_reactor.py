@@ -23,16 +23,11 @@ import pytest
 
 import pysockkit as sk
 from hardening import raise_nofile
-from helpers import encode, encode_header, recv_frame, scaled, wait_until
+from helpers import encode, encode_header, recv_frame, scaled, threads_now, wait_until
 
 LOCAL = ("127.0.0.1", 0)
 STEP = scaled(5.0)
 F = sk.Framing(correlation=True)
-
-
-def threads_now() -> int:
-    """Threads of this process, as the kernel counts them."""
-    return len(os.listdir("/proc/self/task"))
 
 
 def raw(addr: tuple[str, int]) -> socket.socket:

@@ -27,15 +27,11 @@ from pathlib import Path
 import pytest
 
 import pysockkit as sk
-from helpers import child_env, scaled, wait_until
+from helpers import child_env, scaled, threads_now, wait_until
 from pysockkit import TcpState as S
 from pysockkit._watch import InfoSample, StateTrace, watch
 
 STEP = scaled(5.0)  # seconds: generous bound for one state change
-
-
-def _threads() -> int:
-    return len(os.listdir("/proc/self/task"))
 
 
 @contextlib.contextmanager
@@ -327,14 +323,14 @@ def test_stop_is_idempotent_and_thread_safe() -> None:
 def test_no_thread_leak() -> None:
     with tcp_pair() as (a, _b):
         gc.collect()
-        before = _threads()
+        before = threads_now()
         for _ in range(30):
             with watch(a):
                 pass
         for _ in range(30):
             watch(a)                       # dropped running: dealloc joins
         gc.collect()
-        peak_ok = _threads()
+        peak_ok = threads_now()
         assert peak_ok == before, (before, peak_ok)
 
 
