@@ -390,22 +390,25 @@ TEST(a_quiet_acceptor_answers_instead_of_pinging)
     if (fix_open(&x, 0) != 0)
         return;
     fix_add(&x, SEC, 10 * SEC, 0);
-    /* the clock 1 ns before each PING, as each round below leaves it: the
-     * PING wakes the hub at once, and a turn that read the clock before
-     * step_read moved it stamps the PING's arrival with that time.  1 ns
-     * early is harmless; the registration time T0 (the first round) would
-     * make the acceptor's own PING due at T0 + 1.5 s, inside the round
-     * (seen once under valgrind beside a fuzzer) */
+    /* Each round: the peer's PING arrives with the clock 1 ns before t,
+     * the hub takes it in and answers at that time (hub_sync), and only
+     * then does the clock reach t, when the acceptor's own round-trip
+     * sample or PING would be due.  Taking the PING in before moving the
+     * clock is what makes the test deterministic: the hub's epoll timeout
+     * is real time, so a turn that woke on its own before the PING was
+     * written could otherwise read the clock after it moved to t and run
+     * the timer without the PING (seen in CI's valgrind pass: the acceptor
+     * pinged).  The first round starts 1 ns before T0 + 1 s too: the
+     * registration time T0 would make the acceptor's own PING due at
+     * T0 + 1.5 s, inside the round. */
     fake_set(T0 + SEC - 1);
     hub_sync(x.hub);
     CHECK_U64(x.c[0].hb.pings_sent, ==, 0); /* nothing due yet */
     /* the peer pings every interval and reports a 3 ms round trip */
     for (t = T0 + SEC; t <= T0 + 10 * SEC; t += SEC) {
-        /* the PING is in the hub's socket before the clock reaches t
-         * (step_read moves it): the hub, waking on its own at t, must see
-         * the PING before its timer, or, as a quiet acceptor, it pings
-         * (seen under valgrind on a loaded machine) */
         peer_send_ctl(x.peer[0], SK_CTL_PING, (uint64_t)t - 11, 3000);
+        hub_sync(x.hub); /* the clock still reads t - 1 */
+        CHECK_INT(x.c[0].hb.rtt_at_ns, ==, t - 1);
         n = step_read(&x, t, 0, got, 16);
         CHECK_U64(n, ==, 1);
         if (n == 1) {
