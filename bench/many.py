@@ -8,7 +8,8 @@ A C load generator (bench/loadgen.c, epoll) opens N loopback connections and
 keeps one 64-byte framed request in flight on each, checking every reply in
 full, against one echo server at a time: the C epoll server
 (bench/echo_epoll.c, the limit line), uvloop streams, asyncio streams, stdlib
-socketserver.ThreadingTCPServer, pysockkit.aio.serve, sk.serve and
+socketserver.ThreadingTCPServer, pysockkit.aio.serve, sk.serve,
+sk.serve(workers=0) (the handler on the reactor's thread) and
 sk.serve(processes=2) (a line says so when that API does not exist yet).  The
 servers are in bench/many_servers.py.  Each trial starts a fresh server
 pinned to CPU 0 (taskset -c 0) and the load generator pinned to CPU 1; after
@@ -348,10 +349,10 @@ def idle_table(cs: list[Contender], n: int) -> list[str]:
     return out + [""]
 
 
-def targets(cs: list[Contender], conns: list[int], idle_n: int) -> list[str]:
+def targets(cs: list[Contender], conns: list[int], idle_n: int, key: str = "sk") -> list[str]:
     by = {c.key: c for c in cs}
-    sk = by.get("sk")
-    out = ["### Targets of issue 13 (same-run ratios, sk.serve)", "",
+    sk = by.get(key)
+    out = [f"### Targets of issue 13 (same-run ratios, {sk.label if sk else key})", "",
            "| target | measured | verdict |", "|---|---:|---|"]
 
     def row(name: str, v: Optional[float], goal: float, higher: bool, fmt: str) -> None:
@@ -449,6 +450,7 @@ def contenders(echo: str, backlog: int) -> list[Contender]:
         Contender("threading", "stdlib ThreadingTCPServer", [*py, "threading", str(backlog)]),
         Contender("aio", "pysockkit.aio.serve", [*py, "aio", str(backlog)]),
         Contender("sk", "sk.serve", [*py, "sk", str(backlog)]),
+        Contender("sk-w0", "sk.serve(workers=0)", [*py, "sk-w0", str(backlog)]),
         Contender("sk-p2", "sk.serve(processes=2)", [*py, "sk-p2", str(backlog)]),
     ]
     try:
@@ -459,7 +461,7 @@ def contenders(echo: str, backlog: int) -> list[Contender]:
         import pysockkit as sk  # noqa: PLC0415
 
         if "processes" not in inspect.signature(sk.serve).parameters:
-            cs[6].missing = "n/a: sk.serve has no processes= parameter yet"
+            cs[7].missing = "n/a: sk.serve has no processes= parameter yet"
     except ImportError as e:
         for c in cs[4:]:
             c.missing = f"n/a: import pysockkit failed ({e})"
@@ -480,7 +482,7 @@ def main() -> int:
                     help="idle connections for RSS (default: the largest N; 0: skip)")
     ap.add_argument("--backlog", type=int, default=4096)
     ap.add_argument("--only", default="", help="comma-separated keys: c,uvloop,asyncio,"
-                    "threading,aio,sk,sk-p2")
+                    "threading,aio,sk,sk-w0,sk-p2")
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
@@ -532,8 +534,9 @@ def main() -> int:
         lines += load_table(cs, n)
     if idle_n:
         lines += idle_table(cs, idle_n)
-    if any(c.key == "sk" for c in cs):
-        lines += targets(cs, conns, idle_n)
+    for key in ("sk", "sk-w0"):
+        if any(c.key == key for c in cs):
+            lines += targets(cs, conns, idle_n, key)
     report = "\n".join(lines)
     print(report)
     if args.out:

@@ -5,7 +5,8 @@
 
 IMPL: uvloop (uvloop streams), asyncio (asyncio streams), threading (stdlib
 socketserver.ThreadingTCPServer), aio (pysockkit.aio.serve), sk (sk.serve),
-sk-p2 (sk.serve(processes=2)).  Each echoes pysockkit's plain framing
+sk-w0 (sk.serve(workers=0): the handler on the reactor's thread), sk-p2
+(sk.serve(processes=2)).  Each echoes pysockkit's plain framing
 ([4-byte big-endian length][payload]) on 127.0.0.1, an ephemeral port,
 prints "READY <port>" and serves until SIGTERM or SIGINT.  RLIMIT_NOFILE is
 raised to its hard limit first.  Exit status 2 if IMPL cannot run here (a
@@ -104,12 +105,14 @@ def threading_main() -> None:
     srv.shutdown()
 
 
-def sk_main(processes: int) -> None:
+def sk_main(processes: int, workers: int = 1) -> None:
     import inspect
 
     import pysockkit as sk
 
     kw: dict[str, Any] = {"backlog": BACKLOG}
+    if workers != 1:
+        kw["workers"] = workers
     if processes > 1:
         if "processes" not in inspect.signature(sk.serve).parameters:
             print("sk.serve has no processes= parameter yet", file=sys.stderr)
@@ -142,6 +145,8 @@ def main(argv: list[str]) -> None:
         threading_main()
     elif impl == "sk":
         sk_main(1)
+    elif impl == "sk-w0":
+        sk_main(1, workers=0)
     elif impl == "sk-p2":
         sk_main(2)
     else:

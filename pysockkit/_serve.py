@@ -42,7 +42,9 @@ def serve(
     a TypeError.  See :class:`Server` for errors, ``exits`` and the limits
     ``read_timeout``, ``write_timeout`` and ``max_connections`` (all off
     by default).  The message handler runs on the C reactor with
-    ``workers`` handler threads (default 1; more for handlers that block);
+    ``workers`` handler threads (default 1; more for handlers that block;
+    0 runs a handler that never blocks on the reactor thread itself, the
+    fastest);
     ``heartbeat`` (an :class:`sk.Heartbeat`, the clients must use it too)
     answers and sends PINGs and drops a client that fell silent
     (``exits.peer_dead``).  ``processes=N`` forks N worker processes that
@@ -71,6 +73,8 @@ def serve(
         >>> guarded.close()
         >>> pool = sk.serve(handler=lambda m: m, workers=4)   # handlers that block
         >>> pool.close()
+        >>> fast = sk.serve(handler=lambda m: m, workers=0)   # on the reactor thread
+        >>> fast.close()
         >>> multi = sk.serve(handler=lambda m: m, processes=2)   # two cores
         >>> multi.close()
         >>> watched = sk.serve(on_event=lambda ev: print(ev))   # each client's events

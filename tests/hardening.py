@@ -140,7 +140,8 @@ class ChildServer:
 
     def __init__(self, header_size: int = 4, max_frame: int = 16 * 2**20, max_seconds: float = 300.0,
                  mode: str = "serve", read_timeout: Optional[float] = None,
-                 write_timeout: Optional[float] = None, max_connections: Optional[int] = None):
+                 write_timeout: Optional[float] = None, max_connections: Optional[int] = None,
+                 workers: int = 1):
         import pysockkit
 
         env = dict(os.environ)
@@ -148,7 +149,8 @@ class ChildServer:
         env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.proc = subprocess.Popen(
             [sys.executable, SERVE_CHILD, "--mode", mode, "--header-size", str(header_size),
-             "--max-frame", str(max_frame), "--max-seconds", str(max_seconds)]
+             "--max-frame", str(max_frame), "--max-seconds", str(max_seconds),
+             "--workers", str(workers)]
             + [arg for name, v in (("--read-timeout", read_timeout), ("--write-timeout", write_timeout),
                                    ("--max-connections", max_connections))
                if v is not None for arg in (name, str(v))],

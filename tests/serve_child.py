@@ -4,8 +4,10 @@
     python serve_child.py [--mode serve|hold] [--header-size H] [--max-frame N]
                           [--max-seconds S] [--read-timeout S]
                           [--write-timeout S] [--max-connections N]
+                          [--workers N]
 
---mode serve (the default) runs ``sk.serve`` (echo, on the C reactor);
+--mode serve (the default) runs ``sk.serve`` (echo, on the C reactor,
+with --workers handler threads: 1 by default, 0 on the reactor's thread);
 --mode hold runs one thread that accepts each client, echoes its first
 frame and keeps the connection open until the ``release`` command (10,000
 long connections without 10,000 threads).
@@ -151,6 +153,7 @@ def main() -> int:
     p.add_argument("--read-timeout", type=float, default=None)
     p.add_argument("--write-timeout", type=float, default=None)
     p.add_argument("--max-connections", type=int, default=None)
+    p.add_argument("--workers", type=int, default=1)
     a = p.parse_args()
     framing = sk.Framing(header_size=a.header_size, max_frame=a.max_frame)
     srv: "sk.Server | Holder"
@@ -158,7 +161,8 @@ def main() -> int:
         srv = Holder(sk.listen(("127.0.0.1", 0), framing=framing, backlog=4096))
     else:
         srv = sk.serve(("127.0.0.1", 0), framing=framing, backlog=4096, read_timeout=a.read_timeout,
-                       write_timeout=a.write_timeout, max_connections=a.max_connections)
+                       write_timeout=a.write_timeout, max_connections=a.max_connections,
+                       workers=a.workers)
     timer = threading.Timer(a.max_seconds, lambda: os._exit(3))
     timer.daemon = True
     timer.start()

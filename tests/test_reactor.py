@@ -36,6 +36,12 @@ def raw(addr: tuple[str, int]) -> socket.socket:
     return s
 
 
+def all_ended_closed(srv: sk.Server, n: int) -> None:
+    """Wait (bounded) until the server recorded n ends, all clean closes."""
+    assert wait_until(lambda: srv.exits.total == n, scaled(30.0)), srv.exits
+    assert srv.exits.closed == n and srv.errors == []
+
+
 # ------------------------------------------------------------- many clients
 
 MANY = int(os.environ.get("PYSOCKKIT_REACTOR_CLIENTS", "5000"))
@@ -94,8 +100,7 @@ def test_thousands_of_clients_on_a_handful_of_threads() -> None:
         finally:
             for s in clients:
                 s.close()
-        assert wait_until(lambda: srv.exits.total == MANY, scaled(30.0)), srv.exits
-    assert srv.exits.closed == MANY and srv.errors == []
+        all_ended_closed(srv, MANY)
     assert wait_until(lambda: threads_now() <= base, STEP), (base, threads_now())
 
 
@@ -108,11 +113,12 @@ def slow_upper(payload: bytes) -> bytes:
     return payload.upper()
 
 
-@pytest.mark.parametrize("workers", [1, 4])
+@pytest.mark.parametrize("workers", [0, 1, 4])
 def test_batches_keep_each_clients_replies_in_order(workers: int) -> None:
     """Three clients each pipeline 300 plain requests at once (whole
-    batches of them per reactor turn); with 1 or 4 handler threads, each
-    client gets its replies in request order, and the other clients' never."""
+    batches of them per reactor turn); with the handler on the reactor's
+    thread, or on 1 or 4 handler threads, each client gets its replies in
+    request order, and the other clients' never."""
     with sk.serve(LOCAL, slow_upper, workers=workers) as srv:
         socks = [raw(srv.address) for _ in range(3)]
         try:
@@ -128,14 +134,15 @@ def test_batches_keep_each_clients_replies_in_order(workers: int) -> None:
     assert srv.served == 900 and srv.exits.closed == 3
 
 
-def test_a_reply_the_handler_thread_writes_itself_is_whole_and_in_order() -> None:
+@pytest.mark.parametrize("workers", [1, 0])
+def test_a_reply_the_handler_thread_writes_itself_is_whole_and_in_order(workers: int) -> None:
     """One request in flight on plain framing: the handler thread writes
     the reply itself (no reactor hop).  A 6 MiB reply that the socket
     cannot take at once leaves its tail to the reactor, and the reply to a
     request pipelined behind it (answered the usual way) still comes after
     it, both intact; a client that sends and closes gets its reply too."""
     big = bytes(range(256)) * (6 * 4096)
-    with sk.serve(LOCAL, lambda m: big if m == b"big" else m.upper()) as srv:
+    with sk.serve(LOCAL, lambda m: big if m == b"big" else m.upper(), workers=workers) as srv:
         s = raw(srv.address)
         try:
             s.sendall(encode(b"big"))
@@ -251,23 +258,98 @@ def test_a_blocking_handler_with_four_workers_leaves_the_others_served() -> None
 
 def test_workers_is_checked() -> None:
     bad: Any
-    for bad in (0, -1, 1.5, True):
-        with pytest.raises(ValueError, match="workers must be an int >= 1"):
+    for bad in (-1, 1.5, True, "1"):
+        with pytest.raises(ValueError, match="workers must be an int >= 0"):
             sk.serve(LOCAL, workers=bad)
     with pytest.raises(ValueError, match="workers= and processes= apply to the message handler"):
+        sk.serve(LOCAL, on_connection=lambda conn: None, workers=0)
+    with pytest.raises(ValueError, match="workers= and processes= apply to the message handler"):
         sk.serve(LOCAL, on_connection=lambda conn: None, workers=2)
+
+
+# ------------------------------------------- the handler on the reactor thread
+
+
+INLINE_MANY = max(MANY // 10, 50)
+
+
+def test_workers_0_serves_many_clients_on_one_thread() -> None:
+    """workers=0: the reactor runs on the one handler thread (no reactor
+    thread of its own): INLINE_MANY (500) clients held and each answered
+    with exactly one server thread; every end recorded as closed."""
+    need = 2 * INLINE_MANY + 200
+    assert raise_nofile(need) >= need
+    base = threads_now()
+    with sk.serve(LOCAL, lambda m: m[::-1], backlog=1024, workers=0) as srv:
+        assert threads_now() == base + 1
+        clients = [raw(srv.address) for _ in range(INLINE_MANY)]
+        try:
+            assert wait_until(lambda: len(srv._conns) == INLINE_MANY, scaled(30.0)), len(srv._conns)
+            for i, s in enumerate(clients):
+                s.sendall(encode(b"client %d" % i))
+            for i, s in enumerate(clients):
+                assert recv_frame(s, timeout=STEP) == (b"client %d" % i)[::-1]
+            assert threads_now() == base + 1
+            assert srv.served == INLINE_MANY
+        finally:
+            for s in clients:
+                s.close()
+        all_ended_closed(srv, INLINE_MANY)
+    assert wait_until(lambda: threads_now() <= base, STEP), (base, threads_now())
+
+
+def test_workers_0_a_blocking_handler_holds_every_client_until_it_returns() -> None:
+    """workers=0, the documented trade-off: while the handler blocks, the
+    reactor (the same thread) neither reads nor writes, so another client's
+    request is not even read; once the handler returns, both are answered.
+    close() from another thread while a handler blocks waits for it, then
+    reports the client stopped."""
+    release, entered = threading.Event(), threading.Event()
+    with sk.serve(LOCAL, _blocking(release, entered), workers=0) as srv:
+        core = srv._core
+        assert core is not None
+        a = raw(srv.address)
+        a.sendall(encode(b"block"))
+        assert entered.wait(STEP)
+        b = raw(srv.address)
+        b.sendall(encode(b"other"))
+        b.settimeout(scaled(0.3))
+        with pytest.raises(socket.timeout):
+            b.recv(1)  # nobody reads it: the reactor is inside the handler
+        assert core.stats()["messages"] == 1
+        release.set()
+        assert recv_frame(a, timeout=STEP) == b"block"
+        assert recv_frame(b, timeout=STEP) == b"other"
+        release.clear()
+        entered.clear()
+        a.sendall(encode(b"block"))
+        assert entered.wait(STEP)
+        closer = threading.Thread(target=srv.close, args=(STEP,))
+        closer.start()
+        time.sleep(scaled(0.1))
+        assert closer.is_alive()  # waits for the handler
+        release.set()
+        closer.join(STEP)
+        assert not closer.is_alive()
+        assert recv_frame(a, timeout=STEP) == b"block"  # its reply, then the end
+        for s in (a, b):
+            s.settimeout(STEP)
+            assert s.recv(10) == b""
+            s.close()
+    assert srv.exits.stopped == 2 and srv.served == 3
 
 
 # -------------------------------------------------------------- heartbeats
 
 
-def test_heartbeats_are_answered_and_a_silent_client_is_dropped() -> None:
+@pytest.mark.parametrize("workers", [1, 0])
+def test_heartbeats_are_answered_and_a_silent_client_is_dropped(workers: int) -> None:
     """sk.serve(heartbeat=): a client with heartbeats is kept alive and
     measures its round trip through the server's PONGs; a client that
     connects with the control framing but never sends a byte is declared
     dead after the timeout (exits.peer_dead, sk.PeerDead)."""
     hb = sk.Heartbeat(interval=scaled(0.1), timeout=scaled(0.5))
-    with sk.serve(LOCAL, heartbeat=hb) as srv:
+    with sk.serve(LOCAL, heartbeat=hb, workers=workers) as srv:
         with sk.connect(srv.address, timeout=STEP, heartbeat=hb) as conn:
             silent = raw(srv.address)
             try:
@@ -367,17 +449,21 @@ def test_a_client_that_never_reads_is_bounded_by_the_output_cap() -> None:
         s.close()
 
 
-def test_close_reports_every_client_stopped() -> None:
+@pytest.mark.parametrize("workers", [1, 0])
+def test_close_reports_every_client_stopped(workers: int) -> None:
     """close() with 200 clients held (and one in the middle of a frame):
-    every one ends as stopped, the threads are joined, and the clients see
-    the connection end."""
+    every one ends as stopped, the threads are joined, the listener is
+    closed, and the clients see the connection end."""
     base = threads_now()
-    srv = sk.serve(LOCAL)
+    srv = sk.serve(LOCAL, workers=workers)
     socks = [raw(srv.address) for _ in range(200)]
     socks[0].sendall(encode_header(100) + b"half")
     assert wait_until(lambda: len(srv._conns) == 200, STEP)
     srv.close()
     assert srv.exits.stopped == 200 and srv.exits.total == 200
+    assert srv._listener.closed
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(srv.address, timeout=STEP).close()
     for s in socks[:5]:
         s.settimeout(STEP)
         assert s.recv(10) == b""
@@ -386,7 +472,8 @@ def test_close_reports_every_client_stopped() -> None:
     assert wait_until(lambda: threads_now() <= base, STEP)
 
 
-def test_error_reply_and_plain_failure_in_one_batch() -> None:
+@pytest.mark.parametrize("workers", [1, 0])
+def test_error_reply_and_plain_failure_in_one_batch(workers: int) -> None:
     """One client's pipelined burst, in one batch: a correlated request
     whose handler raises gets its error reply and the connection goes on;
     then a plain request that raises closes the client after the replies
@@ -396,7 +483,7 @@ def test_error_reply_and_plain_failure_in_one_batch() -> None:
             raise ValueError(payload.decode())
         return payload
 
-    with sk.serve(LOCAL, handler, framing=F) as srv:
+    with sk.serve(LOCAL, handler, framing=F, workers=workers) as srv:
         s = raw(srv.address)
         wire = b"".join(F.encode(b"p%d" % i) for i in range(3)) + F.encode(b"boom plain") + F.encode(b"never")
         s.sendall(wire)

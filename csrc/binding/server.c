@@ -60,8 +60,8 @@ static int64_t Server_ns(double seconds)
     return (int64_t)(seconds * 1e9);
 }
 
-/* Contract: GIL held; starts the reactor thread.  0 or -1 with an
- * exception set. */
+/* Contract: GIL held; starts the reactor thread (none when inline).  0 or
+ * -1 with an exception set. */
 static int Server_init(PyObject *op, PyObject *args, PyObject *kwds)
 {
     static char kw_fd[] = "listen_fd", kw_hs[] = "header_size",
@@ -69,11 +69,12 @@ static int Server_init(PyObject *op, PyObject *args, PyObject *kwds)
                 kw_id[] = "correlation", kw_rt[] = "read_timeout",
                 kw_wt[] = "write_timeout", kw_mc[] = "max_connections",
                 kw_hi[] = "hb_interval", kw_ht[] = "hb_timeout",
-                kw_oc[] = "out_cap", kw_ka[] = "keepalive";
+                kw_oc[] = "out_cap", kw_ka[] = "keepalive",
+                kw_in[] = "inline";
     static char *kwlist[] = {kw_fd, kw_hs, kw_bo, kw_mf, kw_id, kw_rt, kw_wt,
-                             kw_mc, kw_hi, kw_ht, kw_oc, kw_ka, NULL};
+                             kw_mc, kw_hi, kw_ht, kw_oc, kw_ka, kw_in, NULL};
     ServerObject *self = (ServerObject *)op;
-    int fd, header_size, correlation;
+    int fd, header_size, correlation, inline_turns = 0;
     const char *byteorder;
     PyObject *py_max, *py_fargs = NULL, *py_ka = Py_None;
     double rt = 0, wt = 0, hbi = 0, hbt = 0;
@@ -88,10 +89,10 @@ static int Server_init(PyObject *op, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_RuntimeError, "Server is already running");
         goto done;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iisOp|ddKddnO", kwlist, &fd,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iisOp|ddKddnOp", kwlist, &fd,
                                      &header_size, &byteorder, &py_max,
                                      &correlation, &rt, &wt, &max_conns, &hbi,
-                                     &hbt, &out_cap, &py_ka))
+                                     &hbt, &out_cap, &py_ka, &inline_turns))
         goto done;
     memset(&cfg, 0, sizeof(cfg));
     /* keepalive: None, or (idle_s, interval_s, count, user_timeout_ms) as
@@ -116,6 +117,7 @@ static int Server_init(PyObject *op, PyObject *args, PyObject *kwds)
     cfg.hb_timeout_ns = Server_ns(hbt);
     cfg.max_conns = max_conns;
     cfg.out_cap = out_cap > 0 ? (size_t)out_cap : 0;
+    cfg.inline_turns = inline_turns;
     if (cfg.hb_interval_ns > 0) {
         cfg.hub = skpy_hub_get(self->mod);
         if (cfg.hub == NULL)
@@ -514,10 +516,12 @@ static PyMethodDef Server_methods[] = {
 PyDoc_STRVAR(Server_doc,
 "Server(listen_fd, header_size, byteorder, max_frame, correlation,\n"
 "       read_timeout=0, write_timeout=0, max_connections=0,\n"
-"       hb_interval=0, hb_timeout=0, out_cap=0)\n--\n\n"
-"The server reactor (csrc/server.h): a C thread that accepts, reads,\n"
+"       hb_interval=0, hb_timeout=0, out_cap=0, keepalive=None,\n"
+"       inline=False)\n--\n\n"
+"The server reactor (csrc/core/server.h): a C thread that accepts, reads,\n"
 "decodes and writes for every client; messages reach Python in batches\n"
-"(next_batch) and answers go back with reply_batch.");
+"(next_batch) and answers go back with reply_batch.  inline=True: no\n"
+"reactor thread; the one thread calling next_batch runs the turns.");
 
 static PyType_Slot Server_slots[] = {
     {Py_tp_doc, (void *)Server_doc},

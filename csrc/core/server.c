@@ -944,7 +944,9 @@ static void sk_srv_push(sk_srv *s, sk_srv_cmd *q)
     else
         s->cq_head = q;
     s->cq_tail = q;
-    wake = !s->wake_pending && !sk_srv_lazy(s, q);
+    /* inline mode: the pushing thread is the reactor, which applies q
+     * before it next sleeps */
+    wake = !s->cfg.inline_turns && !s->wake_pending && !sk_srv_lazy(s, q);
     if (wake)
         s->wake_pending = 1;
     pthread_mutex_unlock(&s->mu);
@@ -1150,59 +1152,55 @@ done:
     return;
 }
 
-/* Contract: reactor thread (the thread's body). */
-static void *sk_srv_main(void *arg)
+/* Contract: the reactor's thread (the reactor thread, or the one caller of
+ * sk_srv_next in inline mode); no GIL, no Python.  One turn: wait up to ms
+ * (-1: no bound) for the sockets, apply what the handlers handed over,
+ * accept, read, write, expire the timeouts and queue the turn's batch. */
+static void sk_srv_turn(sk_srv *s, int ms)
 {
-    sk_srv *s = (sk_srv *)arg;
     struct epoll_event evs[SK_SRV_EVENTS];
     struct epoll_event lev;
     uint64_t junk;
     int64_t now;
-    size_t i;
-    int n, k, stop;
-    sk_err err;
+    int n, k;
 
-    for (;;) {
-        /* the stop flag is read before sleeping, never only after: a turn
-         * that reads the wake-up eventfd may consume the write of a
-         * sk_srv_stop that came after this turn's check (the counter
-         * holds one sum of all writes), and epoll_wait would then sleep
-         * with the flag set and nothing left to wake it */
-        pthread_mutex_lock(&s->mu);
-        stop = s->stop;
-        pthread_mutex_unlock(&s->mu);
-        if (stop)
-            break;
-        n = epoll_wait(s->ep, evs, SK_SRV_EVENTS,
-                       sk_poll_ms(sk_srv_next_deadline(s), -1));
-        now = sk_now_ns();
-        s->st.turns++;
-        /* what handler threads queued without waking the reactor (replies
-         * they wrote themselves) first: the requests read below see their
-         * clients with nothing in flight */
-        sk_srv_commands(s, now);
-        for (k = 0; k < n; k++) {
-            if (evs[k].data.u64 == SK_SRV_WAKE_TAG) {
-                if (read(s->wake_fd, &junk, sizeof(junk)) < 0)
-                    junk = 0; /* EAGAIN: another turn read it */
-            } else if (evs[k].data.u64 == SK_SRV_LISTEN_TAG) {
-                sk_srv_accept(s, now);
-            } else {
-                sk_srv_on_client(s, evs[k].data.u64, evs[k].events, now);
-            }
+    n = epoll_wait(s->ep, evs, SK_SRV_EVENTS, ms); /* EINTR: n < 0, no events */
+    now = sk_now_ns();
+    s->st.turns++;
+    /* what handler threads queued without waking the reactor (replies
+     * they wrote themselves) first: the requests read below see their
+     * clients with nothing in flight */
+    sk_srv_commands(s, now);
+    for (k = 0; k < n; k++) {
+        if (evs[k].data.u64 == SK_SRV_WAKE_TAG) {
+            if (read(s->wake_fd, &junk, sizeof(junk)) < 0)
+                junk = 0; /* EAGAIN: another turn read it */
+        } else if (evs[k].data.u64 == SK_SRV_LISTEN_TAG) {
+            sk_srv_accept(s, now);
+        } else {
+            sk_srv_on_client(s, evs[k].data.u64, evs[k].events, now);
         }
-        if (s->accept_resume != 0 && now >= s->accept_resume) {
-            s->accept_resume = 0;
-            lev.events = EPOLLIN;
-            lev.data.u64 = SK_SRV_LISTEN_TAG;
-            epoll_ctl(s->ep, EPOLL_CTL_MOD, s->cfg.listen_fd, &lev);
-        }
-        sk_srv_commands(s, now);
-        sk_srv_expire(s, now);
-        sk_srv_report_lost(s);
-        sk_srv_publish(s);
     }
-    /* stopped: every client is closed and reported */
+    if (s->accept_resume != 0 && now >= s->accept_resume) {
+        s->accept_resume = 0;
+        lev.events = EPOLLIN;
+        lev.data.u64 = SK_SRV_LISTEN_TAG;
+        epoll_ctl(s->ep, EPOLL_CTL_MOD, s->cfg.listen_fd, &lev);
+    }
+    sk_srv_commands(s, now);
+    sk_srv_expire(s, now);
+    sk_srv_report_lost(s);
+    sk_srv_publish(s);
+}
+
+/* Contract: the reactor's thread, once, after sk_srv_stop: close every
+ * client (each reported as SK_SRV_STOPPED), queue the last batch and mark
+ * the server done (sk_srv_next then reports SK_E_CLOSED). */
+static void sk_srv_shutdown(sk_srv *s)
+{
+    sk_err err;
+    size_t i;
+
     sk_err_set(&err, SK_E_CLOSED,
                "the server was closed (close()) while this client was "
                "connected");
@@ -1215,6 +1213,32 @@ static void *sk_srv_main(void *arg)
     s->done = 1;
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
+}
+
+/* Contract: the stop flag, read under s->mu. */
+static int sk_srv_stopping(sk_srv *s)
+{
+    int stop;
+
+    pthread_mutex_lock(&s->mu);
+    stop = s->stop;
+    pthread_mutex_unlock(&s->mu);
+    return stop;
+}
+
+/* Contract: reactor thread (the thread's body). */
+static void *sk_srv_main(void *arg)
+{
+    sk_srv *s = (sk_srv *)arg;
+
+    /* the stop flag is read before sleeping, never only after: a turn that
+     * reads the wake-up eventfd may consume the write of a sk_srv_stop
+     * that came after this turn's check (the counter holds one sum of all
+     * writes), and epoll_wait would then sleep with the flag set and
+     * nothing left to wake it */
+    while (!sk_srv_stopping(s))
+        sk_srv_turn(s, sk_poll_ms(sk_srv_next_deadline(s), -1));
+    sk_srv_shutdown(s);
     return NULL;
 }
 
@@ -1270,10 +1294,12 @@ int sk_srv_new(const sk_srv_config *cfg, sk_srv **out, sk_err *err)
         sk_err_sys(err, "epoll_ctl", errno);
         goto error;
     }
-    if (sk_thread_spawn(&s->thread, SK_SRV_STACK, sk_srv_main, s, err) !=
-        SK_OK)
-        goto error;
-    s->started = 1;
+    if (!cfg->inline_turns) {
+        if (sk_thread_spawn(&s->thread, SK_SRV_STACK, sk_srv_main, s, err) !=
+            SK_OK)
+            goto error;
+        s->started = 1;
+    }
     *out = s;
     rc = SK_OK;
     goto done;
@@ -1295,12 +1321,15 @@ void sk_srv_stop(sk_srv *s)
     join = s->started && !s->joined;
     s->joined = 1;
     pthread_mutex_unlock(&s->mu);
-    if (join) {
+    /* inline mode: no thread to join; the caller's next (or current)
+     * turn sees the flag and shuts down */
+    if (join || s->cfg.inline_turns) {
         do {
             r = write(s->wake_fd, &one, sizeof(one));
         } while (r < 0 && errno == EINTR);
-        pthread_join(s->thread, NULL);
     }
+    if (join)
+        pthread_join(s->thread, NULL);
 }
 
 /* Contract: see server.h. */
@@ -1350,6 +1379,63 @@ done:
     return;
 }
 
+/* Contract: caller holds s->mu; takes the oldest queued batch into *out.
+ * SK_OK, SK_ERR (SK_E_CLOSED) when the server is done and every batch
+ * was taken, or SK_TIMEOUT (nothing yet). */
+static int sk_srv_take(sk_srv *s, sk_srv_batch **out, sk_err *err)
+{
+    int rc = SK_TIMEOUT;
+
+    if (s->bq_head != NULL) {
+        *out = s->bq_head;
+        s->bq_head = (*out)->next;
+        if (s->bq_head == NULL)
+            s->bq_tail = NULL;
+        (*out)->next = NULL;
+        rc = SK_OK;
+    } else if (s->done) {
+        rc = sk_err_set(err, SK_E_CLOSED, "the server was closed");
+    }
+    return rc;
+}
+
+/* Contract: inline mode, the one thread that calls sk_srv_next; no GIL.
+ * Runs the reactor's turns on this thread until a batch is queued, the
+ * server is done, or the deadline passes.  Before each wait it applies
+ * the answers handed over since the last turn, so replies leave before the
+ * thread sleeps (no wake-up needed: this thread is the reactor). */
+static int sk_srv_next_inline(sk_srv *s, int64_t deadline, sk_srv_batch **out,
+                              sk_err *err)
+{
+    int64_t due;
+    int rc, stop;
+
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        rc = sk_srv_take(s, out, err);
+        stop = s->stop && !s->done;
+        pthread_mutex_unlock(&s->mu);
+        if (rc != SK_TIMEOUT)
+            break;
+        if (stop) {
+            sk_srv_shutdown(s);
+            continue;
+        }
+        sk_srv_commands(s, sk_now_ns());
+        sk_srv_report_lost(s);
+        sk_srv_publish(s);
+        if (s->bq_head != NULL) /* what the answers ended: report it now */
+            continue;
+        if (deadline != SK_NO_DEADLINE && sk_now_ns() >= deadline)
+            break; /* SK_TIMEOUT */
+        due = sk_srv_next_deadline(s);
+        if (deadline != SK_NO_DEADLINE && (due == SK_NO_DEADLINE || deadline < due))
+            due = deadline;
+        sk_srv_turn(s, sk_poll_ms(due, -1));
+    }
+    return rc;
+}
+
 /* Contract: see server.h. */
 int sk_srv_next(sk_srv *s, int64_t deadline, sk_srv_batch **out, sk_err *err)
 {
@@ -1357,6 +1443,10 @@ int sk_srv_next(sk_srv *s, int64_t deadline, sk_srv_batch **out, sk_err *err)
     int rc = SK_TIMEOUT;
 
     *out = NULL;
+    if (s->cfg.inline_turns) {
+        rc = sk_srv_next_inline(s, deadline, out, err);
+        goto done;
+    }
     if (deadline != SK_NO_DEADLINE) {
         ts.tv_sec = (time_t)(deadline / 1000000000LL);
         ts.tv_nsec = (long)(deadline % 1000000000LL);
@@ -1368,17 +1458,9 @@ int sk_srv_next(sk_srv *s, int64_t deadline, sk_srv_batch **out, sk_err *err)
         else if (pthread_cond_timedwait(&s->cv, &s->mu, &ts) == ETIMEDOUT)
             break;
     }
-    if (s->bq_head != NULL) {
-        *out = s->bq_head;
-        s->bq_head = (*out)->next;
-        if (s->bq_head == NULL)
-            s->bq_tail = NULL;
-        (*out)->next = NULL;
-        rc = SK_OK;
-    } else if (s->done) {
-        rc = sk_err_set(err, SK_E_CLOSED, "the server was closed");
-    }
+    rc = sk_srv_take(s, out, err);
     pthread_mutex_unlock(&s->mu);
+done:
     return rc;
 }
 

@@ -32,6 +32,15 @@
  *     calls sk_srv_forget, so that whoever sees a client gone from the list
  *     sees its end recorded too.
  *
+ * Inline mode (cfg.inline_turns): no reactor thread.  Exactly one thread
+ * calls sk_srv_next, and that call runs the turns (accept, read, write,
+ * timeouts) until a batch is ready; the answers that thread hands back
+ * with sk_srv_reply are applied and written before its next wait.  The
+ * handler then runs on the reactor's thread: no hand-over between two
+ * threads per turn, but while it runs no client is read or written.
+ * sk_srv_stop does not wait: it wakes that thread, whose sk_srv_next
+ * closes every client, returns the last batches, then SK_E_CLOSED.
+ *
  * Limits: read_timeout (no whole frame while the server waits for one:
  * RST), write_timeout (an unsent reply made no progress for that long:
  * RST), max_conns (over it: RST at once, a REJECTED event), out_cap (a
@@ -74,6 +83,9 @@ typedef struct sk_srv_config {
     int keepalive;           /* nonzero: each client gets sk_set_keepalive
                                 (sock.h) with the four values below */
     int ka_idle_s, ka_interval_s, ka_count, ka_user_timeout_ms;
+    int inline_turns;        /* nonzero: no reactor thread; the one thread
+                                that calls sk_srv_next runs the reactor's
+                                turns itself (see "Inline mode" above) */
 } sk_srv_config;
 
 /* One message of a batch: its payload is data[off .. off + len) of the
@@ -143,7 +155,9 @@ int sk_srv_new(const sk_srv_config *cfg, sk_srv **out, sk_err *err);
 
 /* Contract: close every client (each gets an SK_SRV_STOPPED event), stop
  * and join the reactor thread.  Idempotent; any thread; waits at most for
- * one reactor turn.  The listener is not closed. */
+ * one reactor turn.  The listener is not closed.  Inline mode: sets the
+ * flag and wakes the thread in sk_srv_next, which does the closing; does
+ * not wait. */
 void sk_srv_stop(sk_srv *s);
 
 /* Contract: free everything (after sk_srv_stop, with no thread inside
@@ -151,7 +165,8 @@ void sk_srv_stop(sk_srv *s);
 void sk_srv_free(sk_srv *s);
 
 /* Contract: wait until a batch is ready or the deadline passes (clock.h;
- * SK_NO_DEADLINE: forever).  SK_OK with *out (the caller's:
+ * SK_NO_DEADLINE: forever); inline mode: one thread only, which runs the
+ * reactor's turns meanwhile.  SK_OK with *out (the caller's:
  * sk_srv_batch_free), SK_TIMEOUT, or SK_ERR when the server stopped and
  * every batch was taken (err: SK_E_CLOSED). */
 int sk_srv_next(sk_srv *s, int64_t deadline, sk_srv_batch **out, sk_err *err);

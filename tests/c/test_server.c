@@ -75,8 +75,11 @@ static int client(int port)
     return s;
 }
 
-static sk_srv *start(int ls, int64_t read_timeout_ns, uint64_t max_conns,
-                     unsigned flags)
+/* A server on ls with plain 4-byte framing (max_frame 1000); inline:
+ * no reactor thread, the caller of sk_srv_next runs the turns
+ * (cfg.inline_turns). */
+static sk_srv *start_with(int ls, int64_t read_timeout_ns, uint64_t max_conns,
+                          unsigned flags, int inline_turns)
 {
     sk_srv_config cfg;
     sk_srv *s = NULL;
@@ -89,8 +92,20 @@ static sk_srv *start(int ls, int64_t read_timeout_ns, uint64_t max_conns,
     cfg.framing.flags = flags;
     cfg.read_timeout_ns = read_timeout_ns;
     cfg.max_conns = max_conns;
+    cfg.inline_turns = inline_turns;
     CHECK_RC(sk_srv_new(&cfg, &s, &err), SK_OK, &err);
     return s;
+}
+
+static sk_srv *start(int ls, int64_t read_timeout_ns, uint64_t max_conns,
+                     unsigned flags)
+{
+    return start_with(ls, read_timeout_ns, max_conns, flags, 0);
+}
+
+static sk_srv *start_inline(int ls, int64_t read_timeout_ns)
+{
+    return start_with(ls, read_timeout_ns, 0, 0, 1);
 }
 
 /* Take batches until `msgs` messages and `events` events were collected,
@@ -136,44 +151,73 @@ static void put_frame(int fd, const char *payload)
     CHECK_INT(raw_write_all(fd, buf, HS + n, 5.0), ==, 0);
 }
 
-TEST(server_replies_leave_in_request_order)
+/* The three frames "one", "two", "three" as the server sends them back,
+ * into want; returns their length. */
+static size_t one_two_three(unsigned char *want)
 {
-    int port, ls = listener(&port), c, i;
-    sk_srv *s = start(ls, 0, 0, 0);
-    sk_srv_answer a[3];
-    unsigned char want[64], buf[64];
+    static const char *const p[3] = {"one", "two", "three"};
     size_t wn = 0;
-    got g;
-    sk_err err;
+    int i;
 
-    memset(&g, 0, sizeof(g));
-    c = client(port);
+    for (i = 0; i < 3; i++) {
+        ref_put_len(want + wn, HS, 0, strlen(p[i]));
+        memcpy(want + wn + HS, p[i], strlen(p[i]));
+        wn += HS + strlen(p[i]);
+    }
+    return wn;
+}
+
+/* A client that connected and sent "one", "two", "three". */
+static int client_sending_one_two_three(int port)
+{
+    int c = client(port);
+
     CHECK(c >= 0);
     put_frame(c, "one");
     put_frame(c, "two");
     put_frame(c, "three");
+    return c;
+}
+
+/* Echo the three messages of g, answering the last first. */
+static void answer_last_first(sk_srv *s, const got *g)
+{
+    sk_srv_answer a[3];
+    sk_err err;
+    int i;
+
+    memset(a, 0, sizeof(a));
+    for (i = 0; i < 3; i++) {
+        a[2 - i].cid = g->msgs[i].cid;
+        a[2 - i].seq = g->msgs[i].seq;
+        a[2 - i].kind = SK_SRV_REPLY;
+        a[2 - i].base = g->data[i];
+        a[2 - i].len = g->msgs[i].len;
+    }
+    CHECK_RC(sk_srv_reply(s, a, 3, &err), SK_OK, &err);
+}
+
+TEST(server_replies_leave_in_request_order)
+{
+    int port, ls = listener(&port), c, i;
+    sk_srv *s = start(ls, 0, 0, 0);
+    unsigned char want[64], buf[64];
+    size_t wn = one_two_three(want);
+    got g;
+    sk_err err;
+
+    memset(&g, 0, sizeof(g));
+    c = client_sending_one_two_three(port);
     collect(s, &g, 3, 0);
     /* the accept was reported, in the batch of the first frame or before */
     CHECK_U64(g.accepted, ==, 1);
     CHECK_U64(g.accepted_cid, ==, g.msgs[0].cid);
-    /* answered last first: the reactor still writes them in order */
-    memset(a, 0, sizeof(a));
     for (i = 0; i < 3; i++) {
-        a[2 - i].cid = g.msgs[i].cid;
-        a[2 - i].seq = g.msgs[i].seq;
-        a[2 - i].kind = SK_SRV_REPLY;
-        a[2 - i].base = g.data[i];
-        a[2 - i].len = g.msgs[i].len;
         CHECK_U64(g.msgs[i].seq >> 32, ==, (uint64_t)i + 1);
         CHECK_INT(g.msgs[i].has_id, ==, 0);
     }
-    CHECK_RC(sk_srv_reply(s, a, 3, &err), SK_OK, &err);
-    for (i = 0; i < 3; i++) {
-        const char *p = i == 0 ? "one" : i == 1 ? "two" : "three";
-        ref_put_len(want + wn, HS, 0, strlen(p));
-        memcpy(want + wn + HS, p, strlen(p));
-        wn += HS + strlen(p);
-    }
+    /* answered last first: the reactor still writes them in order */
+    answer_last_first(s, &g);
     CHECK_U64(raw_read(c, buf, wn, 5.0, NULL), ==, wn);
     CHECK_MEM(buf, want, wn);
     /* a clean close ends it as SK_E_CLOSED, once */
@@ -266,10 +310,13 @@ TEST(server_correlated_frames_are_unsequenced)
     close(ls);
 }
 
-TEST(server_read_timeout_resets_an_idle_client)
+/* A client that sends half a header is reset at read_timeout, and its end
+ * says so; with or without a reactor thread (inline: the wait in
+ * sk_srv_next ends at the client's deadline, not only on events). */
+static void read_timeout_case(int inline_turns)
 {
     int port, ls = listener(&port), c, eof;
-    sk_srv *s = start(ls, 100000000LL, 0, 0);
+    sk_srv *s = start_with(ls, 100000000LL, 0, 0, inline_turns);
     unsigned char buf[8];
     got g;
 
@@ -283,14 +330,28 @@ TEST(server_read_timeout_resets_an_idle_client)
     CHECK_U64(raw_read(c, buf, sizeof(buf), 5.0, &eof), ==, 0);
     close(c);
     sk_srv_stop(s);
-    sk_srv_free(s);
+    sk_srv_free(s); /* inline: never shut down by a turn; free closes all */
     close(ls);
 }
 
-TEST(server_max_conns_and_stop)
+TEST(server_read_timeout_resets_an_idle_client)
+{
+    read_timeout_case(0);
+}
+
+TEST(server_inline_read_timeout_resets_an_idle_client)
+{
+    read_timeout_case(1);
+}
+
+/* max_conns: a client over the cap is reset and reported; then a stop
+ * closes the one held (SK_SRV_STOPPED) and sk_srv_next reports
+ * SK_E_CLOSED.  Inline, the stop comes while no thread is inside
+ * sk_srv_next: the next call sees it and does the closing. */
+static void max_conns_case(int inline_turns)
 {
     int port, ls = listener(&port), a, b;
-    sk_srv *s = start(ls, 0, 1, 0);
+    sk_srv *s = start_with(ls, 0, 1, 0, inline_turns);
     sk_srv_batch *batch;
     got g;
     sk_err err;
@@ -312,6 +373,16 @@ TEST(server_max_conns_and_stop)
     close(a);
     close(b);
     close(ls);
+}
+
+TEST(server_max_conns_and_stop)
+{
+    max_conns_case(0);
+}
+
+TEST(server_inline_max_conns_and_a_stop_before_the_next_call)
+{
+    max_conns_case(1);
 }
 
 /* Fails every allocation the reactor makes (sites in server.c) while
@@ -474,5 +545,69 @@ TEST(server_a_stop_whose_wake_up_a_turn_consumed_still_stops)
     sk_srv_free(s);
     close(c0);
     close(c1);
+    close(ls);
+}
+
+/* ---- inline mode: the caller's thread is the reactor ------------------- */
+
+static void *stop_after_100ms(void *arg)
+{
+    sleep_ms(100);
+    sk_srv_stop((sk_srv *)arg);
+    return NULL;
+}
+
+/* No thread turns until the caller asks: a client's connection and frames
+ * wait in the kernel.  sk_srv_next then accepts and reads; the answers
+ * (given out of order, so not written directly) leave, in request order,
+ * when the caller next enters sk_srv_next, before that call sleeps; a stop
+ * from another thread wakes the caller's sleep, which closes the client
+ * (SK_SRV_STOPPED) and then reports SK_E_CLOSED. */
+TEST(server_inline_turns_run_on_the_callers_thread)
+{
+    int port, ls = listener(&port), c, eof;
+    sk_srv *s = start_inline(ls, 0);
+    sk_srv_stats st;
+    sk_srv_batch *b;
+    pthread_t stopper;
+    unsigned char want[64], buf[64];
+    size_t wn = one_two_three(want);
+    got g;
+    sk_err err;
+
+    memset(&g, 0, sizeof(g));
+    c = client_sending_one_two_three(port);
+    sleep_ms(50);
+    sk_srv_get_stats(s, &st);
+    CHECK_U64(st.turns, ==, 0);    /* nobody turned */
+    CHECK_U64(st.accepted, ==, 0); /* the client waits in the backlog */
+    collect(s, &g, 3, 0);
+    CHECK_U64(g.accepted, ==, 1);
+    answer_last_first(s, &g);
+    /* the first request was the client's only one in flight when read:
+     * its reply was written by sk_srv_reply itself; the two others are
+     * queued until this thread turns */
+    CHECK_U64(raw_read(c, buf, HS + 3, 5.0, NULL), ==, HS + 3);
+    CHECK_MEM(buf, want, HS + 3);
+    CHECK(!raw_readable(c, 50));
+    CHECK_RC(sk_srv_next(s, sk_now_ns() + 20000000LL, &b, &err), SK_TIMEOUT,
+             &err);
+    CHECK_U64(raw_read(c, buf, wn - HS - 3, 5.0, NULL), ==, wn - HS - 3);
+    CHECK_MEM(buf, want + HS + 3, wn - HS - 3);
+    /* stop while this thread sleeps in sk_srv_next, with no deadline */
+    CHECK_INT(pthread_create(&stopper, NULL, stop_after_100ms, s), ==, 0);
+    CHECK_RC(sk_srv_next(s, SK_NO_DEADLINE, &b, &err), SK_OK, &err);
+    if (b != NULL) {
+        CHECK_U64(b->nevents, ==, 1);
+        CHECK_INT(b->events[0].kind, ==, SK_SRV_STOPPED);
+        sk_srv_batch_free(b);
+    }
+    CHECK_RC(sk_srv_next(s, SK_NO_DEADLINE, &b, &err), SK_ERR, NULL);
+    CHECK_INT(err.code, ==, SK_E_CLOSED);
+    pthread_join(stopper, NULL);
+    CHECK_U64(raw_read(c, buf, sizeof(buf), 5.0, &eof), ==, 0);
+    CHECK_INT(eof, ==, 1);
+    sk_srv_free(s);
+    close(c);
     close(ls);
 }
