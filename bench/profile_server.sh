@@ -57,3 +57,6 @@ perf report -i "$tmp/perf.data" --no-children --sort dso --stdio -g none 2>/dev/
 echo "--- top symbols"
 perf report -i "$tmp/perf.data" --no-children --sort sym --stdio -g none 2>/dev/null |
     grep -v '^#' | grep -v '^$' | head -25
+echo "--- top user-space symbols (share of all samples)"
+perf report -i "$tmp/perf.data" --no-children --sort dso,sym --stdio -g none 2>/dev/null |
+    grep -v '^#' | grep -v '^$' | grep -v 'kernel.kallsyms' | head -25

@@ -1,6 +1,6 @@
 # Type stubs for the C extension pysockkit._core (csrc/binding/*.c).
 import concurrent.futures
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Optional, Union
 
 _Buffer = Union[bytes, bytearray, memoryview]
@@ -280,7 +280,8 @@ END_REJECTED: int
 END_FAILED: int
 ACCEPTED: int
 
-_Msg = tuple[int, int, Optional[int], bytes]
+# a message handle_batch leaves to the caller: (client id, ticket, id, outcome, why)
+_Rest = tuple[int, int, Optional[int], Any, int]
 _Event = tuple[int, int, Optional[BaseException], Optional[tuple[str, int]]]
 
 class Server:
@@ -290,7 +291,10 @@ class Server:
                  out_cap: int = 0,
                  keepalive: Optional[tuple[int, int, int, int]] = None,
                  inline: bool = False) -> None: ...
-    def next_batch(self, timeout: Optional[float] = None, /) -> Optional[tuple[list[_Msg], list[_Event]]]: ...
+    def handle_batch(self, handler: Callable[[bytes], Any], max_frame: int,
+                     on_events: Callable[[list[_Event]], list[_Event]],
+                     timeout: Optional[float] = None, /
+                     ) -> Optional[tuple[int, list[_Rest], list[_Event]]]: ...
     def reply_batch(self, answers: list[tuple[int, int, Optional[int], Any]], /) -> None: ...
     def forget(self, client_ids: list[int], /) -> None: ...
     def peer(self, client_id: int, /) -> Optional[tuple[str, int]]: ...

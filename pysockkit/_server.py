@@ -35,7 +35,7 @@ from ._handler import (
 from ._net import check_timeout, format_address
 from ._reconnect import ConnectionEvent
 from ._types import Heartbeat
-from ._wire import ID_REPLY, error_id, reply_id
+from ._wire import error_id, reply_id
 
 __all__ = ["Server", "Handler", "ConnectionHandler"]
 
@@ -60,6 +60,7 @@ Example::
 """
 
 _POLL = 0.1  # how often the accept loop looks at the stop flag, in seconds
+_STRAY, _ODD = 0, 2  # why _core.Server.handle_batch left a message (1: the handler raised)
 
 
 def _echo(msg: bytes) -> bytes:
@@ -270,7 +271,7 @@ class Server(ServerRecords):
         """A handler thread: take a batch, run the handler on each message,
         hand the answers back in one call, record the ends.  With
         ``workers=0`` this thread also runs the reactor (inside
-        ``next_batch``), so it closes the listener once the reactor is done:
+        ``handle_batch``), so it closes the listener once the reactor is done:
         no turn may accept on a closed (or reused) descriptor."""
         try:
             self._handle_batches()
@@ -281,47 +282,57 @@ class Server(ServerRecords):
     def _handle_batches(self) -> None:
         core = self._core
         assert core is not None
-        next_batch, reply_batch = core.next_batch, core.reply_batch
-        handler, book, max_frame = self._handler, self._book, self._max_frame
+        handle_batch, book, max_frame = core.handle_batch, self._book, self._max_frame
+        handler, accepts = self._handler, self._accepts
         while True:
-            batch = next_batch(None)
-            if batch is None:
+            # the C loop of the binding: the batch's accepts (announced
+            # first), the handler on each message, the bytes/None replies
+            # handed back in one call; the rest is settled here
+            got = handle_batch(handler, max_frame, accepts, None)
+            if got is None:
                 return
-            msgs, events = batch
-            if events:  # the accepts first: before this batch's handlers run
-                events = self._accepts(events)
-            if msgs:
-                answers: list[tuple[int, int, Optional[int], Reply]] = []
-                append = answers.append
-                handled = 0
-                for cid, ticket, rid, payload in msgs:
-                    if rid is not None and rid & ID_REPLY:  # we never ask: a stray reply
-                        log.info("sk.serve: dropped a reply frame (id %#x) from %s: a server "
-                                 "sends no requests", rid, self._peer_name(cid))
-                        append((cid, ticket, None, None))
-                        continue
-                    try:
-                        reply = handler(payload)
-                        if reply is not None and (reply.__class__ is not bytes
-                                                  or len(reply) > max_frame):
-                            reply = check_reply("sk.serve", reply, max_frame)
-                            if reply is not None:  # any bytes-like, contiguous or not
-                                reply = bytes(reply)
-                    except BaseException as exc:  # recorded; the other clients go on
-                        if rid is not None:
-                            book.handler_error(exc, self._peer_name(cid), True)
-                            append((cid, ticket, error_id(rid), error_text(exc, max_frame)))
-                        else:
-                            book.handler_error(exc, self._peer_name(cid), False)
-                            self._handler_failed[cid] = exc
-                            append((cid, ticket, -1, None))
-                        continue
-                    handled += 1
-                    append((cid, ticket, None if rid is None else reply_id(rid), reply))
+            handled, rest, events = got
+            if rest:
+                handled += self._settle(rest)
+            if handled:
                 book.handled(handled)
-                reply_batch(answers)
             if events:
                 self._record(events)
+
+    def _settle(self, rest: "list[tuple[int, int, Optional[int], Any, int]]") -> int:
+        """Answer the messages the C loop left: a stray reply frame (why 0),
+        a handler that raised (1), a reply that is not bytes or is too long
+        (2: any bytes-like is sent; anything else counts as raising).
+        Returns how many were handled."""
+        assert self._core is not None
+        book, max_frame = self._book, self._max_frame
+        answers: list[tuple[int, int, Optional[int], Reply]] = []
+        handled = 0
+        for cid, ticket, rid, outcome, why in rest:
+            if why == _STRAY:  # we never ask
+                log.info("sk.serve: dropped a reply frame (id %#x) from %s: a server "
+                         "sends no requests", rid, self._peer_name(cid))
+                answers.append((cid, ticket, None, None))
+                continue
+            if why == _ODD:
+                try:
+                    reply = check_reply("sk.serve", outcome, max_frame)
+                except BaseException as exc:  # recorded as the handler's error below
+                    outcome = exc
+                else:
+                    handled += 1
+                    answers.append((cid, ticket, None if rid is None else reply_id(rid),
+                                    None if reply is None else bytes(reply)))
+                    continue
+            if rid is not None:  # correlated: an error reply, the connection goes on
+                book.handler_error(outcome, self._peer_name(cid), True)
+                answers.append((cid, ticket, error_id(rid), error_text(outcome, max_frame)))
+            else:  # plain: close that client after the replies before it
+                book.handler_error(outcome, self._peer_name(cid), False)
+                self._handler_failed[cid] = outcome
+                answers.append((cid, ticket, -1, None))
+        self._core.reply_batch(answers)
+        return handled
 
     def _accepts(self, events: "list[_Event]") -> "list[_Event]":
         """Emit the ``accepted`` events of a batch; returns the others."""

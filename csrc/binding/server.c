@@ -4,18 +4,23 @@
  *
  *   Server(listen_fd, header_size, byteorder, max_frame, correlation,
  *          read_timeout, write_timeout, max_connections,
- *          hb_interval, hb_timeout, out_cap)
+ *          hb_interval, hb_timeout, out_cap, keepalive, inline)
  *     starts the reactor thread on listen_fd (which stays the caller's);
  *     timeouts <= 0 and max_connections 0 mean none; hb_interval > 0 turns
- *     heartbeats on (control frames).
- *   next_batch(timeout=None) -> (msgs, events) | None
+ *     heartbeats on (control frames); inline: no reactor thread, the one
+ *     thread calling handle_batch runs the turns.
+ *   handle_batch(handler, max_frame, on_events, timeout=None)
+ *       -> (handled, rest, events) | None
  *     waits, WITHOUT the GIL, for the next batch (every message that became
- *     ready in one reactor turn), then builds it in one GIL hold:
- *     msgs: [(client_id, ticket, id or None, payload bytes)],
- *     events: [(client_id, kind, exception or None, (host, port) or None)]
- *     (kind: END_CLIENT, END_STOPPED, END_REJECTED, END_FAILED, ACCEPTED).
- *     ([], []) after timeout; None once the server stopped and every
- *     batch was taken.
+ *     ready in one reactor turn), then in one GIL hold: gives its events,
+ *     [(client_id, kind, exception or None, (host, port) or None)] (kind:
+ *     END_CLIENT, END_STOPPED, END_REJECTED, END_FAILED, ACCEPTED), to
+ *     on_events, which returns those to hand back after the handlers; calls
+ *     handler(payload) on each message and hands the bytes/None replies to
+ *     the reactor in one call; returns how many, the messages left to the
+ *     caller [(client_id, ticket, id or None, outcome, why)] and the events
+ *     on_events returned.  (0, [], []) after timeout; None once the server
+ *     stopped and every batch was taken.
  *   reply_batch([(client_id, ticket, id, reply)])
  *     answers: reply bytes-like or None (nothing); id None (plain frame), an
  *     int (the reply frame's id), or -1 (the handler failed on a plain
@@ -138,51 +143,13 @@ done:
  * NULL with an exception set. */
 static PyObject *Server_exc(ServerObject *self, const sk_err *err)
 {
-    PyObject *py_t, *py_v, *py_tb;
+    PyObject *py_v;
 
     skpy_raise(self->mod, err, NULL);
-    PyErr_Fetch(&py_t, &py_v, &py_tb);
-    PyErr_NormalizeException(&py_t, &py_v, &py_tb);
-    Py_XDECREF(py_t);
-    Py_XDECREF(py_tb);
+    py_v = skpy_take_exception();
     if (py_v == NULL)
         PyErr_SetString(PyExc_SystemError, "no exception for an sk_err");
     return py_v;
-}
-
-/* Contract: GIL held; one message as (cid, ticket, id or None, payload). */
-static PyObject *Server_msg(const sk_srv_batch *b, const sk_srv_msg *m)
-{
-    PyObject *py_t = PyTuple_New(4), *py_v;
-
-    if (py_t == NULL)
-        goto error;
-    py_v = PyLong_FromUnsignedLongLong(m->cid);
-    if (py_v == NULL)
-        goto error;
-    PyTuple_SET_ITEM(py_t, 0, py_v);
-    py_v = PyLong_FromUnsignedLongLong(m->seq);
-    if (py_v == NULL)
-        goto error;
-    PyTuple_SET_ITEM(py_t, 1, py_v);
-    if (m->has_id) {
-        py_v = PyLong_FromUnsignedLongLong(m->id);
-        if (py_v == NULL)
-            goto error;
-    } else {
-        py_v = Py_NewRef(Py_None);
-    }
-    PyTuple_SET_ITEM(py_t, 2, py_v);
-    py_v = PyBytes_FromStringAndSize((const char *)b->data.data + b->data.start +
-                                         m->off,
-                                     (Py_ssize_t)m->len);
-    if (py_v == NULL)
-        goto error;
-    PyTuple_SET_ITEM(py_t, 3, py_v);
-    return py_t;
-error:
-    Py_XDECREF(py_t);
-    return NULL;
 }
 
 /* Contract: GIL held; one event as (cid, kind, exc or None, peer or None). */
@@ -211,25 +178,68 @@ error:
     return py_t;
 }
 
-PyDoc_STRVAR(Server_next_batch_doc,
-"next_batch(timeout=None)\n--\n\n"
-"Wait (without the GIL) for the next batch: (msgs, events), ([], []) after\n"
-"timeout, or None once the server stopped and every batch was taken.");
+/* What handle_batch leaves to its caller, for one message (the `why` of
+ * its rest entries). */
+enum {
+    SKPY_REST_STRAY = 0, /* a reply frame: a server sends no requests */
+    SKPY_REST_RAISED = 1, /* the handler raised: outcome is the exception */
+    SKPY_REST_ODD = 2,    /* a reply that is not bytes, or over max_frame */
+};
 
-/* Contract: GIL held on entry and exit; released while waiting. */
-static PyObject *Server_next_batch(PyObject *op, PyObject *args)
+/* Contract: GIL held; appends (cid, ticket, id or None, outcome, why) to
+ * py_rest (steals py_out).  0, or -1 with an exception set. */
+static int Server_rest(PyObject *py_rest, const sk_srv_msg *m, PyObject *py_out,
+                       int why)
+{
+    PyObject *py_id, *py_t = NULL;
+    int rc = -1;
+
+    py_id = m->has_id ? PyLong_FromUnsignedLongLong(m->id) : Py_NewRef(Py_None);
+    if (py_id != NULL)
+        py_t = Py_BuildValue("(KKOOi)", (unsigned long long)m->cid,
+                             (unsigned long long)m->seq, py_id, py_out, why);
+    if (py_t != NULL && PyList_Append(py_rest, py_t) == 0)
+        rc = 0;
+    Py_XDECREF(py_t);
+    Py_XDECREF(py_id);
+    Py_DECREF(py_out);
+    return rc;
+}
+
+PyDoc_STRVAR(Server_handle_batch_doc,
+"handle_batch(handler, max_frame, on_events, timeout=None)\n--\n\n"
+"Wait (without the GIL) for the next batch.  Its events go first to\n"
+"on_events(events), which returns those to record after the handlers;\n"
+"then handler(payload) runs on each message, and every reply that is bytes\n"
+"(up to max_frame) or None goes to the reactor in one call.  Returns None\n"
+"once the server stopped and every batch was taken, else (handled, rest,\n"
+"events): rest lists the messages left to the caller as (client_id,\n"
+"ticket, id or None, outcome, why): why 0 a reply frame (outcome None),\n"
+"1 the handler raised (the exception), 2 a reply that is not bytes or is\n"
+"over max_frame (the reply); answer them with reply_batch.");
+
+/* Contract: GIL held on entry and exit; released while waiting for the
+ * batch (in inline mode, while running the reactor's turns).  The loop of
+ * a handler thread over one batch, in C: no tuple per message, no Python
+ * loop, one sk_srv_reply for the whole batch. */
+static PyObject *Server_handle_batch(PyObject *op, PyObject *args)
 {
     ServerObject *self = (ServerObject *)op;
-    PyObject *py_timeout = Py_None, *py_msgs = NULL, *py_evs = NULL,
-             *py_res = NULL, *py_item;
+    PyObject *py_handler, *py_on_events, *py_timeout = Py_None;
+    PyObject *py_evs = NULL, *py_left = NULL, *py_rest = NULL, *py_res = NULL;
+    PyObject *py_pay, *py_reply, **replies = NULL;
+    Py_ssize_t max_frame;
+    sk_srv_answer *a = NULL;
     sk_srv_batch *b = NULL;
+    size_t i, na = 0, nrep = 0, handled = 0, n;
+    const unsigned char *data;
     int64_t deadline;
     sk_srv *s;
     sk_err err;
-    size_t i;
     int r;
 
-    if (!PyArg_ParseTuple(args, "|O:next_batch", &py_timeout))
+    if (!PyArg_ParseTuple(args, "OnO|O:handle_batch", &py_handler, &max_frame,
+                          &py_on_events, &py_timeout))
         goto done;
     s = skpy_handle_get(op);
     if (s == NULL || skpy_deadline(py_timeout, &deadline) < 0)
@@ -241,27 +251,87 @@ static PyObject *Server_next_batch(PyObject *op, PyObject *args)
         py_res = Py_NewRef(Py_None);
         goto done;
     }
-    py_msgs = PyList_New(b != NULL ? (Py_ssize_t)b->nmsgs : 0);
     py_evs = PyList_New(b != NULL ? (Py_ssize_t)b->nevents : 0);
-    if (py_msgs == NULL || py_evs == NULL)
+    py_rest = PyList_New(0);
+    if (py_evs == NULL || py_rest == NULL)
         goto done;
-    for (i = 0; b != NULL && i < b->nmsgs; i++) {
-        py_item = Server_msg(b, &b->msgs[i]);
-        if (py_item == NULL)
-            goto done;
-        PyList_SET_ITEM(py_msgs, (Py_ssize_t)i, py_item);
-    }
     for (i = 0; b != NULL && i < b->nevents; i++) {
-        py_item = Server_event(self, &b->events[i]);
+        PyObject *py_item = Server_event(self, &b->events[i]);
         if (py_item == NULL)
             goto done;
         PyList_SET_ITEM(py_evs, (Py_ssize_t)i, py_item);
     }
-    py_res = PyTuple_Pack(2, py_msgs, py_evs);
+    /* the accepts are announced before the handlers of the batch run */
+    py_left = b != NULL && b->nevents > 0
+                  ? PyObject_CallOneArg(py_on_events, py_evs)
+                  : Py_NewRef(py_evs);
+    if (py_left == NULL)
+        goto done;
+    n = b != NULL ? b->nmsgs : 0;
+    a = PyMem_Calloc(n + 1, sizeof(*a));
+    replies = PyMem_Calloc(n + 1, sizeof(*replies));
+    if (a == NULL || replies == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    data = b != NULL ? b->data.data + b->data.start : NULL;
+    for (i = 0; i < n; i++) {
+        const sk_srv_msg *m = &b->msgs[i];
+
+        if (m->has_id && (m->id & SK_ID_REPLY)) {
+            if (Server_rest(py_rest, m, Py_NewRef(Py_None), SKPY_REST_STRAY) < 0)
+                goto done;
+            continue;
+        }
+        py_pay = PyBytes_FromStringAndSize((const char *)data + m->off,
+                                           (Py_ssize_t)m->len);
+        if (py_pay == NULL)
+            goto done;
+        py_reply = PyObject_CallOneArg(py_handler, py_pay);
+        Py_DECREF(py_pay);
+        if (py_reply == NULL) {
+            py_reply = skpy_take_exception(); /* with its traceback */
+            if (Server_rest(py_rest, m, py_reply ? py_reply : Py_NewRef(Py_None),
+                            SKPY_REST_RAISED) < 0)
+                goto done;
+            continue;
+        }
+        if (py_reply != Py_None && (!PyBytes_CheckExact(py_reply) ||
+                                    PyBytes_GET_SIZE(py_reply) > max_frame)) {
+            if (Server_rest(py_rest, m, py_reply, SKPY_REST_ODD) < 0)
+                goto done;
+            continue;
+        }
+        a[na].cid = m->cid;
+        a[na].seq = m->seq;
+        a[na].has_id = m->has_id;
+        a[na].id = m->id | SK_ID_REPLY;
+        if (py_reply == Py_None) {
+            a[na].kind = SK_SRV_NONE;
+            Py_DECREF(py_reply);
+        } else {
+            a[na].kind = SK_SRV_REPLY;
+            a[na].base = PyBytes_AS_STRING(py_reply);
+            a[na].len = (size_t)PyBytes_GET_SIZE(py_reply);
+            replies[nrep++] = py_reply; /* held until sk_srv_reply copied it */
+        }
+        na++;
+        handled++;
+    }
+    if (sk_srv_reply(s, a, na, &err) != SK_OK) {
+        skpy_raise(self->mod, &err, NULL);
+        goto done;
+    }
+    py_res = Py_BuildValue("(nOO)", (Py_ssize_t)handled, py_rest, py_left);
 done:
+    for (i = 0; i < nrep; i++)
+        Py_DECREF(replies[i]);
+    PyMem_Free(replies);
+    PyMem_Free(a);
     sk_srv_batch_free(b);
-    Py_XDECREF(py_msgs);
     Py_XDECREF(py_evs);
+    Py_XDECREF(py_left);
+    Py_XDECREF(py_rest);
     return py_res;
 }
 
@@ -503,7 +573,7 @@ static PyObject *Server_stop(PyObject *op, PyObject *Py_UNUSED(ignored))
 }
 
 static PyMethodDef Server_methods[] = {
-    {"next_batch", Server_next_batch, METH_VARARGS, Server_next_batch_doc},
+    {"handle_batch", Server_handle_batch, METH_VARARGS, Server_handle_batch_doc},
     {"reply_batch", Server_reply_batch, METH_O, Server_reply_batch_doc},
     {"forget", Server_forget, METH_O, Server_forget_doc},
     {"peer", Server_peer, METH_O, Server_peer_doc},
@@ -520,8 +590,9 @@ PyDoc_STRVAR(Server_doc,
 "       inline=False)\n--\n\n"
 "The server reactor (csrc/core/server.h): a C thread that accepts, reads,\n"
 "decodes and writes for every client; messages reach Python in batches\n"
-"(next_batch) and answers go back with reply_batch.  inline=True: no\n"
-"reactor thread; the one thread calling next_batch runs the turns.");
+"(handle_batch runs the handler on them) and the other answers go back with\n"
+"reply_batch.  inline=True: no reactor thread; the one thread calling\n"
+"handle_batch runs the turns.");
 
 static PyType_Slot Server_slots[] = {
     {Py_tp_doc, (void *)Server_doc},

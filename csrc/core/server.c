@@ -45,6 +45,7 @@
  * itself; base/len is the tail the socket did not take (often none). */
 #define SK_SRV_SENT 16
 #define SK_SRV_MAX_HEADER 8 /* header_size is 1, 2, 4 or 8 */
+#define SK_SRV_DIRECT_COPY 1024 /* a direct reply up to this: one send() */
 
 enum {
     SK_CL_OPEN = 1,   /* reading and answering */
@@ -966,13 +967,24 @@ static size_t sk_srv_direct(sk_srv *s, const sk_srv_answer *a,
                             unsigned char *hdr, size_t *hl)
 {
     size_t idx = (size_t)(a->cid & 0xffffffffu);
+    unsigned char small[SK_SRV_DIRECT_COPY];
     struct iovec iov[2];
     struct msghdr mh;
     sk_srv_client *cl;
     ssize_t w = 0;
+    int copy;
 
     *hl = s->cfg.framing.header_size;
     sk_encode_header(&s->cfg.framing, a->len, hdr);
+    /* a small reply goes out with send() from one buffer: cheaper in the
+     * kernel than sendmsg() with two iovecs (copy_iovec_from_user and
+     * the msghdr walk, ~2 % of a server's CPU at 100 clients) */
+    copy = *hl + a->len <= sizeof(small);
+    if (copy) {
+        memcpy(small, hdr, *hl);
+        if (a->len > 0)
+            memcpy(small + *hl, a->base, a->len);
+    }
     iov[0].iov_base = hdr;
     iov[0].iov_len = *hl;
     iov[1].iov_base = (void *)a->base;
@@ -989,7 +1001,9 @@ static size_t sk_srv_direct(sk_srv *s, const sk_srv_answer *a,
     pthread_mutex_unlock(&s->mu);
     if (cl != NULL) {
         do {
-            w = sendmsg(cl->c.fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+            w = copy ? send(cl->c.fd, small, *hl + a->len,
+                            MSG_DONTWAIT | MSG_NOSIGNAL)
+                     : sendmsg(cl->c.fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
         } while (w < 0 && errno == EINTR);
         pthread_mutex_unlock(&cl->c.send_mu);
     }
