@@ -449,8 +449,10 @@ class Server(ServerRecords):
                 threads = list(self._threads)
             for c in conns:
                 c.close()
+        me = threading.current_thread()
         for t in threads:
-            t.join(timeout)
+            if t is not me:  # close() called by a handler: its own thread ends after it
+                t.join(timeout)
         self._book.events.end()
 
     def __enter__(self) -> "Server":

@@ -339,6 +339,39 @@ def test_workers_0_a_blocking_handler_holds_every_client_until_it_returns() -> N
     assert srv.exits.stopped == 2 and srv.served == 3
 
 
+@pytest.mark.parametrize("workers", [1, 0])
+def test_a_handler_may_close_its_server(workers: int) -> None:
+    """A handler that calls close() (a "shutdown" command): the server
+    stops (every client stopped, the port closed) and the handler's thread
+    ends after it returns, not joined by itself.  With a reactor thread
+    (workers=1) close() has closed the client before the handler returns,
+    so its reply is dropped; with workers=0 the closing happens in the
+    handler thread's next turn, after the reply was written."""
+    holder: list[sk.Server] = []
+
+    def handler(payload: bytes) -> bytes:
+        if payload == b"shutdown":
+            holder[0].close()
+        return payload
+
+    base = threads_now()
+    srv = sk.serve(LOCAL, handler, workers=workers)
+    holder.append(srv)
+    s = raw(srv.address)
+    s.sendall(encode(b"shutdown"))
+    s.settimeout(STEP)
+    tail = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        tail += chunk
+    assert tail == (encode(b"shutdown") if workers == 0 else b"")
+    s.close()
+    assert wait_until(lambda: threads_now() <= base, STEP), (base, threads_now())
+    assert srv.exits.stopped == 1 and srv._listener.closed
+
+
 # -------------------------------------------------------------- heartbeats
 
 
