@@ -279,6 +279,10 @@ END_STOPPED: int
 END_REJECTED: int
 END_FAILED: int
 ACCEPTED: int
+# why handle_batch left a message to its caller (the last item of a _Rest)
+REST_STRAY: int
+REST_RAISED: int
+REST_ODD: int
 
 # a message handle_batch leaves to the caller: (client id, ticket, id, outcome, why)
 _Rest = tuple[int, int, Optional[int], Any, int]

@@ -60,7 +60,6 @@ Example::
 """
 
 _POLL = 0.1  # how often the accept loop looks at the stop flag, in seconds
-_STRAY, _ODD = 0, 2  # why _core.Server.handle_batch left a message (1: the handler raised)
 
 
 def _echo(msg: bytes) -> bytes:
@@ -300,21 +299,22 @@ class Server(ServerRecords):
                 self._record(events)
 
     def _settle(self, rest: "list[tuple[int, int, Optional[int], Any, int]]") -> int:
-        """Answer the messages the C loop left: a stray reply frame (why 0),
-        a handler that raised (1), a reply that is not bytes or is too long
-        (2: any bytes-like is sent; anything else counts as raising).
+        """Answer the messages the C loop left: a stray reply frame
+        (``_core.REST_STRAY``), a handler that raised (``REST_RAISED``), a
+        reply that is not bytes or is too long (``REST_ODD``: any
+        bytes-like is sent; anything else counts as raising).
         Returns how many were handled."""
         assert self._core is not None
         book, max_frame = self._book, self._max_frame
         answers: list[tuple[int, int, Optional[int], Reply]] = []
         handled = 0
         for cid, ticket, rid, outcome, why in rest:
-            if why == _STRAY:  # we never ask
+            if why == _core.REST_STRAY:  # we never ask
                 log.info("sk.serve: dropped a reply frame (id %#x) from %s: a server "
                          "sends no requests", rid, self._peer_name(cid))
                 answers.append((cid, ticket, None, None))
                 continue
-            if why == _ODD:
+            if why == _core.REST_ODD:
                 try:
                     reply = check_reply("sk.serve", outcome, max_frame)
                 except BaseException as exc:  # recorded as the handler's error below

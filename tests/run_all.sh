@@ -85,7 +85,25 @@ tmp=$(mktemp -d)
 chmod 755 "$tmp"   # the unprivileged tests run the installed package as `nobody`
 trap 'rm -rf "$tmp"' EXIT
 "$PY" -m venv "$tmp/venv"
-PYSOCKKIT_WERROR=1 "$tmp/venv/bin/python" -m pip install -q "pysockkit[test] @ file://$root/$sdist"
+# The URL carries the sdist's hash: pip caches the wheel it builds from a
+# local archive under the archive's URL alone, so without the hash a later
+# run at the same path (a CI clone) installed the wheel built from an older
+# sdist (found 2026-12-06: CI's packaging tests ran a wheel from 10 commits
+# before, and mypy there failed on Link.stats, added since).
+sdist_sha=$(sha256sum "$sdist" | cut -d' ' -f1)
+PYSOCKKIT_WERROR=1 "$tmp/venv/bin/python" -m pip install -q \
+    "pysockkit[test] @ file://$root/$sdist#sha256=$sdist_sha"
+# and say which build ran: the installed extension must be the one just built
+"$tmp/venv/bin/python" -I - "$sdist_sha" <<'PYEOF'
+import json, sys
+from importlib.metadata import distribution
+origin = json.loads(distribution("pysockkit").read_text("direct_url.json") or "{}")
+got = origin.get("archive_info", {}).get("hashes", {}).get("sha256")
+if got != sys.argv[1]:
+    sys.exit(f"the sdist venv holds pysockkit from {origin!r}, not the sdist just built "
+             f"(sha256 {sys.argv[1]}): clear pip's wheel cache (pip cache purge) and rerun")
+print(f"sdist venv: pysockkit from the sdist just built (sha256 {got[:12]}...)")
+PYEOF
 tar -xzf "$sdist" -C "$tmp"
 # run from the unpacked sdist's tests, outside any source tree, so that the
 # installed package (not a source checkout) is what gets imported

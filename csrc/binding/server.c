@@ -18,7 +18,8 @@
  *     on_events, which returns those to hand back after the handlers; calls
  *     handler(payload) on each message and hands the bytes/None replies to
  *     the reactor in one call; returns how many, the messages left to the
- *     caller [(client_id, ticket, id or None, outcome, why)] and the events
+ *     caller [(client_id, ticket, id or None, outcome, why)] (why:
+ *     REST_STRAY, REST_RAISED, REST_ODD) and the events
  *     on_events returned.  (0, [], []) after timeout; None once the server
  *     stopped and every batch was taken.
  *   reply_batch([(client_id, ticket, id, reply)])
@@ -214,9 +215,10 @@ PyDoc_STRVAR(Server_handle_batch_doc,
 "(up to max_frame) or None goes to the reactor in one call.  Returns None\n"
 "once the server stopped and every batch was taken, else (handled, rest,\n"
 "events): rest lists the messages left to the caller as (client_id,\n"
-"ticket, id or None, outcome, why): why 0 a reply frame (outcome None),\n"
-"1 the handler raised (the exception), 2 a reply that is not bytes or is\n"
-"over max_frame (the reply); answer them with reply_batch.");
+"ticket, id or None, outcome, why): why REST_STRAY a reply frame (outcome\n"
+"None), REST_RAISED the handler raised (the exception), REST_ODD a reply\n"
+"that is not bytes or is over max_frame (the reply); answer them with\n"
+"reply_batch.");
 
 /* Contract: GIL held on entry and exit; released while waiting for the
  * batch (in inline mode, while running the reactor's turns).  The loop of
@@ -624,7 +626,10 @@ int skpy_add_server(PyObject *mod)
         PyModule_AddIntConstant(mod, "END_STOPPED", SK_SRV_STOPPED) < 0 ||
         PyModule_AddIntConstant(mod, "END_REJECTED", SK_SRV_REJECTED) < 0 ||
         PyModule_AddIntConstant(mod, "END_FAILED", SK_SRV_FAILED) < 0 ||
-        PyModule_AddIntConstant(mod, "ACCEPTED", SK_SRV_ACCEPTED) < 0)
+        PyModule_AddIntConstant(mod, "ACCEPTED", SK_SRV_ACCEPTED) < 0 ||
+        PyModule_AddIntConstant(mod, "REST_STRAY", SKPY_REST_STRAY) < 0 ||
+        PyModule_AddIntConstant(mod, "REST_RAISED", SKPY_REST_RAISED) < 0 ||
+        PyModule_AddIntConstant(mod, "REST_ODD", SKPY_REST_ODD) < 0)
         goto error;
     rc = 0;
 error:
