@@ -23,7 +23,11 @@
 #include "buf.h"
 #include "sk.h"
 
-#define SK_READ_AHEAD (64 * 1024) /* spare space asked for before each recv */
+#define SK_READ_AHEAD (64 * 1024) /* spare space asked for before a recv
+                                     of bulk data */
+#define SK_READ_SMALL 2048 /* ... and between small messages: a room whose
+                              buffer (2,916 bytes after buf.c's growth)
+                              stays within SK_BUF_KEEP, kept when idle */
 
 /* Framing flags.
  * SK_FRAMING_CONTROL: the extended format of docs/PROTOCOL.md.  The top bit

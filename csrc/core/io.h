@@ -59,6 +59,8 @@ typedef struct sk_conn {
     int rd_wait_first;   /* the last receive had to wait: poll before the
                             next recv instead of trying it (saves the
                             EAGAIN syscall in request/reply traffic) */
+    int rd_bulk;         /* the last recv filled SK_READ_SMALL or more:
+                            read ahead SK_READ_AHEAD (see sk_conn_fill) */
     sk_err rd_err;       /* sticky receive failure (reset, too large) */
     uint64_t owed;       /* replies to timed-out requests still to discard */
     uint64_t discarded;  /* frames discarded that way so far */

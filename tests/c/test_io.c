@@ -843,6 +843,87 @@ TEST(recv_buffered_makes_no_syscall)
     tpair_close(&tp);
 }
 
+/* The receive room follows the traffic (io.c, sk_conn_fill): small
+ * messages one at a time are read into one buffer within SK_BUF_KEEP that
+ * stays allocated (the same storage, never reallocated, kept while idle);
+ * a recv that fills its room switches to SK_READ_AHEAD, and the first small
+ * recv after the stream switches back. */
+TEST(read_room_follows_the_traffic)
+{
+    sk_framing f = mkframing(4, 0, 1u << 20);
+    static const unsigned char small[] = {0, 0, 0, 3, 'a', 'b', 'c'};
+    unsigned char *frame = NULL, *kept = NULL;
+    size_t kept_cap = 0, n, biggest = 0;
+    sk_conn c;
+    sk_frame fr;
+    sk_err err;
+    tpair tp;
+    int rc, i, bulk_seen = 0;
+
+    if (tpair_open(KIND_UNIX, &tp))
+        return;
+    if (conn_open(&c, tp.c, &f)) {
+        tpair_close(&tp);
+        return;
+    }
+    for (i = 0; i < 50; i++) {
+        CHECK_INT(raw_write_all(tp.p, small, sizeof(small), 5), ==, 0);
+        rc = sk_conn_recv(&c, sk_deadline_after(tmax(10)), &no_intr, &fr, &err);
+        CHECK_RC(rc, SK_OK, &err);
+        if (rc != SK_OK)
+            break;
+        CHECK(fr.len == 3 && memcmp(fr.data, "abc", 3) == 0);
+        CHECK_INT(c.rd_bulk, ==, 0);
+        if (i == 0) {
+            kept = c.dec.buf.data;
+            kept_cap = c.dec.buf.cap;
+            CHECK_U64(kept_cap, >=, SK_READ_SMALL);
+            CHECK_U64(kept_cap, <=, SK_BUF_KEEP);
+        } else {
+            CHECK(c.dec.buf.data == kept);
+            CHECK_U64(c.dec.buf.cap, ==, kept_cap);
+        }
+    }
+    /* idle: a receive that times out keeps that buffer */
+    rc = sk_conn_recv(&c, sk_deadline_after(0.01), &no_intr, &fr, &err);
+    CHECK_RC(rc, SK_TIMEOUT, &err);
+    CHECK(c.dec.buf.data == kept);
+    /* a stream: 40 frames of 1,000 bytes, written before the first recv */
+    frame = calloc(1, 1004);
+    if (frame != NULL) {
+        frame[2] = 1000 >> 8;
+        frame[3] = 1000 & 0xff;
+        for (i = 0; i < 40; i++)
+            CHECK_INT(raw_write_all(tp.p, frame, 1004, 5), ==, 0);
+        raw_readable(tp.c, 1000);
+        for (i = 0; i < 40; i++) {
+            rc = sk_conn_recv(&c, sk_deadline_after(tmax(10)), &no_intr, &fr,
+                              &err);
+            CHECK_RC(rc, SK_OK, &err);
+            if (rc != SK_OK)
+                break;
+            CHECK_U64(fr.len, ==, 1000);
+            bulk_seen |= c.rd_bulk;
+            n = c.dec.buf.cap;
+            if (n > biggest)
+                biggest = n;
+        }
+        CHECK_INT(bulk_seen, ==, 1);
+        CHECK_U64(biggest, >=, SK_READ_AHEAD);
+        /* small again: back to the small room, and the big buffer goes */
+        CHECK_INT(raw_write_all(tp.p, small, sizeof(small), 5), ==, 0);
+        rc = sk_conn_recv(&c, sk_deadline_after(tmax(10)), &no_intr, &fr, &err);
+        CHECK_RC(rc, SK_OK, &err);
+        CHECK_INT(c.rd_bulk, ==, 0);
+        rc = sk_conn_recv(&c, sk_deadline_after(0.01), &no_intr, &fr, &err);
+        CHECK_RC(rc, SK_TIMEOUT, &err);
+        CHECK_U64(c.dec.buf.cap, <=, SK_BUF_KEEP);
+    }
+    free(frame);
+    sk_conn_release(&c);
+    tpair_close(&tp);
+}
+
 /* Idle connections hold little memory (buf.h): after a big frame was
  * received and the connection waits again, the read buffer is released;
  * after a cut send is flushed, c->out is released too. */
