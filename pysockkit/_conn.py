@@ -527,6 +527,17 @@ def connect(
                         "connection has no lifecycle events")
     timeout = check_timeout(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
+    conn = _dial(addr, deadline, framing or _DEFAULT_FRAMING, heartbeat, keepalive)
+    if write_behind:
+        conn.write_behind = True
+    return conn
+
+
+def _dial(addr: AddressLike, deadline: Optional[float], framing: "Framing[Any]",
+          heartbeat: Optional[Heartbeat], keepalive: Optional[Keepalive]) -> "Connection[Any]":
+    """A connection to the first of addr's addresses that accepts before
+    the monotonic deadline (None: no deadline); the last address's error
+    if none does.  (connect and call; the timeout is checked already.)"""
     last: Optional[BaseException] = None
     for fam, host, port in resolve(addr):
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -537,9 +548,7 @@ def connect(
         except OSError as exc:
             last = exc
             continue
-        conn: Connection[Any] = Connection(fd, framing or _DEFAULT_FRAMING, heartbeat, keepalive)
-        conn.write_behind = write_behind
-        return conn
+        return Connection(fd, framing, heartbeat, keepalive)
     assert last is not None
     raise last
 
@@ -564,7 +573,7 @@ def call(
     """
     timeout = check_timeout(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
-    conn = connect(addr, timeout, framing)
+    conn = _dial(addr, deadline, framing or _DEFAULT_FRAMING, None, None)
     try:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         return conn.request(data, left)

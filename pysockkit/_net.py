@@ -38,6 +38,7 @@ import functools
 import math
 import numbers
 import operator
+import re
 import socket
 from collections.abc import Sequence
 
@@ -109,11 +110,14 @@ def _port(value: Any, name: str, text: Any, from_text: bool = False) -> int:
     return port
 
 
+_SPACE = re.compile(r"\s")
+
+
 def _host(host: str, name: str, value: Any) -> str:
     if "%" in host:
         raise ValueError(f"{name}: {value!r}: IPv6 scope ids ('%zone') are not supported; "
                          "use a global or loopback address")
-    if any(c.isspace() for c in host):
+    if _SPACE.search(host):  # \s is str.isspace() (Py_UNICODE_ISSPACE)
         raise ValueError(f"{name}: host {host!r} contains white space; expected {FORMS}")
     return host
 
@@ -226,7 +230,10 @@ def check_timeout(value: Any, name: str = "timeout", *,
         if allow_none:
             return None
         raise TypeError(f"{name} must be {forms} >= 0, not None")
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    # int and float first: the numbers.Real check goes through the ABC
+    # machinery (~1 us, and short connections check a timeout or two each)
+    if type(value) is not float and type(value) is not int and (
+            isinstance(value, bool) or not isinstance(value, numbers.Real)):
         raise TypeError(f"{name} must be {forms} >= 0, not {type(value).__name__}")
     t = float(value)
     if math.isnan(t) or t < 0:
@@ -254,6 +261,15 @@ def _numeric(host: str) -> Optional[int]:
     return None
 
 
+@functools.lru_cache(maxsize=256)
+def _resolve_pair(host: str, port: int, name: str) -> Optional[tuple[int, str, int]]:
+    """``(family, host, port)`` for a checked (host, port) whose host is
+    numeric, None for a name (which :func:`resolve` looks up each time)."""
+    host, port = parse_address((host, port), name=name)
+    fam = _numeric(host)
+    return None if fam is None else (fam, host, port)
+
+
 def resolve(addr: Any, name: str = "addr") -> list[tuple[int, str, int]]:
     """``[(family, numeric host, port)]`` for a user-given address (checked
     by :func:`parse_address`, errors naming the argument *name*); a numeric
@@ -265,6 +281,14 @@ def resolve(addr: Any, name: str = "addr") -> list[tuple[int, str, int]]:
         >>> resolve(("127.0.0.1", 80)), resolve("[::1]:80")
         ([(2, '127.0.0.1', 80)], [(10, '::1', 80)])
     """
+    if type(addr) is tuple and len(addr) == 2 and type(addr[0]) is str \
+            and type(addr[1]) is int:
+        # the common case, (numeric host, port), cached: its checks and
+        # inet_pton cost ~10,000 instructions, paid by every short connection
+        # (a name or a bad value is not cached: lru_cache keeps no exception)
+        found = _resolve_pair(addr[0], addr[1], name)
+        if found is not None:
+            return [found]
     host, port = parse_address(addr, name=name)
     fam = _numeric(host)
     if fam is not None:

@@ -21,7 +21,7 @@ import pytest
 
 import pysockkit as sk
 from pysockkit import aio, simplex
-from pysockkit._net import check_timeout, format_address, parse_address
+from pysockkit._net import check_timeout, format_address, parse_address, resolve
 from pysockkit.testing import assert_frames, assert_state
 from helpers import STEP_TIMEOUT, scaled
 
@@ -112,6 +112,30 @@ def test_refused_forms_name_the_argument(value: Any, exc: type[Exception], words
     if exc is TypeError or "range" not in words:
         # what the caller should write instead (or the bracketed form)
         assert FORMS in msg or "'[" in msg or "scope" in msg or "white" in msg, msg
+
+
+@pytest.mark.parametrize("pair", [
+    ("127.0.0.1", 80), ("::1", 9000), ("", 1), ("[::1]", 80), ("localhost", 80),
+    ("127.0.0.1", 70000), ("127.0.0.1", -1), ("fe80::1%lo", 80), ("local host", 80),
+    ("127.0.0.1 ", 80), ("127.0.0.1\u2003", 80), ("127.0.0.1", True), (b"127.0.0.1", 80),
+])
+def test_resolve_fast_path_agrees_with_the_checked_path(pair: tuple[Any, Any]) -> None:
+    """resolve() caches a (str, int) tuple's result; a list takes the
+    uncached path: the two give the same answer or the same error, twice
+    over (the second call comes from the cache)."""
+    def outcome(value: Any) -> Any:
+        try:
+            return resolve(value)
+        except (TypeError, ValueError, sk.Error) as exc:
+            return type(exc), str(exc)
+
+    slow = outcome(list(pair))
+    if isinstance(slow, tuple):  # the message shows the value given
+        slow = slow[0], slow[1].replace(repr(list(pair)), repr(pair))
+    assert outcome(pair) == slow
+    assert outcome(pair) == slow
+    if isinstance(slow, list):
+        assert resolve(pair) is not resolve(pair)  # a new list each time
 
 
 def test_default_host_fills_only_an_empty_host() -> None:
@@ -298,9 +322,13 @@ def test_the_timeout_rule() -> None:
     for bad in (-1, -0.001, float("nan"), -math.inf):
         with pytest.raises(ValueError, match=r"^timeout must be None \(wait forever\) or a number"):
             check_timeout(bad)
-    for bad in ("1", True, b"1", [1]):
+    for bad in ("1", True, False, b"1", [1]):
         with pytest.raises(TypeError, match="^timeout must be"):
             check_timeout(bad)
+    # int and float take a fast path; other Reals the checked one
+    import fractions
+    assert check_timeout(fractions.Fraction(1, 2)) == 0.5
+    assert type(check_timeout(3)) is float
     with pytest.raises(TypeError, match="^settle must be a number of seconds >= 0, not None"):
         check_timeout(None, "settle", allow_none=False)
 
