@@ -91,6 +91,8 @@ typedef struct sk_corr {
     void **vals;
     size_t cap;           /* power of two, or 0 before the first add */
     size_t used;          /* slots holding a key */
+    size_t peak;          /* most keys held since the last shrink check */
+    size_t erases;        /* erases since then (a check every cap erases) */
     /* deadline min-heap of pending promises (their p->deadline nodes) */
     sk_heap heap;
     /* ids of expired requests, oldest first (a ring) */

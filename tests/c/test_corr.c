@@ -437,7 +437,41 @@ TEST(corr_many_requests_grow_shrink_and_take_all)
     CHECK(all.n == n && t.pending == 0 && t.heap.len == 0);
     for (q = all.head; q != NULL; q = q->next)
         CHECK(sk_promise_state(q) == SK_P_PENDING && !sk_heap_contains(&q->deadline));
+    /* the burst is over: light traffic (one request at a time) shrinks the
+     * table back, one halving per `cap` erases; a steady pipeline of 100
+     * keeps its size (no rebuild as the table drains between bursts) */
+    for (i = 0; i < 4 * 32768 && t.cap > 256; i++) {
+        q = mkp();
+        if (q == NULL)
+            break;
+        CHECK(sk_corr_add(&t, q, SK_NO_DEADLINE, &err) == SK_OK);
+        CHECK(sk_corr_reply(&t, q->id, "x", 1) == q);
+        freep(q);
+    }
     CHECK(t.cap <= 256); /* shrunk back */
+    CHECK(i <= 2 * 32768);  /* within the sum of the halvings' windows */
+    {
+        sk_promise *w[100];
+        size_t cap0 = 0, round, k, rebuilt = 0;
+
+        for (round = 0; round < 50; round++) {
+            for (k = 0; k < 100; k++) {
+                w[k] = mkp();
+                CHECK(w[k] != NULL &&
+                      sk_corr_add(&t, w[k], SK_NO_DEADLINE, &err) == SK_OK);
+            }
+            if (round == 1)
+                cap0 = t.cap;
+            rebuilt += round > 1 && t.cap != cap0;
+            for (k = 0; k < 100; k++) {
+                CHECK(sk_corr_reply(&t, w[k]->id, "x", 1) == w[k]);
+                freep(w[k]);
+            }
+            rebuilt += round > 1 && t.cap != cap0;
+        }
+        CHECK(cap0 >= 256);
+        CHECK(rebuilt == 0);
+    }
     for (i = 0; i < N; i++)
         freep(p[i]);
     free(p);
