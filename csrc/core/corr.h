@@ -29,7 +29,8 @@
  * Python references with the GIL).
  *
  * Locking: the table has one mutex, `mu`; every function below except
- * init/free must be called with it held.  No allocation on the reply path
+ * init/free must be called with it held, or by an owner that serialises
+ * every access itself (the binding's CorrelationBook: the GIL).  No allocation on the reply path
  * except for payloads longer than SK_PROMISE_INLINE; no Python; no
  * syscalls.
  */
