@@ -3,7 +3,8 @@
 Usage:  python contenders.py IMPL server SCENARIO COUNT        (prints "READY <port>")
         python contenders.py IMPL client SCENARIO COUNT PORT
 
-IMPL      sk | sk-wb (sk client with write_behind=True) | stdlib | asyncio | zmq
+IMPL      sk | sk-wb (sk client with write_behind=True) | sk-serve (server:
+          sk.serve(workers=0); client: sk) | stdlib | asyncio | zmq
 SCENARIO  stream64-per | stream64-batch | stream1m | rtt64 | shortconn
           (stream*: the server receives and measures, the client sends;
            rtt64 / shortconn: the server echoes, the client measures)
@@ -782,8 +783,31 @@ def sk_wb_client(scen: str, count: int, port: int) -> None:
     sk_client(scen, count, port, write_behind=True)
 
 
+def sk_serve_server(scen: str, count: int) -> None:
+    """sk.serve(workers=0) echoing (the C reactor, handler on its thread):
+    rtt64 (one client) and shortconn (count clients, one exchange each).
+    Ends when the clients it expects have closed."""
+    sk = sk_mod()
+    if scen not in ("rtt64", "shortconn"):
+        raise SystemExit(f"sk-serve: no server for {scen}")
+    expect = count if scen == "shortconn" else 1
+    srv = sk.serve((HOST, 0), framing=sk_framing(sk), workers=0, backlog=1024)
+    try:
+        ready(srv.address[1])
+        while True:
+            ex = srv.exits
+            if ex.closed + ex.reset >= expect:
+                break
+            time.sleep(0.005)
+        if srv.errors:
+            bad(f"server errors {srv.errors[:3]!r}", 0)
+    finally:
+        srv.close()
+
+
 IMPLS = {
     "sk": (sk_server, sk_client),
+    "sk-serve": (sk_serve_server, sk_client),
     "sk-wb": (sk_server, sk_wb_client),
     "stdlib": (stdlib_server, stdlib_client),
     "asyncio": (aio_server, aio_client),
@@ -800,7 +824,7 @@ def main(argv: list[str]) -> int:
         print("COUNT must be >= 2", file=sys.stderr)
         return 64
     signal.alarm(ALARM_S)  # default action: terminate
-    if impl in ("sk", "sk-wb"):
+    if impl in ("sk", "sk-wb", "sk-serve"):
         try:
             sk_mod()
         except Exception as e:  # noqa: BLE001

@@ -287,6 +287,13 @@ class ExitBook:
         with self._lock:
             self.served += n
 
+    def handled_alone(self, n: int) -> None:
+        """handled(), for a server whose one handler thread is the only one
+        that counts (sk.serve with workers 0 or 1): no lock, readers see
+        the old or the new count (a lock per batch was ~5 % of a
+        one-message batch's cost)."""
+        self.served += n
+
     def handler_error(self, exc: BaseException, peer: str, correlated: bool) -> None:
         """The message handler raised: log it and keep it in errors (a
         plain request's connection then ends as handler_error, see

@@ -198,6 +198,7 @@ class Server(ServerRecords):
         self._threads: set[threading.Thread] = set()  # each leaves it when done
         self._core: Optional[_core.Server] = None
         self._inline = workers == 0  # the handler thread runs the reactor's turns
+        self._one_thread = workers <= 1  # one handler thread: it alone counts served
         self._handler_failed: dict[int, BaseException] = {}  # client id -> its error
         # the order of each client's events across handler threads (which
         # take batches in order but may record them out of order): the
@@ -283,6 +284,7 @@ class Server(ServerRecords):
         assert core is not None
         handle_batch, book, max_frame = core.handle_batch, self._book, self._max_frame
         handler, accepts = self._handler, self._accepts
+        count = book.handled_alone if self._one_thread else book.handled
         while True:
             # the C loop of the binding: the batch's accepts (announced
             # first), the handler on each message, the bytes/None replies
@@ -294,7 +296,7 @@ class Server(ServerRecords):
             if rest:
                 handled += self._settle(rest)
             if handled:
-                book.handled(handled)
+                count(handled)
             if events:
                 self._record(events)
 

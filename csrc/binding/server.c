@@ -179,6 +179,8 @@ error:
     return py_t;
 }
 
+#define BATCH_ON_STACK 16
+
 /* What handle_batch leaves to its caller, for one message (the `why` of
  * its rest entries). */
 enum {
@@ -224,27 +226,38 @@ PyDoc_STRVAR(Server_handle_batch_doc,
  * batch (in inline mode, while running the reactor's turns).  The loop of
  * a handler thread over one batch, in C: no tuple per message, no Python
  * loop, one sk_srv_reply for the whole batch. */
-static PyObject *Server_handle_batch(PyObject *op, PyObject *args)
+static PyObject *Server_handle_batch(PyObject *op, PyObject *const *args,
+                                     Py_ssize_t nargs, PyObject *kwnames)
 {
+    static const char *const names[] = {"handler", "max_frame", "on_events",
+                                        "timeout"};
     ServerObject *self = (ServerObject *)op;
-    PyObject *py_handler, *py_on_events, *py_timeout = Py_None;
+    PyObject *a_in[4], *py_handler, *py_on_events;
     PyObject *py_evs = NULL, *py_left = NULL, *py_rest = NULL, *py_res = NULL;
-    PyObject *py_pay, *py_reply, **replies = NULL;
+    PyObject *py_pay, *py_reply, *py_n, **replies = NULL;
+    /* a batch of up to BATCH_ON_STACK messages (a quiet server's usual
+     * one) needs no allocation for its answers */
+    PyObject *stack_replies[BATCH_ON_STACK];
+    sk_srv_answer stack_a[BATCH_ON_STACK];
     Py_ssize_t max_frame;
     sk_srv_answer *a = NULL;
     sk_srv_batch *b = NULL;
     size_t i, na = 0, nrep = 0, handled = 0, n;
     const unsigned char *data;
     int64_t deadline;
-    sk_srv *s;
+    sk_srv *s = NULL;
     sk_err err;
     int r;
 
-    if (!PyArg_ParseTuple(args, "OnO|O:handle_batch", &py_handler, &max_frame,
-                          &py_on_events, &py_timeout))
+    if (skpy_args("handle_batch", args, nargs, kwnames, names, 3, 4, a_in) < 0)
+        goto done;
+    py_handler = a_in[0];
+    py_on_events = a_in[2];
+    max_frame = PyLong_AsSsize_t(a_in[1]);
+    if (max_frame == -1 && PyErr_Occurred())
         goto done;
     s = skpy_handle_get(op);
-    if (s == NULL || skpy_deadline(py_timeout, &deadline) < 0)
+    if (s == NULL || skpy_deadline(a_in[3], &deadline) < 0)
         goto done;
     Py_BEGIN_ALLOW_THREADS
     r = sk_srv_next(s, deadline, &b, &err);
@@ -270,11 +283,16 @@ static PyObject *Server_handle_batch(PyObject *op, PyObject *args)
     if (py_left == NULL)
         goto done;
     n = b != NULL ? b->nmsgs : 0;
-    a = PyMem_Calloc(n + 1, sizeof(*a));
-    replies = PyMem_Calloc(n + 1, sizeof(*replies));
-    if (a == NULL || replies == NULL) {
-        PyErr_NoMemory();
-        goto done;
+    if (n <= BATCH_ON_STACK) {
+        a = stack_a;
+        replies = stack_replies;
+    } else {
+        a = PyMem_Calloc(n, sizeof(*a));
+        replies = PyMem_Calloc(n, sizeof(*replies));
+        if (a == NULL || replies == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
     }
     data = b != NULL ? b->data.data + b->data.start : NULL;
     for (i = 0; i < n; i++) {
@@ -324,13 +342,20 @@ static PyObject *Server_handle_batch(PyObject *op, PyObject *args)
         skpy_raise(self->mod, &err, NULL);
         goto done;
     }
-    py_res = Py_BuildValue("(nOO)", (Py_ssize_t)handled, py_rest, py_left);
+    py_n = PyLong_FromSize_t(handled);
+    if (py_n != NULL) {
+        py_res = PyTuple_Pack(3, py_n, py_rest, py_left);
+        Py_DECREF(py_n);
+    }
 done:
     for (i = 0; i < nrep; i++)
         Py_DECREF(replies[i]);
-    PyMem_Free(replies);
-    PyMem_Free(a);
-    sk_srv_batch_free(b);
+    if (replies != stack_replies)
+        PyMem_Free(replies);
+    if (a != stack_a)
+        PyMem_Free(a);
+    if (b != NULL)
+        sk_srv_batch_done(s, b);
     Py_XDECREF(py_evs);
     Py_XDECREF(py_left);
     Py_XDECREF(py_rest);
@@ -575,7 +600,8 @@ static PyObject *Server_stop(PyObject *op, PyObject *Py_UNUSED(ignored))
 }
 
 static PyMethodDef Server_methods[] = {
-    {"handle_batch", Server_handle_batch, METH_VARARGS, Server_handle_batch_doc},
+    {"handle_batch", (PyCFunction)(void (*)(void))Server_handle_batch,
+     METH_FASTCALL | METH_KEYWORDS, Server_handle_batch_doc},
     {"reply_batch", Server_reply_batch, METH_O, Server_reply_batch_doc},
     {"forget", Server_forget, METH_O, Server_forget_doc},
     {"peer", Server_peer, METH_O, Server_peer_doc},

@@ -174,6 +174,13 @@ int sk_srv_next(sk_srv *s, int64_t deadline, sk_srv_batch **out, sk_err *err);
 /* Contract: free a batch taken with sk_srv_next. */
 void sk_srv_batch_free(sk_srv_batch *b);
 
+/* Storage a given-back batch keeps per array (bytes). */
+#define SK_SRV_BATCH_KEEP (64 * 1024)
+
+/* Contract: any thread; give back a batch taken with sk_srv_next instead
+ * of freeing it: the server reuses it (see server.c). */
+void sk_srv_batch_done(sk_srv *s, sk_srv_batch *b);
+
 /* Contract: hand n answers to the reactor (payloads are copied).  Answers
  * to clients that ended are dropped.  SK_OK, or SK_ERR (out of memory:
  * nothing queued). */

@@ -135,7 +135,7 @@ static void collect(sk_srv *s, got *g, size_t msgs, size_t events)
             }
             g->events[g->nevents++] = b->events[i];
         }
-        sk_srv_batch_free(b);
+        sk_srv_batch_done(s, b); /* reused by a later turn */
     }
     CHECK_U64(g->nmsgs, ==, msgs);
     CHECK_U64(g->nevents, ==, events);
@@ -231,6 +231,62 @@ TEST(server_replies_leave_in_request_order)
     for (i = 0; i < 100 && sk_srv_ports(s, NULL, 0) > 0; i++)
         sleep_ms(10);
     CHECK_U64(sk_srv_ports(s, NULL, 0), ==, 0);
+    sk_srv_stop(s);
+    sk_srv_free(s);
+    close(ls);
+}
+
+/* Take the next batch that holds a message (events-only batches are
+ * given back), or NULL after the bound. */
+static sk_srv_batch *next_with_a_message(sk_srv *s)
+{
+    int64_t end = real_now_ns() + (int64_t)(tmax(5.0) * 1e9);
+    sk_srv_batch *b = NULL;
+    sk_err err;
+
+    while (real_now_ns() < end) {
+        if (sk_srv_next(s, sk_now_ns() + 100000000LL, &b, &err) != SK_OK)
+            continue;
+        if (b->nmsgs > 0)
+            break;
+        sk_srv_batch_done(s, b);
+        b = NULL;
+    }
+    CHECK(b != NULL);
+    return b;
+}
+
+/* A batch given back with sk_srv_batch_done is the next turn's batch:
+ * same storage, none of its old messages or events. */
+TEST(server_reuses_a_given_back_batch)
+{
+    int port, ls = listener(&port), c, i;
+    sk_srv *s = start(ls, 0, 0, 0);
+    sk_srv_batch *b1, *b2;
+    const char *words[2] = {"first", "second"};
+
+    c = client(port);
+    CHECK(c >= 0);
+    put_frame(c, words[0]);
+    b1 = next_with_a_message(s);
+    if (b1 != NULL) {
+        CHECK_U64(b1->nmsgs, ==, 1);
+        sk_srv_batch_done(s, b1);
+        for (i = 1; i < 2; i++) {
+            put_frame(c, words[i]);
+            b2 = next_with_a_message(s);
+            if (b2 == NULL)
+                break;
+            CHECK(b2 == b1);
+            CHECK_U64(b2->nmsgs, ==, 1);
+            CHECK_U64(b2->nevents, ==, 0);
+            CHECK_U64(b2->msgs[0].len, ==, strlen(words[i]));
+            CHECK_MEM(b2->data.data + b2->data.start + b2->msgs[0].off, words[i],
+                      strlen(words[i]));
+            sk_srv_batch_done(s, b2);
+        }
+    }
+    close(c);
     sk_srv_stop(s);
     sk_srv_free(s);
     close(ls);
