@@ -30,9 +30,9 @@
  *
  * Locking: the table has one mutex, `mu`; every function below except
  * init/free must be called with it held, or by an owner that serialises
- * every access itself (the binding's CorrelationBook: the GIL).  No allocation on the reply path
- * except for payloads longer than SK_PROMISE_INLINE; no Python; no
- * syscalls.
+ * every access itself (the binding's CorrelationBook: the GIL).  No
+ * allocation on the reply path except for payloads longer than
+ * SK_PROMISE_INLINE; no Python; no syscalls.
  */
 #ifndef SK_CORR_H
 #define SK_CORR_H
@@ -93,7 +93,7 @@ typedef struct sk_corr {
     size_t cap;           /* power of two, or 0 before the first add */
     size_t used;          /* slots holding a key */
     size_t peak;          /* most keys held since the last shrink check */
-    size_t erases;        /* erases since then (a check every cap erases) */
+    size_t erases;        /* erases since then (a check every cap/4) */
     /* deadline min-heap of pending promises (their p->deadline nodes) */
     sk_heap heap;
     /* ids of expired requests, oldest first (a ring) */
