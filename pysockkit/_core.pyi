@@ -196,6 +196,9 @@ class CorrelationBook:
         """The next request id (1, 2, 3, ...), pending until settled, expired
         or forgotten; deadline None: never expires.  In-order books: call in
         the order the requests go on the wire."""
+    def add(self, future: Any, /) -> int:
+        """register() with no deadline, and futures[id] = future (one call:
+        the hot path of a pipelined client); the caller pops what settles."""
     def settle(self, reply_id: int, /) -> int:
         """Correlated books: a reply with reply_id as on the wire (ID_REPLY /
         ID_ERROR bits allowed).  CORR_DELIVER (its request was pending and is
@@ -226,6 +229,12 @@ class CorrelationBook:
         EXPIRED_KEEP): its reply would be CORR_LATE."""
     @property
     def pending(self) -> int: ...
+    @property
+    def issued(self) -> int:
+        """Requests registered (register() and add()) and not unsent."""
+    @property
+    def futures(self) -> dict[int, Any]:
+        """The dict id -> future that add() writes."""
     @property
     def owed(self) -> int:
         """In-order books: replies still to come (pending, or timed out /

@@ -37,6 +37,53 @@ def test_each_reply_is_delivered_once_and_the_rest_is_counted() -> None:
                           "late": 1, "duplicate": 1, "unknown": 2}
 
 
+def test_add_keeps_the_future_and_issued_counts_what_went_out() -> None:
+    book = _core.CorrelationBook()
+    futs = [object(), object(), object()]
+    ids = [book.add(f) for f in futs]
+    assert ids == [1, 2, 3] and book.pending == 3
+    assert book.futures == dict(zip(ids, futs))
+    assert book.futures is book.futures                # one dict, the caller pops from it
+    rid = book.register(deadline=5.0)                  # register() counts too
+    assert book.issued == 4 and rid not in book.futures
+    assert book.unsend(rid) and book.issued == 3       # never sent: not a request
+    assert not book.unsend(rid) and book.issued == 3   # once
+    assert book.forget(ids[0]) and book.issued == 3    # cancelled: it was issued
+    assert book.settle(ids[1] | REPLY) == DELIVER and book.issued == 3
+    # the book writes futures in add() only: settling leaves popping to the caller
+    assert set(book.futures) == set(ids)
+    with pytest.raises(TypeError):
+        book.add()  # type: ignore[call-arg]
+
+
+def test_an_in_order_book_gives_an_added_and_unsent_id_back() -> None:
+    book = _core.CorrelationBook(in_order=True)
+    a = book.add("first")
+    b = book.add("second")
+    assert book.unsend(b) and book.issued == 1
+    assert book.add("again") == b                      # the id is given back
+    assert book.futures == {a: "first", b: "again"}
+
+
+def test_a_book_in_a_cycle_through_its_futures_is_collected() -> None:
+    import gc
+    import types
+    import weakref
+
+    class Node(types.SimpleNamespace):  # weakly referable
+        pass
+
+    # owner -> book -> futures -> fut -> owner: the cycle of an aio
+    # connection whose pending future's callback leads back to it
+    owner = Node(book=_core.CorrelationBook())
+    fut = Node(owner=owner)
+    owner.book.add(fut)
+    owner_gone, fut_gone = weakref.ref(owner), weakref.ref(fut)
+    del owner, fut
+    gc.collect()
+    assert owner_gone() is None and fut_gone() is None
+
+
 def test_requests_expire_in_deadline_order_and_their_replies_are_late() -> None:
     book = _core.CorrelationBook()
     ids = [book.register(d) for d in (5.0, 1.0, None, 3.0, 1.0)]

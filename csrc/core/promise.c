@@ -13,13 +13,21 @@
 #include "clock.h"
 #include "sys.h"
 
-/* Contract: no allocation. */
+/* Contract: no allocation.  Every field but the inline payload room is
+ * set (that is written before it is read: len is 0); clearing the whole
+ * promise was ~70 instructions per aio request. */
 void sk_promise_init(sk_promise *p)
 {
-    memset(p, 0, sizeof(*p));
+    p->state = 0;
+    p->prev = 0;
+    p->fail = 0;
+    p->id = 0;
+    p->late_mark = 0;
     sk_heap_node_init(&p->deadline);
     p->deadline.key = SK_NO_DEADLINE;
+    p->next = NULL;
     p->data = p->small;
+    p->len = 0;
 }
 
 /* Contract: frees what sk_promise_set_payload allocated. */

@@ -34,8 +34,9 @@ _NONE = _core.CORR_NONE
 class Correlation:
     """The requests of one connection (see the module docstring).
 
-    ``book`` is the C correlation book; ``pending`` maps a request id to
-    its future and ``timeouts`` to its timeout (requests with one).
+    ``book`` is the C correlation book; ``pending`` (the book's
+    ``futures`` dict, which ``book.add`` fills) maps a request id to its
+    future and ``timeouts`` to its timeout (requests with one).
     *on_replies* runs after a read resolved replies (the connection
     flushes behind the tasks they wake).
 
@@ -46,8 +47,8 @@ class Correlation:
         others = corr.route(frames)        # the frames that are not replies
     """
 
-    __slots__ = ("loop", "correlated", "on_replies", "book", "pending", "timeouts", "timer",
-                 "timer_at", "issued")
+    __slots__ = ("loop", "correlated", "on_replies", "book", "add", "pending", "timeouts",
+                 "timer", "timer_at")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, correlated: bool,
                  on_replies: Callable[[], None]) -> None:
@@ -55,26 +56,26 @@ class Correlation:
         self.correlated = correlated
         self.on_replies = on_replies
         self.book = _core.CorrelationBook(in_order=not correlated)
-        self.pending: dict[int, asyncio.Future[bytes]] = {}
+        # add(fut) -> id: a request with no timeout, its future in pending
+        # (the hot path: one C call)
+        self.add: Callable[[asyncio.Future[bytes]], int] = self.book.add
+        self.pending: dict[int, asyncio.Future[bytes]] = self.book.futures
         self.timeouts: dict[int, float] = {}
         self.timer: Optional[asyncio.TimerHandle] = None
         self.timer_at = math.inf
-        self.issued = 0  # requests registered and not given back (stats: requests)
 
     def register(self, fut: "asyncio.Future[bytes]", timeout: Optional[float]) -> int:
         """A new request and its future; returns its id.  Call it in the
         order the requests go on the wire (plain framing matches by
         position)."""
         if timeout is None:
-            rid: int = self.book.register()
-        else:
-            deadline = self.loop.time() + timeout
-            rid = self.book.register(deadline)
-            self.timeouts[rid] = timeout
-            if deadline < self.timer_at:
-                self._arm(deadline)
+            return self.add(fut)
+        deadline = self.loop.time() + timeout
+        rid: int = self.book.register(deadline)
+        self.timeouts[rid] = timeout
+        if deadline < self.timer_at:
+            self._arm(deadline)
         self.pending[rid] = fut
-        self.issued += 1
         return rid
 
     def unsend(self, rid: int) -> None:
@@ -82,7 +83,6 @@ class Correlation:
         self.book.unsend(rid)
         self.pending.pop(rid, None)
         self.timeouts.pop(rid, None)
-        self.issued -= 1
 
     # ------------------------------------------------------------ replies
 
@@ -152,7 +152,8 @@ class Correlation:
             self.timer.cancel()
             self.timer, self.timer_at = None, math.inf
         if self.pending:
-            pending, self.pending = self.pending, {}
+            pending = dict(self.pending)  # self.pending is the book's: emptied, kept
+            self.pending.clear()
             self.timeouts.clear()
             for rid, fut in pending.items():
                 self.book.forget(rid)
@@ -172,7 +173,7 @@ class Correlation:
     def stats(self) -> dict[str, int]:
         """The book's counters, with the names of sk.RequestStats."""
         b = self.book.stats
-        return {"requests": self.issued, "pending": len(self.pending), "owed": self.owed(),
+        return {"requests": self.book.issued, "pending": len(self.pending), "owed": self.owed(),
                 "replies": b["replies"], "errors": b["remote_errors"],
                 "timeouts": b["timeouts"], "late": b["late"], "duplicate": b["duplicate"],
                 "unknown": b["unknown"]}

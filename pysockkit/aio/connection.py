@@ -289,16 +289,19 @@ class Connection(Endpoint[M]):
         corr = self._book
         if self._corr and timeout is None:
             # _queue_request's correlated path inlined: the hot path of a
-            # pipelined client (one Python call less per request)
-            fut: asyncio.Future[bytes] = self._new_future()
-            rid = corr.book.register()
+            # pipelined client (one Python call less per request).  The
+            # callables kept in slots are loaded into locals before the
+            # call: `self._x()` compiles to LOAD_METHOD, which CPython 3.11
+            # cannot specialise for a slot (~100 instructions each time),
+            # `x = self._x` to a specialised LOAD_ATTR_SLOT.
+            new_future, add, encode = self._new_future, corr.add, self._encode
+            fut: asyncio.Future[bytes] = new_future()
+            rid = add(fut)
             try:
-                frame = self._encode(data, rid)
+                frame = encode(data, rid)
             except BaseException:  # too large, not bytes-like: nothing went out
-                corr.book.unsend(rid)
+                corr.unsend(rid)
                 raise
-            corr.pending[rid] = fut
-            corr.issued += 1
             w.buf.append(frame)
             w.nbytes += len(frame)
             if w.nbytes >= w.flush_at or not w.scheduled:
@@ -349,12 +352,7 @@ class Connection(Endpoint[M]):
             frame = self._encode(data)
             rid = corr.register(fut, timeout)
         else:
-            if timeout is None:  # Correlation.register inlined: the hot path of a busy client
-                rid = corr.book.register()
-                corr.pending[rid] = fut
-                corr.issued += 1
-            else:
-                rid = corr.register(fut, timeout)
+            rid = corr.add(fut) if timeout is None else corr.register(fut, timeout)
             try:
                 frame = self._encode(data, rid)
             except BaseException:  # too large, not bytes-like: nothing went out
