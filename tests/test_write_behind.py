@@ -83,6 +83,34 @@ def fill_until_timeout(conn: Any, size: int, limit: int = 200_000) -> tuple[list
     raise AssertionError(f"{limit} sends of {size} bytes to a peer that reads nothing all returned")
 
 
+def stuck_queue(client: Any) -> list[bytes]:
+    """Fill the write-behind queue of ``client`` (whose peer reads nothing)
+    until it cannot drain into the kernel; returns the frames sent.
+
+    A peer that reads nothing still takes bytes for a while on loopback:
+    the kernel collapses its receive queue into fewer buffers and opens the
+    window again (measured: a queue of 46 KB drained in 0.3 s; a close given
+    1 s, and once a recv given 0.2 s, found the queue written).  So fill
+    until the peer advertises a zero window with nothing in flight - from
+    then on no byte moves until it reads (its window opens only when data
+    arrives or the application reads, and zero-window probes carry no data)
+    - and check that a flush cannot empty the queue either."""
+    sent: list[bytes] = []
+
+    def window_closed() -> bool:
+        info = sk.tcp_info(client)
+        return info.snd_wnd_bytes == 0 and info.unacked_segs == 0
+
+    for _ in range(20):
+        sent += fill_until_timeout(client, FILL)[0]
+        assert wait_until(window_closed, timeout=scaled(30), interval=0.02), sk.tcp_info(client)
+        try:
+            client.flush(timeout=scaled(0.5))
+        except sk.Timeout:
+            return sent
+    raise AssertionError("the queue always drained into a peer that reads nothing")
+
+
 def test_the_option_is_off_by_default_and_can_be_switched(pair) -> None:
     client, peer = pair
     assert client.write_behind is True
@@ -227,7 +255,7 @@ def test_a_send_that_times_out_takes_nothing_and_tears_nothing(raw_pair) -> None
 
 def test_recv_that_cannot_write_the_queue_times_out_and_keeps_it(raw_pair) -> None:
     client, raw = raw_pair
-    sent, _ = fill_until_timeout(client, FILL)
+    sent = stuck_queue(client)
     queued = client.unsent
     with pytest.raises(sk.Timeout, match="write_behind"):
         client.recv(timeout=0.2)
@@ -241,28 +269,7 @@ def test_recv_that_cannot_write_the_queue_times_out_and_keeps_it(raw_pair) -> No
 
 def test_close_gives_up_on_a_peer_that_reads_nothing_and_says_so(raw_pair) -> None:
     client, raw = raw_pair
-    # A peer that reads nothing still takes bytes for a while on loopback:
-    # the kernel collapses its receive queue into fewer buffers and opens
-    # the window again (measured: a queue of 46 KB drained in 0.3 s, and a
-    # close given 1 s once found nothing left to give up on).  So fill until
-    # the peer advertises a zero window with nothing in flight - from then
-    # on no byte moves until it reads (its window opens only when data
-    # arrives or the application reads, and zero-window probes carry no
-    # data) - and a flush cannot empty the queue into the kernel either.
-    for _ in range(20):
-        fill_until_timeout(client, FILL)
-
-        def window_closed() -> bool:
-            info = sk.tcp_info(client)
-            return info.snd_wnd_bytes == 0 and info.unacked_segs == 0
-
-        assert wait_until(window_closed, timeout=scaled(30), interval=0.02), sk.tcp_info(client)
-        try:
-            client.flush(timeout=scaled(0.5))
-        except sk.Timeout:
-            break
-    else:
-        raise AssertionError("the queue always drained into a peer that reads nothing")
+    stuck_queue(client)
     assert client.unsent > 0
     with pytest.raises(sk.Timeout, match="discarded"):
         client.close()
