@@ -294,8 +294,14 @@ static PyObject *Book_add(PyObject *op, PyObject *fut)
     PyObject *py_res = NULL;
     sk_promise *p = NULL;
 
-    if (book_check(self) < 0 || self->futures == NULL)
+    if (book_check(self) < 0)
         goto error;
+    if (self->futures == NULL) { /* cleared by the collector */
+        PyErr_SetString(PyExc_RuntimeError,
+                        "CorrelationBook.add: the book is being collected "
+                        "(its futures were cleared)");
+        goto error;
+    }
     py_res = book_add(self, SK_NO_DEADLINE, &p);
     if (py_res != NULL && PyDict_SetItem(self->futures, py_res, fut) < 0) {
         /* nothing stays registered: the id is given back */
