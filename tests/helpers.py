@@ -236,8 +236,8 @@ def wait_until(pred: Callable[[], bool], timeout: float = scaled(5.0), interval:
 # numbers of the syscalls a pysockkit call sleeps in, by architecture
 _WAIT_SYSCALLS = {
     "x86_64": {"7": "poll", "271": "ppoll", "202": "futex", "232": "epoll_wait",
-               "281": "epoll_pwait"},
-    "aarch64": {"73": "ppoll", "98": "futex", "22": "epoll_pwait"},
+               "281": "epoll_pwait", "45": "recvfrom"},
+    "aarch64": {"73": "ppoll", "98": "futex", "22": "epoll_pwait", "207": "recvfrom"},
 }
 
 
@@ -277,11 +277,17 @@ def wait_sleeping_in(proc_task: str, names: Iterable[str], timeout: float = STEP
         raise AssertionError(f"{proc_task} does not sleep in {sorted(wanted)} after {timeout} s")
 
 
-def wait_blocked_in_poll(thread: threading.Thread, timeout: float = STEP_TIMEOUT) -> None:
-    """Wait until ``thread`` sleeps in poll()/ppoll(): a pysockkit call that
-    holds its lock and waits for the socket."""
+# the syscalls a pysockkit call sleeps in while it waits for its socket:
+# poll, or recv on a socket made blocking (a receive with 20 ms or more to
+# wait, csrc/core/io.c sk_conn_wait_fill)
+SOCKET_WAITS = ("poll", "ppoll", "recvfrom")
+
+
+def wait_blocked_on_socket(thread: threading.Thread, timeout: float = STEP_TIMEOUT) -> None:
+    """Wait until ``thread`` sleeps in one of SOCKET_WAITS: a pysockkit call
+    that holds its lock and waits for the socket."""
     assert thread.native_id is not None, "thread not started"
-    wait_sleeping_in(f"/proc/self/task/{thread.native_id}", ("poll", "ppoll"), timeout)
+    wait_sleeping_in(f"/proc/self/task/{thread.native_id}", SOCKET_WAITS, timeout)
 
 
 # ----------------------------------------------------------------- system

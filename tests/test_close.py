@@ -11,7 +11,7 @@ import time
 import pytest
 
 import pysockkit as sk
-from helpers import STEP_TIMEOUT, recv_all, scaled, start_thread, wait_blocked_in_poll
+from helpers import STEP_TIMEOUT, recv_all, scaled, start_thread, wait_blocked_on_socket
 
 
 # ------------------------------------------------------------- half-close
@@ -220,7 +220,7 @@ def _blocked_call(conn: sk.Connection, op: str):
 def test_close_from_another_thread_wakes_a_blocked_call(conn_to_raw, op, how):
     conn, raw = conn_to_raw(rcvbuf=4096)  # raw never reads: a send blocks
     t = start_thread(_blocked_call, conn, op, name=f"blocked-{op}")
-    wait_blocked_in_poll(t)  # the call really waits on the socket
+    wait_blocked_on_socket(t)  # the call really waits on the socket
     assert t.is_alive(), f"{op} did not block"
     t_close = time.monotonic()
     getattr(conn, how)()
@@ -237,7 +237,7 @@ def test_close_from_another_thread_wakes_a_blocked_call(conn_to_raw, op, how):
 def test_listener_close_from_another_thread_wakes_accept(listener):
     lst = listener()
     t = start_thread(_blocked_accept, lst, name="blocked-accept")
-    wait_blocked_in_poll(t)
+    wait_blocked_on_socket(t)
     t_close = time.monotonic()
     lst.close()
     result, t_end = t.join_result(timeout=scaled(2.0))

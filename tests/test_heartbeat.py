@@ -21,7 +21,7 @@ from typing import Optional
 import pytest
 
 import pysockkit as sk
-from helpers import child_env, scaled, wait_blocked_in_poll, wait_until
+from helpers import child_env, scaled, wait_blocked_on_socket, wait_until
 
 PEER = str(Path(__file__).with_name("hb_peer.py"))
 # The peer is declared dead after TIMEOUT of silence: 4 intervals at scale 1,
@@ -124,7 +124,7 @@ def test_sigkill_is_detected_at_once(hb_listener: sk.Listener) -> None:
 
         t = threading.Thread(target=blocked_recv)
         t.start()
-        wait_blocked_in_poll(t)
+        wait_blocked_on_socket(t)
         t0 = time.monotonic()
         peer.proc.kill()
         t.join(scaled(5))

@@ -26,7 +26,7 @@ import pytest
 
 import sigint_tail_child as tail
 from helpers import (Spawned, child_env, decode_stream, recv_all, recv_exact, scaled,
-                     wait_sleeping_in, waiting_call)
+                     wait_sleeping_in, waiting_call, SOCKET_WAITS)
 
 CHILD = r"""
 import signal, socket, sys, time
@@ -190,8 +190,9 @@ def interrupt(child: Child) -> tuple[float, float, str, str]:
     if line != "ready":
         out, err = child.finish()
         pytest.fail(f"child did not get ready: {line!r} {out!r} {err[-2000:]}")
-    # the blocking call has started: the child sleeps in poll (a future: futex)
-    wait_sleeping_in(f"/proc/{child.proc.pid}", ("poll", "ppoll", "futex"))
+    # the blocking call has started: the child sleeps in poll or a blocking
+    # recv (a future: futex)
+    wait_sleeping_in(f"/proc/{child.proc.pid}", SOCKET_WAITS + ("futex",))
     assert child.proc.poll() is None, "the child returned instead of blocking"
     t_sig = time.monotonic()
     os.kill(child.proc.pid, signal.SIGINT)
@@ -244,7 +245,7 @@ def test_signal_handler_that_does_not_raise_keeps_waiting(spawn):
     child = spawn("usr1")  # it waits in recv(timeout=1.0)
     assert child.readline(timeout=scaled(20.0)) == "ready"
     for _ in range(3):  # one at a time: each handled (it prints "hit") before the next
-        wait_sleeping_in(f"/proc/{child.proc.pid}", ("poll", "ppoll"))
+        wait_sleeping_in(f"/proc/{child.proc.pid}", SOCKET_WAITS)
         os.kill(child.proc.pid, signal.SIGUSR1)
         assert child.readline(timeout=scaled(1.0)) == "hit"
     out, err = child.finish()

@@ -12,7 +12,7 @@ import time
 import pytest
 
 import pysockkit as sk
-from helpers import STEP_TIMEOUT, recv_frame, scaled, start_thread, wait_blocked_in_poll, wait_until
+from helpers import STEP_TIMEOUT, recv_frame, scaled, start_thread, wait_blocked_on_socket, wait_until
 
 _TAG = struct.Struct(">BI")  # thread id, sequence number
 
@@ -241,7 +241,7 @@ def test_timeout_waiting_for_the_send_lock_reports_nothing_sent(conn_to_raw, op)
     conn, raw = conn_to_raw(rcvbuf=4096)
     big = make_frame(1, 0, 8 << 20)
     stuck = start_thread(conn.send, big, scaled(1.0), name="stuck-sender")
-    wait_blocked_in_poll(stuck)  # it holds the send lock, waiting for room
+    wait_blocked_on_socket(stuck)  # it holds the send lock, waiting for room
     assert stuck.is_alive()
     with pytest.raises(sk.Timeout) as ei:
         if op == "send":

@@ -18,7 +18,7 @@ from helpers import (
     scaled,
     settled_queues,
     start_thread,
-    wait_blocked_in_poll,
+    wait_blocked_on_socket,
     wait_until,
 )
 
@@ -341,7 +341,7 @@ def test_send_timeout_before_anything_is_taken(conn_to_raw):
 def test_timeout_while_another_thread_holds_the_receive_side(conn_pair):
     cli, srv = conn_pair()
     blocked = start_thread(cli.recv, STEP_TIMEOUT, name="blocked-recv")
-    wait_blocked_in_poll(blocked)  # it holds the receive lock
+    wait_blocked_on_socket(blocked)  # it holds the receive lock
     with Elapsed() as e, pytest.raises(sk.Timeout) as ei:
         cli.recv(timeout=0.2)
     assert_is_timeout(ei.value)

@@ -61,6 +61,11 @@ typedef struct sk_conn {
                             EAGAIN syscall in request/reply traffic) */
     int rd_bulk;         /* the last recv filled SK_READ_SMALL or more:
                             read ahead SK_READ_AHEAD (see sk_conn_fill) */
+    int rd_blocking;     /* the fd was made blocking for recv to wait in
+                            (sk_conn_recv); all other I/O passes
+                            MSG_DONTWAIT */
+    int64_t rd_timeo_ns; /* the SO_RCVTIMEO set on it (0: none) */
+    int rd_waited;       /* a receive has waited before (polled) */
     sk_err rd_err;       /* sticky receive failure (reset, too large) */
     uint64_t owed;       /* replies to timed-out requests still to discard */
     uint64_t discarded;  /* frames discarded that way so far */
@@ -76,8 +81,9 @@ typedef struct sk_conn {
     int hub_slot;        /* index in that hub */
 } sk_conn;
 
-/* Set up c for fd (already non-blocking).  No allocation; the caller keeps
- * owning fd. */
+/* Set up c for fd (already non-blocking; sk_conn_recv may make it
+ * blocking, and every other read and write passes MSG_DONTWAIT).  No
+ * allocation; the caller keeps owning fd. */
 int sk_conn_init(sk_conn *c, int fd, const sk_framing *f, sk_err *err);
 
 /* Free buffers and destroy the mutexes (nobody may hold them).  Does not

@@ -218,6 +218,8 @@ static int conn_open(sk_conn *c, int fd, const sk_framing *f)
     return rc == SK_OK ? 0 : -1;
 }
 
+static int fd_flag(int fd, int cmd, int bit);
+
 /* ---- helper threads ----------------------------------------------------- */
 
 typedef struct reader_job {
@@ -247,6 +249,7 @@ typedef struct writer_job {
     size_t chunk;    /* 0: all at once */
     int gap_ms;      /* sleep between chunks */
     int rc;
+    int delay_ms;    /* sleep before the first chunk */
 } writer_job;
 
 static void *writer_main(void *arg)
@@ -255,6 +258,8 @@ static void *writer_main(void *arg)
     size_t off = 0;
 
     j->rc = 0;
+    if (j->delay_ms)
+        sleep_ms(j->delay_ms);
     while (off < j->len && j->rc == 0) {
         size_t n = j->chunk ? j->chunk : j->len;
         if (n > j->len - off)
@@ -1695,6 +1700,184 @@ TEST(recv_interrupted_by_check)
 
     for (k = 0; k < KIND_COUNT; k++)
         recv_intr_case(k);
+}
+
+typedef struct shut_job {
+    int fd;
+    int delay_ms;
+} shut_job;
+
+static void *shut_main(void *arg)
+{
+    shut_job *j = arg;
+
+    sleep_ms(j->delay_ms);
+    shutdown(j->fd, SHUT_RDWR);
+    return NULL;
+}
+
+/* A receive with 20 ms or more to wait, after the connection's first
+ * wait, waits inside recv() on a socket made blocking (sk_conn_wait_fill):
+ * the deadline still holds to the
+ * millisecond, bytes arriving mid-wait are taken, SO_RCVTIMEO is set once
+ * for a run of waits with one timeout, a check stops it within its slice,
+ * shutdown (close() from another thread) wakes it, and nothing else of the
+ * connection blocks on the now-blocking fd: a non-waiting receive and a
+ * send into a full buffer return as before. */
+/* tpair_open + conn_open: 0, or -1 with nothing left open. */
+static int conn_pair_open(int kind, tpair *tp, sk_conn *c, const sk_framing *f)
+{
+    int rc = -1;
+
+    if (tpair_open(kind, tp))
+        goto done;
+    if (conn_open(c, tp->c, f)) {
+        tpair_close(tp);
+        goto done;
+    }
+    rc = 0;
+done:
+    return rc;
+}
+
+/* Start writer_main on `len` bytes of buf to fd: after delay_ms, in
+ * chunks of `chunk` (0: at once) gap_ms apart.  0, or -1 (reported). */
+static int writer_start(pthread_t *th, writer_job *wj, int fd,
+                        const unsigned char *buf, size_t len, size_t chunk,
+                        int gap_ms, int delay_ms)
+{
+    memset(wj, 0, sizeof(*wj));
+    wj->fd = fd;
+    wj->buf = buf;
+    wj->len = len;
+    wj->chunk = chunk;
+    wj->gap_ms = gap_ms;
+    wj->delay_ms = delay_ms;
+    if (pthread_create(th, NULL, writer_main, wj) != 0) {
+        CHECK(!"pthread_create");
+        return -1;
+    }
+    return 0;
+}
+
+static void recv_blocking_case(int kind)
+{
+    sk_framing f = mkframing(4, 0, 1 << 24);
+    static const unsigned char wire[] = {0, 0, 0, 2, 'o', 'k'};
+    sk_conn c;
+    sk_frame fr;
+    sk_err err;
+    sk_iov big;
+    tpair tp;
+    writer_job wj;
+    shut_job sj;
+    pthread_t th;
+    int64_t t0, timeo;
+    double dt;
+    size_t done;
+    int rc, i;
+
+    if (conn_pair_open(kind, &tp, &c, &f))
+        return;
+    CHECK(fd_flag(tp.c, F_GETFL, O_NONBLOCK));
+    /* the first wait polls (a short connection waits once) */
+    rc = sk_conn_recv(&c, sk_deadline_after(0.05), &no_intr, &fr, &err);
+    CHECK_RC(rc, SK_TIMEOUT, &err);
+    CHECK(fd_flag(tp.c, F_GETFL, O_NONBLOCK));
+    CHECK_INT(c.rd_blocking, ==, 0);
+    /* nothing comes: the timeout, on time; the fd is now blocking */
+    t0 = sk_now_ns();
+    rc = sk_conn_recv(&c, sk_deadline_after(0.3), &no_intr, &fr, &err);
+    dt = elapsed_s(t0);
+    CHECK_RC(rc, SK_TIMEOUT, &err);
+    CHECK(dt >= 0.295);
+    CHECK(dt < tmax(0.8));
+    CHECK(!fd_flag(tp.c, F_GETFL, O_NONBLOCK));
+    CHECK_INT(c.rd_blocking, ==, 1);
+    /* a frame that comes during the wait is taken */
+    if (writer_start(&th, &wj, tp.p, wire, sizeof(wire), 3, 30, 50))
+        goto out;
+    t0 = sk_now_ns();
+    rc = sk_conn_recv(&c, sk_deadline_after(5), &no_intr, &fr, &err);
+    dt = elapsed_s(t0);
+    pthread_join(th, NULL);
+    CHECK_INT(wj.rc, ==, 0);
+    CHECK_RC(rc, SK_OK, &err);
+    if (rc == SK_OK)
+        CHECK(fr.len == 2 && memcmp(fr.data, "ok", 2) == 0);
+    CHECK(dt >= 0.075);
+    CHECK(dt < tmax(2));
+    /* request/reply with one timeout: SO_RCVTIMEO is not set again */
+    timeo = c.rd_timeo_ns;
+    CHECK(timeo > 0 && timeo <= 5000000000LL);
+    for (i = 0; i < 3; i++) {
+        if (writer_start(&th, &wj, tp.p, wire, sizeof(wire), 0, 0, 30))
+            goto out;
+        rc = sk_conn_recv(&c, sk_deadline_after(5), &no_intr, &fr, &err);
+        pthread_join(th, NULL);
+        CHECK_RC(rc, SK_OK, &err);
+        CHECK(c.rd_timeo_ns == timeo);
+    }
+    /* a receive that must not wait returns at once on the blocking fd */
+    t0 = sk_now_ns();
+    rc = sk_conn_recv_nowait(&c, &fr, &err);
+    CHECK_RC(rc, SK_NEED_DATA, &err);
+    CHECK(elapsed_s(t0) < tmax(0.05));
+    /* no deadline: a check with a 100 ms slice stops the wait */
+    {
+        intr_ctx x = {sk_now_ns(), 250 * 1000000LL, 0};
+        sk_intr in = {intr_check, &x, 100};
+        t0 = sk_now_ns();
+        rc = sk_conn_recv(&c, SK_NO_DEADLINE, &in, &fr, &err);
+        dt = elapsed_s(t0);
+        CHECK_RC(rc, SK_INTR, &err);
+        CHECK(dt >= 0.245);
+        CHECK(dt < tmax(0.25 + 0.1 + 0.2));
+        CHECK_INT(x.calls, >=, 2);
+    }
+    /* a send into a full buffer times out instead of blocking */
+    big.len = 8 << 20;
+    big.base = calloc(1, big.len);
+    big.has_id = 0;
+    if (big.base == NULL) {
+        CHECK(!"calloc");
+        goto out;
+    }
+    set_bufs(tp.c, 4096, 0);
+    set_bufs(tp.p, 0, 4096);
+    t0 = sk_now_ns();
+    rc = sk_conn_send(&c, &big, 1, sk_deadline_after(0.1), &no_intr, &done,
+                      &err);
+    dt = elapsed_s(t0);
+    free((void *)big.base);
+    CHECK_RC(rc, SK_TIMEOUT, &err);
+    CHECK(dt < tmax(1));
+    /* shutdown from another thread (what close() does) wakes a wait with
+     * no deadline */
+    sj.fd = tp.c;
+    sj.delay_ms = 50;
+    if (pthread_create(&th, NULL, shut_main, &sj) != 0) {
+        CHECK(!"pthread_create");
+        goto out;
+    }
+    t0 = sk_now_ns();
+    rc = sk_conn_recv(&c, SK_NO_DEADLINE, &no_intr, &fr, &err);
+    dt = elapsed_s(t0);
+    pthread_join(th, NULL);
+    CHECK_RC(rc, SK_ERR, &err);
+    CHECK(dt >= 0.045);
+    CHECK(dt < tmax(2));
+out:
+    sk_conn_release(&c);
+    tpair_close(&tp);
+}
+
+TEST(recv_waits_in_a_blocking_recv)
+{
+    int k;
+
+    for (k = 0; k < KIND_COUNT; k++)
+        recv_blocking_case(k);
 }
 
 /* Real signals: EINTR calls the check; when it says "go on", the wait
