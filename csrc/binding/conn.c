@@ -2264,7 +2264,11 @@ static PyMethodDef Conn_methods[] = {
     {"abort", Conn_abort, METH_NOARGS, Conn_abort_doc},
     {"_query", Conn_query, METH_O, Conn_query_doc},
     {"fileno", Conn_fileno, METH_NOARGS,
-     "fileno() -> int\n--\n\nThe socket's file descriptor (-1 once closed)."},
+     "fileno() -> int\n--\n\nThe socket's file descriptor (-1 once closed), for "
+     "socket options\nand tools.  Do not read or write it yourself: a receive "
+     "that waits makes it\nblocking (its deadline then lives in SO_RCVTIMEO) and "
+     "every other call of\npysockkit passes MSG_DONTWAIT (docs/ARCHITECTURE.md, "
+     "\"How a receive waits\").\n\n    >>> conn.fileno() >= 0\n    True\n"},
     {NULL, NULL, 0, NULL},
 };
 
