@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <sched.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -1283,8 +1284,21 @@ static void *sk_srv_main(void *arg)
      * that came after this turn's check (the counter holds one sum of all
      * writes), and epoll_wait would then sleep with the flag set and
      * nothing left to wake it */
-    while (!sk_srv_stopping(s))
+    /* a turn that queued a batch yields the CPU, so that a handler thread
+     * woken for it on this CPU answers now, while the batch's clients are
+     * warm in the caches.  Without it the handler waited for the end of
+     * the reactor's time slice (perf stat, server pinned to one CPU,
+     * 10,000 clients: ~550 context switches/s, ~2 ms slices) and its
+     * replies cost 1.8 us more kernel time each (7.1 against 5.3 us of
+     * CPU per request with workers=0).  bench/many.py, same runs: sk.serve
+     * 0.73x -> 0.91x the C epoll server at 10,000 clients, 0.81x -> 0.93x
+     * at 100.  A handler on another CPU: sched_yield returns at once. */
+    while (!sk_srv_stopping(s)) {
+        uint64_t before = s->st.batches;
         sk_srv_turn(s, sk_poll_ms(sk_srv_next_deadline(s), -1));
+        if (s->st.batches != before)
+            sched_yield();
+    }
     sk_srv_shutdown(s);
     return NULL;
 }
