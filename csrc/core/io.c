@@ -704,7 +704,12 @@ static int sk_conn_wait_fill(sk_conn *c, int64_t deadline, const sk_intr *intr,
     } else {
         rc = sk_conn_fill_flags(c, intr, 0, err);
         if (rc == SK_NEED_DATA) {
-            /* SO_RCVTIMEO passed: the deadline, or a periodic check */
+            /* SO_RCVTIMEO passed: the deadline, or a periodic check.  The
+             * next wait sets the fd up again: if something made it
+             * non-blocking behind our back, EAGAIN came at once, and this
+             * keeps that from turning into a busy loop */
+            c->rd_blocking = 0;
+            c->rd_timeo_ns = 0;
             if (deadline != SK_NO_DEADLINE && sk_now_ns() >= deadline)
                 rc = SK_TIMEOUT;
             else if (sk_intr_fire(intr))
