@@ -116,21 +116,14 @@ static int sk_write_all(int fd, struct iovec *iov, int niov, int64_t deadline,
     int rc = SK_OK;
 
     while (*idx < niov) {
-        /* send/sendmsg rather than write/writev: MSG_NOSIGNAL turns SIGPIPE
-         * into EPIPE for programs that did not ignore SIGPIPE (Python
-         * does); MSG_DONTWAIT because the fd may be blocking (a receiver
-         * made it so, see sk_conn_block).  One buffer (every small frame,
-         * coalesced) goes with send(): cheaper in the kernel than sendmsg's
-         * msghdr and iovec import. */
-        if (niov - *idx == 1) {
-            r = send(fd, iov[*idx].iov_base, iov[*idx].iov_len,
-                     MSG_NOSIGNAL | MSG_DONTWAIT);
-        } else {
-            memset(&mh, 0, sizeof(mh));
-            mh.msg_iov = iov + *idx;
-            mh.msg_iovlen = (size_t)(niov - *idx);
-            r = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-        }
+        memset(&mh, 0, sizeof(mh));
+        mh.msg_iov = iov + *idx;
+        mh.msg_iovlen = (size_t)(niov - *idx);
+        /* sendmsg rather than writev: MSG_NOSIGNAL turns SIGPIPE into EPIPE
+         * for programs that did not ignore SIGPIPE (Python does);
+         * MSG_DONTWAIT because the fd may be blocking (a receiver made it
+         * so, see sk_conn_block). */
+        r = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (r > 0) {
             size_t left = (size_t)r;
             *written += left;
@@ -163,7 +156,7 @@ static int sk_write_all(int fd, struct iovec *iov, int niov, int64_t deadline,
                 goto done;
             continue;
         }
-        rc = sk_err_sys(err, niov - *idx == 1 ? "send" : "sendmsg", errno);
+        rc = sk_err_sys(err, "sendmsg", errno);
         goto done;
     }
 done:
