@@ -354,9 +354,11 @@ def test_a_handler_may_close_its_server(workers: int) -> None:
     so its reply is dropped; with workers=0 the closing happens in the
     handler thread's next turn, after the reply was written."""
     holder: list[sk.Server] = []
+    ran_in: list[threading.Thread] = []
 
     def handler(payload: bytes) -> bytes:
         if payload == b"shutdown":
+            ran_in.append(threading.current_thread())
             holder[0].close()
         return payload
 
@@ -374,6 +376,13 @@ def test_a_handler_may_close_its_server(workers: int) -> None:
         tail += chunk
     assert tail == (encode(b"shutdown") if workers == 0 else b"")
     s.close()
+    # the handler's own thread records the end after close() returned: wait
+    # for that thread, not for the count alone (a thread of an earlier test
+    # still ending when `base` was taken lets the count drop early; CI saw
+    # it once, exits all 0 with the handler thread still running)
+    assert len(ran_in) == 1
+    ran_in[0].join(STEP)
+    assert not ran_in[0].is_alive()
     assert wait_until(lambda: threads_now() <= base, STEP), (base, threads_now())
     assert srv.exits.stopped == 1 and srv._listener.closed
 
