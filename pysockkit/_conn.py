@@ -369,6 +369,8 @@ class Listener(Generic[M]):
 
                 raise ConnectionClosed("this listener was closed while accept() waited") from exc
             raise
+        if self._heartbeat is None and self._keepalive is None:
+            return Connection._adopt(fd, self._framing)  # as below, in one C call
         return Connection(fd, self._framing, self._heartbeat, self._keepalive, initiator=False)
 
     def close(self) -> None:
@@ -540,14 +542,16 @@ def _dial(addr: AddressLike, deadline: Optional[float], framing: "Framing[Any]",
     if none does.  (connect and call; the timeout is checked already.)"""
     last: Optional[BaseException] = None
     for fam, host, port in resolve(addr):
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        left = None if deadline is None else deadline - time.monotonic()
         try:
-            fd = _core.connect(host, port, fam, left)
+            fd = _core.connect(host, port, fam, left if left is None or left > 0.0 else 0.0)
         except Timeout:
             raise
         except OSError as exc:
             last = exc
             continue
+        if heartbeat is None and keepalive is None:
+            return Connection._adopt(fd, framing)  # Connection(fd, framing) in one C call
         return Connection(fd, framing, heartbeat, keepalive)
     assert last is not None
     raise last
@@ -575,7 +579,7 @@ def call(
     deadline = None if timeout is None else time.monotonic() + timeout
     conn = _dial(addr, deadline, framing or _DEFAULT_FRAMING, None, None)
     try:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return conn.request(data, left)
+        left = None if deadline is None else deadline - time.monotonic()
+        return conn.request(data, left if left is None or left > 0.0 else 0.0)
     finally:
         conn.close()

@@ -1,10 +1,11 @@
 # Type stubs for the C extension pysockkit._core (csrc/binding/*.c).
 import concurrent.futures
 from collections.abc import Callable, Iterable
-from typing import Any, Optional, Union
+from typing import Any, Optional, TypeVar, Union
 
 _Buffer = Union[bytes, bytearray, memoryview]
 _Timeout = Optional[float]
+_C = TypeVar("_C", bound="Connection")
 
 class Connection:
     def __init__(
@@ -16,6 +17,8 @@ class Connection:
         control: bool = False,
         correlation: bool = False,
     ) -> None: ...
+    @classmethod
+    def _adopt(cls: type[_C], fd: int, framing: Any, /) -> _C: ...
     def _start_heartbeat(self, interval: float, timeout: float, initiator: bool, /) -> None: ...
     def _start_worker(self, dispatch: Any, /) -> None: ...
     def _stop_worker(self) -> None: ...

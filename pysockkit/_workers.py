@@ -41,6 +41,8 @@ def _listener(fam: int, host: str, port: int, backlog: int, framing: Framing[Any
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        # inherited by every accepted socket (Linux), as sk.listen's listener
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.bind((host, port))
         s.listen(backlog)
         s.setblocking(False)

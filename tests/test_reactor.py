@@ -23,7 +23,8 @@ import pytest
 
 import pysockkit as sk
 from hardening import raise_nofile
-from helpers import encode, encode_header, recv_frame, scaled, threads_now, wait_until
+from helpers import (encode, encode_header, recv_all, recv_frame, scaled, threads_now,
+                     wait_until)
 
 LOCAL = ("127.0.0.1", 0)
 STEP = scaled(5.0)
@@ -367,13 +368,7 @@ def test_a_handler_may_close_its_server(workers: int) -> None:
     holder.append(srv)
     s = raw(srv.address)
     s.sendall(encode(b"shutdown"))
-    s.settimeout(STEP)
-    tail = b""
-    while True:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        tail += chunk
+    tail = recv_all(s, STEP)
     assert tail == (encode(b"shutdown") if workers == 0 else b"")
     s.close()
     # the handler's own thread records the end after close() returned: wait

@@ -474,6 +474,110 @@ static PyObject *Conn_abort(PyObject *op, PyObject *Py_UNUSED(ignored))
     return Conn_close_impl((ConnObject *)op, 1);
 }
 
+/* Names Conn_adopt reads from an sk.Framing and the slots of
+ * pysockkit.Connection it sets (skpy_state.str_conn, in this order). */
+static const char *const skpy_conn_names[] = {
+    "header_size", "byteorder", "max_frame", "correlation",
+    "_framing", "_hb", "_duplex"};
+enum { SKPY_ADOPT_READS = 4 };
+_Static_assert(sizeof(skpy_conn_names) / sizeof(skpy_conn_names[0]) ==
+                   sizeof(((skpy_state *)0)->str_conn) / sizeof(PyObject *),
+               "one interned string per name");
+
+PyDoc_STRVAR(Conn_adopt_doc,
+"_adopt(fd, framing) -> Connection\n--\n\n"
+"What cls(fd, framing) makes for a connection without heartbeat or\n"
+"keepalive, without running the Python __init__ (Listener.accept and\n"
+"connect).  fd is owned from the call on: closed if this fails.");
+
+/* Contract: GIL held; METH_CLASS, cls is pysockkit.Connection (or a
+ * subclass): a new instance over fd with the sk.Framing `framing`, its
+ * slots _framing/_hb/_duplex set as its __init__ sets them.  fd belongs to
+ * the new object, or is closed when this fails (NULL, exception set).
+ * Measured (callgrind, bench/contenders.py shortconn server): the Python
+ * __init__ path costs ~5,900 instructions per accepted connection, ~3,500
+ * of them the Python frame and super() around Conn_init. */
+static PyObject *Conn_adopt(PyObject *cls, PyObject *const *args,
+                            Py_ssize_t nargs)
+{
+    PyObject *mod, *py_v[SKPY_ADOPT_READS] = {NULL, NULL, NULL, NULL};
+    PyObject *py_self = NULL, *py_ret = NULL;
+    ConnObject *self;
+    skpy_state *st;
+    const char *byteorder;
+    long header_size;
+    int fd = -1, correlation, i;
+    sk_framing f;
+    sk_err err;
+
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_adopt(fd, framing)");
+        goto done;
+    }
+    fd = (int)PyLong_AsLong(args[0]);
+    if (fd < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "fd must be a file descriptor >= 0");
+        fd = -1; /* nothing to close */
+        goto done;
+    }
+    mod = skpy_module_of((PyTypeObject *)cls);
+    if (mod == NULL)
+        goto done;
+    st = skpy_get_state(mod);
+    if (args[1] == st->adopt_framing) { /* the listener's or connect's usual one */
+        f = st->adopt_f;
+        goto parsed;
+    }
+    for (i = 0; i < SKPY_ADOPT_READS; i++) {
+        py_v[i] = PyObject_GetAttr(args[1], st->str_conn[i]);
+        if (py_v[i] == NULL)
+            goto done;
+    }
+    header_size = PyLong_AsLong(py_v[0]);
+    if (header_size == -1 && PyErr_Occurred())
+        goto done;
+    byteorder = PyUnicode_AsUTF8(py_v[1]);
+    correlation = PyObject_IsTrue(py_v[3]);
+    if (byteorder == NULL || correlation < 0 ||
+        skpy_framing_make(mod, (int)header_size, byteorder, py_v[2], 0,
+                          correlation, &f) < 0)
+        goto done;
+    Py_XSETREF(st->adopt_framing, Py_NewRef(args[1]));
+    st->adopt_f = f;
+parsed:
+    py_self = Conn_new((PyTypeObject *)cls, NULL, NULL);
+    if (py_self == NULL)
+        goto done;
+    self = (ConnObject *)py_self;
+    if (sk_conn_init(&self->c, fd, &f, &err) != SK_OK) {
+        skpy_raise(mod, &err, NULL);
+        goto done;
+    }
+    self->initialized = 1;
+    self->fd = fd;
+    fd = -1; /* the object's now: closed by close() or its finaliser */
+    if (PyObject_SetAttr(py_self, st->str_conn[4], args[1]) < 0 ||
+        PyObject_SetAttr(py_self, st->str_conn[5], Py_None) < 0 ||
+        PyObject_SetAttr(py_self, st->str_conn[6], Py_None) < 0) {
+        PyObject *py_t, *py_e, *py_tb;
+
+        PyErr_Fetch(&py_t, &py_e, &py_tb); /* the SetAttr error is the one raised */
+        Py_XDECREF(Conn_close_impl(self, 0));
+        PyErr_Restore(py_t, py_e, py_tb);
+        goto done;
+    }
+    py_ret = py_self;
+    py_self = NULL;
+done:
+    if (fd >= 0)
+        close(fd);
+    Py_XDECREF(py_self);
+    for (i = 0; i < SKPY_ADOPT_READS; i++)
+        Py_XDECREF(py_v[i]);
+    return py_ret;
+}
+
 /* Contract: GIL held; warns about and closes a connection the program
  * forgot to close (like socket.socket does). */
 static void Conn_finalize(PyObject *op)
@@ -2236,6 +2340,8 @@ done:
 }
 
 static PyMethodDef Conn_methods[] = {
+    {"_adopt", (PyCFunction)(void (*)(void))Conn_adopt,
+     METH_CLASS | METH_FASTCALL, Conn_adopt_doc},
     {"send", (PyCFunction)(void (*)(void))Conn_send,
      METH_FASTCALL | METH_KEYWORDS, Conn_send_doc},
     {"send_many", (PyCFunction)(void (*)(void))Conn_send_many,
@@ -2378,6 +2484,11 @@ int skpy_add_conn(PyObject *mod)
     skpy_state *st = skpy_get_state(mod);
     int rc = -1;
 
+    for (size_t i = 0; i < sizeof(st->str_conn) / sizeof(st->str_conn[0]); i++) {
+        st->str_conn[i] = PyUnicode_InternFromString(skpy_conn_names[i]);
+        if (st->str_conn[i] == NULL)
+            goto error;
+    }
     st->ConnType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &Conn_spec,
                                                             NULL);
     if (st->ConnType == NULL)

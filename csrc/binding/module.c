@@ -117,6 +117,9 @@ static int skpy_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->str_set_exception);
     Py_VISIT(st->str_done);
     Py_VISIT(st->str_cancel);
+    Py_VISIT(st->adopt_framing);
+    for (size_t i = 0; i < sizeof(st->str_conn) / sizeof(st->str_conn[0]); i++)
+        Py_VISIT(st->str_conn[i]);
     return 0;
 }
 
@@ -147,6 +150,9 @@ static int skpy_clear(PyObject *mod)
     Py_CLEAR(st->str_set_exception);
     Py_CLEAR(st->str_done);
     Py_CLEAR(st->str_cancel);
+    Py_CLEAR(st->adopt_framing);
+    for (size_t i = 0; i < sizeof(st->str_conn) / sizeof(st->str_conn[0]); i++)
+        Py_CLEAR(st->str_conn[i]);
     return 0;
 }
 

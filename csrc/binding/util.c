@@ -300,14 +300,27 @@ int skpy_framing_args(PyObject *mod, PyObject *args, PyObject *kwds,
     int header_size = 4, control = 0, correlation = 0, rc = -1;
     const char *byteorder = "big";
     PyObject *py_max = NULL;
-    unsigned long long max_frame = 16ULL << 20;
-    sk_framing g;
-    sk_err err;
 
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|isOpp", kwlist,
                                      &header_size, &byteorder, &py_max,
                                      &control, &correlation))
         goto error;
+    rc = skpy_framing_make(mod, header_size, byteorder, py_max, control,
+                           correlation, f);
+error:
+    return rc;
+}
+
+/* Contract: GIL held; see util.h. */
+int skpy_framing_make(PyObject *mod, int header_size, const char *byteorder,
+                      PyObject *py_max, int control, int correlation,
+                      sk_framing *f)
+{
+    unsigned long long max_frame = 16ULL << 20;
+    sk_framing g;
+    sk_err err;
+    int rc = -1;
+
     if (py_max != NULL && py_max != Py_None) {
         max_frame = PyLong_AsUnsignedLongLong(py_max);
         if (max_frame == (unsigned long long)-1 && PyErr_Occurred())

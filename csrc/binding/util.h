@@ -53,6 +53,12 @@ typedef struct skpy_state {
     PyObject *str_set_exception;
     PyObject *str_done;
     PyObject *str_cancel;
+    /* Connection._adopt: the attributes it reads and sets (conn.c) */
+    PyObject *str_conn[7];
+    /* Connection._adopt: the last sk.Framing it parsed, and the result
+     * (an sk.Framing is a frozen dataclass: one parse per object) */
+    PyObject *adopt_framing;
+    sk_framing adopt_f;
 } skpy_state;
 
 /* ------------------------------------------------------------ the module */
@@ -103,6 +109,13 @@ int skpy_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
  * Connection, Decoder and Encoder.  Returns 0, or -1 with an exception
  * set. */
 int skpy_framing_args(PyObject *mod, PyObject *args, PyObject *kwds,
+                      sk_framing *f);
+
+/* The checks and defaults of skpy_framing_args, from values already
+ * parsed (py_max NULL or None: the default, shrunk to what the header can
+ * carry).  Returns 0, or -1 with an exception set. */
+int skpy_framing_make(PyObject *mod, int header_size, const char *byteorder,
+                      PyObject *py_max, int control, int correlation,
                       sk_framing *f);
 
 /* ----------------------------------------------------------- addresses */

@@ -680,8 +680,8 @@ static int sk_srv_add(sk_srv *s, int fd, const struct sockaddr_storage *ss,
     long idx;
     int rc = SK_ERR;
 
-    if (sk_set_nodelay(fd, err) != SK_OK)
-        goto error;
+    /* TCP_NODELAY: inherited from the listener (sk_listen, or the
+     * SO_REUSEPORT listener of processes=N, set it) */
     if (s->cfg.keepalive &&
         sk_set_keepalive(fd, s->cfg.ka_idle_s, s->cfg.ka_interval_s,
                          s->cfg.ka_count, s->cfg.ka_user_timeout_ms,

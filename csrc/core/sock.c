@@ -81,6 +81,11 @@ int sk_listen(const struct sockaddr *sa, socklen_t len, int backlog,
         sk_err_sys(err, "setsockopt(SO_REUSEADDR)", errno);
         goto error;
     }
+    /* accepted sockets inherit TCP_NODELAY from the listener (Linux clones
+     * the listener's socket into each child): set once here, not once per
+     * accept (a setsockopt on a short connection's critical path) */
+    if (sk_set_nodelay(fd, err) != SK_OK)
+        goto error;
     if (bind(fd, sa, len) != 0) {
         sk_err_sys(err, "bind", errno);
         goto error;
@@ -105,6 +110,7 @@ int sk_connect(const struct sockaddr *sa, socklen_t len, int64_t deadline,
 {
     int fd, rc, soerr = 0;
     socklen_t sl = sizeof(soerr);
+    short rev;
 
     fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -117,10 +123,15 @@ int sk_connect(const struct sockaddr *sa, socklen_t len, int64_t deadline,
             goto error;
         }
         /* the handshake goes on in the kernel; wait for writability */
-        rc = sk_wait(fd, POLLOUT, deadline, intr, err);
+        rc = sk_wait_revents(fd, POLLOUT, deadline, intr, &rev, err);
         if (rc != SK_OK)
             goto error;
-        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0) {
+        /* POLLOUT alone means established: a TCP socket in SYN_SENT polls
+         * as nothing, a failed one as POLLERR|POLLHUP.  Only then is
+         * SO_ERROR asked for the reason (one syscall less on every
+         * connect, which on loopback has usually completed already) */
+        if ((rev & (POLLERR | POLLHUP)) &&
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0) {
             rc = sk_err_sys(err, "getsockopt(SO_ERROR)", errno);
             goto error;
         }
@@ -168,12 +179,7 @@ int sk_accept(int lfd, int64_t deadline, const sk_intr *intr, int *fd_out,
         if (rc != SK_OK)
             goto done;
     }
-    if (sk_set_nodelay(fd, err) != SK_OK) {
-        close(fd);
-        rc = SK_ERR;
-        goto done;
-    }
-    *fd_out = fd;
+    *fd_out = fd; /* TCP_NODELAY: inherited from a listener of sk_listen */
     rc = SK_OK;
 done:
     return rc;

@@ -20,7 +20,8 @@
 int sk_sockaddr(const char *host, int port, int family,
                 struct sockaddr_storage *ss, socklen_t *len, sk_err *err);
 
-/* socket + SO_REUSEADDR + bind + listen.  *fd_out receives the listener. */
+/* socket + SO_REUSEADDR + TCP_NODELAY + bind + listen.  *fd_out receives
+ * the listener; the sockets accepted on it inherit TCP_NODELAY. */
 int sk_listen(const struct sockaddr *sa, socklen_t len, int backlog,
               int *fd_out, sk_err *err);
 
@@ -31,7 +32,8 @@ int sk_connect(const struct sockaddr *sa, socklen_t len, int64_t deadline,
                const sk_intr *intr, int *fd_out, sk_err *err);
 
 /* accept4 on a listener, waiting until deadline.  The new socket is
- * non-blocking with TCP_NODELAY set. */
+ * non-blocking; it has TCP_NODELAY when the listener has it (sk_listen
+ * sets it; Linux copies it into every accepted socket). */
 int sk_accept(int lfd, int64_t deadline, const sk_intr *intr, int *fd_out,
               sk_err *err);
 

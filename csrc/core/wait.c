@@ -10,9 +10,19 @@
 int sk_wait(int fd, short events, int64_t deadline, const sk_intr *intr,
             sk_err *err)
 {
+    short revents;
+
+    return sk_wait_revents(fd, events, deadline, intr, &revents, err);
+}
+
+/* Contract: as sk_wait; *revents gets what poll() reported. */
+int sk_wait_revents(int fd, short events, int64_t deadline,
+                    const sk_intr *intr, short *revents, sk_err *err)
+{
     struct pollfd p;
     int cap = sk_intr_slice_ms(intr), n, rc;
 
+    *revents = 0;
     for (;;) {
         p.fd = fd;
         p.events = events;
@@ -23,6 +33,7 @@ int sk_wait(int fd, short events, int64_t deadline, const sk_intr *intr,
                 rc = sk_err_sys(err, "poll", EBADF);
                 goto done;
             }
+            *revents = p.revents;
             rc = SK_OK;
             goto done;
         }

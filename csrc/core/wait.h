@@ -60,4 +60,9 @@ static inline int sk_intr_fire(const sk_intr *intr)
 int sk_wait(int fd, short events, int64_t deadline, const sk_intr *intr,
             sk_err *err);
 
+/* sk_wait that also tells which events poll() reported (*revents: POLLOUT,
+ * POLLERR, POLLHUP...; 0 unless SK_OK). */
+int sk_wait_revents(int fd, short events, int64_t deadline,
+                    const sk_intr *intr, short *revents, sk_err *err);
+
 #endif /* SK_WAIT_H */

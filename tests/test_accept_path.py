@@ -1,0 +1,169 @@
+"""What Listener.accept, connect and call build, over real loopback sockets.
+
+A connection without heartbeat or keepalive is made in one C call,
+``Connection._adopt(fd, framing)``, instead of ``Connection(fd, framing)``
+and its Python ``__init__`` (the accept and connect paths of a short
+connection; bench/README.md, short-conn).  These tests hold the two to the
+same result: the same framing on the wire, the same attributes, the same
+errors.  Accepted sockets get TCP_NODELAY from their listener (set once by
+sk.listen; Linux copies it into each accepted socket), not from a
+setsockopt per accept.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import pytest
+
+import pysockkit as sk
+from pysockkit._conn import Connection
+from pysockkit._workers import _listener as reuseport_listener
+from helpers import STEP_TIMEOUT as STEP, recv_all
+
+FRAMINGS = [
+    sk.Framing(),
+    sk.Framing(header_size=2),
+    sk.Framing(header_size=8, byteorder="little"),
+    sk.Framing(max_frame=100),
+    sk.Framing(correlation=True),
+]
+
+
+def nodelay(conn: "sk.Connection") -> int:
+    """TCP_NODELAY of the connection's socket, read through a dup."""
+    s = socket.socket(fileno=os.dup(conn.fileno()))
+    try:
+        return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_accepted_and_connected_sockets_have_nodelay(host: str) -> None:
+    with sk.listen((host, 0)) as lst:
+        with sk.connect(lst.address, timeout=STEP) as cli, lst.accept(timeout=STEP) as srv:
+            assert nodelay(cli) != 0
+            assert nodelay(srv) != 0
+            # and it matters: a small frame right behind another unacknowledged one
+            # leaves at once (Nagle would hold it for the ACK of the first)
+            cli.send(b"a")
+            cli.send(b"b")
+            assert srv.recv(timeout=STEP) == b"a" and srv.recv(timeout=STEP) == b"b"
+
+
+def test_the_processes_listener_gives_nodelay_too() -> None:
+    """sk.serve(processes=N)'s SO_REUSEPORT listener sets it as sk.listen does."""
+    lst = reuseport_listener(socket.AF_INET, "127.0.0.1", 0, 16, sk.Framing(), None)
+    try:
+        with sk.connect(lst.address, timeout=STEP) as cli, lst.accept(timeout=STEP) as srv:
+            assert nodelay(srv) != 0
+            cli.send(b"x")
+            assert srv.recv(timeout=STEP) == b"x"
+    finally:
+        lst.close()
+
+
+def test_the_on_connection_server_gets_nodelay() -> None:
+    seen: list[int] = []
+
+    def on_connection(conn: "sk.Connection") -> None:
+        seen.append(nodelay(conn))
+        conn.send(conn.recv(timeout=STEP))
+
+    with sk.serve(("127.0.0.1", 0), on_connection=on_connection) as srv:
+        assert sk.call(srv.address, b"ping", timeout=STEP) == b"ping"
+    assert seen and seen[0] != 0
+
+
+def raw_bytes_of(conn_factory: str, framing: "sk.Framing", payload: bytes) -> bytes:
+    """The bytes a connection built by `conn_factory` ("adopt" or "init")
+    with `framing` puts on the wire for one frame, read by a raw socket."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+    try:
+        c = socket.create_connection(ls.getsockname(), timeout=STEP)
+        peer, _ = ls.accept()
+        fd = c.detach()
+        conn = Connection._adopt(fd, framing) if conn_factory == "adopt" else Connection(fd, framing)
+        try:
+            if framing.correlation:
+                conn.send(payload, id=7)
+            else:
+                conn.send(payload)
+            conn.close()
+            return recv_all(peer)
+        finally:
+            conn.close()
+            peer.close()
+    finally:
+        ls.close()
+
+
+@pytest.mark.parametrize("framing", FRAMINGS, ids=repr)
+def test_adopt_puts_the_same_bytes_on_the_wire_as_init(framing: "sk.Framing") -> None:
+    adopted = raw_bytes_of("adopt", framing, b"hello")
+    assert adopted == raw_bytes_of("init", framing, b"hello")
+    assert adopted.endswith(b"hello") and len(adopted) > 5
+
+
+@pytest.mark.parametrize("framing", FRAMINGS, ids=repr)
+def test_accept_and_connect_keep_the_framing(framing: "sk.Framing") -> None:
+    with sk.listen(("127.0.0.1", 0), framing=framing) as lst:
+        with sk.connect(lst.address, timeout=STEP, framing=framing) as cli, \
+                lst.accept(timeout=STEP) as srv:
+            for conn in (cli, srv):
+                assert type(conn) is Connection
+                assert conn.framing is framing
+                assert conn.heartbeat is None
+                assert conn._duplex is None  # a slot __init__ sets, read by duplex()
+            if framing.correlation:
+                cli.send(b"q", id=5)
+                assert srv.recv(timeout=STEP) == (5, b"q")
+            else:
+                cli.send(b"q")
+                assert srv.recv(timeout=STEP) == b"q"
+            # the limit is the framing's: one byte over it is refused before sending
+            with pytest.raises(sk.FrameTooLarge):
+                srv.send(b"x" * (framing.max_frame + 1))
+            srv.send(b"still usable")
+            got = cli.recv(timeout=STEP)
+            assert got == b"still usable"
+
+
+def test_call_uses_the_framing_it_is_given() -> None:
+    framing = sk.Framing(header_size=2)
+
+    def serve_one() -> None:
+        with lst.accept(timeout=STEP) as c:
+            c.send(c.recv(timeout=STEP)[::-1])
+
+    with sk.listen(("127.0.0.1", 0), framing=framing) as lst:
+        t = threading.Thread(target=serve_one)
+        t.start()
+        try:
+            assert sk.call(lst.address, b"abc", timeout=STEP, framing=framing) == b"cba"
+        finally:
+            t.join(STEP)
+    assert not t.is_alive()
+
+
+def test_adopt_refuses_bad_input_and_closes_the_fd() -> None:
+    with pytest.raises(TypeError):
+        Connection._adopt("3", sk.Framing())  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Connection._adopt(-1, sk.Framing())
+    with pytest.raises(TypeError):
+        Connection._adopt(3)  # type: ignore[call-arg]
+    a, b = socket.socketpair()
+    try:
+        fd = a.detach()
+        with pytest.raises(AttributeError):
+            Connection._adopt(fd, object())
+        with pytest.raises(OSError):  # closed by _adopt: not leaked
+            os.fstat(fd)
+    finally:
+        b.close()
