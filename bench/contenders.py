@@ -4,7 +4,9 @@ Usage:  python contenders.py IMPL server SCENARIO COUNT        (prints "READY <p
         python contenders.py IMPL client SCENARIO COUNT PORT
 
 IMPL      sk | sk-wb (sk client with write_behind=True) | sk-serve (server:
-          sk.serve(workers=0); client: sk) | stdlib | asyncio | zmq
+          sk.serve(workers=0); client: sk) | stdlib | asyncio | zmq |
+          floor (rtt64 and shortconn only: the least a CPython program does,
+          one socket call to send and one to receive, no framing)
 SCENARIO  stream64-per | stream64-batch | stream1m | rtt64 | shortconn
           (stream*: the server receives and measures, the client sends;
            rtt64 / shortconn: the server echoes, the client measures)
@@ -29,6 +31,7 @@ every stdlib call); SIGALRM is the safety net, and run.py kills us sooner.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import struct
@@ -805,6 +808,119 @@ def sk_serve_server(scen: str, count: int) -> None:
         srv.close()
 
 
+# --------------------------------------------------------------------------
+# the CPython floor: the least any CPython program can do per exchange
+
+
+FRAME64 = 4 + SMALL  # the whole 64-byte frame: header + payload
+
+
+def recv_exact(recv, n: int, i: int) -> bytes:
+    """n bytes from recv (a bound socket.recv or os.read of a blocking
+    socket): one call when they arrived together, as on loopback."""
+    d = recv(n)
+    while len(d) < n:
+        more = recv(n - len(d))
+        if not more:
+            bad("EOF inside a frame", i)
+        d += more
+    return d
+
+
+def floor_server(scen: str, count: int) -> None:
+    """rtt64 / shortconn with no framing at all: the frame is a fixed
+    FRAME64 bytes, read whole and written back, on blocking sockets with no
+    timeout (os.read/os.write on the accepted fd for shortconn: no socket
+    object per client).  Not a usable server (it trusts the length); it is
+    the floor of what a CPython server spends per message: one C call to
+    receive and one to send, through the eval loop."""
+    if scen not in ("rtt64", "shortconn"):
+        raise SystemExit(f"floor: no server for {scen}")
+    ls = stdlib_listener()
+    nodelay(ls)  # inherited by the accepted sockets
+    ready(ls.getsockname()[1])
+    if scen == "shortconn":
+        acc, read, write, close = ls._accept, os.read, os.write, os.close
+        for i in range(count):
+            fd, _ = acc()
+            try:
+                d = recv_exact(lambda n, fd=fd: read(fd, n), FRAME64, i)
+                write(fd, d)
+            finally:
+                close(fd)
+        ls.close()
+        return
+    conn, _ = ls.accept()
+    ls.close()
+    recv, send = conn.recv, conn.send
+    try:
+        while True:
+            d = recv(FRAME64)
+            if not d:
+                break
+            if len(d) < FRAME64:
+                d += recv_exact(recv, FRAME64 - len(d), 0)
+            send(d)
+    finally:
+        conn.close()
+
+
+def floor_client(scen: str, count: int, port: int) -> None:
+    """The floor's client: socket.send of the prebuilt frame, one recv of
+    FRAME64 bytes, compared whole (shortconn: a _socket.socket per call,
+    no Python socket class)."""
+    if scen not in ("rtt64", "shortconn"):
+        raise SystemExit(f"floor: no client for {scen}")
+    frames = [HDR.pack(SMALL) + p for p in small_ring()]
+    addr = (HOST, port)
+    warm = warmup_of(count)
+    if scen == "shortconn":
+        import _socket
+
+        sock, tcp, nd = _socket.socket, socket.IPPROTO_TCP, socket.TCP_NODELAY
+        t0 = now()
+        for i in range(count):
+            if i == warm:
+                t0 = now()
+            f = frames[i & MASK64]
+            s = sock()
+            try:
+                s.setsockopt(tcp, nd, 1)
+                s.connect(addr)
+                s.send(f)
+                if recv_exact(s.recv, FRAME64, i) != f:
+                    bad("reply differs from request", i)
+            finally:
+                s.close()
+        t1 = now()
+        result(count=count - warm, elapsed_s=(t1 - t0) / 1e9)
+        return
+    s = socket.create_connection(addr)
+    nodelay(s)
+    send, recv = s.send, s.recv
+    lat = []
+    t_start = now()
+    try:
+        for i in range(count):
+            f = frames[i & MASK64]
+            if i == warm:
+                t_start = now()
+            t0 = now()
+            send(f)
+            r = recv(FRAME64)
+            t1 = now()
+            if r != f:
+                if len(r) < FRAME64:
+                    r += recv_exact(recv, FRAME64 - len(r), i)
+                if r != f:
+                    bad("reply differs from request", i)
+            if i >= warm:
+                lat.append(t1 - t0)
+        latency_result(lat, now() - t_start)
+    finally:
+        s.close()
+
+
 IMPLS = {
     "sk": (sk_server, sk_client),
     "sk-serve": (sk_serve_server, sk_client),
@@ -812,6 +928,7 @@ IMPLS = {
     "stdlib": (stdlib_server, stdlib_client),
     "asyncio": (aio_server, aio_client),
     "zmq": (zmq_server, zmq_client),
+    "floor": (floor_server, floor_client),
 }
 
 
