@@ -539,20 +539,25 @@ def _dial(addr: AddressLike, deadline: Optional[float], framing: "Framing[Any]",
           heartbeat: Optional[Heartbeat], keepalive: Optional[Keepalive]) -> "Connection[Any]":
     """A connection to the first of addr's addresses that accepts before
     the monotonic deadline (None: no deadline); the last address's error
-    if none does.  (connect and call; the timeout is checked already.)"""
+    if none does.  (connect; the timeout is checked already.)"""
+    fd = _dial_fd(addr, deadline)
+    if heartbeat is None and keepalive is None:
+        return Connection._adopt(fd, framing)  # Connection(fd, framing) in one C call
+    return Connection(fd, framing, heartbeat, keepalive)
+
+
+def _dial_fd(addr: AddressLike, deadline: Optional[float]) -> int:
+    """The connected socket of _dial: the first of addr's addresses that
+    accepts before the deadline; the last address's error if none does."""
     last: Optional[BaseException] = None
     for fam, host, port in resolve(addr):
         left = None if deadline is None else deadline - time.monotonic()
         try:
-            fd = _core.connect(host, port, fam, left if left is None or left > 0.0 else 0.0)
+            return _core.connect(host, port, fam, left if left is None or left > 0.0 else 0.0)
         except Timeout:
             raise
         except OSError as exc:
             last = exc
-            continue
-        if heartbeat is None and keepalive is None:
-            return Connection._adopt(fd, framing)  # Connection(fd, framing) in one C call
-        return Connection(fd, framing, heartbeat, keepalive)
     assert last is not None
     raise last
 
@@ -577,9 +582,9 @@ def call(
     """
     timeout = check_timeout(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
-    conn = _dial(addr, deadline, framing or _DEFAULT_FRAMING, None, None)
-    try:
-        left = None if deadline is None else deadline - time.monotonic()
-        return conn.request(data, left if left is None or left > 0.0 else 0.0)
-    finally:
-        conn.close()
+    fd = _dial_fd(addr, deadline)
+    left = None if deadline is None else deadline - time.monotonic()
+    # what Connection(fd, framing).request(data, left) then close() do, in
+    # one C call with no Connection object; fd is closed by it in any case
+    return _core.exchange(fd, data, left if left is None or left > 0.0 else 0.0,
+                          framing or _DEFAULT_FRAMING)

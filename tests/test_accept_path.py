@@ -5,9 +5,11 @@ A connection without heartbeat or keepalive is made in one C call,
 and its Python ``__init__`` (the accept and connect paths of a short
 connection; bench/README.md, short-conn).  These tests hold the two to the
 same result: the same framing on the wire, the same attributes, the same
-errors.  Accepted sockets get TCP_NODELAY from their listener (set once by
-sk.listen; Linux copies it into each accepted socket), not from a
-setsockopt per accept.
+errors.  sk.call makes no Connection at all: ``_core.exchange(fd, data,
+timeout, framing)`` sends, receives and closes on a C connection of its
+own, and must behave as ``request`` then ``close`` did.  Accepted sockets
+get TCP_NODELAY from their listener (set once by sk.listen; Linux copies
+it into each accepted socket), not from a setsockopt per accept.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
+from typing import Callable
 
 import pytest
 
 import pysockkit as sk
+from pysockkit import _core
 from pysockkit._conn import Connection
 from pysockkit._workers import _listener as reuseport_listener
 from helpers import STEP_TIMEOUT as STEP, recv_all
@@ -167,3 +172,102 @@ def test_adopt_refuses_bad_input_and_closes_the_fd() -> None:
             os.fstat(fd)
     finally:
         b.close()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def one_shot_server(framing: "sk.Framing", answer: "Callable[[sk.Connection], None]"):
+    """A listener and a thread that accepts one client and runs answer."""
+    lst = sk.listen(("127.0.0.1", 0), framing=framing)
+
+    def serve() -> None:
+        with lst.accept(timeout=STEP) as c:
+            answer(c)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    return lst, t
+
+
+@pytest.mark.parametrize("framing", FRAMINGS, ids=repr)
+def test_call_answers_as_request_did(framing: "sk.Framing") -> None:
+    """The reply as Connection.recv gives it: bytes, or (id, payload) for a
+    correlated reply frame on a correlation framing."""
+    def answer(c: "sk.Connection") -> None:
+        got = c.recv(timeout=STEP)
+        if framing.correlation:
+            assert got == b"ask"  # call sends a plain frame
+            c.send(b"plain")
+            return
+        c.send(bytes(got)[::-1])
+
+    lst, t = one_shot_server(framing, answer)
+    try:
+        want = b"plain" if framing.correlation else b"ksa"
+        assert sk.call(lst.address, memoryview(b"ask"), timeout=STEP, framing=framing) == want
+    finally:
+        t.join(STEP)
+        lst.close()
+
+
+def test_call_with_a_correlated_reply_returns_the_pair() -> None:
+    framing = sk.Framing(correlation=True)
+    lst, t = one_shot_server(framing, lambda c: (c.recv(timeout=STEP), c.send(b"r", id=9)))
+    try:
+        assert sk.call(lst.address, b"q", timeout=STEP, framing=framing) == (9, b"r")
+    finally:
+        t.join(STEP)
+        lst.close()
+
+
+def test_call_failures_leak_no_fd_and_name_call() -> None:
+    framing = sk.Framing(max_frame=100)
+    base = open_fds()
+    # too large: refused before a byte is sent, the connection closed
+    lst, t = one_shot_server(framing, lambda c: pytest.raises(sk.ConnectionClosed, c.recv,
+                                                                timeout=STEP))
+    try:
+        with pytest.raises(sk.FrameTooLarge):
+            sk.call(lst.address, b"x" * 101, timeout=STEP, framing=framing)
+    finally:
+        t.join(STEP)
+        lst.close()
+    assert not t.is_alive()
+    # no reply in time: Timeout naming call and what became of the request
+    holder: list[bytes] = []
+    lst, t = one_shot_server(framing, lambda c: (holder.append(c.recv(timeout=STEP)),
+                                                 time.sleep(0.3)))
+    try:
+        with pytest.raises(sk.Timeout, match=r"^call: timed out .*the request was sent"):
+            sk.call(lst.address, b"hello", timeout=0.1, framing=framing)
+    finally:
+        t.join(STEP)
+        lst.close()
+    assert holder == [b"hello"]
+    # not a buffer: TypeError, with the socket closed
+    lst, t = one_shot_server(framing, lambda c: pytest.raises(sk.ConnectionClosed, c.recv,
+                                                                timeout=STEP))
+    try:
+        with pytest.raises(TypeError):
+            sk.call(lst.address, "text", timeout=STEP, framing=framing)  # type: ignore[arg-type]
+    finally:
+        t.join(STEP)
+        lst.close()
+    assert open_fds() == base
+
+
+def test_exchange_closes_its_fd_on_bad_arguments() -> None:
+    for bad in ((b"x", None, object()), ("text", None, sk.Framing()), (b"x", -1.0, sk.Framing())):
+        a, b = socket.socketpair()
+        fd = a.detach()
+        try:
+            with pytest.raises((AttributeError, TypeError, ValueError)):
+                _core.exchange(fd, *bad)
+            with pytest.raises(OSError):  # closed by exchange: not leaked
+                os.fstat(fd)
+        finally:
+            b.close()
+    with pytest.raises(ValueError):
+        _core.exchange(-1, b"x", None, sk.Framing())

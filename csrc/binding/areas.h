@@ -32,5 +32,6 @@ int skpy_add_reply(PyObject *mod);    /* reply.c: resolve_replies, ... */
 int skpy_add_capture(PyObject *mod);  /* capture.c: Capture */
 int skpy_add_server(PyObject *mod);   /* server.c: Server, END_* */
 int skpy_add_nfq(PyObject *mod);      /* nfq.c: NfQueue, NFQ_MAX_LIMIT */
+int skpy_add_call(PyObject *mod);     /* call.c: exchange (sk.call) */
 
 #endif /* SK_BINDING_AREAS_H */

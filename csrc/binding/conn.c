@@ -109,17 +109,6 @@ static void skpy_conn_free_requests(ConnObject *self);
 
 /* --------------------------------------------------------------- errors */
 
-/* Raise Timeout for operation `op`.  `what` says what was kept. */
-static PyObject *skpy_timeout(PyObject *mod, const char *op, PyObject *timeout,
-                              const char *what)
-{
-    skpy_state *st = skpy_get_state(mod);
-
-    PyErr_Format(st->Timeout, "%s: timed out after %R s; %s", op,
-                 timeout ? timeout : Py_None, what);
-    return NULL;
-}
-
 /* Contract: GIL held; raises ConnectionClosed (or the error of a close
  * in progress) and returns NULL. */
 static PyObject *skpy_closed(ConnObject *self)
@@ -132,29 +121,14 @@ static PyObject *skpy_closed(ConnObject *self)
     return NULL;
 }
 
-/* Map a core result (not SK_OK) to an exception.  SK_INTR: a signal handler
- * already raised (KeyboardInterrupt...).  ETIMEDOUT from the socket is the
- * kernel's verdict (keepalive, TCP_USER_TIMEOUT, retransmissions), not our
- * deadline: a plain sk.Error that says the connection is dead.  GIL held.
- * Returns NULL. */
+/* skpy_fail_as for a connection: woken by our own close() (SK_ERR while
+ * closing) is ConnectionClosed.  GIL held.  Returns NULL. */
 static PyObject *skpy_fail(ConnObject *self, int rc, const sk_err *err,
                            const char *op, PyObject *timeout, const char *what)
 {
     if (self->closing && rc == SK_ERR)
-        skpy_closed(self); /* woken by our own close, not the peer */
-    else if (rc == SK_TIMEOUT)
-        skpy_timeout(self->mod, op, timeout, what);
-    else if (rc == SK_INTR) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_InterruptedError, "interrupted by a signal");
-    } else if (err->code == SK_E_SYS && err->sys_errno == ETIMEDOUT)
-        skpy_raise(self->mod, err,
-                   "the kernel gave up on the peer (keepalive probes, "
-                   "TCP_USER_TIMEOUT or retransmissions went unanswered): "
-                   "this connection is dead, open a new one");
-    else
-        skpy_raise(self->mod, err, NULL);
-    return NULL;
+        return skpy_closed(self); /* woken by our own close, not the peer */
+    return skpy_fail_as(self->mod, rc, err, op, timeout, what);
 }
 
 
@@ -474,15 +448,12 @@ static PyObject *Conn_abort(PyObject *op, PyObject *Py_UNUSED(ignored))
     return Conn_close_impl((ConnObject *)op, 1);
 }
 
-/* Names Conn_adopt reads from an sk.Framing and the slots of
- * pysockkit.Connection it sets (skpy_state.str_conn, in this order). */
-static const char *const skpy_conn_names[] = {
-    "header_size", "byteorder", "max_frame", "correlation",
-    "_framing", "_hb", "_duplex"};
-enum { SKPY_ADOPT_READS = 4 };
-_Static_assert(sizeof(skpy_conn_names) / sizeof(skpy_conn_names[0]) ==
-                   sizeof(((skpy_state *)0)->str_conn) / sizeof(PyObject *),
-               "one interned string per name");
+/* The slots of pysockkit.Connection that Conn_adopt sets, as its __init__
+ * does (skpy_state.str_slots, in this order). */
+static const char *const skpy_slot_names[] = {"_framing", "_hb", "_duplex"};
+_Static_assert(sizeof(skpy_slot_names) / sizeof(skpy_slot_names[0]) ==
+                   sizeof(((skpy_state *)0)->str_slots) / sizeof(PyObject *),
+               "one interned string per slot");
 
 PyDoc_STRVAR(Conn_adopt_doc,
 "_adopt(fd, framing) -> Connection\n--\n\n"
@@ -500,13 +471,10 @@ PyDoc_STRVAR(Conn_adopt_doc,
 static PyObject *Conn_adopt(PyObject *cls, PyObject *const *args,
                             Py_ssize_t nargs)
 {
-    PyObject *mod, *py_v[SKPY_ADOPT_READS] = {NULL, NULL, NULL, NULL};
-    PyObject *py_self = NULL, *py_ret = NULL;
+    PyObject *mod, *py_self = NULL, *py_ret = NULL;
     ConnObject *self;
     skpy_state *st;
-    const char *byteorder;
-    long header_size;
-    int fd = -1, correlation, i;
+    int fd = -1;
     sk_framing f;
     sk_err err;
 
@@ -514,38 +482,14 @@ static PyObject *Conn_adopt(PyObject *cls, PyObject *const *args,
         PyErr_SetString(PyExc_TypeError, "_adopt(fd, framing)");
         goto done;
     }
-    fd = (int)PyLong_AsLong(args[0]);
-    if (fd < 0) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "fd must be a file descriptor >= 0");
-        fd = -1; /* nothing to close */
-        goto done;
-    }
+    if (skpy_fd_arg(args[0], &fd) < 0)
+        goto done; /* fd is -1: nothing to close */
     mod = skpy_module_of((PyTypeObject *)cls);
     if (mod == NULL)
         goto done;
     st = skpy_get_state(mod);
-    if (args[1] == st->adopt_framing) { /* the listener's or connect's usual one */
-        f = st->adopt_f;
-        goto parsed;
-    }
-    for (i = 0; i < SKPY_ADOPT_READS; i++) {
-        py_v[i] = PyObject_GetAttr(args[1], st->str_conn[i]);
-        if (py_v[i] == NULL)
-            goto done;
-    }
-    header_size = PyLong_AsLong(py_v[0]);
-    if (header_size == -1 && PyErr_Occurred())
+    if (skpy_framing_of(mod, args[1], &f) < 0)
         goto done;
-    byteorder = PyUnicode_AsUTF8(py_v[1]);
-    correlation = PyObject_IsTrue(py_v[3]);
-    if (byteorder == NULL || correlation < 0 ||
-        skpy_framing_make(mod, (int)header_size, byteorder, py_v[2], 0,
-                          correlation, &f) < 0)
-        goto done;
-    Py_XSETREF(st->adopt_framing, Py_NewRef(args[1]));
-    st->adopt_f = f;
-parsed:
     py_self = Conn_new((PyTypeObject *)cls, NULL, NULL);
     if (py_self == NULL)
         goto done;
@@ -557,9 +501,9 @@ parsed:
     self->initialized = 1;
     self->fd = fd;
     fd = -1; /* the object's now: closed by close() or its finaliser */
-    if (PyObject_SetAttr(py_self, st->str_conn[4], args[1]) < 0 ||
-        PyObject_SetAttr(py_self, st->str_conn[5], Py_None) < 0 ||
-        PyObject_SetAttr(py_self, st->str_conn[6], Py_None) < 0) {
+    if (PyObject_SetAttr(py_self, st->str_slots[0], args[1]) < 0 ||
+        PyObject_SetAttr(py_self, st->str_slots[1], Py_None) < 0 ||
+        PyObject_SetAttr(py_self, st->str_slots[2], Py_None) < 0) {
         PyObject *py_t, *py_e, *py_tb;
 
         PyErr_Fetch(&py_t, &py_e, &py_tb); /* the SetAttr error is the one raised */
@@ -573,8 +517,6 @@ done:
     if (fd >= 0)
         close(fd);
     Py_XDECREF(py_self);
-    for (i = 0; i < SKPY_ADOPT_READS; i++)
-        Py_XDECREF(py_v[i]);
     return py_ret;
 }
 
@@ -2484,11 +2426,13 @@ int skpy_add_conn(PyObject *mod)
     skpy_state *st = skpy_get_state(mod);
     int rc = -1;
 
-    for (size_t i = 0; i < sizeof(st->str_conn) / sizeof(st->str_conn[0]); i++) {
-        st->str_conn[i] = PyUnicode_InternFromString(skpy_conn_names[i]);
-        if (st->str_conn[i] == NULL)
+    for (size_t i = 0; i < sizeof(st->str_slots) / sizeof(st->str_slots[0]); i++) {
+        st->str_slots[i] = PyUnicode_InternFromString(skpy_slot_names[i]);
+        if (st->str_slots[i] == NULL)
             goto error;
     }
+    if (skpy_framing_init(mod) < 0)
+        goto error;
     st->ConnType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &Conn_spec,
                                                             NULL);
     if (st->ConnType == NULL)

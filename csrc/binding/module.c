@@ -85,6 +85,8 @@ static int skpy_exec(PyObject *mod)
         goto error;
     if (skpy_add_nfq(mod) < 0)
         goto error;
+    if (skpy_add_call(mod) < 0)
+        goto error;
     rc = 0;
 error:
     return rc;
@@ -117,9 +119,11 @@ static int skpy_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->str_set_exception);
     Py_VISIT(st->str_done);
     Py_VISIT(st->str_cancel);
-    Py_VISIT(st->adopt_framing);
-    for (size_t i = 0; i < sizeof(st->str_conn) / sizeof(st->str_conn[0]); i++)
-        Py_VISIT(st->str_conn[i]);
+    Py_VISIT(st->framing_last);
+    for (size_t i = 0; i < sizeof(st->str_slots) / sizeof(st->str_slots[0]); i++)
+        Py_VISIT(st->str_slots[i]);
+    for (size_t i = 0; i < sizeof(st->str_framing) / sizeof(st->str_framing[0]); i++)
+        Py_VISIT(st->str_framing[i]);
     return 0;
 }
 
@@ -150,9 +154,11 @@ static int skpy_clear(PyObject *mod)
     Py_CLEAR(st->str_set_exception);
     Py_CLEAR(st->str_done);
     Py_CLEAR(st->str_cancel);
-    Py_CLEAR(st->adopt_framing);
-    for (size_t i = 0; i < sizeof(st->str_conn) / sizeof(st->str_conn[0]); i++)
-        Py_CLEAR(st->str_conn[i]);
+    Py_CLEAR(st->framing_last);
+    for (size_t i = 0; i < sizeof(st->str_slots) / sizeof(st->str_slots[0]); i++)
+        Py_CLEAR(st->str_slots[i]);
+    for (size_t i = 0; i < sizeof(st->str_framing) / sizeof(st->str_framing[0]); i++)
+        Py_CLEAR(st->str_framing[i]);
     return 0;
 }
 

@@ -61,13 +61,6 @@ done:
     return;
 }
 
-/* Contract: GIL held.  An fd argument as an int; -1 with an exception set
- * when it is not one (a real fd is never -1 here: the call fails anyway). */
-static int skpy_fd_arg(PyObject *py_fd)
-{
-    return (int)PyLong_AsLong(py_fd);
-}
-
 PyDoc_STRVAR(skpy_listen_doc,
 "listen(host, port, family=None, backlog=128) -> int\n--\n\n"
 "Create a non-blocking listening socket (SO_REUSEADDR) on a numeric\n"
@@ -181,8 +174,7 @@ static PyObject *skpy_accept(PyObject *mod, PyObject *const *args,
 
     if (skpy_args("accept", args, nargs, kwnames, names, 1, 2, a) < 0)
         goto error;
-    lfd = skpy_fd_arg(a[0]);
-    if (lfd == -1 && PyErr_Occurred())
+    if (skpy_fd_arg(a[0], &lfd) < 0)
         goto error;
     if (skpy_deadline(a[1], &deadline) < 0)
         goto error;
@@ -212,8 +204,7 @@ static PyObject *skpy_name(PyObject *py_fd, int peer)
     PyObject *py_res = NULL;
     int fd;
 
-    fd = skpy_fd_arg(py_fd);
-    if (fd == -1 && PyErr_Occurred())
+    if (skpy_fd_arg(py_fd, &fd) < 0)
         goto error;
     py_res = skpy_fd_name(fd, peer);
 error:
@@ -242,8 +233,7 @@ static PyObject *skpy_close_fd(PyObject *mod, PyObject *py_fd)
     int fd;
 
     (void)mod;
-    fd = skpy_fd_arg(py_fd);
-    if (fd == -1 && PyErr_Occurred())
+    if (skpy_fd_arg(py_fd, &fd) < 0)
         goto error;
     if (close(fd) != 0 && errno != EINTR) {
         skpy_oserror("close");
@@ -285,8 +275,7 @@ static PyObject *skpy_shutdown_fd(PyObject *mod, PyObject *py_fd)
     int fd;
 
     (void)mod;
-    fd = skpy_fd_arg(py_fd);
-    if (fd == -1 && PyErr_Occurred())
+    if (skpy_fd_arg(py_fd, &fd) < 0)
         goto error;
     /* ENOTCONN (a listener on some kernels) is not an error here */
     if (shutdown(fd, SHUT_RDWR) != 0 && errno != ENOTCONN) {

@@ -565,3 +565,117 @@ PyObject *skpy_handle_call_nogil(PyObject *op, void (*fn)(void *handle))
 done:
     return py_res;
 }
+
+/* ----------------------------------------------------- framing objects */
+
+static const char *const skpy_framing_names[] = {
+    "header_size", "byteorder", "max_frame", "correlation"};
+_Static_assert(sizeof(skpy_framing_names) / sizeof(skpy_framing_names[0]) ==
+                   sizeof(((skpy_state *)0)->str_framing) / sizeof(PyObject *),
+               "one interned string per attribute");
+
+/* Contract: GIL held; see util.h. */
+int skpy_framing_init(PyObject *mod)
+{
+    skpy_state *st = skpy_get_state(mod);
+    size_t i;
+    int rc = 0;
+
+    for (i = 0; i < sizeof(st->str_framing) / sizeof(st->str_framing[0]); i++) {
+        st->str_framing[i] = PyUnicode_InternFromString(skpy_framing_names[i]);
+        if (st->str_framing[i] == NULL) {
+            rc = -1;
+            break;
+        }
+    }
+    return rc;
+}
+
+/* Contract: GIL held; see util.h.  *f is filled only on success. */
+int skpy_framing_of(PyObject *mod, PyObject *framing, sk_framing *f)
+{
+    skpy_state *st = skpy_get_state(mod);
+    PyObject *py_v[4] = {NULL, NULL, NULL, NULL};
+    const char *byteorder;
+    long header_size;
+    int correlation, i, rc = -1;
+    sk_framing g;
+
+    if (framing == st->framing_last) { /* held: its id cannot be reused */
+        *f = st->framing_last_f;
+        rc = 0;
+        goto done;
+    }
+    for (i = 0; i < 4; i++) {
+        py_v[i] = PyObject_GetAttr(framing, st->str_framing[i]);
+        if (py_v[i] == NULL)
+            goto done;
+    }
+    header_size = PyLong_AsLong(py_v[0]);
+    if (header_size == -1 && PyErr_Occurred())
+        goto done;
+    byteorder = PyUnicode_AsUTF8(py_v[1]);
+    correlation = PyObject_IsTrue(py_v[3]);
+    if (byteorder == NULL || correlation < 0 ||
+        skpy_framing_make(mod, (int)header_size, byteorder, py_v[2], 0,
+                          correlation, &g) < 0)
+        goto done;
+    Py_XSETREF(st->framing_last, Py_NewRef(framing));
+    st->framing_last_f = g;
+    *f = g;
+    rc = 0;
+done:
+    for (i = 0; i < 4; i++)
+        Py_XDECREF(py_v[i]);
+    return rc;
+}
+
+/* ------------------------------------------------------------- failures */
+
+/* Contract: GIL held; see util.h. */
+PyObject *skpy_timeout(PyObject *mod, const char *op, PyObject *timeout,
+                       const char *what)
+{
+    skpy_state *st = skpy_get_state(mod);
+
+    PyErr_Format(st->Timeout, "%s: timed out after %R s; %s", op,
+                 timeout ? timeout : Py_None, what);
+    return NULL;
+}
+
+/* Contract: GIL held; see util.h. */
+PyObject *skpy_fail_as(PyObject *mod, int rc, const sk_err *err,
+                       const char *op, PyObject *timeout, const char *what)
+{
+    if (rc == SK_TIMEOUT)
+        skpy_timeout(mod, op, timeout, what);
+    else if (rc == SK_INTR) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_InterruptedError, "interrupted by a signal");
+    } else if (err->code == SK_E_SYS && err->sys_errno == ETIMEDOUT)
+        skpy_raise(mod, err,
+                   "the kernel gave up on the peer (keepalive probes, "
+                   "TCP_USER_TIMEOUT or retransmissions went unanswered): "
+                   "this connection is dead, open a new one");
+    else
+        skpy_raise(mod, err, NULL);
+    return NULL;
+}
+
+/* Contract: GIL held; see util.h. */
+int skpy_fd_arg(PyObject *obj, int *fd)
+{
+    long v = PyLong_AsLong(obj);
+    int rc = 0;
+
+    *fd = -1;
+    if (v == -1 && PyErr_Occurred()) {
+        rc = -1;
+    } else if (v < 0 || v > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "fd must be a file descriptor >= 0");
+        rc = -1;
+    } else {
+        *fd = (int)v;
+    }
+    return rc;
+}

@@ -53,12 +53,13 @@ typedef struct skpy_state {
     PyObject *str_set_exception;
     PyObject *str_done;
     PyObject *str_cancel;
-    /* Connection._adopt: the attributes it reads and sets (conn.c) */
-    PyObject *str_conn[7];
-    /* Connection._adopt: the last sk.Framing it parsed, and the result
-     * (an sk.Framing is a frozen dataclass: one parse per object) */
-    PyObject *adopt_framing;
-    sk_framing adopt_f;
+    /* Connection._adopt: the slots it sets (conn.c) */
+    PyObject *str_slots[3];
+    /* skpy_framing_of: the attributes it reads, the last sk.Framing it
+     * parsed and the result (a frozen dataclass: one parse per object) */
+    PyObject *str_framing[4];
+    PyObject *framing_last;
+    sk_framing framing_last_f;
 } skpy_state;
 
 /* ------------------------------------------------------------ the module */
@@ -110,6 +111,34 @@ int skpy_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
  * set. */
 int skpy_framing_args(PyObject *mod, PyObject *args, PyObject *kwds,
                       sk_framing *f);
+
+/* *f from an sk.Framing object (its header_size, byteorder, max_frame and
+ * correlation; control off), through the checks of skpy_framing_make; the
+ * last object parsed is remembered (held), so a listener's or a client's
+ * framing is parsed once.  GIL held.  0, or -1 with an exception set. */
+int skpy_framing_of(PyObject *mod, PyObject *framing, sk_framing *f);
+
+/* The interned attribute names of skpy_framing_of, once per module
+ * (skpy_add_conn calls it).  0, or -1 with an exception set. */
+int skpy_framing_init(PyObject *mod);
+
+/* *fd from a Python int that must be a file descriptor (>= 0): 0, or -1
+ * with TypeError/ValueError set and *fd = -1.  GIL held. */
+int skpy_fd_arg(PyObject *obj, int *fd);
+
+/* Raise sk.Timeout for operation `op`: "<op>: timed out after <timeout> s;
+ * <what>" (what: what was kept or lost).  GIL held.  Returns NULL. */
+PyObject *skpy_timeout(PyObject *mod, const char *op, PyObject *timeout,
+                       const char *what);
+
+/* Map a core result (not SK_OK) of operation `op` to an exception:
+ * SK_TIMEOUT is skpy_timeout(what); SK_INTR means a signal handler already
+ * raised (KeyboardInterrupt...); ETIMEDOUT from the socket is the kernel's
+ * verdict (keepalive, TCP_USER_TIMEOUT, retransmissions), not our deadline:
+ * a plain sk.Error saying the connection is dead; anything else is
+ * skpy_raise.  GIL held.  Returns NULL. */
+PyObject *skpy_fail_as(PyObject *mod, int rc, const sk_err *err,
+                       const char *op, PyObject *timeout, const char *what);
 
 /* The checks and defaults of skpy_framing_args, from values already
  * parsed (py_max NULL or None: the default, shrunk to what the header can

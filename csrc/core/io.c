@@ -891,6 +891,20 @@ void sk_conn_drain(sk_conn *c)
     } while (r > 0 || (r < 0 && errno == EINTR));
 }
 
+/* Contract: see io.h.  No GIL needed. */
+int sk_conn_close_orderly(sk_conn *c, sk_err *err)
+{
+    sk_err scratch;
+    int rc = SK_OK;
+
+    sk_conn_flush(c, 0, NULL, &scratch); /* what does not fit now is lost */
+    sk_conn_drain(c);
+    if (close(c->fd) != 0 && errno != EINTR)
+        rc = sk_err_sys(err, "close", errno);
+    c->fd = -1;
+    return rc;
+}
+
 /* Contract: no GIL needed; caller holds the send lock. */
 int sk_conn_shutdown_write(sk_conn *c, int64_t deadline, const sk_intr *intr,
                            sk_err *err)

@@ -113,6 +113,13 @@ int sk_conn_pump(sk_conn *c, size_t limit);
  * recv_mu), so that a following close() sends FIN rather than RST. */
 void sk_conn_drain(sk_conn *c);
 
+/* The orderly end of c's socket, never waiting: the tail of a torn frame
+ * goes out if the socket takes it now, unread bytes are read away
+ * (sk_conn_drain), then close(fd).  The caller holds both locks or owns c
+ * alone; c->fd is -1 afterwards, the buffers stay (sk_conn_release).
+ * SK_OK, or SK_ERR naming "close" (the fd is closed all the same). */
+int sk_conn_close_orderly(sk_conn *c, sk_err *err);
+
 /* The peer missed its heartbeats: mark the connection dead and shut the
  * socket down so that threads blocked in it wake up.  Any thread. */
 void sk_conn_declare_dead(sk_conn *c);

@@ -396,12 +396,11 @@ static void sk_srv_finish(sk_srv *s, sk_srv_client *cl, int kind,
         sk_abort(fd, &scratch);
     } else {
         /* what is queued goes out if the socket takes it; unread bytes are
-         * read away so that close() sends FIN, not RST */
+         * read away so that close() sends FIN, not RST (send_mu, the
+         * flush's lock: no direct reply starts once cl->gone is set) */
         pthread_mutex_lock(&cl->c.send_mu);
-        sk_conn_flush(&cl->c, 0, NULL, &scratch);
+        sk_conn_close_orderly(&cl->c, &scratch);
         pthread_mutex_unlock(&cl->c.send_mu);
-        sk_conn_drain(&cl->c);
-        close(fd);
     }
     cl->c.fd = -1;
     sk_conn_release(&cl->c);
