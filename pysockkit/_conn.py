@@ -581,10 +581,16 @@ def call(
         b'pong'
     """
     timeout = check_timeout(timeout)
+    found = resolve(addr)
+    if len(found) == 1:
+        # what connect(addr, timeout, framing).request(data) then close() do,
+        # in one C call with one deadline and no Connection object
+        fam, host, port = found[0]
+        return _core.call(host, port, fam, data, timeout, framing or _DEFAULT_FRAMING)
     deadline = None if timeout is None else time.monotonic() + timeout
     fd = _dial_fd(addr, deadline)
     left = None if deadline is None else deadline - time.monotonic()
-    # what Connection(fd, framing).request(data, left) then close() do, in
-    # one C call with no Connection object; fd is closed by it in any case
+    # the exchange of _core.call on the address that accepted; fd is closed
+    # by it in any case
     return _core.exchange(fd, data, left if left is None or left > 0.0 else 0.0,
                           framing or _DEFAULT_FRAMING)

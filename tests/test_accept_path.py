@@ -14,6 +14,7 @@ it into each accepted socket), not from a setsockopt per accept.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import threading
@@ -271,3 +272,36 @@ def test_exchange_closes_its_fd_on_bad_arguments() -> None:
             b.close()
     with pytest.raises(ValueError):
         _core.exchange(-1, b"x", None, sk.Framing())
+
+
+def test_call_with_several_addresses_tries_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name that resolves to several addresses: the first that accepts
+    gets the exchange (connect, then _core.exchange); a refused one is
+    skipped.  The resolution is replaced, the sockets are real."""
+    import pysockkit._conn as conn_mod
+
+    with socket.socket() as held:  # bound, not listening: refuses
+        held.bind(("127.0.0.1", 0))
+        refused = held.getsockname()[1]
+        lst, t = one_shot_server(sk.Framing(), lambda c: c.send(c.recv(timeout=STEP) + b"!"))
+        try:
+            good = lst.address[1]
+            monkeypatch.setattr(conn_mod, "resolve", lambda addr: [
+                (socket.AF_INET, "127.0.0.1", refused), (socket.AF_INET, "127.0.0.1", good)])
+            base = open_fds()
+            assert sk.call("several.example:1", b"hi", timeout=STEP) == b"hi!"
+            assert open_fds() == base
+        finally:
+            t.join(STEP)
+            lst.close()
+
+
+def test_call_on_one_address_reports_connect_errors_as_connect_does() -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        addr = held.getsockname()
+        with pytest.raises(sk.Error, match="nothing listens on 127.0.0.1:") as ei:
+            sk.call(addr, b"x", timeout=STEP)
+        assert ei.value.errno == errno.ECONNREFUSED
+        with pytest.raises(sk.Error, match="nothing listens on 127.0.0.1:"):
+            sk.connect(addr, timeout=STEP)

@@ -108,25 +108,20 @@ PyDoc_STRVAR(skpy_connect_doc,
 "connect(host, port, family=None, timeout=None) -> int\n--\n\n"
 "Connect a non-blocking TCP socket (TCP_NODELAY) and return its fd.\n");
 
-/* Contract: GIL held on entry and exit, released while connecting. */
-static PyObject *skpy_connect(PyObject *mod, PyObject *const *args,
-                              Py_ssize_t nargs, PyObject *kwnames)
+/* Contract: GIL held on entry and exit, released while connecting; see
+ * util.h (skpy_connect_fd). */
+int skpy_connect_fd(PyObject *mod, PyObject *py_host, PyObject *py_port,
+                    PyObject *py_family, PyObject *py_timeout,
+                    int64_t deadline, int *fd_out)
 {
-    static const char *const names[] = {"host", "port", "family", "timeout"};
     skpy_state *st = skpy_get_state(mod);
-    PyObject *a[4], *py_res = NULL;
     struct sockaddr_storage ss;
     socklen_t len;
-    int64_t deadline;
-    int fd = -1, rc;
+    int fd = -1, rc, ret = -1;
     sk_err err;
     char where[96], hint[192];
 
-    if (skpy_args("connect", args, nargs, kwnames, names, 2, 4, a) < 0)
-        goto error;
-    if (skpy_addr(mod, a[0], a[1], a[2], &ss, &len) < 0)
-        goto error;
-    if (skpy_deadline(a[3], &deadline) < 0)
+    if (skpy_addr(mod, py_host, py_port, py_family, &ss, &len) < 0)
         goto error;
     Py_BEGIN_ALLOW_THREADS
     sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
@@ -135,12 +130,12 @@ static PyObject *skpy_connect(PyObject *mod, PyObject *const *args,
     if (rc == SK_INTR)
         goto error;
     if (rc != SK_OK)
-        skpy_addr_text(a[0], a[1], where, sizeof(where));
+        skpy_addr_text(py_host, py_port, where, sizeof(where));
     if (rc == SK_TIMEOUT) {
         PyErr_Format(st->Timeout,
                      "connect to %s: no answer within %R s; is the server "
                      "up, and its accept queue not full?",
-                     where, a[3]);
+                     where, py_timeout);
         goto error;
     }
     if (rc != SK_OK) {
@@ -152,6 +147,27 @@ static PyObject *skpy_connect(PyObject *mod, PyObject *const *args,
         skpy_raise(mod, &err, hint);
         goto error;
     }
+    *fd_out = fd;
+    ret = 0;
+error:
+    return ret;
+}
+
+/* Contract: GIL held on entry and exit, released while connecting. */
+static PyObject *skpy_connect(PyObject *mod, PyObject *const *args,
+                              Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"host", "port", "family", "timeout"};
+    PyObject *a[4], *py_res = NULL;
+    int64_t deadline;
+    int fd;
+
+    if (skpy_args("connect", args, nargs, kwnames, names, 2, 4, a) < 0)
+        goto error;
+    if (skpy_deadline(a[3], &deadline) < 0)
+        goto error;
+    if (skpy_connect_fd(mod, a[0], a[1], a[2], a[3], deadline, &fd) < 0)
+        goto error;
     py_res = PyLong_FromLong(fd);
 error:
     return py_res;

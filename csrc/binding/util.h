@@ -122,6 +122,16 @@ int skpy_framing_of(PyObject *mod, PyObject *framing, sk_framing *f);
  * (skpy_add_conn calls it).  0, or -1 with an exception set. */
 int skpy_framing_init(PyObject *mod);
 
+/* Connect to (host, port) of family (None: either) before deadline, as
+ * _core.connect does (sock.c): *fd_out is the non-blocking, TCP_NODELAY
+ * socket.  Errors name the address: Timeout "connect to ...: no answer
+ * within <timeout> s", ECONNREFUSED "nothing listens on ...".  0, or -1
+ * with an exception set.  GIL held on entry and exit, released while
+ * connecting. */
+int skpy_connect_fd(PyObject *mod, PyObject *py_host, PyObject *py_port,
+                    PyObject *py_family, PyObject *py_timeout,
+                    int64_t deadline, int *fd_out);
+
 /* *fd from a Python int that must be a file descriptor (>= 0): 0, or -1
  * with TypeError/ValueError set and *fd = -1.  GIL held. */
 int skpy_fd_arg(PyObject *obj, int *fd);
