@@ -61,6 +61,9 @@ static PyObject *skpy_exchange_fd(PyObject *mod, int fd, PyObject *py_data,
     Py_BEGIN_ALLOW_THREADS
     sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
     rc = sk_conn_send(&c, &iov, 1, deadline, &intr, &done, &err);
+    /* the reply cannot be in before the peer ran: wait, then read (no
+     * recv that finds nothing; a reply that did come wakes poll at once) */
+    c.rd_wait_first = 1;
     if (rc == SK_OK)
         rc = sk_conn_recv(&c, deadline, &intr, &fr, &err);
     Py_END_ALLOW_THREADS

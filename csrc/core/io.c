@@ -112,18 +112,28 @@ static int sk_write_all(int fd, struct iovec *iov, int niov, int64_t deadline,
                         sk_hb *hb, sk_err *err)
 {
     struct msghdr mh;
+    const char *call = "send";
     ssize_t r;
     int rc = SK_OK;
 
     while (*idx < niov) {
-        memset(&mh, 0, sizeof(mh));
-        mh.msg_iov = iov + *idx;
-        mh.msg_iovlen = (size_t)(niov - *idx);
-        /* sendmsg rather than writev: MSG_NOSIGNAL turns SIGPIPE into EPIPE
-         * for programs that did not ignore SIGPIPE (Python does);
+        /* send/sendmsg rather than write/writev: MSG_NOSIGNAL turns SIGPIPE
+         * into EPIPE for programs that did not ignore SIGPIPE (Python does);
          * MSG_DONTWAIT because the fd may be blocking (a receiver made it
-         * so, see sk_conn_block). */
-        r = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+         * so, see sk_conn_block).  One buffer (a small frame is copied
+         * behind its header) goes out with send(): the kernel then copies
+         * no msghdr and imports no iovec array. */
+        if (niov - *idx == 1) {
+            call = "send";
+            r = send(fd, iov[*idx].iov_base, iov[*idx].iov_len,
+                     MSG_NOSIGNAL | MSG_DONTWAIT);
+        } else {
+            call = "sendmsg";
+            memset(&mh, 0, sizeof(mh));
+            mh.msg_iov = iov + *idx;
+            mh.msg_iovlen = (size_t)(niov - *idx);
+            r = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        }
         if (r > 0) {
             size_t left = (size_t)r;
             *written += left;
@@ -156,7 +166,7 @@ static int sk_write_all(int fd, struct iovec *iov, int niov, int64_t deadline,
                 goto done;
             continue;
         }
-        rc = sk_err_sys(err, "sendmsg", errno);
+        rc = sk_err_sys(err, call, errno);
         goto done;
     }
 done:

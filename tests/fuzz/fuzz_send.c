@@ -4,11 +4,12 @@
  * sk_conn_send_control and the owed PONG) over a socket that takes random
  * short writes.
  *
- * FUZZ_LDFLAGS: -Wl,--wrap=sendmsg -Wl,--wrap=poll
+ * FUZZ_LDFLAGS: -Wl,--wrap=sendmsg -Wl,--wrap=send -Wl,--wrap=poll
  * FUZZ_MAXLEN: 1024
  *
- * The connection's fd is a fake: the link wraps sendmsg and poll (only in
- * this harness), and for that fd the input decides what the "kernel" does
+ * The connection's fd is a fake: the link wraps sendmsg, send (io.c sends
+ * one buffer with send, several with sendmsg) and poll (only in this
+ * harness), and for that fd the input decides what the "kernel" does
  * with each write - take k bytes (1 .. all), EAGAIN, EINTR, or a reset -
  * and whether a poll says writable or times out; the interrupt check asks
  * to stop when the input says so.  Everything written is appended to
@@ -32,7 +33,7 @@
  *     every control frame reported sent, every owed PONG that went out),
  *     and the wire is a prefix of that encoding: nothing lost, repeated,
  *     reordered or torn;
- *   - errors are typed: SK_E_RESET naming sendmsg for a reset, SK_E_NOMEM
+ *   - errors are typed: SK_E_RESET naming send or sendmsg for a reset, SK_E_NOMEM
  *     for a failed allocation.
  * At the end the kernel takes everything, a flush must empty the queue,
  * and the wire, decoded by the reference decoder (ref_frame.h), gives
@@ -107,7 +108,9 @@ static struct {
 ssize_t __real_sendmsg(int fd, const struct msghdr *mh, int flags);
 int __real_poll(struct pollfd *fds, nfds_t n, int timeout);
 
+ssize_t __real_send(int fd, const void *buf, size_t len, int flags);
 ssize_t __wrap_sendmsg(int fd, const struct msghdr *mh, int flags);
+ssize_t __wrap_send(int fd, const void *buf, size_t len, int flags);
 int __wrap_poll(struct pollfd *fds, nfds_t n, int timeout);
 
 ssize_t __wrap_sendmsg(int fd, const struct msghdr *mh, int flags)
@@ -157,6 +160,22 @@ ssize_t __wrap_sendmsg(int fd, const struct msghdr *mh, int flags)
         left -= n;
     }
     return (ssize_t)take;
+}
+
+/* send(): the same fake kernel, on a one-entry iovec */
+ssize_t __wrap_send(int fd, const void *buf, size_t len, int flags)
+{
+    struct iovec iov;
+    struct msghdr mh;
+
+    if (fd != k.fd)
+        return __real_send(fd, buf, len, flags);
+    iov.iov_base = (void *)buf;
+    iov.iov_len = len;
+    memset(&mh, 0, sizeof(mh));
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    return __wrap_sendmsg(fd, &mh, flags);
 }
 
 int __wrap_poll(struct pollfd *fds, nfds_t n, int timeout)
@@ -456,7 +475,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                         err.code == SK_E_TOO_LARGE);
                 if (err.code == SK_E_RESET) {
                     REQUIRE(err.syscall != NULL &&
-                            strcmp(err.syscall, "sendmsg") == 0);
+                            (strcmp(err.syscall, "sendmsg") == 0 ||
+                             strcmp(err.syscall, "send") == 0));
                     REQUIRE(err.sys_errno == k.reset);
                 }
                 broken = 1; /* a frame may be torn for good */
