@@ -318,7 +318,8 @@ class Listener(Generic[M]):
             conn = srv.accept(timeout=5.0)
     """
 
-    __slots__ = ("_fd", "_framing", "_heartbeat", "_keepalive", "address", "__weakref__")
+    __slots__ = ("_fd", "_acc", "_framing", "_heartbeat", "_keepalive", "address",
+                 "__weakref__")
 
     def __init__(
         self,
@@ -327,6 +328,11 @@ class Listener(Generic[M]):
         heartbeat: Optional[Heartbeat] = None,
         keepalive: Optional[Keepalive] = None,
     ) -> None:
+        # the acceptor owns fd from here on (it closes it, also on failure):
+        # a long accept waits in accept4 itself, threads may share it, and
+        # close() wakes them and waits for them before the fd is closed
+        self._fd = -1
+        self._acc = _core.Acceptor(fd)
         self._fd = fd
         self._framing = framing
         self._heartbeat = heartbeat
@@ -351,7 +357,9 @@ class Listener(Generic[M]):
         """Wait for a client and return its :class:`Connection`.
 
         Raises ``sk.Timeout`` after ``timeout`` seconds; Ctrl-C interrupts a
-        wait with no timeout too.
+        wait with no timeout too.  Several threads may accept on one
+        listener at once, each with its own timeout; :meth:`close` from
+        another thread makes them raise ``sk.ConnectionClosed``.
 
         Example::
 
@@ -362,7 +370,7 @@ class Listener(Generic[M]):
 
             raise ConnectionClosed("this listener was closed; call sk.listen() again")
         try:
-            fd = _core.accept(self._fd, timeout)
+            fd = self._acc.accept(timeout)
         except Error as exc:
             if self._fd < 0:
                 from ._errors import ConnectionClosed
@@ -374,18 +382,20 @@ class Listener(Generic[M]):
         return Connection(fd, self._framing, self._heartbeat, self._keepalive, initiator=False)
 
     def close(self) -> None:
-        """Stop listening.  Idempotent.
+        """Stop listening.  Idempotent.  Threads waiting in :meth:`accept`
+        raise ``sk.ConnectionClosed`` at once; the socket is closed once
+        they are out.
 
         Example::
 
             srv.close()
         """
         if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            # wake a thread blocked in accept() on it before the number can
-            # be reused (it then sees the listener closed)
-            _core.shutdown_fd(fd)
-            _core.close_fd(fd)
+            self._fd = -1
+            # wakes the threads in accept() (they see the listener closed)
+            # and closes the fd once they are out, so that none of them
+            # meets the number reused
+            self._acc.close()
 
     def __enter__(self) -> "Listener[M]":
         return self

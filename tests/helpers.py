@@ -236,8 +236,9 @@ def wait_until(pred: Callable[[], bool], timeout: float = scaled(5.0), interval:
 # numbers of the syscalls a pysockkit call sleeps in, by architecture
 _WAIT_SYSCALLS = {
     "x86_64": {"7": "poll", "271": "ppoll", "202": "futex", "232": "epoll_wait",
-               "281": "epoll_pwait", "45": "recvfrom"},
-    "aarch64": {"73": "ppoll", "98": "futex", "22": "epoll_pwait", "207": "recvfrom"},
+               "281": "epoll_pwait", "45": "recvfrom", "288": "accept4"},
+    "aarch64": {"73": "ppoll", "98": "futex", "22": "epoll_pwait", "207": "recvfrom",
+                "242": "accept4"},
 }
 
 
@@ -278,9 +279,10 @@ def wait_sleeping_in(proc_task: str, names: Iterable[str], timeout: float = STEP
 
 
 # the syscalls a pysockkit call sleeps in while it waits for its socket:
-# poll, or recv on a socket made blocking (a receive with 20 ms or more to
-# wait, csrc/core/io.c sk_conn_wait_fill)
-SOCKET_WAITS = ("poll", "ppoll", "recvfrom")
+# poll, or recv / accept4 on a socket made blocking (a receive or an accept
+# with 20 ms or more to wait: csrc/core/io.c sk_conn_wait_fill,
+# csrc/core/accept.h)
+SOCKET_WAITS = ("poll", "ppoll", "recvfrom", "accept4")
 
 
 def wait_blocked_on_socket(thread: threading.Thread, timeout: float = STEP_TIMEOUT) -> None:

@@ -305,3 +305,162 @@ def test_call_on_one_address_reports_connect_errors_as_connect_does() -> None:
         assert ei.value.errno == errno.ECONNREFUSED
         with pytest.raises(sk.Error, match="nothing listens on 127.0.0.1:"):
             sk.connect(addr, timeout=STEP)
+
+
+# ---------------------------------------------------------------- the acceptor
+# Listener.accept waits in accept4 itself when it has 20 ms or more to wait
+# (the listener made blocking, SO_RCVTIMEO inside the deadline), else in
+# poll; csrc/core/accept.h.  Threads may share a listener; close() wakes
+# them all and closes the fd only once they are out.
+
+
+def test_a_long_accept_then_a_short_one_keeps_the_short_deadline() -> None:
+    with sk.listen(("127.0.0.1", 0)) as srv:
+        threading.Timer(0.05, lambda: sk.connect(srv.address, timeout=STEP).close()).start()
+        srv.accept(timeout=3).close()  # SO_RCVTIMEO now most of 3 s
+        for timeout in (0.1, 0.03, 0.3):
+            t0 = time.monotonic()
+            with pytest.raises(sk.Timeout, match="no client connected within"):
+                srv.accept(timeout=timeout)
+            took = time.monotonic() - t0
+            assert timeout - 0.005 <= took < timeout + 0.5, (timeout, took)
+
+
+def test_threads_sharing_a_listener_each_keep_their_deadline_and_all_clients_are_taken() -> None:
+    with sk.listen(("127.0.0.1", 0)) as srv:
+        got: list[sk.Connection] = []
+        timed_out: list[tuple[float, float]] = []
+        lock = threading.Lock()
+
+        def taker(timeout: float | None, count: int) -> None:
+            for _ in range(count):
+                t0 = time.monotonic()
+                try:
+                    c = srv.accept(timeout=timeout)
+                except sk.Timeout:
+                    with lock:
+                        timed_out.append((timeout or 0.0, time.monotonic() - t0))
+                    continue
+                with lock:
+                    got.append(c)
+
+        waiters = [threading.Thread(target=taker, args=(None, 3)) for _ in range(2)]
+        short = [threading.Thread(target=taker, args=(t, 4)) for t in (0.01, 0.05, 0.2)]
+        for t in waiters + short:
+            t.start()
+        for t in short:
+            t.join(timeout=10)
+            assert not t.is_alive()
+        # the three short takers timed out on time, 12 times, while two
+        # threads waited with no deadline
+        assert len(timed_out) == 12 and not got
+        for timeout, took in timed_out:
+            assert timeout - 0.005 <= took < timeout + 0.5, (timeout, took)
+        clients = [sk.connect(srv.address, timeout=STEP) for _ in range(6)]
+        for t in waiters:
+            t.join(timeout=STEP)
+            assert not t.is_alive()
+        assert len(got) == 6
+        for c in got + clients:
+            c.close()
+
+
+def test_close_wakes_every_thread_in_accept_at_once() -> None:
+    srv = sk.listen(("127.0.0.1", 0))
+    errors: list[BaseException] = []
+
+    def taker(timeout: float | None) -> None:
+        try:
+            srv.accept(timeout=timeout)
+        except BaseException as exc:  # noqa: BLE001 - the test reads it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=taker, args=(t,)) for t in (None, 30.0, None, 5.0)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    srv.close()
+    assert time.monotonic() - t0 < 0.5
+    for t in threads:
+        t.join(timeout=1)
+        assert not t.is_alive()
+    assert time.monotonic() - t0 < 1.0
+    assert len(errors) == 4
+    assert all(isinstance(e, sk.ConnectionClosed) for e in errors), errors
+    with pytest.raises(sk.ConnectionClosed):
+        srv.accept(timeout=1)
+
+
+def accept_long_in_a_thread(lst: "sk.Listener[bytes]") -> None:
+    """One accept(timeout=10) in a thread other than the main one (no 50 ms
+    signal slice there): it leaves the listener blocking with an
+    SO_RCVTIMEO of most of 10 s."""
+    th = threading.Thread(target=lambda: lst.accept(timeout=10).close())
+    th.start()
+    time.sleep(0.05)
+    sk.connect(lst.address, timeout=STEP).close()
+    th.join(timeout=STEP)
+    assert not th.is_alive()
+    raw = socket.socket(fileno=os.dup(lst.fileno()))
+    try:
+        assert raw.getblocking() and raw.gettimeout() is None  # O_NONBLOCK clear
+        tv = raw.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)
+    finally:
+        raw.close()
+    assert int.from_bytes(tv[:8], "little") >= 5  # seconds
+
+
+def test_a_server_takes_over_a_listener_that_accept_left_blocking() -> None:
+    # Listener.accept leaves the listener blocking with a long SO_RCVTIMEO;
+    # the reactor's accept loop (until EAGAIN) must not block on it
+    lst = sk.listen(("127.0.0.1", 0))
+    accept_long_in_a_thread(lst)
+    with sk.Server(lst, lambda m: m.upper()) as server:
+        t0 = time.monotonic()
+        for i in range(5):
+            assert sk.call(server.address, b"hi %d" % i, timeout=2) == b"HI %d" % i
+        assert time.monotonic() - t0 < 2
+
+
+def test_the_on_connection_server_accepts_in_time_after_a_long_accept() -> None:
+    lst = sk.listen(("127.0.0.1", 0))
+    accept_long_in_a_thread(lst)
+
+    def echo(conn: sk.Connection) -> None:
+        conn.send(conn.recv(timeout=STEP))
+
+    with sk.Server(lst, on_connection=echo) as server:
+        t0 = time.monotonic()
+        for i in range(5):
+            assert sk.call(server.address, b"x%d" % i, timeout=2) == b"x%d" % i
+        assert time.monotonic() - t0 < 2
+        # close() wakes the accept thread, which waits in accept4
+        t0 = time.monotonic()
+    assert time.monotonic() - t0 < 1
+
+
+def test_an_accepted_connection_waits_forever_without_waking_per_inherited_timeout() -> None:
+    # an accepted socket inherits the listener's SO_RCVTIMEO (Linux); a
+    # receive with no timeout in another thread sets none and waits whole
+    with sk.listen(("127.0.0.1", 0)) as srv:
+        cli = sk.connect(srv.address, timeout=STEP)
+        conn = srv.accept(timeout=10)
+        got: list[bytes] = []
+        t = threading.Thread(target=lambda: got.append(conn.recv()))
+        t.start()
+        time.sleep(0.3)
+        assert t.is_alive() and not got
+        cli.send(b"late")
+        t.join(timeout=STEP)
+        assert got == [b"late"]
+        import struct
+
+        raw = socket.socket(fileno=os.dup(conn.fileno()))
+        try:
+            tv = raw.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)
+        finally:
+            raw.close()
+        assert struct.unpack("ll", tv) == (0, 0)
+        conn.close()
+        cli.close()

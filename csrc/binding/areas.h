@@ -14,7 +14,8 @@
 
 int skpy_add_future(PyObject *mod);   /* future.c: Future, set_future_class */
 int skpy_add_conn(PyObject *mod);     /* conn.c: Connection */
-int skpy_add_sock(PyObject *mod);     /* sock.c: listen, connect, accept, ... */
+int skpy_add_sock(PyObject *mod);     /* sock.c: listen, connect, ... */
+int skpy_add_accept(PyObject *mod);   /* accept.c: Acceptor */
 int skpy_add_hub(PyObject *mod);      /* hub.c: hub_stats */
 int skpy_add_frame(PyObject *mod);    /* frame.c: Decoder, Encoder, wire constants */
 int skpy_add_heartbeat(PyObject *mod); /* heartbeat.c: HeartbeatRule, HB_*, CTL_* */

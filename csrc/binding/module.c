@@ -61,6 +61,8 @@ static int skpy_exec(PyObject *mod)
         goto error;
     if (skpy_add_sock(mod) < 0)
         goto error;
+    if (skpy_add_accept(mod) < 0)
+        goto error;
     if (skpy_add_hub(mod) < 0)
         goto error;
     if (skpy_add_frame(mod) < 0)

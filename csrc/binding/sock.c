@@ -1,14 +1,13 @@
 /*
- * sock.c - the socket functions of pysockkit._core (core/sock.h): listen,
- * connect, accept on numeric addresses, and small fd helpers.
+ * sock.c - the socket functions of pysockkit._core (core/sock.h): listen and
+ * connect on numeric addresses, and small fd helpers (accepting: accept.c).
  *
  *   listen(host, port, family=None, backlog=128) -> fd
  *   connect(host, port, family=None, timeout=None) -> fd
- *   accept(fd, timeout=None) -> fd
  *   sockname(fd), peername(fd) -> (host, port)
  *   close_fd(fd), shutdown_fd(fd), set_keepalive(fd, ...)
  *
- * connect and accept wait without the GIL; signal handlers run on EINTR
+ * connect waits without the GIL; signal handlers run on EINTR
  * and every SKPY_SLICE_MS in the main thread (Ctrl-C).
  */
 #include "util.h"
@@ -173,47 +172,6 @@ error:
     return py_res;
 }
 
-PyDoc_STRVAR(skpy_accept_doc,
-"accept(fd, timeout=None) -> int\n--\n\n"
-"Accept one connection on listening fd; returns the new fd.\n");
-
-/* Contract: GIL held on entry and exit, released while waiting. */
-static PyObject *skpy_accept(PyObject *mod, PyObject *const *args,
-                             Py_ssize_t nargs, PyObject *kwnames)
-{
-    static const char *const names[] = {"fd", "timeout"};
-    skpy_state *st = skpy_get_state(mod);
-    PyObject *a[2], *py_res = NULL;
-    int64_t deadline;
-    int lfd, fd = -1, rc;
-    sk_err err;
-
-    if (skpy_args("accept", args, nargs, kwnames, names, 1, 2, a) < 0)
-        goto error;
-    if (skpy_fd_arg(a[0], &lfd) < 0)
-        goto error;
-    if (skpy_deadline(a[1], &deadline) < 0)
-        goto error;
-    Py_BEGIN_ALLOW_THREADS
-    sk_intr intr = {skpy_check_signals, &_save, skpy_slice_ms()};
-    rc = sk_accept(lfd, deadline, &intr, &fd, &err);
-    Py_END_ALLOW_THREADS
-    if (rc == SK_TIMEOUT) {
-        PyErr_Format(st->Timeout,
-                     "accept: no client connected within %R s", a[1]);
-        goto error;
-    }
-    if (rc == SK_INTR)
-        goto error;
-    if (rc != SK_OK) {
-        skpy_raise(mod, &err, NULL);
-        goto error;
-    }
-    py_res = PyLong_FromLong(fd);
-error:
-    return py_res;
-}
-
 /* Contract: GIL held; (host, port) of fd's local (peer 0) or remote end. */
 static PyObject *skpy_name(PyObject *py_fd, int peer)
 {
@@ -311,8 +269,6 @@ static PyMethodDef skpy_sock_functions[] = {
      METH_FASTCALL | METH_KEYWORDS, skpy_listen_doc},
     {"connect", (PyCFunction)(void (*)(void))skpy_connect,
      METH_FASTCALL | METH_KEYWORDS, skpy_connect_doc},
-    {"accept", (PyCFunction)(void (*)(void))skpy_accept,
-     METH_FASTCALL | METH_KEYWORDS, skpy_accept_doc},
     {"sockname", skpy_sockname, METH_O,
      "sockname(fd) -> (host, port)\n--\n\nLocal address of fd."},
     {"peername", skpy_peername, METH_O,

@@ -32,6 +32,8 @@
 /* SO_RCVTIMEO is rounded up to a jiffy (4 ms at HZ=250): keep it this
  * far inside the wait it bounds. */
 #define SK_BLOCK_SLACK_NS (5 * 1000000LL)
+/* sk_conn.rd_timeo_ns once SO_RCVTIMEO was set to none (wait forever). */
+#define SK_TIMEO_NONE INT64_MAX
 
 /* Scratch space for a batch, one per thread rather than per connection so
  * that an idle connection holds no send memory.  glibc allocates a dlopen'ed
@@ -649,12 +651,14 @@ static int sk_conn_fill_woken(sk_conn *c, const sk_intr *intr, sk_err *err)
  * fd made blocking (once; every other read and write of the core passes
  * MSG_DONTWAIT) and SO_RCVTIMEO at most left - SK_BLOCK_SLACK_NS.  The
  * timeout is changed only when it is too long for this wait, to 7/8 of
- * what is allowed, so request/reply traffic with one timeout sets it once.
- * SK_OK, or SK_NEED_DATA: a syscall failed, poll instead. */
+ * what is allowed, so request/reply traffic with one timeout sets it once;
+ * a wait with no limit sets none (SK_TIMEO_NONE) once.  Until it is set,
+ * the fd's own is unknown: an accepted socket inherits its listener's
+ * (accept.h).  SK_OK, or SK_NEED_DATA: a syscall failed, poll instead. */
 static int sk_conn_block(sk_conn *c, int64_t left)
 {
     struct timeval tv;
-    int64_t t;
+    int64_t t = 0;
     int fl, rc = SK_NEED_DATA;
 
     if (!c->rd_blocking) {
@@ -663,14 +667,16 @@ static int sk_conn_block(sk_conn *c, int64_t left)
             goto done;
         c->rd_blocking = 1;
     }
-    if (left >= 0 &&
-        (c->rd_timeo_ns == 0 || c->rd_timeo_ns > left - SK_BLOCK_SLACK_NS)) {
-        t = (left - SK_BLOCK_SLACK_NS) / 8 * 7;
+    if (left < 0 ? c->rd_timeo_ns != SK_TIMEO_NONE
+                 : c->rd_timeo_ns == 0 ||
+                       c->rd_timeo_ns > left - SK_BLOCK_SLACK_NS) {
+        if (left >= 0)
+            t = (left - SK_BLOCK_SLACK_NS) / 8 * 7;
         tv.tv_sec = (time_t)(t / 1000000000LL);
         tv.tv_usec = (suseconds_t)(t % 1000000000LL / 1000);
         if (setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0)
             goto done;
-        c->rd_timeo_ns = t;
+        c->rd_timeo_ns = left < 0 ? SK_TIMEO_NONE : t;
     }
     rc = SK_OK;
 done:

@@ -64,7 +64,8 @@ typedef struct sk_conn {
     int rd_blocking;     /* the fd was made blocking for recv to wait in
                             (sk_conn_recv); all other I/O passes
                             MSG_DONTWAIT */
-    int64_t rd_timeo_ns; /* the SO_RCVTIMEO set on it (0: none) */
+    int64_t rd_timeo_ns; /* the SO_RCVTIMEO set on it (0: unknown, not
+                            set yet; INT64_MAX: none, set) */
     int rd_waited;       /* a receive has waited before (polled) */
     sk_err rd_err;       /* sticky receive failure (reset, too large) */
     uint64_t owed;       /* replies to timed-out requests still to discard */

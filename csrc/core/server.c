@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -1309,7 +1310,7 @@ int sk_srv_new(const sk_srv_config *cfg, sk_srv **out, sk_err *err)
 {
     sk_srv *s = NULL;
     struct epoll_event ev;
-    int rc = SK_ERR;
+    int fl, rc = SK_ERR;
 
     *out = NULL;
     if (sk_framing_check(&cfg->framing, err) != SK_OK)
@@ -1346,6 +1347,14 @@ int sk_srv_new(const sk_srv_config *cfg, sk_srv **out, sk_err *err)
     ev.data.u64 = SK_SRV_WAKE_TAG;
     if (epoll_ctl(s->ep, EPOLL_CTL_ADD, s->wake_fd, &ev) != 0) {
         sk_err_sys(err, "epoll_ctl", errno);
+        goto error;
+    }
+    /* the accept loop takes connections until EAGAIN: a listener that
+     * Listener.accept left blocking (accept.h) must not block the reactor */
+    fl = fcntl(cfg->listen_fd, F_GETFL);
+    if (fl < 0 || (!(fl & O_NONBLOCK) &&
+                   fcntl(cfg->listen_fd, F_SETFL, fl | O_NONBLOCK) != 0)) {
+        sk_err_sys(err, "fcntl", errno);
         goto error;
     }
     ev.events = EPOLLIN;

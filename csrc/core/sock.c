@@ -1,4 +1,4 @@
-/* sock.c - socket setup: listen, connect, accept, abort (see sock.h). */
+/* sock.c - socket setup: listen, connect, options, abort (see sock.h). */
 #include "sock.h"
 
 #include <arpa/inet.h>
@@ -148,40 +148,6 @@ int sk_connect(const struct sockaddr *sa, socklen_t len, int64_t deadline,
 error:
     if (fd >= 0)
         close(fd);
-    return rc;
-}
-
-/* Contract: no GIL needed; *fd_out is the caller's on SK_OK. */
-int sk_accept(int lfd, int64_t deadline, const sk_intr *intr, int *fd_out,
-              sk_err *err)
-{
-    int fd, rc;
-
-    for (;;) {
-        fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd >= 0)
-            break;
-        if (errno == EINTR) {
-            if (sk_intr_fire(intr)) {
-                rc = SK_INTR;
-                goto done;
-            }
-            continue;
-        }
-        /* a connection that was reset while queued: take the next one */
-        if (errno == ECONNABORTED)
-            continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK) {
-            rc = sk_err_sys(err, "accept4", errno);
-            goto done;
-        }
-        rc = sk_wait(lfd, POLLIN, deadline, intr, err);
-        if (rc != SK_OK)
-            goto done;
-    }
-    *fd_out = fd; /* TCP_NODELAY: inherited from a listener of sk_listen */
-    rc = SK_OK;
-done:
     return rc;
 }
 

@@ -1,5 +1,6 @@
 /*
- * sock.h - socket setup: listen, connect, accept, options, abort.
+ * sock.h - socket setup: listen, connect, options, abort (accepting:
+ * accept.h).
  *
  * Every socket made here is non-blocking and close-on-exec; blocking
  * behaviour is provided by waiting in poll (io.h: sk_wait) with a deadline.
@@ -30,12 +31,6 @@ int sk_listen(const struct sockaddr *sa, socklen_t len, int backlog,
  * carry syscall "connect").  No fd leaks on any failure. */
 int sk_connect(const struct sockaddr *sa, socklen_t len, int64_t deadline,
                const sk_intr *intr, int *fd_out, sk_err *err);
-
-/* accept4 on a listener, waiting until deadline.  The new socket is
- * non-blocking; it has TCP_NODELAY when the listener has it (sk_listen
- * sets it; Linux copies it into every accepted socket). */
-int sk_accept(int lfd, int64_t deadline, const sk_intr *intr, int *fd_out,
-              sk_err *err);
 
 /* TCP_NODELAY on. */
 int sk_set_nodelay(int fd, sk_err *err);

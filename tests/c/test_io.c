@@ -1,6 +1,6 @@
 /* test_io.c - sk_conn send/recv (io.h) and socket setup (sock.h) on real
  * sockets: socketpair(AF_UNIX, SOCK_STREAM) and loopback TCP (127.0.0.1 and
- * ::1) made with sk_listen/sk_connect/sk_accept.
+ * ::1) made with sk_listen/sk_connect and accept4.
  *
  * The "conn" end of a pair is driven through sk_conn; the "peer" end is
  * usually driven with raw syscalls and a reference encoder, so the wire
@@ -39,6 +39,25 @@ static const sk_intr no_intr = {NULL, NULL, 0};
 static double elapsed_s(int64_t t0)
 {
     return (double)(sk_now_ns() - t0) / 1e9;
+}
+
+/* Test helper: one accept4 on listener lfd within `seconds` (poll, then
+ * accept4: the listeners here have no other user; the acceptor of
+ * core/accept.h is tested in test_accept.c).  SK_OK with *fd, SK_TIMEOUT,
+ * or SK_ERR naming the syscall. */
+static int accept_within(int lfd, double seconds, int *fd, sk_err *err)
+{
+    struct pollfd p = {lfd, POLLIN, 0};
+    int n = poll(&p, 1, (int)(seconds * 1000));
+
+    if (n < 0)
+        return sk_err_sys(err, "poll", errno);
+    if (n == 0)
+        return SK_TIMEOUT;
+    *fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (*fd < 0)
+        return sk_err_sys(err, "accept4", errno);
+    return SK_OK;
 }
 
 static sk_framing mkframing(unsigned hs, int le, uint64_t max)
@@ -166,7 +185,7 @@ static int tcp_pair(int family, tpair *tp)
         close(lfd);
         return -1;
     }
-    rc = sk_accept(lfd, sk_deadline_after(5), &no_intr, &afd, &err);
+    rc = accept_within(lfd, 5, &afd, &err);
     CHECK_RC(rc, SK_OK, &err);
     close(lfd);
     if (rc != SK_OK) {
@@ -2488,7 +2507,7 @@ TEST(listen_connect_accept_socket_options)
     rc = sk_connect((struct sockaddr *)&ss, len, sk_deadline_after(5),
                     &no_intr, &cfd, &err);
     CHECK_RC(rc, SK_OK, &err);
-    rc = sk_accept(lfd, sk_deadline_after(5), &no_intr, &afd, &err);
+    rc = accept_within(lfd, 5, &afd, &err);
     CHECK_RC(rc, SK_OK, &err);
     if (cfd >= 0) {
         CHECK(fd_flag(cfd, F_GETFL, O_NONBLOCK));
@@ -2625,37 +2644,3 @@ TEST(connect_refused)
     close(holder);
 }
 
-TEST(accept_timeout_and_intr)
-{
-    struct sockaddr_storage ss;
-    socklen_t len;
-    sk_err err;
-    int lfd = -1, afd = -1, rc;
-    int64_t t0;
-    double dt;
-
-    CHECK_RC(sk_sockaddr("127.0.0.1", 0, AF_INET, &ss, &len, &err), SK_OK,
-             &err);
-    rc = sk_listen((struct sockaddr *)&ss, len, 4, &lfd, &err);
-    CHECK_RC(rc, SK_OK, &err);
-    if (rc != SK_OK)
-        return;
-    t0 = sk_now_ns();
-    rc = sk_accept(lfd, sk_deadline_after(0.05), &no_intr, &afd, &err);
-    dt = elapsed_s(t0);
-    CHECK_RC(rc, SK_TIMEOUT, &err);
-    CHECK(dt >= 0.045 && dt < tmax(0.5));
-    rc = sk_accept(lfd, sk_deadline_after(0), &no_intr, &afd, &err);
-    CHECK_RC(rc, SK_TIMEOUT, &err);
-    {
-        intr_ctx x = {sk_now_ns(), 40 * 1000000LL, 0};
-        sk_intr in = {intr_check, &x, 20};
-        t0 = sk_now_ns();
-        rc = sk_accept(lfd, SK_NO_DEADLINE, &in, &afd, &err);
-        CHECK_RC(rc, SK_INTR, &err);
-        CHECK(elapsed_s(t0) < tmax(0.5));
-    }
-    if (rc == SK_OK && afd >= 0)
-        close(afd);
-    close(lfd);
-}
