@@ -466,34 +466,21 @@ static void *late_write_thread(void *arg)
     return NULL;
 }
 
-typedef struct stop_after {
-    int64_t start, after_ns;
-    int calls;
-} stop_after;
-
-static int stop_check(void *arg)
-{
-    stop_after *s = arg;
-
-    s->calls++;
-    return real_now_ns() - s->start >= s->after_ns;
-}
-
 TEST(the_interrupt_check_runs_every_slice)
 {
     sk_acceptor a;
     sk_err err;
-    stop_after s;
+    intr_ctx s;
     int port, fd = -1, rc;
     double dt;
 
     if (acceptor_open(&a, &port))
         return;
     s.start = real_now_ns();
-    s.after_ns = 150000000LL;
+    s.fire_after_ns = 150000000LL;
     s.calls = 0;
     {
-        sk_intr in = {stop_check, &s, 30};
+        sk_intr in = {intr_check, &s, 30};
 
         rc = sk_acceptor_accept(&a, SK_NO_DEADLINE, &in, &fd, &err);
     }

@@ -291,20 +291,6 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
-/* Interrupt callback: stop once fire_after_ns have passed since start. */
-typedef struct intr_ctx {
-    int64_t start;
-    int64_t fire_after_ns;
-    int calls;
-} intr_ctx;
-
-static int intr_check(void *arg)
-{
-    intr_ctx *x = arg;
-
-    x->calls++;
-    return sk_now_ns() - x->start >= x->fire_after_ns;
-}
 
 /* ---- conn setup ---------------------------------------------------------- */
 

@@ -29,6 +29,22 @@ static inline int64_t real_now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/* Interrupt callback (an sk_intr's check): stop once fire_after_ns have
+ * passed since start (real monotonic time); counts its calls. */
+typedef struct intr_ctx {
+    int64_t start;
+    int64_t fire_after_ns;
+    int calls;
+} intr_ctx;
+
+static inline int intr_check(void *arg)
+{
+    intr_ctx *x = arg;
+
+    x->calls++;
+    return real_now_ns() - x->start >= x->fire_after_ns;
+}
+
 /* A time bound in seconds, multiplied by the run's time scale. */
 static inline double tmax(double seconds)
 {
