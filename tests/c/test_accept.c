@@ -448,24 +448,6 @@ TEST(close_wakes_every_thread_then_closes)
     sk_acceptor_release(&a);
 }
 
-/* Write n bytes to fd after delay_ms, in a thread. */
-typedef struct late_write {
-    int fd;
-    const unsigned char *p;
-    size_t n;
-    int delay_ms;
-    ssize_t rc;
-} late_write;
-
-static void *late_write_thread(void *arg)
-{
-    late_write *w = arg;
-
-    sleep_ms(w->delay_ms);
-    w->rc = write(w->fd, w->p, w->n);
-    return NULL;
-}
-
 TEST(the_interrupt_check_runs_every_slice)
 {
     sk_acceptor a;
@@ -530,13 +512,14 @@ TEST(an_accepted_socket_inherits_the_timeout_and_a_conn_replaces_it)
     /* the rest of the frame comes 100 ms later: the receive waits with no
      * deadline in the meantime */
     {
-        late_write lw = {cj.fd, wire + 3, 3, 100, -1};
+        writer_job wj;
         int64_t t0 = real_now_ns();
 
-        CHECK_INT(pthread_create(&th, NULL, late_write_thread, &lw), ==, 0);
+        if (writer_start(&th, &wj, cj.fd, wire + 3, 3, 0, 0, 100))
+            goto out_conn;
         rc = sk_conn_recv(&c, SK_NO_DEADLINE, &no_intr, &fr, &err);
         pthread_join(th, NULL);
-        CHECK_INT(lw.rc, ==, 3);
+        CHECK_INT(wj.rc, ==, 0);
         CHECK_RC(rc, SK_OK, &err);
         if (rc == SK_OK)
             CHECK(fr.len == 2 && memcmp(fr.data, "ok", 2) == 0);
@@ -544,6 +527,7 @@ TEST(an_accepted_socket_inherits_the_timeout_and_a_conn_replaces_it)
     }
     CHECK_U64((uint64_t)rcvtimeo_ns(fd), ==, 0);
     CHECK(c.rd_timeo_ns == INT64_MAX);
+out_conn:
     sk_conn_release(&c);
 out:
     if (fd >= 0)

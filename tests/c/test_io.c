@@ -261,35 +261,6 @@ static void *reader_main(void *arg)
     return NULL;
 }
 
-typedef struct writer_job {
-    int fd;
-    const unsigned char *buf;
-    size_t len;
-    size_t chunk;    /* 0: all at once */
-    int gap_ms;      /* sleep between chunks */
-    int rc;
-    int delay_ms;    /* sleep before the first chunk */
-} writer_job;
-
-static void *writer_main(void *arg)
-{
-    writer_job *j = arg;
-    size_t off = 0;
-
-    j->rc = 0;
-    if (j->delay_ms)
-        sleep_ms(j->delay_ms);
-    while (off < j->len && j->rc == 0) {
-        size_t n = j->chunk ? j->chunk : j->len;
-        if (n > j->len - off)
-            n = j->len - off;
-        j->rc = raw_write_all(j->fd, j->buf + off, n, 20);
-        off += n;
-        if (j->gap_ms && off < j->len)
-            sleep_ms(j->gap_ms);
-    }
-    return NULL;
-}
 
 
 /* ---- conn setup ---------------------------------------------------------- */
@@ -1745,25 +1716,6 @@ done:
     return rc;
 }
 
-/* Start writer_main on `len` bytes of buf to fd: after delay_ms, in
- * chunks of `chunk` (0: at once) gap_ms apart.  0, or -1 (reported). */
-static int writer_start(pthread_t *th, writer_job *wj, int fd,
-                        const unsigned char *buf, size_t len, size_t chunk,
-                        int gap_ms, int delay_ms)
-{
-    memset(wj, 0, sizeof(*wj));
-    wj->fd = fd;
-    wj->buf = buf;
-    wj->len = len;
-    wj->chunk = chunk;
-    wj->gap_ms = gap_ms;
-    wj->delay_ms = delay_ms;
-    if (pthread_create(th, NULL, writer_main, wj) != 0) {
-        CHECK(!"pthread_create");
-        return -1;
-    }
-    return 0;
-}
 
 static void recv_blocking_case(int kind)
 {
